@@ -1,0 +1,540 @@
+//! `baton.toml`: parsing and validation. Every error names the file, the line,
+//! the key and the problem; nothing is applied from a file that has one.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::paths::RuntimePaths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Syntax { file: PathBuf, line: usize, message: String },
+    #[error("{file}:{line}: `{key}`: {reason}")]
+    Invalid { file: PathBuf, line: usize, key: String, reason: String },
+    #[error("{file}: `{key}`: {reason}")]
+    Missing { file: PathBuf, key: String, reason: String },
+    #[error("secret file {file}: {reason}")]
+    Secret { file: PathBuf, reason: String },
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native (driver) mode if the driver has it, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u8,
+    pub name: String,
+    pub interface: String,
+    pub address: IpAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u32,
+    pub name: String,
+    /// One address per link, in link order.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub cluster_name: String,
+    pub cluster_id: u32,
+    pub secret_file: PathBuf,
+    pub node_id: u32,
+    pub node_name: String,
+    pub interval_ms: u32,
+    pub misses: u32,
+    pub port: u16,
+    pub realtime_priority: u32,
+    pub watchdog_tick_us: u32,
+    pub xdp_mode: XdpModeSetting,
+    pub links: Vec<Link>,
+    pub peers: Vec<Peer>,
+    pub paths: RuntimePaths,
+}
+
+impl Config {
+    /// Silence bound: `interval × misses`.
+    pub fn timeout_ns(&self) -> u64 {
+        self.interval_ms as u64 * self.misses as u64 * 1_000_000
+    }
+
+    pub fn peer_name(&self, id: u32) -> String {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| format!("node{id}"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: Option<Spanned<RawCluster>>,
+    node: Option<Spanned<RawNode>>,
+    heartbeat: Option<Spanned<RawHeartbeat>>,
+    datapath: Option<Spanned<RawDatapath>>,
+    paths: Option<Spanned<RawPaths>>,
+    #[serde(default)]
+    link: Vec<Spanned<RawLink>>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    id: Spanned<i64>,
+    secret_file: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Spanned<i64>,
+    name: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeartbeat {
+    interval_ms: Option<Spanned<i64>>,
+    misses: Option<Spanned<i64>>,
+    port: Option<Spanned<i64>>,
+    realtime_priority: Option<Spanned<i64>>,
+    watchdog_tick_us: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatapath {
+    xdp_mode: Option<Spanned<XdpModeSetting>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    bpffs_dir: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    run_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    name: Spanned<String>,
+    interface: Spanned<String>,
+    address: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: Spanned<i64>,
+    name: Spanned<String>,
+    addresses: Spanned<Vec<Spanned<String>>>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+    fn invalid<T>(&self, at: &Spanned<T>, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line: self.line(at.span().start),
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+    fn missing(&self, key: &str, reason: &str) -> ConfigError {
+        ConfigError::Missing { file: self.file.to_path_buf(), key: key.into(), reason: reason.into() }
+    }
+    fn int<T: TryFrom<i64>>(&self, v: &Spanned<i64>, key: &str, lo: i64, hi: i64) -> Result<T, ConfigError> {
+        let x = *v.get_ref();
+        if x < lo || x > hi {
+            return Err(self.invalid(v, key, format!("{x} is out of range {lo}..={hi}")));
+        }
+        T::try_from(x).map_err(|_| self.invalid(v, key, format!("{x} is out of range")))
+    }
+    fn name(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok {
+            return Err(self.invalid(v, key, format!("{s:?} must be 1-32 characters of a-z, 0-9, '-' or '_'")));
+        }
+        Ok(s.clone())
+    }
+    fn ip(&self, v: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
+        v.get_ref()
+            .parse::<IpAddr>()
+            .map_err(|_| self.invalid(v, key, format!("{:?} is not an IPv4 or IPv6 address", v.get_ref())))
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io { file: file.to_path_buf(), source })?;
+    parse(file, &text)
+}
+
+/// Validates configuration text (`file` is only used in messages and to
+/// resolve a relative `secret_file`).
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    let cx = Ctx { file, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        line: e.span().map(|s| cx.line(s.start)).unwrap_or(1),
+        message: e.message().to_string(),
+    })?;
+
+    let cluster = raw.cluster.ok_or_else(|| cx.missing("cluster", "the [cluster] table is required"))?;
+    let cluster = cluster.get_ref();
+    let cluster_name = cx.name(&cluster.name, "cluster.name")?;
+    let cluster_id: u32 = cx.int(&cluster.id, "cluster.id", 1, u32::MAX as i64)?;
+    if cluster.secret_file.get_ref().is_empty() {
+        return Err(cx.invalid(&cluster.secret_file, "cluster.secret_file", "must name a file"));
+    }
+    let mut secret_file = PathBuf::from(cluster.secret_file.get_ref());
+    if secret_file.is_relative() {
+        secret_file = file.parent().unwrap_or(Path::new(".")).join(secret_file);
+    }
+
+    let node = raw.node.ok_or_else(|| cx.missing("node", "the [node] table is required"))?;
+    let node = node.get_ref();
+    let node_id: u32 = cx.int(&node.id, "node.id", 1, u32::MAX as i64 - 1)?;
+    let node_name = cx.name(&node.name, "node.name")?;
+
+    let (mut interval_ms, mut misses, mut port, mut rt, mut tick) = (100u32, 3u32, baton_common::DEFAULT_PORT, 10u32, 1000u32);
+    if let Some(hb) = &raw.heartbeat {
+        let hb = hb.get_ref();
+        if let Some(v) = &hb.interval_ms {
+            interval_ms = cx.int(v, "heartbeat.interval_ms", 1, 60_000)?;
+        }
+        if let Some(v) = &hb.misses {
+            misses = cx.int(v, "heartbeat.misses", 2, 1000)?;
+        }
+        if let Some(v) = &hb.port {
+            port = cx.int(v, "heartbeat.port", 1, 65535)?;
+        }
+        if let Some(v) = &hb.realtime_priority {
+            rt = cx.int(v, "heartbeat.realtime_priority", 0, 99)?;
+        }
+        if let Some(v) = &hb.watchdog_tick_us {
+            tick = cx.int(v, "heartbeat.watchdog_tick_us", 100, 1_000_000)?;
+            // The watchdog must tick at least 4 times per silence bound, or
+            // detection is dominated by the tick rather than the bound.
+            let bound_us = interval_ms as u64 * misses as u64 * 1000;
+            if tick as u64 * 4 > bound_us {
+                return Err(cx.invalid(v, "heartbeat.watchdog_tick_us", format!(
+                    "{tick} µs is too coarse for a silence bound of interval_ms × misses = {bound_us} µs (at most a quarter of it)"
+                )));
+            }
+        }
+    }
+    if (interval_ms as u64 * misses as u64 * 1000) < tick as u64 * 4 {
+        return Err(cx.missing(
+            "heartbeat.watchdog_tick_us",
+            &format!("the default tick of {tick} µs is more than a quarter of interval_ms × misses; set a smaller tick"),
+        ));
+    }
+
+    let mut xdp_mode = XdpModeSetting::Auto;
+    if let Some(dp) = &raw.datapath {
+        if let Some(m) = &dp.get_ref().xdp_mode {
+            xdp_mode = *m.get_ref();
+        }
+    }
+
+    let (mut bpffs, mut state, mut run) = (None, None, None);
+    if let Some(p) = &raw.paths {
+        let p = p.get_ref();
+        let abs = |v: &Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
+            let pb = PathBuf::from(v.get_ref());
+            if !pb.is_absolute() {
+                return Err(cx.invalid(v, key, "must be an absolute path"));
+            }
+            Ok(pb)
+        };
+        if let Some(v) = &p.bpffs_dir {
+            let pb = abs(v, "paths.bpffs_dir")?;
+            if !pb.starts_with(crate::paths::BPFFS_ROOT) {
+                return Err(cx.invalid(v, "paths.bpffs_dir", "must be below /sys/fs/bpf (a bpffs)"));
+            }
+            bpffs = Some(pb);
+        }
+        if let Some(v) = &p.state_dir {
+            state = Some(abs(v, "paths.state_dir")?);
+        }
+        if let Some(v) = &p.run_dir {
+            run = Some(abs(v, "paths.run_dir")?);
+        }
+    }
+
+    if raw.link.is_empty() {
+        return Err(cx.missing("link", "at least one [[link]] (cluster interconnect) is required"));
+    }
+    if raw.link.len() > baton_common::MAX_LINKS as usize {
+        return Err(cx.invalid(&raw.link[baton_common::MAX_LINKS as usize], "link", format!("at most {} links are supported", baton_common::MAX_LINKS)));
+    }
+    let mut links = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, l) in raw.link.iter().enumerate() {
+        let lr = l.get_ref();
+        let key = |k: &str| format!("link[{i}].{k}");
+        let name = cx.name(&lr.name, &key("name"))?;
+        if !seen.insert(name.clone()) {
+            return Err(cx.invalid(&lr.name, &key("name"), format!("duplicate link name {name:?}")));
+        }
+        let ifname = lr.interface.get_ref();
+        if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
+            return Err(cx.invalid(&lr.interface, &key("interface"), format!("{ifname:?} is not a valid interface name")));
+        }
+        if links.iter().any(|x: &Link| &x.interface == ifname) {
+            return Err(cx.invalid(&lr.interface, &key("interface"), format!("interface {ifname:?} is used by two links")));
+        }
+        let address = cx.ip(&lr.address, &key("address"))?;
+        if address.is_unspecified() || address.is_multicast() {
+            return Err(cx.invalid(&lr.address, &key("address"), "must be a unicast address of this node"));
+        }
+        links.push(Link { index: i as u8, name, interface: ifname.clone(), address });
+    }
+
+    if raw.peer.is_empty() {
+        return Err(cx.missing("peer", "at least one [[peer]] is required (a cluster of one has nobody to watch)"));
+    }
+    if raw.peer.len() >= baton_common::MAX_NODES as usize {
+        return Err(cx.invalid(&raw.peer[0], "peer", format!("at most {} peers are supported", baton_common::MAX_NODES - 1)));
+    }
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut names = BTreeSet::from([node_name.clone()]);
+    for (i, p) in raw.peer.iter().enumerate() {
+        let pr = p.get_ref();
+        let key = |k: &str| format!("peer[{i}].{k}");
+        let id: u32 = cx.int(&pr.id, &key("id"), 1, u32::MAX as i64 - 1)?;
+        if id == node_id {
+            return Err(cx.invalid(&pr.id, &key("id"), format!("{id} is this node's own id (node.id)")));
+        }
+        if peers.iter().any(|q| q.id == id) {
+            return Err(cx.invalid(&pr.id, &key("id"), format!("duplicate peer id {id}")));
+        }
+        let name = cx.name(&pr.name, &key("name"))?;
+        if !names.insert(name.clone()) {
+            return Err(cx.invalid(&pr.name, &key("name"), format!("duplicate node name {name:?}")));
+        }
+        let addrs = pr.addresses.get_ref();
+        if addrs.len() != links.len() {
+            return Err(cx.invalid(&pr.addresses, &key("addresses"), format!(
+                "has {} addresses but there are {} links: give one address per [[link]], in order",
+                addrs.len(),
+                links.len()
+            )));
+        }
+        let mut addresses = Vec::new();
+        for (j, a) in addrs.iter().enumerate() {
+            let ip = cx.ip(a, &format!("peer[{i}].addresses[{j}]"))?;
+            if ip.is_ipv4() != links[j].address.is_ipv4() {
+                return Err(cx.invalid(a, &format!("peer[{i}].addresses[{j}]"), format!(
+                    "{ip} is not of the same family as link {:?}'s address {}",
+                    links[j].name, links[j].address
+                )));
+            }
+            addresses.push(ip);
+        }
+        peers.push(Peer { id, name, addresses });
+    }
+
+    let paths = RuntimePaths::new(&cluster_name, bpffs.as_deref(), state.as_deref(), run.as_deref());
+    Ok(Config {
+        file: file.to_path_buf(),
+        cluster_name,
+        cluster_id,
+        secret_file,
+        node_id,
+        node_name,
+        interval_ms,
+        misses,
+        port,
+        realtime_priority: rt,
+        watchdog_tick_us: tick,
+        xdp_mode,
+        links,
+        peers,
+        paths,
+    })
+}
+
+/// Reads the 128-bit cluster secret: 32 hex digits (whitespace ignored).
+/// Refuses a file that group or others can read or write, or a weak key.
+pub fn read_secret(file: &Path) -> Result<[u8; 16], ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |reason: String| ConfigError::Secret { file: file.to_path_buf(), reason };
+    let md = std::fs::metadata(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    if md.mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {:04o} lets group or others access the cluster key; run `chmod 600 {}`",
+            md.mode() & 0o7777,
+            file.display()
+        )));
+    }
+    if md.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(err(format!("is owned by uid {}, not by the user running baton", md.uid())));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    parse_secret(&text).map_err(err)
+}
+
+pub fn parse_secret(text: &str) -> Result<[u8; 16], String> {
+    let hex: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("must hold exactly 32 hex digits (a 128-bit key), found {} characters", hex.len()));
+    }
+    let mut key = [0u8; 16];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).expect("checked hex");
+    }
+    let distinct: BTreeSet<u8> = key.iter().copied().collect();
+    if distinct.len() < 4 {
+        return Err("is not a random key (fewer than 4 distinct bytes); make one with `baton keygen`".into());
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+name = "demo"
+id = 42
+secret_file = "/etc/baton/secret"
+
+[node]
+id = 1
+name = "alpha"
+
+[heartbeat]
+interval_ms = 10
+misses = 3
+
+[[link]]
+name = "ring0"
+interface = "eth1"
+address = "10.0.0.1"
+
+[[peer]]
+id = 2
+name = "beta"
+addresses = ["10.0.0.2"]
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("t.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_config() {
+        let c = parse(Path::new("/etc/baton/baton.toml"), GOOD).unwrap();
+        assert_eq!(c.cluster_id, 42);
+        assert_eq!(c.timeout_ns(), 30_000_000);
+        assert_eq!(c.links[0].interface, "eth1");
+        assert_eq!(c.peers[0].addresses, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.paths.bpffs_dir, Path::new("/sys/fs/bpf/baton/demo"));
+        assert_eq!(c.port, baton_common::DEFAULT_PORT);
+    }
+
+    #[test]
+    fn errors_name_line_key_and_reason() {
+        let e = err(&GOOD.replace("interval_ms = 10", "interval_ms = 0"));
+        assert_eq!(e, "t.toml:14: `heartbeat.interval_ms`: 0 is out of range 1..=60000");
+        let e = err(&GOOD.replace("addresses = [\"10.0.0.2\"]", "addresses = [\"10.0.0.2\", \"10.0.1.2\"]"));
+        assert!(e.starts_with("t.toml:24: `peer[0].addresses`: has 2 addresses but there are 1 links"), "{e}");
+        let e = err(&GOOD.replace("id = 2", "id = 1"));
+        assert!(e.starts_with("t.toml:22: `peer[0].id`: 1 is this node's own id"), "{e}");
+        let e = err(&GOOD.replace("\"10.0.0.2\"", "\"10.0.0.300\""));
+        assert!(e.contains("`peer[0].addresses[0]`: \"10.0.0.300\" is not an IPv4 or IPv6 address"), "{e}");
+        let e = err(&GOOD.replace("\"10.0.0.2\"", "\"fd00::2\""));
+        assert!(e.contains("is not of the same family"), "{e}");
+        let e = err(&GOOD.replace("name = \"demo\"", "name = \"Demo Cluster\""));
+        assert!(e.starts_with("t.toml:3: `cluster.name`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_have_lines() {
+        let e = err(&GOOD.replace("misses = 3", "misses = 3\nmises = 4"));
+        assert!(e.starts_with("t.toml:16: unknown field `mises`"), "{e}");
+        let e = err(&GOOD.replace("misses = 3", "misses = = 3"));
+        assert!(e.starts_with("t.toml:15:"), "{e}");
+        let e = err(&GOOD.replace("misses = 3", "misses = \"three\""));
+        assert!(e.starts_with("t.toml:15:"), "{e}");
+    }
+
+    #[test]
+    fn missing_sections() {
+        let no_link = GOOD.split("[[link]]").next().unwrap().to_string();
+        assert!(err(&no_link).contains("`link`: at least one [[link]]"));
+        assert!(err("").contains("`cluster`: the [cluster] table is required"));
+    }
+
+    #[test]
+    fn watchdog_tick_must_fit_the_bound() {
+        let e = err(&GOOD.replace("misses = 3", "misses = 3\nwatchdog_tick_us = 20000"));
+        assert!(e.contains("`heartbeat.watchdog_tick_us`: 20000 µs is too coarse"), "{e}");
+        let e = err(&GOOD.replace("interval_ms = 10", "interval_ms = 1").replace("misses = 3", "misses = 2"));
+        assert!(e.contains("set a smaller tick"), "{e}");
+    }
+
+    #[test]
+    fn secrets() {
+        assert!(parse_secret("00112233445566778899aabbccddeeff\n").is_ok());
+        assert!(parse_secret("0011").unwrap_err().contains("32 hex digits"));
+        assert!(parse_secret("00000000000000000000000000000000").unwrap_err().contains("not a random key"));
+        assert!(parse_secret("zz112233445566778899aabbccddeeff").is_err());
+    }
+
+    #[test]
+    fn secret_file_permissions_are_enforced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("baton-secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("secret");
+        std::fs::write(&f, "00112233445566778899aabbccddeeff").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_secret(&f).unwrap_err().to_string();
+        assert!(e.contains("mode 0644 lets group or others access"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_secret(&f).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,206 @@
+//! Turns ring-buffer records into peer events: per-link up / silent, and per
+//! node up / silent / distress / restarted. Each event is logged through
+//! `tracing` and appended as one JSON line to `<state_dir>/events.jsonl`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use baton_common::{Event, EV_DISTRESS, EV_LINK_SILENT, EV_LINK_UP, EV_NEW_INCARNATION};
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+
+/// Monotonic clock in ns: the same clock as the kernel's `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// One line of `events.jsonl`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PeerEvent {
+    /// link_up, link_silent, peer_up, peer_silent, peer_distress, peer_restarted
+    pub event: &'static str,
+    pub node: u32,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<u32>,
+    pub incarnation: u64,
+    /// Kernel monotonic time the datapath produced the record.
+    pub kernel_ns: u64,
+    /// Monotonic time the agent handled it.
+    pub agent_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<u32>,
+}
+
+/// Folds link events into node events. Deterministic (BTree collections).
+pub struct PeerTracker {
+    names: BTreeMap<u32, String>,
+    up_links: BTreeMap<u32, BTreeSet<u32>>,
+    distressed: BTreeMap<u32, u64>,
+}
+
+impl PeerTracker {
+    pub fn new(cfg: &Config) -> Self {
+        PeerTracker {
+            names: cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect(),
+            up_links: BTreeMap::new(),
+            distressed: BTreeMap::new(),
+        }
+    }
+
+    /// Events to report for one ring-buffer record received at `agent_ns`.
+    pub fn on_record(&mut self, ev: &Event, agent_ns: u64) -> Vec<PeerEvent> {
+        let name = self.names.get(&ev.node).cloned().unwrap_or_else(|| format!("node{}", ev.node));
+        let mk = |event: &'static str, link: Option<u32>| PeerEvent {
+            event,
+            node: ev.node,
+            name: name.clone(),
+            link,
+            incarnation: ev.incarnation,
+            kernel_ns: ev.ts_ns,
+            agent_ns,
+            last_seen_ns: None,
+            reason: None,
+        };
+        let mut out = Vec::new();
+        match ev.kind {
+            EV_LINK_UP => {
+                let set = self.up_links.entry(ev.node).or_default();
+                let was_down = set.is_empty();
+                if set.insert(ev.link) {
+                    out.push(mk("link_up", Some(ev.link)));
+                }
+                if was_down && !set.is_empty() {
+                    out.push(mk("peer_up", None));
+                }
+            }
+            EV_LINK_SILENT => {
+                let set = self.up_links.entry(ev.node).or_default();
+                if set.remove(&ev.link) {
+                    let mut e = mk("link_silent", Some(ev.link));
+                    e.last_seen_ns = Some(ev.last_seen_ns);
+                    out.push(e);
+                    if set.is_empty() {
+                        let mut e = mk("peer_silent", None);
+                        e.last_seen_ns = Some(ev.last_seen_ns);
+                        out.push(e);
+                    }
+                }
+            }
+            EV_DISTRESS => {
+                // Redundant copies on other links, or repeats: processed once
+                // per incarnation of the sender.
+                if self.distressed.get(&ev.node) != Some(&ev.incarnation) {
+                    self.distressed.insert(ev.node, ev.incarnation);
+                    self.up_links.remove(&ev.node);
+                    let mut e = mk("peer_distress", None);
+                    e.reason = Some(ev.reason);
+                    out.push(e);
+                }
+            }
+            EV_NEW_INCARNATION => {
+                self.up_links.remove(&ev.node);
+                out.push(mk("peer_restarted", Some(ev.link)));
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Appends events to the JSON-lines log and reports them through tracing.
+pub struct EventSink {
+    file: Option<std::fs::File>,
+}
+
+impl EventSink {
+    pub fn open(path: &std::path::Path) -> Self {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        match file {
+            Ok(f) => EventSink { file: Some(f) },
+            Err(e) => {
+                warn!(path = %path.display(), "cannot open the event log: {e}");
+                EventSink { file: None }
+            }
+        }
+    }
+
+    pub fn emit(&mut self, e: &PeerEvent) {
+        match e.event {
+            "peer_silent" | "peer_distress" => error!(node = e.node, name = %e.name, incarnation = e.incarnation, reason = ?e.reason, "{}", e.event),
+            "link_silent" => warn!(node = e.node, name = %e.name, link = ?e.link, "{}", e.event),
+            _ => info!(node = e.node, name = %e.name, link = ?e.link, incarnation = e.incarnation, "{}", e.event),
+        }
+        if let Some(f) = &mut self.file {
+            if let Ok(line) = serde_json::to_string(e) {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let text = r#"
+[cluster]
+name = "t"
+id = 1
+secret_file = "s"
+[node]
+id = 1
+name = "a"
+[[link]]
+name = "l0"
+interface = "eth0"
+address = "10.0.0.1"
+[[link]]
+name = "l1"
+interface = "eth1"
+address = "10.0.1.1"
+[[peer]]
+id = 2
+name = "b"
+addresses = ["10.0.0.2", "10.0.1.2"]
+"#;
+        crate::config::parse(std::path::Path::new("t.toml"), text).unwrap()
+    }
+
+    fn rec(kind: u32, link: u32, inc: u64) -> Event {
+        Event { kind, node: 2, link, reason: 7, incarnation: inc, ts_ns: 100, last_seen_ns: 50 }
+    }
+
+    fn kinds(v: Vec<PeerEvent>) -> Vec<&'static str> {
+        v.into_iter().map(|e| e.event).collect()
+    }
+
+    #[test]
+    fn node_is_silent_only_when_every_link_is() {
+        let mut t = PeerTracker::new(&cfg());
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_UP, 0, 5), 1)), ["link_up", "peer_up"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_UP, 1, 5), 1)), ["link_up"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 0, 5), 1)), ["link_silent"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 0, 5), 1)), Vec::<&str>::new());
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 1, 5), 1)), ["link_silent", "peer_silent"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_UP, 1, 5), 1)), ["link_up", "peer_up"]);
+    }
+
+    #[test]
+    fn distress_is_reported_once_per_incarnation() {
+        let mut t = PeerTracker::new(&cfg());
+        t.on_record(&rec(EV_LINK_UP, 0, 5), 1);
+        let d = t.on_record(&rec(EV_DISTRESS, 0, 5), 1);
+        assert_eq!(kinds(d.clone()), ["peer_distress"]);
+        assert_eq!(d[0].reason, Some(7));
+        assert!(t.on_record(&rec(EV_DISTRESS, 1, 5), 1).is_empty());
+        assert_eq!(kinds(t.on_record(&rec(EV_NEW_INCARNATION, 0, 6), 1)), ["peer_restarted"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_DISTRESS, 0, 6), 1)), ["peer_distress"]);
+    }
+}

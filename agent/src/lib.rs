@@ -1,0 +1,12 @@
+//! The baton agent: configuration, the kernel datapath (XDP + watchdog), the
+//! heartbeat sender, peer events and status. The binary (`baton`) is in
+//! `main.rs`; the daemon loop in `run.rs`.
+
+pub mod config;
+pub mod control;
+pub mod datapath;
+pub mod events;
+pub mod paths;
+pub mod run;
+pub mod sender;
+pub mod status;

@@ -1,0 +1,189 @@
+//! `baton`: the agent daemon and its command-line interface.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use baton_agent::{config, control, paths, run, status};
+
+#[derive(Parser)]
+#[command(name = "baton", version, about = "baton: a Linux high-availability cluster agent with an XDP datapath")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+    Run {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show the local view of peers, read from the pinned maps.
+    Status {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new 128-bit cluster secret (hex), written with mode 0600.
+    Keygen {
+        /// Output file; refuses to overwrite. Without it, prints to stdout.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Report a critical local failure: the agent sends a distress signal to
+    /// every peer on every link and ends clustering on this node (S0).
+    Distress {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// communication | protocol | component | corruption | admin
+        #[arg(long, default_value = "admin")]
+        reason: String,
+    },
+    /// Drop (or stop dropping) every datagram from a node in the datapath.
+    Fence {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: FenceCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file without running anything.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum FenceCmd {
+    Add { node: u32 },
+    Remove { node: u32 },
+    List,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("baton: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(run::run(&config))
+        }
+        Cmd::Status { config, json } => {
+            let cfg = config::load(&config)?;
+            let v = status::collect(&cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", status::render(&v));
+            }
+            Ok(())
+        }
+        Cmd::Keygen { out } => keygen(out),
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+            let cfg = config::load(&file)?;
+            config::read_secret(&cfg.secret_file)?;
+            println!(
+                "{}: ok (cluster {:?} id {}, node {:?} id {}, {} link(s), {} peer(s), silence bound {} ms)",
+                file.display(),
+                cfg.cluster_name,
+                cfg.cluster_id,
+                cfg.node_name,
+                cfg.node_id,
+                cfg.links.len(),
+                cfg.peers.len(),
+                cfg.interval_ms * cfg.misses
+            );
+            Ok(())
+        }
+        Cmd::Distress { config, reason } => {
+            if control::reason_code(&reason).is_none() {
+                anyhow::bail!("unknown reason {reason:?}: use communication, protocol, component, corruption or admin");
+            }
+            let cfg = config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let reply = rt.block_on(control::request(&cfg.paths.control_socket(), &format!("distress {reason}")))?;
+            println!("{reply}");
+            Ok(())
+        }
+        Cmd::Fence { config, cmd } => fence(&config, cmd),
+    }
+}
+
+fn keygen(out: Option<PathBuf>) -> Result<()> {
+    let mut key = [0u8; 16];
+    getrandom(&mut key)?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    match out {
+        None => println!("{hex}"),
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+            writeln!(f, "{hex}")?;
+            eprintln!("wrote a new cluster secret to {} (mode 0600); copy it to every node", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        anyhow::bail!("getrandom failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn fence(config: &std::path::Path, cmd: FenceCmd) -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    let cfg = config::load(config)?;
+    let path = cfg.paths.map(baton_common::MAP_FENCED);
+    let md = MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent running?)", path.display()))?;
+    let mut m: HashMap<MapData, u32, u32> = HashMap::try_from(Map::HashMap(md))?;
+    match cmd {
+        FenceCmd::Add { node } => {
+            if !cfg.peers.iter().any(|p| p.id == node) {
+                anyhow::bail!("node {node} is not a peer in {}", config.display());
+            }
+            m.insert(node, 1, 0)?;
+            println!("node {node} fenced: the datapath drops its datagrams");
+        }
+        FenceCmd::Remove { node } => {
+            m.remove(&node).with_context(|| format!("node {node} is not fenced"))?;
+            println!("node {node} unfenced");
+        }
+        FenceCmd::List => {
+            for k in m.keys() {
+                println!("{}", k?);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `baton run`: the daemon.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use baton_common::{siphash::key_halves, Event};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config};
+use crate::datapath::Datapath;
+use crate::events::{monotonic_ns, EventSink, PeerTracker};
+use crate::{control, sender};
+
+/// A new incarnation: the wall clock in µs, but always above the last one
+/// this node used (kept in the state dir), so a restart is always "newer" even
+/// if the clock stepped back.
+pub fn next_incarnation(file: &Path) -> Result<u64> {
+    let last: u64 = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let inc = wall.max(last + 1);
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(f, "{inc}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
+    Ok(inc)
+}
+
+pub async fn run(cfg_path: &Path) -> Result<()> {
+    let cfg = config::load(cfg_path)?;
+    let key = config::read_secret(&cfg.secret_file)?;
+    crate::datapath::check_prerequisites()?;
+    std::fs::create_dir_all(&cfg.paths.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;
+    let incarnation = next_incarnation(&cfg.paths.incarnation_file())?;
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        warn!("mlockall failed ({}); page faults may delay heartbeats", std::io::Error::last_os_error());
+    }
+
+    let (dp, events) = Datapath::start(&cfg, &key, incarnation).await?;
+    let (k0, k1) = key_halves(&key);
+    let sender = match sender::spawn(&cfg, k0, k1, incarnation) {
+        Ok(s) => s,
+        Err(e) => {
+            dp.stop();
+            return Err(anyhow::Error::new(e).context("starting the heartbeat sender"));
+        }
+    };
+    let listener = match control::bind(&cfg.paths.control_socket()) {
+        Ok(l) => l,
+        Err(e) => {
+            sender.stop();
+            dp.stop();
+            return Err(anyhow::Error::new(e).context(format!("binding {}", cfg.paths.control_socket().display())));
+        }
+    };
+    let status = serde_json::json!({
+        "pid": std::process::id(),
+        "incarnation": incarnation,
+        "started_monotonic_ns": monotonic_ns(),
+        "config": cfg.file.display().to_string(),
+        "xdp": dp.attachments.iter().map(|(i, m)| serde_json::json!({"interface": i, "mode": m})).collect::<Vec<_>>(),
+        "watchdog_cpu": dp.watchdog_cpu,
+    });
+    let _ = std::fs::write(cfg.paths.agent_status(), status.to_string());
+    info!(
+        cluster = %cfg.cluster_name, node = cfg.node_id, incarnation,
+        interval_ms = cfg.interval_ms, misses = cfg.misses, peers = cfg.peers.len(), links = cfg.links.len(),
+        pin_dir = %cfg.paths.bpffs_dir.display(),
+        "baton agent running"
+    );
+
+    let result = event_loop(&cfg, events, &sender, listener).await;
+    let _ = std::fs::remove_file(cfg.paths.control_socket());
+    let _ = std::fs::remove_file(cfg.paths.agent_status());
+    let ended = sender.shared.ended.load(std::sync::atomic::Ordering::SeqCst);
+    sender.stop();
+    dp.stop();
+    info!("baton agent stopped");
+    match result {
+        Ok(()) if ended => anyhow::bail!("clustering ended on this node after a distress signal"),
+        other => other,
+    }
+}
+
+async fn event_loop(
+    cfg: &Config,
+    events: RingBuf<MapData>,
+    sender: &sender::Sender,
+    listener: tokio::net::UnixListener,
+) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tracker = PeerTracker::new(cfg);
+    let mut sink = EventSink::open(&cfg.paths.events_log());
+    // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so
+    // the fd stays open for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
+    let incarnation = std::fs::read_to_string(cfg.paths.incarnation_file()).unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    let agent_ns = monotonic_ns();
+                    if item.len() < std::mem::size_of::<Event>() {
+                        continue;
+                    }
+                    let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                    for pe in tracker.on_record(&ev, agent_ns) {
+                        sink.emit(&pe);
+                    }
+                }
+                guard.clear_ready();
+            }
+            conn = listener.accept() => {
+                let (mut s, _) = conn?;
+                let req = control::read_request(&mut s).await.unwrap_or_default();
+                let mut words = req.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some("ping"), _) => { let _ = control::reply(&mut s, &format!("ok {}", incarnation.trim())).await; }
+                    (Some("distress"), Some(r)) => {
+                        let code = control::reason_code(r).or_else(|| r.parse().ok()).unwrap_or(baton_common::DISTRESS_ADMIN);
+                        error!(reason = r, "local failure reported: sending distress and ending clustering on this node");
+                        sender.distress(code);
+                        for _ in 0..200 {
+                            if sender.shared.ended.load(std::sync::atomic::Ordering::SeqCst) { break; }
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        let _ = control::reply(&mut s, "ok").await;
+                        return Ok(());
+                    }
+                    _ => { let _ = control::reply(&mut s, &format!("error: unknown request {req:?}")).await; }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The heartbeat sender: one dedicated thread, SCHED_FIFO when allowed, on
+//! absolute deadlines of the monotonic clock, so that a CPU hog at normal
+//! priority cannot delay a heartbeat. It also sends the distress signal (S0.2),
+//! after which this node sends nothing more: clustering has ended here.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, Map, MapData};
+use baton_common::{Header, PeerLink, KIND_DISTRESS, KIND_HEARTBEAT, MAP_PEERS, MAX_LINKS};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::datapath::slot_base;
+
+/// State shared between the sender thread and the rest of the agent.
+#[derive(Default)]
+pub struct SenderShared {
+    /// Non-zero: send distress with this reason, then stop.
+    pub distress: AtomicU32,
+    pub stop: AtomicBool,
+    /// Set by the sender once it sent its distress and went quiet.
+    pub ended: AtomicBool,
+    pub sent: AtomicU64,
+    pub send_errors: AtomicU64,
+    /// Ticks that started more than one interval late.
+    pub late_ticks: AtomicU64,
+}
+
+pub struct Sender {
+    pub shared: Arc<SenderShared>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sender {
+    pub fn wake(&self) {
+        self.thread.thread().unpark();
+    }
+    pub fn distress(&self, reason: u32) {
+        self.shared.distress.store(reason.max(1), Ordering::SeqCst);
+        self.wake();
+    }
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        let _ = self.thread.join();
+    }
+}
+
+struct LinkSock {
+    sock: UdpSocket,
+    /// Per-link sequence; strictly increasing over heartbeats and distress.
+    seq: u64,
+}
+
+fn open_socket(interface: &str, local: IpAddr) -> std::io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::new(local, 0))?;
+    nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::BindToDevice, &std::ffi::OsString::from(interface))
+        .map_err(std::io::Error::from)?;
+    // Network control traffic: DSCP CS6, and the highest socket priority.
+    let _ = nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::Priority, &6);
+    if local.is_ipv4() {
+        let _ = nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::IpTos, &0xc0);
+    } else {
+        let _ = nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::Ipv6TClass, &0xc0);
+    }
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
+fn set_realtime(priority: u32) {
+    if priority == 0 {
+        return;
+    }
+    let param = libc::sched_param { sched_priority: priority as i32 };
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        warn!(priority, "cannot run the heartbeat sender at SCHED_FIFO ({}); it runs at normal priority and may be delayed by CPU load", std::io::Error::from_raw_os_error(rc));
+    } else {
+        info!(priority, "heartbeat sender runs at SCHED_FIFO");
+    }
+}
+
+/// Starts the sender thread. Sockets are opened here, so errors (no such
+/// address on the interface, ...) are reported before the agent goes live.
+pub fn spawn(cfg: &Config, k0: u64, k1: u64, incarnation: u64) -> std::io::Result<Sender> {
+    let mut socks = Vec::new();
+    for l in &cfg.links {
+        let sock = open_socket(&l.interface, l.address).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("link {:?}: cannot send from {} on {}: {e}", l.name, l.address, l.interface))
+        })?;
+        socks.push(LinkSock { sock, seq: 0 });
+    }
+    let peers_map = MapData::from_pin(cfg.paths.map(MAP_PEERS))
+        .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
+    let peers_map: Array<MapData, PeerLink> =
+        Array::try_from(Map::Array(peers_map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
+    let shared = Arc::new(SenderShared::default());
+    let s2 = shared.clone();
+    let cfg = cfg.clone();
+    let thread = std::thread::Builder::new()
+        .name("baton-heartbeat".into())
+        .spawn(move || run(cfg, k0, k1, incarnation, socks, peers_map, s2))?;
+    Ok(Sender { shared, thread })
+}
+
+fn run(
+    cfg: Config,
+    k0: u64,
+    k1: u64,
+    incarnation: u64,
+    mut socks: Vec<LinkSock>,
+    peers_map: Array<MapData, PeerLink>,
+    shared: Arc<SenderShared>,
+) {
+    set_realtime(cfg.realtime_priority);
+    let interval = Duration::from_millis(cfg.interval_ms as u64);
+    let mut dst_inc = vec![0u64; cfg.peers.len()];
+    let mut next = Instant::now();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let reason = shared.distress.load(Ordering::SeqCst);
+        if reason != 0 {
+            // S0.2: the distress goes to every node, redundantly on every link.
+            for _round in 0..3 {
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_DISTRESS, reason, &shared);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            shared.ended.store(true, Ordering::SeqCst);
+            error!(reason, "distress sent to every peer on every link; this node sends no more heartbeats");
+            while !shared.stop.load(Ordering::SeqCst) {
+                std::thread::park();
+            }
+            return;
+        }
+        let now = Instant::now();
+        if now >= next {
+            // The receiver's incarnation we put in each datagram proves to it
+            // that the datagram is fresh (see docs/wire-format.md).
+            for (i, inc) in dst_inc.iter_mut().enumerate() {
+                for l in 0..cfg.links.len() as u32 {
+                    if let Ok(rec) = peers_map.get(&(slot_base(i) + l), 0) {
+                        if rec.incarnation > *inc {
+                            *inc = rec.incarnation;
+                        }
+                    }
+                }
+            }
+            send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared);
+            next += interval;
+            if next + interval < now {
+                shared.late_ticks.fetch_add(1, Ordering::Relaxed);
+                next = now + interval;
+            }
+            continue;
+        }
+        std::thread::park_timeout(next - now);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_all(
+    cfg: &Config,
+    k0: u64,
+    k1: u64,
+    incarnation: u64,
+    socks: &mut [LinkSock],
+    dst_inc: &[u64],
+    kind: u8,
+    arg: u32,
+    shared: &SenderShared,
+) {
+    debug_assert!(socks.len() <= MAX_LINKS as usize);
+    for (li, ls) in socks.iter_mut().enumerate() {
+        ls.seq += 1;
+        for (pi, p) in cfg.peers.iter().enumerate() {
+            let h = Header {
+                kind,
+                link: li as u8,
+                cluster_id: cfg.cluster_id,
+                src_node: cfg.node_id,
+                dst_node: p.id,
+                arg,
+                incarnation,
+                seq: ls.seq,
+                dst_incarnation: dst_inc[pi],
+            };
+            let pkt = h.encode(k0, k1);
+            match ls.sock.send_to(&pkt, SocketAddr::new(p.addresses[li], cfg.port)) {
+                Ok(_) => {
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `baton status`: the local view of peers, read straight from the pinned
+//! maps, so it answers even when the agent is busy or stuck.
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use baton_common::{
+    Counter, DatapathConfig, PeerLink, LINK_DISTRESSED, LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAP_CONFIG, MAP_COUNTERS,
+    MAP_FENCED, MAP_PEERS,
+};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::datapath::slot_base;
+use crate::events::monotonic_ns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot open pinned map {path}: {source} (is the agent running with this configuration?)")]
+    Open {
+        path: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading pinned map {map}: {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+pub fn state_name(s: u32) -> &'static str {
+    match s {
+        LINK_UNKNOWN => "unknown",
+        LINK_UP => "up",
+        LINK_SILENT => "silent",
+        LINK_DISTRESSED => "distressed",
+        _ => "invalid",
+    }
+}
+
+fn open(cfg: &Config, name: &'static str) -> Result<MapData, StatusError> {
+    let path = cfg.paths.map(name);
+    MapData::from_pin(&path).map_err(|source| StatusError::Open { path: path.display().to_string(), source })
+}
+
+/// Sums the per-CPU counters.
+pub fn counters(cfg: &Config) -> Result<Vec<(Counter, u64)>, StatusError> {
+    let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(cfg, MAP_COUNTERS)?))
+        .map_err(|source| StatusError::Read { map: MAP_COUNTERS, source })?;
+    let mut out = Vec::new();
+    for c in Counter::ALL {
+        let v = arr.get(&(c as u32), 0).map_err(|source| StatusError::Read { map: MAP_COUNTERS, source })?;
+        out.push((c, v.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// The whole status document (`baton status --json`).
+pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
+    let now = monotonic_ns();
+    let conf: Array<MapData, DatapathConfig> = Array::try_from(Map::Array(open(cfg, MAP_CONFIG)?))
+        .map_err(|source| StatusError::Read { map: MAP_CONFIG, source })?;
+    let dc = conf.get(&0, 0).map_err(|source| StatusError::Read { map: MAP_CONFIG, source })?;
+    let peers: Array<MapData, PeerLink> = Array::try_from(Map::Array(open(cfg, MAP_PEERS)?))
+        .map_err(|source| StatusError::Read { map: MAP_PEERS, source })?;
+    let fenced: HashMap<MapData, u32, u32> = HashMap::try_from(Map::HashMap(open(cfg, MAP_FENCED)?))
+        .map_err(|source| StatusError::Read { map: MAP_FENCED, source })?;
+    let fenced_ids: Vec<u32> = fenced.keys().filter_map(Result::ok).collect();
+
+    let mut nodes = Vec::new();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        let mut links = Vec::new();
+        let mut any_up = false;
+        let mut distressed = false;
+        let mut inc = 0;
+        for (li, l) in cfg.links.iter().enumerate() {
+            let r = peers
+                .get(&(slot_base(i) + li as u32), 0)
+                .map_err(|source| StatusError::Read { map: MAP_PEERS, source })?;
+            any_up |= r.state == LINK_UP;
+            distressed |= r.state == LINK_DISTRESSED;
+            inc = inc.max(r.incarnation);
+            let age = (r.last_seen_ns != 0).then(|| now.saturating_sub(r.last_seen_ns) as f64 / 1e6);
+            links.push(json!({
+                "link": li,
+                "name": l.name,
+                "address": p.addresses[li].to_string(),
+                "state": state_name(r.state),
+                "last_seen_age_ms": age,
+                "incarnation": r.incarnation,
+                "last_seq": r.last_seq,
+                "rx_live": r.rx_live,
+                "rx_handshake": r.rx_handshake,
+                "peer_interval_ms": r.peer_interval_ms,
+                "distress_reason": r.distress_reason,
+            }));
+        }
+        let state = if distressed {
+            "distressed"
+        } else if any_up {
+            "up"
+        } else if links.iter().any(|l| l["state"] == "silent") {
+            "silent"
+        } else {
+            "unknown"
+        };
+        nodes.push(json!({
+            "id": p.id,
+            "name": p.name,
+            "state": state,
+            "incarnation": inc,
+            "fenced": fenced_ids.contains(&p.id),
+            "links": links,
+        }));
+    }
+    let counters: serde_json::Map<String, Value> =
+        counters(cfg)?.into_iter().map(|(c, v)| (c.name().to_string(), json!(v))).collect();
+    let agent: Value = std::fs::read_to_string(cfg.paths.agent_status())
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    Ok(json!({
+        "cluster": cfg.cluster_name,
+        "cluster_id": dc.cluster_id,
+        "node": {"id": dc.my_node, "name": cfg.node_name, "incarnation": dc.my_incarnation},
+        "timeout_ms": dc.timeout_ns as f64 / 1e6,
+        "enabled": dc.enabled != 0,
+        "pin_dir": cfg.paths.bpffs_dir.display().to_string(),
+        "agent": agent,
+        "peers": nodes,
+        "counters": counters,
+    }))
+}
+
+/// Human table.
+pub fn render(v: &Value) -> String {
+    let mut s = format!(
+        "cluster {} (id {}), node {} (id {}), incarnation {}, silence bound {} ms\n",
+        v["cluster"].as_str().unwrap_or("?"),
+        v["cluster_id"],
+        v["node"]["name"].as_str().unwrap_or("?"),
+        v["node"]["id"],
+        v["node"]["incarnation"],
+        v["timeout_ms"]
+    );
+    s += &format!("{:<12} {:>6} {:<11} {:<8} {:<11} {:>12} {:>10} {:>10}\n", "PEER", "ID", "STATE", "LINK", "LINK STATE", "LAST SEEN", "LIVE", "HANDSHAKE");
+    for p in v["peers"].as_array().into_iter().flatten() {
+        for (i, l) in p["links"].as_array().into_iter().flatten().enumerate() {
+            let age = l["last_seen_age_ms"].as_f64().map(|a| format!("{a:.1} ms")).unwrap_or_else(|| "never".into());
+            let (name, id, st) = if i == 0 {
+                let mut st = p["state"].as_str().unwrap_or("?").to_string();
+                if p["fenced"] == true {
+                    st += ",fenced";
+                }
+                (p["name"].as_str().unwrap_or("?").to_string(), p["id"].to_string(), st)
+            } else {
+                (String::new(), String::new(), String::new())
+            };
+            s += &format!(
+                "{:<12} {:>6} {:<11} {:<8} {:<11} {:>12} {:>10} {:>10}\n",
+                name,
+                id,
+                st,
+                l["name"].as_str().unwrap_or("?"),
+                l["state"].as_str().unwrap_or("?"),
+                age,
+                l["rx_live"],
+                l["rx_handshake"]
+            );
+        }
+    }
+    s += "counters:";
+    if let Some(c) = v["counters"].as_object() {
+        for (k, val) in c {
+            if val.as_u64().unwrap_or(0) != 0 {
+                s += &format!(" {k}={val}");
+            }
+        }
+    }
+    s.push('\n');
+    s
+}

@@ -1,0 +1,178 @@
+//! Layouts of the values in baton's pinned maps and ring-buffer events.
+//! Map names (as pinned under `/sys/fs/bpf/baton/<cluster>/`) are the `MAP_*`
+//! constants.
+
+pub const MAP_CONFIG: &str = "BATON_CONFIG";
+pub const MAP_PEERS: &str = "BATON_PEERS";
+pub const MAP_NODE_SLOTS: &str = "BATON_NODE_SLOTS";
+pub const MAP_COUNTERS: &str = "BATON_COUNTERS";
+pub const MAP_FENCED: &str = "BATON_FENCED";
+pub const MAP_EVENTS: &str = "BATON_EVENTS";
+
+/// Nodes the datapath can track (slots = nodes × MAX_LINKS).
+pub const MAX_NODES: u32 = 256;
+pub const MAX_SLOTS: u32 = MAX_NODES * crate::wire::MAX_LINKS;
+
+/// The single entry of `BATON_CONFIG`, written by the agent before attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// SipHash key halves (little-endian halves of the 128-bit cluster secret).
+    pub k0: u64,
+    pub k1: u64,
+    /// This node's current incarnation.
+    pub my_incarnation: u64,
+    /// Silence bound: a link is silent when nothing valid arrived for this long.
+    pub timeout_ns: u64,
+    pub cluster_id: u32,
+    pub my_node: u32,
+    /// UDP destination port of the interconnect, host byte order.
+    pub port: u16,
+    /// Non-zero once the agent finished filling the maps.
+    pub enabled: u16,
+    /// Slots in use in `BATON_PEERS` (the watchdog scans `0..n_slots`).
+    pub n_slots: u32,
+}
+
+/// Link state values of [`PeerLink::state`].
+pub const LINK_UNKNOWN: u32 = 0;
+pub const LINK_UP: u32 = 1;
+pub const LINK_SILENT: u32 = 2;
+pub const LINK_DISTRESSED: u32 = 3;
+
+/// One (peer node, link) liveness record, a slot of `BATON_PEERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerLink {
+    pub node: u32,
+    pub link: u32,
+    pub state: u32,
+    pub distress_reason: u32,
+    /// Last incarnation and sequence accepted from this peer on this link.
+    pub incarnation: u64,
+    pub last_seq: u64,
+    /// Kernel monotonic time (bpf_ktime_get_ns) of the last live heartbeat.
+    pub last_seen_ns: u64,
+    /// When the state last changed (kernel monotonic ns).
+    pub changed_ns: u64,
+    /// Heartbeats accepted as liveness.
+    pub rx_live: u64,
+    /// Authentic, fresh heartbeats that did not yet prove they know our
+    /// incarnation (handshake after either side restarted).
+    pub rx_handshake: u64,
+    /// The heartbeat interval the peer announced, ms.
+    pub peer_interval_ms: u32,
+    pub _pad: u32,
+}
+
+/// `BATON_NODE_SLOTS` value: node id → index of its first slot in `BATON_PEERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSlot {
+    pub base: u32,
+    pub links: u32,
+}
+
+/// Ring-buffer event kinds.
+pub const EV_LINK_UP: u32 = 1;
+pub const EV_LINK_SILENT: u32 = 2;
+pub const EV_DISTRESS: u32 = 3;
+pub const EV_NEW_INCARNATION: u32 = 4;
+
+/// A record of `BATON_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    pub node: u32,
+    pub link: u32,
+    /// Distress reason, or 0.
+    pub reason: u32,
+    pub incarnation: u64,
+    /// Kernel monotonic time of the event.
+    pub ts_ns: u64,
+    /// For EV_LINK_SILENT: the last time the link was seen alive.
+    pub last_seen_ns: u64,
+}
+
+/// Indexes of the per-CPU counter array `BATON_COUNTERS`. Every packet that
+/// reaches the baton port is counted under exactly one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    HeartbeatLive = 0,
+    Handshake = 1,
+    Distress = 2,
+    DropTruncated = 3,
+    DropMalformed = 4,
+    DropUnknownCluster = 5,
+    DropBadMac = 6,
+    DropUnknownNode = 7,
+    DropNotForUs = 8,
+    DropStaleIncarnation = 9,
+    DropReplay = 10,
+    DropFenced = 11,
+    DropDisabled = 12,
+    DistressRepeat = 13,
+    WatchdogTicks = 14,
+    LinkSilent = 15,
+}
+
+pub const N_COUNTERS: u32 = 16;
+
+impl Counter {
+    pub const ALL: [Counter; N_COUNTERS as usize] = [
+        Counter::HeartbeatLive,
+        Counter::Handshake,
+        Counter::Distress,
+        Counter::DropTruncated,
+        Counter::DropMalformed,
+        Counter::DropUnknownCluster,
+        Counter::DropBadMac,
+        Counter::DropUnknownNode,
+        Counter::DropNotForUs,
+        Counter::DropStaleIncarnation,
+        Counter::DropReplay,
+        Counter::DropFenced,
+        Counter::DropDisabled,
+        Counter::DistressRepeat,
+        Counter::WatchdogTicks,
+        Counter::LinkSilent,
+    ];
+
+    /// Stable name used in `baton status --json` and the docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::HeartbeatLive => "heartbeat_live",
+            Counter::Handshake => "heartbeat_handshake",
+            Counter::Distress => "distress",
+            Counter::DropTruncated => "drop_truncated",
+            Counter::DropMalformed => "drop_malformed",
+            Counter::DropUnknownCluster => "drop_unknown_cluster",
+            Counter::DropBadMac => "drop_bad_mac",
+            Counter::DropUnknownNode => "drop_unknown_node",
+            Counter::DropNotForUs => "drop_not_for_us",
+            Counter::DropStaleIncarnation => "drop_stale_incarnation",
+            Counter::DropReplay => "drop_replay",
+            Counter::DropFenced => "drop_fenced",
+            Counter::DropDisabled => "drop_disabled",
+            Counter::DistressRepeat => "distress_repeat",
+            Counter::WatchdogTicks => "watchdog_ticks",
+            Counter::LinkSilent => "link_silent",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], contain only integers, and have no
+    // implicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::PeerLink {}
+    unsafe impl aya::Pod for super::NodeSlot {}
+    unsafe impl aya::Pod for super::Event {}
+}
+
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<PeerLink>() == 72);
+const _: () = assert!(core::mem::size_of::<Event>() == 40);

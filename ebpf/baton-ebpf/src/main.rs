@@ -1,0 +1,313 @@
+//! baton's in-kernel datapath.
+//!
+//! * `baton_xdp` (XDP, on every interconnect interface): authenticates
+//!   heartbeat and distress datagrams, keeps the per-(peer, link) liveness
+//!   record, counts every rejected datagram under its reason, and consumes all
+//!   baton traffic. Everything else passes untouched.
+//! * `baton_watchdog` (perf_event on a software cpu-clock, i.e. an hrtimer in
+//!   interrupt context): notices links that went silent, without depending on
+//!   userspace being scheduled, and wakes the agent through the ring buffer.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, perf_event, xdp},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{PerfEventContext, XdpContext},
+};
+use aya_log_ebpf::{info, warn};
+use baton_common::{
+    siphash::mac_words, words_of, Counter, DatapathConfig, Event, NodeSlot, PeerLink, EV_DISTRESS,
+    EV_LINK_SILENT, EV_LINK_UP, EV_NEW_INCARNATION, KIND_DISTRESS, KIND_HEARTBEAT, LINK_DISTRESSED,
+    LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAC_COVERED, MAGIC, MAX_NODES, MAX_SLOTS, N_COUNTERS,
+    PACKET_LEN, VERSION,
+};
+
+#[map]
+static BATON_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+#[map]
+static BATON_PEERS: Array<PeerLink> = Array::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static BATON_NODE_SLOTS: HashMap<u32, NodeSlot> = HashMap::with_max_entries(MAX_NODES, 0);
+#[map]
+static BATON_FENCED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODES, 0);
+#[map]
+static BATON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
+#[map]
+static BATON_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_UDP: u8 = 17;
+const UDP_HLEN: usize = 8;
+
+#[xdp]
+pub fn baton_xdp(ctx: XdpContext) -> u32 {
+    match try_baton_xdp(&ctx) {
+        Ok(action) => action,
+        Err(()) => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn count(c: Counter) {
+    if let Some(p) = BATON_COUNTERS.get_ptr_mut(c as u32) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn drop_as(c: Counter) -> Result<u32, ()> {
+    count(c);
+    Ok(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn be16(b: &[u8; PACKET_LEN], o: usize) -> u16 {
+    u16::from_be_bytes([b[o], b[o + 1]])
+}
+#[inline(always)]
+fn be32(b: &[u8; PACKET_LEN], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+#[inline(always)]
+fn be64(b: &[u8; PACKET_LEN], o: usize) -> u64 {
+    u64::from_be_bytes([
+        b[o],
+        b[o + 1],
+        b[o + 2],
+        b[o + 3],
+        b[o + 4],
+        b[o + 5],
+        b[o + 6],
+        b[o + 7],
+    ])
+}
+
+#[inline(always)]
+fn emit(kind: u32, p: &PeerLink, now: u64, reason: u32) {
+    let ev = Event {
+        kind,
+        node: p.node,
+        link: p.link,
+        reason,
+        incarnation: p.incarnation,
+        ts_ns: now,
+        last_seen_ns: p.last_seen_ns,
+    };
+    let _ = BATON_EVENTS.output::<Event>(&ev, 0);
+}
+
+/// Offset of the UDP payload if this is a UDP datagram to `port`.
+#[inline(always)]
+fn baton_payload_offset(ctx: &XdpContext, port: u16) -> Result<Option<usize>, ()> {
+    let ethertype = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    let udp_off = match ethertype {
+        ETH_P_IP => {
+            let vihl: u8 = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN)? };
+            if vihl >> 4 != 4 {
+                return Ok(None);
+            }
+            let proto: u8 = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN + 9)? };
+            if proto != IPPROTO_UDP {
+                return Ok(None);
+            }
+            // Fragments (offset or more-fragments set) are not ours to judge.
+            let frag = u16::from_be(unsafe { *ptr_at::<u16>(ctx, ETH_HLEN + 6)? });
+            if frag & 0x3fff != 0 {
+                return Ok(None);
+            }
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Ok(None);
+            }
+            ETH_HLEN + ihl
+        }
+        ETH_P_IPV6 => {
+            let next: u8 = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN + 6)? };
+            if next != IPPROTO_UDP {
+                return Ok(None);
+            }
+            ETH_HLEN + 40
+        }
+        _ => return Ok(None),
+    };
+    let dport = u16::from_be(unsafe { *ptr_at::<u16>(ctx, udp_off + 2)? });
+    if dport != port {
+        return Ok(None);
+    }
+    Ok(Some(udp_off + UDP_HLEN))
+}
+
+#[inline(always)]
+fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
+    let cfg = match BATON_CONFIG.get(0) {
+        Some(c) => *c,
+        None => return Ok(xdp_action::XDP_PASS),
+    };
+    let off = match baton_payload_offset(ctx, cfg.port)? {
+        Some(o) => o,
+        None => return Ok(xdp_action::XDP_PASS),
+    };
+    if cfg.enabled == 0 {
+        return drop_as(Counter::DropDisabled);
+    }
+    let buf: [u8; PACKET_LEN] = match ptr_at::<[u8; PACKET_LEN]>(ctx, off) {
+        Ok(p) => unsafe { core::ptr::read_unaligned(p) },
+        Err(()) => return drop_as(Counter::DropTruncated),
+    };
+    if be32(&buf, 0) != MAGIC
+        || buf[4] != VERSION
+        || (buf[5] != KIND_HEARTBEAT && buf[5] != KIND_DISTRESS)
+    {
+        return drop_as(Counter::DropMalformed);
+    }
+    if be32(&buf, 8) != cfg.cluster_id {
+        return drop_as(Counter::DropUnknownCluster);
+    }
+    let mut covered = [0u8; MAC_COVERED];
+    covered.copy_from_slice(&buf[..MAC_COVERED]);
+    let mac = u64::from_le_bytes([
+        buf[48], buf[49], buf[50], buf[51], buf[52], buf[53], buf[54], buf[55],
+    ]);
+    if mac != mac_words(cfg.k0, cfg.k1, &words_of(&covered)) {
+        return drop_as(Counter::DropBadMac);
+    }
+    // Authentic from here on.
+    let kind = buf[5];
+    let link = buf[6] as u32;
+    let src = be32(&buf, 12);
+    let dst = be32(&buf, 16);
+    let arg = be32(&buf, 20);
+    let incarnation = be64(&buf, 24);
+    let seq = be64(&buf, 32);
+    let dst_incarnation = be64(&buf, 40);
+    let _ = be16(&buf, 6);
+
+    let slot = match unsafe { BATON_NODE_SLOTS.get(&src) } {
+        Some(s) => *s,
+        None => return drop_as(Counter::DropUnknownNode),
+    };
+    if dst != cfg.my_node || src == cfg.my_node {
+        return drop_as(Counter::DropNotForUs);
+    }
+    if unsafe { BATON_FENCED.get(&src) }.is_some() {
+        return drop_as(Counter::DropFenced);
+    }
+    if link >= slot.links {
+        return drop_as(Counter::DropMalformed);
+    }
+    let p = match BATON_PEERS.get_ptr_mut(slot.base + link) {
+        Some(p) => unsafe { &mut *p },
+        None => return drop_as(Counter::DropUnknownNode),
+    };
+    if incarnation < p.incarnation {
+        return drop_as(Counter::DropStaleIncarnation);
+    }
+    if incarnation == p.incarnation && seq <= p.last_seq {
+        return drop_as(Counter::DropReplay);
+    }
+    let synced = dst_incarnation == cfg.my_incarnation;
+    if kind == KIND_DISTRESS && !synced {
+        // A distress that does not prove it was made for this incarnation of
+        // ours could be a recording from before we restarted: ignore it.
+        return drop_as(Counter::DropStaleIncarnation);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let new_life = incarnation > p.incarnation;
+    let had_life = p.incarnation != 0;
+    p.incarnation = incarnation;
+    p.last_seq = seq;
+    if new_life {
+        if p.state == LINK_DISTRESSED {
+            p.state = LINK_UNKNOWN;
+            p.distress_reason = 0;
+        }
+        if had_life {
+            emit(EV_NEW_INCARNATION, p, now, 0);
+            info!(ctx, "node {} restarted (link {})", src, link);
+        }
+    }
+    if kind == KIND_DISTRESS {
+        if p.state == LINK_DISTRESSED {
+            return drop_as(Counter::DistressRepeat);
+        }
+        p.state = LINK_DISTRESSED;
+        p.distress_reason = arg;
+        p.changed_ns = now;
+        emit(EV_DISTRESS, p, now, arg);
+        warn!(ctx, "distress from node {} on link {}, reason {}", src, link, arg);
+        return drop_as(Counter::Distress);
+    }
+    if !synced {
+        p.rx_handshake += 1;
+        return drop_as(Counter::Handshake);
+    }
+    if p.state == LINK_DISTRESSED {
+        // Heartbeats of a life that announced distress never revive it.
+        return drop_as(Counter::DistressRepeat);
+    }
+    p.last_seen_ns = now;
+    p.rx_live += 1;
+    p.peer_interval_ms = arg;
+    if p.state != LINK_UP {
+        p.state = LINK_UP;
+        p.changed_ns = now;
+        emit(EV_LINK_UP, p, now, 0);
+    }
+    drop_as(Counter::HeartbeatLive)
+}
+
+#[perf_event]
+pub fn baton_watchdog(_ctx: PerfEventContext) -> u32 {
+    let cfg = match BATON_CONFIG.get(0) {
+        Some(c) => *c,
+        None => return 0,
+    };
+    if cfg.enabled == 0 {
+        return 0;
+    }
+    count(Counter::WatchdogTicks);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let n = cfg.n_slots;
+    let mut i: u32 = 0;
+    while i < MAX_SLOTS {
+        if i >= n {
+            break;
+        }
+        if let Some(ptr) = BATON_PEERS.get_ptr_mut(i) {
+            let p = unsafe { &mut *ptr };
+            if p.state == LINK_UP && now > p.last_seen_ns + cfg.timeout_ns {
+                p.state = LINK_SILENT;
+                p.changed_ns = now;
+                emit(EV_LINK_SILENT, p, now, 0);
+                count(Counter::LinkSilent);
+            }
+        }
+        i += 1;
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,140 @@
+//! baton's developer tasks: `cargo xtask <command>` (alias in .cargo/config.toml).
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::{self, Command};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "baton developer tasks", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install build/test prerequisites (Debian/Ubuntu, as root; a no-op when all are present)
+    ///
+    /// apt packages (rustc-web, cargo-web, libstd-rust-web-dev-bpf, llvm-22-dev, keepalived, bpftool, ...),
+    /// bpf-linker 0.13.0, or rust-src for rustup nightly where the Debian toolchain is unavailable.
+    Setup,
+    /// Check prerequisites, then build the release agent (with the embedded eBPF object).
+    Build,
+    /// Run `setup`, build the debug agent, then `cargo test --workspace` (kernel tests need root).
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo.
+    Demo,
+    /// Run a benchmark.
+    Bench {
+        /// Which benchmark to run.
+        #[arg(value_enum)]
+        which: Bench,
+        /// Number of kills to measure.
+        #[arg(long, default_value_t = 30)]
+        kills: u32,
+        /// Soak duration in seconds.
+        #[arg(long, default_value_t = 180)]
+        soak_secs: u64,
+        /// Heartbeat interval in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Missed heartbeats before a peer is declared dead.
+        #[arg(long, default_value_t = 3)]
+        misses: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Bench {
+    /// Failure-detection latency.
+    Detect,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo::run(),
+        Cmd::Bench { which: Bench::Detect, kills, soak_secs, interval_ms, misses } => {
+            bench::detect(&bench::DetectOpts { kills, soak_secs, interval_ms, misses })
+        }
+    };
+    if let Err(e) = res {
+        eprintln!("xtask: error: {e:#}");
+        process::exit(1);
+    }
+}
+
+/// Workspace root (xtask lives in <root>/xtask).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent dir").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// The workspace's target directory (honours CARGO_TARGET_DIR / config).
+fn target_dir() -> Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let dir = v["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
+/// Run a cargo command; on failure exit with its exit code.
+fn run_cargo(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        eprintln!("xtask: error: {cmd:?} failed ({status})");
+        process::exit(status.code().filter(|&c| c != 0).unwrap_or(1));
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    setup::check()?;
+    run_cargo(cargo().args(["build", "--release", "-p", "baton-agent"]))?;
+    let bin = target_dir()?.join("release/baton");
+    if !bin.is_file() {
+        bail!("build succeeded but {} does not exist", bin.display());
+    }
+    println!("{}", bin.display());
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::setup()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("xtask: warning: not running as root; the kernel tests in baton-tests need root");
+    }
+    run_cargo(cargo().args(["build", "-p", "baton-agent"]))?;
+    let bin = target_dir()?.join("debug/baton");
+    if !bin.is_file() {
+        bail!("build succeeded but {} does not exist", bin.display());
+    }
+    run_cargo(cargo().args(["test", "--workspace"]).args(extra).env("BATON_BIN", &bin))?;
+    Ok(())
+}
