@@ -444,3 +444,57 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap();
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            panic!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends raw UDP payloads from inside `ns` (bound to `src`) to `dst:port`.
+pub fn send_udp(ns: &str, src: &str, dst: &str, port: u16, payloads: Vec<Vec<u8>>) {
+    let src = src.to_string();
+    let dst = dst.to_string();
+    in_netns(ns, move || {
+        let s = std::net::UdpSocket::bind(format!("{src}:0")).unwrap();
+        for p in payloads {
+            s.send_to(&p, format!("{dst}:{port}")).unwrap();
+        }
+    })
+}
+
+impl Cluster {
+    /// The 128-bit key halves of the test secret.
+    pub fn key(&self) -> (u64, u64) {
+        let text = std::fs::read_to_string(&self.secret).unwrap();
+        let hex = text.trim();
+        let mut key = [0u8; 16];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
+        }
+        baton_common::siphash::key_halves(&key)
+    }
+
+    /// Counter `name` of host `i`.
+    pub fn counter(&self, i: usize, name: &str) -> u64 {
+        self.status(i)["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// Waits for an event matching `pred` in host `i`'s event log.
+    pub fn wait_event(&self, i: usize, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = self.events(i).into_iter().find(|e| pred(e));
+            found.is_some()
+        });
+        found
+    }
+}
