@@ -8,5 +8,6 @@ pub mod datapath;
 pub mod events;
 pub mod paths;
 pub mod run;
+pub mod selftest;
 pub mod sender;
 pub mod status;

@@ -48,6 +48,15 @@ enum Cmd {
         #[arg(long, default_value = "admin")]
         reason: String,
     },
+    /// Check the eBPF object in this kernel without attaching anything: the
+    /// verifier, the in-kernel SipHash-2-4 against its reference vector, and
+    /// the XDP cost per heartbeat.
+    Selftest {
+        #[arg(long, default_value_t = 100_000)]
+        repeat: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop (or stop dropping) every datagram from a node in the datapath.
     Fence {
         #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
@@ -128,6 +137,27 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::Fence { config, cmd } => fence(&config, cmd),
+        Cmd::Selftest { repeat, json } => {
+            baton_agent::datapath::check_prerequisites()?;
+            let r = baton_agent::selftest::run(repeat)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("verifier: all programs accepted");
+                println!(
+                    "in-kernel SipHash-2-4, reference vector (48 bytes): expected {} got {} -> {}",
+                    r.kat_expected,
+                    r.kat_kernel,
+                    if r.kat_ok { "ok" } else { "MISMATCH" }
+                );
+                println!("baton_xdp on an authentic heartbeat frame: verdict {} (1 = XDP_DROP, consumed)", r.xdp_verdict_first);
+                println!("baton_xdp cost: {:.0} ns per heartbeat (BPF_PROG_TEST_RUN, {} runs)", r.xdp_ns_per_heartbeat, r.repeat);
+            }
+            if !r.kat_ok || r.xdp_verdict_first != 1 {
+                anyhow::bail!("selftest failed");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -387,3 +387,16 @@ fn refuses_unsafe_or_broken_settings_with_clear_errors() {
     // Nothing was pinned by the failed starts.
     assert!(!c.bpffs_dir(0).exists());
 }
+
+#[test]
+fn in_kernel_siphash_matches_the_reference_vector() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let out = std::process::Command::new(baton_bin()).args(["selftest", "--json", "--repeat", "1000"]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = format!("{:016x}", baton_common::siphash::REFERENCE_VECTORS[48]);
+    assert_eq!(r["kat_kernel"], expected.as_str(), "the kernel computed a different MAC");
+    assert_eq!(r["xdp_verdict_first"], 1, "an authentic heartbeat must be consumed (XDP_DROP)");
+}

@@ -37,6 +37,9 @@ static BATON_FENCED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODES, 0)
 static BATON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_COUNTERS, 0);
 #[map]
 static BATON_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// Output of `baton_siphash_kat`.
+#[map]
+static BATON_KAT: Array<u64> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -269,6 +272,27 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         emit(EV_LINK_UP, p, now, 0);
     }
     drop_as(Counter::HeartbeatLive)
+}
+
+/// Known-answer test of the in-kernel MAC, run by `baton selftest` through
+/// BPF_PROG_TEST_RUN (never attached): SipHash-2-4 of the first 48 bytes of
+/// the packet under the key in `BATON_CONFIG`, written to `BATON_KAT[0]`. It
+/// calls the very `mac_words` / `words_of` that `baton_xdp` uses.
+#[xdp]
+pub fn baton_siphash_kat(ctx: XdpContext) -> u32 {
+    let cfg = match BATON_CONFIG.get(0) {
+        Some(c) => *c,
+        None => return xdp_action::XDP_ABORTED,
+    };
+    let covered: [u8; MAC_COVERED] = match ptr_at::<[u8; MAC_COVERED]>(&ctx, 0) {
+        Ok(p) => unsafe { core::ptr::read_unaligned(p) },
+        Err(()) => return xdp_action::XDP_ABORTED,
+    };
+    let mac = mac_words(cfg.k0, cfg.k1, &words_of(&covered));
+    match BATON_KAT.set(0, mac, 0) {
+        Ok(()) => xdp_action::XDP_DROP,
+        Err(_) => xdp_action::XDP_ABORTED,
+    }
 }
 
 #[perf_event]
