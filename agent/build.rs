@@ -9,6 +9,7 @@
 //!      prebuilt `core` for bpfel-unknown-none from `libstd-rust-web-dev-bpf`.
 //!   3. rustup `nightly` with the `rust-src` component (`-Z build-std=core`).
 //!
+//! `BATON_EBPF_TOOLCHAIN=debian|nightly` forces one of 2./3.
 //! Both toolchain paths need `bpf-linker` (in PATH or ~/.cargo/bin).
 //! Anything missing ends the build with one message pointing at `cargo xtask setup`.
 
@@ -35,23 +36,35 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let root = manifest_dir.parent().context("agent/ has no parent directory")?.to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .context("agent/ has no parent directory")?
+        .to_path_buf();
     let ebpf_dir = root.join("ebpf/baton-ebpf");
     let common_dir = root.join("ebpf/baton-common");
     let dest = out_dir.join(OUT_NAME);
 
     println!("cargo:rerun-if-env-changed=BATON_EBPF_OBJ");
+    println!("cargo:rerun-if-env-changed=BATON_EBPF_TOOLCHAIN");
     for p in [
         ebpf_dir.join("src"),
         ebpf_dir.join("Cargo.toml"),
-        ebpf_dir.join("Cargo.lock"),
-        ebpf_dir.join(".cargo/config.toml"),
         common_dir.join("src"),
         common_dir.join("Cargo.toml"),
     ] {
         println!("cargo:rerun-if-changed={}", p.display());
+    }
+    // Optional files: a rerun-if-changed on a missing path would make every build dirty.
+    for p in [
+        ebpf_dir.join("Cargo.lock"),
+        ebpf_dir.join(".cargo/config.toml"),
+    ] {
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
     }
 
     // 1. Escape hatch: a prebuilt object.
@@ -62,7 +75,8 @@ fn run() -> Result<()> {
             bail!("BATON_EBPF_OBJ={} is not a file", obj.display());
         }
         check_bpf_elf(&obj)?;
-        fs::copy(&obj, &dest).with_context(|| format!("copying {} to {}", obj.display(), dest.display()))?;
+        fs::copy(&obj, &dest)
+            .with_context(|| format!("copying {} to {}", obj.display(), dest.display()))?;
         return Ok(());
     }
 
@@ -70,9 +84,7 @@ fn run() -> Result<()> {
     let toolchain = detect_toolchain()?;
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = toolchain.command(&ebpf_dir, &target_dir);
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!(
             "building the eBPF program ({}) with {} failed ({status}); see the compiler output above",
@@ -82,7 +94,8 @@ fn run() -> Result<()> {
     }
     let built = target_dir.join(BPF_TARGET).join("release").join(EBPF_BIN);
     check_bpf_elf(&built)?;
-    fs::copy(&built, &dest).with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+    fs::copy(&built, &dest)
+        .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
     Ok(())
 }
 
@@ -90,7 +103,10 @@ enum Toolchain {
     /// Debian rustc-web/cargo-web with the prebuilt bpfel core.
     Debian { linker_dir: PathBuf },
     /// rustup nightly + rust-src, `-Z build-std=core`.
-    Nightly { rustup: PathBuf, linker_dir: PathBuf },
+    Nightly {
+        rustup: PathBuf,
+        linker_dir: PathBuf,
+    },
 }
 
 impl Toolchain {
@@ -113,7 +129,15 @@ impl Toolchain {
             Toolchain::Nightly { rustup, linker_dir } => {
                 let mut c = Command::new(rustup);
                 clean_env(&mut c);
-                c.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core", "--release"]);
+                c.args([
+                    "run",
+                    "nightly",
+                    "cargo",
+                    "build",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ]);
                 (c, linker_dir)
             }
         };
@@ -130,16 +154,36 @@ impl Toolchain {
 /// would leak into the nested eBPF build: compiler/wrapper overrides, flags,
 /// target/profile settings, package metadata, the jobserver, the toolchain pin.
 fn clean_env(cmd: &mut Command) {
-    const KEEP_PREFIXES: &[&str] = &["CARGO_HOME", "CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_", "CARGO_REGISTRY_", "CARGO_TERM_"];
+    const KEEP_PREFIXES: &[&str] = &[
+        "CARGO_HOME",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_REGISTRIES_",
+        "CARGO_REGISTRY_",
+        "CARGO_TERM_",
+    ];
     const DROP_EXACT: &[&str] = &[
-        "TARGET", "HOST", "OPT_LEVEL", "PROFILE", "DEBUG", "OUT_DIR", "NUM_JOBS", "MAKEFLAGS", "MFLAGS",
-        "RUSTFLAGS", "RUSTDOCFLAGS", "RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC",
+        "TARGET",
+        "HOST",
+        "OPT_LEVEL",
+        "PROFILE",
+        "DEBUG",
+        "OUT_DIR",
+        "NUM_JOBS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
     ];
     const DROP_PREFIXES: &[&str] = &["CARGO", "__CARGO", "RUSTC_", "RUSTDOC_", "DEP_"];
     for (key, _) in env::vars_os() {
         let Some(k) = key.to_str() else { continue };
         let drop = DROP_EXACT.contains(&k)
-            || (DROP_PREFIXES.iter().any(|p| k.starts_with(p)) && !KEEP_PREFIXES.iter().any(|p| k.starts_with(p)));
+            || (DROP_PREFIXES.iter().any(|p| k.starts_with(p))
+                && !KEEP_PREFIXES.iter().any(|p| k.starts_with(p)));
         if drop {
             cmd.env_remove(&key);
         }
@@ -167,7 +211,9 @@ fn cargo_bin_dirs() -> Vec<PathBuf> {
 
 /// Look a program up in PATH, then in the cargo bin directories.
 fn find_program(name: &str) -> Option<PathBuf> {
-    let path_dirs = env::var_os("PATH").map(|p| env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    let path_dirs = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
     path_dirs
         .into_iter()
         .chain(cargo_bin_dirs())
@@ -177,7 +223,9 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 fn sysroot(cmd: &mut Command) -> Option<PathBuf> {
@@ -207,8 +255,15 @@ fn has_bpf_core(sysroot: &Path) -> bool {
 fn detect_toolchain() -> Result<Toolchain> {
     let linker = find_program("bpf-linker");
 
+    // BATON_EBPF_TOOLCHAIN=debian|nightly restricts the choice (default: try both).
+    let only = env::var("BATON_EBPF_TOOLCHAIN").unwrap_or_default();
+    if !matches!(only.as_str(), "" | "debian" | "nightly") {
+        bail!("BATON_EBPF_TOOLCHAIN={only:?}: expected `debian` or `nightly`");
+    }
+
     // Debian rustc-web + libstd-rust-web-dev-bpf.
-    let debian_ok = is_executable(Path::new(DEBIAN_RUSTC))
+    let debian_ok = only != "nightly"
+        && is_executable(Path::new(DEBIAN_RUSTC))
         && is_executable(Path::new(DEBIAN_CARGO))
         && {
             let mut c = Command::new(DEBIAN_RUSTC);
@@ -218,16 +273,25 @@ fn detect_toolchain() -> Result<Toolchain> {
 
     // rustup nightly + rust-src.
     let rustup = find_program("rustup");
-    let nightly_ok = rustup.as_ref().is_some_and(|r| {
-        let mut c = Command::new(r);
-        clean_env(&mut c);
-        c.args(["run", "nightly", "rustc"]);
-        sysroot(&mut c).is_some_and(|s| s.join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file())
-    });
+    let nightly_ok = only != "debian"
+        && rustup.as_ref().is_some_and(|r| {
+            let mut c = Command::new(r);
+            clean_env(&mut c);
+            c.args(["run", "nightly", "rustc"]);
+            sysroot(&mut c).is_some_and(|s| {
+                s.join("lib/rustlib/src/rust/library/core/Cargo.toml")
+                    .is_file()
+            })
+        });
 
     match (linker, debian_ok, nightly_ok) {
-        (Some(l), true, _) => Ok(Toolchain::Debian { linker_dir: parent(&l) }),
-        (Some(l), false, true) => Ok(Toolchain::Nightly { rustup: rustup.unwrap(), linker_dir: parent(&l) }),
+        (Some(l), true, _) => Ok(Toolchain::Debian {
+            linker_dir: parent(&l),
+        }),
+        (Some(l), false, true) => Ok(Toolchain::Nightly {
+            rustup: rustup.unwrap(),
+            linker_dir: parent(&l),
+        }),
         (linker, debian_ok, nightly_ok) => {
             let mut missing = Vec::new();
             if linker.is_none() {
@@ -255,7 +319,9 @@ fn detect_toolchain() -> Result<Toolchain> {
 }
 
 fn parent(p: &Path) -> PathBuf {
-    p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    p.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Sanity check: a little-endian 64-bit ELF for EM_BPF.

@@ -73,7 +73,7 @@ pub fn kernel_tests_possible() -> bool {
     } else if !Path::new("/sys/fs/bpf").exists() {
         Some("/sys/fs/bpf missing".to_string())
     } else {
-        let name = format!("bprobe{}", std::process::id());
+        let name = format!("bprobe{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         (!ok).then(|| "cannot create network namespaces (`ip netns add` failed)".to_string())
@@ -373,6 +373,27 @@ pub fn write_secret(path: &Path, hex: &str) {
     writeln!(f, "{hex}").unwrap();
 }
 
+/// Spawns `cmd` inside network namespace `ns`, in its own process group,
+/// stdout and stderr to `log`. Only the network namespace is entered: `ip
+/// netns exec` would also remount /sys and hide /sys/fs/bpf.
+pub fn spawn_in_netns(ns: &str, mut cmd: Command, log: &Path) -> Child {
+    let nsfile = File::open(PathBuf::from("/run/netns").join(ns)).unwrap();
+    let logf = File::create(log).unwrap();
+    cmd.stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf).process_group(0);
+    let fd = nsfile.as_raw_fd();
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    drop(nsfile);
+    child
+}
+
 /// A running `baton run` process inside a namespace.
 pub struct Agent {
     pub child: Child,
@@ -380,24 +401,9 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(ns: &NetNs, config: &Path, log: &Path) -> Agent {
-        let nsfile = File::open(ns.path()).unwrap();
-        let logf = File::create(log).unwrap();
         let mut cmd = Command::new(baton_bin());
-        cmd.args(["run", "--config"]).arg(config).stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf);
-        let fd = nsfile.as_raw_fd();
-        // Enter only the network namespace: `ip netns exec` would also remount
-        // /sys and hide /sys/fs/bpf.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        drop(nsfile);
-        Agent { child }
+        cmd.args(["run", "--config"]).arg(config);
+        Agent { child: spawn_in_netns(&ns.name, cmd, log) }
     }
 
     pub fn pid(&self) -> i32 {

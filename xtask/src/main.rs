@@ -11,7 +11,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "baton developer tasks", bin_name = "cargo xtask")]
+#[command(
+    name = "cargo xtask",
+    about = "baton developer tasks",
+    bin_name = "cargo xtask"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,10 +70,19 @@ fn main() {
         Cmd::Setup => setup::setup(),
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
-        Cmd::Demo => demo::run(),
-        Cmd::Bench { which: Bench::Detect, kills, soak_secs, interval_ms, misses } => {
-            bench::detect(&bench::DetectOpts { kills, soak_secs, interval_ms, misses })
-        }
+        Cmd::Demo => prepare_release().and_then(|_| demo::run()),
+        Cmd::Bench {
+            which: Bench::Detect,
+            kills,
+            soak_secs,
+            interval_ms,
+            misses,
+        } => prepare_release().and_then(|_| bench::detect(&bench::DetectOpts {
+            kills,
+            soak_secs,
+            interval_ms,
+            misses,
+        })),
     };
     if let Err(e) = res {
         eprintln!("xtask: error: {e:#}");
@@ -79,7 +92,10 @@ fn main() {
 
 /// Workspace root (xtask lives in <root>/xtask).
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent dir").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent dir")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -95,21 +111,42 @@ fn target_dir() -> Result<PathBuf> {
         .output()
         .context("running cargo metadata")?;
     if !out.status.success() {
-        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    let dir = v["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let dir = v["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
 
 /// Run a cargo command; on failure exit with its exit code.
 fn run_cargo(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
     if !status.success() {
         eprintln!("xtask: error: {cmd:?} failed ({status})");
         process::exit(status.code().filter(|&c| c != 0).unwrap_or(1));
     }
+    Ok(())
+}
+
+/// For `demo` and `bench`: install prerequisites, build the release agent,
+/// and point the namespace harness at it.
+fn prepare_release() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this needs root (network namespaces, XDP, bpffs): run it with sudo or as root");
+    }
+    setup::setup()?;
+    run_cargo(cargo().args(["build", "--release", "-p", "baton-agent"]))?;
+    let bin = target_dir()?.join("release/baton");
+    std::env::set_var("BATON_BIN", &bin);
     Ok(())
 }
 
@@ -135,6 +172,20 @@ fn test(extra: &[String]) -> Result<()> {
     if !bin.is_file() {
         bail!("build succeeded but {} does not exist", bin.display());
     }
-    run_cargo(cargo().args(["test", "--workspace"]).args(extra).env("BATON_BIN", &bin))?;
+    let mut cmd = cargo();
+    cmd.arg("test");
+    let cargo_args: Vec<&String> = extra.iter().take_while(|a| *a != "--").collect();
+    // `--workspace` would override a `-p` given by the user.
+    let picks_package = cargo_args
+        .iter()
+        .any(|a| a.starts_with("-p") || a.starts_with("--package"));
+    if !picks_package {
+        cmd.arg("--workspace");
+    }
+    // Run every test binary even if an earlier one fails (the exit status still reflects failures).
+    if !cargo_args.iter().any(|a| *a == "--no-fail-fast") {
+        cmd.arg("--no-fail-fast");
+    }
+    run_cargo(cmd.args(extra).env("BATON_BIN", &bin))?;
     Ok(())
 }

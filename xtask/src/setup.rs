@@ -20,12 +20,21 @@ const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 /// Debian's Rust toolchain that ships a prebuilt `core` for bpfel-unknown-none.
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"];
 /// What `cargo install bpf-linker --features llvm-22` links against.
-const LLVM_PKGS: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LLVM_PKGS: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 /// Needed at run/test time.
 const RUNTIME_PKGS: &[&str] = &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl"];
 
 fn all_pkgs() -> impl Iterator<Item = &'static str> {
-    TOOLCHAIN_PKGS.iter().chain(LLVM_PKGS).chain(RUNTIME_PKGS).copied()
+    TOOLCHAIN_PKGS
+        .iter()
+        .chain(LLVM_PKGS)
+        .chain(RUNTIME_PKGS)
+        .copied()
 }
 
 fn bpf_linker_install_cmd() -> String {
@@ -50,18 +59,28 @@ fn cargo_bin_dirs() -> Vec<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Look a program up in PATH, then in the cargo bin directories.
 pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path_dirs = env::var_os("PATH").map(|p| env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
-    path_dirs.into_iter().chain(cargo_bin_dirs()).map(|d| d.join(name)).find(|p| is_executable(p))
+    let path_dirs = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain(cargo_bin_dirs())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn capture(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn has_bpf_core(sysroot: &Path) -> bool {
@@ -79,8 +98,12 @@ fn has_bpf_core(sysroot: &Path) -> bool {
 pub fn debian_toolchain_ok() -> bool {
     is_executable(Path::new(DEBIAN_RUSTC))
         && is_executable(Path::new(DEBIAN_CARGO))
-        && capture(Command::new(DEBIAN_RUSTC).env_remove("RUSTUP_TOOLCHAIN").args(["--print", "sysroot"]))
-            .is_some_and(|s| !s.is_empty() && has_bpf_core(Path::new(&s)))
+        && capture(
+            Command::new(DEBIAN_RUSTC)
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .args(["--print", "sysroot"]),
+        )
+        .is_some_and(|s| !s.is_empty() && has_bpf_core(Path::new(&s)))
 }
 
 fn rustup() -> Option<PathBuf> {
@@ -90,13 +113,19 @@ fn rustup() -> Option<PathBuf> {
 /// Sysroot of the rustup nightly toolchain, if installed.
 fn nightly_sysroot() -> Option<PathBuf> {
     let r = rustup()?;
-    capture(Command::new(r).env_remove("RUSTUP_TOOLCHAIN").args(["run", "nightly", "rustc", "--print", "sysroot"]))
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
+    capture(
+        Command::new(r)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args(["run", "nightly", "rustc", "--print", "sysroot"]),
+    )
+    .filter(|s| !s.is_empty())
+    .map(PathBuf::from)
 }
 
 fn nightly_has_rust_src(sysroot: &Path) -> bool {
-    sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file()
+    sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .is_file()
 }
 
 /// `bpf-linker --version` output (e.g. "bpf-linker 0.13.0"), if installed.
@@ -111,7 +140,8 @@ fn version_matches(v: &str) -> bool {
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
-    capture(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", pkg])).is_some_and(|s| s == "installed")
+    capture(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", pkg]))
+        .is_some_and(|s| s == "installed")
 }
 
 fn apt_candidate(pkg: &str) -> bool {
@@ -166,7 +196,9 @@ pub fn check() -> Result<()> {
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -205,8 +237,14 @@ pub fn setup() -> Result<()> {
                 missing.join(" ")
             );
         }
-        run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-        let unavailable: Vec<&str> = missing.iter().copied().filter(|p| !apt_candidate(p)).collect();
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        let unavailable: Vec<&str> = missing
+            .iter()
+            .copied()
+            .filter(|p| !apt_candidate(p))
+            .collect();
         if !unavailable.is_empty() {
             let only_toolchain = unavailable.iter().all(|p| TOOLCHAIN_PKGS.contains(p));
             if only_toolchain && nightly_sysroot().is_some() {
