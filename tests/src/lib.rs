@@ -148,8 +148,17 @@ pub fn link_addr(link: usize, index: usize) -> String {
     format!("10.{}.0.{}", 77 + link, index + 1)
 }
 
+pub fn link_addr6(link: usize, index: usize) -> String {
+    format!("fd77:{link}::{}", index + 1)
+}
+
 impl Cluster {
     pub fn new(tag: &str, n: usize, links: usize, interval_ms: u32, misses: u32) -> Cluster {
+        Cluster::with_family(tag, n, links, interval_ms, misses, false)
+    }
+
+    /// Like [`Cluster::new`]; with `ipv6`, the interconnect uses fd77:LINK::N/64.
+    pub fn with_family(tag: &str, n: usize, links: usize, interval_ms: u32, misses: u32, ipv6: bool) -> Cluster {
         let prefix = unique_prefix(tag);
         let switch = NetNs::new(&format!("{prefix}sw"));
         for l in 0..links {
@@ -165,8 +174,12 @@ impl Cluster {
                 sh(&["ip", "link", "add", &format!("ic{l}"), "netns", &ns.name, "type", "veth", "peer", "name", &peer, "netns", &switch.name]);
                 sh(&["ip", "-n", &switch.name, "link", "set", &peer, "master", &format!("br{l}")]);
                 sh(&["ip", "-n", &switch.name, "link", "set", &peer, "up"]);
-                let a = link_addr(l, i);
-                sh(&["ip", "-n", &ns.name, "addr", "add", &format!("{a}/24"), "dev", &format!("ic{l}")]);
+                let a = if ipv6 { link_addr6(l, i) } else { link_addr(l, i) };
+                if ipv6 {
+                    sh(&["ip", "-n", &ns.name, "addr", "add", &format!("{a}/64"), "dev", &format!("ic{l}"), "nodad"]);
+                } else {
+                    sh(&["ip", "-n", &ns.name, "addr", "add", &format!("{a}/24"), "dev", &format!("ic{l}")]);
+                }
                 sh(&["ip", "-n", &ns.name, "link", "set", &format!("ic{l}"), "up"]);
                 addrs.push(a);
             }

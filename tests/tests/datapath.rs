@@ -401,3 +401,70 @@ fn in_kernel_siphash_matches_the_reference_vector() {
     assert_eq!(r["kat_kernel"], expected.as_str(), "the kernel computed a different MAC");
     assert_eq!(r["xdp_verdict_first"], 1, "an authentic heartbeat must be consumed (XDP_DROP)");
 }
+
+#[test]
+fn ipv6_interconnect_works_the_same() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::with_family("six", 3, 1, 10, 3, true);
+    c.start_all();
+    c.wait_all_up(Duration::from_secs(10));
+    let st = c.status(0);
+    assert_eq!(peer(&st, 2)["links"][0]["address"], "fd77:0::2".parse::<std::net::Ipv6Addr>().unwrap().to_string());
+    assert!(st["counters"]["heartbeat_live"].as_u64().unwrap() > 0);
+    let t = c.kill(2);
+    let e = c.wait_event(0, Duration::from_secs(5), |e| e["event"] == "peer_silent" && e["node"] == 3).expect("silent over IPv6");
+    assert!(((e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6) <= 30.0 + SLACK_MS);
+    // A forged IPv6 datagram is counted like an IPv4 one.
+    let (k0, k1) = c.key();
+    let forged = Header {
+        kind: KIND_HEARTBEAT,
+        link: 0,
+        cluster_id: c.cluster_id,
+        src_node: 3,
+        dst_node: 1,
+        arg: 10,
+        incarnation: u64::MAX / 2,
+        seq: 1,
+        dst_incarnation: 0,
+    };
+    let before = c.counter(0, "drop_bad_mac");
+    send_udp(&c.hosts[1].ns.name, &format!("[{}]", c.hosts[1].addrs[0]), &format!("[{}]", c.hosts[0].addrs[0]), DEFAULT_PORT, vec![forged.encode(k0, k1 ^ 7).to_vec()]);
+    wait_until(Duration::from_secs(2), || c.counter(0, "drop_bad_mac") == before + 1).expect("bad MAC counted");
+    assert_eq!(peer(&c.status(0), 3)["state"], "silent");
+}
+
+#[test]
+fn a_second_agent_on_the_same_interface_is_refused_and_changes_nothing() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("dup", 2, 1, 10, 3);
+    c.start_all();
+    c.wait_all_up(Duration::from_secs(10));
+    // Same node, same interface, other runtime paths.
+    let text = c
+        .config_text(0)
+        .replace(&c.bpffs_dir(0).display().to_string(), &format!("{}-dup", c.bpffs_dir(0).display()))
+        .replace("/state\"", "/state-dup\"")
+        .replace("/run\"", "/run-dup\"");
+    let cfg = c.node_dir(0).join("dup.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let log = c.node_dir(0).join("dup.log");
+    let mut cmd = std::process::Command::new(baton_bin());
+    cmd.args(["run", "--config"]).arg(&cfg);
+    let mut child = spawn_in_netns(&c.hosts[0].ns.name, cmd, &log);
+    let st = child.wait().unwrap();
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(!st.success(), "a second agent started on an interface in use:\n{out}");
+    assert!(out.contains("attached through a bpf_link held by a running process"), "{out}");
+    assert!(!std::path::Path::new(&format!("{}-dup", c.bpffs_dir(0).display())).exists());
+    // The first agent is untouched and still hears its peer.
+    std::thread::sleep(Duration::from_millis(100));
+    let s = c.status(0);
+    assert_eq!(peer(&s, 2)["state"], "up");
+    assert!(peer(&s, 2)["links"][0]["last_seen_age_ms"].as_f64().unwrap() < 30.0);
+    let out = ns_sh(&c.hosts[0].ns.name, &["ip", "-d", "link", "show", "ic0"]);
+    assert!(out.contains("name baton_xdp"), "{out}");
+}

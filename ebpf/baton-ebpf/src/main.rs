@@ -79,10 +79,6 @@ fn drop_as(c: Counter) -> Result<u32, ()> {
 }
 
 #[inline(always)]
-fn be16(b: &[u8; PACKET_LEN], o: usize) -> u16 {
-    u16::from_be_bytes([b[o], b[o + 1]])
-}
-#[inline(always)]
 fn be32(b: &[u8; PACKET_LEN], o: usize) -> u32 {
     u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
@@ -198,7 +194,6 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let incarnation = be64(&buf, 24);
     let seq = be64(&buf, 32);
     let dst_incarnation = be64(&buf, 40);
-    let _ = be16(&buf, 6);
 
     let slot = match unsafe { BATON_NODE_SLOTS.get(&src) } {
         Some(s) => *s,
