@@ -61,7 +61,7 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
             return Err(anyhow::Error::new(e).context(format!("binding {}", cfg.paths.control_socket().display())));
         }
     };
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "pid": std::process::id(),
         "incarnation": incarnation,
         "started_monotonic_ns": monotonic_ns(),
@@ -69,7 +69,7 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
         "xdp": dp.attachments.iter().map(|(i, m)| serde_json::json!({"interface": i, "mode": m})).collect::<Vec<_>>(),
         "watchdog_cpu": dp.watchdog_cpu,
     });
-    let _ = std::fs::write(cfg.paths.agent_status(), status.to_string());
+    write_agent_status(&cfg, &mut status, &sender.shared);
     info!(
         cluster = %cfg.cluster_name, node = cfg.node_id, incarnation,
         interval_ms = cfg.interval_ms, misses = cfg.misses, peers = cfg.peers.len(), links = cfg.links.len(),
@@ -77,7 +77,7 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
         "baton agent running"
     );
 
-    let result = event_loop(&cfg, events, &sender, listener).await;
+    let result = event_loop(&cfg, events, &sender, listener, status).await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
     let _ = std::fs::remove_file(cfg.paths.agent_status());
     let ended = sender.shared.ended.load(std::sync::atomic::Ordering::SeqCst);
@@ -90,12 +90,29 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
     }
 }
 
+/// `<state_dir>/agent.json`: what `baton status` shows about the agent
+/// itself, with the sender's counters (refreshed every second).
+fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::SenderShared) {
+    use std::sync::atomic::Ordering::Relaxed;
+    status["sender"] = serde_json::json!({
+        "sent": s.sent.load(Relaxed),
+        "send_errors": s.send_errors.load(Relaxed),
+        "late_ticks": s.late_ticks.load(Relaxed),
+    });
+    let tmp = cfg.paths.agent_status().with_extension("tmp");
+    if std::fs::write(&tmp, status.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, cfg.paths.agent_status());
+    }
+}
+
 async fn event_loop(
     cfg: &Config,
     events: RingBuf<MapData>,
     sender: &sender::Sender,
     listener: tokio::net::UnixListener,
+    mut status: serde_json::Value,
 ) -> Result<()> {
+    let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tracker = PeerTracker::new(cfg);
@@ -109,6 +126,7 @@ async fn event_loop(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = every_second.tick() => write_agent_status(cfg, &mut status, &sender.shared),
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();

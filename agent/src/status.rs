@@ -169,6 +169,12 @@ pub fn render(v: &Value) -> String {
             );
         }
     }
+    if let Some(snd) = v["agent"]["sender"].as_object() {
+        s += &format!(
+            "agent pid {}: heartbeats sent {}, send errors {}, late ticks {}\n",
+            v["agent"]["pid"], snd["sent"], snd["send_errors"], snd["late_ticks"]
+        );
+    }
     s += "counters:";
     if let Some(c) = v["counters"].as_object() {
         for (k, val) in c {

@@ -270,6 +270,8 @@ fn baton_distress_reaches_every_peer_before_a_timeout_could() {
         assert_eq!(c.events(i).iter().filter(|e| e["event"] == "peer_distress").count(), 1);
         assert!(c.counter(i, "distress_repeat") + c.counter(i, "drop_replay") >= 1);
     }
+    // The eBPF program's own log line (aya-log) reached the agent's log.
+    assert!(c.agent_log(0).contains("distress from node 3"), "{}", c.agent_log(0));
     // Clustering ended on node 3: its agent exits with an error.
     let mut a = c.agents[2].take().unwrap();
     let st = wait_until(Duration::from_secs(5), || a.child.try_wait().unwrap().is_some());

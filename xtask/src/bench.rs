@@ -290,8 +290,9 @@ fn soak(opts: &DetectOpts) -> Result<SoakResult> {
     // keepalived: the backup taking over, or the master stepping down.
     let keepalived_false =
         k.fifos[0].count_between(start, end, "MASTER") + k.fifos[1].count_between(start, end, "BACKUP") + k.fifos[1].count_between(start, end, "FAULT");
+    std::thread::sleep(Duration::from_millis(1100));
     let late: Vec<String> = (0..2)
-        .map(|i| c.status(i)["agent"]["pid"].to_string())
+        .map(|i| c.status(i)["agent"]["sender"]["late_ticks"].to_string())
         .collect();
     let xdp_ns = if t1_cnt > t0_cnt { (t1_ns - t0_ns) as f64 / (t1_cnt - t0_cnt) as f64 } else { f64::NAN };
     Ok(SoakResult { baton_false, keepalived_false, xdp_ns, late_ticks: late.join(",") })
@@ -366,7 +367,7 @@ pub fn detect(opts: &DetectOpts) -> Result<()> {
     println!("{:<28} {:>12.0}", "XDP ns/heartbeat (live)", s.xdp_ns);
     println!("{:<28} {:>12.0}", "XDP ns/heartbeat (test_run)", st_ns);
     println!("{:<28} {:>12.2}", "agent idle CPU %, 8 peers", idle);
-    let _ = s.late_ticks;
+    println!("{:<28} {:>12}", "baton sender late ticks", s.late_ticks);
     let json = serde_json::json!({
         "baton_detect_p50_ms": round1(percentile(&b, 50.0)),
         "baton_detect_p99_ms": round1(percentile(&b, 99.0)),
