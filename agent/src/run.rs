@@ -35,8 +35,8 @@ pub fn next_incarnation(file: &Path) -> Result<u64> {
 
 pub async fn run(cfg_path: &Path) -> Result<()> {
     let cfg = config::load(cfg_path)?;
-    let key = config::read_secret(&cfg.secret_file)?;
     crate::datapath::check_prerequisites()?;
+    let key = config::read_secret(&cfg.secret_file)?;
     std::fs::create_dir_all(&cfg.paths.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;
     let incarnation = next_incarnation(&cfg.paths.incarnation_file())?;

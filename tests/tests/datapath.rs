@@ -387,6 +387,17 @@ fn refuses_unsafe_or_broken_settings_with_clear_errors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("interface \"ic0\" does not exist"), "{err}");
+    // Without the capabilities (as an unprivileged user) it says which are missing.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(baton_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing capability CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"), "{err}");
     // Nothing was pinned by the failed starts.
     assert!(!c.bpffs_dir(0).exists());
 }
