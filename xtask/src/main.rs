@@ -186,6 +186,49 @@ fn test(extra: &[String]) -> Result<()> {
     if !cargo_args.iter().any(|a| *a == "--no-fail-fast") {
         cmd.arg("--no-fail-fast");
     }
-    run_cargo(cmd.args(extra).env("BATON_BIN", &bin))?;
+    cmd.args(extra).env("BATON_BIN", &bin);
+    run_cargo_tests(&mut cmd)
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one summary line
+/// over every test binary ("tests: N passed, N failed"), so the last line
+/// says how many tests ran in all (the last binary is often a doc-test run
+/// with none). Exits with cargo's status on failure.
+fn run_cargo_tests(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut out = std::io::stdout();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        writeln!(out, "{line}")?;
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let words: Vec<&str> = part.split_whitespace().collect();
+                let n = |w: &[&str]| w.iter().find_map(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                if part.contains(" passed") {
+                    passed += n(&words);
+                } else if part.contains(" failed") {
+                    failed += n(&words);
+                } else if part.contains(" ignored") {
+                    ignored += n(&words);
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        eprintln!("xtask: error: {cmd:?} failed ({status})");
+        process::exit(status.code().filter(|&c| c != 0).unwrap_or(1));
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
     Ok(())
 }
