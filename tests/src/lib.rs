@@ -142,6 +142,8 @@ pub struct Cluster {
     pub cluster_id: u32,
     pub agents: Vec<Option<Agent>>,
     pub xdp_mode: &'static str,
+    /// `heartbeat.realtime_priority` written into every config (0 = normal scheduling).
+    pub realtime_priority: u32,
 }
 
 pub fn link_addr(link: usize, index: usize) -> String {
@@ -204,6 +206,7 @@ impl Cluster {
             secret,
             agents,
             xdp_mode: "auto",
+            realtime_priority: 10,
         }
     }
 
@@ -221,7 +224,7 @@ impl Cluster {
         let nd = self.node_dir(i);
         let mut s = format!(
             "[cluster]\nname = \"{}\"\nid = {}\nsecret_file = \"{}\"\n\n[node]\nid = {}\nname = \"{}\"\n\n\
-             [heartbeat]\ninterval_ms = {}\nmisses = {}\nwatchdog_tick_us = {}\n\n[datapath]\nxdp_mode = \"{}\"\n\n\
+             [heartbeat]\ninterval_ms = {}\nmisses = {}\nwatchdog_tick_us = {}\nrealtime_priority = {}\n\n[datapath]\nxdp_mode = \"{}\"\n\n\
              [paths]\nbpffs_dir = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n",
             self.cluster_name,
             self.cluster_id,
@@ -231,6 +234,7 @@ impl Cluster {
             self.interval_ms,
             self.misses,
             (self.interval_ms * self.misses * 1000 / 30).clamp(100, 1000),
+            self.realtime_priority,
             self.xdp_mode,
             self.bpffs_dir(i).display(),
             nd.join("state").display(),
