@@ -12,6 +12,7 @@
 //! `BATON_EBPF_TOOLCHAIN=debian|nightly` forces one of 2./3.
 //! Both toolchain paths need `bpf-linker` (in PATH or ~/.cargo/bin).
 //! Anything missing ends the build with one message pointing at `cargo xtask setup`.
+//! The detection helpers live in toolchain.rs, shared with `cargo xtask setup`.
 
 use std::env;
 use std::fs;
@@ -20,11 +21,13 @@ use std::process::{self, Command};
 
 use anyhow::{bail, Context, Result};
 
-const BPF_TARGET: &str = "bpfel-unknown-none";
+#[path = "toolchain.rs"]
+mod toolchain;
+
+use toolchain::{BPF_TARGET, DEBIAN_CARGO, DEBIAN_RUSTC};
+
 const EBPF_BIN: &str = "baton";
 const OUT_NAME: &str = "baton-ebpf.o";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const EM_BPF: u16 = 247;
 
 fn main() {
@@ -198,62 +201,8 @@ fn prepend_path(dir: &Path) -> std::ffi::OsString {
     env::join_paths(dirs).unwrap_or_else(|_| env::var_os("PATH").unwrap_or_default())
 }
 
-fn cargo_bin_dirs() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(h) = env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {
-        v.push(PathBuf::from(h).join("bin"));
-    }
-    if let Some(h) = env::var_os("HOME").filter(|h| !h.is_empty()) {
-        v.push(PathBuf::from(h).join(".cargo/bin"));
-    }
-    v
-}
-
-/// Look a program up in PATH, then in the cargo bin directories.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path_dirs = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(cargo_bin_dirs())
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-fn sysroot(cmd: &mut Command) -> Option<PathBuf> {
-    let out = cmd.arg("--print").arg("sysroot").output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let s = String::from_utf8(out.stdout).ok()?;
-    let s = s.trim();
-    (!s.is_empty()).then(|| PathBuf::from(s))
-}
-
-/// Does `<sysroot>/lib/rustlib/bpfel-unknown-none/lib` contain a prebuilt core?
-fn has_bpf_core(sysroot: &Path) -> bool {
-    let dir = sysroot.join("lib/rustlib").join(BPF_TARGET).join("lib");
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten().any(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.starts_with("libcore-") && n.ends_with(".rlib")
-            })
-        })
-        .unwrap_or(false)
-}
-
 fn detect_toolchain() -> Result<Toolchain> {
-    let linker = find_program("bpf-linker");
+    let linker = toolchain::find_bpf_linker();
 
     // BATON_EBPF_TOOLCHAIN=debian|nightly restricts the choice (default: try both).
     let only = env::var("BATON_EBPF_TOOLCHAIN").unwrap_or_default();
@@ -262,27 +211,14 @@ fn detect_toolchain() -> Result<Toolchain> {
     }
 
     // Debian rustc-web + libstd-rust-web-dev-bpf.
-    let debian_ok = only != "nightly"
-        && is_executable(Path::new(DEBIAN_RUSTC))
-        && is_executable(Path::new(DEBIAN_CARGO))
-        && {
-            let mut c = Command::new(DEBIAN_RUSTC);
-            clean_env(&mut c);
-            sysroot(&mut c).is_some_and(|s| has_bpf_core(&s))
-        };
+    let debian_ok = only != "nightly" && toolchain::debian_toolchain_ok(clean_env);
 
     // rustup nightly + rust-src.
-    let rustup = find_program("rustup");
+    let rustup = toolchain::find_rustup();
     let nightly_ok = only != "debian"
-        && rustup.as_ref().is_some_and(|r| {
-            let mut c = Command::new(r);
-            clean_env(&mut c);
-            c.args(["run", "nightly", "rustc"]);
-            sysroot(&mut c).is_some_and(|s| {
-                s.join("lib/rustlib/src/rust/library/core/Cargo.toml")
-                    .is_file()
-            })
-        });
+        && rustup
+            .as_ref()
+            .is_some_and(|r| toolchain::nightly_toolchain_ok(r, clean_env));
 
     match (linker, debian_ok, nightly_ok) {
         (Some(l), true, _) => Ok(Toolchain::Debian {
@@ -295,11 +231,10 @@ fn detect_toolchain() -> Result<Toolchain> {
         (linker, debian_ok, nightly_ok) => {
             let mut missing = Vec::new();
             if linker.is_none() {
-                missing.push(
-                    "`bpf-linker` (not in PATH or ~/.cargo/bin; install: LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker \
-                     --version 0.13.0 --no-default-features --features llvm-22)"
-                        .to_string(),
-                );
+                missing.push(format!(
+                    "`bpf-linker` (not in PATH or ~/.cargo/bin; install: {})",
+                    toolchain::bpf_linker_install_cmd()
+                ));
             }
             if !debian_ok && !nightly_ok {
                 missing.push(format!(

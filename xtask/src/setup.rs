@@ -1,21 +1,22 @@
 //! `cargo xtask setup`: install (idempotently) everything needed to build and
 //! test baton on Debian 12 / Ubuntu, and `check()`: verify without installing.
 //!
-//! The eBPF toolchain detection here mirrors agent/build.rs (which can't share
-//! code with us); keep the two in sync.
+//! The eBPF toolchain detection is shared with agent/build.rs through the
+//! std-only source file agent/toolchain.rs (a build script can't depend on
+//! other crates, so both include that file as a module).
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-pub const BPF_TARGET: &str = "bpfel-unknown-none";
-pub const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+#[path = "../../agent/toolchain.rs"]
+mod toolchain;
+
+use toolchain::{bpf_linker_install_cmd, capture, has_rust_src, DEBIAN_RUSTC, LLVM_PREFIX};
+pub use toolchain::{find_program, BPF_LINKER_VERSION, BPF_TARGET};
 
 /// Debian's Rust toolchain that ships a prebuilt `core` for bpfel-unknown-none.
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"];
@@ -37,100 +38,30 @@ fn all_pkgs() -> impl Iterator<Item = &'static str> {
         .copied()
 }
 
-fn bpf_linker_install_cmd() -> String {
-    format!(
-        "LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --version {BPF_LINKER_VERSION} \
-         --no-default-features --features llvm-22"
-    )
-}
-
 // ---------------------------------------------------------------- detection
 
-fn cargo_bin_dirs() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(h) = env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {
-        v.push(PathBuf::from(h).join("bin"));
-    }
-    if let Some(h) = env::var_os("HOME").filter(|h| !h.is_empty()) {
-        v.push(PathBuf::from(h).join(".cargo/bin"));
-    }
-    v
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// Look a program up in PATH, then in the cargo bin directories.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path_dirs = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(cargo_bin_dirs())
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn capture(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn has_bpf_core(sysroot: &Path) -> bool {
-    fs::read_dir(sysroot.join("lib/rustlib").join(BPF_TARGET).join("lib"))
-        .map(|rd| {
-            rd.flatten().any(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.starts_with("libcore-") && n.ends_with(".rlib")
-            })
-        })
-        .unwrap_or(false)
+/// The probes run under `cargo xtask`, so don't let its toolchain pin leak in.
+fn probe_env(cmd: &mut Command) {
+    cmd.env_remove("RUSTUP_TOOLCHAIN");
 }
 
 /// Debian rustc-web + cargo-web + libstd-rust-web-dev-bpf usable?
 pub fn debian_toolchain_ok() -> bool {
-    is_executable(Path::new(DEBIAN_RUSTC))
-        && is_executable(Path::new(DEBIAN_CARGO))
-        && capture(
-            Command::new(DEBIAN_RUSTC)
-                .env_remove("RUSTUP_TOOLCHAIN")
-                .args(["--print", "sysroot"]),
-        )
-        .is_some_and(|s| !s.is_empty() && has_bpf_core(Path::new(&s)))
+    toolchain::debian_toolchain_ok(probe_env)
 }
 
 fn rustup() -> Option<PathBuf> {
-    find_program("rustup")
+    toolchain::find_rustup()
 }
 
 /// Sysroot of the rustup nightly toolchain, if installed.
 fn nightly_sysroot() -> Option<PathBuf> {
-    let r = rustup()?;
-    capture(
-        Command::new(r)
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .args(["run", "nightly", "rustc", "--print", "sysroot"]),
-    )
-    .filter(|s| !s.is_empty())
-    .map(PathBuf::from)
-}
-
-fn nightly_has_rust_src(sysroot: &Path) -> bool {
-    sysroot
-        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-        .is_file()
+    toolchain::nightly_sysroot(&rustup()?, probe_env)
 }
 
 /// `bpf-linker --version` output (e.g. "bpf-linker 0.13.0"), if installed.
 pub fn bpf_linker_version() -> Option<(PathBuf, String)> {
-    let p = find_program("bpf-linker")?;
+    let p = toolchain::find_bpf_linker()?;
     let v = capture(Command::new(&p).arg("--version")).unwrap_or_default();
     Some((p, v))
 }
@@ -176,7 +107,7 @@ pub fn check() -> Result<()> {
         ),
         Some(_) => {}
     }
-    if !debian_toolchain_ok() && !nightly_sysroot().is_some_and(|s| nightly_has_rust_src(&s)) {
+    if !debian_toolchain_ok() && !nightly_sysroot().is_some_and(|s| has_rust_src(&s)) {
         missing.push(format!(
             "a Rust toolchain targeting {BPF_TARGET}: Debian's rustc-web + cargo-web + libstd-rust-web-dev-bpf \
              (`apt-get install rustc-web cargo-web libstd-rust-web-dev-bpf`) or rustup nightly with rust-src \
@@ -275,7 +206,7 @@ pub fn setup() -> Result<()> {
     // 2. Rust toolchain for bpfel-unknown-none.
     if !debian_toolchain_ok() {
         match nightly_sysroot() {
-            Some(s) if nightly_has_rust_src(&s) => {}
+            Some(s) if has_rust_src(&s) => {}
             Some(_) => {
                 let r = rustup().expect("nightly_sysroot found rustup");
                 run(Command::new(r)
