@@ -7,7 +7,9 @@
 //! many nodes under a seeded schedule of faults.
 
 pub mod gmp;
+pub mod membership;
 pub mod rng;
+pub mod sim;
 
 use std::fmt;
 

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::{self, Command};
@@ -38,6 +39,21 @@ enum Cmd {
     },
     /// Run the demo.
     Demo,
+    /// Run seeded simulations of the membership cores and check invariants.
+    Sim {
+        /// Number of seeds to run (from --start).
+        #[arg(long, default_value_t = 300)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        start: u64,
+        /// Run this one seed only (what a failure tells you to run).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// With --seed: print the whole event trace.
+        #[arg(long)]
+        trace: bool,
+    },
     /// Run a benchmark.
     Bench {
         /// Which benchmark to run.
@@ -71,6 +87,7 @@ fn main() {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => prepare_release().and_then(|_| demo::run()),
+        Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
         Cmd::Bench {
             which: Bench::Detect,
             kills,

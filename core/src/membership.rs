@@ -1,0 +1,1187 @@
+//! The membership manager: node states (S1.1), joining through the master
+//! (S1.8), graceful and forced leave, the ordered transition framework with
+//! levels and barriers (S1.2–S1.6, Table 1 of the 001 seed), halting a node
+//! that was forced out (S1.7), node shutdown on failure with distress (S0),
+//! and the group membership protocol with subgroup leaders (S3, [`crate::gmp`])
+//! committing every change of the group.
+//!
+//! One [`Membership`] runs on every node. It is sans-IO: feed it
+//! [`Input`]s with `handle(now, input)`, pull [`Action`]s with
+//! `poll_action()`, and call it again at `next_deadline()`.
+//!
+//! ## How it works
+//! * The **master** is the node that formed the cluster, or after it failed
+//!   the lowest-id joined member that still sees a quorum. It alone decides
+//!   every change and keeps the authoritative [`ClusterState`], which it
+//!   broadcasts (on every change, and periodically so that losses heal).
+//! * Nodes send the master a [`Report`]: their incarnation, whether they want
+//!   to join or leave, the levels their subsystems registered, and every
+//!   transition step their subsystems completed. Reports are state, not
+//!   deltas: a lost one is repaired by the next.
+//! * A change of the group (nodes joining, failed nodes forced out, a leave
+//!   finishing) is first committed with the S3 protocol among the members of
+//!   the new group; then the master applies it and starts the transitions.
+//! * A transition of node X walks the registered levels, bottom-up for a join
+//!   and a forced leave, top-down for a graceful leave; each level runs its
+//!   barriers 0..n. The master moves a transition to its next step only when
+//!   every participant reported the current step done; a node reports a step
+//!   done when all of its local subsystems at that level acknowledged it (a
+//!   node with no subsystem at a level completes it at once).
+//! * Several transitions (of different nodes) progress at once, each at its
+//!   own level; one node's transition is only ever notified in order.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::gmp::{ChangeId, Gmp, GmpAction, GmpConfig, GmpInput, GmpMsg};
+use crate::{Instant, NodeId};
+
+/// S1.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeState {
+    Inactive,
+    Joining,
+    Joined,
+    Leaving,
+    ForcedLeaving,
+}
+
+/// The three transition types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Join,
+    Leave,
+    ForcedLeave,
+}
+
+impl Kind {
+    /// The state a node has while a transition of this kind runs.
+    pub fn state(self) -> NodeState {
+        match self {
+            Kind::Join => NodeState::Joining,
+            Kind::Leave => NodeState::Leaving,
+            Kind::ForcedLeave => NodeState::ForcedLeaving,
+        }
+    }
+    /// The state after all nodes acknowledged every level (Table 1).
+    pub fn end_state(self) -> NodeState {
+        match self {
+            Kind::Join => NodeState::Joined,
+            Kind::Leave | Kind::ForcedLeave => NodeState::Inactive,
+        }
+    }
+    /// Join and forced leave go bottom-up, a graceful leave top-down (S1.3).
+    pub fn bottom_up(self) -> bool {
+        !matches!(self, Kind::Leave)
+    }
+}
+
+/// Barriers a subsystem asks for, per transition type (S1.5), at least 1 each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Barriers {
+    pub join: u32,
+    pub leave: u32,
+    pub forced_leave: u32,
+}
+
+impl Barriers {
+    pub const ONE: Barriers = Barriers { join: 1, leave: 1, forced_leave: 1 };
+    pub fn of(&self, k: Kind) -> u32 {
+        match k {
+            Kind::Join => self.join,
+            Kind::Leave => self.leave,
+            Kind::ForcedLeave => self.forced_leave,
+        }
+        .max(1)
+    }
+}
+
+/// A registered level (a global order) with its barrier counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LevelSpec {
+    pub level: u32,
+    pub barriers: Barriers,
+}
+
+/// One step of a transition: a level and a barrier of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Step {
+    pub level: u32,
+    pub barrier: u32,
+}
+
+/// Identifies a transition: the node it is about, that node's incarnation, and the kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransitionId {
+    pub node: NodeId,
+    pub incarnation: u64,
+    pub kind: Kind,
+}
+
+/// A completed step, as reported by a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepDone {
+    pub id: TransitionId,
+    pub step: Step,
+}
+
+/// A transition in flight (part of the replicated state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub id: TransitionId,
+    /// The levels it walks, in walking order, with their barrier counts.
+    pub path: Vec<LevelSpec>,
+    /// Index into `path` of the current level.
+    pub pos: usize,
+    pub barrier: u32,
+    /// The nodes whose acknowledgement every step needs.
+    pub participants: BTreeSet<NodeId>,
+    /// The node asked to leave while joining: reverse at the next level boundary (S1.6).
+    pub leave_pending: bool,
+}
+
+impl Transition {
+    pub fn step(&self) -> Step {
+        Step { level: self.path[self.pos].level, barrier: self.barrier }
+    }
+}
+
+/// What the master knows of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub state: NodeState,
+    pub incarnation: u64,
+    /// Levels registered by this node's subsystems (from its report).
+    pub levels: BTreeSet<LevelSpec>,
+}
+
+/// Identifies a version of the cluster state: (term, master, version).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ViewId {
+    pub term: u64,
+    pub master: NodeId,
+    /// The master's incarnation: a master that restarted never reuses a view id.
+    pub master_incarnation: u64,
+    pub version: u64,
+}
+
+impl ViewId {
+    /// Whether `self` supersedes `other`: a higher term wins; in the same
+    /// term the lower master id wins (two nodes that formed the cluster
+    /// apart); from the same master, the higher version.
+    pub fn supersedes(&self, other: &ViewId) -> bool {
+        if self.term != other.term {
+            return self.term > other.term;
+        }
+        if self.master != other.master {
+            return self.master < other.master;
+        }
+        if self.master_incarnation != other.master_incarnation {
+            return self.master_incarnation > other.master_incarnation;
+        }
+        self.version > other.version
+    }
+}
+
+/// The replicated cluster state, authoritative at the master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterState {
+    pub view: ViewId,
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    pub transitions: BTreeMap<NodeId, Transition>,
+}
+
+impl ClusterState {
+    pub fn state_of(&self, n: NodeId) -> NodeState {
+        self.nodes.get(&n).map(|e| e.state).unwrap_or(NodeState::Inactive)
+    }
+    /// The group: nodes joining, joined or leaving.
+    pub fn group(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, e)| matches!(e.state, NodeState::Joining | NodeState::Joined | NodeState::Leaving))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+    pub fn states(&self) -> BTreeMap<NodeId, NodeState> {
+        self.nodes.iter().map(|(n, e)| (*n, e.state)).collect()
+    }
+    /// The cluster-wide level table: the union of every group member's levels.
+    pub fn levels(&self) -> BTreeMap<u32, LevelSpec> {
+        let mut t = BTreeMap::new();
+        for n in self.group() {
+            for l in &self.nodes[&n].levels {
+                t.entry(l.level).or_insert(*l);
+            }
+        }
+        t
+    }
+}
+
+/// What a node wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Want {
+    Nothing,
+    Join,
+    Leave,
+}
+
+/// A node's report to the master (state, not deltas).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub incarnation: u64,
+    pub want: Want,
+    pub levels: BTreeSet<LevelSpec>,
+    pub done: BTreeSet<StepDone>,
+    pub seen: ViewId,
+    /// The state this node follows, sent to a successor taking over from a
+    /// failed master, so that it continues from the most advanced one.
+    pub state: Option<ClusterState>,
+    /// The highest S3 change id this node has seen: a new master (even one
+    /// that just restarted) numbers its changes above every earlier one.
+    pub max_change: ChangeId,
+}
+
+/// The S3 group data: the member records of the sender's subgroup.
+pub type Records = BTreeMap<NodeId, (u64, BTreeSet<LevelSpec>)>;
+
+/// Messages between membership managers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    Report(Report),
+    State(ClusterState),
+    Gmp(GmpMsg<Records>),
+}
+
+/// A local subsystem (S1.2), as registered with this node's manager.
+pub type SubsystemId = u32;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Start clustering: join (or form) the cluster.
+    Start,
+    /// Leave the cluster gracefully.
+    Leave,
+    /// A local subsystem registers at `level` (S1.2).
+    Register { subsystem: SubsystemId, spec: LevelSpec },
+    Deregister { subsystem: SubsystemId },
+    /// A local subsystem acknowledges a notification.
+    Ack { subsystem: SubsystemId, id: TransitionId, step: Step },
+    /// A local member detected a critical failure (S0.1); `from` is the
+    /// reporting subsystem, if any.
+    LocalFailure { from: Option<SubsystemId>, reason: u32 },
+    /// The datapath: a peer is alive / silent / sent a distress signal.
+    PeerUp { node: NodeId },
+    PeerSilent { node: NodeId },
+    PeerDistress { node: NodeId, reason: u32 },
+    Receive { from: NodeId, msg: Msg },
+    /// Time passed (timers).
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Send { to: NodeId, msg: Msg },
+    /// Tell a local subsystem about a transition step (Table 1). `states`
+    /// carries every node's state along with it.
+    Notify {
+        subsystem: SubsystemId,
+        id: TransitionId,
+        step: Step,
+        states: BTreeMap<NodeId, NodeState>,
+    },
+    /// S0.2: send the distress signal to every node, on every link.
+    SendDistress { reason: u32 },
+    /// S0.2: terminate a local member preemptively, telling it with an
+    /// error that clustering is ending.
+    Terminate { subsystem: SubsystemId, reason: u32 },
+    /// Clustering ended on this node: forced out (S1.7), lost quorum, or
+    /// shut down on failure (S0). No action follows this one.
+    Halt { why: HaltReason },
+    /// This node finished its graceful leave.
+    Left,
+    /// The state this node follows changed (for status and logs).
+    StateChanged { view: ViewId },
+    /// A peer failure was processed (once per failure; a distress once per
+    /// life of the sender, however many copies arrive).
+    PeerFailed { node: NodeId, distress: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaltReason {
+    ForcedOut,
+    /// This node formed a cluster apart; a cluster with a lower master id wins.
+    Superseded,
+    /// The master failed and no joined member was left to succeed it.
+    ClusterLost,
+    LostQuorum,
+    LocalFailure { reason: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub me: NodeId,
+    pub incarnation: u64,
+    /// Every configured node, this one included.
+    pub nodes: BTreeSet<NodeId>,
+    pub subgroup_size: usize,
+    /// Period of reports and state broadcasts, and of S3 retransmissions.
+    pub resend_ns: u64,
+    /// How long a starting node waits for a master before it forms the cluster.
+    pub form_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Started; member of no group yet, or joining.
+    Active,
+    Halted,
+    Left,
+}
+
+/// Counters for benchmarks and status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub messages_sent: u64,
+    pub gmp_messages_sent: u64,
+    pub changes_committed: u64,
+    pub ignored_failures: u64,
+}
+
+struct Pending {
+    change: ChangeId,
+    joins: BTreeSet<NodeId>,
+    forced: BTreeSet<NodeId>,
+}
+
+/// A local subsystem's registration and notification progress.
+#[derive(Clone, Debug)]
+struct Local {
+    spec: LevelSpec,
+    /// Notified and not acknowledged yet: (transition, step).
+    notified: BTreeSet<(TransitionId, Step)>,
+    acked: BTreeSet<(TransitionId, Step)>,
+}
+
+pub struct Membership {
+    cfg: Config,
+    phase: Phase,
+    want: Want,
+    started_at: Instant,
+    state: Option<ClusterState>,
+    /// Nodes the datapath reported up, or that sent us something.
+    heard: BTreeSet<NodeId>,
+    /// Nodes the datapath reported silent or distressed (until up again).
+    failed: BTreeSet<NodeId>,
+    quorum_lost_since: Option<Instant>,
+    /// The newest incarnation heard from each node (reports, states).
+    known_inc: BTreeMap<NodeId, u64>,
+    /// Successor of a failed master: gathering states until this deadline.
+    recovering: Option<Instant>,
+    /// Peers whose distress we processed (until they are up again).
+    distressed: BTreeSet<NodeId>,
+    locals: BTreeMap<SubsystemId, Local>,
+    done: BTreeSet<StepDone>,
+    /// Master only: the latest report of every node.
+    reports: BTreeMap<NodeId, Report>,
+    /// Master only: the change being committed with S3.
+    pending: Option<Pending>,
+    gmp: Gmp<Records>,
+    max_change: ChangeId,
+    next_resend: Instant,
+    last_broadcast: Option<ViewId>,
+    report_dirty: bool,
+    shutting_down: bool,
+    actions: VecDeque<Action>,
+    stats: Stats,
+    /// The `now` of the input being handled.
+    now: Instant,
+}
+
+impl Membership {
+    pub fn new(cfg: Config) -> Membership {
+        let gmp = Gmp::new(GmpConfig { me: cfg.me, subgroup_size: cfg.subgroup_size, retransmit_ns: cfg.resend_ns });
+        Membership {
+            phase: Phase::Idle,
+            want: Want::Nothing,
+            started_at: Instant::ZERO,
+            state: None,
+            heard: BTreeSet::from([cfg.me]),
+            failed: BTreeSet::new(),
+            quorum_lost_since: None,
+            recovering: None,
+            known_inc: BTreeMap::new(),
+            distressed: BTreeSet::new(),
+            locals: BTreeMap::new(),
+            done: BTreeSet::new(),
+            reports: BTreeMap::new(),
+            pending: None,
+            gmp,
+            max_change: 0,
+            next_resend: Instant::ZERO,
+            last_broadcast: None,
+            report_dirty: true,
+            shutting_down: false,
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+            now: Instant::ZERO,
+            cfg,
+        }
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.cfg.me
+    }
+    pub fn state(&self) -> Option<&ClusterState> {
+        self.state.as_ref()
+    }
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.gmp_messages_sent = self.gmp.messages_sent();
+        s
+    }
+    pub fn is_halted(&self) -> bool {
+        self.phase == Phase::Halted
+    }
+    pub fn has_left(&self) -> bool {
+        self.phase == Phase::Left
+    }
+    pub fn is_master(&self) -> bool {
+        self.phase == Phase::Active && self.state.as_ref().map(|s| s.view.master) == Some(self.cfg.me)
+    }
+    /// This node's state as the state it follows says.
+    pub fn my_state(&self) -> NodeState {
+        self.state.as_ref().map(|s| s.state_of(self.cfg.me)).unwrap_or(NodeState::Inactive)
+    }
+
+    /// One line of internals, for debugging simulations.
+    pub fn debug_line(&self) -> String {
+        format!(
+            "phase {:?} want {:?} failed {:?} heard {:?} known_inc {:?} successor {:?} recovering {:?} pending {:?} gmp {:?} max_change {}",
+            self.phase,
+            self.want,
+            self.failed,
+            self.heard,
+            self.known_inc,
+            self.successor(),
+            self.recovering,
+            self.pending.as_ref().map(|p| p.change),
+            self.gmp.current(),
+            self.max_change
+        )
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.phase != Phase::Active {
+            return None;
+        }
+        let mut d = self.next_resend;
+        if let Some(g) = self.gmp.next_deadline() {
+            d = d.min(g);
+        }
+        if self.state.is_none() {
+            d = d.min(self.started_at.plus_ns(self.cfg.form_ns));
+        }
+        Some(d)
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        if to == self.cfg.me {
+            return;
+        }
+        self.stats.messages_sent += 1;
+        self.actions.push_back(Action::Send { to, msg });
+    }
+
+    fn halt(&mut self, why: HaltReason) {
+        if self.phase == Phase::Halted {
+            return;
+        }
+        self.phase = Phase::Halted;
+        self.actions.push_back(Action::Halt { why });
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        if matches!(self.phase, Phase::Halted | Phase::Left) {
+            return;
+        }
+        self.now = self.now.max(now);
+        match input {
+            Input::Start => {
+                if self.phase == Phase::Idle {
+                    self.phase = Phase::Active;
+                    self.want = Want::Join;
+                    self.started_at = now;
+                    self.next_resend = now;
+                }
+            }
+            Input::Leave => {
+                self.want = Want::Leave;
+                self.report_dirty = true;
+            }
+            Input::Register { subsystem, spec } => {
+                self.locals.insert(subsystem, Local { spec, notified: BTreeSet::new(), acked: BTreeSet::new() });
+                self.report_dirty = true;
+            }
+            Input::Deregister { subsystem } => {
+                self.locals.remove(&subsystem);
+                self.report_dirty = true;
+            }
+            Input::Ack { subsystem, id, step } => {
+                if let Some(l) = self.locals.get_mut(&subsystem) {
+                    if l.notified.remove(&(id, step)) {
+                        l.acked.insert((id, step));
+                    }
+                }
+            }
+            Input::LocalFailure { from, reason } => {
+                self.local_failure(from, reason);
+                return;
+            }
+            Input::PeerUp { node } => {
+                self.heard.insert(node);
+                self.failed.remove(&node);
+                self.distressed.remove(&node);
+            }
+            Input::PeerSilent { node } => {
+                if !self.failed.contains(&node) {
+                    self.actions.push_back(Action::PeerFailed { node, distress: false });
+                }
+                self.peer_failed(node);
+            }
+            Input::PeerDistress { node, reason: _ } => {
+                if !self.distressed.insert(node) {
+                    // S0: a distress is processed once (copies come on every link).
+                    return;
+                }
+                self.actions.push_back(Action::PeerFailed { node, distress: true });
+                self.peer_failed(node);
+            }
+            Input::Receive { from, msg } => self.receive(now, from, msg),
+            Input::Tick => {}
+        }
+        if self.phase == Phase::Active {
+            self.step(now);
+        }
+    }
+
+    /// S0.1/S0.2/S0.4.
+    fn local_failure(&mut self, from: Option<SubsystemId>, reason: u32) {
+        if self.shutting_down {
+            self.stats.ignored_failures += 1;
+            return;
+        }
+        self.shutting_down = true;
+        self.actions.push_back(Action::SendDistress { reason });
+        let others: Vec<SubsystemId> = self.locals.keys().copied().filter(|s| Some(*s) != from).collect();
+        for s in others {
+            self.actions.push_back(Action::Terminate { subsystem: s, reason });
+        }
+        self.locals.clear();
+        self.halt(HaltReason::LocalFailure { reason });
+    }
+
+    fn peer_failed(&mut self, node: NodeId) {
+        if node == self.cfg.me {
+            return;
+        }
+        self.failed.insert(node);
+        self.gmp.handle(self.now, GmpInput::MemberFailed { node });
+        self.drain_gmp();
+    }
+
+    fn receive(&mut self, now: Instant, from: NodeId, msg: Msg) {
+        self.heard.insert(from);
+        match msg {
+            Msg::Report(r) => {
+                self.max_change = self.max_change.max(r.max_change);
+                let k = self.known_inc.entry(from).or_insert(0);
+                *k = (*k).max(r.incarnation);
+                self.reports.insert(from, r);
+            }
+            Msg::State(s) => {
+                let k = self.known_inc.entry(s.view.master).or_insert(0);
+                *k = (*k).max(s.view.master_incarnation);
+                self.adopt(now, s)
+            }
+            Msg::Gmp(m) => {
+                if let GmpMsg::Request { id, .. } = &m {
+                    self.max_change = self.max_change.max(*id);
+                }
+                self.gmp.handle(now, GmpInput::Receive { from, msg: m });
+                self.drain_gmp();
+            }
+        }
+    }
+
+    /// Follows a newer state from a master.
+    fn adopt(&mut self, _now: Instant, s: ClusterState) {
+        let me = self.cfg.me;
+        let mut was_member = false;
+        if let Some(cur) = &self.state {
+            if !s.view.supersedes(&cur.view) {
+                return;
+            }
+            was_member = cur.group().contains(&me);
+            let other_lineage = (s.view.term, s.view.master, s.view.master_incarnation)
+                != (cur.view.term, cur.view.master, cur.view.master_incarnation);
+            if other_lineage && !s.group().contains(&me) && was_member {
+                // Another cluster (formed apart, with a lower id) supersedes
+                // ours: stop, and start again with a new incarnation.
+                self.state = Some(s);
+                self.halt(HaltReason::Superseded);
+                return;
+            }
+        }
+        let now_state = s.state_of(me);
+        let incarnation_matches = s.nodes.get(&me).map(|e| e.incarnation) == Some(self.cfg.incarnation);
+        if was_member && self.want != Want::Leave && (!s.group().contains(&me) || !incarnation_matches) {
+            // S1.7: we were forced out; halt before touching anything.
+            self.state = Some(s);
+            self.halt(HaltReason::ForcedOut);
+            return;
+        }
+        if self.is_master() && s.view.master != me {
+            self.pending = None;
+        }
+        let view = s.view;
+        self.state = Some(s);
+        self.report_dirty = true;
+        self.actions.push_back(Action::StateChanged { view });
+        if self.want == Want::Leave && now_state == NodeState::Inactive && was_member {
+            self.phase = Phase::Left;
+            self.actions.push_back(Action::Left);
+        }
+    }
+
+    fn my_report(&self) -> Report {
+        Report {
+            incarnation: self.cfg.incarnation,
+            want: self.want,
+            levels: self.locals.values().map(|l| l.spec).collect(),
+            done: self.done.clone(),
+            seen: self.state.as_ref().map(|s| s.view).unwrap_or_default(),
+            state: None,
+            max_change: self.max_change,
+        }
+    }
+
+    fn quorum(&self, s: &ClusterState) -> bool {
+        let group = s.group();
+        if group.is_empty() {
+            return true;
+        }
+        let seen: BTreeSet<NodeId> = group.iter().copied().filter(|n| !self.failed.contains(n)).collect();
+        let n = group.len();
+        seen.len() * 2 > n || (seen.len() * 2 == n && seen.contains(group.iter().next().unwrap()))
+    }
+
+    /// Runs after every input: timers, local notifications, reports, master work.
+    fn step(&mut self, now: Instant) {
+        self.gmp.handle(now, GmpInput::Tick);
+        self.drain_gmp();
+        // Form the cluster when nobody answered in time and we are the
+        // lowest node we can see that wants to be in it.
+        if self.state.is_none() && now >= self.started_at.plus_ns(self.cfg.form_ns) {
+            let visible: Vec<NodeId> = self.heard.iter().copied().filter(|n| !self.failed.contains(n)).collect();
+            let lowest_alive = visible.first() == Some(&self.cfg.me);
+            // Forming needs a majority of the configured nodes in sight (two
+            // nodes: either), so that two sides of a partition never form
+            // two clusters.
+            let n = self.cfg.nodes.len();
+            let majority = visible.len() * 2 > n || n <= 2;
+            if lowest_alive && majority {
+                self.form(now);
+            } else {
+                self.started_at = now;
+            }
+        }
+        if let Some(s) = &self.state {
+            let joined = s.state_of(self.cfg.me) == NodeState::Joined;
+            if joined && !self.quorum(s) {
+                // In the minority side of a partition: the majority will
+                // force us out, so stop before we could act (after a grace
+                // period, so that one late failure report does not halt us).
+                let since = *self.quorum_lost_since.get_or_insert(now);
+                if now.since(since) >= self.cfg.form_ns {
+                    self.halt(HaltReason::LostQuorum);
+                    return;
+                }
+            } else {
+                self.quorum_lost_since = None;
+            }
+        }
+        // Asked to leave while not in the cluster: there is nothing to leave.
+        if self.want == Want::Leave {
+            let in_cluster = self
+                .state
+                .as_ref()
+                .map(|s| s.state_of(self.cfg.me) != NodeState::Inactive || s.transitions.contains_key(&self.cfg.me))
+                .unwrap_or(false);
+            if !in_cluster {
+                self.phase = Phase::Left;
+                self.actions.push_back(Action::Left);
+                return;
+            }
+        }
+        if self.master_dead() && self.successor().is_none() && self.my_state() != NodeState::Joined {
+            // The master is gone and no joined member is left to succeed it:
+            // the cluster we follow is gone. Halt; a new life forms or joins anew.
+            self.halt(HaltReason::ClusterLost);
+            return;
+        }
+        self.take_over_if_master_died(now);
+        self.notify_locals();
+        if self.is_master() {
+            let me = self.cfg.me;
+            let r = self.my_report();
+            self.reports.insert(me, r);
+            self.master_work(now);
+        }
+        // Reports go to the master, or to its successor (with our state) when it failed.
+        let master = match self.successor() {
+            Some(succ) => Some(succ),
+            None => self.state.as_ref().map(|s| s.view.master),
+        };
+        if now >= self.next_resend || self.report_dirty {
+            let mut r = self.my_report();
+            if self.successor().is_some() {
+                r.state = self.state.clone();
+            }
+            match master {
+                Some(m) if m != self.cfg.me => self.send(m, Msg::Report(r)),
+                Some(_) => {}
+                None => {
+                    let nodes: Vec<NodeId> = self.cfg.nodes.iter().copied().collect();
+                    for n in nodes {
+                        self.send(n, Msg::Report(r.clone()));
+                    }
+                }
+            }
+            if self.is_master() && now >= self.next_resend {
+                self.broadcast_state();
+            }
+            if now >= self.next_resend {
+                self.next_resend = now.plus_ns(self.cfg.resend_ns);
+            }
+            self.report_dirty = false;
+        }
+    }
+
+    fn form(&mut self, _now: Instant) {
+        let me = self.cfg.me;
+        let mut nodes = BTreeMap::new();
+        for n in &self.cfg.nodes {
+            nodes.insert(*n, NodeEntry { state: NodeState::Inactive, incarnation: 0, levels: BTreeSet::new() });
+        }
+        self.state = Some(ClusterState {
+            view: ViewId { term: 1, master: me, master_incarnation: self.cfg.incarnation, version: 0 },
+            nodes,
+            transitions: BTreeMap::new(),
+        });
+        self.report_dirty = true;
+    }
+
+    /// When the master failed: the lowest joined member we do not know to
+    /// have failed is its successor.
+    fn master_dead(&self) -> bool {
+        let Some(s) = self.state.as_ref() else { return false };
+        if s.view.master == self.cfg.me {
+            return false;
+        }
+        // The master failed, or restarted (a newer life of it spoke to us).
+        let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
+        self.failed.contains(&s.view.master) || restarted
+    }
+
+    fn successor(&self) -> Option<NodeId> {
+        let s = self.state.as_ref()?;
+        if !self.master_dead() {
+            return None;
+        }
+        s.nodes
+            .iter()
+            .filter(|(n, e)| e.state == NodeState::Joined && !self.failed.contains(n) && **n != s.view.master)
+            .map(|(n, _)| *n)
+            .next()
+    }
+
+    /// The successor first gathers the states the survivors follow and
+    /// continues from the most advanced one, in a new term: a master never
+    /// takes the cluster back to an older state.
+    fn take_over_if_master_died(&mut self, now: Instant) {
+        if self.successor() != Some(self.cfg.me) {
+            self.recovering = None;
+            return;
+        }
+        let Some(cur) = self.state.clone() else { return };
+        if !self.quorum(&cur) {
+            // The minority side of a partition never takes over.
+            return;
+        }
+        let deadline = *self.recovering.get_or_insert(now.plus_ns(2 * self.cfg.resend_ns));
+        let waiting: Vec<NodeId> = cur
+            .group()
+            .into_iter()
+            .filter(|n| *n != self.cfg.me && !self.failed.contains(n))
+            .filter(|n| self.reports.get(n).map(|r| r.state.is_none() || r.seen.term < cur.view.term).unwrap_or(true))
+            .collect();
+        if !waiting.is_empty() && now < deadline {
+            return;
+        }
+        let mut best = cur.clone();
+        for r in self.reports.values() {
+            if let Some(st) = &r.state {
+                if st.view.supersedes(&best.view) {
+                    best = st.clone();
+                }
+            }
+        }
+        let term = best.view.term.max(cur.view.term) + 1;
+        best.view = ViewId { term, master: self.cfg.me, master_incarnation: self.cfg.incarnation, version: 0 };
+        self.state = Some(best);
+        self.recovering = None;
+        self.pending = None;
+        self.report_dirty = true;
+        self.broadcast_state();
+    }
+
+    /// Notifies local subsystems of the current step of every transition
+    /// this node participates in, and records completed steps.
+    fn notify_locals(&mut self) {
+        let Some(s) = &self.state else { return };
+        let states = s.states();
+        let mut notes = Vec::new();
+        let mut newly_done = Vec::new();
+        for t in s.transitions.values() {
+            if !t.participants.contains(&self.cfg.me) {
+                continue;
+            }
+            let step = t.step();
+            let sd = StepDone { id: t.id, step };
+            if self.done.contains(&sd) {
+                continue;
+            }
+            let mut all = true;
+            for (sid, l) in self.locals.iter() {
+                if l.spec.level != step.level {
+                    continue;
+                }
+                if l.acked.contains(&(t.id, step)) {
+                    continue;
+                }
+                all = false;
+                if !l.notified.contains(&(t.id, step)) {
+                    notes.push((*sid, t.id, step));
+                }
+            }
+            if all {
+                newly_done.push(sd);
+            }
+        }
+        for (sid, id, step) in notes {
+            if let Some(l) = self.locals.get_mut(&sid) {
+                l.notified.insert((id, step));
+            }
+            self.actions.push_back(Action::Notify { subsystem: sid, id, step, states: states.clone() });
+        }
+        if !newly_done.is_empty() {
+            self.done.extend(newly_done);
+            self.report_dirty = true;
+        }
+        // Forget what concerns transitions that are over.
+        let live: BTreeSet<TransitionId> = s.transitions.values().map(|t| t.id).collect();
+        self.done.retain(|d| live.contains(&d.id));
+        for l in self.locals.values_mut() {
+            l.notified.retain(|(id, _)| live.contains(id));
+            l.acked.retain(|(id, _)| live.contains(id));
+        }
+    }
+
+    fn broadcast_state(&mut self) {
+        let Some(s) = self.state.clone() else { return };
+        if self.last_broadcast != Some(s.view) {
+            self.last_broadcast = Some(s.view);
+            self.actions.push_back(Action::StateChanged { view: s.view });
+        }
+        let nodes: Vec<NodeId> = self.cfg.nodes.iter().copied().collect();
+        for n in nodes {
+            self.send(n, Msg::State(s.clone()));
+        }
+    }
+
+    fn drain_gmp(&mut self) {
+        while let Some(a) = self.gmp.poll_action() {
+            match a {
+                GmpAction::Send { to, msg } => {
+                    self.actions.push_back(Action::Send { to, msg: Msg::Gmp(msg) });
+                }
+                GmpAction::NeedData { id } => {
+                    let data = self.records_for_my_subgroup();
+                    self.gmp.handle(self.now, GmpInput::LocalData { id, my_data: data });
+                }
+                GmpAction::Complete { id, .. } => {
+                    self.stats.changes_committed += 1;
+                    if let Some(p) = &self.pending {
+                        if p.change == id {
+                            let p = self.pending.take().unwrap();
+                            self.apply_change(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// S3 group data: the records (incarnation, levels) this node knows for
+    /// the members of its subgroup.
+    fn records_for_my_subgroup(&self) -> Records {
+        let mut r = Records::new();
+        if let Some(s) = &self.state {
+            for (n, e) in &s.nodes {
+                if s.group().contains(n) {
+                    r.insert(*n, (e.incarnation, e.levels.clone()));
+                }
+            }
+        }
+        r.insert(self.cfg.me, (self.cfg.incarnation, self.locals.values().map(|l| l.spec).collect()));
+        r
+    }
+
+    // ----- master -----
+
+    fn master_work(&mut self, now: Instant) {
+        let Some(s) = self.state.clone() else { return };
+        if !self.quorum(&s) {
+            return;
+        }
+        // Refresh records from reports.
+        let mut s = s;
+        let mut changed = false;
+        for (n, r) in &self.reports {
+            if let Some(e) = s.nodes.get_mut(n) {
+                if e.incarnation == r.incarnation && e.levels != r.levels && s.transitions.get(n).map(|t| t.id.kind) != Some(Kind::ForcedLeave) {
+                    e.levels = r.levels.clone();
+                    changed = true;
+                }
+            }
+        }
+        // Leave requests of joined nodes start a graceful leave; of joining
+        // nodes, they wait for the next level boundary.
+        for (n, r) in self.reports.clone() {
+            if r.want != Want::Leave {
+                continue;
+            }
+            let Some(e) = s.nodes.get(&n) else { continue };
+            if e.incarnation != r.incarnation {
+                continue;
+            }
+            match (e.state, s.transitions.get_mut(&n)) {
+                (NodeState::Joined, None) => {
+                    let t = new_transition(&s, n, e.incarnation, Kind::Leave, None);
+                    if t.path.is_empty() {
+                        s.nodes.get_mut(&n).unwrap().state = NodeState::Inactive;
+                    } else {
+                        s.nodes.get_mut(&n).unwrap().state = NodeState::Leaving;
+                        s.transitions.insert(n, t);
+                    }
+                    changed = true;
+                }
+                (NodeState::Joining, Some(t)) if t.id.kind == Kind::Join && !t.leave_pending => {
+                    t.leave_pending = true;
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if self.advance(&mut s) {
+            changed = true;
+        }
+        if changed {
+            s.view.version += 1;
+            let me_inactive = s.state_of(self.cfg.me) == NodeState::Inactive;
+            self.state = Some(s);
+            self.broadcast_state();
+            self.notify_locals();
+            if me_inactive && self.want == Want::Leave {
+                // The master finished its own graceful leave: the final state
+                // is out; the others see us go silent and a successor takes over.
+                self.phase = Phase::Left;
+                self.actions.push_back(Action::Left);
+                return;
+            }
+        }
+        if self.pending.is_none() {
+            self.start_change(now);
+        }
+    }
+
+    /// Advances every transition whose current step every participant completed.
+    fn advance(&mut self, s: &mut ClusterState) -> bool {
+        let mut changed = false;
+        let ids: Vec<NodeId> = s.transitions.keys().copied().collect();
+        for n in ids {
+            loop {
+                let t = s.transitions.get(&n).unwrap().clone();
+                let sd = StepDone { id: t.id, step: t.step() };
+                let all = t.participants.iter().all(|p| {
+                    self.failed.contains(p) || self.reports.get(p).map(|r| r.done.contains(&sd)).unwrap_or(false)
+                });
+                if !all {
+                    break;
+                }
+                changed = true;
+                let mut t = t;
+                let spec = t.path[t.pos];
+                if t.barrier + 1 < spec.barriers.of(t.id.kind) {
+                    t.barrier += 1;
+                    s.transitions.insert(n, t);
+                    continue;
+                }
+                // Level complete. A leave asked for while joining reverses here (S1.6).
+                if t.id.kind == Kind::Join && t.leave_pending {
+                    let upto: Vec<LevelSpec> = t.path[..=t.pos].to_vec();
+                    let mut lt = new_transition(s, n, t.id.incarnation, Kind::Leave, Some(upto));
+                    lt.participants = t.participants.clone();
+                    s.nodes.get_mut(&n).unwrap().state = NodeState::Leaving;
+                    s.transitions.insert(n, lt);
+                    continue;
+                }
+                if t.pos + 1 < t.path.len() {
+                    t.pos += 1;
+                    t.barrier = 0;
+                    s.transitions.insert(n, t);
+                    continue;
+                }
+                // Done: Table 1 end state.
+                s.transitions.remove(&n);
+                s.nodes.get_mut(&n).unwrap().state = t.id.kind.end_state();
+                break;
+            }
+        }
+        changed
+    }
+
+    /// Batches pending group changes into one S3 change.
+    fn start_change(&mut self, now: Instant) {
+        let Some(s) = self.state.clone() else { return };
+        let group = s.group();
+        let mut forced = BTreeSet::new();
+        for n in &group {
+            if *n != self.cfg.me && self.failed.contains(n) {
+                forced.insert(*n);
+            }
+        }
+        // A node that restarted (new incarnation) while still a member is
+        // forced out first; it joins again afterwards.
+        for (n, r) in &self.reports {
+            if let Some(e) = s.nodes.get(n) {
+                if group.contains(n) && r.incarnation > e.incarnation {
+                    forced.insert(*n);
+                }
+            }
+        }
+        let mut joins = BTreeSet::new();
+        for (n, r) in &self.reports {
+            let Some(e) = s.nodes.get(n) else { continue };
+            // Only a new life joins: a report of a life that was already in
+            // the cluster (a stale one) never brings it back.
+            if r.want == Want::Join
+                && r.incarnation > e.incarnation
+                && e.state == NodeState::Inactive
+                && !s.transitions.contains_key(n)
+                && !self.failed.contains(n)
+                && !forced.contains(n)
+            {
+                joins.insert(*n);
+            }
+        }
+        // A finished leave (state Inactive after Leaving) left the group
+        // already in `advance`; the S3 change records the smaller group.
+        if forced.is_empty() && joins.is_empty() {
+            return;
+        }
+        let mut new_group: BTreeSet<NodeId> = group.difference(&forced).copied().collect();
+        new_group.extend(joins.iter().copied());
+        self.max_change += 1;
+        let change = self.max_change;
+        self.pending = Some(Pending { change, joins, forced });
+        let data = self.records_for_my_subgroup();
+        self.gmp.handle(now, GmpInput::Initiate { id: change, members: new_group, my_data: data });
+        self.drain_gmp();
+    }
+
+    fn apply_change(&mut self, p: Pending) {
+        let Some(mut s) = self.state.clone() else { return };
+        for n in &p.forced {
+            // Forced-Leaving re-notifies over Joining, Leaving or Joined and
+            // aborts the graceful processing (Table 1).
+            let (inc, prev) = {
+                let e = &s.nodes[n];
+                (e.incarnation, s.transitions.get(n).cloned())
+            };
+            let limit = match &prev {
+                // Progress only through the highest level that saw the join.
+                Some(t) if t.id.kind == Kind::Join => Some(t.path[..=t.pos].to_vec()),
+                _ => None,
+            };
+            if self.reports.get(n).map(|r| r.incarnation <= inc).unwrap_or(false) {
+                self.reports.remove(n);
+            }
+            let mut t = new_transition(&s, *n, inc, Kind::ForcedLeave, limit);
+            t.participants.remove(n);
+            s.nodes.get_mut(n).unwrap().state = NodeState::ForcedLeaving;
+            if t.path.is_empty() {
+                s.nodes.get_mut(n).unwrap().state = NodeState::Inactive;
+            } else {
+                s.transitions.insert(*n, t);
+            }
+        }
+        for n in &p.joins {
+            let r = self.reports.get(n).cloned();
+            let Some(r) = r else { continue };
+            let e = s.nodes.get_mut(n).unwrap();
+            e.state = NodeState::Joining;
+            e.incarnation = r.incarnation;
+            e.levels = r.levels.clone();
+            let t = new_transition(&s, *n, r.incarnation, Kind::Join, None);
+            if t.path.is_empty() {
+                s.nodes.get_mut(n).unwrap().state = NodeState::Joined;
+            } else {
+                s.transitions.insert(*n, t);
+            }
+        }
+        s.view.version += 1;
+        self.state = Some(s);
+        self.broadcast_state();
+        self.notify_locals();
+    }
+}
+
+/// A new transition of `node` over the current level table (or `limit`, for
+/// a forced leave that only goes as high as a join got, or a reversed join).
+fn new_transition(s: &ClusterState, node: NodeId, incarnation: u64, kind: Kind, limit: Option<Vec<LevelSpec>>) -> Transition {
+    let mut path: Vec<LevelSpec> = match limit {
+        Some(l) => l,
+        None => {
+            let mut lv = s.levels();
+            if let Some(e) = s.nodes.get(&node) {
+                for l in &e.levels {
+                    lv.entry(l.level).or_insert(*l);
+                }
+            }
+            lv.into_values().collect()
+        }
+    };
+    path.sort();
+    if !kind.bottom_up() {
+        path.reverse();
+    }
+    let mut participants = s.group();
+    participants.insert(node);
+    Transition { id: TransitionId { node, incarnation, kind }, path, pos: 0, barrier: 0, participants, leave_pending: false }
+}
