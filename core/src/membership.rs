@@ -350,6 +350,7 @@ pub struct Stats {
 
 struct Pending {
     change: ChangeId,
+    started: Instant,
     joins: BTreeSet<NodeId>,
     forced: BTreeSet<NodeId>,
 }
@@ -374,6 +375,8 @@ pub struct Membership {
     /// Nodes the datapath reported silent or distressed (until up again).
     failed: BTreeSet<NodeId>,
     quorum_lost_since: Option<Instant>,
+    /// Members of the S3 change in progress.
+    gmp_members: BTreeSet<NodeId>,
     /// The newest incarnation heard from each node (reports, states).
     known_inc: BTreeMap<NodeId, u64>,
     /// Successor of a failed master: gathering states until this deadline.
@@ -411,6 +414,7 @@ impl Membership {
             quorum_lost_since: None,
             recovering: None,
             known_inc: BTreeMap::new(),
+            gmp_members: BTreeSet::new(),
             distressed: BTreeSet::new(),
             locals: BTreeMap::new(),
             done: BTreeSet::new(),
@@ -451,7 +455,11 @@ impl Membership {
     }
     /// This node's state as the state it follows says.
     pub fn my_state(&self) -> NodeState {
-        self.state.as_ref().map(|s| s.state_of(self.cfg.me)).unwrap_or(NodeState::Inactive)
+        match self.state.as_ref().and_then(|s| s.nodes.get(&self.cfg.me)) {
+            // An entry of an older life of this node is not this life's state.
+            Some(e) if e.incarnation == self.cfg.incarnation => e.state,
+            _ => NodeState::Inactive,
+        }
     }
 
     /// One line of internals, for debugging simulations.
@@ -590,8 +598,23 @@ impl Membership {
             return;
         }
         self.failed.insert(node);
-        self.gmp.handle(self.now, GmpInput::MemberFailed { node });
-        self.drain_gmp();
+        // Only a member of the change in progress concerns S3 (a failure of
+        // anyone else would be remembered for a later change, where that
+        // node may be back with a new life).
+        if self.gmp_members.contains(&node) {
+            self.gmp.handle(self.now, GmpInput::MemberFailed { node });
+            self.drain_gmp();
+        }
+    }
+
+    /// A change (Initiate, or a Request received) starts: tell S3 which of
+    /// its members we already know to have failed.
+    fn gmp_change_started(&mut self, members: &BTreeSet<NodeId>) {
+        self.gmp_members = members.clone();
+        let known: Vec<NodeId> = members.iter().copied().filter(|n| self.failed.contains(n)).collect();
+        for node in known {
+            self.gmp.handle(self.now, GmpInput::MemberFailed { node });
+        }
     }
 
     fn receive(&mut self, now: Instant, from: NodeId, msg: Msg) {
@@ -609,10 +632,17 @@ impl Membership {
                 self.adopt(now, s)
             }
             Msg::Gmp(m) => {
-                if let GmpMsg::Request { id, .. } = &m {
-                    self.max_change = self.max_change.max(*id);
-                }
+                let request = match &m {
+                    GmpMsg::Request { id, members } if *id > self.max_change || self.gmp.current().is_none() => {
+                        self.max_change = self.max_change.max(*id);
+                        Some(members.clone())
+                    }
+                    _ => None,
+                };
                 self.gmp.handle(now, GmpInput::Receive { from, msg: m });
+                if let Some(members) = request {
+                    self.gmp_change_started(&members);
+                }
                 self.drain_gmp();
             }
         }
@@ -626,7 +656,8 @@ impl Membership {
             if !s.view.supersedes(&cur.view) {
                 return;
             }
-            was_member = cur.group().contains(&me);
+            // Membership of this life only (an older life's entry is not ours).
+            was_member = cur.group().contains(&me) && cur.nodes.get(&me).map(|e| e.incarnation) == Some(self.cfg.incarnation);
             let other_lineage = (s.view.term, s.view.master, s.view.master_incarnation)
                 != (cur.view.term, cur.view.master, cur.view.master_incarnation);
             if other_lineage && !s.group().contains(&me) && was_member {
@@ -854,6 +885,10 @@ impl Membership {
     /// this node participates in, and records completed steps.
     fn notify_locals(&mut self) {
         let Some(s) = &self.state else { return };
+        // Only a member of this life takes part in transitions.
+        if s.nodes.get(&self.cfg.me).map(|e| e.incarnation) != Some(self.cfg.incarnation) {
+            return;
+        }
         let states = s.states();
         let mut notes = Vec::new();
         let mut newly_done = Vec::new();
@@ -1015,6 +1050,14 @@ impl Membership {
                 return;
             }
         }
+        // A change that cannot complete (a member was wrongly suspected and
+        // is back, or failures raced) is replaced by a new one: a newer
+        // change id supersedes the old one at every member.
+        if let Some(p) = &self.pending {
+            if now.since(p.started) > 10 * self.cfg.resend_ns {
+                self.pending = None;
+            }
+        }
         if self.pending.is_none() {
             self.start_change(now);
         }
@@ -1027,6 +1070,12 @@ impl Membership {
         for n in ids {
             loop {
                 let t = s.transitions.get(&n).unwrap().clone();
+                // A node that failed during its own graceful transition does
+                // not count as having acknowledged it: its transition freezes
+                // until the forced leave replaces it.
+                if t.id.kind != Kind::ForcedLeave && self.failed.contains(&t.id.node) {
+                    break;
+                }
                 let sd = StepDone { id: t.id, step: t.step() };
                 let all = t.participants.iter().all(|p| {
                     self.failed.contains(p) || self.reports.get(p).map(|r| r.done.contains(&sd)).unwrap_or(false)
@@ -1059,7 +1108,11 @@ impl Membership {
                 }
                 // Done: Table 1 end state.
                 s.transitions.remove(&n);
-                s.nodes.get_mut(&n).unwrap().state = t.id.kind.end_state();
+                let end = t.id.kind.end_state();
+                s.nodes.get_mut(&n).unwrap().state = end;
+                if end == NodeState::Inactive {
+                    drop_participant(s, n);
+                }
                 break;
             }
         }
@@ -1109,9 +1162,10 @@ impl Membership {
         new_group.extend(joins.iter().copied());
         self.max_change += 1;
         let change = self.max_change;
-        self.pending = Some(Pending { change, joins, forced });
+        self.pending = Some(Pending { change, started: now, joins, forced });
         let data = self.records_for_my_subgroup();
-        self.gmp.handle(now, GmpInput::Initiate { id: change, members: new_group, my_data: data });
+        self.gmp.handle(now, GmpInput::Initiate { id: change, members: new_group.clone(), my_data: data });
+        self.gmp_change_started(&new_group);
         self.drain_gmp();
     }
 
@@ -1125,40 +1179,59 @@ impl Membership {
                 (e.incarnation, s.transitions.get(n).cloned())
             };
             let limit = match &prev {
-                // Progress only through the highest level that saw the join.
+                // Only as high as the graceful transition got: the levels a
+                // join reached, or the levels a (reversed) leave walks.
                 Some(t) if t.id.kind == Kind::Join => Some(t.path[..=t.pos].to_vec()),
+                Some(t) if t.id.kind == Kind::Leave => Some(t.path.clone()),
                 _ => None,
             };
             if self.reports.get(n).map(|r| r.incarnation <= inc).unwrap_or(false) {
                 self.reports.remove(n);
             }
+            drop_participant(&mut s, *n);
             let mut t = new_transition(&s, *n, inc, Kind::ForcedLeave, limit);
             t.participants.remove(n);
-            s.nodes.get_mut(n).unwrap().state = NodeState::ForcedLeaving;
             if t.path.is_empty() {
                 s.nodes.get_mut(n).unwrap().state = NodeState::Inactive;
+                s.transitions.remove(n);
             } else {
+                s.nodes.get_mut(n).unwrap().state = NodeState::ForcedLeaving;
                 s.transitions.insert(*n, t);
             }
         }
+        // Every joiner is Joining before any join transition is made, so
+        // joiners of one change take part in each other's joins.
+        let mut joiners = Vec::new();
         for n in &p.joins {
-            let r = self.reports.get(n).cloned();
-            let Some(r) = r else { continue };
+            let Some(r) = self.reports.get(n).cloned() else { continue };
             let e = s.nodes.get_mut(n).unwrap();
             e.state = NodeState::Joining;
             e.incarnation = r.incarnation;
             e.levels = r.levels.clone();
-            let t = new_transition(&s, *n, r.incarnation, Kind::Join, None);
+            joiners.push((*n, r.incarnation));
+        }
+        for (n, inc) in joiners {
+            let t = new_transition(&s, n, inc, Kind::Join, None);
             if t.path.is_empty() {
-                s.nodes.get_mut(n).unwrap().state = NodeState::Joined;
+                s.nodes.get_mut(&n).unwrap().state = NodeState::Joined;
             } else {
-                s.transitions.insert(*n, t);
+                s.transitions.insert(n, t);
             }
         }
         s.view.version += 1;
         self.state = Some(s);
         self.broadcast_state();
         self.notify_locals();
+    }
+}
+
+/// A node that is out of the group (Inactive, or being forced out) takes
+/// part in no other transition any more.
+fn drop_participant(s: &mut ClusterState, node: NodeId) {
+    for (n, t) in s.transitions.iter_mut() {
+        if *n != node {
+            t.participants.remove(&node);
+        }
     }
 }
 

@@ -1,0 +1,1316 @@
+//! Deterministic scenario tests of the membership manager's transition
+//! framework (S0, S1.1–S1.8, Table 1 of the 001 seed).
+//!
+//! A small synchronous harness drives 2–4 [`Membership`] cores: messages go
+//! through one FIFO queue and are delivered with zero latency; time only
+//! moves when every queue is empty, straight to the earliest
+//! `next_deadline()`, and the due cores get `Input::Tick`. The datapath's
+//! inputs (`PeerUp`, `PeerSilent`, `PeerDistress`) are injected by the tests.
+//! Every node registers one subsystem per level; its notifications are
+//! acknowledged automatically through the same FIFO queue, unless a hold
+//! rule keeps them back (a hung subsystem) until the test releases them.
+//!
+//! The tests compare exact sequences of `Action::Notify` per node.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use baton_core::membership::{
+    Action, Barriers, Config, HaltReason, Input, Kind, LevelSpec, Membership, Msg, NodeState, Step, SubsystemId,
+    TransitionId,
+};
+use baton_core::{Instant, NodeId};
+
+const MS: u64 = 1_000_000;
+
+/// The registered levels: (subsystem id, level, barriers). Every node
+/// registers the same three subsystems. Barrier counts differ per kind so
+/// that every kind runs a 2-barrier level somewhere.
+const LEVELS: [(SubsystemId, u32, Barriers); 3] = [
+    (1, 10, Barriers { join: 2, leave: 1, forced_leave: 1 }),
+    (2, 20, Barriers { join: 1, leave: 2, forced_leave: 1 }),
+    (3, 30, Barriers { join: 1, leave: 1, forced_leave: 2 }),
+];
+
+fn sid_of(level: u32) -> SubsystemId {
+    LEVELS.iter().find(|(_, l, _)| *l == level).unwrap().0
+}
+
+/// One notification, as compared by the tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Note {
+    sid: SubsystemId,
+    kind: Kind,
+    node: NodeId,
+    inc: u64,
+    level: u32,
+    barrier: u32,
+}
+
+impl Note {
+    fn id(&self) -> TransitionId {
+        TransitionId { node: self.node, incarnation: self.inc, kind: self.kind }
+    }
+    fn step(&self) -> Step {
+        Step { level: self.level, barrier: self.barrier }
+    }
+}
+
+/// The notifications one node's subsystems get for a whole transition of
+/// `node` (incarnation `inc`): bottom-up for Join and ForcedLeave, top-down
+/// for Leave, over the levels `<= upto`, each with its barriers in order.
+fn walk(kind: Kind, node: NodeId, inc: u64, upto: u32) -> Vec<Note> {
+    let mut lv: Vec<(SubsystemId, u32, Barriers)> = LEVELS.iter().copied().filter(|(_, l, _)| *l <= upto).collect();
+    if kind == Kind::Leave {
+        lv.reverse();
+    }
+    let mut out = Vec::new();
+    for (sid, level, b) in lv {
+        for barrier in 0..b.of(kind) {
+            out.push(Note { sid, kind, node, inc, level, barrier });
+        }
+    }
+    out
+}
+
+/// Only the listed (level, barrier) steps of a transition.
+fn steps(kind: Kind, node: NodeId, inc: u64, st: &[(u32, u32)]) -> Vec<Note> {
+    st.iter().map(|&(level, barrier)| Note { sid: sid_of(level), kind, node, inc, level, barrier }).collect()
+}
+
+fn cat(parts: &[Vec<Note>]) -> Vec<Note> {
+    parts.iter().flatten().copied().collect()
+}
+
+type Rule = Box<dyn Fn(NodeId, &Note) -> bool>;
+
+struct Node {
+    core: Membership,
+    inc: u64,
+    up: bool,
+    started: bool,
+    /// Every action, with the time it was produced.
+    actions: Vec<(Instant, Action)>,
+    notes: Vec<Note>,
+    /// Set once a Halt or Left was seen: nothing may follow.
+    ended: bool,
+    after_end: Vec<Action>,
+}
+
+enum Ev {
+    Msg { to: NodeId, from: NodeId, msg: Msg },
+    Ack { node: NodeId, inc: u64, note: Note },
+}
+
+struct Harness {
+    now: Instant,
+    all: BTreeSet<NodeId>,
+    nodes: BTreeMap<NodeId, Node>,
+    /// Earlier lives of restarted nodes.
+    old: Vec<(NodeId, Node)>,
+    queue: VecDeque<Ev>,
+    holds: Vec<Rule>,
+    held: Vec<(NodeId, u64, Note)>,
+    /// Directed links that lose everything: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+}
+
+fn config(me: NodeId, inc: u64, all: &BTreeSet<NodeId>) -> Config {
+    Config { me, incarnation: inc, nodes: all.clone(), subgroup_size: 2, resend_ns: 10 * MS, form_ns: 50 * MS }
+}
+
+impl Harness {
+    /// `n` configured nodes 1..=n, created (and registered) but not started.
+    fn new(n: u32) -> Harness {
+        let all: BTreeSet<NodeId> = (1..=n).collect();
+        let mut h = Harness {
+            now: Instant::ZERO,
+            all: all.clone(),
+            nodes: BTreeMap::new(),
+            old: Vec::new(),
+            queue: VecDeque::new(),
+            holds: Vec::new(),
+            held: Vec::new(),
+            cut: BTreeSet::new(),
+        };
+        for id in all {
+            h.create(id, 1);
+        }
+        h
+    }
+
+    fn create(&mut self, id: NodeId, inc: u64) {
+        let core = Membership::new(config(id, inc, &self.all));
+        let node = Node {
+            core,
+            inc,
+            up: true,
+            started: false,
+            actions: Vec::new(),
+            notes: Vec::new(),
+            ended: false,
+            after_end: Vec::new(),
+        };
+        if let Some(old) = self.nodes.insert(id, node) {
+            self.old.push((id, old));
+        }
+        for (sid, level, barriers) in LEVELS {
+            self.input(id, Input::Register { subsystem: sid, spec: LevelSpec { level, barriers } });
+        }
+    }
+
+    /// Starts `id`; the datapath of every other running node and of `id`
+    /// reports the links up.
+    fn start(&mut self, id: NodeId) {
+        self.nodes.get_mut(&id).unwrap().started = true;
+        self.input(id, Input::Start);
+        let others: Vec<NodeId> =
+            self.nodes.iter().filter(|(n, s)| **n != id && s.up && s.started).map(|(n, _)| *n).collect();
+        for o in others {
+            self.input(o, Input::PeerUp { node: id });
+            self.input(id, Input::PeerUp { node: o });
+        }
+    }
+
+    /// A new life of `id` (incarnation `inc`), registered and started.
+    fn restart(&mut self, id: NodeId, inc: u64) {
+        self.create(id, inc);
+        self.start(id);
+    }
+
+    /// The node stops: it gets nothing any more (what it sent is in flight).
+    fn crash(&mut self, id: NodeId) {
+        self.nodes.get_mut(&id).unwrap().up = false;
+    }
+
+    /// The datapath of every other running node reports `id` silent.
+    fn silent(&mut self, id: NodeId) {
+        let others: Vec<NodeId> =
+            self.nodes.iter().filter(|(n, s)| **n != id && s.up && s.started).map(|(n, _)| *n).collect();
+        for o in others {
+            self.input(o, Input::PeerSilent { node: id });
+        }
+    }
+
+    fn hold(&mut self, rule: impl Fn(NodeId, &Note) -> bool + 'static) {
+        self.holds.push(Box::new(rule));
+    }
+
+    /// Drops every hold rule and acknowledges what they held back.
+    fn release_all(&mut self) {
+        self.holds.clear();
+        for (node, inc, note) in std::mem::take(&mut self.held) {
+            self.queue.push_back(Ev::Ack { node, inc, note });
+        }
+    }
+
+    fn input(&mut self, id: NodeId, input: Input) {
+        let now = self.now;
+        {
+            let n = self.nodes.get_mut(&id).unwrap();
+            if !n.up {
+                return;
+            }
+            n.core.handle(now, input);
+        }
+        self.drain(id);
+    }
+
+    /// Like `input`, and returns exactly the actions this input produced.
+    fn input_actions(&mut self, id: NodeId, input: Input) -> Vec<Action> {
+        let before = self.nodes[&id].actions.len();
+        self.input(id, input);
+        self.nodes[&id].actions[before..].iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        loop {
+            let (a, inc) = {
+                let n = self.nodes.get_mut(&id).unwrap();
+                match n.core.poll_action() {
+                    Some(a) => (a, n.inc),
+                    None => break,
+                }
+            };
+            let now = self.now;
+            {
+                let n = self.nodes.get_mut(&id).unwrap();
+                if n.ended {
+                    n.after_end.push(a.clone());
+                }
+                n.actions.push((now, a.clone()));
+                if matches!(a, Action::Halt { .. } | Action::Left) {
+                    n.ended = true;
+                }
+            }
+            match a {
+                Action::Send { to, msg } => {
+                    if !self.cut.contains(&(id, to)) {
+                        self.queue.push_back(Ev::Msg { to, from: id, msg });
+                    }
+                }
+                Action::Notify { subsystem, id: tid, step, .. } => {
+                    let note = Note {
+                        sid: subsystem,
+                        kind: tid.kind,
+                        node: tid.node,
+                        inc: tid.incarnation,
+                        level: step.level,
+                        barrier: step.barrier,
+                    };
+                    self.nodes.get_mut(&id).unwrap().notes.push(note);
+                    if self.holds.iter().any(|r| r(id, &note)) {
+                        self.held.push((id, inc, note));
+                    } else {
+                        self.queue.push_back(Ev::Ack { node: id, inc, note });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Delivers everything queued (and what that causes), in FIFO order.
+    fn pump(&mut self) {
+        let mut guard = 0u32;
+        while let Some(ev) = self.queue.pop_front() {
+            guard += 1;
+            assert!(guard < 2_000_000, "message storm");
+            match ev {
+                Ev::Msg { to, from, msg } => {
+                    if self.nodes.get(&to).is_some_and(|n| n.up) {
+                        self.input(to, Input::Receive { from, msg });
+                    }
+                }
+                Ev::Ack { node, inc, note } => {
+                    // An ack of an earlier life goes nowhere.
+                    if self.nodes[&node].inc == inc {
+                        self.input(node, Input::Ack { subsystem: note.sid, id: note.id(), step: note.step() });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `ms` of fake time: pump, then jump to the earliest deadline and
+    /// tick every core that is due, until the time is over.
+    fn run_ms(&mut self, ms: u64) {
+        let end = self.now.plus_ms(ms);
+        let mut guard = 0u32;
+        loop {
+            self.pump();
+            let next = self.nodes.values().filter(|n| n.up).filter_map(|n| n.core.next_deadline()).min();
+            match next {
+                Some(t) if t <= end => {
+                    guard += 1;
+                    assert!(guard < 200_000, "timer storm");
+                    self.now = self.now.max(t);
+                    let due: Vec<NodeId> = self
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| n.up && n.core.next_deadline().is_some_and(|d| d <= self.now))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in due {
+                        self.input(id, Input::Tick);
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn notes(&self, id: NodeId) -> Vec<Note> {
+        self.nodes[&id].notes.clone()
+    }
+
+    /// Forgets the notifications and actions seen so far (after a setup).
+    fn mark(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.notes.clear();
+            n.actions.clear();
+        }
+    }
+
+    /// The state of `of` in the state `at` follows.
+    fn state_of(&self, at: NodeId, of: NodeId) -> NodeState {
+        self.nodes[&at].core.state().expect("no state").state_of(of)
+    }
+
+    fn master(&self, at: NodeId) -> NodeId {
+        self.nodes[&at].core.state().expect("no state").view.master
+    }
+
+    fn count(&self, id: NodeId, f: impl Fn(&Action) -> bool) -> usize {
+        self.nodes[&id].actions.iter().filter(|(_, a)| f(a)).count()
+    }
+
+    /// The `states` carried by the first Notify of `id` matching `note`.
+    fn states_with(&self, id: NodeId, note: Note) -> BTreeMap<NodeId, NodeState> {
+        for (_, a) in &self.nodes[&id].actions {
+            if let Action::Notify { subsystem, id: tid, step, states } = a {
+                if *subsystem == note.sid && *tid == note.id() && *step == note.step() {
+                    return states.clone();
+                }
+            }
+        }
+        panic!("n{id} never got {note:?}");
+    }
+
+    /// No core (of any life) produced an action after its Halt or Left.
+    fn check_nothing_after_end(&self) {
+        for (id, n) in self.nodes.iter().chain(self.old.iter().map(|(i, n)| (i, n))) {
+            assert!(n.after_end.is_empty(), "n{id} acted after it halted or left: {:?}", n.after_end);
+        }
+    }
+
+    fn no_transitions(&self, at: NodeId) -> bool {
+        self.nodes[&at].core.state().expect("no state").transitions.is_empty()
+    }
+}
+
+fn states(v: &[(NodeId, NodeState)]) -> BTreeMap<NodeId, NodeState> {
+    v.iter().copied().collect()
+}
+
+fn all_joined(h: &Harness, nodes: &[NodeId]) -> bool {
+    nodes.iter().all(|n| h.nodes[n].core.my_state() == NodeState::Joined) && h.no_transitions(nodes[0])
+}
+
+/// Three configured nodes: 1 and 2 start together, 1 forms the cluster
+/// and both join. Then node 3 is started (and joins) if `with3`.
+fn three(with3: bool) -> Harness {
+    let mut h = Harness::new(3);
+    h.start(1);
+    h.start(2);
+    h.run_ms(200);
+    assert!(all_joined(&h, &[1, 2]), "setup: 1 and 2 did not join");
+    if with3 {
+        h.start(3);
+        h.run_ms(200);
+        assert!(all_joined(&h, &[1, 2, 3]), "setup: 3 did not join");
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------
+// Table 1, row Joining -> Joined (S1.3, S1.5, S1.8)
+// ---------------------------------------------------------------------------
+
+/// Node 1 forms a 1-node cluster; node 2 joins it through the master. Both
+/// nodes are notified of node 2's join bottom-up, level by level, barrier
+/// by barrier; node 2 ends Joined on both.
+#[test]
+fn join_is_notified_bottom_up_with_barriers_on_every_node() {
+    let mut h = Harness::new(2);
+    h.start(1);
+    h.run_ms(100);
+    assert_eq!(h.nodes[&1].core.my_state(), NodeState::Joined);
+    assert!(h.nodes[&1].core.is_master());
+    assert_eq!(h.notes(1), walk(Kind::Join, 1, 1, 30), "n1 forming alone joins itself");
+
+    h.start(2);
+    h.run_ms(200);
+    let j2 = walk(Kind::Join, 2, 1, 30);
+    assert_eq!(j2.iter().map(|n| (n.level, n.barrier)).collect::<Vec<_>>(), vec![(10, 0), (10, 1), (20, 0), (30, 0)]);
+    assert_eq!(h.notes(1), cat(&[walk(Kind::Join, 1, 1, 30), j2.clone()]));
+    assert_eq!(h.notes(2), j2);
+    for at in [1, 2] {
+        assert_eq!(h.state_of(at, 2), NodeState::Joined);
+        assert_eq!(h.state_of(at, 1), NodeState::Joined);
+        assert!(h.no_transitions(at));
+        assert_eq!(h.master(at), 1, "S1.8: the joiner negotiated with the master");
+    }
+    assert_eq!(h.nodes[&2].core.my_state(), NodeState::Joined);
+    h.check_nothing_after_end();
+}
+
+/// A step is notified only once the previous one was acknowledged on every
+/// node: node 2's level-10 barrier-0 ack is slow, so nobody (not even node
+/// 1, which acked) hears of barrier 1; the moment it acks, both do.
+#[test]
+fn join_waits_for_every_nodes_ack_before_the_next_step() {
+    let mut h = Harness::new(2);
+    h.start(1);
+    h.run_ms(100);
+    h.mark();
+    h.hold(|n, note| n == 2 && note.node == 2 && note.level == 10 && note.barrier == 0);
+    h.start(2);
+    h.run_ms(200);
+    let first = steps(Kind::Join, 2, 1, &[(10, 0)]);
+    assert_eq!(h.notes(1), first);
+    assert_eq!(h.notes(2), first);
+    assert_eq!(h.state_of(1, 2), NodeState::Joining);
+    h.release_all();
+    h.run_ms(100);
+    assert_eq!(h.notes(1), walk(Kind::Join, 2, 1, 30));
+    assert_eq!(h.notes(2), walk(Kind::Join, 2, 1, 30));
+    assert_eq!(h.state_of(1, 2), NodeState::Joined);
+}
+
+// ---------------------------------------------------------------------------
+// Table 1, rows Inactive / Joined: the states carried with notifications
+// ---------------------------------------------------------------------------
+
+/// Table 1: "Inactive" and "Joined" are never notified alone; the manager
+/// sends them along with real transitions. Every Notify carries every
+/// node's current state: the master Joined, the joiner Joining, a node
+/// that never started Inactive; later Leaving and Forced-Leaving.
+#[test]
+fn notifications_carry_every_nodes_current_state() {
+    let mut h = three(false);
+    h.mark();
+    h.start(3);
+    h.run_ms(200);
+    let n = Note { sid: 1, kind: Kind::Join, node: 3, inc: 1, level: 10, barrier: 0 };
+    let want = states(&[(1, NodeState::Joined), (2, NodeState::Joined), (3, NodeState::Joining)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.states_with(at, n), want, "n{at}");
+    }
+
+    // A node that never started shows Inactive along with a transition.
+    let mut h = Harness::new(3);
+    h.start(1);
+    h.start(2);
+    h.run_ms(200);
+    let n = Note { sid: 1, kind: Kind::Join, node: 2, inc: 1, level: 10, barrier: 0 };
+    assert_eq!(
+        h.states_with(2, n),
+        states(&[(1, NodeState::Joining), (2, NodeState::Joining), (3, NodeState::Inactive)])
+    );
+
+    // Leaving and Forced-Leaving.
+    let mut h = three(true);
+    h.input(3, Input::Leave);
+    h.run_ms(200);
+    let n = Note { sid: 3, kind: Kind::Leave, node: 3, inc: 1, level: 30, barrier: 0 };
+    assert_eq!(h.states_with(1, n), states(&[(1, NodeState::Joined), (2, NodeState::Joined), (3, NodeState::Leaving)]));
+    h.mark();
+    h.crash(2);
+    h.silent(2);
+    h.run_ms(200);
+    let n = Note { sid: 1, kind: Kind::ForcedLeave, node: 2, inc: 1, level: 10, barrier: 0 };
+    assert_eq!(
+        h.states_with(1, n),
+        states(&[(1, NodeState::Joined), (2, NodeState::ForcedLeaving), (3, NodeState::Inactive)])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Table 1, row Leaving -> Inactive
+// ---------------------------------------------------------------------------
+
+/// A graceful leave is notified top-down on every node (the leaver
+/// included), barrier by barrier; the leaver gets `Left` and nothing
+/// after; the others see it Inactive.
+#[test]
+fn graceful_leave_is_top_down_and_ends_inactive() {
+    let mut h = three(true);
+    h.mark();
+    let acts = h.input_actions(3, Input::Leave);
+    assert!(!acts.iter().any(|a| matches!(a, Action::Left)), "Left before the leave ran: {acts:?}");
+    h.run_ms(300);
+    let l3 = walk(Kind::Leave, 3, 1, 30);
+    assert_eq!(l3.iter().map(|n| (n.level, n.barrier)).collect::<Vec<_>>(), vec![(30, 0), (20, 0), (20, 1), (10, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), l3, "n{at}");
+    }
+    assert_eq!(h.count(3, |a| matches!(a, Action::Left)), 1);
+    assert!(h.nodes[&3].core.has_left());
+    for at in [1, 2] {
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert_eq!(h.state_of(at, at), NodeState::Joined);
+        assert!(h.no_transitions(at));
+        assert_eq!(h.count(at, |a| matches!(a, Action::Left | Action::Halt { .. })), 0);
+    }
+    // The leaver's silence afterwards is no failure to recover from.
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(200);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), l3, "n{at}: no forced leave of a node that left");
+    }
+    h.check_nothing_after_end();
+}
+
+// ---------------------------------------------------------------------------
+// Table 1, row Forced-Leaving -> Inactive
+// ---------------------------------------------------------------------------
+
+/// A joined node goes silent: the survivors force it out, notified
+/// bottom-up with the forced-leave barriers; it ends Inactive.
+#[test]
+fn silent_node_is_forced_out_bottom_up() {
+    let mut h = three(true);
+    h.mark();
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(300);
+    let f3 = walk(Kind::ForcedLeave, 3, 1, 30);
+    assert_eq!(f3.iter().map(|n| (n.level, n.barrier)).collect::<Vec<_>>(), vec![(10, 0), (20, 0), (30, 0), (30, 1)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), f3, "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+        assert_eq!(h.count(at, |a| matches!(a, Action::PeerFailed { node: 3, distress: false })), 1);
+    }
+    h.check_nothing_after_end();
+}
+
+/// The master itself goes silent: the lowest joined survivor takes over
+/// and forces the old master out, bottom-up on both survivors.
+#[test]
+fn silent_master_is_forced_out_by_its_successor() {
+    let mut h = three(true);
+    h.mark();
+    h.crash(1);
+    h.silent(1);
+    h.run_ms(300);
+    let f1 = walk(Kind::ForcedLeave, 1, 1, 30);
+    for at in [2, 3] {
+        assert_eq!(h.notes(at), f1, "n{at}");
+        assert_eq!(h.master(at), 2);
+        assert_eq!(h.state_of(at, 1), NodeState::Inactive);
+        assert_eq!(h.state_of(at, 3), NodeState::Joined);
+        assert!(h.no_transitions(at));
+    }
+    h.check_nothing_after_end();
+}
+
+// ---------------------------------------------------------------------------
+// Table 1: Forced-Leaving re-notifies over Joining
+// ---------------------------------------------------------------------------
+
+/// Node 3 joins; its level-20 subsystem hangs (never acks the join). Node 3
+/// then fails. The survivors abort the join and are re-notified with a
+/// forced leave that only goes up to level 20, the highest level notified
+/// of the join; level 30 never hears of node 3.
+#[test]
+fn forced_leave_over_hung_join_goes_only_as_high_as_the_join() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| n == 3 && note.node == 3 && note.kind == Kind::Join && note.level == 20);
+    h.start(3);
+    h.run_ms(200);
+    let j = steps(Kind::Join, 3, 1, &[(10, 0), (10, 1), (20, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), j, "n{at}: join hung at level 20");
+    }
+    assert_eq!(h.state_of(1, 3), NodeState::Joining);
+
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(300);
+    let f3 = walk(Kind::ForcedLeave, 3, 1, 20);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[j.clone(), f3.clone()]), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+    }
+    h.check_nothing_after_end();
+}
+
+/// Same, with the hung level-20 subsystem on a survivor (node 2) too: its
+/// late ack of the aborted join arrives while the forced leave runs, and
+/// is ignored: no level-30 join step, the forced leave still stops at 20.
+#[test]
+fn late_acks_of_an_aborted_join_are_ignored() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| (n == 3 || n == 2) && note.node == 3 && note.kind == Kind::Join && note.level == 20);
+    h.start(3);
+    h.run_ms(200);
+    let j = steps(Kind::Join, 3, 1, &[(10, 0), (10, 1), (20, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), j, "n{at}");
+    }
+    h.crash(3);
+    h.silent(3);
+    // Node 2's recovery of level 20 hangs as well, so the forced leave is
+    // still in flight when the old join ack comes in.
+    h.hold(|n, note| n == 2 && note.kind == Kind::ForcedLeave && note.level == 20);
+    h.run_ms(100);
+    let f10 = steps(Kind::ForcedLeave, 3, 1, &[(10, 0), (20, 0)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[j.clone(), f10.clone()]), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::ForcedLeaving);
+    }
+    // The hung join ack (held since before the failure) now arrives.
+    h.release_all();
+    h.run_ms(200);
+    let f3 = walk(Kind::ForcedLeave, 3, 1, 20);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[j.clone(), f3.clone()]), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+    }
+}
+
+/// The join of node 3 stalls at level 20 on node 3 only (nodes 1 and 2
+/// acked). The moment the survivors learn that node 3 failed, its join is
+/// aborted where it stands: it is not pushed on to level 30 on the dead
+/// node's behalf (that would notify level 30 of a join that never happens,
+/// and the forced leave would then go up to 30).
+#[test]
+fn failure_of_the_joiner_does_not_complete_its_join_step() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| n == 3 && note.node == 3 && note.kind == Kind::Join && note.level == 20);
+    h.start(3);
+    h.run_ms(200);
+    h.crash(3);
+    // Only the master learns of the failure first.
+    let acts = h.input_actions(1, Input::PeerSilent { node: 3 });
+    let joins_at_30: Vec<&Action> = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Notify { id, step, .. } if id.kind == Kind::Join && step.level == 30))
+        .collect();
+    assert!(joins_at_30.is_empty(), "level 30 notified of a failed node's join: {joins_at_30:?}");
+    h.silent(3);
+    h.run_ms(300);
+    let j = steps(Kind::Join, 3, 1, &[(10, 0), (10, 1), (20, 0)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[j.clone(), walk(Kind::ForcedLeave, 3, 1, 20)]), "n{at}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Table 1: Forced-Leaving re-notifies over Leaving
+// ---------------------------------------------------------------------------
+
+/// Node 3 leaves gracefully; its level-20 subsystem hangs on the leave
+/// (barrier 0). Node 3 fails: the graceful leave is aborted (no barrier 1
+/// of level 20, no level 10 leave), and the survivors run the forced leave
+/// bottom-up over every level instead.
+#[test]
+fn forced_leave_over_leaving_aborts_the_graceful_leave() {
+    let mut h = three(true);
+    h.mark();
+    h.hold(|n, note| n == 3 && note.kind == Kind::Leave && note.level == 20);
+    h.input(3, Input::Leave);
+    h.run_ms(200);
+    let l = steps(Kind::Leave, 3, 1, &[(30, 0), (20, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), l, "n{at}: leave hung at level 20 barrier 0");
+    }
+    assert_eq!(h.state_of(1, 3), NodeState::Leaving);
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(300);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[l.clone(), walk(Kind::ForcedLeave, 3, 1, 30)]), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+    }
+}
+
+/// Forced-Leaving re-notifies over a Leaving node that is held up by a
+/// *survivor's* subsystem: the leave has not passed level 30 when node 3
+/// fails. Node 2's late ack of the leave is ignored.
+#[test]
+fn forced_leave_over_leaving_ignores_late_leave_acks() {
+    let mut h = three(true);
+    h.mark();
+    h.hold(|n, note| n == 2 && note.kind == Kind::Leave && note.level == 30);
+    h.input(3, Input::Leave);
+    h.run_ms(200);
+    let l = steps(Kind::Leave, 3, 1, &[(30, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), l, "n{at}");
+    }
+    h.crash(3);
+    h.silent(3);
+    h.hold(|n, note| n == 2 && note.kind == Kind::ForcedLeave && note.level == 10);
+    h.run_ms(100);
+    let f = steps(Kind::ForcedLeave, 3, 1, &[(10, 0)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[l.clone(), f.clone()]), "n{at}");
+    }
+    h.release_all();
+    h.run_ms(200);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[l.clone(), walk(Kind::ForcedLeave, 3, 1, 30)]), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// S1.6: a leave asked for while joining waits for a level boundary
+// ---------------------------------------------------------------------------
+
+/// Node 3 asks to leave while level 10 barrier 0 of its join is not yet
+/// acked everywhere. Level 10 completes (both barriers), then the join is
+/// reversed: no level-20 join notification, a leave top-down from level 10
+/// instead. Node 3 ends Inactive and gets `Left`.
+#[test]
+fn leave_while_joining_reverses_at_the_level_boundary() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| n == 2 && note.node == 3 && note.kind == Kind::Join && note.level == 10 && note.barrier == 0);
+    h.start(3);
+    h.run_ms(200);
+    let j0 = steps(Kind::Join, 3, 1, &[(10, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), j0, "n{at}");
+    }
+    h.input(3, Input::Leave);
+    h.run_ms(100);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), j0, "n{at}: nothing moves before barrier 0 is acked");
+    }
+    assert_eq!(h.state_of(1, 3), NodeState::Joining, "joining is not converted mid-level");
+    h.release_all();
+    h.run_ms(300);
+    let want = cat(&[steps(Kind::Join, 3, 1, &[(10, 0), (10, 1)]), walk(Kind::Leave, 3, 1, 10)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), want, "n{at}");
+    }
+    for at in [1, 2] {
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+    }
+    assert_eq!(h.count(3, |a| matches!(a, Action::Left)), 1);
+    h.check_nothing_after_end();
+}
+
+/// Same, asked while level 20 of the join is in flight: the join completes
+/// level 20, then the leave runs top-down from 20 (with its 2 leave
+/// barriers) down to 10; level 30 never hears of node 3.
+#[test]
+fn leave_while_joining_at_level_20_leaves_from_20_down() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| n == 1 && note.node == 3 && note.kind == Kind::Join && note.level == 20);
+    h.start(3);
+    h.run_ms(200);
+    let j = steps(Kind::Join, 3, 1, &[(10, 0), (10, 1), (20, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), j, "n{at}");
+    }
+    h.input(3, Input::Leave);
+    h.run_ms(50);
+    h.release_all();
+    h.run_ms(300);
+    let want = cat(&[j.clone(), walk(Kind::Leave, 3, 1, 20)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), want, "n{at}");
+    }
+    assert_eq!(h.state_of(1, 3), NodeState::Inactive);
+    assert!(h.nodes[&3].core.has_left());
+}
+
+// ---------------------------------------------------------------------------
+// S1.5: barriers across nodes
+// ---------------------------------------------------------------------------
+
+/// Three nodes at level 10 with two join barriers: node 2 holds back its
+/// ack of barrier 0 of node 3's join; no node gets barrier 1 until it acks.
+#[test]
+fn barrier_k_plus_1_waits_for_barrier_k_on_every_node() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| n == 2 && note.node == 3 && note.level == 10 && note.barrier == 0);
+    h.start(3);
+    h.run_ms(300);
+    let b0 = steps(Kind::Join, 3, 1, &[(10, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), b0, "n{at}: barrier 1 before node 2 acked barrier 0");
+    }
+    h.release_all();
+    h.run_ms(200);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), walk(Kind::Join, 3, 1, 30), "n{at}");
+    }
+
+    // The same for a graceful leave (level 20 has two leave barriers) and
+    // a forced leave (level 30 has two).
+    h.mark();
+    h.hold(|n, note| n == 1 && note.kind == Kind::Leave && note.level == 20 && note.barrier == 0);
+    h.input(3, Input::Leave);
+    h.run_ms(200);
+    let l = steps(Kind::Leave, 3, 1, &[(30, 0), (20, 0)]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), l, "n{at}");
+    }
+    h.release_all();
+    h.run_ms(200);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), walk(Kind::Leave, 3, 1, 30), "n{at}");
+    }
+    assert!(h.nodes[&3].core.has_left());
+}
+
+/// Forced-leave barriers: level 30 has two; node 1 holds barrier 0.
+#[test]
+fn forced_leave_barriers_wait_for_every_survivor() {
+    let mut h = three(true);
+    h.mark();
+    h.hold(|n, note| n == 1 && note.kind == Kind::ForcedLeave && note.level == 30 && note.barrier == 0);
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(200);
+    let f = steps(Kind::ForcedLeave, 3, 1, &[(10, 0), (20, 0), (30, 0)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), f, "n{at}");
+    }
+    h.release_all();
+    h.run_ms(200);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), walk(Kind::ForcedLeave, 3, 1, 30), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// S1.4: concurrent transitions
+// ---------------------------------------------------------------------------
+
+fn only(notes: &[Note], kind: Kind, node: NodeId) -> Vec<Note> {
+    notes.iter().copied().filter(|n| n.kind == kind && n.node == node).collect()
+}
+
+/// Nodes 1 and 2 join at once (the cluster forms with both). Node 2's join
+/// hangs at level 20 (node 2's subsystem): node 1's join goes on to level
+/// 30 and completes while node 2's stays at 20. Each transition is
+/// notified in order on each node.
+#[test]
+fn concurrent_joins_progress_independently() {
+    let mut h = Harness::new(3);
+    h.hold(|n, note| n == 2 && note.node == 2 && note.kind == Kind::Join && note.level == 20);
+    h.start(1);
+    h.start(2);
+    h.run_ms(200);
+    for at in [1, 2] {
+        let notes = h.notes(at);
+        assert_eq!(only(&notes, Kind::Join, 1), walk(Kind::Join, 1, 1, 30), "n{at}: join of 1");
+        assert_eq!(
+            only(&notes, Kind::Join, 2),
+            steps(Kind::Join, 2, 1, &[(10, 0), (10, 1), (20, 0)]),
+            "n{at}: join of 2"
+        );
+        assert_eq!(notes.len(), 7);
+        assert_eq!(h.state_of(at, 1), NodeState::Joined);
+        assert_eq!(h.state_of(at, 2), NodeState::Joining);
+    }
+    h.release_all();
+    h.run_ms(200);
+    for at in [1, 2] {
+        let notes = h.notes(at);
+        assert_eq!(only(&notes, Kind::Join, 1), walk(Kind::Join, 1, 1, 30), "n{at}");
+        assert_eq!(only(&notes, Kind::Join, 2), walk(Kind::Join, 2, 1, 30), "n{at}");
+        // Node 2's level 30 comes last, after node 1's whole join.
+        assert_eq!(notes.last().copied(), walk(Kind::Join, 2, 1, 30).last().copied());
+        assert_eq!(notes.len(), 8);
+    }
+    assert!(all_joined(&h, &[1, 2]));
+}
+
+/// Four nodes: 1, 2, 3 joined; node 3 leaves (top-down) while node 4 joins
+/// (bottom-up). The two transitions run at once in opposite directions,
+/// each in order. Node 4's join waits at level 10 (node 4 holds it) while
+/// the leave goes all the way down.
+#[test]
+fn leave_and_join_run_concurrently_in_opposite_directions() {
+    let mut h = Harness::new(4);
+    h.start(1);
+    h.start(2);
+    h.start(3);
+    h.run_ms(200);
+    assert!(all_joined(&h, &[1, 2, 3]));
+    h.mark();
+    // The leave hangs at level 20 (node 3) until node 4's join started.
+    h.hold(|n, note| n == 3 && note.kind == Kind::Leave && note.level == 20);
+    h.input(3, Input::Leave);
+    h.run_ms(100);
+    h.hold(|n, note| n == 4 && note.kind == Kind::Join && note.level == 10 && note.barrier == 1);
+    h.start(4);
+    h.run_ms(100);
+    for at in [1, 2, 3] {
+        let notes = h.notes(at);
+        assert_eq!(only(&notes, Kind::Leave, 3), steps(Kind::Leave, 3, 1, &[(30, 0), (20, 0)]), "n{at}");
+        assert_eq!(only(&notes, Kind::Join, 4), steps(Kind::Join, 4, 1, &[(10, 0), (10, 1)]), "n{at}");
+    }
+    assert_eq!(h.notes(4), steps(Kind::Join, 4, 1, &[(10, 0), (10, 1)]), "n4 is no participant of the leave");
+    // Let the leave go on; node 4's join still waits at level 10.
+    h.holds.clear();
+    h.hold(|n, note| n == 4 && note.kind == Kind::Join && note.level == 10 && note.barrier == 1);
+    let held = std::mem::take(&mut h.held);
+    for (node, inc, note) in held {
+        if note.kind == Kind::Leave {
+            h.queue.push_back(Ev::Ack { node, inc, note });
+        } else {
+            h.held.push((node, inc, note));
+        }
+    }
+    h.run_ms(200);
+    for at in [1, 2] {
+        let notes = h.notes(at);
+        assert_eq!(only(&notes, Kind::Leave, 3), walk(Kind::Leave, 3, 1, 30), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert_eq!(h.state_of(at, 4), NodeState::Joining);
+    }
+    assert!(h.nodes[&3].core.has_left());
+    // Node 4's join completes without the node that left.
+    h.release_all();
+    h.run_ms(200);
+    for at in [1, 2, 4] {
+        assert_eq!(only(&h.notes(at), Kind::Join, 4), walk(Kind::Join, 4, 1, 30), "n{at}");
+        assert_eq!(h.state_of(at, 4), NodeState::Joined, "n{at}");
+    }
+    h.check_nothing_after_end();
+}
+
+// ---------------------------------------------------------------------------
+// S0: node shutdown on failure (distress)
+// ---------------------------------------------------------------------------
+
+/// A local member reports a critical failure: the node sends the distress
+/// signal, terminates every other local subsystem, halts, and does nothing
+/// more. A second failure is disregarded (S0.4).
+#[test]
+fn local_failure_sends_distress_terminates_others_and_halts() {
+    let mut h = three(true);
+    h.mark();
+    let acts = h.input_actions(2, Input::LocalFailure { from: Some(2), reason: 7 });
+    assert_eq!(
+        acts,
+        vec![
+            Action::SendDistress { reason: 7 },
+            Action::Terminate { subsystem: 1, reason: 7 },
+            Action::Terminate { subsystem: 3, reason: 7 },
+            Action::Halt { why: HaltReason::LocalFailure { reason: 7 } },
+        ]
+    );
+    assert!(h.nodes[&2].core.is_halted());
+    assert_eq!(h.input_actions(2, Input::LocalFailure { from: None, reason: 8 }), vec![], "S0.4");
+    assert_eq!(h.input_actions(2, Input::Tick), vec![]);
+    assert_eq!(h.nodes[&2].core.next_deadline(), None);
+    h.run_ms(100);
+    h.check_nothing_after_end();
+
+    // The cluster-control member starting the shutdown itself terminates all.
+    let mut h = three(true);
+    let acts = h.input_actions(3, Input::LocalFailure { from: None, reason: 9 });
+    assert_eq!(
+        acts,
+        vec![
+            Action::SendDistress { reason: 9 },
+            Action::Terminate { subsystem: 1, reason: 9 },
+            Action::Terminate { subsystem: 2, reason: 9 },
+            Action::Terminate { subsystem: 3, reason: 9 },
+            Action::Halt { why: HaltReason::LocalFailure { reason: 9 } },
+        ]
+    );
+}
+
+/// The other nodes process a distress signal once, however many copies
+/// arrive (one per link), and force the node out right away (S0.3).
+#[test]
+fn peer_distress_is_processed_once_and_forces_the_node_out() {
+    let mut h = three(true);
+    h.mark();
+    let acts = h.input_actions(3, Input::LocalFailure { from: None, reason: 5 });
+    assert_eq!(acts.first(), Some(&Action::SendDistress { reason: 5 }));
+    // The datapath delivers the distress on two links.
+    for at in [1, 2] {
+        let first = h.input_actions(at, Input::PeerDistress { node: 3, reason: 5 });
+        assert_eq!(first.first(), Some(&Action::PeerFailed { node: 3, distress: true }), "n{at}");
+        let second = h.input_actions(at, Input::PeerDistress { node: 3, reason: 5 });
+        assert_eq!(second, vec![], "n{at}: second copy");
+    }
+    h.run_ms(300);
+    // Detecting the silence later changes nothing.
+    h.silent(3);
+    h.run_ms(100);
+    for at in [1, 2] {
+        assert_eq!(h.count(at, |a| matches!(a, Action::PeerFailed { node: 3, distress: true })), 1, "n{at}");
+        assert_eq!(h.count(at, |a| matches!(a, Action::PeerFailed { node: 3, distress: false })), 0, "n{at}");
+        assert_eq!(h.notes(at), walk(Kind::ForcedLeave, 3, 1, 30), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+    }
+    assert_eq!(h.notes(3), vec![]);
+    h.check_nothing_after_end();
+}
+
+// ---------------------------------------------------------------------------
+// S1.7: forced out, and rejoining
+// ---------------------------------------------------------------------------
+
+/// Node 3's outgoing links die (the others see it silent) but it still
+/// hears the master. When the state where it is forced out reaches it, it
+/// halts at once, notifies nothing and does nothing more.
+#[test]
+fn node_that_learns_it_was_forced_out_halts() {
+    let mut h = three(true);
+    h.mark();
+    h.cut.insert((3, 1));
+    h.cut.insert((3, 2));
+    h.silent(3);
+    h.run_ms(300);
+    let halts: Vec<Action> =
+        h.nodes[&3].actions.iter().map(|(_, a)| a.clone()).filter(|a| matches!(a, Action::Halt { .. })).collect();
+    assert_eq!(halts, vec![Action::Halt { why: HaltReason::ForcedOut }]);
+    assert!(h.nodes[&3].core.is_halted());
+    let (_, last) = h.nodes[&3].actions.last().unwrap();
+    assert_eq!(last, &Action::Halt { why: HaltReason::ForcedOut });
+    assert_eq!(h.notes(3), vec![], "a forced-out node notifies nothing");
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), walk(Kind::ForcedLeave, 3, 1, 30), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+    }
+    // Still more states arrive: nothing.
+    h.run_ms(100);
+    h.check_nothing_after_end();
+}
+
+/// Node 3 crashes; node 2's recovery at level 20 hangs. Node 3 restarts
+/// (new incarnation) meanwhile: it is not admitted until every survivor
+/// completed its forced leave; then it joins normally.
+#[test]
+fn restarted_node_waits_until_its_forced_leave_completed() {
+    let mut h = three(true);
+    h.mark();
+    h.hold(|n, note| n == 2 && note.kind == Kind::ForcedLeave && note.level == 20);
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(100);
+    let f = steps(Kind::ForcedLeave, 3, 1, &[(10, 0), (20, 0)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), f, "n{at}");
+    }
+    h.restart(3, 2);
+    h.run_ms(300);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), f, "n{at}: joined while its forced leave runs");
+        assert_eq!(h.state_of(at, 3), NodeState::ForcedLeaving);
+    }
+    assert_eq!(h.notes(3), vec![]);
+    assert!(!h.nodes[&3].core.is_halted());
+    h.release_all();
+    h.run_ms(300);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[walk(Kind::ForcedLeave, 3, 1, 30), walk(Kind::Join, 3, 2, 30)]), "n{at}");
+    }
+    assert_eq!(h.notes(3), walk(Kind::Join, 3, 2, 30));
+    assert!(all_joined(&h, &[1, 2, 3]));
+    h.check_nothing_after_end();
+}
+
+/// The seed's case: a leaving node dies and reboots before the others
+/// noticed (no silence is ever reported). Its new life's report tells the
+/// master; the others force the old life out, aborting the graceful leave,
+/// and only then admit the new life.
+#[test]
+fn node_rebooted_while_leaving_is_forced_out_then_rejoins() {
+    let mut h = three(true);
+    h.mark();
+    h.hold(|n, note| n == 3 && note.kind == Kind::Leave && note.level == 20);
+    h.input(3, Input::Leave);
+    h.run_ms(100);
+    let l = steps(Kind::Leave, 3, 1, &[(30, 0), (20, 0)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), l, "n{at}");
+    }
+    h.holds.clear();
+    h.held.clear();
+    h.restart(3, 2);
+    h.run_ms(400);
+    for at in [1, 2] {
+        assert_eq!(
+            h.notes(at),
+            cat(&[l.clone(), walk(Kind::ForcedLeave, 3, 1, 30), walk(Kind::Join, 3, 2, 30)]),
+            "n{at}"
+        );
+    }
+    assert!(!h.nodes[&3].core.is_halted(), "new life halted: {:?}", h.nodes[&3].actions.last());
+    assert_eq!(h.notes(3), walk(Kind::Join, 3, 2, 30));
+    assert!(all_joined(&h, &[1, 2, 3]));
+    h.check_nothing_after_end();
+}
+
+/// A joined node reboots faster than failure detection: same as above from
+/// Joined. The new life must not mistake the old life's membership for its
+/// own and halt.
+#[test]
+fn node_rebooted_while_joined_is_forced_out_then_rejoins() {
+    let mut h = three(true);
+    h.mark();
+    h.restart(3, 2);
+    h.run_ms(400);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[walk(Kind::ForcedLeave, 3, 1, 30), walk(Kind::Join, 3, 2, 30)]), "n{at}");
+    }
+    assert!(!h.nodes[&3].core.is_halted(), "new life halted: {:?}", h.nodes[&3].actions.last());
+    assert_eq!(h.notes(3), walk(Kind::Join, 3, 2, 30));
+    assert!(all_joined(&h, &[1, 2, 3]));
+    h.check_nothing_after_end();
+}
+
+/// Nodes 1 and 2 start; node 2's reports are lost at first, so node 1 forms
+/// and starts its own join alone; node 2's join is a later change. Node 1's
+/// join hangs at level 20 (node 1's subsystem) while node 2's join runs
+/// through every level and completes: two joins in flight at once, at
+/// different levels, each notified in order.
+#[test]
+fn joins_in_flight_at_once_progress_independently() {
+    let mut h = Harness::new(3);
+    h.hold(|n, note| n == 1 && note.node == 1 && note.kind == Kind::Join && note.level == 20);
+    h.cut.insert((2, 1));
+    h.start(1);
+    h.start(2);
+    h.run_ms(100);
+    let j1 = steps(Kind::Join, 1, 1, &[(10, 0), (10, 1), (20, 0)]);
+    assert_eq!(h.notes(1), j1);
+    assert_eq!(h.state_of(1, 1), NodeState::Joining);
+    h.cut.clear();
+    h.run_ms(200);
+    assert_eq!(h.notes(1), cat(&[j1.clone(), walk(Kind::Join, 2, 1, 30)]));
+    assert_eq!(h.notes(2), walk(Kind::Join, 2, 1, 30));
+    for at in [1, 2] {
+        assert_eq!(h.state_of(at, 1), NodeState::Joining, "n{at}");
+        assert_eq!(h.state_of(at, 2), NodeState::Joined, "n{at}");
+    }
+    h.release_all();
+    h.run_ms(100);
+    assert_eq!(h.notes(1), cat(&[j1, walk(Kind::Join, 2, 1, 30), steps(Kind::Join, 1, 1, &[(30, 0)])]));
+    assert_eq!(h.notes(2), walk(Kind::Join, 2, 1, 30), "node 2 was no member when node 1's join began");
+    assert!(all_joined(&h, &[1, 2]));
+}
+
+/// A join (bottom-up) runs while another node's graceful leave (top-down)
+/// is held at level 20: the join passes the leave's level in the opposite
+/// direction and completes; then the leave goes on from where it stood.
+#[test]
+fn join_runs_while_another_nodes_leave_is_in_flight() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| n == 2 && note.kind == Kind::Leave && note.level == 20);
+    h.input(2, Input::Leave);
+    h.run_ms(100);
+    let l = steps(Kind::Leave, 2, 1, &[(30, 0), (20, 0)]);
+    assert_eq!(h.notes(1), l);
+    h.start(3);
+    h.run_ms(200);
+    let j3 = walk(Kind::Join, 3, 1, 30);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[l.clone(), j3.clone()]), "n{at}");
+        assert_eq!(h.state_of(at, 2), NodeState::Leaving);
+        assert_eq!(h.state_of(at, 3), NodeState::Joined);
+    }
+    assert_eq!(h.notes(3), j3);
+    h.release_all();
+    h.run_ms(200);
+    let rest = steps(Kind::Leave, 2, 1, &[(20, 1), (10, 0)]);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[l.clone(), j3.clone(), rest.clone()]), "n{at}");
+    }
+    assert_eq!(h.notes(3), j3, "node 3 was no member when node 2's leave began");
+    assert!(h.nodes[&2].core.has_left());
+    for at in [1, 3] {
+        assert_eq!(h.state_of(at, 2), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+    }
+    h.check_nothing_after_end();
+}
+
+/// Four nodes: node 4's join hangs at level 20 (node 4). Node 3 crashes, is
+/// forced out, and restarts (new life, PeerUp) while node 4's join is still
+/// in flight. The new life is not a member of the cluster that began node
+/// 4's join: it is not notified of that join mid-way (from level 20 on),
+/// and gets only its own join.
+#[test]
+fn restarted_node_is_not_notified_of_transitions_begun_before_it_joined() {
+    let mut h = Harness::new(4);
+    h.start(1);
+    h.start(2);
+    h.start(3);
+    h.run_ms(200);
+    assert!(all_joined(&h, &[1, 2, 3]));
+    h.mark();
+    h.hold(|n, note| n == 4 && note.node == 4 && note.kind == Kind::Join && note.level == 20);
+    h.start(4);
+    h.run_ms(100);
+    let j4 = steps(Kind::Join, 4, 1, &[(10, 0), (10, 1), (20, 0)]);
+    for at in [1, 2, 3, 4] {
+        assert_eq!(h.notes(at), j4, "n{at}");
+    }
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(100);
+    for at in [1, 2, 4] {
+        assert_eq!(h.notes(at), cat(&[j4.clone(), walk(Kind::ForcedLeave, 3, 1, 30)]), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+    }
+    h.restart(3, 2);
+    h.run_ms(200);
+    assert_eq!(only(&h.notes(3), Kind::Join, 4), vec![], "new life of n3 notified of n4's join mid-way");
+    h.release_all();
+    h.run_ms(200);
+    assert_eq!(h.notes(3), walk(Kind::Join, 3, 2, 30));
+    for at in [1, 2, 4] {
+        assert_eq!(only(&h.notes(at), Kind::Join, 4), walk(Kind::Join, 4, 1, 30), "n{at}");
+        assert_eq!(only(&h.notes(at), Kind::Join, 3), walk(Kind::Join, 3, 2, 30), "n{at}");
+    }
+    assert!(all_joined(&h, &[1, 2, 3, 4]));
+}
+
+/// Fast reboot, and the master has not heard of the new life yet (its
+/// reports are lost for a while): the new life follows the master's state,
+/// where its *old* life is Joined. That membership is not its own: it must
+/// neither count itself Joined nor halt as "forced out" when a newer state
+/// (node 1 registers one more subsystem) arrives; once its reports get
+/// through, the old life is forced out and the new one joins.
+#[test]
+fn rebooted_node_does_not_take_its_old_lifes_membership_for_its_own() {
+    let mut h = three(true);
+    h.mark();
+    h.cut.insert((3, 1));
+    h.restart(3, 2);
+    h.run_ms(50);
+    assert!(h.nodes[&3].core.state().is_some(), "the new life follows the master's state");
+    h.input(1, Input::Register { subsystem: 9, spec: LevelSpec { level: 40, barriers: Barriers::ONE } });
+    h.run_ms(50);
+    assert!(!h.nodes[&3].core.is_halted(), "new life halted: {:?}", h.nodes[&3].actions.last());
+    assert_ne!(h.nodes[&3].core.my_state(), NodeState::Joined, "the old life's membership is not the new one's");
+    h.cut.clear();
+    h.run_ms(400);
+    assert!(!h.nodes[&3].core.is_halted());
+    assert_eq!(h.notes(2), cat(&[walk(Kind::ForcedLeave, 3, 1, 30), walk(Kind::Join, 3, 2, 30)]));
+    assert_eq!(h.notes(3), walk(Kind::Join, 3, 2, 30));
+    assert!(all_joined(&h, &[1, 2, 3]));
+}
+
+/// Node 3 asked to leave while joining; its join reversed after level 10
+/// into a leave of level 10 only (levels 20 and 30 never heard of it). Node
+/// 3 fails during that leave (held by node 2's subsystem): the forced leave
+/// that replaces it goes only as high as the join got, level 10.
+#[test]
+fn forced_leave_over_reversed_join_goes_only_as_high_as_the_join() {
+    let mut h = three(false);
+    h.mark();
+    h.hold(|n, note| n == 2 && note.node == 3 && note.kind == Kind::Join && note.level == 10 && note.barrier == 0);
+    h.start(3);
+    h.run_ms(100);
+    h.input(3, Input::Leave);
+    h.run_ms(50);
+    h.release_all();
+    h.hold(|n, note| n == 2 && note.node == 3 && note.kind == Kind::Leave);
+    h.run_ms(100);
+    let before = cat(&[steps(Kind::Join, 3, 1, &[(10, 0), (10, 1)]), steps(Kind::Leave, 3, 1, &[(10, 0)])]);
+    for at in [1, 2, 3] {
+        assert_eq!(h.notes(at), before, "n{at}");
+    }
+    assert_eq!(h.state_of(1, 3), NodeState::Leaving);
+    h.crash(3);
+    h.silent(3);
+    h.release_all();
+    h.run_ms(300);
+    for at in [1, 2] {
+        assert_eq!(h.notes(at), cat(&[before.clone(), walk(Kind::ForcedLeave, 3, 1, 10)]), "n{at}");
+        assert_eq!(h.state_of(at, 3), NodeState::Inactive);
+        assert!(h.no_transitions(at));
+    }
+}
