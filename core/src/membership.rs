@@ -375,11 +375,15 @@ pub struct Membership {
     /// Nodes the datapath reported silent or distressed (until up again).
     failed: BTreeSet<NodeId>,
     quorum_lost_since: Option<Instant>,
+    /// When each node's latest report arrived.
+    report_at: BTreeMap<NodeId, Instant>,
+    /// The highest term heard of (reports, states).
+    max_term: u64,
     /// Members of the S3 change in progress.
     gmp_members: BTreeSet<NodeId>,
     /// The newest incarnation heard from each node (reports, states).
     known_inc: BTreeMap<NodeId, u64>,
-    /// Successor of a failed master: gathering states until this deadline.
+    /// Successor of a failed master: gathering states since this time.
     recovering: Option<Instant>,
     /// Peers whose distress we processed (until they are up again).
     distressed: BTreeSet<NodeId>,
@@ -415,6 +419,8 @@ impl Membership {
             recovering: None,
             known_inc: BTreeMap::new(),
             gmp_members: BTreeSet::new(),
+            max_term: 0,
+            report_at: BTreeMap::new(),
             distressed: BTreeSet::new(),
             locals: BTreeMap::new(),
             done: BTreeSet::new(),
@@ -622,11 +628,14 @@ impl Membership {
         match msg {
             Msg::Report(r) => {
                 self.max_change = self.max_change.max(r.max_change);
+                self.max_term = self.max_term.max(r.seen.term);
                 let k = self.known_inc.entry(from).or_insert(0);
                 *k = (*k).max(r.incarnation);
+                self.report_at.insert(from, now);
                 self.reports.insert(from, r);
             }
             Msg::State(s) => {
+                self.max_term = self.max_term.max(s.view.term);
                 let k = self.known_inc.entry(s.view.master).or_insert(0);
                 *k = (*k).max(s.view.master_incarnation);
                 self.adopt(now, s)
@@ -670,6 +679,17 @@ impl Membership {
         }
         let now_state = s.state_of(me);
         let incarnation_matches = s.nodes.get(&me).map(|e| e.incarnation) == Some(self.cfg.incarnation);
+        // This life was admitted and then forced out before we ever saw it
+        // joined (the states in between were lost): halt too, the next life
+        // joins afresh.
+        if incarnation_matches
+            && matches!(now_state, NodeState::ForcedLeaving | NodeState::Inactive)
+            && self.want == Want::Join
+        {
+            self.state = Some(s);
+            self.halt(HaltReason::ForcedOut);
+            return;
+        }
         if was_member && self.want != Want::Leave && (!s.group().contains(&me) || !incarnation_matches) {
             // S1.7: we were forced out; halt before touching anything.
             self.state = Some(s);
@@ -701,14 +721,20 @@ impl Membership {
         }
     }
 
+    /// A majority of `group` is in sight (exactly half counts if it holds
+    /// the lowest id).
+    fn majority_of(&self, group: &BTreeSet<NodeId>) -> bool {
+        let Some(lowest) = group.iter().next() else { return true };
+        let seen = group.iter().filter(|n| !self.failed.contains(n)).count();
+        seen * 2 > group.len() || (seen * 2 == group.len() && !self.failed.contains(lowest))
+    }
+
+    /// Quorum: a majority of the group of the state we follow and, while a
+    /// group change is committed or after we saw its request, of the new
+    /// group too (joint majority), so that a partition in the middle of a
+    /// change never leaves two sides that each think they have one.
     fn quorum(&self, s: &ClusterState) -> bool {
-        let group = s.group();
-        if group.is_empty() {
-            return true;
-        }
-        let seen: BTreeSet<NodeId> = group.iter().copied().filter(|n| !self.failed.contains(n)).collect();
-        let n = group.len();
-        seen.len() * 2 > n || (seen.len() * 2 == n && seen.contains(group.iter().next().unwrap()))
+        self.majority_of(&s.group()) && (self.gmp_members.is_empty() || self.majority_of(&self.gmp_members))
     }
 
     /// Runs after every input: timers, local notifications, reports, master work.
@@ -810,7 +836,9 @@ impl Membership {
             nodes.insert(*n, NodeEntry { state: NodeState::Inactive, incarnation: 0, levels: BTreeSet::new() });
         }
         self.state = Some(ClusterState {
-            view: ViewId { term: 1, master: me, master_incarnation: self.cfg.incarnation, version: 0 },
+            // Above every term heard of, so that the new cluster supersedes
+            // whatever dead lineage a node may still follow.
+            view: ViewId { term: self.max_term + 1, master: me, master_incarnation: self.cfg.incarnation, version: 0 },
             nodes,
             transitions: BTreeMap::new(),
         });
@@ -852,27 +880,45 @@ impl Membership {
         let Some(cur) = self.state.clone() else { return };
         if !self.quorum(&cur) {
             // The minority side of a partition never takes over.
+            self.recovering = None;
             return;
         }
-        let deadline = *self.recovering.get_or_insert(now.plus_ns(2 * self.cfg.resend_ns));
-        let waiting: Vec<NodeId> = cur
-            .group()
-            .into_iter()
-            .filter(|n| *n != self.cfg.me && !self.failed.contains(n))
-            .filter(|n| self.reports.get(n).map(|r| r.state.is_none() || r.seen.term < cur.view.term).unwrap_or(true))
-            .collect();
+        let since = *self.recovering.get_or_insert(now);
+        let deadline = since.plus_ns(2 * self.cfg.resend_ns);
+        let since = since.0;
+        // Only reports sent since the recovery began count: an older one
+        // may carry a stale state.
+        let fresh = |n: &NodeId| {
+            self.report_at.get(n).map(|t| t.0 >= since).unwrap_or(false)
+                && self.reports.get(n).map(|r| r.state.is_some()).unwrap_or(false)
+        };
+        let group = cur.group();
+        let waiting: Vec<NodeId> =
+            group.iter().copied().filter(|n| *n != self.cfg.me && !self.failed.contains(n)).filter(|n| !fresh(n)).collect();
         if !waiting.is_empty() && now < deadline {
             return;
         }
+        // Never without the states of a majority of the group (ourselves
+        // included): the most advanced state is among them.
+        let have = group.iter().filter(|n| **n == self.cfg.me || fresh(n)).count();
+        if have * 2 <= group.len() {
+            // The others follow someone else now: the lineage we follow is
+            // dead. Halt; a new life joins whatever cluster is alive.
+            self.halt(HaltReason::ClusterLost);
+            return;
+        }
         let mut best = cur.clone();
-        for r in self.reports.values() {
+        for (n, r) in self.reports.iter() {
+            if !fresh(n) {
+                continue;
+            }
             if let Some(st) = &r.state {
                 if st.view.supersedes(&best.view) {
                     best = st.clone();
                 }
             }
         }
-        let term = best.view.term.max(cur.view.term) + 1;
+        let term = best.view.term.max(cur.view.term).max(self.max_term) + 1;
         best.view = ViewId { term, master: self.cfg.me, master_incarnation: self.cfg.incarnation, version: 0 };
         self.state = Some(best);
         self.recovering = None;

@@ -419,6 +419,13 @@ impl Sim {
                 }
             }
             Action::StateChanged { view } => {
+                if self.keep_trace {
+                    let master = self.nodes[&n].core.as_ref().map(|c| c.is_master()).unwrap_or(false);
+                    let dbg = self.nodes[&n].core.as_ref().map(|c| c.debug_line()).unwrap_or_default();
+                    let grp = self.nodes[&n].core.as_ref().and_then(|c| c.state()).map(|s| s.group());
+                    let line = format!("{} n{n} view {view:?} master={master} group={grp:?} {dbg}", self.now);
+                    self.trace.push(line);
+                }
                 let st = self.nodes[&n].core.as_ref().and_then(|c| c.state().cloned());
                 if let Some(st) = st {
                     self.check_view(n, view, &st);
