@@ -221,6 +221,9 @@ pub enum GmpInput<D> {
     /// The failure detector says `node` failed (the "membership change
     /// message" of claim 6).
     MemberFailed { node: NodeId },
+    /// The failure detector says `node` is alive again: forget a failure of
+    /// it remembered for a later change (a change in progress keeps it).
+    MemberRecovered { node: NodeId },
     /// Time passed (retransmissions).
     Tick,
 }
@@ -478,6 +481,9 @@ impl<D: Clone + Eq + Debug> Gmp<D> {
                         }
                     }
                 }
+            }
+            GmpInput::MemberRecovered { node } => {
+                self.remembered.remove(&node);
             }
             GmpInput::Tick => {
                 let retx = self.cfg.retransmit_ns;

@@ -301,6 +301,9 @@ pub enum Action {
     Left,
     /// The state this node follows changed (for status and logs).
     StateChanged { view: ViewId },
+    /// Master: a transition finished on every participant (for logs, and
+    /// for the simulator's completeness check).
+    TransitionCompleted { id: TransitionId, participants: BTreeSet<NodeId>, path: Vec<LevelSpec> },
     /// A peer failure was processed (once per failure; a distress once per
     /// life of the sender, however many copies arrive).
     PeerFailed { node: NodeId, distress: bool },
@@ -374,7 +377,6 @@ pub struct Membership {
     heard: BTreeSet<NodeId>,
     /// Nodes the datapath reported silent or distressed (until up again).
     failed: BTreeSet<NodeId>,
-    quorum_lost_since: Option<Instant>,
     /// When each node's latest report arrived.
     report_at: BTreeMap<NodeId, Instant>,
     /// The highest term heard of (reports, states).
@@ -415,7 +417,6 @@ impl Membership {
             state: None,
             heard: BTreeSet::from([cfg.me]),
             failed: BTreeSet::new(),
-            quorum_lost_since: None,
             recovering: None,
             known_inc: BTreeMap::new(),
             gmp_members: BTreeSet::new(),
@@ -560,6 +561,7 @@ impl Membership {
                 self.heard.insert(node);
                 self.failed.remove(&node);
                 self.distressed.remove(&node);
+                self.gmp.handle(self.now, GmpInput::MemberRecovered { node });
             }
             Input::PeerSilent { node } => {
                 if !self.failed.contains(&node) {
@@ -648,6 +650,13 @@ impl Membership {
                     }
                     _ => None,
                 };
+                if let Some(members) = &request {
+                    // Only what our failure detector says now counts for the
+                    // new change: forget older failures of members that are back.
+                    for n in members.iter().filter(|n| !self.failed.contains(n)) {
+                        self.gmp.handle(now, GmpInput::MemberRecovered { node: *n });
+                    }
+                }
                 self.gmp.handle(now, GmpInput::Receive { from, msg: m });
                 if let Some(members) = request {
                     self.gmp_change_started(&members);
@@ -761,15 +770,11 @@ impl Membership {
             let joined = s.state_of(self.cfg.me) == NodeState::Joined;
             if joined && !self.quorum(s) {
                 // In the minority side of a partition: the majority will
-                // force us out, so stop before we could act (after a grace
-                // period, so that one late failure report does not halt us).
-                let since = *self.quorum_lost_since.get_or_insert(now);
-                if now.since(since) >= self.cfg.form_ns {
-                    self.halt(HaltReason::LostQuorum);
-                    return;
-                }
-            } else {
-                self.quorum_lost_since = None;
+                // force us out and recover what we hold, so stop at once,
+                // before it could (the failure detector's bound is the same
+                // on both sides).
+                self.halt(HaltReason::LostQuorum);
+                return;
             }
         }
         // Asked to leave while not in the cluster: there is nothing to leave.
@@ -784,6 +789,20 @@ impl Membership {
                 self.actions.push_back(Action::Left);
                 return;
             }
+        }
+        let this_life_in = self
+            .state
+            .as_ref()
+            .and_then(|s| s.nodes.get(&self.cfg.me))
+            .map(|e| e.incarnation == self.cfg.incarnation && e.state != NodeState::Inactive)
+            .unwrap_or(false);
+        if self.master_dead() && !this_life_in {
+            // Not in that cluster, and its master is gone: forget it and look
+            // for a live master (or form) again. Nothing was notified to us.
+            self.state = None;
+            self.started_at = now;
+            self.recovering = None;
+            self.report_dirty = true;
         }
         if self.master_dead() && self.successor().is_none() && self.my_state() != NodeState::Joined {
             // The master is gone and no joined member is left to succeed it:
@@ -1154,6 +1173,11 @@ impl Membership {
                 }
                 // Done: Table 1 end state.
                 s.transitions.remove(&n);
+                self.actions.push_back(Action::TransitionCompleted {
+                    id: t.id,
+                    participants: t.participants.clone(),
+                    path: t.path.clone(),
+                });
                 let end = t.id.kind.end_state();
                 s.nodes.get_mut(&n).unwrap().state = end;
                 if end == NodeState::Inactive {
@@ -1210,6 +1234,9 @@ impl Membership {
         let change = self.max_change;
         self.pending = Some(Pending { change, started: now, joins, forced });
         let data = self.records_for_my_subgroup();
+        for n in new_group.iter().filter(|n| !self.failed.contains(n)) {
+            self.gmp.handle(now, GmpInput::MemberRecovered { node: *n });
+        }
         self.gmp.handle(now, GmpInput::Initiate { id: change, members: new_group.clone(), my_data: data });
         self.gmp_change_started(&new_group);
         self.drain_gmp();

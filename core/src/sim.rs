@@ -407,6 +407,13 @@ impl Sim {
                 self.at(t, Ev::Restart { node: n });
                 self.refresh_fd();
             }
+            Action::TransitionCompleted { id, participants, path } => {
+                self.log(format!("{} n{n} completed {id:?}", self.now));
+                self.check_completion(n, id, &participants, &path);
+                if id.kind == Kind::ForcedLeave {
+                    self.check_not_acting(n, id);
+                }
+            }
             Action::PeerFailed { node, distress } => {
                 self.log(format!("{} n{n} peer failed n{node} distress={distress}", self.now));
                 if distress {
@@ -449,6 +456,45 @@ impl Sim {
             _ => {
                 self.views.insert(view, h);
             }
+        }
+    }
+
+    /// A transition the master completed must have been acknowledged, at
+    /// every step, by every participant that stayed up and in touch.
+    fn check_completion(&mut self, master: NodeId, id: TransitionId, participants: &BTreeSet<NodeId>, path: &[LevelSpec]) {
+        let subs = subsystems(&self.cfg.levels);
+        for p in participants.iter().copied() {
+            if self.ever_down.contains(&p) || self.ever_cut.contains(&(master, p)) || self.ever_down.contains(&master) {
+                continue;
+            }
+            for spec in path {
+                for b in 0..spec.barriers.of(id.kind) {
+                    let step = Step { level: spec.level, barrier: b };
+                    let want: BTreeSet<SubsystemId> = subs.iter().filter(|(_, l)| l.level == spec.level).map(|(s, _)| *s).collect();
+                    let got = self.acks.get(&(p, id, step)).cloned().unwrap_or_default();
+                    if !want.is_subset(&got) {
+                        self.violation(format!("master n{master} completed {id:?} although n{p} never acknowledged {step:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// No split brain: when a forced leave of Y completes (the survivors
+    /// recover what Y held), that life of Y must not still act as a joined
+    /// member of any cluster.
+    fn check_not_acting(&mut self, master: NodeId, id: TransitionId) {
+        let y = &self.nodes[&id.node];
+        if !self.running(id.node) || y.incarnation != id.incarnation {
+            return;
+        }
+        let acting = y.core.as_ref().map(|c| c.my_state() == NodeState::Joined).unwrap_or(false);
+        if acting {
+            let view = y.core.as_ref().and_then(|c| c.state()).map(|s| s.view);
+            self.violation(format!(
+                "split brain: master n{master} completed the forced leave of n{} while it still acts as joined (following {view:?})",
+                id.node
+            ));
         }
     }
 
