@@ -152,6 +152,7 @@ const PENDING_CAP: usize = 4096;
 const REMEMBERED_CAP: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct GmpConfig {
     pub me: NodeId,
     /// Members per subgroup (consecutive in sorted NodeId order). 1 = "no
@@ -169,6 +170,7 @@ pub fn subgroups(members: &BTreeSet<NodeId>, size: usize) -> Vec<BTreeSet<NodeId
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum GmpMsg<D> {
     /// The membership request, sent by the initiator to every member.
     Request { id: ChangeId, members: BTreeSet<NodeId> },
@@ -208,6 +210,7 @@ impl<D> GmpMsg<D> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum GmpInput<D> {
     /// This node initiates change `id` for group `members` (this node must be
     /// in it, else the input is ignored). Sends Request to every other member
@@ -229,6 +232,7 @@ pub enum GmpInput<D> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum GmpAction<D> {
     Send { to: NodeId, msg: GmpMsg<D> },
     /// The core needs this node's data for change `id` (learned from a

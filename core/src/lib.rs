@@ -19,6 +19,7 @@ pub type NodeId = u32;
 /// A point in time, in nanoseconds on some monotonic clock. Cores never read
 /// a clock: the runtime or the simulator passes `now`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Instant(pub u64);
 
 impl Instant {

@@ -37,6 +37,7 @@ use crate::{Instant, NodeId};
 
 /// S1.1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum NodeState {
     Inactive,
     Joining,
@@ -47,6 +48,7 @@ pub enum NodeState {
 
 /// The three transition types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Kind {
     Join,
     Leave,
@@ -77,6 +79,7 @@ impl Kind {
 
 /// Barriers a subsystem asks for, per transition type (S1.5), at least 1 each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Barriers {
     pub join: u32,
     pub leave: u32,
@@ -97,6 +100,7 @@ impl Barriers {
 
 /// A registered level (a global order) with its barrier counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LevelSpec {
     pub level: u32,
     pub barriers: Barriers,
@@ -104,6 +108,7 @@ pub struct LevelSpec {
 
 /// One step of a transition: a level and a barrier of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Step {
     pub level: u32,
     pub barrier: u32,
@@ -111,6 +116,7 @@ pub struct Step {
 
 /// Identifies a transition: the node it is about, that node's incarnation, and the kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TransitionId {
     pub node: NodeId,
     pub incarnation: u64,
@@ -119,6 +125,7 @@ pub struct TransitionId {
 
 /// A completed step, as reported by a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StepDone {
     pub id: TransitionId,
     pub step: Step,
@@ -126,6 +133,7 @@ pub struct StepDone {
 
 /// A transition in flight (part of the replicated state).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Transition {
     pub id: TransitionId,
     /// The levels it walks, in walking order, with their barrier counts.
@@ -147,6 +155,7 @@ impl Transition {
 
 /// What the master knows of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NodeEntry {
     pub state: NodeState,
     pub incarnation: u64,
@@ -156,6 +165,7 @@ pub struct NodeEntry {
 
 /// Identifies a version of the cluster state: (term, master, version).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ViewId {
     pub term: u64,
     pub master: NodeId,
@@ -184,6 +194,7 @@ impl ViewId {
 
 /// The replicated cluster state, authoritative at the master.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClusterState {
     pub view: ViewId,
     pub nodes: BTreeMap<NodeId, NodeEntry>,
@@ -219,6 +230,7 @@ impl ClusterState {
 
 /// What a node wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Want {
     Nothing,
     Join,
@@ -227,6 +239,7 @@ pub enum Want {
 
 /// A node's report to the master (state, not deltas).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Report {
     pub incarnation: u64,
     pub want: Want,
@@ -246,6 +259,7 @@ pub type Records = BTreeMap<NodeId, (u64, BTreeSet<LevelSpec>)>;
 
 /// Messages between membership managers.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Msg {
     Report(Report),
     State(ClusterState),
@@ -256,6 +270,7 @@ pub enum Msg {
 pub type SubsystemId = u32;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Input {
     /// Start clustering: join (or form) the cluster.
     Start,
@@ -279,6 +294,7 @@ pub enum Input {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Action {
     Send { to: NodeId, msg: Msg },
     /// Tell a local subsystem about a transition step (Table 1). `states`
@@ -310,6 +326,7 @@ pub enum Action {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum HaltReason {
     ForcedOut,
     /// This node formed a cluster apart; a cluster with a lower master id wins.
@@ -321,6 +338,7 @@ pub enum HaltReason {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Config {
     pub me: NodeId,
     pub incarnation: u64,
@@ -344,6 +362,7 @@ enum Phase {
 
 /// Counters for benchmarks and status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Stats {
     pub messages_sent: u64,
     pub gmp_messages_sent: u64,
