@@ -398,6 +398,8 @@ pub struct Membership {
     failed: BTreeSet<NodeId>,
     /// When each node's latest report arrived.
     report_at: BTreeMap<NodeId, Instant>,
+    /// When the master we follow last sent us its state.
+    master_contact: Instant,
     /// The highest term heard of (reports, states).
     max_term: u64,
     /// Members of the S3 change in progress.
@@ -440,6 +442,7 @@ impl Membership {
             known_inc: BTreeMap::new(),
             gmp_members: BTreeSet::new(),
             max_term: 0,
+            master_contact: Instant::ZERO,
             report_at: BTreeMap::new(),
             distressed: BTreeSet::new(),
             locals: BTreeMap::new(),
@@ -653,10 +656,27 @@ impl Membership {
                 let k = self.known_inc.entry(from).or_insert(0);
                 *k = (*k).max(r.incarnation);
                 self.report_at.insert(from, now);
+                // A report sent to a successor carries the sender's state: if
+                // it is more advanced than ours, follow it too, so that every
+                // survivor agrees on who the successor is.
+                let newer = match (&r.state, &self.state) {
+                    (Some(st), Some(cur)) => st.view.supersedes(&cur.view),
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if newer {
+                    let st = r.state.clone().unwrap();
+                    self.adopt(now, st);
+                }
                 self.reports.insert(from, r);
             }
             Msg::State(s) => {
                 self.max_term = self.max_term.max(s.view.term);
+                if self.state.as_ref().map(|c| (c.view.term, c.view.master, c.view.master_incarnation))
+                    == Some((s.view.term, s.view.master, s.view.master_incarnation))
+                {
+                    self.master_contact = now;
+                }
                 let k = self.known_inc.entry(s.view.master).or_insert(0);
                 *k = (*k).max(s.view.master_incarnation);
                 self.adopt(now, s)
@@ -729,6 +749,7 @@ impl Membership {
         }
         let view = s.view;
         self.state = Some(s);
+        self.master_contact = self.now;
         self.report_dirty = true;
         self.actions.push_back(Action::StateChanged { view });
         if self.want == Want::Leave && now_state == NodeState::Inactive && was_member {
@@ -749,12 +770,14 @@ impl Membership {
         }
     }
 
-    /// A majority of `group` is in sight (exactly half counts if it holds
-    /// the lowest id).
+    /// A strict majority of `group` is in sight. Exactly half is not enough,
+    /// except in a cluster of two configured nodes, where the side with the
+    /// lower id keeps quorum (like corosync's two_node; safe with fencing).
     fn majority_of(&self, group: &BTreeSet<NodeId>) -> bool {
         let Some(lowest) = group.iter().next() else { return true };
         let seen = group.iter().filter(|n| !self.failed.contains(n)).count();
-        seen * 2 > group.len() || (seen * 2 == group.len() && !self.failed.contains(lowest))
+        seen * 2 > group.len()
+            || (self.cfg.nodes.len() == 2 && seen * 2 == group.len() && !self.failed.contains(lowest))
     }
 
     /// Quorum: a majority of the group of the state we follow and, while a
@@ -890,9 +913,11 @@ impl Membership {
         if s.view.master == self.cfg.me {
             return false;
         }
-        // The master failed, or restarted (a newer life of it spoke to us).
+        // The master failed, or restarted (a newer life of it spoke to us),
+        // or has not sent its (periodic) state for a whole formation period.
         let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
-        self.failed.contains(&s.view.master) || restarted
+        let silent = self.now.since(self.master_contact) > self.cfg.form_ns;
+        self.failed.contains(&s.view.master) || restarted || silent
     }
 
     fn successor(&self) -> Option<NodeId> {
@@ -1263,6 +1288,11 @@ impl Membership {
 
     fn apply_change(&mut self, p: Pending) {
         let Some(mut s) = self.state.clone() else { return };
+        // Failures during the commit may have cost us the quorum: then the
+        // change is not applied (and we halt on the next step).
+        if !self.quorum(&s) {
+            return;
+        }
         for n in &p.forced {
             // Forced-Leaving re-notifies over Joining, Leaving or Joined and
             // aborts the graceful processing (Table 1).
