@@ -69,6 +69,12 @@ pub struct Config {
     pub realtime_priority: u32,
     pub watchdog_tick_us: u32,
     pub xdp_mode: XdpModeSetting,
+    /// Membership: members per S3 subgroup, resend period, formation wait,
+    /// and the TCP port of the encrypted control channel.
+    pub subgroup_size: usize,
+    pub resend_ms: u32,
+    pub form_ms: u32,
+    pub control_port: u16,
     pub links: Vec<Link>,
     pub peers: Vec<Peer>,
     pub paths: RuntimePaths,
@@ -96,6 +102,7 @@ struct RawConfig {
     node: Option<Spanned<RawNode>>,
     heartbeat: Option<Spanned<RawHeartbeat>>,
     datapath: Option<Spanned<RawDatapath>>,
+    membership: Option<Spanned<RawMembership>>,
     paths: Option<Spanned<RawPaths>>,
     #[serde(default)]
     link: Vec<Spanned<RawLink>>,
@@ -132,6 +139,15 @@ struct RawHeartbeat {
 #[serde(deny_unknown_fields)]
 struct RawDatapath {
     xdp_mode: Option<Spanned<XdpModeSetting>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMembership {
+    subgroup_size: Option<Spanned<i64>>,
+    resend_ms: Option<Spanned<i64>>,
+    form_ms: Option<Spanned<i64>>,
+    control_port: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +292,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    let (mut subgroup_size, mut resend_ms, mut form_ms) = (4usize, 50u32, 500u32);
+    let mut control_port: u16 = port.checked_add(1).unwrap_or(port - 1);
+    if let Some(m) = &raw.membership {
+        let m = m.get_ref();
+        if let Some(v) = &m.subgroup_size {
+            subgroup_size = cx.int(v, "membership.subgroup_size", 1, 256)?;
+        }
+        if let Some(v) = &m.resend_ms {
+            resend_ms = cx.int(v, "membership.resend_ms", 1, 10_000)?;
+        }
+        if let Some(v) = &m.form_ms {
+            form_ms = cx.int(v, "membership.form_ms", 10, 600_000)?;
+        }
+        if let Some(v) = &m.control_port {
+            control_port = cx.int(v, "membership.control_port", 1, 65535)?;
+            if control_port == port {
+                return Err(cx.invalid(v, "membership.control_port", format!("{control_port} is the heartbeat port (heartbeat.port)")));
+            }
+        }
+    }
+
     let (mut bpffs, mut state, mut run) = (None, None, None);
     if let Some(p) = &raw.paths {
         let p = p.get_ref();
@@ -388,6 +425,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         realtime_priority: rt,
         watchdog_tick_us: tick,
         xdp_mode,
+        subgroup_size,
+        resend_ms,
+        form_ms,
+        control_port,
         links,
         peers,
         paths,

@@ -2,6 +2,8 @@
 //! heartbeat sender, peer events and status. The binary (`baton`) is in
 //! `main.rs`; the daemon loop in `run.rs`.
 
+pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod datapath;
@@ -11,3 +13,4 @@ pub mod run;
 pub mod selftest;
 pub mod sender;
 pub mod status;
+pub mod subsys;

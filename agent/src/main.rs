@@ -41,6 +41,8 @@ enum Cmd {
     },
     /// Report a critical local failure: the agent sends a distress signal to
     /// every peer on every link and ends clustering on this node (S0).
+    /// Also `baton fail`.
+    #[command(alias = "fail")]
     Distress {
         #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
         config: PathBuf,

@@ -62,6 +62,16 @@ impl RuntimePaths {
         self.state_dir.join("agent.json")
     }
 
+    /// The membership snapshot the agent keeps for `baton status`.
+    pub fn cluster_snapshot(&self) -> PathBuf {
+        self.state_dir.join("cluster.json")
+    }
+
+    /// Unix socket of the subsystem API (docs/subsystem-api.md).
+    pub fn subsys_socket(&self) -> PathBuf {
+        self.run_dir.join(format!("{}-subsys.sock", self.cluster))
+    }
+
     /// Unix socket for local commands (`baton distress`).
     pub fn control_socket(&self) -> PathBuf {
         self.run_dir.join(format!("{}.sock", self.cluster))

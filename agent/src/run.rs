@@ -13,7 +13,10 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config};
 use crate::datapath::Datapath;
 use crate::events::{monotonic_ns, EventSink, PeerTracker};
+use crate::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
+use crate::subsys::{SubsysEvent, SubsysServer};
 use crate::{control, sender};
+use baton_core::membership::Input;
 
 /// A new incarnation: the wall clock in µs, but always above the last one
 /// this node used (kept in the state dir), so a restart is always "newer" even
@@ -40,6 +43,8 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
     std::fs::create_dir_all(&cfg.paths.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;
     let incarnation = next_incarnation(&cfg.paths.incarnation_file())?;
+    // The membership snapshot of an earlier life is not ours.
+    let _ = std::fs::remove_file(cfg.paths.cluster_snapshot());
     if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
         warn!("mlockall failed ({}); page faults may delay heartbeats", std::io::Error::last_os_error());
     }
@@ -77,16 +82,46 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
         "baton agent running"
     );
 
-    let result = event_loop(&cfg, events, &sender, listener, status).await;
+    let result = async {
+        let (channel, chan_rx) = crate::channel::Channel::start(crate::channel::ChannelConfig {
+            me: cfg.node_id,
+            cluster_id: cfg.cluster_id,
+            incarnation,
+            psk_secret: key,
+            port: cfg.control_port,
+            links: cfg.links.iter().map(|l| l.address).collect(),
+            peers: cfg.peers.iter().map(|p| (p.id, p.addresses.clone())).collect(),
+        })
+        .await
+        .context("starting the control channel")?;
+        let (subsys, sub_rx) = SubsysServer::bind(&cfg.paths.subsys_socket(), FIRST_EXTERNAL_SUBSYSTEM)
+            .await
+            .context("binding the subsystem API socket")?;
+        let mut nodes: std::collections::BTreeSet<u32> = cfg.peers.iter().map(|p| p.id).collect();
+        nodes.insert(cfg.node_id);
+        let core_cfg = baton_core::membership::Config {
+            me: cfg.node_id,
+            incarnation,
+            nodes,
+            subgroup_size: cfg.subgroup_size,
+            resend_ns: cfg.resend_ms as u64 * 1_000_000,
+            form_ns: cfg.form_ms as u64 * 1_000_000,
+        };
+        let mut names: std::collections::BTreeMap<u32, String> = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
+        names.insert(cfg.node_id, cfg.node_name.clone());
+        let driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
+        event_loop(&cfg, events, &sender, listener, status, driver, chan_rx, sub_rx).await
+    }
+    .await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
+    let _ = std::fs::remove_file(cfg.paths.subsys_socket());
     let _ = std::fs::remove_file(cfg.paths.agent_status());
-    let ended = sender.shared.ended.load(std::sync::atomic::Ordering::SeqCst);
     sender.stop();
     dp.stop();
     info!("baton agent stopped");
-    match result {
-        Ok(()) if ended => anyhow::bail!("clustering ended on this node after a distress signal"),
-        other => other,
+    match result? {
+        Outcome::Stopped | Outcome::Left => Ok(()),
+        Outcome::Halted(why) => anyhow::bail!("clustering halted on this node ({why}); restart the agent to join again"),
     }
 }
 
@@ -105,13 +140,26 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
     }
 }
 
+/// Turns the datapath's node-level peer events into membership inputs.
+fn peer_input(pe: &crate::events::PeerEvent) -> Option<Input> {
+    match pe.event {
+        "peer_up" => Some(Input::PeerUp { node: pe.node }),
+        "peer_silent" => Some(Input::PeerSilent { node: pe.node }),
+        "peer_distress" => Some(Input::PeerDistress { node: pe.node, reason: pe.reason.unwrap_or(0) }),
+        _ => None,
+    }
+}
+
 async fn event_loop(
     cfg: &Config,
     events: RingBuf<MapData>,
     sender: &sender::Sender,
     listener: tokio::net::UnixListener,
     mut status: serde_json::Value,
-) -> Result<()> {
+    mut driver: ClusterDriver,
+    mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
+    mut sub_rx: tokio::sync::mpsc::Receiver<SubsysEvent>,
+) -> Result<Outcome> {
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -122,14 +170,75 @@ async fn event_loop(
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
     let incarnation = std::fs::read_to_string(cfg.paths.incarnation_file()).unwrap_or_default();
+    let mut effects = driver.handle(Input::Start);
+    // After SIGTERM: leave gracefully, but not forever.
+    let mut leave_deadline: Option<tokio::time::Instant> = None;
     loop {
+        for e in effects.drain(..) {
+            match e {
+                Effect::SendDistress { reason } => {
+                    sender.distress(reason);
+                    for _ in 0..200 {
+                        if sender.shared.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+                Effect::Halted { why } => {
+                    driver.shutdown().await;
+                    return Ok(Outcome::Halted(format!("{why:?}")));
+                }
+                Effect::Left => {
+                    driver.shutdown().await;
+                    return Ok(Outcome::Left);
+                }
+            }
+        }
+        let tick = driver.next_deadline_ns().map(|d| std::time::Duration::from_nanos(d.saturating_sub(monotonic_ns())));
+        let tick_sleep = tokio::time::sleep(tick.unwrap_or(std::time::Duration::from_secs(3600)));
+        let leave_sleep = tokio::time::sleep_until(leave_deadline.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600)));
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = term.recv() => {
+                if leave_deadline.is_some() { driver.shutdown().await; return Ok(Outcome::Stopped); }
+                info!("SIGTERM: leaving the cluster gracefully");
+                leave_deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(3));
+                effects = driver.handle(Input::Leave);
+            }
+            _ = int.recv() => {
+                if leave_deadline.is_some() { driver.shutdown().await; return Ok(Outcome::Stopped); }
+                info!("SIGINT: leaving the cluster gracefully");
+                leave_deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(3));
+                effects = driver.handle(Input::Leave);
+            }
+            _ = leave_sleep, if leave_deadline.is_some() => {
+                warn!("the graceful leave did not finish in time; stopping anyway");
+                driver.shutdown().await;
+                return Ok(Outcome::Stopped);
+            }
+            _ = tick_sleep, if tick.is_some() => { effects = driver.handle(Input::Tick); }
             _ = every_second.tick() => write_agent_status(cfg, &mut status, &sender.shared),
+            msg = chan_rx.recv() => {
+                if let Some((from, msg)) = msg {
+                    effects = driver.handle(Input::Receive { from, msg });
+                }
+            }
+            ev = sub_rx.recv() => {
+                effects = match ev {
+                    Some(SubsysEvent::Registered { subsystem, name, spec, .. }) => driver.register_external(subsystem, name, spec),
+                    Some(SubsysEvent::Ack { subsystem, id, step }) => driver.handle(Input::Ack { subsystem, id, step }),
+                    Some(SubsysEvent::Failure { subsystem, reason }) => {
+                        error!(subsystem, reason, "a subsystem reported a critical failure (or missed its acknowledgement deadline)");
+                        driver.handle(Input::LocalFailure { from: Some(subsystem), reason })
+                    }
+                    Some(SubsysEvent::Deregistered { subsystem }) => driver.deregister_external(subsystem),
+                    None => Vec::new(),
+                };
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
+                let mut inputs = Vec::new();
                 while let Some(item) = rb.next() {
                     let agent_ns = monotonic_ns();
                     if item.len() < std::mem::size_of::<Event>() {
@@ -138,9 +247,15 @@ async fn event_loop(
                     let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
                     for pe in tracker.on_record(&ev, agent_ns) {
                         sink.emit(&pe);
+                        if let Some(i) = peer_input(&pe) {
+                            inputs.push(i);
+                        }
                     }
                 }
                 guard.clear_ready();
+                for i in inputs {
+                    effects.extend(driver.handle(i));
+                }
             }
             conn = listener.accept() => {
                 let (mut s, _) = conn?;
@@ -151,17 +266,20 @@ async fn event_loop(
                     (Some("distress"), Some(r)) => {
                         let code = control::reason_code(r).or_else(|| r.parse().ok()).unwrap_or(baton_common::DISTRESS_ADMIN);
                         error!(reason = r, "local failure reported: sending distress and ending clustering on this node");
-                        sender.distress(code);
-                        for _ in 0..200 {
-                            if sender.shared.ended.load(std::sync::atomic::Ordering::SeqCst) { break; }
-                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                        }
+                        effects = driver.handle(Input::LocalFailure { from: None, reason: code });
                         let _ = control::reply(&mut s, "ok").await;
-                        return Ok(());
                     }
                     _ => { let _ = control::reply(&mut s, &format!("error: unknown request {req:?}")).await; }
                 }
             }
         }
     }
+}
+
+/// How the event loop ended.
+pub enum Outcome {
+    /// Stopped without a completed graceful leave (timeout or second signal).
+    Stopped,
+    Left,
+    Halted(String),
 }

@@ -115,6 +115,10 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
     }
     let counters: serde_json::Map<String, Value> =
         counters(cfg)?.into_iter().map(|(c, v)| (c.name().to_string(), json!(v))).collect();
+    let cluster: Value = std::fs::read_to_string(cfg.paths.cluster_snapshot())
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
     let agent: Value = std::fs::read_to_string(cfg.paths.agent_status())
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -127,6 +131,7 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
         "enabled": dc.enabled != 0,
         "pin_dir": cfg.paths.bpffs_dir.display().to_string(),
         "agent": agent,
+        "cluster": cluster,
         "peers": nodes,
         "counters": counters,
     }))
@@ -143,6 +148,43 @@ pub fn render(v: &Value) -> String {
         v["node"]["incarnation"],
         v["timeout_ms"]
     );
+    let c = &v["cluster"];
+    if c.is_object() {
+        s += &format!(
+            "membership: this node {}, master {}, view term {} version {}{}\n",
+            c["my_state"].as_str().unwrap_or("?"),
+            c["master"],
+            c["view"]["term"],
+            c["view"]["version"],
+            c["halted"].as_str().map(|h| format!(", HALTED ({h})")).unwrap_or_default()
+        );
+        s += &format!("{:<12} {:>6} {:<15} {:>20}\n", "NODE", "ID", "STATE", "INCARNATION");
+        for n in c["nodes"].as_array().into_iter().flatten() {
+            s += &format!(
+                "{:<12} {:>6} {:<15} {:>20}\n",
+                n["name"].as_str().unwrap_or("?"),
+                n["id"],
+                n["state"].as_str().unwrap_or("?"),
+                n["incarnation"]
+            );
+        }
+        let ts = c["transitions"].as_array().cloned().unwrap_or_default();
+        if ts.is_empty() {
+            s += "transitions in flight: none\n";
+        }
+        for t in ts {
+            s += &format!(
+                "transition: {} of {} ({}), at level {} barrier {} of levels {}\n",
+                t["kind"].as_str().unwrap_or("?"),
+                t["name"].as_str().unwrap_or("?"),
+                t["direction"].as_str().unwrap_or("?"),
+                t["level"],
+                t["barrier"],
+                t["levels"]
+            );
+        }
+        s += "\n";
+    }
     s += &format!("{:<12} {:>6} {:<11} {:<8} {:<11} {:>12} {:>10} {:>10}\n", "PEER", "ID", "STATE", "LINK", "LINK STATE", "LAST SEEN", "LIVE", "HANDSHAKE");
     for p in v["peers"].as_array().into_iter().flatten() {
         for (i, l) in p["links"].as_array().into_iter().flatten().enumerate() {

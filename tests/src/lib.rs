@@ -521,3 +521,33 @@ impl Cluster {
         found
     }
 }
+
+impl Cluster {
+    /// The membership snapshot (`state/cluster.json`) of host `i`.
+    pub fn membership(&self, i: usize) -> serde_json::Value {
+        std::fs::read_to_string(self.node_dir(i).join("state").join("cluster.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until every running agent is Joined and all follow the same view.
+    pub fn wait_all_joined(&self, timeout: Duration) -> Duration {
+        let running: Vec<usize> = (0..self.hosts.len()).filter(|i| self.agents[*i].is_some()).collect();
+        let r = wait_until(timeout, || {
+            let ms: Vec<serde_json::Value> = running.iter().map(|&i| self.membership(i)).collect();
+            ms.iter().all(|m| m["my_state"] == "joined")
+                && ms.windows(2).all(|w| w[0]["view"] == w[1]["view"])
+                && ms.iter().all(|m| m["transitions"].as_array().map(|t| t.is_empty()).unwrap_or(false))
+        });
+        r.unwrap_or_else(|| {
+            let dump: Vec<String> = running.iter().map(|&i| format!("{}: {}", self.hosts[i].name, self.membership(i))).collect();
+            panic!("not every node joined within {timeout:?}:\n{}", dump.join("\n"))
+        })
+    }
+
+    /// Lines of host `i`'s agent log that contain every one of `needles`.
+    pub fn log_lines(&self, i: usize, needles: &[&str]) -> Vec<String> {
+        self.agent_log(i).lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string).collect()
+    }
+}

@@ -95,6 +95,7 @@ fn cut_links_are_silent_one_by_one_and_the_peer_when_all_are() {
     let mut c = Cluster::new("cut", 3, 2, 10, 3);
     c.start_all();
     c.wait_all_up(Duration::from_secs(10));
+    c.wait_all_joined(Duration::from_secs(10));
     c.cut_link(2, 0);
     let e = c.wait_event(0, Duration::from_secs(5), |e| e["event"] == "link_silent" && e["node"] == 3 && e["link"] == 0);
     assert!(e.is_some(), "link 0 of node 3 not reported silent");
@@ -109,9 +110,16 @@ fn cut_links_are_silent_one_by_one_and_the_peer_when_all_are() {
     let latency_ms = (e["agent_ns"].as_u64().unwrap() - cut_at) as f64 / 1e6;
     eprintln!("node 3 silent {latency_ms:.1} ms after its last link was cut");
     assert!(latency_ms <= 30.0 + SLACK_MS);
-    // Healing brings it back.
+    // Cut off from both peers, node 3 has no quorum: its membership halts
+    // (the agent exits) rather than act alone.
+    let mut a = c.agents[2].take().unwrap();
+    wait_until(Duration::from_secs(5), || a.child.try_wait().unwrap().is_some())
+        .unwrap_or_else(|| panic!("node 3 kept running without quorum:\n{}", c.agent_log(2)));
+    assert!(c.agent_log(2).contains("LostQuorum"), "{}", c.agent_log(2));
+    // Healing and a restart bring it back.
     c.heal_link(2, 0);
     c.heal_link(2, 1);
+    c.start(2);
     c.wait_all_up(Duration::from_secs(5));
 }
 
@@ -333,6 +341,7 @@ fn fenced_node_is_dropped_in_the_kernel() {
     let mut c = Cluster::new("fen", 2, 1, 10, 3);
     c.start_all();
     c.wait_all_up(Duration::from_secs(10));
+    c.wait_all_joined(Duration::from_secs(10));
     let out = std::process::Command::new(baton_bin())
         .args(["fence", "--config"])
         .arg(c.node_dir(0).join("baton.toml"))
@@ -343,8 +352,12 @@ fn fenced_node_is_dropped_in_the_kernel() {
     c.wait_event(0, Duration::from_secs(3), |e| e["event"] == "peer_silent" && e["node"] == 2).expect("fenced peer goes silent");
     assert!(c.counter(0, "drop_fenced") > 0);
     assert_eq!(peer(&c.status(0), 2)["fenced"], true);
-    // Node 2 still hears node 1.
-    assert_eq!(peer(&c.status(1), 1)["state"], "up");
+    // Node 1 forced node 2 out (a two-node cluster keeps quorum on the lower
+    // id); node 2 still hears node 1, learns it was forced out and halts.
+    let mut a = c.agents[1].take().unwrap();
+    wait_until(Duration::from_secs(10), || a.child.try_wait().unwrap().is_some())
+        .unwrap_or_else(|| panic!("node 2 kept running after being forced out:\n{}", c.agent_log(1)));
+    assert!(c.agent_log(1).contains("ForcedOut"), "{}", c.agent_log(1));
 }
 
 #[test]

@@ -1,0 +1,855 @@
+//! The control channel: authenticated, encrypted message streams between
+//! agents, over every configured link, with reconnection.
+//!
+//! The membership cores (`baton_core::membership`) exchange [`Msg`] values;
+//! this module carries them between nodes. Hand the channel a `Msg` and a
+//! node id with [`Channel::send`]; take what peers sent from the receiver
+//! returned by [`Channel::start`].
+//!
+//! ## Security
+//! The crypto is the [Noise protocol framework](https://noiseprotocol.org)
+//! (the `snow` crate), pattern [`NOISE_PARAMS`] =
+//! `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`: an ephemeral X25519 exchange
+//! (forward secrecy) mixed with a 32-byte pre-shared key, ChaCha20-Poly1305
+//! for every frame after the handshake. No static keys: a node is
+//! authenticated as *a holder of the cluster secret*, exactly as the
+//! heartbeat datapath authenticates it. (So a node holding the secret can
+//! claim any node id in its hello; that is the trust model of the whole
+//! cluster, whose secret is shared by every node.)
+//!
+//! The PSK is derived from the cluster's 128-bit secret (the file that
+//! `baton keygen` writes and the datapath uses) with domain separation, so
+//! that the datapath's SipHash key and the channel key are never the same
+//! bytes, and two clusters sharing a secret by mistake still cannot talk:
+//!
+//! ```text
+//! psk = BLAKE2s-256( "baton control channel v1" || cluster_id (u32, big-endian) || secret (16 bytes) )
+//! ```
+//!
+//! (see [`derive_psk`]). A peer with another secret or another cluster id
+//! fails the first handshake message: its connection is closed and counted
+//! in [`ChannelStats::handshake_failures`].
+//!
+//! ## Transport and wire format
+//! TCP. Every node listens on `(its address on link i, port)` for every link
+//! i. For each pair of nodes, the node with the LOWER id dials the higher
+//! one, once per link (from its own address on that link), and redials with
+//! a backoff of 50 ms doubling to 1 s whenever the connection fails or drops.
+//!
+//! Everything on the wire is a frame: a `u16` big-endian length, then that
+//! many bytes of Noise message.
+//! 1. Handshake: the dialer (Noise initiator) sends `-> psk, e` (48 bytes),
+//!    the listener answers `<- e, ee` (48 bytes). Handshake payloads are
+//!    empty.
+//! 2. Then transport messages, whose plaintext is one type byte and a body:
+//!    * `0` HELLO: node id (u32 BE), cluster id (u32 BE), incarnation
+//!      (u64 BE). The dialer sends its hello first, the listener answers
+//!      with its own. A hello with another cluster id, or from a node that
+//!      is not a configured peer (or, at the listener, not a lower-id peer,
+//!      or at the dialer, not the node it dialed) closes the connection,
+//!      counted in [`ChannelStats::hello_rejects`] (and in
+//!      `handshake_failures`).
+//!    * `1` MSG: a `Msg`, encoded with `serde_json` (self-describing, easy
+//!      to read when debugging, already a dependency; the core's maps are
+//!      keyed by integers, which JSON carries). At most [`MAX_MSG_LEN`]
+//!      bytes: [`Channel::try_send`] rejects bigger messages with
+//!      [`ChannelError::TooLarge`]. The cores' messages are a few KB.
+//!    * `2` KEEPALIVE: empty; sent when nothing else was sent for
+//!      [`KEEPALIVE_INTERVAL`].
+//!
+//! A connection on which nothing arrives for [`IDLE_TIMEOUT`] is closed
+//! (and redialed), so a peer that vanished without a FIN/RST (power cut,
+//! link cut) is noticed. The handshake and both hellos must complete within
+//! [`HANDSHAKE_TIMEOUT`]. A new session with a peer on a link replaces the
+//! older one (a peer that restarted redials before its old connection timed
+//! out); the hello's incarnation is shown in [`ChannelStats::peers`].
+//!
+//! Not supported: IPv6 link-local addresses (no scope id is configured). A
+//! listener that cannot bind (the link's address is not up yet) fails
+//! [`Channel::start`] with [`ChannelError::Bind`]; a dialer whose local
+//! address is missing retries like any failed connection.
+//!
+//! ## Robustness
+//! Nothing received from the network panics. Garbage or a wrong key during
+//! the handshake, a frame that does not decrypt, a frame longer than any
+//! this protocol sends, or an unknown frame type closes that connection only
+//! (with a `warn!` naming the peer address; repeats from the same address
+//! within 30 s are logged at debug level) and counts in
+//! `handshake_failures` / `bad_frames`. A MSG that decrypts (so it came from
+//! a holder of the secret) but does not decode as a `Msg` (another version
+//! of baton) is skipped and counted in `bad_frames`; the connection stays.
+//!
+//! [`Channel::send`] never blocks: each connection has a bounded queue
+//! ([`QUEUE_LEN`] messages); a message for a full queue is dropped and
+//! counted in `frames_dropped`. A message goes over every link to the peer
+//! that is up, so a peer usually receives it once per link: the cores are
+//! idempotent, and this module does not deduplicate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use baton_core::membership::Msg;
+use blake2::{Blake2s256, Digest};
+use serde::Serialize;
+use snow::{HandshakeState, TransportState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// The domain-separation label of the PSK derivation.
+pub const PSK_LABEL: &[u8] = b"baton control channel v1";
+/// The largest encoded message [`Channel::try_send`] accepts (60 KiB).
+pub const MAX_MSG_LEN: usize = 60 * 1024;
+/// The Noise AEAD tag length.
+const TAG_LEN: usize = 16;
+/// The largest frame body (Noise message) this protocol sends; a longer one
+/// is a bad frame.
+pub const MAX_FRAME_LEN: usize = 1 + MAX_MSG_LEN + TAG_LEN;
+/// The largest handshake frame accepted (the real ones are 48 bytes).
+const MAX_HANDSHAKE_FRAME_LEN: usize = 256;
+/// Frame types (the first plaintext byte of a transport message).
+pub const FRAME_HELLO: u8 = 0;
+pub const FRAME_MSG: u8 = 1;
+pub const FRAME_KEEPALIVE: u8 = 2;
+/// The hello body length (after the type byte).
+const HELLO_LEN: usize = 16;
+
+/// Per-connection send queue, in messages.
+pub const QUEUE_LEN: usize = 256;
+/// The receiver returned by [`Channel::start`] holds this many messages.
+pub const INBOX_LEN: usize = 1024;
+/// A keepalive is sent after this long without sending anything.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// A connection on which nothing arrived for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The handshake and hellos must complete within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Dialing gives up after this (then backs off and retries).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Redial backoff: from MIN, doubling, up to MAX.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The channel's configuration.
+#[derive(Clone, Debug)]
+pub struct ChannelConfig {
+    /// This node's id.
+    pub me: u32,
+    pub cluster_id: u32,
+    /// This run of the agent (sent in the hello).
+    pub incarnation: u64,
+    /// The cluster's 128-bit secret; the PSK is derived from it ([`derive_psk`]).
+    pub psk_secret: [u8; 16],
+    /// The TCP port, the same on every node and link (by default the heartbeat port + 1).
+    pub port: u16,
+    /// My address on each link, in link order.
+    pub links: Vec<IpAddr>,
+    /// Every other node: its id and its address on each link (same order as `links`).
+    pub peers: Vec<(u32, Vec<IpAddr>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("control channel: cannot listen on {addr} port {port}: {source}")]
+    Bind {
+        addr: IpAddr,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control channel configuration: {reason}")]
+    Config { reason: String },
+    #[error("control channel: node {node} is not a configured peer")]
+    UnknownPeer { node: u32 },
+    #[error("control channel: no link to node {node} is up")]
+    NotConnected { node: u32 },
+    #[error("control channel: a message of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("control channel: cannot encode a message: {source}")]
+    Encode {
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The links to one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerLinks {
+    /// Per link (in link order): whether a session is up on it.
+    pub up: Vec<bool>,
+    /// The peer's incarnation, from the hello of its latest session.
+    pub incarnation: Option<u64>,
+}
+
+impl PeerLinks {
+    /// How many links to the peer are up.
+    pub fn links_up(&self) -> usize {
+        self.up.iter().filter(|u| **u).count()
+    }
+}
+
+/// Counters since [`Channel::start`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChannelStats {
+    /// Every configured peer.
+    pub peers: BTreeMap<u32, PeerLinks>,
+    /// MSG frames written to a socket (one per link a message went over).
+    pub frames_sent: u64,
+    /// MSG frames received and decoded.
+    pub frames_received: u64,
+    /// Messages dropped because a connection's queue was full.
+    pub frames_dropped: u64,
+    /// Connections closed before their session was up: a wrong key,
+    /// garbage, a timeout, or a rejected hello.
+    pub handshake_failures: u64,
+    /// Of those, hellos rejected (wrong cluster id, unknown or unexpected node id).
+    pub hello_rejects: u64,
+    /// Frames after the handshake that did not decrypt, were too long, had an
+    /// unknown type, or did not decode.
+    pub bad_frames: u64,
+    /// Sessions that came up (handshake and hellos done).
+    pub sessions: u64,
+}
+
+/// Derives the channel's 32-byte Noise PSK from the cluster secret (see the module doc).
+pub fn derive_psk(cluster_id: u32, secret: &[u8; 16]) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    h.update(PSK_LABEL);
+    h.update(cluster_id.to_be_bytes());
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// A running control channel. Dropping it stops every task (without
+/// waiting); [`Channel::shutdown`] also waits until every socket is closed.
+pub struct Channel {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    frames_received: AtomicU64,
+    frames_dropped: AtomicU64,
+    handshake_failures: AtomicU64,
+    hello_rejects: AtomicU64,
+    bad_frames: AtomicU64,
+    sessions: AtomicU64,
+}
+
+/// A session's entry in the connection table.
+struct Conn {
+    gen: u64,
+    tx: mpsc::Sender<Arc<[u8]>>,
+}
+
+struct PeerSlot {
+    links: Vec<Option<Conn>>,
+    incarnation: Option<u64>,
+}
+
+struct Tasks {
+    set: JoinSet<()>,
+    closed: bool,
+}
+
+struct Shared {
+    me: u32,
+    cluster_id: u32,
+    incarnation: u64,
+    psk: [u8; 32],
+    port: u16,
+    conns: Mutex<BTreeMap<u32, PeerSlot>>,
+    inbox: mpsc::Sender<(u32, Msg)>,
+    tasks: Mutex<Tasks>,
+    next_gen: AtomicU64,
+    counters: Counters,
+    /// When a failed handshake from/to an address was last logged at warn
+    /// level (a misconfigured peer retries every second: warn once per
+    /// [`WARN_EVERY`], debug otherwise).
+    warned: Mutex<HashMap<IpAddr, tokio::time::Instant>>,
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Locks, ignoring poisoning (no code here panics while holding a lock, and
+/// none of the guarded data can be left half-updated).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Channel {
+    /// Binds a listener on every link, starts dialing every higher-id peer
+    /// on every link, and returns the channel and the receiver of
+    /// `(sender node id, message)`.
+    pub async fn start(cfg: ChannelConfig) -> Result<(Channel, mpsc::Receiver<(u32, Msg)>), ChannelError> {
+        validate(&cfg)?;
+        // Fail early (and in the caller's terms) if the Noise parameters do not build.
+        let psk = derive_psk(cfg.cluster_id, &cfg.psk_secret);
+        noise_builder(&psk).and_then(|b| b.build_initiator()).map_err(|e| ChannelError::Config { reason: format!("noise setup ({NOISE_PARAMS}): {e}") })?;
+
+        let mut listeners = Vec::with_capacity(cfg.links.len());
+        for &addr in &cfg.links {
+            listeners.push(bind(addr, cfg.port)?);
+        }
+        let (inbox, rx) = mpsc::channel(INBOX_LEN);
+        let conns = cfg
+            .peers
+            .iter()
+            .map(|(id, _)| (*id, PeerSlot { links: (0..cfg.links.len()).map(|_| None).collect(), incarnation: None }))
+            .collect();
+        let shared = Arc::new(Shared {
+            me: cfg.me,
+            cluster_id: cfg.cluster_id,
+            incarnation: cfg.incarnation,
+            psk,
+            port: cfg.port,
+            conns: Mutex::new(conns),
+            inbox,
+            tasks: Mutex::new(Tasks { set: JoinSet::new(), closed: false }),
+            next_gen: AtomicU64::new(1),
+            counters: Counters::default(),
+            warned: Mutex::new(HashMap::new()),
+        });
+        for (link, listener) in listeners.into_iter().enumerate() {
+            let s = shared.clone();
+            shared.spawn(listen_loop(s, link, listener));
+        }
+        for (peer, addrs) in &cfg.peers {
+            if *peer <= cfg.me {
+                continue; // it dials me
+            }
+            for (link, (&local, &remote)) in cfg.links.iter().zip(addrs).enumerate() {
+                let s = shared.clone();
+                shared.spawn(dial_loop(s, *peer, link, local, remote));
+            }
+        }
+        info!(me = cfg.me, port = cfg.port, links = cfg.links.len(), peers = cfg.peers.len(), "control channel started");
+        Ok((Channel { shared }, rx))
+    }
+
+    /// Sends `msg` to node `to` over every link to it that is up. Returns
+    /// whether it was queued on at least one link: false when no link to it
+    /// is up, when every queue to it was full (counted in `frames_dropped`),
+    /// or on an error of [`Channel::try_send`] (logged). Never blocks.
+    pub fn send(&self, to: u32, msg: &Msg) -> bool {
+        match self.try_send(to, msg) {
+            Ok(n) => n > 0,
+            Err(ChannelError::NotConnected { .. }) => false,
+            Err(e) => {
+                warn!("{e}");
+                false
+            }
+        }
+    }
+
+    /// Like [`Channel::send`], with the reason: `Ok(n)` = queued on `n`
+    /// links (0 if every queue to the peer was full: dropped and counted);
+    /// [`ChannelError::NotConnected`] if no link to `to` is up;
+    /// [`ChannelError::UnknownPeer`], [`ChannelError::TooLarge`] (more than
+    /// [`MAX_MSG_LEN`] bytes encoded), [`ChannelError::Encode`]. Never blocks.
+    pub fn try_send(&self, to: u32, msg: &Msg) -> Result<usize, ChannelError> {
+        let s = &self.shared;
+        let mut plain = vec![FRAME_MSG];
+        serde_json::to_writer(&mut plain, msg).map_err(|source| ChannelError::Encode { source })?;
+        if plain.len() - 1 > MAX_MSG_LEN {
+            return Err(ChannelError::TooLarge { size: plain.len() - 1, max: MAX_MSG_LEN });
+        }
+        let plain: Arc<[u8]> = plain.into();
+        let conns = lock(&s.conns);
+        let slot = conns.get(&to).ok_or(ChannelError::UnknownPeer { node: to })?;
+        let (mut up, mut queued) = (0, 0);
+        for c in slot.links.iter().flatten() {
+            up += 1;
+            match c.tx.try_send(plain.clone()) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => bump(&s.counters.frames_dropped),
+                // The session is ending; it removes itself from the table.
+                Err(mpsc::error::TrySendError::Closed(_)) => up -= 1,
+            }
+        }
+        if up == 0 {
+            return Err(ChannelError::NotConnected { node: to });
+        }
+        Ok(queued)
+    }
+
+    pub fn stats(&self) -> ChannelStats {
+        let s = &self.shared;
+        let c = &s.counters;
+        let peers = lock(&s.conns)
+            .iter()
+            .map(|(id, slot)| (*id, PeerLinks { up: slot.links.iter().map(|l| l.as_ref().is_some_and(|c| !c.tx.is_closed())).collect(), incarnation: slot.incarnation }))
+            .collect();
+        ChannelStats {
+            peers,
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            frames_received: c.frames_received.load(Ordering::Relaxed),
+            frames_dropped: c.frames_dropped.load(Ordering::Relaxed),
+            handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
+            hello_rejects: c.hello_rejects.load(Ordering::Relaxed),
+            bad_frames: c.bad_frames.load(Ordering::Relaxed),
+            sessions: c.sessions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops every task and waits until every listener and connection is
+    /// closed (so the ports can be bound again at once). The receiver then
+    /// yields the messages still queued, then `None`.
+    pub async fn shutdown(self) {
+        let mut set = {
+            let mut t = lock(&self.shared.tasks);
+            t.closed = true;
+            std::mem::replace(&mut t.set, JoinSet::new())
+        };
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+        for slot in lock(&self.shared.conns).values_mut() {
+            slot.links.iter_mut().for_each(|l| *l = None);
+        }
+        info!(me = self.shared.me, "control channel stopped");
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        // Tasks hold the shared state: abort them, or they would run forever.
+        let mut t = lock(&self.shared.tasks);
+        t.closed = true;
+        t.set.abort_all();
+    }
+}
+
+impl Shared {
+    /// Whether a handshake failure with `ip` should be logged at warn level now.
+    fn should_warn(&self, ip: IpAddr) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut w = lock(&self.warned);
+        if w.len() > 1024 {
+            w.clear(); // many addresses: a scan; don't grow without bound
+        }
+        match w.get(&ip) {
+            Some(t) if now.duration_since(*t) < WARN_EVERY => false,
+            _ => {
+                w.insert(ip, now);
+                true
+            }
+        }
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        let mut t = lock(&self.tasks);
+        if t.closed {
+            return;
+        }
+        while t.set.try_join_next().is_some() {}
+        t.set.spawn(f);
+    }
+}
+
+fn validate(cfg: &ChannelConfig) -> Result<(), ChannelError> {
+    let bad = |reason: String| Err(ChannelError::Config { reason });
+    if cfg.port == 0 {
+        return bad("the port must not be 0".into());
+    }
+    if cfg.links.is_empty() {
+        return bad("no link".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, addrs) in &cfg.peers {
+        if *id == cfg.me {
+            return bad(format!("node {id} is this node and cannot be its own peer"));
+        }
+        if !seen.insert(*id) {
+            return bad(format!("peer {id} is listed twice"));
+        }
+        if addrs.len() != cfg.links.len() {
+            return bad(format!("peer {id} has {} addresses for {} links", addrs.len(), cfg.links.len()));
+        }
+        for (i, (a, l)) in addrs.iter().zip(&cfg.links).enumerate() {
+            if a.is_ipv4() != l.is_ipv4() {
+                return bad(format!("link {i}: peer {id}'s address {a} and this node's address {l} are not of the same IP version"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bind(addr: IpAddr, port: u16) -> Result<TcpListener, ChannelError> {
+    let err = |source| ChannelError::Bind { addr, port, source };
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(SocketAddr::new(addr, port)).map_err(err)?;
+    sock.listen(128).map_err(err)
+}
+
+fn noise_builder(psk: &[u8; 32]) -> Result<snow::Builder<'_>, snow::Error> {
+    snow::Builder::new(NOISE_PARAMS.parse()?).psk(0, psk)
+}
+
+async fn listen_loop(s: Arc<Shared>, link: usize, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let s2 = s.clone();
+                s.spawn(async move {
+                    run_session(s2, stream, remote, link, Role::Listener).await;
+                });
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: don't spin.
+                warn!(link, "control channel: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn dial_loop(s: Arc<Shared>, peer: u32, link: usize, local: IpAddr, remote_ip: IpAddr) {
+    let remote = SocketAddr::new(remote_ip, s.port);
+    let mut backoff = MIN_BACKOFF;
+    let mut reported = false;
+    loop {
+        match connect(local, remote).await {
+            Ok(stream) => {
+                reported = false;
+                if run_session(s.clone(), stream, remote, link, Role::Dialer { peer }).await {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Err(e) => {
+                // Normal while the peer is down: say it once per outage.
+                if !reported {
+                    info!(peer, link, %remote, "control channel: cannot connect: {e} (retrying)");
+                    reported = true;
+                } else {
+                    debug!(peer, link, %remote, "control channel: cannot connect: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(local: IpAddr, remote: SocketAddr) -> io::Result<TcpStream> {
+    let sock = if local.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    // From my address on this link, so the connection uses this link.
+    sock.bind(SocketAddr::new(local, 0))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(remote)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    /// I dialed `peer` (the Noise initiator).
+    Dialer { peer: u32 },
+    Listener,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum SessionError {
+    Io(io::Error),
+    /// The peer closed the connection.
+    Closed,
+    Timeout(&'static str),
+    /// Garbage or a wrong key during the handshake.
+    Handshake(String),
+    Hello(String),
+    /// A bad frame after the handshake.
+    BadFrame(String),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Io(e) => write!(f, "{e}"),
+            SessionError::Closed => write!(f, "connection closed by the peer"),
+            SessionError::Timeout(what) => write!(f, "timed out: {what}"),
+            SessionError::Handshake(m) => write!(f, "handshake failed: {m}"),
+            SessionError::Hello(m) => write!(f, "hello rejected: {m}"),
+            SessionError::BadFrame(m) => write!(f, "bad frame: {m}"),
+        }
+    }
+}
+
+impl From<io::Error> for SessionError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            SessionError::Closed
+        } else {
+            SessionError::Io(e)
+        }
+    }
+}
+
+/// Reads one frame (length-prefixed) of at most `max` bytes.
+async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>, max: usize) -> Result<(), SessionError> {
+    let mut len = [0u8; 2];
+    rd.read_exact(&mut len).await?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len == 0 || len > max {
+        return Err(SessionError::BadFrame(format!("frame of {len} bytes (at most {max} expected)")));
+    }
+    buf.resize(len, 0);
+    rd.read_exact(buf).await?;
+    Ok(())
+}
+
+/// Writes `body` (at most 65535 bytes) as one frame.
+async fn write_frame(wr: &mut (impl AsyncWriteExt + Unpin), out: &mut [u8], body_len: usize) -> io::Result<()> {
+    // `out` holds the body at [2..2 + body_len].
+    out[..2].copy_from_slice(&(body_len as u16).to_be_bytes());
+    wr.write_all(&out[..2 + body_len]).await
+}
+
+struct Hello {
+    node: u32,
+    cluster: u32,
+    incarnation: u64,
+}
+
+fn encode_hello(h: &Hello) -> [u8; 1 + HELLO_LEN] {
+    let mut b = [0u8; 1 + HELLO_LEN];
+    b[0] = FRAME_HELLO;
+    b[1..5].copy_from_slice(&h.node.to_be_bytes());
+    b[5..9].copy_from_slice(&h.cluster.to_be_bytes());
+    b[9..17].copy_from_slice(&h.incarnation.to_be_bytes());
+    b
+}
+
+fn decode_hello(p: &[u8]) -> Result<Hello, SessionError> {
+    if p.len() != 1 + HELLO_LEN || p[0] != FRAME_HELLO {
+        return Err(SessionError::Hello(format!("expected a hello frame, got type {:?}, {} bytes", p.first(), p.len())));
+    }
+    let u32_at = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+    let mut inc = [0u8; 8];
+    inc.copy_from_slice(&p[9..17]);
+    Ok(Hello { node: u32_at(1), cluster: u32_at(5), incarnation: u64::from_be_bytes(inc) })
+}
+
+/// A session that is up: the transport state and the peer.
+struct Up {
+    ts: TransportState,
+    peer: u32,
+    incarnation: u64,
+}
+
+/// The Noise handshake and the hellos.
+async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, role: Role) -> Result<Up, SessionError> {
+    let hs_err = |e: snow::Error| SessionError::Handshake(format!("{e} (does the peer use the same cluster secret and id?)"));
+    let mut out = vec![0u8; 2 + MAX_HANDSHAKE_FRAME_LEN];
+    let mut frame = Vec::new();
+    let mut scratch = vec![0u8; MAX_HANDSHAKE_FRAME_LEN];
+    let builder = noise_builder(&s.psk).map_err(hs_err)?;
+    let mut hs: HandshakeState = match role {
+        Role::Dialer { .. } => builder.build_initiator(),
+        Role::Listener => builder.build_responder(),
+    }
+    .map_err(hs_err)?;
+    let mut read_hs = async |hs: &mut HandshakeState, rd: &mut OwnedReadHalf| -> Result<(), SessionError> {
+        match read_frame(rd, &mut frame, MAX_HANDSHAKE_FRAME_LEN).await {
+            Ok(()) => {}
+            Err(SessionError::BadFrame(m)) => return Err(SessionError::Handshake(m)),
+            Err(SessionError::Closed) => return Err(SessionError::Handshake("connection closed during the handshake (does the peer use the same cluster secret and id?)".into())),
+            Err(e) => return Err(e),
+        }
+        hs.read_message(&frame, &mut scratch).map_err(hs_err)?;
+        Ok(())
+    };
+    match role {
+        Role::Dialer { .. } => {
+            let n = hs.write_message(&[], &mut out[2..]).map_err(hs_err)?;
+            write_frame(wr, &mut out, n).await?;
+            read_hs(&mut hs, rd).await?;
+        }
+        Role::Listener => {
+            read_hs(&mut hs, rd).await?;
+            let n = hs.write_message(&[], &mut out[2..]).map_err(hs_err)?;
+            write_frame(wr, &mut out, n).await?;
+        }
+    }
+    let mut ts = hs.into_transport_mode().map_err(hs_err)?;
+
+    // Hellos: the dialer's first, then the listener's.
+    let mine = encode_hello(&Hello { node: s.me, cluster: s.cluster_id, incarnation: s.incarnation });
+    let mut send_hello = async |ts: &mut TransportState, wr: &mut OwnedWriteHalf| -> Result<(), SessionError> {
+        let n = ts.write_message(&mine, &mut out[2..]).map_err(hs_err)?;
+        write_frame(wr, &mut out, n).await?;
+        Ok(())
+    };
+    let recv_hello = async |ts: &mut TransportState, rd: &mut OwnedReadHalf| -> Result<Hello, SessionError> {
+        let mut frame = Vec::new();
+        match read_frame(rd, &mut frame, MAX_HANDSHAKE_FRAME_LEN).await {
+            Ok(()) => {}
+            Err(SessionError::BadFrame(m)) => return Err(SessionError::Handshake(m)),
+            Err(SessionError::Closed) => return Err(SessionError::Handshake("connection closed before the hello".into())),
+            Err(e) => return Err(e),
+        }
+        let mut p = [0u8; MAX_HANDSHAKE_FRAME_LEN];
+        let n = ts.read_message(&frame, &mut p).map_err(|e| SessionError::Handshake(format!("hello does not decrypt: {e}")))?;
+        decode_hello(&p[..n])
+    };
+    let known = |node: u32| lock(&s.conns).contains_key(&node);
+    let peer_hello = match role {
+        Role::Dialer { peer } => {
+            send_hello(&mut ts, wr).await?;
+            let h = recv_hello(&mut ts, rd).await?;
+            if h.cluster != s.cluster_id {
+                return Err(SessionError::Hello(format!("cluster id {}, expected {}", h.cluster, s.cluster_id)));
+            }
+            if h.node != peer {
+                return Err(SessionError::Hello(format!("node {} answered, expected node {peer}", h.node)));
+            }
+            h
+        }
+        Role::Listener => {
+            let h = recv_hello(&mut ts, rd).await?;
+            if h.cluster != s.cluster_id {
+                return Err(SessionError::Hello(format!("cluster id {}, expected {}", h.cluster, s.cluster_id)));
+            }
+            if !known(h.node) {
+                return Err(SessionError::Hello(format!("unknown node id {}", h.node)));
+            }
+            if h.node > s.me {
+                return Err(SessionError::Hello(format!("node {} dialed, but the lower id (this node, {}) dials", h.node, s.me)));
+            }
+            send_hello(&mut ts, wr).await?;
+            h
+        }
+    };
+    Ok(Up { ts, peer: peer_hello.node, incarnation: peer_hello.incarnation })
+}
+
+/// Runs one connection to its end. Returns whether its session came up.
+async fn run_session(s: Arc<Shared>, stream: TcpStream, remote: SocketAddr, link: usize, role: Role) -> bool {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let up = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&s, &mut rd, &mut wr, role)).await {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            bump(&s.counters.handshake_failures);
+            if matches!(e, SessionError::Hello(_)) {
+                bump(&s.counters.hello_rejects);
+            }
+            if s.should_warn(remote.ip()) {
+                warn!(peer_addr = %remote, link, ?role, "control channel: {e}; connection closed (similar failures with this address are logged at debug level for {WARN_EVERY:?})");
+            } else {
+                debug!(peer_addr = %remote, link, ?role, "control channel: {e}; connection closed");
+            }
+            return false;
+        }
+        Err(_) => {
+            bump(&s.counters.handshake_failures);
+            let e = SessionError::Timeout("handshake");
+            if s.should_warn(remote.ip()) {
+                warn!(peer_addr = %remote, link, ?role, "control channel: {e}; connection closed (similar failures with this address are logged at debug level for {WARN_EVERY:?})");
+            } else {
+                debug!(peer_addr = %remote, link, ?role, "control channel: {e}; connection closed");
+            }
+            return false;
+        }
+    };
+    let Up { ts, peer, incarnation } = up;
+
+    // Register the session (replacing an older one on the same link: its
+    // queue's sender is dropped, which ends it).
+    let (tx, rx) = mpsc::channel(QUEUE_LEN);
+    let gen = s.next_gen.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut conns = lock(&s.conns);
+        let Some(slot) = conns.get_mut(&peer) else { return false };
+        slot.links[link] = Some(Conn { gen, tx });
+        slot.incarnation = Some(incarnation);
+    }
+    bump(&s.counters.sessions);
+    info!(peer, link, peer_addr = %remote, incarnation, "control channel: link up");
+
+    let ts = Mutex::new(ts);
+    let end = tokio::select! {
+        r = reader(&s, &ts, rd, peer, remote) => r,
+        r = writer(&s, &ts, wr, rx) => r,
+    };
+    {
+        let mut conns = lock(&s.conns);
+        if let Some(slot) = conns.get_mut(&peer) {
+            if slot.links[link].as_ref().is_some_and(|c| c.gen == gen) {
+                slot.links[link] = None;
+            }
+        }
+    }
+    match end {
+        Err(e @ SessionError::BadFrame(_)) => {
+            bump(&s.counters.bad_frames);
+            warn!(peer, link, peer_addr = %remote, "control channel: {e}; connection closed");
+        }
+        Err(e @ SessionError::Timeout(_)) => warn!(peer, link, peer_addr = %remote, "control channel: {e}; connection closed"),
+        Err(e) => info!(peer, link, peer_addr = %remote, "control channel: link down: {e}"),
+        Ok(()) => debug!(peer, link, peer_addr = %remote, "control channel: session replaced or stopped"),
+    }
+    true
+}
+
+async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, peer: u32, remote: SocketAddr) -> Result<(), SessionError> {
+    let mut frame = Vec::with_capacity(MAX_FRAME_LEN);
+    let mut plain = vec![0u8; MAX_FRAME_LEN];
+    loop {
+        tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, &mut frame, MAX_FRAME_LEN))
+            .await
+            .map_err(|_| SessionError::Timeout("nothing received (not even a keepalive)"))??;
+        let n = lock(ts).read_message(&frame, &mut plain).map_err(|e| SessionError::BadFrame(format!("does not decrypt: {e}")))?;
+        let p = &plain[..n];
+        match p.first() {
+            Some(&FRAME_KEEPALIVE) if n == 1 => {}
+            Some(&FRAME_MSG) => match serde_json::from_slice::<Msg>(&p[1..]) {
+                Ok(msg) => {
+                    bump(&s.counters.frames_received);
+                    // Backpressure if the consumer is slow; if it is gone, drop.
+                    let _ = s.inbox.send((peer, msg)).await;
+                }
+                Err(e) => {
+                    // Authenticated, so from a holder of the secret: another
+                    // version, not an attack. Skip this message only.
+                    bump(&s.counters.bad_frames);
+                    warn!(peer, peer_addr = %remote, "control channel: a message that does not decode skipped: {e}");
+                }
+            },
+            other => return Err(SessionError::BadFrame(format!("unexpected frame type {other:?} ({n} bytes)"))),
+        }
+    }
+}
+
+async fn writer(s: &Shared, ts: &Mutex<TransportState>, mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Arc<[u8]>>) -> Result<(), SessionError> {
+    let mut out = vec![0u8; 2 + MAX_FRAME_LEN];
+    let keepalive: Arc<[u8]> = Arc::from(&[FRAME_KEEPALIVE][..]);
+    loop {
+        let (plain, is_msg) = match tokio::time::timeout(KEEPALIVE_INTERVAL, rx.recv()).await {
+            Ok(Some(p)) => (p, true),
+            // Replaced by a newer session on this link, or shutting down.
+            Ok(None) => return Ok(()),
+            Err(_) => (keepalive.clone(), false),
+        };
+        let n = lock(ts).write_message(&plain, &mut out[2..]).map_err(|e| SessionError::Io(io::Error::other(format!("encrypt: {e}"))))?;
+        write_frame(&mut wr, &mut out, n).await?;
+        if is_msg {
+            bump(&s.counters.frames_sent);
+        }
+    }
+}

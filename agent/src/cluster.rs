@@ -1,0 +1,263 @@
+//! The thin runtime around the membership core: it feeds the core with
+//! datapath peer events, control-channel messages, local subsystem
+//! registrations and acknowledgements, and timer ticks, and carries out the
+//! core's actions (messages, notifications, distress, halting). The protocol
+//! itself is in `baton_core::membership`; nothing here decides anything.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use baton_core::membership::{
+    Action, Barriers, Config as CoreConfig, HaltReason, Input, Kind, LevelSpec, Membership, NodeState, SubsystemId,
+};
+use baton_core::{Instant, NodeId};
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use crate::channel::Channel;
+use crate::events::monotonic_ns;
+use crate::subsys::SubsysServer;
+
+/// The agent's own parts register as these levels (lowest first): fencing
+/// must be done before storage is taken over, storage before addresses,
+/// addresses before services.
+pub const BUILTIN_LEVELS: [(&str, u32); 4] = [("fencing", 10), ("storage", 20), ("addresses", 30), ("services", 40)];
+
+/// Ids of external subsystems (over the Unix socket) start here.
+pub const FIRST_EXTERNAL_SUBSYSTEM: SubsystemId = 100;
+
+/// What the caller must do after an input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// S0.2: send the distress datagram on every link.
+    SendDistress { reason: u32 },
+    /// Clustering ended on this node.
+    Halted { why: HaltReason },
+    /// The graceful leave finished.
+    Left,
+}
+
+pub struct ClusterDriver {
+    core: Membership,
+    me: NodeId,
+    channel: Channel,
+    subsys: SubsysServer,
+    names: BTreeMap<NodeId, String>,
+    builtin: BTreeMap<SubsystemId, &'static str>,
+    external: BTreeMap<SubsystemId, String>,
+    snapshot: PathBuf,
+    /// Local notifications not acknowledged yet, for status.
+    in_flight: BTreeMap<(SubsystemId, NodeId, u64), (Kind, u32, u32)>,
+    halted: Option<HaltReason>,
+    messages_sent: u64,
+}
+
+fn state_name(s: NodeState) -> &'static str {
+    match s {
+        NodeState::Inactive => "inactive",
+        NodeState::Joining => "joining",
+        NodeState::Joined => "joined",
+        NodeState::Leaving => "leaving",
+        NodeState::ForcedLeaving => "forced-leaving",
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Join => "join",
+        Kind::Leave => "leave",
+        Kind::ForcedLeave => "forced-leave",
+    }
+}
+
+impl ClusterDriver {
+    pub fn new(
+        core_cfg: CoreConfig,
+        channel: Channel,
+        subsys: SubsysServer,
+        names: BTreeMap<NodeId, String>,
+        snapshot: PathBuf,
+    ) -> ClusterDriver {
+        let me = core_cfg.me;
+        let mut d = ClusterDriver {
+            core: Membership::new(core_cfg),
+            me,
+            channel,
+            subsys,
+            names,
+            builtin: BTreeMap::new(),
+            external: BTreeMap::new(),
+            snapshot,
+            in_flight: BTreeMap::new(),
+            halted: None,
+            messages_sent: 0,
+        };
+        for (i, (name, level)) in BUILTIN_LEVELS.iter().enumerate() {
+            let id = i as SubsystemId + 1;
+            d.builtin.insert(id, name);
+            d.core.handle(Instant(monotonic_ns()), Input::Register { subsystem: id, spec: LevelSpec { level: *level, barriers: Barriers::ONE } });
+        }
+        d
+    }
+
+    pub fn name(&self, n: NodeId) -> String {
+        self.names.get(&n).cloned().unwrap_or_else(|| format!("node{n}"))
+    }
+
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        if self.halted.is_some() {
+            return None;
+        }
+        self.core.next_deadline().map(|i| i.0)
+    }
+
+    pub fn register_external(&mut self, subsystem: SubsystemId, name: String, spec: LevelSpec) -> Vec<Effect> {
+        info!(subsystem, name = %name, level = spec.level, "subsystem registered");
+        self.external.insert(subsystem, name);
+        self.handle(Input::Register { subsystem, spec })
+    }
+
+    pub fn deregister_external(&mut self, subsystem: SubsystemId) -> Vec<Effect> {
+        if let Some(name) = self.external.remove(&subsystem) {
+            info!(subsystem, name = %name, "subsystem deregistered");
+        }
+        self.in_flight.retain(|(s, _, _), _| *s != subsystem);
+        self.handle(Input::Deregister { subsystem })
+    }
+
+    /// Feeds one input and carries out every resulting action.
+    pub fn handle(&mut self, input: Input) -> Vec<Effect> {
+        if self.halted.is_some() {
+            return Vec::new();
+        }
+        if let Input::Ack { subsystem, id, .. } = &input {
+            self.in_flight.remove(&(*subsystem, id.node, id.incarnation));
+        }
+        let starting = matches!(input, Input::Start);
+        self.core.handle(Instant(monotonic_ns()), input);
+        let mut effects = Vec::new();
+        let mut changed = starting;
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Send { to, msg } => {
+                    self.messages_sent += 1;
+                    self.channel.send(to, &msg);
+                }
+                Action::Notify { subsystem, id, step, states } => {
+                    changed = true;
+                    if let Some(part) = self.builtin.get(&subsystem).copied() {
+                        // Nothing to do yet for the agent's own parts: they
+                        // acknowledge at once (fencing, storage, addresses and
+                        // services arrive with their own issues).
+                        info!(part, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "transition step");
+                        self.core.handle(Instant(monotonic_ns()), Input::Ack { subsystem, id, step });
+                    } else {
+                        info!(subsystem, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "notifying subsystem");
+                        self.in_flight.insert((subsystem, id.node, id.incarnation), (id.kind, step.level, step.barrier));
+                        self.subsys.notify(subsystem, id, step, &states);
+                    }
+                }
+                Action::SendDistress { reason } => {
+                    error!(reason, "critical local failure: sending distress to every node");
+                    effects.push(Effect::SendDistress { reason });
+                }
+                Action::Terminate { subsystem, reason } => {
+                    if !self.builtin.contains_key(&subsystem) {
+                        self.subsys.terminate(subsystem, reason);
+                    }
+                }
+                Action::Halt { why } => {
+                    error!(?why, "clustering halted on this node");
+                    self.halted = Some(why);
+                    changed = true;
+                    effects.push(Effect::Halted { why });
+                }
+                Action::Left => {
+                    info!("graceful leave finished");
+                    changed = true;
+                    effects.push(Effect::Left);
+                }
+                Action::StateChanged { view } => {
+                    changed = true;
+                    tracing::debug!(?view, "view");
+                }
+                Action::TransitionCompleted { id, .. } => {
+                    info!(node = %self.name(id.node), transition = kind_name(id.kind), "transition completed on every node");
+                }
+                Action::PeerFailed { node, distress } => {
+                    warn!(node = %self.name(node), distress, "peer failure processed");
+                }
+            }
+        }
+        if changed {
+            if let Some(st) = self.core.state() {
+                let live = st.transitions.values().map(|t| t.id).collect();
+                self.subsys.retain_transitions(&live);
+            }
+            self.write_snapshot();
+        }
+        effects
+    }
+
+    /// `<state_dir>/cluster.json`, read by `baton status`.
+    pub fn write_snapshot(&self) {
+        let st = self.core.state();
+        let nodes: Vec<serde_json::Value> = st
+            .map(|s| {
+                s.nodes
+                    .iter()
+                    .map(|(n, e)| json!({"id": n, "name": self.name(*n), "state": state_name(e.state), "incarnation": e.incarnation}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let transitions: Vec<serde_json::Value> = st
+            .map(|s| {
+                s.transitions
+                    .values()
+                    .map(|t| {
+                        let step = t.step();
+                        json!({
+                            "node": t.id.node, "name": self.name(t.id.node), "kind": kind_name(t.id.kind),
+                            "level": step.level, "barrier": step.barrier,
+                            "direction": if t.id.kind.bottom_up() { "bottom-up" } else { "top-down" },
+                            "levels": t.path.iter().map(|l| l.level).collect::<Vec<_>>(),
+                            "participants": t.participants,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let local: Vec<serde_json::Value> = self
+            .in_flight
+            .iter()
+            .map(|((s, n, _), (k, l, b))| json!({"subsystem": s, "name": self.external.get(s), "node": n, "kind": kind_name(*k), "level": l, "barrier": b}))
+            .collect();
+        let view = st.map(|s| json!({"term": s.view.term, "master": s.view.master, "version": s.view.version}));
+        let doc = json!({
+            "me": self.me,
+            "my_state": state_name(self.core.my_state()),
+            "master": st.map(|s| s.view.master),
+            "view": view,
+            "nodes": nodes,
+            "transitions": transitions,
+            "local_in_flight": local,
+            "subsystems": self.builtin.iter().map(|(id, n)| json!({"id": id, "name": n, "builtin": true}))
+                .chain(self.external.iter().map(|(id, n)| json!({"id": id, "name": n, "builtin": false}))).collect::<Vec<_>>(),
+            "halted": self.halted.map(|h| format!("{h:?}")),
+            "stats": {
+                "messages_sent": self.messages_sent,
+                "gmp_messages_sent": self.core.stats().gmp_messages_sent,
+                "changes_committed": self.core.stats().changes_committed,
+            },
+        });
+        let tmp = self.snapshot.with_extension("tmp");
+        if std::fs::write(&tmp, doc.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.snapshot);
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.subsys.shutdown().await;
+        self.channel.shutdown().await;
+    }
+}

@@ -1,0 +1,163 @@
+//! Kernel tests of the cluster brain: real agents in network namespaces,
+//! membership over the encrypted control channel, failure detection by the
+//! XDP datapath, transitions over the agent's built-in levels (fencing 10,
+//! storage 20, addresses 30, services 40).
+
+use std::time::Duration;
+
+use baton_tests::*;
+
+fn positions(lines: &[String], needles: &[&str]) -> Vec<usize> {
+    needles
+        .iter()
+        .map(|n| lines.iter().position(|l| l.contains(n)).unwrap_or_else(|| panic!("no line with {n:?} in:\n{}", lines.join("\n"))))
+        .collect()
+}
+
+#[test]
+fn nodes_started_one_by_one_all_join_one_view() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("mjoin", 3, 1, 10, 3);
+    // One of three configured nodes is not a quorum: it waits, and says so.
+    c.start(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.membership(0)["my_state"], "inactive", "a lone node must not form a cluster of 3");
+    assert!(c.membership(0)["view"].is_null());
+    // With a second node there is a majority: they form the cluster.
+    c.start(1);
+    c.wait_all_joined(Duration::from_secs(10));
+    c.start(2);
+    c.wait_all_joined(Duration::from_secs(10));
+    let m = c.membership(0);
+    let states: Vec<&str> = m["nodes"].as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["joined", "joined", "joined"], "{m}");
+    assert_eq!(m["master"], 1, "the node that formed the cluster is its master");
+    // baton status shows the membership too.
+    let st = c.status(2);
+    assert_eq!(st["cluster"]["my_state"], "joined");
+}
+
+#[test]
+fn all_nodes_started_at_once_after_a_power_failure_join() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("mpow", 5, 1, 10, 3);
+    // Spawn all five before waiting for any.
+    for i in 0..5 {
+        let cfg = c.config_path(i);
+        let log = c.node_dir(i).join("agent.log");
+        c.agents[i] = Some(Agent::spawn(&c.hosts[i].ns, &cfg, &log));
+    }
+    let took = c.wait_all_joined(Duration::from_secs(20));
+    eprintln!("5 nodes started at once: all joined after {took:?}");
+    let m = c.membership(4);
+    assert_eq!(m["nodes"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn graceful_leave_is_processed_top_down_on_every_node() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("mleave", 3, 1, 10, 3);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(10));
+    assert!(c.stop(2).success(), "SIGTERM: a graceful leave, exit 0:\n{}", c.agent_log(2));
+    for i in [0, 1] {
+        let lines = c.log_lines(i, &["transition step", "node=node3", "transition=\"leave\""]);
+        let p = positions(&lines, &["level=40", "level=30", "level=20", "level=10"]);
+        assert!(p.windows(2).all(|w| w[0] < w[1]), "leave must go top-down: {lines:#?}");
+        wait_until(Duration::from_secs(5), || c.membership(i)["nodes"][2]["state"] == "inactive")
+            .unwrap_or_else(|| panic!("node3 not inactive at node{}: {}", i + 1, c.membership(i)));
+    }
+    // No forced leave: it was graceful.
+    assert!(c.log_lines(0, &["transition step", "node=node3", "forced-leave"]).is_empty());
+}
+
+#[test]
+fn killed_node_is_forced_out_bottom_up_within_the_bound() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("mkill", 3, 1, 10, 3);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(10));
+    let killed = c.kill(2);
+    for i in [0, 1] {
+        let done = wait_until(Duration::from_secs(5), || c.membership(i)["nodes"][2]["state"] == "inactive");
+        assert!(done.is_some(), "node3 never forced out at node{}: {}", i + 1, c.membership(i));
+        let lines = c.log_lines(i, &["transition step", "node=node3", "transition=\"forced-leave\""]);
+        let p = positions(&lines, &["level=10", "level=20", "level=30", "level=40"]);
+        assert!(p.windows(2).all(|w| w[0] < w[1]), "forced leave must go bottom-up: {lines:#?}");
+    }
+    let ms = (monotonic_ns() - killed) as f64 / 1e6;
+    eprintln!("node3 forced out everywhere {ms:.0} ms after SIGKILL (observed by polling)");
+    // The survivors keep a quorum (2 of 3) and stay joined.
+    assert_eq!(c.membership(0)["my_state"], "joined");
+}
+
+#[test]
+fn a_reported_failure_starts_the_forced_leave_before_any_timeout() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    // Silence bound 1 s: only the distress can explain a fast forced leave.
+    let mut c = Cluster::new("mfail", 3, 2, 100, 10);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(15));
+    let t0 = monotonic_ns();
+    let out = std::process::Command::new(baton_bin())
+        .args(["fail", "--reason", "corruption", "--config"])
+        .arg(c.node_dir(2).join("baton.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in [0, 1] {
+        let seen = wait_until(Duration::from_secs(3), || !c.log_lines(i, &["peer failure processed", "node=node3", "distress=true"]).is_empty());
+        let ms = (monotonic_ns() - t0) as f64 / 1e6;
+        assert!(seen.is_some(), "node{} never processed node3's distress:\n{}", i + 1, c.agent_log(i));
+        assert!(ms < 800.0, "distress processed after {ms} ms; the silence bound is 1000 ms");
+        wait_until(Duration::from_secs(5), || c.membership(i)["nodes"][2]["state"] == "inactive").expect("forced out");
+    }
+    // Clustering ended on node 3 (S0.2): its agent exits with an error.
+    let mut a = c.agents[2].take().unwrap();
+    wait_until(Duration::from_secs(5), || a.child.try_wait().unwrap().is_some()).expect("agent exited");
+    assert!(!a.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_forced_out_node_rejoins_only_after_its_leave_finished() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("mrej", 3, 1, 10, 3);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(10));
+    // Everything node1 logs from here on is about the kill and the new life.
+    let before = c.agent_log(0).lines().count();
+    c.kill(2);
+    c.start(2);
+    let order = || -> Option<(usize, usize)> {
+        let log = c.agent_log(0);
+        let lines: Vec<&str> = log.lines().skip(before).collect();
+        let done = lines.iter().position(|l| {
+            l.contains("transition completed on every node") && l.contains("node=node3") && l.contains("forced-leave")
+        })?;
+        let first_join_step = lines
+            .iter()
+            .position(|l| l.contains("transition step") && l.contains("node=node3") && l.contains("transition=\"join\""))?;
+        let joined = lines.iter().position(|l| {
+            l.contains("transition completed on every node") && l.contains("node=node3") && l.contains("transition=\"join\"")
+        })?;
+        let _ = joined;
+        Some((done, first_join_step))
+    };
+    wait_until(Duration::from_secs(15), || order().is_some())
+        .unwrap_or_else(|| panic!("node3 did not rejoin after its forced leave:\n{}", c.agent_log(0)));
+    let (done, rejoin) = order().unwrap();
+    assert!(done < rejoin, "node3's new life was notified joining before its old life's forced leave finished");
+    c.wait_all_joined(Duration::from_secs(10));
+}
