@@ -197,6 +197,9 @@ impl ViewId {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClusterState {
     pub view: ViewId,
+    /// The view in which this cluster was formed: kept through takeovers,
+    /// so that a successor's state is recognised as the same cluster.
+    pub origin: ViewId,
     pub nodes: BTreeMap<NodeId, NodeEntry>,
     pub transitions: BTreeMap<NodeId, Transition>,
 }
@@ -715,9 +718,8 @@ impl Membership {
             }
             // Membership of this life only (an older life's entry is not ours).
             was_member = cur.group().contains(&me) && cur.nodes.get(&me).map(|e| e.incarnation) == Some(self.cfg.incarnation);
-            let other_lineage = (s.view.term, s.view.master, s.view.master_incarnation)
-                != (cur.view.term, cur.view.master, cur.view.master_incarnation);
-            if other_lineage && !s.group().contains(&me) && was_member {
+            let other_lineage = s.origin != cur.origin;
+            if other_lineage && was_member {
                 // Another cluster (formed apart, with a lower id) supersedes
                 // ours: stop, and start again with a new incarnation.
                 self.state = Some(s);
@@ -896,10 +898,12 @@ impl Membership {
         for n in &self.cfg.nodes {
             nodes.insert(*n, NodeEntry { state: NodeState::Inactive, incarnation: 0, levels: BTreeSet::new() });
         }
+        // Above every term heard of, so that the new cluster supersedes
+        // whatever dead lineage a node may still follow.
+        let view = ViewId { term: self.max_term + 1, master: me, master_incarnation: self.cfg.incarnation, version: 0 };
         self.state = Some(ClusterState {
-            // Above every term heard of, so that the new cluster supersedes
-            // whatever dead lineage a node may still follow.
-            view: ViewId { term: self.max_term + 1, master: me, master_incarnation: self.cfg.incarnation, version: 0 },
+            view,
+            origin: view,
             nodes,
             transitions: BTreeMap::new(),
         });
