@@ -401,6 +401,8 @@ pub struct Membership {
     failed: BTreeSet<NodeId>,
     /// When each node's latest report arrived.
     report_at: BTreeMap<NodeId, Instant>,
+    /// Since when our master is gone and someone else should succeed it.
+    orphan_since: Option<Instant>,
     /// When the master we follow last sent us its state.
     master_contact: Instant,
     /// The highest term heard of (reports, states).
@@ -446,6 +448,7 @@ impl Membership {
             gmp_members: BTreeSet::new(),
             max_term: 0,
             master_contact: Instant::ZERO,
+            orphan_since: None,
             report_at: BTreeMap::new(),
             distressed: BTreeSet::new(),
             locals: BTreeMap::new(),
@@ -662,9 +665,10 @@ impl Membership {
                 // A report sent to a successor carries the sender's state: if
                 // it is more advanced than ours, follow it too, so that every
                 // survivor agrees on who the successor is.
+                // (Only within the cluster we are in: a state of a cluster
+                // whose master is gone must not stop us from forming anew.)
                 let newer = match (&r.state, &self.state) {
-                    (Some(st), Some(cur)) => st.view.supersedes(&cur.view),
-                    (Some(_), None) => true,
+                    (Some(st), Some(cur)) => st.origin == cur.origin && st.view.supersedes(&cur.view),
                     _ => false,
                 };
                 if newer {
@@ -847,6 +851,17 @@ impl Membership {
             self.started_at = now;
             self.recovering = None;
             self.report_dirty = true;
+        }
+        // Waiting for a successor that never takes over (it follows another
+        // cluster now): the cluster we follow is gone.
+        if self.master_dead() && self.successor() != Some(self.cfg.me) {
+            let since = *self.orphan_since.get_or_insert(now);
+            if now.since(since) > 2 * self.cfg.form_ns {
+                self.halt(HaltReason::ClusterLost);
+                return;
+            }
+        } else {
+            self.orphan_since = None;
         }
         if self.master_dead() && self.successor().is_none() && self.my_state() != NodeState::Joined {
             // The master is gone and no joined member is left to succeed it:
