@@ -161,3 +161,62 @@ fn a_forced_out_node_rejoins_only_after_its_leave_finished() {
     assert!(done < rejoin, "node3's new life was notified joining before its old life's forced leave finished");
     c.wait_all_joined(Duration::from_secs(10));
 }
+
+#[test]
+fn an_external_subsystem_is_notified_in_level_order_and_a_missed_ack_ends_clustering() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("msub", 3, 1, 10, 3);
+    c.start(0);
+    c.start(1);
+    c.wait_all_joined(Duration::from_secs(10));
+    let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/subsystem-client.py");
+    let sock = |i: usize| c.node_dir(i).join("run").join(format!("{}-subsys.sock", c.cluster_name));
+    // A well-behaved subsystem at level 25 on node 1.
+    let out1 = std::fs::File::create(c.dir.join("client1.log")).unwrap();
+    let mut good = std::process::Command::new("python3")
+        .arg(&client)
+        .arg(sock(0))
+        .args(["db", "25"])
+        .stdout(out1.try_clone().unwrap())
+        .stderr(out1)
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(5), || !c.log_lines(0, &["subsystem registered", "level=25"]).is_empty()).expect("registered");
+    // A subsystem on node 2 that never acknowledges in time.
+    let out2 = std::fs::File::create(c.dir.join("client2.log")).unwrap();
+    let mut slow = std::process::Command::new("python3")
+        .arg(&client)
+        .arg(sock(1))
+        .args(["slow", "25", "--delay-ms", "60000", "--ack-timeout-ms", "300"])
+        .stdout(out2.try_clone().unwrap())
+        .stderr(out2)
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(5), || !c.log_lines(1, &["subsystem registered", "level=25"]).is_empty()).expect("registered");
+    // Node 3 joins: node 1's subsystem is notified between storage (20) and addresses (30).
+    c.start(2);
+    let lines = || c.log_lines(0, &["node=node3", "transition=\"join\""]);
+    wait_until(Duration::from_secs(10), || lines().iter().any(|l| l.contains("level=40"))).expect("join went through level 40");
+    let l = lines();
+    let p = positions(&l, &["level=20", "level=25", "level=30"]);
+    assert!(p[0] < p[1] && p[1] < p[2], "level 25 out of order: {l:#?}");
+    let log1 = std::fs::read_to_string(c.dir.join("client1.log")).unwrap();
+    assert!(log1.contains("acked"), "the client acknowledged: {log1}");
+    // Node 2's subsystem missed its deadline: a local critical failure (S0):
+    // node 2 sends distress, terminates its subsystems and ends clustering.
+    let mut a = c.agents[1].take().unwrap();
+    wait_until(Duration::from_secs(10), || a.child.try_wait().unwrap().is_some())
+        .unwrap_or_else(|| panic!("node 2 kept running:\n{}", c.agent_log(1)));
+    assert!(!a.child.wait().unwrap().success());
+    wait_until(Duration::from_secs(5), || !c.log_lines(0, &["peer failure processed", "node=node2", "distress=true"]).is_empty())
+        .unwrap_or_else(|| panic!("node1 did not get node2's distress:\n{}", c.agent_log(0)));
+    // The failing subsystem itself is not terminated (S0.2 terminates the
+    // *other* members); it sees the agent go away.
+    slow.wait().unwrap();
+    let log2 = std::fs::read_to_string(c.dir.join("client2.log")).unwrap();
+    assert!(log2.contains("closed the connection") || log2.contains("terminated"), "{log2}");
+    let _ = good.kill();
+    let _ = good.wait();
+}
