@@ -131,7 +131,7 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
         "enabled": dc.enabled != 0,
         "pin_dir": cfg.paths.bpffs_dir.display().to_string(),
         "agent": agent,
-        "cluster": cluster,
+        "membership": cluster,
         "peers": nodes,
         "counters": counters,
     }))
@@ -148,7 +148,7 @@ pub fn render(v: &Value) -> String {
         v["node"]["incarnation"],
         v["timeout_ms"]
     );
-    let c = &v["cluster"];
+    let c = &v["membership"];
     if c.is_object() {
         s += &format!(
             "membership: this node {}, master {}, view term {} version {}{}\n",
@@ -163,9 +163,9 @@ pub fn render(v: &Value) -> String {
             s += &format!(
                 "{:<12} {:>6} {:<15} {:>20}\n",
                 n["name"].as_str().unwrap_or("?"),
-                n["id"],
+                n["id"].to_string(),
                 n["state"].as_str().unwrap_or("?"),
-                n["incarnation"]
+                n["incarnation"].to_string()
             );
         }
         let ts = c["transitions"].as_array().cloned().unwrap_or_default();

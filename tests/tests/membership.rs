@@ -36,7 +36,7 @@ fn nodes_started_one_by_one_all_join_one_view() {
     assert_eq!(m["master"], 1, "the node that formed the cluster is its master");
     // baton status shows the membership too.
     let st = c.status(2);
-    assert_eq!(st["cluster"]["my_state"], "joined");
+    assert_eq!(st["membership"]["my_state"], "joined");
 }
 
 #[test]

@@ -83,12 +83,15 @@ pub fn run() -> Result<()> {
     println!("  configs, logs and event logs under {}", c.dir.display());
 
     say("starting the agents one by one");
+    let t0 = monotonic_ns();
     for i in 0..3 {
         check_interrupt()?;
         c.start(i);
         println!("  {} running: XDP attached to ic0 and ic1, maps pinned in {}", c.hosts[i].name, c.bpffs_dir(i).display());
     }
     c.wait_all_up(Duration::from_secs(10));
+    c.wait_all_joined(Duration::from_secs(15));
+    println!("  all three joined the cluster {:.0} ms after the first start (node1 is the master)", (monotonic_ns() - t0) as f64 / 1e6);
     pause(300)?;
     println!("  every node sees every other node up. `baton status` on node1:\n");
     print!("{}", indent(&status_table(&c, 0)?));
@@ -101,6 +104,11 @@ pub fn run() -> Result<()> {
         let ms = (e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6;
         println!("  {} declared node3 silent {ms:.1} ms after the kill (bound: {} ms)", c.hosts[i].name, interval * misses);
     }
+    wait_until(Duration::from_secs(5), || c.membership(0)["nodes"][2]["state"] == "inactive");
+    println!(
+        "  node1 and node2 forced node3 out, bottom-up through fencing, storage, addresses, services: done {:.0} ms after the kill",
+        (monotonic_ns() - t) as f64 / 1e6
+    );
     print!("\n{}", indent(&status_table(&c, 0)?));
 
     say("restart node3: new incarnation, the peers take it back");
