@@ -91,7 +91,12 @@ fn big_state(n: u32) -> Msg {
     let nodes = (0..n)
         .map(|i| (i, NodeEntry { state: NodeState::Joined, incarnation: i as u64 * 3, levels: [LevelSpec { level: i, barriers: Barriers::ONE }].into_iter().collect() }))
         .collect();
-    Msg::State(ClusterState { view: ViewId { term: 1, master: 1, master_incarnation: 1, version: n as u64 }, nodes, transitions: BTreeMap::new() })
+    Msg::State(ClusterState {
+        view: ViewId { term: 1, master: 1, master_incarnation: 1, version: n as u64 },
+        origin: ViewId { term: 1, master: 1, master_incarnation: 1, version: 0 },
+        nodes,
+        transitions: BTreeMap::new(),
+    })
 }
 
 /// Receives until `want` (a multiset of (from, msg)) is all received; returns
