@@ -144,6 +144,9 @@ pub struct Cluster {
     pub xdp_mode: &'static str,
     /// `heartbeat.realtime_priority` written into every config (0 = normal scheduling).
     pub realtime_priority: u32,
+    /// TOML appended to every node's configuration (e.g. a `[membership]`
+    /// table); empty by default.
+    pub extra_config: String,
 }
 
 pub fn link_addr(link: usize, index: usize) -> String {
@@ -207,6 +210,7 @@ impl Cluster {
             agents,
             xdp_mode: "auto",
             realtime_priority: 10,
+            extra_config: String::new(),
         }
     }
 
@@ -249,6 +253,13 @@ impl Cluster {
             }
             let addrs: Vec<String> = p.addrs.iter().map(|a| format!("\"{a}\"")).collect();
             s += &format!("\n[[peer]]\nid = {}\nname = \"{}\"\naddresses = [{}]\n", p.id, p.name, addrs.join(", "));
+        }
+        if !self.extra_config.is_empty() {
+            s += "\n";
+            s += &self.extra_config;
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
         }
         s
     }

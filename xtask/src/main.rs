@@ -1,6 +1,7 @@
 //! baton's developer tasks: `cargo xtask <command>` (alias in .cargo/config.toml).
 
 mod bench;
+mod bench_membership;
 mod demo;
 mod setup;
 mod sim;
@@ -71,6 +72,24 @@ enum Cmd {
         /// Missed heartbeats before a peer is declared dead.
         #[arg(long, default_value_t = 3)]
         misses: u32,
+        /// membership: cluster sizes (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "3,8,16,32")]
+        sizes: Vec<usize>,
+        /// membership: forced leaves (kill, then restart and rejoin) per cluster.
+        #[arg(long, default_value_t = 3)]
+        leaves: u32,
+        /// membership: heartbeat interval for clusters of 32 nodes or more, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        interval_ms_32: u64,
+        /// membership: members per S3 subgroup ("with subgroups"; "without" is 1).
+        #[arg(long, default_value_t = 4)]
+        subgroup_size: usize,
+        /// membership: `membership.resend_ms` of the message-count clusters (form_ms is 3 times it).
+        #[arg(long, default_value_t = 2000)]
+        count_resend_ms: u32,
+        /// membership: attempts per cluster (a cluster whose agents halt or do not converge is retried).
+        #[arg(long, default_value_t = 3)]
+        attempts: u32,
     },
 }
 
@@ -78,6 +97,8 @@ enum Cmd {
 enum Bench {
     /// Failure-detection latency.
     Detect,
+    /// Membership: mass join, forced leave, messages per change with and without S3 subgroups.
+    Membership,
 }
 
 fn main() {
@@ -89,11 +110,33 @@ fn main() {
         Cmd::Demo => prepare_release().and_then(|_| demo::run()),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
         Cmd::Bench {
+            which: Bench::Membership,
+            interval_ms,
+            misses,
+            sizes,
+            leaves,
+            interval_ms_32,
+            subgroup_size,
+            count_resend_ms,
+            attempts,
+            ..
+        } => prepare_release().and_then(|_| bench_membership::membership(&bench_membership::MembershipOpts {
+            sizes,
+            leaves,
+            interval_ms,
+            interval_ms_32,
+            misses,
+            subgroup_size,
+            count_resend_ms,
+            attempts,
+        })),
+        Cmd::Bench {
             which: Bench::Detect,
             kills,
             soak_secs,
             interval_ms,
             misses,
+            ..
         } => prepare_release().and_then(|_| bench::detect(&bench::DetectOpts {
             kills,
             soak_secs,

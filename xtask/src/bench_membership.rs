@@ -1,0 +1,823 @@
+//! `cargo xtask bench membership`: how fast a cluster of N agents in network
+//! namespaces forms when every node starts at once, how fast a killed node's
+//! forced leave is processed everywhere, and how many control-channel
+//! messages one membership change costs, with S3 subgroup leaders and without
+//! them (`[membership] subgroup_size = 1`: every member is its own subgroup).
+//!
+//! Per cluster size N, three clusters are run, one after the other:
+//!
+//! * **timing** (the agent's defaults: subgroups of 4, resend 50 ms, formation
+//!   wait 500 ms): all N agents are spawned at once and the bench polls every
+//!   node's `state/cluster.json` until all say `joined`, follow the same view
+//!   and have no transition left (`join_all_ms`, from the first spawn). Then,
+//!   `--leaves` times, one non-master agent is SIGKILLed and the bench polls
+//!   until every survivor shows it `inactive` with no transition left
+//!   (`forced_leave_ms`, from the kill; it includes the failure detection,
+//!   interval × misses); the node is restarted and rejoins before the next kill.
+//! * **counts, with and without subgroups**: the same, with
+//!   `resend_ms = --count-resend-ms` (and `form_ms` three times that, so that
+//!   followers do not take the quiet master for dead). The periodic reports
+//!   and state broadcasts (every resend period) then barely overlap the
+//!   change being counted, and S3 retransmits nothing in a loss-free change
+//!   that completes within one period. The agents' counters in cluster.json
+//!   (`stats.gmp_messages_sent`: S3 messages; `stats.messages_sent`: every
+//!   control-channel message, S3 included) are summed over the survivors
+//!   before the kill and after the forced leave settled: the difference is
+//!   what that one change cost. The agent rewrites cluster.json only when
+//!   its state changes, so the counters are those of each node's last state
+//!   change: the windows are [last write before the kill, last write of the
+//!   forced leave]; the periodic traffic that can fall in them is bounded
+//!   and printed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use baton_tests::{monotonic_ns, Agent, Cluster};
+use serde_json::Value;
+
+/// Options of `cargo xtask bench membership` (see the clap definition in main.rs).
+#[derive(Debug, Clone)]
+pub struct MembershipOpts {
+    /// Cluster sizes.
+    pub sizes: Vec<usize>,
+    /// Forced leaves measured per cluster.
+    pub leaves: u32,
+    /// Heartbeat interval, in milliseconds.
+    pub interval_ms: u64,
+    /// Heartbeat interval for clusters of 32 nodes or more.
+    pub interval_ms_32: u64,
+    /// Missed heartbeats before a peer is declared dead.
+    pub misses: u32,
+    /// Members per S3 subgroup ("with subgroups").
+    pub subgroup_size: usize,
+    /// `membership.resend_ms` of the message-count clusters.
+    pub count_resend_ms: u32,
+    /// Attempts per cluster before its numbers are reported missing.
+    pub attempts: u32,
+}
+
+impl MembershipOpts {
+    fn interval_for(&self, n: usize) -> u64 {
+        if n >= 32 {
+            self.interval_ms_32
+        } else {
+            self.interval_ms
+        }
+    }
+}
+
+/// How often every node's cluster.json is read: a sweep reads N files, so
+/// it is slower for big clusters, to leave the CPUs to the agents.
+fn poll_interval(n: usize) -> Duration {
+    Duration::from_millis((n as u64 / 4).max(2))
+}
+
+/// CPU time this process (the bench: the poller and the probe) used so far, in seconds.
+fn self_cpu_s() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// A SCHED_FIFO thread per CPU (the heartbeat sender's priority) that wakes
+/// every millisecond on absolute deadlines and records how late it woke:
+/// what a heartbeat sender suffers from the machine (a non-preemptible
+/// kernel, a vCPU descheduled by the host), independent of the agent.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    /// Wake-ups later than STALL_MS: (cpu, CLOCK_MONOTONIC ns of the deadline, ms late).
+    stalls: Arc<Mutex<Vec<Stall>>>,
+    max_us: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const STALL_MS: f64 = 10.0;
+
+impl Probe {
+    fn start() -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stalls = Arc::new(Mutex::new(Vec::new()));
+        let max_us = Arc::new(AtomicU64::new(0));
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = (0..cpus)
+            .map(|cpu| {
+                let (stop, stalls, max_us) = (stop.clone(), stalls.clone(), max_us.clone());
+                std::thread::spawn(move || {
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpu, &mut set);
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                        let p = libc::sched_param { sched_priority: 10 };
+                        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &p);
+                    }
+                    let mut next = monotonic_ns();
+                    while !stop.load(Ordering::Relaxed) {
+                        next += 1_000_000;
+                        let ts = libc::timespec { tv_sec: (next / 1_000_000_000) as i64, tv_nsec: (next % 1_000_000_000) as i64 };
+                        unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
+                        let now = monotonic_ns();
+                        let late = now.saturating_sub(next);
+                        max_us.fetch_max(late / 1000, Ordering::Relaxed);
+                        if late as f64 / 1e6 > STALL_MS {
+                            stalls.lock().unwrap().push((cpu, next, late as f64 / 1e6));
+                        }
+                        if now > next + 1_000_000 {
+                            next = now;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Probe { stop, stalls, max_us, threads }
+    }
+    /// (largest lateness in ms, stalls) since the last call.
+    fn take(&self) -> (f64, Vec<Stall>) {
+        let max = self.max_us.swap(0, Ordering::Relaxed) as f64 / 1000.0;
+        (max, std::mem::take(&mut *self.stalls.lock().unwrap()))
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every node's cluster.json, re-parsed only when its bytes changed.
+struct Snapshots {
+    paths: Vec<PathBuf>,
+    raw: Vec<Vec<u8>>,
+    val: Vec<Value>,
+}
+
+impl Snapshots {
+    fn new(c: &Cluster) -> Snapshots {
+        let n = c.hosts.len();
+        Snapshots {
+            paths: (0..n).map(|i| c.node_dir(i).join("state").join("cluster.json")).collect(),
+            raw: vec![Vec::new(); n],
+            val: vec![Value::Null; n],
+        }
+    }
+    fn refresh(&mut self, which: &[usize]) {
+        for &i in which {
+            let bytes = std::fs::read(&self.paths[i]).unwrap_or_default();
+            if bytes != self.raw[i] {
+                self.val[i] = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                self.raw[i] = bytes;
+            }
+        }
+    }
+    fn forget(&mut self, i: usize) {
+        self.raw[i].clear();
+        self.val[i] = Value::Null;
+    }
+    /// When `cluster.json` of node `i` was last written, CLOCK_MONOTONIC ns
+    /// (from its mtime: CLOCK_REALTIME, coarse, one jiffy).
+    fn written_ns(&self, i: usize) -> Option<u64> {
+        let m = std::fs::metadata(&self.paths[i]).ok()?.modified().ok()?;
+        let real = m.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128;
+        Some((real - realtime_minus_monotonic()).max(0) as u64)
+    }
+    /// (messages_sent, gmp_messages_sent, changes_committed) summed over `which`.
+    fn counters(&self, which: &[usize]) -> Counters {
+        let mut c = Counters::default();
+        for &i in which {
+            let s = &self.val[i]["stats"];
+            c.total += s["messages_sent"].as_u64().unwrap_or(0);
+            c.gmp += s["gmp_messages_sent"].as_u64().unwrap_or(0);
+            c.changes = c.changes.max(s["changes_committed"].as_u64().unwrap_or(0));
+        }
+        c
+    }
+}
+
+fn realtime_minus_monotonic() -> i128 {
+    let mut rt = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut rt) };
+    let m = monotonic_ns() as i128;
+    rt.tv_sec as i128 * 1_000_000_000 + rt.tv_nsec as i128 - m
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    total: u64,
+    gmp: u64,
+    /// The highest changes_committed of any node (the master's count).
+    changes: u64,
+}
+
+impl Counters {
+    fn minus(self, b: Counters) -> Counters {
+        Counters {
+            total: self.total.saturating_sub(b.total),
+            gmp: self.gmp.saturating_sub(b.gmp),
+            changes: self.changes.saturating_sub(b.changes),
+        }
+    }
+}
+
+fn all_joined(s: &Snapshots, which: &[usize]) -> bool {
+    let Some(&first) = which.first() else { return true };
+    let v0 = &s.val[first]["view"];
+    !v0.is_null()
+        && which.iter().all(|&i| {
+            let m = &s.val[i];
+            m["my_state"] == "joined"
+                && m["halted"].is_null()
+                && &m["view"] == v0
+                && m["transitions"].as_array().map(|t| t.is_empty()).unwrap_or(false)
+        })
+}
+
+fn node_state(m: &Value, id: u32) -> &str {
+    m["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["id"] == id))
+        .and_then(|n| n["state"].as_str())
+        .unwrap_or("")
+}
+
+/// Fails if an agent in `which` exited.
+fn check_alive(c: &mut Cluster, which: &[usize]) -> Result<()> {
+    for &i in which {
+        if let Some(a) = c.agents[i].as_mut() {
+            if let Some(st) = a.child.try_wait()? {
+                let log = c.agent_log(i);
+                let why = log
+                    .lines()
+                    .find_map(|l| l.split("clustering halted on this node why=").nth(1))
+                    .map(|w| format!(": halted, {}", w.trim()))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!("agent of {} exited ({st}){why}; {}\n{}", c.hosts[i].name, false_alarms(c), tail.join("\n"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// peer_silent events about nodes whose agent the bench did not kill (false
+/// alarms, unless the agent had already stopped), over every events.jsonl.
+fn false_alarms(c: &Cluster) -> String {
+    let now = monotonic_ns();
+    let mut seen = Vec::new();
+    for i in 0..c.hosts.len() {
+        for e in c.events(i) {
+            let Some(node) = e["node"].as_u64() else { continue };
+            let t = e["agent_ns"].as_u64().unwrap_or(0);
+            let live = c.hosts.iter().position(|h| h.id as u64 == node).map(|j| c.agents[j].is_some()).unwrap_or(false);
+            if e["event"] == "peer_silent" && live && t < now {
+                seen.push((t, c.hosts[i].id, node));
+            }
+        }
+    }
+    seen.sort();
+    let first: Vec<String> = seen.iter().take(6).map(|(t, by, of)| format!("node{by} saw node{of} {:.0} ms ago", (now - t) as f64 / 1e6)).collect();
+    format!("{} peer_silent event(s) about running agents{}{}", seen.len(), if first.is_empty() { "" } else { ": " }, first.join(", "))
+}
+
+fn dump(c: &Cluster, s: &Snapshots, which: &[usize]) -> String {
+    which
+        .iter()
+        .map(|&i| {
+            let m = &s.val[i];
+            let states: Vec<String> = m["nodes"]
+                .as_array()
+                .map(|a| a.iter().map(|n| format!("{}:{}", n["id"], n["state"].as_str().unwrap_or("?"))).collect())
+                .unwrap_or_default();
+            format!(
+                "  {}: my_state {} view {} transitions {} halted {} nodes [{}]",
+                c.hosts[i].name,
+                m["my_state"],
+                m["view"],
+                m["transitions"].as_array().map(|t| t.len()).unwrap_or(0),
+                m["halted"],
+                states.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Polls until `done`; returns (observed CLOCK_MONOTONIC ns, latest write
+/// time of the files in `which` at that point).
+fn poll_until(
+    c: &mut Cluster,
+    s: &mut Snapshots,
+    which: &[usize],
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&Snapshots) -> bool,
+) -> Result<(u64, u64)> {
+    let start = Instant::now();
+    loop {
+        s.refresh(which);
+        if done(s) {
+            let seen = monotonic_ns();
+            let written = which.iter().filter_map(|&i| s.written_ns(i)).max().unwrap_or(seen).min(seen);
+            return Ok((seen, written));
+        }
+        check_alive(c, which)?;
+        if start.elapsed() > timeout {
+            bail!("{what}: not done after {timeout:?}; {}:\n{}", false_alarms(c), dump(c, s, which));
+        }
+        std::thread::sleep(poll_interval(s.paths.len()));
+    }
+}
+
+/// One forced leave (and the rejoin after it).
+#[derive(Clone, Debug, Default)]
+struct Leave {
+    /// SIGKILL -> every survivor shows it inactive, no transition left.
+    ms: f64,
+    /// SIGKILL -> the last survivor's datapath reported it silent.
+    detect_ms: f64,
+    cost: Counters,
+    /// Upper bound of periodic messages (reports, state broadcasts) in the
+    /// counting windows.
+    periodic_max: u64,
+    /// Spawn of the new life -> all joined again.
+    rejoin_ms: f64,
+    rejoin_cost: Counters,
+    rejoin_periodic_max: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Run {
+    interval_ms: u64,
+    /// Idle share of the machine's CPUs in the second before the agents start.
+    machine_idle_pct: f64,
+    /// CPU time all agents used from their spawn to all joined (s).
+    join_cpu_s: f64,
+    /// CPU the idle, joined cluster uses (all agents, % of one CPU, over 1 s).
+    idle_cpu_pct: f64,
+    /// Largest wake-up delay of the SCHED_FIFO probe during the mass join / the whole run (ms).
+    stall_join_ms: f64,
+    stall_run_ms: f64,
+    /// Probe wake-ups more than STALL_MS late in the whole run.
+    stalls: usize,
+    /// Attempts of this run that failed before this one.
+    failed_attempts: u32,
+    /// CPU the bench itself (poller, probe) used during the mass join, % of one CPU.
+    bench_cpu_pct: f64,
+    /// First spawn -> last spawn returned.
+    spawn_ms: f64,
+    /// First spawn -> every agent's control socket exists (eBPF loaded, XDP attached).
+    sockets_ms: f64,
+    /// First spawn -> the first node has a view (the cluster formed).
+    formed_ms: f64,
+    /// First spawn -> all joined (observed by polling).
+    join_ms: f64,
+    /// First spawn -> the last cluster.json write of the settled state.
+    join_written_ms: f64,
+    join_cost: Counters,
+    leaves: Vec<Leave>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let k = s.len();
+    if k % 2 == 1 {
+        s[k / 2]
+    } else {
+        (s[k / 2 - 1] + s[k / 2]) / 2.0
+    }
+}
+
+/// Messages of one loss-free S3 change among `m` members in subgroups of `k`
+/// (core/src/gmp.rs, "Message counts").
+fn s3_formula(m: usize, k: usize) -> u64 {
+    let m = m as u64;
+    let s = subgroups(m as usize, k) as u64;
+    (m - 1) * (2 * s + 1) + m - s
+}
+
+fn subgroups(m: usize, k: usize) -> usize {
+    m.div_ceil(k.max(1))
+}
+
+/// SIGKILL every agent at once, then reap them (faster than the graceful
+/// leaves of Cluster's Drop); Drop then removes maps and namespaces.
+fn kill_all(c: &mut Cluster) {
+    for a in c.agents.iter().flatten() {
+        unsafe { libc::kill(a.pid(), libc::SIGKILL) };
+    }
+    for a in c.agents.iter_mut() {
+        if let Some(a) = a.take() {
+            a.kill9();
+        }
+    }
+}
+
+fn periodic_bound(s: &Snapshots, which: &[usize], before: &BTreeMap<usize, u64>, n: usize, master: u32, resend_ms: u32, c: &Cluster) -> u64 {
+    which
+        .iter()
+        .map(|&i| {
+            let b = before.get(&i).copied().unwrap_or(0);
+            let a = s.written_ns(i).unwrap_or(b);
+            let ticks = (a.saturating_sub(b) as f64 / (resend_ms as f64 * 1e6)).ceil() as u64 + 1;
+            let per_tick = if c.hosts[i].id == master { n as u64 - 1 } else { 1 };
+            ticks * per_tick
+        })
+        .sum()
+}
+
+fn run_cluster(opts: &MembershipOpts, n: usize, k: usize, resend_ms: Option<u32>, label: &str) -> Result<Run> {
+    let interval_ms = opts.interval_for(n);
+    let mut c = Cluster::new("bmem", n, 1, interval_ms as u32, opts.misses);
+    let probe = Probe::start();
+    let t_probe = monotonic_ns();
+    let mut all: Vec<Stall> = Vec::new();
+    let res = run_on(&mut c, &probe, &mut all, opts, n, k, resend_ms, interval_ms, label);
+    kill_all(&mut c);
+    let (max, stalls) = probe.take();
+    drop(probe);
+    let describe = |stalls: &[Stall]| -> String {
+        stalls
+            .iter()
+            .take(12)
+            .map(|(cpu, t, ms)| format!("cpu{cpu} +{:.0} ms: {ms:.0} ms late", t.saturating_sub(t_probe) as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match res {
+        Ok(mut run) => {
+            run.stall_run_ms = run.stall_run_ms.max(max);
+            run.stalls += stalls.len();
+            Ok(run)
+        }
+        Err(e) => {
+            all.extend(stalls);
+            Err(anyhow::anyhow!(
+                "{e:#}\n  (RT probe: worst wake-up delay {max:.0} ms near the end; {} wake-ups > {STALL_MS} ms in this run{}{})",
+                all.len(),
+                if all.is_empty() { "" } else { ": " },
+                describe(&all)
+            ))
+        }
+    }
+}
+
+type Stall = (usize, u64, f64);
+
+/// Takes what the probe saw since the last call into `run` and `seen`.
+fn note_stalls(probe: &Probe, run: &mut Run, seen: &mut Vec<Stall>) -> f64 {
+    let (max, st) = probe.take();
+    run.stall_run_ms = run.stall_run_ms.max(max);
+    run.stalls += st.len();
+    seen.extend(st);
+    max
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_on(
+    c: &mut Cluster,
+    probe: &Probe,
+    stalls: &mut Vec<Stall>,
+    opts: &MembershipOpts,
+    n: usize,
+    k: usize,
+    resend_ms: Option<u32>,
+    interval_ms: u64,
+    label: &str,
+) -> Result<Run> {
+    let mut extra = format!("[membership]\nsubgroup_size = {k}\n");
+    if let Some(r) = resend_ms {
+        extra += &format!("resend_ms = {r}\nform_ms = {}\n", 3 * r);
+    }
+    c.extra_config = extra;
+    let resend = resend_ms.unwrap_or(50);
+    let form_ms = resend_ms.map(|r| 3 * r).unwrap_or(500);
+    let all: Vec<usize> = (0..n).collect();
+    let mut s = Snapshots::new(c);
+    let mut run = Run { interval_ms, ..Default::default() };
+    run.machine_idle_pct = machine_idle_pct(Duration::from_secs(1));
+
+    // --- every node starts at once ---
+    let cfgs: Vec<PathBuf> = all.iter().map(|&i| c.config_path(i)).collect();
+    let socks: Vec<PathBuf> = all.iter().map(|&i| c.node_dir(i).join("run").join(format!("{}.sock", c.cluster_name))).collect();
+    let cpu0 = self_cpu_s();
+    let t0 = monotonic_ns();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let log = c.node_dir(i).join("agent.log");
+        c.agents[i] = Some(Agent::spawn(&c.hosts[i].ns, cfg, &log));
+    }
+    run.spawn_ms = (monotonic_ns() - t0) as f64 / 1e6;
+    let mut sock_at: Vec<Option<u64>> = vec![None; n];
+    let mut formed_at: Option<u64> = None;
+    let timeout = Duration::from_millis(30_000 + form_ms as u64);
+    let (seen, written) = {
+        let start = Instant::now();
+        loop {
+            let now = monotonic_ns();
+            for (at, sock) in sock_at.iter_mut().zip(&socks) {
+                if at.is_none() && sock.exists() {
+                    *at = Some(now);
+                }
+            }
+            s.refresh(&all);
+            if formed_at.is_none() && all.iter().any(|&i| !s.val[i]["view"].is_null()) {
+                formed_at = Some(now);
+            }
+            if all_joined(&s, &all) {
+                let seen = monotonic_ns();
+                let written = all.iter().filter_map(|&i| s.written_ns(i)).max().unwrap_or(seen).min(seen);
+                break (seen, written);
+            }
+            check_alive(c, &all)?;
+            if start.elapsed() > timeout {
+                bail!("{label}: {n} nodes started at once did not all join within {timeout:?}; {}:\n{}", false_alarms(c), dump(c, &s, &all));
+            }
+            std::thread::sleep(poll_interval(n));
+        }
+    };
+    let ms = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
+    run.sockets_ms = sock_at.iter().map(|t| t.map(ms).unwrap_or(f64::NAN)).fold(0.0, f64::max);
+    run.formed_ms = formed_at.map(ms).unwrap_or(f64::NAN);
+    run.join_ms = ms(seen);
+    run.bench_cpu_pct = (self_cpu_s() - cpu0) / (seen - t0) as f64 * 1e9 * 100.0;
+    run.join_written_ms = ms(written);
+    run.join_cost = s.counters(&all);
+    run.stall_join_ms = note_stalls(probe, &mut run, stalls);
+    let pids: Vec<u32> = c.agents.iter().flatten().map(|a| a.child.id()).collect();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = |pids: &[u32]| pids.iter().filter_map(|p| proc_cpu_ticks(*p)).sum::<u64>() as f64 / hz;
+    run.join_cpu_s = cpu(&pids);
+    let (a, t) = (cpu(&pids), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    run.idle_cpu_pct = (cpu(&pids) - a) / t.elapsed().as_secs_f64() * 100.0;
+    eprintln!(
+        "  {label}: {n} nodes started at once: agents up {:.0} ms, formed {:.0} ms, all joined {:.0} ms ({} S3 msgs, {} change(s)); agents' CPU {:.1} s to join, {:.0}% of a CPU when idle (machine {:.0}% idle before; bench {:.1}% CPU)",
+        run.sockets_ms, run.formed_ms, run.join_ms, run.join_cost.gmp, run.join_cost.changes, run.join_cpu_s, run.idle_cpu_pct, run.machine_idle_pct, run.bench_cpu_pct
+    );
+
+    // --- forced leaves ---
+    let master = s.val[0]["master"].as_u64().context("no master after the join")? as u32;
+    let mut cands: Vec<usize> = [n - 1, n / 2, 1, n - 2, 2].into_iter().filter(|&i| i < n && c.hosts[i].id != master).collect();
+    cands.dedup();
+    let mut uniq = Vec::new();
+    for i in cands {
+        if !uniq.contains(&i) {
+            uniq.push(i);
+        }
+    }
+    for round in 0..opts.leaves as usize {
+        let v = uniq[round % uniq.len()];
+        let vid = c.hosts[v].id;
+        let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != v).collect();
+        // Quiet for a moment: nothing in flight.
+        std::thread::sleep(Duration::from_millis(200));
+        s.refresh(&all);
+        if !all_joined(&s, &all) {
+            bail!("{label}: cluster not settled before kill {round}; {}:\n{}", false_alarms(c), dump(c, &s, &all));
+        }
+        let before = s.counters(&survivors);
+        let before_w: BTreeMap<usize, u64> = survivors.iter().map(|&i| (i, s.written_ns(i).unwrap_or(0))).collect();
+        let t_kill = c.kill(v);
+        let (seen, _) = poll_until(c, &mut s, &survivors, Duration::from_secs(15), &format!("{label}: forced leave of node{vid}"), |s| {
+            all_joined(s, &survivors) && survivors.iter().all(|&i| node_state(&s.val[i], vid) == "inactive")
+        })?;
+        let mut l = Leave { ms: (seen - t_kill) as f64 / 1e6, ..Default::default() };
+        l.cost = s.counters(&survivors).minus(before);
+        l.periodic_max = periodic_bound(&s, &survivors, &before_w, n, master, resend, c);
+        l.detect_ms = survivors
+            .iter()
+            .filter_map(|&i| {
+                c.events(i)
+                    .iter()
+                    .filter(|e| e["event"] == "peer_silent" && e["node"] == vid)
+                    .filter_map(|e| e["agent_ns"].as_u64())
+                    .find(|t| *t > t_kill)
+            })
+            .map(|t| (t - t_kill) as f64 / 1e6)
+            .fold(f64::NAN, f64::max);
+
+        // --- the node restarts and rejoins (one more change) ---
+        let before = s.counters(&survivors);
+        let before_w: BTreeMap<usize, u64> = survivors.iter().map(|&i| (i, s.written_ns(i).unwrap_or(0))).collect();
+        let _ = std::fs::remove_file(&s.paths[v]);
+        s.forget(v);
+        let t_spawn = monotonic_ns();
+        let log = c.node_dir(v).join("agent.log");
+        c.agents[v] = Some(Agent::spawn(&c.hosts[v].ns, &cfgs[v], &log));
+        let (seen, _) = poll_until(c, &mut s, &all, Duration::from_secs(30), &format!("{label}: rejoin of node{vid}"), |s| all_joined(s, &all))?;
+        l.rejoin_ms = (seen - t_spawn) as f64 / 1e6;
+        l.rejoin_cost = s.counters(&all).minus(before);
+        l.rejoin_cost.changes = s.counters(&survivors).changes.saturating_sub(before.changes);
+        // The new life reports to every node until it follows a state.
+        l.rejoin_periodic_max = periodic_bound(&s, &survivors, &before_w, n, master, resend, c)
+            + ((l.rejoin_ms / resend as f64).ceil() as u64 + 1) * (n as u64 - 1);
+        eprintln!(
+            "  {label}: kill node{vid}: detected {:.1} ms, forced out everywhere {:.1} ms, {} S3 / {} total msgs (periodic <= {}), {} change(s); rejoin {:.0} ms, {} S3 msgs",
+            l.detect_ms, l.ms, l.cost.gmp, l.cost.total, l.periodic_max, l.cost.changes, l.rejoin_ms, l.rejoin_cost.gmp
+        );
+        run.leaves.push(l);
+        note_stalls(probe, &mut run, stalls);
+    }
+    Ok(run)
+}
+
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
+}
+
+/// (idle, total) jiffies of all CPUs.
+fn cpu_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (idle, v.iter().take(8).sum())
+}
+
+/// Idle share of all CPUs over `d` (other work on this machine skews the timings).
+fn machine_idle_pct(d: Duration) -> f64 {
+    let (i0, t0) = cpu_jiffies();
+    std::thread::sleep(d);
+    let (i1, t1) = cpu_jiffies();
+    if t1 > t0 {
+        (i1 - i0) as f64 / (t1 - t0) as f64 * 100.0
+    } else {
+        f64::NAN
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn membership(opts: &MembershipOpts) -> Result<()> {
+    if opts.sizes.is_empty() || opts.sizes.iter().any(|&n| n < 3) {
+        bail!("--sizes: every size must be at least 3 (a forced leave must keep a majority)");
+    }
+    if opts.leaves == 0 || opts.subgroup_size == 0 || opts.attempts == 0 {
+        bail!("--leaves, --subgroup-size and --attempts must be at least 1");
+    }
+    let k = opts.subgroup_size;
+    let r = opts.count_resend_ms;
+    eprintln!(
+        "bench membership: N = {:?} agents in network namespaces, 1 link, heartbeat {} ms × {} misses ({} ms for N ≥ 32), {} forced leave(s) per cluster",
+        opts.sizes, opts.interval_ms, opts.misses, opts.interval_ms_32, opts.leaves
+    );
+    eprintln!(
+        "  timing: agent defaults (subgroups of {k}, resend 50 ms, form 500 ms); message counts: resend_ms = {r}, form_ms = {}, subgroup_size = {k} and = 1",
+        3 * r
+    );
+    let started = Instant::now();
+    let (mut timing, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failures: Vec<String> = Vec::new();
+    for (step, &n) in opts.sizes.iter().enumerate() {
+        eprintln!("[{}/{}] N = {n} (heartbeat {} ms)", step + 1, opts.sizes.len(), opts.interval_for(n));
+        let mut go = |k: usize, resend: Option<u32>, label: &str| {
+            for attempt in 1..=opts.attempts {
+                match run_cluster(opts, n, k, resend, label) {
+                    Ok(mut run) => {
+                        run.failed_attempts = attempt - 1;
+                        return Some(run);
+                    }
+                    Err(e) => {
+                        eprintln!("  {label}: attempt {attempt}/{} FAILED: {e:#}", opts.attempts);
+                        failures.push(format!("N = {n}, {label}, attempt {attempt}: {}", format!("{e:#}").lines().next().unwrap_or("")));
+                    }
+                }
+            }
+            None
+        };
+        timing.push(go(k, None, "timing"));
+        with.push(go(k, Some(r), &format!("counts k={k}")));
+        without.push(go(1, Some(r), "counts k=1"));
+    }
+
+    let med = |run: &Option<Run>, f: &dyn Fn(&Leave) -> f64| -> f64 {
+        run.as_ref().map(|run| median(&run.leaves.iter().map(f).collect::<Vec<_>>())).unwrap_or(f64::NAN)
+    };
+    let get = |run: &Option<Run>, f: &dyn Fn(&Run) -> f64| -> f64 { run.as_ref().map(f).unwrap_or(f64::NAN) };
+    let leave_ms = |run: &Option<Run>| med(run, &|l| l.ms);
+    let s3 = |run: &Option<Run>| med(run, &|l| l.cost.gmp as f64);
+    let tot = |run: &Option<Run>| med(run, &|l| l.cost.total as f64);
+    let per = |run: &Option<Run>| med(run, &|l| l.periodic_max as f64);
+    let rj_s3 = |run: &Option<Run>| med(run, &|l| l.rejoin_cost.gmp as f64);
+    let rj_tot = |run: &Option<Run>| med(run, &|l| l.rejoin_cost.total as f64);
+    let changes = |run: &Option<Run>| run.as_ref().and_then(|r| r.leaves.iter().map(|l| l.cost.changes).max()).map(|c| c.to_string()).unwrap_or("-".into());
+    let f1 = |x: f64| if x.is_finite() { format!("{x:.1}") } else { "-".into() };
+    let f0 = |x: f64| if x.is_finite() { format!("{x:.0}") } else { "-".into() };
+    let pair0 = |a: f64, b: f64| format!("{}/{}", f0(a), f0(b));
+
+    println!();
+    println!("membership, 1 link, agents started at once in network namespaces (medians of {} forced leave(s) per N)", opts.leaves);
+    print!("{:<44}", "N");
+    for n in &opts.sizes {
+        print!("{n:>11}");
+    }
+    println!();
+    let row = |name: &str, f: &dyn Fn(usize) -> String| {
+        print!("{name:<44}");
+        for i in 0..opts.sizes.len() {
+            print!("{:>11}", f(i));
+        }
+        println!();
+    };
+    row("heartbeat interval (ms)", &|i| f0(get(&timing[i], &|r| r.interval_ms as f64)));
+    row("machine CPU idle before the run (%)", &|i| f0(get(&timing[i], &|r| r.machine_idle_pct)));
+    row("failed attempts: timing/k=4/k=1", &|i| {
+        let f = |r: &Option<Run>| r.as_ref().map(|r| r.failed_attempts.to_string()).unwrap_or(format!("{}!", opts.attempts));
+        format!("{}/{}/{}", f(&timing[i]), f(&with[i]), f(&without[i]))
+    });
+    println!("-- timing (subgroups of {k}, resend 50 ms, form 500 ms)");
+    row("all agents spawned (ms after first spawn)", &|i| f1(get(&timing[i], &|r| r.spawn_ms)));
+    row("all control sockets up (ms)", &|i| f1(get(&timing[i], &|r| r.sockets_ms)));
+    row("cluster formed, first view (ms)", &|i| f1(get(&timing[i], &|r| r.formed_ms)));
+    row("all joined, seen by polling (ms)", &|i| f1(get(&timing[i], &|r| r.join_ms)));
+    row("all joined, last cluster.json write (ms)", &|i| f1(get(&timing[i], &|r| r.join_written_ms)));
+    row("  S3 changes of the mass join", &|i| timing[i].as_ref().map(|r| r.join_cost.changes.to_string()).unwrap_or("-".into()));
+    row("  agents' CPU, spawn to all joined (s)", &|i| f1(get(&timing[i], &|r| r.join_cpu_s)));
+    row("  joined cluster idle, agents' CPU (%)", &|i| f0(get(&timing[i], &|r| r.idle_cpu_pct)));
+    row("  the bench's own CPU during the join (%)", &|i| f1(get(&timing[i], &|r| r.bench_cpu_pct)));
+    row("  RT probe, worst wake-up delay in join (ms)", &|i| f1(get(&timing[i], &|r| r.stall_join_ms)));
+    row("  RT probe, worst in run (ms) / # > 10 ms", &|i| {
+        timing[i].as_ref().map(|r| format!("{:.0}/{}", r.stall_run_ms, r.stalls)).unwrap_or("-".into())
+    });
+    row("forced leave: last survivor detects (ms)", &|i| f1(med(&timing[i], &|l| l.detect_ms)));
+    row("forced leave: done on every survivor (ms)", &|i| f1(leave_ms(&timing[i])));
+    row("  min/max (ms)", &|i| {
+        let v: Vec<f64> = timing[i].as_ref().map(|r| r.leaves.iter().map(|l| l.ms).collect()).unwrap_or_default();
+        if v.is_empty() {
+            return "-".into();
+        }
+        pair0(v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
+    });
+    row("rejoin after restart (ms)", &|i| f0(med(&timing[i], &|l| l.rejoin_ms)));
+    row("  S3 msgs per forced leave at resend 50 ms", &|i| f0(s3(&timing[i])));
+    println!("-- messages per change (resend_ms {r}, form_ms {}): a forced leave is one S3 change among M = N-1", 3 * r);
+    row(&format!("S (subgroups of {k}, M members)"), &|i| subgroups(opts.sizes[i] - 1, k).to_string());
+    row(&format!("S3 msgs, subgroups of {k}"), &|i| f0(s3(&with[i])));
+    row("  formula (M-1)(2S+1)+M-S", &|i| s3_formula(opts.sizes[i] - 1, k).to_string());
+    row("S3 msgs, no subgroups (k = 1, S = M)", &|i| f0(s3(&without[i])));
+    row("  formula, k = 1", &|i| s3_formula(opts.sizes[i] - 1, 1).to_string());
+    row("ratio without/with", &|i| {
+        let x = s3(&without[i]) / s3(&with[i]);
+        if x.is_finite() { format!("{x:.1}x") } else { "-".into() }
+    });
+    row("S3 msgs / (S·M), with subgroups", &|i| f1(s3(&with[i]) / ((opts.sizes[i] - 1) * subgroups(opts.sizes[i] - 1, k)) as f64));
+    row(&format!("all msgs (S3 + reports + states), k = {k}"), &|i| f0(tot(&with[i])));
+    row("  of which periodic, at most", &|i| f0(per(&with[i])));
+    row("all msgs, k = 1", &|i| f0(tot(&without[i])));
+    row("  of which periodic, at most", &|i| f0(per(&without[i])));
+    row(&format!("S3 changes per forced leave, k = {k}/1"), &|i| format!("{}/{}", changes(&with[i]), changes(&without[i])));
+    row(&format!("forced leave time, k = {k}/1 (ms)"), &|i| pair0(leave_ms(&with[i]), leave_ms(&without[i])));
+    println!("-- a join is one S3 change among N (the restarted node rejoining)");
+    row(&format!("S (subgroups of {k}, N members)"), &|i| subgroups(opts.sizes[i], k).to_string());
+    row(&format!("S3 msgs per join, k = {k} / formula"), &|i| format!("{}/{}", f0(rj_s3(&with[i])), s3_formula(opts.sizes[i], k)));
+    row("S3 msgs per join, k = 1 / formula", &|i| format!("{}/{}", f0(rj_s3(&without[i])), s3_formula(opts.sizes[i], 1)));
+    row(&format!("all msgs per join, k = {k}/1"), &|i| pair0(rj_tot(&with[i]), rj_tot(&without[i])));
+    row(&format!("S3 msgs of the mass join, k = {k}/1"), &|i| {
+        pair0(get(&with[i], &|r| r.join_cost.gmp as f64), get(&without[i], &|r| r.join_cost.gmp as f64))
+    });
+    println!(
+        "target: 32-node mass join < 2000 ms; S3 msgs per change O(S·N) with subgroups, O(N²) without. ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    for f in &failures {
+        println!("FAILED: {f}");
+    }
+    if !failures.is_empty() {
+        println!("(a failed attempt is retried on a new cluster, up to --attempts {}; \"!\" = every attempt failed)", opts.attempts);
+    }
+
+    let by_n = |f: &dyn Fn(usize) -> String| -> String {
+        let parts: Vec<String> = opts.sizes.iter().enumerate().map(|(i, n)| format!("\"{n}\":{}", f(i))).collect();
+        format!("{{{}}}", parts.join(","))
+    };
+    let ms = |x: f64| if x.is_finite() { format!("{:.1}", round1(x)) } else { "null".into() };
+    let count = |x: f64| if x.is_finite() { format!("{}", x.round() as u64) } else { "null".into() };
+    // Built by hand to keep the key order.
+    let json = format!(
+        "{{\"join_all_ms\":{},\"forced_leave_ms\":{},\"msgs_per_change\":{},\"msgs_per_change_without_subgroups\":{}}}",
+        by_n(&|i| ms(get(&timing[i], &|r| r.join_ms))),
+        by_n(&|i| ms(leave_ms(&timing[i]))),
+        by_n(&|i| count(s3(&with[i]))),
+        by_n(&|i| count(s3(&without[i]))),
+    );
+    debug_assert!(serde_json::from_str::<Value>(&json).is_ok());
+    println!("{json}");
+    let missing = timing.iter().chain(&with).chain(&without).filter(|r| r.is_none()).count();
+    if missing > 0 {
+        bail!("{missing} of {} clusters failed every attempt (see FAILED above)", 3 * opts.sizes.len());
+    }
+    Ok(())
+}
