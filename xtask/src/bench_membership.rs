@@ -97,6 +97,8 @@ struct Probe {
 }
 
 const STALL_MS: f64 = 10.0;
+/// The machine counts as quiet when no probe wake-up was later than this for a second.
+const QUIET_MS: f64 = 5.0;
 
 impl Probe {
     fn start() -> Probe {
@@ -265,16 +267,32 @@ fn check_alive(c: &mut Cluster, which: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// peer_silent events about nodes whose agent the bench did not kill (false
-/// alarms, unless the agent had already stopped), over every events.jsonl.
+/// When the bench spawned the agent now running in each namespace.
+static SPAWNED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+fn spawn(c: &Cluster, i: usize, cfg: &std::path::Path, log: &std::path::Path) -> Agent {
+    SPAWNED.lock().unwrap().insert(c.hosts[i].ns.name.clone(), monotonic_ns());
+    Agent::spawn(&c.hosts[i].ns, cfg, log)
+}
+
+/// peer_silent events about agents the bench did not kill, in their current
+/// life (false alarms, unless that agent had already stopped on its own),
+/// over every node's events.jsonl.
 fn false_alarms(c: &Cluster) -> String {
     let now = monotonic_ns();
+    let spawned = SPAWNED.lock().unwrap().clone();
     let mut seen = Vec::new();
     for i in 0..c.hosts.len() {
         for e in c.events(i) {
             let Some(node) = e["node"].as_u64() else { continue };
             let t = e["agent_ns"].as_u64().unwrap_or(0);
-            let live = c.hosts.iter().position(|h| h.id as u64 == node).map(|j| c.agents[j].is_some()).unwrap_or(false);
+            let live = c
+                .hosts
+                .iter()
+                .position(|h| h.id as u64 == node)
+                .filter(|&j| c.agents[j].is_some())
+                .map(|j| spawned.get(&c.hosts[j].ns.name).map(|s| t > *s).unwrap_or(true))
+                .unwrap_or(false);
             if e["event"] == "peer_silent" && live && t < now {
                 seen.push((t, c.hosts[i].id, node));
             }
@@ -356,6 +374,10 @@ struct Run {
     interval_ms: u64,
     /// Idle share of the machine's CPUs in the second before the agents start.
     machine_idle_pct: f64,
+    /// How long the bench waited for a quiet machine, and the probe's worst
+    /// wake-up delay in the last second before the start.
+    quiet_wait_s: f64,
+    quiet_max_ms: f64,
     /// CPU time all agents used from their spawn to all joined (s).
     join_cpu_s: f64,
     /// CPU the idle, joined cluster uses (all agents, % of one CPU, over 1 s).
@@ -504,7 +526,21 @@ fn run_on(
     let all: Vec<usize> = (0..n).collect();
     let mut s = Snapshots::new(c);
     let mut run = Run { interval_ms, ..Default::default() };
-    run.machine_idle_pct = machine_idle_pct(Duration::from_secs(1));
+    // Creating and deleting network namespaces (this cluster's, the previous
+    // one's, which the kernel tears down in the background) stalls real-time
+    // threads here for tens of ms: more than the silence bound. Start when
+    // the machine is quiet.
+    let t_wait = Instant::now();
+    loop {
+        let _ = probe.take();
+        run.machine_idle_pct = machine_idle_pct(Duration::from_secs(1));
+        let (max, _) = probe.take();
+        if (max < QUIET_MS && run.machine_idle_pct >= 85.0) || t_wait.elapsed() > Duration::from_secs(20) {
+            run.quiet_wait_s = t_wait.elapsed().as_secs_f64();
+            run.quiet_max_ms = max;
+            break;
+        }
+    }
 
     // --- every node starts at once ---
     let cfgs: Vec<PathBuf> = all.iter().map(|&i| c.config_path(i)).collect();
@@ -513,7 +549,7 @@ fn run_on(
     let t0 = monotonic_ns();
     for (i, cfg) in cfgs.iter().enumerate() {
         let log = c.node_dir(i).join("agent.log");
-        c.agents[i] = Some(Agent::spawn(&c.hosts[i].ns, cfg, &log));
+        c.agents[i] = Some(spawn(c, i, cfg, &log));
     }
     run.spawn_ms = (monotonic_ns() - t0) as f64 / 1e6;
     let mut sock_at: Vec<Option<u64>> = vec![None; n];
@@ -560,8 +596,8 @@ fn run_on(
     std::thread::sleep(Duration::from_secs(1));
     run.idle_cpu_pct = (cpu(&pids) - a) / t.elapsed().as_secs_f64() * 100.0;
     eprintln!(
-        "  {label}: {n} nodes started at once: agents up {:.0} ms, formed {:.0} ms, all joined {:.0} ms ({} S3 msgs, {} change(s)); agents' CPU {:.1} s to join, {:.0}% of a CPU when idle (machine {:.0}% idle before; bench {:.1}% CPU)",
-        run.sockets_ms, run.formed_ms, run.join_ms, run.join_cost.gmp, run.join_cost.changes, run.join_cpu_s, run.idle_cpu_pct, run.machine_idle_pct, run.bench_cpu_pct
+        "  {label}: {n} nodes started at once: agents up {:.0} ms, formed {:.0} ms, all joined {:.0} ms ({} S3 msgs, {} change(s)); agents' CPU {:.1} s to join, {:.0}% of a CPU when idle (machine {:.0}% idle before, after {:.0} s waiting for quiet; bench {:.1}% CPU)",
+        run.sockets_ms, run.formed_ms, run.join_ms, run.join_cost.gmp, run.join_cost.changes, run.join_cpu_s, run.idle_cpu_pct, run.machine_idle_pct, run.quiet_wait_s, run.bench_cpu_pct
     );
 
     // --- forced leaves ---
@@ -612,7 +648,7 @@ fn run_on(
         s.forget(v);
         let t_spawn = monotonic_ns();
         let log = c.node_dir(v).join("agent.log");
-        c.agents[v] = Some(Agent::spawn(&c.hosts[v].ns, &cfgs[v], &log));
+        c.agents[v] = Some(spawn(c, v, &cfgs[v], &log));
         let (seen, _) = poll_until(c, &mut s, &all, Duration::from_secs(30), &format!("{label}: rejoin of node{vid}"), |s| all_joined(s, &all))?;
         l.rejoin_ms = (seen - t_spawn) as f64 / 1e6;
         l.rejoin_cost = s.counters(&all).minus(before);
@@ -733,7 +769,10 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
         println!();
     };
     row("heartbeat interval (ms)", &|i| f0(get(&timing[i], &|r| r.interval_ms as f64)));
-    row("machine CPU idle before the run (%)", &|i| f0(get(&timing[i], &|r| r.machine_idle_pct)));
+    row("machine CPU idle before the start (%)", &|i| f0(get(&timing[i], &|r| r.machine_idle_pct)));
+    row("  waited for quiet (s) / RT probe then (ms)", &|i| {
+        timing[i].as_ref().map(|r| format!("{:.0}/{:.0}", r.quiet_wait_s, r.quiet_max_ms)).unwrap_or("-".into())
+    });
     row("failed attempts: timing/k=4/k=1", &|i| {
         let f = |r: &Option<Run>| r.as_ref().map(|r| r.failed_attempts.to_string()).unwrap_or(format!("{}!", opts.attempts));
         format!("{}/{}/{}", f(&timing[i]), f(&with[i]), f(&without[i]))
