@@ -301,8 +301,16 @@ fn soak(opts: &DetectOpts) -> Result<SoakResult> {
     let keepalived_false =
         k.fifos[0].count_between(start, end, "MASTER") + k.fifos[1].count_between(start, end, "BACKUP") + k.fifos[1].count_between(start, end, "FAULT");
     std::thread::sleep(Duration::from_millis(1100));
+    // An agent that halted (e.g. after a false silence: no quorum) has
+    // removed its status; say so instead of failing the whole bench.
     let late: Vec<String> = (0..2)
-        .map(|i| c.status(i)["agent"]["sender"]["late_ticks"].to_string())
+        .map(|i| {
+            std::fs::read_to_string(c.node_dir(i).join("state").join("agent.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .map(|v| v["sender"]["late_ticks"].to_string())
+                .unwrap_or_else(|| "agent exited".to_string())
+        })
         .collect();
     let xdp_ns = if t1_cnt > t0_cnt { (t1_ns - t0_ns) as f64 / (t1_cnt - t0_cnt) as f64 } else { f64::NAN };
     Ok(SoakResult { baton_false, baton_false_no_rt, keepalived_false, xdp_ns, late_ticks: late.join(",") })
