@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use baton_core::membership::{
-    Action, Barriers, Config as CoreConfig, HaltReason, Input, Kind, LevelSpec, Membership, NodeState, SubsystemId,
+    Action, Barriers, Config as CoreConfig, HaltReason, Input, Kind, LevelSpec, Membership, SubsystemId,
 };
 use baton_core::{Instant, NodeId};
 use serde_json::json;
@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::channel::Channel;
 use crate::events::monotonic_ns;
-use crate::subsys::SubsysServer;
+use crate::subsys::{kind_name, state_name, SubsysServer};
 
 /// The agent's own parts register as these levels (lowest first): fencing
 /// must be done before storage is taken over, storage before addresses,
@@ -50,24 +50,6 @@ pub struct ClusterDriver {
     in_flight: BTreeMap<(SubsystemId, NodeId, u64), (Kind, u32, u32)>,
     halted: Option<HaltReason>,
     messages_sent: u64,
-}
-
-fn state_name(s: NodeState) -> &'static str {
-    match s {
-        NodeState::Inactive => "inactive",
-        NodeState::Joining => "joining",
-        NodeState::Joined => "joined",
-        NodeState::Leaving => "leaving",
-        NodeState::ForcedLeaving => "forced-leaving",
-    }
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Join => "join",
-        Kind::Leave => "leave",
-        Kind::ForcedLeave => "forced-leave",
-    }
 }
 
 impl ClusterDriver {

@@ -251,7 +251,8 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, events: mpsc::
 
 // ---------------------------------------------------------------- wire format
 
-fn kind_name(k: Kind) -> &'static str {
+/// The name of a transition kind on the wire and in logs.
+pub fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::Join => "join",
         Kind::Leave => "leave",
@@ -259,7 +260,8 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-fn state_name(s: NodeState) -> &'static str {
+/// The name of a node state on the wire, in logs and in status.
+pub fn state_name(s: NodeState) -> &'static str {
     match s {
         NodeState::Inactive => "inactive",
         NodeState::Joining => "joining",
