@@ -28,7 +28,7 @@ const LLVM_PKGS: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Needed at run/test time.
-const RUNTIME_PKGS: &[&str] = &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl"];
+const RUNTIME_PKGS: &[&str] = &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox"];
 
 fn all_pkgs() -> impl Iterator<Item = &'static str> {
     TOOLCHAIN_PKGS
