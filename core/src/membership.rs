@@ -202,6 +202,9 @@ pub struct ClusterState {
     pub origin: ViewId,
     pub nodes: BTreeMap<NodeId, NodeEntry>,
     pub transitions: BTreeMap<NodeId, Transition>,
+    /// The last S3 group change applied to this state.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub change: ChangeId,
 }
 
 impl ClusterState {
@@ -409,6 +412,8 @@ pub struct Membership {
     max_term: u64,
     /// Members of the S3 change in progress.
     gmp_members: BTreeSet<NodeId>,
+    /// The id of the change `gmp_members` belongs to.
+    gmp_change: ChangeId,
     /// The newest incarnation heard from each node (reports, states).
     known_inc: BTreeMap<NodeId, u64>,
     /// Successor of a failed master: gathering states since this time.
@@ -446,6 +451,7 @@ impl Membership {
             recovering: None,
             known_inc: BTreeMap::new(),
             gmp_members: BTreeSet::new(),
+            gmp_change: 0,
             max_term: 0,
             master_contact: Instant::ZERO,
             orphan_since: None,
@@ -645,8 +651,9 @@ impl Membership {
 
     /// A change (Initiate, or a Request received) starts: tell S3 which of
     /// its members we already know to have failed.
-    fn gmp_change_started(&mut self, members: &BTreeSet<NodeId>) {
+    fn gmp_change_started(&mut self, id: ChangeId, members: &BTreeSet<NodeId>) {
         self.gmp_members = members.clone();
+        self.gmp_change = id;
         let known: Vec<NodeId> = members.iter().copied().filter(|n| self.failed.contains(n)).collect();
         for node in known {
             self.gmp.handle(self.now, GmpInput::MemberFailed { node });
@@ -692,11 +699,11 @@ impl Membership {
                 let request = match &m {
                     GmpMsg::Request { id, members } if *id > self.max_change || self.gmp.current().is_none() => {
                         self.max_change = self.max_change.max(*id);
-                        Some(members.clone())
+                        Some((*id, members.clone()))
                     }
                     _ => None,
                 };
-                if let Some(members) = &request {
+                if let Some((_, members)) = &request {
                     // Only what our failure detector says now counts for the
                     // new change: forget older failures of members that are back.
                     for n in members.iter().filter(|n| !self.failed.contains(n)) {
@@ -704,8 +711,8 @@ impl Membership {
                     }
                 }
                 self.gmp.handle(now, GmpInput::Receive { from, msg: m });
-                if let Some(members) = request {
-                    self.gmp_change_started(&members);
+                if let Some((id, members)) = request {
+                    self.gmp_change_started(id, &members);
                 }
                 self.drain_gmp();
             }
@@ -790,8 +797,13 @@ impl Membership {
     /// group change is committed or after we saw its request, of the new
     /// group too (joint majority), so that a partition in the middle of a
     /// change never leaves two sides that each think they have one.
+    /// Once the state we follow has that change applied, its group is the
+    /// new group and the joint majority is over (a later graceful leave
+    /// shrinks the group without an S3 change, so a stale change must not
+    /// count any more).
     fn quorum(&self, s: &ClusterState) -> bool {
-        self.majority_of(&s.group()) && (self.gmp_members.is_empty() || self.majority_of(&self.gmp_members))
+        let change_pending = !self.gmp_members.is_empty() && self.gmp_change > s.change;
+        self.majority_of(&s.group()) && (!change_pending || self.majority_of(&self.gmp_members))
     }
 
     /// Runs after every input: timers, local notifications, reports, master work.
@@ -921,6 +933,7 @@ impl Membership {
             origin: view,
             nodes,
             transitions: BTreeMap::new(),
+            change: self.max_change,
         });
         self.report_dirty = true;
     }
@@ -1301,7 +1314,7 @@ impl Membership {
             self.gmp.handle(now, GmpInput::MemberRecovered { node: *n });
         }
         self.gmp.handle(now, GmpInput::Initiate { id: change, members: new_group.clone(), my_data: data });
-        self.gmp_change_started(&new_group);
+        self.gmp_change_started(change, &new_group);
         self.drain_gmp();
     }
 
@@ -1359,6 +1372,7 @@ impl Membership {
                 s.transitions.insert(n, t);
             }
         }
+        s.change = s.change.max(p.change);
         s.view.version += 1;
         self.state = Some(s);
         self.broadcast_state();

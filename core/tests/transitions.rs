@@ -539,6 +539,34 @@ fn graceful_leave_is_top_down_and_ends_inactive() {
     h.check_nothing_after_end();
 }
 
+/// Two nodes: the lower one (the master, which wins a two-node tie) leaves
+/// gracefully and then goes silent. The survivor is the whole group now:
+/// the silence of a node that left must not cost it the quorum (a stale
+/// joint majority of the earlier join change once made it halt here).
+#[test]
+fn survivor_of_a_two_node_cluster_keeps_running_after_the_other_left() {
+    let mut h = Harness::new(2);
+    h.start(1);
+    h.start(2);
+    h.run_ms(200);
+    assert!(all_joined(&h, &[1, 2]), "setup: 1 and 2 did not join");
+    h.mark();
+    h.input(1, Input::Leave);
+    h.run_ms(300);
+    assert!(h.nodes[&1].core.has_left());
+    assert_eq!(h.state_of(2, 1), NodeState::Inactive);
+    h.crash(1);
+    h.silent(1);
+    h.run_ms(300);
+    assert_eq!(h.count(2, |a| matches!(a, Action::Halt { .. })), 0, "the survivor halted");
+    assert_eq!(h.nodes[&2].core.my_state(), NodeState::Joined);
+    // And it still admits the node when it comes back.
+    h.restart(1, 2);
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2]), "node 1 did not rejoin");
+    h.check_nothing_after_end();
+}
+
 // ---------------------------------------------------------------------------
 // Table 1, row Forced-Leaving -> Inactive
 // ---------------------------------------------------------------------------
