@@ -78,6 +78,8 @@ pub struct Config {
     pub links: Vec<Link>,
     pub peers: Vec<Peer>,
     pub paths: RuntimePaths,
+    /// Resource groups / services (`[[group]]`, see `groups.rs`).
+    pub groups: Vec<crate::groups::Group>,
 }
 
 impl Config {
@@ -108,6 +110,8 @@ struct RawConfig {
     link: Vec<Spanned<RawLink>>,
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
+    #[serde(default)]
+    group: Vec<Spanned<crate::groups::RawGroup>>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +415,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         peers.push(Peer { id, name, addresses });
     }
 
+    let peer_ids: Vec<u32> = peers.iter().map(|p| p.id).collect();
+    let groups = crate::groups::validate(file, text, &raw.group, node_id, &peer_ids, &links)?;
+
     let paths = RuntimePaths::new(&cluster_name, bpffs.as_deref(), state.as_deref(), run.as_deref());
     Ok(Config {
         file: file.to_path_buf(),
@@ -432,6 +439,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         links,
         peers,
         paths,
+        groups,
     })
 }
 

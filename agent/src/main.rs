@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use baton_agent::{config, control, paths, run, status};
+use baton_agent::{config, control, groups, paths, run, status};
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "baton: a Linux high-availability cluster agent with an XDP datapath")]
@@ -100,6 +100,14 @@ fn real_main() -> Result<()> {
     match cli.cmd {
         Cmd::Run { config } => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            // Resource groups must be runnable here: a missing OCF agent or
+            // systemctl is an error at run time (a warning in `config check`).
+            let cfg = config::load(&config)?;
+            let problems = rt.block_on(groups::check_host(&cfg.groups));
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+                anyhow::bail!("{}: resource groups cannot run on this machine:\n{}", config.display(), list.join("\n"));
+            }
             rt.block_on(run::run(&config))
         }
         Cmd::Status { config, json } => {
@@ -116,8 +124,24 @@ fn real_main() -> Result<()> {
         Cmd::Config { cmd: ConfigCmd::Check { file } } => {
             let cfg = config::load(&file)?;
             config::read_secret(&cfg.secret_file)?;
+            // Resource groups: machine-dependent problems (agent not
+            // installed) are warnings here, errors for `baton run`.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let problems = rt.block_on(groups::check_host(&cfg.groups));
+            let mut errors = 0;
+            for p in &problems {
+                if p.is_error_for_check() {
+                    errors += 1;
+                    eprintln!("error: {p}");
+                } else {
+                    eprintln!("warning: {p} (an error for `baton run` on this machine)");
+                }
+            }
+            if errors > 0 {
+                anyhow::bail!("{}: {errors} resource group error(s)", file.display());
+            }
             println!(
-                "{}: ok (cluster {:?} id {}, node {:?} id {}, {} link(s), {} peer(s), silence bound {} ms)",
+                "{}: ok (cluster {:?} id {}, node {:?} id {}, {} link(s), {} peer(s), silence bound {} ms, {} group(s))",
                 file.display(),
                 cfg.cluster_name,
                 cfg.cluster_id,
@@ -125,8 +149,12 @@ fn real_main() -> Result<()> {
                 cfg.node_id,
                 cfg.links.len(),
                 cfg.peers.len(),
-                cfg.interval_ms * cfg.misses
+                cfg.interval_ms * cfg.misses,
+                cfg.groups.len()
             );
+            for g in &cfg.groups {
+                println!("  {}", groups::describe(g));
+            }
             Ok(())
         }
         Cmd::Distress { config, reason } => {
