@@ -2,6 +2,7 @@
 //! heartbeat sender, peer events and status. The binary (`baton`) is in
 //! `main.rs`; the daemon loop in `run.rs`.
 
+pub mod addr;
 pub mod channel;
 pub mod cluster;
 pub mod config;
