@@ -363,13 +363,33 @@ impl Channel {
     /// [`ChannelError::UnknownPeer`], [`ChannelError::TooLarge`] (more than
     /// [`MAX_MSG_LEN`] bytes encoded), [`ChannelError::Encode`]. Never blocks.
     pub fn try_send(&self, to: u32, msg: &Msg) -> Result<usize, ChannelError> {
-        let s = &self.shared;
+        if !self.is_up(to)? {
+            return Err(ChannelError::NotConnected { node: to });
+        }
+        let plain = Self::encode(msg)?;
+        self.send_encoded(to, &plain)
+    }
+
+    /// Whether a link to `to` is up (an unknown node is an error).
+    pub fn is_up(&self, to: u32) -> Result<bool, ChannelError> {
+        let conns = lock(&self.shared.conns);
+        let slot = conns.get(&to).ok_or(ChannelError::UnknownPeer { node: to })?;
+        Ok(slot.links.iter().flatten().any(|c| !c.tx.is_closed()))
+    }
+
+    /// Encodes `msg` once, for [`Channel::send_encoded`] to several peers.
+    pub fn encode(msg: &Msg) -> Result<Arc<[u8]>, ChannelError> {
         let mut plain = vec![FRAME_MSG];
         serde_json::to_writer(&mut plain, msg).map_err(|source| ChannelError::Encode { source })?;
         if plain.len() - 1 > MAX_MSG_LEN {
             return Err(ChannelError::TooLarge { size: plain.len() - 1, max: MAX_MSG_LEN });
         }
-        let plain: Arc<[u8]> = plain.into();
+        Ok(plain.into())
+    }
+
+    /// Queues a message encoded by [`Channel::encode`]; see [`Channel::try_send`].
+    pub fn send_encoded(&self, to: u32, plain: &Arc<[u8]>) -> Result<usize, ChannelError> {
+        let s = &self.shared;
         let conns = lock(&s.conns);
         let slot = conns.get(&to).ok_or(ChannelError::UnknownPeer { node: to })?;
         let (mut up, mut queued) = (0, 0);

@@ -119,11 +119,30 @@ impl ClusterDriver {
         self.core.handle(Instant(monotonic_ns()), input);
         let mut effects = Vec::new();
         let mut changed = starting;
+        let mut encoded: Option<(baton_core::membership::Msg, std::sync::Arc<[u8]>)> = None;
         while let Some(a) = self.core.poll_action() {
             match a {
                 Action::Send { to, msg } => {
                     self.messages_sent += 1;
-                    self.channel.send(to, &msg);
+                    if !matches!(self.channel.is_up(to), Ok(true)) {
+                        continue;
+                    }
+                    // A broadcast comes as the same message to each node:
+                    // encode it once.
+                    let bytes = match &encoded {
+                        Some((m, b)) if *m == msg => b.clone(),
+                        _ => match Channel::encode(&msg) {
+                            Ok(b) => {
+                                encoded = Some((msg, b.clone()));
+                                b
+                            }
+                            Err(e) => {
+                                warn!("{e}");
+                                continue;
+                            }
+                        },
+                    };
+                    let _ = self.channel.send_encoded(to, &bytes);
                 }
                 Action::Notify { subsystem, id, step, states } => {
                     changed = true;

@@ -96,6 +96,7 @@ fn big_state(n: u32) -> Msg {
         origin: ViewId { term: 1, master: 1, master_incarnation: 1, version: 0 },
         nodes,
         transitions: BTreeMap::new(),
+        change: 0,
     })
 }
 

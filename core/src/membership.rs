@@ -263,6 +263,10 @@ pub struct Report {
 /// The S3 group data: the member records of the sender's subgroup.
 pub type Records = BTreeMap<NodeId, (u64, BTreeSet<LevelSpec>)>;
 
+/// A master unheard on the control channel for this many formation
+/// periods counts as dead even if the datapath still hears it.
+pub const MASTER_SILENCE_FORMS: u64 = 4;
+
 /// Messages between membership managers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -270,6 +274,9 @@ pub enum Msg {
     Report(Report),
     State(ClusterState),
     Gmp(GmpMsg<Records>),
+    /// The master's periodic sign of life to a node whose last report
+    /// showed it has the current state (the others get the whole state).
+    Alive { view: ViewId },
 }
 
 /// A local subsystem (S1.2), as registered with this node's manager.
@@ -684,6 +691,20 @@ impl Membership {
                 }
                 self.reports.insert(from, r);
             }
+            Msg::Alive { view } => {
+                self.max_term = self.max_term.max(view.term);
+                match &self.state {
+                    Some(c) if (c.view.term, c.view.master, c.view.master_incarnation) == (view.term, view.master, view.master_incarnation) => {
+                        self.master_contact = now;
+                        if view.supersedes(&c.view) {
+                            // We missed a state: our next report says so,
+                            // and the master sends it whole.
+                            self.report_dirty = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
             Msg::State(s) => {
                 self.max_term = self.max_term.max(s.view.term);
                 if self.state.as_ref().map(|c| (c.view.term, c.view.master, c.view.master_incarnation))
@@ -910,7 +931,7 @@ impl Membership {
                 }
             }
             if self.is_master() && now >= self.next_resend {
-                self.broadcast_state();
+                self.refresh_followers();
             }
             if now >= self.next_resend {
                 self.next_resend = now.plus_ns(self.cfg.resend_ns);
@@ -948,7 +969,11 @@ impl Membership {
         // The master failed, or restarted (a newer life of it spoke to us),
         // or has not sent its (periodic) state for a whole formation period.
         let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
-        let silent = self.now.since(self.master_contact) > self.cfg.form_ns;
+        // The datapath's failure detector decides the master's death in
+        // tens of milliseconds (`failed`); silence on the control channel
+        // is only the backstop, long enough not to take a master that is
+        // merely slow (a loaded machine, a mass join) for a dead one.
+        let silent = self.now.since(self.master_contact) > MASTER_SILENCE_FORMS * self.cfg.form_ns;
         self.failed.contains(&s.view.master) || restarted || silent
     }
 
@@ -1087,6 +1112,27 @@ impl Membership {
         let nodes: Vec<NodeId> = self.cfg.nodes.iter().copied().collect();
         for n in nodes {
             self.send(n, Msg::State(s.clone()));
+        }
+    }
+
+    /// The periodic resend of the master: the whole state to every node
+    /// whose last report has not seen it, a small `Alive` to the others.
+    /// (A report counts only while recent: a node that restarted fast
+    /// follows nothing yet, whatever its earlier life reported.)
+    fn refresh_followers(&mut self) {
+        let Some(s) = self.state.clone() else { return };
+        let me = self.cfg.me;
+        let now = self.now;
+        let recent = 2 * self.cfg.resend_ns;
+        let nodes: Vec<NodeId> = self.cfg.nodes.iter().copied().filter(|n| *n != me).collect();
+        for n in nodes {
+            let current = self.reports.get(&n).is_some_and(|r| r.seen == s.view)
+                && self.report_at.get(&n).is_some_and(|t| now.since(*t) <= recent);
+            if current {
+                self.send(n, Msg::Alive { view: s.view });
+            } else {
+                self.send(n, Msg::State(s.clone()));
+            }
         }
     }
 
