@@ -9,6 +9,7 @@
 pub mod gmp;
 pub mod membership;
 pub mod rng;
+pub mod services;
 pub mod sim;
 
 use std::fmt;

@@ -1,0 +1,2016 @@
+//! Services: registration and launch of client services and resource groups
+//! (S1.9–S1.15 of the 001 seed, S4 of the 004 seed).
+//!
+//! One [`Services`] runs on every node. It is sans-IO: feed it [`Input`]s with
+//! `handle(now, input)`, pull [`Action`]s with `poll_action()`, and call it
+//! again (with [`Input::Tick`]) at `next_deadline()`.
+//!
+//! ## How it works (see `docs/services.md` for the full argument)
+//! * **One decider.** The membership master (given with every [`Input::View`])
+//!   makes every decision cluster-wide. It keeps the authoritative
+//!   [`Registry`] (versioned) and replicates it to every member.
+//! * **Nodes report state, not deltas.** Every node sends the decider a
+//!   [`Report`] of its local service phases whenever one changes (and when
+//!   it adopts a registry version, which doubles as the acknowledgement).
+//!   The decider reconciles the registry with the reports (level-triggered):
+//!   a lost or duplicated message is repaired by the next report.
+//! * **Directives.** The decider tells a node to start, stop or recover a
+//!   service ([`Directive`]); each carries an [`OpId`] that only grows, so a
+//!   duplicated or reordered directive is ignored by the node.
+//! * **Epochs.** A new decider first sends [`Msg::Collect`] and waits for a
+//!   report from every member (carrying its copy of the registry) before it
+//!   decides anything. A node obeys only its current master, in the epoch the
+//!   master announced, so a late directive of a dead decider is never run.
+//! * **Safety.** A placement-One service is started on a node only when no
+//!   member runs it, starts it, stops it or recovers it: the old owner must
+//!   have reported it stopped, or have left the view (forced out nodes halt,
+//!   S1.7; a gracefully leaving node leaves only once it is drained).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use crate::{Instant, NodeId};
+
+// ---------------------------------------------------------------------------
+// Specification (the choosing parameters, S1.10, S1.12, S4.2)
+// ---------------------------------------------------------------------------
+
+/// Where a service may be registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Allowable {
+    /// The wildcard: every node of the cluster.
+    Any,
+    /// These nodes, in this order: with [`Preference::Ordered`] this is the
+    /// sequenced list of possible nodes of S4.2.
+    Nodes(Vec<NodeId>),
+}
+
+impl Allowable {
+    pub fn allows(&self, n: NodeId) -> bool {
+        match self {
+            Allowable::Any => true,
+            Allowable::Nodes(v) => v.contains(&n),
+        }
+    }
+}
+
+/// How the allowable nodes are ranked (the preferred node always comes first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Preference {
+    /// The allowable list, highest rank first (node id order for `Any`).
+    Ordered,
+    /// The least loaded node by the most recent load figure each node
+    /// reported; ties go to the lowest node id.
+    Unordered,
+}
+
+/// Placement policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Placement {
+    /// Registered on exactly one node.
+    One,
+    /// Registered and started on every allowable node.
+    Every,
+}
+
+/// S1.14: a service whose transfer cost is free moves back to a better
+/// node (its preferred node, or a higher ordered one) when that node joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum TransferCost {
+    Free,
+    Costly,
+}
+
+/// When the cluster is mature for a service (its first registration waits
+/// for it). Mature means: at least one allowable node is up, and either no
+/// condition is set, or one of the set conditions holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Maturity {
+    /// The preferred ("primary") node is up.
+    pub primary_up: bool,
+    /// At least this many allowable nodes are up (Table 2's maturity count).
+    pub nodes_up: Option<u32>,
+    /// This much time passed since the service began awaiting maturity
+    /// (Table 2's maturity time), as measured by the deciding node.
+    pub after_ms: Option<u64>,
+}
+
+impl Maturity {
+    pub const NONE: Maturity = Maturity { primary_up: false, nodes_up: None, after_ms: None };
+    pub fn applies(&self) -> bool {
+        self.primary_up || self.nodes_up.is_some() || self.after_ms.is_some()
+    }
+}
+
+/// A client service or resource group (its choosing parameters and what
+/// action functions it has). Children ([`ServiceSpec::parent`]) have no
+/// choosing factors of their own: only the root's are used (S1.12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ServiceSpec {
+    pub name: String,
+    pub allowable: Allowable,
+    pub disallowable: BTreeSet<NodeId>,
+    pub preferred: Option<NodeId>,
+    pub preference: Preference,
+    pub auto_register: bool,
+    pub placement: Placement,
+    pub maturity: Maturity,
+    /// The parent service (nested to any depth).
+    pub parent: Option<String>,
+    pub transfer_cost: TransferCost,
+    pub has_notify: bool,
+    pub has_recovery: bool,
+}
+
+impl ServiceSpec {
+    /// Defaults: allowable anywhere, ordered, auto-registered, one node, no
+    /// maturity, no parent, costly transfer, no notify, no recovery.
+    pub fn new(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_string(),
+            allowable: Allowable::Any,
+            disallowable: BTreeSet::new(),
+            preferred: None,
+            preference: Preference::Ordered,
+            auto_register: true,
+            placement: Placement::One,
+            maturity: Maturity::NONE,
+            parent: None,
+            transfer_cost: TransferCost::Costly,
+            has_notify: false,
+            has_recovery: false,
+        }
+    }
+    /// Whether the choosing factors allow `n` at all.
+    pub fn may_run_on(&self, n: NodeId) -> bool {
+        self.allowable.allows(n) && !self.disallowable.contains(&n)
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpecError {
+    Duplicate(String),
+    UnknownParent { service: String, parent: String },
+    Cycle(String),
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecError::Duplicate(s) => write!(f, "service {s:?} is defined twice"),
+            SpecError::UnknownParent { service, parent } => {
+                write!(f, "service {service:?} names parent {parent:?}, which is not defined")
+            }
+            SpecError::Cycle(s) => write!(f, "service {s:?} is its own ancestor"),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+// ---------------------------------------------------------------------------
+// States (S1.15)
+// ---------------------------------------------------------------------------
+
+/// S1.15 (Fig. 19 of the 001 seed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum ServiceState {
+    Starting,
+    Registered,
+    Stopping,
+    Deregistered,
+    Recovering,
+}
+
+/// S1.15's flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Flags {
+    pub transfer_intent: bool,
+    pub awaiting_maturity: bool,
+    pub has_notify: bool,
+}
+
+/// Identifies a directive: the decider's epoch and a counter. Only grows
+/// (epochs are view ids, which grow across deciders).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct OpId {
+    pub epoch: u64,
+    pub n: u64,
+}
+
+/// A registry version: the decider's epoch and a counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Version {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// Why an action function runs (an IN parameter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Reason {
+    /// First registration (auto_register or an operator's register).
+    Register,
+    /// Part of a transfer (S1.14): a node leaving or going standby.
+    Transfer,
+    /// An operator's switchover.
+    Switchover,
+    /// Back to a better node (transfer cost free).
+    Failback,
+    /// The monitor failed on the owner.
+    MonitorFailed,
+    /// After a forced leave (S4.4).
+    Failover,
+    /// Cleanup after a failed start (S1.13).
+    StartFailed,
+    /// The parent moves or stops (S1.12).
+    Parent,
+    /// Deregistered by the operator.
+    Deregister,
+    /// Notify: the service was registered on `node`.
+    Registered,
+}
+
+/// The IN parameters of an action function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ActionParams {
+    pub service: String,
+    /// Start/Stop/Recovery: the node the action runs on. Notify: the node
+    /// the service is registered on (the notify itself runs locally).
+    pub node: NodeId,
+    pub reason: Reason,
+    /// The node the service was registered on before, if any (transfer,
+    /// failover: the failed node).
+    pub previous: Option<NodeId>,
+    pub op: OpId,
+}
+
+/// The OUT result of an action function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ActionResult {
+    pub ok: bool,
+    /// Exit code (OCF codes for resource agents).
+    pub code: i32,
+    pub detail: String,
+}
+
+impl ActionResult {
+    pub const OK: ActionResult = ActionResult { ok: true, code: 0, detail: String::new() };
+    pub fn failed(code: i32, detail: &str) -> ActionResult {
+        ActionResult { ok: false, code, detail: detail.to_string() }
+    }
+}
+
+/// Why an alert was raised.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum AlertReason {
+    /// S4.7: the service runs on its last possible node; switching is
+    /// disabled (a switchover or a monitor failure cannot move it).
+    LastPossibleNode { node: NodeId },
+    /// No allowable live node is left to register the service on.
+    NoNode,
+    /// The start failed on every allowable live node (S1.13): the service
+    /// stays deregistered until an operator registers it again.
+    AllNodesFailed,
+    /// The stop failed: the service may still run there, so it is started
+    /// nowhere else until that node leaves the cluster (or is fenced).
+    StopFailed { node: NodeId },
+    /// The recovery failed: the service stays deregistered until an
+    /// operator registers it again.
+    RecoveryFailed { node: NodeId },
+}
+
+// ---------------------------------------------------------------------------
+// The replicated registry
+// ---------------------------------------------------------------------------
+
+/// A service's registration on one node (or its recovery after that node
+/// was forced out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Instance {
+    /// Starting, Registered, Stopping or Recovering (Deregistered = absent).
+    pub state: ServiceState,
+    /// The latest directive for this instance.
+    pub op: OpId,
+    /// Registered, but the monitor reported a failure.
+    pub failed: bool,
+    /// The stop failed: stuck until the node leaves.
+    pub stuck: bool,
+    /// Recovering: where the recovery runs (chosen by the choosing factors).
+    pub recovery_on: Option<NodeId>,
+}
+
+/// The decider's record of one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Entry {
+    /// Per node (for placement One at most one).
+    pub instances: BTreeMap<NodeId, Instance>,
+    pub transfer_intent: bool,
+    pub awaiting_maturity: bool,
+    /// Maturity was reached once: it does not apply any more.
+    pub matured: bool,
+    /// Should be registered (auto_register, or an operator's register).
+    pub wanted: bool,
+    /// Start (or, for One, monitor) failed there: not chosen again until
+    /// that node leaves and rejoins, or an operator registers or switches.
+    /// Node -> the incarnation (life) of that node the ban applies to.
+    pub banned: BTreeMap<NodeId, u64>,
+    /// An operator's switchover destination.
+    pub target: Option<NodeId>,
+    /// The node the service was last registered on.
+    pub previous: Option<NodeId>,
+    /// Every member acknowledged the registry version that recorded the
+    /// registration (S1.11: the registration is complete).
+    pub complete: bool,
+    /// Recovery or every start failed: wait for an operator.
+    pub blocked: bool,
+}
+
+impl Entry {
+    fn new(wanted: bool) -> Entry {
+        Entry {
+            instances: BTreeMap::new(),
+            transfer_intent: false,
+            awaiting_maturity: false,
+            matured: false,
+            wanted,
+            banned: BTreeMap::new(),
+            target: None,
+            previous: None,
+            complete: false,
+            blocked: false,
+        }
+    }
+}
+
+/// The replicated registry: where every service is registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Registry {
+    pub version: Version,
+    pub services: BTreeMap<String, Entry>,
+    pub maintenance: bool,
+    pub standby: BTreeSet<NodeId>,
+    /// Nodes leaving gracefully: their services are transferred.
+    pub leaving: BTreeSet<NodeId>,
+}
+
+// ---------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------
+
+/// A node's local phase of a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum LocalPhase {
+    #[default]
+    Idle,
+    Starting,
+    Running,
+    /// Running, and the monitor reported a failure.
+    Failed,
+    Stopping,
+    /// The stop failed: may still be running.
+    StopFailed,
+}
+
+impl LocalPhase {
+    /// The service may be running here (so nowhere else may start it).
+    pub fn active(self) -> bool {
+        self != LocalPhase::Idle
+    }
+}
+
+/// How the latest directive on a node ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum LocalOutcome {
+    Started,
+    /// The start failed (the cleanup stop ran after it).
+    StartFailed,
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LocalReport {
+    pub phase: LocalPhase,
+    /// The latest directive this node applied for the service.
+    pub op: OpId,
+    pub outcome: Option<LocalOutcome>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct RecoveryReport {
+    pub op: OpId,
+    pub failed: NodeId,
+    /// None while it runs.
+    pub ok: Option<bool>,
+}
+
+/// A node's report to the decider: its whole local state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Report {
+    /// The decider epoch this report belongs to (0: none announced yet).
+    pub epoch: u64,
+    /// The sender's view id when it sent the report: a report of a life
+    /// that departed (sent in a view up to its departure) is stale.
+    pub view: u64,
+    pub incarnation: u64,
+    /// Grows with every report of this life.
+    pub seq: u64,
+    pub locals: BTreeMap<String, LocalReport>,
+    pub recoveries: BTreeMap<String, RecoveryReport>,
+    /// The registry version this node has (its acknowledgement).
+    pub seen: Version,
+    /// The node's most recent load figure.
+    pub load: u64,
+    /// Nodes this node was told are leaving gracefully.
+    pub leaving: BTreeSet<NodeId>,
+    /// The node's registry copy: sent in the first report of an epoch, so
+    /// that a new decider continues from the newest one.
+    pub registry: Option<Registry>,
+}
+
+/// What the decider tells a node to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Directive {
+    Start,
+    Stop,
+    Recover { failed: NodeId },
+}
+
+/// An operator's request, forwarded to the decider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Request {
+    Switchover { service: String, to: Option<NodeId> },
+    Standby { node: NodeId, on: bool },
+    Maintenance { on: bool },
+    Register { service: String },
+    Deregister { service: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Msg {
+    /// A new decider asks for reports (and announces its epoch).
+    Collect { epoch: u64 },
+    Report(Report),
+    Registry(Registry),
+    /// `incarnation`: the life of the target node it is meant for (a
+    /// directive queued for a node that restarted is not for the new life).
+    Do { epoch: u64, incarnation: u64, directive: Directive, params: ActionParams },
+    Request(Request),
+}
+
+// ---------------------------------------------------------------------------
+// Inputs and actions
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Input {
+    /// The membership view: `id` grows over the cluster's life (also across
+    /// masters); `members` are the nodes whose services count (Joined and
+    /// Leaving, and forced-out nodes until `NodeFailed`); `master` decides.
+    View { id: u64, members: BTreeSet<NodeId>, master: NodeId },
+    /// `node` was forced out (and fenced): its services are recovered.
+    NodeFailed { node: NodeId },
+    /// `node` finished its graceful leave.
+    NodeLeft { node: NodeId },
+    /// `node` began a graceful leave: its services are transferred;
+    /// [`Action::Drained`] tells when none is left on it.
+    NodeLeaving { node: NodeId },
+    /// This node leaves gracefully (same as `NodeLeaving { node: me }`).
+    LocalLeave,
+    Receive { from: NodeId, msg: Msg },
+    StartDone { service: String, result: ActionResult },
+    StopDone { service: String, result: ActionResult },
+    RecoveryDone { service: String, result: ActionResult },
+    NotifyDone { service: String, result: ActionResult },
+    /// The service's monitor failed on this node.
+    MonitorFailed { service: String },
+    /// This node's load figure.
+    Load { figure: u64 },
+    /// Operator: move the service (and its group) to `to` or the next node.
+    Switchover { service: String, to: Option<NodeId> },
+    /// Operator: move everything off `node` and keep it off (or allow it again).
+    Standby { node: NodeId, on: bool },
+    /// Operator: freeze every decision.
+    Maintenance { on: bool },
+    /// Operator: register (start) a service, clearing its failures.
+    Register { service: String },
+    /// Operator: deregister (stop) a service.
+    Deregister { service: String },
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Action {
+    Send { to: NodeId, msg: Msg },
+    /// Run the start action function here; answer with `StartDone`.
+    Start { params: ActionParams },
+    /// Run the stop action function here; answer with `StopDone`.
+    Stop { params: ActionParams },
+    /// Run the notify action function here; answer with `NotifyDone`.
+    Notify { params: ActionParams },
+    /// Run the recovery action function here for `failed`; answer with `RecoveryDone`.
+    Recovery { params: ActionParams, failed: NodeId },
+    /// Enable the service's event group (its monitors) here.
+    EnableEvents { service: String },
+    /// Disable the service's event group here.
+    DisableEvents { service: String },
+    Alert { service: String, reason: AlertReason },
+    /// Nothing of `node` (which is leaving) is registered any more: its
+    /// graceful leave may proceed at the services level.
+    Drained { node: NodeId },
+    /// A service's status changed (as this node sees it).
+    Changed { status: ServiceStatus },
+}
+
+/// One line of `baton status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ServiceStatus {
+    pub name: String,
+    /// The summary state.
+    pub state: ServiceState,
+    /// The node, when exactly one instance exists.
+    pub node: Option<NodeId>,
+    /// Every instance's state (the per-node columns of Tables 2 and 3).
+    pub nodes: BTreeMap<NodeId, ServiceState>,
+    pub flags: Flags,
+    /// The monitor reported a failure on the owner.
+    pub failed: bool,
+    /// The registration was acknowledged by every member.
+    pub complete: bool,
+    /// When this node saw the state, node or flags change.
+    pub since: Instant,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Config {
+    pub me: NodeId,
+    /// This life of the node (grows at each restart).
+    pub incarnation: u64,
+    pub services: Vec<ServiceSpec>,
+}
+
+// ---------------------------------------------------------------------------
+// The state machine
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default)]
+struct LocalSvc {
+    phase: LocalPhase,
+    op: OpId,
+    outcome: Option<LocalOutcome>,
+    params: Option<ActionParams>,
+    /// A stop that arrived while starting: runs after StartDone.
+    pending_stop: Option<ActionParams>,
+    /// Stopping after a failed start.
+    cleanup: bool,
+}
+
+#[derive(Clone, Debug)]
+struct LocalRecovery {
+    op: OpId,
+    failed: NodeId,
+    ok: Option<bool>,
+}
+
+struct Decider {
+    epoch: u64,
+    collected: bool,
+    reports: BTreeMap<NodeId, Report>,
+    next_op: u64,
+    dirty: bool,
+    awaiting_since: BTreeMap<String, Instant>,
+    alerted: BTreeMap<String, AlertReason>,
+    /// Registrations waiting for every member's acknowledgement.
+    commit_at: BTreeMap<String, Version>,
+    requests: Vec<Request>,
+    /// The last registry published (None: publish the next pass).
+    last: Option<Registry>,
+    /// The newest incarnation each node reported (kept across departures).
+    incarnations: BTreeMap<NodeId, u64>,
+}
+
+pub struct Services {
+    me: NodeId,
+    incarnation: u64,
+    specs: BTreeMap<String, ServiceSpec>,
+    /// Parents before children.
+    order: Vec<String>,
+    view_id: u64,
+    view_members: BTreeSet<NodeId>,
+    master: Option<NodeId>,
+    /// Nodes failed or left, with the view id when they did.
+    gone: BTreeMap<NodeId, u64>,
+    /// The view id at which each node last departed.
+    departed_at: BTreeMap<NodeId, u64>,
+    epoch: u64,
+    locals: BTreeMap<String, LocalSvc>,
+    recoveries: BTreeMap<String, LocalRecovery>,
+    report_seq: u64,
+    report_dirty: bool,
+    /// The epoch whose first report (with the registry copy) was sent.
+    registry_sent_for: u64,
+    load: u64,
+    registry: Registry,
+    leaving_local: BTreeSet<NodeId>,
+    drained_sent: BTreeSet<NodeId>,
+    notified: BTreeMap<String, BTreeMap<NodeId, OpId>>,
+    shown: BTreeMap<String, ServiceStatus>,
+    pending_requests: Vec<Request>,
+    decider: Option<Decider>,
+    inbox: VecDeque<(NodeId, Msg)>,
+    actions: VecDeque<Action>,
+    now: Instant,
+}
+
+impl Services {
+    pub fn new(cfg: Config) -> Result<Services, SpecError> {
+        let mut specs = BTreeMap::new();
+        for s in cfg.services {
+            if specs.contains_key(&s.name) {
+                return Err(SpecError::Duplicate(s.name));
+            }
+            specs.insert(s.name.clone(), s);
+        }
+        let mut depth: BTreeMap<String, usize> = BTreeMap::new();
+        for name in specs.keys() {
+            let mut d = 0;
+            let mut cur = name.clone();
+            while let Some(p) = specs[&cur].parent.clone() {
+                if !specs.contains_key(&p) {
+                    return Err(SpecError::UnknownParent { service: cur, parent: p });
+                }
+                d += 1;
+                if d > specs.len() {
+                    return Err(SpecError::Cycle(name.clone()));
+                }
+                cur = p;
+            }
+            depth.insert(name.clone(), d);
+        }
+        let mut order: Vec<String> = specs.keys().cloned().collect();
+        order.sort_by(|a, b| (depth[a], a).cmp(&(depth[b], b)));
+        let mut services = BTreeMap::new();
+        for s in specs.values() {
+            services.insert(s.name.clone(), Entry::new(s.parent.is_none() && s.auto_register));
+        }
+        let mut me = Services {
+            me: cfg.me,
+            incarnation: cfg.incarnation,
+            specs,
+            order,
+            view_id: 0,
+            view_members: BTreeSet::new(),
+            master: None,
+            gone: BTreeMap::new(),
+            departed_at: BTreeMap::new(),
+            epoch: 0,
+            locals: BTreeMap::new(),
+            recoveries: BTreeMap::new(),
+            report_seq: 0,
+            report_dirty: false,
+            registry_sent_for: u64::MAX,
+            load: 0,
+            registry: Registry {
+                version: Version::default(),
+                services,
+                maintenance: false,
+                standby: BTreeSet::new(),
+                leaving: BTreeSet::new(),
+            },
+            leaving_local: BTreeSet::new(),
+            drained_sent: BTreeSet::new(),
+            notified: BTreeMap::new(),
+            shown: BTreeMap::new(),
+            pending_requests: Vec::new(),
+            decider: None,
+            inbox: VecDeque::new(),
+            actions: VecDeque::new(),
+            now: Instant::ZERO,
+        };
+        for name in me.order.clone() {
+            let st = me.status_of(&name, Instant::ZERO);
+            me.shown.insert(name, st);
+        }
+        Ok(me)
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+    pub fn is_decider(&self) -> bool {
+        self.decider.as_ref().is_some_and(|d| d.collected)
+    }
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    /// This node's local phase of a service.
+    pub fn local_phase(&self, service: &str) -> LocalPhase {
+        self.locals.get(service).map(|l| l.phase).unwrap_or_default()
+    }
+    pub fn specs(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.specs.values()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The decider's maturity timers.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let d = self.decider.as_ref()?;
+        if !d.collected || self.registry.maintenance {
+            return None;
+        }
+        let mut best: Option<Instant> = None;
+        for (name, since) in &d.awaiting_since {
+            let Some(after) = self.specs.get(name).and_then(|s| s.maturity.after_ms) else { continue };
+            if self.registry.services.get(name).is_some_and(|e| e.awaiting_maturity && !e.matured) {
+                let t = since.plus_ms(after);
+                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        }
+        best
+    }
+
+    /// The status of every service, as this node knows it (`baton status`).
+    pub fn snapshot(&self) -> Vec<ServiceStatus> {
+        self.order.iter().map(|n| self.shown[n].clone()).collect()
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::View { id, members, master } => self.on_view(id, members, master),
+            Input::NodeFailed { node } | Input::NodeLeft { node } => {
+                if node != self.me {
+                    self.gone.insert(node, self.view_id);
+                    self.departed(node);
+                }
+            }
+            Input::NodeLeaving { node } => self.on_leaving(node),
+            Input::LocalLeave => self.on_leaving(self.me),
+            Input::Receive { from, msg } => self.inbox.push_back((from, msg)),
+            Input::StartDone { service, result } => self.on_start_done(&service, result.ok),
+            Input::StopDone { service, result } => self.on_stop_done(&service, result.ok),
+            Input::RecoveryDone { service, result } => {
+                if let Some(r) = self.recoveries.get_mut(&service) {
+                    if r.ok.is_none() {
+                        r.ok = Some(result.ok);
+                        self.report_dirty = true;
+                    }
+                }
+            }
+            Input::NotifyDone { .. } => {}
+            Input::MonitorFailed { service } => {
+                if let Some(l) = self.locals.get_mut(&service) {
+                    if l.phase == LocalPhase::Running {
+                        l.phase = LocalPhase::Failed;
+                        self.report_dirty = true;
+                    }
+                }
+            }
+            Input::Load { figure } => {
+                if figure != self.load {
+                    self.load = figure;
+                    self.report_dirty = true;
+                }
+            }
+            Input::Switchover { service, to } => self.request(Request::Switchover { service, to }),
+            Input::Standby { node, on } => self.request(Request::Standby { node, on }),
+            Input::Maintenance { on } => self.request(Request::Maintenance { on }),
+            Input::Register { service } => self.request(Request::Register { service }),
+            Input::Deregister { service } => self.request(Request::Deregister { service }),
+            Input::Tick => {
+                if let Some(d) = self.decider.as_mut() {
+                    d.dirty = true;
+                }
+            }
+        }
+        self.flush();
+    }
+
+    // ----- membership -----
+
+    fn members(&self) -> BTreeSet<NodeId> {
+        self.view_members.iter().copied().filter(|n| !self.gone.contains_key(n)).collect()
+    }
+
+    fn on_view(&mut self, id: u64, members: BTreeSet<NodeId>, master: NodeId) {
+        if id <= self.view_id {
+            return;
+        }
+        let before = self.members();
+        self.view_id = id;
+        self.gone.retain(|_, at| *at >= id);
+        self.view_members = members;
+        let after = self.members();
+        for n in before.difference(&after) {
+            self.departed(*n);
+        }
+        // Any life not in this view is over: its reports are stale from now.
+        for (n, at) in self.departed_at.iter_mut() {
+            if !after.contains(n) {
+                *at = (*at).max(id);
+            }
+        }
+        if self.master != Some(master) {
+            self.master = Some(master);
+            self.epoch = 0;
+            self.decider = None;
+            if master == self.me {
+                self.epoch = id;
+                self.decider = Some(Decider {
+                    epoch: id,
+                    collected: false,
+                    reports: BTreeMap::new(),
+                    next_op: 0,
+                    dirty: true,
+                    awaiting_since: BTreeMap::new(),
+                    alerted: BTreeMap::new(),
+                    commit_at: BTreeMap::new(),
+                    requests: Vec::new(),
+                    last: None,
+                    incarnations: BTreeMap::new(),
+                });
+                let me = self.me;
+                for n in after.iter().copied().filter(|n| *n != me) {
+                    self.send(n, Msg::Collect { epoch: id });
+                }
+            }
+            // A hello to the new master (it answers with Collect), or our
+            // own first report when we are the master.
+            self.report_dirty = true;
+            for r in std::mem::take(&mut self.pending_requests) {
+                self.send(master, Msg::Request(r));
+            }
+        } else if let Some(d) = self.decider.as_mut() {
+            d.dirty = true;
+            let epoch = d.epoch;
+            let new: Vec<NodeId> =
+                after.difference(&before).copied().filter(|n| *n != self.me && !d.reports.contains_key(n)).collect();
+            for n in new {
+                self.send(n, Msg::Collect { epoch });
+            }
+        }
+    }
+
+    /// `n` is no longer a member (failed, left, or dropped from the view).
+    fn departed(&mut self, n: NodeId) {
+        let at = self.departed_at.entry(n).or_insert(0);
+        *at = (*at).max(self.view_id);
+        if self.leaving_local.remove(&n) {
+            self.report_dirty = true;
+        }
+        self.drained_sent.remove(&n);
+        if let Some(d) = self.decider.as_mut() {
+            d.reports.remove(&n);
+            d.dirty = true;
+            self.registry.leaving.remove(&n);
+            for e in self.registry.services.values_mut() {
+                e.banned.remove(&n);
+            }
+        }
+    }
+
+    fn on_leaving(&mut self, node: NodeId) {
+        if self.leaving_local.insert(node) {
+            self.report_dirty = true;
+        }
+    }
+
+    fn request(&mut self, r: Request) {
+        match self.master {
+            Some(m) => self.send(m, Msg::Request(r)),
+            None => self.pending_requests.push(r),
+        }
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        if to == self.me {
+            self.inbox.push_back((to, msg));
+        } else {
+            self.actions.push_back(Action::Send { to, msg });
+        }
+    }
+
+    // ----- the local side -----
+
+    fn receive(&mut self, from: NodeId, msg: Msg) {
+        match msg {
+            Msg::Collect { epoch } => {
+                if Some(from) == self.master && epoch >= self.epoch {
+                    self.epoch = epoch;
+                    self.report_dirty = true;
+                }
+            }
+            Msg::Registry(reg) => {
+                if Some(from) == self.master
+                    && from != self.me
+                    && self.epoch != 0
+                    && reg.version.epoch == self.epoch
+                    && reg.version > self.registry.version
+                {
+                    self.registry = reg;
+                    self.report_dirty = true;
+                }
+            }
+            Msg::Do { epoch, incarnation, directive, params } => {
+                if Some(from) == self.master
+                    && self.epoch != 0
+                    && epoch == self.epoch
+                    && incarnation == self.incarnation
+                {
+                    self.on_directive(directive, params);
+                }
+            }
+            Msg::Report(r) => self.on_report(from, r),
+            Msg::Request(r) => {
+                if let Some(d) = self.decider.as_mut() {
+                    d.requests.push(r);
+                    d.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn on_directive(&mut self, directive: Directive, params: ActionParams) {
+        let service = params.service.clone();
+        if !self.specs.contains_key(&service) {
+            return;
+        }
+        let op = params.op;
+        if let Directive::Recover { failed } = directive {
+            if self.recoveries.get(&service).is_some_and(|r| r.op >= op) {
+                return;
+            }
+            self.recoveries.insert(service, LocalRecovery { op, failed, ok: None });
+            self.actions.push_back(Action::Recovery { params, failed });
+            self.report_dirty = true;
+            return;
+        }
+        let l = self.locals.entry(service.clone()).or_default();
+        if op <= l.op || l.pending_stop.as_ref().is_some_and(|p| op <= p.op) {
+            return; // a duplicate or a stale directive
+        }
+        self.report_dirty = true;
+        match directive {
+            Directive::Start => {
+                l.op = op;
+                if l.phase == LocalPhase::Idle {
+                    l.phase = LocalPhase::Starting;
+                    l.outcome = None;
+                    l.cleanup = false;
+                    l.params = Some(params.clone());
+                    self.actions.push_back(Action::Start { params });
+                }
+                // Otherwise it is already here: the report tells the decider.
+            }
+            Directive::Stop => match l.phase {
+                LocalPhase::Running | LocalPhase::Failed => {
+                    l.op = op;
+                    l.phase = LocalPhase::Stopping;
+                    l.params = Some(params.clone());
+                    self.actions.push_back(Action::DisableEvents { service });
+                    self.actions.push_back(Action::Stop { params });
+                }
+                LocalPhase::StopFailed => {
+                    l.op = op;
+                    l.phase = LocalPhase::Stopping;
+                    l.params = Some(params.clone());
+                    self.actions.push_back(Action::Stop { params });
+                }
+                LocalPhase::Starting => l.pending_stop = Some(params),
+                LocalPhase::Stopping => l.op = op,
+                LocalPhase::Idle => {
+                    l.op = op;
+                    l.outcome = Some(LocalOutcome::Stopped);
+                }
+            },
+            Directive::Recover { .. } => unreachable!(),
+        }
+    }
+
+    fn on_start_done(&mut self, service: &str, ok: bool) {
+        let Some(l) = self.locals.get_mut(service) else { return };
+        if l.phase != LocalPhase::Starting {
+            return;
+        }
+        self.report_dirty = true;
+        let params = l.params.clone().expect("a start has its params");
+        if ok {
+            l.outcome = Some(LocalOutcome::Started);
+            if let Some(stop) = l.pending_stop.take() {
+                l.op = stop.op;
+                l.phase = LocalPhase::Stopping;
+                l.params = Some(stop.clone());
+                self.actions.push_back(Action::Stop { params: stop });
+            } else {
+                l.phase = LocalPhase::Running;
+                self.actions.push_back(Action::EnableEvents { service: service.to_string() });
+            }
+        } else {
+            // S1.13: clean up here; the decider then tries the next node.
+            l.outcome = Some(LocalOutcome::StartFailed);
+            l.cleanup = true;
+            l.phase = LocalPhase::Stopping;
+            if let Some(stop) = l.pending_stop.take() {
+                l.op = stop.op;
+            }
+            let p = ActionParams { reason: Reason::StartFailed, ..params };
+            l.params = Some(p.clone());
+            self.actions.push_back(Action::Stop { params: p });
+        }
+    }
+
+    fn on_stop_done(&mut self, service: &str, ok: bool) {
+        let Some(l) = self.locals.get_mut(service) else { return };
+        if l.phase != LocalPhase::Stopping {
+            return;
+        }
+        self.report_dirty = true;
+        if ok {
+            l.phase = LocalPhase::Idle;
+            l.outcome = Some(if l.cleanup { LocalOutcome::StartFailed } else { LocalOutcome::Stopped });
+            l.cleanup = false;
+        } else {
+            l.phase = LocalPhase::StopFailed;
+            let reason = AlertReason::StopFailed { node: self.me };
+            self.actions.push_back(Action::Alert { service: service.to_string(), reason });
+        }
+    }
+
+    fn make_report(&mut self) -> Report {
+        self.report_seq += 1;
+        let with_registry = self.registry_sent_for != self.epoch;
+        self.registry_sent_for = self.epoch;
+        Report {
+            epoch: self.epoch,
+            view: self.view_id,
+            incarnation: self.incarnation,
+            seq: self.report_seq,
+            locals: self
+                .locals
+                .iter()
+                .map(|(k, l)| (k.clone(), LocalReport { phase: l.phase, op: l.op, outcome: l.outcome }))
+                .collect(),
+            recoveries: self
+                .recoveries
+                .iter()
+                .map(|(k, r)| (k.clone(), RecoveryReport { op: r.op, failed: r.failed, ok: r.ok }))
+                .collect(),
+            seen: self.registry.version,
+            load: self.load,
+            leaving: self.leaving_local.clone(),
+            registry: if with_registry { Some(self.registry.clone()) } else { None },
+        }
+    }
+
+    // ----- the loop -----
+
+    fn flush(&mut self) {
+        for _ in 0..10_000 {
+            while let Some((from, msg)) = self.inbox.pop_front() {
+                self.receive(from, msg);
+            }
+            if self.decider.as_ref().is_some_and(|d| d.dirty) {
+                self.reconcile();
+            }
+            if self.report_dirty {
+                self.report_dirty = false;
+                if let Some(m) = self.master {
+                    let r = self.make_report();
+                    self.send(m, Msg::Report(r));
+                }
+            }
+            if self.inbox.is_empty() && !self.report_dirty && !self.decider.as_ref().is_some_and(|d| d.dirty) {
+                break;
+            }
+        }
+        for name in self.order.clone() {
+            self.show(&name);
+        }
+        self.local_checks();
+    }
+
+    /// Notify (S1.13) and drained checks, from this node's registry copy.
+    fn local_checks(&mut self) {
+        let me = self.me;
+        let mut out = Vec::new();
+        for (name, e) in &self.registry.services {
+            let Some(spec) = self.specs.get(name) else { continue };
+            let root = self.root_spec(name);
+            if !spec.has_notify || !root.may_run_on(me) || e.instances.contains_key(&me) {
+                continue;
+            }
+            for (n, inst) in &e.instances {
+                if inst.state != ServiceState::Registered || *n == me {
+                    continue;
+                }
+                let seen = self.notified.get(name).and_then(|m| m.get(n));
+                if seen.is_some_and(|o| *o >= inst.op) {
+                    continue;
+                }
+                out.push((
+                    name.clone(),
+                    *n,
+                    ActionParams {
+                        service: name.clone(),
+                        node: *n,
+                        reason: Reason::Registered,
+                        previous: e.previous.filter(|p| p != n),
+                        op: inst.op,
+                    },
+                ));
+            }
+        }
+        for (name, n, params) in out {
+            self.notified.entry(name).or_default().insert(n, params.op);
+            self.actions.push_back(Action::Notify { params });
+        }
+        // Only once the decider recorded the leave: from then on it places
+        // nothing there.
+        let leaving: BTreeSet<NodeId> = self.registry.leaving.clone();
+        for n in leaving {
+            if self.drained_sent.contains(&n) {
+                continue;
+            }
+            let on_it = self.registry.services.values().any(|e| {
+                e.instances.iter().any(|(k, i)| *k == n || i.recovery_on == Some(n))
+            });
+            let local_busy = n == me
+                && (self.locals.values().any(|l| l.phase.active()) || self.recoveries.values().any(|r| r.ok.is_none()));
+            // The registry copy must come from the current epoch.
+            if !on_it && !local_busy && self.epoch != 0 && self.registry.version.epoch == self.epoch {
+                self.drained_sent.insert(n);
+                self.actions.push_back(Action::Drained { node: n });
+            }
+        }
+    }
+
+    fn root_of<'a>(&'a self, name: &'a str) -> &'a str {
+        let mut cur = name;
+        while let Some(p) = self.specs[cur].parent.as_deref() {
+            cur = p;
+        }
+        cur
+    }
+    fn root_spec(&self, name: &str) -> &ServiceSpec {
+        &self.specs[self.root_of(name)]
+    }
+
+    fn status_of(&self, name: &str, since: Instant) -> ServiceStatus {
+        let missing = Entry::new(false);
+        let e = self.registry.services.get(name).unwrap_or(&missing);
+        let spec = &self.specs[name];
+        let root = self.root_of(name);
+        let root_awaiting = self.registry.services.get(root).is_some_and(|r| r.awaiting_maturity);
+        let nodes: BTreeMap<NodeId, ServiceState> = e.instances.iter().map(|(n, i)| (*n, i.state)).collect();
+        let has = |s: ServiceState| nodes.values().any(|x| *x == s);
+        let state = if has(ServiceState::Recovering) {
+            ServiceState::Recovering
+        } else if has(ServiceState::Stopping) {
+            ServiceState::Stopping
+        } else if has(ServiceState::Starting) && !has(ServiceState::Registered) {
+            ServiceState::Starting
+        } else if has(ServiceState::Registered) {
+            ServiceState::Registered
+        } else if has(ServiceState::Starting) {
+            ServiceState::Starting
+        } else {
+            ServiceState::Deregistered
+        };
+        ServiceStatus {
+            name: name.to_string(),
+            state,
+            node: if nodes.len() == 1 { nodes.keys().next().copied() } else { None },
+            flags: Flags {
+                transfer_intent: e.transfer_intent,
+                awaiting_maturity: root_awaiting,
+                has_notify: spec.has_notify,
+            },
+            failed: e.instances.values().any(|i| i.failed),
+            complete: e.complete,
+            nodes,
+            since,
+        }
+    }
+
+    /// Emits `Changed` if the service's status changed since last shown.
+    fn show(&mut self, name: &str) {
+        let mut st = self.status_of(name, self.now);
+        let old = &self.shown[name];
+        st.since = old.since;
+        if st == *old {
+            return;
+        }
+        st.since = self.now;
+        self.shown.insert(name.to_string(), st.clone());
+        self.actions.push_back(Action::Changed { status: st });
+    }
+
+    // ----- the decider -----
+
+    fn on_report(&mut self, from: NodeId, mut r: Report) {
+        let members = self.members();
+        let Some(d) = self.decider.as_mut() else { return };
+        if !members.contains(&from) || self.departed_at.get(&from).is_some_and(|at| r.view <= *at) {
+            return; // not a member, or a report of a life that departed
+        }
+        if r.epoch != d.epoch {
+            let epoch = d.epoch;
+            self.send(from, Msg::Collect { epoch });
+            return;
+        }
+        let known = d.incarnations.get(&from).copied();
+        if known.is_some_and(|k| k > r.incarnation) {
+            return; // an earlier life
+        }
+        if let Some(old) = d.reports.get(&from) {
+            if (old.incarnation, old.seq) >= (r.incarnation, r.seq) {
+                return; // a duplicate or stale report
+            }
+            if r.registry.is_none() && old.incarnation == r.incarnation {
+                r.registry = old.registry.clone();
+            }
+        }
+        let first = d.reports.get(&from).is_none_or(|o| o.incarnation != r.incarnation);
+        d.incarnations.insert(from, r.incarnation);
+        d.reports.insert(from, r);
+        d.dirty = true;
+        if known.is_some_and(|k| k < self.decider.as_ref().unwrap().incarnations[&from]) {
+            // A new life: nothing of the old one runs there any more.
+            self.lose_node(from);
+        }
+        let d = self.decider.as_ref().unwrap();
+        if first && d.collected && from != self.me {
+            let reg = self.registry.clone();
+            self.send(from, Msg::Registry(reg));
+        }
+        let d = self.decider.as_ref().unwrap();
+        if !d.collected && members.iter().all(|m| d.reports.contains_key(m)) {
+            self.finish_collect();
+        }
+    }
+
+    /// Everything registered on `n` is lost (it restarted).
+    fn lose_node(&mut self, n: NodeId) {
+        for (name, e) in self.registry.services.iter_mut() {
+            let has_recovery = self.specs.get(name).is_some_and(|s| s.has_recovery);
+            if let Some(inst) = e.instances.get_mut(&n) {
+                if inst.state != ServiceState::Recovering {
+                    e.previous = Some(n);
+                    if has_recovery {
+                        *inst = Instance {
+                            state: ServiceState::Recovering,
+                            op: inst.op,
+                            failed: false,
+                            stuck: false,
+                            recovery_on: None,
+                        };
+                    } else {
+                        e.instances.remove(&n);
+                    }
+                }
+            }
+            for inst in e.instances.values_mut() {
+                if inst.recovery_on == Some(n) {
+                    inst.recovery_on = None;
+                }
+            }
+        }
+    }
+
+    /// Every member reported: continue from the newest registry, corrected
+    /// by what the members say runs where.
+    fn finish_collect(&mut self) {
+        let members = self.members();
+        let d = self.decider.as_mut().unwrap();
+        let mut base = self.registry.clone();
+        for r in d.reports.values() {
+            if let Some(reg) = &r.registry {
+                if reg.version > base.version {
+                    base = reg.clone();
+                }
+            }
+        }
+        base.version = Version { epoch: d.epoch, seq: 0 };
+        for (name, e) in base.services.iter_mut() {
+            // Instances on members are rebuilt from their reports; those on
+            // non-members are lost (recovered by the reconcile pass).
+            e.instances.retain(|n, i| !members.contains(n) || i.state == ServiceState::Recovering);
+            for i in e.instances.values_mut() {
+                if let Some(r) = i.recovery_on {
+                    let running = d.reports.get(&r).and_then(|rep| rep.recoveries.get(name)).is_some_and(|x| x.op == i.op);
+                    if !running {
+                        i.recovery_on = None;
+                    }
+                }
+            }
+        }
+        for spec in self.specs.values() {
+            base.services.entry(spec.name.clone()).or_insert_with(|| Entry::new(spec.parent.is_none() && spec.auto_register));
+        }
+        // Leaves are state of the members' reports (reconcile recomputes it).
+        base.leaving.clear();
+        self.registry = base;
+        d.collected = true;
+        d.dirty = true;
+        // The reconcile pass that follows publishes it to every member.
+        d.last = None;
+    }
+
+    fn next_op(&mut self) -> OpId {
+        let d = self.decider.as_mut().unwrap();
+        d.next_op += 1;
+        OpId { epoch: d.epoch, n: d.next_op }
+    }
+
+    fn alert(&mut self, service: &str, reason: AlertReason) {
+        let d = self.decider.as_mut().unwrap();
+        if d.alerted.get(service) != Some(&reason) {
+            d.alerted.insert(service.to_string(), reason.clone());
+            self.actions.push_back(Action::Alert { service: service.to_string(), reason });
+        }
+    }
+
+    fn directive(&mut self, to: NodeId, directive: Directive, params: ActionParams) {
+        let epoch = self.decider.as_ref().unwrap().epoch;
+        let incarnation = self.incarnation_of(to);
+        self.send(to, Msg::Do { epoch, incarnation, directive, params });
+    }
+
+    /// Nodes the decider may place services on (members that reported in
+    /// this epoch, not standby, not leaving).
+    fn usable(&self) -> BTreeSet<NodeId> {
+        let d = self.decider.as_ref().unwrap();
+        self.members()
+            .into_iter()
+            .filter(|n| {
+                d.reports.contains_key(n) && !self.registry.standby.contains(n) && !self.registry.leaving.contains(n)
+            })
+            .collect()
+    }
+
+    /// The root's candidates for `name`, best first.
+    fn candidates(&self, root: &str, usable: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        let spec = &self.specs[root];
+        let e = &self.registry.services[root];
+        let mut c: Vec<NodeId> =
+            usable.iter().copied().filter(|n| spec.may_run_on(*n) && !self.is_banned(e, *n)).collect();
+        let d = self.decider.as_ref().unwrap();
+        let load = |n: NodeId| d.reports.get(&n).map(|r| r.load).unwrap_or(0);
+        match (spec.preference, &spec.allowable) {
+            (Preference::Ordered, Allowable::Nodes(list)) => {
+                c.sort_by_key(|n| list.iter().position(|x| x == n).unwrap_or(usize::MAX))
+            }
+            (Preference::Ordered, Allowable::Any) => {}
+            (Preference::Unordered, _) => c.sort_by_key(|n| (load(*n), *n)),
+        }
+        if let Some(p) = spec.preferred {
+            if let Some(i) = c.iter().position(|x| *x == p) {
+                let p = c.remove(i);
+                c.insert(0, p);
+            }
+        }
+        c
+    }
+
+    fn incarnation_of(&self, n: NodeId) -> u64 {
+        self.decider.as_ref().and_then(|d| d.reports.get(&n)).map(|r| r.incarnation).unwrap_or(0)
+    }
+
+    /// Banned in this life of the node (a new life starts clean).
+    fn is_banned(&self, e: &Entry, n: NodeId) -> bool {
+        e.banned.get(&n).is_some_and(|inc| *inc == self.incarnation_of(n))
+    }
+
+    /// Rank for failback: lower is better.
+    fn rank(&self, root: &str, n: NodeId) -> usize {
+        let spec = &self.specs[root];
+        if spec.preferred == Some(n) {
+            return 0;
+        }
+        match (spec.preference, &spec.allowable) {
+            (Preference::Ordered, Allowable::Nodes(list)) => 1 + list.iter().position(|x| *x == n).unwrap_or(usize::MAX - 1),
+            _ => 1,
+        }
+    }
+
+    fn apply_requests(&mut self) {
+        let reqs = std::mem::take(&mut self.decider.as_mut().unwrap().requests);
+        for r in reqs {
+            let d = self.decider.as_mut().unwrap();
+            d.dirty = true;
+            match r {
+                Request::Maintenance { on } => self.registry.maintenance = on,
+                Request::Standby { node, on } => {
+                    if on {
+                        self.registry.standby.insert(node);
+                    } else {
+                        self.registry.standby.remove(&node);
+                    }
+                }
+                Request::Register { service } => {
+                    if self.specs.contains_key(&service) {
+                        let root = self.root_of(&service).to_string();
+                        let e = self.registry.services.get_mut(&root).unwrap();
+                        e.wanted = true;
+                        e.blocked = false;
+                        e.banned.clear();
+                        self.decider.as_mut().unwrap().alerted.remove(&root);
+                    }
+                }
+                Request::Deregister { service } => {
+                    if self.specs.contains_key(&service) {
+                        let root = self.root_of(&service).to_string();
+                        let e = self.registry.services.get_mut(&root).unwrap();
+                        e.wanted = false;
+                        e.target = None;
+                    }
+                }
+                Request::Switchover { service, to } => {
+                    if !self.specs.contains_key(&service) {
+                        continue;
+                    }
+                    let root = self.root_of(&service).to_string();
+                    if self.specs[&root].placement == Placement::Every {
+                        continue;
+                    }
+                    let usable = self.usable();
+                    let cur = self.registry.services[&root].instances.keys().next().copied();
+                    let dest = match to {
+                        Some(t) => Some(t).filter(|t| usable.contains(t) && self.specs[&root].may_run_on(*t)),
+                        None => self.candidates(&root, &usable).into_iter().find(|n| Some(*n) != cur),
+                    };
+                    match (dest, cur) {
+                        (Some(t), _) => {
+                            let e = self.registry.services.get_mut(&root).unwrap();
+                            e.banned.remove(&t);
+                            e.target = Some(t);
+                        }
+                        (None, Some(c)) => self.alert(&root, AlertReason::LastPossibleNode { node: c }),
+                        (None, None) => self.alert(&root, AlertReason::NoNode),
+                    }
+                }
+            }
+        }
+    }
+
+    fn reconcile(&mut self) {
+        let Some(d) = self.decider.as_mut() else { return };
+        d.dirty = false;
+        if !d.collected {
+            return;
+        }
+        self.apply_requests();
+        let members = self.members();
+        // Leaving nodes told by any member's report (state, not deltas).
+        let reported_leaving: BTreeSet<NodeId> = {
+            let d = self.decider.as_ref().unwrap();
+            d.reports.values().flat_map(|r| r.leaving.iter().copied()).collect()
+        };
+        self.registry.leaving = reported_leaving
+            .into_iter()
+            .chain(self.leaving_local.iter().copied())
+            .filter(|n| members.contains(n))
+            .collect();
+        // Passes until nothing changes: a parent waits for its children's
+        // stops, a child for its parent's start.
+        for _ in 0..64 {
+            let snap = self.registry.clone();
+            let mut stable: BTreeMap<String, BTreeSet<NodeId>> = BTreeMap::new();
+            for name in self.order.clone() {
+                self.absorb(&name, &members);
+                self.show(&name);
+                if !self.registry.maintenance {
+                    self.lost(&name, &members);
+                    self.decide(&name, &mut stable);
+                }
+                self.show(&name);
+            }
+            if self.registry == snap {
+                break;
+            }
+        }
+        // Completed registrations (S1.11): every member has the version.
+        let me = self.me;
+        let mine = self.registry.version;
+        let d = self.decider.as_mut().unwrap();
+        let acked = |m: &NodeId, v: Version| {
+            if *m == me {
+                mine >= v
+            } else {
+                d.reports.get(m).is_some_and(|r| r.seen >= v)
+            }
+        };
+        let done: Vec<String> =
+            d.commit_at.iter().filter(|(_, v)| members.iter().all(|m| acked(m, **v))).map(|(k, _)| k.clone()).collect();
+        for k in done {
+            d.commit_at.remove(&k);
+            if let Some(e) = self.registry.services.get_mut(&k) {
+                if e.instances.values().any(|i| i.state == ServiceState::Registered) {
+                    e.complete = true;
+                }
+            }
+        }
+        let unchanged = d.last.as_ref().is_some_and(|last| {
+            let mut cur = self.registry.clone();
+            cur.version = last.version;
+            cur == *last
+        });
+        if !unchanged {
+            self.publish(&members);
+        }
+    }
+
+    fn publish(&mut self, members: &BTreeSet<NodeId>) {
+        self.registry.version.seq += 1;
+        let v = self.registry.version;
+        let d = self.decider.as_mut().unwrap();
+        d.last = Some(self.registry.clone());
+        for (name, e) in self.registry.services.iter() {
+            if !e.complete && e.instances.values().any(|i| i.state == ServiceState::Registered) {
+                d.commit_at.entry(name.clone()).or_insert(v);
+            }
+        }
+        let reg = self.registry.clone();
+        let to: Vec<NodeId> =
+            members.iter().copied().filter(|m| *m != self.me && d.reports.contains_key(m)).collect();
+        for m in to {
+            self.send(m, Msg::Registry(reg.clone()));
+        }
+        // Our own acknowledgement is immediate; if everyone else already has
+        // it (single node), the next pass completes it.
+        if members.len() == 1 {
+            self.decider.as_mut().unwrap().dirty = true;
+        }
+    }
+
+    /// Observations from the reports: starts and stops that completed.
+    fn absorb(&mut self, name: &str, members: &BTreeSet<NodeId>) {
+        let me = self.me;
+        let mut registered = false;
+        let mut ban = Vec::new();
+        let mut alerts = Vec::new();
+        {
+            let d = self.decider.as_ref().unwrap();
+            let e = self.registry.services.get_mut(name).unwrap();
+            for m in members {
+                let Some(rep) = d.reports.get(m) else { continue };
+                // This service on m.
+                let lr = rep.locals.get(name);
+                match (e.instances.get_mut(m), lr) {
+                    (Some(inst), Some(lr)) if inst.state != ServiceState::Recovering && lr.op >= inst.op => {
+                        inst.op = lr.op;
+                        match lr.phase {
+                            LocalPhase::Starting => inst.state = ServiceState::Starting,
+                            LocalPhase::Running | LocalPhase::Failed => {
+                                if inst.state == ServiceState::Starting {
+                                    registered = true;
+                                }
+                                inst.state = ServiceState::Registered;
+                                inst.failed = lr.phase == LocalPhase::Failed;
+                            }
+                            LocalPhase::Stopping => inst.state = ServiceState::Stopping,
+                            LocalPhase::StopFailed => {
+                                inst.state = ServiceState::Stopping;
+                                if !inst.stuck {
+                                    alerts.push(AlertReason::StopFailed { node: *m });
+                                }
+                                inst.stuck = true;
+                            }
+                            LocalPhase::Idle => {
+                                if lr.outcome == Some(LocalOutcome::StartFailed) {
+                                    ban.push((*m, rep.incarnation));
+                                }
+                                e.instances.remove(m);
+                            }
+                        }
+                    }
+                    (None, Some(lr)) if lr.phase.active() => {
+                        // Runs there although we did not know: adopt it.
+                        let state = match lr.phase {
+                            LocalPhase::Starting => ServiceState::Starting,
+                            LocalPhase::Running | LocalPhase::Failed => {
+                                registered = true;
+                                ServiceState::Registered
+                            }
+                            _ => ServiceState::Stopping,
+                        };
+                        e.instances.insert(
+                            *m,
+                            Instance {
+                                state,
+                                op: lr.op,
+                                failed: lr.phase == LocalPhase::Failed,
+                                stuck: lr.phase == LocalPhase::StopFailed,
+                                recovery_on: None,
+                            },
+                        );
+                    }
+                    _ => {}
+                }
+                // Recoveries running on m.
+                if let Some(rr) = rep.recoveries.get(name) {
+                    if let Some(inst) = e.instances.get(&rr.failed) {
+                        if inst.state == ServiceState::Recovering && inst.recovery_on == Some(*m) && inst.op == rr.op {
+                            match rr.ok {
+                                Some(true) => {
+                                    e.instances.remove(&rr.failed);
+                                }
+                                Some(false) => {
+                                    e.instances.remove(&rr.failed);
+                                    e.blocked = true;
+                                    alerts.push(AlertReason::RecoveryFailed { node: rr.failed });
+                                }
+                                None => {}
+                            }
+                        }
+                    }
+                }
+            }
+            if registered {
+                e.transfer_intent = false;
+                e.target = None;
+                e.blocked = false;
+                e.matured = true;
+                e.awaiting_maturity = false;
+                e.complete = false;
+                e.previous = e.instances.keys().copied().find(|_| true).or(e.previous);
+                let _ = me;
+            }
+            for b in &ban {
+                e.banned.insert(b.0, b.1);
+            }
+        }
+        if registered {
+            let d = self.decider.as_mut().unwrap();
+            d.alerted.remove(name);
+            d.commit_at.remove(name);
+        }
+        for a in alerts {
+            self.alert(name, a);
+        }
+    }
+
+    /// Instances on nodes that are no longer members: recovered (S1.13) or
+    /// simply forgotten. The failed node is never waited for (S4.4).
+    fn lost(&mut self, name: &str, members: &BTreeSet<NodeId>) {
+        let has_recovery = self.specs[name].has_recovery;
+        let e = self.registry.services.get_mut(name).unwrap();
+        let gone: Vec<NodeId> = e.instances.keys().copied().filter(|n| !members.contains(n)).collect();
+        for n in gone {
+            let inst = e.instances.get_mut(&n).unwrap();
+            if inst.state == ServiceState::Recovering {
+                continue;
+            }
+            e.previous = Some(n);
+            if has_recovery {
+                inst.state = ServiceState::Recovering;
+                inst.recovery_on = None;
+                inst.failed = false;
+                inst.stuck = false;
+            } else {
+                e.instances.remove(&n);
+            }
+        }
+        for inst in e.instances.values_mut() {
+            if inst.recovery_on.is_some_and(|r| !members.contains(&r)) {
+                inst.recovery_on = None;
+            }
+        }
+    }
+
+    fn children_on(&self, name: &str, n: NodeId) -> bool {
+        self.specs
+            .values()
+            .filter(|s| s.parent.as_deref() == Some(name))
+            .any(|s| self.registry.services[&s.name].instances.contains_key(&n))
+    }
+
+    fn params(&self, name: &str, node: NodeId, reason: Reason, op: OpId) -> ActionParams {
+        let e = &self.registry.services[name];
+        ActionParams { service: name.to_string(), node, reason, previous: e.previous.filter(|p| *p != node), op }
+    }
+
+    fn start_on(&mut self, name: &str, n: NodeId, reason: Reason) {
+        let op = self.next_op();
+        let e = self.registry.services.get_mut(name).unwrap();
+        e.instances
+            .insert(n, Instance { state: ServiceState::Starting, op, failed: false, stuck: false, recovery_on: None });
+        e.complete = false;
+        let p = self.params(name, n, reason, op);
+        self.directive(n, Directive::Start, p);
+    }
+
+    fn stop_on(&mut self, name: &str, n: NodeId, reason: Reason, transfer: bool) {
+        let op = self.next_op();
+        let e = self.registry.services.get_mut(name).unwrap();
+        let inst = e.instances.get_mut(&n).unwrap();
+        inst.state = ServiceState::Stopping;
+        inst.op = op;
+        e.previous = Some(n);
+        e.transfer_intent = transfer;
+        let p = self.params(name, n, reason, op);
+        self.directive(n, Directive::Stop, p);
+    }
+
+    /// Whether any service of `root`'s group failed its monitor on `n`.
+    fn group_failed_on(&self, root: &str, n: NodeId) -> bool {
+        self.order.iter().filter(|s| self.root_of(s) == root).any(|s| {
+            self.registry.services.get(s).and_then(|e| e.instances.get(&n)).is_some_and(|i| i.failed)
+        })
+    }
+
+    fn decide(&mut self, name: &str, stable: &mut BTreeMap<String, BTreeSet<NodeId>>) {
+        let spec = self.specs[name].clone();
+        let root = self.root_of(name).to_string();
+        let usable = self.usable();
+        let cands = self.candidates(&root, &usable);
+
+        // Recoveries waiting for a node.
+        let waiting: Vec<NodeId> = self.registry.services[name]
+            .instances
+            .iter()
+            .filter(|(_, i)| i.state == ServiceState::Recovering && i.recovery_on.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        for f in waiting {
+            // The node chosen by the choosing parameters; any member if none
+            // is allowable (the recovery must run somewhere).
+            let r = cands.first().copied().or_else(|| usable.iter().next().copied());
+            let Some(r) = r else { continue };
+            let op = self.next_op();
+            let inst = self.registry.services.get_mut(name).unwrap().instances.get_mut(&f).unwrap();
+            inst.recovery_on = Some(r);
+            inst.op = op;
+            let p = ActionParams { service: name.to_string(), node: r, reason: Reason::Failover, previous: Some(f), op };
+            self.directive(r, Directive::Recover { failed: f }, p);
+        }
+
+        let is_child = spec.parent.is_some();
+        let parent_nodes: Option<BTreeSet<NodeId>> =
+            spec.parent.as_ref().map(|p| stable.get(p).cloned().unwrap_or_default());
+        let wanted = self.registry.services[&root].wanted && !self.registry.services[name].blocked;
+
+        if self.specs[&root].placement == Placement::Every {
+            self.decide_every(name, &root, wanted, &cands, &usable, parent_nodes, stable);
+            return;
+        }
+
+        // Placement One (a root, or a member of a One group).
+        let e = &self.registry.services[name];
+        if e.instances.values().any(|i| i.state != ServiceState::Registered) {
+            return; // a start, stop or recovery is under way: wait for it
+        }
+        let here: Vec<NodeId> = e.instances.keys().copied().collect();
+        if here.len() > 1 {
+            // Never expected (a start happens only where nothing runs), but
+            // if reports ever show two, keep the best one.
+            let keep = here.iter().copied().min_by_key(|n| cands.iter().position(|c| c == n).unwrap_or(usize::MAX));
+            for n in here {
+                if Some(n) != keep && !self.children_on(name, n) {
+                    self.stop_on(name, n, Reason::Transfer, false);
+                }
+            }
+            return;
+        }
+        if let Some(&n) = here.first() {
+            let mut stop: Option<(Reason, bool)> = None;
+            if let Some(pn) = &parent_nodes {
+                if !pn.contains(&n) {
+                    let t = self.registry.services[spec.parent.as_ref().unwrap()].transfer_intent;
+                    stop = Some((Reason::Parent, t));
+                }
+            } else if !wanted {
+                stop = Some((Reason::Deregister, false));
+            } else if !usable.contains(&n) {
+                // Leaving or standby: the move is not optional.
+                stop = Some((Reason::Transfer, true));
+            } else {
+                let alt = cands.iter().copied().find(|c| *c != n);
+                let target = self.registry.services[name].target.filter(|t| *t != n);
+                // A monitor failure in the group (or an earlier one that
+                // already banned this node while the children stopped).
+                let failed = self.group_failed_on(&root, n) || self.is_banned(&self.registry.services[name], n);
+                if failed {
+                    match alt {
+                        Some(_) => {
+                            let inc = self.incarnation_of(n);
+                            self.registry.services.get_mut(name).unwrap().banned.insert(n, inc);
+                            stop = Some((Reason::MonitorFailed, true));
+                        }
+                        // S4.7: switching is disabled on the last possible node.
+                        None => self.alert(name, AlertReason::LastPossibleNode { node: n }),
+                    }
+                } else if let Some(t) = target {
+                    if cands.contains(&t) {
+                        stop = Some((Reason::Switchover, true));
+                    } else {
+                        self.registry.services.get_mut(name).unwrap().target = None;
+                    }
+                } else if spec.transfer_cost == TransferCost::Free
+                    && cands.first().is_some_and(|b| self.rank(&root, *b) < self.rank(&root, n))
+                {
+                    stop = Some((Reason::Failback, true));
+                }
+                if stop.is_none() && alt.is_none() && !failed {
+                    self.alert(name, AlertReason::LastPossibleNode { node: n });
+                }
+            }
+            match stop {
+                None => {
+                    stable.entry(name.to_string()).or_default().insert(n);
+                }
+                Some((reason, transfer)) => {
+                    // The transfer intent is set as the transfer begins, so
+                    // that the children stopping first carry it too.
+                    self.registry.services.get_mut(name).unwrap().transfer_intent = transfer;
+                    // Children stop first (S1.12).
+                    if !self.children_on(name, n) {
+                        self.stop_on(name, n, reason, transfer);
+                    }
+                }
+            }
+            return;
+        }
+
+        // Deregistered: register it somewhere?
+        if !wanted {
+            let e = self.registry.services.get_mut(name).unwrap();
+            e.transfer_intent = false;
+            e.awaiting_maturity = false;
+            return;
+        }
+        let dest = if let Some(pn) = &parent_nodes {
+            let e = &self.registry.services[name];
+            pn.iter().copied().find(|n| !self.is_banned(e, *n))
+        } else {
+            if !self.maturity(&root, &usable) {
+                return;
+            }
+            let e = &self.registry.services[name];
+            match e.target.filter(|t| cands.contains(t)) {
+                Some(t) => Some(t),
+                None => cands.first().copied(),
+            }
+        };
+        let members = self.members();
+        let e = &self.registry.services[name];
+        match dest {
+            Some(n) => {
+                let reason = if e.target == Some(n) {
+                    Reason::Switchover
+                } else if is_child {
+                    Reason::Parent
+                } else if e.previous.is_some_and(|p| !members.contains(&p)) {
+                    Reason::Failover
+                } else if e.transfer_intent {
+                    Reason::Transfer
+                } else {
+                    Reason::Register
+                };
+                self.start_on(name, n, reason);
+            }
+            None => {
+                let e = self.registry.services.get_mut(name).unwrap();
+                e.transfer_intent = false;
+                if is_child {
+                    if parent_nodes.as_ref().is_some_and(|p| !p.is_empty()) {
+                        self.alert(name, AlertReason::AllNodesFailed);
+                    }
+                    return;
+                }
+                let spec = &self.specs[&root];
+                let e = &self.registry.services[name];
+                let allowed: Vec<NodeId> = usable.iter().copied().filter(|n| spec.may_run_on(*n)).collect();
+                let reason = if !allowed.is_empty() && allowed.iter().all(|n| self.is_banned(e, *n)) {
+                    AlertReason::AllNodesFailed
+                } else {
+                    AlertReason::NoNode
+                };
+                self.alert(name, reason);
+            }
+        }
+    }
+
+    /// Placement Every: an instance on every candidate (or wherever the
+    /// parent runs). A failed monitor restarts the instance in place.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_every(
+        &mut self,
+        name: &str,
+        root: &str,
+        wanted: bool,
+        cands: &[NodeId],
+        usable: &BTreeSet<NodeId>,
+        parent_nodes: Option<BTreeSet<NodeId>>,
+        stable: &mut BTreeMap<String, BTreeSet<NodeId>>,
+    ) {
+        let matured = parent_nodes.is_some() || (wanted && self.maturity(root, usable));
+        let e = &self.registry.services[name];
+        let want: BTreeSet<NodeId> = if !wanted || !matured {
+            BTreeSet::new()
+        } else if let Some(pn) = &parent_nodes {
+            pn.iter().copied().filter(|n| !self.is_banned(e, *n)).collect()
+        } else {
+            cands.iter().copied().collect()
+        };
+        let insts: Vec<(NodeId, Instance)> = e.instances.iter().map(|(n, i)| (*n, i.clone())).collect();
+        let mut keep = BTreeSet::new();
+        for (n, i) in &insts {
+            if i.state != ServiceState::Registered {
+                continue;
+            }
+            if want.contains(n) && !i.failed {
+                keep.insert(*n);
+            } else if !self.children_on(name, *n) {
+                let reason = if i.failed {
+                    Reason::MonitorFailed
+                } else if !wanted {
+                    Reason::Deregister
+                } else if parent_nodes.is_some() {
+                    Reason::Parent
+                } else {
+                    Reason::Transfer
+                };
+                self.stop_on(name, *n, reason, false);
+            }
+        }
+        for n in want {
+            if !self.registry.services[name].instances.contains_key(&n) {
+                let reason = if parent_nodes.is_some() { Reason::Parent } else { Reason::Register };
+                self.start_on(name, n, reason);
+            }
+        }
+        if keep.is_empty() && wanted && matured && self.registry.services[name].instances.is_empty() {
+            self.alert(name, AlertReason::NoNode);
+        }
+        stable.insert(name.to_string(), keep);
+    }
+
+    /// Whether the cluster is mature for `root` (sets awaiting_maturity).
+    fn maturity(&mut self, root: &str, usable: &BTreeSet<NodeId>) -> bool {
+        let now = self.now;
+        let spec = self.specs[root].clone();
+        let members = self.members();
+        let e = self.registry.services.get_mut(root).unwrap();
+        if e.matured {
+            return true;
+        }
+        // Nodes count once they reported to this decider (so that the
+        // preferred node, when it makes the cluster mature, is a candidate).
+        let d = self.decider.as_ref().unwrap();
+        let up: Vec<NodeId> =
+            members.iter().copied().filter(|n| spec.may_run_on(*n) && d.reports.contains_key(n)).collect();
+        if up.is_empty() || !usable.iter().any(|n| spec.may_run_on(*n)) {
+            e.awaiting_maturity = false;
+            self.decider.as_mut().unwrap().awaiting_since.remove(root);
+            return false;
+        }
+        let m = spec.maturity;
+        let d = self.decider.as_mut().unwrap();
+        let since = *d.awaiting_since.entry(root.to_string()).or_insert(now);
+        let mature = !m.applies()
+            || (m.primary_up && spec.preferred.is_some_and(|p| up.contains(&p)))
+            || m.nodes_up.is_some_and(|k| up.len() as u64 >= k as u64)
+            || m.after_ms.is_some_and(|t| now >= since.plus_ms(t));
+        if mature {
+            e.matured = true;
+            e.awaiting_maturity = false;
+            d.awaiting_since.remove(root);
+        } else {
+            e.awaiting_maturity = true;
+        }
+        mature
+    }
+}
