@@ -94,6 +94,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::membership::Msg;
+use baton_core::services::Msg as SvcMsg;
 use blake2::{Blake2s256, Digest};
 use serde::Serialize;
 use snow::{HandshakeState, TransportState};
@@ -121,6 +122,8 @@ const MAX_HANDSHAKE_FRAME_LEN: usize = 256;
 pub const FRAME_HELLO: u8 = 0;
 pub const FRAME_MSG: u8 = 1;
 pub const FRAME_KEEPALIVE: u8 = 2;
+/// A message of the services cores (`baton_core::services::Msg`).
+pub const FRAME_SVC: u8 = 3;
 /// The hello body length (after the type byte).
 const HELLO_LEN: usize = 16;
 
@@ -271,6 +274,9 @@ struct Shared {
     port: u16,
     conns: Mutex<BTreeMap<u32, PeerSlot>>,
     inbox: mpsc::Sender<(u32, Msg)>,
+    svc_inbox: mpsc::Sender<(u32, SvcMsg)>,
+    /// The receiver of services messages, until taken.
+    svc_rx: Mutex<Option<mpsc::Receiver<(u32, SvcMsg)>>>,
     tasks: Mutex<Tasks>,
     next_gen: AtomicU64,
     counters: Counters,
@@ -307,6 +313,7 @@ impl Channel {
             listeners.push(bind(addr, cfg.port)?);
         }
         let (inbox, rx) = mpsc::channel(INBOX_LEN);
+        let (svc_inbox, svc_rx) = mpsc::channel(INBOX_LEN);
         let conns = cfg
             .peers
             .iter()
@@ -320,6 +327,8 @@ impl Channel {
             port: cfg.port,
             conns: Mutex::new(conns),
             inbox,
+            svc_inbox,
+            svc_rx: Mutex::new(Some(svc_rx)),
             tasks: Mutex::new(Tasks { set: JoinSet::new(), closed: false }),
             next_gen: AtomicU64::new(1),
             counters: Counters::default(),
@@ -368,6 +377,30 @@ impl Channel {
         }
         let plain = Self::encode(msg)?;
         self.send_encoded(to, &plain)
+    }
+
+    /// The receiver of `(sender, services message)`; `None` after the
+    /// first call.
+    pub fn take_services_inbox(&self) -> Option<mpsc::Receiver<(u32, SvcMsg)>> {
+        lock(&self.shared.svc_rx).take()
+    }
+
+    /// Sends a services message to `to` over every link that is up (the
+    /// services cores ignore duplicates). Returns whether it was queued.
+    pub fn send_services(&self, to: u32, msg: &SvcMsg) -> bool {
+        if !matches!(self.is_up(to), Ok(true)) {
+            return false;
+        }
+        let mut plain = vec![FRAME_SVC];
+        if let Err(e) = serde_json::to_writer(&mut plain, msg) {
+            warn!("services message not encoded: {e}");
+            return false;
+        }
+        if plain.len() - 1 > MAX_MSG_LEN {
+            warn!(size = plain.len() - 1, max = MAX_MSG_LEN, "services message too large");
+            return false;
+        }
+        matches!(self.send_encoded(to, &plain.into()), Ok(n) if n > 0)
     }
 
     /// Whether a link to `to` is up (an unknown node is an error).
@@ -838,6 +871,16 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
         let p = &plain[..n];
         match p.first() {
             Some(&FRAME_KEEPALIVE) if n == 1 => {}
+            Some(&FRAME_SVC) => match serde_json::from_slice::<SvcMsg>(&p[1..]) {
+                Ok(msg) => {
+                    bump(&s.counters.frames_received);
+                    let _ = s.svc_inbox.send((peer, msg)).await;
+                }
+                Err(e) => {
+                    bump(&s.counters.bad_frames);
+                    warn!(peer, peer_addr = %remote, "control channel: a services message that does not decode skipped: {e}");
+                }
+            },
             Some(&FRAME_MSG) => match serde_json::from_slice::<Msg>(&p[1..]) {
                 Ok(msg) => {
                     bump(&s.counters.frames_received);
