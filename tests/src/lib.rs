@@ -562,3 +562,269 @@ impl Cluster {
         self.agent_log(i).lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string).collect()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Clients and HTTP probes (services tests, `cargo xtask demo`, `bench failover`).
+
+/// A client host: its own network namespace with one interface `eth0` on
+/// bridge `br{link}` of a [`Cluster`]'s switch. Removed (namespace and veth)
+/// on drop.
+pub struct ClientHost {
+    pub ns: NetNs,
+    /// The client's address on the link, e.g. "10.77.0.250".
+    pub addr: String,
+}
+
+impl Cluster {
+    /// Adds a client namespace on link `link`'s bridge with address
+    /// 10.(77+link).0.250/24 (IPv6 clusters: fd77:LINK::250/64, nodad). The
+    /// switch-side port is `cl{link}`.
+    pub fn add_client(&self, link: usize) -> ClientHost {
+        let ns = NetNs::new(&format!("{}cl", self.prefix));
+        let peer = format!("cl{link}");
+        sh(&["ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &peer, "netns", &self.switch.name]);
+        sh(&["ip", "-n", &self.switch.name, "link", "set", &peer, "master", &format!("br{link}")]);
+        sh(&["ip", "-n", &self.switch.name, "link", "set", &peer, "up"]);
+        let ipv6 = self.hosts.first().map(|h| h.addrs[link].contains(':')).unwrap_or(false);
+        let addr = if ipv6 { link_addr6(link, 249) } else { link_addr(link, 249) };
+        if ipv6 {
+            sh(&["ip", "-n", &ns.name, "addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"]);
+        } else {
+            sh(&["ip", "-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        }
+        sh(&["ip", "-n", &ns.name, "link", "set", "eth0", "up"]);
+        ClientHost { ns, addr }
+    }
+
+    /// Every process whose network namespace is host `i`'s (the agent, the
+    /// services it started, ...).
+    pub fn host_pids(&self, i: usize) -> Vec<i32> {
+        netns_pids(&self.hosts[i].ns.name)
+    }
+
+    /// "Crashes" host `i`: SIGKILL of its agent and of every other process in
+    /// its namespace (the services the agent started), as close together as
+    /// possible. Returns CLOCK_MONOTONIC ns just before the first kill. The
+    /// host's addresses stay configured (call [`Cluster::flush_addr`] to
+    /// model the reboot).
+    pub fn crash(&mut self, i: usize) -> u64 {
+        let mut pids = self.host_pids(i);
+        let agent = self.agents[i].take();
+        if let Some(a) = &agent {
+            pids.retain(|p| *p != a.pid());
+        }
+        let t = monotonic_ns();
+        if let Some(a) = &agent {
+            unsafe { libc::kill(a.pid(), libc::SIGKILL) };
+        }
+        for p in &pids {
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        if let Some(a) = agent {
+            a.kill9();
+        }
+        t
+    }
+
+    /// Removes address `cidr` (e.g. "10.77.0.100/24") from `dev` of host `i`;
+    /// true when it was there.
+    pub fn flush_addr(&self, i: usize, cidr: &str, dev: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.hosts[i].ns.name, "addr", "del", cidr, "dev", dev])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// True when host `i` has address `ip` (no prefix) configured on any interface.
+    pub fn has_addr(&self, i: usize, ip: &str) -> bool {
+        let out = Command::new("ip").args(["-n", &self.hosts[i].ns.name, "-o", "addr", "show"]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().any(|w| w.split('/').next() == Some(ip)))
+            .unwrap_or(false)
+    }
+}
+
+/// Processes whose network namespace is the named one (`ip netns pids`).
+pub fn netns_pids(ns: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// One HTTP request of a [`Prober`].
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC ns when the connect began.
+    pub start_ns: u64,
+    /// When the request ended (answer, error or timeout).
+    pub end_ns: u64,
+    /// The trimmed body of a 200 answer; `Err` says what went wrong.
+    pub result: Result<String, String>,
+}
+
+impl Sample {
+    pub fn ok(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+/// An HTTP client in a network namespace: `GET http://target/` every
+/// `period` (a new TCP connection each time, `timeout` for the whole
+/// request), on a pool of threads so a request that hangs does not delay the
+/// next ones. Every request is recorded as a [`Sample`]. Stops on drop.
+pub struct Prober {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub period: Duration,
+    pub timeout: Duration,
+}
+
+impl Prober {
+    pub fn start(ns: &str, target: std::net::SocketAddr, period: Duration, timeout: Duration) -> Prober {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let period_ns = period.as_nanos().max(1) as u64;
+        let workers = (timeout.as_nanos() as u64 / period_ns + 3) as usize;
+        let t0 = monotonic_ns() + 20_000_000;
+        let mut threads = Vec::new();
+        for w in 0..workers {
+            let path = PathBuf::from("/run/netns").join(ns);
+            let samples = samples.clone();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    panic!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+                }
+                drop(file);
+                let cycle = period_ns * workers as u64;
+                let mut slot = t0 + w as u64 * period_ns;
+                while !stop.load(Ordering::Relaxed) {
+                    let now = monotonic_ns();
+                    if now < slot {
+                        std::thread::sleep(Duration::from_nanos((slot - now).min(50_000_000)));
+                        continue;
+                    }
+                    let start_ns = monotonic_ns();
+                    let result = http_get(target, timeout);
+                    let end_ns = monotonic_ns();
+                    samples.lock().unwrap().push(Sample { start_ns, end_ns, result });
+                    while slot <= monotonic_ns() {
+                        slot += cycle;
+                    }
+                }
+            }));
+        }
+        Prober { samples, stop, threads, period, timeout }
+    }
+
+    /// Every completed request so far, by start time.
+    pub fn samples(&self) -> Vec<Sample> {
+        let mut v = self.samples.lock().unwrap().clone();
+        v.sort_by_key(|s| s.start_ns);
+        v
+    }
+
+    /// Completed requests that started at or after `t`.
+    pub fn since(&self, t: u64) -> Vec<Sample> {
+        let mut v: Vec<Sample> = self.samples.lock().unwrap().iter().filter(|s| s.start_ns >= t).cloned().collect();
+        v.sort_by_key(|s| s.start_ns);
+        v
+    }
+
+    /// Waits until the last `n` requests that started after `t` all answered
+    /// with `body` (any body when `None`); returns the start time of the first
+    /// of them.
+    pub fn wait_stable(&self, t: u64, body: Option<&str>, n: usize, timeout: Duration) -> Option<u64> {
+        let mut first = None;
+        wait_until(timeout, || {
+            let v = self.since(t);
+            if v.len() < n {
+                return false;
+            }
+            let tail = &v[v.len() - n..];
+            if tail.iter().all(|s| matches!(&s.result, Ok(b) if body.map_or(true, |x| b == x))) {
+                first = Some(tail[0].start_ns);
+                true
+            } else {
+                false
+            }
+        });
+        first
+    }
+
+    pub fn stop(mut self) -> Vec<Sample> {
+        self.halt();
+        self.samples()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Client-visible outage in a window of samples (sorted by start): from the
+/// start of the first failed request to the start of the first successful
+/// request after the last failed one. `None` when nothing failed.
+pub fn outage(samples: &[Sample]) -> Option<(Duration, usize)> {
+    let first_fail = samples.iter().position(|s| !s.ok())?;
+    let last_fail = samples.iter().rposition(|s| !s.ok())?;
+    let failed = samples.iter().filter(|s| !s.ok()).count();
+    let end = samples[last_fail + 1..].iter().find(|s| s.ok()).map(|s| s.start_ns).unwrap_or(samples[last_fail].end_ns);
+    Some((Duration::from_nanos(end.saturating_sub(samples[first_fail].start_ns)), failed))
+}
+
+/// One `GET /` over a new TCP connection with an overall deadline.
+pub fn http_get(target: std::net::SocketAddr, timeout: Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    let mut s = std::net::TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {}", short_err(&e)))?;
+    let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    s.set_write_timeout(Some(left())).ok();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n").map_err(|e| format!("write: {}", short_err(&e)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        s.set_read_timeout(Some(left())).ok();
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {}", short_err(&e))),
+        }
+        if Instant::now() >= deadline {
+            return Err("read: timed out".into());
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| "no HTTP header".to_string())?;
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("status: {status}"));
+    }
+    Ok(body.trim().to_string())
+}
+
+fn short_err(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timed out".into(),
+        std::io::ErrorKind::ConnectionRefused => "refused".into(),
+        std::io::ErrorKind::ConnectionReset => "reset".into(),
+        _ => e.to_string(),
+    }
+}
