@@ -50,6 +50,11 @@ pub struct ClusterDriver {
     in_flight: BTreeMap<(SubsystemId, NodeId, u64), (Kind, u32, u32)>,
     halted: Option<HaltReason>,
     messages_sent: u64,
+    /// The resource groups (None when none is configured).
+    pub svc: Option<crate::svc::ServiceManager>,
+    /// Services-level graceful-leave notifications held until the node's
+    /// services are drained (transferred).
+    held_leaves: BTreeMap<NodeId, (SubsystemId, baton_core::membership::TransitionId, baton_core::membership::Step)>,
 }
 
 impl ClusterDriver {
@@ -73,6 +78,8 @@ impl ClusterDriver {
             in_flight: BTreeMap::new(),
             halted: None,
             messages_sent: 0,
+            svc: None,
+            held_leaves: BTreeMap::new(),
         };
         for (i, (name, level)) in BUILTIN_LEVELS.iter().enumerate() {
             let id = i as SubsystemId + 1;
@@ -90,7 +97,12 @@ impl ClusterDriver {
         if self.halted.is_some() {
             return None;
         }
-        self.core.next_deadline().map(|i| i.0)
+        let m = self.core.next_deadline().map(|i| i.0);
+        let s = self.svc.as_ref().and_then(|s| s.next_deadline_ns());
+        match (m, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn register_external(&mut self, subsystem: SubsystemId, name: String, spec: LevelSpec) -> Vec<Effect> {
@@ -147,10 +159,25 @@ impl ClusterDriver {
                 Action::Notify { subsystem, id, step, states } => {
                     changed = true;
                     if let Some(part) = self.builtin.get(&subsystem).copied() {
-                        // Nothing to do yet for the agent's own parts: they
-                        // acknowledge at once (fencing, storage, addresses and
-                        // services arrive with their own issues).
+                        // The services level drives the resource groups:
+                        // a forced leave recovers the node's services (and
+                        // is acknowledged at once: recovery runs off the
+                        // critical path); a graceful leave waits until its
+                        // services were transferred. Fencing, storage and
+                        // addresses have nothing of their own to do yet.
                         info!(part, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "transition step");
+                        if part == "services" && self.svc.is_some() {
+                            let svc = self.svc.as_mut().unwrap();
+                            match id.kind {
+                                Kind::ForcedLeave => svc.node_failed(id.node, id.incarnation, self.core.state(), &self.channel),
+                                Kind::Leave => {
+                                    self.held_leaves.insert(id.node, (subsystem, id, step));
+                                    svc.node_leaving(id.node, &self.channel);
+                                    continue;
+                                }
+                                Kind::Join => {}
+                            }
+                        }
                         self.core.handle(Instant(monotonic_ns()), Input::Ack { subsystem, id, step });
                     } else {
                         info!(subsystem, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "notifying subsystem");
@@ -196,6 +223,38 @@ impl ClusterDriver {
                 self.subsys.retain_transitions(&live);
             }
             self.write_snapshot();
+        }
+        if self.halted.is_none() {
+            self.services_follow(&mut effects);
+        }
+        effects
+    }
+
+    /// After membership progress: the services core gets the view, and the
+    /// graceful leaves whose services are drained are acknowledged.
+    fn services_follow(&mut self, effects: &mut Vec<Effect>) {
+        let Some(svc) = self.svc.as_mut() else { return };
+        if let Some(st) = self.core.state() {
+            svc.on_state(st, &self.channel);
+        }
+        let drained = svc.take_drained();
+        let acks: Vec<_> = drained.iter().filter_map(|n| self.held_leaves.remove(n)).collect();
+        for (subsystem, id, step) in acks {
+            info!(node = %self.name(id.node), "services drained: the leave goes on");
+            effects.extend(self.handle(Input::Ack { subsystem, id, step }));
+        }
+    }
+
+    /// An input for the services core (action results, monitors, operator
+    /// requests, ticks), then whatever follows in membership.
+    pub fn services_input(&mut self, f: impl FnOnce(&mut crate::svc::ServiceManager, &Channel)) -> Vec<Effect> {
+        if self.halted.is_some() {
+            return Vec::new();
+        }
+        let mut effects = Vec::new();
+        if let Some(svc) = self.svc.as_mut() {
+            f(svc, &self.channel);
+            self.services_follow(&mut effects);
         }
         effects
     }
@@ -257,7 +316,13 @@ impl ClusterDriver {
         }
     }
 
-    pub async fn shutdown(self) {
+    /// Ends the driver. Whatever resource group still runs here is halted
+    /// first (after a halt or a forced leave, this node must hold no
+    /// address and run no service).
+    pub async fn shutdown(mut self) {
+        if let Some(svc) = self.svc.as_mut() {
+            svc.stop_all_local().await;
+        }
         self.subsys.shutdown().await;
         self.channel.shutdown().await;
     }

@@ -5,6 +5,9 @@
 //! |---|---|
 //! | `ping` | `ok <incarnation>` |
 //! | `distress <reason>` | `ok` once the distress signal was sent |
+//! | `switchover <group> [<node>]` | `ok` once handed to the services core (it asks the deciding node) |
+//! | `standby <node>` / `unstandby <node>` | `ok` |
+//! | `maintenance on\|off` | `ok` |
 
 use std::path::Path;
 

@@ -17,3 +17,4 @@ pub mod selftest;
 pub mod sender;
 pub mod status;
 pub mod subsys;
+pub mod svc;

@@ -59,6 +59,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Move a resource group (and its children) to NODE, or to the next
+    /// allowable node (a planned switchover, S4.4).
+    Switchover {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        group: String,
+        node: Option<u32>,
+    },
+    /// Move every service off NODE and keep them off until `unstandby`.
+    Standby {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: u32,
+    },
+    /// Let NODE run services again.
+    Unstandby {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: u32,
+    },
+    /// Freeze (on) or resume (off) every service decision cluster-wide:
+    /// nothing is started, stopped or moved while on.
+    Maintenance {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+    },
     /// Drop (or stop dropping) every datagram from a node in the datapath.
     Fence {
         #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
@@ -167,6 +195,16 @@ fn real_main() -> Result<()> {
             println!("{reply}");
             Ok(())
         }
+        Cmd::Switchover { config, group, node } => {
+            let line = match node {
+                Some(n) => format!("switchover {group} {n}"),
+                None => format!("switchover {group}"),
+            };
+            operator_request(&config, &line)
+        }
+        Cmd::Standby { config, node } => operator_request(&config, &format!("standby {node}")),
+        Cmd::Unstandby { config, node } => operator_request(&config, &format!("unstandby {node}")),
+        Cmd::Maintenance { config, mode } => operator_request(&config, &format!("maintenance {mode}")),
         Cmd::Fence { config, cmd } => fence(&config, cmd),
         Cmd::Selftest { repeat, json } => {
             baton_agent::datapath::check_prerequisites()?;
@@ -246,5 +284,18 @@ fn fence(config: &std::path::Path, cmd: FenceCmd) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Sends an operator request to the local agent (which hands it to the
+/// deciding node) and fails when the agent refuses it.
+fn operator_request(config: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    let cfg = config::load(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reply = rt.block_on(control::request(&cfg.paths.control_socket(), line))?;
+    if let Some(e) = reply.strip_prefix("error: ") {
+        anyhow::bail!("{e}");
+    }
+    println!("{reply}");
     Ok(())
 }

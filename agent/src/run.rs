@@ -109,8 +109,27 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
         };
         let mut names: std::collections::BTreeMap<u32, String> = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
         names.insert(cfg.node_id, cfg.node_name.clone());
-        let driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
-        event_loop(&cfg, events, &sender, listener, status, driver, chan_rx, sub_rx).await
+        let svc_rx = channel.take_services_inbox();
+        let mut all_nodes: Vec<u32> = cfg.peers.iter().map(|p| p.id).collect();
+        all_nodes.push(cfg.node_id);
+        all_nodes.sort_unstable();
+        let svc = crate::svc::ServiceManager::new(
+            cfg.node_id,
+            incarnation,
+            all_nodes,
+            &cfg.groups,
+            cfg.paths.state_dir.join("services.json"),
+            cfg.paths.events_log(),
+        )?;
+        let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
+        let svc_channels = match svc {
+            Some((m, ch)) => {
+                driver.svc = Some(m);
+                Some((ch, svc_rx.expect("services inbox")))
+            }
+            None => None,
+        };
+        event_loop(&cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels).await
     }
     .await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
@@ -159,7 +178,13 @@ async fn event_loop(
     mut driver: ClusterDriver,
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
     mut sub_rx: tokio::sync::mpsc::Receiver<SubsysEvent>,
+    svc_channels: Option<(crate::svc::SvcChannels, tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>)>,
 ) -> Result<Outcome> {
+    let has_svc = svc_channels.is_some();
+    let (mut svc_done, mut svc_mon, mut svc_msgs) = match svc_channels {
+        Some((ch, rx)) => (Some(ch.done), Some(ch.monitor), Some(rx)),
+        None => (None, None, None),
+    };
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -216,8 +241,25 @@ async fn event_loop(
                 driver.shutdown().await;
                 return Ok(Outcome::Stopped);
             }
-            _ = tick_sleep, if tick.is_some() => { effects = driver.handle(Input::Tick); }
-            _ = every_second.tick() => write_agent_status(cfg, &mut status, &sender.shared),
+            _ = tick_sleep, if tick.is_some() => {
+                effects = driver.handle(Input::Tick);
+                effects.extend(driver.services_input(|s, c| s.tick(c)));
+            }
+            _ = every_second.tick() => {
+                write_agent_status(cfg, &mut status, &sender.shared);
+                effects = driver.services_input(|s, c| s.feed_load(c));
+            }
+            d = recv_opt(&mut svc_done), if has_svc => {
+                if let Some(d) = d { effects = driver.services_input(|s, c| s.done(d, c)); }
+            }
+            m = recv_opt(&mut svc_mon), if has_svc => {
+                if let Some(m) = m { effects = driver.services_input(|s, c| s.monitor_failed(m, c)); }
+            }
+            m = recv_opt(&mut svc_msgs), if has_svc => {
+                if let Some((from, msg)) = m {
+                    effects = driver.services_input(|s, c| s.input(baton_core::services::Input::Receive { from, msg }, c));
+                }
+            }
             msg = chan_rx.recv() => {
                 if let Some((from, msg)) = msg {
                     effects = driver.handle(Input::Receive { from, msg });
@@ -269,10 +311,44 @@ async fn event_loop(
                         effects = driver.handle(Input::LocalFailure { from: None, reason: code });
                         let _ = control::reply(&mut s, "ok").await;
                     }
+                    (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance")), arg) => {
+                        let rest: Vec<&str> = arg.into_iter().chain(words).collect();
+                        match service_request(op, &rest) {
+                            Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
+                            Ok(_) if !has_svc => { let _ = control::reply(&mut s, "error: no resource group is configured on this node").await; }
+                            Ok(input) => {
+                                info!(request = %req, "operator request");
+                                effects = driver.services_input(|sv, c| sv.input(input, c));
+                                let _ = control::reply(&mut s, "ok").await;
+                            }
+                        }
+                    }
                     _ => { let _ = control::reply(&mut s, &format!("error: unknown request {req:?}")).await; }
                 }
             }
         }
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An operator request of the control socket as a services input.
+fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::services::Input, String> {
+    use baton_core::services::Input as S;
+    let node = |s: &str| s.parse::<u32>().map_err(|_| format!("{op}: {s:?} is not a node id"));
+    match (op, args) {
+        ("switchover", [g]) => Ok(S::Switchover { service: g.to_string(), to: None }),
+        ("switchover", [g, n]) => Ok(S::Switchover { service: g.to_string(), to: Some(node(n)?) }),
+        ("standby", [n]) => Ok(S::Standby { node: node(n)?, on: true }),
+        ("unstandby", [n]) => Ok(S::Standby { node: node(n)?, on: false }),
+        ("maintenance", ["on"]) => Ok(S::Maintenance { on: true }),
+        ("maintenance", ["off"]) => Ok(S::Maintenance { on: false }),
+        _ => Err(format!("usage: switchover GROUP [NODE] | standby NODE | unstandby NODE | maintenance on|off (got {op} {args:?})")),
     }
 }
 

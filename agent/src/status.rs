@@ -123,7 +123,27 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(Value::Null);
+    // Resource groups: as the services core on this node last saw them
+    // (`since_ns` on the monotonic clock; `since_s_ago` for people).
+    let now = crate::events::monotonic_ns();
+    let services: Value = match std::fs::read_to_string(cfg.paths.state_dir.join("services.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+    {
+        Some(Value::Array(list)) => Value::Array(
+            list.into_iter()
+                .map(|mut e| {
+                    if let Some(t) = e["since_ns"].as_u64() {
+                        e["since_s_ago"] = json!(((now.saturating_sub(t)) as f64 / 1e9 * 10.0).round() / 10.0);
+                    }
+                    e
+                })
+                .collect(),
+        ),
+        _ => Value::Array(Vec::new()),
+    };
     Ok(json!({
+        "services": services,
         "cluster": cfg.cluster_name,
         "cluster_id": dc.cluster_id,
         "node": {"id": dc.my_node, "name": cfg.node_name, "incarnation": dc.my_incarnation},
@@ -181,6 +201,38 @@ pub fn render(v: &Value) -> String {
                 t["level"],
                 t["barrier"],
                 t["levels"]
+            );
+        }
+        s += "\n";
+    }
+    let svcs = v["services"].as_array().cloned().unwrap_or_default();
+    if !svcs.is_empty() {
+        s += &format!("{:<16} {:<13} {:>6} {:<24} {:>10}  {}\n", "SERVICE", "STATE", "NODE", "FLAGS", "SINCE", "PER NODE");
+        for e in svcs {
+            let mut flags: Vec<&str> = Vec::new();
+            for f in ["transfer_intent", "awaiting_maturity", "has_notify"] {
+                if e["flags"][f] == true {
+                    flags.push(f);
+                }
+            }
+            if e["failed"] == true {
+                flags.push("FAILED");
+            }
+            if e["complete"] == false {
+                flags.push("uncommitted");
+            }
+            let per: Vec<String> = e["nodes"]
+                .as_object()
+                .map(|m| m.iter().map(|(n, st)| format!("{n}:{}", st.as_str().unwrap_or("?"))).collect())
+                .unwrap_or_default();
+            s += &format!(
+                "{:<16} {:<13} {:>6} {:<24} {:>10}  {}\n",
+                e["name"].as_str().unwrap_or("?"),
+                e["state"].as_str().unwrap_or("?"),
+                e["node"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                if flags.is_empty() { "-".to_string() } else { flags.join(",") },
+                e["since_s_ago"].as_f64().map(|t| format!("{t:.1} s")).unwrap_or_default(),
+                per.join(" ")
             );
         }
         s += "\n";

@@ -1,0 +1,561 @@
+//! The thin runtime around the services core (`baton_core::services`): it
+//! carries out the core's action functions on this node (S4.3 run and halt
+//! methods: addresses through `addr`, the application and its monitors
+//! through `resource`), feeds their results back, and turns membership
+//! progress into the core's `View` / `NodeFailed` / `NodeLeaving` /
+//! `NodeLeft` inputs. The decisions (where a service runs, when it moves)
+//! are all in the core.
+//!
+//! Every action function runs in its own tokio task; the actions of one
+//! group are serialised by a per-group lock (so a stop never overtakes the
+//! start it cleans up after). Results come back to the event loop through
+//! an mpsc channel ([`SvcDone`]) and are fed to the core there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_core::membership::{ClusterState, NodeState};
+use baton_core::services::{
+    Action, ActionParams, ActionResult, Allowable, Config as SvcConfig, Input, Maturity, Placement, Preference, ServiceSpec,
+    ServiceStatus, Services, TransferCost,
+};
+use baton_core::{Instant, NodeId};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::channel::Channel;
+use crate::events::monotonic_ns;
+use crate::groups::{self, Group, NodeSet};
+use crate::resource::{self, MonitorEvent, MonitorLoop, Resource};
+
+/// The result of an action function that ran in a task.
+#[derive(Debug)]
+pub enum SvcDone {
+    Start { service: String, result: ActionResult },
+    Stop { service: String, result: ActionResult },
+    Recovery { service: String, result: ActionResult },
+    Notify { service: String, result: ActionResult },
+}
+
+/// What the event loop selects on.
+pub struct SvcChannels {
+    pub done: mpsc::Receiver<SvcDone>,
+    pub monitor: mpsc::Receiver<MonitorEvent>,
+}
+
+struct GroupRt {
+    group: Group,
+    app: Option<Arc<Resource>>,
+    monitors: Vec<MonitorLoop>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub struct ServiceManager {
+    core: Services,
+    me: NodeId,
+    all_nodes: Vec<NodeId>,
+    groups: BTreeMap<String, GroupRt>,
+    done_tx: mpsc::Sender<SvcDone>,
+    /// Forced-out lives already fed as `NodeFailed`: (node, incarnation).
+    failed_fed: BTreeSet<(NodeId, u64)>,
+    /// Nodes fed as `NodeLeaving` whose leave is not finished.
+    leaving: BTreeSet<NodeId>,
+    last_view: Option<(u64, BTreeSet<NodeId>, NodeId)>,
+    snapshot: PathBuf,
+    events: PathBuf,
+    status: BTreeMap<String, ServiceStatus>,
+    /// `Drained` nodes not yet taken by the membership driver.
+    drained: Vec<NodeId>,
+    /// Groups whose run method ran here and whose halt method has not:
+    /// stopped on exit whatever the core thinks.
+    active: Arc<std::sync::Mutex<BTreeSet<String>>>,
+}
+
+/// The core's spec of a configured group.
+pub fn spec_of(g: &Group) -> ServiceSpec {
+    let mut s = ServiceSpec::new(&g.name);
+    s.allowable = match &g.nodes {
+        NodeSet::All => Allowable::Any,
+        NodeSet::List(l) => Allowable::Nodes(l.clone()),
+    };
+    s.disallowable = g.exclude.iter().copied().collect();
+    s.preferred = g.preferred;
+    s.preference = match g.preference {
+        groups::Preference::Ordered => Preference::Ordered,
+        groups::Preference::Unordered => Preference::Unordered,
+    };
+    s.auto_register = g.auto_register;
+    s.placement = match g.placement {
+        groups::Placement::One => Placement::One,
+        groups::Placement::Every => Placement::Every,
+    };
+    s.maturity = Maturity { primary_up: g.maturity.primary_up, nodes_up: g.maturity.nodes_up, after_ms: g.maturity.after_ms.map(u64::from) };
+    s.parent = g.parent.clone();
+    s.transfer_cost = match g.transfer_cost {
+        groups::TransferCost::Free => TransferCost::Free,
+        groups::TransferCost::Costly => TransferCost::Costly,
+    };
+    s.has_notify = g.notify.is_some();
+    s.has_recovery = g.recovery.is_some();
+    s
+}
+
+fn state_name(s: baton_core::services::ServiceState) -> &'static str {
+    use baton_core::services::ServiceState::*;
+    match s {
+        Starting => "Starting",
+        Registered => "Registered",
+        Stopping => "Stopping",
+        Deregistered => "Deregistered",
+        Recovering => "Recovering",
+    }
+}
+
+/// The JSON of one service line (`services.json`, `baton status --json`).
+pub fn status_json(s: &ServiceStatus) -> serde_json::Value {
+    let nodes: serde_json::Map<String, serde_json::Value> =
+        s.nodes.iter().map(|(n, st)| (n.to_string(), serde_json::Value::from(state_name(*st)))).collect();
+    serde_json::json!({
+        "name": s.name,
+        "state": state_name(s.state),
+        "node": s.node,
+        "nodes": nodes,
+        "flags": {
+            "transfer_intent": s.flags.transfer_intent,
+            "awaiting_maturity": s.flags.awaiting_maturity,
+            "has_notify": s.flags.has_notify,
+        },
+        "failed": s.failed,
+        "complete": s.complete,
+        "since_ns": s.since.0,
+    })
+}
+
+impl ServiceManager {
+    /// `None` when no group is configured.
+    pub fn new(
+        me: NodeId,
+        incarnation: u64,
+        all_nodes: Vec<NodeId>,
+        groups: &[Group],
+        snapshot: PathBuf,
+        events: PathBuf,
+    ) -> anyhow::Result<Option<(ServiceManager, SvcChannels)>> {
+        let _ = std::fs::remove_file(&snapshot);
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        let specs: Vec<ServiceSpec> = groups.iter().map(spec_of).collect();
+        let core = Services::new(SvcConfig { me, incarnation, services: specs })
+            .map_err(|e| anyhow::anyhow!("resource groups: {e:?}"))?;
+        let (done_tx, done_rx) = mpsc::channel(256);
+        let (mon_tx, mon_rx) = mpsc::channel(256);
+        let mut rts = BTreeMap::new();
+        for g in groups {
+            let app = g.application.as_ref().map(|spec| Arc::new(Resource::from_spec(spec).with_events(mon_tx.clone())));
+            let mut monitors = Vec::new();
+            if let Some(a) = &app {
+                if let Some(m) = MonitorLoop::for_resource(a.clone(), mon_tx.clone(), false) {
+                    monitors.push(m);
+                }
+            }
+            for m in &g.monitors {
+                let r = Arc::new(Resource::from_spec(m).with_events(mon_tx.clone()));
+                if let Some(m) = MonitorLoop::for_resource(r, mon_tx.clone(), false) {
+                    monitors.push(m);
+                }
+            }
+            rts.insert(g.name.clone(), GroupRt { group: g.clone(), app, monitors, lock: Arc::new(tokio::sync::Mutex::new(())) });
+        }
+        info!(groups = groups.len(), "resource groups configured");
+        Ok(Some((
+            ServiceManager {
+                core,
+                me,
+                all_nodes,
+                groups: rts,
+                done_tx,
+                failed_fed: BTreeSet::new(),
+                leaving: BTreeSet::new(),
+                last_view: None,
+                snapshot,
+                events,
+                status: BTreeMap::new(),
+                drained: Vec::new(),
+                active: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+            },
+            SvcChannels { done: done_rx, monitor: mon_rx },
+        )))
+    }
+
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.core.next_deadline().map(|i| i.0)
+    }
+
+    /// Nodes whose services are all gone (their graceful leave may go on).
+    pub fn take_drained(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.drained)
+    }
+
+    /// Membership progress: the view (after every state change).
+    pub fn on_state(&mut self, s: &ClusterState, channel: &Channel) {
+        // Forget fed failures of lives that are gone from the state.
+        self.failed_fed.retain(|(n, inc)| {
+            s.nodes.get(n).is_some_and(|e| e.incarnation == *inc && e.state == NodeState::ForcedLeaving)
+        });
+        let members: BTreeSet<NodeId> = s
+            .nodes
+            .iter()
+            .filter(|(n, e)| match e.state {
+                NodeState::Joined | NodeState::Leaving => true,
+                NodeState::ForcedLeaving => !self.failed_fed.contains(&(**n, e.incarnation)),
+                _ => false,
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        // Graceful leaves that finished.
+        let finished: Vec<NodeId> =
+            self.leaving.iter().copied().filter(|n| !matches!(s.state_of(*n), NodeState::Leaving)).collect();
+        for n in finished {
+            self.leaving.remove(&n);
+            self.feed(Input::NodeLeft { node: n }, channel);
+        }
+        if !members.contains(&self.me) {
+            return;
+        }
+        let id = (s.view.term << 32) | (s.view.version & 0xffff_ffff);
+        let key = (id, members.clone(), s.view.master);
+        if self.last_view.as_ref() == Some(&key) {
+            return;
+        }
+        self.last_view = Some(key);
+        self.feed(Input::View { id, members, master: s.view.master }, channel);
+    }
+
+    /// The forced leave of `node` (life `incarnation`) reached the services
+    /// level: recover its services.
+    pub fn node_failed(&mut self, node: NodeId, incarnation: u64, s: Option<&ClusterState>, channel: &Channel) {
+        self.failed_fed.insert((node, incarnation));
+        self.leaving.remove(&node);
+        self.feed(Input::NodeFailed { node }, channel);
+        if let Some(s) = s {
+            self.last_view = None;
+            self.on_state(s, channel);
+        }
+    }
+
+    /// The graceful leave of `node` reached the services level: transfer
+    /// its services; [`ServiceManager::take_drained`] says when done.
+    pub fn node_leaving(&mut self, node: NodeId, channel: &Channel) {
+        self.leaving.insert(node);
+        self.feed(Input::NodeLeaving { node }, channel);
+    }
+
+    pub fn input(&mut self, input: Input, channel: &Channel) {
+        self.feed(input, channel);
+    }
+
+    pub fn done(&mut self, d: SvcDone, channel: &Channel) {
+        let input = match d {
+            SvcDone::Start { service, result } => Input::StartDone { service, result },
+            SvcDone::Stop { service, result } => Input::StopDone { service, result },
+            SvcDone::Recovery { service, result } => Input::RecoveryDone { service, result },
+            SvcDone::Notify { service, result } => Input::NotifyDone { service, result },
+        };
+        self.feed(input, channel);
+    }
+
+    pub fn monitor_failed(&mut self, ev: MonitorEvent, channel: &Channel) {
+        let MonitorEvent::Failed { resource, reason } = ev;
+        let Some(group) = self
+            .groups
+            .values()
+            .find(|g| g.group.resources().any(|r| r.name == resource))
+            .map(|g| g.group.name.clone())
+        else {
+            return;
+        };
+        if !self.active.lock().unwrap().contains(&group) {
+            return; // a late report after the halt method
+        }
+        warn!(group = %group, resource = %resource, reason = %reason, "monitor failure");
+        self.event(serde_json::json!({"event": "monitor_failed", "service": group, "node": self.me, "reason": reason}));
+        self.feed(Input::MonitorFailed { service: group }, channel);
+    }
+
+    /// The local load figure (unordered preferences): the 1-minute load average × 100.
+    pub fn feed_load(&mut self, channel: &Channel) {
+        let figure = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|f| f.parse::<f64>().ok()))
+            .map(|f| (f * 100.0) as u64)
+            .unwrap_or(0);
+        self.feed(Input::Load { figure }, channel);
+    }
+
+    pub fn tick(&mut self, channel: &Channel) {
+        self.feed(Input::Tick, channel);
+    }
+
+    fn feed(&mut self, input: Input, channel: &Channel) {
+        self.core.handle(Instant(monotonic_ns()), input);
+        self.drain(channel);
+    }
+
+    fn drain(&mut self, channel: &Channel) {
+        let mut changed = false;
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Send { to, msg } => {
+                    channel.send_services(to, &msg);
+                }
+                Action::Start { params } => self.run_method(params),
+                Action::Stop { params } => self.halt_method(params),
+                Action::Notify { params } => self.hook(params, None),
+                Action::Recovery { params, failed } => self.hook(params, Some(failed)),
+                Action::EnableEvents { service } => {
+                    if let Some(g) = self.groups.get(&service) {
+                        g.monitors.iter().for_each(|m| m.enable());
+                    }
+                }
+                Action::DisableEvents { service } => {
+                    if let Some(g) = self.groups.get(&service) {
+                        g.monitors.iter().for_each(|m| m.disable());
+                    }
+                }
+                Action::Alert { service, reason } => {
+                    error!(service = %service, ?reason, "ALERT");
+                    self.event(serde_json::json!({"event": "alert", "service": service, "reason": format!("{reason:?}")}));
+                }
+                Action::Drained { node } => self.drained.push(node),
+                Action::Changed { status } => {
+                    self.status.insert(status.name.clone(), status);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.write_snapshot();
+        }
+    }
+
+    fn write_snapshot(&self) {
+        let v: Vec<serde_json::Value> = self.status.values().map(status_json).collect();
+        let tmp = self.snapshot.with_extension("tmp");
+        if std::fs::write(&tmp, serde_json::Value::from(v).to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.snapshot);
+        }
+    }
+
+    fn event(&self, mut v: serde_json::Value) {
+        v["agent_ns"] = monotonic_ns().into();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.events) {
+            let _ = f.write_all(format!("{v}\n").as_bytes());
+        }
+    }
+
+    fn env(params: &ActionParams, failed: Option<NodeId>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("BATON_SERVICE".to_string(), params.service.clone()),
+            ("BATON_NODE".to_string(), params.node.to_string()),
+            ("BATON_REASON".to_string(), format!("{:?}", params.reason)),
+        ];
+        if let Some(p) = params.previous {
+            env.push(("BATON_PREVIOUS_NODE".into(), p.to_string()));
+        }
+        if let Some(f) = failed {
+            env.push(("BATON_FAILED_NODE".into(), f.to_string()));
+        }
+        env
+    }
+
+    /// S4.3 run method: the addresses, then the application (monitors are
+    /// the core's EnableEvents), then "service up".
+    fn run_method(&mut self, params: ActionParams) {
+        let Some(g) = self.groups.get(&params.service) else {
+            let _ = self.done_tx.try_send(SvcDone::Start { service: params.service.clone(), result: ActionResult::failed(1, "unknown group") });
+            return;
+        };
+        let group = g.group.clone();
+        let app = g.app.clone();
+        let lock = g.lock.clone();
+        let tx = self.done_tx.clone();
+        let events = self.events.clone();
+        let me = self.me;
+        let active = self.active.clone();
+        info!(service = %group.name, reason = ?params.reason, previous = ?params.previous, "run method: start");
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            active.lock().unwrap().insert(group.name.clone());
+            let t0 = monotonic_ns();
+            let result = run_group(&group, app.as_deref()).await;
+            let ms = (monotonic_ns() - t0) as f64 / 1e6;
+            match &result {
+                Ok(()) => {
+                    info!(service = %group.name, ms, "service up");
+                    append_event(&events, serde_json::json!({"event": "service_up", "service": group.name, "node": me, "start_ms": ms}));
+                }
+                Err(e) => error!(service = %group.name, "start failed: {e}"),
+            }
+            let result = match result {
+                Ok(()) => ActionResult::OK,
+                Err(e) => ActionResult::failed(1, &e),
+            };
+            let _ = tx.send(SvcDone::Start { service: group.name.clone(), result }).await;
+        });
+    }
+
+    /// S4.3 halt method: the application, then the addresses, then
+    /// "service down" (the monitors were disabled by the core first).
+    fn halt_method(&mut self, params: ActionParams) {
+        let Some(g) = self.groups.get(&params.service) else {
+            let _ = self.done_tx.try_send(SvcDone::Stop { service: params.service.clone(), result: ActionResult::OK });
+            return;
+        };
+        let group = g.group.clone();
+        let app = g.app.clone();
+        let lock = g.lock.clone();
+        let tx = self.done_tx.clone();
+        let events = self.events.clone();
+        let me = self.me;
+        let active = self.active.clone();
+        info!(service = %group.name, reason = ?params.reason, "halt method: stop");
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let result = halt_group(&group, app.as_deref()).await;
+            match &result {
+                Ok(()) => {
+                    active.lock().unwrap().remove(&group.name);
+                    info!(service = %group.name, "service down");
+                    append_event(&events, serde_json::json!({"event": "service_down", "service": group.name, "node": me}));
+                }
+                Err(e) => error!(service = %group.name, "stop failed: {e}"),
+            }
+            let result = match result {
+                Ok(()) => ActionResult::OK,
+                Err(e) => ActionResult::failed(1, &e),
+            };
+            let _ = tx.send(SvcDone::Stop { service: group.name.clone(), result }).await;
+        });
+    }
+
+    /// Notify and recovery action functions (S1.13), when configured.
+    fn hook(&mut self, params: ActionParams, failed: Option<NodeId>) {
+        let service = params.service.clone();
+        let line = self.groups.get(&service).and_then(|g| if failed.is_some() { g.group.recovery.clone() } else { g.group.notify.clone() });
+        let env = Self::env(&params, failed);
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let result = match line {
+                None => ActionResult::OK,
+                Some(line) => {
+                    let action = if failed.is_some() { resource::Action::Recovery } else { resource::Action::Notify };
+                    info!(service = %service, ?action, "action function");
+                    match resource::run_hook(&service, action, &line, &env, Duration::from_secs(60)).await {
+                        Ok(_) => ActionResult::OK,
+                        Err(e) => {
+                            error!(service = %service, "{e}");
+                            ActionResult::failed(1, &e.to_string())
+                        }
+                    }
+                }
+            };
+            let d = if failed.is_some() { SvcDone::Recovery { service, result } } else { SvcDone::Notify { service, result } };
+            let _ = tx.send(d).await;
+        });
+    }
+
+    /// On the way out (halted, forced out, stopped without a finished
+    /// leave): run the halt method of every group that still runs here,
+    /// children first, so this node holds no address and runs no service.
+    pub async fn stop_all_local(&mut self) {
+        let names: Vec<String> = self.active.lock().unwrap().iter().cloned().collect();
+        if names.is_empty() {
+            return;
+        }
+        let groups: Vec<Group> = self.groups.values().map(|g| g.group.clone()).collect();
+        let order = groups::start_order(&groups);
+        for i in order.into_iter().rev() {
+            let g = &groups[i];
+            if !names.contains(&g.name) {
+                continue;
+            }
+            let rt = &self.groups[&g.name];
+            rt.monitors.iter().for_each(|m| m.disable());
+            warn!(service = %g.name, "leaving the cluster with the service running here: halting it");
+            let _guard = rt.lock.lock().await;
+            if let Err(e) = halt_group(&rt.group, rt.app.as_deref()).await {
+                error!(service = %g.name, "halt on exit failed: {e}");
+            }
+            self.active.lock().unwrap().remove(&g.name);
+            self.event(serde_json::json!({"event": "service_down", "service": g.name, "node": self.me}));
+        }
+        let _ = std::fs::remove_file(&self.snapshot);
+    }
+
+    pub fn all_nodes(&self) -> &[NodeId] {
+        &self.all_nodes
+    }
+}
+
+fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
+    v["agent_ns"] = monotonic_ns().into();
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(format!("{v}\n").as_bytes());
+    }
+}
+
+async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
+    for a in &g.addresses {
+        crate::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
+        // The announcements go on in the background: the application
+        // starts meanwhile (the first frame leaves at once).
+        let (iface, ip) = (g.interface.clone(), a.ip);
+        let opts = crate::addr::Announce {
+            count: g.garp_count,
+            interval: Duration::from_millis(g.garp_interval_ms as u64),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::addr::announce(&iface, ip, &opts).await {
+                warn!(address = %ip, interface = %iface, "announcing the address failed: {e}");
+            }
+        });
+    }
+    if let Some(app) = app {
+        if let Err(e) = app.start().await {
+            // Leave nothing half-started: the address goes too.
+            let _ = app.stop().await;
+            release_all(g).await;
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
+}
+
+async fn halt_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
+    let mut err = None;
+    if let Some(app) = app {
+        if let Err(e) = app.stop().await {
+            err = Some(e.to_string());
+        }
+    }
+    if err.is_some() {
+        // A stop that failed: the application may still run and use the
+        // address; keep it (the core starts it nowhere else meanwhile).
+        return Err(err.unwrap());
+    }
+    release_all(g).await;
+    Ok(())
+}
+
+async fn release_all(g: &Group) {
+    for a in &g.addresses {
+        if let Err(e) = crate::addr::release(&g.interface, a.ip, a.prefix).await {
+            error!(address = %a, interface = %g.interface, "releasing the address failed: {e}");
+        }
+    }
+}
