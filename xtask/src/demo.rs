@@ -1,171 +1,299 @@
-//! `cargo xtask demo`: a three-node baton cluster in network namespaces on
-//! this machine. Shows peers coming up, a node killed and its detection with
-//! the measured latency, a link cut on a redundant interconnect, a restart,
-//! and a distress signal; then removes everything (also on Ctrl-C).
+//! `cargo xtask demo`: the main job. Three baton nodes and a client in
+//! network namespaces on one bridge; a resource group `web` (a floating
+//! IPv4 address and `busybox httpd` serving a page that names its node,
+//! preferred node 1, transfer cost free). The client requests
+//! `http://10.77.0.100/` every 5 ms. The demo crashes the active node (SIGKILL
+//! of its agent and httpd), brings it back (the group moves back to its
+//! preferred node), and switches the group over to node 2; it measures the
+//! client-visible outage of each step and prints a timeline and a summary.
+//! Everything is removed at the end, also on Ctrl-C.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use baton_tests::{monotonic_ns, wait_until, Cluster};
+use baton_tests::{monotonic_ns, Cluster, Sample};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted: cleaning up");
-    }
-    Ok(())
-}
-
-fn pause(ms: u64) -> Result<()> {
-    let steps = ms / 20;
-    for _ in 0..steps {
-        check_interrupt()?;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    check_interrupt()
-}
+use crate::bench_failover::{
+    answering, baton, install_sigint, measure, pause, remove_leftovers, wait_served, web_status, window, BatonRig, PERIOD, TIMEOUT,
+    VIP, VIP_CIDR,
+};
 
 fn say(s: &str) {
     println!("\n\x1b[1m== {s}\x1b[0m");
 }
 
-/// Removes namespaces left by a demo that was killed hard.
-fn remove_leftovers() {
-    if let Ok(out) = std::process::Command::new("ip").args(["netns", "list"]).output() {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            if name.starts_with("demo") {
-                let _ = std::process::Command::new("ip").args(["netns", "del", name]).status();
+/// One line of the timeline.
+struct Entry {
+    t: u64,
+    step: &'static str,
+    what: String,
+    /// Who answers the client at that moment (filled in at the end).
+    answers: String,
+}
+
+struct Timeline {
+    t0: u64,
+    entries: Vec<Entry>,
+}
+
+impl Timeline {
+    fn add(&mut self, t: u64, step: &'static str, what: impl Into<String>) {
+        let what = what.into();
+        println!("  {:>9.3} s  {what}", t.saturating_sub(self.t0) as f64 / 1e9);
+        self.entries.push(Entry { t, step, what, answers: String::new() });
+    }
+}
+
+/// The client's view as timeline entries: who answers, and each run of
+/// failed requests (count, how they failed, how long).
+fn client_entries(samples: &[Sample], step_of: impl Fn(u64) -> &'static str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut last_ok: Option<String> = None;
+    let mut i = 0;
+    while i < samples.len() {
+        match &samples[i].result {
+            Ok(body) => {
+                if last_ok.as_deref() != Some(body.as_str()) {
+                    let what = match &last_ok {
+                        None => format!("client: first answer, from {body}"),
+                        Some(prev) => format!("client: {body} answers (was {prev})"),
+                    };
+                    out.push(Entry { t: samples[i].start_ns, step: step_of(samples[i].start_ns), what, answers: body.clone() });
+                    last_ok = Some(body.clone());
+                }
+                i += 1;
+            }
+            Err(_) => {
+                let j = samples[i..].iter().position(|s| s.ok()).map(|p| i + p).unwrap_or(samples.len());
+                let run = &samples[i..j];
+                let mut kinds: Vec<(String, usize)> = Vec::new();
+                for s in run {
+                    let e = s.result.as_ref().err().unwrap().clone();
+                    match kinds.iter_mut().find(|(k, _)| *k == e) {
+                        Some((_, n)) => *n += 1,
+                        None => kinds.push((e, 1)),
+                    }
+                }
+                let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                let end = samples.get(j).map(|s| s.start_ns).unwrap_or(run.last().unwrap().end_ns);
+                let what = if last_ok.is_none() {
+                    format!("client: not served yet ({} request(s) failed)", run.len())
+                } else {
+                    format!(
+                        "client: {} request(s) failed over {:.1} ms ({})",
+                        run.len(),
+                        (end - run[0].start_ns) as f64 / 1e6,
+                        kinds.join(", ")
+                    )
+                };
+                out.push(Entry { t: run[0].start_ns, step: step_of(run[0].start_ns), what, answers: "-".into() });
+                i = j;
             }
         }
     }
+    out
 }
 
-fn wait_event(c: &Cluster, observer: usize, event: &str, node: u32, after: u64) -> Result<serde_json::Value> {
-    let mut found = None;
-    wait_until(Duration::from_secs(10), || {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            return true;
+/// service_up / service_down (from the log of the node they name, else the
+/// first node that has them) and the first peer_silent per node, after `t0`.
+fn agent_entries(c: &Cluster, t0: u64, step_of: impl Fn(u64) -> &'static str) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
+    let logs: Vec<Vec<serde_json::Value>> = (0..c.hosts.len()).map(|i| c.events(i)).collect();
+    let name_of = |id: u64| c.hosts.iter().find(|h| h.id as u64 == id).map(|h| h.name.clone()).unwrap_or(format!("node{id}"));
+    let mut seen: Vec<(String, u64, u64)> = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        for e in log {
+            let t = e["agent_ns"].as_u64().unwrap_or(0);
+            if t < t0 {
+                continue;
+            }
+            let ev = e["event"].as_str().unwrap_or("");
+            let node = e["node"].as_u64().unwrap_or(0);
+            let what = match ev {
+                "service_up" | "service_down" => {
+                    // Reported by the node itself? Then skip the others' copies.
+                    let own = (node as usize).checked_sub(1).and_then(|j| logs.get(j));
+                    let near = |x: &serde_json::Value| x["event"] == ev && x["agent_ns"].as_u64().is_some_and(|xt| xt.abs_diff(t) < 50_000_000);
+                    if node != c.hosts[i].id as u64 && own.is_some_and(|l| l.iter().any(near)) {
+                        continue;
+                    }
+                    format!("{}: {} {} on {}", c.hosts[i].name, ev.replace('_', " "), e["service"].as_str().unwrap_or("?"), name_of(node))
+                }
+                "peer_silent" => format!("{}: {} silent (heartbeats stopped)", c.hosts[i].name, name_of(node)),
+                _ => continue,
+            };
+            // One line per (event, node) within 50 ms.
+            if seen.iter().any(|(k, n, st)| k == ev && *n == node && st.abs_diff(t) < 50_000_000 && ev == "peer_silent") {
+                continue;
+            }
+            seen.push((ev.to_string(), node, t));
+            out.push(Entry { t, step: step_of(t), what, answers: String::new() });
         }
-        found = c.events(observer).into_iter().find(|e| {
-            e["event"] == event && e["node"] == node && e["agent_ns"].as_u64().unwrap_or(0) >= after
-        });
-        found.is_some()
-    });
-    check_interrupt()?;
-    found.with_context(|| format!("{} never saw {event} for node {node}", c.hosts[observer].name))
-}
-
-fn status_table(c: &Cluster, i: usize) -> Result<String> {
-    let out = std::process::Command::new(baton_tests::baton_bin())
-        .args(["status", "--config"])
-        .arg(c.node_dir(i).join("baton.toml"))
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-pub fn run() -> Result<()> {
-    unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    remove_leftovers();
-    let interval = 10;
-    let misses = 3;
-    say(&format!("baton demo: 3 nodes, 2 redundant interconnect links, heartbeat every {interval} ms, silent after {misses} misses"));
-    let mut c = Cluster::new("demo", 3, 2, interval, misses);
-    for h in &c.hosts {
-        println!("  {} (id {}) in netns {}: ring0 {} on ic0, ring1 {} on ic1", h.name, h.id, h.ns.name, h.addrs[0], h.addrs[1]);
     }
-    println!("  configs, logs and event logs under {}", c.dir.display());
+    out
+}
 
-    say("starting the agents one by one");
-    let t0 = monotonic_ns();
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}\n")).collect()
+}
+
+fn diagnose(rig: &BatonRig) -> String {
+    let mut s = String::new();
     for i in 0..3 {
-        check_interrupt()?;
-        c.start(i);
-        println!("  {} running: XDP attached to ic0 and ic1, maps pinned in {}", c.hosts[i].name, c.bpffs_dir(i).display());
+        s += &format!("  {} web: {}\n  last lines of its agent log:\n{}", rig.c.hosts[i].name, web_status(&rig.c, i), tail(&rig.c.agent_log(i), 15));
     }
-    c.wait_all_up(Duration::from_secs(10));
-    c.wait_all_joined(Duration::from_secs(15));
-    println!("  all three joined the cluster {:.0} ms after the first start (node1 is the master)", (monotonic_ns() - t0) as f64 / 1e6);
-    pause(300)?;
-    println!("  every node sees every other node up. `baton status` on node1:\n");
-    print!("{}", indent(&status_table(&c, 0)?));
-
-    say("SIGKILL node3's agent (its heartbeats stop mid-stream)");
-    pause(137)?;
-    let t = c.kill(2);
-    for i in 0..2 {
-        let e = wait_event(&c, i, "peer_silent", 3, t)?;
-        let ms = (e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6;
-        println!("  {} declared node3 silent {ms:.1} ms after the kill (bound: {} ms)", c.hosts[i].name, interval * misses);
-    }
-    wait_until(Duration::from_secs(5), || c.membership(0)["nodes"][2]["state"] == "inactive");
-    println!(
-        "  node1 and node2 forced node3 out, bottom-up through fencing, storage, addresses, services: done {:.0} ms after the kill",
-        (monotonic_ns() - t) as f64 / 1e6
-    );
-    print!("\n{}", indent(&status_table(&c, 0)?));
-
-    say("restart node3: new incarnation, the peers take it back");
-    let t = monotonic_ns();
-    c.start(2);
-    for i in 0..2 {
-        let e = wait_event(&c, i, "peer_up", 3, t)?;
-        let ms = (e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6;
-        println!("  {} sees node3 up again {ms:.0} ms after the restart began (incarnation {})", c.hosts[i].name, e["incarnation"]);
-    }
-
-    say("cut node2's ring0 link: one link silent, the node stays up on ring1");
-    pause(200)?;
-    let t = c.cut_link(1, 0);
-    let e = wait_event(&c, 0, "link_silent", 2, t)?;
-    println!("  node1: link ring0 to node2 silent after {:.1} ms; node2 itself: {}", (e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6, c.peer_state(0, 2));
-    c.heal_link(1, 0);
-    let e = wait_event(&c, 0, "link_up", 2, t)?;
-    println!("  link healed, ring0 to node2 up again (incarnation {})", e["incarnation"]);
-
-    say("node2 reports a critical local failure: `baton distress --reason component`");
-    pause(200)?;
-    let t = monotonic_ns();
-    let out = std::process::Command::new(baton_tests::baton_bin())
-        .args(["distress", "--reason", "component", "--config"])
-        .arg(c.node_dir(1).join("baton.toml"))
-        .output()?;
-    if !out.status.success() {
-        bail!("baton distress failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    for i in [0, 2] {
-        let e = wait_event(&c, i, "peer_distress", 2, t)?;
-        let ms = (e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6;
-        println!("  {} got node2's distress {ms:.1} ms later, without waiting for a timeout", c.hosts[i].name);
-    }
-    pause(200)?;
-    print!("\n{}", indent(&status_table(&c, 0)?));
-
-    say("the event log of node1 (state/events.jsonl)");
-    for e in c.events(0) {
-        println!("  {e}");
-    }
-
-    say("cleaning up");
-    let ns: Vec<String> = c.hosts.iter().map(|h| h.ns.name.clone()).chain([c.switch.name.clone()]).collect();
-    let pins: Vec<_> = (0..3).map(|i| c.bpffs_dir(i)).collect();
-    drop(c);
-    let left = String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output()?.stdout).to_string();
-    let leftover_ns: Vec<&String> = ns.iter().filter(|n| left.contains(n.as_str())).collect();
-    let leftover_pins: Vec<_> = pins.iter().filter(|p| p.exists()).collect();
-    if !leftover_ns.is_empty() || !leftover_pins.is_empty() {
-        bail!("left behind: namespaces {leftover_ns:?}, pins {leftover_pins:?}");
-    }
-    println!("  agents stopped, namespaces, veth links, bridges and pinned maps removed");
-    Ok(())
+    s
 }
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+struct Step {
+    name: String,
+    outage_ms: f64,
+    failed: usize,
+    after: String,
+}
+
+pub fn run() -> Result<()> {
+    install_sigint();
+    remove_leftovers(&["demo"]);
+    let (interval, misses) = (10u64, 3u32);
+    say(&format!(
+        "baton demo: 3 nodes, heartbeat every {interval} ms (silent after {misses} misses), group `web` = {VIP_CIDR} + busybox httpd"
+    ));
+    let mut rig = BatonRig::new("demo", interval, misses)?;
+    for h in &rig.c.hosts {
+        println!("  {} (id {}) in netns {}: {} on ic0 (bridge br0)", h.name, h.id, h.ns.name, h.addrs[0]);
+    }
+    println!("  client in netns {}: {} on eth0, GET http://{VIP}/ every {} ms, {} ms timeout", rig.client.ns.name, rig.client.addr, PERIOD.as_millis(), TIMEOUT.as_millis());
+    println!("  group: preferred node1, nodes [1, 2, 3], transfer_cost free; each node serves a page with its own name");
+    println!("  configs, logs and event logs under {}", rig.c.dir.display());
+    let t0 = monotonic_ns();
+    let mut tl = Timeline { t0, entries: Vec::new() };
+    let mut bounds: Vec<(u64, &'static str)> = vec![(0, "start")];
+
+    say("starting the agents");
+    for i in 0..3 {
+        pause(0)?;
+        rig.c.start(i);
+        tl.add(monotonic_ns(), "start", format!("{} agent running", rig.c.hosts[i].name));
+    }
+    rig.c.wait_all_joined(Duration::from_secs(20));
+    tl.add(monotonic_ns(), "start", "all three joined");
+    let up = match wait_served(&rig.prober, t0, Some("node1"), None, Duration::from_secs(30))? {
+        Some(t) => t,
+        None => bail!("the web group never answered from node1 within 30 s\n{}", diagnose(&rig)),
+    };
+    tl.add(up, "start", "web answers from node1 (its preferred node)");
+    pause(300)?;
+    println!("\n  `baton status` on node2:\n");
+    print!("{}", indent(&baton(&rig.c, 1, &["status"]).unwrap_or_else(|e| format!("{e:#}"))));
+
+    let mut steps = Vec::new();
+
+    say("crash: SIGKILL of node1's agent and its httpd (the whole node is gone)");
+    pause(500)?;
+    let active = answering(&rig.prober).unwrap_or_default();
+    let ai = crate::bench_failover::node_index(&active).context("nobody answers")?;
+    let t = rig.crash(ai);
+    bounds.push((t, "crash"));
+    tl.add(t, "crash", format!("SIGKILL {active}'s agent and httpd; its address is gone with it"));
+    let settled = match wait_served(&rig.prober, t, None, Some(&active), Duration::from_secs(10))? {
+        Some(s) => s,
+        None => bail!("no other node served web after {active} crashed\n{}", diagnose(&rig)),
+    };
+    pause(TIMEOUT.as_millis() as u64 + 20)?;
+    let (ms, failed) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
+    let now_serving = answering(&rig.prober).unwrap_or_default();
+    tl.add(settled, "crash", format!("{now_serving} serves web: client-visible outage {ms:.1} ms, {failed} failed requests"));
+    steps.push(Step { name: format!("crash of {active}"), outage_ms: ms, failed, after: now_serving.clone() });
+
+    say(&format!("{active} comes back: restart its agent; transfer cost free, so web moves back to it"));
+    pause(1000)?;
+    let t = monotonic_ns();
+    bounds.push((t, "return"));
+    rig.c.start(ai);
+    tl.add(t, "return", format!("{active}'s agent restarted"));
+    let back = match wait_served(&rig.prober, t, Some(&active), None, Duration::from_secs(30))? {
+        Some(s) => s,
+        None => bail!("web did not move back to {active}\n{}", diagnose(&rig)),
+    };
+    pause(TIMEOUT.as_millis() as u64 + 20)?;
+    let (ms, failed) = measure(&window(&rig.prober, t, back));
+    tl.add(back, "return", format!("{active} serves web again: outage {ms:.1} ms, {failed} failed requests"));
+    steps.push(Step { name: format!("{active} rejoins (fall-back)"), outage_ms: ms, failed, after: active.clone() });
+    rig.c.wait_all_joined(Duration::from_secs(20));
+
+    say("planned switchover: `baton switchover web 2`");
+    pause(1000)?;
+    let t = monotonic_ns();
+    bounds.push((t, "switchover"));
+    let out = baton(&rig.c, ai, &["switchover", "web", "2"])?;
+    tl.add(t, "switchover", format!("`baton switchover web 2` on {active}: {}", out.trim()));
+    let moved = match wait_served(&rig.prober, t, Some("node2"), None, Duration::from_secs(10))? {
+        Some(s) => s,
+        None => bail!("web did not move to node2\n{}", diagnose(&rig)),
+    };
+    pause(TIMEOUT.as_millis() as u64 + 20)?;
+    let (ms, failed) = measure(&window(&rig.prober, t, moved + PERIOD.as_nanos() as u64));
+    tl.add(moved, "switchover", format!("node2 serves web: {failed} failed requests{}", if failed > 0 { format!(" over {ms:.1} ms") } else { String::new() }));
+    steps.push(Step { name: "switchover to node2".into(), outage_ms: ms, failed, after: "node2".into() });
+    pause(300)?;
+    println!("\n  `baton status` on node1:\n");
+    print!("{}", indent(&baton(&rig.c, 0, &["status"]).unwrap_or_else(|e| format!("{e:#}"))));
+
+    // The whole story, merged: steps, the agents' events, the client's view.
+    let t_end = monotonic_ns();
+    let samples: Vec<Sample> = rig.prober.samples();
+    let step_of = |t: u64| bounds.iter().rev().find(|(b, _)| *b <= t).map(|(_, s)| *s).unwrap_or("start");
+    let mut entries = std::mem::take(&mut tl.entries);
+    entries.extend(agent_entries(&rig.c, t0, step_of));
+    entries.extend(client_entries(&samples, step_of));
+    entries.retain(|e| e.t <= t_end);
+    entries.sort_by_key(|e| e.t);
+    for e in entries.iter_mut() {
+        if e.answers.is_empty() {
+            e.answers = samples
+                .iter()
+                .filter(|s| s.end_ns <= e.t)
+                .max_by_key(|s| s.end_ns)
+                .map(|s| s.result.clone().unwrap_or_else(|_| "-".into()))
+                .unwrap_or_else(|| "-".into());
+        }
+    }
+    say("timeline (time since the demo started; `answers` = who served the client's latest completed request)");
+    println!("  {:>10}  {:<10}  {:<8}  what happened", "time", "step", "answers");
+    for e in &entries {
+        println!("  {:>8.3} s  {:<10}  {:<8}  {}", e.t.saturating_sub(t0) as f64 / 1e9, e.step, e.answers, e.what);
+    }
+
+    say("summary");
+    let total = samples.len();
+    let failed_all = samples.iter().filter(|s| !s.ok()).count();
+    println!("  {:<28} {:>12} {:>16}  {}", "step", "outage (ms)", "failed requests", "served by after");
+    for s in &steps {
+        println!("  {:<28} {:>12.1} {:>16}  {}", s.name, s.outage_ms, s.failed, s.after);
+    }
+    println!(
+        "  client: {total} requests in {:.1} s, {failed_all} failed (outage = first failed request to first success after it; {} ms resolution)",
+        (t_end - t0) as f64 / 1e9,
+        PERIOD.as_millis()
+    );
+
+    say("cleaning up");
+    let ns: Vec<String> =
+        rig.c.hosts.iter().map(|h| h.ns.name.clone()).chain([rig.c.switch.name.clone(), rig.client.ns.name.clone()]).collect();
+    let pins: Vec<_> = (0..3).map(|i| rig.c.bpffs_dir(i)).collect();
+    drop(rig);
+    let left = String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output()?.stdout).to_string();
+    let leftover_ns: Vec<&String> = ns.iter().filter(|n| left.lines().any(|l| l.split_whitespace().next() == Some(n.as_str()))).collect();
+    let leftover_pins: Vec<_> = pins.iter().filter(|p| p.exists()).collect();
+    if !leftover_ns.is_empty() || !leftover_pins.is_empty() {
+        bail!("left behind: namespaces {leftover_ns:?}, pins {leftover_pins:?}");
+    }
+    println!("  agents stopped (graceful leave), httpd stopped, namespaces, veth links, bridge and pinned maps removed");
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! baton's developer tasks: `cargo xtask <command>` (alias in .cargo/config.toml).
 
 mod bench;
+mod bench_failover;
 mod bench_membership;
 mod demo;
 mod setup;
@@ -90,6 +91,9 @@ enum Cmd {
         /// membership: attempts per cluster (a cluster whose agents halt or do not converge is retried).
         #[arg(long, default_value_t = 3)]
         attempts: u32,
+        /// failover: crashes, link cuts and switchovers to measure (each).
+        #[arg(long, default_value_t = 20)]
+        crashes: u32,
     },
 }
 
@@ -99,6 +103,8 @@ enum Bench {
     Detect,
     /// Membership: mass join, forced leave, messages per change with and without S3 subgroups.
     Membership,
+    /// Failover: client-visible outage of a resource group on crash, link cut and switchover, beside keepalived.
+    Failover,
 }
 
 fn main() {
@@ -129,6 +135,17 @@ fn main() {
             subgroup_size,
             count_resend_ms,
             attempts,
+        })),
+        Cmd::Bench {
+            which: Bench::Failover,
+            crashes,
+            interval_ms,
+            misses,
+            ..
+        } => prepare_release().and_then(|_| bench_failover::failover(&bench_failover::FailoverOpts {
+            crashes,
+            interval_ms,
+            misses,
         })),
         Cmd::Bench {
             which: Bench::Detect,

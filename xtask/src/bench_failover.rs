@@ -1,0 +1,748 @@
+//! `cargo xtask bench failover`: the client-visible outage of a resource
+//! group (a floating IPv4 address and `busybox httpd` on it) when its node
+//! crashes, when its node's link is cut, and the failed requests of planned
+//! switchovers; baton beside keepalived (VRRPv3, unicast peers, advert
+//! interval = baton's heartbeat interval, notify scripts starting the same
+//! httpd) on the same topology: three nodes and a client in network
+//! namespaces on one bridge.
+//!
+//! The client requests `http://VIP/` every 5 ms over a new TCP connection
+//! (100 ms timeout, a pool of threads so a hanging request does not delay the
+//! next), and the page names the node that served it. The outage of an event
+//! is measured from the start of the first failed request to the start of the
+//! first successful one after the last failure (5 ms granularity).
+//!
+//! Also shared with `cargo xtask demo`: the topology, the group, the
+//! keepalived rig, clean-up of earlier runs and Ctrl-C handling.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use baton_tests::{monotonic_ns, netns_pids, outage, spawn_in_netns, wait_until, ClientHost, Cluster, Prober, Sample};
+
+/// The floating address of the `web` group (on the interconnect, link 0).
+pub const VIP: &str = "10.77.0.100";
+pub const VIP_CIDR: &str = "10.77.0.100/24";
+/// Client request period and per-request timeout.
+pub const PERIOD: Duration = Duration::from_millis(5);
+pub const TIMEOUT: Duration = Duration::from_millis(100);
+/// Consecutive successful answers from one node that count as "settled".
+const STABLE: usize = 20;
+
+/// Options of `cargo xtask bench failover`.
+#[derive(Debug, Clone)]
+pub struct FailoverOpts {
+    /// Crashes, link cuts and switchovers, each.
+    pub crashes: u32,
+    /// baton's heartbeat interval = keepalived's advert interval.
+    pub interval_ms: u64,
+    pub misses: u32,
+}
+
+// ---------------------------------------------------------------------------
+// Ctrl-C
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C (and SIGTERM) set a flag that the loops check; the error that
+/// follows unwinds through the drops that remove everything.
+pub fn install_sigint() {
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+pub fn check_interrupt() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted: cleaning up");
+    }
+    Ok(())
+}
+
+pub fn pause(ms: u64) -> Result<()> {
+    for _ in 0..ms / 10 {
+        check_interrupt()?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check_interrupt()
+}
+
+/// `wait_until` that gives up on Ctrl-C.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<bool> {
+    let r = wait_until(timeout, || interrupted() || f());
+    check_interrupt()?;
+    Ok(r.is_some())
+}
+
+// ---------------------------------------------------------------------------
+// Clean-up
+
+/// Kills (SIGKILL) every process left in the given namespaces when dropped,
+/// even after the namespaces' names were deleted (they are found by inode).
+/// Declare it before the `Cluster` so it runs after the cluster's drop.
+pub struct Reaper {
+    inodes: Vec<u64>,
+}
+
+impl Reaper {
+    pub fn new() -> Reaper {
+        Reaper { inodes: Vec::new() }
+    }
+    pub fn watch(&mut self, ns: &str) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(Path::new("/run/netns").join(ns)) {
+            self.inodes.push(m.ino());
+        }
+    }
+    pub fn watch_cluster(&mut self, c: &Cluster) {
+        for h in &c.hosts {
+            self.watch(&h.ns.name);
+        }
+    }
+    pub fn reap(&self) -> usize {
+        let me = std::process::id() as i32;
+        let mut n = 0;
+        for pid in all_pids() {
+            if pid == me {
+                continue;
+            }
+            let Ok(l) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
+            let l = l.to_string_lossy().to_string();
+            let ino = l.trim_start_matches("net:[").trim_end_matches(']').parse::<u64>().unwrap_or(0);
+            if self.inodes.contains(&ino) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Removes what an earlier run with one of `tags` (killed hard) left: its
+/// processes (agents, keepalived, httpd: recognised by the run's directory
+/// `/tmp/baton-<tag>...` in their command line), namespaces and pinned maps.
+pub fn remove_leftovers(tags: &[&str]) {
+    let me = std::process::id() as i32;
+    let tmp = std::env::temp_dir();
+    let dirs: Vec<String> = tags.iter().map(|t| tmp.join(format!("baton-{t}")).display().to_string()).collect();
+    let mut killed = 0;
+    for pid in all_pids() {
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if dirs.iter().any(|d| cmd.contains(d.as_str())) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed += 1;
+        }
+    }
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if tags.iter().any(|t| name.starts_with(t) && name[t.len()..].starts_with(|c: char| c.is_ascii_digit())) {
+                for pid in netns_pids(name) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    killed += 1;
+                }
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf/baton") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if tags.iter().any(|t| n.starts_with(&format!("t{t}"))) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if killed > 0 {
+        eprintln!("  killed {killed} stray process(es) of an earlier run");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Topology, group and client
+
+/// Writes `<dir>/www/<netns>/index.html` naming each node; returns `<dir>/www`.
+pub fn write_www(c: &Cluster) -> Result<PathBuf> {
+    let www = c.dir.join("www");
+    for h in &c.hosts {
+        let d = www.join(&h.ns.name);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("index.html"), format!("{}\n", h.name))?;
+    }
+    Ok(www)
+}
+
+/// The `web` group: the VIP on ic0, busybox httpd as its daemon (serving the
+/// directory of the namespace it runs in, so the page names the node),
+/// preferred node 1, nodes 1, 2, 3, transfer cost free.
+pub fn group_toml(www: &Path) -> String {
+    format!(
+        "[[group]]\nname = \"web\"\naddresses = [\"{VIP_CIDR}\"]\ninterface = \"ic0\"\npreferred = 1\nnodes = [1, 2, 3]\n\
+         transfer_cost = \"free\"\n\n[group.application]\nkind = \"command\"\n\
+         daemon = \"exec busybox httpd -f -p {VIP}:80 -h {}/$(ip netns identify)\"\nstop_timeout_ms = 2000\n",
+        www.display()
+    )
+}
+
+pub fn vip_addr() -> SocketAddr {
+    format!("{VIP}:80").parse().unwrap()
+}
+
+/// Name of the node that answered the last successful request.
+pub fn answering(p: &Prober) -> Option<String> {
+    p.samples().iter().rev().find_map(|s| s.result.as_ref().ok().cloned())
+}
+
+/// Index of host "nodeN" (N-1).
+pub fn node_index(name: &str) -> Option<usize> {
+    name.strip_prefix("node")?.parse::<usize>().ok()?.checked_sub(1)
+}
+
+/// Waits until `n` consecutive requests after `t` were answered by `body`
+/// (any node but `not` when `body` is None); the start of the first of them.
+pub fn wait_served(p: &Prober, t: u64, body: Option<&str>, not: Option<&str>, timeout: Duration) -> Result<Option<u64>> {
+    let mut first = None;
+    wait_for(timeout, || {
+        let v = p.since(t);
+        if v.len() < STABLE {
+            return false;
+        }
+        let tail = &v[v.len() - STABLE..];
+        let b0 = match &tail[0].result {
+            Ok(b) => b.clone(),
+            Err(_) => return false,
+        };
+        if body.is_some_and(|x| x != b0) || not.is_some_and(|x| x == b0) {
+            return false;
+        }
+        if tail.iter().all(|s| s.result.as_ref().is_ok_and(|b| *b == b0)) {
+            first = Some(tail[0].start_ns);
+            true
+        } else {
+            false
+        }
+    })?;
+    Ok(first)
+}
+
+/// Samples in [from, to).
+pub fn window(p: &Prober, from: u64, to: u64) -> Vec<Sample> {
+    p.since(from).into_iter().filter(|s| s.start_ns < to).collect()
+}
+
+/// Outage (ms) and failed requests in a window; 0 when nothing failed.
+pub fn measure(v: &[Sample]) -> (f64, usize) {
+    outage(v).map(|(d, n)| (d.as_secs_f64() * 1e3, n)).unwrap_or((0.0, 0))
+}
+
+/// `baton ARGS --config <node i>`: stdout, or an error with stderr.
+pub fn baton(c: &Cluster, i: usize, args: &[&str]) -> Result<String> {
+    let out = Command::new(baton_tests::baton_bin())
+        .args(args)
+        .arg("--config")
+        .arg(c.node_dir(i).join("baton.toml"))
+        .output()
+        .context("running baton")?;
+    if !out.status.success() {
+        bail!("`baton {}` failed ({}): {}{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The `web` entry of `baton status --json` of node i (Null if absent).
+pub fn web_status(c: &Cluster, i: usize) -> serde_json::Value {
+    baton(c, i, &["status", "--json"])
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["services"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "web").cloned()))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A baton cluster of three with the `web` group and a probing client. Fields
+/// drop in order: the prober, the client, the cluster (agents get SIGTERM:
+/// a graceful leave), then whatever is still running in the namespaces.
+#[allow(dead_code)] // `client` and `reaper` are held for their drops
+pub struct BatonRig {
+    pub prober: Prober,
+    pub client: ClientHost,
+    pub c: Cluster,
+    pub reaper: Reaper,
+}
+
+impl BatonRig {
+    pub fn new(tag: &str, interval_ms: u64, misses: u32) -> Result<BatonRig> {
+        let mut reaper = Reaper::new();
+        let mut c = Cluster::new(tag, 3, 1, interval_ms as u32, misses);
+        reaper.watch_cluster(&c);
+        let www = write_www(&c)?;
+        c.extra_config = group_toml(&www);
+        let client = c.add_client(0);
+        reaper.watch(&client.ns.name);
+        let prober = Prober::start(&client.ns.name, vip_addr(), PERIOD, TIMEOUT);
+        Ok(BatonRig { prober, client, c, reaper })
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..3 {
+            check_interrupt()?;
+            self.c.start(i);
+        }
+        self.c.wait_all_joined(Duration::from_secs(20));
+        Ok(())
+    }
+
+    /// Crash node i: SIGKILL of its agent and httpd; the reboot forgets its
+    /// addresses (the VIP is removed from its interface at once, as a
+    /// crashed machine stops answering ARP for it).
+    pub fn crash(&mut self, i: usize) -> u64 {
+        let t = self.c.crash(i);
+        self.c.flush_addr(i, VIP_CIDR, "ic0");
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------
+// keepalived
+
+/// keepalived on every host of `c`: VRRPv3, unicast peers on ic0, advert
+/// interval = baton's heartbeat interval, priorities 150/100/50 (node1
+/// preferred, preemption on, its default), the VIP, and notify scripts that
+/// start busybox httpd on MASTER and stop it on BACKUP/FAULT/stop. The
+/// priority of each node can be lowered at run time through a `track_file`.
+pub struct Keepalived3 {
+    children: Vec<Option<Child>>,
+    pub dir: PathBuf,
+    ns: Vec<String>,
+}
+
+impl Keepalived3 {
+    pub fn setup(c: &Cluster, interval_ms: u64, www: &Path) -> Result<Keepalived3> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = c.dir.join("keepalived");
+        std::fs::create_dir_all(&dir)?;
+        let n = c.hosts.len();
+        for i in 0..n {
+            let h = &c.hosts[i];
+            let pidf = dir.join(format!("httpd{i}.pid"));
+            let start = format!(
+                "#!/bin/sh\n[ -f {p} ] && kill -0 $(cat {p}) 2>/dev/null && exit 0\n\
+                 setsid busybox httpd -f -p {VIP}:80 -h {www}/{ns} </dev/null >/dev/null 2>&1 &\necho $! > {p}\n",
+                p = pidf.display(),
+                www = www.display(),
+                ns = h.ns.name
+            );
+            let stop = format!("#!/bin/sh\n[ -f {p} ] && kill $(cat {p}) 2>/dev/null\nrm -f {p}\nexit 0\n", p = pidf.display());
+            for (name, text) in [(format!("start{i}.sh"), start), (format!("stop{i}.sh"), stop)] {
+                let p = dir.join(name);
+                std::fs::write(&p, text)?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+            }
+            let peers: String = (0..n).filter(|&j| j != i).map(|j| format!("    {}\n", c.hosts[j].addrs[0])).collect();
+            let conf = format!(
+                "global_defs {{\n  router_id kfo{i}\n  vrrp_version 3\n  script_user root\n}}\n\
+                 track_file prio{i} {{\n  file \"{tf}\"\n  weight 1\n  init_file 0 overwrite\n}}\n\
+                 vrrp_instance VI_1 {{\n  state BACKUP\n  interface ic0\n  virtual_router_id 52\n  priority {prio}\n  \
+                 advert_int {adv}\n  unicast_src_ip {src}\n  unicast_peer {{\n{peers}  }}\n  \
+                 virtual_ipaddress {{\n    {VIP_CIDR} dev ic0\n  }}\n  track_file {{\n    prio{i}\n  }}\n  \
+                 notify_master \"{d}/start{i}.sh\"\n  notify_backup \"{d}/stop{i}.sh\"\n  notify_fault \"{d}/stop{i}.sh\"\n  \
+                 notify_stop \"{d}/stop{i}.sh\"\n}}\n",
+                tf = dir.join(format!("prio{i}")).display(),
+                prio = 150 - 50 * i as i32,
+                adv = interval_ms as f64 / 1000.0,
+                src = h.addrs[0],
+                d = dir.display(),
+            );
+            std::fs::write(dir.join(format!("k{i}.conf")), conf)?;
+        }
+        Ok(Keepalived3 { children: (0..n).map(|_| None).collect(), dir, ns: c.hosts.iter().map(|h| h.ns.name.clone()).collect() })
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let _ = std::fs::remove_file(self.dir.join(format!("k{i}.pid")));
+        let _ = std::fs::remove_file(self.dir.join(format!("vrrp{i}.pid")));
+        let _ = std::fs::remove_file(self.dir.join(format!("httpd{i}.pid")));
+        let mut cmd = Command::new("keepalived");
+        cmd.args(["-n", "-l", "-D", "-P", "-f"])
+            .arg(self.dir.join(format!("k{i}.conf")))
+            .arg("-p")
+            .arg(self.dir.join(format!("k{i}.pid")))
+            .arg("-r")
+            .arg(self.dir.join(format!("vrrp{i}.pid")));
+        let log = self.dir.join(format!("k{i}.log"));
+        self.children[i] = Some(spawn_in_netns(&self.ns[i], cmd, &log));
+    }
+
+    /// SIGKILL of everything in host i's namespace (keepalived, its VRRP
+    /// child, httpd); returns the monotonic ns just before.
+    pub fn crash(&mut self, c: &Cluster, i: usize) -> u64 {
+        let pids = netns_pids(&self.ns[i]);
+        let t = monotonic_ns();
+        for p in &pids {
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        if let Some(mut ch) = self.children[i].take() {
+            let _ = ch.wait();
+        }
+        c.flush_addr(i, VIP_CIDR, "ic0");
+        t
+    }
+
+    /// Adds `delta` to host i's priority (through its track file).
+    pub fn set_priority_delta(&self, i: usize, delta: i32) -> Result<()> {
+        let p = self.dir.join(format!("prio{i}"));
+        let tmp = self.dir.join(format!("prio{i}.tmp"));
+        std::fs::write(&tmp, format!("{delta}\n"))?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
+    }
+}
+
+impl Drop for Keepalived3 {
+    fn drop(&mut self) {
+        for (i, ch) in self.children.iter_mut().enumerate() {
+            if let Some(mut ch) = ch.take() {
+                unsafe { libc::kill(-(ch.id() as i32), libc::SIGKILL) };
+                let _ = ch.wait();
+            }
+            for p in netns_pids(&self.ns[i]) {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = (p / 100.0 * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next_below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+#[derive(Default)]
+struct Results {
+    crash: Vec<f64>,
+    crash_failed: Vec<usize>,
+    failback: Vec<f64>,
+    linkcut: Vec<f64>,
+    switchover_failed: Vec<usize>,
+    switchover_ms: Vec<f64>,
+    /// How switchover requests failed ("connect: refused", ...), with counts.
+    switchover_errors: std::collections::BTreeMap<String, usize>,
+    notes: Vec<String>,
+}
+
+impl Results {
+    fn count_errors(&mut self, v: &[Sample]) {
+        for s in v {
+            if let Err(e) = &s.result {
+                *self.switchover_errors.entry(e.clone()).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
+    let mut r = Results::default();
+    let mut rig = BatonRig::new("bfo", opts.interval_ms, opts.misses)?;
+    rig.start_all()?;
+    let t = monotonic_ns();
+    wait_served(&rig.prober, t, Some("node1"), None, Duration::from_secs(30))?
+        .with_context(|| format!("the web group never answered from node1; status: {}", web_status(&rig.c, 0)))?;
+
+    // Crashes of the active node, then its restart (the group moves back).
+    for k in 0..opts.crashes {
+        pause(150 + rng.next_below(opts.interval_ms))?;
+        let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+        let t = rig.crash(active);
+        let name = rig.c.hosts[active].name.clone();
+        let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?
+            .with_context(|| format!("crash {k}: no other node served after {name} crashed"))?;
+        pause(TIMEOUT.as_millis() as u64)?;
+        let (ms, failed) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
+        r.crash.push(ms);
+        r.crash_failed.push(failed);
+        eprint!("\r  baton crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
+        let t2 = monotonic_ns();
+        rig.c.start(active);
+        let back = wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
+            .with_context(|| format!("crash {k}: the group did not move back to {name}"))?;
+        r.failback.push(measure(&window(&rig.prober, t2, back)).0);
+        rig.c.wait_all_joined(Duration::from_secs(20));
+    }
+    eprintln!();
+
+    // Link cuts of the active node (its only link: isolated, no quorum).
+    for k in 0..opts.crashes {
+        pause(150 + rng.next_below(opts.interval_ms))?;
+        let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+        let name = rig.c.hosts[active].name.clone();
+        let t = rig.c.cut_link(active, 0);
+        let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?
+            .with_context(|| format!("link cut {k}: no other node served after {name}'s link was cut"))?;
+        let (ms, _) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
+        r.linkcut.push(ms);
+        eprint!("\r  baton link cut {}/{}: outage {ms:.1} ms   ", k + 1, opts.crashes);
+        // The isolated agent should halt (no quorum) and exit, releasing
+        // the address and stopping httpd.
+        let exited = wait_for(Duration::from_secs(5), || {
+            rig.c.agents[active].as_mut().map(|a| a.child.try_wait().ok().flatten().is_some()).unwrap_or(true)
+        })?;
+        let still_vip = rig.c.has_addr(active, VIP);
+        let leftover: Vec<i32> = rig.c.host_pids(active);
+        let agent_pid = rig.c.agents[active].as_ref().map(|a| a.pid());
+        let others: Vec<&i32> = leftover.iter().filter(|p| Some(**p) != agent_pid).collect();
+        if !exited || still_vip || !others.is_empty() {
+            r.notes.push(format!(
+                "link cut {k}: isolated {name}: agent {}, VIP {}, {} other process(es) left",
+                if exited { "exited" } else { "still running 5 s after the cut" },
+                if still_vip { "still configured" } else { "released" },
+                others.len()
+            ));
+        }
+        if exited {
+            rig.c.agents[active] = None;
+        }
+        // Make the node clean before it rejoins.
+        let _ = rig.c.crash(active);
+        rig.c.flush_addr(active, VIP_CIDR, "ic0");
+        rig.c.heal_link(active, 0);
+        let t2 = monotonic_ns();
+        rig.c.start(active);
+        wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
+            .with_context(|| format!("link cut {k}: the group did not move back to {name}"))?;
+        rig.c.wait_all_joined(Duration::from_secs(20));
+    }
+    eprintln!();
+
+    // Switchovers: node1 → node2 → node1 ...
+    for k in 0..opts.crashes {
+        pause(200)?;
+        let cur = answering(&rig.prober).context("nobody answers")?;
+        let ci = node_index(&cur).context("bad page")?;
+        let target = if ci == 0 { 1 } else { 0 };
+        let tname = rig.c.hosts[target].name.clone();
+        let t = monotonic_ns();
+        baton(&rig.c, ci, &["switchover", "web", &rig.c.hosts[target].id.to_string()])?;
+        let settled = wait_served(&rig.prober, t, Some(&tname), None, Duration::from_secs(10))?
+            .with_context(|| format!("switchover {k}: {tname} never served; status: {}", web_status(&rig.c, ci)))?;
+        // Let requests in flight at the moment complete, then count.
+        pause(TIMEOUT.as_millis() as u64 + 20)?;
+        let v = window(&rig.prober, t, settled + PERIOD.as_nanos() as u64);
+        let (ms, failed) = measure(&v);
+        r.switchover_failed.push(failed);
+        r.switchover_ms.push(ms);
+        r.count_errors(&v);
+        eprint!("\r  baton switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", k + 1, opts.crashes);
+    }
+    eprintln!();
+    Ok(r)
+}
+
+fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
+    let mut r = Results::default();
+    let mut reaper = Reaper::new();
+    let c = Cluster::new("kfo", 3, 1, opts.interval_ms as u32, opts.misses);
+    reaper.watch_cluster(&c);
+    let www = write_www(&c)?;
+    let client = c.add_client(0);
+    reaper.watch(&client.ns.name);
+    let mut k = Keepalived3::setup(&c, opts.interval_ms, &www)?;
+    let prober = Prober::start(&client.ns.name, vip_addr(), PERIOD, TIMEOUT);
+    for i in 0..3 {
+        k.start(i);
+    }
+    let t = monotonic_ns();
+    wait_served(&prober, t, Some("node1"), None, Duration::from_secs(30))?.context("keepalived: node1 never served the VIP")?;
+
+    for n in 0..opts.crashes {
+        pause(150 + rng.next_below(opts.interval_ms))?;
+        let active = answering(&prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+        let name = c.hosts[active].name.clone();
+        let t = k.crash(&c, active);
+        let settled = wait_served(&prober, t, None, Some(&name), Duration::from_secs(10))?
+            .with_context(|| format!("keepalived crash {n}: no other node served"))?;
+        pause(TIMEOUT.as_millis() as u64)?;
+        let (ms, failed) = measure(&window(&prober, t - TIMEOUT.as_nanos() as u64, settled));
+        r.crash.push(ms);
+        r.crash_failed.push(failed);
+        eprint!("\r  keepalived crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", n + 1, opts.crashes);
+        let t2 = monotonic_ns();
+        k.start(active);
+        let back = wait_served(&prober, t2, Some(&name), None, Duration::from_secs(30))?
+            .with_context(|| format!("keepalived crash {n}: {name} did not take the VIP back"))?;
+        r.failback.push(measure(&window(&prober, t2, back)).0);
+        pause(300)?;
+    }
+    eprintln!();
+
+    // Planned moves: lower node1's priority below node2's (its track file),
+    // then restore it (node1 preempts back). The old master keeps the VIP
+    // and httpd until the new one has taken over: the most favourable
+    // planned move keepalived offers.
+    for n in 0..opts.crashes {
+        pause(200)?;
+        let cur = answering(&prober).context("nobody answers")?;
+        let (delta, target) = if cur == "node1" { (-100, "node2") } else { (0, "node1") };
+        let t = monotonic_ns();
+        k.set_priority_delta(0, delta)?;
+        let settled = wait_served(&prober, t, Some(target), None, Duration::from_secs(10))?
+            .with_context(|| format!("keepalived switchover {n}: {target} never served"))?;
+        pause(TIMEOUT.as_millis() as u64 + 20)?;
+        let v = window(&prober, t, settled + PERIOD.as_nanos() as u64);
+        let (ms, failed) = measure(&v);
+        r.switchover_failed.push(failed);
+        r.switchover_ms.push(ms);
+        r.count_errors(&v);
+        eprint!("\r  keepalived switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", n + 1, opts.crashes);
+    }
+    eprintln!();
+    drop(prober);
+    drop(k);
+    drop(client);
+    drop(c);
+    Ok(r)
+}
+
+pub fn failover(opts: &FailoverOpts) -> Result<()> {
+    install_sigint();
+    if !Path::new("/usr/sbin/keepalived").exists() {
+        bail!("keepalived is not installed (run `cargo xtask setup`)");
+    }
+    if !Path::new("/usr/bin/busybox").exists() && !Path::new("/bin/busybox").exists() {
+        bail!("busybox is not installed (run `cargo xtask setup`)");
+    }
+    remove_leftovers(&["bfo", "kfo"]);
+    eprintln!(
+        "bench failover: 3 nodes + a client in network namespaces, group `web` = {VIP_CIDR} + busybox httpd, \
+         client GET every {} ms (timeout {} ms); heartbeat/advert interval {} ms, {} misses; {} crashes, link cuts, switchovers",
+        PERIOD.as_millis(),
+        TIMEOUT.as_millis(),
+        opts.interval_ms,
+        opts.misses,
+        opts.crashes
+    );
+    // BENCH_FAILOVER_ONLY=baton|keepalived runs one half (development).
+    let only = std::env::var("BENCH_FAILOVER_ONLY").unwrap_or_default();
+    let mut k = Results::default();
+    if only != "baton" {
+        eprintln!("[1/2] keepalived (VRRPv3, unicast, notify scripts start/stop httpd)");
+        let mut rng = Lcg(0x5eed_0000_0000_0002);
+        k = keepalived_bench(opts, &mut rng)?;
+    }
+    let mut b = Results::default();
+    if only != "keepalived" {
+        eprintln!("[2/2] baton");
+        let mut rng = Lcg(0x5eed_0000_0000_0002);
+        b = baton_bench(opts, &mut rng)?;
+    }
+    report(opts, &b, &k);
+    Ok(())
+}
+
+fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
+    let sum = |v: &[usize]| v.iter().sum::<usize>();
+    println!();
+    println!(
+        "client-visible outage, GET every {} ms, heartbeat/advert interval {} ms × {} misses, {} of each event",
+        PERIOD.as_millis(),
+        opts.interval_ms,
+        opts.misses,
+        opts.crashes
+    );
+    println!("{:<36} {:>10} {:>12} {:>8}", "", "baton", "keepalived", "ratio");
+    let row = |name: &str, a: f64, b: f64| {
+        let ratio = if a > 0.0 { format!("{:.1}x", b / a) } else { "-".into() };
+        println!("{name:<36} {a:>10.1} {b:>12.1} {ratio:>8}")
+    };
+    row("crash outage p50 (ms)", percentile(&b.crash, 50.0), percentile(&k.crash, 50.0));
+    row("crash outage p99 (ms)", percentile(&b.crash, 99.0), percentile(&k.crash, 99.0));
+    row("crash outage max (ms)", percentile(&b.crash, 100.0), percentile(&k.crash, 100.0));
+    row("crash failed requests (mean)", mean_usize(&b.crash_failed), mean_usize(&k.crash_failed));
+    row("link cut outage p50 (ms)", percentile(&b.linkcut, 50.0), f64::NAN);
+    row("link cut outage p99 (ms)", percentile(&b.linkcut, 99.0), f64::NAN);
+    row("fail-back outage p50 (ms)", percentile(&b.failback, 50.0), percentile(&k.failback, 50.0));
+    row("fail-back outage p99 (ms)", percentile(&b.failback, 99.0), percentile(&k.failback, 99.0));
+    println!("{:<36} {:>10} {:>12}", "switchover failed requests (total)", sum(&b.switchover_failed), sum(&k.switchover_failed));
+    println!(
+        "{:<36} {:>10} {:>12}",
+        "switchovers with a failed request",
+        b.switchover_failed.iter().filter(|&&n| n > 0).count(),
+        k.switchover_failed.iter().filter(|&&n| n > 0).count()
+    );
+    row("switchover outage p50 (ms)", percentile(&b.switchover_ms, 50.0), percentile(&k.switchover_ms, 50.0));
+    row("switchover outage p99 (ms)", percentile(&b.switchover_ms, 99.0), percentile(&k.switchover_ms, 99.0));
+    println!("(keepalived: link cut not measured; switchover = lowering the master's priority through a track file, then restoring it)");
+    for (who, r) in [("baton", b), ("keepalived", k)] {
+        if !r.switchover_errors.is_empty() {
+            let e: Vec<String> = r.switchover_errors.iter().map(|(e, n)| format!("{n} × {e}")).collect();
+            println!("{who} switchover failures: {}", e.join(", "));
+        }
+    }
+    for n in b.notes.iter().chain(k.notes.iter()) {
+        println!("note: {n}");
+    }
+    let json = serde_json::json!({
+        "baton_outage_p50_ms": round1(percentile(&b.crash, 50.0)),
+        "baton_outage_p99_ms": round1(percentile(&b.crash, 99.0)),
+        "baton_linkcut_outage_p99_ms": round1(percentile(&b.linkcut, 99.0)),
+        "baton_switchover_failed": sum(&b.switchover_failed),
+        "keepalived_outage_p50_ms": round1(percentile(&k.crash, 50.0)),
+        "keepalived_outage_p99_ms": round1(percentile(&k.crash, 99.0)),
+        "keepalived_switchover_failed": sum(&k.switchover_failed),
+    });
+    println!("{json}");
+}
+
+fn mean_usize(v: &[usize]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().sum::<usize>() as f64 / v.len() as f64
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
