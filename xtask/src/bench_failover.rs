@@ -469,16 +469,16 @@ struct Results {
     linkcut: Vec<f64>,
     switchover_failed: Vec<usize>,
     switchover_ms: Vec<f64>,
-    /// How switchover requests failed ("connect: refused", ...), with counts.
-    switchover_errors: std::collections::BTreeMap<String, usize>,
+    /// How requests failed, per kind of event ("switchover: connect: refused", ...), with counts.
+    errors: std::collections::BTreeMap<String, usize>,
     notes: Vec<String>,
 }
 
 impl Results {
-    fn count_errors(&mut self, v: &[Sample]) {
+    fn count_errors(&mut self, what: &str, v: &[Sample]) {
         for s in v {
             if let Err(e) = &s.result {
-                *self.switchover_errors.entry(e.clone()).or_default() += 1;
+                *self.errors.entry(format!("{what}: {e}")).or_default() += 1;
             }
         }
     }
@@ -502,6 +502,7 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
             .with_context(|| format!("crash {k}: no other node served after {name} crashed"))?;
         pause(TIMEOUT.as_millis() as u64)?;
         let (ms, failed) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
+        r.count_errors("crash", &window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
         r.crash.push(ms);
         r.crash_failed.push(failed);
         eprint!("\r  baton crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
@@ -520,11 +521,16 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
         let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
         let name = rig.c.hosts[active].name.clone();
         let t = rig.c.cut_link(active, 0);
-        let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?
-            .with_context(|| format!("link cut {k}: no other node served after {name}'s link was cut"))?;
-        let (ms, _) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
-        r.linkcut.push(ms);
-        eprint!("\r  baton link cut {}/{}: outage {ms:.1} ms   ", k + 1, opts.crashes);
+        let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?;
+        if settled.is_some() {
+            pause(TIMEOUT.as_millis() as u64)?;
+        } else {
+            let st: Vec<String> = (0..3).filter(|&i| i != active).map(|i| format!("{}: {}", rig.c.hosts[i].name, rig.c.peer_state(i, rig.c.hosts[active].id))).collect();
+            r.notes.push(format!(
+                "link cut {k}: no other node served within 10 s of cutting {name}'s link (peer state of {name}: {}); the outage ran until the link was healed and {name} restarted",
+                st.join(", ")
+            ));
+        }
         // The isolated agent should halt (no quorum) and exit, releasing
         // the address and stopping httpd.
         let exited = wait_for(Duration::from_secs(5), || {
@@ -551,8 +557,12 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
         rig.c.heal_link(active, 0);
         let t2 = monotonic_ns();
         rig.c.start(active);
-        wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
+        let back = wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
             .with_context(|| format!("link cut {k}: the group did not move back to {name}"))?;
+        let (ms, failed) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled.unwrap_or(back)));
+        r.linkcut.push(ms);
+        r.count_errors("link cut", &window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled.unwrap_or(back)));
+        eprint!("\r  baton link cut {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
         rig.c.wait_all_joined(Duration::from_secs(20));
     }
     eprintln!();
@@ -566,15 +576,22 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
         let tname = rig.c.hosts[target].name.clone();
         let t = monotonic_ns();
         baton(&rig.c, ci, &["switchover", "web", &rig.c.hosts[target].id.to_string()])?;
-        let settled = wait_served(&rig.prober, t, Some(&tname), None, Duration::from_secs(10))?
-            .with_context(|| format!("switchover {k}: {tname} never served; status: {}", web_status(&rig.c, ci)))?;
+        let settled = match wait_served(&rig.prober, t, Some(&tname), None, Duration::from_secs(5))? {
+            Some(s) => s,
+            None => {
+                let now = answering(&rig.prober).unwrap_or_default();
+                r.notes.push(format!("switchover {k} to {tname}: it did not stay there within 5 s ({now} answers)"));
+                wait_served(&rig.prober, t, None, None, Duration::from_secs(10))?.context("nobody serves")?;
+                monotonic_ns()
+            }
+        };
         // Let requests in flight at the moment complete, then count.
         pause(TIMEOUT.as_millis() as u64 + 20)?;
         let v = window(&rig.prober, t, settled + PERIOD.as_nanos() as u64);
         let (ms, failed) = measure(&v);
         r.switchover_failed.push(failed);
         r.switchover_ms.push(ms);
-        r.count_errors(&v);
+        r.count_errors("switchover", &v);
         eprint!("\r  baton switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", k + 1, opts.crashes);
     }
     eprintln!();
@@ -606,6 +623,7 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
             .with_context(|| format!("keepalived crash {n}: no other node served"))?;
         pause(TIMEOUT.as_millis() as u64)?;
         let (ms, failed) = measure(&window(&prober, t - TIMEOUT.as_nanos() as u64, settled));
+        r.count_errors("crash", &window(&prober, t - TIMEOUT.as_nanos() as u64, settled));
         r.crash.push(ms);
         r.crash_failed.push(failed);
         eprint!("\r  keepalived crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", n + 1, opts.crashes);
@@ -635,7 +653,7 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
         let (ms, failed) = measure(&v);
         r.switchover_failed.push(failed);
         r.switchover_ms.push(ms);
-        r.count_errors(&v);
+        r.count_errors("switchover", &v);
         eprint!("\r  keepalived switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", n + 1, opts.crashes);
     }
     eprintln!();
@@ -716,9 +734,9 @@ fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
     row("switchover outage p99 (ms)", percentile(&b.switchover_ms, 99.0), percentile(&k.switchover_ms, 99.0));
     println!("(keepalived: link cut not measured; switchover = lowering the master's priority through a track file, then restoring it)");
     for (who, r) in [("baton", b), ("keepalived", k)] {
-        if !r.switchover_errors.is_empty() {
-            let e: Vec<String> = r.switchover_errors.iter().map(|(e, n)| format!("{n} × {e}")).collect();
-            println!("{who} switchover failures: {}", e.join(", "));
+        if !r.errors.is_empty() {
+            let e: Vec<String> = r.errors.iter().map(|(e, n)| format!("{n} × {e}")).collect();
+            println!("{who} failed requests by kind: {}", e.join(", "));
         }
     }
     for n in b.notes.iter().chain(k.notes.iter()) {
