@@ -106,6 +106,7 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
             subgroup_size: cfg.subgroup_size,
             resend_ns: cfg.resend_ms as u64 * 1_000_000,
             form_ns: cfg.form_ms as u64 * 1_000_000,
+            batch_ns: baton_core::membership::DEFAULT_BATCH_NS,
         };
         let mut names: std::collections::BTreeMap<u32, String> = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
         names.insert(cfg.node_id, cfg.node_name.clone());

@@ -79,8 +79,11 @@
 //!    known to have failed keeps every live member's result the same: a
 //!    member that adopted never acks again, so no other round can complete
 //!    without it.
-//! 4. **Retransmission** on [`GmpInput::Tick`], every `retransmit_ns`, of
-//!    what is still missing: the Request by the initiator to members it has
+//! 4. **Retransmission** on [`GmpInput::Tick`], every `retransmit_ns` in
+//!    which this node learned nothing new about the change (no new
+//!    request holder, data, ack, SubgroupAcked or failed set: a period with
+//!    news means messages are flowing, and resending into a slow, loaded
+//!    network only makes it slower), of what is still missing: the Request by the initiator to members it has
 //!    not heard from (once the member a node got the Request from failed,
 //!    the lowest live member known to have the request takes over, and
 //!    keeps doing it); Data and `F` by each leader to the
@@ -289,6 +292,8 @@ struct Change<D> {
     /// I re-sent the Request (see `resends_request`).
     resender: bool,
     next_retx: Instant,
+    /// [`Change::progress_mark`] at the last retransmission tick.
+    retx_mark: u64,
     decision: Option<Decision<D>>,
     /// Set when `decision` is made, taken by `Gmp::handle`.
     just_decided: bool,
@@ -323,6 +328,7 @@ impl<D: Clone + Eq + Debug> Change<D> {
             heard_from: BTreeSet::new(),
             resender: false,
             next_retx: Instant::ZERO,
+            retx_mark: 0,
             decision: None,
             just_decided: false,
             replied: BTreeMap::new(),
@@ -331,6 +337,20 @@ impl<D: Clone + Eq + Debug> Change<D> {
 
     fn round(&self) -> u32 {
         1 + self.failed.len() as u32
+    }
+
+    /// Grows whenever this node learns something new about the change (a
+    /// member has the request, data, an ack, a SubgroupAcked, a failed
+    /// set), and never shrinks: every term is a set size or a highest
+    /// round. Bounded, so a change cannot "progress" forever.
+    fn progress_mark(&self) -> u64 {
+        self.heard_from.len() as u64
+            + self.received.values().map(|m| m.len() as u64).sum::<u64>()
+            + self.acks.values().map(|r| *r as u64).sum::<u64>()
+            + self.sg_acked.values().map(|r| *r as u64).sum::<u64>()
+            + self.peer_failed.values().map(|f| f.len() as u64).sum::<u64>()
+            + self.failed.len() as u64
+            + self.acked_round as u64
     }
 
     fn group_of(&self, n: NodeId) -> Option<u32> {
@@ -493,7 +513,15 @@ impl<D: Clone + Eq + Debug> Gmp<D> {
                 let retx = self.cfg.retransmit_ns;
                 if let Some(ch) = self.ch.as_mut() {
                     if ch.decision.is_none() && now >= ch.next_retx {
-                        retransmit(ch, &mut self.out);
+                        // Only a change that learned nothing new for a
+                        // whole period retransmits: while messages of it
+                        // still arrive (a slow, loaded network), nothing
+                        // is lost yet and resending would only add load.
+                        let mark = ch.progress_mark();
+                        if mark == ch.retx_mark {
+                            retransmit(ch, &mut self.out);
+                        }
+                        ch.retx_mark = mark;
                         ch.next_retx = now.plus_ns(retx);
                     }
                 }
@@ -515,6 +543,12 @@ impl<D: Clone + Eq + Debug> Gmp<D> {
     /// next retransmission time.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.ch.as_ref().filter(|c| c.decision.is_none()).map(|c| c.next_retx)
+    }
+
+    /// A value that grows whenever the change in progress makes progress
+    /// at this node (see `Change::progress_mark`); 0 without a change.
+    pub fn progress_mark(&self) -> u64 {
+        self.ch.as_ref().filter(|c| c.decision.is_none()).map(|c| c.progress_mark()).unwrap_or(0)
     }
 
     /// Total count of Send actions emitted.
@@ -540,6 +574,7 @@ impl<D: Clone + Eq + Debug> Gmp<D> {
         ch.next_retx = now.plus_ns(self.cfg.retransmit_ns);
         ch.heard_from.insert(me);
         ch.heard_from.insert(initiator);
+        ch.retx_mark = ch.progress_mark();
         if initiator == me {
             for m in ch.others() {
                 self.out.send(m, GmpMsg::Request { id, members: ch.members.clone() });
@@ -1106,9 +1141,13 @@ mod tests {
             ]
         );
         assert_eq!(n1.next_deadline(), Some(Instant(40_000_000)));
-        // 3's Data: 3 has the request now; only 2 is asked again.
+        // 3's Data: 3 has the request now; only 2 is asked again, once a
+        // whole period passed without news (a period with news resends nothing).
         recv(&mut n1, 3, GmpMsg::Data { id: 1, subgroup: 1, data: 103 });
         n1.handle(Instant(40_000_000), GmpInput::Tick);
+        assert_eq!(drain(&mut n1), vec![]);
+        assert_eq!(n1.next_deadline(), Some(Instant(60_000_000)));
+        n1.handle(Instant(60_000_000), GmpInput::Tick);
         assert_eq!(
             drain(&mut n1),
             vec![

@@ -362,7 +362,17 @@ pub struct Config {
     pub resend_ns: u64,
     /// How long a starting node waits for a master before it forms the cluster.
     pub form_ns: u64,
+    /// Coalescing window: a report made stale by a change, and the master's
+    /// broadcast of a new state, are sent at most this long after the
+    /// first change, with every change made in the meantime (one report
+    /// for all the steps acknowledged in a burst, one broadcast for all the
+    /// transitions advanced by a burst of reports). 0: at once.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub batch_ns: u64,
 }
+
+/// The agent's coalescing window ([`Config::batch_ns`]).
+pub const DEFAULT_BATCH_NS: u64 = 2_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -385,7 +395,9 @@ pub struct Stats {
 
 struct Pending {
     change: ChangeId,
+    /// When the S3 change last made progress here (see `Gmp::progress_mark`).
     started: Instant,
+    mark: u64,
     joins: BTreeSet<NodeId>,
     forced: BTreeSet<NodeId>,
 }
@@ -438,6 +450,10 @@ pub struct Membership {
     next_resend: Instant,
     last_broadcast: Option<ViewId>,
     report_dirty: bool,
+    /// When a stale report goes out (coalescing window).
+    report_due: Option<Instant>,
+    /// Master: when the state, changed since it was last sent, goes out.
+    state_due: Option<Instant>,
     shutting_down: bool,
     actions: VecDeque<Action>,
     stats: Stats,
@@ -473,6 +489,8 @@ impl Membership {
             next_resend: Instant::ZERO,
             last_broadcast: None,
             report_dirty: true,
+            report_due: None,
+            state_due: None,
             shutting_down: false,
             actions: VecDeque::new(),
             stats: Stats::default(),
@@ -541,6 +559,12 @@ impl Membership {
         }
         if self.state.is_none() {
             d = d.min(self.started_at.plus_ns(self.cfg.form_ns));
+        }
+        if let Some(r) = self.report_due.filter(|_| self.report_dirty) {
+            d = d.min(r);
+        }
+        if let Some(s) = self.state_due {
+            d = d.min(s);
         }
         Some(d)
     }
@@ -909,13 +933,26 @@ impl Membership {
             let r = self.my_report();
             self.reports.insert(me, r);
             self.master_work(now);
+            if self.phase != Phase::Active {
+                return;
+            }
+            if self.state_due.is_some_and(|d| now >= d) {
+                self.send_state_to_all();
+            }
+        } else {
+            // Not (or no longer) the master: nothing of ours to broadcast.
+            self.state_due = None;
         }
         // Reports go to the master, or to its successor (with our state) when it failed.
         let master = match self.successor() {
             Some(succ) => Some(succ),
             None => self.state.as_ref().map(|s| s.view.master),
         };
-        if now >= self.next_resend || self.report_dirty {
+        if self.report_dirty && self.report_due.is_none() {
+            self.report_due = Some(now.plus_ns(self.cfg.batch_ns));
+        }
+        let report_due = self.report_dirty && self.report_due.is_some_and(|d| now >= d);
+        if now >= self.next_resend || report_due {
             let mut r = self.my_report();
             if self.successor().is_some() {
                 r.state = self.state.clone();
@@ -931,12 +968,17 @@ impl Membership {
                 }
             }
             if self.is_master() && now >= self.next_resend {
-                self.refresh_followers();
+                if self.state_due.is_some() {
+                    self.send_state_to_all();
+                } else {
+                    self.refresh_followers();
+                }
             }
             if now >= self.next_resend {
                 self.next_resend = now.plus_ns(self.cfg.resend_ns);
             }
             self.report_dirty = false;
+            self.report_due = None;
         }
     }
 
@@ -1103,12 +1145,25 @@ impl Membership {
         }
     }
 
+    /// The master's state changed: send it to every node, at once or at
+    /// the end of the coalescing window.
     fn broadcast_state(&mut self) {
-        let Some(s) = self.state.clone() else { return };
-        if self.last_broadcast != Some(s.view) {
-            self.last_broadcast = Some(s.view);
-            self.actions.push_back(Action::StateChanged { view: s.view });
+        let Some(s) = self.state.as_ref() else { return };
+        let view = s.view;
+        if self.last_broadcast != Some(view) {
+            self.last_broadcast = Some(view);
+            self.actions.push_back(Action::StateChanged { view });
         }
+        if self.cfg.batch_ns == 0 {
+            self.send_state_to_all();
+        } else if self.state_due.is_none() {
+            self.state_due = Some(self.now.plus_ns(self.cfg.batch_ns));
+        }
+    }
+
+    fn send_state_to_all(&mut self) {
+        self.state_due = None;
+        let Some(s) = self.state.clone() else { return };
         let nodes: Vec<NodeId> = self.cfg.nodes.iter().copied().collect();
         for n in nodes {
             self.send(n, Msg::State(s.clone()));
@@ -1232,6 +1287,7 @@ impl Membership {
             if me_inactive && self.want == Want::Leave {
                 // The master finished its own graceful leave: the final state
                 // is out; the others see us go silent and a successor takes over.
+                self.send_state_to_all();
                 self.phase = Phase::Left;
                 self.actions.push_back(Action::Left);
                 return;
@@ -1240,7 +1296,15 @@ impl Membership {
         // A change that cannot complete (a member was wrongly suspected and
         // is back, or failures raced) is replaced by a new one: a newer
         // change id supersedes the old one at every member.
-        if let Some(p) = &self.pending {
+        // (Stuck: no progress of the S3 change here for that long. A
+        // change that still progresses, only slowly, e.g. on a loaded
+        // machine, is not restarted: that would only add load.)
+        let mark = self.gmp.progress_mark();
+        if let Some(p) = self.pending.as_mut() {
+            if mark != p.mark {
+                p.mark = mark;
+                p.started = now;
+            }
             if now.since(p.started) > 10 * self.cfg.resend_ns {
                 self.pending = None;
             }
@@ -1354,7 +1418,7 @@ impl Membership {
         new_group.extend(joins.iter().copied());
         self.max_change += 1;
         let change = self.max_change;
-        self.pending = Some(Pending { change, started: now, joins, forced });
+        self.pending = Some(Pending { change, started: now, mark: 0, joins, forced });
         let data = self.records_for_my_subgroup();
         for n in new_group.iter().filter(|n| !self.failed.contains(n)) {
             self.gmp.handle(now, GmpInput::MemberRecovered { node: *n });

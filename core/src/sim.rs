@@ -50,6 +50,8 @@ pub struct SimConfig {
     pub leave_p: f64,
     pub distress_p: f64,
     pub staggered_start: bool,
+    /// The cores' coalescing window (`Config::batch_ns`), in ms.
+    pub batch_ms: u64,
 }
 
 impl SimConfig {
@@ -84,6 +86,8 @@ impl SimConfig {
             leave_p: [0.0, 0.05, 0.15][r.below(3) as usize],
             distress_p: [0.0, 0.03, 0.1][r.below(3) as usize],
             staggered_start: r.chance(0.5),
+            // Drawn last: the draws above stay what they were for each seed.
+            batch_ms: [0, 1, 2, 5][r.below(4) as usize],
         }
     }
 }
@@ -281,6 +285,7 @@ impl Sim {
             subgroup_size: self.cfg.subgroup_size,
             resend_ns: 50_000_000,
             form_ns: 300_000_000,
+            batch_ns: self.cfg.batch_ms * 1_000_000,
         };
         let mut core = Membership::new(cfg);
         for (sid, spec) in subsystems(&self.cfg.levels) {
@@ -809,7 +814,7 @@ impl SimConfig {
         let c = self;
         let _ = write!(
             s,
-            "nodes={} levels={} subgroup={} loss={} dup={} delay={:?}ms crash={} partition={} leave={} distress={} staggered={}",
+            "nodes={} levels={} subgroup={} loss={} dup={} delay={:?}ms crash={} partition={} leave={} distress={} staggered={} batch={}ms",
             c.nodes,
             c.levels.len(),
             c.subgroup_size,
@@ -820,7 +825,8 @@ impl SimConfig {
             c.partition_p,
             c.leave_p,
             c.distress_p,
-            c.staggered_start
+            c.staggered_start,
+            c.batch_ms
         );
         s
     }

@@ -115,7 +115,7 @@ struct Harness {
 }
 
 fn config(me: NodeId, inc: u64, all: &BTreeSet<NodeId>) -> Config {
-    Config { me, incarnation: inc, nodes: all.clone(), subgroup_size: 2, resend_ns: 10 * MS, form_ns: 50 * MS }
+    Config { me, incarnation: inc, nodes: all.clone(), subgroup_size: 2, resend_ns: 10 * MS, form_ns: 50 * MS, batch_ns: 0 }
 }
 
 impl Harness {

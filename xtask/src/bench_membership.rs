@@ -750,6 +750,12 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
             None
         };
         timing.push(go(k, None, "timing"));
+        // BATON_BENCH_TIMING_ONLY=1: the timing clusters only (for profiling).
+        if std::env::var_os("BATON_BENCH_TIMING_ONLY").is_some() {
+            with.push(None);
+            without.push(None);
+            continue;
+        }
         with.push(go(k, Some(r), &format!("counts k={k}")));
         without.push(go(1, Some(r), "counts k=1"));
     }
