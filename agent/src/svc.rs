@@ -373,7 +373,7 @@ impl ServiceManager {
     }
 
     /// S4.3 run method: the addresses, then the application (monitors are
-    /// the core's EnableEvents), then "service up".
+    /// the core's EnableEvents), then the announcements and "service up".
     fn run_method(&mut self, params: ActionParams) {
         let Some(g) = self.groups.get(&params.service) else {
             let _ = self.done_tx.try_send(SvcDone::Start { service: params.service.clone(), result: ActionResult::failed(1, "unknown group") });
@@ -511,8 +511,20 @@ fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
 async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
     for a in &g.addresses {
         crate::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
-        // The announcements go on in the background: the application
-        // starts meanwhile (the first frame leaves at once).
+    }
+    if let Some(app) = app {
+        if let Err(e) = app.start().await {
+            // Leave nothing half-started: the address goes too.
+            let _ = app.stop().await;
+            release_all(g).await;
+            return Err(e.to_string());
+        }
+    }
+    // Only now tell the neighbours (gratuitous ARP / unsolicited NA): a
+    // client that follows the announcement at once finds the application
+    // listening, not a port that refuses it. The rounds go on in the
+    // background; the first leaves at once.
+    for a in &g.addresses {
         let (iface, ip) = (g.interface.clone(), a.ip);
         let opts = crate::addr::Announce {
             count: g.garp_count,
@@ -524,14 +536,6 @@ async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
                 warn!(address = %ip, interface = %iface, "announcing the address failed: {e}");
             }
         });
-    }
-    if let Some(app) = app {
-        if let Err(e) = app.start().await {
-            // Leave nothing half-started: the address goes too.
-            let _ = app.stop().await;
-            release_all(g).await;
-            return Err(e.to_string());
-        }
     }
     Ok(())
 }

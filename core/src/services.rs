@@ -649,7 +649,16 @@ pub struct Services {
     inbox: VecDeque<(NodeId, Msg)>,
     actions: VecDeque<Action>,
     now: Instant,
+    /// A Collect from a node we do not follow as master yet (its view
+    /// reached it before ours reached us): used once we do.
+    early_collect: Option<(NodeId, u64)>,
+    /// When the handshake with the current master is retried (a report or a
+    /// Collect sent while a link was down is lost).
+    retry_at: Option<Instant>,
 }
+
+/// How often an unfinished handshake with a new decider is retried.
+pub const HANDSHAKE_RETRY_NS: u64 = 100_000_000;
 
 impl Services {
     pub fn new(cfg: Config) -> Result<Services, SpecError> {
@@ -715,6 +724,8 @@ impl Services {
             inbox: VecDeque::new(),
             actions: VecDeque::new(),
             now: Instant::ZERO,
+            early_collect: None,
+            retry_at: None,
         };
         for name in me.order.clone() {
             let st = me.status_of(&name, Instant::ZERO);
@@ -746,6 +757,41 @@ impl Services {
 
     /// The decider's maturity timers.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let m = self.maturity_deadline();
+        match (m, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Until the handshake with the current master is done (we follow its
+    /// epoch; as decider, every member reported), say it again: to a
+    /// master that had not seen its view yet, or over a link that was down.
+    fn retry_handshake(&mut self) {
+        self.retry_at = None;
+        let Some(master) = self.master else { return };
+        let me = self.me;
+        if master != me {
+            if self.epoch == 0 {
+                self.report_dirty = true;
+                self.retry_at = Some(self.now.plus_ns(HANDSHAKE_RETRY_NS));
+            }
+            return;
+        }
+        let members = self.members();
+        let Some(d) = self.decider.as_ref() else { return };
+        if d.collected {
+            return;
+        }
+        let epoch = d.epoch;
+        let missing: Vec<NodeId> = members.iter().copied().filter(|n| *n != me && !d.reports.contains_key(n)).collect();
+        for n in missing {
+            self.send(n, Msg::Collect { epoch });
+        }
+        self.retry_at = Some(self.now.plus_ns(HANDSHAKE_RETRY_NS));
+    }
+
+    fn maturity_deadline(&self) -> Option<Instant> {
         let d = self.decider.as_ref()?;
         if !d.collected || self.registry.maintenance {
             return None;
@@ -813,6 +859,9 @@ impl Services {
                 if let Some(d) = self.decider.as_mut() {
                     d.dirty = true;
                 }
+                if self.retry_at.is_some_and(|t| self.now >= t) {
+                    self.retry_handshake();
+                }
             }
         }
         self.flush();
@@ -866,9 +915,15 @@ impl Services {
                     self.send(n, Msg::Collect { epoch: id });
                 }
             }
+            if let Some((from, epoch)) = self.early_collect.take() {
+                if from == master && master != self.me {
+                    self.epoch = epoch;
+                }
+            }
             // A hello to the new master (it answers with Collect), or our
             // own first report when we are the master.
             self.report_dirty = true;
+            self.retry_at = Some(self.now.plus_ns(HANDSHAKE_RETRY_NS));
             for r in std::mem::take(&mut self.pending_requests) {
                 self.send(master, Msg::Request(r));
             }
@@ -927,9 +982,13 @@ impl Services {
     fn receive(&mut self, from: NodeId, msg: Msg) {
         match msg {
             Msg::Collect { epoch } => {
-                if Some(from) == self.master && epoch >= self.epoch {
-                    self.epoch = epoch;
-                    self.report_dirty = true;
+                if Some(from) == self.master {
+                    if epoch >= self.epoch {
+                        self.epoch = epoch;
+                        self.report_dirty = true;
+                    }
+                } else {
+                    self.early_collect = Some((from, epoch));
                 }
             }
             Msg::Registry(reg) => {
@@ -1489,7 +1548,17 @@ impl Services {
         let Some(d) = self.decider.as_mut() else { return };
         d.dirty = false;
         if !d.collected {
-            return;
+            // A member that departed may have been the last one missing.
+            let members = self.members();
+            let d = self.decider.as_ref().unwrap();
+            if members.iter().all(|m| d.reports.contains_key(m)) {
+                self.finish_collect();
+            }
+            let d = self.decider.as_mut().unwrap();
+            if !d.collected {
+                return;
+            }
+            d.dirty = false;
         }
         self.apply_requests();
         let members = self.members();
