@@ -515,58 +515,6 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
     }
     eprintln!();
 
-    // Link cuts of the active node (its only link: isolated, no quorum).
-    for k in 0..opts.crashes {
-        pause(150 + rng.next_below(opts.interval_ms))?;
-        let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
-        let name = rig.c.hosts[active].name.clone();
-        let t = rig.c.cut_link(active, 0);
-        let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?;
-        if settled.is_some() {
-            pause(TIMEOUT.as_millis() as u64)?;
-        } else {
-            let st: Vec<String> = (0..3).filter(|&i| i != active).map(|i| format!("{}: {}", rig.c.hosts[i].name, rig.c.peer_state(i, rig.c.hosts[active].id))).collect();
-            r.notes.push(format!(
-                "link cut {k}: no other node served within 10 s of cutting {name}'s link (peer state of {name}: {}); the outage ran until the link was healed and {name} restarted",
-                st.join(", ")
-            ));
-        }
-        // The isolated agent should halt (no quorum) and exit, releasing
-        // the address and stopping httpd.
-        let exited = wait_for(Duration::from_secs(5), || {
-            rig.c.agents[active].as_mut().map(|a| a.child.try_wait().ok().flatten().is_some()).unwrap_or(true)
-        })?;
-        let still_vip = rig.c.has_addr(active, VIP);
-        let leftover: Vec<i32> = rig.c.host_pids(active);
-        let agent_pid = rig.c.agents[active].as_ref().map(|a| a.pid());
-        let others: Vec<&i32> = leftover.iter().filter(|p| Some(**p) != agent_pid).collect();
-        if !exited || still_vip || !others.is_empty() {
-            r.notes.push(format!(
-                "link cut {k}: isolated {name}: agent {}, VIP {}, {} other process(es) left",
-                if exited { "exited" } else { "still running 5 s after the cut" },
-                if still_vip { "still configured" } else { "released" },
-                others.len()
-            ));
-        }
-        if exited {
-            rig.c.agents[active] = None;
-        }
-        // Make the node clean before it rejoins.
-        let _ = rig.c.crash(active);
-        rig.c.flush_addr(active, VIP_CIDR, "ic0");
-        rig.c.heal_link(active, 0);
-        let t2 = monotonic_ns();
-        rig.c.start(active);
-        let back = wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
-            .with_context(|| format!("link cut {k}: the group did not move back to {name}"))?;
-        let (ms, failed) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled.unwrap_or(back)));
-        r.linkcut.push(ms);
-        r.count_errors("link cut", &window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled.unwrap_or(back)));
-        eprint!("\r  baton link cut {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
-        rig.c.wait_all_joined(Duration::from_secs(20));
-    }
-    eprintln!();
-
     // Switchovers: node1 → node2 → node1 ...
     for k in 0..opts.crashes {
         pause(200)?;
@@ -595,7 +543,58 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
         eprint!("\r  baton switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", k + 1, opts.crashes);
     }
     eprintln!();
+
     Ok(r)
+}
+
+/// Link cuts of the active node (its only link: isolated, no quorum), each
+/// on a fresh cluster: after a cut, heal and restart, the next cut of the
+/// same node is not always detected by its peers (see the report), which
+/// this measurement keeps apart.
+fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result<()> {
+    for k in 0..opts.crashes {
+        let mut rig = BatonRig::new("bfc", opts.interval_ms, opts.misses)?;
+        rig.start_all()?;
+        let t0 = monotonic_ns();
+        wait_served(&rig.prober, t0, Some("node1"), None, Duration::from_secs(30))?
+            .with_context(|| format!("link cut {k}: the web group never answered from node1"))?;
+        pause(300 + rng.next_below(opts.interval_ms))?;
+        let active = 0;
+        let name = rig.c.hosts[active].name.clone();
+        let t = rig.c.cut_link(active, 0);
+        let Some(settled) = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))? else {
+            let st: Vec<String> = (1..3).map(|i| format!("{}: {}", rig.c.hosts[i].name, rig.c.peer_state(i, 1))).collect();
+            r.notes.push(format!("link cut {k}: no other node served within 10 s (peer state of node1: {})", st.join(", ")));
+            r.linkcut.push(10_000.0);
+            continue;
+        };
+        pause(TIMEOUT.as_millis() as u64)?;
+        let v = window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled);
+        let (ms, failed) = measure(&v);
+        r.linkcut.push(ms);
+        r.count_errors("link cut", &v);
+        eprint!("\r  baton link cut {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
+        // The isolated agent should halt (no quorum) and exit, releasing
+        // the address and stopping httpd.
+        let exited = wait_for(Duration::from_secs(5), || {
+            rig.c.agents[active].as_mut().map(|a| a.child.try_wait().ok().flatten().is_some()).unwrap_or(true)
+        })?;
+        let still_vip = rig.c.has_addr(active, VIP);
+        let agent_pid = rig.c.agents[active].as_ref().map(|a| a.pid());
+        let others = rig.c.host_pids(active).into_iter().filter(|p| Some(*p) != agent_pid).count();
+        if !exited || still_vip || others > 0 {
+            r.notes.push(format!(
+                "link cut {k}: isolated {name}: agent {}, VIP {}, {others} other process(es) left",
+                if exited { "exited" } else { "still running 5 s after the cut" },
+                if still_vip { "still configured" } else { "released" },
+            ));
+        }
+        if exited {
+            rig.c.agents[active] = None;
+        }
+    }
+    eprintln!();
+    Ok(())
 }
 
 fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
@@ -672,7 +671,7 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
     if !Path::new("/usr/bin/busybox").exists() && !Path::new("/bin/busybox").exists() {
         bail!("busybox is not installed (run `cargo xtask setup`)");
     }
-    remove_leftovers(&["bfo", "kfo"]);
+    remove_leftovers(&["bfo", "bfc", "kfo"]);
     eprintln!(
         "bench failover: 3 nodes + a client in network namespaces, group `web` = {VIP_CIDR} + busybox httpd, \
          client GET every {} ms (timeout {} ms); heartbeat/advert interval {} ms, {} misses; {} crashes, link cuts, switchovers",
@@ -695,6 +694,8 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
         eprintln!("[2/2] baton");
         let mut rng = Lcg(0x5eed_0000_0000_0002);
         b = baton_bench(opts, &mut rng)?;
+        eprintln!("[2/2] baton link cuts (a fresh cluster for each)");
+        baton_linkcuts(opts, &mut rng, &mut b)?;
     }
     report(opts, &b, &k);
     Ok(())
@@ -719,6 +720,7 @@ fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
     row("crash outage p99 (ms)", percentile(&b.crash, 99.0), percentile(&k.crash, 99.0));
     row("crash outage max (ms)", percentile(&b.crash, 100.0), percentile(&k.crash, 100.0));
     row("crash failed requests (mean)", mean_usize(&b.crash_failed), mean_usize(&k.crash_failed));
+    println!("{:<36} {:>10}", "link cuts measured", b.linkcut.len());
     row("link cut outage p50 (ms)", percentile(&b.linkcut, 50.0), f64::NAN);
     row("link cut outage p99 (ms)", percentile(&b.linkcut, 99.0), f64::NAN);
     row("fail-back outage p50 (ms)", percentile(&b.failback, 50.0), percentile(&k.failback, 50.0));
