@@ -1232,12 +1232,14 @@ impl Membership {
     // ----- master -----
 
     fn master_work(&mut self, now: Instant) {
-        let Some(s) = self.state.clone() else { return };
+        // Taken out and put back (no clone: this runs on every input the
+        // master handles, and the state of a big cluster is not small).
+        let Some(mut s) = self.state.take() else { return };
         if !self.quorum(&s) {
+            self.state = Some(s);
             return;
         }
         // Refresh records from reports.
-        let mut s = s;
         let mut changed = false;
         for (n, r) in &self.reports {
             if let Some(e) = s.nodes.get_mut(n) {
@@ -1249,12 +1251,11 @@ impl Membership {
         }
         // Leave requests of joined nodes start a graceful leave; of joining
         // nodes, they wait for the next level boundary.
-        for (n, r) in self.reports.clone() {
-            if r.want != Want::Leave {
-                continue;
-            }
+        let leaving: Vec<(NodeId, u64)> =
+            self.reports.iter().filter(|(_, r)| r.want == Want::Leave).map(|(n, r)| (*n, r.incarnation)).collect();
+        for (n, inc) in leaving {
             let Some(e) = s.nodes.get(&n) else { continue };
-            if e.incarnation != r.incarnation {
+            if e.incarnation != inc {
                 continue;
             }
             match (e.state, s.transitions.get_mut(&n)) {
@@ -1292,6 +1293,8 @@ impl Membership {
                 self.actions.push_back(Action::Left);
                 return;
             }
+        } else {
+            self.state = Some(s);
         }
         // A change that cannot complete (a member was wrongly suspected and
         // is back, or failures raced) is replaced by a new one: a newer
@@ -1320,7 +1323,7 @@ impl Membership {
         let ids: Vec<NodeId> = s.transitions.keys().copied().collect();
         for n in ids {
             loop {
-                let t = s.transitions.get(&n).unwrap().clone();
+                let t = s.transitions.get(&n).unwrap();
                 // A node that failed during its own graceful transition does
                 // not count as having acknowledged it: its transition freezes
                 // until the forced leave replaces it.
@@ -1335,7 +1338,7 @@ impl Membership {
                     break;
                 }
                 changed = true;
-                let mut t = t;
+                let mut t = t.clone();
                 let spec = t.path[t.pos];
                 if t.barrier + 1 < spec.barriers.of(t.id.kind) {
                     t.barrier += 1;
