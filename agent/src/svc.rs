@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use baton_core::membership::{ClusterState, NodeState};
 use baton_core::services::{
-    Action, ActionParams, ActionResult, Allowable, Config as SvcConfig, Input, Maturity, Placement, Preference, ServiceSpec,
+    Action, ActionParams, ActionResult, Allowable, Reason, Config as SvcConfig, Input, Maturity, Placement, Preference, ServiceSpec,
     ServiceStatus, Services, TransferCost,
 };
 use baton_core::{Instant, NodeId};
@@ -425,7 +425,8 @@ impl ServiceManager {
         info!(service = %group.name, reason = ?params.reason, "halt method: stop");
         tokio::spawn(async move {
             let _guard = lock.lock().await;
-            let result = halt_group(&group, app.as_deref()).await;
+            let planned = matches!(params.reason, Reason::Switchover | Reason::Transfer | Reason::Failback);
+            let result = halt_group(&group, app.as_deref(), planned).await;
             match &result {
                 Ok(()) => {
                     active.lock().unwrap().remove(&group.name);
@@ -487,7 +488,7 @@ impl ServiceManager {
             rt.monitors.iter().for_each(|m| m.disable());
             warn!(service = %g.name, "leaving the cluster with the service running here: halting it");
             let _guard = rt.lock.lock().await;
-            if let Err(e) = halt_group(&rt.group, rt.app.as_deref()).await {
+            if let Err(e) = halt_group(&rt.group, rt.app.as_deref(), false).await {
                 error!(service = %g.name, "halt on exit failed: {e}");
             }
             self.active.lock().unwrap().remove(&g.name);
@@ -540,19 +541,26 @@ async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
     Ok(())
 }
 
-async fn halt_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
-    let mut err = None;
+/// S4.3 halt method: the application, then the addresses. For a planned
+/// move (switchover, transfer, failback) the address goes first instead:
+/// a client that connects meanwhile sees its SYN unanswered and retries
+/// (to the new owner, after its gratuitous ARP) rather than being refused
+/// by an address whose application is already gone.
+async fn halt_group(g: &Group, app: Option<&Resource>, planned: bool) -> Result<(), String> {
+    if planned {
+        release_all(g).await;
+    }
     if let Some(app) = app {
         if let Err(e) = app.stop().await {
-            err = Some(e.to_string());
+            // A stop that failed: the application may still run (and, for
+            // an unplanned halt, use the address): keep the address then;
+            // the core starts the service nowhere else meanwhile.
+            return Err(e.to_string());
         }
     }
-    if err.is_some() {
-        // A stop that failed: the application may still run and use the
-        // address; keep it (the core starts it nowhere else meanwhile).
-        return Err(err.unwrap());
+    if !planned {
+        release_all(g).await;
     }
-    release_all(g).await;
     Ok(())
 }
 
