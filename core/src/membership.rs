@@ -856,8 +856,23 @@ impl Membership {
         self.gmp.handle(now, GmpInput::Tick);
         self.drain_gmp();
         // Form the cluster when nobody answered in time and we are the
-        // lowest node we can see that wants to be in it.
-        if self.state.is_none() && now >= self.started_at.plus_ns(self.cfg.form_ns) {
+        // lowest node we can see that wants to be in it. The lowest
+        // configured node forms at once when every other configured node
+        // reported recently that it follows no cluster (they all started
+        // fresh, as after a power failure: there is no cluster to find, and
+        // waiting only delays the mass join). Nodes of a running cluster
+        // report to their master only, so a node restarting next to a
+        // running cluster never sees this and waits as before.
+        let me = self.cfg.me;
+        let all_fresh = self.state.is_none()
+            && self.cfg.nodes.first() == Some(&me)
+            && self.cfg.nodes.iter().all(|n| {
+                *n == me
+                    || (!self.failed.contains(n)
+                        && self.reports.get(n).is_some_and(|r| r.seen == ViewId::default())
+                        && self.report_at.get(n).is_some_and(|t| now.since(*t) <= 2 * self.cfg.resend_ns))
+            });
+        if self.state.is_none() && (all_fresh || now >= self.started_at.plus_ns(self.cfg.form_ns)) {
             let visible: Vec<NodeId> = self.heard.iter().copied().filter(|n| !self.failed.contains(n)).collect();
             let lowest_alive = visible.first() == Some(&self.cfg.me);
             // Forming needs a majority of the configured nodes in sight (two
