@@ -563,8 +563,18 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
         let name = rig.c.hosts[active].name.clone();
         let t = rig.c.cut_link(active, 0);
         let Some(settled) = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))? else {
-            let st: Vec<String> = (1..3).map(|i| format!("{}: {}", rig.c.hosts[i].name, rig.c.peer_state(i, 1))).collect();
-            r.notes.push(format!("link cut {k}: no other node served within 10 s (peer state of node1: {})", st.join(", ")));
+            let st: Vec<String> = (1..3)
+                .map(|i| {
+                    let alive = rig.c.agents[i].as_mut().is_some_and(|a| a.child.try_wait().ok().flatten().is_none());
+                    let halted = rig.c.log_lines(i, &["clustering halted"]).first().map(|l| l.split("why=").nth(1).unwrap_or("").to_string());
+                    format!("{}: agent {}", rig.c.hosts[i].name, match (alive, halted) {
+                        (true, _) => "running".to_string(),
+                        (false, Some(w)) => format!("halted ({w})"),
+                        (false, None) => "exited".to_string(),
+                    })
+                })
+                .collect();
+            r.notes.push(format!("link cut {k}: no other node served within 10 s ({})", st.join(", ")));
             r.linkcut.push(10_000.0);
             continue;
         };
