@@ -484,66 +484,112 @@ impl Results {
     }
 }
 
-fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
-    let mut r = Results::default();
+/// A fresh baton rig, serving from node1.
+fn fresh_rig(opts: &FailoverOpts) -> Result<BatonRig> {
     let mut rig = BatonRig::new("bfo", opts.interval_ms, opts.misses)?;
     rig.start_all()?;
     let t = monotonic_ns();
     wait_served(&rig.prober, t, Some("node1"), None, Duration::from_secs(30))?
         .with_context(|| format!("the web group never answered from node1; status: {}", web_status(&rig.c, 0)))?;
+    Ok(rig)
+}
+
+/// Which agents still run, and why the others halted.
+fn agents_state(rig: &mut BatonRig) -> String {
+    (0..3)
+        .map(|i| {
+            let alive = rig.c.agents[i].as_mut().is_some_and(|a| a.child.try_wait().ok().flatten().is_none());
+            let halted = rig.c.log_lines(i, &["clustering halted"]).first().map(|l| l.split("why=").nth(1).unwrap_or("").to_string());
+            let st = match (alive, halted) {
+                (true, _) => "running".to_string(),
+                (false, Some(w)) => format!("halted ({w})"),
+                (false, None) => "exited".to_string(),
+            };
+            format!("{} {st}", rig.c.hosts[i].name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// After a failed step: note it (with the agents' states) and start over
+/// with a fresh cluster.
+fn rebuild(rig: &mut BatonRig, opts: &FailoverOpts, r: &mut Results, what: String, e: anyhow::Error) -> Result<()> {
+    check_interrupt()?;
+    let st = agents_state(rig);
+    r.notes.push(format!("{what}: {e:#} [agents: {st}]; the cluster was rebuilt"));
+    eprintln!("\n  {what} failed ({e:#}); agents: {st}; rebuilding the cluster");
+    *rig = fresh_rig(opts)?;
+    Ok(())
+}
+
+fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
+    let mut r = Results::default();
+    let mut rig = fresh_rig(opts)?;
 
     // Crashes of the active node, then its restart (the group moves back).
     for k in 0..opts.crashes {
-        pause(150 + rng.next_below(opts.interval_ms))?;
-        let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
-        let t = rig.crash(active);
-        let name = rig.c.hosts[active].name.clone();
-        let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?
-            .with_context(|| format!("crash {k}: no other node served after {name} crashed"))?;
-        pause(TIMEOUT.as_millis() as u64)?;
-        let (ms, failed) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
-        r.count_errors("crash", &window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
-        r.crash.push(ms);
-        r.crash_failed.push(failed);
-        eprint!("\r  baton crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
-        let t2 = monotonic_ns();
-        rig.c.start(active);
-        let back = wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
-            .with_context(|| format!("crash {k}: the group did not move back to {name}"))?;
-        r.failback.push(measure(&window(&rig.prober, t2, back)).0);
-        rig.c.wait_all_joined(Duration::from_secs(20));
+        let res = (|| -> Result<()> {
+            pause(150 + rng.next_below(opts.interval_ms))?;
+            let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+            let t = rig.crash(active);
+            let name = rig.c.hosts[active].name.clone();
+            let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?
+                .with_context(|| format!("no other node served after {name} crashed"))?;
+            pause(TIMEOUT.as_millis() as u64)?;
+            let v = window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled);
+            let (ms, failed) = measure(&v);
+            r.count_errors("crash", &v);
+            r.crash.push(ms);
+            r.crash_failed.push(failed);
+            eprint!("\r  baton crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
+            let t2 = monotonic_ns();
+            rig.c.start(active);
+            let back = wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
+                .with_context(|| format!("the group did not move back to {name}"))?;
+            r.failback.push(measure(&window(&rig.prober, t2, back)).0);
+            rig.c.wait_all_joined(Duration::from_secs(20));
+            Ok(())
+        })();
+        if let Err(e) = res {
+            rebuild(&mut rig, opts, &mut r, format!("crash {k}"), e)?;
+        }
     }
     eprintln!();
 
     // Switchovers: node1 → node2 → node1 ...
     for k in 0..opts.crashes {
-        pause(200)?;
-        let cur = answering(&rig.prober).context("nobody answers")?;
-        let ci = node_index(&cur).context("bad page")?;
-        let target = if ci == 0 { 1 } else { 0 };
-        let tname = rig.c.hosts[target].name.clone();
-        let t = monotonic_ns();
-        baton(&rig.c, ci, &["switchover", "web", &rig.c.hosts[target].id.to_string()])?;
-        let settled = match wait_served(&rig.prober, t, Some(&tname), None, Duration::from_secs(5))? {
-            Some(s) => s,
-            None => {
-                let now = answering(&rig.prober).unwrap_or_default();
-                r.notes.push(format!("switchover {k} to {tname}: it did not stay there within 5 s ({now} answers)"));
-                wait_served(&rig.prober, t, None, None, Duration::from_secs(10))?.context("nobody serves")?;
-                monotonic_ns()
-            }
-        };
-        // Let requests in flight at the moment complete, then count.
-        pause(TIMEOUT.as_millis() as u64 + 20)?;
-        let v = window(&rig.prober, t, settled + PERIOD.as_nanos() as u64);
-        let (ms, failed) = measure(&v);
-        r.switchover_failed.push(failed);
-        r.switchover_ms.push(ms);
-        r.count_errors("switchover", &v);
-        eprint!("\r  baton switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", k + 1, opts.crashes);
+        let res = (|| -> Result<()> {
+            pause(200)?;
+            let cur = answering(&rig.prober).context("nobody answers")?;
+            let ci = node_index(&cur).context("bad page")?;
+            let target = if ci == 0 { 1 } else { 0 };
+            let tname = rig.c.hosts[target].name.clone();
+            let t = monotonic_ns();
+            baton(&rig.c, ci, &["switchover", "web", &rig.c.hosts[target].id.to_string()])?;
+            let settled = match wait_served(&rig.prober, t, Some(&tname), None, Duration::from_secs(5))? {
+                Some(s) => s,
+                None => {
+                    let now = answering(&rig.prober).unwrap_or_default();
+                    r.notes.push(format!("switchover {k} to {tname}: it did not stay there within 5 s ({now} answers)"));
+                    wait_served(&rig.prober, t, None, None, Duration::from_secs(10))?.context("nobody serves")?;
+                    monotonic_ns()
+                }
+            };
+            // Let requests in flight at the moment complete, then count.
+            pause(TIMEOUT.as_millis() as u64 + 20)?;
+            let v = window(&rig.prober, t, settled + PERIOD.as_nanos() as u64);
+            let (ms, failed) = measure(&v);
+            r.switchover_failed.push(failed);
+            r.switchover_ms.push(ms);
+            r.count_errors("switchover", &v);
+            eprint!("\r  baton switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", k + 1, opts.crashes);
+            Ok(())
+        })();
+        if let Err(e) = res {
+            rebuild(&mut rig, opts, &mut r, format!("switchover {k}"), e)?;
+        }
     }
     eprintln!();
-
     Ok(r)
 }
 
