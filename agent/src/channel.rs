@@ -51,9 +51,13 @@
 //!      `handshake_failures`).
 //!    * `1` MSG: a `Msg`, encoded with `serde_json` (self-describing, easy
 //!      to read when debugging, already a dependency; the core's maps are
-//!      keyed by integers, which JSON carries). At most [`MAX_MSG_LEN`]
+//!      keyed by integers, which JSON carries). A message longer than
+//!      [`CHUNK_LEN`] goes as `4` PART frames of `CHUNK_LEN` bytes of its
+//!      body and a last frame of its own type with the rest; the receiver
+//!      joins them. At most [`MAX_MSG_LEN`]
 //!      bytes: [`Channel::try_send`] rejects bigger messages with
-//!      [`ChannelError::TooLarge`]. The cores' messages are a few KB.
+//!      [`ChannelError::TooLarge`]. The cores' messages are a few KB, up
+//!      to about 70 KB (the state of 32 nodes in a mass join).
 //!    * `2` KEEPALIVE: empty; sent when nothing else was sent for
 //!      [`KEEPALIVE_INTERVAL`].
 //!
@@ -110,12 +114,17 @@ pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// The domain-separation label of the PSK derivation.
 pub const PSK_LABEL: &[u8] = b"baton control channel v1";
 /// The largest encoded message [`Channel::try_send`] accepts (60 KiB).
-pub const MAX_MSG_LEN: usize = 60 * 1024;
+pub const MAX_MSG_LEN: usize = 1024 * 1024;
+/// The largest message body carried by one frame; a longer message goes as
+/// [`FRAME_PART`] frames of this size and a last frame of its own type.
+/// (The whole state of a 32-node cluster in the middle of a mass join is
+/// about 65 KB of JSON: more than one frame's u16 length.)
+pub const CHUNK_LEN: usize = 60 * 1024;
 /// The Noise AEAD tag length.
 const TAG_LEN: usize = 16;
 /// The largest frame body (Noise message) this protocol sends; a longer one
 /// is a bad frame.
-pub const MAX_FRAME_LEN: usize = 1 + MAX_MSG_LEN + TAG_LEN;
+pub const MAX_FRAME_LEN: usize = 1 + CHUNK_LEN + TAG_LEN;
 /// The largest handshake frame accepted (the real ones are 48 bytes).
 const MAX_HANDSHAKE_FRAME_LEN: usize = 256;
 /// Frame types (the first plaintext byte of a transport message).
@@ -124,6 +133,9 @@ pub const FRAME_MSG: u8 = 1;
 pub const FRAME_KEEPALIVE: u8 = 2;
 /// A message of the services cores (`baton_core::services::Msg`).
 pub const FRAME_SVC: u8 = 3;
+/// A leading part of a message longer than [`CHUNK_LEN`]: the body bytes
+/// continue in the next frame (parts, then a MSG or SVC frame with the rest).
+pub const FRAME_PART: u8 = 4;
 /// The hello body length (after the type byte).
 const HELLO_LEN: usize = 16;
 
@@ -863,12 +875,32 @@ async fn run_session(s: Arc<Shared>, stream: TcpStream, remote: SocketAddr, link
 async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, peer: u32, remote: SocketAddr) -> Result<(), SessionError> {
     let mut frame = Vec::with_capacity(MAX_FRAME_LEN);
     let mut plain = vec![0u8; MAX_FRAME_LEN];
+    // The leading parts of a long message (FRAME_PART bodies).
+    let mut partial: Vec<u8> = Vec::new();
+    let mut joined: Vec<u8> = Vec::new();
     loop {
         tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, &mut frame, MAX_FRAME_LEN))
             .await
             .map_err(|_| SessionError::Timeout("nothing received (not even a keepalive)"))??;
         let n = lock(ts).read_message(&frame, &mut plain).map_err(|e| SessionError::BadFrame(format!("does not decrypt: {e}")))?;
-        let p = &plain[..n];
+        let mut p = &plain[..n];
+        if p.first() == Some(&FRAME_PART) {
+            if partial.len() + n - 1 > MAX_MSG_LEN {
+                return Err(SessionError::BadFrame(format!("a message longer than {MAX_MSG_LEN} bytes")));
+            }
+            partial.extend_from_slice(&p[1..]);
+            continue;
+        }
+        if !partial.is_empty() {
+            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC)) {
+                return Err(SessionError::BadFrame(format!("message parts followed by frame type {:?}", p.first())));
+            }
+            joined.clear();
+            joined.push(p[0]);
+            joined.append(&mut partial);
+            joined.extend_from_slice(&p[1..]);
+            p = &joined;
+        }
         match p.first() {
             Some(&FRAME_KEEPALIVE) if n == 1 => {}
             Some(&FRAME_SVC) => match serde_json::from_slice::<SvcMsg>(&p[1..]) {
@@ -909,8 +941,25 @@ async fn writer(s: &Shared, ts: &Mutex<TransportState>, mut wr: OwnedWriteHalf, 
             Ok(None) => return Ok(()),
             Err(_) => (keepalive.clone(), false),
         };
-        let n = lock(ts).write_message(&plain, &mut out[2..]).map_err(|e| SessionError::Io(io::Error::other(format!("encrypt: {e}"))))?;
-        write_frame(&mut wr, &mut out, n).await?;
+        let encrypt = |p: &[u8], out: &mut [u8]| {
+            lock(ts).write_message(p, &mut out[2..]).map_err(|e| SessionError::Io(io::Error::other(format!("encrypt: {e}"))))
+        };
+        if plain.len() <= 1 + CHUNK_LEN {
+            let n = encrypt(&plain, &mut out)?;
+            write_frame(&mut wr, &mut out, n).await?;
+        } else {
+            // Parts, then the rest under the message's own type.
+            let body = &plain[1..];
+            let chunks: Vec<&[u8]> = body.chunks(CHUNK_LEN).collect();
+            let mut part = Vec::with_capacity(1 + CHUNK_LEN);
+            for (i, c) in chunks.iter().enumerate() {
+                part.clear();
+                part.push(if i + 1 < chunks.len() { FRAME_PART } else { plain[0] });
+                part.extend_from_slice(c);
+                let n = encrypt(&part, &mut out)?;
+                write_frame(&mut wr, &mut out, n).await?;
+            }
+        }
         if is_msg {
             bump(&s.counters.frames_sent);
         }
