@@ -653,6 +653,21 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
     Ok(())
 }
 
+/// Restarts every keepalived from a clean state (priorities restored, no
+/// VIP, no httpd) and waits until node1 serves.
+fn keepalived_restart_all(c: &Cluster, k: &mut Keepalived3, prober: &Prober) -> Result<()> {
+    for i in 0..3 {
+        k.crash(c, i);
+        k.set_priority_delta(i, 0)?;
+    }
+    for i in 0..3 {
+        k.start(i);
+    }
+    let t = monotonic_ns();
+    wait_served(prober, t, Some("node1"), None, Duration::from_secs(30))?.context("keepalived: node1 never served the VIP")?;
+    Ok(())
+}
+
 fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
     let mut r = Results::default();
     let mut reaper = Reaper::new();
@@ -663,31 +678,37 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
     reaper.watch(&client.ns.name);
     let mut k = Keepalived3::setup(&c, opts.interval_ms, &www)?;
     let prober = Prober::start(&client.ns.name, vip_addr(), PERIOD, TIMEOUT);
-    for i in 0..3 {
-        k.start(i);
-    }
-    let t = monotonic_ns();
-    wait_served(&prober, t, Some("node1"), None, Duration::from_secs(30))?.context("keepalived: node1 never served the VIP")?;
+    keepalived_restart_all(&c, &mut k, &prober)?;
 
     for n in 0..opts.crashes {
-        pause(150 + rng.next_below(opts.interval_ms))?;
-        let active = answering(&prober).and_then(|n| node_index(&n)).context("nobody answers")?;
-        let name = c.hosts[active].name.clone();
-        let t = k.crash(&c, active);
-        let settled = wait_served(&prober, t, None, Some(&name), Duration::from_secs(10))?
-            .with_context(|| format!("keepalived crash {n}: no other node served"))?;
-        pause(TIMEOUT.as_millis() as u64)?;
-        let (ms, failed) = measure(&window(&prober, t - TIMEOUT.as_nanos() as u64, settled));
-        r.count_errors("crash", &window(&prober, t - TIMEOUT.as_nanos() as u64, settled));
-        r.crash.push(ms);
-        r.crash_failed.push(failed);
-        eprint!("\r  keepalived crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", n + 1, opts.crashes);
-        let t2 = monotonic_ns();
-        k.start(active);
-        let back = wait_served(&prober, t2, Some(&name), None, Duration::from_secs(30))?
-            .with_context(|| format!("keepalived crash {n}: {name} did not take the VIP back"))?;
-        r.failback.push(measure(&window(&prober, t2, back)).0);
-        pause(300)?;
+        let res = (|| -> Result<()> {
+            pause(150 + rng.next_below(opts.interval_ms))?;
+            let active = answering(&prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+            let name = c.hosts[active].name.clone();
+            let t = k.crash(&c, active);
+            let settled = wait_served(&prober, t, None, Some(&name), Duration::from_secs(10))?
+                .with_context(|| format!("no other node served after {name} crashed"))?;
+            pause(TIMEOUT.as_millis() as u64)?;
+            let v = window(&prober, t - TIMEOUT.as_nanos() as u64, settled);
+            let (ms, failed) = measure(&v);
+            r.count_errors("crash", &v);
+            r.crash.push(ms);
+            r.crash_failed.push(failed);
+            eprint!("\r  keepalived crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", n + 1, opts.crashes);
+            let t2 = monotonic_ns();
+            k.start(active);
+            let back = wait_served(&prober, t2, Some(&name), None, Duration::from_secs(30))?
+                .with_context(|| format!("{name} did not take the VIP back"))?;
+            r.failback.push(measure(&window(&prober, t2, back)).0);
+            pause(300)?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            check_interrupt()?;
+            r.notes.push(format!("keepalived crash {n}: {e:#}; every keepalived restarted"));
+            eprintln!("\n  keepalived crash {n} failed ({e:#}); restarting every keepalived");
+            keepalived_restart_all(&c, &mut k, &prober)?;
+        }
     }
     eprintln!();
 
@@ -696,20 +717,28 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
     // and httpd until the new one has taken over: the most favourable
     // planned move keepalived offers.
     for n in 0..opts.crashes {
-        pause(200)?;
-        let cur = answering(&prober).context("nobody answers")?;
-        let (delta, target) = if cur == "node1" { (-100, "node2") } else { (0, "node1") };
-        let t = monotonic_ns();
-        k.set_priority_delta(0, delta)?;
-        let settled = wait_served(&prober, t, Some(target), None, Duration::from_secs(10))?
-            .with_context(|| format!("keepalived switchover {n}: {target} never served"))?;
-        pause(TIMEOUT.as_millis() as u64 + 20)?;
-        let v = window(&prober, t, settled + PERIOD.as_nanos() as u64);
-        let (ms, failed) = measure(&v);
-        r.switchover_failed.push(failed);
-        r.switchover_ms.push(ms);
-        r.count_errors("switchover", &v);
-        eprint!("\r  keepalived switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", n + 1, opts.crashes);
+        let res = (|| -> Result<()> {
+            pause(200)?;
+            let cur = answering(&prober).context("nobody answers")?;
+            let (delta, target) = if cur == "node1" { (-100, "node2") } else { (0, "node1") };
+            let t = monotonic_ns();
+            k.set_priority_delta(0, delta)?;
+            let settled = wait_served(&prober, t, Some(target), None, Duration::from_secs(10))?
+                .with_context(|| format!("{target} never served"))?;
+            pause(TIMEOUT.as_millis() as u64 + 20)?;
+            let v = window(&prober, t, settled + PERIOD.as_nanos() as u64);
+            let (ms, failed) = measure(&v);
+            r.switchover_failed.push(failed);
+            r.switchover_ms.push(ms);
+            r.count_errors("switchover", &v);
+            eprint!("\r  keepalived switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", n + 1, opts.crashes);
+            Ok(())
+        })();
+        if let Err(e) = res {
+            check_interrupt()?;
+            r.notes.push(format!("keepalived switchover {n}: {e:#}; every keepalived restarted"));
+            keepalived_restart_all(&c, &mut k, &prober)?;
+        }
     }
     eprintln!();
     drop(prober);
