@@ -174,14 +174,21 @@ async fn three_nodes_two_links_exchange_messages() {
         assert_eq!((st.frames_dropped, st.handshake_failures, st.bad_frames), (0, 0, 0), "{st:?}");
     }
 
-    // Sizes: a large message (tens of KB) goes through; one over the limit is refused.
+    // Sizes: a large message (tens of KB) goes through, so does one of several
+    // frames; one over the limit is refused.
     let (ch1, _) = &nodes[0];
     let big = big_state(300);
     let len = serde_json::to_vec(&big).unwrap().len();
     assert!(len > 20_000 && len < channel::MAX_MSG_LEN, "{len}");
     assert!(ch1.send(3, &big));
     expect_msgs(&mut nodes[2].1, vec![(1, big.clone()), (1, big)], Duration::from_secs(5)).await;
-    let huge = big_state(2000);
+    // Longer than one frame: goes as parts, arrives whole (once per link).
+    let long = big_state(2000);
+    let len = serde_json::to_vec(&long).unwrap().len();
+    assert!(len > channel::CHUNK_LEN * 2 && len < channel::MAX_MSG_LEN, "{len}");
+    assert!(nodes[0].0.send(3, &long));
+    expect_msgs(&mut nodes[2].1, vec![(1, long.clone()), (1, long)], Duration::from_secs(5)).await;
+    let huge = big_state(20_000);
     match nodes[0].0.try_send(3, &huge) {
         Err(ChannelError::TooLarge { size, max }) => assert!(size > max && max == channel::MAX_MSG_LEN),
         other => panic!("expected TooLarge, got {other:?}"),
