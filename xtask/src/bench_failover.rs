@@ -798,7 +798,7 @@ fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
     );
     println!("{:<36} {:>10} {:>12} {:>8}", "", "baton", "keepalived", "ratio");
     let row = |name: &str, a: f64, b: f64| {
-        let ratio = if a > 0.0 { format!("{:.1}x", b / a) } else { "-".into() };
+        let ratio = if a > 0.0 && b.is_finite() { format!("{:.1}x", b / a) } else { "-".into() };
         println!("{name:<36} {a:>10.1} {b:>12.1} {ratio:>8}")
     };
     row("crash outage p50 (ms)", percentile(&b.crash, 50.0), percentile(&k.crash, 50.0));
