@@ -333,6 +333,11 @@ pub struct Entry {
     pub banned: BTreeMap<NodeId, u64>,
     /// An operator's switchover destination.
     pub target: Option<NodeId>,
+    /// Registered where an operator's switchover put it: no automatic
+    /// failback while it stays there (like a move constraint in
+    /// Pacemaker; a new switchover, a failover or a transfer clears it).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub pinned: Option<NodeId>,
     /// The node the service was last registered on.
     pub previous: Option<NodeId>,
     /// Every member acknowledged the registry version that recorded the
@@ -352,6 +357,7 @@ impl Entry {
             wanted,
             banned: BTreeMap::new(),
             target: None,
+            pinned: None,
             previous: None,
             complete: false,
             blocked: false,
@@ -1729,6 +1735,8 @@ impl Services {
             }
             if registered {
                 e.transfer_intent = false;
+                let on = e.instances.keys().next().copied();
+                e.pinned = e.target.filter(|t| Some(*t) == on);
                 e.target = None;
                 e.blocked = false;
                 e.matured = true;
@@ -1908,6 +1916,7 @@ impl Services {
                         self.registry.services.get_mut(name).unwrap().target = None;
                     }
                 } else if spec.transfer_cost == TransferCost::Free
+                    && self.registry.services[name].pinned != Some(n)
                     && cands.first().is_some_and(|b| self.rank(&root, *b) < self.rank(&root, n))
                 {
                     stop = Some((Reason::Failback, true));

@@ -610,6 +610,32 @@ fn no_transfer_back_when_costly() {
     assert_eq!(h.st("b").1, Some(2));
 }
 
+/// An operator's switchover away from the preferred node sticks, even with
+/// a free transfer cost (it would otherwise fail back at once); a failover
+/// later clears it, and the preferred node's return pulls the service back.
+#[test]
+fn switchover_away_from_the_preferred_node_sticks() {
+    let spec = ServiceSpec { preferred: Some(1), transfer_cost: TransferCost::Free, ..ServiceSpec::new("a") };
+    let mut h = H::new(vec![spec]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    assert_eq!(h.st("a").1, Some(1));
+    h.op(1, Input::Switchover { service: "a".into(), to: Some(2) });
+    assert_eq!(h.st("a"), (Registered, Some(2), ""));
+    h.mark();
+    h.op(3, Input::Load { figure: 7 });
+    assert_eq!(h.st("a"), (Registered, Some(2), ""), "no failback after an operator's move");
+    assert_eq!(h.ops(2), Vec::<String>::new());
+    // A failover elsewhere clears the pin: then the preferred node wins again.
+    h.kill(2);
+    assert_eq!(h.st("a").1, Some(1));
+    h.leave(1);
+    assert_eq!(h.st("a").1, Some(3));
+    h.boot(1);
+    assert_eq!(h.st("a").1, Some(1), "failback when the preferred node returns");
+}
+
 #[test]
 fn switchover_stop_then_start_and_last_possible_node() {
     let mut h = H::new(vec![ServiceSpec { allowable: nodes(&[1, 2, 3]), ..ServiceSpec::new("a") }]).manual();
