@@ -104,7 +104,10 @@ impl PeerTracker {
                 }
             }
             EV_NEW_INCARNATION => {
-                self.up_links.remove(&ev.node);
+                // The link's kernel state is unchanged by a new life (an up
+                // link stays up, a silent one reports its EV_LINK_UP next):
+                // keep ours in step with it, or the next silence of this
+                // link would go unreported.
                 out.push(mk("peer_restarted", Some(ev.link)));
             }
             _ => {}
@@ -190,6 +193,20 @@ addresses = ["10.0.0.2", "10.0.1.2"]
         assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 0, 5), 1)), Vec::<&str>::new());
         assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 1, 5), 1)), ["link_silent", "peer_silent"]);
         assert_eq!(kinds(t.on_record(&rec(EV_LINK_UP, 1, 5), 1)), ["link_up", "peer_up"]);
+    }
+
+    /// A restart while the link stays up: the kernel reports the new life
+    /// but no EV_LINK_UP (the link never went down); its next silence must
+    /// still be reported (it once went unnoticed after a restart).
+    #[test]
+    fn silence_after_a_restart_with_the_link_up_is_reported() {
+        let mut t = PeerTracker::new(&cfg());
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_UP, 0, 5), 1)), ["link_up", "peer_up"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_UP, 1, 5), 1)), ["link_up"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_NEW_INCARNATION, 0, 6), 1)), ["peer_restarted"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_NEW_INCARNATION, 1, 6), 1)), ["peer_restarted"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 0, 6), 1)), ["link_silent"]);
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 1, 6), 1)), ["link_silent", "peer_silent"]);
     }
 
     #[test]
