@@ -56,6 +56,7 @@ struct GroupRt {
 pub struct ServiceManager {
     core: Services,
     me: NodeId,
+    incarnation: u64,
     all_nodes: Vec<NodeId>,
     groups: BTreeMap<String, GroupRt>,
     done_tx: mpsc::Sender<SvcDone>,
@@ -175,6 +176,7 @@ impl ServiceManager {
             ServiceManager {
                 core,
                 me,
+                incarnation,
                 all_nodes,
                 groups: rts,
                 done_tx,
@@ -223,7 +225,13 @@ impl ServiceManager {
             self.leaving.remove(&n);
             self.feed(Input::NodeLeft { node: n }, channel);
         }
-        if !members.contains(&self.me) {
+        // A state in which this node's entry (or the master) is an earlier
+        // life of this node is not ours to act on: a fast restart follows
+        // such a state until its old life is forced out, and must neither
+        // count itself a member nor, as that old master, decide anything.
+        let this_life = s.nodes.get(&self.me).is_some_and(|e| e.incarnation == self.incarnation);
+        let old_master = s.view.master == self.me && s.view.master_incarnation != self.incarnation;
+        if !members.contains(&self.me) || !this_life || old_master {
             return;
         }
         let id = (s.view.term << 32) | (s.view.version & 0xffff_ffff);
