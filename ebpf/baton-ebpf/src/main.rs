@@ -40,6 +40,10 @@ static BATON_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Output of `baton_siphash_kat`.
 #[map]
 static BATON_KAT: Array<u64> = Array::with_max_entries(1, 0);
+/// The watchdog's own clock: [0] = when it last ran, [1] = no silence is
+/// declared before this time (after a stall of the machine, see below).
+#[map]
+static BATON_WD: Array<u64> = Array::with_max_entries(2, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -301,6 +305,23 @@ pub fn baton_watchdog(_ctx: PerfEventContext) -> u32 {
     }
     count(Counter::WatchdogTicks);
     let now = unsafe { bpf_ktime_get_ns() };
+    // A tick far later than its period (at most a quarter of the bound)
+    // means this CPU, usually the whole machine (a VM's vCPUs descheduled
+    // by the host), did not run: heartbeats that arrived meanwhile may be
+    // waiting in a receive queue that the softirq has not drained yet.
+    // Declaring them silent now would be a false alarm on every node at
+    // once; give them half a bound to be processed first.
+    if let (Some(last), Some(grace)) = (BATON_WD.get_ptr_mut(0), BATON_WD.get_ptr_mut(1)) {
+        let (last, grace) = unsafe { (&mut *last, &mut *grace) };
+        let gap = now.saturating_sub(*last);
+        if *last != 0 && gap > cfg.timeout_ns / 3 {
+            *grace = now + cfg.timeout_ns / 2;
+        }
+        *last = now;
+        if now < *grace {
+            return 0;
+        }
+    }
     let n = cfg.n_slots;
     let mut i: u32 = 0;
     while i < MAX_SLOTS {
