@@ -403,16 +403,13 @@ impl Channel {
         if !matches!(self.is_up(to), Ok(true)) {
             return false;
         }
-        let mut plain = vec![FRAME_SVC];
-        if let Err(e) = serde_json::to_writer(&mut plain, msg) {
-            warn!("services message not encoded: {e}");
-            return false;
+        match encode_frame(FRAME_SVC, msg) {
+            Ok(plain) => matches!(self.send_encoded(to, &plain), Ok(n) if n > 0),
+            Err(e) => {
+                warn!("services message not sent: {e}");
+                false
+            }
         }
-        if plain.len() - 1 > MAX_MSG_LEN {
-            warn!(size = plain.len() - 1, max = MAX_MSG_LEN, "services message too large");
-            return false;
-        }
-        matches!(self.send_encoded(to, &plain.into()), Ok(n) if n > 0)
     }
 
     /// Whether a link to `to` is up (an unknown node is an error).
@@ -424,12 +421,7 @@ impl Channel {
 
     /// Encodes `msg` once, for [`Channel::send_encoded`] to several peers.
     pub fn encode(msg: &Msg) -> Result<Arc<[u8]>, ChannelError> {
-        let mut plain = vec![FRAME_MSG];
-        serde_json::to_writer(&mut plain, msg).map_err(|source| ChannelError::Encode { source })?;
-        if plain.len() - 1 > MAX_MSG_LEN {
-            return Err(ChannelError::TooLarge { size: plain.len() - 1, max: MAX_MSG_LEN });
-        }
-        Ok(plain.into())
+        encode_frame(FRAME_MSG, msg)
     }
 
     /// Queues a message encoded by [`Channel::encode`]; see [`Channel::try_send`].
@@ -689,6 +681,17 @@ struct Hello {
     node: u32,
     cluster: u32,
     incarnation: u64,
+}
+
+/// A message frame of type `kind`: the type byte, then `msg` as JSON (at
+/// most [`MAX_MSG_LEN`] bytes; the writer splits it into frames).
+fn encode_frame<T: serde::Serialize>(kind: u8, msg: &T) -> Result<Arc<[u8]>, ChannelError> {
+    let mut plain = vec![kind];
+    serde_json::to_writer(&mut plain, msg).map_err(|source| ChannelError::Encode { source })?;
+    if plain.len() - 1 > MAX_MSG_LEN {
+        return Err(ChannelError::TooLarge { size: plain.len() - 1, max: MAX_MSG_LEN });
+    }
+    Ok(plain.into())
 }
 
 fn encode_hello(h: &Hello) -> [u8; 1 + HELLO_LEN] {

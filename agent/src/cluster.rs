@@ -166,8 +166,7 @@ impl ClusterDriver {
                         // services were transferred. Fencing, storage and
                         // addresses have nothing of their own to do yet.
                         info!(part, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "transition step");
-                        if part == "services" && self.svc.is_some() {
-                            let svc = self.svc.as_mut().unwrap();
+                        if let (true, Some(svc)) = (part == "services", self.svc.as_mut()) {
                             match id.kind {
                                 Kind::ForcedLeave => svc.node_failed(id.node, id.incarnation, self.core.state(), &self.channel),
                                 Kind::Leave => {
@@ -225,17 +224,20 @@ impl ClusterDriver {
             self.write_snapshot();
         }
         if self.halted.is_none() {
-            self.services_follow(&mut effects);
+            self.services_follow(changed, &mut effects);
         }
         effects
     }
 
-    /// After membership progress: the services core gets the view, and the
-    /// graceful leaves whose services are drained are acknowledged.
-    fn services_follow(&mut self, effects: &mut Vec<Effect>) {
+    /// After membership progress (`state_changed`): the services core gets
+    /// the view; then the graceful leaves whose services are drained are
+    /// acknowledged.
+    fn services_follow(&mut self, state_changed: bool, effects: &mut Vec<Effect>) {
         let Some(svc) = self.svc.as_mut() else { return };
-        if let Some(st) = self.core.state() {
-            svc.on_state(st, &self.channel);
+        if state_changed {
+            if let Some(st) = self.core.state() {
+                svc.on_state(st, &self.channel);
+            }
         }
         let drained = svc.take_drained();
         let acks: Vec<_> = drained.iter().filter_map(|n| self.held_leaves.remove(n)).collect();
@@ -254,7 +256,7 @@ impl ClusterDriver {
         let mut effects = Vec::new();
         if let Some(svc) = self.svc.as_mut() {
             f(svc, &self.channel);
-            self.services_follow(&mut effects);
+            self.services_follow(false, &mut effects);
         }
         effects
     }

@@ -111,13 +111,9 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
         let mut names: std::collections::BTreeMap<u32, String> = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
         names.insert(cfg.node_id, cfg.node_name.clone());
         let svc_rx = channel.take_services_inbox();
-        let mut all_nodes: Vec<u32> = cfg.peers.iter().map(|p| p.id).collect();
-        all_nodes.push(cfg.node_id);
-        all_nodes.sort_unstable();
         let svc = crate::svc::ServiceManager::new(
             cfg.node_id,
             incarnation,
-            all_nodes,
             &cfg.groups,
             cfg.paths.state_dir.join("services.json"),
             cfg.paths.events_log(),

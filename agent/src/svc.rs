@@ -53,11 +53,21 @@ struct GroupRt {
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// What one run or halt task carries into its tokio task.
+struct GroupTask {
+    group: Group,
+    app: Option<Arc<Resource>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    tx: mpsc::Sender<SvcDone>,
+    events: PathBuf,
+    me: NodeId,
+    active: Arc<std::sync::Mutex<BTreeSet<String>>>,
+}
+
 pub struct ServiceManager {
     core: Services,
     me: NodeId,
     incarnation: u64,
-    all_nodes: Vec<NodeId>,
     groups: BTreeMap<String, GroupRt>,
     done_tx: mpsc::Sender<SvcDone>,
     /// Forced-out lives already fed as `NodeFailed`: (node, incarnation).
@@ -140,7 +150,6 @@ impl ServiceManager {
     pub fn new(
         me: NodeId,
         incarnation: u64,
-        all_nodes: Vec<NodeId>,
         groups: &[Group],
         snapshot: PathBuf,
         events: PathBuf,
@@ -177,7 +186,6 @@ impl ServiceManager {
                 core,
                 me,
                 incarnation,
-                all_nodes,
                 groups: rts,
                 done_tx,
                 failed_fed: BTreeSet::new(),
@@ -358,11 +366,8 @@ impl ServiceManager {
         }
     }
 
-    fn event(&self, mut v: serde_json::Value) {
-        v["agent_ns"] = monotonic_ns().into();
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.events) {
-            let _ = f.write_all(format!("{v}\n").as_bytes());
-        }
+    fn event(&self, v: serde_json::Value) {
+        append_event(&self.events, v);
     }
 
     fn env(params: &ActionParams, failed: Option<NodeId>) -> Vec<(String, String)> {
@@ -383,71 +388,71 @@ impl ServiceManager {
     /// S4.3 run method: the addresses, then the application (monitors are
     /// the core's EnableEvents), then the announcements and "service up".
     fn run_method(&mut self, params: ActionParams) {
-        let Some(g) = self.groups.get(&params.service) else {
+        let Some(t) = self.task(&params.service) else {
             let _ = self.done_tx.try_send(SvcDone::Start { service: params.service.clone(), result: ActionResult::failed(1, "unknown group") });
             return;
         };
-        let group = g.group.clone();
-        let app = g.app.clone();
-        let lock = g.lock.clone();
-        let tx = self.done_tx.clone();
-        let events = self.events.clone();
-        let me = self.me;
-        let active = self.active.clone();
-        info!(service = %group.name, reason = ?params.reason, previous = ?params.previous, "run method: start");
+        info!(service = %t.group.name, reason = ?params.reason, previous = ?params.previous, "run method: start");
         tokio::spawn(async move {
-            let _guard = lock.lock().await;
-            active.lock().unwrap().insert(group.name.clone());
+            let _guard = t.lock.lock().await;
+            t.active.lock().unwrap().insert(t.group.name.clone());
             let t0 = monotonic_ns();
-            let result = run_group(&group, app.as_deref()).await;
+            let result = run_group(&t.group, t.app.as_deref()).await;
             let ms = (monotonic_ns() - t0) as f64 / 1e6;
             match &result {
                 Ok(()) => {
-                    info!(service = %group.name, ms, "service up");
-                    append_event(&events, serde_json::json!({"event": "service_up", "service": group.name, "node": me, "start_ms": ms}));
+                    info!(service = %t.group.name, ms, "service up");
+                    append_event(&t.events, serde_json::json!({"event": "service_up", "service": t.group.name, "node": t.me, "start_ms": ms}));
                 }
-                Err(e) => error!(service = %group.name, "start failed: {e}"),
+                Err(e) => error!(service = %t.group.name, "start failed: {e}"),
             }
             let result = match result {
                 Ok(()) => ActionResult::OK,
                 Err(e) => ActionResult::failed(1, &e),
             };
-            let _ = tx.send(SvcDone::Start { service: group.name.clone(), result }).await;
+            let _ = t.tx.send(SvcDone::Start { service: t.group.name.clone(), result }).await;
         });
+    }
+
+    /// What a run or halt task of `service` needs (None: no such group).
+    fn task(&self, service: &str) -> Option<GroupTask> {
+        let g = self.groups.get(service)?;
+        Some(GroupTask {
+            group: g.group.clone(),
+            app: g.app.clone(),
+            lock: g.lock.clone(),
+            tx: self.done_tx.clone(),
+            events: self.events.clone(),
+            me: self.me,
+            active: self.active.clone(),
+        })
     }
 
     /// S4.3 halt method: the application, then the addresses, then
     /// "service down" (the monitors were disabled by the core first).
     fn halt_method(&mut self, params: ActionParams) {
-        let Some(g) = self.groups.get(&params.service) else {
+        let Some(t) = self.task(&params.service) else {
             let _ = self.done_tx.try_send(SvcDone::Stop { service: params.service.clone(), result: ActionResult::OK });
             return;
         };
-        let group = g.group.clone();
-        let app = g.app.clone();
-        let lock = g.lock.clone();
-        let tx = self.done_tx.clone();
-        let events = self.events.clone();
-        let me = self.me;
-        let active = self.active.clone();
-        info!(service = %group.name, reason = ?params.reason, "halt method: stop");
+        info!(service = %t.group.name, reason = ?params.reason, "halt method: stop");
         tokio::spawn(async move {
-            let _guard = lock.lock().await;
+            let _guard = t.lock.lock().await;
             let planned = matches!(params.reason, Reason::Switchover | Reason::Transfer | Reason::Failback);
-            let result = halt_group(&group, app.as_deref(), planned).await;
+            let result = halt_group(&t.group, t.app.as_deref(), planned).await;
             match &result {
                 Ok(()) => {
-                    active.lock().unwrap().remove(&group.name);
-                    info!(service = %group.name, "service down");
-                    append_event(&events, serde_json::json!({"event": "service_down", "service": group.name, "node": me}));
+                    t.active.lock().unwrap().remove(&t.group.name);
+                    info!(service = %t.group.name, "service down");
+                    append_event(&t.events, serde_json::json!({"event": "service_down", "service": t.group.name, "node": t.me}));
                 }
-                Err(e) => error!(service = %group.name, "stop failed: {e}"),
+                Err(e) => error!(service = %t.group.name, "stop failed: {e}"),
             }
             let result = match result {
                 Ok(()) => ActionResult::OK,
                 Err(e) => ActionResult::failed(1, &e),
             };
-            let _ = tx.send(SvcDone::Stop { service: group.name.clone(), result }).await;
+            let _ = t.tx.send(SvcDone::Stop { service: t.group.name.clone(), result }).await;
         });
     }
 
@@ -503,10 +508,6 @@ impl ServiceManager {
             self.event(serde_json::json!({"event": "service_down", "service": g.name, "node": self.me}));
         }
         let _ = std::fs::remove_file(&self.snapshot);
-    }
-
-    pub fn all_nodes(&self) -> &[NodeId] {
-        &self.all_nodes
     }
 }
 
