@@ -178,16 +178,18 @@ struct RawPeer {
     addresses: Spanned<Vec<Spanned<String>>>,
 }
 
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
+/// Where a value came from, for errors that name the file, line and key
+/// (shared with the `[[group]]` validation in `groups.rs`).
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) text: &'a str,
 }
 
 impl Ctx<'_> {
-    fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
-    fn invalid<T>(&self, at: &Spanned<T>, key: &str, reason: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid<T>(&self, at: &Spanned<T>, key: &str, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_path_buf(),
             line: self.line(at.span().start),
@@ -198,7 +200,7 @@ impl Ctx<'_> {
     fn missing(&self, key: &str, reason: &str) -> ConfigError {
         ConfigError::Missing { file: self.file.to_path_buf(), key: key.into(), reason: reason.into() }
     }
-    fn int<T: TryFrom<i64>>(&self, v: &Spanned<i64>, key: &str, lo: i64, hi: i64) -> Result<T, ConfigError> {
+    pub(crate) fn int<T: TryFrom<i64>>(&self, v: &Spanned<i64>, key: &str, lo: i64, hi: i64) -> Result<T, ConfigError> {
         let x = *v.get_ref();
         if x < lo || x > hi {
             return Err(self.invalid(v, key, format!("{x} is out of range {lo}..={hi}")));
@@ -214,6 +216,17 @@ impl Ctx<'_> {
             return Err(self.invalid(v, key, format!("{s:?} must be 1-32 characters of a-z, 0-9, '-' or '_'")));
         }
         Ok(s.clone())
+    }
+    /// A non-empty shell command line.
+    pub(crate) fn command(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let s = v.get_ref().trim();
+        if s.is_empty() {
+            return Err(self.invalid(v, key, "must be a non-empty command line"));
+        }
+        if s.contains('\0') {
+            return Err(self.invalid(v, key, "must not contain a NUL character"));
+        }
+        Ok(s.to_string())
     }
     fn ip(&self, v: &Spanned<String>, key: &str) -> Result<IpAddr, ConfigError> {
         v.get_ref()

@@ -22,7 +22,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Link};
+use crate::config::{ConfigError, Ctx as Cx, Link};
 
 /// Default action timeouts (ms) and monitor settings.
 pub const DEFAULT_START_TIMEOUT_MS: u32 = 20_000;
@@ -316,42 +316,6 @@ impl<'de> Deserialize<'de> for RawNodes {
 }
 
 // ---------------------------------------------------------------- validation
-
-struct Cx<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Cx<'_> {
-    fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
-    }
-    fn invalid<T>(&self, at: &Spanned<T>, key: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.file.to_path_buf(),
-            line: self.line(at.span().start),
-            key: key.to_string(),
-            reason: reason.into(),
-        }
-    }
-    fn int<T: TryFrom<i64>>(&self, v: &Spanned<i64>, key: &str, lo: i64, hi: i64) -> Result<T, ConfigError> {
-        let x = *v.get_ref();
-        if x < lo || x > hi {
-            return Err(self.invalid(v, key, format!("{x} is out of range {lo}..={hi}")));
-        }
-        T::try_from(x).map_err(|_| self.invalid(v, key, format!("{x} is out of range")))
-    }
-    fn command(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
-        let s = v.get_ref().trim();
-        if s.is_empty() {
-            return Err(self.invalid(v, key, "must be a non-empty command line"));
-        }
-        if s.contains('\0') {
-            return Err(self.invalid(v, key, "must not contain a NUL character"));
-        }
-        Ok(s.to_string())
-    }
-}
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
