@@ -121,8 +121,12 @@ pub fn check_prerequisites() -> Result<()> {
     let mut it = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
     let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    if (major, minor) < (5, 8) {
-        return Err(DatapathError::KernelTooOld { have: release, need: "5.8", feature: "the BPF ring buffer" });
+    if (major, minor) < (5, 17) {
+        return Err(DatapathError::KernelTooOld {
+            have: release,
+            need: "5.17",
+            feature: "the silence watchdog (bpf_loop; the BPF ring buffer needs 5.8)",
+        });
     }
     let st = nix::sys::statfs::statfs(crate::paths::BPFFS_ROOT)
         .map_err(|e| DatapathError::Io { what: "statfs /sys/fs/bpf".into(), source: e.into() })?;
