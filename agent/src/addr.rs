@@ -283,6 +283,13 @@ pub async fn announce(ifname: &str, ip: IpAddr, opts: &Announce) -> Result<u32> 
     Ok(sent)
 }
 
+/// The Ethernet address of `ifname` (`None`: it has none, e.g. `lo`).
+pub async fn mac_of(ifname: &str) -> Result<Option<[u8; 6]>> {
+    let ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let link = with_handle(ifname, ip, |handle| async move { link(&handle, ifname, ip).await }).await?;
+    Ok(link.mac)
+}
+
 // ---------------------------------------------------------------------------
 // netlink
 

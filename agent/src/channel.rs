@@ -99,6 +99,7 @@ use std::time::Duration;
 
 use baton_core::membership::Msg;
 use baton_core::services::Msg as SvcMsg;
+use crate::handover::HandoverMsg;
 use blake2::{Blake2s256, Digest};
 use serde::Serialize;
 use snow::{HandshakeState, TransportState};
@@ -136,6 +137,9 @@ pub const FRAME_SVC: u8 = 3;
 /// A leading part of a message longer than [`CHUNK_LEN`]: the body bytes
 /// continue in the next frame (parts, then a MSG or SVC frame with the rest).
 pub const FRAME_PART: u8 = 4;
+/// A message between the agents of a planned handover
+/// ([`crate::handover::HandoverMsg`]).
+pub const FRAME_HANDOVER: u8 = 5;
 /// The hello body length (after the type byte).
 const HELLO_LEN: usize = 16;
 
@@ -289,6 +293,8 @@ struct Shared {
     svc_inbox: mpsc::Sender<(u32, SvcMsg)>,
     /// The receiver of services messages, until taken.
     svc_rx: Mutex<Option<mpsc::Receiver<(u32, SvcMsg)>>>,
+    ho_inbox: mpsc::Sender<(u32, HandoverMsg)>,
+    ho_rx: Mutex<Option<mpsc::Receiver<(u32, HandoverMsg)>>>,
     tasks: Mutex<Tasks>,
     next_gen: AtomicU64,
     counters: Counters,
@@ -326,6 +332,7 @@ impl Channel {
         }
         let (inbox, rx) = mpsc::channel(INBOX_LEN);
         let (svc_inbox, svc_rx) = mpsc::channel(INBOX_LEN);
+        let (ho_inbox, ho_rx) = mpsc::channel(INBOX_LEN);
         let conns = cfg
             .peers
             .iter()
@@ -341,6 +348,8 @@ impl Channel {
             inbox,
             svc_inbox,
             svc_rx: Mutex::new(Some(svc_rx)),
+            ho_inbox,
+            ho_rx: Mutex::new(Some(ho_rx)),
             tasks: Mutex::new(Tasks { set: JoinSet::new(), closed: false }),
             next_gen: AtomicU64::new(1),
             counters: Counters::default(),
@@ -412,11 +421,20 @@ impl Channel {
         }
     }
 
+    /// The receiver of `(sender, handover message)`; `None` after the
+    /// first call.
+    pub fn take_handover_inbox(&self) -> Option<mpsc::Receiver<(u32, HandoverMsg)>> {
+        lock(&self.shared.ho_rx).take()
+    }
+
+    /// A handle that sends handover messages from a task.
+    pub fn handover_sender(&self) -> HandoverSender {
+        HandoverSender { shared: self.shared.clone() }
+    }
+
     /// Whether a link to `to` is up (an unknown node is an error).
     pub fn is_up(&self, to: u32) -> Result<bool, ChannelError> {
-        let conns = lock(&self.shared.conns);
-        let slot = conns.get(&to).ok_or(ChannelError::UnknownPeer { node: to })?;
-        Ok(slot.links.iter().flatten().any(|c| !c.tx.is_closed()))
+        self.shared.is_up(to)
     }
 
     /// Encodes `msg` once, for [`Channel::send_encoded`] to several peers.
@@ -426,23 +444,7 @@ impl Channel {
 
     /// Queues a message encoded by [`Channel::encode`]; see [`Channel::try_send`].
     pub fn send_encoded(&self, to: u32, plain: &Arc<[u8]>) -> Result<usize, ChannelError> {
-        let s = &self.shared;
-        let conns = lock(&s.conns);
-        let slot = conns.get(&to).ok_or(ChannelError::UnknownPeer { node: to })?;
-        let (mut up, mut queued) = (0, 0);
-        for c in slot.links.iter().flatten() {
-            up += 1;
-            match c.tx.try_send(plain.clone()) {
-                Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => bump(&s.counters.frames_dropped),
-                // The session is ending; it removes itself from the table.
-                Err(mpsc::error::TrySendError::Closed(_)) => up -= 1,
-            }
-        }
-        if up == 0 {
-            return Err(ChannelError::NotConnected { node: to });
-        }
-        Ok(queued)
+        self.shared.send_encoded(to, plain)
     }
 
     pub fn stats(&self) -> ChannelStats {
@@ -482,6 +484,29 @@ impl Channel {
     }
 }
 
+/// Sends handover messages (see [`Channel::handover_sender`]); sends fail
+/// (return `false`) once the channel is gone.
+#[derive(Clone)]
+pub struct HandoverSender {
+    shared: Arc<Shared>,
+}
+
+impl HandoverSender {
+    /// Sends `msg` to `to` over every link that is up; whether it was queued.
+    pub fn send(&self, to: u32, msg: &HandoverMsg) -> bool {
+        if lock(&self.shared.tasks).closed || !matches!(self.shared.is_up(to), Ok(true)) {
+            return false;
+        }
+        match encode_frame(FRAME_HANDOVER, msg) {
+            Ok(plain) => matches!(self.shared.send_encoded(to, &plain), Ok(n) if n > 0),
+            Err(e) => {
+                warn!("handover message not sent: {e}");
+                false
+            }
+        }
+    }
+}
+
 impl Drop for Channel {
     fn drop(&mut self) {
         // Tasks hold the shared state: abort them, or they would run forever.
@@ -492,6 +517,32 @@ impl Drop for Channel {
 }
 
 impl Shared {
+    fn is_up(&self, to: u32) -> Result<bool, ChannelError> {
+        let conns = lock(&self.conns);
+        let slot = conns.get(&to).ok_or(ChannelError::UnknownPeer { node: to })?;
+        Ok(slot.links.iter().flatten().any(|c| !c.tx.is_closed()))
+    }
+
+    fn send_encoded(&self, to: u32, plain: &Arc<[u8]>) -> Result<usize, ChannelError> {
+        let s = self;
+        let conns = lock(&s.conns);
+        let slot = conns.get(&to).ok_or(ChannelError::UnknownPeer { node: to })?;
+        let (mut up, mut queued) = (0, 0);
+        for c in slot.links.iter().flatten() {
+            up += 1;
+            match c.tx.try_send(plain.clone()) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => bump(&s.counters.frames_dropped),
+                // The session is ending; it removes itself from the table.
+                Err(mpsc::error::TrySendError::Closed(_)) => up -= 1,
+            }
+        }
+        if up == 0 {
+            return Err(ChannelError::NotConnected { node: to });
+        }
+        Ok(queued)
+    }
+
     /// Whether a handshake failure with `ip` should be logged at warn level now.
     fn should_warn(&self, ip: IpAddr) -> bool {
         let now = tokio::time::Instant::now();
@@ -895,7 +946,7 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
             continue;
         }
         if !partial.is_empty() {
-            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC)) {
+            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER)) {
                 return Err(SessionError::BadFrame(format!("message parts followed by frame type {:?}", p.first())));
             }
             joined.clear();
@@ -914,6 +965,16 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
                 Err(e) => {
                     bump(&s.counters.bad_frames);
                     warn!(peer, peer_addr = %remote, "control channel: a services message that does not decode skipped: {e}");
+                }
+            },
+            Some(&FRAME_HANDOVER) => match serde_json::from_slice::<HandoverMsg>(&p[1..]) {
+                Ok(msg) => {
+                    bump(&s.counters.frames_received);
+                    let _ = s.ho_inbox.send((peer, msg)).await;
+                }
+                Err(e) => {
+                    bump(&s.counters.bad_frames);
+                    warn!(peer, peer_addr = %remote, "control channel: a handover message that does not decode skipped: {e}");
                 }
             },
             Some(&FRAME_MSG) => match serde_json::from_slice::<Msg>(&p[1..]) {

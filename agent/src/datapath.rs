@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::tc::{self, SchedClassifier, TcAttachType};
 use aya::programs::{PerfEvent, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use baton_common::{
-    siphash::key_halves, DatapathConfig, NodeSlot, PeerLink, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_FENCED,
+    siphash::key_halves, DatapathConfig, NodeSlot, PeerLink, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_FENCED, MAP_HANDOVER,
     MAP_NODE_SLOTS, MAP_PEERS, MAX_LINKS,
 };
 use futures::TryStreamExt;
@@ -25,8 +26,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Name of the XDP program as the kernel shows it (`bpftool prog`).
 pub const XDP_PROG: &str = "baton_xdp";
 pub const WATCHDOG_PROG: &str = "baton_watchdog";
+/// TC ingress program of the zero-loss handover (`src/handover.rs`).
+pub const HANDOVER_PROG: &str = "baton_handover";
 /// Every map we pin.
-pub const PINNED_MAPS: [&str; 5] = [MAP_CONFIG, MAP_PEERS, MAP_NODE_SLOTS, MAP_COUNTERS, MAP_FENCED];
+pub const PINNED_MAPS: [&str; 6] = [MAP_CONFIG, MAP_PEERS, MAP_NODE_SLOTS, MAP_COUNTERS, MAP_FENCED, MAP_HANDOVER];
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -232,6 +235,35 @@ impl Datapath {
                 let mode = attach_xdp(prog, &l.interface, cfg.xdp_mode)?;
                 info!(interface = %l.interface, link = %l.name, mode, "XDP program attached");
                 attachments.push((l.interface.clone(), mode));
+            }
+        }
+        // The handover program, only where a group hands over with overlap.
+        let ho_ifaces: std::collections::BTreeSet<&str> = cfg
+            .groups
+            .iter()
+            .filter(|g| g.handover == crate::groups::Handover::Overlap)
+            .map(|g| g.interface.as_str())
+            .collect();
+        if !ho_ifaces.is_empty() {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(HANDOVER_PROG)
+                .ok_or(DatapathError::MapMissing { map: HANDOVER_PROG })?
+                .try_into()
+                .map_err(|source| DatapathError::Program { program: HANDOVER_PROG, action: "type".into(), source })?;
+            prog.load().map_err(|source| DatapathError::Program { program: HANDOVER_PROG, action: "load (verifier)".into(), source })?;
+            for iface in ho_ifaces {
+                // Kernels >= 6.6 attach through tcx and need no qdisc; older
+                // ones need clsact, which may be there already (ours from
+                // before, or another tool's). A real problem shows in attach.
+                if let Err(e) = tc::qdisc_add_clsact(iface) {
+                    tracing::debug!(interface = iface, "clsact qdisc not added: {e}");
+                }
+                prog.attach(iface, TcAttachType::Ingress).map_err(|source| DatapathError::Program {
+                    program: HANDOVER_PROG,
+                    action: format!("attach to {iface} (TC ingress)"),
+                    source,
+                })?;
+                info!(interface = iface, "handover program attached (TC ingress)");
             }
         }
         let watchdog_cpu = first_online_cpu();

@@ -31,6 +31,8 @@ pub const DEFAULT_MONITOR_TIMEOUT_MS: u32 = 10_000;
 pub const DEFAULT_MONITOR_INTERVAL_MS: u32 = 1_000;
 pub const DEFAULT_GARP_COUNT: u32 = 3;
 pub const DEFAULT_GARP_INTERVAL_MS: u32 = 20;
+/// Overlap handover: default time the old node waits for its connections.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 2000;
 /// Longest accepted timeout or interval: one hour.
 const MAX_MS: i64 = 3_600_000;
 
@@ -70,6 +72,21 @@ pub enum Placement {
     One,
     /// Registered on every allowable node.
     Every,
+}
+
+/// How a planned move (switchover, failback, transfer) hands the group over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Handover {
+    /// S4.3 as written: halt on the old node, then run on the new one. A
+    /// client that connects in between may fail.
+    StopStart,
+    /// Zero-loss (docs/addresses.md): the new node starts the application
+    /// while the old one still serves, without claiming the address; the
+    /// old node's XDP program then hands it every new connection, finishes
+    /// its own, and halts. Both application instances run for a moment: only
+    /// for applications that allow it (stateless servers, proxies).
+    Overlap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -168,6 +185,10 @@ pub struct Group {
     pub transfer_cost: TransferCost,
     pub garp_count: u32,
     pub garp_interval_ms: u32,
+    pub handover: Handover,
+    /// Overlap handover: how long the old node waits for its connections
+    /// to finish before it halts anyway.
+    pub drain_timeout_ms: u32,
     /// Action functions (S1.13), shell command lines.
     pub notify: Option<String>,
     pub recovery: Option<String>,
@@ -244,6 +265,8 @@ pub(crate) struct RawGroup {
     transfer_cost: Option<Spanned<TransferCost>>,
     garp_count: Option<Spanned<i64>>,
     garp_interval_ms: Option<Spanned<i64>>,
+    handover: Option<Spanned<Handover>>,
+    drain_timeout_ms: Option<Spanned<i64>>,
     notify: Option<Spanned<String>>,
     recovery: Option<Spanned<String>>,
     application: Option<Spanned<RawResource>>,
@@ -514,6 +537,23 @@ pub(crate) fn validate(
             Some(v) => cx.int(v, &key("garp_interval_ms"), 1, 10_000)?,
             None => DEFAULT_GARP_INTERVAL_MS,
         };
+        let handover = g.handover.as_ref().map(|v| *v.get_ref()).unwrap_or(Handover::StopStart);
+        if let (Some(v), Handover::Overlap) = (&g.handover, handover) {
+            if let Some(a) = addresses.iter().find(|a| !a.ip.is_ipv4()) {
+                return Err(cx.invalid(v, &key("handover"), format!("\"overlap\" hands over IPv4 addresses only, and {} is IPv6: use \"stop-start\" for this group", a.ip)));
+            }
+            let has_children = raw.iter().any(|r| r.get_ref().parent.as_ref().is_some_and(|p| p.get_ref() == &name));
+            if g.parent.is_some() || has_children {
+                return Err(cx.invalid(v, &key("handover"), "\"overlap\" is for a group without parent or children: a group moves with its parent, and children stop first"));
+            }
+            if g.placement.as_ref().is_some_and(|p| *p.get_ref() == Placement::Every) {
+                return Err(cx.invalid(v, &key("handover"), "\"overlap\" is for placement = \"one\": an every-node group does not move"));
+            }
+        }
+        let drain_timeout_ms = match &g.drain_timeout_ms {
+            Some(v) => cx.int(v, &key("drain_timeout_ms"), 0, 600_000)?,
+            None => DEFAULT_DRAIN_TIMEOUT_MS,
+        };
         let notify = g.notify.as_ref().map(|v| cx.command(v, &key("notify"))).transpose()?;
         let recovery = g.recovery.as_ref().map(|v| cx.command(v, &key("recovery"))).transpose()?;
 
@@ -542,6 +582,8 @@ pub(crate) fn validate(
             transfer_cost: g.transfer_cost.as_ref().map(|v| *v.get_ref()).unwrap_or(TransferCost::Free),
             garp_count,
             garp_interval_ms,
+            handover,
+            drain_timeout_ms,
             notify,
             recovery,
             application,

@@ -117,6 +117,11 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
             &cfg.groups,
             cfg.paths.state_dir.join("services.json"),
             cfg.paths.events_log(),
+            channel.take_handover_inbox().map(|inbox| crate::handover::Wiring {
+                sender: channel.handover_sender(),
+                inbox,
+                map: cfg.paths.map(baton_common::MAP_HANDOVER),
+            }),
         )?;
         let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
         let svc_channels = match svc {

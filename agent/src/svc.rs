@@ -62,6 +62,7 @@ struct GroupTask {
     events: PathBuf,
     me: NodeId,
     active: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    handovers: Option<crate::handover::Handovers>,
 }
 
 pub struct ServiceManager {
@@ -83,6 +84,8 @@ pub struct ServiceManager {
     /// Groups whose run method ran here and whose halt method has not:
     /// stopped on exit whatever the core thinks.
     active: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// Zero-loss handovers (`handover = "overlap"` groups), when wired.
+    handovers: Option<crate::handover::Handovers>,
 }
 
 /// The core's spec of a configured group.
@@ -153,6 +156,7 @@ impl ServiceManager {
         groups: &[Group],
         snapshot: PathBuf,
         events: PathBuf,
+        handover: Option<crate::handover::Wiring>,
     ) -> anyhow::Result<Option<(ServiceManager, SvcChannels)>> {
         let _ = std::fs::remove_file(&snapshot);
         if groups.is_empty() {
@@ -181,6 +185,16 @@ impl ServiceManager {
             rts.insert(g.name.clone(), GroupRt { group: g.clone(), app, monitors, lock: Arc::new(tokio::sync::Mutex::new(())) });
         }
         info!(groups = groups.len(), "resource groups configured");
+        let active = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+        let handovers = handover.map(|w| {
+            let handles = rts
+                .iter()
+                .map(|(n, g): (&String, &GroupRt)| {
+                    (n.clone(), crate::handover::GroupHandle { group: g.group.clone(), app: g.app.clone(), lock: g.lock.clone() })
+                })
+                .collect();
+            crate::handover::Handovers::start(me, w, handles, active.clone(), events.clone())
+        });
         Ok(Some((
             ServiceManager {
                 core,
@@ -195,7 +209,8 @@ impl ServiceManager {
                 events,
                 status: BTreeMap::new(),
                 drained: Vec::new(),
-                active: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+                active,
+                handovers,
             },
             SvcChannels { done: done_rx, monitor: mon_rx },
         )))
@@ -348,6 +363,11 @@ impl ServiceManager {
                 }
                 Action::Drained { node } => self.drained.push(node),
                 Action::Changed { status } => {
+                    let elsewhere = status.node.is_some_and(|n| n != self.me)
+                        && matches!(status.state, baton_core::services::ServiceState::Starting | baton_core::services::ServiceState::Registered);
+                    if let (true, Some(h)) = (elsewhere, &self.handovers) {
+                        h.started_elsewhere(&status.name);
+                    }
                     self.status.insert(status.name.clone(), status);
                     changed = true;
                 }
@@ -397,7 +417,15 @@ impl ServiceManager {
             let _guard = t.lock.lock().await;
             t.active.lock().unwrap().insert(t.group.name.clone());
             let t0 = monotonic_ns();
-            let result = run_group(&t.group, t.app.as_deref()).await;
+            // Prepared by a handover: the application already runs and the
+            // addresses are configured; only the announcement is left.
+            let result = if t.handovers.as_ref().is_some_and(|h| h.take_prepared(&t.group)) {
+                info!(service = %t.group.name, "run method: prepared by the handover; announcing the addresses");
+                announce_all(&t.group);
+                Ok(())
+            } else {
+                run_group(&t.group, t.app.as_deref()).await
+            };
             let ms = (monotonic_ns() - t0) as f64 / 1e6;
             match &result {
                 Ok(()) => {
@@ -425,6 +453,7 @@ impl ServiceManager {
             events: self.events.clone(),
             me: self.me,
             active: self.active.clone(),
+            handovers: self.handovers.clone(),
         })
     }
 
@@ -439,7 +468,19 @@ impl ServiceManager {
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
             let planned = matches!(params.reason, Reason::Switchover | Reason::Transfer | Reason::Failback);
-            let result = halt_group(&t.group, t.app.as_deref(), planned).await;
+            let next = params.next.filter(|n| planned && *n != t.me && t.group.handover == groups::Handover::Overlap);
+            let handed = match (next, &t.handovers) {
+                (Some(n), Some(h)) => {
+                    let gh = crate::handover::GroupHandle { group: t.group.clone(), app: t.app.clone(), lock: t.lock.clone() };
+                    h.hand_over(&gh, n).await
+                }
+                _ => Ok(false),
+            };
+            let result = match handed {
+                Ok(true) => Ok(()),
+                Ok(false) => halt_group(&t.group, t.app.as_deref(), planned).await,
+                Err(e) => Err(e),
+            };
             match &result {
                 Ok(()) => {
                     t.active.lock().unwrap().remove(&t.group.name);
@@ -511,7 +552,7 @@ impl ServiceManager {
     }
 }
 
-fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
+pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
     v["agent_ns"] = monotonic_ns().into();
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(format!("{v}\n").as_bytes());
@@ -532,8 +573,14 @@ async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
     }
     // Only now tell the neighbours (gratuitous ARP / unsolicited NA): a
     // client that follows the announcement at once finds the application
-    // listening, not a port that refuses it. The rounds go on in the
-    // background; the first leaves at once.
+    // listening, not a port that refuses it.
+    announce_all(g);
+    Ok(())
+}
+
+/// The announcements of every address of `g`. The rounds go on in the
+/// background; the first leaves at once.
+fn announce_all(g: &Group) {
     for a in &g.addresses {
         let (iface, ip) = (g.interface.clone(), a.ip);
         let opts = crate::addr::Announce {
@@ -547,7 +594,6 @@ async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
             }
         });
     }
-    Ok(())
 }
 
 /// S4.3 halt method: the application, then the addresses. For a planned

@@ -255,6 +255,12 @@ pub struct ActionParams {
     /// failover: the failed node).
     pub previous: Option<NodeId>,
     pub op: OpId,
+    /// Stop of a planned move (switchover, failback, transfer): the node
+    /// the decider means to start the service on next. A hint for a
+    /// handover (the agent prepares that node while this one still
+    /// serves); the decider may still choose otherwise.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub next: Option<NodeId>,
 }
 
 /// The OUT result of an action function.
@@ -1213,6 +1219,7 @@ impl Services {
                         reason: Reason::Registered,
                         previous: e.previous.filter(|p| p != n),
                         op: inst.op,
+                        next: None,
                     },
                 ));
             }
@@ -1796,7 +1803,7 @@ impl Services {
 
     fn params(&self, name: &str, node: NodeId, reason: Reason, op: OpId) -> ActionParams {
         let e = &self.registry.services[name];
-        ActionParams { service: name.to_string(), node, reason, previous: e.previous.filter(|p| *p != node), op }
+        ActionParams { service: name.to_string(), node, reason, previous: e.previous.filter(|p| *p != node), op, next: None }
     }
 
     fn start_on(&mut self, name: &str, n: NodeId, reason: Reason) {
@@ -1810,6 +1817,10 @@ impl Services {
     }
 
     fn stop_on(&mut self, name: &str, n: NodeId, reason: Reason, transfer: bool) {
+        self.stop_on_next(name, n, reason, transfer, None)
+    }
+
+    fn stop_on_next(&mut self, name: &str, n: NodeId, reason: Reason, transfer: bool, next: Option<NodeId>) {
         let op = self.next_op();
         let e = self.registry.services.get_mut(name).unwrap();
         let inst = e.instances.get_mut(&n).unwrap();
@@ -1817,7 +1828,7 @@ impl Services {
         inst.op = op;
         e.previous = Some(n);
         e.transfer_intent = transfer;
-        let p = self.params(name, n, reason, op);
+        let p = ActionParams { next, ..self.params(name, n, reason, op) };
         self.directive(n, Directive::Stop, p);
     }
 
@@ -1850,7 +1861,7 @@ impl Services {
             let inst = self.registry.services.get_mut(name).unwrap().instances.get_mut(&f).unwrap();
             inst.recovery_on = Some(r);
             inst.op = op;
-            let p = ActionParams { service: name.to_string(), node: r, reason: Reason::Failover, previous: Some(f), op };
+            let p = ActionParams { service: name.to_string(), node: r, reason: Reason::Failover, previous: Some(f), op, next: None };
             self.directive(r, Directive::Recover { failed: f }, p);
         }
 
@@ -1883,6 +1894,8 @@ impl Services {
         }
         if let Some(&n) = here.first() {
             let mut stop: Option<(Reason, bool)> = None;
+            // Where a planned move goes (the `next` hint of its Stop).
+            let mut next: Option<NodeId> = None;
             if let Some(pn) = &parent_nodes {
                 if !pn.contains(&n) {
                     let t = self.registry.services[spec.parent.as_ref().unwrap()].transfer_intent;
@@ -1893,6 +1906,7 @@ impl Services {
             } else if !usable.contains(&n) {
                 // Leaving or standby: the move is not optional.
                 stop = Some((Reason::Transfer, true));
+                next = cands.iter().copied().find(|c| *c != n);
             } else {
                 let alt = cands.iter().copied().find(|c| *c != n);
                 let target = self.registry.services[name].target.filter(|t| *t != n);
@@ -1912,6 +1926,7 @@ impl Services {
                 } else if let Some(t) = target {
                     if cands.contains(&t) {
                         stop = Some((Reason::Switchover, true));
+                        next = Some(t);
                     } else {
                         self.registry.services.get_mut(name).unwrap().target = None;
                     }
@@ -1920,6 +1935,7 @@ impl Services {
                     && cands.first().is_some_and(|b| self.rank(&root, *b) < self.rank(&root, n))
                 {
                     stop = Some((Reason::Failback, true));
+                    next = cands.first().copied();
                 }
                 if stop.is_none() && alt.is_none() && !failed {
                     self.alert(name, AlertReason::LastPossibleNode { node: n });
@@ -1935,7 +1951,7 @@ impl Services {
                     self.registry.services.get_mut(name).unwrap().transfer_intent = transfer;
                     // Children stop first (S1.12).
                     if !self.children_on(name, n) {
-                        self.stop_on(name, n, reason, transfer);
+                        self.stop_on_next(name, n, reason, transfer, next);
                     }
                 }
             }

@@ -8,6 +8,34 @@ pub const MAP_NODE_SLOTS: &str = "BATON_NODE_SLOTS";
 pub const MAP_COUNTERS: &str = "BATON_COUNTERS";
 pub const MAP_FENCED: &str = "BATON_FENCED";
 pub const MAP_EVENTS: &str = "BATON_EVENTS";
+pub const MAP_HANDOVER: &str = "BATON_HANDOVER";
+
+/// Addresses in a planned handover at a time (`BATON_HANDOVER` entries).
+pub const MAX_HANDOVER: u32 = 64;
+
+/// [`Handover::mode`]: this node is the *new* owner of the address and
+/// prepares it: the address is configured and the application starts, but
+/// the node must not claim it yet, so ARP requests for it are dropped.
+pub const HANDOVER_SILENT: u32 = 1;
+/// This node is the *old* owner: packets to the address that do not belong
+/// to a connection this node still has (TCP SYNs, segments of unknown
+/// connections, anything not TCP) are handed to the new owner's MAC
+/// address (rewritten and sent back out, `XDP_TX`); the connections it
+/// already had finish here.
+pub const HANDOVER_STEER: u32 = 2;
+
+/// `BATON_HANDOVER` value, keyed by an IPv4 address (network byte order,
+/// as the `u32` read from the packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handover {
+    pub mode: u32,
+    pub _pad: u32,
+    /// STEER: the new owner's MAC address on this interface, and ours.
+    pub peer_mac: [u8; 6],
+    pub own_mac: [u8; 6],
+    pub _pad2: u32,
+}
 
 /// Nodes the datapath can track (slots = nodes × MAX_LINKS).
 pub const MAX_NODES: u32 = 256;
@@ -96,7 +124,8 @@ pub struct Event {
 }
 
 /// Indexes of the per-CPU counter array `BATON_COUNTERS`. Every packet that
-/// reaches the baton port is counted under exactly one of these.
+/// reaches the baton port is counted under exactly one of these (the
+/// `Handover*` counters count other traffic).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -116,9 +145,15 @@ pub enum Counter {
     DistressRepeat = 13,
     WatchdogTicks = 14,
     LinkSilent = 15,
+    /// Not baton traffic: packets to an address in a planned handover that
+    /// this node handed to the new owner (see [`HANDOVER_STEER`]).
+    HandoverSteered = 16,
+    /// ARP requests for an address this node prepares but must not claim
+    /// yet (see [`HANDOVER_SILENT`]).
+    HandoverArpSilenced = 17,
 }
 
-pub const N_COUNTERS: u32 = 16;
+pub const N_COUNTERS: u32 = 18;
 
 impl Counter {
     pub const ALL: [Counter; N_COUNTERS as usize] = [
@@ -138,6 +173,8 @@ impl Counter {
         Counter::DistressRepeat,
         Counter::WatchdogTicks,
         Counter::LinkSilent,
+        Counter::HandoverSteered,
+        Counter::HandoverArpSilenced,
     ];
 
     /// Stable name used in `baton status --json` and the docs.
@@ -159,6 +196,8 @@ impl Counter {
             Counter::DistressRepeat => "distress_repeat",
             Counter::WatchdogTicks => "watchdog_ticks",
             Counter::LinkSilent => "link_silent",
+            Counter::HandoverSteered => "handover_steered",
+            Counter::HandoverArpSilenced => "handover_arp_silenced",
         }
     }
 }
@@ -171,8 +210,10 @@ mod pod {
     unsafe impl aya::Pod for super::PeerLink {}
     unsafe impl aya::Pod for super::NodeSlot {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Handover {}
 }
 
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<PeerLink>() == 72);
 const _: () = assert!(core::mem::size_of::<Event>() == 40);
+const _: () = assert!(core::mem::size_of::<Handover>() == 24);

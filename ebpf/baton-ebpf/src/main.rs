@@ -4,6 +4,9 @@
 //!   heartbeat and distress datagrams, keeps the per-(peer, link) liveness
 //!   record, counts every rejected datagram under its reason, and consumes all
 //!   baton traffic. Everything else passes untouched.
+//! * `baton_handover` (TC ingress, only on interfaces that carry a group with
+//!   `handover = "overlap"`): traffic to an address in a planned handover
+//!   (`BATON_HANDOVER`).
 //! * `baton_watchdog` (perf_event on a software cpu-clock, i.e. an hrtimer in
 //!   interrupt context): notices links that went silent, without depending on
 //!   userspace being scheduled, and wakes the agent through the ring buffer.
@@ -11,15 +14,16 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
-    macros::{map, perf_event, xdp},
+    bindings::{bpf_sock_tuple, xdp_action, BPF_F_CURRENT_NETNS},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_sk_release, bpf_skc_lookup_tcp},
+    macros::{classifier, map, perf_event, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{PerfEventContext, XdpContext},
+    programs::{PerfEventContext, TcContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
 use baton_common::{
-    siphash::mac_words, words_of, Counter, DatapathConfig, Event, NodeSlot, PeerLink, EV_DISTRESS,
+    siphash::mac_words, words_of, Counter, DatapathConfig, Event, Handover, NodeSlot, PeerLink, EV_DISTRESS,
+    HANDOVER_SILENT, HANDOVER_STEER, MAX_HANDOVER,
     EV_LINK_SILENT, EV_LINK_UP, EV_NEW_INCARNATION, KIND_DISTRESS, KIND_HEARTBEAT, LINK_DISTRESSED,
     LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAC_COVERED, MAGIC, MAX_NODES, MAX_SLOTS, N_COUNTERS,
     PACKET_LEN, VERSION,
@@ -44,12 +48,22 @@ static BATON_KAT: Array<u64> = Array::with_max_entries(1, 0);
 /// declared before this time (after a stall of the machine, see below).
 #[map]
 static BATON_WD: Array<u64> = Array::with_max_entries(2, 0);
+/// Addresses in a planned handover (IPv4, network byte order) → what this
+/// node does with their traffic meanwhile.
+#[map]
+static BATON_HANDOVER: HashMap<u32, Handover> = HashMap::with_max_entries(MAX_HANDOVER, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
+const ETH_P_ARP: u16 = 0x0806;
 const UDP_HLEN: usize = 8;
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+/// `BPF_TCP_LISTEN` of the kernel's `struct bpf_sock::state`.
+const TCP_LISTEN: u32 = 10;
 
 #[xdp]
 pub fn baton_xdp(ctx: XdpContext) -> u32 {
@@ -153,6 +167,113 @@ fn baton_payload_offset(ctx: &XdpContext, port: u16) -> Result<Option<usize>, ()
         return Ok(None);
     }
     Ok(Some(udp_off + UDP_HLEN))
+}
+
+/// The IPv4 socket tuple of `bpf_skc_lookup_tcp` (`struct bpf_sock_tuple`'s
+/// `ipv4` member), all in network byte order.
+#[repr(C)]
+struct Ipv4Tuple {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+}
+
+/// Traffic that is not baton's, during a planned handover of an address
+/// (zero-loss switchover, docs/addresses.md):
+/// * on the new owner (`HANDOVER_SILENT`), ARP requests for the address are
+///   dropped: it is configured there so that the application can start, but
+///   nobody must learn it there yet;
+/// * on the old owner (`HANDOVER_STEER`), every IPv4 packet to the address
+///   that does not belong to a connection this node still has (a TCP SYN, a
+///   segment for which no established, half-open or time-wait socket
+///   exists here, anything not TCP) gets the new owner's MAC address and is
+///   sent back out of the interface it came in on.
+///
+/// A TC program rather than XDP: `XDP_TX` on a veth drops the frame unless
+/// the peer device has NAPI (an XDP program or GRO) on, and a redirect from
+/// TC works on every device.
+#[classifier]
+pub fn baton_handover(ctx: TcContext) -> i32 {
+    match try_handover(&ctx) {
+        Ok(action) => action,
+        Err(_) => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn try_handover(ctx: &TcContext) -> Result<i32, i64> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12)?);
+    if ethertype == ETH_P_ARP {
+        // htype(2) ptype(2) hlen(1) plen(1) oper(2) sha(6) spa(4) tha(6) tpa(4)
+        let oper = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6)?);
+        if oper != 1 {
+            return Ok(TC_ACT_OK);
+        }
+        let tpa: u32 = ctx.load::<u32>(ETH_HLEN + 24)?;
+        return match unsafe { BATON_HANDOVER.get(&tpa) } {
+            Some(h) if h.mode == HANDOVER_SILENT => {
+                count(Counter::HandoverArpSilenced);
+                Ok(TC_ACT_SHOT)
+            }
+            _ => Ok(TC_ACT_OK),
+        };
+    }
+    if ethertype != ETH_P_IP {
+        return Ok(TC_ACT_OK);
+    }
+    let iph: [u8; 20] = ctx.load(ETH_HLEN)?;
+    let vihl = iph[0];
+    if vihl >> 4 != 4 {
+        return Ok(TC_ACT_OK);
+    }
+    let daddr = u32::from_ne_bytes([iph[16], iph[17], iph[18], iph[19]]);
+    let h = match unsafe { BATON_HANDOVER.get(&daddr) } {
+        Some(h) if h.mode == HANDOVER_STEER => *h,
+        _ => return Ok(TC_ACT_OK),
+    };
+    let proto = iph[9];
+    let frag = u16::from_be_bytes([iph[6], iph[7]]);
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if proto == IPPROTO_TCP && frag & 0x1fff == 0 && ihl >= 20 && ihl <= 60 {
+        let th: [u8; 20] = ctx.load(ETH_HLEN + ihl)?;
+        let flags = th[13];
+        let (syn, ack) = (flags & 0x02 != 0, flags & 0x10 != 0);
+        if !(syn && !ack) {
+            // A segment of a connection this node may still have.
+            let mut t = Ipv4Tuple {
+                saddr: u32::from_ne_bytes([iph[12], iph[13], iph[14], iph[15]]),
+                daddr,
+                sport: u16::from_ne_bytes([th[0], th[1]]),
+                dport: u16::from_ne_bytes([th[2], th[3]]),
+            };
+            let sk = unsafe {
+                bpf_skc_lookup_tcp(
+                    ctx.skb.skb as *mut _,
+                    &mut t as *mut Ipv4Tuple as *mut bpf_sock_tuple,
+                    core::mem::size_of::<Ipv4Tuple>() as u32,
+                    BPF_F_CURRENT_NETNS as u64,
+                    0,
+                )
+            };
+            if !sk.is_null() {
+                let state = unsafe { (*sk).state };
+                unsafe { bpf_sk_release(sk as *mut _) };
+                if state != TCP_LISTEN {
+                    return Ok(TC_ACT_OK);
+                }
+            }
+        }
+    }
+    // Hand it to the new owner: its MAC as destination, ours as source, out
+    // of the interface it came in on.
+    let mut hdr = [0u8; 12];
+    hdr[..6].copy_from_slice(&h.peer_mac);
+    hdr[6..].copy_from_slice(&h.own_mac);
+    ctx.store(0, &hdr, 0)?;
+    count(Counter::HandoverSteered);
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
 
 #[inline(always)]
