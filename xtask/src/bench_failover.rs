@@ -203,11 +203,16 @@ pub fn write_www(c: &Cluster) -> Result<PathBuf> {
 
 /// The `web` group: the VIP on ic0, busybox httpd as its daemon (serving the
 /// directory of the namespace it runs in, so the page names the node),
-/// preferred node 1, nodes 1, 2, 3, transfer cost free.
+/// preferred node 1, nodes 1, 2, 3, transfer cost free, and the zero-loss
+/// handover for planned moves (busybox httpd is stateless, so two instances
+/// for a moment are fine), with an HTTP monitor that says when a new
+/// instance answers.
 pub fn group_toml(www: &Path) -> String {
     format!(
         "[[group]]\nname = \"web\"\naddresses = [\"{VIP_CIDR}\"]\ninterface = \"ic0\"\npreferred = 1\nnodes = [1, 2, 3]\n\
-         transfer_cost = \"free\"\n\n[group.application]\nkind = \"command\"\n\
+         transfer_cost = \"free\"\nhandover = \"overlap\"\ndrain_timeout_ms = 1000\n\n\
+         [[group.monitor]]\nkind = \"command\"\nmonitor = \"busybox wget -q -O /dev/null http://{VIP}/\"\ninterval_ms = 1000\n\n\
+         [group.application]\nkind = \"command\"\n\
          daemon = \"exec busybox httpd -f -p {VIP}:80 -h {}/$(ip netns identify)\"\nstop_timeout_ms = 2000\n",
         www.display()
     )
