@@ -1065,6 +1065,21 @@ unit = "nginx.service"
     }
 
     #[test]
+    fn handover() {
+        let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\naddresses = [\"10.0.0.5/24\"]\nhandover = \"overlap\"\ndrain_timeout_ms = 500\n")).unwrap();
+        assert_eq!((c.groups[0].handover, c.groups[0].drain_timeout_ms), (Handover::Overlap, 500));
+        let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\n")).unwrap();
+        assert_eq!((c.groups[0].handover, c.groups[0].drain_timeout_ms), (Handover::StopStart, DEFAULT_DRAIN_TIMEOUT_MS));
+        let e = err("\n[[group]]\nname = \"g\"\naddresses = [\"10.0.0.5/24\", \"fd00::5/64\"]\nhandover = \"overlap\"\n");
+        assert!(e.starts_with("t.toml:28: `group[0].handover`: \"overlap\" hands over IPv4 addresses only, and fd00::5 is IPv6"), "{e}");
+        let e = err("\n[[group]]\nname = \"a\"\nhandover = \"overlap\"\n\n[[group]]\nname = \"b\"\nparent = \"a\"\n");
+        assert!(e.starts_with("t.toml:27: `group[0].handover`: \"overlap\" is for a group without parent or children"), "{e}");
+        let e = err("\n[[group]]\nname = \"g\"\nplacement = \"every\"\nhandover = \"overlap\"\n");
+        assert!(e.starts_with("t.toml:28: `group[0].handover`: \"overlap\" is for placement = \"one\""), "{e}");
+        assert!(one("handover = \"swap\"").contains("handover"), "{}", one("handover = \"swap\""));
+    }
+
+    #[test]
     fn interface() {
         assert!(one("interface = \"eth9\"").starts_with("t.toml:27: `group[0].interface`: \"eth9\" is not the interface of any [[link]] (eth1)"));
         assert!(one("interface = \"a b\"").starts_with("t.toml:27: `group[0].interface`: \"a b\" is not a valid interface name"));
