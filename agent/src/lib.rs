@@ -19,3 +19,4 @@ pub mod sender;
 pub mod status;
 pub mod subsys;
 pub mod svc;
+pub mod watchdog;

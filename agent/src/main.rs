@@ -87,6 +87,42 @@ enum Cmd {
         #[arg(value_parser = ["on", "off"])]
         mode: String,
     },
+    /// Off-line mode for a resource group (S4.6), cluster-wide: its
+    /// application and monitors stop where it is registered, its addresses
+    /// stay there (clients are refused at once instead of timing out), and
+    /// it does not fail over or back until `baton online GROUP`.
+    Offline {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        group: String,
+    },
+    /// Normal mode again (S4.6): the application starts again where the
+    /// group holds its addresses (and falls back to its preferred node as
+    /// usual).
+    Online {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        group: String,
+    },
+    /// Internal (S4.5): the watchdog process the agent spawns after a
+    /// group's halt method; see docs/services.md.
+    #[command(hide = true)]
+    Watchdog {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        gen: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        pgid: Vec<i32>,
+        #[arg(long)]
+        keep_addresses: bool,
+        #[arg(long)]
+        halt_failed: bool,
+    },
     /// Drop (or stop dropping) every datagram from a node in the datapath.
     Fence {
         #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
@@ -205,6 +241,14 @@ fn real_main() -> Result<()> {
         Cmd::Standby { config, node } => operator_request(&config, &format!("standby {node}")),
         Cmd::Unstandby { config, node } => operator_request(&config, &format!("unstandby {node}")),
         Cmd::Maintenance { config, mode } => operator_request(&config, &format!("maintenance {mode}")),
+        Cmd::Offline { config, group } => operator_request(&config, &format!("offline {group}")),
+        Cmd::Online { config, group } => operator_request(&config, &format!("online {group}")),
+        Cmd::Watchdog { config, group, gen, reason, pgid, keep_addresses, halt_failed } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let args = baton_agent::watchdog::Args { config, group, gen, reason, pgids: pgid, keep_addresses, halt_failed };
+            let code = rt.block_on(baton_agent::watchdog::run(args))?;
+            std::process::exit(code);
+        }
         Cmd::Fence { config, cmd } => fence(&config, cmd),
         Cmd::Selftest { repeat, json } => {
             baton_agent::datapath::check_prerequisites()?;

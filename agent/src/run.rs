@@ -125,7 +125,8 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
         )?;
         let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
         let svc_channels = match svc {
-            Some((m, ch)) => {
+            Some((mut m, ch)) => {
+                m.set_watchdog(crate::watchdog::Ctx::new(&cfg.file, &cfg.paths.state_dir));
                 driver.svc = Some(m);
                 Some((ch, svc_rx.expect("services inbox")))
             }
@@ -313,11 +314,14 @@ async fn event_loop(
                         effects = driver.handle(Input::LocalFailure { from: None, reason: code });
                         let _ = control::reply(&mut s, "ok").await;
                     }
-                    (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance")), arg) => {
+                    (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance" | "offline" | "online")), arg) => {
                         let rest: Vec<&str> = arg.into_iter().chain(words).collect();
                         match service_request(op, &rest) {
                             Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
                             Ok(_) if !has_svc => { let _ = control::reply(&mut s, "error: no resource group is configured on this node").await; }
+                            Ok(baton_core::services::Input::Offline { service, .. }) if !cfg.groups.iter().any(|g| g.name == service) => {
+                                let _ = control::reply(&mut s, &format!("error: no group {service:?} is configured")).await;
+                            }
                             Ok(input) => {
                                 info!(request = %req, "operator request");
                                 effects = driver.services_input(|sv, c| sv.input(input, c));
@@ -350,7 +354,11 @@ fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::s
         ("unstandby", [n]) => Ok(S::Standby { node: node(n)?, on: false }),
         ("maintenance", ["on"]) => Ok(S::Maintenance { on: true }),
         ("maintenance", ["off"]) => Ok(S::Maintenance { on: false }),
-        _ => Err(format!("usage: switchover GROUP [NODE] | standby NODE | unstandby NODE | maintenance on|off (got {op} {args:?})")),
+        ("offline", [g]) => Ok(S::Offline { service: g.to_string(), on: true }),
+        ("online", [g]) => Ok(S::Offline { service: g.to_string(), on: false }),
+        _ => Err(format!(
+            "usage: switchover GROUP [NODE] | standby NODE | unstandby NODE | maintenance on|off | offline GROUP | online GROUP (got {op} {args:?})"
+        )),
     }
 }
 

@@ -207,7 +207,7 @@ pub fn render(v: &Value) -> String {
     }
     let svcs = v["services"].as_array().cloned().unwrap_or_default();
     if !svcs.is_empty() {
-        s += &format!("{:<16} {:<13} {:>6} {:<24} {:>10}  {}\n", "SERVICE", "STATE", "NODE", "FLAGS", "SINCE", "PER NODE");
+        s += &format!("{:<16} {:<13} {:>6} {:<8} {:<24} {:>10}  {}\n", "SERVICE", "STATE", "NODE", "MODE", "FLAGS", "SINCE", "PER NODE");
         for e in svcs {
             let mut flags: Vec<&str> = Vec::new();
             for f in ["transfer_intent", "awaiting_maturity", "has_notify"] {
@@ -225,11 +225,15 @@ pub fn render(v: &Value) -> String {
                 .as_object()
                 .map(|m| m.iter().map(|(n, st)| format!("{n}:{}", st.as_str().unwrap_or("?"))).collect())
                 .unwrap_or_default();
+            if let Some(c) = e["offline_cause"].as_str() {
+                flags.push(if c == "operator" { "offline_by_operator" } else { "offline_after_failure" });
+            }
             s += &format!(
-                "{:<16} {:<13} {:>6} {:<24} {:>10}  {}\n",
+                "{:<16} {:<13} {:>6} {:<8} {:<24} {:>10}  {}\n",
                 e["name"].as_str().unwrap_or("?"),
                 e["state"].as_str().unwrap_or("?"),
                 e["node"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                e["mode"].as_str().unwrap_or("normal"),
                 if flags.is_empty() { "-".to_string() } else { flags.join(",") },
                 e["since_s_ago"].as_f64().map(|t| format!("{t:.1} s")).unwrap_or_default(),
                 per.join(" ")

@@ -38,6 +38,7 @@ pub enum SvcDone {
     Stop { service: String, result: ActionResult },
     Recovery { service: String, result: ActionResult },
     Notify { service: String, result: ActionResult },
+    Offline { service: String, result: ActionResult },
 }
 
 /// What the event loop selects on.
@@ -63,6 +64,7 @@ struct GroupTask {
     me: NodeId,
     active: Arc<std::sync::Mutex<BTreeSet<String>>>,
     handovers: Option<crate::handover::Handovers>,
+    watchdog: Option<crate::watchdog::Ctx>,
 }
 
 pub struct ServiceManager {
@@ -86,6 +88,8 @@ pub struct ServiceManager {
     active: Arc<std::sync::Mutex<BTreeSet<String>>>,
     /// Zero-loss handovers (`handover = "overlap"` groups), when wired.
     handovers: Option<crate::handover::Handovers>,
+    /// S4.5 watchdog processes after every halt, when wired.
+    watchdog: Option<crate::watchdog::Ctx>,
 }
 
 /// The core's spec of a configured group.
@@ -144,6 +148,13 @@ pub fn status_json(s: &ServiceStatus) -> serde_json::Value {
         },
         "failed": s.failed,
         "complete": s.complete,
+        // S4.6: "normal" or "offline" (with why, and where it is held).
+        "mode": if s.offline.is_some() { "offline" } else { "normal" },
+        "offline_cause": s.offline.as_ref().map(|c| match c {
+            baton_core::services::OfflineCause::Operator => "operator".to_string(),
+            baton_core::services::OfflineCause::Failed { node } => format!("failed on node {node}"),
+        }),
+        "offline_on": s.offline_on.iter().collect::<Vec<_>>(),
         "since_ns": s.since.0,
     })
 }
@@ -211,9 +222,16 @@ impl ServiceManager {
                 drained: Vec::new(),
                 active,
                 handovers,
+                watchdog: None,
             },
             SvcChannels { done: done_rx, monitor: mon_rx },
         )))
+    }
+
+    /// S4.5: spawn a watchdog process after every halt of a group here.
+    pub fn set_watchdog(&mut self, ctx: crate::watchdog::Ctx) {
+        ctx.install();
+        self.watchdog = Some(ctx);
     }
 
     pub fn next_deadline_ns(&self) -> Option<u64> {
@@ -295,6 +313,7 @@ impl ServiceManager {
             SvcDone::Stop { service, result } => Input::StopDone { service, result },
             SvcDone::Recovery { service, result } => Input::RecoveryDone { service, result },
             SvcDone::Notify { service, result } => Input::NotifyDone { service, result },
+            SvcDone::Offline { service, result } => Input::OfflineDone { service, result },
         };
         self.feed(input, channel);
     }
@@ -347,6 +366,7 @@ impl ServiceManager {
                 Action::Stop { params } => self.halt_method(params),
                 Action::Notify { params } => self.hook(params, None),
                 Action::Recovery { params, failed } => self.hook(params, Some(failed)),
+                Action::Offline { params } => self.offline_method(params),
                 Action::EnableEvents { service } => {
                     if let Some(g) = self.groups.get(&service) {
                         g.monitors.iter().for_each(|m| m.enable());
@@ -415,6 +435,7 @@ impl ServiceManager {
         info!(service = %t.group.name, reason = ?params.reason, previous = ?params.previous, "run method: start");
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
+            crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
             t.active.lock().unwrap().insert(t.group.name.clone());
             let t0 = monotonic_ns();
             // Prepared by a handover: the application already runs and the
@@ -454,7 +475,42 @@ impl ServiceManager {
             me: self.me,
             active: self.active.clone(),
             handovers: self.handovers.clone(),
+            watchdog: self.watchdog.clone(),
         })
+    }
+
+    /// S4.6: the group is held off-line here: its application stops if it
+    /// ran here (the monitors were disabled first), its addresses are
+    /// configured (acquired and announced if they were not), and a watchdog
+    /// checks that the application stays down (the addresses stay).
+    fn offline_method(&mut self, params: ActionParams) {
+        let Some(t) = self.task(&params.service) else {
+            let _ = self.done_tx.try_send(SvcDone::Offline { service: params.service.clone(), result: ActionResult::failed(1, "unknown group") });
+            return;
+        };
+        info!(service = %t.group.name, reason = ?params.reason, "off-line: application stopped, addresses kept");
+        tokio::spawn(async move {
+            let _guard = t.lock.lock().await;
+            let was_running = t.active.lock().unwrap().contains(&t.group.name);
+            let pgids = crate::watchdog::pgids_of(t.app.as_deref()).await;
+            crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
+            t.active.lock().unwrap().insert(t.group.name.clone());
+            let result = offline_group(&t.group, t.app.as_deref(), was_running).await;
+            match &result {
+                Ok(()) => {
+                    append_event(&t.events, serde_json::json!({"event": "service_offline", "service": t.group.name, "node": t.me, "reason": format!("{:?}", params.reason)}));
+                    if was_running {
+                        crate::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, "Offline", pgids, true, false);
+                    }
+                }
+                Err(e) => error!(service = %t.group.name, "going off-line failed: {e}"),
+            }
+            let result = match result {
+                Ok(()) => ActionResult::OK,
+                Err(e) => ActionResult::failed(1, &e),
+            };
+            let _ = t.tx.send(SvcDone::Offline { service: t.group.name.clone(), result }).await;
+        });
     }
 
     /// S4.3 halt method: the application, then the addresses, then
@@ -467,6 +523,7 @@ impl ServiceManager {
         info!(service = %t.group.name, reason = ?params.reason, "halt method: stop");
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
+            let pgids = crate::watchdog::pgids_of(t.app.as_deref()).await;
             let planned = matches!(params.reason, Reason::Switchover | Reason::Transfer | Reason::Failback);
             let next = params.next.filter(|n| planned && *n != t.me && t.group.handover == groups::Handover::Overlap);
             let handed = match (next, &t.handovers) {
@@ -489,6 +546,9 @@ impl ServiceManager {
                 }
                 Err(e) => error!(service = %t.group.name, "stop failed: {e}"),
             }
+            // S4.5: a watchdog checks that the group is really down here.
+            let reason = format!("{:?}", params.reason);
+            crate::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, &reason, pgids, false, result.is_err());
             let result = match result {
                 Ok(()) => ActionResult::OK,
                 Err(e) => ActionResult::failed(1, &e),
@@ -542,9 +602,13 @@ impl ServiceManager {
             rt.monitors.iter().for_each(|m| m.disable());
             warn!(service = %g.name, "leaving the cluster with the service running here: halting it");
             let _guard = rt.lock.lock().await;
-            if let Err(e) = halt_group(&rt.group, rt.app.as_deref(), false).await {
+            let pgids = crate::watchdog::pgids_of(rt.app.as_deref()).await;
+            let r = halt_group(&rt.group, rt.app.as_deref(), false).await;
+            if let Err(e) = &r {
                 error!(service = %g.name, "halt on exit failed: {e}");
             }
+            // S4.5: the watchdog outlives the agent (its own session).
+            crate::watchdog::after_halt(self.watchdog.as_ref(), &g.name, "Exit", pgids, false, r.is_err());
             self.active.lock().unwrap().remove(&g.name);
             self.event(serde_json::json!({"event": "service_down", "service": g.name, "node": self.me}));
         }
@@ -594,6 +658,24 @@ fn announce_all(g: &Group) {
             }
         });
     }
+}
+
+/// S4.6: hold `g` off-line here: stop its application if it ran here, then
+/// make sure its addresses are configured (acquired and announced when they
+/// were not: the group is taken over off-line).
+async fn offline_group(g: &Group, app: Option<&Resource>, was_running: bool) -> Result<(), String> {
+    if let (true, Some(app)) = (was_running, app) {
+        app.stop().await.map_err(|e| e.to_string())?;
+    }
+    let mut acquired = false;
+    for a in &g.addresses {
+        let was = crate::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
+        acquired |= !was;
+    }
+    if acquired {
+        announce_all(g);
+    }
+    Ok(())
 }
 
 /// S4.3 halt method: the application, then the addresses. For a planned

@@ -240,6 +240,12 @@ pub enum Reason {
     Deregister,
     /// Notify: the service was registered on `node`.
     Registered,
+    /// S4.6: the group goes off-line here ([`Action::Offline`] from a running
+    /// application: stop it, keep the addresses).
+    Offline,
+    /// S4.6: the group leaves off-line mode here ([`Action::Start`] on the
+    /// node that holds its addresses off-line).
+    Online,
 }
 
 /// The IN parameters of an action function.
@@ -298,6 +304,22 @@ pub enum AlertReason {
     /// The recovery failed: the service stays deregistered until an
     /// operator registers it again.
     RecoveryFailed { node: NodeId },
+    /// S4.6 with S4.7: the group failed on its last possible node; it was
+    /// taken off-line there (application stopped, addresses kept).
+    OfflineOnFailure { node: NodeId },
+}
+
+/// Why a group is in off-line mode (S4.6).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum OfflineCause {
+    /// An operator's `Offline` request; only `Offline { on: false }` ends it.
+    Operator,
+    /// Its monitor failed on `node`, its last possible node (S4.7): it ends
+    /// with an operator's `Offline { on: false }`, or when another possible
+    /// node becomes available (the group then moves there, in normal mode),
+    /// or when `node` is gone (the group is taken over in normal mode).
+    Failed { node: NodeId },
 }
 
 // ---------------------------------------------------------------------------
@@ -319,6 +341,20 @@ pub struct Instance {
     pub stuck: bool,
     /// Recovering: where the recovery runs (chosen by the choosing factors).
     pub recovery_on: Option<NodeId>,
+    /// S4.6: held off-line on that node (addresses configured, application
+    /// and monitors stopped), or being taken off-line.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub offline: bool,
+    /// A change of mode (off-line <-> normal) is under way in place: the
+    /// node keeps the group's addresses throughout (children stay).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub mode_change: bool,
+}
+
+impl Instance {
+    fn new(state: ServiceState, op: OpId) -> Instance {
+        Instance { state, op, failed: false, stuck: false, recovery_on: None, offline: false, mode_change: false }
+    }
 }
 
 /// The decider's record of one service.
@@ -381,6 +417,9 @@ pub struct Registry {
     pub standby: BTreeSet<NodeId>,
     /// Nodes leaving gracefully: their services are transferred.
     pub leaving: BTreeSet<NodeId>,
+    /// S4.6: groups (roots) in off-line mode, and why.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub offline: BTreeMap<String, OfflineCause>,
 }
 
 // ---------------------------------------------------------------------------
@@ -400,6 +439,11 @@ pub enum LocalPhase {
     Stopping,
     /// The stop failed: may still be running.
     StopFailed,
+    /// S4.6: [`Action::Offline`] runs (the application stops, or the
+    /// addresses are acquired).
+    GoingOffline,
+    /// S4.6: the addresses are held here, the application is stopped.
+    Offline,
 }
 
 impl LocalPhase {
@@ -469,6 +513,8 @@ pub enum Directive {
     Start,
     Stop,
     Recover { failed: NodeId },
+    /// S4.6: hold the group off-line here (see [`Action::Offline`]).
+    Offline,
 }
 
 /// An operator's request, forwarded to the decider.
@@ -480,6 +526,8 @@ pub enum Request {
     Maintenance { on: bool },
     Register { service: String },
     Deregister { service: String },
+    /// S4.6: off-line mode on or off for the service's group.
+    Offline { service: String, on: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -520,6 +568,8 @@ pub enum Input {
     StopDone { service: String, result: ActionResult },
     RecoveryDone { service: String, result: ActionResult },
     NotifyDone { service: String, result: ActionResult },
+    /// [`Action::Offline`] finished.
+    OfflineDone { service: String, result: ActionResult },
     /// The service's monitor failed on this node.
     MonitorFailed { service: String },
     /// This node's load figure.
@@ -534,6 +584,11 @@ pub enum Input {
     Register { service: String },
     /// Operator: deregister (stop) a service.
     Deregister { service: String },
+    /// Operator (S4.6): off-line mode for the service's group (`on`), or
+    /// back to normal mode. Off-line: the application and its monitors are
+    /// stopped where the group is registered, its addresses stay there, and
+    /// it does not fail back. Ignored for placement `Every`.
+    Offline { service: String, on: bool },
     Tick,
 }
 
@@ -549,6 +604,12 @@ pub enum Action {
     Notify { params: ActionParams },
     /// Run the recovery action function here for `failed`; answer with `RecoveryDone`.
     Recovery { params: ActionParams, failed: NodeId },
+    /// S4.6: hold the group off-line here: stop its application if it runs
+    /// here (its monitors were disabled first), and make sure its addresses
+    /// are configured here (acquire and announce them if they are not).
+    /// Answer with `OfflineDone`. A failure is cleaned up with a `Stop`
+    /// (reason `StartFailed`), as for a failed start.
+    Offline { params: ActionParams },
     /// Enable the service's event group (its monitors) here.
     EnableEvents { service: String },
     /// Disable the service's event group here.
@@ -577,6 +638,10 @@ pub struct ServiceStatus {
     pub failed: bool,
     /// The registration was acknowledged by every member.
     pub complete: bool,
+    /// S4.6: the group is in off-line mode (None: normal mode).
+    pub offline: Option<OfflineCause>,
+    /// Nodes that hold it off-line now (addresses up, application stopped).
+    pub offline_on: BTreeSet<NodeId>,
     /// When this node saw the state, node or flags change.
     pub since: Instant,
 }
@@ -726,6 +791,7 @@ impl Services {
                 maintenance: false,
                 standby: BTreeSet::new(),
                 leaving: BTreeSet::new(),
+                offline: BTreeMap::new(),
             },
             leaving_local: BTreeSet::new(),
             drained_sent: BTreeSet::new(),
@@ -848,6 +914,7 @@ impl Services {
                 }
             }
             Input::NotifyDone { .. } => {}
+            Input::OfflineDone { service, result } => self.on_offline_done(&service, result.ok),
             Input::MonitorFailed { service } => {
                 if let Some(l) = self.locals.get_mut(&service) {
                     if l.phase == LocalPhase::Running {
@@ -867,6 +934,7 @@ impl Services {
             Input::Maintenance { on } => self.request(Request::Maintenance { on }),
             Input::Register { service } => self.request(Request::Register { service }),
             Input::Deregister { service } => self.request(Request::Deregister { service }),
+            Input::Offline { service, on } => self.request(Request::Offline { service, on }),
             Input::Tick => {
                 if let Some(d) = self.decider.as_mut() {
                     d.dirty = true;
@@ -1056,7 +1124,8 @@ impl Services {
         match directive {
             Directive::Start => {
                 l.op = op;
-                if l.phase == LocalPhase::Idle {
+                // From Offline: back to normal mode (the addresses are here).
+                if l.phase == LocalPhase::Idle || l.phase == LocalPhase::Offline {
                     l.phase = LocalPhase::Starting;
                     l.outcome = None;
                     l.cleanup = false;
@@ -1079,14 +1148,68 @@ impl Services {
                     l.params = Some(params.clone());
                     self.actions.push_back(Action::Stop { params });
                 }
-                LocalPhase::Starting => l.pending_stop = Some(params),
+                LocalPhase::Offline => {
+                    l.op = op;
+                    l.phase = LocalPhase::Stopping;
+                    l.params = Some(params.clone());
+                    self.actions.push_back(Action::Stop { params });
+                }
+                LocalPhase::Starting | LocalPhase::GoingOffline => l.pending_stop = Some(params),
                 LocalPhase::Stopping => l.op = op,
                 LocalPhase::Idle => {
                     l.op = op;
                     l.outcome = Some(LocalOutcome::Stopped);
                 }
             },
+            Directive::Offline => match l.phase {
+                LocalPhase::Running | LocalPhase::Failed | LocalPhase::Idle => {
+                    let running = l.phase != LocalPhase::Idle;
+                    l.op = op;
+                    l.phase = LocalPhase::GoingOffline;
+                    l.outcome = None;
+                    l.cleanup = false;
+                    l.params = Some(params.clone());
+                    if running {
+                        self.actions.push_back(Action::DisableEvents { service });
+                    }
+                    self.actions.push_back(Action::Offline { params });
+                }
+                LocalPhase::Offline | LocalPhase::GoingOffline => l.op = op,
+                // The decider sends it only to a settled instance.
+                LocalPhase::Starting | LocalPhase::Stopping | LocalPhase::StopFailed => {}
+            },
             Directive::Recover { .. } => unreachable!(),
+        }
+    }
+
+    /// S4.6: the group is held off-line here now (or that failed: cleaned
+    /// up like a failed start, so the decider places it elsewhere).
+    fn on_offline_done(&mut self, service: &str, ok: bool) {
+        let Some(l) = self.locals.get_mut(service) else { return };
+        if l.phase != LocalPhase::GoingOffline {
+            return;
+        }
+        self.report_dirty = true;
+        let params = l.params.clone().expect("an offline action has its params");
+        if ok {
+            if let Some(stop) = l.pending_stop.take() {
+                l.op = stop.op;
+                l.phase = LocalPhase::Stopping;
+                l.params = Some(stop.clone());
+                self.actions.push_back(Action::Stop { params: stop });
+            } else {
+                l.phase = LocalPhase::Offline;
+            }
+        } else {
+            l.outcome = Some(LocalOutcome::StartFailed);
+            l.cleanup = true;
+            l.phase = LocalPhase::Stopping;
+            if let Some(stop) = l.pending_stop.take() {
+                l.op = stop.op;
+            }
+            let p = ActionParams { reason: Reason::StartFailed, ..params };
+            l.params = Some(p.clone());
+            self.actions.push_back(Action::Stop { params: p });
         }
     }
 
@@ -1203,7 +1326,7 @@ impl Services {
                 continue;
             }
             for (n, inst) in &e.instances {
-                if inst.state != ServiceState::Registered || *n == me {
+                if inst.state != ServiceState::Registered || inst.offline || *n == me {
                     continue;
                 }
                 let seen = self.notified.get(name).and_then(|m| m.get(n));
@@ -1291,6 +1414,13 @@ impl Services {
             },
             failed: e.instances.values().any(|i| i.failed),
             complete: e.complete,
+            offline: self.registry.offline.get(root).cloned(),
+            offline_on: e
+                .instances
+                .iter()
+                .filter(|(_, i)| i.offline && i.state == ServiceState::Registered)
+                .map(|(n, _)| *n)
+                .collect(),
             nodes,
             since,
         }
@@ -1361,13 +1491,7 @@ impl Services {
                 if inst.state != ServiceState::Recovering {
                     e.previous = Some(n);
                     if has_recovery {
-                        *inst = Instance {
-                            state: ServiceState::Recovering,
-                            op: inst.op,
-                            failed: false,
-                            stuck: false,
-                            recovery_on: None,
-                        };
+                        *inst = Instance::new(ServiceState::Recovering, inst.op);
                     } else {
                         e.instances.remove(&n);
                     }
@@ -1529,6 +1653,21 @@ impl Services {
                         e.target = None;
                     }
                 }
+                Request::Offline { service, on } => {
+                    if !self.specs.contains_key(&service) {
+                        continue;
+                    }
+                    let root = self.root_of(&service).to_string();
+                    if self.specs[&root].placement == Placement::Every {
+                        continue;
+                    }
+                    self.decider.as_mut().unwrap().alerted.remove(&root);
+                    if on {
+                        self.registry.offline.insert(root, OfflineCause::Operator);
+                    } else {
+                        self.registry.offline.remove(&root);
+                    }
+                }
                 Request::Switchover { service, to } => {
                     if !self.specs.contains_key(&service) {
                         continue;
@@ -1676,13 +1815,31 @@ impl Services {
                         match lr.phase {
                             LocalPhase::Starting => inst.state = ServiceState::Starting,
                             LocalPhase::Running | LocalPhase::Failed => {
-                                if inst.state == ServiceState::Starting {
+                                // Back from off-line mode in place is no new
+                                // registration (S4.6).
+                                if inst.state == ServiceState::Starting && !inst.mode_change {
                                     registered = true;
                                 }
                                 inst.state = ServiceState::Registered;
                                 inst.failed = lr.phase == LocalPhase::Failed;
+                                inst.offline = false;
+                                inst.mode_change = false;
                             }
-                            LocalPhase::Stopping => inst.state = ServiceState::Stopping,
+                            // Under way: the state the decider set stays.
+                            LocalPhase::GoingOffline => {}
+                            LocalPhase::Offline => {
+                                if inst.state == ServiceState::Starting && !inst.mode_change {
+                                    registered = true;
+                                }
+                                inst.state = ServiceState::Registered;
+                                inst.failed = false;
+                                inst.offline = true;
+                                inst.mode_change = false;
+                            }
+                            LocalPhase::Stopping => {
+                                inst.state = ServiceState::Stopping;
+                                inst.mode_change = false;
+                            }
                             LocalPhase::StopFailed => {
                                 inst.state = ServiceState::Stopping;
                                 if !inst.stuck {
@@ -1701,23 +1858,18 @@ impl Services {
                     (None, Some(lr)) if lr.phase.active() => {
                         // Runs there although we did not know: adopt it.
                         let state = match lr.phase {
-                            LocalPhase::Starting => ServiceState::Starting,
-                            LocalPhase::Running | LocalPhase::Failed => {
+                            LocalPhase::Starting | LocalPhase::GoingOffline => ServiceState::Starting,
+                            LocalPhase::Running | LocalPhase::Failed | LocalPhase::Offline => {
                                 registered = true;
                                 ServiceState::Registered
                             }
                             _ => ServiceState::Stopping,
                         };
-                        e.instances.insert(
-                            *m,
-                            Instance {
-                                state,
-                                op: lr.op,
-                                failed: lr.phase == LocalPhase::Failed,
-                                stuck: lr.phase == LocalPhase::StopFailed,
-                                recovery_on: None,
-                            },
-                        );
+                        let mut inst = Instance::new(state, lr.op);
+                        inst.failed = lr.phase == LocalPhase::Failed;
+                        inst.stuck = lr.phase == LocalPhase::StopFailed;
+                        inst.offline = matches!(lr.phase, LocalPhase::GoingOffline | LocalPhase::Offline);
+                        e.instances.insert(*m, inst);
                     }
                     _ => {}
                 }
@@ -1783,6 +1935,8 @@ impl Services {
                 inst.recovery_on = None;
                 inst.failed = false;
                 inst.stuck = false;
+                inst.offline = false;
+                inst.mode_change = false;
             } else {
                 e.instances.remove(&n);
             }
@@ -1810,7 +1964,7 @@ impl Services {
         let op = self.next_op();
         let e = self.registry.services.get_mut(name).unwrap();
         e.instances
-            .insert(n, Instance { state: ServiceState::Starting, op, failed: false, stuck: false, recovery_on: None });
+            .insert(n, Instance::new(ServiceState::Starting, op));
         e.complete = false;
         let p = self.params(name, n, reason, op);
         self.directive(n, Directive::Start, p);
@@ -1830,6 +1984,151 @@ impl Services {
         e.transfer_intent = transfer;
         let p = ActionParams { next, ..self.params(name, n, reason, op) };
         self.directive(n, Directive::Stop, p);
+    }
+
+    /// S4.6: hold `name` off-line on `n`: from a running instance
+    /// (`in_place`: the application stops, the addresses stay) or from
+    /// nothing (the addresses are acquired, nothing is started).
+    fn offline_on(&mut self, name: &str, n: NodeId, reason: Reason, in_place: bool) {
+        let op = self.next_op();
+        let e = self.registry.services.get_mut(name).unwrap();
+        let inst = e.instances.entry(n).or_insert_with(|| Instance::new(ServiceState::Starting, op));
+        inst.op = op;
+        inst.offline = true;
+        inst.mode_change = in_place;
+        if in_place {
+            inst.state = ServiceState::Stopping;
+        } else {
+            e.complete = false;
+        }
+        let p = self.params(name, n, reason, op);
+        self.directive(n, Directive::Offline, p);
+    }
+
+    /// S4.6: back to normal mode in place (the node holds the addresses).
+    fn online_on(&mut self, name: &str, n: NodeId) {
+        let op = self.next_op();
+        let inst = self.registry.services.get_mut(name).unwrap().instances.get_mut(&n).unwrap();
+        inst.op = op;
+        inst.state = ServiceState::Starting;
+        inst.mode_change = true;
+        let p = self.params(name, n, Reason::Online, op);
+        self.directive(n, Directive::Start, p);
+    }
+
+    /// Whether `name`'s parent changes mode in place on `n` (its children
+    /// stay there meanwhile).
+    fn parent_switching_on(&self, name: &str, n: NodeId) -> bool {
+        let Some(p) = self.specs[name].parent.as_deref() else { return false };
+        self.registry.services[p].instances.get(&n).is_some_and(|i| i.mode_change)
+    }
+
+    /// S4.6 for a registered instance of a placement-One service on `n`.
+    /// Returns whether it decided (false: the normal decisions apply).
+    #[allow(clippy::too_many_arguments)]
+    fn decide_offline(
+        &mut self,
+        name: &str,
+        root: &str,
+        n: NodeId,
+        parent_nodes: Option<&BTreeSet<NodeId>>,
+        wanted: bool,
+        usable: &BTreeSet<NodeId>,
+        cands: &[NodeId],
+        stable: &mut BTreeMap<String, BTreeSet<NodeId>>,
+    ) -> bool {
+        let keep = |stable: &mut BTreeMap<String, BTreeSet<NodeId>>| {
+            stable.entry(name.to_string()).or_default().insert(n);
+        };
+        if let Some(pn) = parent_nodes {
+            if !pn.contains(&n) {
+                if self.parent_switching_on(name, n) {
+                    keep(stable); // the parent changes mode here: stay
+                    return true;
+                }
+                return false; // the parent moves or stops: stop (S1.12)
+            }
+        }
+        let cause = self.registry.offline.get(root).cloned();
+        let inst_off = self.registry.services[name].instances[&n].offline;
+        if cause.is_none() && !inst_off {
+            return false;
+        }
+        let is_root = name == root;
+        if is_root && !wanted {
+            return false; // deregistered: stopped (addresses released)
+        }
+        if is_root && !usable.contains(&n) {
+            // Leaving or standby: the group moves, still off-line (a plain
+            // stop: nothing to hand over, the application is not running).
+            self.registry.services.get_mut(name).unwrap().transfer_intent = true;
+            if !self.children_on(name, n) {
+                self.stop_on(name, n, Reason::Transfer, true);
+            }
+            return true;
+        }
+        if let Some(OfflineCause::Failed { node }) = cause {
+            if is_root && cands.iter().any(|c| *c != n) {
+                // Another possible node is there now: out of off-line mode,
+                // and the normal decisions move the failed group there.
+                self.registry.offline.remove(root);
+                if node == n {
+                    let inc = self.incarnation_of(n);
+                    self.registry.services.get_mut(name).unwrap().banned.insert(n, inc);
+                }
+                return false;
+            }
+        }
+        match (cause.is_some(), inst_off) {
+            (true, false) => {
+                // Children first: they go off-line before their parent.
+                let children_busy = self.specs.values().filter(|s| s.parent.as_deref() == Some(name)).any(|s| {
+                    self.registry.services[&s.name]
+                        .instances
+                        .get(&n)
+                        .is_some_and(|i| !(i.offline && i.state == ServiceState::Registered))
+                });
+                if !children_busy {
+                    self.offline_on(name, n, Reason::Offline, true);
+                }
+                keep(stable);
+            }
+            (true, true) => {
+                // Held off-line: no failback, no failover for a monitor (the
+                // monitors are off). An operator's switchover moves it.
+                let target = self.registry.services[name].target.filter(|t| *t != n);
+                match target {
+                    Some(t) if is_root && cands.contains(&t) => {
+                        self.registry.services.get_mut(name).unwrap().transfer_intent = true;
+                        if !self.children_on(name, n) {
+                            self.stop_on(name, n, Reason::Switchover, true);
+                        }
+                    }
+                    Some(_) if is_root => {
+                        self.registry.services.get_mut(name).unwrap().target = None;
+                        keep(stable);
+                    }
+                    _ => keep(stable),
+                }
+            }
+            (false, true) => {
+                // Normal mode again: parent first (a child waits, in place,
+                // until its parent runs here in normal mode).
+                let parent_ready = self.specs[name].parent.as_deref().is_none_or(|p| {
+                    self.registry.services[p]
+                        .instances
+                        .get(&n)
+                        .is_some_and(|i| i.state == ServiceState::Registered && !i.offline && !i.mode_change)
+                });
+                if parent_ready {
+                    self.online_on(name, n);
+                } else {
+                    keep(stable);
+                }
+            }
+            (false, false) => unreachable!(),
+        }
+        true
     }
 
     /// Whether any service of `root`'s group failed its monitor on `n`.
@@ -1893,6 +2192,10 @@ impl Services {
             return;
         }
         if let Some(&n) = here.first() {
+            // S4.6: off-line mode, and the way in and out of it.
+            if self.decide_offline(name, &root, n, parent_nodes.as_ref(), wanted, &usable, &cands, stable) {
+                return;
+            }
             let mut stop: Option<(Reason, bool)> = None;
             // Where a planned move goes (the `next` hint of its Stop).
             let mut next: Option<NodeId> = None;
@@ -1921,7 +2224,17 @@ impl Services {
                             stop = Some((Reason::MonitorFailed, true));
                         }
                         // S4.7: switching is disabled on the last possible node.
-                        None => self.alert(name, AlertReason::LastPossibleNode { node: n }),
+                        None => {
+                            self.alert(name, AlertReason::LastPossibleNode { node: n });
+                            // Claims 7/8 of the 004 seed: the address stays
+                            // available there, the application is stopped
+                            // (off-line mode, S4.6) until an operator or a
+                            // new possible node ends it.
+                            if !self.registry.offline.contains_key(&root) {
+                                self.registry.offline.insert(root.clone(), OfflineCause::Failed { node: n });
+                                self.alert(&root, AlertReason::OfflineOnFailure { node: n });
+                            }
+                        }
                     }
                 } else if let Some(t) = target {
                     if cands.contains(&t) {
@@ -1958,7 +2271,11 @@ impl Services {
             return;
         }
 
-        // Deregistered: register it somewhere?
+        // Deregistered: register it somewhere? A group off-line after a
+        // failure is taken over in normal mode (its failed node is gone).
+        if name == root && matches!(self.registry.offline.get(&root), Some(OfflineCause::Failed { .. })) {
+            self.registry.offline.remove(&root);
+        }
         if !wanted {
             let e = self.registry.services.get_mut(name).unwrap();
             e.transfer_intent = false;
@@ -1993,7 +2310,12 @@ impl Services {
                 } else {
                     Reason::Register
                 };
-                self.start_on(name, n, reason);
+                if self.registry.offline.contains_key(&root) {
+                    // S4.6: the addresses only (taken over off-line).
+                    self.offline_on(name, n, reason, false);
+                } else {
+                    self.start_on(name, n, reason);
+                }
             }
             None => {
                 let e = self.registry.services.get_mut(name).unwrap();

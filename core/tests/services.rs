@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use baton_core::rng::Rng;
 use baton_core::services::{
-    Action, ActionResult, AlertReason, Allowable, Config, Input, LocalPhase, Maturity, Msg, Placement,
+    Action, ActionResult, AlertReason, Allowable, Config, Input, LocalPhase, Maturity, Msg, OfflineCause, Placement,
     Preference, Reason, ServiceSpec, ServiceState, Services, TransferCost,
 };
 use baton_core::{Instant, NodeId};
@@ -90,7 +90,7 @@ impl H {
                         self.queue.push_back((id, *to, msg.clone()));
                     }
                 }
-                Action::Start { .. } | Action::Stop { .. } | Action::Recovery { .. } => {
+                Action::Start { .. } | Action::Stop { .. } | Action::Recovery { .. } | Action::Offline { .. } => {
                     if self.auto {
                         done.push(a.clone());
                     } else {
@@ -120,6 +120,10 @@ impl H {
             Action::Recovery { params, .. } => {
                 Input::RecoveryDone { service: params.service.clone(), result: ActionResult::OK }
             }
+            Action::Offline { params } => {
+                let result = if ok { ActionResult::OK } else { ActionResult::failed(1, "offline failed") };
+                Input::OfflineDone { service: params.service.clone(), result }
+            }
             _ => unreachable!(),
         }
     }
@@ -131,9 +135,10 @@ impl H {
             .pending
             .iter()
             .position(|a| match a {
-                Action::Start { params } | Action::Stop { params } | Action::Recovery { params, .. } => {
-                    params.service == service
-                }
+                Action::Start { params }
+                | Action::Stop { params }
+                | Action::Recovery { params, .. }
+                | Action::Offline { params } => params.service == service,
                 _ => false,
             })
             .unwrap_or_else(|| panic!("no pending action of {service} on {id}: {:?}", n.pending));
@@ -294,6 +299,13 @@ impl H {
         self.nodes[&id].actions.iter().filter_map(|(_, a)| describe(a)).collect()
     }
 
+    /// [`H::ops`] without notifies, alerts and drains: the action
+    /// functions and event groups only.
+    fn funcs(&self, id: NodeId) -> Vec<String> {
+        let keep = ["start ", "stop ", "offline ", "enable ", "disable ", "recover "];
+        self.ops(id).into_iter().filter(|o| keep.iter().any(|k| o.starts_with(k))).collect()
+    }
+
     fn mark(&mut self) {
         for n in self.nodes.values_mut() {
             n.actions.clear();
@@ -321,6 +333,7 @@ fn describe(a: &Action) -> Option<String> {
     Some(match a {
         Action::Start { params } => format!("start {}", params.service),
         Action::Stop { params } => format!("stop {}", params.service),
+        Action::Offline { params } => format!("offline {}", params.service),
         Action::Notify { params } => format!("notify {}@{}", params.service, params.node),
         Action::Recovery { params, failed } => format!("recover {} of {}", params.service, failed),
         Action::EnableEvents { service } => format!("enable {service}"),
@@ -804,13 +817,27 @@ fn monitor_failure_moves_or_alerts_on_last_node() {
     h.mark();
     h.op(2, Input::MonitorFailed { service: "a".into() });
     assert_eq!(h.st("a").1, Some(2));
-    assert!(h.nodes[&2].core.snapshot()[0].failed);
-    assert_eq!(h.ops(2), Vec::<String>::new(), "switching disabled: it keeps running");
+    // Switching is disabled; claims 7/8 + S4.6: the group is taken off-line
+    // there: its application stops, its address stays (no stop, no move).
+    assert_eq!(h.ops(2), v(&["disable a", "offline a"]));
+    assert_eq!(
+        h.alerts(1),
+        vec![("a".to_string(), AlertReason::OfflineOnFailure { node: 2 })],
+        "LastPossibleNode was raised already (once per registration)"
+    );
+    let s = h.nodes[&1].core.snapshot()[0].clone();
+    assert_eq!((s.state, s.node, s.offline, s.offline_on.clone()), (Registered, Some(2), Some(OfflineCause::Failed { node: 2 }), [2].into()));
+    assert!(!s.failed);
+    assert_eq!(h.nodes[&2].core.local_phase("a"), LocalPhase::Offline);
     // Once node 1 left and rejoined (a new life), it is allowed again: the
-    // failed service moves there.
+    // failed group leaves off-line mode and moves there.
+    h.mark();
     h.leave(1);
     h.boot(1);
     assert_eq!(h.st("a"), (Registered, Some(1), ""));
+    assert_eq!(h.funcs(2), v(&["stop a"]));
+    assert_eq!(h.funcs(1), v(&["start a", "enable a"]));
+    assert_eq!(h.nodes[&1].core.snapshot()[0].offline, None);
 }
 
 #[test]
@@ -1107,7 +1134,7 @@ impl Sim {
         while let Some(a) = c.poll_action() {
             match a {
                 Action::Send { to, msg } => self.msgs.push((id, to, msg)),
-                Action::Start { .. } | Action::Stop { .. } | Action::Recovery { .. } => {
+                Action::Start { .. } | Action::Stop { .. } | Action::Recovery { .. } | Action::Offline { .. } => {
                     self.log.push(format!("{id}: {}", describe(&a).unwrap()));
                     self.running_ops.push((id, a));
                 }
@@ -1206,6 +1233,16 @@ impl Sim {
             self.input(id, Input::Load { figure });
             return;
         }
+        if chaos && r < 12 && !self.members.is_empty() {
+            // S4.6: an operator turns off-line mode on or off for a group.
+            let v: Vec<NodeId> = self.members.iter().copied().collect();
+            let id = v[self.rng.below(v.len() as u64) as usize];
+            let service = ["ip", "db", "lic"][self.rng.below(3) as usize].to_string();
+            let on = self.rng.chance(0.5);
+            self.log.push(format!("{id}: offline {service} {on}"));
+            self.input(id, Input::Offline { service, on });
+            return;
+        }
         if r < 25 {
             // A membership input.
             let ids: Vec<NodeId> = self.member_q.iter().filter(|(_, q)| !q.is_empty()).map(|(n, _)| *n).collect();
@@ -1229,14 +1266,16 @@ impl Sim {
                 let i = self.rng.below(self.running_ops.len() as u64) as usize;
                 let (id, a) = self.running_ops.remove(i);
                 let service = match &a {
-                    Action::Start { params } | Action::Stop { params } | Action::Recovery { params, .. } => {
-                        params.service.clone()
-                    }
+                    Action::Start { params }
+                    | Action::Stop { params }
+                    | Action::Recovery { params, .. }
+                    | Action::Offline { params } => params.service.clone(),
                     _ => unreachable!(),
                 };
                 let input = match a {
                     Action::Start { .. } => Input::StartDone { service, result: ActionResult::OK },
                     Action::Stop { .. } => Input::StopDone { service, result: ActionResult::OK },
+                    Action::Offline { .. } => Input::OfflineDone { service, result: ActionResult::OK },
                     _ => Input::RecoveryDone { service, result: ActionResult::OK },
                 };
                 self.input(id, input);
@@ -1315,11 +1354,16 @@ impl Sim {
     /// Liveness after healing.
     fn check_healed(&self) -> Result<(), String> {
         let live: BTreeSet<NodeId> = self.cores.keys().copied().collect();
+        let decider = self.cores.values().find(|c| c.is_decider()).ok_or("no decider")?;
         for s in &self.specs {
             let root = if s.parent.is_some() { &self.specs[0] } else { s };
             let allowed: Vec<NodeId> = live.iter().copied().filter(|n| root.may_run_on(*n)).collect();
+            // S4.6: a group in off-line mode is held off-line (addresses
+            // only) on exactly as many nodes as it would run on.
+            let phase =
+                if decider.registry().offline.contains_key(&root.name) { LocalPhase::Offline } else { LocalPhase::Running };
             let on: Vec<NodeId> =
-                self.cores.iter().filter(|(_, c)| c.local_phase(&s.name) == LocalPhase::Running).map(|(n, _)| *n).collect();
+                self.cores.iter().filter(|(_, c)| c.local_phase(&s.name) == phase).map(|(n, _)| *n).collect();
             let want = match root.placement {
                 Placement::One => usize::from(!allowed.is_empty()),
                 Placement::Every => allowed.len(),
@@ -1404,4 +1448,264 @@ fn debug_seed() {
     let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
     let r = run_sim(seed);
     println!("{r:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Off-line mode (S4.6, claims 4, 5, 7, 8 of the 004 seed)
+// ---------------------------------------------------------------------------
+
+/// The params of the action functions `id` ran for `service` since `mark`:
+/// (kind, reason).
+fn reasons(h: &H, id: NodeId, service: &str) -> Vec<(&'static str, Reason)> {
+    h.nodes[&id]
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Start { params } if params.service == service => Some(("start", params.reason)),
+            Action::Stop { params } if params.service == service => Some(("stop", params.reason)),
+            Action::Offline { params } if params.service == service => Some(("offline", params.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn offline_of(h: &H, id: NodeId, service: &str) -> (Option<OfflineCause>, BTreeSet<NodeId>) {
+    let s = h.nodes[&id].core.snapshot().into_iter().find(|s| s.name == service).unwrap();
+    (s.offline, s.offline_on)
+}
+
+fn web2() -> ServiceSpec {
+    ServiceSpec {
+        allowable: nodes(&[1, 2, 3]),
+        preferred: Some(1),
+        transfer_cost: TransferCost::Free,
+        has_notify: true,
+        ..ServiceSpec::new("web")
+    }
+}
+
+#[test]
+fn offline_stops_the_application_keeps_the_node_and_online_restarts_it_in_place() {
+    let mut h = H::new(vec![web2()]);
+    h.boot(1);
+    h.boot(2);
+    assert_eq!(h.st("web"), (Registered, Some(1), "N"));
+    h.mark();
+    // Asked on another node: forwarded to the decider, carried out on node 1.
+    h.op(2, Input::Offline { service: "web".into(), on: true });
+    assert_eq!(h.funcs(1), v(&["disable web", "offline web"]));
+    assert_eq!(reasons(&h, 1, "web"), vec![("offline", Reason::Offline)]);
+    assert_eq!(h.ops(2), Vec::<String>::new(), "nothing on node 2: no stop, no start, no notify");
+    assert_eq!(h.nodes[&1].core.local_phase("web"), LocalPhase::Offline);
+    assert_eq!(h.st("web"), (Registered, Some(1), "N"), "still registered on node 1: nobody else takes the address");
+    for id in [1, 2] {
+        assert_eq!(offline_of(&h, id, "web"), (Some(OfflineCause::Operator), [1].into()), "as node {id} sees it");
+    }
+    // A monitor report after the monitors were disabled changes nothing.
+    h.mark();
+    h.op(1, Input::MonitorFailed { service: "web".into() });
+    assert_eq!(h.funcs(1), Vec::<String>::new());
+    // Back to normal mode: the application starts again where it is, and
+    // the other allowable nodes are notified ("service up").
+    h.op(1, Input::Offline { service: "web".into(), on: false });
+    assert_eq!(h.funcs(1), v(&["start web", "enable web"]));
+    assert_eq!(reasons(&h, 1, "web"), vec![("start", Reason::Online)]);
+    assert_eq!(h.ops(2), v(&["notify web@1"]));
+    assert_eq!(h.nodes[&1].core.local_phase("web"), LocalPhase::Running);
+    assert_eq!(offline_of(&h, 2, "web"), (None, BTreeSet::new()));
+    assert_eq!(h.st("web"), (Registered, Some(1), "N"));
+}
+
+#[test]
+fn an_offline_group_does_not_fail_back_until_it_is_online_again() {
+    let mut h = H::new(vec![web2()]);
+    h.boot(2);
+    assert_eq!(h.st("web"), (Registered, Some(2), "N"));
+    h.op(2, Input::Offline { service: "web".into(), on: true });
+    h.mark();
+    // The preferred node joins (transfer cost free): no failback off-line.
+    h.boot(1);
+    assert_eq!(h.funcs(2), Vec::<String>::new());
+    assert_eq!(h.funcs(1), Vec::<String>::new());
+    assert_eq!(h.st("web"), (Registered, Some(2), "N"));
+    // Normal mode: it starts in place, then falls back to node 1 as usual.
+    h.op(1, Input::Offline { service: "web".into(), on: false });
+    assert_eq!(h.funcs(2), v(&["start web", "enable web", "disable web", "stop web"]));
+    assert_eq!(reasons(&h, 2, "web"), vec![("start", Reason::Online), ("stop", Reason::Failback)]);
+    assert_eq!(h.funcs(1), v(&["start web", "enable web"]));
+    assert_eq!(h.st("web"), (Registered, Some(1), "N"));
+}
+
+#[test]
+fn when_the_node_of_an_offline_group_dies_a_survivor_takes_the_address_over_still_offline() {
+    let mut h = H::new(vec![web2()]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    h.op(3, Input::Offline { service: "web".into(), on: true });
+    h.mark();
+    h.kill(1);
+    // The next node in the list acquires the address; nothing is started.
+    assert_eq!(h.funcs(2), v(&["offline web"]));
+    assert_eq!(reasons(&h, 2, "web"), vec![("offline", Reason::Failover)]);
+    assert_eq!(h.funcs(3), Vec::<String>::new());
+    assert_eq!(h.nodes[&2].core.local_phase("web"), LocalPhase::Offline);
+    assert_eq!(h.st("web"), (Registered, Some(2), "N"));
+    assert_eq!(offline_of(&h, 3, "web"), (Some(OfflineCause::Operator), [2].into()));
+    assert!(!h.ops(3).iter().any(|o| o.starts_with("notify")), "an off-line registration is no 'service up'");
+    // The new decider (node 2) kept the mode: online starts it on node 2.
+    h.mark();
+    h.op(3, Input::Offline { service: "web".into(), on: false });
+    assert_eq!(h.funcs(2), v(&["start web", "enable web"]));
+    assert_eq!(h.ops(3), v(&["notify web@2"]));
+}
+
+#[test]
+fn offline_mode_survives_a_decider_change() {
+    let mut h = H::new(vec![ServiceSpec { preferred: Some(2), ..web2() }]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    assert_eq!(h.decider(), 1);
+    assert_eq!(h.st("web").1, Some(2));
+    h.op(3, Input::Offline { service: "web".into(), on: true });
+    assert_eq!(h.nodes[&2].core.local_phase("web"), LocalPhase::Offline);
+    h.mark();
+    h.kill(1);
+    assert_eq!(h.decider(), 2);
+    assert_eq!(h.funcs(2), Vec::<String>::new(), "the new decider leaves it off-line where it is");
+    assert_eq!(h.funcs(3), Vec::<String>::new());
+    assert_eq!(offline_of(&h, 3, "web"), (Some(OfflineCause::Operator), [2].into()));
+    h.op(3, Input::Offline { service: "web".into(), on: false });
+    assert_eq!(h.funcs(2), v(&["start web", "enable web"]));
+}
+
+#[test]
+fn a_graceful_leave_moves_an_offline_group_still_offline() {
+    let mut h = H::new(vec![web2()]);
+    h.boot(1);
+    h.boot(2);
+    h.op(1, Input::Offline { service: "web".into(), on: true });
+    h.mark();
+    h.leave(1);
+    assert_eq!(reasons(&h, 2, "web"), vec![("offline", Reason::Transfer)]);
+    assert_eq!(h.nodes[&2].core.local_phase("web"), LocalPhase::Offline);
+    assert_eq!(offline_of(&h, 2, "web"), (Some(OfflineCause::Operator), [2].into()));
+}
+
+#[test]
+fn a_switchover_moves_an_offline_group_still_offline() {
+    let mut h = H::new(vec![web2()]);
+    h.boot(1);
+    h.boot(2);
+    h.op(1, Input::Offline { service: "web".into(), on: true });
+    h.mark();
+    h.op(1, Input::Switchover { service: "web".into(), to: Some(2) });
+    assert_eq!(reasons(&h, 1, "web"), vec![("stop", Reason::Switchover)]);
+    assert_eq!(h.funcs(1), v(&["stop web"]), "no event group to disable: the monitors are off");
+    assert_eq!(reasons(&h, 2, "web"), vec![("offline", Reason::Switchover)]);
+    assert_eq!(offline_of(&h, 1, "web"), (Some(OfflineCause::Operator), [2].into()));
+}
+
+#[test]
+fn a_group_goes_offline_children_first_and_online_parent_first() {
+    let mut h = H::new(group3());
+    h.boot(1);
+    h.boot(2);
+    assert_eq!(h.st("mon"), (Registered, Some(1), ""));
+    h.mark();
+    h.op(2, Input::Offline { service: "app".into(), on: true }); // any service of the group
+    assert_eq!(
+        h.funcs(1),
+        v(&["disable mon", "offline mon", "disable app", "offline app", "disable ip", "offline ip"])
+    );
+    for s in ["ip", "app", "mon"] {
+        assert_eq!(h.nodes[&1].core.local_phase(s), LocalPhase::Offline);
+        assert_eq!(h.st(s), (Registered, Some(1), ""));
+        assert_eq!(offline_of(&h, 2, s), (Some(OfflineCause::Operator), [1].into()));
+    }
+    assert_eq!(h.funcs(2), Vec::<String>::new());
+    h.mark();
+    h.op(2, Input::Offline { service: "ip".into(), on: false });
+    assert_eq!(h.funcs(1), v(&["start ip", "enable ip", "start app", "enable app", "start mon", "enable mon"]));
+    for s in ["ip", "app", "mon"] {
+        assert_eq!(h.nodes[&1].core.local_phase(s), LocalPhase::Running);
+    }
+}
+
+#[test]
+fn a_group_offline_in_slow_steps_keeps_its_children_in_place() {
+    let mut h = H::new(group3()).manual();
+    h.boot(1);
+    h.boot(2);
+    for s in ["ip", "app", "mon"] {
+        h.complete(1, s, true);
+    }
+    h.mark();
+    h.op(2, Input::Offline { service: "ip".into(), on: true });
+    assert_eq!(h.funcs(1), v(&["disable mon", "offline mon"]));
+    h.complete(1, "mon", true);
+    h.complete(1, "app", true);
+    assert_eq!(h.st("ip"), (Stopping, Some(1), ""), "the parent's application stops; its children stay");
+    assert_eq!(h.st("mon"), (Registered, Some(1), ""));
+    h.complete(1, "ip", true);
+    h.mark();
+    h.op(2, Input::Offline { service: "ip".into(), on: false });
+    assert_eq!(h.funcs(1), v(&["start ip"]));
+    assert_eq!(h.st("app"), (Registered, Some(1), ""), "the children wait, in place, for the parent's start");
+    h.complete(1, "ip", true);
+    h.complete(1, "app", true);
+    h.complete(1, "mon", true);
+    assert_eq!(h.funcs(1), v(&["start ip", "enable ip", "start app", "enable app", "start mon", "enable mon"]));
+    assert_eq!(h.funcs(2), Vec::<String>::new());
+}
+
+#[test]
+fn a_failed_offline_action_is_cleaned_up_and_the_group_is_held_offline_elsewhere() {
+    let mut h = H::new(vec![web2()]).manual();
+    h.boot(1);
+    h.complete(1, "web", true);
+    h.boot(2);
+    h.mark();
+    h.op(2, Input::Offline { service: "web".into(), on: true });
+    h.complete(1, "web", false); // e.g. the application's stop failed
+    assert_eq!(reasons(&h, 1, "web"), vec![("offline", Reason::Offline), ("stop", Reason::StartFailed)]);
+    h.complete(1, "web", true);
+    assert_eq!(reasons(&h, 2, "web"), vec![("offline", Reason::Register)]);
+    assert_eq!(h.funcs(2), v(&["offline web"]));
+    h.complete(2, "web", true);
+    assert_eq!(h.st("web"), (Registered, Some(2), "N"));
+    assert_eq!(h.nodes[&1].core.local_phase("web"), LocalPhase::Idle);
+    assert_eq!(offline_of(&h, 1, "web"), (Some(OfflineCause::Operator), [2].into()));
+}
+
+#[test]
+fn offline_is_ignored_for_every_node_placement() {
+    let mut h = H::new(vec![ServiceSpec { placement: Placement::Every, ..ServiceSpec::new("mon") }]);
+    h.boot(1);
+    h.boot(2);
+    h.mark();
+    h.op(1, Input::Offline { service: "mon".into(), on: true });
+    assert_eq!(h.funcs(1), Vec::<String>::new());
+    assert_eq!(h.funcs(2), Vec::<String>::new());
+    assert_eq!(offline_of(&h, 2, "mon"), (None, BTreeSet::new()));
+}
+
+#[test]
+fn a_group_failed_offline_on_its_last_node_is_taken_over_in_normal_mode_when_that_node_dies() {
+    let mut h = H::new(vec![ServiceSpec { allowable: nodes(&[1, 2]), ..ServiceSpec::new("a") }]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3); // not allowable: the decider survives node 1
+    h.op(1, Input::MonitorFailed { service: "a".into() }); // banned on 1, now on 2
+    h.op(2, Input::MonitorFailed { service: "a".into() }); // last possible node: off-line there
+    assert_eq!(h.nodes[&2].core.local_phase("a"), LocalPhase::Offline);
+    h.mark();
+    h.kill(2);
+    // Node 1's ban is for its life: still banned, nothing left: NoNode.
+    assert_eq!(h.funcs(1), Vec::<String>::new());
+    assert_eq!(offline_of(&h, 3, "a").0, None, "the failure's node is gone: normal mode again");
+    h.leave(1);
+    h.boot(1);
+    assert_eq!(h.funcs(1), v(&["start a", "enable a"]));
 }
