@@ -838,3 +838,196 @@ interval_ms = 300
     svc.check(state(&svc, owner).exists(), || format!("{}'s state file missing after the move", svc.name(owner)));
     eprintln!("Dummy's monitor failure on node2 moved the group to {}", svc.name(owner));
 }
+
+// ------------------------------------------------------------------ S4.6 off-line mode, S4.5 watchdog
+
+/// Waits until every running node shows `web` in mode `mode`, registered
+/// on node id `on`.
+fn wait_mode(svc: &Svc, mode: &str, on: u64, timeout: Duration) {
+    let ok = wait_until(timeout, || {
+        svc.running().iter().all(|&i| {
+            let s = svc.service(i, "web");
+            s["mode"] == mode && s["state"] == "Registered" && s["node"] == on
+        })
+    });
+    svc.check(ok.is_some(), || format!("web not in mode {mode:?} on node {on} everywhere within {timeout:?}"));
+}
+
+fn httpd_runs(svc: &Svc, i: usize) -> bool {
+    netns_cmdlines(&svc.ns(i)).iter().any(|p| p.contains("httpd"))
+}
+
+/// S4.6: `baton offline` stops the application where the group runs and
+/// keeps its address there: a client is refused at once (no timeout), the
+/// group does not move, the watchdog leaves the address alone; `baton
+/// online` starts the application there again.
+#[test]
+fn offline_keeps_the_address_so_clients_are_refused_at_once_and_online_restarts_it() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("soff", 3, &web_group("free", "")).with_client();
+    web_on_node1(&mut svc);
+    let client = svc.client();
+    // Asked on node2: the mode is cluster-wide (the decider carries it out).
+    svc.baton(1, &["offline", "web"]);
+    wait_mode(&svc, "offline", 1, Duration::from_secs(10));
+    let stopped = wait_until(Duration::from_secs(10), || !httpd_runs(&svc, 0));
+    svc.check(stopped.is_some(), || "httpd still runs on node1 in off-line mode".to_string());
+    for i in 0..3 {
+        let s = svc.service(i, "web");
+        svc.check(s["offline_on"] == serde_json::json!([1]) && s["offline_cause"] == "operator", || format!("{} shows {s}", svc.name(i)));
+    }
+    let table = svc.baton(2, &["status"]);
+    svc.check(table.lines().any(|l| l.starts_with("web ") && l.contains("offline")), || format!("status table:\n{table}"));
+    // The address stays on node1, nowhere else, for longer than a watchdog
+    // watches (5 s): a failover or the watchdog would take it away.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(6) {
+        svc.check(vip_on(&svc.ns(0)), || format!("{VIP} left node1 in off-line mode after {:?}", t0.elapsed()));
+        for i in 1..3 {
+            svc.check(!vip_on(&svc.ns(i)), || format!("{VIP} is on {} in off-line mode", svc.name(i)));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let wd = svc.c.wait_event(0, Duration::from_secs(5), |e| e["event"] == "watchdog" && e["keep_addresses"] == true);
+    svc.check(wd.as_ref().is_some_and(|e| e["result"] == "clean" || e["result"] == "cleaned"), || {
+        format!("no successful watchdog report for the off-line group on node1: {wd:?}")
+    });
+    svc.check(wd.as_ref().is_some_and(|e| e["addresses_removed"] == serde_json::json!([])), || format!("the watchdog removed an address: {wd:?}"));
+    // Clients: the address answers (ARP) and the kernel refuses the
+    // connection at once: no SYN timeout, no retry to wait for.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = get_page(&client);
+        let took = t.elapsed();
+        svc.check(matches!(&r, Err(e) if e.contains("refused")), || format!("off-line: the client got {r:?}, not a refusal"));
+        svc.check(took < Duration::from_millis(500), || format!("off-line: the refusal took {took:?}"));
+    }
+    svc.check(svc.registered_on(2, "web") == Some(1), || "web moved while off-line".to_string());
+
+    // Normal mode: the application starts again on node1.
+    svc.baton(2, &["online", "web"]);
+    wait_mode(&svc, "normal", 1, Duration::from_secs(10));
+    let mut last = Err(String::new());
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = get_page(&client);
+        last.as_deref() == Ok("node1")
+    });
+    svc.check(ok.is_some(), || format!("the client never got node1's page after `baton online`: {last:?}"));
+    svc.check(vip_on(&svc.ns(0)) && !vip_on(&svc.ns(1)) && !vip_on(&svc.ns(2)), || format!("{VIP} should be on node1 only"));
+}
+
+/// S4.6: when the node holding an off-line group dies, a survivor takes the
+/// address over, still off-line (clients are refused, nothing is started).
+#[test]
+fn an_offline_group_is_taken_over_offline_when_its_node_dies() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("sofo", 3, &web_group("costly", "")).with_client();
+    web_on_node1(&mut svc);
+    svc.baton(0, &["offline", "web"]);
+    wait_mode(&svc, "offline", 1, Duration::from_secs(10));
+    svc.crash(0);
+    let on = svc.wait_registered("web", Duration::from_secs(15), |n| n != 1);
+    let owner = svc.index_of(on);
+    wait_mode(&svc, "offline", on, Duration::from_secs(10));
+    let took = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner)));
+    svc.check(took.is_some(), || format!("{} did not acquire {VIP} off-line", svc.name(owner)));
+    let other = 3 - owner; // the third node (indices 1 and 2 survive)
+    svc.check(!vip_on(&svc.ns(other)), || format!("{VIP} is on {} too", svc.name(other)));
+    for i in [owner, other] {
+        svc.check(!httpd_runs(&svc, i), || format!("httpd was started on {} for an off-line group", svc.name(i)));
+    }
+    let client = svc.client();
+    let mut last = Ok(String::new());
+    let refused = wait_until(Duration::from_secs(5), || {
+        last = get_page(&client);
+        matches!(&last, Err(e) if e.contains("refused"))
+    });
+    svc.check(refused.is_some(), || format!("the client is not refused by the new holder: {last:?}"));
+    svc.baton(owner, &["online", "web"]);
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = get_page(&client);
+        last.as_deref() == Ok(svc.name(owner).as_str())
+    });
+    svc.check(ok.is_some(), || format!("the client never got {}'s page after `baton online`: {last:?}", svc.name(owner)));
+}
+
+/// S4.5: after a halt, the watchdog process finds what the halt left: a
+/// process of the application that escaped its process group (setsid) and
+/// the group's address configured again on the old node. It kills the one,
+/// removes the other and reports both; the same process on the new node is
+/// not touched.
+#[test]
+fn the_watchdog_kills_a_leftover_process_and_removes_a_leftover_address_after_a_halt() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let group = web_group("costly", "").replace(
+        "daemon = \"exec busybox httpd",
+        "daemon = \"setsid sleep 601 & exec busybox httpd",
+    );
+    let mut svc = Svc::new("swd", 3, &group).with_client();
+    web_on_node1(&mut svc);
+    let leftover = |svc: &Svc, i: usize| netns_cmdlines(&svc.ns(i)).iter().any(|p| p == "sleep 601");
+    svc.check(leftover(&svc, 0), || format!("no `sleep 601` on node1: {:?}", netns_cmdlines(&svc.ns(0))));
+    svc.baton(0, &["switchover", "web", "2"]);
+    svc.wait_registered("web", Duration::from_secs(15), |n| n == 2);
+    // Something configures the address on node1 again (a stray tool, a
+    // late script of the application) while node2 owns it.
+    sh(&["ip", "-n", &svc.ns(0), "addr", "add", &format!("{VIP}/24"), "dev", IF]);
+    let gone = wait_until(Duration::from_secs(4), || !vip_on(&svc.ns(0)) && !leftover(&svc, 0));
+    svc.check(gone.is_some(), || {
+        format!("node1 still has {VIP}: {} or `sleep 601`: {}", vip_on(&svc.ns(0)), leftover(&svc, 0))
+    });
+    let wd = svc.c.wait_event(0, Duration::from_secs(10), |e| e["event"] == "watchdog" && e["reason"] == "Switchover");
+    let wd = wd.unwrap_or_else(|| svc.fail(&format!("no watchdog event on node1: {:?}", svc.c.events(0))));
+    svc.check(wd["result"] == "cleaned", || format!("watchdog: {wd}"));
+    svc.check(wd["addresses_removed"] == serde_json::json!([format!("{VIP}/24")]), || format!("watchdog: {wd}"));
+    let killed: Vec<&str> = wd["killed"].as_array().into_iter().flatten().filter_map(|k| k["cmd"].as_str()).collect();
+    svc.check(killed.contains(&"sleep 601"), || format!("watchdog killed {killed:?}"));
+    // Node2's own instance is untouched (same group, other node).
+    svc.check(leftover(&svc, 1) && httpd_runs(&svc, 1) && vip_on(&svc.ns(1)), || "the watchdog touched node2's instance".to_string());
+    let alive = svc.c.agents[0].as_mut().is_some_and(|a| a.child.try_wait().unwrap().is_none());
+    svc.check(alive, || "node1's agent ended".to_string());
+    let ps = sh(&["ps", "-eo", "args"]);
+    eprintln!("watchdog report: {wd}\n(watchdog processes now: {:?})", ps.lines().filter(|l| l.contains("baton watchdog")).collect::<Vec<_>>());
+}
+
+/// S4.5 + S0: a watchdog that cannot bring the group down on the old node
+/// (a process of the group keeps coming back, e.g. restarted by a
+/// supervisor behind the cluster's back) raises a critical failure: the
+/// node leaves the cluster rather than run a resource that another node
+/// now owns.
+#[test]
+fn a_watchdog_that_cannot_clean_up_makes_the_node_leave_the_cluster() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("swdf", 3, &web_group("costly", ""));
+    svc.start_all();
+    svc.wait_registered("web", Duration::from_secs(20), |n| n == 1);
+    svc.baton(0, &["switchover", "web", "2"]);
+    svc.wait_registered("web", Duration::from_secs(15), |n| n == 2);
+    // A supervisor outside the group restarts a process of the group.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "while :; do env BATON_GROUP=web sleep 602; sleep 0.05; done"]);
+    let _respawner = spawn_in_netns(&svc.ns(0), cmd, &svc.work.join("respawner.log"));
+    let wd = svc.c.wait_event(0, Duration::from_secs(15), |e| e["event"] == "watchdog" && e["result"] == "critical");
+    let wd = wd.unwrap_or_else(|| svc.fail(&format!("no critical watchdog event on node1: {:?}", svc.c.events(0))));
+    eprintln!("watchdog report: {wd}");
+    let ended = wait_until(Duration::from_secs(15), || svc.c.agents[0].as_mut().is_some_and(|a| a.child.try_wait().unwrap().is_some()));
+    svc.check(ended.is_some(), || "node1's agent did not end after the watchdog's critical failure".to_string());
+    let log = svc.c.agent_log(0);
+    svc.check(log.contains("local failure reported"), || "node1 did not report a local failure (distress)".to_string());
+    // The others go on without node1; the service stays on node2.
+    let gone = wait_until(Duration::from_secs(15), || {
+        let m = svc.c.membership(1);
+        m["nodes"].as_array().is_some_and(|ns| ns.iter().any(|n| n["id"] == 1 && n["state"] != "joined" && n["state"] != "leaving"))
+            || m["nodes"].as_array().is_some_and(|ns| !ns.iter().any(|n| n["id"] == 1))
+    });
+    svc.check(gone.is_some(), || format!("node2 still counts node1 in: {}", svc.c.membership(1)));
+    svc.check(svc.registered_on(1, "web") == Some(2), || "web left node2".to_string());
+}
