@@ -308,6 +308,11 @@ async fn event_loop(
                 let mut words = req.split_whitespace();
                 match (words.next(), words.next()) {
                     (Some("ping"), _) => { let _ = control::reply(&mut s, &format!("ok {}", incarnation.trim())).await; }
+                    (Some("group-state"), Some(g)) => {
+                        // S4.5: a watchdog asks whether the agent uses the group here.
+                        let st = driver.svc.as_ref().map(|s| s.group_state(g)).unwrap_or("unknown");
+                        let _ = control::reply(&mut s, &format!("ok {st}")).await;
+                    }
                     (Some("distress"), Some(r)) => {
                         let code = control::reason_code(r).or_else(|| r.parse().ok()).unwrap_or(baton_common::DISTRESS_ADMIN);
                         error!(reason = r, "local failure reported: sending distress and ending clustering on this node");

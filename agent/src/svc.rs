@@ -228,6 +228,21 @@ impl ServiceManager {
         )))
     }
 
+    /// For a watchdog (`group-state` on the control socket): `active` (a
+    /// run, a handover's preparation or off-line mode holds the group
+    /// here), `busy` (an action on the group is under way), `idle`, or
+    /// `unknown`.
+    pub fn group_state(&self, group: &str) -> &'static str {
+        let Some(g) = self.groups.get(group) else { return "unknown" };
+        if self.active.lock().unwrap().contains(group) {
+            "active"
+        } else if g.lock.try_lock().is_err() {
+            "busy"
+        } else {
+            "idle"
+        }
+    }
+
     /// S4.5: spawn a watchdog process after every halt of a group here.
     pub fn set_watchdog(&mut self, ctx: crate::watchdog::Ctx) {
         ctx.install();
@@ -607,9 +622,9 @@ impl ServiceManager {
             if let Err(e) = &r {
                 error!(service = %g.name, "halt on exit failed: {e}");
             }
+            self.active.lock().unwrap().remove(&g.name);
             // S4.5: the watchdog outlives the agent (its own session).
             crate::watchdog::after_halt(self.watchdog.as_ref(), &g.name, "Exit", pgids, false, r.is_err());
-            self.active.lock().unwrap().remove(&g.name);
             self.event(serde_json::json!({"event": "service_down", "service": g.name, "node": self.me}));
         }
         let _ = std::fs::remove_file(&self.snapshot);

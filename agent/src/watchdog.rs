@@ -40,7 +40,12 @@
 //! only after it checked that the generation is still its own. So a step
 //! either happens before the new run begins (which then finds a clean node)
 //! or not at all: a watchdog that sees a newer generation reports
-//! `superseded` and ends.
+//! `superseded` and ends. Before each step it also asks the agent
+//! (`group-state <group>` on the control socket): `busy` (an action of the
+//! agent on the group is under way, e.g. a handover preparing it here)
+//! skips the round, `active` (the agent uses the group here) ends the
+//! watchdog as superseded, except after going off-line or a failed halt,
+//! where the group stays active by design. Without an agent it goes on.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
@@ -316,6 +321,14 @@ fn leftovers(group: &str, pgids: &[i32]) -> Vec<Proc> {
     out
 }
 
+enum Step {
+    Go(#[allow(dead_code)] Locked),
+    /// The agent is acting on the group right now: not this round.
+    Busy,
+    /// The group runs here again.
+    Superseded,
+}
+
 /// What one round found and did.
 #[derive(Default)]
 struct Round {
@@ -334,22 +347,36 @@ impl Round {
 
 struct Watch {
     args: Args,
+    socket: PathBuf,
     group: Group,
     state_dir: PathBuf,
     app: Option<Resource>,
 }
 
 impl Watch {
-    /// Holds the group's lock if the generation is still ours.
-    async fn lock_if_current(&self) -> Option<Locked> {
+    /// Whether a destructive step may run now: the group's lock, held, if
+    /// the generation is still ours and the agent (when it answers) does
+    /// not use the group here.
+    async fn step(&self) -> Step {
         let (dir, name, gen) = (self.state_dir.clone(), self.args.group.clone(), self.args.gen);
-        tokio::task::spawn_blocking(move || {
+        let l = tokio::task::spawn_blocking(move || {
             let mut l = Locked::open(&dir, &name).ok()?;
             (l.read() == gen).then_some(l)
         })
         .await
         .ok()
-        .flatten()
+        .flatten();
+        let Some(l) = l else { return Step::Superseded };
+        // The agent's own view: something of the agent may configure the
+        // group here outside a run method (a handover's preparation) under
+        // the group's task lock, and marks it active afterwards. After
+        // going off-line or a failed halt the group is active by design.
+        let reply = crate::control::request(&self.socket, &format!("group-state {}", self.args.group)).await;
+        match reply.as_deref().map(str::trim) {
+            Ok("ok busy") => Step::Busy,
+            Ok("ok active") if !self.args.keep_addresses && !self.args.halt_failed => Step::Superseded,
+            _ => Step::Go(l), // idle, or no agent (gone: nothing runs it here)
+        }
     }
 
     async fn round(&self) -> Round {
@@ -363,9 +390,13 @@ impl Watch {
                     MonitorStatus::NotRunning => {}
                     MonitorStatus::Failed { reason } => r.app = Some(format!("monitor failed: {reason}")),
                     MonitorStatus::Running => {
-                        let Some(_l) = self.lock_if_current().await else {
-                            r.superseded = true;
-                            return r;
+                        let _l = match self.step().await {
+                            Step::Go(l) => l,
+                            Step::Busy => return r,
+                            Step::Superseded => {
+                                r.superseded = true;
+                                return r;
+                            }
                         };
                         warn!(service = %self.args.group, "the application still runs here: stopping it again");
                         match app.stop().await {
@@ -385,9 +416,13 @@ impl Watch {
         let procs = leftovers(&self.args.group, &self.args.pgids);
         if !procs.is_empty() {
             {
-                let Some(_l) = self.lock_if_current().await else {
-                    r.superseded = true;
-                    return r;
+                let _l = match self.step().await {
+                    Step::Go(l) => l,
+                    Step::Busy => return r,
+                    Step::Superseded => {
+                        r.superseded = true;
+                        return r;
+                    }
                 };
                 for p in &procs {
                     warn!(service = %self.args.group, pid = p.pid, cmd = %p.cmd, "leftover process of the group: SIGTERM");
@@ -400,9 +435,13 @@ impl Watch {
             }
             let left: Vec<&Proc> = procs.iter().filter(|p| alive(p)).collect();
             if !left.is_empty() {
-                let Some(_l) = self.lock_if_current().await else {
-                    r.superseded = true;
-                    return r;
+                let _l = match self.step().await {
+                    Step::Go(l) => l,
+                    Step::Busy => return r,
+                    Step::Superseded => {
+                        r.superseded = true;
+                        return r;
+                    }
                 };
                 for p in &left {
                     warn!(service = %self.args.group, pid = p.pid, cmd = %p.cmd, "still running after SIGTERM: SIGKILL");
@@ -436,9 +475,13 @@ impl Watch {
                 if !present {
                     continue;
                 }
-                let Some(_l) = self.lock_if_current().await else {
-                    r.superseded = true;
-                    return r;
+                let _l = match self.step().await {
+                    Step::Go(l) => l,
+                    Step::Busy => return r,
+                    Step::Superseded => {
+                        r.superseded = true;
+                        return r;
+                    }
                 };
                 warn!(service = %self.args.group, address = %a, interface = %self.group.interface, "address still configured: removing it");
                 if let Err(e) = crate::addr::release(&self.group.interface, a.ip, a.prefix).await {
@@ -469,7 +512,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let socket = cfg.paths.control_socket();
     let node = cfg.node_id;
     let app = group.application.as_ref().map(Resource::from_spec);
-    let w = Watch { args: args.clone(), group, state_dir: cfg.paths.state_dir.clone(), app };
+    let w = Watch { args: args.clone(), socket: socket.clone(), group, state_dir: cfg.paths.state_dir.clone(), app };
     info!(service = %args.group, gen = args.gen, reason = %args.reason, keep_addresses = args.keep_addresses, "watchdog: watching the group");
     let t0 = Instant::now();
     let (mut killed, mut removed, mut app_notes, mut errors) = (Vec::new(), Vec::new(), BTreeSet::new(), Vec::new());

@@ -1031,3 +1031,42 @@ fn a_watchdog_that_cannot_clean_up_makes_the_node_leave_the_cluster() {
     svc.check(gone.is_some(), || format!("node2 still counts node1 in: {}", svc.c.membership(1)));
     svc.check(svc.registered_on(1, "web") == Some(2), || "web left node2".to_string());
 }
+
+/// S4.5 races: the group comes back to node1 while node1's watchdog (from
+/// the switchover away) still watches. The watchdog must leave the new run
+/// alone: no process killed, no address removed, the client keeps being
+/// served by node1; it reports `superseded`.
+#[test]
+fn a_watchdog_never_touches_the_group_when_it_runs_on_the_node_again() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("swdr", 3, &web_group("costly", "")).with_client();
+    web_on_node1(&mut svc);
+    let client = svc.client();
+    let t0 = Instant::now();
+    svc.baton(0, &["switchover", "web", "2"]);
+    svc.wait_registered("web", Duration::from_secs(15), |n| n == 2);
+    svc.baton(0, &["switchover", "web", "1"]);
+    svc.wait_registered("web", Duration::from_secs(15), |n| n == 1);
+    let back = t0.elapsed();
+    svc.check(back < Duration::from_secs(4), || format!("the round trip took {back:?}: the watchdog window (5 s) is over"));
+    let mut last = Err(String::new());
+    let ok = wait_until(Duration::from_secs(5), || {
+        last = get_page(&client);
+        last.as_deref() == Ok("node1")
+    });
+    svc.check(ok.is_some(), || format!("node1 does not serve after the round trip: {last:?}"));
+    // Past the end of the first watchdog: node1 serves all along.
+    while t0.elapsed() < Duration::from_secs(7) {
+        let r = get_page(&client);
+        svc.check(r.as_deref() == Ok("node1"), || format!("node1 stopped serving {:?} after the switchover back: {r:?}", t0.elapsed()));
+        svc.check(vip_on(&svc.ns(0)), || format!("{VIP} left node1 after the switchover back"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wd = svc.c.wait_event(0, Duration::from_secs(3), |e| e["event"] == "watchdog" && e["reason"] == "Switchover");
+    let wd = wd.unwrap_or_else(|| svc.fail(&format!("no watchdog event on node1: {:?}", svc.c.events(0))));
+    svc.check(wd["result"] == "superseded", || format!("node1's watchdog: {wd}"));
+    svc.check(wd["killed"] == serde_json::json!([]) && wd["addresses_removed"] == serde_json::json!([]), || format!("node1's watchdog: {wd}"));
+    eprintln!("round trip {back:?}; node1's watchdog: {wd}");
+}
