@@ -1014,8 +1014,11 @@ fn a_watchdog_that_cannot_clean_up_makes_the_node_leave_the_cluster() {
     // A supervisor outside the group restarts a process of the group.
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", "while :; do env BATON_GROUP=web sleep 602; sleep 0.05; done"]);
-    let _respawner = spawn_in_netns(&svc.ns(0), cmd, &svc.work.join("respawner.log"));
+    let mut respawner = spawn_in_netns(&svc.ns(0), cmd, &svc.work.join("respawner.log"));
     let wd = svc.c.wait_event(0, Duration::from_secs(15), |e| e["event"] == "watchdog" && e["result"] == "critical");
+    // The loop and its current child together (its own process group).
+    unsafe { libc::killpg(respawner.id() as i32, libc::SIGKILL) };
+    let _ = respawner.wait();
     let wd = wd.unwrap_or_else(|| svc.fail(&format!("no critical watchdog event on node1: {:?}", svc.c.events(0))));
     eprintln!("watchdog report: {wd}");
     let ended = wait_until(Duration::from_secs(15), || svc.c.agents[0].as_mut().is_some_and(|a| a.child.try_wait().unwrap().is_some()));
