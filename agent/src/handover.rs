@@ -255,6 +255,9 @@ impl Handovers {
         };
         let g = &gh.group;
         let _guard = gh.lock.lock().await;
+        // A run of the group begins here: a watchdog of an earlier halt on
+        // this node must not clean up what the preparation sets up.
+        crate::watchdog::run_begins_here(&group).await;
         if lock(&self.inner.active).contains(&group) {
             reply(HandoverMsg::Failed { group: group.clone(), id, reason: "the group already runs on the new node".into() });
             return;

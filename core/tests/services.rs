@@ -1709,3 +1709,33 @@ fn a_group_failed_offline_on_its_last_node_is_taken_over_in_normal_mode_when_tha
     h.boot(1);
     assert_eq!(h.funcs(1), v(&["start a", "enable a"]));
 }
+
+/// The Stop of a planned move names the node the service goes to next (the
+/// agent's `overlap` handover prepares that node); an unplanned one does not.
+#[test]
+fn the_stop_of_a_planned_move_names_the_next_node() {
+    let stops = |h: &H, n: NodeId| -> Vec<(Reason, Option<NodeId>)> {
+        h.nodes[&n]
+            .actions
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Stop { params } => Some((params.reason, params.next)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut h = H::new(vec![ServiceSpec { allowable: nodes(&[1, 2, 3]), ..ServiceSpec::new("a") }]).manual();
+    h.boot(1);
+    h.complete(1, "a", true);
+    h.boot(2);
+    h.boot(3);
+    h.mark();
+    h.op(2, Input::Switchover { service: "a".into(), to: Some(3) });
+    assert_eq!(stops(&h, 1), vec![(Reason::Switchover, Some(3))]);
+    h.complete(1, "a", true);
+    h.complete(3, "a", true);
+    assert_eq!(h.st("a"), (Registered, Some(3), ""));
+    h.mark();
+    h.op(3, Input::MonitorFailed { service: "a".into() });
+    assert_eq!(stops(&h, 3), vec![(Reason::MonitorFailed, None)]);
+}
