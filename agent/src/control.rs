@@ -8,6 +8,8 @@
 //! | `switchover <group> [<node>]` | `ok` once handed to the services core (it asks the deciding node) |
 //! | `standby <node>` / `unstandby <node>` | `ok` |
 //! | `maintenance on\|off` | `ok` |
+//! | `offline <group>` / `online <group>` | `ok` (S4.6 off-line mode, asked of the deciding node) |
+//! | `group-state <group>` | `ok active\|busy\|idle\|unknown`: whether the group runs here, a run or halt of it is in progress, or neither (asked by a watchdog process, S4.5) |
 
 use std::path::Path;
 
