@@ -642,7 +642,11 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
         })?;
         let still_vip = rig.c.has_addr(active, VIP);
         let agent_pid = rig.c.agents[active].as_ref().map(|a| a.pid());
-        let others = rig.c.host_pids(active).into_iter().filter(|p| Some(*p) != agent_pid).count();
+        // The halt's watchdog process (S4.5) checks for 5 s after the agent
+        // exited, then exits too: wait for it.
+        let others_left = || rig.c.host_pids(active).into_iter().filter(|p| Some(*p) != agent_pid).count();
+        wait_for(Duration::from_secs(8), || others_left() == 0)?;
+        let others = others_left();
         if !exited || still_vip || others > 0 {
             r.notes.push(format!(
                 "link cut {k}: isolated {name}: agent {}, VIP {}, {others} other process(es) left",
