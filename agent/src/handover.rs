@@ -84,6 +84,8 @@ pub struct GroupHandle {
     pub lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// See the drain in [`Handovers::hand_over`].
+const DRAIN_SETTLE: Duration = Duration::from_millis(20);
 /// How long steering stays after the old node removed the addresses.
 pub const LINGER: Duration = Duration::from_secs(3);
 /// A preparation that no start (and no abort) follows is undone after the
@@ -379,7 +381,9 @@ impl Handovers {
             warn!(service = %g.name, next, "handover: no link up to the new node; halting the usual way");
             return Ok(false);
         }
-        let wait = Duration::from_millis(g.application.as_ref().map_or(0, |a| a.timeouts.start_ms as u64)) + Duration::from_secs(2);
+        // The new node's start, then its readiness (each within the start
+        // timeout), and some slack.
+        let wait = Duration::from_millis(2 * g.application.as_ref().map_or(0, |a| a.timeouts.start_ms as u64).max(1000)) + Duration::from_secs(2);
         let peer_mac = match tokio::time::timeout(wait, rx).await {
             Ok(Ok(Ok(mac))) => mac,
             other => {
@@ -415,10 +419,27 @@ impl Handovers {
         info!(service = %g.name, next, prepared_ms, "handover: new connections go to the new node; draining ours");
         let t1 = crate::events::monotonic_ns();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(g.drain_timeout_ms as u64);
-        let mut left = open_connections(&ips);
-        while left > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        // A SYN that reached this node just before the steering may still be
+        // on its way into the socket table (backlog, softirq): the drain is
+        // over only when the table showed no connection twice, DRAIN_SETTLE
+        // apart, the first time DRAIN_SETTLE after the steering began.
+        tokio::time::sleep(DRAIN_SETTLE).await;
+        let mut left;
+        let mut empty_since: Option<tokio::time::Instant> = None;
+        loop {
             left = open_connections(&ips);
+            let now = tokio::time::Instant::now();
+            if left > 0 {
+                empty_since = None;
+            } else if empty_since.is_some_and(|t| now >= t + DRAIN_SETTLE) {
+                break;
+            } else if empty_since.is_none() {
+                empty_since = Some(now);
+            }
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let drain_ms = (crate::events::monotonic_ns() - t1) as f64 / 1e6;
         if left > 0 {
