@@ -532,7 +532,8 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
     let mut rig = fresh_rig(opts)?;
 
     // Crashes of the active node, then its restart (the group moves back).
-    for k in 0..opts.crashes {
+    let switchovers_only = std::env::var("BENCH_FAILOVER_ONLY").is_ok_and(|v| v == "baton-switchover");
+    for k in 0..if switchovers_only { 0 } else { opts.crashes } {
         let res = (|| -> Result<()> {
             pause(150 + rng.next_below(opts.interval_ms))?;
             let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
@@ -807,10 +808,11 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
         opts.misses,
         opts.crashes
     );
-    // BENCH_FAILOVER_ONLY=baton|keepalived runs one half (development).
+    // BENCH_FAILOVER_ONLY=baton|keepalived runs one half, =baton-switchover
+    // only baton's switchovers (development).
     let only = std::env::var("BENCH_FAILOVER_ONLY").unwrap_or_default();
     let mut k = Results::default();
-    if only != "baton" {
+    if only != "baton" && only != "baton-switchover" {
         eprintln!("[1/2] keepalived (VRRPv3, unicast, notify scripts start/stop httpd)");
         let mut rng = Lcg(0x5eed_0000_0000_0002);
         k = keepalived_bench(opts, &mut rng)?;
@@ -820,8 +822,10 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
         eprintln!("[2/2] baton");
         let mut rng = Lcg(0x5eed_0000_0000_0002);
         b = baton_bench(opts, &mut rng)?;
-        eprintln!("[2/2] baton link cuts (a fresh cluster for each)");
-        baton_linkcuts(opts, &mut rng, &mut b)?;
+        if only != "baton-switchover" {
+            eprintln!("[2/2] baton link cuts (a fresh cluster for each)");
+            baton_linkcuts(opts, &mut rng, &mut b)?;
+        }
     }
     report(opts, &b, &k);
     Ok(())
