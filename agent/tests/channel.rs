@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use baton_agent::channel::{self, Channel, ChannelConfig, ChannelError};
 use baton_core::gmp::GmpMsg;
-use baton_core::membership::{Barriers, ClusterState, LevelSpec, Msg, NodeEntry, NodeState, Report, ViewId, Want};
+use baton_core::membership::{Barriers, ClusterState, Kind, LevelSpec, Msg, NodeEntry, NodeState, Report, Transition, TransitionId, ViewId, Want};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::Receiver;
@@ -86,7 +86,7 @@ fn report(incarnation: u64) -> Msg {
     })
 }
 
-/// A cluster state of about `n` * 90 bytes of JSON.
+/// A cluster state of `n` nodes (about `n` * 55 bytes of JSON).
 fn big_state(n: u32) -> Msg {
     let nodes = (0..n)
         .map(|i| (i, NodeEntry { state: NodeState::Joined, incarnation: i as u64 * 3, levels: [LevelSpec { level: i, barriers: Barriers::ONE }].into_iter().collect() }))
@@ -98,6 +98,21 @@ fn big_state(n: u32) -> Msg {
         transitions: BTreeMap::new(),
         change: 0,
     })
+}
+
+/// A `big_state` whose encoding is a little longer than `bytes` (the tests
+/// mean sizes, not node counts: the encoding may change).
+fn state_over(bytes: usize) -> Msg {
+    let len = |m: &Msg| serde_json::to_vec(m).unwrap().len();
+    let per_node = len(&big_state(100)) / 100;
+    let mut n = (bytes / per_node) as u32;
+    loop {
+        let m = big_state(n);
+        if len(&m) > bytes {
+            return m;
+        }
+        n += n / 50 + 1;
+    }
 }
 
 /// Receives until `want` (a multiset of (from, msg)) is all received; returns
@@ -177,18 +192,18 @@ async fn three_nodes_two_links_exchange_messages() {
     // Sizes: a large message (tens of KB) goes through, so does one of several
     // frames; one over the limit is refused.
     let (ch1, _) = &nodes[0];
-    let big = big_state(300);
+    let big = state_over(20_000);
     let len = serde_json::to_vec(&big).unwrap().len();
     assert!(len > 20_000 && len < channel::MAX_MSG_LEN, "{len}");
     assert!(ch1.send(3, &big));
     expect_msgs(&mut nodes[2].1, vec![(1, big.clone()), (1, big)], Duration::from_secs(5)).await;
     // Longer than one frame: goes as parts, arrives whole (once per link).
-    let long = big_state(2000);
+    let long = state_over(channel::CHUNK_LEN * 2 + 1000);
     let len = serde_json::to_vec(&long).unwrap().len();
     assert!(len > channel::CHUNK_LEN * 2 && len < channel::MAX_MSG_LEN, "{len}");
     assert!(nodes[0].0.send(3, &long));
     expect_msgs(&mut nodes[2].1, vec![(1, long.clone()), (1, long)], Duration::from_secs(5)).await;
-    let huge = big_state(20_000);
+    let huge = state_over(channel::MAX_MSG_LEN);
     match nodes[0].0.try_send(3, &huge) {
         Err(ChannelError::TooLarge { size, max }) => assert!(size > max && max == channel::MAX_MSG_LEN),
         other => panic!("expected TooLarge, got {other:?}"),
@@ -542,4 +557,42 @@ async fn bad_configurations_and_bind_failures() {
     // Shutdown released the port.
     let (a, _rx) = Channel::start(config(1, &[1, 2], 1, port, 3)).await.unwrap();
     drop(a);
+}
+
+/// `LevelSpec`s, repeated in every node entry and transition path of the
+/// state, encode compactly; the struct form of earlier versions still decodes.
+#[test]
+fn level_specs_encode_compactly() {
+    let one = LevelSpec { level: 30, barriers: Barriers::ONE };
+    let three = LevelSpec { level: 25, barriers: Barriers { join: 1, leave: 2, forced_leave: 3 } };
+    assert_eq!(serde_json::to_string(&one).unwrap(), "30");
+    assert_eq!(serde_json::to_string(&three).unwrap(), "[25,1,2,3]");
+    for l in [one, three] {
+        assert_eq!(serde_json::from_str::<LevelSpec>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
+    }
+    let old = r#"{"level":25,"barriers":{"join":1,"leave":2,"forced_leave":3}}"#;
+    assert_eq!(serde_json::from_str::<LevelSpec>(old).unwrap(), three);
+    for bad in ["-1", "4294967296", "[1,2,3]", "[1,2,3,4,5]", r#"{"level":1}"#, "\"x\""] {
+        assert!(serde_json::from_str::<LevelSpec>(bad).is_err(), "{bad}");
+    }
+    // Whole messages round-trip.
+    let mut with_transitions = big_state(40);
+    if let Msg::State(st) = &mut with_transitions {
+        for (node, leave_pending) in [(3, false), (7, true)] {
+            let t = Transition {
+                id: TransitionId { node, incarnation: 1_763_784_000_123_456, kind: Kind::Join },
+                path: vec![one, three],
+                pos: 1,
+                barrier: 0,
+                participants: (1..=32).collect(),
+                leave_pending,
+            };
+            st.transitions.insert(node, t);
+        }
+    }
+    let text = serde_json::to_string(&with_transitions).unwrap();
+    assert_eq!(text.matches("leave_pending").count(), 1, "{text}");
+    for m in [msg(1, 2), report(5), big_state(40), with_transitions] {
+        assert_eq!(serde_json::from_slice::<Msg>(&serde_json::to_vec(&m).unwrap()).unwrap(), m);
+    }
 }

@@ -99,11 +99,81 @@ impl Barriers {
 }
 
 /// A registered level (a global order) with its barrier counts.
+///
+/// Serialized compactly (it is repeated in every node entry and every
+/// transition's path of the state the master sends to every node): the bare
+/// level when every barrier count is 1 (the agent's built-in levels and
+/// most subsystems), else `[level, join, leave, forced_leave]`. The struct
+/// form `{"level":..,"barriers":{"join":..,"leave":..,"forced_leave":..}}`
+/// is accepted too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LevelSpec {
     pub level: u32,
     pub barriers: Barriers,
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for LevelSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.barriers == Barriers::ONE {
+            return s.serialize_u32(self.level);
+        }
+        use serde::ser::SerializeTuple;
+        let b = self.barriers;
+        let mut t = s.serialize_tuple(4)?;
+        t.serialize_element(&self.level)?;
+        t.serialize_element(&b.join)?;
+        t.serialize_element(&b.leave)?;
+        t.serialize_element(&b.forced_leave)?;
+        t.end()
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for LevelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LevelSpec, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LevelSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a level, [level, join, leave, forced_leave] or {level, barriers}")
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<LevelSpec, E> {
+                let level = u32::try_from(v).map_err(|_| E::custom(format!("level {v} out of range")))?;
+                Ok(LevelSpec { level, barriers: Barriers::ONE })
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<LevelSpec, E> {
+                let v = u64::try_from(v).map_err(|_| E::custom(format!("level {v} out of range")))?;
+                self.visit_u64(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<LevelSpec, A::Error> {
+                let mut next = |i: usize| -> Result<u32, A::Error> { a.next_element()?.ok_or_else(|| A::Error::invalid_length(i, &self)) };
+                let (level, join, leave, forced_leave) = (next(0)?, next(1)?, next(2)?, next(3)?);
+                if a.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(5, &self));
+                }
+                Ok(LevelSpec { level, barriers: Barriers { join, leave, forced_leave } })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<LevelSpec, A::Error> {
+                let (mut level, mut barriers) = (None, None);
+                while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*k {
+                        "level" => level = Some(a.next_value()?),
+                        "barriers" => barriers = Some(a.next_value()?),
+                        _ => {
+                            a.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(LevelSpec {
+                    level: level.ok_or_else(|| A::Error::missing_field("level"))?,
+                    barriers: barriers.ok_or_else(|| A::Error::missing_field("barriers"))?,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One step of a transition: a level and a barrier of it.
@@ -144,7 +214,14 @@ pub struct Transition {
     /// The nodes whose acknowledgement every step needs.
     pub participants: BTreeSet<NodeId>,
     /// The node asked to leave while joining: reverse at the next level boundary (S1.6).
+    /// (Left out of the encoding when false, its usual value.)
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
     pub leave_pending: bool,
+}
+
+#[cfg(feature = "serde")]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Transition {
