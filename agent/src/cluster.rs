@@ -23,6 +23,14 @@ use crate::subsys::{kind_name, state_name, SubsysServer};
 /// addresses before services.
 pub const BUILTIN_LEVELS: [(&str, u32); 4] = [("fencing", 10), ("storage", 20), ("addresses", 30), ("services", 40)];
 
+/// `cluster.json` is rewritten at most this often while transitions are in
+/// flight (a mass join changes the state of every node tens of times a
+/// second, and each write is a new file and a rename); the latest state is
+/// always written at the end of the period, and a state with no transition
+/// in flight (the end of a burst), a halt and the end of a leave are written
+/// at once.
+pub const SNAPSHOT_EVERY_NS: u64 = 50_000_000;
+
 /// Ids of external subsystems (over the Unix socket) start here.
 pub const FIRST_EXTERNAL_SUBSYSTEM: SubsystemId = 100;
 
@@ -46,6 +54,10 @@ pub struct ClusterDriver {
     builtin: BTreeMap<SubsystemId, &'static str>,
     external: BTreeMap<SubsystemId, String>,
     snapshot: PathBuf,
+    /// When cluster.json was last written (monotonic ns), and whether a
+    /// newer state waits for `last + SNAPSHOT_EVERY_NS`.
+    snapshot_written_ns: Option<u64>,
+    snapshot_dirty: bool,
     /// Local notifications not acknowledged yet, for status.
     in_flight: BTreeMap<(SubsystemId, NodeId, u64), (Kind, u32, u32)>,
     halted: Option<HaltReason>,
@@ -75,6 +87,8 @@ impl ClusterDriver {
             builtin: BTreeMap::new(),
             external: BTreeMap::new(),
             snapshot,
+            snapshot_written_ns: None,
+            snapshot_dirty: false,
             in_flight: BTreeMap::new(),
             halted: None,
             messages_sent: 0,
@@ -99,10 +113,8 @@ impl ClusterDriver {
         }
         let m = self.core.next_deadline().map(|i| i.0);
         let s = self.svc.as_ref().and_then(|s| s.next_deadline_ns());
-        match (m, s) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let w = self.snapshot_due_ns();
+        [m, s, w].into_iter().flatten().min()
     }
 
     pub fn register_external(&mut self, subsystem: SubsystemId, name: String, spec: LevelSpec) -> Vec<Effect> {
@@ -129,6 +141,7 @@ impl ClusterDriver {
         }
         let starting = matches!(input, Input::Start);
         self.core.handle(Instant(monotonic_ns()), input);
+        let mut urgent = false;
         let mut effects = Vec::new();
         let mut changed = starting;
         let mut encoded: Option<(baton_core::membership::Msg, std::sync::Arc<[u8]>)> = None;
@@ -197,11 +210,13 @@ impl ClusterDriver {
                     error!(?why, "clustering halted on this node");
                     self.halted = Some(why);
                     changed = true;
+                    urgent = true;
                     effects.push(Effect::Halted { why });
                 }
                 Action::Left => {
                     info!("graceful leave finished");
                     changed = true;
+                    urgent = true;
                     effects.push(Effect::Left);
                 }
                 Action::StateChanged { view } => {
@@ -221,7 +236,9 @@ impl ClusterDriver {
                 let live = st.transitions.values().map(|t| t.id).collect();
                 self.subsys.retain_transitions(&live);
             }
-            self.write_snapshot();
+            self.snapshot_changed(urgent);
+        } else {
+            self.flush_snapshot_if_due();
         }
         if self.halted.is_none() {
             self.services_follow(changed, &mut effects);
@@ -259,6 +276,39 @@ impl ClusterDriver {
             self.services_follow(false, &mut effects);
         }
         effects
+    }
+
+    /// The state changed: write cluster.json now, or at the end of the
+    /// current period (see [`SNAPSHOT_EVERY_NS`]).
+    fn snapshot_changed(&mut self, urgent: bool) {
+        let settled = self.core.state().is_none_or(|s| s.transitions.is_empty());
+        self.snapshot_dirty = true;
+        if urgent || settled {
+            self.write_snapshot_now();
+        } else {
+            self.flush_snapshot_if_due();
+        }
+    }
+
+    /// When a pending cluster.json write is due.
+    fn snapshot_due_ns(&self) -> Option<u64> {
+        if !self.snapshot_dirty {
+            return None;
+        }
+        Some(self.snapshot_written_ns.map_or(0, |t| t + SNAPSHOT_EVERY_NS))
+    }
+
+    /// Writes a pending cluster.json if its time came.
+    pub fn flush_snapshot_if_due(&mut self) {
+        if self.snapshot_due_ns().is_some_and(|due| monotonic_ns() >= due) {
+            self.write_snapshot_now();
+        }
+    }
+
+    fn write_snapshot_now(&mut self) {
+        self.write_snapshot();
+        self.snapshot_written_ns = Some(monotonic_ns());
+        self.snapshot_dirty = false;
     }
 
     /// `<state_dir>/cluster.json`, read by `baton status`.
@@ -322,6 +372,9 @@ impl ClusterDriver {
     /// first (after a halt or a forced leave, this node must hold no
     /// address and run no service).
     pub async fn shutdown(mut self) {
+        if self.snapshot_dirty {
+            self.write_snapshot_now();
+        }
         if let Some(svc) = self.svc.as_mut() {
             svc.stop_all_local().await;
         }

@@ -1073,3 +1073,89 @@ fn a_watchdog_never_touches_the_group_when_it_runs_on_the_node_again() {
     svc.check(wd["killed"] == serde_json::json!([]) && wd["addresses_removed"] == serde_json::json!([]), || format!("node1's watchdog: {wd}"));
     eprintln!("round trip {back:?}; node1's watchdog: {wd}");
 }
+
+/// One GET of the VIP from the client namespace, from local port `port`
+/// (SO_REUSEADDR): the serving node's name.
+fn get_page_from_port(client: &str, port: u16) -> Result<String, String> {
+    in_netns(client, move || -> Result<String, String> {
+        use std::io::{Read, Write};
+        use std::os::fd::FromRawFd;
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let s = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        let mut local: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        local.sin_family = libc::AF_INET as u16;
+        local.sin_port = port.to_be();
+        let mut remote = local;
+        remote.sin_port = 80u16.to_be();
+        remote.sin_addr.s_addr = u32::from_ne_bytes(VIP_OCTETS);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, 4);
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+            if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+                return Err(format!("bind port {port}: {}", std::io::Error::last_os_error()));
+            }
+            if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+                return Err(format!("connect from port {port}: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|e| format!("read from port {port}: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.contains(" 200 ") => Ok(body.trim().to_string()),
+            _ => Err(format!("from port {port}: {text:?}")),
+        }
+    })
+}
+
+/// The overlap handover keeps steering for a while after the old node let
+/// the address go, for clients that missed the announcement. Such a client
+/// may reuse the local port of a connection the old node closed (so the old
+/// node holds a time-wait socket of that 4-tuple): its new connection is the
+/// new node's, and every segment of it must be handed over, not only the SYN.
+#[test]
+fn overlap_handover_steers_a_client_that_missed_the_announcement_even_on_a_reused_port() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let extra = format!(
+        "handover = \"overlap\"\ndrain_timeout_ms = 1000\n\n[[group.monitor]]\nkind = \"command\"\nmonitor = \"busybox wget -q -O /dev/null http://{VIP}/\"\ninterval_ms = 1000\n"
+    );
+    let mut svc = Svc::new("stw", 3, &web_group("costly", &extra)).with_client();
+    web_on_node1(&mut svc);
+    let client = svc.client();
+    const PORT: u16 = 40123;
+    let first = get_page_from_port(&client, PORT);
+    svc.check(first.as_deref() == Ok("node1"), || format!("before the switchover, from port {PORT}: {first:?}"));
+    // httpd closed first: node1 keeps the 4-tuple in time-wait.
+    let tw = ns_sh(&svc.ns(0), &["cat", "/proc/net/tcp"]);
+    let port_hex = format!(":{PORT:04X} ");
+    svc.check(tw.lines().any(|l| l.contains(&port_hex) && l.split_whitespace().nth(3) == Some("06")), || format!("no time-wait socket for port {PORT} on node1:\n{tw}\nnode1: {}\nclient: {}", ns_sh(&svc.ns(0), &["ss", "-tan"]), ns_sh(&client, &["ss", "-tan"])));
+    let node1_mac = ns_sh(&svc.ns(0), &["cat", &format!("/sys/class/net/{IF}/address")]).trim().to_string();
+
+    svc.baton(0, &["switchover", "web", "2"]);
+    svc.wait_registered("web", Duration::from_secs(15), |n| n == 2);
+    // A client that missed the announcement: it still sends to node1.
+    sh(&["ip", "-n", &client, "neigh", "replace", VIP, "lladdr", &node1_mac, "dev", "eth0", "nud", "permanent"]);
+    let steered = |svc: &Svc| -> u64 {
+        let st = svc.baton(0, &["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&st).ok().and_then(|v| v["counters"]["handover_steered"].as_u64()).unwrap_or(0)
+    };
+    let before = steered(&svc);
+    let reused = get_page_from_port(&client, PORT);
+    let fresh = get_page_from_port(&client, PORT + 1);
+    let after = steered(&svc);
+    svc.check(!vip_on(&svc.ns(0)), || "node1 still has the address".to_string());
+    svc.check(reused.as_deref() == Ok("node2"), || format!("through node1, from the reused port {PORT}: {reused:?}"));
+    svc.check(fresh.as_deref() == Ok("node2"), || format!("through node1, from a fresh port: {fresh:?}"));
+    svc.check(after >= before + 4, || format!("node1 handed over {} packets for two connections", after - before));
+}

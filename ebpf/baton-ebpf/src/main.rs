@@ -62,7 +62,9 @@ const ETH_P_ARP: u16 = 0x0806;
 const UDP_HLEN: usize = 8;
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
-/// `BPF_TCP_LISTEN` of the kernel's `struct bpf_sock::state`.
+/// `BPF_TCP_*` states of the kernel's `struct bpf_sock::state`.
+const TCP_TIME_WAIT: u32 = 6;
+const TCP_CLOSE: u32 = 7;
 const TCP_LISTEN: u32 = 10;
 
 #[xdp]
@@ -186,9 +188,9 @@ struct Ipv4Tuple {
 ///   nobody must learn it there yet;
 /// * on the old owner (`HANDOVER_STEER`), every IPv4 packet to the address
 ///   that does not belong to a connection this node still has (a TCP SYN, a
-///   segment for which no established, half-open or time-wait socket
-///   exists here, anything not TCP) gets the new owner's MAC address and is
-///   sent back out of the interface it came in on.
+///   segment for which no established or half-open socket exists here,
+///   anything not TCP) gets the new owner's MAC address and is sent back
+///   out of the interface it came in on.
 ///
 /// A TC program rather than XDP: `XDP_TX` on a veth drops the frame unless
 /// the peer device has NAPI (an XDP program or GRO) on, and a redirect from
@@ -259,7 +261,12 @@ fn try_handover(ctx: &TcContext) -> Result<i32, i64> {
             if !sk.is_null() {
                 let state = unsafe { (*sk).state };
                 unsafe { bpf_sk_release(sk as *mut _) };
-                if state != TCP_LISTEN {
+                // A listener is no connection; neither is a time-wait
+                // socket: a client that reuses the port of a connection this
+                // node closed less than a minute ago has its new connection
+                // on the new owner (its SYN was handed over), and the
+                // segments that follow must go there too.
+                if state != TCP_LISTEN && state != TCP_TIME_WAIT && state != TCP_CLOSE {
                     return Ok(TC_ACT_OK);
                 }
             }
