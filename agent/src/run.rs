@@ -45,11 +45,12 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
     let incarnation = next_incarnation(&cfg.paths.incarnation_file())?;
     // The membership snapshot of an earlier life is not ours.
     let _ = std::fs::remove_file(cfg.paths.cluster_snapshot());
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        warn!("mlockall failed ({}); page faults may delay heartbeats", std::io::Error::last_os_error());
-    }
 
     let (dp, events) = Datapath::start(&cfg, &key, incarnation).await?;
+    // After the datapath is loaded (aya's read and parse of the kernel's BTF,
+    // several MB that are freed again, are not locked), before the heartbeat
+    // sender exists: see `lock_memory`.
+    lock_memory();
     let (k0, k1) = key_halves(&key);
     let sender = match sender::spawn(&cfg, k0, k1, incarnation) {
         Ok(s) => s,
@@ -144,6 +145,34 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
     match result? {
         Outcome::Stopped | Outcome::Left => Ok(()),
         Outcome::Halted(why) => anyhow::bail!("clustering halted on this node ({why}); restart the agent to join again"),
+    }
+}
+
+/// Keeps the agent's memory resident, so that a page fault cannot stall the
+/// real-time heartbeat sender (or the event loop) under memory pressure.
+///
+/// Two calls, made once start-up's big transient allocations are over:
+/// * `mlockall(MCL_CURRENT)`: everything mapped now (the binary's code and
+///   data, the heap, the runtime's thread stacks) is faulted in and locked;
+/// * `mlockall(MCL_FUTURE | MCL_ONFAULT)`: later mappings are locked as their
+///   pages are first touched, and never paged out after that, but are not
+///   populated up front. (With plain `MCL_FUTURE` every later allocation,
+///   thread stacks and buffers of which only a part is ever used included, was
+///   faulted in at once: about a quarter of an agent's start-up CPU when it
+///   came before the datapath, whose BTF parse allocates several MB.)
+///
+/// The sender thread is spawned after this; it touches its stack
+/// (`sender::STACK_PREFAULT`) before its loop, and its loop allocates
+/// nothing, so every page it uses is resident and locked before its first
+/// heartbeat. `MCL_FUTURE` alone (without `MCL_CURRENT`) leaves the current
+/// locks as they are.
+fn lock_memory() {
+    if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
+        warn!("mlockall(MCL_CURRENT) failed ({}); page faults may delay heartbeats", std::io::Error::last_os_error());
+        return;
+    }
+    if unsafe { libc::mlockall(libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
+        warn!("mlockall(MCL_FUTURE | MCL_ONFAULT) failed ({}); memory allocated from now on may be paged out", std::io::Error::last_os_error());
     }
 }
 

@@ -71,6 +71,26 @@ fn open_socket(interface: &str, local: IpAddr) -> std::io::Result<UdpSocket> {
     Ok(sock)
 }
 
+/// How much of its stack the sender thread touches before its loop. The
+/// process locks future mappings only as their pages are first touched
+/// (`MCL_FUTURE | MCL_ONFAULT`, see `run::lock_memory`), so this makes the
+/// sender's stack resident and locked up front: its loop (and the distress
+/// path) then never takes a page fault on it. The loop uses a few KB.
+pub const STACK_PREFAULT: usize = 256 * 1024;
+/// The sender thread's stack (above `STACK_PREFAULT` with a wide margin).
+const STACK_SIZE: usize = 1024 * 1024;
+
+/// Touches `STACK_PREFAULT` bytes of this thread's stack, page by page.
+#[inline(never)]
+fn prefault_stack() {
+    let mut buf = [0u8; STACK_PREFAULT];
+    for i in (0..STACK_PREFAULT).step_by(4096) {
+        // SAFETY: an in-bounds write to a local array.
+        unsafe { std::ptr::write_volatile(buf.as_mut_ptr().add(i), 1) };
+    }
+    std::hint::black_box(&buf);
+}
+
 fn set_realtime(priority: u32) {
     if priority == 0 {
         return;
@@ -103,6 +123,7 @@ pub fn spawn(cfg: &Config, k0: u64, k1: u64, incarnation: u64) -> std::io::Resul
     let cfg = cfg.clone();
     let thread = std::thread::Builder::new()
         .name("baton-heartbeat".into())
+        .stack_size(STACK_SIZE)
         .spawn(move || run(cfg, k0, k1, incarnation, socks, peers_map, s2))?;
     Ok(Sender { shared, thread })
 }
@@ -116,6 +137,7 @@ fn run(
     peers_map: Array<MapData, PeerLink>,
     shared: Arc<SenderShared>,
 ) {
+    prefault_stack();
     set_realtime(cfg.realtime_priority);
     let interval = Duration::from_millis(cfg.interval_ms as u64);
     let mut dst_inc = vec![0u64; cfg.peers.len()];
