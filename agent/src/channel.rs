@@ -35,6 +35,16 @@
 //! i. For each pair of nodes, the node with the LOWER id dials the higher
 //! one, once per link (from its own address on that link), and redials with
 //! a backoff of 50 ms doubling to 1 s whenever the connection fails or drops.
+//! When the agent's datapath hears the peer come up on a link (its
+//! heartbeats: a new peer, a restart, the end of a silence), the agent calls
+//! [`Channel::peer_heard`]: the dialer of that link dials at once and, if
+//! that fails (the peer's agent sends heartbeats a moment before its control
+//! channel listens), every [`FAST_REDIAL`] for [`FAST_REDIAL_FOR`], then
+//! backs off as before. So a peer that starts while the backoff is long is
+//! reached within milliseconds of its first heartbeat instead of up to 1 s
+//! later, and a peer that is down (no heartbeats) is not redialed any faster
+//! than before: the fast redials are bounded by the peer's up events, at most
+//! `FAST_REDIAL_FOR / FAST_REDIAL` attempts each.
 //!
 //! Everything on the wire is a frame: a `u16` big-endian length, then that
 //! many bytes of Noise message.
@@ -57,7 +67,8 @@
 //!      joins them. At most [`MAX_MSG_LEN`]
 //!      bytes: [`Channel::try_send`] rejects bigger messages with
 //!      [`ChannelError::TooLarge`]. The cores' messages are a few KB, up
-//!      to about 70 KB (the state of 32 nodes in a mass join).
+//!      to about 10 KB (the state of 32 nodes in a mass join; it was about
+//!      25 KB before `LevelSpec`s were encoded compactly).
 //!    * `2` KEEPALIVE: empty; sent when nothing else was sent for
 //!      [`KEEPALIVE_INTERVAL`].
 //!
@@ -106,7 +117,7 @@ use snow::{HandshakeState, TransportState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -114,12 +125,13 @@ use tracing::{debug, info, warn};
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// The domain-separation label of the PSK derivation.
 pub const PSK_LABEL: &[u8] = b"baton control channel v1";
-/// The largest encoded message [`Channel::try_send`] accepts (60 KiB).
+/// The largest encoded message [`Channel::try_send`] accepts (1 MiB).
 pub const MAX_MSG_LEN: usize = 1024 * 1024;
 /// The largest message body carried by one frame; a longer message goes as
 /// [`FRAME_PART`] frames of this size and a last frame of its own type.
-/// (The whole state of a 32-node cluster in the middle of a mass join is
-/// about 65 KB of JSON: more than one frame's u16 length.)
+/// (A frame's length is a u16. The whole state of a 32-node cluster in the
+/// middle of a mass join is about 10 KB of JSON; bigger clusters, or many
+/// registered levels, need more than one frame.)
 pub const CHUNK_LEN: usize = 60 * 1024;
 /// The Noise AEAD tag length.
 const TAG_LEN: usize = 16;
@@ -158,6 +170,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redial backoff: from MIN, doubling, up to MAX.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// After [`Channel::peer_heard`]: redial at once, then at this period ...
+pub const FAST_REDIAL: Duration = Duration::from_millis(25);
+/// ... for this long (then the backoff again).
+pub const FAST_REDIAL_FOR: Duration = Duration::from_secs(1);
 
 /// The channel's configuration.
 #[derive(Clone, Debug)]
@@ -295,6 +311,9 @@ struct Shared {
     svc_rx: Mutex<Option<mpsc::Receiver<(u32, SvcMsg)>>>,
     ho_inbox: mpsc::Sender<(u32, HandoverMsg)>,
     ho_rx: Mutex<Option<mpsc::Receiver<(u32, HandoverMsg)>>>,
+    /// Per peer this node dials, per link: a counter bumped by
+    /// [`Channel::peer_heard`], watched by that link's dial loop.
+    heard: BTreeMap<u32, Vec<watch::Sender<u64>>>,
     tasks: Mutex<Tasks>,
     next_gen: AtomicU64,
     counters: Counters,
@@ -350,6 +369,12 @@ impl Channel {
             svc_rx: Mutex::new(Some(svc_rx)),
             ho_inbox,
             ho_rx: Mutex::new(Some(ho_rx)),
+            heard: cfg
+                .peers
+                .iter()
+                .filter(|(id, _)| *id > cfg.me)
+                .map(|(id, _)| (*id, (0..cfg.links.len()).map(|_| watch::channel(0u64).0).collect()))
+                .collect(),
             tasks: Mutex::new(Tasks { set: JoinSet::new(), closed: false }),
             next_gen: AtomicU64::new(1),
             counters: Counters::default(),
@@ -365,7 +390,8 @@ impl Channel {
             }
             for (link, (&local, &remote)) in cfg.links.iter().zip(addrs).enumerate() {
                 let s = shared.clone();
-                shared.spawn(dial_loop(s, *peer, link, local, remote));
+                let heard = shared.heard[peer][link].subscribe();
+                shared.spawn(dial_loop(s, *peer, link, local, remote, heard));
             }
         }
         info!(me = cfg.me, port = cfg.port, links = cfg.links.len(), peers = cfg.peers.len(), "control channel started");
@@ -430,6 +456,19 @@ impl Channel {
     /// A handle that sends handover messages from a task.
     pub fn handover_sender(&self) -> HandoverSender {
         HandoverSender { shared: self.shared.clone() }
+    }
+
+    /// The datapath heard `node` come up on `link` (`None`: on some link):
+    /// if this node dials it, dial that link at once and retry quickly for a
+    /// moment (see the module doc). Cheap; a no-op for a peer that dials us.
+    pub fn peer_heard(&self, node: u32, link: Option<usize>) {
+        if let Some(links) = self.shared.heard.get(&node) {
+            for (i, tx) in links.iter().enumerate() {
+                if link.is_none_or(|l| l == i) {
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
+        }
     }
 
     /// Whether a link to `to` is up (an unknown node is an error).
@@ -627,14 +666,19 @@ async fn listen_loop(s: Arc<Shared>, link: usize, listener: TcpListener) {
     }
 }
 
-async fn dial_loop(s: Arc<Shared>, peer: u32, link: usize, local: IpAddr, remote_ip: IpAddr) {
+async fn dial_loop(s: Arc<Shared>, peer: u32, link: usize, local: IpAddr, remote_ip: IpAddr, mut heard: watch::Receiver<u64>) {
     let remote = SocketAddr::new(remote_ip, s.port);
     let mut backoff = MIN_BACKOFF;
     let mut reported = false;
+    // Until when to redial every FAST_REDIAL (after the peer was heard).
+    let mut fast_until: Option<tokio::time::Instant> = None;
     loop {
         match connect(local, remote).await {
             Ok(stream) => {
                 reported = false;
+                fast_until = None;
+                // This session answers whatever was heard of the peer before it.
+                heard.borrow_and_update();
                 if run_session(s.clone(), stream, remote, link, Role::Dialer { peer }).await {
                     backoff = MIN_BACKOFF;
                 }
@@ -649,8 +693,26 @@ async fn dial_loop(s: Arc<Shared>, peer: u32, link: usize, local: IpAddr, remote
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let fast = fast_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        let wait = if fast { FAST_REDIAL } else { backoff };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                if !fast {
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            r = heard.changed() => {
+                if r.is_err() {
+                    // Cannot happen (the sender lives in `s`); don't spin.
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                heard.borrow_and_update();
+                debug!(peer, link, %remote, "control channel: the peer was heard; dialing now");
+                fast_until = Some(tokio::time::Instant::now() + FAST_REDIAL_FOR);
+                backoff = MIN_BACKOFF;
+            }
+        }
     }
 }
 

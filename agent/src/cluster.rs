@@ -117,6 +117,13 @@ impl ClusterDriver {
         [m, s, w].into_iter().flatten().min()
     }
 
+    /// The datapath heard `node` come up on `link` (a `link_up` or
+    /// `peer_restarted` event): the control channel redials it now if it is
+    /// ours to dial ([`Channel::peer_heard`]).
+    pub fn peer_heard(&self, node: NodeId, link: Option<u32>) {
+        self.channel.peer_heard(node, link.map(|l| l as usize));
+    }
+
     pub fn register_external(&mut self, subsystem: SubsystemId, name: String, spec: LevelSpec) -> Vec<Effect> {
         info!(subsystem, name = %name, level = spec.level, "subsystem registered");
         self.external.insert(subsystem, name);

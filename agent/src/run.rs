@@ -313,6 +313,7 @@ async fn event_loop(
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 let mut inputs = Vec::new();
+                let mut heard_up = false;
                 while let Some(item) = rb.next() {
                     let agent_ns = monotonic_ns();
                     if item.len() < std::mem::size_of::<Event>() {
@@ -321,12 +322,22 @@ async fn event_loop(
                     let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
                     for pe in tracker.on_record(&ev, agent_ns) {
                         sink.emit(&pe);
+                        if matches!(pe.event, "link_up" | "peer_restarted") {
+                            // A peer came up: dial it now if we dial it, and
+                            // answer with a heartbeat that carries its
+                            // incarnation, so that it sees us up at once too.
+                            driver.peer_heard(pe.node, pe.link);
+                            heard_up = true;
+                        }
                         if let Some(i) = peer_input(&pe) {
                             inputs.push(i);
                         }
                     }
                 }
                 guard.clear_ready();
+                if heard_up {
+                    sender.heartbeat_now();
+                }
                 for i in inputs {
                     effects.extend(driver.handle(i));
                 }

@@ -28,6 +28,9 @@ pub struct SenderShared {
     pub send_errors: AtomicU64,
     /// Ticks that started more than one interval late.
     pub late_ticks: AtomicU64,
+    /// Set by [`Sender::heartbeat_now`]: send one heartbeat at once, outside
+    /// the schedule.
+    pub send_now: AtomicBool,
 }
 
 pub struct Sender {
@@ -38,6 +41,17 @@ pub struct Sender {
 impl Sender {
     pub fn wake(&self) {
         self.thread.thread().unpark();
+    }
+    /// Sends one heartbeat to every peer at once (the schedule of the
+    /// periodic ones is unchanged). The agent asks for it when a peer came up
+    /// (`link_up`, `peer_restarted`): the datapath has just learnt that
+    /// peer's incarnation, and our heartbeats count as live at the peer only
+    /// once they carry it, so the peer sees us up now instead of at our next
+    /// tick (up to an interval later). At most one extra heartbeat per
+    /// wake-up of the sender, and only on such edges: no flood.
+    pub fn heartbeat_now(&self) {
+        self.shared.send_now.store(true, Ordering::SeqCst);
+        self.wake();
     }
     pub fn distress(&self, reason: u32) {
         self.shared.distress.store(reason.max(1), Ordering::SeqCst);
@@ -161,7 +175,8 @@ fn run(
             return;
         }
         let now = Instant::now();
-        if now >= next {
+        let asked = shared.send_now.swap(false, Ordering::SeqCst);
+        if now >= next || asked {
             // The receiver's incarnation we put in each datagram proves to it
             // that the datagram is fresh (see docs/wire-format.md).
             for (i, inc) in dst_inc.iter_mut().enumerate() {
@@ -174,10 +189,12 @@ fn run(
                 }
             }
             send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared);
-            next += interval;
-            if next + interval < now {
-                shared.late_ticks.fetch_add(1, Ordering::Relaxed);
-                next = now + interval;
+            if now >= next {
+                next += interval;
+                if next + interval < now {
+                    shared.late_ticks.fetch_add(1, Ordering::Relaxed);
+                    next = now + interval;
+                }
             }
             continue;
         }

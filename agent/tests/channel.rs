@@ -596,3 +596,34 @@ fn level_specs_encode_compactly() {
         assert_eq!(serde_json::from_slice::<Msg>(&serde_json::to_vec(&m).unwrap()).unwrap(), m);
     }
 }
+
+/// A dialer whose backoff has grown to its maximum (the peer was down for
+/// seconds) dials at once when the datapath hears the peer (`peer_heard`),
+/// and keeps retrying quickly for a moment if the peer's listener is not up
+/// yet; without that it would wait up to a whole backoff (1 s). A peer that
+/// dials us is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_heard_redials_at_once() {
+    let port = 47370;
+    let ids = [1, 2];
+    let (n1, _rx1) = start(config(1, &ids, 2, port, 1)).await;
+    for round in 0..2 {
+        // The backoff grows to 1 s (50 + 100 + ... + 800 ms of failed dials).
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        assert_eq!(n1.stats().peers[&2].links_up(), 0);
+        // Heard before it listens: the first dial fails, the fast redials don't.
+        n1.peer_heard(2, None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = Instant::now();
+        let (n2, _rx2) = start(config(2, &ids, 2, port, 10 + round)).await;
+        assert!(wait_until(Duration::from_secs(2), || n1.stats().peers[&2].links_up() == 2).await);
+        let took = t0.elapsed();
+        assert!(took < Duration::from_millis(300), "round {round}: connected {took:?} after the peer started listening");
+        // peer_heard about a peer that dials us, or an unknown one: nothing.
+        n2.peer_heard(1, None);
+        n2.peer_heard(9, Some(0));
+        n2.shutdown().await;
+        assert!(wait_until(Duration::from_secs(2), || n1.stats().peers[&2].links_up() == 0).await);
+    }
+    n1.shutdown().await;
+}
