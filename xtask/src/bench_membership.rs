@@ -29,6 +29,9 @@
 //!   forced leave]; the periodic traffic that can fall in them is bounded
 //!   and printed.
 //!
+//! `BATON_BENCH_BIN=/path/to/baton` runs that agent binary instead of the
+//! release build (to compare two builds on the same machine state).
+//!
 //! The final JSON line: `join_all_ms` and `forced_leave_ms` from the timing
 //! clusters (medians of the forced leaves), `msgs_per_change` and
 //! `msgs_per_change_without_subgroups`: S3 messages of one forced leave (the
@@ -718,6 +721,10 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
     }
     if opts.leaves == 0 || opts.subgroup_size == 0 || opts.attempts == 0 {
         bail!("--leaves, --subgroup-size and --attempts must be at least 1");
+    }
+    if let Some(bin) = std::env::var_os("BATON_BENCH_BIN") {
+        eprintln!("bench membership: agent binary {} (BATON_BENCH_BIN)", std::path::Path::new(&bin).display());
+        std::env::set_var("BATON_BIN", bin);
     }
     let k = opts.subgroup_size;
     let r = opts.count_resend_ms;
