@@ -809,16 +809,20 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
         opts.crashes
     );
     // BENCH_FAILOVER_ONLY=baton|keepalived runs one half, =baton-switchover
-    // only baton's switchovers (development).
+    // only baton's switchovers, =baton-linkcut only its link cuts
+    // (development).
     let only = std::env::var("BENCH_FAILOVER_ONLY").unwrap_or_default();
     let mut k = Results::default();
-    if only != "baton" && only != "baton-switchover" {
+    if !only.starts_with("baton") {
         eprintln!("[1/2] keepalived (VRRPv3, unicast, notify scripts start/stop httpd)");
         let mut rng = Lcg(0x5eed_0000_0000_0002);
         k = keepalived_bench(opts, &mut rng)?;
     }
     let mut b = Results::default();
-    if only != "keepalived" {
+    if only == "baton-linkcut" {
+        let mut rng = Lcg(0x5eed_0000_0000_0002);
+        baton_linkcuts(opts, &mut rng, &mut b)?;
+    } else if only != "keepalived" {
         eprintln!("[2/2] baton");
         let mut rng = Lcg(0x5eed_0000_0000_0002);
         b = baton_bench(opts, &mut rng)?;
