@@ -313,7 +313,6 @@ async fn event_loop(
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 let mut inputs = Vec::new();
-                let mut heard_up = false;
                 while let Some(item) = rb.next() {
                     let agent_ns = monotonic_ns();
                     if item.len() < std::mem::size_of::<Event>() {
@@ -327,7 +326,7 @@ async fn event_loop(
                             // answer with a heartbeat that carries its
                             // incarnation, so that it sees us up at once too.
                             driver.peer_heard(pe.node, pe.link);
-                            heard_up = true;
+                            sender.heartbeat_now(pe.node);
                         }
                         if let Some(i) = peer_input(&pe) {
                             inputs.push(i);
@@ -335,9 +334,6 @@ async fn event_loop(
                     }
                 }
                 guard.clear_ready();
-                if heard_up {
-                    sender.heartbeat_now();
-                }
                 for i in inputs {
                     effects.extend(driver.handle(i));
                 }

@@ -29,12 +29,16 @@ pub struct SenderShared {
     /// Ticks that started more than one interval late.
     pub late_ticks: AtomicU64,
     /// Set by [`Sender::heartbeat_now`]: send one heartbeat at once, outside
-    /// the schedule.
+    /// the schedule, to the peers flagged in `answer`.
     pub send_now: AtomicBool,
+    /// Per peer (in configuration order): answer it with a heartbeat now.
+    pub answer: Vec<AtomicBool>,
 }
 
 pub struct Sender {
     pub shared: Arc<SenderShared>,
+    /// The peers' node ids, in configuration order (the index of `answer`).
+    peer_ids: Vec<u32>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -42,14 +46,21 @@ impl Sender {
     pub fn wake(&self) {
         self.thread.thread().unpark();
     }
-    /// Sends one heartbeat to every peer at once (the schedule of the
-    /// periodic ones is unchanged). The agent asks for it when a peer came up
-    /// (`link_up`, `peer_restarted`): the datapath has just learnt that
-    /// peer's incarnation, and our heartbeats count as live at the peer only
-    /// once they carry it, so the peer sees us up now instead of at our next
-    /// tick (up to an interval later). At most one extra heartbeat per
-    /// wake-up of the sender, and only on such edges: no flood.
-    pub fn heartbeat_now(&self) {
+    /// Sends one heartbeat to peer `node` at once, on every link (the
+    /// schedule of the periodic ones is unchanged). The agent asks for it
+    /// when that peer came up (`link_up`, `peer_restarted`): the datapath has
+    /// just learnt its incarnation, and our heartbeats count as live at the
+    /// peer only once they carry it, so the peer sees us up now instead of
+    /// at our next tick (up to an interval later). The same answer goes to
+    /// every peer whose incarnation the datapath learnt since our last
+    /// heartbeat to it (a handshake record, which raises no event). Only to
+    /// those peers (a
+    /// restart of one node of 32 costs 31 extra datagrams in the cluster,
+    /// not 31 × 31), at most one per wake-up of the sender, and only on such
+    /// edges: no flood. Unknown nodes are ignored.
+    pub fn heartbeat_now(&self, node: u32) {
+        let Some(i) = self.peer_ids.iter().position(|p| *p == node) else { return };
+        self.shared.answer[i].store(true, Ordering::SeqCst);
         self.shared.send_now.store(true, Ordering::SeqCst);
         self.wake();
     }
@@ -132,14 +143,15 @@ pub fn spawn(cfg: &Config, k0: u64, k1: u64, incarnation: u64) -> std::io::Resul
         .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
     let peers_map: Array<MapData, PeerLink> =
         Array::try_from(Map::Array(peers_map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
-    let shared = Arc::new(SenderShared::default());
+    let shared = Arc::new(SenderShared { answer: cfg.peers.iter().map(|_| AtomicBool::new(false)).collect(), ..Default::default() });
+    let peer_ids = cfg.peers.iter().map(|p| p.id).collect();
     let s2 = shared.clone();
     let cfg = cfg.clone();
     let thread = std::thread::Builder::new()
         .name("baton-heartbeat".into())
         .stack_size(STACK_SIZE)
         .spawn(move || run(cfg, k0, k1, incarnation, socks, peers_map, s2))?;
-    Ok(Sender { shared, thread })
+    Ok(Sender { shared, peer_ids, thread })
 }
 
 fn run(
@@ -155,6 +167,9 @@ fn run(
     set_realtime(cfg.realtime_priority);
     let interval = Duration::from_millis(cfg.interval_ms as u64);
     let mut dst_inc = vec![0u64; cfg.peers.len()];
+    let mut answer = vec![false; cfg.peers.len()];
+    // The receiver incarnation each peer got in our last heartbeat to it.
+    let mut sent_inc = vec![0u64; cfg.peers.len()];
     let mut next = Instant::now();
     loop {
         if shared.stop.load(Ordering::SeqCst) {
@@ -164,7 +179,7 @@ fn run(
         if reason != 0 {
             // S0.2: the distress goes to every node, redundantly on every link.
             for _round in 0..3 {
-                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_DISTRESS, reason, &shared);
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_DISTRESS, reason, &shared, None);
                 std::thread::sleep(Duration::from_millis(1));
             }
             shared.ended.store(true, Ordering::SeqCst);
@@ -188,13 +203,31 @@ fn run(
                     }
                 }
             }
-            send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared);
             if now >= next {
+                // Goes to everyone: pending answers are included.
+                for a in &shared.answer {
+                    a.store(false, Ordering::SeqCst);
+                }
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared, None);
+                sent_inc.copy_from_slice(&dst_inc);
                 next += interval;
                 if next + interval < now {
                     shared.late_ticks.fetch_add(1, Ordering::Relaxed);
                     next = now + interval;
                 }
+            } else {
+                // Answers only (see Sender::heartbeat_now): to the peers
+                // asked for, and to those whose incarnation the datapath
+                // learnt since our last heartbeat to them (they cannot see
+                // us live before they get it; the datapath reports no event
+                // for that, so it is checked whenever the sender is woken).
+                for (i, a) in shared.answer.iter().enumerate() {
+                    answer[i] = a.swap(false, Ordering::SeqCst) || dst_inc[i] != sent_inc[i];
+                    if answer[i] {
+                        sent_inc[i] = dst_inc[i];
+                    }
+                }
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared, Some(&answer));
             }
             continue;
         }
@@ -213,11 +246,15 @@ fn send_all(
     kind: u8,
     arg: u32,
     shared: &SenderShared,
+    only: Option<&[bool]>,
 ) {
     debug_assert!(socks.len() <= MAX_LINKS as usize);
     for (li, ls) in socks.iter_mut().enumerate() {
         ls.seq += 1;
         for (pi, p) in cfg.peers.iter().enumerate() {
+            if only.is_some_and(|o| !o[pi]) {
+                continue;
+            }
             let h = Header {
                 kind,
                 link: li as u8,
