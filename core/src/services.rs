@@ -737,6 +737,31 @@ pub struct Services {
 /// How often an unfinished handshake with a new decider is retried.
 pub const HANDSHAKE_RETRY_NS: u64 = 100_000_000;
 
+/// A start (or going off-line, which starts nothing but ends the same way)
+/// ended on this node. A stop that waited for it runs now; a failure is
+/// cleaned up here (S1.13: the decider then tries the next node). Returns
+/// whether the instance settled, for the caller to set the phase it reached.
+fn start_ended(l: &mut LocalSvc, actions: &mut VecDeque<Action>, params: ActionParams, ok: bool) -> bool {
+    if ok {
+        let Some(stop) = l.pending_stop.take() else { return true };
+        l.op = stop.op;
+        l.phase = LocalPhase::Stopping;
+        l.params = Some(stop.clone());
+        actions.push_back(Action::Stop { params: stop });
+    } else {
+        l.outcome = Some(LocalOutcome::StartFailed);
+        l.cleanup = true;
+        l.phase = LocalPhase::Stopping;
+        if let Some(stop) = l.pending_stop.take() {
+            l.op = stop.op;
+        }
+        let p = ActionParams { reason: Reason::StartFailed, ..params };
+        l.params = Some(p.clone());
+        actions.push_back(Action::Stop { params: p });
+    }
+    false
+}
+
 impl Services {
     pub fn new(cfg: Config) -> Result<Services, SpecError> {
         let mut specs = BTreeMap::new();
@@ -1191,25 +1216,8 @@ impl Services {
         }
         self.report_dirty = true;
         let params = l.params.clone().expect("an offline action has its params");
-        if ok {
-            if let Some(stop) = l.pending_stop.take() {
-                l.op = stop.op;
-                l.phase = LocalPhase::Stopping;
-                l.params = Some(stop.clone());
-                self.actions.push_back(Action::Stop { params: stop });
-            } else {
-                l.phase = LocalPhase::Offline;
-            }
-        } else {
-            l.outcome = Some(LocalOutcome::StartFailed);
-            l.cleanup = true;
-            l.phase = LocalPhase::Stopping;
-            if let Some(stop) = l.pending_stop.take() {
-                l.op = stop.op;
-            }
-            let p = ActionParams { reason: Reason::StartFailed, ..params };
-            l.params = Some(p.clone());
-            self.actions.push_back(Action::Stop { params: p });
+        if start_ended(l, &mut self.actions, params, ok) {
+            l.phase = LocalPhase::Offline;
         }
     }
 
@@ -1222,26 +1230,10 @@ impl Services {
         let params = l.params.clone().expect("a start has its params");
         if ok {
             l.outcome = Some(LocalOutcome::Started);
-            if let Some(stop) = l.pending_stop.take() {
-                l.op = stop.op;
-                l.phase = LocalPhase::Stopping;
-                l.params = Some(stop.clone());
-                self.actions.push_back(Action::Stop { params: stop });
-            } else {
-                l.phase = LocalPhase::Running;
-                self.actions.push_back(Action::EnableEvents { service: service.to_string() });
-            }
-        } else {
-            // S1.13: clean up here; the decider then tries the next node.
-            l.outcome = Some(LocalOutcome::StartFailed);
-            l.cleanup = true;
-            l.phase = LocalPhase::Stopping;
-            if let Some(stop) = l.pending_stop.take() {
-                l.op = stop.op;
-            }
-            let p = ActionParams { reason: Reason::StartFailed, ..params };
-            l.params = Some(p.clone());
-            self.actions.push_back(Action::Stop { params: p });
+        }
+        if start_ended(l, &mut self.actions, params, ok) {
+            l.phase = LocalPhase::Running;
+            self.actions.push_back(Action::EnableEvents { service: service.to_string() });
         }
     }
 
