@@ -321,14 +321,6 @@ fn leftovers(group: &str, pgids: &[i32]) -> Vec<Proc> {
     out
 }
 
-enum Step {
-    Go(#[allow(dead_code)] Locked),
-    /// The agent is acting on the group right now: not this round.
-    Busy,
-    /// The group runs here again.
-    Superseded,
-}
-
 /// What one round found and did.
 #[derive(Default)]
 struct Round {
@@ -356,8 +348,10 @@ struct Watch {
 impl Watch {
     /// Whether a destructive step may run now: the group's lock, held, if
     /// the generation is still ours and the agent (when it answers) does
-    /// not use the group here.
-    async fn step(&self) -> Step {
+    /// not use the group here. `None` ends the round: the agent is acting on
+    /// the group right now (not this round), or the group runs here again
+    /// (`r.superseded` is set).
+    async fn step(&self, r: &mut Round) -> Option<Locked> {
         let (dir, name, gen) = (self.state_dir.clone(), self.args.group.clone(), self.args.gen);
         let l = tokio::task::spawn_blocking(move || {
             let mut l = Locked::open(&dir, &name).ok()?;
@@ -366,16 +360,22 @@ impl Watch {
         .await
         .ok()
         .flatten();
-        let Some(l) = l else { return Step::Superseded };
+        let Some(l) = l else {
+            r.superseded = true;
+            return None;
+        };
         // The agent's own view: something of the agent may configure the
         // group here outside a run method (a handover's preparation) under
         // the group's task lock, and marks it active afterwards. After
         // going off-line or a failed halt the group is active by design.
         let reply = crate::control::request(&self.socket, &format!("group-state {}", self.args.group)).await;
         match reply.as_deref().map(str::trim) {
-            Ok("ok busy") => Step::Busy,
-            Ok("ok active") if !self.args.keep_addresses && !self.args.halt_failed => Step::Superseded,
-            _ => Step::Go(l), // idle, or no agent (gone: nothing runs it here)
+            Ok("ok busy") => None,
+            Ok("ok active") if !self.args.keep_addresses && !self.args.halt_failed => {
+                r.superseded = true;
+                None
+            }
+            _ => Some(l), // idle, or no agent (gone: nothing runs it here)
         }
     }
 
@@ -390,14 +390,7 @@ impl Watch {
                     MonitorStatus::NotRunning => {}
                     MonitorStatus::Failed { reason } => r.app = Some(format!("monitor failed: {reason}")),
                     MonitorStatus::Running => {
-                        let _l = match self.step().await {
-                            Step::Go(l) => l,
-                            Step::Busy => return r,
-                            Step::Superseded => {
-                                r.superseded = true;
-                                return r;
-                            }
-                        };
+                        let Some(_l) = self.step(&mut r).await else { return r };
                         warn!(service = %self.args.group, "the application still runs here: stopping it again");
                         match app.stop().await {
                             Err(e) => r.errors.push(format!("the application still runs and its stop failed: {e}")),
@@ -416,14 +409,7 @@ impl Watch {
         let procs = leftovers(&self.args.group, &self.args.pgids);
         if !procs.is_empty() {
             {
-                let _l = match self.step().await {
-                    Step::Go(l) => l,
-                    Step::Busy => return r,
-                    Step::Superseded => {
-                        r.superseded = true;
-                        return r;
-                    }
-                };
+                let Some(_l) = self.step(&mut r).await else { return r };
                 for p in &procs {
                     warn!(service = %self.args.group, pid = p.pid, cmd = %p.cmd, "leftover process of the group: SIGTERM");
                     unsafe { libc::kill(p.pid, libc::SIGTERM) };
@@ -435,14 +421,7 @@ impl Watch {
             }
             let left: Vec<&Proc> = procs.iter().filter(|p| alive(p)).collect();
             if !left.is_empty() {
-                let _l = match self.step().await {
-                    Step::Go(l) => l,
-                    Step::Busy => return r,
-                    Step::Superseded => {
-                        r.superseded = true;
-                        return r;
-                    }
-                };
+                let Some(_l) = self.step(&mut r).await else { return r };
                 for p in &left {
                     warn!(service = %self.args.group, pid = p.pid, cmd = %p.cmd, "still running after SIGTERM: SIGKILL");
                     unsafe { libc::kill(p.pid, libc::SIGKILL) };
@@ -475,14 +454,7 @@ impl Watch {
                 if !present {
                     continue;
                 }
-                let _l = match self.step().await {
-                    Step::Go(l) => l,
-                    Step::Busy => return r,
-                    Step::Superseded => {
-                        r.superseded = true;
-                        return r;
-                    }
-                };
+                let Some(_l) = self.step(&mut r).await else { return r };
                 warn!(service = %self.args.group, address = %a, interface = %self.group.interface, "address still configured: removing it");
                 if let Err(e) = crate::addr::release(&self.group.interface, a.ip, a.prefix).await {
                     r.errors.push(format!("cannot remove {a} from {}: {e}", self.group.interface));
