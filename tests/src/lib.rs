@@ -828,3 +828,21 @@ fn short_err(e: &std::io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+/// The Ethernet address of `ifname` in namespace `ns`, lower case.
+pub fn link_mac(ns: &str, ifname: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&sh(&["ip", "-j", "-n", ns, "link", "show", ifname])).unwrap();
+    v[0]["address"].as_str().unwrap().to_lowercase()
+}
+
+/// The neighbour entry for `ip` on `dev` in namespace `ns`: (lladdr, states).
+pub fn neigh_entry(ns: &str, ip: &str, dev: &str) -> Option<(String, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(&sh(&["ip", "-j", "-n", ns, "neigh", "show", ip, "dev", dev])).unwrap();
+    let e = v.as_array()?.first()?;
+    let ll = e["lladdr"].as_str()?.to_lowercase();
+    let states = e["state"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    Some((ll, states))
+}

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use baton_agent::addr::{self, AcquireOptions, AddrError, Announce};
 use baton_tests::*;
-use serde_json::Value;
 
 const IF: &str = "eth0";
 const VIP4: &str = "10.88.0.100";
@@ -69,20 +68,12 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn mac(ns: &str) -> String {
-    let v: Value = serde_json::from_str(&sh(&["ip", "-j", "-n", ns, "link", "show", IF])).unwrap();
-    v[0]["address"].as_str().unwrap().to_lowercase()
+    link_mac(ns, IF)
 }
 
 /// The client's neighbour entry for `vip`: (lladdr, states).
 fn neigh(ns: &str, vip: &str) -> Option<(String, Vec<String>)> {
-    let v: Value = serde_json::from_str(&sh(&["ip", "-j", "-n", ns, "neigh", "show", vip, "dev", IF])).unwrap();
-    let e = v.as_array()?.first()?;
-    let ll = e["lladdr"].as_str()?.to_lowercase();
-    let states = e["state"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    Some((ll, states))
+    neigh_entry(ns, vip, IF)
 }
 
 fn ping(ns: &str, vip: &str) -> bool {

@@ -263,20 +263,12 @@ fn netns_cmdlines(ns: &str) -> Vec<String> {
 }
 
 fn mac(ns: &str) -> String {
-    let v: Value = serde_json::from_str(&sh(&["ip", "-j", "-n", ns, "link", "show", IF])).unwrap();
-    v[0]["address"].as_str().unwrap().to_lowercase()
+    link_mac(ns, IF)
 }
 
 /// The client's neighbour entry for the VIP: (lladdr, states).
 fn neigh(ns: &str) -> Option<(String, Vec<String>)> {
-    let v: Value = serde_json::from_str(&sh(&["ip", "-j", "-n", ns, "neigh", "show", VIP, "dev", CLIENT_IF])).unwrap();
-    let e = v.as_array()?.first()?;
-    let ll = e["lladdr"].as_str()?.to_lowercase();
-    let states = e["state"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    Some((ll, states))
+    neigh_entry(ns, VIP, CLIENT_IF)
 }
 
 fn vip_on(ns: &str) -> bool {
@@ -1140,7 +1132,7 @@ fn overlap_handover_steers_a_client_that_missed_the_announcement_even_on_a_reuse
     let tw = ns_sh(&svc.ns(0), &["cat", "/proc/net/tcp"]);
     let port_hex = format!(":{PORT:04X} ");
     svc.check(tw.lines().any(|l| l.contains(&port_hex) && l.split_whitespace().nth(3) == Some("06")), || format!("no time-wait socket for port {PORT} on node1:\n{tw}\nnode1: {}\nclient: {}", ns_sh(&svc.ns(0), &["ss", "-tan"]), ns_sh(&client, &["ss", "-tan"])));
-    let node1_mac = ns_sh(&svc.ns(0), &["cat", &format!("/sys/class/net/{IF}/address")]).trim().to_string();
+    let node1_mac = mac(&svc.ns(0));
 
     svc.baton(0, &["switchover", "web", "2"]);
     svc.wait_registered("web", Duration::from_secs(15), |n| n == 2);
