@@ -632,6 +632,15 @@ fn switchover_moves_the_service_and_the_address_is_never_on_two_nodes() {
     eprintln!("switchover: {} of {n} client requests failed:\n{}", failed.len(), failed.join("\n"));
 }
 
+/// The `web` group keys of the zero-loss handover. The monitor is what tells
+/// the new node that its server answers (a spawned daemon may not listen
+/// yet): the old node steers only after it passed there.
+fn overlap_keys() -> String {
+    format!(
+        "handover = \"overlap\"\ndrain_timeout_ms = 1000\n\n[[group.monitor]]\nkind = \"command\"\nmonitor = \"busybox wget -q -O /dev/null http://{VIP}/\"\ninterval_ms = 1000\n"
+    )
+}
+
 /// Issue 4: "switchover without a failed client request", with the
 /// zero-loss handover (`handover = "overlap"`, docs/addresses.md) and a
 /// client as impatient as the bench's: 100 ms per request, so that a SYN
@@ -642,12 +651,7 @@ fn switchover_with_overlap_handover_loses_no_client_request() {
     if !kernel_tests_possible() {
         return;
     }
-    // The monitor is what tells node2 that its server answers (a spawned
-    // daemon may not listen yet): node1 steers only after it passed there.
-    let extra = format!(
-        "handover = \"overlap\"\ndrain_timeout_ms = 1000\n\n[[group.monitor]]\nkind = \"command\"\nmonitor = \"busybox wget -q -O /dev/null http://{VIP}/\"\ninterval_ms = 1000\n"
-    );
-    let (svc, failed, n) = switchover_with("ssw0", &extra, Duration::from_millis(100));
+    let (svc, failed, n) = switchover_with("ssw0", &overlap_keys(), Duration::from_millis(100));
     svc.check(failed.is_empty(), || {
         format!("{} of {n} client requests failed during the switchover:\n{}", failed.len(), failed.join("\n"))
     });
@@ -1119,10 +1123,7 @@ fn overlap_handover_steers_a_client_that_missed_the_announcement_even_on_a_reuse
     if !kernel_tests_possible() {
         return;
     }
-    let extra = format!(
-        "handover = \"overlap\"\ndrain_timeout_ms = 1000\n\n[[group.monitor]]\nkind = \"command\"\nmonitor = \"busybox wget -q -O /dev/null http://{VIP}/\"\ninterval_ms = 1000\n"
-    );
-    let mut svc = Svc::new("stw", 3, &web_group("costly", &extra)).with_client();
+    let mut svc = Svc::new("stw", 3, &web_group("costly", &overlap_keys())).with_client();
     web_on_node1(&mut svc);
     let client = svc.client();
     const PORT: u16 = 40123;
