@@ -480,6 +480,30 @@ struct Results {
 }
 
 impl Results {
+    /// The outage and failed requests of one crash window, recorded.
+    fn record_crash(&mut self, v: &[Sample]) -> (f64, usize) {
+        let (ms, failed) = measure(v);
+        self.count_errors("crash", v);
+        self.crash.push(ms);
+        self.crash_failed.push(failed);
+        (ms, failed)
+    }
+
+    fn record_linkcut(&mut self, v: &[Sample]) -> (f64, usize) {
+        let (ms, failed) = measure(v);
+        self.count_errors("link cut", v);
+        self.linkcut.push(ms);
+        (ms, failed)
+    }
+
+    fn record_switchover(&mut self, v: &[Sample]) -> (f64, usize) {
+        let (ms, failed) = measure(v);
+        self.count_errors("switchover", v);
+        self.switchover_failed.push(failed);
+        self.switchover_ms.push(ms);
+        (ms, failed)
+    }
+
     fn count_errors(&mut self, what: &str, v: &[Sample]) {
         for s in v {
             if let Err(e) = &s.result {
@@ -543,10 +567,7 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
                 .with_context(|| format!("no other node served after {name} crashed"))?;
             pause(TIMEOUT.as_millis() as u64)?;
             let v = window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled);
-            let (ms, failed) = measure(&v);
-            r.count_errors("crash", &v);
-            r.crash.push(ms);
-            r.crash_failed.push(failed);
+            let (ms, failed) = r.record_crash(&v);
             eprint!("\r  baton crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
             let t2 = monotonic_ns();
             rig.c.start(active);
@@ -584,10 +605,7 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
             // Let requests in flight at the moment complete, then count.
             pause(TIMEOUT.as_millis() as u64 + 20)?;
             let v = window(&rig.prober, t, settled + PERIOD.as_nanos() as u64);
-            let (ms, failed) = measure(&v);
-            r.switchover_failed.push(failed);
-            r.switchover_ms.push(ms);
-            r.count_errors("switchover", &v);
+            let (ms, failed) = r.record_switchover(&v);
             eprint!("\r  baton switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", k + 1, opts.crashes);
             Ok(())
         })();
@@ -632,9 +650,7 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
         };
         pause(TIMEOUT.as_millis() as u64)?;
         let v = window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled);
-        let (ms, failed) = measure(&v);
-        r.linkcut.push(ms);
-        r.count_errors("link cut", &v);
+        let (ms, failed) = r.record_linkcut(&v);
         eprint!("\r  baton link cut {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
         // The isolated agent should halt (no quorum) and exit, releasing
         // the address and stopping httpd.
@@ -700,10 +716,7 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
                 .with_context(|| format!("no other node served after {name} crashed"))?;
             pause(TIMEOUT.as_millis() as u64)?;
             let v = window(&prober, t - TIMEOUT.as_nanos() as u64, settled);
-            let (ms, failed) = measure(&v);
-            r.count_errors("crash", &v);
-            r.crash.push(ms);
-            r.crash_failed.push(failed);
+            let (ms, failed) = r.record_crash(&v);
             eprint!("\r  keepalived crash {}/{}: outage {ms:.1} ms ({failed} failed)   ", n + 1, opts.crashes);
             let t2 = monotonic_ns();
             k.start(active);
@@ -739,9 +752,7 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
             let settled = settled?;
             pause(TIMEOUT.as_millis() as u64)?;
             let v = window(&prober, t - TIMEOUT.as_nanos() as u64, settled);
-            let (ms, failed) = measure(&v);
-            r.count_errors("link cut", &v);
-            r.linkcut.push(ms);
+            let (ms, failed) = r.record_linkcut(&v);
             eprint!("\r  keepalived link cut {}/{}: outage {ms:.1} ms ({failed} failed)   ", n + 1, opts.crashes);
             keepalived_restart_all(&c, &mut k, &prober)?;
             Ok(())
@@ -769,10 +780,7 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
                 .with_context(|| format!("{target} never served"))?;
             pause(TIMEOUT.as_millis() as u64 + 20)?;
             let v = window(&prober, t, settled + PERIOD.as_nanos() as u64);
-            let (ms, failed) = measure(&v);
-            r.switchover_failed.push(failed);
-            r.switchover_ms.push(ms);
-            r.count_errors("switchover", &v);
+            let (ms, failed) = r.record_switchover(&v);
             eprint!("\r  keepalived switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", n + 1, opts.crashes);
             Ok(())
         })();
