@@ -313,9 +313,7 @@ impl Handovers {
             if let Some(app) = app {
                 let _ = app.stop().await;
             }
-            for a in &g.addresses {
-                let _ = crate::addr::release(&g.interface, a.ip, a.prefix).await;
-            }
+            crate::svc::release_all(g).await;
             self.clear(&ips, Some(id));
             Err(why)
         };
@@ -355,11 +353,7 @@ impl Handovers {
                 error!(service = %group, "handover: stopping the prepared application failed: {e}");
             }
         }
-        for a in &gh.group.addresses {
-            if let Err(e) = crate::addr::release(&gh.group.interface, a.ip, a.prefix).await {
-                error!(service = %group, address = %a, "handover: releasing the prepared address failed: {e}");
-            }
-        }
+        crate::svc::release_all(&gh.group).await;
         self.clear(&v4(&gh.group), Some(id));
         lock(&self.inner.active).remove(group);
         self.event(serde_json::json!({"event": "handover_undone", "service": group, "node": self.inner.me, "reason": why}));
@@ -450,11 +444,7 @@ impl Handovers {
             // the steering, as a failed halt keeps them.
             app.stop().await.map_err(|e| e.to_string())?;
         }
-        for a in &g.addresses {
-            if let Err(e) = crate::addr::release(&g.interface, a.ip, a.prefix).await {
-                error!(address = %a, interface = %g.interface, "releasing the address failed: {e}");
-            }
-        }
+        crate::svc::release_all(g).await;
         self.event(serde_json::json!({
             "event": "handover_done", "service": g.name, "node": self.inner.me, "next": next,
             "prepared_ms": prepared_ms, "drain_ms": drain_ms, "connections_left": left,

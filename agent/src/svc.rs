@@ -716,7 +716,9 @@ async fn halt_group(g: &Group, app: Option<&Resource>, planned: bool) -> Result<
     Ok(())
 }
 
-async fn release_all(g: &Group) {
+/// Removes every address of `g` from its interface, logging (not
+/// returning) what fails: the halt paths go on either way.
+pub(crate) async fn release_all(g: &Group) {
     for a in &g.addresses {
         if let Err(e) = crate::addr::release(&g.interface, a.ip, a.prefix).await {
             error!(address = %a, interface = %g.interface, "releasing the address failed: {e}");
