@@ -45,8 +45,15 @@ struct Svc {
 impl Svc {
     /// `group_text` is TOML appended to every node's configuration, with
     /// `@NODE@` replaced by the node's name and `@WORK@` by the work dir.
+    ///
+    /// Heartbeats every 20 ms, silence after 5 misses (100 ms): these tests
+    /// are about services, not detection speed (datapath.rs and the benches
+    /// use 10 ms × 3), and fourteen of them run at once, each with three
+    /// agents, a client and busybox servers. A scheduling stall of 30 ms on
+    /// a busy CI machine must not force a node out in the middle of a
+    /// switchover that the test checks.
     fn new(tag: &str, n: usize, group_text: &str) -> Svc {
-        let c = Cluster::new(tag, n, 1, 10, 3);
+        let c = Cluster::new(tag, n, 1, 20, 5);
         let work = c.dir.join("work");
         std::fs::create_dir_all(&work).unwrap();
         for h in &c.hosts {
@@ -1152,3 +1159,4 @@ fn overlap_handover_steers_a_client_that_missed_the_announcement_even_on_a_reuse
     svc.check(fresh.as_deref() == Ok("node2"), || format!("through node1, from a fresh port: {fresh:?}"));
     svc.check(after >= before + 4, || format!("node1 handed over {} packets for two connections", after - before));
 }
+
