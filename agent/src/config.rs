@@ -75,6 +75,12 @@ pub struct Config {
     pub resend_ms: u32,
     pub form_ms: u32,
     pub control_port: u16,
+    /// After this node halted (forced out, lost quorum, superseded, cluster
+    /// lost; not after a local critical failure, S0), the agent starts again
+    /// as a new life after this long, doubled for each halt that follows
+    /// the previous start within a minute (at most 60 s). 0: the agent exits
+    /// instead (for a supervisor, or an operator, to restart it).
+    pub rejoin_ms: u32,
     pub links: Vec<Link>,
     pub peers: Vec<Peer>,
     pub paths: RuntimePaths,
@@ -152,6 +158,7 @@ struct RawMembership {
     resend_ms: Option<Spanned<i64>>,
     form_ms: Option<Spanned<i64>>,
     control_port: Option<Spanned<i64>>,
+    rejoin_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -309,7 +316,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     }
 
-    let (mut subgroup_size, mut resend_ms, mut form_ms) = (4usize, 50u32, 500u32);
+    let (mut subgroup_size, mut resend_ms, mut form_ms, mut rejoin_ms) = (4usize, 50u32, 500u32, 1000u32);
     let mut control_port: u16 = port.checked_add(1).unwrap_or(port - 1);
     if let Some(m) = &raw.membership {
         let m = m.get_ref();
@@ -321,6 +328,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         if let Some(v) = &m.form_ms {
             form_ms = cx.int(v, "membership.form_ms", 10, 600_000)?;
+        }
+        if let Some(v) = &m.rejoin_ms {
+            rejoin_ms = cx.int(v, "membership.rejoin_ms", 0, 600_000)?;
         }
         if let Some(v) = &m.control_port {
             control_port = cx.int(v, "membership.control_port", 1, 65535)?;
@@ -449,6 +459,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         resend_ms,
         form_ms,
         control_port,
+        rejoin_ms,
         links,
         peers,
         paths,
@@ -560,6 +571,15 @@ addresses = ["10.0.0.2"]
         assert!(e.starts_with("t.toml:13:"), "{e}");
         let e = err(&GOOD.replace("misses = 3", "misses = \"three\""));
         assert!(e.starts_with("t.toml:13:"), "{e}");
+    }
+
+    #[test]
+    fn rejoin_after_halt() {
+        assert_eq!(parse(Path::new("t.toml"), GOOD).unwrap().rejoin_ms, 1000);
+        let c = parse(Path::new("t.toml"), &format!("{GOOD}\n[membership]\nrejoin_ms = 0\n")).unwrap();
+        assert_eq!(c.rejoin_ms, 0);
+        let e = err(&format!("{GOOD}\n[membership]\nrejoin_ms = -5\n"));
+        assert_eq!(e, "t.toml:26: `membership.rejoin_ms`: -5 is out of range 0..=600000");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `baton`: the agent daemon and its command-line interface.
 
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -159,6 +160,51 @@ fn main() {
     }
 }
 
+/// The environment variable that carries the number of halts in a row
+/// (each within a minute of the previous start) across the re-execution.
+const REJOIN_STREAK_ENV: &str = "BATON_REJOIN_STREAK";
+
+/// After clustering halted: start again as a new life (the same process
+/// re-executes itself with the same arguments: new incarnation, datapath
+/// loaded afresh, nothing of the old life kept) after
+/// [`run::rejoin_delay`], or exit with an error.
+fn rejoin_or_exit(rt: tokio::runtime::Runtime, cfg: &config::Config, why: baton_core::membership::HaltReason, started_ns: u64) -> Result<()> {
+    let prev: u32 = std::env::var(REJOIN_STREAK_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let lived = std::time::Duration::from_nanos(baton_agent::events::monotonic_ns().saturating_sub(started_ns));
+    let streak = if lived < std::time::Duration::from_secs(60) { prev } else { 0 };
+    let Some(delay) = run::rejoin_delay(cfg, &why, streak) else {
+        anyhow::bail!("clustering halted on this node ({why:?}); restart the agent to join again");
+    };
+    tracing::warn!(
+        ?why, delay_ms = delay.as_millis() as u64, halts_in_a_row = streak + 1,
+        "clustering halted on this node; everything of this life is stopped and released: starting again as a new life (membership.rejoin_ms)"
+    );
+    // SIGTERM or SIGINT while waiting: the operator stops the agent.
+    let stopped = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tokio::time::sleep(delay).await;
+            return false;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+        }
+    });
+    drop(rt);
+    if stopped {
+        tracing::info!("stopped by a signal before starting again");
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding this program to start it again")?;
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(REJOIN_STREAK_ENV, (streak + 1).to_string())
+        .exec();
+    Err(anyhow::Error::new(err).context(format!("starting {} again after the halt", exe.display())))
+}
+
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -172,7 +218,12 @@ fn real_main() -> Result<()> {
                 let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
                 anyhow::bail!("{}: resource groups cannot run on this machine:\n{}", config.display(), list.join("\n"));
             }
-            rt.block_on(run::run(&config))
+            let started_ns = baton_agent::events::monotonic_ns();
+            let ended = rt.block_on(run::run(&config))?;
+            match ended {
+                run::Ended::Stopped => Ok(()),
+                run::Ended::Halted(why) => rejoin_or_exit(rt, &cfg, why, started_ns),
+            }
         }
         Cmd::Status { config, json } => {
             let cfg = config::load(&config)?;

@@ -16,7 +16,7 @@ use crate::events::{monotonic_ns, EventSink, PeerTracker};
 use crate::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
 use crate::subsys::{SubsysEvent, SubsysServer};
 use crate::{control, sender};
-use baton_core::membership::Input;
+use baton_core::membership::{HaltReason, Input};
 
 /// A new incarnation: the wall clock in µs, but always above the last one
 /// this node used (kept in the state dir), so a restart is always "newer" even
@@ -36,7 +36,33 @@ pub fn next_incarnation(file: &Path) -> Result<u64> {
     Ok(inc)
 }
 
-pub async fn run(cfg_path: &Path) -> Result<()> {
+/// How `baton run` ended without an error.
+#[derive(Debug)]
+pub enum Ended {
+    /// Stopped by a signal (after a graceful leave, or without one).
+    Stopped,
+    /// Clustering halted on this node (S1.7, S0): see [`rejoin_delay`].
+    Halted(HaltReason),
+}
+
+/// After a halt, how long until the agent starts again as a new life, or
+/// `None` when it must exit instead: after a local critical failure (S0:
+/// the node shuts down until someone looks at it), with
+/// `membership.rejoin_ms = 0`, and in a cluster of two configured nodes
+/// (a new life that cannot see the other node forms a cluster of its own
+/// there, so a partition would give two; the operator restarts it, as
+/// corosync's `two_node` with `wait_for_all` asks). `streak` counts the
+/// halts in a row that came within a minute of the previous start: the
+/// delay doubles for each, up to 60 s.
+pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::time::Duration> {
+    if cfg.rejoin_ms == 0 || cfg.peers.len() < 2 || matches!(why, HaltReason::LocalFailure { .. }) {
+        return None;
+    }
+    let ms = (cfg.rejoin_ms as u64).saturating_mul(1u64 << streak.min(16)).min(60_000.max(cfg.rejoin_ms as u64));
+    Some(std::time::Duration::from_millis(ms))
+}
+
+pub async fn run(cfg_path: &Path) -> Result<Ended> {
     let cfg = config::load(cfg_path)?;
     crate::datapath::check_prerequisites()?;
     let key = config::read_secret(&cfg.secret_file)?;
@@ -143,8 +169,8 @@ pub async fn run(cfg_path: &Path) -> Result<()> {
     dp.stop();
     info!("baton agent stopped");
     match result? {
-        Outcome::Stopped | Outcome::Left => Ok(()),
-        Outcome::Halted(why) => anyhow::bail!("clustering halted on this node ({why}); restart the agent to join again"),
+        Outcome::Stopped | Outcome::Left => Ok(Ended::Stopped),
+        Outcome::Halted(why) => Ok(Ended::Halted(why)),
     }
 }
 
@@ -244,7 +270,7 @@ async fn event_loop(
                 }
                 Effect::Halted { why } => {
                     driver.shutdown().await;
-                    return Ok(Outcome::Halted(format!("{why:?}")));
+                    return Ok(Outcome::Halted(why));
                 }
                 Effect::Left => {
                     driver.shutdown().await;
@@ -408,5 +434,39 @@ pub enum Outcome {
     /// Stopped without a completed graceful leave (timeout or second signal).
     Stopped,
     Left,
-    Halted(String),
+    Halted(HaltReason),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg(peers: usize, rejoin_ms: u32) -> Config {
+        let mut text = String::from(
+            "[cluster]\nname = \"t\"\nid = 1\nsecret_file = \"/s\"\n[node]\nid = 1\nname = \"n1\"\n\
+             [[link]]\nname = \"r0\"\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\n",
+        );
+        for p in 0..peers {
+            text += &format!("[[peer]]\nid = {}\nname = \"n{}\"\naddresses = [\"10.0.0.{}\"]\n", p + 2, p + 2, p + 2);
+        }
+        text += &format!("[membership]\nrejoin_ms = {rejoin_ms}\n");
+        config::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn rejoin_delay_doubles_and_is_capped_and_some_halts_never_rejoin() {
+        let c = cfg(2, 1000);
+        let d = |why: HaltReason, streak| rejoin_delay(&c, &why, streak);
+        assert_eq!(d(HaltReason::LostQuorum, 0), Some(Duration::from_millis(1000)));
+        assert_eq!(d(HaltReason::ForcedOut, 1), Some(Duration::from_millis(2000)));
+        assert_eq!(d(HaltReason::Superseded, 3), Some(Duration::from_millis(8000)));
+        assert_eq!(d(HaltReason::ClusterLost, 6), Some(Duration::from_millis(60_000)));
+        assert_eq!(d(HaltReason::ClusterLost, 40), Some(Duration::from_millis(60_000)));
+        // S0: a local critical failure ends clustering until someone looks.
+        assert_eq!(d(HaltReason::LocalFailure { reason: 1 }, 0), None);
+        // Off, and in a cluster of two configured nodes.
+        assert_eq!(rejoin_delay(&cfg(2, 0), &HaltReason::LostQuorum, 0), None);
+        assert_eq!(rejoin_delay(&cfg(1, 1000), &HaltReason::ForcedOut, 0), None);
+    }
 }

@@ -111,16 +111,33 @@ fn cut_links_are_silent_one_by_one_and_the_peer_when_all_are() {
     eprintln!("node 3 silent {latency_ms:.1} ms after its last link was cut");
     assert!(latency_ms <= 30.0 + SLACK_MS);
     // Cut off from both peers, node 3 has no quorum: its membership halts
-    // (the agent exits) rather than act alone.
-    let mut a = c.agents[2].take().unwrap();
-    wait_until(Duration::from_secs(5), || a.child.try_wait().unwrap().is_some())
-        .unwrap_or_else(|| panic!("node 3 kept running without quorum:\n{}", c.agent_log(2)));
-    assert!(c.agent_log(2).contains("LostQuorum"), "{}", c.agent_log(2));
-    // Healing and a restart bring it back.
+    // rather than act alone; then the agent starts again as a new life
+    // (`membership.rejoin_ms`, 1 s) that waits, alone, for a majority.
+    let first_life = std::fs::read_to_string(c.node_dir(2).join("state").join("incarnation")).unwrap();
+    wait_until(Duration::from_secs(5), || c.agent_log(2).contains("starting again as a new life"))
+        .unwrap_or_else(|| panic!("node 3 did not halt and start again without quorum:\n{}", c.agent_log(2)));
+    assert!(c.agent_log(2).contains("why=LostQuorum"), "{}", c.agent_log(2));
+    let a = c.agents[2].as_mut().unwrap();
+    assert!(a.child.try_wait().unwrap().is_none(), "the agent process exited:\n{}", c.agent_log(2));
+    let sock = c.node_dir(2).join("run").join(format!("{}.sock", c.cluster_name));
+    wait_until(Duration::from_secs(5), || sock.exists()).unwrap_or_else(|| panic!("no new life:\n{}", c.agent_log(2)));
+    let second_life = std::fs::read_to_string(c.node_dir(2).join("state").join("incarnation")).unwrap();
+    assert_ne!(first_life, second_life, "the new life has a new incarnation");
+    // Alone, the new life never forms a cluster of its own.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = c.agent_log(2);
+    let new_life = &log[log.find("starting again as a new life").unwrap()..];
+    assert!(!new_life.contains("transition completed"), "node 3 formed a cluster alone:\n{new_life}");
+    assert!(c.membership(2)["view"].is_null(), "node 3 formed a cluster alone: {}", c.membership(2));
+    // Healing brings it back by itself, with no restart.
     c.heal_link(2, 0);
     c.heal_link(2, 1);
-    c.start(2);
     c.wait_all_up(Duration::from_secs(5));
+    c.wait_all_joined(Duration::from_secs(15));
+    for i in 0..2 {
+        let inc = c.membership(i)["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 3).unwrap()["incarnation"].to_string();
+        assert_eq!(inc, second_life.trim(), "node{} sees node 3's new life", i + 1);
+    }
 }
 
 #[test]

@@ -1160,3 +1160,64 @@ fn overlap_handover_steers_a_client_that_missed_the_announcement_even_on_a_reuse
     svc.check(after >= before + 4, || format!("node1 handed over {} packets for two connections", after - before));
 }
 
+
+/// A stall of the whole machine longer than the silence bound (every agent
+/// frozen at once, as a paused VM or an overloaded host does): each node
+/// sees both peers silent and halts (no quorum), stopping the service and
+/// releasing the address. Each agent then starts again as a new life by
+/// itself (`membership.rejoin_ms`, 1 s): they form the cluster anew and the
+/// service runs again, with the address never on two nodes and no operator.
+#[test]
+fn after_a_stall_of_every_node_the_cluster_forms_again_by_itself_and_the_service_returns() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("sstl", 3, &web_group("costly", "")).with_client();
+    web_on_node1(&mut svc);
+    let client = svc.client();
+    let pids: Vec<i32> = (0..3).map(|i| svc.c.agents[i].as_ref().unwrap().pid()).collect();
+    let lives = |svc: &Svc| -> Vec<String> {
+        (0..3).map(|i| std::fs::read_to_string(svc.c.node_dir(i).join("state").join("incarnation")).unwrap().trim().to_string()).collect()
+    };
+    let first = lives(&svc);
+    let watcher = Watcher::start((0..3).map(|i| svc.ns(i)).collect());
+    // Frozen for 250 ms: 2.5 times the silence bound (20 ms × 5).
+    for p in &pids {
+        unsafe { libc::kill(*p, libc::SIGSTOP) };
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    for p in &pids {
+        unsafe { libc::kill(*p, libc::SIGCONT) };
+    }
+    for i in 0..3 {
+        let again = wait_until(Duration::from_secs(10), || !svc.c.log_lines(i, &["starting again as a new life", "why=LostQuorum"]).is_empty());
+        svc.check(again.is_some(), || format!("{} did not halt for lost quorum and start again", svc.name(i)));
+    }
+    // The new lives: same processes, new incarnations, one cluster.
+    let socks = |i: usize| svc.c.node_dir(i).join("run").join(format!("{}.sock", svc.c.cluster_name));
+    let up = wait_until(Duration::from_secs(10), || (0..3).all(|i| socks(i).exists()));
+    svc.check(up.is_some(), || "not every agent runs a new life".to_string());
+    let second = lives(&svc);
+    for i in 0..3 {
+        let alive = svc.c.agents[i].as_mut().is_some_and(|a| a.child.try_wait().unwrap().is_none());
+        svc.check(alive && svc.c.agents[i].as_ref().unwrap().pid() == pids[i], || format!("{}'s agent process exited", svc.name(i)));
+        svc.check(first[i] != second[i], || format!("{} kept its incarnation {}", svc.name(i), first[i]));
+    }
+    svc.c.wait_all_joined(Duration::from_secs(20));
+    svc.wait_registered("web", Duration::from_secs(20), |n| n == 1);
+    let mut last = Err(String::new());
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = get_page(&client);
+        last.as_deref() == Ok("node1")
+    });
+    svc.check(ok.is_some(), || format!("the client never got node1's page again: {last:?}"));
+    let samples = watcher.finish();
+    // The halt released the address (node1 alone ever held it; a sample
+    // without it shows the release).
+    let holders = check_never_on_two(&svc, &samples, &[None, None, None]);
+    svc.check(holders == vec![0], || format!("address holders over the stall: {holders:?}"));
+    let released = samples.iter().any(|s| s.0 == 0 && !s.3);
+    svc.check(released, || "node1 never released the address while its clustering was halted".to_string());
+    let httpds = netns_cmdlines(&svc.ns(0)).iter().filter(|c| c.contains("httpd")).count();
+    svc.check(httpds == 1, || format!("{httpds} httpd processes on node1 after the new start"));
+}

@@ -530,7 +530,8 @@ fn agents_state(rig: &mut BatonRig) -> String {
             let alive = rig.c.agents[i].as_mut().is_some_and(|a| a.child.try_wait().ok().flatten().is_none());
             let halted = rig.c.log_lines(i, &["clustering halted"]).first().map(|l| l.split("why=").nth(1).unwrap_or("").to_string());
             let st = match (alive, halted) {
-                (true, _) => "running".to_string(),
+                (true, Some(w)) => format!("halted ({w}), running again as a new life"),
+                (true, None) => "running".to_string(),
                 (false, Some(w)) => format!("halted ({w})"),
                 (false, None) => "exited".to_string(),
             };
@@ -638,7 +639,8 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
                     let alive = rig.c.agents[i].as_mut().is_some_and(|a| a.child.try_wait().ok().flatten().is_none());
                     let halted = rig.c.log_lines(i, &["clustering halted"]).first().map(|l| l.split("why=").nth(1).unwrap_or("").to_string());
                     format!("{}: agent {}", rig.c.hosts[i].name, match (alive, halted) {
-                        (true, _) => "running".to_string(),
+                        (true, Some(w)) => format!("halted ({w}), running again as a new life"),
+                        (true, None) => "running".to_string(),
                         (false, Some(w)) => format!("halted ({w})"),
                         (false, None) => "exited".to_string(),
                     })
@@ -652,27 +654,23 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
         let v = window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled);
         let (ms, failed) = r.record_linkcut(&v);
         eprint!("\r  baton link cut {}/{}: outage {ms:.1} ms ({failed} failed)   ", k + 1, opts.crashes);
-        // The isolated agent should halt (no quorum) and exit, releasing
-        // the address and stopping httpd.
-        let exited = wait_for(Duration::from_secs(5), || {
-            rig.c.agents[active].as_mut().map(|a| a.child.try_wait().ok().flatten().is_some()).unwrap_or(true)
-        })?;
+        // The isolated agent should halt (no quorum), releasing the address
+        // and stopping httpd; then it starts again as a new life
+        // (`membership.rejoin_ms`) that waits for a majority to join.
+        let halted = wait_for(Duration::from_secs(5), || !rig.c.log_lines(active, &["clustering halted"]).is_empty())?;
         let still_vip = rig.c.has_addr(active, VIP);
         let agent_pid = rig.c.agents[active].as_ref().map(|a| a.pid());
-        // The halt's watchdog process (S4.5) checks for 5 s after the agent
-        // exited, then exits too: wait for it.
+        // The halt's watchdog process (S4.5) checks for 5 s after the halt,
+        // then exits too: wait for it.
         let others_left = || rig.c.host_pids(active).into_iter().filter(|p| Some(*p) != agent_pid).count();
         wait_for(Duration::from_secs(8), || others_left() == 0)?;
         let others = others_left();
-        if !exited || still_vip || others > 0 {
+        if !halted || still_vip || others > 0 {
             r.notes.push(format!(
                 "link cut {k}: isolated {name}: agent {}, VIP {}, {others} other process(es) left",
-                if exited { "exited" } else { "still running 5 s after the cut" },
+                if halted { "halted" } else { "did not halt within 5 s of the cut" },
                 if still_vip { "still configured" } else { "released" },
             ));
-        }
-        if exited {
-            rig.c.agents[active] = None;
         }
     }
     eprintln!();

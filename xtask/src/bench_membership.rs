@@ -269,6 +269,22 @@ fn node_state(m: &Value, id: u32) -> &str {
 /// Fails if an agent in `which` exited.
 fn check_alive(c: &mut Cluster, which: &[usize]) -> Result<()> {
     for &i in which {
+        // A halt (the agent then starts again as a new life,
+        // `membership.rejoin_ms`) spoils the measurement as an exit would:
+        // a life other than the first one seen since the spawn.
+        let inc = read_incarnation(c, i);
+        let stale = STALE_LIFE.lock().unwrap().get(&c.hosts[i].ns.name).copied();
+        if let Some(inc) = inc.filter(|v| Some(*v) != stale) {
+            let first = *FIRST_LIFE.lock().unwrap().entry(c.hosts[i].ns.name.clone()).or_insert(inc);
+            if inc != first {
+                let why = c
+                    .log_lines(i, &["clustering halted on this node why="])
+                    .first()
+                    .and_then(|l| l.split("why=").nth(1).map(|w| w.trim().to_string()))
+                    .unwrap_or_default();
+                bail!("agent of {} halted ({why}) and started again as a new life; {}", c.hosts[i].name, false_alarms(c));
+            }
+        }
         if let Some(a) = c.agents[i].as_mut() {
             if let Some(st) = a.child.try_wait()? {
                 let log = c.agent_log(i);
@@ -288,8 +304,22 @@ fn check_alive(c: &mut Cluster, which: &[usize]) -> Result<()> {
 /// When the bench spawned the agent now running in each namespace.
 static SPAWNED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
+/// The incarnation of the first life of the agent spawned in each namespace.
+static FIRST_LIFE: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// The incarnation file's content before the spawn (an earlier agent's, until
+/// the new one writes its own).
+static STALE_LIFE: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+fn read_incarnation(c: &Cluster, i: usize) -> Option<u64> {
+    std::fs::read_to_string(c.node_dir(i).join("state").join("incarnation")).ok().and_then(|t| t.trim().parse::<u64>().ok())
+}
+
 fn spawn(c: &Cluster, i: usize, cfg: &std::path::Path, log: &std::path::Path) -> Agent {
     SPAWNED.lock().unwrap().insert(c.hosts[i].ns.name.clone(), monotonic_ns());
+    FIRST_LIFE.lock().unwrap().remove(&c.hosts[i].ns.name);
+    let stale = read_incarnation(c, i).unwrap_or(0);
+    STALE_LIFE.lock().unwrap().insert(c.hosts[i].ns.name.clone(), stale);
     Agent::spawn(&c.hosts[i].ns, cfg, log)
 }
 
