@@ -190,7 +190,7 @@ impl Cluster {
             }
             hosts.push(Host { ns, index: i, id: i as u32 + 1, name: format!("node{}", i + 1), addrs });
         }
-        let dir = std::env::temp_dir().join(format!("baton-{prefix}"));
+        let dir = test_root().join(format!("baton-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let secret = dir.join("secret");
@@ -390,6 +390,23 @@ impl Drop for Cluster {
         if std::env::var("BATON_KEEP_TEST_DIR").is_err() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Where clusters keep their per-node directories (configuration, logs,
+/// state, sockets): `/dev/shm` (tmpfs) when there is one, else the temp dir.
+/// Each simulated node writes small files several times a second
+/// (cluster.json, services.json, by write and rename); 32 of them on one
+/// ext4 file system made ext4's inode allocator scan past thousands of
+/// recently deleted inodes on every create: a quarter of a CPU in the
+/// 32-node bench, which real nodes, each with its own disk, never pay.
+pub fn test_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let writable = shm.is_dir() && std::fs::metadata(shm).map(|m| !m.permissions().readonly()).unwrap_or(false);
+    if writable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
     }
 }
 

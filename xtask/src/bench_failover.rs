@@ -145,10 +145,11 @@ fn all_pids() -> Vec<i32> {
 
 /// Removes what an earlier run with one of `tags` (killed hard) left: its
 /// processes (agents, keepalived, httpd: recognised by the run's directory
-/// `/tmp/baton-<tag>...` in their command line), namespaces and pinned maps.
+/// `<test root>/baton-<tag>...` in their command line, see
+/// `baton_tests::test_root`), namespaces and pinned maps.
 pub fn remove_leftovers(tags: &[&str]) {
     let me = std::process::id() as i32;
-    let tmp = std::env::temp_dir();
+    let tmp = baton_tests::test_root();
     let dirs: Vec<String> = tags.iter().map(|t| tmp.join(format!("baton-{t}")).display().to_string()).collect();
     let mut killed = 0;
     for pid in all_pids() {

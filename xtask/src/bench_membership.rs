@@ -912,9 +912,12 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
     );
     debug_assert!(serde_json::from_str::<Value>(&json).is_ok());
     println!("{json}");
-    let missing = timing.iter().chain(&with).chain(&without).filter(|r| r.is_none()).count();
+    // (BATON_BENCH_TIMING_ONLY leaves the count clusters out: not a failure.)
+    let timing_only = std::env::var_os("BATON_BENCH_TIMING_ONLY").is_some();
+    let ran = if timing_only { opts.sizes.len() } else { 3 * opts.sizes.len() };
+    let missing = timing.iter().chain(&with).chain(&without).filter(|r| r.is_none()).count() - (3 * opts.sizes.len() - ran);
     if missing > 0 {
-        bail!("{missing} of {} clusters failed every attempt (see FAILED above)", 3 * opts.sizes.len());
+        bail!("{missing} of {ran} clusters failed every attempt (see FAILED above)");
     }
     Ok(())
 }
