@@ -214,6 +214,18 @@ impl Svc {
         }
     }
 
+    /// Waits until the client gets `page` (a node's name) from the VIP;
+    /// fails with `when` and the last answer otherwise.
+    fn expect_page(&self, page: &str, within: Duration, when: &str) {
+        let client = self.client();
+        let mut last = Err(String::new());
+        let ok = wait_until(within, || {
+            last = get_page(&client);
+            last.as_deref() == Ok(page)
+        });
+        self.check(ok.is_some(), || format!("the client never got {page}'s page {when}: {last:?}"));
+    }
+
     fn marker(&self, name: &str) -> PathBuf {
         self.work.join(name)
     }
@@ -480,13 +492,7 @@ daemon = "exec busybox httpd -f -p {VIP}:80 -h @WORK@/www/@NODE@"
 fn web_on_node1(svc: &mut Svc) {
     svc.start_all();
     svc.wait_registered("web", Duration::from_secs(20), |n| n == 1);
-    let client = svc.client();
-    let mut last = Err(String::new());
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = get_page(&client);
-        last.as_deref() == Ok("node1")
-    });
-    svc.check(ok.is_some(), || format!("the client never got node1's page: {last:?}"));
+    svc.expect_page("node1", Duration::from_secs(10), "at the start");
     svc.check(vip_on(&svc.ns(0)), || format!("{VIP} is not on node1"));
     for i in 1..svc.c.hosts.len() {
         svc.check(!vip_on(&svc.ns(i)), || format!("{VIP} is on {} too", svc.name(i)));
@@ -532,12 +538,7 @@ fn failover_moves_the_address_and_the_clients_neighbour_entry_follows_the_gratui
     svc.check(states.iter().any(|s| s == "STALE"), || format!("entry learned from an unsolicited ARP should be STALE: {states:?}"));
 
     // The client reaches the service on the new owner.
-    let mut last = Err(String::new());
-    let served = wait_until(Duration::from_secs(10), || {
-        last = get_page(&client);
-        last.as_deref() == Ok(svc.name(owner).as_str())
-    });
-    svc.check(served.is_some(), || format!("the client never got {}'s page: {last:?}", svc.name(owner)));
+    svc.expect_page(&svc.name(owner), Duration::from_secs(10), "after the failover");
     let served_ms = killed.elapsed().as_secs_f64() * 1e3;
     let on = svc.wait_registered("web", Duration::from_secs(10), |n| n != 1);
     svc.check(on == svc.id(owner), || format!("registered on node {on}, address on {}", svc.name(owner)));
@@ -671,16 +672,10 @@ fn the_service_falls_back_to_its_preferred_node_when_it_returns() {
     }
     let mut svc = Svc::new("sfb", 3, &web_group("free", "")).with_client();
     web_on_node1(&mut svc);
-    let client = svc.client();
     svc.crash(0);
     let on = svc.wait_registered("web", Duration::from_secs(15), |n| n != 1);
     let owner = svc.index_of(on);
-    let mut last = Err(String::new());
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = get_page(&client);
-        last.as_deref() == Ok(svc.name(owner).as_str())
-    });
-    svc.check(ok.is_some(), || format!("the client never got {}'s page after the failover: {last:?}", svc.name(owner)));
+    svc.expect_page(&svc.name(owner), Duration::from_secs(10), "after the failover");
 
     // Node1 reboots: its kernel lost the address, and its agent starts again.
     svc.c.flush_addr(0, &format!("{VIP}/24"), IF);
@@ -689,11 +684,7 @@ fn the_service_falls_back_to_its_preferred_node_when_it_returns() {
     svc.start(0);
     svc.wait_registered("web", Duration::from_secs(30), |n| n == 1);
     let back = t0.elapsed();
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = get_page(&client);
-        last.as_deref() == Ok("node1")
-    });
-    svc.check(ok.is_some(), || format!("the client never got node1's page after the fall-back: {last:?}"));
+    svc.expect_page("node1", Duration::from_secs(10), "after the fall-back");
     let samples = watcher.finish();
     let holders = check_never_on_two(&svc, &samples, &[None, None, None]);
     svc.check(holders == vec![owner, 0], || format!("address holders over the fall-back: {holders:?}"));
@@ -912,12 +903,7 @@ fn offline_keeps_the_address_so_clients_are_refused_at_once_and_online_restarts_
     // Normal mode: the application starts again on node1.
     svc.baton(2, &["online", "web"]);
     wait_mode(&svc, "normal", 1, Duration::from_secs(10));
-    let mut last = Err(String::new());
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = get_page(&client);
-        last.as_deref() == Ok("node1")
-    });
-    svc.check(ok.is_some(), || format!("the client never got node1's page after `baton online`: {last:?}"));
+    svc.expect_page("node1", Duration::from_secs(10), "after `baton online`");
     svc.check(vip_on(&svc.ns(0)) && !vip_on(&svc.ns(1)) && !vip_on(&svc.ns(2)), || format!("{VIP} should be on node1 only"));
 }
 
@@ -951,11 +937,7 @@ fn an_offline_group_is_taken_over_offline_when_its_node_dies() {
     });
     svc.check(refused.is_some(), || format!("the client is not refused by the new holder: {last:?}"));
     svc.baton(owner, &["online", "web"]);
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = get_page(&client);
-        last.as_deref() == Ok(svc.name(owner).as_str())
-    });
-    svc.check(ok.is_some(), || format!("the client never got {}'s page after `baton online`: {last:?}", svc.name(owner)));
+    svc.expect_page(&svc.name(owner), Duration::from_secs(10), "after `baton online`");
 }
 
 /// S4.5: after a halt, the watchdog process finds what the halt left: a
@@ -1057,12 +1039,7 @@ fn a_watchdog_never_touches_the_group_when_it_runs_on_the_node_again() {
     svc.wait_registered("web", Duration::from_secs(15), |n| n == 1);
     let back = t0.elapsed();
     svc.check(back < Duration::from_secs(4), || format!("the round trip took {back:?}: the watchdog window (5 s) is over"));
-    let mut last = Err(String::new());
-    let ok = wait_until(Duration::from_secs(5), || {
-        last = get_page(&client);
-        last.as_deref() == Ok("node1")
-    });
-    svc.check(ok.is_some(), || format!("node1 does not serve after the round trip: {last:?}"));
+    svc.expect_page("node1", Duration::from_secs(5), "after the round trip");
     // Past the end of the first watchdog: node1 serves all along.
     while t0.elapsed() < Duration::from_secs(7) {
         let r = get_page(&client);
@@ -1174,7 +1151,6 @@ fn after_a_stall_of_every_node_the_cluster_forms_again_by_itself_and_the_service
     }
     let mut svc = Svc::new("sstl", 3, &web_group("costly", "")).with_client();
     web_on_node1(&mut svc);
-    let client = svc.client();
     let pids: Vec<i32> = (0..3).map(|i| svc.c.agents[i].as_ref().unwrap().pid()).collect();
     let lives = |svc: &Svc| -> Vec<String> {
         (0..3).map(|i| std::fs::read_to_string(svc.c.node_dir(i).join("state").join("incarnation")).unwrap().trim().to_string()).collect()
@@ -1205,12 +1181,7 @@ fn after_a_stall_of_every_node_the_cluster_forms_again_by_itself_and_the_service
     }
     svc.c.wait_all_joined(Duration::from_secs(20));
     svc.wait_registered("web", Duration::from_secs(20), |n| n == 1);
-    let mut last = Err(String::new());
-    let ok = wait_until(Duration::from_secs(10), || {
-        last = get_page(&client);
-        last.as_deref() == Ok("node1")
-    });
-    svc.check(ok.is_some(), || format!("the client never got node1's page again: {last:?}"));
+    svc.expect_page("node1", Duration::from_secs(10), "again");
     let samples = watcher.finish();
     // The halt released the address (node1 alone ever held it; a sample
     // without it shows the release).
