@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use baton_tests::{monotonic_ns, spawn_in_netns, wait_until, Cluster};
+use baton_tests::{monotonic_ns, wait_until, Cluster};
 
 /// Options of `cargo xtask bench detect` (see the clap definition in main.rs).
 #[derive(Debug, Clone)]
@@ -117,17 +117,7 @@ impl Keepalived {
     }
 
     fn start(&mut self, c: &Cluster, i: usize) {
-        // A SIGKILLed keepalived leaves its pid files; it refuses to start over them.
-        let _ = std::fs::remove_file(self.dir.join(format!("k{i}.pid")));
-        let _ = std::fs::remove_file(self.dir.join(format!("vrrp{i}.pid")));
-        let mut cmd = Command::new("keepalived");
-        cmd.args(["-n", "-l", "-D", "-P", "-f"])
-            .arg(self.dir.join(format!("k{i}.conf")))
-            .arg("-p")
-            .arg(self.dir.join(format!("k{i}.pid")))
-            .arg("-r")
-            .arg(self.dir.join(format!("vrrp{i}.pid")));
-        self.children[i] = Some(spawn_in_netns(&c.hosts[i].ns.name, cmd, &self.dir.join(format!("k{i}.log"))));
+        self.children[i] = Some(crate::bench_failover::spawn_keepalived(&self.dir, i, &c.hosts[i].ns.name));
     }
 
     /// SIGKILL keepalived and its VRRP child (the whole process group).

@@ -339,6 +339,23 @@ impl BatonRig {
 // ---------------------------------------------------------------------------
 // keepalived
 
+/// Starts keepalived `i` of a bench in namespace `ns`, in the foreground,
+/// VRRP only, logging to the console: `<dir>/k<i>.conf`, its log in
+/// `<dir>/k<i>.log`. A SIGKILLed keepalived leaves its pid files and
+/// refuses to start over them: they are removed first.
+pub fn spawn_keepalived(dir: &Path, i: usize, ns: &str) -> std::process::Child {
+    let _ = std::fs::remove_file(dir.join(format!("k{i}.pid")));
+    let _ = std::fs::remove_file(dir.join(format!("vrrp{i}.pid")));
+    let mut cmd = Command::new("keepalived");
+    cmd.args(["-n", "-l", "-D", "-P", "-f"])
+        .arg(dir.join(format!("k{i}.conf")))
+        .arg("-p")
+        .arg(dir.join(format!("k{i}.pid")))
+        .arg("-r")
+        .arg(dir.join(format!("vrrp{i}.pid")));
+    spawn_in_netns(ns, cmd, &dir.join(format!("k{i}.log")))
+}
+
 /// keepalived on every host of `c`: VRRPv3, unicast peers on ic0, advert
 /// interval = baton's heartbeat interval, priorities 150/100/50 (node1
 /// preferred, preemption on, its default), the VIP, and notify scripts that
@@ -393,18 +410,8 @@ impl Keepalived3 {
     }
 
     pub fn start(&mut self, i: usize) {
-        let _ = std::fs::remove_file(self.dir.join(format!("k{i}.pid")));
-        let _ = std::fs::remove_file(self.dir.join(format!("vrrp{i}.pid")));
         let _ = std::fs::remove_file(self.dir.join(format!("httpd{i}.pid")));
-        let mut cmd = Command::new("keepalived");
-        cmd.args(["-n", "-l", "-D", "-P", "-f"])
-            .arg(self.dir.join(format!("k{i}.conf")))
-            .arg("-p")
-            .arg(self.dir.join(format!("k{i}.pid")))
-            .arg("-r")
-            .arg(self.dir.join(format!("vrrp{i}.pid")));
-        let log = self.dir.join(format!("k{i}.log"));
-        self.children[i] = Some(spawn_in_netns(&self.ns[i], cmd, &log));
+        self.children[i] = Some(spawn_keepalived(&self.dir, i, &self.ns[i]));
     }
 
     /// SIGKILL of everything in host i's namespace (keepalived, its VRRP
