@@ -97,6 +97,7 @@ fn big_state(n: u32) -> Msg {
         nodes,
         transitions: BTreeMap::new(),
         change: 0,
+        quorate: true,
     })
 }
 

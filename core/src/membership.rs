@@ -282,6 +282,15 @@ pub struct ClusterState {
     /// The last S3 group change applied to this state.
     #[cfg_attr(feature = "serde", serde(default))]
     pub change: ChangeId,
+    /// Whether the group ever held a majority of the configured nodes
+    /// (either of two). A cluster formed apart (its master could see a
+    /// majority's heartbeats but not reach them, e.g. its control channel
+    /// slower than `form_ns` next to a running cluster) admits nobody until
+    /// it can admit such a majority at once: alone, it would run services
+    /// the running cluster runs too. It yields to a quorate cluster of
+    /// another lineage, and a quorate cluster never yields to it.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub quorate: bool,
 }
 
 impl ClusterState {
@@ -846,7 +855,15 @@ impl Membership {
         let me = self.cfg.me;
         let mut was_member = false;
         if let Some(cur) = &self.state {
-            if !s.view.supersedes(&cur.view) {
+            // A cluster formed apart that never had a majority yields to a
+            // quorate cluster of another lineage, whatever their terms; a
+            // quorate cluster never yields to it ([`ClusterState::quorate`]).
+            let other = s.origin != cur.origin;
+            if other && cur.quorate && !s.quorate {
+                return;
+            }
+            let yields = other && s.quorate && !cur.quorate;
+            if !yields && !s.view.supersedes(&cur.view) {
                 return;
             }
             // Membership of this life only (an older life's entry is not ours).
@@ -1089,8 +1106,15 @@ impl Membership {
             nodes,
             transitions: BTreeMap::new(),
             change: self.max_change,
+            quorate: false,
         });
         self.report_dirty = true;
+    }
+
+    /// A majority of the configured nodes (of two: either).
+    fn majority_of_configured(&self, group: &BTreeSet<NodeId>) -> bool {
+        let n = self.cfg.nodes.len();
+        group.len() * 2 > n || (n <= 2 && !group.is_empty())
     }
 
     /// When the master failed: the lowest joined member we do not know to
@@ -1511,6 +1535,11 @@ impl Membership {
         }
         let mut new_group: BTreeSet<NodeId> = group.difference(&forced).copied().collect();
         new_group.extend(joins.iter().copied());
+        // A cluster just formed admits its first members only when they are
+        // a majority of the configured nodes ([`ClusterState::quorate`]).
+        if !s.quorate && !self.majority_of_configured(&new_group) {
+            return;
+        }
         self.max_change += 1;
         let change = self.max_change;
         self.pending = Some(Pending { change, started: now, mark: 0, joins, forced });
@@ -1578,6 +1607,9 @@ impl Membership {
             }
         }
         s.change = s.change.max(p.change);
+        if !s.quorate && self.majority_of_configured(&s.group()) {
+            s.quorate = true;
+        }
         s.view.version += 1;
         self.state = Some(s);
         self.broadcast_state();

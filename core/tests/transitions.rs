@@ -1188,7 +1188,9 @@ fn node_rebooted_while_joined_is_forced_out_then_rejoins() {
 /// different levels, each notified in order.
 #[test]
 fn joins_in_flight_at_once_progress_independently() {
-    let mut h = Harness::new(3);
+    // Two configured nodes: node 1 may admit itself alone (in a cluster of
+    // three it waits for a second member: `ClusterState::quorate`).
+    let mut h = Harness::new(2);
     h.hold(|n, note| n == 1 && note.node == 1 && note.kind == Kind::Join && note.level == 20);
     h.cut.insert((2, 1));
     h.start(1);
@@ -1345,4 +1347,58 @@ fn forced_leave_over_reversed_join_goes_only_as_high_as_the_join() {
         assert_eq!(h.state_of(at, 3), NodeState::Inactive);
         assert!(h.no_transitions(at));
     }
+}
+
+/// A node that sees a majority's heartbeats but none of their messages (its
+/// control channel slower than the formation wait) forms a cluster apart,
+/// but admits nobody, itself included, until a majority of the configured
+/// nodes can be admitted at once: alone it would act on shared resources
+/// next to the cluster the others may run (`ClusterState::quorate`).
+#[test]
+fn a_cluster_formed_apart_admits_nobody_until_a_majority_can_join_at_once() {
+    let mut h = Harness::new(3);
+    h.cut.insert((2, 1));
+    h.cut.insert((3, 1));
+    for n in [1, 2, 3] {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert_eq!(h.master(1), 1, "node 1 formed (a majority's heartbeats in sight)");
+    assert!(!h.nodes[&1].core.state().unwrap().quorate);
+    for n in [1, 2, 3] {
+        assert_eq!(h.state_of(1, n), NodeState::Inactive, "node 1 admitted n{n} without a majority");
+        assert!(h.notes(n).is_empty(), "n{n} was notified: {:?}", h.notes(n));
+    }
+    h.cut.clear();
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2, 3]), "all three join");
+    assert!(h.nodes[&1].core.state().unwrap().quorate);
+    h.check_nothing_after_end();
+}
+
+/// Nodes 2 and 3 run a (quorate) cluster; node 1 starts and forms apart
+/// because their messages do not reach it. When they do, node 1's cluster,
+/// which never had a majority, yields: node 1 joins theirs, whatever the
+/// terms, and nobody halts (a quorate cluster never yields to it).
+#[test]
+fn a_cluster_formed_apart_yields_to_the_quorate_one_and_nobody_halts() {
+    let mut h = Harness::new(3);
+    h.start(2);
+    h.start(3);
+    h.run_ms(300);
+    assert!(all_joined(&h, &[2, 3]), "2 and 3 run the cluster");
+    h.cut.insert((2, 1));
+    h.cut.insert((3, 1));
+    h.start(1);
+    h.run_ms(300);
+    assert_eq!(h.master(1), 1, "node 1 formed apart");
+    assert_eq!(h.state_of(1, 1), NodeState::Inactive);
+    h.cut.clear();
+    h.run_ms(500);
+    assert!(all_joined(&h, &[1, 2, 3]), "node 1 joined the quorate cluster");
+    assert_eq!(h.master(1), 2);
+    for n in [1, 2, 3] {
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "n{n} halted");
+    }
+    h.check_nothing_after_end();
 }
