@@ -1022,7 +1022,9 @@ impl Membership {
         // cluster now): the cluster we follow is gone.
         if self.master_dead() && self.successor() != Some(self.cfg.me) {
             let since = *self.orphan_since.get_or_insert(now);
-            if now.since(since) > 2 * self.cfg.form_ns {
+            // (Longer than the successor waits for late reports of live
+            // members before it gives up: see `take_over_if_master_died`.)
+            if now.since(since) > 2 * MASTER_SILENCE_FORMS * self.cfg.form_ns {
                 self.halt(HaltReason::ClusterLost);
                 return;
             }
@@ -1161,9 +1163,9 @@ impl Membership {
             self.recovering = None;
             return;
         }
-        let since = *self.recovering.get_or_insert(now);
-        let deadline = since.plus_ns(2 * self.cfg.resend_ns);
-        let since = since.0;
+        let began = *self.recovering.get_or_insert(now);
+        let deadline = began.plus_ns(2 * self.cfg.resend_ns);
+        let since = began.0;
         // Only reports sent since the recovery began count: an older one
         // may carry a stale state.
         let fresh = |n: &NodeId| {
@@ -1180,8 +1182,16 @@ impl Membership {
         // included): the most advanced state is among them.
         let have = group.iter().filter(|n| **n == self.cfg.me || fresh(n)).count();
         if have * 2 <= group.len() {
-            // The others follow someone else now: the lineage we follow is
-            // dead. Halt; a new life joins whatever cluster is alive.
+            // Not (yet) the states of a majority. While the members we wait
+            // for are alive (the datapath says so), their reports may just
+            // be late (a loaded machine: one 100 ms late used to end the
+            // whole cluster), so keep waiting, as long as a follower waits
+            // for a silent master. After that, the others follow someone
+            // else: the lineage we follow is dead. Halt; a new life joins
+            // whatever cluster is alive.
+            if now < began.plus_ns(MASTER_SILENCE_FORMS * self.cfg.form_ns) {
+                return;
+            }
             self.halt(HaltReason::ClusterLost);
             return;
         }

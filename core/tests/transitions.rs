@@ -1402,3 +1402,30 @@ fn a_cluster_formed_apart_yields_to_the_quorate_one_and_nobody_halts() {
     }
     h.check_nothing_after_end();
 }
+
+/// The master dies and the successor (node 2) gets no report from node 3
+/// for a while (a loaded machine), although its datapath says node 3 is
+/// alive: node 2 keeps waiting for a majority's states instead of halting
+/// (`ClusterLost`), and takes over once they come.
+#[test]
+fn a_successor_waits_for_late_reports_of_live_members_instead_of_halting() {
+    let mut h = three(true);
+    h.cut.insert((3, 2));
+    h.crash(1);
+    h.silent(1);
+    h.run_ms(150);
+    let halts: Vec<String> = h.nodes[&2].actions.iter().filter(|(_, a)| matches!(a, Action::Halt { .. })).map(|(_, a)| format!("{a:?}")).collect();
+    assert!(halts.is_empty(), "node 2 halted while node 3's reports were late: {halts:?}");
+    h.cut.clear();
+    h.run_ms(300);
+    let halts: Vec<String> = [2, 3].iter().flat_map(|n| h.nodes[n].actions.iter().filter(|(_, a)| matches!(a, Action::Halt { .. })).map(move |(_, a)| format!("n{n}: {a:?}"))).collect();
+    assert!(halts.is_empty(), "halts: {halts:?}");
+    assert_eq!(h.master(2), 2);
+    assert_eq!(h.master(3), 2);
+    assert!(all_joined(&h, &[2, 3]), "2 and 3 go on");
+    assert_eq!(h.state_of(2, 1), NodeState::Inactive, "node 1 forced out");
+    for n in [2, 3] {
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "n{n} halted");
+    }
+    h.check_nothing_after_end();
+}
