@@ -363,6 +363,10 @@ pub enum Msg {
     /// The master's periodic sign of life to a node whose last report
     /// showed it has the current state (the others get the whole state).
     Alive { view: ViewId },
+    /// A successor (the master of `view` failed) gathering the survivors'
+    /// states: report now (to the successor, with the state we follow),
+    /// instead of at the next resend period.
+    Gather { view: ViewId },
 }
 
 /// A local subsystem (S1.2), as registered with this node's manager.
@@ -757,6 +761,11 @@ impl Membership {
             return;
         }
         self.failed.insert(node);
+        if self.state.as_ref().is_some_and(|s| s.view.master == node) {
+            // The master failed: our next report goes to its successor,
+            // with the state we follow; send it now.
+            self.report_dirty = true;
+        }
         // Only a member of the change in progress concerns S3 (a failure of
         // anyone else would be remembered for a later change, where that
         // node may be back with a new life).
@@ -813,6 +822,11 @@ impl Membership {
                         }
                     }
                     _ => {}
+                }
+            }
+            Msg::Gather { view } => {
+                if self.state.as_ref().is_some_and(|c| c.view.term == view.term && c.view.master == view.master) {
+                    self.report_dirty = true;
                 }
             }
             Msg::State(s) => {
@@ -1162,6 +1176,16 @@ impl Membership {
             // The minority side of a partition never takes over.
             self.recovering = None;
             return;
+        }
+        if self.recovering.is_none() {
+            // Ask the survivors for their states now: a report sent before
+            // this moment does not count (below), and the next periodic
+            // one may be a whole resend period away.
+            let members: Vec<NodeId> =
+                cur.group().into_iter().filter(|n| *n != self.cfg.me && !self.failed.contains(n)).collect();
+            for n in members {
+                self.send(n, Msg::Gather { view: cur.view });
+            }
         }
         let began = *self.recovering.get_or_insert(now);
         let deadline = began.plus_ns(2 * self.cfg.resend_ns);

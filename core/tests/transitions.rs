@@ -1429,3 +1429,23 @@ fn a_successor_waits_for_late_reports_of_live_members_instead_of_halting() {
     }
     h.check_nothing_after_end();
 }
+
+/// When the master dies, its successor asks the survivors for their states
+/// (`Msg::Gather`) and they report at once (a report the successor got
+/// before its own recovery began does not count): it takes over within the
+/// same instant here, not at the survivors' next resend period (up to 10
+/// ms in this harness, 50 ms in the agent: a third of a crash's outage).
+#[test]
+fn a_successor_gathers_the_survivors_states_at_once() {
+    let mut h = three(true);
+    h.run_ms(3);
+    h.crash(1);
+    h.silent(1);
+    h.run_ms(1);
+    assert_eq!(h.master(2), 2, "node 2 took over at once");
+    assert_eq!(h.master(3), 2);
+    h.run_ms(200);
+    assert!(all_joined(&h, &[2, 3]));
+    assert_eq!(h.state_of(3, 1), NodeState::Inactive);
+    h.check_nothing_after_end();
+}
