@@ -1177,14 +1177,14 @@ impl Membership {
             self.recovering = None;
             return;
         }
+        let group = cur.group();
+        let live: Vec<NodeId> = group.iter().copied().filter(|n| *n != self.cfg.me && !self.failed.contains(n)).collect();
         if self.recovering.is_none() {
             // Ask the survivors for their states now: a report sent before
             // this moment does not count (below), and the next periodic
             // one may be a whole resend period away.
-            let members: Vec<NodeId> =
-                cur.group().into_iter().filter(|n| *n != self.cfg.me && !self.failed.contains(n)).collect();
-            for n in members {
-                self.send(n, Msg::Gather { view: cur.view });
+            for n in &live {
+                self.send(*n, Msg::Gather { view: cur.view });
             }
         }
         let began = *self.recovering.get_or_insert(now);
@@ -1196,10 +1196,8 @@ impl Membership {
             self.report_at.get(n).map(|t| t.0 >= since).unwrap_or(false)
                 && self.reports.get(n).map(|r| r.state.is_some()).unwrap_or(false)
         };
-        let group = cur.group();
-        let waiting: Vec<NodeId> =
-            group.iter().copied().filter(|n| *n != self.cfg.me && !self.failed.contains(n)).filter(|n| !fresh(n)).collect();
-        if !waiting.is_empty() && now < deadline {
+        let waiting = live.iter().any(|n| !fresh(n));
+        if waiting && now < deadline {
             return;
         }
         // Never without the states of a majority of the group (ourselves

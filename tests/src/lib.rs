@@ -272,13 +272,24 @@ impl Cluster {
         p
     }
 
+    /// Host `i`'s control socket: it exists while an agent life runs there.
+    pub fn control_socket(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("run").join(format!("{}.sock", self.cluster_name))
+    }
+
+    /// The incarnation of host `i`'s latest agent life (its state file),
+    /// `None` before any life wrote it.
+    pub fn incarnation(&self, i: usize) -> Option<u64> {
+        std::fs::read_to_string(self.node_dir(i).join("state").join("incarnation")).ok().and_then(|t| t.trim().parse().ok())
+    }
+
     /// Starts the agent of host `i` and waits until it is running.
     pub fn start(&mut self, i: usize) {
         let cfg = self.config_path(i);
         let log = self.node_dir(i).join("agent.log");
         let a = Agent::spawn(&self.hosts[i].ns, &cfg, &log);
         self.agents[i] = Some(a);
-        let sock = self.node_dir(i).join("run").join(format!("{}.sock", self.cluster_name));
+        let sock = self.control_socket(i);
         wait_until(Duration::from_secs(20), || {
             if let Some(a) = self.agents[i].as_mut() {
                 if let Some(st) = a.child.try_wait().unwrap() {

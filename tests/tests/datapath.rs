@@ -113,15 +113,14 @@ fn cut_links_are_silent_one_by_one_and_the_peer_when_all_are() {
     // Cut off from both peers, node 3 has no quorum: its membership halts
     // rather than act alone; then the agent starts again as a new life
     // (`membership.rejoin_ms`, 1 s) that waits, alone, for a majority.
-    let first_life = std::fs::read_to_string(c.node_dir(2).join("state").join("incarnation")).unwrap();
+    let first_life = c.incarnation(2).expect("an incarnation");
     wait_until(Duration::from_secs(5), || c.agent_log(2).contains("starting again as a new life"))
         .unwrap_or_else(|| panic!("node 3 did not halt and start again without quorum:\n{}", c.agent_log(2)));
     assert!(c.agent_log(2).contains("why=LostQuorum"), "{}", c.agent_log(2));
     let a = c.agents[2].as_mut().unwrap();
     assert!(a.child.try_wait().unwrap().is_none(), "the agent process exited:\n{}", c.agent_log(2));
-    let sock = c.node_dir(2).join("run").join(format!("{}.sock", c.cluster_name));
-    wait_until(Duration::from_secs(5), || sock.exists()).unwrap_or_else(|| panic!("no new life:\n{}", c.agent_log(2)));
-    let second_life = std::fs::read_to_string(c.node_dir(2).join("state").join("incarnation")).unwrap();
+    wait_until(Duration::from_secs(5), || c.control_socket(2).exists()).unwrap_or_else(|| panic!("no new life:\n{}", c.agent_log(2)));
+    let second_life = c.incarnation(2).expect("an incarnation");
     assert_ne!(first_life, second_life, "the new life has a new incarnation");
     // Alone, the new life never forms a cluster of its own.
     std::thread::sleep(Duration::from_millis(1500));
@@ -135,8 +134,8 @@ fn cut_links_are_silent_one_by_one_and_the_peer_when_all_are() {
     c.wait_all_up(Duration::from_secs(5));
     c.wait_all_joined(Duration::from_secs(15));
     for i in 0..2 {
-        let inc = c.membership(i)["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 3).unwrap()["incarnation"].to_string();
-        assert_eq!(inc, second_life.trim(), "node{} sees node 3's new life", i + 1);
+        let inc = c.membership(i)["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 3).unwrap()["incarnation"].as_u64();
+        assert_eq!(inc, Some(second_life), "node{} sees node 3's new life", i + 1);
     }
 }
 

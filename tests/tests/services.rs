@@ -106,7 +106,7 @@ impl Svc {
         }
         let a = Agent::spawn(&self.c.hosts[i].ns, &cfg, &log);
         self.c.agents[i] = Some(a);
-        let sock = self.c.node_dir(i).join("run").join(format!("{}.sock", self.c.cluster_name));
+        let sock = self.c.control_socket(i);
         let ok = wait_until(Duration::from_secs(20), || {
             if let Some(a) = self.c.agents[i].as_mut() {
                 if let Some(st) = a.child.try_wait().unwrap() {
@@ -1152,9 +1152,7 @@ fn after_a_stall_of_every_node_the_cluster_forms_again_by_itself_and_the_service
     let mut svc = Svc::new("sstl", 3, &web_group("costly", "")).with_client();
     web_on_node1(&mut svc);
     let pids: Vec<i32> = (0..3).map(|i| svc.c.agents[i].as_ref().unwrap().pid()).collect();
-    let lives = |svc: &Svc| -> Vec<String> {
-        (0..3).map(|i| std::fs::read_to_string(svc.c.node_dir(i).join("state").join("incarnation")).unwrap().trim().to_string()).collect()
-    };
+    let lives = |svc: &Svc| -> Vec<u64> { (0..3).map(|i| svc.c.incarnation(i).expect("an incarnation")).collect() };
     let first = lives(&svc);
     let watcher = Watcher::start((0..3).map(|i| svc.ns(i)).collect());
     // Frozen for 250 ms: 2.5 times the silence bound (20 ms × 5).
@@ -1170,8 +1168,7 @@ fn after_a_stall_of_every_node_the_cluster_forms_again_by_itself_and_the_service
         svc.check(again.is_some(), || format!("{} did not halt for lost quorum and start again", svc.name(i)));
     }
     // The new lives: same processes, new incarnations, one cluster.
-    let socks = |i: usize| svc.c.node_dir(i).join("run").join(format!("{}.sock", svc.c.cluster_name));
-    let up = wait_until(Duration::from_secs(10), || (0..3).all(|i| socks(i).exists()));
+    let up = wait_until(Duration::from_secs(10), || (0..3).all(|i| svc.c.control_socket(i).exists()));
     svc.check(up.is_some(), || "not every agent runs a new life".to_string());
     let second = lives(&svc);
     for i in 0..3 {

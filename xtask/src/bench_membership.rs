@@ -272,7 +272,7 @@ fn check_alive(c: &mut Cluster, which: &[usize]) -> Result<()> {
         // A halt (the agent then starts again as a new life,
         // `membership.rejoin_ms`) spoils the measurement as an exit would:
         // a life other than the first one seen since the spawn.
-        let inc = read_incarnation(c, i);
+        let inc = c.incarnation(i);
         let stale = STALE_LIFE.lock().unwrap().get(&c.hosts[i].ns.name).copied();
         if let Some(inc) = inc.filter(|v| Some(*v) != stale) {
             let first = *FIRST_LIFE.lock().unwrap().entry(c.hosts[i].ns.name.clone()).or_insert(inc);
@@ -311,14 +311,10 @@ static FIRST_LIFE: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 /// the new one writes its own).
 static STALE_LIFE: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
-fn read_incarnation(c: &Cluster, i: usize) -> Option<u64> {
-    std::fs::read_to_string(c.node_dir(i).join("state").join("incarnation")).ok().and_then(|t| t.trim().parse::<u64>().ok())
-}
-
 fn spawn(c: &Cluster, i: usize, cfg: &std::path::Path, log: &std::path::Path) -> Agent {
     SPAWNED.lock().unwrap().insert(c.hosts[i].ns.name.clone(), monotonic_ns());
     FIRST_LIFE.lock().unwrap().remove(&c.hosts[i].ns.name);
-    let stale = read_incarnation(c, i).unwrap_or(0);
+    let stale = c.incarnation(i).unwrap_or(0);
     STALE_LIFE.lock().unwrap().insert(c.hosts[i].ns.name.clone(), stale);
     Agent::spawn(&c.hosts[i].ns, cfg, log)
 }
@@ -592,7 +588,7 @@ fn run_on(
 
     // --- every node starts at once ---
     let cfgs: Vec<PathBuf> = all.iter().map(|&i| c.config_path(i)).collect();
-    let socks: Vec<PathBuf> = all.iter().map(|&i| c.node_dir(i).join("run").join(format!("{}.sock", c.cluster_name))).collect();
+    let socks: Vec<PathBuf> = all.iter().map(|&i| c.control_socket(i)).collect();
     let cpu0 = self_cpu_s();
     let t0 = monotonic_ns();
     for (i, cfg) in cfgs.iter().enumerate() {
