@@ -26,7 +26,7 @@
 //! Nothing here decides where a group runs: the core does. If the core
 //! starts the group elsewhere, or no start comes, the preparation is undone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,8 +102,8 @@ struct Inner {
     sender: HandoverSender,
     map: PathBuf,
     groups: BTreeMap<String, GroupHandle>,
-    /// The service manager's set of groups running here.
-    active: Arc<Mutex<BTreeSet<String>>>,
+    /// The service manager's set of groups held here.
+    active: crate::guard::Ownership,
     events: PathBuf,
     /// Old side: handovers waiting for `Ready` / `Failed`.
     waiters: Mutex<BTreeMap<(String, u64), oneshot::Sender<Result<[u8; 6], String>>>>,
@@ -133,7 +133,7 @@ impl Handovers {
         me: NodeId,
         wiring: Wiring,
         groups: BTreeMap<String, GroupHandle>,
-        active: Arc<Mutex<BTreeSet<String>>>,
+        active: crate::guard::Ownership,
         events: PathBuf,
     ) -> Handovers {
         let Wiring { sender, mut inbox, map } = wiring;
@@ -260,16 +260,19 @@ impl Handovers {
         // A run of the group begins here: a watchdog of an earlier halt on
         // this node must not clean up what the preparation sets up.
         crate::watchdog::run_begins_here(&group).await;
-        if lock(&self.inner.active).contains(&group) {
+        if self.inner.active.holds(&group) {
             reply(HandoverMsg::Failed { group: group.clone(), id, reason: "the group already runs on the new node".into() });
             return;
         }
         info!(service = %group, from, "handover: preparing (address silent, application starting)");
         let t0 = crate::events::monotonic_ns();
+        // Held from now on: if the agent dies during the preparation, the
+        // guard removes what it configured.
+        self.inner.active.hold(&group);
         match self.prepare_here(g, gh.app.as_deref(), id).await {
             Ok(mac) => {
                 lock(&self.inner.prepared).insert(group.clone(), id);
-                lock(&self.inner.active).insert(group.clone());
+                self.inner.active.set_pgids(&group, &crate::watchdog::pgids_of(gh.app.as_deref()).await);
                 let ms = (crate::events::monotonic_ns() - t0) as f64 / 1e6;
                 self.event(serde_json::json!({"event": "handover_prepared", "service": group, "node": self.inner.me, "from": from, "ms": ms}));
                 reply(HandoverMsg::Ready { group: group.clone(), id, mac });
@@ -281,6 +284,7 @@ impl Handovers {
                 });
             }
             Err(e) => {
+                self.inner.active.release(&group);
                 warn!(service = %group, "handover: preparing failed: {e}");
                 reply(HandoverMsg::Failed { group: group.clone(), id, reason: e });
             }
@@ -355,7 +359,7 @@ impl Handovers {
         }
         crate::svc::release_all(&gh.group).await;
         self.clear(&v4(&gh.group), Some(id));
-        lock(&self.inner.active).remove(group);
+        self.inner.active.release(group);
         self.event(serde_json::json!({"event": "handover_undone", "service": group, "node": self.inner.me, "reason": why}));
     }
 

@@ -10,6 +10,7 @@ pub mod control;
 pub mod datapath;
 pub mod events;
 pub mod groups;
+pub mod guard;
 pub mod handover;
 pub mod paths;
 pub mod resource;

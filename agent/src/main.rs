@@ -124,6 +124,17 @@ enum Cmd {
         #[arg(long)]
         halt_failed: bool,
     },
+    /// Internal: the guard process each life of the agent starts (releases
+    /// what the node held when the agent dies); see docs/services.md.
+    #[command(hide = true)]
+    Guard {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        incarnation: u64,
+        #[arg(long)]
+        keep: bool,
+    },
     /// Drop (or stop dropping) every datagram from a node in the datapath.
     Fence {
         #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
@@ -298,6 +309,11 @@ fn real_main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let args = baton_agent::watchdog::Args { config, group, gen, reason, pgids: pgid, keep_addresses, halt_failed };
             let code = rt.block_on(baton_agent::watchdog::run(args))?;
+            std::process::exit(code);
+        }
+        Cmd::Guard { config, incarnation, keep } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let code = rt.block_on(baton_agent::guard::run(baton_agent::guard::Args { config, incarnation, keep }))?;
             std::process::exit(code);
         }
         Cmd::Fence { config, cmd } => fence(&config, cmd),

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Config};
 use crate::datapath::Datapath;
 use crate::events::{monotonic_ns, EventSink, PeerTracker};
+use crate::guard::GuardLink;
 use crate::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
 use crate::subsys::{SubsysEvent, SubsysServer};
 use crate::{control, sender};
@@ -71,14 +72,43 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
     let incarnation = next_incarnation(&cfg.paths.incarnation_file())?;
     // The membership snapshot of an earlier life is not ours.
     let _ = std::fs::remove_file(cfg.paths.cluster_snapshot());
+    // Start clean, then the guard watches this life (docs/services.md,
+    // "Ownership"): before the datapath, so nothing of an earlier life is
+    // configured here when this one joins.
+    let (guard, cleaned) = GuardLink::spawn(&cfg, incarnation).context("starting the guard process")?;
+    if !cleaned.is_empty() {
+        warn!(
+            addresses = ?cleaned.addresses_removed, processes = ?cleaned.processes_stopped, applications = ?cleaned.applications_stopped,
+            "start clean: removed what an earlier life of this node left behind"
+        );
+    }
+    let guard = std::sync::Arc::new(guard);
+    let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned).await;
+    match &result {
+        // Everything of this life is released: the guard ends with it.
+        Ok(_) => guard.finish(),
+        // Not released (an error ended the loop): the guard does it, and
+        // tells the others at once (distress), as for a crash.
+        Err(e) => error!("the agent ends with an error ({e:#}); the guard releases what this node held"),
+    }
+    result
+}
 
-    let (dp, events) = Datapath::start(&cfg, &key, incarnation).await?;
+async fn run_guarded(
+    cfg: &Config,
+    key: [u8; 16],
+    incarnation: u64,
+    guard: &std::sync::Arc<GuardLink>,
+    cleaned: &crate::guard::Released,
+) -> Result<Ended> {
+
+    let (dp, events) = Datapath::start(cfg, &key, incarnation).await?;
     // After the datapath is loaded (aya's read and parse of the kernel's BTF,
     // several MB that are freed again, are not locked), before the heartbeat
     // sender exists: see `lock_memory`.
     lock_memory();
     let (k0, k1) = key_halves(&key);
-    let sender = match sender::spawn(&cfg, k0, k1, incarnation) {
+    let sender = match sender::spawn(cfg, k0, k1, incarnation) {
         Ok(s) => s,
         Err(e) => {
             dp.stop();
@@ -100,8 +130,10 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
         "config": cfg.file.display().to_string(),
         "xdp": dp.attachments.iter().map(|(i, m)| serde_json::json!({"interface": i, "mode": m})).collect::<Vec<_>>(),
         "watchdog_cpu": dp.watchdog_cpu,
+        "guard": {"pid": guard.pid()},
+        "start_clean": cleaned,
     });
-    write_agent_status(&cfg, &mut status, &sender.shared);
+    write_agent_status(cfg, &mut status, &sender.shared);
     info!(
         cluster = %cfg.cluster_name, node = cfg.node_id, incarnation,
         interval_ms = cfg.interval_ms, misses = cfg.misses, peers = cfg.peers.len(), links = cfg.links.len(),
@@ -149,6 +181,7 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
                 inbox,
                 map: cfg.paths.map(baton_common::MAP_HANDOVER),
             }),
+            crate::guard::Ownership::new(Some(guard.clone())),
         )?;
         let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
         let svc_channels = match svc {
@@ -159,7 +192,7 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
             }
             None => None,
         };
-        event_loop(&cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels).await
+        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, guard).await
     }
     .await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
@@ -237,6 +270,7 @@ async fn event_loop(
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
     mut sub_rx: tokio::sync::mpsc::Receiver<SubsysEvent>,
     svc_channels: Option<(crate::svc::SvcChannels, tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>)>,
+    guard: &GuardLink,
 ) -> Result<Outcome> {
     let has_svc = svc_channels.is_some();
     let (mut svc_done, mut svc_mon, mut svc_msgs) = match svc_channels {
@@ -270,6 +304,12 @@ async fn event_loop(
                 }
                 Effect::Halted { why } => {
                     driver.shutdown().await;
+                    // A stop asked for (SIGTERM, SIGINT, `baton stop --all`)
+                    // is a stop, whatever happened meanwhile: no new life.
+                    if leave_deadline.is_some() {
+                        warn!(?why, "clustering halted during the graceful leave; the agent stops as asked");
+                        return Ok(Outcome::Stopped);
+                    }
                     return Ok(Outcome::Halted(why));
                 }
                 Effect::Left => {
@@ -304,6 +344,7 @@ async fn event_loop(
                 effects.extend(driver.services_input(|s, c| s.tick(c)));
             }
             _ = every_second.tick() => {
+                guard.check();
                 write_agent_status(cfg, &mut status, &sender.shared);
                 effects = driver.services_input(|s, c| s.feed_load(c));
             }

@@ -105,6 +105,38 @@ pub const STACK_PREFAULT: usize = 256 * 1024;
 /// The sender thread's stack (above `STACK_PREFAULT` with a wide margin).
 const STACK_SIZE: usize = 1024 * 1024;
 
+/// The distress of a life of this node that died without sending one (the
+/// guard sends it, `guard.rs`): three rounds to every peer on every link, for
+/// `incarnation`, with sequence numbers above any that life's sender could
+/// have used (2^62 and up: the sender counts from 1 per heartbeat), and
+/// each peer's incarnation as the pinned liveness map last saw it (a
+/// distress only counts when it proves it was made for the receiver's
+/// current life). Returns the datagrams sent.
+pub fn distress_of_dead_life(cfg: &Config, k0: u64, k1: u64, incarnation: u64, reason: u32) -> std::io::Result<u32> {
+    let mut socks = Vec::new();
+    for l in &cfg.links {
+        socks.push(LinkSock { sock: open_socket(&l.interface, l.address)?, seq: 1 << 62 });
+    }
+    let peers_map = MapData::from_pin(cfg.paths.map(MAP_PEERS))
+        .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
+    let peers_map: Array<MapData, PeerLink> =
+        Array::try_from(Map::Array(peers_map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
+    let mut dst_inc = vec![0u64; cfg.peers.len()];
+    for (i, inc) in dst_inc.iter_mut().enumerate() {
+        for l in 0..cfg.links.len() as u32 {
+            if let Ok(rec) = peers_map.get(&(slot_base(i) + l), 0) {
+                *inc = (*inc).max(rec.incarnation);
+            }
+        }
+    }
+    let shared = SenderShared::default();
+    for _round in 0..3 {
+        send_all(cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_DISTRESS, reason, &shared, None);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(shared.sent.load(Ordering::Relaxed) as u32)
+}
+
 /// Touches `STACK_PREFAULT` bytes of this thread's stack, page by page.
 #[inline(never)]
 fn prefault_stack() {

@@ -62,7 +62,7 @@ struct GroupTask {
     tx: mpsc::Sender<SvcDone>,
     events: PathBuf,
     me: NodeId,
-    active: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    active: crate::guard::Ownership,
     handovers: Option<crate::handover::Handovers>,
     watchdog: Option<crate::watchdog::Ctx>,
 }
@@ -83,9 +83,11 @@ pub struct ServiceManager {
     status: BTreeMap<String, ServiceStatus>,
     /// `Drained` nodes not yet taken by the membership driver.
     drained: Vec<NodeId>,
-    /// Groups whose run method ran here and whose halt method has not:
-    /// stopped on exit whatever the core thinks.
-    active: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// Groups whose run method (or a handover's preparation, or off-line
+    /// mode) configured something here and whose halt method has not
+    /// released it: stopped on exit whatever the core thinks, and told to
+    /// the guard, which releases them if the agent dies (`guard.rs`).
+    active: crate::guard::Ownership,
     /// Zero-loss handovers (`handover = "overlap"` groups), when wired.
     handovers: Option<crate::handover::Handovers>,
     /// S4.5 watchdog processes after every halt, when wired.
@@ -168,6 +170,7 @@ impl ServiceManager {
         snapshot: PathBuf,
         events: PathBuf,
         handover: Option<crate::handover::Wiring>,
+        active: crate::guard::Ownership,
     ) -> anyhow::Result<Option<(ServiceManager, SvcChannels)>> {
         let _ = std::fs::remove_file(&snapshot);
         if groups.is_empty() {
@@ -196,7 +199,6 @@ impl ServiceManager {
             rts.insert(g.name.clone(), GroupRt { group: g.clone(), app, monitors, lock: Arc::new(tokio::sync::Mutex::new(())) });
         }
         info!(groups = groups.len(), "resource groups configured");
-        let active = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
         let handovers = handover.map(|w| {
             let handles = rts
                 .iter()
@@ -234,7 +236,7 @@ impl ServiceManager {
     /// `unknown`.
     pub fn group_state(&self, group: &str) -> &'static str {
         let Some(g) = self.groups.get(group) else { return "unknown" };
-        if self.active.lock().unwrap().contains(group) {
+        if self.active.holds(group) {
             "active"
         } else if g.lock.try_lock().is_err() {
             "busy"
@@ -343,7 +345,7 @@ impl ServiceManager {
         else {
             return;
         };
-        if !self.active.lock().unwrap().contains(&group) {
+        if !self.active.holds(&group) {
             return; // a late report after the halt method
         }
         warn!(group = %group, resource = %resource, reason = %reason, "monitor failure");
@@ -451,7 +453,7 @@ impl ServiceManager {
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
             crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
-            t.active.lock().unwrap().insert(t.group.name.clone());
+            t.active.hold(&t.group.name);
             let t0 = monotonic_ns();
             // Prepared by a handover: the application already runs and the
             // addresses are configured; only the announcement is left.
@@ -463,6 +465,7 @@ impl ServiceManager {
                 run_group(&t.group, t.app.as_deref()).await
             };
             let ms = (monotonic_ns() - t0) as f64 / 1e6;
+            t.active.set_pgids(&t.group.name, &crate::watchdog::pgids_of(t.app.as_deref()).await);
             match &result {
                 Ok(()) => {
                     info!(service = %t.group.name, ms, "service up");
@@ -506,10 +509,10 @@ impl ServiceManager {
         info!(service = %t.group.name, reason = ?params.reason, "off-line: application stopped, addresses kept");
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
-            let was_running = t.active.lock().unwrap().contains(&t.group.name);
+            let was_running = t.active.holds(&t.group.name);
             let pgids = crate::watchdog::pgids_of(t.app.as_deref()).await;
             crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
-            t.active.lock().unwrap().insert(t.group.name.clone());
+            t.active.hold(&t.group.name);
             let result = offline_group(&t.group, t.app.as_deref(), was_running).await;
             match &result {
                 Ok(()) => {
@@ -555,7 +558,7 @@ impl ServiceManager {
             };
             match &result {
                 Ok(()) => {
-                    t.active.lock().unwrap().remove(&t.group.name);
+                    t.active.release(&t.group.name);
                     info!(service = %t.group.name, "service down");
                     append_event(&t.events, serde_json::json!({"event": "service_down", "service": t.group.name, "node": t.me}));
                 }
@@ -602,7 +605,7 @@ impl ServiceManager {
     /// leave): run the halt method of every group that still runs here,
     /// children first, so this node holds no address and runs no service.
     pub async fn stop_all_local(&mut self) {
-        let names: Vec<String> = self.active.lock().unwrap().iter().cloned().collect();
+        let names: Vec<String> = self.active.names();
         if names.is_empty() {
             return;
         }
@@ -622,7 +625,9 @@ impl ServiceManager {
             if let Err(e) = &r {
                 error!(service = %g.name, "halt on exit failed: {e}");
             }
-            self.active.lock().unwrap().remove(&g.name);
+            if r.is_ok() {
+                self.active.release(&g.name);
+            }
             // S4.5: the watchdog outlives the agent (its own session).
             crate::watchdog::after_halt(self.watchdog.as_ref(), &g.name, "Exit", pgids, false, r.is_err());
             self.event(serde_json::json!({"event": "service_down", "service": g.name, "node": self.me}));

@@ -264,10 +264,17 @@ pub struct Args {
 
 /// A process of this network namespace, identified across PID reuse.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Proc {
-    pid: i32,
+pub struct Proc {
+    pub pid: i32,
     start: u64,
-    cmd: String,
+    pub cmd: String,
+}
+
+impl Proc {
+    /// Still the same process (not a reuse of its pid), and not a zombie.
+    pub fn alive(&self) -> bool {
+        alive(self)
+    }
 }
 
 fn own_netns() -> Option<PathBuf> {
@@ -288,8 +295,17 @@ fn alive(p: &Proc) -> bool {
     stat(p.pid).is_some_and(|(st, _, start)| start == p.start && st != "Z" && st != "X")
 }
 
-/// Leftover processes of the group in this network namespace.
+/// Leftover processes of the group in this network namespace: members of
+/// the recorded process groups, and processes marked `BATON_GROUP=<group>`
+/// that belong to the agent's own user (root), so that an unprivileged
+/// user's process that sets the mark is never touched.
+pub fn leftover_processes(group: &str, pgids: &[i32]) -> Vec<Proc> {
+    leftovers(group, pgids)
+}
+
 fn leftovers(group: &str, pgids: &[i32]) -> Vec<Proc> {
+    use std::os::unix::fs::MetadataExt;
+    let my_uid = nix::unistd::geteuid().as_raw();
     let me = std::process::id() as i32;
     let ns = own_netns();
     let needle = format!("BATON_GROUP={group}");
@@ -308,9 +324,11 @@ fn leftovers(group: &str, pgids: &[i32]) -> Vec<Proc> {
             continue;
         }
         let by_pgid = pgids.contains(&pgrp);
-        let by_env = std::fs::read(format!("/proc/{pid}/environ"))
-            .map(|b| b.split(|c| *c == 0).any(|kv| kv == needle.as_bytes()))
-            .unwrap_or(false);
+        let by_env = !by_pgid
+            && std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == my_uid)
+            && std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|b| b.split(|c| *c == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false);
         if by_pgid || by_env {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())

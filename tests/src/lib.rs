@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 pub use baton_common;
 
+pub mod svc;
+pub mod vm;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, panicking with its output if it fails.
