@@ -6,6 +6,7 @@ mod bench_membership;
 mod demo;
 mod setup;
 mod sim;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::{self, Command};
@@ -95,6 +96,11 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         crashes: u32,
     },
+    /// The test VM on Debian 12's own kernel with an LIO iSCSI target (docs/vm.md).
+    Vm {
+        #[command(subcommand)]
+        cmd: vm::VmCmd,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,6 +120,7 @@ fn main() {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => prepare_release().and_then(|_| demo::run()),
+        Cmd::Vm { cmd } => vm::run(cmd),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
         Cmd::Bench {
             which: Bench::Membership,
