@@ -43,6 +43,9 @@ pub enum Effect {
     Halted { why: HaltReason },
     /// The graceful leave finished.
     Left,
+    /// The whole cluster is being stopped (`baton stop --all`): leave, and
+    /// do not start again.
+    StopRequested,
 }
 
 pub struct ClusterDriver {
@@ -235,6 +238,16 @@ impl ClusterDriver {
                 }
                 Action::PeerFailed { node, distress } => {
                     warn!(node = %self.name(node), distress, "peer failure processed");
+                }
+                Action::PeerGone { node } => {
+                    info!(node = %self.name(node), "a node that left gracefully went quiet");
+                }
+                Action::StopRequested => {
+                    warn!("the cluster is being stopped (baton stop --all): leaving");
+                    if let Some(svc) = self.svc.as_mut() {
+                        svc.set_stopping();
+                    }
+                    effects.push(Effect::StopRequested);
                 }
             }
         }

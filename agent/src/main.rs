@@ -124,6 +124,17 @@ enum Cmd {
         #[arg(long)]
         halt_failed: bool,
     },
+    /// Stop the agent on this node: a graceful leave (as SIGTERM), after
+    /// which it exits. With `--all`, stop the whole cluster (as `pcs cluster
+    /// stop --all`): every node leaves at once, top-down through every
+    /// level, services are stopped where they run (not moved), the master
+    /// leaves last, and every agent exits.
+    Stop {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        all: bool,
+    },
     /// Internal: the guard process each life of the agent starts (releases
     /// what the node held when the agent dies); see docs/services.md.
     #[command(hide = true)]
@@ -303,6 +314,7 @@ fn real_main() -> Result<()> {
         Cmd::Standby { config, node } => operator_request(&config, &format!("standby {node}")),
         Cmd::Unstandby { config, node } => operator_request(&config, &format!("unstandby {node}")),
         Cmd::Maintenance { config, mode } => operator_request(&config, &format!("maintenance {mode}")),
+        Cmd::Stop { config, all } => operator_request(&config, if all { "stop-all" } else { "stop" }),
         Cmd::Offline { config, group } => operator_request(&config, &format!("offline {group}")),
         Cmd::Online { config, group } => operator_request(&config, &format!("online {group}")),
         Cmd::Watchdog { config, group, gen, reason, pgid, keep_addresses, halt_failed } => {

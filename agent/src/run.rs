@@ -37,6 +37,11 @@ pub fn next_incarnation(file: &Path) -> Result<u64> {
     Ok(inc)
 }
 
+/// How long a graceful leave may take after a stop was asked for (SIGTERM,
+/// SIGINT, `baton stop`, `baton stop --all`) before the agent stops anyway
+/// (the guard then releases what is left).
+pub const LEAVE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How `baton run` ended without an error.
 #[derive(Debug)]
 pub enum Ended {
@@ -316,6 +321,11 @@ async fn event_loop(
                     driver.shutdown().await;
                     return Ok(Outcome::Left);
                 }
+                Effect::StopRequested => {
+                    // As SIGTERM: the leave runs (the core started it), and
+                    // no new life follows, whatever happens meanwhile.
+                    leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
+                }
             }
         }
         let tick = driver.next_deadline_ns().map(|d| std::time::Duration::from_nanos(d.saturating_sub(monotonic_ns())));
@@ -325,13 +335,13 @@ async fn event_loop(
             _ = term.recv() => {
                 if leave_deadline.is_some() { driver.shutdown().await; return Ok(Outcome::Stopped); }
                 info!("SIGTERM: leaving the cluster gracefully");
-                leave_deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(3));
+                leave_deadline = Some(tokio::time::Instant::now() + LEAVE_BOUND);
                 effects = driver.handle(Input::Leave);
             }
             _ = int.recv() => {
                 if leave_deadline.is_some() { driver.shutdown().await; return Ok(Outcome::Stopped); }
                 info!("SIGINT: leaving the cluster gracefully");
-                leave_deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(3));
+                leave_deadline = Some(tokio::time::Instant::now() + LEAVE_BOUND);
                 effects = driver.handle(Input::Leave);
             }
             _ = leave_sleep, if leave_deadline.is_some() => {
@@ -415,6 +425,18 @@ async fn event_loop(
                         // S4.5: a watchdog asks whether the agent uses the group here.
                         let st = driver.svc.as_ref().map(|s| s.group_state(g)).unwrap_or("unknown");
                         let _ = control::reply(&mut s, &format!("ok {st}")).await;
+                    }
+                    (Some("stop"), None) => {
+                        info!("stop requested on the control socket: leaving the cluster gracefully");
+                        leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
+                        effects = driver.handle(Input::Leave);
+                        let _ = control::reply(&mut s, "ok: leaving").await;
+                    }
+                    (Some("stop-all"), None) => {
+                        warn!("cluster-wide stop requested on the control socket (baton stop --all)");
+                        leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
+                        effects = driver.handle(Input::StopAll);
+                        let _ = control::reply(&mut s, "ok: the whole cluster is stopping").await;
                     }
                     (Some("distress"), Some(r)) => {
                         let code = control::reason_code(r).or_else(|| r.parse().ok()).unwrap_or(baton_common::DISTRESS_ADMIN);

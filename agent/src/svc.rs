@@ -83,6 +83,11 @@ pub struct ServiceManager {
     status: BTreeMap<String, ServiceStatus>,
     /// `Drained` nodes not yet taken by the membership driver.
     drained: Vec<NodeId>,
+    /// Every node the core said is drained, while it is a member: the
+    /// core says it once, and it may say it before this node's own
+    /// membership notified the leave (the decider's registry can arrive
+    /// before the membership state), so a later notification finds it here.
+    drained_nodes: BTreeSet<NodeId>,
     /// Groups whose run method (or a handover's preparation, or off-line
     /// mode) configured something here and whose halt method has not
     /// released it: stopped on exit whatever the core thinks, and told to
@@ -92,6 +97,9 @@ pub struct ServiceManager {
     handovers: Option<crate::handover::Handovers>,
     /// S4.5 watchdog processes after every halt, when wired.
     watchdog: Option<crate::watchdog::Ctx>,
+    /// The whole cluster is being stopped: a group with no node left to go
+    /// to stops, as asked, without an alert.
+    stopping: bool,
 }
 
 /// The core's spec of a configured group.
@@ -222,9 +230,11 @@ impl ServiceManager {
                 events,
                 status: BTreeMap::new(),
                 drained: Vec::new(),
+                drained_nodes: BTreeSet::new(),
                 active,
                 handovers,
                 watchdog: None,
+                stopping: false,
             },
             SvcChannels { done: done_rx, monitor: mon_rx },
         )))
@@ -243,6 +253,11 @@ impl ServiceManager {
         } else {
             "idle"
         }
+    }
+
+    /// The cluster is being stopped as a whole (`baton stop --all`).
+    pub fn set_stopping(&mut self) {
+        self.stopping = true;
     }
 
     /// S4.5: spawn a watchdog process after every halt of a group here.
@@ -281,6 +296,7 @@ impl ServiceManager {
             self.leaving.iter().copied().filter(|n| !matches!(s.state_of(*n), NodeState::Leaving)).collect();
         for n in finished {
             self.leaving.remove(&n);
+            self.drained_nodes.remove(&n);
             self.feed(Input::NodeLeft { node: n }, channel);
         }
         // A state in which this node's entry (or the master) is an earlier
@@ -293,12 +309,18 @@ impl ServiceManager {
             return;
         }
         let id = (s.view.term << 32) | (s.view.version & 0xffff_ffff);
-        let key = (id, members.clone(), s.view.master);
+        // The services decider is a member: the master, or, while a master
+        // whose own leave finished stays on to finish the others' (every
+        // node leaving, `baton stop --all`), the lowest member, as every
+        // node computes it from the same state.
+        let master = if members.contains(&s.view.master) { s.view.master } else { *members.iter().next().expect("this node is a member") };
+        let key = (id, members.clone(), master);
         if self.last_view.as_ref() == Some(&key) {
             return;
         }
         self.last_view = Some(key);
-        self.feed(Input::View { id, members, master: s.view.master }, channel);
+        self.drained_nodes.retain(|n| members.contains(n));
+        self.feed(Input::View { id, members, master }, channel);
     }
 
     /// The forced leave of `node` (life `incarnation`) reached the services
@@ -306,6 +328,7 @@ impl ServiceManager {
     pub fn node_failed(&mut self, node: NodeId, incarnation: u64, s: Option<&ClusterState>, channel: &Channel) {
         self.failed_fed.insert((node, incarnation));
         self.leaving.remove(&node);
+        self.drained_nodes.remove(&node);
         self.feed(Input::NodeFailed { node }, channel);
         if let Some(s) = s {
             self.last_view = None;
@@ -317,6 +340,9 @@ impl ServiceManager {
     /// its services; [`ServiceManager::take_drained`] says when done.
     pub fn node_leaving(&mut self, node: NodeId, channel: &Channel) {
         self.leaving.insert(node);
+        if self.drained_nodes.contains(&node) {
+            self.drained.push(node);
+        }
         self.feed(Input::NodeLeaving { node }, channel);
     }
 
@@ -394,11 +420,18 @@ impl ServiceManager {
                         g.monitors.iter().for_each(|m| m.disable());
                     }
                 }
+                Action::Alert { service, reason } if self.stopping => {
+                    // Every node leaves: the group stops with the cluster.
+                    info!(service = %service, ?reason, "the group stopped with the cluster (baton stop --all)");
+                }
                 Action::Alert { service, reason } => {
                     error!(service = %service, ?reason, "ALERT");
                     self.event(serde_json::json!({"event": "alert", "service": service, "reason": format!("{reason:?}")}));
                 }
-                Action::Drained { node } => self.drained.push(node),
+                Action::Drained { node } => {
+                    self.drained_nodes.insert(node);
+                    self.drained.push(node)
+                }
                 Action::Changed { status } => {
                     let elsewhere = status.node.is_some_and(|n| n != self.me)
                         && matches!(status.state, baton_core::services::ServiceState::Starting | baton_core::services::ServiceState::Registered);

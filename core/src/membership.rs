@@ -291,6 +291,11 @@ pub struct ClusterState {
     /// another lineage, and a quorate cluster never yields to it.
     #[cfg_attr(feature = "serde", serde(default))]
     pub quorate: bool,
+    /// The whole cluster is being stopped (`baton stop --all`): every
+    /// joined node leaves gracefully in one change, nobody is admitted, and
+    /// the master leaves last. (Left out of the encoding when false.)
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
+    pub stopping: bool,
 }
 
 impl ClusterState {
@@ -344,6 +349,10 @@ pub struct Report {
     /// The highest S3 change id this node has seen: a new master (even one
     /// that just restarted) numbers its changes above every earlier one.
     pub max_change: ChangeId,
+    /// An operator asked this node to stop the whole cluster
+    /// ([`Input::StopAll`]). (Left out of the encoding when false.)
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
+    pub stop_all: bool,
 }
 
 /// The S3 group data: the member records of the sender's subgroup.
@@ -379,6 +388,9 @@ pub enum Input {
     Start,
     /// Leave the cluster gracefully.
     Leave,
+    /// Stop the whole cluster (an operator's `baton stop --all`): every
+    /// node leaves gracefully, at once, the master last.
+    StopAll,
     /// A local subsystem registers at `level` (S1.2).
     Register { subsystem: SubsystemId, spec: LevelSpec },
     Deregister { subsystem: SubsystemId },
@@ -426,6 +438,12 @@ pub enum Action {
     /// A peer failure was processed (once per failure; a distress once per
     /// life of the sender, however many copies arrive).
     PeerFailed { node: NodeId, distress: bool },
+    /// The heartbeats of a node that had left gracefully stopped: not a
+    /// failure, nothing to recover.
+    PeerGone { node: NodeId },
+    /// The cluster is being stopped as a whole (`stopping` in the state):
+    /// this node leaves, and must not start again by itself.
+    StopRequested,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -545,6 +563,8 @@ pub struct Membership {
     /// Master: when the state, changed since it was last sent, goes out.
     state_due: Option<Instant>,
     shutting_down: bool,
+    /// This node asked for a cluster-wide stop, or follows a stopping state.
+    stop_all: bool,
     actions: VecDeque<Action>,
     stats: Stats,
     /// The `now` of the input being handled.
@@ -582,6 +602,7 @@ impl Membership {
             report_due: None,
             state_due: None,
             shutting_down: false,
+            stop_all: false,
             actions: VecDeque::new(),
             stats: Stats::default(),
             now: Instant::ZERO,
@@ -693,6 +714,14 @@ impl Membership {
                 self.want = Want::Leave;
                 self.report_dirty = true;
             }
+            Input::StopAll => {
+                self.want = Want::Leave;
+                self.report_dirty = true;
+                if !self.stop_all {
+                    self.stop_all = true;
+                    self.actions.push_back(Action::StopRequested);
+                }
+            }
             Input::Register { subsystem, spec } => {
                 self.locals.insert(subsystem, Local { spec, notified: BTreeSet::new(), acked: BTreeSet::new() });
                 self.report_dirty = true;
@@ -720,7 +749,9 @@ impl Membership {
             }
             Input::PeerSilent { node } => {
                 if !self.failed.contains(&node) {
-                    self.actions.push_back(Action::PeerFailed { node, distress: false });
+                    // A node whose graceful leave finished is gone, not failed.
+                    let left = self.state.as_ref().is_some_and(|s| s.state_of(node) == NodeState::Inactive && !s.transitions.contains_key(&node));
+                    self.actions.push_back(if left { Action::PeerGone { node } } else { Action::PeerFailed { node, distress: false } });
                 }
                 self.peer_failed(node);
             }
@@ -914,10 +945,17 @@ impl Membership {
             self.pending = None;
         }
         let view = s.view;
+        let stopping = s.stopping;
         self.state = Some(s);
         self.master_contact = self.now;
         self.report_dirty = true;
         self.actions.push_back(Action::StateChanged { view });
+        if stopping && incarnation_matches && !self.stop_all {
+            // The cluster is being stopped: this node leaves with it.
+            self.stop_all = true;
+            self.want = Want::Leave;
+            self.actions.push_back(Action::StopRequested);
+        }
         if self.want == Want::Leave && now_state == NodeState::Inactive && was_member {
             self.phase = Phase::Left;
             self.actions.push_back(Action::Left);
@@ -933,6 +971,7 @@ impl Membership {
             seen: self.state.as_ref().map(|s| s.view).unwrap_or_default(),
             state: None,
             max_change: self.max_change,
+            stop_all: self.stop_all,
         }
     }
 
@@ -1012,7 +1051,7 @@ impl Membership {
                 .as_ref()
                 .map(|s| s.state_of(self.cfg.me) != NodeState::Inactive || s.transitions.contains_key(&self.cfg.me))
                 .unwrap_or(false);
-            if !in_cluster {
+            if !in_cluster && !self.state.as_ref().is_some_and(|s| self.master_must_stay(s)) {
                 self.phase = Phase::Left;
                 self.actions.push_back(Action::Left);
                 return;
@@ -1123,6 +1162,7 @@ impl Membership {
             transitions: BTreeMap::new(),
             change: self.max_change,
             quorate: false,
+            stopping: false,
         });
         self.report_dirty = true;
     }
@@ -1148,7 +1188,24 @@ impl Membership {
         // is only the backstop, long enough not to take a master that is
         // merely slow (a loaded machine, a mass join) for a dead one.
         let silent = self.now.since(self.master_contact) > MASTER_SILENCE_FORMS * self.cfg.form_ns;
-        self.failed.contains(&s.view.master) || restarted || silent
+        // Its graceful leave finished and nothing keeps it master (its last
+        // state says so): it is gone, whether or not its silence was seen yet.
+        // (An entry of this master's own life: in a state just formed, the
+        // master's entry is still the Inactive one of no life.)
+        let left = s.nodes.get(&s.view.master).is_some_and(|e| e.state == NodeState::Inactive && e.incarnation == s.view.master_incarnation)
+            && !self.master_must_stay(s);
+        self.failed.contains(&s.view.master) || restarted || silent || left
+    }
+
+    /// A master whose own graceful leave finished stays master while
+    /// another node's transition is in flight and no other joined member
+    /// could succeed it (every node leaving at once, a cluster-wide stop):
+    /// it leaves last, once those transitions are over. With a joined
+    /// member left, that member succeeds it and carries them on.
+    fn master_must_stay(&self, s: &ClusterState) -> bool {
+        let master = s.view.master;
+        let successor = s.nodes.iter().any(|(n, e)| *n != master && e.state == NodeState::Joined && !self.failed.contains(n));
+        !successor && s.transitions.keys().any(|n| *n != master && !self.failed.contains(n))
     }
 
     fn successor(&self) -> Option<NodeId> {
@@ -1397,10 +1454,24 @@ impl Membership {
                 }
             }
         }
+        // A cluster-wide stop asked by any member: every node leaves.
+        if !s.stopping && self.reports.iter().any(|(n, r)| r.stop_all && s.nodes.get(n).is_some_and(|e| e.incarnation == r.incarnation)) {
+            s.stopping = true;
+            changed = true;
+        }
+        if s.stopping && !self.stop_all {
+            // The master leaves with the others (last: `master_must_stay`).
+            self.stop_all = true;
+            self.want = Want::Leave;
+            self.actions.push_back(Action::StopRequested);
+        }
         // Leave requests of joined nodes start a graceful leave; of joining
         // nodes, they wait for the next level boundary.
-        let leaving: Vec<(NodeId, u64)> =
-            self.reports.iter().filter(|(_, r)| r.want == Want::Leave).map(|(n, r)| (*n, r.incarnation)).collect();
+        let leaving: Vec<(NodeId, u64)> = if s.stopping {
+            s.group().into_iter().map(|n| (n, s.nodes[&n].incarnation)).collect()
+        } else {
+            self.reports.iter().filter(|(_, r)| r.want == Want::Leave).map(|(n, r)| (*n, r.incarnation)).collect()
+        };
         for (n, inc) in leaving {
             let Some(e) = s.nodes.get(&n) else { continue };
             if e.incarnation != inc {
@@ -1433,7 +1504,8 @@ impl Membership {
             self.state = Some(s);
             self.broadcast_state();
             self.notify_locals();
-            if me_inactive && self.want == Want::Leave {
+            let stay = self.state.as_ref().is_some_and(|s| self.master_must_stay(s));
+            if me_inactive && self.want == Want::Leave && !stay {
                 // The master finished its own graceful leave: the final state
                 // is out; the others see us go silent and a successor takes over.
                 self.send_state_to_all();
@@ -1559,6 +1631,10 @@ impl Membership {
             {
                 joins.insert(*n);
             }
+        }
+        if s.stopping {
+            // Nobody joins a cluster that is being stopped.
+            joins.clear();
         }
         // A finished leave (state Inactive after Leaving) left the group
         // already in `advance`; the S3 change records the smaller group.

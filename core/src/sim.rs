@@ -430,6 +430,12 @@ impl Sim {
                     }
                 }
             }
+            Action::PeerGone { node } => {
+                self.log(format!("{} n{n} peer gone n{node}", self.now));
+            }
+            Action::StopRequested => {
+                self.log(format!("{} n{n} stop requested", self.now));
+            }
             Action::StateChanged { view } => {
                 if self.keep_trace {
                     let master = self.nodes[&n].core.as_ref().map(|c| c.is_master()).unwrap_or(false);

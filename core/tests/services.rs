@@ -1739,3 +1739,27 @@ fn the_stop_of_a_planned_move_names_the_next_node() {
     h.op(3, Input::MonitorFailed { service: "a".into() });
     assert_eq!(stops(&h, 3), vec![(Reason::MonitorFailed, None)]);
 }
+
+/// Every node leaves at once (a cluster-wide stop): the service stops where
+/// it runs (no node is left to take it), the master's node is drained and
+/// leaves first, and the remaining two, under the decider that succeeds it,
+/// are drained too (nothing is registered on them).
+#[test]
+fn every_node_leaving_at_once_all_are_drained() {
+    let mut h = H::new(vec![ServiceSpec { allowable: nodes(&[1, 2, 3]), ..ServiceSpec::new("web") }]);
+    for id in [1, 2, 3] {
+        h.boot(id);
+    }
+    h.run_ms(100);
+    assert_eq!(h.st("web"), (Registered, Some(1), ""));
+    for id in [1, 2, 3] {
+        h.begin_leave(id);
+    }
+    h.run_ms(100);
+    assert!(h.drained(1), "the master's node was not drained");
+    assert!(h.running("web").is_empty(), "web runs on {:?}", h.running("web"));
+    h.finish_leave(1);
+    h.run_ms(500);
+    assert!(h.drained(2), "node 2 was not drained: {:?}", h.nodes[&2].actions);
+    assert!(h.drained(3), "node 3 was not drained");
+}

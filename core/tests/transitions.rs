@@ -1449,3 +1449,108 @@ fn a_successor_gathers_the_survivors_states_at_once() {
     assert_eq!(h.state_of(3, 1), NodeState::Inactive);
     h.check_nothing_after_end();
 }
+
+// ---------------------------------------------------------------------------
+// A stop is a stop: every node leaving at once, and `baton stop --all`
+// ---------------------------------------------------------------------------
+
+/// Every node asks to leave at the same moment (SIGTERM to every agent):
+/// every leave finishes, nobody halts and nobody counts a leaver as failed,
+/// and the master leaves last (it stays master while the others' leaves run:
+/// there is no joined member left to succeed it).
+#[test]
+fn every_node_leaving_at_once_all_leave_and_the_master_leaves_last() {
+    let mut h = three(true);
+    h.mark();
+    for n in [1, 2, 3] {
+        h.input(n, Input::Leave);
+    }
+    // The master's own leave is quick: hold the others' level 10 a while.
+    h.hold(|_, note| note.kind == Kind::Leave && note.node != 1 && note.level == 10);
+    h.run_ms(100);
+    assert!(!h.nodes[&1].core.has_left(), "the master left while the others' leaves were in flight");
+    assert_eq!(h.state_of(2, 1), NodeState::Inactive, "the master's own leave did not finish");
+    h.release_all();
+    h.run_ms(300);
+    for n in [1, 2, 3] {
+        assert!(h.nodes[&n].core.has_left(), "n{n} did not leave");
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. } | Action::PeerFailed { .. })), 0, "n{n}: {:?}", h.nodes[&n].actions);
+    }
+    let left_at = |n: NodeId| h.nodes[&n].actions.iter().find(|(_, a)| matches!(a, Action::Left)).map(|(t, _)| *t).unwrap();
+    assert!(left_at(1) >= left_at(2) && left_at(1) >= left_at(3), "the master did not leave last");
+    // Their silence afterwards changes nothing.
+    for n in [1, 2, 3] {
+        h.crash(n);
+    }
+    h.check_nothing_after_end();
+}
+
+/// The master leaves while another node is joined: that node succeeds it
+/// as soon as the master's final state says it left, without waiting for
+/// its silence, and the master's silence afterwards is `PeerGone`, not a
+/// failure.
+#[test]
+fn a_master_that_left_is_succeeded_at_once_and_its_silence_is_no_failure() {
+    let mut h = three(true);
+    h.mark();
+    h.input(1, Input::Leave);
+    h.run_ms(100);
+    assert!(h.nodes[&1].core.has_left());
+    // No silence reported yet: 2 took over from the final state alone.
+    assert_eq!(h.master(2), 2);
+    assert_eq!(h.master(3), 2);
+    h.crash(1);
+    h.silent(1);
+    h.run_ms(200);
+    for n in [2, 3] {
+        assert_eq!(h.count(n, |a| matches!(a, Action::PeerFailed { .. } | Action::Halt { .. })), 0, "n{n}: {:?}", h.nodes[&n].actions);
+        assert_eq!(h.count(n, |a| matches!(a, Action::PeerGone { node: 1 })), 1, "n{n}");
+        assert_eq!(h.nodes[&n].core.my_state(), NodeState::Joined);
+    }
+    assert!(!h.notes(2).iter().any(|n| n.kind == Kind::ForcedLeave), "a forced leave of the node that left");
+    h.check_nothing_after_end();
+}
+
+/// `baton stop --all` on a follower: the master starts every node's leave in
+/// one change (`stopping`), every node is told to stop (`StopRequested`),
+/// all leave, the master last, nobody halts, and a node that starts
+/// meanwhile is not admitted.
+#[test]
+fn stop_all_from_a_follower_makes_every_node_leave() {
+    let mut h = three(true);
+    h.mark();
+    let acts = h.input_actions(3, Input::StopAll);
+    assert!(acts.iter().any(|a| matches!(a, Action::StopRequested)), "{acts:?}");
+    h.run_ms(300);
+    for n in [1, 2, 3] {
+        assert!(h.nodes[&n].core.has_left(), "n{n} did not leave");
+        assert_eq!(h.count(n, |a| matches!(a, Action::StopRequested)), 1, "n{n}");
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. } | Action::PeerFailed { .. })), 0, "n{n}");
+        // Every leave walked top-down on every node.
+        for of in [1, 2, 3] {
+            assert_eq!(only(&h.notes(n), Kind::Leave, of), walk(Kind::Leave, of, 1, 30), "n{n} about n{of}");
+        }
+    }
+    let left_at = |n: NodeId| h.nodes[&n].actions.iter().find(|(_, a)| matches!(a, Action::Left)).map(|(t, _)| *t).unwrap();
+    assert!(left_at(1) >= left_at(2) && left_at(1) >= left_at(3), "the master did not leave last");
+    h.check_nothing_after_end();
+}
+
+/// While the cluster stops, a node that starts is not admitted.
+#[test]
+fn nobody_joins_a_cluster_that_is_stopping() {
+    let mut h = three(false);
+    h.mark();
+    // Hold node 2's leave so the stop lasts.
+    h.hold(|_, note| note.kind == Kind::Leave && note.node == 2 && note.level == 10);
+    h.input(2, Input::StopAll);
+    h.run_ms(50);
+    h.start(3);
+    h.run_ms(200);
+    assert_eq!(h.state_of(1, 3), NodeState::Inactive, "node 3 was admitted into a stopping cluster");
+    assert!(h.nodes[&1].core.state().unwrap().stopping);
+    h.release_all();
+    h.run_ms(300);
+    assert!(h.nodes[&1].core.has_left() && h.nodes[&2].core.has_left());
+    h.check_nothing_after_end();
+}

@@ -310,8 +310,31 @@ impl Cluster {
         }
     }
 
-    /// SIGKILL the agent of host `i`; returns the CLOCK_MONOTONIC ns just before.
+    /// The pid of the guard process of host `i`'s latest agent life (its
+    /// `agent.json`, which stays after a SIGKILL), if it recorded one.
+    pub fn guard_pid(&self, i: usize) -> Option<i32> {
+        let text = std::fs::read_to_string(self.node_dir(i).join("state").join("agent.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["guard"]["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// Host `i` dies as far as baton goes (a crash of the machine, or of
+    /// both of its baton processes): SIGKILL of its guard, then of its
+    /// agent, so that nothing tells the others (no distress: they notice
+    /// the silence). Its services, if any, keep running (see
+    /// [`Cluster::crash`]). Returns the CLOCK_MONOTONIC ns just before the
+    /// agent's kill.
     pub fn kill(&mut self, i: usize) -> u64 {
+        if let Some(g) = self.guard_pid(i) {
+            unsafe { libc::kill(g, libc::SIGKILL) };
+        }
+        self.kill_agent(i)
+    }
+
+    /// SIGKILL of the agent of host `i` alone (its guard lives: it releases
+    /// what the node held and tells the others at once); returns the
+    /// CLOCK_MONOTONIC ns just before.
+    pub fn kill_agent(&mut self, i: usize) -> u64 {
         let a = self.agents[i].take().expect("agent running");
         let t = monotonic_ns();
         a.kill9();
@@ -643,6 +666,10 @@ impl Cluster {
         let agent = self.agents[i].take();
         if let Some(a) = &agent {
             pids.retain(|p| *p != a.pid());
+        }
+        // The guard first: a machine that crashes tells nobody.
+        if let Some(g) = self.guard_pid(i) {
+            unsafe { libc::kill(g, libc::SIGKILL) };
         }
         let t = monotonic_ns();
         if let Some(a) = &agent {

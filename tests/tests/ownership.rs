@@ -95,7 +95,7 @@ fn agent_killed_alone_its_guard_releases_the_address_and_stops_the_application()
     let prober = Prober::start(&svc.client(), vip_http(), Duration::from_millis(5), Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(200));
     let killed = Instant::now();
-    let kill_ns = svc.c.kill(0);
+    let kill_ns = svc.c.kill_agent(0);
     // The node and its application are alive: only the agent died.
     check_agent_death(svc, watcher, prober, killed, kill_ns);
 }
@@ -115,7 +115,7 @@ fn agent_and_application_killed_the_guard_releases_the_address() {
     let killed = Instant::now();
     let kill_ns = monotonic_ns();
     unsafe { libc::kill(httpd[0], libc::SIGKILL) };
-    svc.c.kill(0);
+    svc.c.kill_agent(0);
     check_agent_death(svc, watcher, prober, killed, kill_ns);
 }
 
@@ -133,7 +133,7 @@ fn an_agent_restarted_while_another_node_owns_the_group_starts_clean() {
     web_on_node1(&mut svc);
     let guard = guard_pid(&svc, 0);
     unsafe { libc::kill(guard, libc::SIGKILL) };
-    svc.c.kill(0);
+    svc.c.kill_agent(0);
     let owner = svc.wait_registered("web", Duration::from_secs(10), |n| n != 1);
     let owner_i = svc.index_of(owner);
     svc.expect_page(&svc.name(owner_i), Duration::from_secs(5), "after the failover");
@@ -167,4 +167,79 @@ fn an_agent_restarted_while_another_node_owns_the_group_starts_clean() {
     svc.check(clean["processes_stopped"].as_array().is_some_and(|a| a.len() == 1), || format!("status start_clean: {clean}"));
     let ev = guard_event(&svc, 0, "start");
     eprintln!("node1 restarted: start clean {ev}");
+}
+
+/// Every agent's exit (waits up to `within`), and then that nothing of
+/// baton or of the group runs anywhere: no address, no httpd, no process at
+/// all left in the nodes' namespaces (guards and watchdogs included, after
+/// the watchdog's 5 s), and no agent started a new life.
+fn check_all_stopped(svc: &mut Svc, within: Duration, asked: Instant) {
+    let mut exits = Vec::new();
+    for i in 0..svc.c.hosts.len() {
+        let Some(mut a) = svc.c.agents[i].take() else { continue };
+        let st = loop {
+            if let Some(st) = a.child.try_wait().unwrap() {
+                break st;
+            }
+            if asked.elapsed() > within {
+                let _ = a.child.kill();
+                svc.fail(&format!("{}'s agent still runs {within:?} after the stop", svc.name(i)));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        exits.push((svc.name(i), st, asked.elapsed()));
+    }
+    eprintln!("agents exited: {exits:?}");
+    if std::env::var("OWN_LOGS").is_ok() { eprintln!("{}", svc.logs()); }
+    for (name, st, _) in &exits {
+        svc.check(st.success(), || format!("{name}'s agent exited with {st}"));
+    }
+    for i in 0..svc.c.hosts.len() {
+        svc.check(!vip_on(&svc.ns(i)), || format!("{VIP} is still on {}", svc.name(i)));
+        let log = svc.c.agent_log(i);
+        svc.check(!log.contains("starting again as a new life"), || format!("{} started a new life after the stop", svc.name(i)));
+        // An orderly stop: nobody counted a leaver as failed, nobody halted.
+        let bad: Vec<String> = ["peer failure processed", "clustering halted", "did not finish in time"].iter().flat_map(|n| svc.c.log_lines(i, &[n])).collect();
+        svc.check(bad.is_empty(), || format!("{} during the stop: {bad:?}", svc.name(i)));
+    }
+    svc.check(httpd_total(svc) == 0, || format!("{} httpd instances still run", httpd_total(svc)));
+    let empty = wait_until(Duration::from_secs(8), || (0..svc.c.hosts.len()).all(|i| netns_pids(&svc.ns(i)).is_empty()));
+    svc.check(empty.is_some(), || {
+        let left: Vec<Vec<String>> = (0..svc.c.hosts.len()).map(|i| netns_cmdlines(&svc.ns(i))).collect();
+        format!("processes left in the nodes' namespaces: {left:?}")
+    });
+}
+
+#[test]
+fn sigterm_to_every_agent_at_once_stops_everything_and_no_new_life_starts() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("ost", 3, &web_group("costly", "")).with_client();
+    web_on_node1(&mut svc);
+    let pids: Vec<i32> = (0..3).map(|i| svc.c.agents[i].as_ref().unwrap().pid()).collect();
+    let asked = Instant::now();
+    for p in &pids {
+        unsafe { libc::kill(*p, libc::SIGTERM) };
+    }
+    check_all_stopped(&mut svc, Duration::from_secs(5), asked);
+}
+
+#[test]
+fn stop_all_stops_the_whole_cluster_in_order() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("osa", 3, &web_group("costly", "")).with_client();
+    web_on_node1(&mut svc);
+    let asked = Instant::now();
+    // From a node that is neither the master nor the group's.
+    let out = svc.baton(2, &["stop", "--all"]);
+    eprintln!("baton stop --all: {out}");
+    check_all_stopped(&mut svc, Duration::from_secs(8), asked);
+    // Nothing moved on the way out: web stopped where it ran.
+    for i in 1..3 {
+        let up = svc.c.events(i).into_iter().find(|e| e["event"] == "service_up");
+        svc.check(up.is_none(), || format!("web started on {} during the stop: {up:?}", svc.name(i)));
+    }
 }
