@@ -27,8 +27,10 @@ const LLVM_PKGS: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Needed at run/test time.
-const RUNTIME_PKGS: &[&str] = &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox"];
+/// Needed at run/test time (nginx-light: the OCF nginx test of
+/// tests/tests/ownership.rs).
+const RUNTIME_PKGS: &[&str] =
+    &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light"];
 
 fn all_pkgs() -> impl Iterator<Item = &'static str> {
     TOOLCHAIN_PKGS
