@@ -89,7 +89,7 @@ pub const TARGET_IQN: &str = "iqn.2003-01.org.baton:vm-lun";
 pub const INITIATOR_PREFIX: &str = "iqn.2003-01.org.baton:node";
 
 /// Bump when the way an image is assembled changes (it is part of the key).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -608,9 +608,29 @@ impl Image {
             "host_tools": host_tools.iter().map(|(n, p)| serde_json::json!({"name": n, "path": p})).collect::<Vec<_>>(),
         });
         fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+        gc_images(&vm, &dir);
         let elapsed = t0.elapsed();
         eprintln!("vm: image built in {:.1} s", elapsed.as_secs_f64());
         Image { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.cpio"), kernel_release: release, dir, packages, modules: loaded, key, built: true, elapsed }
+    }
+}
+
+/// Removes all but the three newest images (besides `keep`): an image is
+/// rebuilt whenever an input changes, and each is ~25 MiB.
+fn gc_images(vm: &Path, keep: &Path) {
+    let mut images: Vec<(SystemTime, PathBuf)> = fs::read_dir(vm)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p != keep && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("image-")) && !p.extension().is_some_and(|x| x == "tmp"))
+                .map(|p| (fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH), p))
+                .collect()
+        })
+        .unwrap_or_default();
+    images.sort();
+    let n = images.len().saturating_sub(2);
+    for (_, p) in &images[..n] {
+        let _ = fs::remove_dir_all(p);
     }
 }
 
@@ -668,6 +688,11 @@ fn build_image(tmp: &Path, packages: &[(String, String)], modules: &[String], ho
         st.binary(&p, &name);
         shipped.insert(name);
     }
+    // /bin/sh is bash: Debian's busybox-static prefers its own applets
+    // ("standalone shell"), so under busybox sh a script's `ip` or `dd` would
+    // be busybox's whatever PATH says. busybox sh stays available as `ash`.
+    st.symlink("bash", "bin/sh");
+    shipped.insert("sh".into());
     let busybox = pkg_bin("busybox-static", "bin/busybox");
     st.copy(&busybox, "bin/busybox");
     for applet in must(Command::new(&busybox).arg("--list")).lines() {
@@ -831,7 +856,7 @@ fn qemu_base(image: &Image, accel: Accel, memory_mib: u32, cpus: u32) -> Command
 /// `$BATON_VM_ACCEL` (kvm or tcg) decides when set. Otherwise: TCG when
 /// /dev/kvm cannot be opened read-write; else a probe boots the image under
 /// KVM with `baton.probe` on the command line, whose init prints "baton-vm:
-/// probe ok" and powers off at once. Seen within 20 s: KVM. Not seen (on
+/// probe ok" and powers off at once. Seen within 15 s: KVM. Not seen (on
 /// hosts without VMX/SVM, qemu starts under KVM but the guest never gets
 /// past the boot loader): TCG. The verdict is cached in `<vm>/accel` per host
 /// kernel and qemu version.
@@ -861,7 +886,7 @@ pub fn accel(image: &Image) -> Accel {
     cmd.stdin(Stdio::null()).stdout(File::create(&log).unwrap()).stderr(Stdio::null());
     let t0 = Instant::now();
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("vm: starting qemu: {e}"));
-    let deadline = t0 + Duration::from_secs(20);
+    let deadline = t0 + Duration::from_secs(15);
     let ok = loop {
         if read_lossy(&log).contains("baton-vm: probe ok") {
             break true;
@@ -1021,7 +1046,7 @@ impl Vm {
         self.lun_mib = mib;
         self
     }
-    /// The scenario's text (busybox sh unless it starts with `#!`, e.g. `#!/bin/bash`).
+    /// The scenario's text: run by /bin/sh (bash) unless it starts with `#!`.
     pub fn scenario(mut self, text: impl Into<String>) -> Vm {
         self.scenario = text.into();
         self

@@ -1,10 +1,11 @@
-# baton VM scenario library (busybox sh and bash). A scenario sources it:
+# baton VM scenario library (bash, which is /bin/sh in the VM; busybox sh works too
+# but prefers its own applets, e.g. its `ip`). A scenario sources it:
 #
 #     . "$VM_LIB"
 #     vm_cluster 3                # namespaces node1..node3, veth ic0 on a bridge, configs, secret
 #     vm_start_all
 #     vm_wait_up 60
-#     vm_kill 3                   # SIGKILL; $VM_T = CLOCK_MONOTONIC ns just before
+#     vm_crash 3                  # SIGKILL of everything in node3's namespace; $VM_T = CLOCK_MONOTONIC ns just before
 #     e=$(vm_wait_event 1 '.event == "peer_silent" and .node == 3' 20) || vm_die "no peer_silent"
 #
 # Every node N has a network namespace "nodeN" with interface ic0 (and ic1..
@@ -190,6 +191,26 @@ vm_kill() {
     VM_T=$(vm_now_ns)
     kill -"${2:-KILL}" "$_p"
     if [ "${2:-KILL}" = KILL ]; then
+        wait "$_p" 2>/dev/null
+        rm -f "$(vm_dir $1)/pid"
+    fi
+}
+
+# vm_crash N: node N dies: SIGKILL to every process in its network namespace
+# (the agent's guard and the applications first, the agent last, in one
+# kill(1)), so nothing of the node sends a distress; $VM_T is CLOCK_MONOTONIC
+# ns just before. (vm_kill N kills the agent alone: its guard then sends a
+# distress for the dead life.)
+vm_crash() {
+    _p=$(vm_pid $1)
+    _o=""
+    for _q in $(ip netns pids node$1); do
+        [ "$_q" = "$_p" ] || _o="$_o $_q"
+    done
+    VM_T=$(vm_now_ns)
+    # shellcheck disable=SC2086
+    kill -KILL $_o $_p 2>/dev/null
+    if [ -n "$_p" ]; then
         wait "$_p" 2>/dev/null
         rm -f "$(vm_dir $1)/pid"
     fi
