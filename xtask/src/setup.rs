@@ -32,6 +32,11 @@ const LLVM_PKGS: &[&str] = &[
 const RUNTIME_PKGS: &[&str] =
     &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light"];
 
+/// The test VM's host side (docs/vm.md): qemu, and depmod/modprobe and xz
+/// to assemble its image. Installed without recommends (qemu's would bring a
+/// GUI stack).
+const VM_PKGS: &[&str] = &["qemu-system-x86", "kmod", "xz-utils"];
+
 fn all_pkgs() -> impl Iterator<Item = &'static str> {
     TOOLCHAIN_PKGS
         .iter()
@@ -203,6 +208,25 @@ pub fn setup() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"))?;
             did_something = true;
         }
+    }
+
+    // 1b. The test VM's host packages.
+    let vm_missing: Vec<&str> = VM_PKGS.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if !vm_missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "`cargo xtask setup` must run as root to install missing packages: {}",
+                vm_missing.join(" ")
+            );
+        }
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&vm_missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        did_something = true;
     }
 
     // 2. Rust toolchain for bpfel-unknown-none.
