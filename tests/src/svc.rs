@@ -368,37 +368,56 @@ pub fn netlink_has_vip(fd: &OwnedFd, seq: u32) -> bool {
 /// One sample: node index, start and end of the dump, VIP present.
 pub type AddrSample = (usize, Instant, Instant, bool);
 
-/// Samples which nodes hold the VIP, round after round, until stopped.
+/// Samples which nodes hold the VIP, round after round (about every
+/// millisecond), until stopped (`finish`, or drop).
 pub struct Watcher {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<AddrSample>>,
+    samples: Arc<std::sync::Mutex<Vec<AddrSample>>>,
+    handle: Option<JoinHandle<()>>,
 }
 
 impl Watcher {
     pub fn start(namespaces: Vec<String>) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (st, out) = (stop.clone(), samples.clone());
         let handle = std::thread::spawn(move || {
             let fds: Vec<OwnedFd> = namespaces.iter().map(|ns| netlink_in(ns)).collect();
-            let mut out = Vec::new();
             let mut seq = 1u32;
             while !st.load(Ordering::SeqCst) {
                 for (i, fd) in fds.iter().enumerate() {
                     seq += 1;
                     let t0 = Instant::now();
                     let has = netlink_has_vip(fd, seq);
-                    out.push((i, t0, Instant::now(), has));
+                    out.lock().unwrap().push((i, t0, Instant::now(), has));
                 }
                 std::thread::sleep(Duration::from_micros(500));
             }
-            out
         });
-        Watcher { stop, handle }
+        Watcher { stop, samples, handle: Some(handle) }
     }
 
-    pub fn finish(self) -> Vec<AddrSample> {
+    /// The samples so far (the watcher goes on).
+    pub fn samples(&self) -> Vec<AddrSample> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    pub fn finish(mut self) -> Vec<AddrSample> {
+        self.halt();
+        self.samples()
+    }
+
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().unwrap()
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 

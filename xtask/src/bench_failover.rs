@@ -485,6 +485,11 @@ impl Lcg {
 struct Results {
     crash: Vec<f64>,
     crash_failed: Vec<usize>,
+    /// The agent alone SIGKILLed (node and httpd alive; its guard releases).
+    agentkill: Vec<f64>,
+    agentkill_failed: Vec<usize>,
+    /// Per agent kill: the longest time the VIP was on two live nodes (ms).
+    agentkill_dual: Vec<f64>,
     failback: Vec<f64>,
     linkcut: Vec<f64>,
     switchover_failed: Vec<usize>,
@@ -501,6 +506,15 @@ impl Results {
         self.count_errors("crash", v);
         self.crash.push(ms);
         self.crash_failed.push(failed);
+        (ms, failed)
+    }
+
+    fn record_agentkill(&mut self, v: &[Sample], dual_ms: f64) -> (f64, usize) {
+        let (ms, failed) = measure(v);
+        self.count_errors("agent kill", v);
+        self.agentkill.push(ms);
+        self.agentkill_failed.push(failed);
+        self.agentkill_dual.push(dual_ms);
         (ms, failed)
     }
 
@@ -599,6 +613,46 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
     }
     eprintln!();
 
+    // Agent crashes: SIGKILL of the active node's agent alone (the node and
+    // its httpd stay up; its guard releases the address and stops httpd),
+    // with a watcher sampling, about every millisecond, which nodes hold
+    // the VIP. Then the agent is started again (the group moves back).
+    let watcher = (!switchovers_only).then(|| baton_tests::svc::Watcher::start(rig.c.hosts.iter().map(|h| h.ns.name.clone()).collect()));
+    for k in 0..if switchovers_only { 0 } else { opts.crashes } {
+        let res = (|| -> Result<()> {
+            pause(150 + rng.next_below(opts.interval_ms))?;
+            let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+            let at = std::time::Instant::now();
+            let t = rig.c.kill_agent(active);
+            let name = rig.c.hosts[active].name.clone();
+            let settled = wait_served(&rig.prober, t, None, Some(&name), Duration::from_secs(10))?
+                .with_context(|| format!("no other node served after {name}'s agent was killed"))?;
+            pause(TIMEOUT.as_millis() as u64)?;
+            let v = window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled);
+            // Dual ownership from just before the kill to well after the
+            // survivor serves (the move back later is a planned handover).
+            let upto = at + Duration::from_nanos(settled.saturating_sub(t)) + Duration::from_millis(200);
+            let samples: Vec<baton_tests::svc::AddrSample> = watcher
+                .as_ref()
+                .map(|w| w.samples().into_iter().filter(|s| s.1 + Duration::from_millis(50) >= at && s.2 <= upto).collect())
+                .unwrap_or_default();
+            let (dual, _) = baton_tests::svc::max_dual_ownership(&samples, &[None, None, None]);
+            let (ms, failed) = r.record_agentkill(&v, dual.as_secs_f64() * 1e3);
+            eprint!("\r  baton agent kill {}/{}: outage {ms:.1} ms ({failed} failed), VIP on two nodes {:.1} ms   ", k + 1, opts.crashes, dual.as_secs_f64() * 1e3);
+            let t2 = monotonic_ns();
+            rig.c.start(active);
+            wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
+                .with_context(|| format!("the group did not move back to {name}"))?;
+            rig.c.wait_all_joined(Duration::from_secs(20));
+            Ok(())
+        })();
+        if let Err(e) = res {
+            rebuild(&mut rig, opts, &mut r, format!("agent kill {k}"), e)?;
+        }
+    }
+    drop(watcher);
+    eprintln!();
+
     // Switchovers: node1 → node2 → node1 ...
     for k in 0..opts.crashes {
         let res = (|| -> Result<()> {
@@ -677,7 +731,11 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
         let agent_pid = rig.c.agents[active].as_ref().map(|a| a.pid());
         // The halt's watchdog process (S4.5) checks for 5 s after the halt,
         // then exits too: wait for it.
-        let others_left = || rig.c.host_pids(active).into_iter().filter(|p| Some(*p) != agent_pid).count();
+        // (The new life's guard process stays with it.)
+        let others_left = || {
+            let guard = rig.c.guard_pid(active);
+            rig.c.host_pids(active).into_iter().filter(|p| Some(*p) != agent_pid && Some(*p) != guard).count()
+        };
         wait_for(Duration::from_secs(8), || others_left() == 0)?;
         let others = others_left();
         if !halted || still_vip || others > 0 {
@@ -875,6 +933,15 @@ fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
     row("crash outage p99 (ms)", percentile(&b.crash, 99.0), percentile(&k.crash, 99.0));
     row("crash outage max (ms)", percentile(&b.crash, 100.0), percentile(&k.crash, 100.0));
     row("crash failed requests (mean)", mean_usize(&b.crash_failed), mean_usize(&k.crash_failed));
+    println!(
+        "{:<36} {:>10.1} {:>12}",
+        "agent kill outage p50 (ms)",
+        percentile(&b.agentkill, 50.0),
+        "-"
+    );
+    println!("{:<36} {:>10.1} {:>12}", "agent kill outage p99 (ms)", percentile(&b.agentkill, 99.0), "-");
+    println!("{:<36} {:>10.1} {:>12}", "agent kill VIP on two nodes max (ms)", percentile(&b.agentkill_dual, 100.0), "-");
+    println!("(agent kill: baton's agent alone SIGKILLed, node and httpd alive; keepalived has no separate agent to kill)");
     println!("{:<36} {:>10} {:>12}", "link cuts measured", b.linkcut.len(), k.linkcut.len());
     row("link cut outage p50 (ms)", percentile(&b.linkcut, 50.0), percentile(&k.linkcut, 50.0));
     row("link cut outage p99 (ms)", percentile(&b.linkcut, 99.0), percentile(&k.linkcut, 99.0));
@@ -904,6 +971,8 @@ fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
         "baton_outage_p99_ms": round1(percentile(&b.crash, 99.0)),
         "baton_linkcut_outage_p99_ms": round1(percentile(&b.linkcut, 99.0)),
         "baton_switchover_failed": sum(&b.switchover_failed),
+        "baton_agentkill_outage_p99_ms": round1(percentile(&b.agentkill, 99.0)),
+        "baton_agentkill_dual_owner_ms_max": round1(percentile(&b.agentkill_dual, 100.0)),
         "keepalived_outage_p50_ms": round1(percentile(&k.crash, 50.0)),
         "keepalived_outage_p99_ms": round1(percentile(&k.crash, 99.0)),
         "keepalived_switchover_failed": sum(&k.switchover_failed),
