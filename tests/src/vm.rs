@@ -260,48 +260,85 @@ pub fn vm_tests_possible() -> bool {
 
 // ---------------------------------------------------------------- packages
 
-fn apt_depends(pkg: &str) -> Result<Vec<String>, String> {
-    let out = run_cmd(Command::new("apt-cache").args(["depends", pkg]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.trim().trim_start_matches('|').strip_prefix("Depends: "))
-        .map(|d| d.trim().to_string())
-        .filter(|d| !d.starts_with('<'))
-        .collect())
+/// `apt-cache depends` of several packages: package → its dependencies.
+fn apt_depends(pkgs: &[&str]) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let out = run_cmd(Command::new("apt-cache").arg("depends").args(pkgs))?;
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut cur = None;
+    for line in out.lines() {
+        if !line.starts_with(' ') {
+            cur = Some(line.trim().to_string());
+            map.entry(line.trim().to_string()).or_default();
+        } else if let (Some(c), Some(d)) = (&cur, line.trim().trim_start_matches('|').strip_prefix("Depends: ")) {
+            if !d.starts_with('<') {
+                map.get_mut(c).unwrap().push(d.trim().to_string());
+            }
+        }
+    }
+    Ok(map)
 }
 
-fn apt_candidate(pkg: &str) -> Result<String, String> {
-    let out = run_cmd(Command::new("apt-cache").args(["policy", pkg]))?;
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Candidate:"))
-        .map(|c| c.trim().to_string())
-        .find(|c| !c.is_empty() && c != "(none)")
-        .ok_or_else(|| format!("no candidate version of {pkg} in the apt lists"))
+/// `apt-cache policy` of several packages: package → candidate version.
+fn apt_candidates(pkgs: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let out = run_cmd(Command::new("apt-cache").arg("policy").args(pkgs))?;
+    let mut map = BTreeMap::new();
+    let mut cur = None;
+    for line in out.lines() {
+        if !line.starts_with(' ') {
+            cur = line.trim().strip_suffix(':').map(str::to_string);
+        } else if let (Some(c), Some(v)) = (&cur, line.trim().strip_prefix("Candidate:")) {
+            let v = v.trim();
+            if !v.is_empty() && v != "(none)" {
+                map.insert(c.clone(), v.to_string());
+            }
+        }
+    }
+    Ok(map)
+}
+
+fn dep_with_prefix(deps: &BTreeMap<String, Vec<String>>, pkg: &str, prefix: &str) -> Result<String, String> {
+    deps.get(pkg)
+        .and_then(|d| d.iter().find(|d| d.starts_with(prefix)))
+        .cloned()
+        .ok_or_else(|| format!("{pkg} has no dependency named {prefix}* in the apt lists"))
 }
 
 /// The kernel package `linux-image-amd64` depends on, e.g. linux-image-6.1.0-57-amd64.
 fn kernel_package() -> Result<String, String> {
-    apt_depends("linux-image-amd64")?
-        .into_iter()
-        .find(|d| d.starts_with("linux-image-"))
-        .ok_or_else(|| "linux-image-amd64 has no linux-image-* dependency in the apt lists".to_string())
-}
-
-fn dep_with_prefix(pkg: &str, prefix: &str) -> Result<String, String> {
-    apt_depends(pkg)?
-        .into_iter()
-        .find(|d| d.starts_with(prefix))
-        .ok_or_else(|| format!("{pkg} has no dependency named {prefix}*"))
+    dep_with_prefix(&apt_depends(&["linux-image-amd64"])?, "linux-image-amd64", "linux-image-")
 }
 
 /// Every package of the image with its candidate version, the kernel first.
 fn resolve_packages() -> Result<Vec<(String, String)>, String> {
-    let mut names = vec![kernel_package()?, "busybox-static".into(), "open-iscsi".into(), "sg3-utils".into(), "jq".into()];
-    names.push(dep_with_prefix("open-iscsi", "libopeniscsiusr")?);
-    names.push(dep_with_prefix("sg3-utils", "libsgutils2")?);
-    names.push(dep_with_prefix("jq", "libjq")?);
-    names.push(dep_with_prefix(&names[names.len() - 1].clone(), "libonig")?);
-    names.into_iter().map(|n| apt_candidate(&n).map(|v| (n, v))).collect()
+    let deps = apt_depends(&["linux-image-amd64", "open-iscsi", "sg3-utils", "jq"])?;
+    let libjq = dep_with_prefix(&deps, "jq", "libjq")?;
+    let libonig = dep_with_prefix(&apt_depends(&[&libjq])?, &libjq, "libonig")?;
+    let names = vec![
+        dep_with_prefix(&deps, "linux-image-amd64", "linux-image-")?,
+        "busybox-static".into(),
+        "open-iscsi".into(),
+        "sg3-utils".into(),
+        "jq".into(),
+        dep_with_prefix(&deps, "open-iscsi", "libopeniscsiusr")?,
+        dep_with_prefix(&deps, "sg3-utils", "libsgutils2")?,
+        libjq,
+        libonig,
+    ];
+    let versions = apt_candidates(&names)?;
+    names
+        .into_iter()
+        .map(|n| versions.get(&n).cloned().map(|v| (n.clone(), v)).ok_or_else(|| format!("no candidate version of {n} in the apt lists")))
+        .collect()
+}
+
+/// The apt lists' state: resolving the packages again gives the same
+/// answer while it is unchanged (apt-cache takes ~0.4 s a call).
+fn apt_lists_stamp() -> String {
+    ["/var/lib/apt/lists", "/var/cache/apt/pkgcache.bin", "/etc/apt/sources.list.d", "/etc/apt/preferences.d"]
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| format!("{p}:{}.{}", m.mtime(), m.mtime_nsec())).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 static APT_UPDATED: OnceLock<()> = OnceLock::new();
@@ -316,39 +353,47 @@ fn apt_update() {
     });
 }
 
-/// Resolves the packages, with one `apt-get update` when the lists lack them.
+/// Resolves the packages, with one `apt-get update` when the lists lack
+/// them; cached in `<vm>/packages` while the apt lists are unchanged.
 fn packages() -> Vec<(String, String)> {
-    resolve_packages().unwrap_or_else(|e| {
+    let cache = vm_dir().join("packages");
+    let stamp = apt_lists_stamp();
+    if let Ok(text) = fs::read_to_string(&cache) {
+        let mut lines = text.lines();
+        if lines.next() == Some(stamp.as_str()) {
+            let v: Vec<(String, String)> = lines.filter_map(|l| l.split_once(' ')).map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            if !v.is_empty() {
+                return v;
+            }
+        }
+    }
+    let v = resolve_packages().unwrap_or_else(|e| {
         eprintln!("vm: {e}; updating the package lists");
         apt_update();
         resolve_packages().unwrap_or_else(|e| panic!("vm: {e}"))
-    })
+    });
+    let text: String = v.iter().map(|(n, ver)| format!("{n} {ver}\n")).collect();
+    let _ = fs::write(&cache, format!("{}\n{text}", apt_lists_stamp()));
+    v
 }
 
 /// The .deb of `name`=`version`, downloaded once into `<vm>/debs/`.
-fn download(name: &str, version: &str) -> PathBuf {
+fn download(name: &str, version: &str) -> Result<PathBuf, String> {
     let dir = vm_dir().join("debs").join(format!("{name}_{}", version.replace(':', "%3a")));
     let find = |d: &Path| -> Option<PathBuf> {
         fs::read_dir(d).ok()?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "deb"))
     };
     if let Some(p) = find(&dir) {
-        return p;
+        return Ok(p);
     }
-    fs::create_dir_all(&dir).unwrap();
-    let get = || {
-        run_cmd(
-            Command::new("apt-get")
-                .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-                .arg(format!("{name}={version}"))
-                .current_dir(&dir),
-        )
-    };
-    if let Err(e) = get() {
-        eprintln!("vm: {e}\nvm: updating the package lists and trying again");
-        apt_update();
-        get().unwrap_or_else(|e| panic!("vm: {e}"));
-    }
-    find(&dir).unwrap_or_else(|| panic!("vm: apt-get download {name}={version} left no .deb in {}", dir.display()))
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+            .arg(format!("{name}={version}"))
+            .current_dir(&dir),
+    )?;
+    find(&dir).ok_or_else(|| format!("apt-get download {name}={version} left no .deb in {}", dir.display()))
 }
 
 // ---------------------------------------------------------------- cpio
@@ -543,10 +588,14 @@ impl Image {
     /// The image with the [`BASE_MODULES`] and `extra` modules of the same
     /// kernel (with their dependencies): cached, or built now.
     pub fn with_modules(extra: &[String]) -> Image {
+        Image::get_or_build(extra, false)
+    }
+
+    fn get_or_build(extra: &[String], retried: bool) -> Image {
         let t0 = Instant::now();
         let vm = vm_dir();
         fs::create_dir_all(&vm).unwrap_or_else(|e| panic!("vm: {}: {e}", vm.display()));
-        let _lock = FileLock::new(&vm.join("build.lock"));
+        let lock = FileLock::new(&vm.join("build.lock"));
         let packages = packages();
         let mut modules: Vec<String> = BASE_MODULES.iter().map(|m| m.to_string()).collect();
         for m in extra {
@@ -592,10 +641,22 @@ impl Image {
             };
         }
         eprintln!("vm: building the image {} (packages: {})", dir.display(), packages.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "));
+        let debs = match packages.iter().map(|(n, v)| download(n, v)).collect::<Result<Vec<PathBuf>, String>>() {
+            Ok(d) => d,
+            // Stale package lists name versions the mirror no longer has.
+            Err(e) if !retried => {
+                eprintln!("vm: {e}\nvm: updating the package lists and resolving the packages again");
+                apt_update();
+                let _ = fs::remove_file(vm.join("packages"));
+                drop(lock);
+                return Image::get_or_build(extra, true);
+            }
+            Err(e) => panic!("vm: {e}"),
+        };
         let tmp = vm.join(format!("image-{key}.tmp"));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).unwrap();
-        let (release, loaded) = build_image(&tmp, &packages, &modules, &host_tools);
+        let (release, loaded) = build_image(&tmp, &packages, &debs, &modules, &host_tools);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         fs::rename(tmp.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
@@ -615,8 +676,8 @@ impl Image {
     }
 }
 
-/// Removes all but the three newest images (besides `keep`): an image is
-/// rebuilt whenever an input changes, and each is ~25 MiB.
+/// Keeps `keep` and the two newest other images, removes the rest: an image
+/// is rebuilt whenever an input changes, and each is ~25 MiB.
 fn gc_images(vm: &Path, keep: &Path) {
     let mut images: Vec<(SystemTime, PathBuf)> = fs::read_dir(vm)
         .map(|rd| {
@@ -634,13 +695,18 @@ fn gc_images(vm: &Path, keep: &Path) {
     }
 }
 
-/// Downloads, extracts and assembles the image in `tmp`; returns the kernel
+/// Extracts the packages and assembles the image in `tmp`; returns the kernel
 /// release and the modules loaded at boot (in-guest paths, in order).
-fn build_image(tmp: &Path, packages: &[(String, String)], modules: &[String], host_tools: &[(String, PathBuf)]) -> (String, Vec<String>) {
+fn build_image(
+    tmp: &Path,
+    packages: &[(String, String)],
+    debs: &[PathBuf],
+    modules: &[String],
+    host_tools: &[(String, PathBuf)],
+) -> (String, Vec<String>) {
     let pkg_root = tmp.join("pkg");
     let mut roots = BTreeMap::new();
-    for (name, version) in packages {
-        let deb = download(name, version);
+    for ((name, _), deb) in packages.iter().zip(debs) {
         let r = pkg_root.join(name);
         fs::create_dir_all(&r).unwrap();
         must(Command::new("dpkg").arg("-x").arg(&deb).arg(&r));
@@ -786,6 +852,7 @@ fn initrd_with_baton(image: &Image, baton: &Path) -> PathBuf {
     if combined.is_file() {
         return combined;
     }
+    let t0 = Instant::now();
     let stage_dir = vm.join(format!("baton-{bkey}.tmp"));
     let _ = fs::remove_dir_all(&stage_dir);
     let mut st = Stage::new(stage_dir.join("root"), String::new());
@@ -807,6 +874,13 @@ fn initrd_with_baton(image: &Image, baton: &Path) -> PathBuf {
         io::copy(&mut File::open(&overlay).unwrap(), &mut out).unwrap();
     }
     fs::rename(&tmp, &combined).unwrap();
+    eprintln!(
+        "vm: {} added to the image ({:.1} MiB{}) in {:.1} s",
+        baton.display(),
+        fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0,
+        if stripped { ", debug info stripped" } else { "" },
+        t0.elapsed().as_secs_f64()
+    );
     let _ = fs::remove_dir_all(&stage_dir);
     // Keep only this combination (the runs hold the run lock, so none is in use).
     for e in fs::read_dir(&vm).unwrap().flatten() {
