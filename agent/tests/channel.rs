@@ -83,6 +83,7 @@ fn report(incarnation: u64) -> Msg {
         seen: ViewId { term: 3, master: 1, master_incarnation: 7, version: 99 },
         state: None,
         max_change: 12,
+        stop_all: false,
     })
 }
 
@@ -98,6 +99,7 @@ fn big_state(n: u32) -> Msg {
         transitions: BTreeMap::new(),
         change: 0,
         quorate: true,
+        stopping: false,
     })
 }
 
