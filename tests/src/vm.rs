@@ -540,7 +540,7 @@ impl Stage {
                 panic!("vm: {}: library {line} (install the package that has it)", bin.display());
             }
             let path = match line.split_once("=>") {
-                Some((_, rhs)) => rhs.trim().split_whitespace().next().unwrap_or(""),
+                Some((_, rhs)) => rhs.split_whitespace().next().unwrap_or(""),
                 None => line.split_whitespace().next().unwrap_or(""),
             };
             if !path.starts_with('/') {
@@ -683,7 +683,7 @@ fn gc_images(vm: &Path, keep: &Path) {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
-                .filter(|p| p != keep && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("image-")) && !p.extension().is_some_and(|x| x == "tmp"))
+                .filter(|p| p != keep && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("image-")) && p.extension().is_none_or(|x| x != "tmp"))
                 .map(|p| (fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH), p))
                 .collect()
         })
@@ -709,7 +709,7 @@ fn build_image(
     for ((name, _), deb) in packages.iter().zip(debs) {
         let r = pkg_root.join(name);
         fs::create_dir_all(&r).unwrap();
-        must(Command::new("dpkg").arg("-x").arg(&deb).arg(&r));
+        must(Command::new("dpkg").arg("-x").arg(deb).arg(&r));
         roots.insert(name.clone(), r);
     }
     let kernel_root = &roots[&packages[0].0];
