@@ -6,6 +6,7 @@
 //! inputs always give the same actions, and the simulator (`sim`) can run
 //! many nodes under a seeded schedule of faults.
 
+pub mod fencing;
 pub mod gmp;
 pub mod membership;
 pub mod rng;

@@ -477,6 +477,12 @@ pub struct Config {
     /// transitions advanced by a burst of reports). 0: at once.
     #[cfg_attr(feature = "serde", serde(default))]
     pub batch_ns: u64,
+    /// A cluster of two configured nodes with a shared disk for fencing:
+    /// when they lose sight of each other both sides keep quorum and race
+    /// to preempt the other's key (the fencing level); the loser fences
+    /// itself (docs/fencing.md). Without it the lower id keeps quorum.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub two_node_race: bool,
 }
 
 /// The agent's coalescing window ([`Config::batch_ns`]).
@@ -977,12 +983,16 @@ impl Membership {
 
     /// A strict majority of `group` is in sight. Exactly half is not enough,
     /// except in a cluster of two configured nodes, where the side with the
-    /// lower id keeps quorum (like corosync's two_node; safe with fencing).
+    /// lower id keeps quorum (like corosync's two_node), or, with a shared
+    /// disk ([`Config::two_node_race`]), both sides do and the fencing race
+    /// decides.
     fn majority_of(&self, group: &BTreeSet<NodeId>) -> bool {
         let Some(lowest) = group.iter().next() else { return true };
         let seen = group.iter().filter(|n| !self.failed.contains(n)).count();
         seen * 2 > group.len()
-            || (self.cfg.nodes.len() == 2 && seen * 2 == group.len() && !self.failed.contains(lowest))
+            || (self.cfg.nodes.len() == 2
+                && seen * 2 == group.len()
+                && (self.cfg.two_node_race || !self.failed.contains(lowest)))
     }
 
     /// Quorum: a majority of the group of the state we follow and, while a
@@ -1260,7 +1270,10 @@ impl Membership {
         // Never without the states of a majority of the group (ourselves
         // included): the most advanced state is among them.
         let have = group.iter().filter(|n| **n == self.cfg.me || fresh(n)).count();
-        if have * 2 <= group.len() {
+        // (Two nodes racing for a disk: our own state is half, and the
+        // fencing race decides which side goes on.)
+        let race = self.cfg.two_node_race && self.cfg.nodes.len() == 2 && have * 2 == group.len();
+        if have * 2 <= group.len() && !race {
             // Not (yet) the states of a majority. While the members we wait
             // for are alive (the datapath says so), their reports may just
             // be late (a loaded machine: one 100 ms late used to end the

@@ -286,6 +286,7 @@ impl Sim {
             resend_ns: 50_000_000,
             form_ns: 300_000_000,
             batch_ns: self.cfg.batch_ms * 1_000_000,
+            two_node_race: false,
         };
         let mut core = Membership::new(cfg);
         for (sid, spec) in subsystems(&self.cfg.levels) {

@@ -112,15 +112,21 @@ struct Harness {
     held: Vec<(NodeId, u64, Note)>,
     /// Directed links that lose everything: (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// `Config::two_node_race` of every core.
+    race: bool,
 }
 
 fn config(me: NodeId, inc: u64, all: &BTreeSet<NodeId>) -> Config {
-    Config { me, incarnation: inc, nodes: all.clone(), subgroup_size: 2, resend_ns: 10 * MS, form_ns: 50 * MS, batch_ns: 0 }
+    Config { me, incarnation: inc, nodes: all.clone(), subgroup_size: 2, resend_ns: 10 * MS, form_ns: 50 * MS, batch_ns: 0, two_node_race: false }
 }
 
 impl Harness {
     /// `n` configured nodes 1..=n, created (and registered) but not started.
     fn new(n: u32) -> Harness {
+        Harness::new_with(n, false)
+    }
+
+    fn new_with(n: u32, race: bool) -> Harness {
         let all: BTreeSet<NodeId> = (1..=n).collect();
         let mut h = Harness {
             now: Instant::ZERO,
@@ -131,6 +137,7 @@ impl Harness {
             holds: Vec::new(),
             held: Vec::new(),
             cut: BTreeSet::new(),
+            race,
         };
         for id in all {
             h.create(id, 1);
@@ -139,7 +146,7 @@ impl Harness {
     }
 
     fn create(&mut self, id: NodeId, inc: u64) {
-        let core = Membership::new(config(id, inc, &self.all));
+        let core = Membership::new(Config { two_node_race: self.race, ..config(id, inc, &self.all) });
         let node = Node {
             core,
             inc,
@@ -1553,4 +1560,34 @@ fn nobody_joins_a_cluster_that_is_stopping() {
     h.run_ms(300);
     assert!(h.nodes[&1].core.has_left() && h.nodes[&2].core.has_left());
     h.check_nothing_after_end();
+}
+
+/// Two nodes with a shared disk (`two_node_race`) lose sight of each other:
+/// both keep quorum and each forces the other out (the fencing level then
+/// decides the race: tests/fencing.rs). Without the disk, the higher id
+/// halts for lost quorum and only the lower one forces it out.
+#[test]
+fn two_nodes_with_a_disk_both_keep_quorum_and_force_the_other_out() {
+    for race in [false, true] {
+        let mut h = Harness::new_with(2, race);
+        h.start(1);
+        h.start(2);
+        h.run_ms(200);
+        assert!(all_joined(&h, &[1, 2]), "setup: 1 and 2 did not join");
+        h.mark();
+        h.cut.insert((1, 2));
+        h.cut.insert((2, 1));
+        h.input(1, Input::PeerSilent { node: 2 });
+        h.input(2, Input::PeerSilent { node: 1 });
+        h.run_ms(300);
+        let forced_out = |h: &Harness, at: NodeId, of: NodeId| h.notes(at).iter().any(|n| n.kind == Kind::ForcedLeave && n.node == of && n.level == 10);
+        assert!(forced_out(&h, 1, 2), "race={race}: node 1 did not force node 2 out");
+        let halted2 = h.count(2, |a| matches!(a, Action::Halt { why: HaltReason::LostQuorum }));
+        if race {
+            assert_eq!(halted2, 0, "with a disk node 2 keeps quorum");
+            assert!(forced_out(&h, 2, 1), "node 2 did not force node 1 out");
+        } else {
+            assert_eq!(halted2, 1, "without a disk node 2 halts");
+        }
+    }
 }
