@@ -34,6 +34,38 @@ pub const SNAPSHOT_EVERY_NS: u64 = 50_000_000;
 /// Ids of external subsystems (over the Unix socket) start here.
 pub const FIRST_EXTERNAL_SUBSYSTEM: SubsystemId = 100;
 
+/// The subsystem id of the built-in fencing level (the first of
+/// [`BUILTIN_LEVELS`]).
+const FENCING_SID: SubsystemId = 1;
+
+/// Fencing at the fencing level (docs/fencing.md): the core and the
+/// executor of its operations on the shared disks.
+pub struct FencingRt {
+    core: baton_core::fencing::Fencing,
+    exec: crate::fencing::Executor,
+    events: PathBuf,
+    /// When each forced leave's fencing step was notified here (for the
+    /// `fenced` event's time).
+    started: BTreeMap<baton_core::membership::TransitionId, u64>,
+    /// Disks (name, device) for status.
+    disks: Vec<(String, String)>,
+}
+
+impl FencingRt {
+    pub fn new(cfg: &crate::config::Config, disks: Vec<crate::fencing::OpenDisk>) -> (FencingRt, tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>) {
+        let mut keys: BTreeMap<NodeId, u64> = cfg.peers.iter().map(|p| (p.id, cfg.disk_key(p.id))).collect();
+        keys.insert(cfg.node_id, cfg.disk_key(cfg.node_id));
+        let mut core_cfg = baton_core::fencing::Config::new(cfg.node_id, keys);
+        core_cfg.check_ns = cfg.disks.iter().map(|d| d.check_interval_ms as u64).min().unwrap_or(1000) * 1_000_000;
+        let names = disks.iter().map(|d| (d.disk.name.clone(), d.disk.device.display().to_string())).collect();
+        let (exec, rx) = crate::fencing::Executor::new(disks, cfg.disk_key(cfg.node_id));
+        (
+            FencingRt { core: baton_core::fencing::Fencing::new(core_cfg), exec, events: cfg.paths.events_log(), started: BTreeMap::new(), disks: names },
+            rx,
+        )
+    }
+}
+
 /// What the caller must do after an input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -70,6 +102,9 @@ pub struct ClusterDriver {
     /// Services-level graceful-leave notifications held until the node's
     /// services are drained (transferred).
     held_leaves: BTreeMap<NodeId, (SubsystemId, baton_core::membership::TransitionId, baton_core::membership::Step)>,
+    /// Fencing of shared disks (None when no `[[disk]]` is configured: the
+    /// fencing level then acknowledges at once).
+    pub fencing: Option<FencingRt>,
 }
 
 impl ClusterDriver {
@@ -97,6 +132,7 @@ impl ClusterDriver {
             messages_sent: 0,
             svc: None,
             held_leaves: BTreeMap::new(),
+            fencing: None,
         };
         for (i, (name, level)) in BUILTIN_LEVELS.iter().enumerate() {
             let id = i as SubsystemId + 1;
@@ -117,7 +153,8 @@ impl ClusterDriver {
         let m = self.core.next_deadline().map(|i| i.0);
         let s = self.svc.as_ref().and_then(|s| s.next_deadline_ns());
         let w = self.snapshot_due_ns();
-        [m, s, w].into_iter().flatten().min()
+        let f = self.fencing.as_ref().and_then(|f| f.core.next_deadline()).map(|i| i.0);
+        [m, s, w, f].into_iter().flatten().min()
     }
 
     /// The datapath heard `node` come up on `link` (a `link_up` or
@@ -189,6 +226,18 @@ impl ClusterDriver {
                         // services were transferred. Fencing, storage and
                         // addresses have nothing of their own to do yet.
                         info!(part, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "transition step");
+                        if let (true, Some(f)) = (part == "fencing", self.fencing.as_mut()) {
+                            // The fencing core acknowledges (at once, or once
+                            // the victim is fenced).
+                            if id.kind == Kind::ForcedLeave {
+                                f.started.entry(id).or_insert_with(monotonic_ns);
+                            }
+                            f.core.handle(Instant(monotonic_ns()), baton_core::fencing::Input::Step { id, step });
+                            for i in self.fencing_actions() {
+                                self.core.handle(Instant(monotonic_ns()), i);
+                            }
+                            continue;
+                        }
                         if let (true, Some(svc)) = (part == "services", self.svc.as_mut()) {
                             match id.kind {
                                 Kind::ForcedLeave => svc.node_failed(id.node, id.incarnation, self.core.state(), &self.channel),
@@ -284,6 +333,62 @@ impl ClusterDriver {
         }
     }
 
+    /// An input for the fencing core (an operation's outcome, a tick, an
+    /// operator's confirmation), then whatever follows in membership.
+    pub fn fencing_input(&mut self, input: baton_core::fencing::Input) -> Vec<Effect> {
+        if self.halted.is_some() {
+            return Vec::new();
+        }
+        let Some(f) = self.fencing.as_mut() else { return Vec::new() };
+        f.core.handle(Instant(monotonic_ns()), input);
+        let mut effects = Vec::new();
+        for i in self.fencing_actions() {
+            effects.extend(self.handle(i));
+        }
+        effects
+    }
+
+    /// Carries out the fencing core's actions; returns the membership
+    /// inputs they make (acknowledgements, a self-fencing).
+    fn fencing_actions(&mut self) -> Vec<Input> {
+        use baton_core::fencing::Action as F;
+        let mut inputs = Vec::new();
+        let names = self.names.clone();
+        let name = |n: NodeId| names.get(&n).cloned().unwrap_or_else(|| format!("node{n}"));
+        let Some(f) = self.fencing.as_mut() else { return inputs };
+        while let Some(a) = f.core.poll_action() {
+            match a {
+                F::Run { op, what } => f.exec.spawn(op, what),
+                F::Ack { id, step } => {
+                    if let Some(t0) = f.started.remove(&id) {
+                        let ms = (monotonic_ns() - t0) as f64 / 1e6;
+                        info!(node = %name(id.node), ms, "fenced: its key is off the shared disks; the forced leave goes on");
+                        crate::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms}));
+                    }
+                    inputs.push(Input::Ack { subsystem: FENCING_SID, id, step });
+                }
+                F::Fenced { why } => {
+                    error!(why, "this node is fenced off the shared disks: clustering ends here (S0, reason fenced)");
+                    crate::svc::append_event(&f.events, json!({"event": "self_fenced", "node": self.me, "reason": why}));
+                    inputs.push(Input::LocalFailure { from: Some(FENCING_SID), reason: baton_common::DISTRESS_FENCED });
+                }
+                F::Waiting { node, reason } => {
+                    warn!(node = %name(node), reason, "fencing cannot complete yet: the forced leave waits (no takeover before it is fenced; `baton fence confirm` if it is switched off)");
+                    crate::svc::append_event(&f.events, json!({"event": "fencing_waiting", "node": node, "reason": reason}));
+                }
+                F::Alert { node, reason } => {
+                    error!(node = %name(node), reason, "ALERT: fencing");
+                    crate::svc::append_event(&f.events, json!({"event": "alert", "kind": "fencing", "node": node, "reason": reason}));
+                }
+                F::Cleared { node } => {
+                    info!(node = %name(node), "fencing completed after waiting");
+                    crate::svc::append_event(&f.events, json!({"event": "fencing_cleared", "node": node}));
+                }
+            }
+        }
+        inputs
+    }
+
     /// An input for the services core (action results, monitors, operator
     /// requests, ticks), then whatever follows in membership.
     pub fn services_input(&mut self, f: impl FnOnce(&mut crate::svc::ServiceManager, &Channel)) -> Vec<Effect> {
@@ -376,6 +481,11 @@ impl ClusterDriver {
             "subsystems": self.builtin.iter().map(|(id, n)| json!({"id": id, "name": n, "builtin": true}))
                 .chain(self.external.iter().map(|(id, n)| json!({"id": id, "name": n, "builtin": false}))).collect::<Vec<_>>(),
             "halted": self.halted.map(|h| format!("{h:?}")),
+            "fencing": self.fencing.as_ref().map(|f| json!({
+                "disks": f.disks.iter().map(|(n, d)| json!({"name": n, "device": d})).collect::<Vec<_>>(),
+                "registered": f.core.registered(),
+                "waiting": f.core.waiting().into_iter().map(|(n, r)| json!({"node": n, "name": self.name(n), "reason": r})).collect::<Vec<_>>(),
+            })),
             "stats": {
                 "messages_sent": self.messages_sent,
                 "gmp_messages_sent": self.core.stats().gmp_messages_sent,

@@ -86,9 +86,39 @@ pub struct Config {
     pub paths: RuntimePaths,
     /// Resource groups / services (`[[group]]`, see `groups.rs`).
     pub groups: Vec<crate::groups::Group>,
+    /// Shared disks fenced with SCSI-3 persistent reservations (`[[disk]]`,
+    /// docs/fencing.md).
+    pub disks: Vec<Disk>,
+}
+
+/// A shared disk (`[[disk]]`): this node's path to it and how it is fenced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    pub name: String,
+    /// This node's path to the disk (`device`, or this node's entry of
+    /// `devices`).
+    pub device: PathBuf,
+    pub pr_type: baton_scsi::PrType,
+    /// Period of the self-check (READ KEYS) while registered.
+    pub check_interval_ms: u32,
+    /// Timeout of one SCSI command.
+    pub timeout_ms: u32,
+    /// Two configured nodes: both sides of a partition keep quorum and the
+    /// preemption race on this disk decides (instead of "the lower id").
+    pub quorum: bool,
 }
 
 impl Config {
+    /// Two configured nodes and a disk that decides their quorum races.
+    pub fn two_node_race(&self) -> bool {
+        self.peers.len() == 1 && self.disks.iter().any(|d| d.quorum)
+    }
+
+    /// The reservation key of node `id` on this cluster's disks.
+    pub fn disk_key(&self, id: u32) -> u64 {
+        baton_scsi::node_key(self.cluster_id, id)
+    }
+
     /// Silence bound: `interval × misses`.
     pub fn timeout_ns(&self) -> u64 {
         self.interval_ms as u64 * self.misses as u64 * 1_000_000
@@ -118,6 +148,21 @@ struct RawConfig {
     peer: Vec<Spanned<RawPeer>>,
     #[serde(default)]
     group: Vec<Spanned<crate::groups::RawGroup>>,
+    #[serde(default)]
+    disk: Vec<Spanned<RawDisk>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    name: Spanned<String>,
+    device: Option<Spanned<String>>,
+    devices: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    #[serde(rename = "type")]
+    pr_type: Option<Spanned<String>>,
+    check_interval_ms: Option<Spanned<i64>>,
+    timeout_ms: Option<Spanned<i64>>,
+    quorum: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +486,59 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let peer_ids: Vec<u32> = peers.iter().map(|p| p.id).collect();
     let groups = crate::groups::validate(file, text, &raw.group, node_id, &peer_ids, &links)?;
 
+    let mut disks: Vec<Disk> = Vec::new();
+    for (i, d) in raw.disk.iter().enumerate() {
+        let dr = d.get_ref();
+        let key = |k: &str| format!("disk[{i}].{k}");
+        let name = cx.name(&dr.name, &key("name"))?;
+        if disks.iter().any(|x| x.name == name) {
+            return Err(cx.invalid(&dr.name, &key("name"), format!("duplicate disk name {name:?}")));
+        }
+        let path = |v: &Spanned<String>, k: &str| -> Result<PathBuf, ConfigError> {
+            let pb = PathBuf::from(v.get_ref());
+            if !pb.is_absolute() {
+                return Err(cx.invalid(v, k, format!("{:?} must be an absolute device path (e.g. /dev/disk/by-id/...)", v.get_ref())));
+            }
+            Ok(pb)
+        };
+        let device = match (&dr.device, &dr.devices) {
+            (Some(_), Some(m)) => return Err(cx.invalid(m, &key("devices"), "give either `device` (this node's path) or `devices` (a path per node name), not both")),
+            (Some(v), None) => path(v, &key("device"))?,
+            (None, Some(m)) => {
+                for (n, v) in m.get_ref() {
+                    if !names.contains(n) {
+                        return Err(cx.invalid(v, &key(&format!("devices.{n}")), format!("{n:?} is not a node name of this cluster (node.name or a [[peer]] name)")));
+                    }
+                }
+                let mine = m.get_ref().get(&node_name).ok_or_else(|| {
+                    cx.invalid(m, &key("devices"), format!("has no path for this node ({node_name:?})"))
+                })?;
+                path(mine, &key(&format!("devices.{node_name}")))?
+            }
+            (None, None) => return Err(cx.invalid(d, &key("device"), "a disk needs `device` (this node's path to it) or `devices` (a path per node name)")),
+        };
+        if disks.iter().any(|x| x.device == device) {
+            return Err(cx.invalid(d, &key("device"), format!("{} is already disk {:?}", device.display(), disks.iter().find(|x| x.device == device).map(|x| x.name.clone()).unwrap_or_default())));
+        }
+        let pr_type = match &dr.pr_type {
+            None => baton_scsi::PrType::default(),
+            Some(v) => v.get_ref().parse::<baton_scsi::PrType>().map_err(|e| cx.invalid(v, &key("type"), e.to_string()))?,
+        };
+        let check_interval_ms = match &dr.check_interval_ms {
+            Some(v) => cx.int(v, &key("check_interval_ms"), 100, 600_000)?,
+            None => 1000,
+        };
+        let timeout_ms = match &dr.timeout_ms {
+            Some(v) => cx.int(v, &key("timeout_ms"), 100, 600_000)?,
+            None => 5000,
+        };
+        let quorum = dr.quorum.as_ref().map(|v| *v.get_ref()).unwrap_or(true);
+        disks.push(Disk { name, device, pr_type, check_interval_ms, timeout_ms, quorum });
+    }
+    if disks.len() > 8 {
+        return Err(cx.invalid(&raw.disk[8], "disk", "at most 8 disks are supported"));
+    }
+
     let paths = RuntimePaths::new(&cluster_name, bpffs.as_deref(), state.as_deref(), run.as_deref());
     Ok(Config {
         file: file.to_path_buf(),
@@ -464,6 +562,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         peers,
         paths,
         groups,
+        disks,
     })
 }
 
@@ -545,6 +644,40 @@ addresses = ["10.0.0.2"]
         assert_eq!(c.peers[0].addresses, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.paths.bpffs_dir, Path::new("/sys/fs/bpf/baton/demo"));
         assert_eq!(c.port, baton_common::DEFAULT_PORT);
+    }
+
+    #[test]
+    fn disks_take_this_nodes_path_and_name_every_error() {
+        let c = parse(Path::new("t.toml"), &format!("{GOOD}\n[[disk]]\nname = \"shared\"\ndevice = \"/dev/disk/by-id/wwn-0x1\"\n")).unwrap();
+        assert_eq!(c.disks.len(), 1);
+        let d = &c.disks[0];
+        assert_eq!((d.device.as_path(), d.pr_type, d.check_interval_ms, d.timeout_ms, d.quorum), (Path::new("/dev/disk/by-id/wwn-0x1"), baton_scsi::PrType::WriteExclusiveRegistrantsOnly, 1000, 5000, true));
+        assert!(c.two_node_race());
+        assert_eq!(c.disk_key(2), 42u64 << 32 | 2);
+        let c = parse(
+            Path::new("t.toml"),
+            &format!("{GOOD}\n[[disk]]\nname = \"shared\"\ndevices = {{ alpha = \"/dev/sdb\", beta = \"/dev/sdc\" }}\ntype = \"wear\"\nquorum = false\n"),
+        )
+        .unwrap();
+        assert_eq!(c.disks[0].device, Path::new("/dev/sdb"));
+        assert_eq!(c.disks[0].pr_type, baton_scsi::PrType::WriteExclusiveAllRegistrants);
+        assert!(!c.two_node_race());
+        let disk = |body: &str| err(&format!("{GOOD}\n[[disk]]\nname = \"shared\"\n{body}\n"));
+        // [[disk]] is line 25, `name` 26, the body from 27.
+        let e = disk("");
+        assert!(e.starts_with("t.toml:25: `disk[0].device`: a disk needs `device`"), "{e}");
+        let e = disk("device = \"sdb\"");
+        assert!(e.starts_with("t.toml:27: `disk[0].device`: \"sdb\" must be an absolute device path"), "{e}");
+        let e = disk("devices = { gamma = \"/dev/sdb\" }");
+        assert!(e.contains("`disk[0].devices.gamma`: \"gamma\" is not a node name of this cluster"), "{e}");
+        let e = disk("devices = { beta = \"/dev/sdb\" }");
+        assert!(e.contains("`disk[0].devices`: has no path for this node (\"alpha\")"), "{e}");
+        let e = disk("device = \"/dev/sdb\"\ndevices = { alpha = \"/dev/sdb\" }");
+        assert!(e.contains("give either `device`"), "{e}");
+        let e = disk("device = \"/dev/sdb\"\ntype = \"exclusive\"");
+        assert!(e.starts_with("t.toml:28: `disk[0].type`:") && e.contains("exclusive"), "{e}");
+        let e = disk("device = \"/dev/sdb\"\ncheck_interval_ms = 10");
+        assert!(e.contains("`disk[0].check_interval_ms`: 10 is out of range 100..=600000"), "{e}");
     }
 
     #[test]

@@ -227,6 +227,11 @@ impl GuardLink {
         self.send(&mut i, &format!("release {group}"));
     }
 
+    /// Whether any group is held.
+    pub fn holds_anything(&self) -> bool {
+        !self.lock().held.is_empty()
+    }
+
     /// Periodic: a guard that died is replaced.
     pub fn check(&self) {
         let mut i = self.lock();

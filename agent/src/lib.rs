@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod events;
+pub mod fencing;
 pub mod groups;
 pub mod guard;
 pub mod handover;

@@ -146,7 +146,15 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
-    /// Drop (or stop dropping) every datagram from a node in the datapath.
+    /// Shared disks (`[[disk]]`): `baton storage status`.
+    Storage {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: StorageCmd,
+    },
+    /// Drop (or stop dropping) every datagram from a node in the datapath;
+    /// `confirm` a node fenced by hand.
     Fence {
         #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
         config: PathBuf,
@@ -163,9 +171,27 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum FenceCmd {
+    /// Drop every datagram of NODE in this node's datapath.
     Add { node: u32 },
+    /// Stop dropping NODE's datagrams.
     Remove { node: u32 },
+    /// The nodes whose datagrams are dropped.
     List,
+    /// Declare NODE fenced (you switched it off or cut it from the shared
+    /// disks): a fencing that cannot complete (its disk unreachable) is
+    /// taken as done, and the forced leave goes on (as `pcs stonith confirm`).
+    Confirm { node: u32 },
+}
+
+#[derive(Subcommand)]
+enum StorageCmd {
+    /// The shared disks' persistent reservations: registered keys (with the
+    /// node each belongs to), the reservation's holder and type, the PR
+    /// generation. Reads the disks directly (needs root).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -328,7 +354,21 @@ fn real_main() -> Result<()> {
             let code = rt.block_on(baton_agent::guard::run(baton_agent::guard::Args { config, incarnation, keep }))?;
             std::process::exit(code);
         }
+        Cmd::Fence { config, cmd: FenceCmd::Confirm { node } } => operator_request(&config, &format!("fence-confirm {node}")),
         Cmd::Fence { config, cmd } => fence(&config, cmd),
+        Cmd::Storage { config, cmd: StorageCmd::Status { json } } => {
+            let cfg = config::load(&config)?;
+            let v = baton_agent::fencing::storage_status(&cfg);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", baton_agent::fencing::render_storage(&v));
+            }
+            if v["disks"].as_array().is_some_and(|d| d.iter().any(|d| d["error"].is_string())) {
+                anyhow::bail!("a shared disk could not be read");
+            }
+            Ok(())
+        }
         Cmd::Selftest { repeat, json } => {
             baton_agent::datapath::check_prerequisites()?;
             let r = baton_agent::selftest::run(repeat)?;
@@ -406,6 +446,7 @@ fn fence(config: &std::path::Path, cmd: FenceCmd) -> Result<()> {
                 println!("{}", k?);
             }
         }
+        FenceCmd::Confirm { .. } => unreachable!("handled by the agent"),
     }
     Ok(())
 }

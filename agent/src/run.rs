@@ -61,7 +61,11 @@ pub enum Ended {
 /// halts in a row that came within a minute of the previous start: the
 /// delay doubles for each, up to 60 s.
 pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::time::Duration> {
-    if cfg.rejoin_ms == 0 || cfg.peers.len() < 2 || matches!(why, HaltReason::LocalFailure { .. }) {
+    // A node fenced off the shared disks (its key preempted) may join again
+    // as a new life: its join registers its key only after the others
+    // finished the old life's forced leave (docs/fencing.md).
+    let fenced = matches!(why, HaltReason::LocalFailure { reason } if *reason == baton_common::DISTRESS_FENCED);
+    if cfg.rejoin_ms == 0 || cfg.peers.len() < 2 || (matches!(why, HaltReason::LocalFailure { .. }) && !fenced) {
         return None;
     }
     let ms = (cfg.rejoin_ms as u64).saturating_mul(1u64 << streak.min(16)).min(60_000.max(cfg.rejoin_ms as u64));
@@ -90,8 +94,10 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
     let guard = std::sync::Arc::new(guard);
     let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned).await;
     match &result {
-        // Everything of this life is released: the guard ends with it.
+        // Everything of this life is released (or nothing was ever held,
+        // e.g. a start-up check failed): the guard ends with it.
         Ok(_) => guard.finish(),
+        Err(_) if !guard.holds_anything() => guard.finish(),
         // Not released (an error ended the loop): the guard does it, and
         // tells the others at once (distress), as for a crash.
         Err(e) => error!("the agent ends with an error ({e:#}); the guard releases what this node held"),
@@ -107,6 +113,16 @@ async fn run_guarded(
     cleaned: &crate::guard::Released,
 ) -> Result<Ended> {
 
+    // The shared disks must be usable before this node joins (docs/fencing.md).
+    let disks = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || crate::fencing::open_disks(&cfg)
+    })
+    .await?
+    .context("checking the shared disks ([[disk]])")?;
+    for d in &disks {
+        info!(disk = %d.disk.name, device = %d.disk.device.display(), pr_type = %d.disk.pr_type, key = format_args!("{:#x}", cfg.disk_key(cfg.node_id)), "shared disk checked: persistent reservations supported");
+    }
     let (dp, events) = Datapath::start(cfg, &key, incarnation).await?;
     // After the datapath is loaded (aya's read and parse of the kernel's BTF,
     // several MB that are freed again, are not locked), before the heartbeat
@@ -171,6 +187,7 @@ async fn run_guarded(
             resend_ns: cfg.resend_ms as u64 * 1_000_000,
             form_ns: cfg.form_ms as u64 * 1_000_000,
             batch_ns: baton_core::membership::DEFAULT_BATCH_NS,
+            two_node_race: cfg.two_node_race(),
         };
         let mut names: std::collections::BTreeMap<u32, String> = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
         names.insert(cfg.node_id, cfg.node_name.clone());
@@ -189,6 +206,13 @@ async fn run_guarded(
             crate::guard::Ownership::new(Some(guard.clone())),
         )?;
         let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
+        let fence_rx = if disks.is_empty() {
+            None
+        } else {
+            let (f, rx) = crate::cluster::FencingRt::new(cfg, disks);
+            driver.fencing = Some(f);
+            Some(rx)
+        };
         let svc_channels = match svc {
             Some((mut m, ch)) => {
                 m.set_watchdog(crate::watchdog::Ctx::new(&cfg.file, &cfg.paths.state_dir));
@@ -197,7 +221,7 @@ async fn run_guarded(
             }
             None => None,
         };
-        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, guard).await
+        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, guard).await
     }
     .await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
@@ -275,6 +299,7 @@ async fn event_loop(
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
     mut sub_rx: tokio::sync::mpsc::Receiver<SubsysEvent>,
     svc_channels: Option<(crate::svc::SvcChannels, tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>)>,
+    mut fence_rx: Option<tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>>,
     guard: &GuardLink,
 ) -> Result<Outcome> {
     let has_svc = svc_channels.is_some();
@@ -352,6 +377,12 @@ async fn event_loop(
             _ = tick_sleep, if tick.is_some() => {
                 effects = driver.handle(Input::Tick);
                 effects.extend(driver.services_input(|s, c| s.tick(c)));
+                effects.extend(driver.fencing_input(baton_core::fencing::Input::Tick));
+            }
+            r = recv_opt(&mut fence_rx), if fence_rx.is_some() => {
+                if let Some((op, outcome)) = r {
+                    effects = driver.fencing_input(baton_core::fencing::Input::Done { op, outcome });
+                }
             }
             _ = every_second.tick() => {
                 guard.check();
@@ -425,6 +456,17 @@ async fn event_loop(
                         // S4.5: a watchdog asks whether the agent uses the group here.
                         let st = driver.svc.as_ref().map(|s| s.group_state(g)).unwrap_or("unknown");
                         let _ = control::reply(&mut s, &format!("ok {st}")).await;
+                    }
+                    (Some("fence-confirm"), Some(n)) => {
+                        match n.parse::<u32>() {
+                            Ok(node) if driver.fencing.is_some() => {
+                                warn!(node, "an operator confirms the node fenced (baton fence confirm): its pending fencing is taken as done");
+                                effects = driver.fencing_input(baton_core::fencing::Input::Confirm { node });
+                                let _ = control::reply(&mut s, &format!("ok: node {node} confirmed fenced")).await;
+                            }
+                            Ok(_) => { let _ = control::reply(&mut s, "error: no [[disk]] is configured: there is no fencing to confirm").await; }
+                            Err(_) => { let _ = control::reply(&mut s, &format!("error: {n:?} is not a node id")).await; }
+                        }
                     }
                     (Some("stop"), None) => {
                         info!("stop requested on the control socket: leaving the cluster gracefully");

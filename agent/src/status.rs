@@ -203,6 +203,28 @@ pub fn render(v: &Value) -> String {
                 t["levels"]
             );
         }
+        let f = &c["fencing"];
+        if f.is_object() {
+            let disks: Vec<String> = f["disks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| format!("{} ({})", d["name"].as_str().unwrap_or("?"), d["device"].as_str().unwrap_or("?")))
+                .collect();
+            s += &format!(
+                "fencing: disks {}; this node's key {}\n",
+                disks.join(", "),
+                if f["registered"] == true { "registered" } else { "not registered" }
+            );
+            for w in f["waiting"].as_array().into_iter().flatten() {
+                s += &format!(
+                    "fencing {}: waiting ({}); no takeover before it is fenced (`baton fence confirm {}` if it is switched off)\n",
+                    w["name"].as_str().unwrap_or("?"),
+                    w["reason"].as_str().unwrap_or("?"),
+                    w["node"]
+                );
+            }
+        }
         s += "\n";
     }
     let svcs = v["services"].as_array().cloned().unwrap_or_default();

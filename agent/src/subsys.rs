@@ -291,6 +291,7 @@ pub fn reason_name(code: u32) -> String {
         REASON_COMPONENT => "component".into(),
         REASON_CORRUPTION => "corruption".into(),
         REASON_ADMIN => "admin".into(),
+        baton_common::DISTRESS_FENCED => "fenced".into(),
         n => n.to_string(),
     }
 }

@@ -33,6 +33,8 @@ pub const DISTRESS_PROTOCOL: u32 = 2;
 pub const DISTRESS_COMPONENT: u32 = 3;
 pub const DISTRESS_CORRUPTION: u32 = 4;
 pub const DISTRESS_ADMIN: u32 = 5;
+/// This node found its key gone from a shared disk: it was fenced (D4).
+pub const DISTRESS_FENCED: u32 = 6;
 
 /// A decoded baton datagram header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
