@@ -13,9 +13,9 @@
 //! under test goes into a second cpio archive appended to it (cached by the
 //! binary's path, size and mtime), so a rebuilt agent costs no image rebuild.
 //!
-//! Inside, `tests/vm/init` configures the target (127.0.0.1:3260, one fileio
-//! LU on tmpfs), logs in once per node under its own initiator IQN (so every
-//! node has its own I_T nexus and its own `/dev/sdX`, linked as
+//! Inside, `tests/vm/init` configures the target (one fileio LU on tmpfs, a
+//! portal per node at 127.0.0.N:3260), logs in once per node under its own
+//! initiator IQN (so every node has its own I_T nexus and its own `/dev/sdX`, linked as
 //! `/dev/baton/nodeN` and `/dev/baton/nodeN.sg`), runs the scenario and powers
 //! off. The host and the VM share a directory over virtio-9p: the scenario,
 //! its environment and input files go in; its stdout, stderr, exit status and
