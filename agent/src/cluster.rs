@@ -57,6 +57,9 @@ impl FencingRt {
         keys.insert(cfg.node_id, cfg.disk_key(cfg.node_id));
         let mut core_cfg = baton_core::fencing::Config::new(cfg.node_id, keys);
         core_cfg.check_ns = cfg.disks.iter().map(|d| d.check_interval_ms as u64).min().unwrap_or(1000) * 1_000_000;
+        // Twice a command's timeout (then the kernel's error handling holds
+        // the command, e.g. an iSCSI session in recovery).
+        core_cfg.slow_ns = cfg.disks.iter().map(|d| d.timeout_ms as u64).max().unwrap_or(5000) * 2_000_000;
         let names = disks.iter().map(|d| (d.disk.name.clone(), d.disk.device.display().to_string())).collect();
         let (exec, rx) = crate::fencing::Executor::new(disks, cfg.disk_key(cfg.node_id));
         (

@@ -59,11 +59,23 @@ pub struct Config {
     /// Retries of an unregister before a graceful leave goes on anyway
     /// (with an alert: the key stays registered).
     pub leave_attempts: u32,
+    /// An operation that has not answered after this long is reported
+    /// waiting (and alerted); it keeps running (a SCSI command cannot be
+    /// taken back).
+    pub slow_ns: u64,
 }
 
 impl Config {
     pub fn new(me: NodeId, keys: BTreeMap<NodeId, u64>) -> Config {
-        Config { me, keys, check_ns: 1_000_000_000, retry_ns: 100_000_000, retry_max_ns: 5_000_000_000, leave_attempts: 3 }
+        Config {
+            me,
+            keys,
+            check_ns: 1_000_000_000,
+            retry_ns: 100_000_000,
+            retry_max_ns: 5_000_000_000,
+            leave_attempts: 3,
+            slow_ns: 10_000_000_000,
+        }
     }
     fn key(&self, n: NodeId) -> u64 {
         self.keys.get(&n).copied().unwrap_or(0)
@@ -137,8 +149,9 @@ struct Pending {
     id: TransitionId,
     step: Step,
     what: Op,
-    /// The operation in flight, if any.
+    /// The operation in flight, if any, and when it is slow.
     op: Option<OpId>,
+    slow_at: Option<Instant>,
     /// Retry at this time (no operation in flight).
     retry_at: Option<Instant>,
     attempts: u32,
@@ -185,7 +198,7 @@ impl Fencing {
         if self.fenced {
             return None;
         }
-        let retries = self.pending.values().filter_map(|p| p.retry_at);
+        let retries = self.pending.values().filter_map(|p| p.retry_at.or(p.slow_at));
         retries.chain(self.next_check.filter(|_| self.check_op.is_none())).min()
     }
 
@@ -252,15 +265,17 @@ impl Fencing {
             self.actions.push_back(Action::Ack { id, step });
             return;
         }
-        self.pending.insert(id, Pending { id, step, what, op: None, retry_at: None, attempts: 0, waiting: None, alerted: false });
+        self.pending.insert(id, Pending { id, step, what, op: None, slow_at: None, retry_at: None, attempts: 0, waiting: None, alerted: false });
         self.run(id);
     }
 
     fn run(&mut self, id: TransitionId) {
         let op = self.next_op;
         self.next_op += 1;
+        let slow_at = self.now.plus_ns(self.cfg.slow_ns);
         let Some(p) = self.pending.get_mut(&id) else { return };
         p.op = Some(op);
+        p.slow_at = Some(slow_at);
         p.retry_at = None;
         p.attempts += 1;
         self.actions.push_back(Action::Run { op, what: p.what.clone() });
@@ -279,6 +294,20 @@ impl Fencing {
             self.pending.values().filter(|p| p.op.is_none() && p.retry_at.is_some_and(|t| t <= now)).map(|p| p.id).collect();
         for id in due {
             self.run(id);
+        }
+        let slow: Vec<TransitionId> =
+            self.pending.values().filter(|p| p.op.is_some() && p.slow_at.is_some_and(|t| t <= now)).map(|p| p.id).collect();
+        for id in slow {
+            let ms = self.cfg.slow_ns / 1_000_000;
+            let Some(p) = self.pending.get_mut(&id) else { continue };
+            p.slow_at = None;
+            let (node, reason) = (p.id.node, format!("no answer from the disk within {ms} ms"));
+            p.waiting = Some(reason.clone());
+            self.actions.push_back(Action::Waiting { node, reason: reason.clone() });
+            if !p.alerted {
+                p.alerted = true;
+                self.actions.push_back(Action::Alert { node, reason });
+            }
         }
         if self.registered && self.check_op.is_none() && self.next_check.is_some_and(|t| t <= now) {
             let op = self.next_op;
@@ -313,6 +342,7 @@ impl Fencing {
         let Some(p) = self.pending.get_mut(&id) else { return };
         let delay = retry.saturating_mul(1u64 << p.attempts.saturating_sub(1).min(20)).min(max);
         p.op = None;
+        p.slow_at = None;
         p.retry_at = Some(now.plus_ns(delay));
         let node = p.id.node;
         if p.waiting.as_deref() != Some(reason.as_str()) {

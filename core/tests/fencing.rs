@@ -122,6 +122,29 @@ fn a_forced_leave_is_acked_only_once_the_victims_key_is_gone() {
 }
 
 #[test]
+fn an_operation_that_does_not_answer_is_reported_waiting_and_its_late_answer_counts() {
+    let mut f = joined(1);
+    let id = tid(2, Kind::ForcedLeave);
+    f.handle(Instant::ZERO, Input::Step { id, step: STEP });
+    let (op, _) = run_of(&drain(&mut f));
+    assert_eq!(f.next_deadline(), Some(Instant(1000 * MS)), "the check comes first");
+    f.handle(Instant(1000 * MS), Input::Tick);
+    let (check, what) = run_of(&drain(&mut f));
+    assert_eq!(what, Op::Check);
+    f.handle(Instant(1001 * MS), Input::Done { op: check, outcome: Outcome::Ok { keys: Some(keys(&[1, 2])) } });
+    // 10 s without an answer to the preemption: waiting and alerted, not acked.
+    f.handle(Instant(10_000 * MS), Input::Tick);
+    let a = drain(&mut f);
+    let reason = "no answer from the disk within 10000 ms".to_string();
+    assert!(a.contains(&Action::Waiting { node: 2, reason: reason.clone() }) && a.contains(&Action::Alert { node: 2, reason }), "{a:?}");
+    assert!(!a.iter().any(|x| matches!(x, Action::Ack { .. })));
+    // The answer comes at last.
+    f.handle(Instant(60_000 * MS), Input::Done { op, outcome: Outcome::Ok { keys: None } });
+    let a = drain(&mut f);
+    assert!(a.ends_with(&[Action::Cleared { node: 2 }, Action::Ack { id, step: STEP }]), "{a:?}");
+}
+
+#[test]
 fn a_conflict_on_preempt_is_read_through_the_keys() {
     // Another survivor fenced the victim first: done.
     let mut f = joined(1);
