@@ -110,6 +110,7 @@ use std::time::Duration;
 
 use baton_core::membership::Msg;
 use baton_core::services::Msg as SvcMsg;
+use crate::fencing::FenceMsg;
 use crate::handover::HandoverMsg;
 use blake2::{Blake2s256, Digest};
 use serde::Serialize;
@@ -152,6 +153,8 @@ pub const FRAME_PART: u8 = 4;
 /// A message between the agents of a planned handover
 /// ([`crate::handover::HandoverMsg`]).
 pub const FRAME_HANDOVER: u8 = 5;
+/// A fencing notice ([`crate::fencing::FenceMsg`]).
+pub const FRAME_FENCE: u8 = 6;
 /// The hello body length (after the type byte).
 const HELLO_LEN: usize = 16;
 
@@ -311,6 +314,8 @@ struct Shared {
     svc_rx: Mutex<Option<mpsc::Receiver<(u32, SvcMsg)>>>,
     ho_inbox: mpsc::Sender<(u32, HandoverMsg)>,
     ho_rx: Mutex<Option<mpsc::Receiver<(u32, HandoverMsg)>>>,
+    fence_inbox: mpsc::Sender<(u32, FenceMsg)>,
+    fence_rx: Mutex<Option<mpsc::Receiver<(u32, FenceMsg)>>>,
     /// Per peer this node dials, per link: a counter bumped by
     /// [`Channel::peer_heard`], watched by that link's dial loop.
     heard: BTreeMap<u32, Vec<watch::Sender<u64>>>,
@@ -352,6 +357,7 @@ impl Channel {
         let (inbox, rx) = mpsc::channel(INBOX_LEN);
         let (svc_inbox, svc_rx) = mpsc::channel(INBOX_LEN);
         let (ho_inbox, ho_rx) = mpsc::channel(INBOX_LEN);
+        let (fence_inbox, fence_rx) = mpsc::channel(INBOX_LEN);
         let conns = cfg
             .peers
             .iter()
@@ -369,6 +375,8 @@ impl Channel {
             svc_rx: Mutex::new(Some(svc_rx)),
             ho_inbox,
             ho_rx: Mutex::new(Some(ho_rx)),
+            fence_inbox,
+            fence_rx: Mutex::new(Some(fence_rx)),
             heard: cfg
                 .peers
                 .iter()
@@ -451,6 +459,26 @@ impl Channel {
     /// first call.
     pub fn take_handover_inbox(&self) -> Option<mpsc::Receiver<(u32, HandoverMsg)>> {
         lock(&self.shared.ho_rx).take()
+    }
+
+    /// The receiver of `(sender, fencing notice)`; `None` after the first call.
+    pub fn take_fence_inbox(&self) -> Option<mpsc::Receiver<(u32, FenceMsg)>> {
+        lock(&self.shared.fence_rx).take()
+    }
+
+    /// Sends a fencing notice to `to` over every link that is up; whether
+    /// it was queued.
+    pub fn send_fence(&self, to: u32, msg: &FenceMsg) -> bool {
+        if !matches!(self.is_up(to), Ok(true)) {
+            return false;
+        }
+        match encode_frame(FRAME_FENCE, msg) {
+            Ok(plain) => matches!(self.send_encoded(to, &plain), Ok(n) if n > 0),
+            Err(e) => {
+                warn!("fencing notice not sent: {e}");
+                false
+            }
+        }
     }
 
     /// A handle that sends handover messages from a task.
@@ -1008,7 +1036,7 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
             continue;
         }
         if !partial.is_empty() {
-            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER)) {
+            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER) | Some(&FRAME_FENCE)) {
                 return Err(SessionError::BadFrame(format!("message parts followed by frame type {:?}", p.first())));
             }
             joined.clear();
@@ -1037,6 +1065,16 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
                 Err(e) => {
                     bump(&s.counters.bad_frames);
                     warn!(peer, peer_addr = %remote, "control channel: a handover message that does not decode skipped: {e}");
+                }
+            },
+            Some(&FRAME_FENCE) => match serde_json::from_slice::<FenceMsg>(&p[1..]) {
+                Ok(msg) => {
+                    bump(&s.counters.frames_received);
+                    let _ = s.fence_inbox.send((peer, msg)).await;
+                }
+                Err(e) => {
+                    bump(&s.counters.bad_frames);
+                    warn!(peer, peer_addr = %remote, "control channel: a fencing notice that does not decode skipped: {e}");
                 }
             },
             Some(&FRAME_MSG) => match serde_json::from_slice::<Msg>(&p[1..]) {

@@ -236,7 +236,7 @@ impl ClusterDriver {
                                 f.started.entry(id).or_insert_with(monotonic_ns);
                             }
                             f.core.handle(Instant(monotonic_ns()), baton_core::fencing::Input::Step { id, step });
-                            for i in self.fencing_actions() {
+                            for i in self.fencing_actions(false) {
                                 self.core.handle(Instant(monotonic_ns()), i);
                             }
                             continue;
@@ -343,21 +343,52 @@ impl ClusterDriver {
             return Vec::new();
         }
         let Some(f) = self.fencing.as_mut() else { return Vec::new() };
+        let before = f.core.waiting();
+        // A forced leave's fencing completed by our own operation is news
+        // for the other survivors (FenceMsg).
+        let ours = matches!(input, baton_core::fencing::Input::Done { .. });
         f.core.handle(Instant(monotonic_ns()), input);
         let mut effects = Vec::new();
-        for i in self.fencing_actions() {
+        let inputs = self.fencing_actions(ours);
+        // `baton status` shows a waiting fencing: write it out when it changes.
+        if self.fencing.as_ref().is_some_and(|f| f.core.waiting() != before) {
+            self.snapshot_changed(true);
+        }
+        for i in inputs {
             effects.extend(self.handle(i));
         }
         effects
     }
 
+    /// `node` is fenced: an operator here says so (`baton fence confirm`,
+    /// told to every peer), or a peer's notice (`FenceMsg`) says it fenced
+    /// that life.
+    pub fn fence_confirm(&mut self, node: NodeId, incarnation: Option<u64>, from_operator: bool) -> Vec<Effect> {
+        if from_operator {
+            let inc = incarnation.or_else(|| self.core.state().and_then(|s| s.nodes.get(&node)).map(|e| e.incarnation));
+            if let Some(incarnation) = inc {
+                self.broadcast_fenced(node, incarnation, true);
+            }
+        }
+        self.fencing_input(baton_core::fencing::Input::Confirm { node, incarnation })
+    }
+
+    fn broadcast_fenced(&self, node: NodeId, incarnation: u64, by_operator: bool) {
+        let msg = crate::fencing::FenceMsg::Fenced { node, incarnation, by_operator };
+        for to in self.names.keys().copied().filter(|n| *n != self.me && *n != node) {
+            self.channel.send_fence(to, &msg);
+        }
+    }
+
     /// Carries out the fencing core's actions; returns the membership
-    /// inputs they make (acknowledgements, a self-fencing).
-    fn fencing_actions(&mut self) -> Vec<Input> {
+    /// inputs they make (acknowledgements, a self-fencing). `ours`: the
+    /// completed fencings are this node's own doing (tell the others).
+    fn fencing_actions(&mut self, ours: bool) -> Vec<Input> {
         use baton_core::fencing::Action as F;
         let mut inputs = Vec::new();
         let names = self.names.clone();
         let name = |n: NodeId| names.get(&n).cloned().unwrap_or_else(|| format!("node{n}"));
+        let mut fenced_here = Vec::new();
         let Some(f) = self.fencing.as_mut() else { return inputs };
         while let Some(a) = f.core.poll_action() {
             match a {
@@ -365,8 +396,11 @@ impl ClusterDriver {
                 F::Ack { id, step } => {
                     if let Some(t0) = f.started.remove(&id) {
                         let ms = (monotonic_ns() - t0) as f64 / 1e6;
-                        info!(node = %name(id.node), ms, "fenced: its key is off the shared disks; the forced leave goes on");
-                        crate::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms}));
+                        info!(node = %name(id.node), ms, by_this_node = ours, "fenced: its key is off the shared disks; the forced leave goes on");
+                        crate::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms, "by_this_node": ours}));
+                        if ours {
+                            fenced_here.push((id.node, id.incarnation));
+                        }
                     }
                     inputs.push(Input::Ack { subsystem: FENCING_SID, id, step });
                 }
@@ -388,6 +422,9 @@ impl ClusterDriver {
                     crate::svc::append_event(&f.events, json!({"event": "fencing_cleared", "node": node}));
                 }
             }
+        }
+        for (node, incarnation) in fenced_here {
+            self.broadcast_fenced(node, incarnation, false);
         }
         inputs
     }

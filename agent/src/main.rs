@@ -148,15 +148,14 @@ enum Cmd {
     },
     /// Shared disks (`[[disk]]`): `baton storage status`.
     Storage {
-        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
-        config: PathBuf,
         #[command(subcommand)]
         cmd: StorageCmd,
     },
     /// Drop (or stop dropping) every datagram from a node in the datapath;
     /// `confirm` a node fenced by hand.
     Fence {
-        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        /// (Before or after the subcommand.)
+        #[arg(long, short, global = true, default_value = paths::DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(subcommand)]
         cmd: FenceCmd,
@@ -189,6 +188,8 @@ enum StorageCmd {
     /// node each belongs to), the reservation's holder and type, the PR
     /// generation. Reads the disks directly (needs root).
     Status {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -356,7 +357,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Fence { config, cmd: FenceCmd::Confirm { node } } => operator_request(&config, &format!("fence-confirm {node}")),
         Cmd::Fence { config, cmd } => fence(&config, cmd),
-        Cmd::Storage { config, cmd: StorageCmd::Status { json } } => {
+        Cmd::Storage { cmd: StorageCmd::Status { config, json } } => {
             let cfg = config::load(&config)?;
             let v = baton_agent::fencing::storage_status(&cfg);
             if json {

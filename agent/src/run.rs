@@ -192,6 +192,7 @@ async fn run_guarded(
         let mut names: std::collections::BTreeMap<u32, String> = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
         names.insert(cfg.node_id, cfg.node_name.clone());
         let svc_rx = channel.take_services_inbox();
+        let fence_inbox = channel.take_fence_inbox();
         let svc = crate::svc::ServiceManager::new(
             cfg.node_id,
             incarnation,
@@ -221,7 +222,8 @@ async fn run_guarded(
             }
             None => None,
         };
-        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, guard).await
+        let fence_inbox = fence_rx.as_ref().and(fence_inbox);
+        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, guard).await
     }
     .await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
@@ -300,6 +302,7 @@ async fn event_loop(
     mut sub_rx: tokio::sync::mpsc::Receiver<SubsysEvent>,
     svc_channels: Option<(crate::svc::SvcChannels, tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>)>,
     mut fence_rx: Option<tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>>,
+    mut fence_inbox: Option<tokio::sync::mpsc::Receiver<(u32, crate::fencing::FenceMsg)>>,
     guard: &GuardLink,
 ) -> Result<Outcome> {
     let has_svc = svc_channels.is_some();
@@ -384,6 +387,12 @@ async fn event_loop(
                     effects = driver.fencing_input(baton_core::fencing::Input::Done { op, outcome });
                 }
             }
+            m = recv_opt(&mut fence_inbox), if fence_inbox.is_some() => {
+                if let Some((from, crate::fencing::FenceMsg::Fenced { node, incarnation, by_operator })) = m {
+                    info!(from, node, incarnation, by_operator, "fencing notice: a peer fenced the node (or an operator confirmed it there)");
+                    effects = driver.fence_confirm(node, Some(incarnation), false);
+                }
+            }
             _ = every_second.tick() => {
                 guard.check();
                 write_agent_status(cfg, &mut status, &sender.shared);
@@ -461,7 +470,7 @@ async fn event_loop(
                         match n.parse::<u32>() {
                             Ok(node) if driver.fencing.is_some() => {
                                 warn!(node, "an operator confirms the node fenced (baton fence confirm): its pending fencing is taken as done");
-                                effects = driver.fencing_input(baton_core::fencing::Input::Confirm { node });
+                                effects = driver.fence_confirm(node, None, true);
                                 let _ = control::reply(&mut s, &format!("ok: node {node} confirmed fenced")).await;
                             }
                             Ok(_) => { let _ = control::reply(&mut s, "error: no [[disk]] is configured: there is no fencing to confirm").await; }

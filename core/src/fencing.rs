@@ -121,9 +121,11 @@ pub enum Input {
     Step { id: TransitionId, step: Step },
     /// An operation ended.
     Done { op: OpId, outcome: Outcome },
-    /// An operator declares `node` fenced (switched off, disconnected):
-    /// its pending preemption is taken as done.
-    Confirm { node: NodeId },
+    /// `node` (its life `incarnation`, or any life when `None`) is fenced
+    /// already: an operator declares it (switched off, disconnected), or
+    /// another survivor's preemption removed its key. Its pending
+    /// preemption here is taken as done.
+    Confirm { node: NodeId, incarnation: Option<u64> },
     Tick,
 }
 
@@ -207,6 +209,11 @@ impl Fencing {
         self.registered
     }
 
+    /// The forced leaves whose fencing is under way here: (node, incarnation).
+    pub fn fencing(&self) -> Vec<(NodeId, u64)> {
+        self.pending.values().filter(|p| matches!(p.what, Op::Preempt { .. })).map(|p| (p.id.node, p.id.incarnation)).collect()
+    }
+
     /// Fencings that cannot complete now: (node, reason).
     pub fn waiting(&self) -> Vec<(NodeId, String)> {
         self.pending.values().filter_map(|p| p.waiting.clone().map(|w| (p.id.node, w))).collect()
@@ -220,11 +227,11 @@ impl Fencing {
         match input {
             Input::Step { id, step } => self.step(id, step),
             Input::Done { op, outcome } => self.done(op, outcome),
-            Input::Confirm { node } => {
+            Input::Confirm { node, incarnation } => {
                 let ids: Vec<TransitionId> = self
                     .pending
                     .values()
-                    .filter(|p| p.id.node == node && matches!(p.what, Op::Preempt { .. }))
+                    .filter(|p| p.id.node == node && incarnation.is_none_or(|i| i == p.id.incarnation) && matches!(p.what, Op::Preempt { .. }))
                     .map(|p| p.id)
                     .collect();
                 for id in ids {

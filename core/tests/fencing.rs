@@ -177,9 +177,11 @@ fn an_operator_confirmation_completes_a_waiting_fencing() {
     let (op, _) = run_of(&drain(&mut f));
     f.handle(Instant(5 * MS), Input::Done { op, outcome: Outcome::Unavailable { reason: "no path".into() } });
     drain(&mut f);
-    f.handle(Instant(50 * MS), Input::Confirm { node: 3 });
+    f.handle(Instant(50 * MS), Input::Confirm { node: 3, incarnation: None });
     assert_eq!(drain(&mut f), vec![], "a confirmation of another node changes nothing");
-    f.handle(Instant(60 * MS), Input::Confirm { node: 2 });
+    f.handle(Instant(55 * MS), Input::Confirm { node: 2, incarnation: Some(6) });
+    assert_eq!(drain(&mut f), vec![], "a confirmation of another life changes nothing");
+    f.handle(Instant(60 * MS), Input::Confirm { node: 2, incarnation: Some(7) });
     assert_eq!(drain(&mut f), vec![Action::Cleared { node: 2 }, Action::Ack { id, step: STEP }]);
     // Its retry is gone.
     assert_eq!(f.next_deadline(), Some(Instant(1000 * MS)));
