@@ -12,6 +12,7 @@ pub mod membership;
 pub mod rng;
 pub mod services;
 pub mod sim;
+pub mod takeover;
 
 use std::fmt;
 
