@@ -155,6 +155,17 @@ pub const FRAME_PART: u8 = 4;
 pub const FRAME_HANDOVER: u8 = 5;
 /// A fencing notice ([`crate::fencing::FenceMsg`]).
 pub const FRAME_FENCE: u8 = 6;
+/// A message of a topic the channel does not know ([`AppMsg`]): the
+/// runtime's newer parts (the negotiated takeover) use it.
+pub const FRAME_APP: u8 = 7;
+
+/// A message of a topic: a name and a JSON body, for the runtime's parts
+/// that need no frame type of their own.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AppMsg {
+    pub topic: String,
+    pub body: serde_json::Value,
+}
 /// The hello body length (after the type byte).
 const HELLO_LEN: usize = 16;
 
@@ -316,6 +327,8 @@ struct Shared {
     ho_rx: Mutex<Option<mpsc::Receiver<(u32, HandoverMsg)>>>,
     fence_inbox: mpsc::Sender<(u32, FenceMsg)>,
     fence_rx: Mutex<Option<mpsc::Receiver<(u32, FenceMsg)>>>,
+    app_inbox: mpsc::Sender<(u32, AppMsg)>,
+    app_rx: Mutex<Option<mpsc::Receiver<(u32, AppMsg)>>>,
     /// Per peer this node dials, per link: a counter bumped by
     /// [`Channel::peer_heard`], watched by that link's dial loop.
     heard: BTreeMap<u32, Vec<watch::Sender<u64>>>,
@@ -358,6 +371,7 @@ impl Channel {
         let (svc_inbox, svc_rx) = mpsc::channel(INBOX_LEN);
         let (ho_inbox, ho_rx) = mpsc::channel(INBOX_LEN);
         let (fence_inbox, fence_rx) = mpsc::channel(INBOX_LEN);
+        let (app_inbox, app_rx) = mpsc::channel(INBOX_LEN);
         let conns = cfg
             .peers
             .iter()
@@ -377,6 +391,8 @@ impl Channel {
             ho_rx: Mutex::new(Some(ho_rx)),
             fence_inbox,
             fence_rx: Mutex::new(Some(fence_rx)),
+            app_inbox,
+            app_rx: Mutex::new(Some(app_rx)),
             heard: cfg
                 .peers
                 .iter()
@@ -481,6 +497,38 @@ impl Channel {
         }
     }
 
+    /// The receiver of `(sender, topic message)`; `None` after the first call.
+    pub fn take_app_inbox(&self) -> Option<mpsc::Receiver<(u32, AppMsg)>> {
+        lock(&self.shared.app_rx).take()
+    }
+
+    /// Sends `body` on `topic` to `to` over every link that is up; whether
+    /// it was queued.
+    pub fn send_app<T: serde::Serialize>(&self, to: u32, topic: &str, body: &T) -> bool {
+        if !matches!(self.is_up(to), Ok(true)) {
+            return false;
+        }
+        let msg = match serde_json::to_value(body) {
+            Ok(b) => AppMsg { topic: topic.to_string(), body: b },
+            Err(e) => {
+                warn!(topic, "message not sent: {e}");
+                return false;
+            }
+        };
+        match encode_frame(FRAME_APP, &msg) {
+            Ok(plain) => matches!(self.send_encoded(to, &plain), Ok(n) if n > 0),
+            Err(e) => {
+                warn!(topic, "message not sent: {e}");
+                false
+            }
+        }
+    }
+
+    /// A handle that sends topic messages from a task.
+    pub fn app_sender(&self) -> AppSender {
+        AppSender { shared: self.shared.clone() }
+    }
+
     /// A handle that sends handover messages from a task.
     pub fn handover_sender(&self) -> HandoverSender {
         HandoverSender { shared: self.shared.clone() }
@@ -548,6 +596,29 @@ impl Channel {
             slot.links.iter_mut().for_each(|l| *l = None);
         }
         info!(me = self.shared.me, "control channel stopped");
+    }
+}
+
+/// Sends topic messages from a task (see [`Channel::app_sender`]); sends
+/// fail (return `false`) once the channel is gone.
+#[derive(Clone)]
+pub struct AppSender {
+    shared: Arc<Shared>,
+}
+
+impl AppSender {
+    pub fn send<T: serde::Serialize>(&self, to: u32, topic: &str, body: &T) -> bool {
+        if lock(&self.shared.tasks).closed || !matches!(self.shared.is_up(to), Ok(true)) {
+            return false;
+        }
+        let Ok(body) = serde_json::to_value(body) else { return false };
+        match encode_frame(FRAME_APP, &AppMsg { topic: topic.to_string(), body }) {
+            Ok(plain) => matches!(self.shared.send_encoded(to, &plain), Ok(n) if n > 0),
+            Err(e) => {
+                warn!(topic, "message not sent: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -1036,7 +1107,7 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
             continue;
         }
         if !partial.is_empty() {
-            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER) | Some(&FRAME_FENCE)) {
+            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER) | Some(&FRAME_FENCE) | Some(&FRAME_APP)) {
                 return Err(SessionError::BadFrame(format!("message parts followed by frame type {:?}", p.first())));
             }
             joined.clear();
@@ -1065,6 +1136,16 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
                 Err(e) => {
                     bump(&s.counters.bad_frames);
                     warn!(peer, peer_addr = %remote, "control channel: a handover message that does not decode skipped: {e}");
+                }
+            },
+            Some(&FRAME_APP) => match serde_json::from_slice::<AppMsg>(&p[1..]) {
+                Ok(msg) => {
+                    bump(&s.counters.frames_received);
+                    let _ = s.app_inbox.send((peer, msg)).await;
+                }
+                Err(e) => {
+                    bump(&s.counters.bad_frames);
+                    warn!(peer, peer_addr = %remote, "control channel: a topic message that does not decode skipped: {e}");
                 }
             },
             Some(&FRAME_FENCE) => match serde_json::from_slice::<FenceMsg>(&p[1..]) {

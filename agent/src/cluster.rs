@@ -145,6 +145,26 @@ impl ClusterDriver {
         d
     }
 
+    /// The control channel (for the runtime's parts that send on it).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The cluster state this node follows.
+    pub fn state(&self) -> Option<&baton_core::membership::ClusterState> {
+        self.core.state()
+    }
+
+    /// This node is a joined member of a quorate cluster.
+    pub fn joined_quorate(&self) -> bool {
+        self.core.my_state() == baton_core::membership::NodeState::Joined && self.core.state().is_some_and(|s| s.quorate)
+    }
+
+    /// Shared disks: this node's key is registered (true without disks).
+    pub fn fencing_ok(&self) -> bool {
+        self.fencing.as_ref().is_none_or(|f| f.core.registered())
+    }
+
     pub fn name(&self, n: NodeId) -> String {
         self.names.get(&n).cloned().unwrap_or_else(|| format!("node{n}"))
     }

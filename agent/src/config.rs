@@ -89,6 +89,13 @@ pub struct Config {
     /// Shared disks fenced with SCSI-3 persistent reservations (`[[disk]]`,
     /// docs/fencing.md).
     pub disks: Vec<Disk>,
+    /// Health checks (`[[health]]`), the negotiated takeover (`[takeover]`),
+    /// event actions (`[[on]]`) and alerts (`[alerts]`): docs/takeover.md,
+    /// docs/events.md.
+    pub health: Vec<crate::health::HealthCheck>,
+    pub takeover: crate::takeover::TakeoverCfg,
+    pub actions: Vec<crate::eventmgr::OnAction>,
+    pub alerts: Option<crate::eventmgr::AlertsCfg>,
 }
 
 /// A shared disk (`[[disk]]`): this node's path to it and how it is fenced.
@@ -150,6 +157,12 @@ struct RawConfig {
     group: Vec<Spanned<crate::groups::RawGroup>>,
     #[serde(default)]
     disk: Vec<Spanned<RawDisk>>,
+    #[serde(default)]
+    health: Vec<Spanned<crate::health::RawHealth>>,
+    takeover: Option<Spanned<crate::takeover::RawTakeover>>,
+    #[serde(default)]
+    on: Vec<Spanned<crate::eventmgr::RawOn>>,
+    alerts: Option<Spanned<crate::eventmgr::RawAlerts>>,
 }
 
 #[derive(Deserialize)]
@@ -539,6 +552,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(cx.invalid(&raw.disk[8], "disk", "at most 8 disks are supported"));
     }
 
+    let health = crate::health::validate(&cx, &raw.health, &disks)?;
+    let takeover = crate::takeover::validate(&cx, &raw.takeover, node_id, &peer_ids)?;
+    let actions = crate::eventmgr::validate_on(&cx, &raw.on, &groups)?;
+    let alerts = crate::eventmgr::validate_alerts(&cx, &raw.alerts)?;
+
     let paths = RuntimePaths::new(&cluster_name, bpffs.as_deref(), state.as_deref(), run.as_deref());
     Ok(Config {
         file: file.to_path_buf(),
@@ -563,6 +581,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         paths,
         groups,
         disks,
+        health,
+        takeover,
+        actions,
+        alerts,
     })
 }
 

@@ -124,6 +124,40 @@ enum Cmd {
         #[arg(long)]
         halt_failed: bool,
     },
+    /// Negotiated takeover (seed 002): NODE (this one, or another) asks its
+    /// partner to take its work over, as after a diagnosed fault of kind
+    /// `operator`; the partner accepts or refuses, NODE moves its groups
+    /// away and leaves, and stays down until giveback (docs/takeover.md).
+    Takeover {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: u32,
+        /// Why (logged, and given to the event actions).
+        #[arg(long, default_value = "operator")]
+        reason: String,
+    },
+    /// Giveback: NODE, taken over, gets its work back from its partner
+    /// (run it on NODE, on the partner, or anywhere).
+    Giveback {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: u32,
+    },
+    /// Register (start) a group, clearing its failures: for `auto_register
+    /// = false` groups and after AllNodesFailed / RecoveryFailed; with NODE,
+    /// then move it there.
+    Register {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        group: String,
+        node: Option<u32>,
+    },
+    /// Deregister (stop) a group cluster-wide.
+    Deregister {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        group: String,
+    },
     /// Stop the agent on this node: a graceful leave (as SIGTERM), after
     /// which it exits. With `--all`, stop the whole cluster (as `pcs cluster
     /// stop --all`): every node leaves at once, top-down through every
@@ -341,6 +375,16 @@ fn real_main() -> Result<()> {
         Cmd::Standby { config, node } => operator_request(&config, &format!("standby {node}")),
         Cmd::Unstandby { config, node } => operator_request(&config, &format!("unstandby {node}")),
         Cmd::Maintenance { config, mode } => operator_request(&config, &format!("maintenance {mode}")),
+        Cmd::Takeover { config, node, reason } => operator_request(&config, &format!("takeover {node} {reason}")),
+        Cmd::Giveback { config, node } => operator_request(&config, &format!("giveback {node}")),
+        Cmd::Register { config, group, node } => {
+            operator_request(&config, &format!("register {group}"))?;
+            match node {
+                Some(n) => operator_request(&config, &format!("switchover {group} {n}")),
+                None => Ok(()),
+            }
+        }
+        Cmd::Deregister { config, group } => operator_request(&config, &format!("deregister {group}")),
         Cmd::Stop { config, all } => operator_request(&config, if all { "stop-all" } else { "stop" }),
         Cmd::Offline { config, group } => operator_request(&config, &format!("offline {group}")),
         Cmd::Online { config, group } => operator_request(&config, &format!("online {group}")),

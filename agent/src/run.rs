@@ -193,6 +193,10 @@ async fn run_guarded(
         names.insert(cfg.node_id, cfg.node_name.clone());
         let svc_rx = channel.take_services_inbox();
         let fence_inbox = channel.take_fence_inbox();
+        let app_rx = channel.take_app_inbox();
+        let app_sender = channel.app_sender();
+        let ownership = crate::guard::Ownership::new(Some(guard.clone()));
+        crate::eventmgr::install(cfg, ownership.clone());
         let svc = crate::svc::ServiceManager::new(
             cfg.node_id,
             incarnation,
@@ -204,7 +208,7 @@ async fn run_guarded(
                 inbox,
                 map: cfg.paths.map(baton_common::MAP_HANDOVER),
             }),
-            crate::guard::Ownership::new(Some(guard.clone())),
+            ownership,
         )?;
         let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
         let fence_rx = if disks.is_empty() {
@@ -223,7 +227,9 @@ async fn run_guarded(
             None => None,
         };
         let fence_inbox = fence_rx.as_ref().and(fence_inbox);
-        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, guard).await
+        let ha = Ha { takeover: crate::takeover::TakeoverRt::new(cfg, incarnation), health_rx: crate::health::spawn(cfg), app_rx, app_sender };
+        spawn_partner_checks(cfg, &ha);
+        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, ha, guard).await
     }
     .await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
@@ -303,6 +309,7 @@ async fn event_loop(
     svc_channels: Option<(crate::svc::SvcChannels, tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>)>,
     mut fence_rx: Option<tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>>,
     mut fence_inbox: Option<tokio::sync::mpsc::Receiver<(u32, crate::fencing::FenceMsg)>>,
+    mut ha: Ha,
     guard: &GuardLink,
 ) -> Result<Outcome> {
     let has_svc = svc_channels.is_some();
@@ -323,7 +330,20 @@ async fn event_loop(
     let mut effects = driver.handle(Input::Start);
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
+    let mut last_view = None;
     loop {
+        // The negotiated takeover follows the membership (joins and
+        // departures), and its steps may ask for services inputs, a leave or
+        // a stop.
+        let mut todo = crate::takeover::Todo::default();
+        if let Some(st) = driver.state() {
+            if last_view != Some(st.view) {
+                last_view = Some(st.view);
+                let st = st.clone();
+                todo = ha.takeover.on_state(&st, &ha_ctx(&driver));
+            }
+        }
+        effects.extend(apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg));
         for e in effects.drain(..) {
             match e {
                 Effect::SendDistress { reason } => {
@@ -356,7 +376,11 @@ async fn event_loop(
                 }
             }
         }
-        let tick = driver.next_deadline_ns().map(|d| std::time::Duration::from_nanos(d.saturating_sub(monotonic_ns())));
+        let tick = [driver.next_deadline_ns(), ha.takeover.next_deadline_ns()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| std::time::Duration::from_nanos(d.saturating_sub(monotonic_ns())));
         let tick_sleep = tokio::time::sleep(tick.unwrap_or(std::time::Duration::from_secs(3600)));
         let leave_sleep = tokio::time::sleep_until(leave_deadline.unwrap_or_else(|| tokio::time::Instant::now() + std::time::Duration::from_secs(3600)));
         tokio::select! {
@@ -381,6 +405,27 @@ async fn event_loop(
                 effects = driver.handle(Input::Tick);
                 effects.extend(driver.services_input(|s, c| s.tick(c)));
                 effects.extend(driver.fencing_input(baton_core::fencing::Input::Tick));
+                let todo = ha.takeover.tick(&ha_ctx(&driver));
+                effects.extend(apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg));
+            }
+            h = recv_opt(&mut ha.health_rx), if ha.health_rx.is_some() => {
+                if let Some(h) = h {
+                    let todo = ha.takeover.health(h, &ha_ctx(&driver));
+                    effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
+                }
+            }
+            m = recv_opt(&mut ha.app_rx), if ha.app_rx.is_some() => {
+                if let Some((from, m)) = m {
+                    if m.topic == crate::takeover::TOPIC {
+                        match serde_json::from_value::<crate::takeover::Frame>(m.body) {
+                            Ok(f) => {
+                                let todo = ha.takeover.receive(from, f, &ha_ctx(&driver));
+                                effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
+                            }
+                            Err(e) => warn!(from, "a takeover message that does not decode skipped: {e}"),
+                        }
+                    }
+                }
             }
             r = recv_opt(&mut fence_rx), if fence_rx.is_some() => {
                 if let Some((op, outcome)) = r {
@@ -395,6 +440,7 @@ async fn event_loop(
             }
             _ = every_second.tick() => {
                 guard.check();
+                status["takeover"] = ha.takeover.status();
                 write_agent_status(cfg, &mut status, &sender.shared);
                 effects = driver.services_input(|s, c| s.feed_load(c));
             }
@@ -477,6 +523,28 @@ async fn event_loop(
                             Err(_) => { let _ = control::reply(&mut s, &format!("error: {n:?} is not a node id")).await; }
                         }
                     }
+                    (Some("takeover"), Some(n)) => {
+                        let reason: Vec<&str> = words.collect();
+                        let reason = if reason.is_empty() { "operator".to_string() } else { reason.join(" ") };
+                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_takeover(node, &reason, &ha_ctx(&driver))) {
+                            Ok(todo) => {
+                                info!(node = n, reason, "operator: takeover");
+                                effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
+                                let _ = control::reply(&mut s, "ok").await;
+                            }
+                            Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
+                        }
+                    }
+                    (Some("giveback"), Some(n)) => {
+                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_giveback(node, &ha_ctx(&driver))) {
+                            Ok(todo) => {
+                                info!(node = n, "operator: giveback");
+                                effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
+                                let _ = control::reply(&mut s, "ok").await;
+                            }
+                            Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
+                        }
+                    }
                     (Some("stop"), None) => {
                         info!("stop requested on the control socket: leaving the cluster gracefully");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
@@ -495,12 +563,14 @@ async fn event_loop(
                         effects = driver.handle(Input::LocalFailure { from: None, reason: code });
                         let _ = control::reply(&mut s, "ok").await;
                     }
-                    (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance" | "offline" | "online")), arg) => {
+                    (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance" | "offline" | "online" | "register" | "deregister")), arg) => {
                         let rest: Vec<&str> = arg.into_iter().chain(words).collect();
                         match service_request(op, &rest) {
                             Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
                             Ok(_) if !has_svc => { let _ = control::reply(&mut s, "error: no resource group is configured on this node").await; }
-                            Ok(baton_core::services::Input::Offline { service, .. }) if !cfg.groups.iter().any(|g| g.name == service) => {
+                            Ok(baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service })
+                                if !cfg.groups.iter().any(|g| g.name == service) =>
+                            {
                                 let _ = control::reply(&mut s, &format!("error: no group {service:?} is configured")).await;
                             }
                             Ok(input) => {
@@ -536,10 +606,81 @@ fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::s
         ("maintenance", ["on"]) => Ok(S::Maintenance { on: true }),
         ("maintenance", ["off"]) => Ok(S::Maintenance { on: false }),
         ("offline", [g]) => Ok(S::Offline { service: g.to_string(), on: true }),
+        ("register", [g]) => Ok(S::Register { service: g.to_string() }),
+        ("deregister", [g]) => Ok(S::Deregister { service: g.to_string() }),
         ("online", [g]) => Ok(S::Offline { service: g.to_string(), on: false }),
         _ => Err(format!(
-            "usage: switchover GROUP [NODE] | standby NODE | unstandby NODE | maintenance on|off | offline GROUP | online GROUP (got {op} {args:?})"
+            "usage: switchover GROUP [NODE] | standby NODE | unstandby NODE | maintenance on|off | offline GROUP | online GROUP | register GROUP | deregister GROUP (got {op} {args:?})"
         )),
+    }
+}
+
+/// The negotiated takeover's parts of the event loop.
+struct Ha {
+    takeover: crate::takeover::TakeoverRt,
+    health_rx: Option<tokio::sync::mpsc::Receiver<crate::health::HealthEvent>>,
+    app_rx: Option<tokio::sync::mpsc::Receiver<(u32, crate::channel::AppMsg)>>,
+    app_sender: crate::channel::AppSender,
+}
+
+fn ha_ctx(driver: &ClusterDriver) -> crate::takeover::Ctx2 {
+    crate::takeover::Ctx2 {
+        joined_quorate: driver.joined_quorate(),
+        fencing_ok: driver.fencing_ok(),
+        registered: driver.svc.as_ref().map(|s| s.registered()).unwrap_or_default(),
+    }
+}
+
+/// Carries out what a takeover step asks for.
+fn apply_todo(
+    driver: &mut ClusterDriver,
+    ha: &mut Ha,
+    todo: crate::takeover::Todo,
+    leave_deadline: &mut Option<tokio::time::Instant>,
+    cfg: &Config,
+) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for (to, frame) in todo.send {
+        ha.app_sender.send(to, crate::takeover::TOPIC, &frame);
+    }
+    for (from, check, address, timeout_ms) in todo.diagnose {
+        let sender = ha.app_sender.clone();
+        tokio::spawn(async move {
+            let result = crate::takeover::diagnose(address, timeout_ms).await;
+            sender.send(from, crate::takeover::TOPIC, &crate::takeover::Frame::Diagnosed { check, result });
+        });
+    }
+    for input in todo.services {
+        effects.extend(driver.services_input(|s, c| s.input(input, c)));
+    }
+    if todo.stop {
+        effects.extend(driver.handle(Input::LocalFailure { from: None, reason: baton_common::DISTRESS_ADMIN }));
+    }
+    if todo.leave_when_drained && leave_deadline.is_none() {
+        // A graceful leave: its services level moves every group away first
+        // (planned moves: the overlap handover where configured); the
+        // partner forces this node down if it takes longer than the
+        // countdown.
+        info!("taken over: leaving the cluster gracefully");
+        *leave_deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(cfg.takeover.countdown_ms as u64).max(LEAVE_BOUND));
+        effects.extend(driver.handle(Input::Leave));
+    }
+    effects
+}
+
+/// Partner diagnosis (claim 24): this node's `by = "partner"` checks are
+/// sent to its partner every interval.
+fn spawn_partner_checks(cfg: &Config, ha: &Ha) {
+    let Some(partner) = ha.takeover.partner() else { return };
+    for (check, address, interval_ms, timeout_ms) in crate::takeover::partner_checks(cfg) {
+        let sender = ha.app_sender.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(interval_ms as u64));
+            loop {
+                every.tick().await;
+                sender.send(partner, crate::takeover::TOPIC, &crate::takeover::Frame::Diagnose { check: check.clone(), address, timeout_ms });
+            }
+        });
     }
 }
 

@@ -289,6 +289,25 @@ pub fn render(v: &Value) -> String {
             );
         }
     }
+    let t = &v["agent"]["takeover"];
+    if t.is_object() && t["state"] != "normal" {
+        s += &format!(
+            "takeover: {}{}{}\n",
+            t["state"].as_str().unwrap_or("?"),
+            t["why"].as_str().map(|w| format!(": {w}")).or_else(|| t["node"].as_str().map(|n| format!(" of {n} (fault {})", t["fault"].as_str().unwrap_or("?")))).unwrap_or_default(),
+            t["countdown_left_ms"].as_u64().map(|ms| format!(", countdown {ms} ms left")).unwrap_or_default()
+        );
+    }
+    if let Some(list) = t["taken_over"].as_array().filter(|a| !a.is_empty()) {
+        for o in list {
+            s += &format!(
+                "took over {} (fault {}{}); waiting for giveback\n",
+                o["node"].as_str().unwrap_or("?"),
+                o["fault"].as_str().unwrap_or("?"),
+                if o["forced"] == true { ", forced" } else { "" }
+            );
+        }
+    }
     if let Some(snd) = v["agent"]["sender"].as_object() {
         s += &format!(
             "agent pid {}: heartbeats sent {}, send errors {}, late ticks {}\n",

@@ -669,7 +669,21 @@ impl ServiceManager {
     }
 }
 
+/// The registered groups and their node (for the negotiated takeover).
+impl ServiceManager {
+    pub fn registered(&self) -> Vec<(String, NodeId)> {
+        self.status
+            .values()
+            .filter(|s| s.state == baton_core::services::ServiceState::Registered)
+            .filter_map(|s| s.node.map(|n| (s.name.clone(), n)))
+            .collect()
+    }
+}
+
+/// Appends an event to `events.jsonl` and publishes it to the event manager
+/// (docs/events.md).
 pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
+    crate::eventmgr::publish(&v);
     v["agent_ns"] = monotonic_ns().into();
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(format!("{v}\n").as_bytes());

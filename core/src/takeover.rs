@@ -383,6 +383,13 @@ impl Takeover {
                         self.send(from, Msg::Accept { id, countdown_ms: left });
                         return;
                     }
+                    if o.gone {
+                        // Taken over already (it lost its mark): it stays down
+                        // until giveback; a new takeover would lose the old one.
+                        let (oid, ofault) = (o.id, o.fault.clone());
+                        self.send(from, Msg::StayDown { id: oid, fault: ofault });
+                        return;
+                    }
                 }
                 if self.checking.get(&from).is_some_and(|(i, _)| *i == id) {
                     return; // being checked
@@ -405,7 +412,13 @@ impl Takeover {
             }
             Msg::GivebackRequest { id } => {
                 match self.over.get(&from) {
-                    Some(o) if o.id == id => {
+                    Some(o) if !o.gone => {
+                        let reason = "the takeover of this node is still under way".to_string();
+                        self.send(from, Msg::GivebackRefused { id, reason: reason.clone() });
+                        self.event("giveback_refused", from, me, reason);
+                    }
+                    // (Whatever id it asks with: this node holds its work.)
+                    Some(_) => {
                         if self.degraded {
                             let reason = "the partner is degraded: no giveback now".to_string();
                             self.send(from, Msg::GivebackRefused { id, reason: reason.clone() });

@@ -127,6 +127,11 @@ fn a_taken_over_node_stays_down_across_a_restart_and_gets_its_work_back_when_cur
     assert_eq!(sends(&drain(&mut b)), vec![(A, Msg::StayDown { id, fault: "disk".into() })]);
     b.handle(Instant(10_600 * MS), Input::Tick);
     assert_eq!(sends(&drain(&mut b)), vec![(A, Msg::StayDown { id, fault: "disk".into() })]);
+    // A restarted without its mark asks to be taken over again: B tells it
+    // to stay down (and keeps the first takeover, for its giveback).
+    b.handle(Instant(10_650 * MS), Input::Receive { from: A, msg: Msg::Request { id: 9999, fault: "disk".into() } });
+    assert_eq!(sends(&drain(&mut b)), vec![(A, Msg::StayDown { id, fault: "disk".into() })]);
+    assert_eq!(b.taken_over(), vec![(A, "disk".to_string(), false)]);
     // A restarted without its mark (a lost disk): the reminder puts it down.
     let mut a2 = core(A, B);
     a2.handle(Instant(10_601 * MS), Input::Receive { from: B, msg: Msg::StayDown { id, fault: "disk".into() } });
