@@ -157,6 +157,9 @@ pub struct Datapath {
     /// (interface, mode actually used)
     pub attachments: Vec<(String, &'static str)>,
     pub watchdog_cpu: u32,
+    /// What the agent wrote into `BATON_CONFIG` (a critical object: checked
+    /// every second, `selfcheck.rs`).
+    pub config: DatapathConfig,
 }
 
 /// The slot base of the `i`-th peer in `BATON_PEERS`.
@@ -301,7 +304,7 @@ impl Datapath {
         }
         let events = ebpf.take_map(MAP_EVENTS).ok_or(DatapathError::MapMissing { map: MAP_EVENTS })?;
         let events = RingBuf::try_from(events).map_err(|source| DatapathError::Map { map: MAP_EVENTS, source })?;
-        Ok((Datapath { ebpf, pin_dir, attachments, watchdog_cpu }, events))
+        Ok((Datapath { ebpf, pin_dir, attachments, watchdog_cpu, config: dcfg }, events))
     }
 
     /// Detaches everything and removes our pins.

@@ -54,6 +54,11 @@ impl PeerTracker {
     }
 
     /// Events to report for one ring-buffer record received at `agent_ns`.
+    /// Whether the datapath hears some peer on some link now.
+    pub fn any_up(&self) -> bool {
+        self.up_links.values().any(|l| !l.is_empty())
+    }
+
     pub fn on_record(&mut self, ev: &Event, agent_ns: u64) -> Vec<PeerEvent> {
         let name = self.names.get(&ev.node).cloned().unwrap_or_else(|| format!("node{}", ev.node));
         let mk = |event: &'static str, link: Option<u32>| PeerEvent {

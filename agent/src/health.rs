@@ -266,3 +266,58 @@ pub fn spawn(cfg: &crate::config::Config) -> Option<tokio::sync::mpsc::Receiver<
     }
     Some(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[cluster]\nname = \"t\"\nid = 1\nsecret_file = \"/s\"\n[node]\nid = 1\nname = \"n1\"\n\
+             [[link]]\nname = \"r0\"\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\n\
+             [[peer]]\nid = 2\nname = \"n2\"\naddresses = [\"10.0.0.2\"]\n{extra}"
+        );
+        crate::config::parse(Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn checks_are_validated_with_file_line_and_key() {
+        let c = cfg("[[health]]\nname = \"fs\"\nkind = \"writable\"\npath = \"/srv\"\nfault = \"disk\"\n").unwrap();
+        assert_eq!(c.health[0].kind, CheckKind::Writable { path: "/srv".into() });
+        assert_eq!((c.health[0].interval_ms, c.health[0].timeout_ms, c.health[0].threshold), (1000, 5000, 3));
+        let e = cfg("[[health]]\nname = \"fs\"\nkind = \"writable\"\npath = \"/srv\"\nfault = \"cosmic-rays\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:20: `health[0].fault`: unknown fault kind \"cosmic-rays\""), "{e}");
+        let e = cfg("[[health]]\nname = \"x\"\nkind = \"telepathy\"\nfault = \"disk\"\n").unwrap_err();
+        assert!(e.contains("`health[0].kind`: unknown kind \"telepathy\""), "{e}");
+        let e = cfg("[[health]]\nname = \"x\"\nkind = \"command\"\nfault = \"disk\"\n").unwrap_err();
+        assert!(e.contains("`health[0].command`: a \"command\" check needs `command`"), "{e}");
+        let e = cfg("[[health]]\nname = \"x\"\nkind = \"disk\"\ndisk = \"nope\"\nfault = \"disk\"\n").unwrap_err();
+        assert!(e.contains("\"nope\" is not a [[disk]]"), "{e}");
+        let e = cfg("[[health]]\nname = \"x\"\nkind = \"command\"\ncommand = \"true\"\nby = \"partner\"\nfault = \"disk\"\n").unwrap_err();
+        assert!(e.contains("only a \"reachable\" check"), "{e}");
+        let c = cfg("[[health]]\nname = \"web\"\nkind = \"reachable\"\naddress = \"10.0.0.1:80\"\nby = \"partner\"\nfault = \"network\"\n").unwrap();
+        assert!(matches!(c.health[0].kind, CheckKind::Reachable { by_partner: true, .. }));
+    }
+
+    #[tokio::test]
+    async fn a_check_that_hangs_is_killed_at_its_timeout() {
+        let c = cfg("").unwrap();
+        let marker = std::env::temp_dir().join(format!("baton-hang-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let check = HealthCheck {
+            name: "hang".into(),
+            kind: CheckKind::Command { line: format!("sleep 0.5 && touch {}; sleep 30", marker.display()) },
+            interval_ms: 1000,
+            timeout_ms: 200,
+            threshold: 1,
+            fault: "application".into(),
+        };
+        let t0 = std::time::Instant::now();
+        let r = run_check(&check, &c).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_millis(1000), "took {:?}", t0.elapsed());
+        // Its whole process group was killed: the `touch` never ran.
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(!marker.exists(), "the check's process group outlived its timeout");
+    }
+}

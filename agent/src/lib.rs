@@ -18,6 +18,7 @@ pub mod handover;
 pub mod paths;
 pub mod resource;
 pub mod run;
+pub mod selfcheck;
 pub mod selftest;
 pub mod sender;
 pub mod status;

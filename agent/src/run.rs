@@ -227,7 +227,13 @@ async fn run_guarded(
             None => None,
         };
         let fence_inbox = fence_rx.as_ref().and(fence_inbox);
-        let ha = Ha { takeover: crate::takeover::TakeoverRt::new(cfg, incarnation), health_rx: crate::health::spawn(cfg), app_rx, app_sender };
+        let ha = Ha {
+            takeover: crate::takeover::TakeoverRt::new(cfg, incarnation),
+            health_rx: crate::health::spawn(cfg),
+            app_rx,
+            app_sender,
+            selfcheck: crate::selfcheck::SelfCheck::new(cfg, dp.config, incarnation),
+        };
         spawn_partner_checks(cfg, &ha);
         event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, ha, guard).await
     }
@@ -440,6 +446,14 @@ async fn event_loop(
             }
             _ = every_second.tick() => {
                 guard.check();
+                let stats = driver.channel().stats();
+                let control_up = stats.peers.values().any(|p| p.up.iter().any(|u| *u));
+                if let Some(f) = ha.selfcheck.check(monotonic_ns(), tracker.any_up(), control_up, stats.bad_frames) {
+                    error!(reason = f.name, why = %f.why, "critical failure of this node (S0): sending distress and ending clustering here");
+                    crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "critical", "node": cfg.node_id, "reason": format!("{}: {}", f.name, f.why)}));
+                    effects = driver.handle(Input::LocalFailure { from: None, reason: f.reason });
+                    continue;
+                }
                 status["takeover"] = ha.takeover.status();
                 write_agent_status(cfg, &mut status, &sender.shared);
                 effects = driver.services_input(|s, c| s.feed_load(c));
@@ -618,6 +632,7 @@ fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::s
 /// The negotiated takeover's parts of the event loop.
 struct Ha {
     takeover: crate::takeover::TakeoverRt,
+    selfcheck: crate::selfcheck::SelfCheck,
     health_rx: Option<tokio::sync::mpsc::Receiver<crate::health::HealthEvent>>,
     app_rx: Option<tokio::sync::mpsc::Receiver<(u32, crate::channel::AppMsg)>>,
     app_sender: crate::channel::AppSender,

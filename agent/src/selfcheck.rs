@@ -1,0 +1,139 @@
+//! The agent diagnoses its own critical failures (S0.1, with the seed 000
+//! reason codes; docs/takeover.md): checked every second, each one ends
+//! clustering on this node with a distress of its reason.
+//!
+//! * **corruption**: a critical object fails its check: the pinned
+//!   `BATON_CONFIG` map no longer holds what the agent wrote (someone wrote
+//!   into it, `bpftool map update`...), or the incarnation file names
+//!   another life (a second agent on the same state directory);
+//! * **communication**: the datapath hears peers but no peer is reachable
+//!   on the control channel, for `COMMUNICATION_GRACE` or ten formation
+//!   periods, whichever is longer (a blocked TCP port, a firewall, a wrong
+//!   `membership.control_port`): this node cannot take part in the cluster
+//!   although the others see it alive;
+//! * **protocol**: authenticated peers keep sending messages this agent
+//!   cannot decode (`PROTOCOL_BAD_FRAMES` within `PROTOCOL_WINDOW`): another
+//!   version, or a broken peer.
+//!
+//! Not a failure of this node: every interconnect link quiet while its own
+//! interfaces are up is what the others' death or a switch failure looks
+//! like too; the membership halts such a node (lost quorum) and it starts
+//! again by itself when the network heals.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use aya::maps::{Array, Map, MapData};
+use baton_common::{DatapathConfig, MAP_CONFIG};
+
+use crate::config::Config;
+
+pub const COMMUNICATION_GRACE: Duration = Duration::from_secs(5);
+pub const PROTOCOL_BAD_FRAMES: u64 = 10;
+pub const PROTOCOL_WINDOW: Duration = Duration::from_secs(10);
+
+pub struct SelfCheck {
+    expected: DatapathConfig,
+    incarnation: u64,
+    config_map: std::path::PathBuf,
+    incarnation_file: std::path::PathBuf,
+    comm_grace_ns: u64,
+    /// Since when peers are heard but no control link is up.
+    comm_down_since: Option<u64>,
+    /// (time, bad frames so far) samples within the window.
+    bad: VecDeque<(u64, u64)>,
+}
+
+/// A critical failure: its S0 reason code and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: u32,
+    pub name: &'static str,
+    pub why: String,
+}
+
+impl SelfCheck {
+    pub fn new(cfg: &Config, expected: DatapathConfig, incarnation: u64) -> SelfCheck {
+        SelfCheck {
+            expected,
+            incarnation,
+            config_map: cfg.paths.map(MAP_CONFIG),
+            incarnation_file: cfg.paths.incarnation_file(),
+            comm_grace_ns: (COMMUNICATION_GRACE.as_nanos() as u64).max(10 * cfg.form_ms as u64 * 1_000_000),
+            comm_down_since: None,
+            bad: VecDeque::new(),
+        }
+    }
+
+    /// One check at `now` (monotonic ns): whether peers are heard in the
+    /// datapath, whether some control link is up, and the channel's count
+    /// of bad frames so far.
+    pub fn check(&mut self, now: u64, peers_heard: bool, control_up: bool, bad_frames: u64) -> Option<Failure> {
+        // Corruption.
+        match MapData::from_pin(&self.config_map)
+            .map_err(|e| e.to_string())
+            .and_then(|md| Array::<MapData, DatapathConfig>::try_from(Map::Array(md)).map_err(|e| e.to_string()))
+            .and_then(|a| a.get(&0, 0).map_err(|e| e.to_string()))
+        {
+            Ok(c) if c != self.expected => {
+                return Some(Failure {
+                    reason: baton_common::DISTRESS_CORRUPTION,
+                    name: "corruption",
+                    why: format!("the pinned map {} no longer holds what the agent wrote", self.config_map.display()),
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Some(Failure {
+                    reason: baton_common::DISTRESS_CORRUPTION,
+                    name: "corruption",
+                    why: format!("the pinned map {} cannot be read: {e}", self.config_map.display()),
+                })
+            }
+        }
+        if let Ok(text) = std::fs::read_to_string(&self.incarnation_file) {
+            if text.trim().parse::<u64>().ok() != Some(self.incarnation) {
+                return Some(Failure {
+                    reason: baton_common::DISTRESS_CORRUPTION,
+                    name: "corruption",
+                    why: format!("{} names another life ({:?}, this one is {}): a second agent on this state directory?", self.incarnation_file.display(), text.trim(), self.incarnation),
+                });
+            }
+        }
+        // Communication.
+        if peers_heard && !control_up {
+            let since = *self.comm_down_since.get_or_insert(now);
+            if now.saturating_sub(since) >= self.comm_grace_ns {
+                return Some(Failure {
+                    reason: baton_common::DISTRESS_COMMUNICATION,
+                    name: "communication",
+                    why: format!(
+                        "peers' heartbeats arrive but no peer is reachable on the control channel for {} ms",
+                        now.saturating_sub(since) / 1_000_000
+                    ),
+                });
+            }
+        } else {
+            self.comm_down_since = None;
+        }
+        // Protocol.
+        self.bad.push_back((now, bad_frames));
+        let window = PROTOCOL_WINDOW.as_nanos() as u64;
+        while self.bad.front().is_some_and(|(t, _)| now.saturating_sub(*t) > window) {
+            self.bad.pop_front();
+        }
+        let first = self.bad.front().map(|(_, n)| *n).unwrap_or(bad_frames);
+        if bad_frames.saturating_sub(first) >= PROTOCOL_BAD_FRAMES {
+            return Some(Failure {
+                reason: baton_common::DISTRESS_PROTOCOL,
+                name: "protocol",
+                why: format!(
+                    "{} messages from authenticated peers could not be decoded within {} s",
+                    bad_frames - first,
+                    PROTOCOL_WINDOW.as_secs()
+                ),
+            });
+        }
+        None
+    }
+}
