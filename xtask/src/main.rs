@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_failover;
+mod bench_fence;
 mod bench_membership;
 mod demo;
 mod setup;
@@ -62,17 +63,17 @@ enum Cmd {
         /// Which benchmark to run.
         #[arg(value_enum)]
         which: Bench,
-        /// Number of kills to measure.
-        #[arg(long, default_value_t = 30)]
+        /// Number of kills to measure (fence: 20, and as many fence_scsi runs).
+        #[arg(long, default_value_t = 30, default_value_if("which", "fence", Some("20")))]
         kills: u32,
         /// Soak duration in seconds.
         #[arg(long, default_value_t = 180)]
         soak_secs: u64,
-        /// Heartbeat interval in milliseconds.
-        #[arg(long, default_value_t = 10)]
+        /// Heartbeat interval in milliseconds (fence: 100, for the emulated VM).
+        #[arg(long, default_value_t = 10, default_value_if("which", "fence", Some("100")))]
         interval_ms: u64,
-        /// Missed heartbeats before a peer is declared dead.
-        #[arg(long, default_value_t = 3)]
+        /// Missed heartbeats before a peer is declared dead (fence: 5).
+        #[arg(long, default_value_t = 3, default_value_if("which", "fence", Some("5")))]
         misses: u32,
         /// membership: cluster sizes (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "3,8,16,32")]
@@ -111,6 +112,8 @@ enum Bench {
     Membership,
     /// Failover: client-visible outage of a resource group on crash, link cut and switchover, beside keepalived.
     Failover,
+    /// Fencing in the test VM: SCSI-3 preempt of a crashed node's key, kill to service, beside Debian's fence_scsi.
+    Fence,
 }
 
 fn main() {
@@ -154,6 +157,13 @@ fn main() {
             interval_ms,
             misses,
         })),
+        Cmd::Bench {
+            which: Bench::Fence,
+            kills,
+            interval_ms,
+            misses,
+            ..
+        } => prepare_release().and_then(|_| bench_fence::fence(&bench_fence::FenceOpts { kills, interval_ms, misses })),
         Cmd::Bench {
             which: Bench::Detect,
             kills,
