@@ -1888,7 +1888,9 @@ impl Services {
                 e.transfer_intent = false;
                 let on = e.instances.keys().next().copied();
                 e.pinned = e.target.filter(|t| Some(*t) == on);
-                e.target = None;
+                // A switchover asked while the group was starting elsewhere
+                // (`baton register GROUP NODE`) still holds.
+                e.target = e.target.filter(|t| Some(*t) != on);
                 e.blocked = false;
                 e.matured = true;
                 e.awaiting_maturity = false;

@@ -687,6 +687,26 @@ fn switchover_stop_then_start_and_last_possible_node() {
     assert_eq!(earlier, vec![Registered]);
 }
 
+/// A switchover asked while the group is still starting (what `baton
+/// register GROUP NODE` does: register, then switchover) is not lost when
+/// the start completes: the group then moves to the asked node.
+#[test]
+fn a_switchover_asked_while_starting_holds_after_the_start() {
+    let mut h = H::new(vec![ServiceSpec { allowable: nodes(&[1, 2, 3]), auto_register: false, ..ServiceSpec::new("a") }]).manual();
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    assert_eq!(h.st("a").1, None, "auto_register = false: nothing starts by itself");
+    h.op(2, Input::Register { service: "a".into() });
+    assert_eq!(h.st("a"), (Starting, Some(1), ""));
+    h.op(2, Input::Switchover { service: "a".into(), to: Some(3) });
+    h.complete(1, "a", true);
+    assert_eq!(h.st("a"), (Stopping, Some(1), "T"), "the switchover starts once the start is done");
+    h.complete(1, "a", true);
+    h.complete(3, "a", true);
+    assert_eq!(h.st("a"), (Registered, Some(3), ""));
+}
+
 #[test]
 fn standby_moves_everything_off_and_keeps_it_off() {
     let specs = vec![ServiceSpec::new("a"), ServiceSpec { placement: Placement::Every, ..ServiceSpec::new("m") }];

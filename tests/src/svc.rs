@@ -41,7 +41,8 @@ pub struct Svc {
 
 impl Svc {
     /// `group_text` is TOML appended to every node's configuration, with
-    /// `@NODE@` replaced by the node's name and `@WORK@` by the work dir.
+    /// `@NODE@` replaced by the node's name, `@IP@` by its address on the
+    /// first link and `@WORK@` by the work dir.
     ///
     /// Heartbeats every 20 ms, silence after 5 misses (100 ms): these tests
     /// are about services, not detection speed (datapath.rs and the benches
@@ -93,7 +94,7 @@ impl Svc {
     pub fn start(&mut self, i: usize) {
         let cfg = self.c.node_dir(i).join("baton.toml");
         std::fs::create_dir_all(self.c.node_dir(i)).unwrap();
-        let text = format!("{}\n{}\n", self.c.config_text(i), self.group_text.replace("@NODE@", &self.c.hosts[i].name));
+        let text = format!("{}\n{}\n", self.c.config_text(i), self.group_text.replace("@NODE@", &self.c.hosts[i].name).replace("@IP@", &self.c.hosts[i].addrs[0]));
         std::fs::write(&cfg, text).unwrap();
         // Keep the previous life's log (a restart overwrites agent.log).
         let log = self.c.node_dir(i).join("agent.log");

@@ -189,3 +189,127 @@ recipient = "ops"
         svc.check(line.contains(want), || format!("alert environment without {want}: {line}"));
     }
 }
+
+#[test]
+fn a_node_that_hangs_after_accepting_the_shutdown_is_forced_out_and_stays_down() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    // node1's application takes 3 s to stop, so node1 is still draining
+    // when its agent freezes.
+    let group = ha_config(2000, "").replace(
+        "daemon = \"exec busybox httpd",
+        "stop = \"if [ @NODE@ = node1 ]; then sleep 3; fi\"\nstop_timeout_ms = 10000\ndaemon = \"exec busybox httpd",
+    );
+    let mut svc = Svc::new("tkh", 3, &group).with_client();
+    web_on_node1(&mut svc);
+    std::fs::write(svc.marker("fault-node1"), "injected\n").unwrap();
+    let acc = svc.c.wait_event(1, Duration::from_secs(10), |e| e["event"] == "takeover_accepted" && e["node"] == 1);
+    svc.check(acc.is_some(), || format!("node2 never accepted node1's request: {:?}", svc.c.events(1)));
+    let pid = svc.c.agents[0].as_ref().unwrap().child.id() as i32;
+    let alive = svc.c.agents[0].as_mut().unwrap().child.try_wait().unwrap().is_none();
+    svc.check(alive, || "node1's agent had already left: the test needs it mid-drain".into());
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let frozen = Instant::now();
+    // Its heartbeats stop: the survivors force it out (the countdown would
+    // have, later) and web runs on node2.
+    let out = svc.c.wait_event(1, Duration::from_secs(10), |e| {
+        (e["event"] == "peer_silent" || e["event"] == "takeover_forced") && e["node"] == 1
+    });
+    svc.check(out.is_some(), || format!("node2 did not force the frozen node1 out: {:?}", svc.c.events(1)));
+    let moved = wait_until(Duration::from_secs(20), || svc.registered_on(1, "web") == Some(2) && svc.registered_on(2, "web") == Some(2));
+    svc.check(moved.is_some(), || "web is not registered on node2 after node1 froze".into());
+    svc.expect_page("node2", Duration::from_secs(10), "after node1 froze mid-drain");
+    eprintln!("frozen node1: out after {:?}", frozen.elapsed());
+    // Thawed, node1 learns it was forced out and ends that life (it was
+    // leaving anyway: the agent exits); started again, it comes back with
+    // the stay-down mark: web stays on node2, the VIP is not on node1.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let ended = wait_until(Duration::from_secs(15), || {
+        svc.c.agents[0].as_mut().unwrap().child.try_wait().unwrap().is_some() || !svc.c.log_lines(0, &["starting again as a new life"]).is_empty()
+    });
+    svc.check(ended.is_some(), || "node1 neither exited nor started a new life after it was thawed".into());
+    if svc.c.agents[0].as_mut().unwrap().child.try_wait().unwrap().is_some() {
+        svc.c.agents[0] = None;
+        svc.start(0);
+    }
+    svc.c.wait_all_joined(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    svc.check(svc.registered_on(1, "web") == Some(2), || "web left node2 when node1 came back".into());
+    svc.check(!vip_on(&svc.ns(0)), || format!("{VIP} is on node1 after it came back"));
+    let t = takeover_state(&svc, 0);
+    svc.check(t["state"] == "taken over", || format!("node1's takeover state after its new life: {t}"));
+}
+
+#[test]
+fn the_partner_diagnoses_a_node_and_its_fault_is_taken_over() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    // Each node asks its partner to connect to its port 8081 (a busybox
+    // httpd apart from the group); node1's listener dies.
+    let check = "[[health]]\nname = \"reach\"\nkind = \"reachable\"\naddress = \"@IP@:8081\"\nby = \"partner\"\nfault = \"network\"\ninterval_ms = 100\nthreshold = 2\n";
+    let text = format!("{}\n{check}\n[takeover]\ncountdown_ms = 10000\ncure_ms = 500\n", web_group("costly", &overlap()));
+    let mut svc = Svc::new("tkp", 3, &text).with_client();
+    let mut listeners = Vec::new();
+    for i in 0..3 {
+        let dir = svc.marker("empty");
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &svc.ns(i), "busybox", "httpd", "-f", "-p", &format!("{}:8081", svc.c.hosts[i].addrs[0]), "-h"])
+            .arg(&dir)
+            .spawn()
+            .unwrap();
+        listeners.push(child);
+    }
+    web_on_node1(&mut svc);
+    std::thread::sleep(Duration::from_millis(500));
+    svc.check(svc.c.events(0).iter().all(|e| e["event"] != "fault"), || format!("a fault before any was injected: {:?}", svc.c.events(0)));
+    let t = Instant::now();
+    listeners[0].kill().unwrap();
+    let _ = listeners[0].wait();
+    let fault = svc.c.wait_event(0, Duration::from_secs(10), |e| e["event"] == "fault" && e["check"] == "reach");
+    svc.check(fault.is_some(), || format!("node1 never learned its partner's diagnosis: {:?}", svc.c.events(0)));
+    let f = fault.unwrap();
+    svc.check(f["fault"] == "network", || format!("fault kind: {f}"));
+    let on = svc.wait_registered("web", Duration::from_secs(20), |n| n != 1);
+    svc.check(on == 2, || format!("web went to node {on}, not to node1's partner node2"));
+    svc.expect_page("node2", Duration::from_secs(10), "after the partner's diagnosis");
+    eprintln!("partner diagnosis: listener killed, web on node2 after {:?}", t.elapsed());
+    for mut l in listeners {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+}
+
+#[test]
+fn register_starts_a_manual_group_and_deregister_stops_it_everywhere() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let text = "[[group]]\nname = \"job\"\nnodes = [1, 2, 3]\nauto_register = false\n\n[group.application]\nkind = \"command\"\ndaemon = \"exec sleep 7777\"\n";
+    let mut svc = Svc::new("tkr", 3, text);
+    svc.start_all();
+    svc.c.wait_all_joined(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+    let running = |svc: &Svc| -> Vec<usize> { (0..3).filter(|&i| !pids_matching(&svc.ns(i), "sleep 7777").is_empty()).collect() };
+    svc.check(svc.registered_on(0, "job").is_none(), || format!("job started without a register: {}", svc.service(0, "job")));
+    svc.check(running(&svc).is_empty(), || "job's process runs without a register".into());
+    // register job 3: it starts, then moves to node3.
+    svc.baton(0, &["register", "job", "3"]);
+    svc.wait_registered("job", Duration::from_secs(20), |n| n == 3);
+    let on3 = wait_until(Duration::from_secs(10), || running(&svc) == vec![2]);
+    svc.check(on3.is_some(), || format!("job's process runs on {:?}, not on node3 alone", running(&svc)));
+    // deregister job (asked on another node): stopped everywhere.
+    svc.baton(1, &["deregister", "job"]);
+    let gone = wait_until(Duration::from_secs(20), || (0..3).all(|i| svc.registered_on(i, "job").is_none()) && running(&svc).is_empty());
+    svc.check(gone.is_some(), || format!("job after deregister: {} / processes on {:?}", svc.service(0, "job"), running(&svc)));
+    // A group that does not exist is refused by name.
+    let out = std::process::Command::new(baton_bin())
+        .args(["register", "nosuch", "--config"])
+        .arg(svc.c.node_dir(0).join("baton.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    svc.check(!out.status.success() && err.contains("nosuch"), || format!("register of an unknown group: {} {err}", out.status));
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_failover;
 mod bench_fence;
+mod bench_takeover;
 mod bench_membership;
 mod demo;
 mod setup;
@@ -114,6 +115,8 @@ enum Bench {
     Failover,
     /// Fencing in the test VM: SCSI-3 preempt of a crashed node's key, kill to service, beside Debian's fence_scsi.
     Fence,
+    /// Negotiated takeover and giveback of web under client load (seed 002).
+    Takeover,
 }
 
 fn main() {
@@ -157,6 +160,13 @@ fn main() {
             interval_ms,
             misses,
         })),
+        Cmd::Bench {
+            which: Bench::Takeover,
+            crashes,
+            interval_ms,
+            misses,
+            ..
+        } => prepare_release().and_then(|_| bench_takeover::takeover(&bench_takeover::TakeoverOpts { runs: crashes, interval_ms, misses })),
         Cmd::Bench {
             which: Bench::Fence,
             kills,
