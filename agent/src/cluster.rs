@@ -155,6 +155,12 @@ impl ClusterDriver {
         self.core.state()
     }
 
+    /// `node` finished a graceful leave (its heartbeats ending is no
+    /// failure).
+    pub fn left_gracefully(&self, node: u32) -> bool {
+        self.core.state().is_some_and(|s| s.state_of(node) == baton_core::membership::NodeState::Inactive && !s.transitions.contains_key(&node))
+    }
+
     /// This node is a joined member of a quorate cluster.
     pub fn joined_quorate(&self) -> bool {
         self.core.my_state() == baton_core::membership::NodeState::Joined && self.core.state().is_some_and(|s| s.quorate)

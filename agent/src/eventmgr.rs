@@ -36,6 +36,7 @@ use crate::config::{ConfigError, Ctx};
 pub const EVENTS: &[&str] = &[
     "peer_up",
     "peer_down",
+    "peer_stopped",
     "service_up",
     "service_down",
     "service_offline",

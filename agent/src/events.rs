@@ -144,7 +144,7 @@ impl EventSink {
             "link_silent" => warn!(node = e.node, name = %e.name, link = ?e.link, "{}", e.event),
             _ => info!(node = e.node, name = %e.name, link = ?e.link, incarnation = e.incarnation, "{}", e.event),
         }
-        if matches!(e.event, "peer_up" | "peer_silent" | "peer_distress") {
+        if matches!(e.event, "peer_up" | "peer_silent" | "peer_distress" | "peer_stopped") {
             if let Ok(v) = serde_json::to_value(e) {
                 crate::eventmgr::publish(&v);
             }

@@ -496,7 +496,14 @@ async fn event_loop(
                         continue;
                     }
                     let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                    for pe in tracker.on_record(&ev, agent_ns) {
+                    for mut pe in tracker.on_record(&ev, agent_ns) {
+                        let input = peer_input(&pe);
+                        if pe.event == "peer_silent" && driver.left_gracefully(pe.node) {
+                            // Membership still hears of it (PeerGone), but
+                            // the log and the event actions do not see a
+                            // failure.
+                            pe.event = "peer_stopped";
+                        }
                         sink.emit(&pe);
                         if matches!(pe.event, "link_up" | "peer_restarted") {
                             // A peer came up: dial it now if we dial it, and
@@ -505,7 +512,7 @@ async fn event_loop(
                             driver.peer_heard(pe.node, pe.link);
                             sender.heartbeat_now(pe.node);
                         }
-                        if let Some(i) = peer_input(&pe) {
+                        if let Some(i) = input {
                             inputs.push(i);
                         }
                     }

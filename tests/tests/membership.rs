@@ -75,6 +75,13 @@ fn graceful_leave_is_processed_top_down_on_every_node() {
     }
     // No forced leave: it was graceful.
     assert!(c.log_lines(0, &["transition step", "node=node3", "forced-leave"]).is_empty());
+    // Its heartbeats ended: reported as the end of a graceful leave, never
+    // as a silence (a failure).
+    for i in [0, 1] {
+        c.wait_event(i, Duration::from_secs(5), |e| e["event"] == "peer_stopped" && e["node"] == 3)
+            .unwrap_or_else(|| panic!("no peer_stopped of node3 at node{}: {:?}", i + 1, c.events(i)));
+        assert!(c.events(i).iter().all(|e| !(e["event"] == "peer_silent" && e["node"] == 3)), "node3 reported silent at node{}", i + 1);
+    }
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn round1(x: f64) -> f64 {
 }
 
 /// The health check and takeover settings (a marker file per node is the fault).
-fn ha_toml(dir: &Path, countdown_ms: u32) -> String {
+pub fn ha_toml(dir: &Path, countdown_ms: u32) -> String {
     format!(
         "\n[[health]]\nname = \"data\"\nkind = \"command\"\ncommand = \"test ! -e {}/fault-$(ip netns identify)\"\nfault = \"disk\"\ninterval_ms = 50\nthreshold = 2\n\n\
          [takeover]\ncountdown_ms = {countdown_ms}\ncure_ms = 300\n",
@@ -66,6 +66,20 @@ fn new_rig(tag: &str, opts: &TakeoverOpts, countdown_ms: u32, app_extra: Option<
 
 fn fault_file(c: &Cluster, i: usize) -> std::path::PathBuf {
     c.dir.join(format!("fault-{}", c.hosts[i].ns.name))
+}
+
+/// What went wrong with each failed request of a window, counted by cause.
+fn note_failures(notes: &mut Vec<String>, what: &str, v: &[baton_tests::Sample]) {
+    let mut causes: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for s in v {
+        if let Err(e) = &s.result {
+            *causes.entry(e.as_str()).or_default() += 1;
+        }
+    }
+    if !causes.is_empty() {
+        let list: Vec<String> = causes.iter().map(|(e, n)| format!("{n} x {e}")).collect();
+        notes.push(format!("{what}: failed requests: {}", list.join(", ")));
+    }
 }
 
 #[derive(Default)]
@@ -112,6 +126,7 @@ pub fn takeover(opts: &TakeoverOpts) -> Result<()> {
             pause(TIMEOUT.as_millis() as u64 + 50)?;
             let v = window(&rig.prober, t, monotonic_ns());
             let (ms, failed) = measure(&v);
+            note_failures(&mut r.notes, &format!("takeover {}", k + 1), &v);
             r.takeover_failed.push(failed);
             r.takeover_outage.push(ms);
             r.fault_to_served.push(served.saturating_sub(t) as f64 / 1e6);
@@ -131,6 +146,7 @@ pub fn takeover(opts: &TakeoverOpts) -> Result<()> {
             pause(TIMEOUT.as_millis() as u64 + 50)?;
             let v = window(&rig.prober, t2, back + PERIOD.as_nanos() as u64);
             let (ms, failed) = measure(&v);
+            note_failures(&mut r.notes, &format!("giveback {}", k + 1), &v);
             r.giveback_failed.push(failed);
             r.giveback_outage.push(ms);
             eprint!("\r  giveback {}/{}: {by} -> {name}: {failed} failed, outage {ms:.1} ms                       ", k + 1, opts.runs);

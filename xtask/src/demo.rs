@@ -4,7 +4,10 @@
 //! preferred node 1, transfer cost free). The client requests
 //! `http://10.77.0.100/` every 5 ms. The demo crashes the active node (SIGKILL
 //! of its agent and httpd), brings it back (the group moves back to its
-//! preferred node), and switches the group over to node 2; it measures the
+//! preferred node), switches the group over to node 2, then injects a disk
+//! fault on node 2 (its health check fails): its partner takes it over, node
+//! 2 leaves, stays down when restarted, and gets `web` back once cured
+//! (seed 002's negotiated takeover and giveback). It measures the
 //! client-visible outage of each step and prints a timeline and a summary.
 //! Everything is removed at the end, also on Ctrl-C.
 
@@ -120,6 +123,17 @@ fn agent_entries(c: &Cluster, t0: u64, step_of: impl Fn(u64) -> &'static str) ->
                     format!("{}: {} {} on {}", c.hosts[i].name, ev.replace('_', " "), e["service"].as_str().unwrap_or("?"), name_of(node))
                 }
                 "peer_silent" => format!("{}: {} silent (heartbeats stopped)", c.hosts[i].name, name_of(node)),
+                "peer_stopped" => format!("{}: {} gone (its graceful leave ended)", c.hosts[i].name, name_of(node)),
+                "fault" => format!(
+                    "{}: health check {} failed: {} fault",
+                    c.hosts[i].name,
+                    e["check"].as_str().unwrap_or("?"),
+                    e["fault"].as_str().unwrap_or("?")
+                ),
+                "fault_cured" => format!("{}: health checks pass again", c.hosts[i].name),
+                "takeover_requested" | "takeover_accepted" | "takeover_done" | "giveback_requested" | "giveback_done" => {
+                    format!("{}: {} ({} by {})", c.hosts[i].name, ev.replace('_', " "), name_of(node), name_of(e["partner"].as_u64().unwrap_or(0)))
+                }
                 _ => continue,
             };
             // One line per (event, node) within 50 ms.
@@ -165,6 +179,8 @@ pub fn run() -> Result<()> {
         "baton demo: 3 nodes, heartbeat every {interval} ms (silent after {misses} misses), group `web` = {VIP_CIDR} + busybox httpd"
     ));
     let mut rig = BatonRig::new("demo", interval, misses)?;
+    // The health check of the takeover step (docs/takeover.md).
+    rig.c.extra_config += &crate::bench_takeover::ha_toml(&rig.c.dir, 15_000);
     for h in &rig.c.hosts {
         println!("  {} (id {}) in netns {}: {} on ic0 (bridge br0)", h.name, h.id, h.ns.name, h.addrs[0]);
     }
@@ -253,6 +269,62 @@ pub fn run() -> Result<()> {
     pause(300)?;
     println!("\n  `baton status` on node1:\n");
     print!("{}", indent(&baton(&rig.c, 0, &["status"]).unwrap_or_else(|e| format!("{e:#}"))));
+
+    // Seed 002: a node that knows it is sick hands its work over and takes
+    // it back once cured.
+    let sick = answering(&rig.prober).unwrap_or_default();
+    let si = crate::bench_failover::node_index(&sick).context("nobody answers")?;
+    let fault = rig.c.dir.join(format!("fault-{}", rig.c.hosts[si].ns.name));
+    say(&format!(
+        "negotiated takeover: {sick}'s health check `data` fails (a disk fault, injected as a marker file); its partner takes it over and {sick} leaves"
+    ));
+    pause(1000)?;
+    let t = monotonic_ns();
+    bounds.push((t, "takeover"));
+    std::fs::write(&fault, "injected by the demo\n")?;
+    tl.add(t, "takeover", format!("fault injected on {sick}: {}", fault.display()));
+    let served = match wait_served(&rig.prober, t, None, Some(&sick), Duration::from_secs(20))? {
+        Some(s) => s,
+        None => bail!("no other node served web after {sick}'s fault\n{}", diagnose(&rig)),
+    };
+    let left = crate::bench_failover::wait_for(Duration::from_secs(20), || {
+        rig.c.agents[si].as_mut().is_some_and(|a| a.child.try_wait().ok().flatten().is_some())
+    })?;
+    if !left {
+        bail!("{sick}'s agent did not leave after the takeover\n{}", diagnose(&rig));
+    }
+    rig.c.agents[si] = None;
+    pause(TIMEOUT.as_millis() as u64 + 20)?;
+    let (ms, failed) = measure(&window(&rig.prober, t, served + PERIOD.as_nanos() as u64));
+    let by = answering(&rig.prober).unwrap_or_default();
+    tl.add(served, "takeover", format!("{by} serves web, {:.0} ms after the fault: {failed} failed requests; {sick}'s agent left", (served - t) as f64 / 1e6));
+    steps.push(Step { name: format!("takeover of {sick}"), outage_ms: ms, failed, after: by.clone() });
+
+    say(&format!("{sick} restarted while still sick: it stays down (its mark, and {by}'s reminders)"));
+    let t = monotonic_ns();
+    bounds.push((t, "stay down"));
+    rig.c.start(si);
+    rig.c.wait_all_joined(Duration::from_secs(20));
+    tl.add(monotonic_ns(), "stay down", format!("{sick} joined again; web stays on {}", answering(&rig.prober).unwrap_or_default()));
+    pause(500)?;
+    println!("\n  `baton status` on {sick}:\n");
+    print!("{}", indent(&baton(&rig.c, si, &["status"]).unwrap_or_else(|e| format!("{e:#}"))));
+
+    say(&format!("giveback: the fault is cured; once its checks pass for the cure period, {sick} asks for its work back"));
+    pause(500)?;
+    let t = monotonic_ns();
+    bounds.push((t, "giveback"));
+    std::fs::remove_file(&fault)?;
+    tl.add(t, "giveback", format!("fault removed on {sick}"));
+    let back = match wait_served(&rig.prober, t, Some(&sick), None, Duration::from_secs(20))? {
+        Some(s) => s,
+        None => bail!("web did not come back to {sick} after the cure\n{}", diagnose(&rig)),
+    };
+    pause(TIMEOUT.as_millis() as u64 + 20)?;
+    let (ms, failed) = measure(&window(&rig.prober, t, back + PERIOD.as_nanos() as u64));
+    tl.add(back, "giveback", format!("{sick} serves web again: {failed} failed requests"));
+    steps.push(Step { name: format!("giveback to {sick}"), outage_ms: ms, failed, after: sick.clone() });
+    pause(300)?;
 
     // The whole story, merged: steps, the agents' events, the client's view.
     let t_end = monotonic_ns();
