@@ -774,4 +774,15 @@ addresses = ["10.0.0.2"]
         assert!(read_secret(&f).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The configuration shown in README.md is one the agent accepts.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let at = readme.find("A configuration (`/etc/baton/baton.toml`):").expect("README's configuration example");
+        let block = readme[at..].split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+        let cfg = parse(Path::new("README.md"), block).unwrap_or_else(|e| panic!("README's example: {e}"));
+        assert_eq!(cfg.groups.len(), 1);
+        assert_eq!(cfg.health.len(), 1);
+    }
 }
