@@ -94,7 +94,8 @@ enum Cmd {
         /// membership: attempts per cluster (a cluster whose agents halt or do not converge is retried).
         #[arg(long, default_value_t = 3)]
         attempts: u32,
-        /// failover: crashes, link cuts and switchovers to measure (each).
+        /// failover: crashes, link cuts and switchovers to measure (each);
+        /// takeover: rounds (a takeover and a giveback each).
         #[arg(long, default_value_t = 20)]
         crashes: u32,
     },
