@@ -36,7 +36,8 @@ impl Lcg {
     }
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
+/// The p-th percentile (nearest rank) of `v`; NaN when empty.
+pub(crate) fn percentile(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -392,6 +393,7 @@ pub fn detect(opts: &DetectOpts) -> Result<()> {
     Ok(())
 }
 
-fn round1(x: f64) -> f64 {
+/// `x` rounded to one decimal (for the JSON lines).
+pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }

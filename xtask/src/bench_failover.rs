@@ -21,6 +21,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::bench::{percentile, round1};
 use anyhow::{bail, Context, Result};
 use baton_tests::{monotonic_ns, netns_pids, outage, spawn_in_netns, wait_until, ClientHost, Cluster, Prober, Sample};
 
@@ -463,15 +464,6 @@ impl Drop for Keepalived3 {
 // ---------------------------------------------------------------------------
 // The benchmark
 
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = (p / 100.0 * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
-}
 
 struct Lcg(u64);
 impl Lcg {
@@ -988,6 +980,3 @@ fn mean_usize(v: &[usize]) -> f64 {
     v.iter().sum::<usize>() as f64 / v.len() as f64
 }
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}

@@ -375,6 +375,8 @@ struct Results {
     /// Kills whose fence time is not a by_this_node one.
     not_own: u32,
     both_preempted: u32,
+    /// peer_silent events beyond the two survivors' of each crash.
+    spurious_silences: Option<i64>,
     scsi_ms: Vec<f64>,
     scsi_failed: Vec<String>,
 }
@@ -414,6 +416,11 @@ fn parse(stdout: &str) -> Results {
             let f = fields(rest);
             let i: u32 = f.get("i").and_then(|v| v.parse().ok()).unwrap_or(0);
             r.failed.entry(i).or_default().push(f.get("cause").unwrap_or(&"?").replace('_', " "));
+        } else if let Some(rest) = line.strip_prefix("SILENCES ") {
+            let f = fields(rest);
+            if let (Some(t), Some(e)) = (num(&f, "total"), num(&f, "expected")) {
+                r.spurious_silences = Some(t as i64 - e as i64);
+            }
         } else if let Some(rest) = line.strip_prefix("SCSI ") {
             let f = fields(rest);
             let ok = f.get("rc") == Some(&"0") && f.get("key_gone") == Some(&"1");
@@ -510,6 +517,8 @@ pub fn fence(o: &FenceOpts) -> Result<()> {
     brow("kill to first write p99 (ms)", percentile(&r.kill_to_write_ms, 99.0));
     println!("{:<40} {:>10} {:>12}", "writes after fence", r.writes_after_fence, "-");
     println!("{:<40} {:>10} {:>12}", "victim's key left after fence", r.keys_left, "-");
+    let spurious = r.spurious_silences.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    println!("{:<40} {:>10} {:>12}", "false failure detections (peer_silent)", spurious, "-");
     println!("{:<40} {:>10} {:>12}", "runs measured / asked", format!("{}/{}", r.fence_ms.len(), o.kills), format!("{}/{}", r.scsi_ms.len(), o.kills));
     println!("{:<40} {:>10} {:>12}", "failed", failed.len(), scsi_failed_n);
     println!(
@@ -539,7 +548,8 @@ pub fn fence(o: &FenceOpts) -> Result<()> {
     for c in &scsi_failed {
         println!("failed: fence_scsi {c}");
     }
-    let keep = !failed.is_empty() || scsi_failed_n > 0 || out.status != 0 || r.writes_after_fence > 0;
+    let false_detections = r.spurious_silences.unwrap_or(0).max(0);
+    let keep = !failed.is_empty() || scsi_failed_n > 0 || out.status != 0 || r.writes_after_fence > 0 || false_detections > 0;
     if out.status != 0 {
         println!("the scenario exited {}: {}", out.status, baton_tests::vm::tail(&out.stderr, 5).replace('\n', " | "));
     }
@@ -549,7 +559,10 @@ pub fn fence(o: &FenceOpts) -> Result<()> {
     }
     println!("wall time {:.0} s (VM {:.0} s)", wall.as_secs_f64(), out.total.as_secs_f64());
     let v = |x: f64| serde_json::Value::from(round1(x)).to_string();
-    let causes: Vec<String> = failed.iter().map(|(i, c)| format!("kill {i}: {}", c.join("; "))).chain(scsi_failed.iter().map(|c| format!("fence_scsi {c}"))).collect();
+    let mut causes: Vec<String> = failed.iter().map(|(i, c)| format!("kill {i}: {}", c.join("; "))).chain(scsi_failed.iter().map(|c| format!("fence_scsi {c}"))).collect();
+    if false_detections > 0 {
+        causes.push(format!("{false_detections} peer_silent event(s) beyond the crashes' (false failure detections)"));
+    }
     let pairs: Vec<(&str, String)> = vec![
         ("baton_fence_ms_p50", v(bp50)),
         ("baton_fence_ms_p99", v(bp99)),
@@ -569,6 +582,7 @@ pub fn fence(o: &FenceOpts) -> Result<()> {
         ("failed", failed.len().to_string()),
         ("fence_scsi_failed", scsi_failed_n.to_string()),
         ("keys_left_after_fence", r.keys_left.to_string()),
+        ("false_detections", r.spurious_silences.map(|n| n.to_string()).unwrap_or_else(|| "null".into())),
         ("interval_ms", o.interval_ms.to_string()),
         ("misses", o.misses.to_string()),
         ("accel", serde_json::Value::from(out.accel.name()).to_string()),
@@ -578,10 +592,11 @@ pub fn fence(o: &FenceOpts) -> Result<()> {
     println!("{{{json}}}");
     if keep {
         bail!(
-            "{} kill(s) and {} fence_scsi run(s) failed, {} write(s) after a fence, scenario exit status {}; run directory {}",
+            "{} kill(s) and {} fence_scsi run(s) failed, {} write(s) after a fence, {} false failure detection(s), scenario exit status {}; run directory {}",
             failed.len(),
             scsi_failed_n,
             r.writes_after_fence,
+            false_detections,
             out.status,
             out.run_dir.display()
         );

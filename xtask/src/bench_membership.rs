@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::bench::round1;
 use anyhow::{bail, Context, Result};
 use baton_tests::{monotonic_ns, Agent, Cluster};
 use serde_json::Value;
@@ -737,9 +738,6 @@ fn machine_idle_pct(d: Duration) -> f64 {
     }
 }
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
 
 pub fn membership(opts: &MembershipOpts) -> Result<()> {
     if opts.sizes.is_empty() || opts.sizes.iter().any(|&n| n < 3) {

@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::bench::{percentile, round1};
 use anyhow::{bail, Context, Result};
 use baton_tests::{monotonic_ns, Cluster};
 
@@ -27,18 +28,7 @@ pub struct TakeoverOpts {
     pub misses: u32,
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    s[((p / 100.0 * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
-}
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
 
 /// The health check and takeover settings (a marker file per node is the fault).
 pub fn ha_toml(dir: &Path, countdown_ms: u32) -> String {
