@@ -113,6 +113,7 @@ recover() {
 
 # ------------------------------------------------------------ part 1: baton
 stopped=""
+crashes=0
 i=1
 while [ $i -le "$KILLS" ]; do
     if [ -n "$stopped" ]; then
@@ -130,6 +131,7 @@ while [ $i -le "$KILLS" ]; do
     last_ok=$(grep '^ok ' "$(vm_dir $h)/writes.log" | tail -n 1 | awk '{print $2}')
     vm_crash "$h"
     t_kill=$VM_T
+    crashes=$((crashes + 1))
     # Every process of the node is gone (a dd in flight has finished): what
     # is on the LU now was written before the fencing.
     vm_wait_for 10 sh -c "[ -z \"\$(ip netns pids node$h)\" ]" || { fail_kill $i "$h" "processes of node$h still alive 10 s after SIGKILL"; stopped="unkillable"; i=$((i + 1)); continue; }
@@ -195,8 +197,21 @@ while [ $i -le "$KILLS" ]; do
         fail_kill $i "$h" "node$h's key was not registered again after its rejoin"
         stopped="key_not_registered_after_kill_$i"
     fi
+    # Every agent runs (none was fenced or halted on the way).
+    for n in 1 2 3; do
+        vm_alive $n && continue
+        fail_kill $i "$n" "node$n's agent is not running after kill $i: $(grep -E 'halted|ERROR|error' "$(vm_dir $n)/agent.log" | tail -n 1)"
+        recover "$n" || stopped="node${n}_did_not_recover_after_kill_$i"
+    done
     i=$((i + 1))
 done
+# Silences: each crash makes its two survivors see one; any other is a
+# false detection (the heartbeat setting is too tight for this VM).
+sil=0
+for n in 1 2 3; do
+    sil=$((sil + $(vm_events $n | jq -c 'select(.event == "peer_silent")' | wc -l)))
+done
+echo "SILENCES total=$sil expected=$((2 * crashes))"
 vm_stop_all
 vm_say "agents stopped; keys left: $(keys 1)"
 
