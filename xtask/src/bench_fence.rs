@@ -43,6 +43,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use baton_tests::vm::{self, Vm};
 
+use crate::bench::{percentile, round1};
+
 const SCENARIO: &str = include_str!("../../tests/vm/scenarios/bench-fence.sh");
 const COMMON: &str = include_str!("../../tests/vm/scenarios/fencing-common.sh");
 
@@ -88,20 +90,6 @@ fn run(cmd: &mut Command) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = (p / 100.0 * s.len() as f64).ceil() as usize;
-    s[rank.clamp(1, s.len()) - 1]
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
 }
 
 /// FNV-1a 64 (a cache key stable across toolchains).
