@@ -268,6 +268,9 @@ pub struct ChannelStats {
     pub bad_frames: u64,
     /// Sessions that came up (handshake and hellos done).
     pub sessions: u64,
+    /// TCP connections made (dialed or accepted), before any handshake:
+    /// the path to a peer works (the self-check's communication reason).
+    pub connections: u64,
 }
 
 /// Derives the channel's 32-byte Noise PSK from the cluster secret (see the module doc).
@@ -294,6 +297,7 @@ struct Counters {
     hello_rejects: AtomicU64,
     bad_frames: AtomicU64,
     sessions: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// A session's entry in the connection table.
@@ -578,6 +582,7 @@ impl Channel {
             hello_rejects: c.hello_rejects.load(Ordering::Relaxed),
             bad_frames: c.bad_frames.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
+            connections: c.connections.load(Ordering::Relaxed),
         }
     }
 
@@ -1020,6 +1025,7 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
 
 /// Runs one connection to its end. Returns whether its session came up.
 async fn run_session(s: Arc<Shared>, stream: TcpStream, remote: SocketAddr, link: usize, role: Role) -> bool {
+    bump(&s.counters.connections);
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let up = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&s, &mut rd, &mut wr, role)).await {

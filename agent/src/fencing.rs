@@ -57,7 +57,18 @@ pub fn open_disks(cfg: &Config) -> Result<Vec<OpenDisk>, DiskError> {
     for d in &cfg.disks {
         let err = |source| DiskError::Device { name: d.name.clone(), device: d.device.clone(), source };
         let dev = Device::open(&d.device).map_err(err)?.with_timeout(Duration::from_millis(d.timeout_ms as u64));
-        let caps = dev.report_capabilities().map_err(err)?;
+        // A unit attention is a notice, not an answer: an earlier life's
+        // key preempted (2A/05, the normal state of a node fenced and
+        // restarted while its iSCSI session stayed logged in), a reset, a
+        // power on. Several may be queued; each is reported once.
+        let mut caps = dev.report_capabilities();
+        for _ in 0..4 {
+            match &caps {
+                Err(ScsiError::UnitAttention { .. }) => caps = dev.report_capabilities(),
+                _ => break,
+            }
+        }
+        let caps = caps.map_err(err)?;
         if !caps.supports(d.pr_type) {
             let supported: Vec<String> = PrType::ALL.iter().filter(|t| caps.supports(**t)).map(|t| t.to_string()).collect();
             return Err(DiskError::TypeUnsupported {

@@ -448,7 +448,7 @@ async fn event_loop(
                 guard.check();
                 let stats = driver.channel().stats();
                 let control_up = stats.peers.values().any(|p| p.up.iter().any(|u| *u));
-                if let Some(f) = ha.selfcheck.check(monotonic_ns(), tracker.any_up(), control_up, stats.bad_frames) {
+                if let Some(f) = ha.selfcheck.check(monotonic_ns(), tracker.any_up(), control_up, stats.connections, stats.bad_frames) {
                     error!(reason = f.name, why = %f.why, "critical failure of this node (S0): sending distress and ending clustering here");
                     crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "critical", "node": cfg.node_id, "reason": format!("{}: {}", f.name, f.why)}));
                     effects = driver.handle(Input::LocalFailure { from: None, reason: f.reason });

@@ -828,11 +828,19 @@ fn build_image(
     (release, loaded)
 }
 
-/// The `baton` binary under test: `$BATON_BIN`, else target/release/baton,
-/// else target/debug/baton.
+/// The `baton` binary under test: `$BATON_BIN`, else the one built with
+/// the running test binary (target/debug/baton under `cargo test`: a stale
+/// release build must not stand in for the code under test), else
+/// target/release/baton, else target/debug/baton.
 pub fn baton_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("BATON_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        let dir = if dir.ends_with("deps") { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir };
+        if dir.join("baton").is_file() && dir.join("deps").is_dir() {
+            return dir.join("baton");
+        }
     }
     let t = target_dir();
     for p in [t.join("release/baton"), t.join("debug/baton")] {

@@ -83,6 +83,10 @@ fn join_registers_and_reserves_a_hung_node_is_fenced_before_takeover_and_a_leave
     // 3. A graceful leave unregisters; the rejoin registers again.
     assert!(!value(&out, "CHECK ", "keys_after_leave").contains(K3), "{}", out.report());
     assert!(value(&out, "CHECK ", "keys_after_rejoin").contains(K3), "{}", out.report());
+    // The crashed node (its preempted key's unit attention pending at its
+    // start) rejoined and registered again.
+    let crashed: usize = value(&out, "CHECK ", "crashed").parse().unwrap();
+    assert!(value(&out, "CHECK ", "keys_after_crash_restart").contains([K1, K2, K3][crashed - 1]), "{}", out.report());
     eprintln!("hung node{hung}: fenced {fence_ms} ms after SIGSTOP, db up on a survivor {service_ms} ms after it; halt: {halt}");
 }
 

@@ -214,6 +214,8 @@ vm_crash() {
         wait "$_p" 2>/dev/null
         rm -f "$(vm_dir $1)/pid"
     fi
+    # A crashed machine comes back with an empty /run.
+    rm -f "$(vm_dir $1)/run/$VM_CLUSTER_NAME.sock"
 }
 
 # vm_stop N [TIMEOUT]: SIGTERM to node N's agent and waits (20 s, then

@@ -77,15 +77,14 @@ fail_kill() {
         echo "--- keys: $(keys 1)"
     } > "$VM_OUT/fail-$1.txt" 2>&1
 }
-# Starts node H again as a rebooted host would: its disk's pending UNIT
-# ATTENTION (2A/05, registrations preempted) is consumed by a TEST UNIT READY,
-# as the kernel's disk probe at boot does (the session of the VM outlives
-# the "crash"), and the dead agent's control socket is removed (/run is
-# empty after a reboot; vm_start waits for the socket).
+# Starts node H again as a rebooted host would (its iSCSI session outlives
+# the "crash", so the agent's disk check at start meets the pending UNIT
+# ATTENTION 2A/05, registrations preempted, and goes on); the dead agent's
+# control socket is removed (/run is empty after a reboot; vm_start waits
+# for the socket).
 # vm_start's steps, but a start that fails returns 1 (vm_start ends the
 # scenario) and leaves the agent's last line in $START_ERROR.
 restart() {
-    sg_turs "$(vm_disk "$1")" > /dev/null 2>&1
     _d=$(vm_dir "$1")
     rm -f "$_d/run/$VM_CLUSTER_NAME.sock"
     nsenter --net=/run/netns/node$1 baton run --config "$_d/baton.toml" >> "$_d/agent.log" 2>&1 &

@@ -8,7 +8,9 @@
 # 2. a hung node (SIGSTOP of its agent and of its writer) is preempted before
 #    `db` starts on a survivor; after SIGCONT its next write fails (RESERVATION
 #    CONFLICT), its agent halts, and the LU holds no block it wrote after;
-# 3. a graceful leave unregisters, a rejoin registers the key again.
+# 3. a graceful leave unregisters, a rejoin registers the key again;
+# 4. a crashed node is fenced, and started again it rejoins and registers
+#    (its start meets the unit attention of its preempted key).
 # Lines "RESULT ..." and "CHECK ..." are read by tests/tests/fencing.rs,
 # which also hands over fencing-common.sh (the writer, the group and disk,
 # key helpers) as /host/in/fencing-common.sh.
@@ -110,5 +112,17 @@ vm_start 3
 vm_wait_joined 120 || vm_die "node3 did not rejoin"
 vm_wait_for 10 sh -c "sg_persist -n --in --read-keys $(vm_disk 1) | grep -q $(key 3)" || vm_die "node3's key was not registered again: $(keys 1)"
 echo "CHECK keys_after_rejoin=$(keys 1)"
+
+# --- 4. a crashed node (everything of it SIGKILLed, its iSCSI session still
+# logged in) is fenced, and starts again: its disk check at start meets the
+# unit attention of its preempted key (2A/05) and goes on; it registers again
+c=$(db_node 1) || vm_die "db is registered nowhere"
+vm_crash "$c"
+sv=$(for i in 1 2 3; do [ $i = $c ] || echo $i; done | head -n 1)
+vm_wait_event "$sv" ".event == \"fenced\" and .node == $c and .agent_ns > $VM_T" 60 > /dev/null || vm_die "node$c was not fenced after its crash"
+vm_start "$c"
+vm_wait_joined 120 || vm_die "node$c did not rejoin after its crash: $(tail -n 5 "$(vm_dir "$c")/agent.log")"
+vm_wait_for 10 sh -c "sg_persist -n --in --read-keys $(vm_disk $sv) | grep -q $(key $c)" || vm_die "node$c's key was not registered again: $(keys $sv)"
+echo "CHECK crashed=$c keys_after_crash_restart=$(keys $sv)"
 vm_stop_all
 echo "DONE"
