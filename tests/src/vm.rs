@@ -278,8 +278,9 @@ fn apt_depends(pkgs: &[&str]) -> Result<BTreeMap<String, Vec<String>>, String> {
     Ok(map)
 }
 
-/// `apt-cache policy` of several packages: package → candidate version.
-fn apt_candidates(pkgs: &[String]) -> Result<BTreeMap<String, String>, String> {
+/// `apt-cache policy` of several packages: package → candidate version
+/// (packages without a candidate are left out).
+pub fn apt_candidates(pkgs: &[String]) -> Result<BTreeMap<String, String>, String> {
     let out = run_cmd(Command::new("apt-cache").arg("policy").args(pkgs))?;
     let mut map = BTreeMap::new();
     let mut cur = None;

@@ -111,27 +111,9 @@ fn fields(line: &str) -> BTreeMap<&str, &str> {
 
 // ---------------------------------------------------------------- the fence_scsi bundle
 
-/// Candidate versions of `pkgs` (`apt-cache policy`).
-fn candidates(pkgs: &[&str]) -> Result<BTreeMap<String, String>> {
-    let out = run(Command::new("apt-cache").arg("policy").args(pkgs))?;
-    let mut map = BTreeMap::new();
-    let mut cur: Option<String> = None;
-    for line in out.lines() {
-        if !line.starts_with(' ') {
-            cur = line.trim().strip_suffix(':').map(str::to_string);
-        } else if let (Some(c), Some(v)) = (&cur, line.trim().strip_prefix("Candidate:")) {
-            let v = v.trim();
-            if !v.is_empty() && v != "(none)" {
-                map.insert(c.clone(), v.to_string());
-            }
-        }
-    }
-    Ok(map)
-}
-
 fn resolve() -> Result<Vec<(String, String)>> {
     let try_once = || -> Result<Vec<(String, String)>> {
-        let c = candidates(PACKAGES)?;
+        let c = baton_tests::vm::apt_candidates(&PACKAGES.iter().map(|p| p.to_string()).collect::<Vec<_>>()).map_err(anyhow::Error::msg)?;
         PACKAGES
             .iter()
             .map(|p| c.get(*p).map(|v| (p.to_string(), v.clone())).with_context(|| format!("no candidate version of {p} in the apt lists")))
