@@ -94,6 +94,26 @@
 //! a holder of the secret) but does not decode as a `Msg` (another version
 //! of baton) is skipped and counted in `bad_frames`; the connection stays.
 //!
+//! Connections before authentication are bounded, so that a host on the
+//! cluster network without the key cannot exhaust the agent's descriptors
+//! or memory (docs/security.md):
+//! * a listener admits connections only from a configured peer's address
+//!   (any link); others are closed at once and counted in
+//!   [`ChannelStats::preauth_rejected`];
+//! * the first handshake message must arrive within [`FIRST_FRAME_TIMEOUT`]
+//!   (the dialer sends it as soon as it connected), the whole handshake and
+//!   hellos within [`HANDSHAKE_TIMEOUT`];
+//! * at most [`PREAUTH_PER_SOURCE`] connections per source address may be
+//!   pending at once: a new one closes that address's oldest pending one
+//!   (counted in [`ChannelStats::preauth_evicted`]), so a flood from a
+//!   peer's address cannot lock that peer's own redial out (its real dial
+//!   sends its first message within a round trip, long before the flood
+//!   evicts it); at most [`PREAUTH_TOTAL`] in all (more are closed at once);
+//! * a failed `accept` (out of descriptors: `EMFILE`/`ENFILE`, a connection
+//!   aborted before it was accepted) is logged and retried after 100 ms:
+//!   it never ends the agent. The agent also raises its `RLIMIT_NOFILE`
+//!   soft limit to the hard limit at start (`baton run`).
+//!
 //! [`Channel::send`] never blocks: each connection has a bounded queue
 //! ([`QUEUE_LEN`] messages); a message for a full queue is dropped and
 //! counted in `frames_dropped`. A message goes over every link to the peer
@@ -179,6 +199,16 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The handshake and hellos must complete within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The listener closes a connection whose first handshake frame (the
+/// dialer sends it right after connecting) has not arrived within this.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
+/// At most this many connections from one source address may be before
+/// their session is up (pre-authentication) at once: a new one closes the
+/// oldest (see "Robustness" in the module doc).
+pub const PREAUTH_PER_SOURCE: usize = 8;
+/// At most this many pre-authentication connections in total; more are
+/// closed at once.
+pub const PREAUTH_TOTAL: usize = 64;
 /// Dialing gives up after this (then backs off and retries).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redial backoff: from MIN, doubling, up to MAX.
@@ -271,6 +301,12 @@ pub struct ChannelStats {
     /// TCP connections made (dialed or accepted), before any handshake:
     /// the path to a peer works (the self-check's communication reason).
     pub connections: u64,
+    /// Accepted connections closed at once: from an address that is no
+    /// configured peer's, or over [`PREAUTH_TOTAL`].
+    pub preauth_rejected: u64,
+    /// Pre-authentication connections closed because a newer one came from
+    /// the same address while it had [`PREAUTH_PER_SOURCE`].
+    pub preauth_evicted: u64,
 }
 
 /// Derives the channel's 32-byte Noise PSK from the cluster secret (see the module doc).
@@ -298,6 +334,45 @@ struct Counters {
     bad_frames: AtomicU64,
     sessions: AtomicU64,
     connections: AtomicU64,
+    preauth_rejected: AtomicU64,
+    preauth_evicted: AtomicU64,
+}
+
+/// The connections accepted whose session is not up yet, per source
+/// address (oldest first), each with the sender that closes it early.
+#[derive(Default)]
+struct Preauth {
+    total: usize,
+    next_id: u64,
+    by_src: BTreeMap<IpAddr, std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+/// A pre-authentication connection's place in [`Preauth`]; released on drop.
+struct PreauthTicket {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    id: u64,
+}
+
+impl Drop for PreauthTicket {
+    fn drop(&mut self) {
+        let mut p = lock(&self.shared.preauth);
+        let mut emptied = false;
+        let mut found = false;
+        if let Some(q) = p.by_src.get_mut(&self.ip) {
+            if let Some(i) = q.iter().position(|(id, _)| *id == self.id) {
+                q.remove(i);
+                found = true;
+            }
+            emptied = q.is_empty();
+        }
+        if found {
+            p.total -= 1;
+        }
+        if emptied {
+            p.by_src.remove(&self.ip);
+        }
+    }
 }
 
 /// A session's entry in the connection table.
@@ -339,6 +414,10 @@ struct Shared {
     tasks: Mutex<Tasks>,
     next_gen: AtomicU64,
     counters: Counters,
+    /// Every configured peer's address on every link: the only sources the
+    /// listeners admit.
+    allowed: std::collections::BTreeSet<IpAddr>,
+    preauth: Mutex<Preauth>,
     /// When a failed handshake from/to an address was last logged at warn
     /// level (a misconfigured peer retries every second: warn once per
     /// [`WARN_EVERY`], debug otherwise).
@@ -407,6 +486,8 @@ impl Channel {
             next_gen: AtomicU64::new(1),
             counters: Counters::default(),
             warned: Mutex::new(HashMap::new()),
+            allowed: cfg.peers.iter().flat_map(|(_, a)| a.iter().copied()).collect(),
+            preauth: Mutex::new(Preauth::default()),
         });
         for (link, listener) in listeners.into_iter().enumerate() {
             let s = shared.clone();
@@ -583,6 +664,8 @@ impl Channel {
             bad_frames: c.bad_frames.load(Ordering::Relaxed),
             sessions: c.sessions.load(Ordering::Relaxed),
             connections: c.connections.load(Ordering::Relaxed),
+            preauth_rejected: c.preauth_rejected.load(Ordering::Relaxed),
+            preauth_evicted: c.preauth_evicted.load(Ordering::Relaxed),
         }
     }
 
@@ -702,6 +785,34 @@ impl Shared {
         }
     }
 
+    /// Admits an accepted connection from `ip` before its authentication:
+    /// only from a configured peer's address, at most [`PREAUTH_TOTAL`] in
+    /// all, and at most [`PREAUTH_PER_SOURCE`] per address (a new one
+    /// closes that address's oldest). `None`: close it at once.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<(PreauthTicket, tokio::sync::oneshot::Receiver<()>)> {
+        if !self.allowed.contains(&ip) {
+            bump(&self.counters.preauth_rejected);
+            return None;
+        }
+        let mut p = lock(&self.preauth);
+        let full = p.by_src.get(&ip).is_some_and(|q| q.len() >= PREAUTH_PER_SOURCE);
+        if full {
+            // Dropping the oldest's sender closes its connection.
+            p.by_src.get_mut(&ip).and_then(|q| q.pop_front());
+            p.total -= 1;
+            bump(&self.counters.preauth_evicted);
+        } else if p.total >= PREAUTH_TOTAL {
+            bump(&self.counters.preauth_rejected);
+            return None;
+        }
+        let id = p.next_id;
+        p.next_id += 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        p.by_src.entry(ip).or_default().push_back((id, tx));
+        p.total += 1;
+        Some((PreauthTicket { shared: self.clone(), ip, id }, rx))
+    }
+
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
         let mut t = lock(&self.tasks);
         if t.closed {
@@ -753,17 +864,34 @@ fn noise_builder(psk: &[u8; 32]) -> Result<snow::Builder<'_>, snow::Error> {
 }
 
 async fn listen_loop(s: Arc<Shared>, link: usize, listener: TcpListener) {
+    let mut errors_logged = 0u32;
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                errors_logged = 0;
+                let Some((ticket, cancel)) = s.admit(remote.ip()) else {
+                    // Closed at once (dropped): counted, logged at most
+                    // once per WARN_EVERY per address.
+                    if s.should_warn(remote.ip()) {
+                        warn!(peer_addr = %remote, link, "control channel: connection refused (not a configured peer's address, or too many connections before authentication)");
+                    }
+                    continue;
+                };
                 let s2 = s.clone();
                 s.spawn(async move {
-                    run_session(s2, stream, remote, link, Role::Listener).await;
+                    run_session_admitted(s2, stream, remote, link, ticket, cancel).await;
                 });
             }
             Err(e) => {
-                // E.g. out of file descriptors: don't spin.
-                warn!(link, "control channel: accept failed: {e}");
+                // Out of file descriptors (EMFILE, ENFILE), out of memory,
+                // a connection aborted before it was accepted: none of it
+                // ends the agent. Back off so as not to spin, and go on.
+                if errors_logged < 3 {
+                    warn!(link, "control channel: accept failed: {e} (retrying)");
+                } else {
+                    debug!(link, "control channel: accept failed: {e}");
+                }
+                errors_logged = errors_logged.saturating_add(1);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -966,7 +1094,11 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
             read_hs(&mut hs, rd).await?;
         }
         Role::Listener => {
-            read_hs(&mut hs, rd).await?;
+            // The dialer sends its first message as soon as it connected.
+            match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_hs(&mut hs, rd)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(SessionError::Timeout("the first handshake message")),
+            }
             let n = hs.write_message(&[], &mut out[2..]).map_err(hs_err)?;
             write_frame(wr, &mut out, n).await?;
         }
@@ -1023,12 +1155,57 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
     Ok(Up { ts, peer: peer_hello.node, incarnation: peer_hello.incarnation })
 }
 
+/// An accepted connection: its handshake ends early when `cancel` fires
+/// (a newer connection from the same address took its place), and its
+/// pre-authentication place is given back once the handshake ended.
+async fn run_session_admitted(
+    s: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    link: usize,
+    ticket: PreauthTicket,
+    cancel: tokio::sync::oneshot::Receiver<()>,
+) -> bool {
+    run_session_inner(s, stream, remote, link, Role::Listener, Some((ticket, cancel))).await
+}
+
 /// Runs one connection to its end. Returns whether its session came up.
 async fn run_session(s: Arc<Shared>, stream: TcpStream, remote: SocketAddr, link: usize, role: Role) -> bool {
+    run_session_inner(s, stream, remote, link, role, None).await
+}
+
+async fn run_session_inner(
+    s: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    link: usize,
+    role: Role,
+    preauth: Option<(PreauthTicket, tokio::sync::oneshot::Receiver<()>)>,
+) -> bool {
     bump(&s.counters.connections);
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let up = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&s, &mut rd, &mut wr, role)).await {
+    let (ticket, cancel) = match preauth {
+        Some((t, c)) => (Some(t), Some(c)),
+        None => (None, None),
+    };
+    let evicted = async {
+        match cancel {
+            // Fires when the sender is dropped (evicted), never otherwise.
+            Some(c) => {
+                let _ = c.await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let hs = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&s, &mut rd, &mut wr, role)) => r,
+        _ = evicted => Ok(Err(SessionError::Handshake(format!(
+            "closed before its handshake ended: a newer connection came from the same address while {PREAUTH_PER_SOURCE} were pending"
+        )))),
+    };
+    drop(ticket);
+    let up = match hs {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             bump(&s.counters.handshake_failures);

@@ -54,6 +54,13 @@ pub struct Peer {
     pub addresses: Vec<IpAddr>,
 }
 
+impl Config {
+    /// Who may use the local sockets (besides root).
+    pub fn socket_access(&self) -> crate::localsock::Access {
+        crate::localsock::Access { group: self.socket_group }
+    }
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -84,6 +91,9 @@ pub struct Config {
     pub links: Vec<Link>,
     pub peers: Vec<Peer>,
     pub paths: RuntimePaths,
+    /// `paths.socket_group` (a group name or gid) as a gid: members of that
+    /// group may use the control and subsystem sockets (docs/security.md).
+    pub socket_group: Option<u32>,
     /// Resource groups / services (`[[group]]`, see `groups.rs`).
     pub groups: Vec<crate::groups::Group>,
     /// Shared disks fenced with SCSI-3 persistent reservations (`[[disk]]`,
@@ -225,6 +235,7 @@ struct RawPaths {
     bpffs_dir: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     run_dir: Option<Spanned<String>>,
+    socket_group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -399,6 +410,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
 
     let (mut bpffs, mut state, mut run) = (None, None, None);
+    let mut socket_group = None;
     if let Some(p) = &raw.paths {
         let p = p.get_ref();
         let abs = |v: &Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
@@ -420,6 +432,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         if let Some(v) = &p.run_dir {
             run = Some(abs(v, "paths.run_dir")?);
+        }
+        if let Some(v) = &p.socket_group {
+            let name = v.get_ref();
+            let gid = match name.parse::<u32>() {
+                Ok(g) => g,
+                Err(_) => match nix::unistd::Group::from_name(name) {
+                    Ok(Some(g)) => g.gid.as_raw(),
+                    Ok(None) => return Err(cx.invalid(v, "paths.socket_group", format!("no group {name:?} on this host"))),
+                    Err(e) => return Err(cx.invalid(v, "paths.socket_group", format!("cannot look up group {name:?}: {e}"))),
+                },
+            };
+            socket_group = Some(gid);
         }
     }
 
@@ -579,6 +603,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         links,
         peers,
         paths,
+        socket_group,
         groups,
         disks,
         health,

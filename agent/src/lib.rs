@@ -14,6 +14,7 @@ pub mod fencing;
 pub mod groups;
 pub mod guard;
 pub mod health;
+pub mod localsock;
 pub mod handover;
 pub mod paths;
 pub mod resource;

@@ -37,6 +37,36 @@ pub fn next_incarnation(file: &Path) -> Result<u64> {
     Ok(inc)
 }
 
+/// Takes `<state_dir>/agent.lock` (an exclusive `flock`, held for as long
+/// as the returned file is open): a second agent with the same state
+/// directory refuses to start.
+pub fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            anyhow::bail!(
+                "another baton agent runs with the state directory {} (it holds {}); refusing to start",
+                dir.display(),
+                path.display()
+            );
+        }
+        return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())));
+    }
+    Ok(f)
+}
+
 /// How long a graceful leave may take after a stop was asked for (SIGTERM,
 /// SIGINT, `baton stop`, `baton stop --all`) before the agent stops anyway
 /// (the guard then releases what is left).
@@ -72,12 +102,46 @@ pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::
     Some(std::time::Duration::from_millis(ms))
 }
 
+/// The open-file soft limit the agent asks for (see [`raise_nofile_limit`]).
+pub const NOFILE_TARGET: libc::rlim_t = 65536;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, at most
+/// [`NOFILE_TARGET`] (the agent, its resource actions, monitors and redials
+/// all need descriptors; the usual soft default is 1024; the children the
+/// agent starts inherit it, and some old programs loop over every possible
+/// descriptor, hence the cap). Returns (soft, hard) after the attempt.
+pub fn raise_nofile_limit() -> (u64, u64) {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        warn!("getrlimit(RLIMIT_NOFILE) failed: {}", std::io::Error::last_os_error());
+        return (0, 0);
+    }
+    let target = r.rlim_max.min(NOFILE_TARGET);
+    if r.rlim_cur < target {
+        let want = libc::rlimit { rlim_cur: target, rlim_max: r.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+            warn!(soft = r.rlim_cur, hard = r.rlim_max, "cannot raise the open-file limit: {}", std::io::Error::last_os_error());
+        } else {
+            r = want;
+        }
+    }
+    (r.rlim_cur as u64, r.rlim_max as u64)
+}
+
 pub async fn run(cfg_path: &Path) -> Result<Ended> {
+    let (soft, hard) = raise_nofile_limit();
+    info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
     let cfg = config::load(cfg_path)?;
     crate::datapath::check_prerequisites()?;
     let key = config::read_secret(&cfg.secret_file)?;
     std::fs::create_dir_all(&cfg.paths.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;
+    // One agent per state directory, and never beside a live agent's
+    // control socket: before anything of this node is touched (the
+    // incarnation, the guard's start-clean, the datapath).
+    let _state_lock = lock_state_dir(&cfg.paths.state_dir)?;
+    crate::localsock::ensure_free(&cfg.paths.control_socket())?;
+    crate::localsock::ensure_free(&cfg.paths.subsys_socket())?;
     let incarnation = next_incarnation(&cfg.paths.incarnation_file())?;
     // The membership snapshot of an earlier life is not ours.
     let _ = std::fs::remove_file(cfg.paths.cluster_snapshot());
@@ -136,8 +200,8 @@ async fn run_guarded(
             return Err(anyhow::Error::new(e).context("starting the heartbeat sender"));
         }
     };
-    let listener = match control::bind(&cfg.paths.control_socket()) {
-        Ok(l) => l,
+    let listener = match crate::localsock::bind(&cfg.paths.control_socket(), cfg.socket_access()) {
+        Ok(l) => control::serve(l, cfg.socket_access()),
         Err(e) => {
             sender.stop();
             dp.stop();
@@ -174,7 +238,7 @@ async fn run_guarded(
         })
         .await
         .context("starting the control channel")?;
-        let (subsys, sub_rx) = SubsysServer::bind(&cfg.paths.subsys_socket(), FIRST_EXTERNAL_SUBSYSTEM)
+        let (subsys, sub_rx) = SubsysServer::bind_with(&cfg.paths.subsys_socket(), FIRST_EXTERNAL_SUBSYSTEM, cfg.socket_access())
             .await
             .context("binding the subsystem API socket")?;
         let mut nodes: std::collections::BTreeSet<u32> = cfg.peers.iter().map(|p| p.id).collect();
@@ -307,7 +371,7 @@ async fn event_loop(
     cfg: &Config,
     events: RingBuf<MapData>,
     sender: &sender::Sender,
-    listener: tokio::net::UnixListener,
+    mut ctl_rx: tokio::sync::mpsc::Receiver<control::Request>,
     mut status: serde_json::Value,
     mut driver: ClusterDriver,
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
@@ -455,6 +519,16 @@ async fn event_loop(
                     continue;
                 }
                 status["takeover"] = ha.takeover.status();
+                status["channel"] = serde_json::json!({
+                    "sessions": stats.sessions,
+                    "connections": stats.connections,
+                    "handshake_failures": stats.handshake_failures,
+                    "hello_rejects": stats.hello_rejects,
+                    "bad_frames": stats.bad_frames,
+                    "frames_dropped": stats.frames_dropped,
+                    "preauth_rejected": stats.preauth_rejected,
+                    "preauth_evicted": stats.preauth_evicted,
+                });
                 write_agent_status(cfg, &mut status, &sender.shared);
                 effects = driver.services_input(|s, c| s.feed_load(c));
             }
@@ -522,26 +596,33 @@ async fn event_loop(
                     effects.extend(driver.handle(i));
                 }
             }
-            conn = listener.accept() => {
-                let (mut s, _) = conn?;
-                let req = control::read_request(&mut s).await.unwrap_or_default();
+            r = ctl_rx.recv() => {
+                // A complete request line (read off this loop, see control.rs).
+                let Some(r) = r else { continue };
+                let req = r.line;
+                let mut reply_to = Some(r.reply);
+                let mut reply = |line: &str| {
+                    if let Some(t) = reply_to.take() {
+                        let _ = t.send(line.to_string());
+                    }
+                };
                 let mut words = req.split_whitespace();
                 match (words.next(), words.next()) {
-                    (Some("ping"), _) => { let _ = control::reply(&mut s, &format!("ok {}", incarnation.trim())).await; }
+                    (Some("ping"), _) => { reply(&format!("ok {}", incarnation.trim())); }
                     (Some("group-state"), Some(g)) => {
                         // S4.5: a watchdog asks whether the agent uses the group here.
                         let st = driver.svc.as_ref().map(|s| s.group_state(g)).unwrap_or("unknown");
-                        let _ = control::reply(&mut s, &format!("ok {st}")).await;
+                        reply(&format!("ok {st}"));
                     }
                     (Some("fence-confirm"), Some(n)) => {
                         match n.parse::<u32>() {
                             Ok(node) if driver.fencing.is_some() => {
                                 warn!(node, "an operator confirms the node fenced (baton fence confirm): its pending fencing is taken as done");
                                 effects = driver.fence_confirm(node, None, true);
-                                let _ = control::reply(&mut s, &format!("ok: node {node} confirmed fenced")).await;
+                                reply(&format!("ok: node {node} confirmed fenced"));
                             }
-                            Ok(_) => { let _ = control::reply(&mut s, "error: no [[disk]] is configured: there is no fencing to confirm").await; }
-                            Err(_) => { let _ = control::reply(&mut s, &format!("error: {n:?} is not a node id")).await; }
+                            Ok(_) => { reply("error: no [[disk]] is configured: there is no fencing to confirm"); }
+                            Err(_) => { reply(&format!("error: {n:?} is not a node id")); }
                         }
                     }
                     (Some("takeover"), Some(n)) => {
@@ -551,9 +632,9 @@ async fn event_loop(
                             Ok(todo) => {
                                 info!(node = n, reason, "operator: takeover");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
-                                let _ = control::reply(&mut s, "ok").await;
+                                reply("ok");
                             }
-                            Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
+                            Err(e) => { reply(&format!("error: {e}")); }
                         }
                     }
                     (Some("giveback"), Some(n)) => {
@@ -561,47 +642,47 @@ async fn event_loop(
                             Ok(todo) => {
                                 info!(node = n, "operator: giveback");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
-                                let _ = control::reply(&mut s, "ok").await;
+                                reply("ok");
                             }
-                            Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
+                            Err(e) => { reply(&format!("error: {e}")); }
                         }
                     }
                     (Some("stop"), None) => {
                         info!("stop requested on the control socket: leaving the cluster gracefully");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
                         effects = driver.handle(Input::Leave);
-                        let _ = control::reply(&mut s, "ok: leaving").await;
+                        reply("ok: leaving");
                     }
                     (Some("stop-all"), None) => {
                         warn!("cluster-wide stop requested on the control socket (baton stop --all)");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
                         effects = driver.handle(Input::StopAll);
-                        let _ = control::reply(&mut s, "ok: the whole cluster is stopping").await;
+                        reply("ok: the whole cluster is stopping");
                     }
                     (Some("distress"), Some(r)) => {
                         let code = control::reason_code(r).or_else(|| r.parse().ok()).unwrap_or(baton_common::DISTRESS_ADMIN);
                         error!(reason = r, "local failure reported: sending distress and ending clustering on this node");
                         effects = driver.handle(Input::LocalFailure { from: None, reason: code });
-                        let _ = control::reply(&mut s, "ok").await;
+                        reply("ok");
                     }
                     (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance" | "offline" | "online" | "register" | "deregister")), arg) => {
                         let rest: Vec<&str> = arg.into_iter().chain(words).collect();
                         match service_request(op, &rest) {
-                            Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
-                            Ok(_) if !has_svc => { let _ = control::reply(&mut s, "error: no resource group is configured on this node").await; }
+                            Err(e) => { reply(&format!("error: {e}")); }
+                            Ok(_) if !has_svc => { reply("error: no resource group is configured on this node"); }
                             Ok(baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service })
                                 if !cfg.groups.iter().any(|g| g.name == service) =>
                             {
-                                let _ = control::reply(&mut s, &format!("error: no group {service:?} is configured")).await;
+                                reply(&format!("error: no group {service:?} is configured"));
                             }
                             Ok(input) => {
                                 info!(request = %req, "operator request");
                                 effects = driver.services_input(|sv, c| sv.input(input, c));
-                                let _ = control::reply(&mut s, "ok").await;
+                                reply("ok");
                             }
                         }
                     }
-                    _ => { let _ = control::reply(&mut s, &format!("error: unknown request {req:?}")).await; }
+                    _ => { reply(&format!("error: unknown request {req:?}")); }
                 }
             }
         }

@@ -314,6 +314,12 @@ pub fn render(v: &Value) -> String {
             v["agent"]["pid"], snd["sent"], snd["send_errors"], snd["late_ticks"]
         );
     }
+    if let Some(ch) = v["agent"]["channel"].as_object() {
+        s += &format!(
+            "control channel: sessions {}, handshake failures {}, refused before authentication {}, evicted before authentication {}\n",
+            ch["sessions"], ch["handshake_failures"], ch["preauth_rejected"], ch["preauth_evicted"]
+        );
+    }
     s += "counters:";
     if let Some(c) = v["counters"].as_object() {
         for (k, val) in c {

@@ -56,6 +56,8 @@ pub const ACK_TIMEOUT_MAX_MS: u64 = 3_600_000;
 pub const ACK_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 /// Longest client line (bytes, without the newline). A longer one closes the connection.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Connections served at once (more are refused with an error line).
+pub const MAX_CONNECTIONS: usize = 64;
 /// Longest subsystem name (bytes).
 pub const MAX_NAME: usize = 128;
 /// Output not yet read by a client, beyond which the client counts as hung
@@ -99,12 +101,8 @@ pub enum SubsysError {
     InUse { path: PathBuf },
     #[error("{path} exists and is not a socket: refusing to replace it with the subsystem socket")]
     NotASocket { path: PathBuf },
-    #[error("cannot remove the stale subsystem socket {path}: {source}")]
-    RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot bind the subsystem socket {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
-    #[error("cannot set mode 0600 on the subsystem socket {path}: {source}")]
-    Permissions { path: PathBuf, source: io::Error },
 }
 
 /// From the server handle to one connection's task.
@@ -138,27 +136,25 @@ impl SubsysServer {
     /// Registered subsystems get ids `first_id`, `first_id + 1`, ...
     /// (never reused while the server runs).
     pub async fn bind(path: &Path, first_id: SubsystemId) -> Result<(SubsysServer, mpsc::Receiver<SubsysEvent>), SubsysError> {
-        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SubsysError::CreateDir { dir: dir.to_path_buf(), source })?;
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => {
-                if UnixStream::connect(path).await.is_ok() {
-                    return Err(SubsysError::InUse { path: path.to_path_buf() });
-                }
-                std::fs::remove_file(path).map_err(|source| SubsysError::RemoveStale { path: path.to_path_buf(), source })?;
-            }
-            Ok(_) => return Err(SubsysError::NotASocket { path: path.to_path_buf() }),
-            Err(_) => {}
-        }
-        // Connecting needs write permission on the socket: with the usual
-        // umask only the owner has it from the start, and 0600 follows at once.
-        // (Not a umask switch: that would be process-wide, under other threads.)
-        let listener = UnixListener::bind(path).map_err(|source| SubsysError::Bind { path: path.to_path_buf(), source })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| SubsysError::Permissions { path: path.to_path_buf(), source })?;
+        Self::bind_with(path, first_id, crate::localsock::Access::default()).await
+    }
 
+    /// [`SubsysServer::bind`], with who may connect besides root and the
+    /// agent's user (`paths.socket_group`: the socket is then 0660 and of
+    /// that group). The socket is created with its mode atomically and a
+    /// live agent's socket is never replaced (`crate::localsock`).
+    pub async fn bind_with(
+        path: &Path,
+        first_id: SubsystemId,
+        access: crate::localsock::Access,
+    ) -> Result<(SubsysServer, mpsc::Receiver<SubsysEvent>), SubsysError> {
+        use crate::localsock::LocalSockError as L;
+        let listener = crate::localsock::bind(path, access).map_err(|e| match e {
+            L::CreateDir { dir, source, .. } => SubsysError::CreateDir { dir, source },
+            L::InUse { path } => SubsysError::InUse { path },
+            L::NotASocket { path } => SubsysError::NotASocket { path },
+            L::Create { path, source, .. } => SubsysError::Bind { path, source },
+        })?;
         let shared = Arc::new(Shared {
             conns: Mutex::new(HashMap::new()),
             next_id: Mutex::new(Some(first_id)),
@@ -166,7 +162,7 @@ impl SubsysServer {
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
         let (stop, stop_rx) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), events_tx, stop_rx));
+        let accept = tokio::spawn(accept_loop(listener, access, shared.clone(), events_tx, stop_rx));
         info!(path = %path.display(), "subsystem socket listening");
         Ok((SubsysServer { path: path.to_path_buf(), shared, stop, accept }, events_rx))
     }
@@ -223,13 +219,30 @@ impl SubsysServer {
     }
 }
 
-async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, events: mpsc::Sender<SubsysEvent>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: UnixListener,
+    access: crate::localsock::Access,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<SubsysEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
+                    if let Err(why) = access.check(&stream) {
+                        warn!("subsystem socket: connection refused: {why}");
+                        let line = serde_json::json!({"ev": "error", "message": format!("permission denied: {why}")});
+                        let _ = stream.try_write(format!("{line}\n").as_bytes());
+                        continue;
+                    }
+                    if tasks.len() >= MAX_CONNECTIONS {
+                        warn!("subsystem socket: {MAX_CONNECTIONS} connections already; refusing one");
+                        let _ = stream.try_write(b"{\"ev\":\"error\",\"message\":\"too many connections to the subsystem socket\"}\n");
+                        continue;
+                    }
                     tasks.spawn(Conn::new(stream, shared.clone(), events.clone(), stop.clone()).run());
                 }
                 Err(e) => {

@@ -414,7 +414,9 @@ async fn garbage_closes_only_that_connection() {
     }
     let sessions = [n2.stats().sessions, n3.stats().sessions, n4.stats().sessions];
     let target = SocketAddr::new(addr(0, 4), port);
-    let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 66));
+    // Node 1's address (configured, its agent down): the listeners admit
+    // configured peers' addresses only.
+    let attacker = addr(0, 1);
 
     // A handshake-sized frame of garbage.
     let mut g = raw_connect(attacker, target).await;
@@ -629,4 +631,60 @@ async fn peer_heard_redials_at_once() {
         assert!(wait_until(Duration::from_secs(2), || n1.stats().peers[&2].links_up() == 0).await);
     }
     n1.shutdown().await;
+}
+
+/// The connection is closed by the other end within `d`.
+async fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    let end = Instant::now() + d;
+    loop {
+        match tokio::time::timeout(end.saturating_duration_since(Instant::now()), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_before_authentication_are_bounded() {
+    let port = 47460;
+    let ids = [1, 2, 3, 4];
+    let (n4, _rx4) = start(config(4, &ids, 1, port, 1)).await;
+    let target = SocketAddr::new(addr(0, 4), port);
+
+    // Not a configured peer's address: closed at once, never a handshake.
+    let mut stranger = raw_connect(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 66)), target).await;
+    assert!(closed_within(&mut stranger, Duration::from_millis(300)).await, "a stranger's connection must be closed at once");
+    assert!(wait_until(Duration::from_secs(1), || n4.stats().preauth_rejected == 1).await, "{:?}", n4.stats());
+    assert_eq!(n4.stats().connections, 0, "a refused connection never reaches the handshake");
+
+    // Node 1's address (its agent is down): 20 idle connections. Only the
+    // newest PREAUTH_PER_SOURCE stay; the 12 older ones are closed at once
+    // (well before the first-frame deadline).
+    let from = addr(0, 1);
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(raw_connect(from, target).await);
+    }
+    assert!(wait_until(Duration::from_secs(1), || n4.stats().preauth_evicted == 12).await, "{:?}", n4.stats());
+    for s in idle.iter_mut().take(12) {
+        assert!(closed_within(s, Duration::from_millis(300)).await, "an evicted connection stays open");
+    }
+    // With 8 idle ones pending, a real peer (the key, node 1's address)
+    // still gets its session: its connection evicts the oldest idle one.
+    let mut real = raw_connect(from, target).await;
+    let mut ts = raw_handshake(&mut real, CLUSTER, &SECRET).await;
+    raw_send(&mut real, &mut ts, &hello(1, CLUSTER, 9)).await;
+    assert_eq!(raw_recv(&mut real, &mut ts).await, hello(4, CLUSTER, 1));
+    assert!(wait_until(Duration::from_secs(1), || n4.stats().peers[&1].up[0]).await, "{:?}", n4.stats());
+    // The idle ones that were never evicted are closed by the first-frame
+    // deadline (FIRST_FRAME_TIMEOUT = 1 s), not the whole handshake's (3 s).
+    let t = Instant::now();
+    for s in idle.iter_mut().skip(13) {
+        assert!(closed_within(s, Duration::from_millis(2000)).await, "an idle connection outlived the first-frame deadline");
+    }
+    assert!(t.elapsed() < Duration::from_millis(2000), "{:?}", t.elapsed());
+    assert!(n4.stats().peers[&1].up[0], "the real session is up");
+    n4.shutdown().await;
 }

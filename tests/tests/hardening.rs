@@ -1,0 +1,180 @@
+//! Kernel tests of the agent's hardening (docs/security.md): nuisances that
+//! need no key (a connection flood on the control port, an idle client on
+//! the local control socket, a second agent on the same node) must not
+//! move anything or delay failure handling.
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use baton_tests::*;
+
+/// Open descriptors of process `pid`.
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn raise_own_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    r.rlim_cur = r.rlim_max;
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+}
+
+/// Opens up to `n` TCP connections from `src` to `dst` inside namespace
+/// `ns` and keeps them open (as an attacker without the key would) until
+/// the returned streams are dropped. Returns how many connected.
+fn flood(ns: &str, src: &str, dst: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    let src: std::net::IpAddr = src.parse().unwrap();
+    in_netns(ns, move || {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            let s = nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Inet,
+                nix::sys::socket::SockType::Stream,
+                nix::sys::socket::SockFlag::empty(),
+                None,
+            );
+            let Ok(fd) = s else { break };
+            let std::net::IpAddr::V4(v4) = src else { unreachable!() };
+            let local = nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(v4, 0));
+            if nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &local).is_err() {
+                continue;
+            }
+            let std_sock: std::net::TcpStream = std::net::TcpStream::from(fd);
+            // A blocking connect with a short timeout through a nonblocking one.
+            std_sock.set_nonblocking(true).unwrap();
+            let std::net::SocketAddr::V4(d4) = dst else { unreachable!() };
+            let _ = nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&std_sock), &nix::sys::socket::SockaddrIn::from(d4));
+            v.push(std_sock);
+        }
+        v
+    })
+}
+
+#[test]
+fn a_connection_flood_without_the_key_leaves_the_agent_alive_bounded_and_in_the_cluster() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    raise_own_nofile();
+    let mut c = Cluster::new("hflood", 3, 1, 10, 3);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(15));
+    let victim = 1; // node 2
+    let pid = c.agents[victim].as_ref().unwrap().pid();
+    let before = fd_count(pid);
+    let target: std::net::SocketAddr = format!("{}:7406", link_addr(0, victim)).parse().unwrap();
+    let client = c.add_client(0);
+    // 5,000 connections: 2,500 from a host that is no peer, 2,500 from a
+    // peer's address (node 1's, from its namespace), all held open.
+    let mut held = Vec::new();
+    let mut max_fds = before;
+    for round in 0..10 {
+        held.extend(flood(&client.ns.name, &client.addr, target, 250));
+        held.extend(flood(&c.hosts[0].ns.name, &link_addr(0, 0), target, 250));
+        std::thread::sleep(Duration::from_millis(50));
+        max_fds = max_fds.max(fd_count(pid));
+        // Crash node 3 in the middle of the flood: node 2 must still force
+        // it out within the bound (its datapath and event loop unaffected).
+        if round == 5 {
+            let t = c.kill(2);
+            let done = wait_until(Duration::from_secs(5), || c.membership(victim)["nodes"][2]["state"] == "inactive");
+            let ms = (monotonic_ns() - t) as f64 / 1e6;
+            eprintln!("during the flood: node3 forced out at node2 {ms:.0} ms after SIGKILL (observed by polling)");
+            assert!(done.is_some(), "node 3 never forced out at node 2 during the flood: {}", c.membership(victim));
+            assert!(ms < 2000.0, "forced out {ms} ms after the kill (bound 30 ms)");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    max_fds = max_fds.max(fd_count(pid));
+    eprintln!("flood: {} connections opened; agent descriptors {before} before, at most {max_fds} during", held.len());
+    assert!(held.len() >= 4000, "the flood opened only {} connections", held.len());
+    let a = c.agents[victim].as_mut().unwrap();
+    assert!(a.child.try_wait().unwrap().is_none(), "the agent ended:\n{}", c.agent_log(victim));
+    // Pre-authentication connections are bounded: 8 per peer address (2
+    // peers here), the stranger's closed at once.
+    assert!(max_fds < before + 100, "descriptors grew from {before} to {max_fds} under the flood");
+    let st = c.status(victim);
+    let ch = &st["agent"]["channel"];
+    eprintln!("control channel counters after the flood: {ch}");
+    assert!(ch["preauth_rejected"].as_u64().unwrap_or(0) >= 1000, "{ch}");
+    assert!(ch["preauth_evicted"].as_u64().unwrap_or(0) >= 1000, "{ch}");
+    // Still in the cluster with node 1, in one view.
+    assert_eq!(c.membership(victim)["my_state"], "joined");
+    drop(held);
+    assert_eq!(c.membership(0)["my_state"], "joined");
+    c.wait_all_joined(Duration::from_secs(10));
+}
+
+#[test]
+fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_refused() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut c = Cluster::new("hidle", 3, 1, 10, 3);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(15));
+    let sock = c.control_socket(0);
+    // Twenty forgotten `nc -U` clients on the master's control socket: they
+    // connect and send nothing (more than the 16 served at once).
+    let idle: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = c.kill(2);
+    let done = wait_until(Duration::from_secs(5), || c.membership(0)["nodes"][2]["state"] == "inactive");
+    let ms = (monotonic_ns() - t) as f64 / 1e6;
+    eprintln!("with 20 idle control-socket clients: node3 forced out at node1 {ms:.0} ms after SIGKILL (observed by polling)");
+    assert!(done.is_some(), "node 3 never forced out while idle clients held node 1's control socket: {}", c.membership(0));
+    assert!(ms < 2000.0, "{ms} ms");
+    // The idle clients are closed after the request deadline (2 s), and
+    // the socket serves requests again.
+    drop(idle);
+    let reply = |line: &str| -> String {
+        use std::io::{BufRead, Write};
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(line.as_bytes());
+        let mut r = String::new();
+        let _ = std::io::BufReader::new(s).read_line(&mut r);
+        r.trim().to_string()
+    };
+    assert!(reply("ping\n").starts_with("ok "), "ping");
+    // A line longer than the limit is refused, not buffered without end.
+    let long = reply(&"x".repeat(10_000));
+    assert!(long.contains("longer than 4096"), "{long}");
+    // A user other than root is refused by its credentials, even when the
+    // socket's mode would let it connect.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let dir_mode = |p: &std::path::Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+        let mut d = sock.parent().unwrap().to_path_buf();
+        while d.starts_with(&c.dir) {
+            let _ = dir_mode(&d);
+            d.pop();
+        }
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
+            .arg(format!(
+                "import socket; s=socket.socket(socket.AF_UNIX); s.connect({:?}); s.sendall(b'stop\\n'); print(s.recv(1000).decode())",
+                sock.display().to_string()
+            ))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("permission denied"), "nobody's request: {text}");
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_eq!(c.membership(0)["my_state"], "joined", "nobody's `stop` must not have been obeyed");
+    // A second agent with the same configuration (state dir, sockets)
+    // refuses to start, and the first keeps its socket and its place.
+    let log = c.node_dir(0).join("second.log");
+    let mut second = Agent::spawn(&c.hosts[0].ns, &c.config_path(0), &log);
+    let ended = wait_until(Duration::from_secs(10), || second.child.try_wait().unwrap().is_some());
+    assert!(ended.is_some(), "the second agent kept running");
+    assert!(!second.child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("another baton agent runs with the state directory"), "{text}");
+    assert!(reply("ping\n").starts_with("ok "), "the first agent's socket must still answer");
+    assert_eq!(c.membership(0)["my_state"], "joined");
+    c.wait_all_joined(Duration::from_secs(5));
+}
