@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressFlag, AddressHeaderFlag, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkLayerType};
 use tracing::{debug, info, warn};
 
@@ -173,8 +173,8 @@ pub async fn add(ifname: &str, ip: IpAddr, prefix_len: u8, nodad: bool) -> Resul
         if nodad && ip.is_ipv6() {
             let m = req.message_mut();
             // The 8-bit header field for old kernels, IFA_FLAGS for new ones.
-            m.header.flags.push(AddressHeaderFlag::Nodad);
-            m.attributes.push(AddressAttribute::Flags(vec![AddressFlag::Nodad]));
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         req.execute().await.map_err(nl_err("adding", ip, ifname))?;
         debug!(interface = ifname, address = %ip, prefix_len, was, "address added");
@@ -403,12 +403,12 @@ async fn find(handle: &rtnetlink::Handle, link: &Link, ip: IpAddr) -> Result<Vec
 }
 
 fn flags_of(msg: &AddressMessage) -> (bool, bool) {
-    let mut tentative = msg.header.flags.contains(&AddressHeaderFlag::Tentative);
-    let mut dadfailed = msg.header.flags.contains(&AddressHeaderFlag::Dadfailed);
+    let mut tentative = msg.header.flags.contains(AddressHeaderFlags::Tentative);
+    let mut dadfailed = msg.header.flags.contains(AddressHeaderFlags::Dadfailed);
     for a in &msg.attributes {
         if let AddressAttribute::Flags(f) = a {
-            tentative |= f.contains(&AddressFlag::Tentative);
-            dadfailed |= f.contains(&AddressFlag::Dadfailed);
+            tentative |= f.contains(AddressFlags::Tentative);
+            dadfailed |= f.contains(AddressFlags::Dadfailed);
         }
     }
     (tentative, dadfailed)

@@ -15,7 +15,7 @@ use baton_common::{
     MAP_NODE_SLOTS, MAP_PEERS, MAX_LINKS,
 };
 use futures::TryStreamExt;
-use netlink_packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
 use tracing::{info, warn};
 
 use crate::config::{Config, XdpModeSetting};
@@ -421,9 +421,10 @@ async fn clear_stale_attachments(cfg: &Config) -> Result<()> {
                 XdpAttached::Hardware => 1u32 << 3,
                 _ => 1u32 << 1,
             };
-            let mut req = handle.link().set(msg.header.index);
-            req.message_mut().attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Fd(-1), LinkXdp::Flags(flags)]));
-            match req.execute().await {
+            let mut detach = LinkMessage::default();
+            detach.header.index = msg.header.index;
+            detach.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Fd(-1), LinkXdp::Flags(flags)]));
+            match handle.link().set(detach).execute().await {
                 Ok(()) => warn!(interface = %l.interface, prog_id, "replaced a stale baton XDP attachment left by an earlier agent"),
                 Err(_) => return Err(DatapathError::HeldByOther { interface: l.interface.clone(), prog_id }),
             }

@@ -732,6 +732,10 @@ pub struct Services {
     /// When the handshake with the current master is retried (a report or a
     /// Collect sent while a link was down is lost).
     retry_at: Option<Instant>,
+    /// Services removed by [`Services::reconfigure`] that may still run
+    /// somewhere: stopped everywhere first, forgotten once nothing of them is
+    /// left (see [`Services::reconfigure`]).
+    retired: BTreeSet<String>,
 }
 
 /// How often an unfinished handshake with a new decider is retried.
@@ -762,33 +766,46 @@ fn start_ended(l: &mut LocalSvc, actions: &mut VecDeque<Action>, params: ActionP
     false
 }
 
+/// The specs by name; a name given twice is an error.
+fn spec_map(list: Vec<ServiceSpec>) -> Result<BTreeMap<String, ServiceSpec>, SpecError> {
+    let mut specs = BTreeMap::new();
+    for s in list {
+        if specs.contains_key(&s.name) {
+            return Err(SpecError::Duplicate(s.name));
+        }
+        specs.insert(s.name.clone(), s);
+    }
+    Ok(specs)
+}
+
+/// Parents before children (then by name); every parent must be defined
+/// and no service may be its own ancestor.
+fn start_order(specs: &BTreeMap<String, ServiceSpec>) -> Result<Vec<String>, SpecError> {
+    let mut depth: BTreeMap<String, usize> = BTreeMap::new();
+    for name in specs.keys() {
+        let mut d = 0;
+        let mut cur = name.clone();
+        while let Some(p) = specs[&cur].parent.clone() {
+            if !specs.contains_key(&p) {
+                return Err(SpecError::UnknownParent { service: cur, parent: p });
+            }
+            d += 1;
+            if d > specs.len() {
+                return Err(SpecError::Cycle(name.clone()));
+            }
+            cur = p;
+        }
+        depth.insert(name.clone(), d);
+    }
+    let mut order: Vec<String> = specs.keys().cloned().collect();
+    order.sort_by(|a, b| (depth[a], a).cmp(&(depth[b], b)));
+    Ok(order)
+}
+
 impl Services {
     pub fn new(cfg: Config) -> Result<Services, SpecError> {
-        let mut specs = BTreeMap::new();
-        for s in cfg.services {
-            if specs.contains_key(&s.name) {
-                return Err(SpecError::Duplicate(s.name));
-            }
-            specs.insert(s.name.clone(), s);
-        }
-        let mut depth: BTreeMap<String, usize> = BTreeMap::new();
-        for name in specs.keys() {
-            let mut d = 0;
-            let mut cur = name.clone();
-            while let Some(p) = specs[&cur].parent.clone() {
-                if !specs.contains_key(&p) {
-                    return Err(SpecError::UnknownParent { service: cur, parent: p });
-                }
-                d += 1;
-                if d > specs.len() {
-                    return Err(SpecError::Cycle(name.clone()));
-                }
-                cur = p;
-            }
-            depth.insert(name.clone(), d);
-        }
-        let mut order: Vec<String> = specs.keys().cloned().collect();
-        order.sort_by(|a, b| (depth[a], a).cmp(&(depth[b], b)));
+        let specs = spec_map(cfg.services)?;
+        let order = start_order(&specs)?;
         let mut services = BTreeMap::new();
         for s in specs.values() {
             services.insert(s.name.clone(), Entry::new(s.parent.is_none() && s.auto_register));
@@ -829,6 +846,7 @@ impl Services {
             now: Instant::ZERO,
             early_collect: None,
             retry_at: None,
+            retired: BTreeSet::new(),
         };
         for name in me.order.clone() {
             let st = me.status_of(&name, Instant::ZERO);
@@ -852,6 +870,129 @@ impl Services {
     }
     pub fn specs(&self) -> impl Iterator<Item = &ServiceSpec> {
         self.specs.values()
+    }
+
+    /// Whether `name` is configured and not being removed.
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.specs.contains_key(name) && !self.retired.contains(name)
+    }
+
+    /// Services removed by a reconfiguration that are not forgotten yet
+    /// (they still run, or stop, somewhere).
+    pub fn retired(&self) -> impl Iterator<Item = &String> {
+        self.retired.iter()
+    }
+
+    /// A new set of services (a configuration reload), applied without a
+    /// restart. Checked as a whole first (duplicates, parents, cycles):
+    /// on an error nothing changes.
+    ///
+    /// * A new service is added (the decider registers it as usual).
+    /// * A changed service takes its new choosing parameters at once; the
+    ///   decider moves it (a planned move, reason `Transfer`) only if the
+    ///   node it runs on is no longer allowed, or, with a free transfer
+    ///   cost, if a better node is up (failback). Otherwise it stays where
+    ///   it runs.
+    /// * A removed service is *retired*: the decider deregisters it
+    ///   (children first) wherever it runs, and every node forgets it once
+    ///   nothing of it runs (on the decider: once no instance is left in the
+    ///   registry). Until then it shows in the status as before. A service
+    ///   given again before it is forgotten is simply kept.
+    ///
+    /// Every node reconfigures from its own file. A node asked by the
+    /// decider to start a service it does not know refuses, as a failed
+    /// start (the decider then tries the next node), so nodes whose files
+    /// differ never run a service they were not configured for.
+    pub fn reconfigure(&mut self, now: Instant, services: Vec<ServiceSpec>) -> Result<(), SpecError> {
+        self.now = self.now.max(now);
+        let new = spec_map(services)?;
+        start_order(&new)?;
+        let mut all = new.clone();
+        let mut retired = BTreeSet::new();
+        for (name, old) in &self.specs {
+            if !new.contains_key(name) {
+                all.insert(name.clone(), old.clone());
+                retired.insert(name.clone());
+            }
+        }
+        // A retired child of a kept parent is fine; a kept child of a
+        // retired parent cannot be (the new set's parents are all in it).
+        let order = start_order(&all)?;
+        for name in new.keys() {
+            if !self.specs.contains_key(name) {
+                let spec = &new[name];
+                let wanted = spec.parent.is_none() && spec.auto_register;
+                if self.decider.as_ref().is_some_and(|d| d.collected) {
+                    self.registry.services.entry(name.clone()).or_insert_with(|| Entry::new(wanted));
+                }
+            }
+        }
+        self.specs = all;
+        self.order = order;
+        self.retired = retired;
+        for name in self.order.clone() {
+            if !self.shown.contains_key(&name) {
+                let st = self.status_of(&name, self.now);
+                self.shown.insert(name.clone(), st.clone());
+                self.actions.push_back(Action::Changed { status: st });
+            }
+        }
+        if let Some(d) = self.decider.as_mut() {
+            d.dirty = true;
+        }
+        self.report_dirty = true;
+        self.flush();
+        Ok(())
+    }
+
+    /// Whether `name` or one of its ancestors is retired.
+    fn is_retired(&self, name: &str) -> bool {
+        let mut cur = name;
+        loop {
+            if self.retired.contains(cur) {
+                return true;
+            }
+            match self.specs.get(cur).and_then(|s| s.parent.as_deref()) {
+                Some(p) => cur = p,
+                None => return false,
+            }
+        }
+    }
+
+    /// Forgets retired services of which nothing is left: not active here,
+    /// no recovery running here, no child still known, and (on the
+    /// decider) no instance in the registry.
+    fn purge_retired(&mut self) {
+        if self.retired.is_empty() {
+            return;
+        }
+        let decider = self.decider.as_ref().is_some_and(|d| d.collected);
+        for name in self.order.clone().into_iter().rev() {
+            if !self.retired.contains(&name) {
+                continue;
+            }
+            let busy_here = self.locals.get(&name).is_some_and(|l| l.phase.active() || l.pending_stop.is_some())
+                || self.recoveries.get(&name).is_some_and(|r| r.ok.is_none());
+            let has_child = self.specs.values().any(|s| s.parent.as_deref() == Some(name.as_str()));
+            let instances = self.registry.services.get(&name).is_some_and(|e| !e.instances.is_empty());
+            if busy_here || has_child || (decider && instances) {
+                continue;
+            }
+            self.specs.remove(&name);
+            self.order.retain(|n| *n != name);
+            self.retired.remove(&name);
+            self.shown.remove(&name);
+            self.notified.remove(&name);
+            if let Some(d) = self.decider.as_mut() {
+                if d.collected {
+                    self.registry.services.remove(&name);
+                }
+                d.awaiting_since.remove(&name);
+                d.alerted.remove(&name);
+                d.commit_at.remove(&name);
+                d.dirty = true;
+            }
+        }
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -1129,6 +1270,26 @@ impl Services {
     fn on_directive(&mut self, directive: Directive, params: ActionParams) {
         let service = params.service.clone();
         if !self.specs.contains_key(&service) {
+            // Not configured here (this node's file differs from the
+            // decider's): a start is refused as a failed one, so that the
+            // decider tries the next node; a stop finds nothing to stop.
+            let op = params.op;
+            if let Directive::Recover { .. } = directive {
+                if self.recoveries.get(&service).is_none_or(|r| r.op < op) {
+                    self.recoveries.insert(service, LocalRecovery { op, failed: params.previous.unwrap_or(0), ok: Some(false) });
+                    self.report_dirty = true;
+                }
+                return;
+            }
+            let l = self.locals.entry(service).or_default();
+            if op > l.op && !l.phase.active() {
+                l.op = op;
+                l.outcome = Some(match directive {
+                    Directive::Stop => LocalOutcome::Stopped,
+                    _ => LocalOutcome::StartFailed,
+                });
+                self.report_dirty = true;
+            }
             return;
         }
         let op = params.op;
@@ -1290,6 +1451,9 @@ impl Services {
             if self.decider.as_ref().is_some_and(|d| d.dirty) {
                 self.reconcile();
             }
+            // Retired services of which nothing is left are forgotten (on
+            // the decider this marks it dirty: the next pass publishes).
+            self.purge_retired();
             if self.report_dirty {
                 self.report_dirty = false;
                 if let Some(m) = self.master {
@@ -2161,7 +2325,9 @@ impl Services {
         let is_child = spec.parent.is_some();
         let parent_nodes: Option<BTreeSet<NodeId>> =
             spec.parent.as_ref().map(|p| stable.get(p).cloned().unwrap_or_default());
-        let wanted = self.registry.services[&root].wanted && !self.registry.services[name].blocked;
+        // A retired service (removed by a reconfiguration) is deregistered.
+        let retired = self.is_retired(name);
+        let wanted = self.registry.services[&root].wanted && !self.registry.services[name].blocked && !retired;
 
         if self.specs[&root].placement == Placement::Every {
             self.decide_every(name, &root, wanted, &cands, &usable, parent_nodes, stable);
@@ -2187,21 +2353,24 @@ impl Services {
         }
         if let Some(&n) = here.first() {
             // S4.6: off-line mode, and the way in and out of it.
-            if self.decide_offline(name, &root, n, parent_nodes.as_ref(), wanted, &usable, &cands, stable) {
+            if !retired && self.decide_offline(name, &root, n, parent_nodes.as_ref(), wanted, &usable, &cands, stable) {
                 return;
             }
             let mut stop: Option<(Reason, bool)> = None;
             // Where a planned move goes (the `next` hint of its Stop).
             let mut next: Option<NodeId> = None;
-            if let Some(pn) = &parent_nodes {
+            if retired {
+                stop = Some((Reason::Deregister, false));
+            } else if let Some(pn) = &parent_nodes {
                 if !pn.contains(&n) {
                     let t = self.registry.services[spec.parent.as_ref().unwrap()].transfer_intent;
                     stop = Some((Reason::Parent, t));
                 }
             } else if !wanted {
                 stop = Some((Reason::Deregister, false));
-            } else if !usable.contains(&n) {
-                // Leaving or standby: the move is not optional.
+            } else if !usable.contains(&n) || !self.specs[&root].may_run_on(n) {
+                // Leaving or standby, or no longer allowed there (a
+                // reconfiguration): the move is not optional.
                 stop = Some((Reason::Transfer, true));
                 next = cands.iter().copied().find(|c| *c != n);
             } else {

@@ -1783,3 +1783,151 @@ fn every_node_leaving_at_once_all_are_drained() {
     assert!(h.drained(2), "node 2 was not drained: {:?}", h.nodes[&2].actions);
     assert!(h.drained(3), "node 3 was not drained");
 }
+
+// ---------------------------------------------------------------------------
+// Reconfiguration (a reload of the groups without a restart)
+// ---------------------------------------------------------------------------
+
+impl H {
+    /// Every node (and the nodes booted later) takes `specs`.
+    fn reconfigure(&mut self, specs: Vec<ServiceSpec>) {
+        self.specs = specs.clone();
+        let now = self.now;
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.nodes.get_mut(&id).unwrap().core.reconfigure(now, specs.clone()).unwrap();
+            self.input(id, Input::Tick);
+        }
+        self.pump();
+    }
+
+    /// Only node `id` takes `specs` (its file differs from the others').
+    fn reconfigure_one(&mut self, id: NodeId, specs: Vec<ServiceSpec>) {
+        let now = self.now;
+        self.nodes.get_mut(&id).unwrap().core.reconfigure(now, specs).unwrap();
+        self.input(id, Input::Tick);
+        self.pump();
+    }
+
+    fn known(&self, id: NodeId) -> Vec<String> {
+        self.nodes[&id].core.snapshot().into_iter().map(|s| s.name).collect()
+    }
+}
+
+#[test]
+fn reconfigure_adds_a_service_without_touching_the_others() {
+    let a = ServiceSpec { allowable: nodes(&[1, 2, 3]), ..ServiceSpec::new("a") };
+    let mut h = H::new(vec![a.clone()]);
+    for n in [1, 2, 3] {
+        h.boot(n);
+    }
+    assert_eq!(h.st("a"), (Registered, Some(1), ""));
+    h.mark();
+    let b = ServiceSpec { allowable: nodes(&[2, 3]), ..ServiceSpec::new("b") };
+    h.reconfigure(vec![a.clone(), b]);
+    assert_eq!(h.st("b"), (Registered, Some(2), ""));
+    assert_eq!(h.st("a"), (Registered, Some(1), ""));
+    assert_eq!(h.funcs(1), Vec::<String>::new(), "a is not touched");
+    assert_eq!(h.funcs(2), v(&["start b", "enable b"]));
+    for n in [1, 2, 3] {
+        assert_eq!(h.known(n), v(&["a", "b"]));
+    }
+}
+
+#[test]
+fn reconfigure_removes_a_group_children_first_and_forgets_it() {
+    let keep = ServiceSpec { allowable: nodes(&[1, 2]), ..ServiceSpec::new("keep") };
+    let mut specs = group3();
+    specs.push(keep.clone());
+    let mut h = H::new(specs);
+    h.boot(1);
+    h.boot(2);
+    assert_eq!(h.st("mon"), (Registered, Some(1), ""));
+    assert_eq!(h.st("keep"), (Registered, Some(1), ""));
+    h.mark();
+    h.reconfigure(vec![keep.clone()]);
+    assert_eq!(
+        h.funcs(1),
+        v(&["disable mon", "stop mon", "disable app", "stop app", "disable ip", "stop ip"]),
+        "the removed group stops children first; keep is not touched"
+    );
+    assert_eq!(h.funcs(2), Vec::<String>::new());
+    for n in [1, 2] {
+        assert_eq!(h.known(n), v(&["keep"]), "node {n} forgot the removed group");
+    }
+    assert_eq!(h.st("keep"), (Registered, Some(1), ""));
+    // Given again later: it starts again.
+    let mut again = group3();
+    again.push(keep);
+    h.reconfigure(again);
+    assert_eq!(h.st("mon"), (Registered, Some(1), ""));
+}
+
+#[test]
+fn reconfigure_moves_a_service_only_when_its_node_is_no_longer_allowed() {
+    let a = ServiceSpec { allowable: nodes(&[1, 2, 3]), ..ServiceSpec::new("a") };
+    let b = ServiceSpec { allowable: nodes(&[1, 2, 3]), ..ServiceSpec::new("b") };
+    let mut h = H::new(vec![a.clone(), b.clone()]);
+    for n in [1, 2, 3] {
+        h.boot(n);
+    }
+    assert_eq!((h.st("a").1, h.st("b").1), (Some(1), Some(1)));
+    h.mark();
+    // A new order of preference (costly transfer): nothing moves.
+    let a2 = ServiceSpec { allowable: nodes(&[3, 2, 1]), ..a.clone() };
+    h.reconfigure(vec![a2, b.clone()]);
+    assert_eq!(h.st("a").1, Some(1));
+    assert_eq!(h.funcs(1), Vec::<String>::new());
+    // Node 1 removed from a's list: a moves to the first allowed node
+    // (a planned move); b stays.
+    let a3 = ServiceSpec { allowable: nodes(&[3, 2]), ..a.clone() };
+    h.reconfigure(vec![a3, b.clone()]);
+    assert_eq!(h.st("a"), (Registered, Some(3), ""));
+    assert_eq!(h.st("b"), (Registered, Some(1), ""));
+    assert_eq!(h.funcs(1), v(&["disable a", "stop a"]));
+    assert_eq!(h.funcs(3), v(&["start a", "enable a"]));
+    let stop = h.nodes[&1].actions.iter().find_map(|(_, a)| match a {
+        Action::Stop { params } => Some(params.clone()),
+        _ => None,
+    });
+    assert_eq!(stop.map(|p| (p.reason, p.next)), Some((Reason::Transfer, Some(3))));
+    // A new preferred node with a free transfer cost: failback there.
+    h.mark();
+    let b2 = ServiceSpec { preferred: Some(2), transfer_cost: TransferCost::Free, ..b };
+    h.reconfigure(vec![ServiceSpec { allowable: nodes(&[3, 2]), ..a }, b2]);
+    assert_eq!(h.st("b").1, Some(2));
+    assert_eq!(h.st("a").1, Some(3), "a does not move again");
+}
+
+#[test]
+fn reconfigure_refuses_a_bad_set_and_changes_nothing() {
+    let a = ServiceSpec::new("a");
+    let mut h = H::new(vec![a.clone()]);
+    h.boot(1);
+    let before = h.nodes[&1].core.snapshot();
+    let orphan = ServiceSpec { parent: Some("nope".into()), ..ServiceSpec::new("c") };
+    let e = h.nodes.get_mut(&1).unwrap().core.reconfigure(Instant::ZERO, vec![a.clone(), orphan]).unwrap_err();
+    assert_eq!(e.to_string(), "service \"c\" names parent \"nope\", which is not defined");
+    let e = h.nodes.get_mut(&1).unwrap().core.reconfigure(Instant::ZERO, vec![a.clone(), a]).unwrap_err();
+    assert_eq!(e.to_string(), "service \"a\" is defined twice");
+    assert_eq!(h.nodes[&1].core.snapshot(), before);
+}
+
+#[test]
+fn a_node_without_the_service_refuses_its_start_and_the_decider_moves_on() {
+    // Node 1 (the decider) has "b", node 2 does not (its file was not
+    // reloaded yet): b is preferred on 2, which refuses, so it runs on 3.
+    let a = ServiceSpec::new("a");
+    let mut h = H::new(vec![a.clone()]);
+    for n in [1, 2, 3] {
+        h.boot(n);
+    }
+    let b = ServiceSpec { allowable: nodes(&[2, 3]), ..ServiceSpec::new("b") };
+    h.reconfigure_one(3, vec![a.clone(), b.clone()]);
+    h.reconfigure_one(1, vec![a.clone(), b.clone()]);
+    assert_eq!(h.st_on(1, "b"), (Registered, Some(3), ""));
+    assert_eq!(h.running("b"), vec![3]);
+    assert_eq!(h.funcs(2), Vec::<String>::new(), "node 2 ran nothing of b");
+    // Node 2 reloads too: b stays on 3 (costly transfer), 2 knows it.
+    h.reconfigure_one(2, vec![a, b]);
+    assert_eq!(h.st("b"), (Registered, Some(3), ""));
+}
