@@ -238,9 +238,24 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = real_main() {
-        eprintln!("baton: error: {e:#}");
+        eprintln!("baton: error: {}", error_text(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, like `{:#}`, but a cause whose text
+/// the message before it already contains (our errors name their source in
+/// their message) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 /// The environment variable that carries the number of halts in a row
@@ -507,4 +522,23 @@ fn operator_request(config: &std::path::Path, line: &str) -> anyhow::Result<()> 
     }
     println!("{reply}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+    use anyhow::Context;
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = baton_agent::config::load(std::path::Path::new("/nonexistent/baton.toml")).unwrap_err();
+        let e = anyhow::Error::new(e).context("loading the configuration");
+        let text = error_text(&e);
+        assert_eq!(text.matches(&io.to_string()).count(), 1, "{text}");
+        assert!(text.starts_with("loading the configuration: /nonexistent/baton.toml: cannot read: "), "{text}");
+        // A cause that the message does not contain is still shown.
+        let e = Err::<(), _>(io).context("opening the disk").unwrap_err();
+        assert_eq!(error_text(&e), format!("opening the disk: {}", std::io::Error::from_raw_os_error(2)));
+    }
 }
