@@ -1,6 +1,5 @@
 //! `baton run`: the daemon.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -22,19 +21,14 @@ use baton_core::membership::{HaltReason, Input};
 /// A new incarnation: the wall clock in µs, but always above the last one
 /// this node used (kept in the state dir), so a restart is always "newer" even
 /// if the clock stepped back.
+/// An unreadable or corrupt file is an error that names it
+/// ([`crate::statefile::next_incarnation`]).
 pub fn next_incarnation(file: &Path) -> Result<u64> {
-    let last: u64 = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let inc = wall.max(last + 1);
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    writeln!(f, "{inc}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
-    Ok(inc)
+    Ok(crate::statefile::next_incarnation(file, wall)?)
 }
 
 /// Takes `<state_dir>/agent.lock` (an exclusive `flock`, held for as long
@@ -351,10 +345,7 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
         "send_errors": s.send_errors.load(Relaxed),
         "late_ticks": s.late_ticks.load(Relaxed),
     });
-    let tmp = cfg.paths.agent_status().with_extension("tmp");
-    if std::fs::write(&tmp, status.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, cfg.paths.agent_status());
-    }
+    let _ = crate::statefile::write_atomic(&cfg.paths.agent_status(), status.to_string().as_bytes(), false);
 }
 
 /// Turns the datapath's node-level peer events into membership inputs.
@@ -396,7 +387,7 @@ async fn event_loop(
     // the fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
-    let incarnation = std::fs::read_to_string(cfg.paths.incarnation_file()).unwrap_or_default();
+    let incarnation = status["incarnation"].to_string();
     let mut effects = driver.handle(Input::Start);
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
