@@ -7,7 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use baton_common::{siphash::key_halves, Event};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Config};
 use crate::datapath::Datapath;
@@ -348,6 +348,26 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
     let _ = crate::statefile::write_atomic(&cfg.paths.agent_status(), status.to_string().as_bytes(), false);
 }
 
+/// Logs a peer event, wakes the control channel and the sender for a peer
+/// that came up, and returns its membership input.
+fn route_peer_event(mut pe: crate::events::PeerEvent, driver: &mut ClusterDriver, sender: &sender::Sender, sink: &mut EventSink) -> Option<Input> {
+    let input = peer_input(&pe);
+    if pe.event == "peer_silent" && driver.left_gracefully(pe.node) {
+        // Membership still hears of it (PeerGone), but the log and the
+        // event actions do not see a failure.
+        pe.event = "peer_stopped";
+    }
+    sink.emit(&pe);
+    if matches!(pe.event, "link_up" | "peer_restarted") {
+        // A peer came up: dial it now if we dial it, and answer with a
+        // heartbeat that carries its incarnation, so that it sees us up at
+        // once too.
+        driver.peer_heard(pe.node, pe.link);
+        sender.heartbeat_now(pe.node);
+    }
+    input
+}
+
 /// Turns the datapath's node-level peer events into membership inputs.
 fn peer_input(pe: &crate::events::PeerEvent) -> Option<Input> {
     match pe.event {
@@ -392,6 +412,8 @@ async fn event_loop(
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
     let mut last_view = None;
+    // The datapath's `events_lost` counter as last reported.
+    let mut events_lost = 0u64;
     loop {
         // The negotiated takeover follows the membership (joins and
         // departures), and its steps may ask for services inputs, a leave or
@@ -520,8 +542,31 @@ async fn event_loop(
                     "preauth_rejected": stats.preauth_rejected,
                     "preauth_evicted": stats.preauth_evicted,
                 });
+                // Events the ring buffer could not take (it was full) are
+                // counted by the datapath; whatever they reported is made up
+                // for from the liveness map, every second (docs/datapath.md).
+                let lost = crate::status::counters(cfg)
+                    .ok()
+                    .and_then(|v| v.into_iter().find(|(c, _)| *c == baton_common::Counter::EventsLost).map(|(_, n)| n))
+                    .unwrap_or(0);
+                if lost > events_lost {
+                    warn!(lost = lost - events_lost, total = lost, "the datapath's event ring buffer was full: events lost; resyncing from the liveness map");
+                    events_lost = lost;
+                }
+                status["events_lost"] = events_lost.into();
+                match crate::status::peer_links(cfg) {
+                    Ok(links) => {
+                        for pe in tracker.resync(&links, monotonic_ns()) {
+                            warn!(event = pe.event, node = pe.node, link = ?pe.link, "resync: the liveness map shows a change whose event was lost");
+                            if let Some(i) = route_peer_event(pe, &mut driver, sender, &mut sink) {
+                                effects.extend(driver.handle(i));
+                            }
+                        }
+                    }
+                    Err(e) => debug!("resync: cannot read the liveness map: {e}"),
+                }
                 write_agent_status(cfg, &mut status, &sender.shared);
-                effects = driver.services_input(|s, c| s.feed_load(c));
+                effects.extend(driver.services_input(|s, c| s.feed_load(c)));
             }
             d = recv_opt(&mut svc_done), if has_svc => {
                 if let Some(d) = d { effects = driver.services_input(|s, c| s.done(d, c)); }
@@ -561,25 +606,8 @@ async fn event_loop(
                         continue;
                     }
                     let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                    for mut pe in tracker.on_record(&ev, agent_ns) {
-                        let input = peer_input(&pe);
-                        if pe.event == "peer_silent" && driver.left_gracefully(pe.node) {
-                            // Membership still hears of it (PeerGone), but
-                            // the log and the event actions do not see a
-                            // failure.
-                            pe.event = "peer_stopped";
-                        }
-                        sink.emit(&pe);
-                        if matches!(pe.event, "link_up" | "peer_restarted") {
-                            // A peer came up: dial it now if we dial it, and
-                            // answer with a heartbeat that carries its
-                            // incarnation, so that it sees us up at once too.
-                            driver.peer_heard(pe.node, pe.link);
-                            sender.heartbeat_now(pe.node);
-                        }
-                        if let Some(i) = input {
-                            inputs.push(i);
-                        }
+                    for pe in tracker.on_record(&ev, agent_ns) {
+                        inputs.extend(route_peer_event(pe, &mut driver, sender, &mut sink));
                     }
                 }
                 guard.clear_ready();
