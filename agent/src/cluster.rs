@@ -558,10 +558,7 @@ impl ClusterDriver {
                 "changes_committed": self.core.stats().changes_committed,
             },
         });
-        let tmp = self.snapshot.with_extension("tmp");
-        if std::fs::write(&tmp, doc.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.snapshot);
-        }
+        let _ = crate::statefile::write_atomic(&self.snapshot, doc.to_string().as_bytes(), false);
     }
 
     /// Ends the driver. Whatever resource group still runs here is halted

@@ -126,6 +126,8 @@ pub async fn read_line_limited<R: tokio::io::AsyncRead + Unpin>(r: R, max: usize
 async fn serve_one(mut s: UnixStream, tx: mpsc::Sender<Request>) {
     let (r, mut w) = s.split();
     let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_line_limited(r, MAX_REQUEST_LINE)).await {
+        // Connected and closed without a request: nothing to do.
+        Ok(Ok(Some(l))) if l.is_empty() => return,
         Ok(Ok(Some(l))) => l,
         Ok(Ok(None)) => {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, w.write_all(format!("error: request longer than {MAX_REQUEST_LINE} bytes\n").as_bytes())).await;

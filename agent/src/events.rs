@@ -59,6 +59,46 @@ impl PeerTracker {
         self.up_links.values().any(|l| !l.is_empty())
     }
 
+    /// Compares what the events said with the datapath's liveness records
+    /// (`BATON_PEERS`, one [`PeerLink`](baton_common::PeerLink) per peer
+    /// and link) and returns the events of every difference, as if their
+    /// lost records had arrived now: a link up here but silent (or
+    /// distressed) in the kernel, or up in the kernel but not here. So an
+    /// event lost to a full ring buffer delays what it reports until the
+    /// next resync, never for good. Records in state unknown (never heard)
+    /// are skipped. Idempotent: a late real record of the same change
+    /// reports nothing more.
+    pub fn resync(&mut self, links: &[baton_common::PeerLink], agent_ns: u64) -> Vec<PeerEvent> {
+        use baton_common::{LINK_DISTRESSED, LINK_SILENT, LINK_UP};
+        let mut out = Vec::new();
+        for l in links {
+            if !self.names.contains_key(&l.node) {
+                continue;
+            }
+            let up_here = self.up_links.get(&l.node).is_some_and(|s| s.contains(&l.link));
+            let rec = |kind: u32| Event {
+                kind,
+                node: l.node,
+                link: l.link,
+                reason: l.distress_reason,
+                incarnation: l.incarnation,
+                ts_ns: l.changed_ns,
+                last_seen_ns: l.last_seen_ns,
+            };
+            match l.state {
+                LINK_SILENT if up_here => out.extend(self.on_record(&rec(EV_LINK_SILENT), agent_ns)),
+                LINK_DISTRESSED if self.distressed.get(&l.node) != Some(&l.incarnation) => {
+                    out.extend(self.on_record(&rec(EV_DISTRESS), agent_ns))
+                }
+                LINK_UP if !up_here && self.distressed.get(&l.node) != Some(&l.incarnation) => {
+                    out.extend(self.on_record(&rec(EV_LINK_UP), agent_ns))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     pub fn on_record(&mut self, ev: &Event, agent_ns: u64) -> Vec<PeerEvent> {
         let name = self.names.get(&ev.node).cloned().unwrap_or_else(|| format!("node{}", ev.node));
         let mk = |event: &'static str, link: Option<u32>| PeerEvent {
@@ -229,5 +269,38 @@ addresses = ["10.0.0.2", "10.0.1.2"]
         assert!(t.on_record(&rec(EV_DISTRESS, 1, 5), 1).is_empty());
         assert_eq!(kinds(t.on_record(&rec(EV_NEW_INCARNATION, 0, 6), 1)), ["peer_restarted"]);
         assert_eq!(kinds(t.on_record(&rec(EV_DISTRESS, 0, 6), 1)), ["peer_distress"]);
+    }
+
+    fn link(node: u32, link: u32, state: u32, inc: u64) -> baton_common::PeerLink {
+        baton_common::PeerLink { node, link, state, incarnation: inc, distress_reason: 4, last_seen_ns: 50, changed_ns: 90, ..Default::default() }
+    }
+
+    /// Lost ring-buffer records (a full ring) are made up for from the
+    /// liveness map: a silent peer is never left unnoticed.
+    #[test]
+    fn resync_reports_what_lost_records_would_have_and_only_once() {
+        use baton_common::{LINK_DISTRESSED, LINK_SILENT, LINK_UNKNOWN, LINK_UP};
+        let mut t = PeerTracker::new(&cfg());
+        // Never heard: nothing.
+        assert!(t.resync(&[link(2, 0, LINK_UNKNOWN, 0), link(2, 1, LINK_UNKNOWN, 0)], 1).is_empty());
+        // Both link-up records lost: the map says up.
+        assert_eq!(kinds(t.resync(&[link(2, 0, LINK_UP, 5), link(2, 1, LINK_UP, 5)], 1)), ["link_up", "peer_up", "link_up"]);
+        assert!(t.resync(&[link(2, 0, LINK_UP, 5), link(2, 1, LINK_UP, 5)], 1).is_empty(), "in step: nothing");
+        // Link 0's silence was delivered, link 1's (the peer's last) lost.
+        assert_eq!(kinds(t.on_record(&rec(EV_LINK_SILENT, 0, 5), 1)), ["link_silent"]);
+        let ev = t.resync(&[link(2, 0, LINK_SILENT, 5), link(2, 1, LINK_SILENT, 5)], 7);
+        assert_eq!(kinds(ev.clone()), ["link_silent", "peer_silent"]);
+        assert_eq!((ev[1].node, ev[1].last_seen_ns, ev[1].agent_ns), (2, Some(50), 7));
+        // The lost record arriving late after all: nothing more.
+        assert!(t.on_record(&rec(EV_LINK_SILENT, 1, 5), 1).is_empty());
+        assert!(t.resync(&[link(2, 0, LINK_SILENT, 5), link(2, 1, LINK_SILENT, 5)], 8).is_empty());
+        // Back up, then a lost distress: reported once, with its reason.
+        t.resync(&[link(2, 0, LINK_UP, 6)], 9);
+        let ev = t.resync(&[link(2, 0, LINK_DISTRESSED, 6), link(2, 1, LINK_DISTRESSED, 6)], 10);
+        assert_eq!(kinds(ev.clone()), ["peer_distress"]);
+        assert_eq!(ev[0].reason, Some(4));
+        assert!(t.resync(&[link(2, 0, LINK_DISTRESSED, 6), link(2, 1, LINK_DISTRESSED, 6)], 11).is_empty());
+        // Records of nodes that are not configured peers are ignored.
+        assert!(t.resync(&[link(9, 0, LINK_UP, 1)], 12).is_empty());
     }
 }

@@ -367,8 +367,7 @@ fn write_record(state_dir: &Path, rec: &HeldRecord) {
         let _ = std::fs::remove_file(&path);
         return;
     }
-    let tmp = path.with_extension("tmp");
-    let ok = std::fs::write(&tmp, serde_json::to_string(rec).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &path));
+    let ok = crate::statefile::write_atomic(&path, serde_json::to_string(rec).unwrap_or_default().as_bytes(), true);
     if let Err(e) = ok {
         warn!(file = %path.display(), "cannot record what this node holds: {e}");
     }

@@ -21,6 +21,7 @@ pub mod resource;
 pub mod run;
 pub mod selfcheck;
 pub mod selftest;
+pub mod statefile;
 pub mod sender;
 pub mod status;
 pub mod subsys;

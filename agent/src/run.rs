@@ -1,6 +1,5 @@
 //! `baton run`: the daemon.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -8,7 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use baton_common::{siphash::key_halves, Event};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Config};
 use crate::datapath::Datapath;
@@ -22,19 +21,14 @@ use baton_core::membership::{HaltReason, Input};
 /// A new incarnation: the wall clock in µs, but always above the last one
 /// this node used (kept in the state dir), so a restart is always "newer" even
 /// if the clock stepped back.
+/// An unreadable or corrupt file is an error that names it
+/// ([`crate::statefile::next_incarnation`]).
 pub fn next_incarnation(file: &Path) -> Result<u64> {
-    let last: u64 = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let inc = wall.max(last + 1);
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    writeln!(f, "{inc}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))?;
-    Ok(inc)
+    Ok(crate::statefile::next_incarnation(file, wall)?)
 }
 
 /// Takes `<state_dir>/agent.lock` (an exclusive `flock`, held for as long
@@ -351,10 +345,27 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
         "send_errors": s.send_errors.load(Relaxed),
         "late_ticks": s.late_ticks.load(Relaxed),
     });
-    let tmp = cfg.paths.agent_status().with_extension("tmp");
-    if std::fs::write(&tmp, status.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, cfg.paths.agent_status());
+    let _ = crate::statefile::write_atomic(&cfg.paths.agent_status(), status.to_string().as_bytes(), false);
+}
+
+/// Logs a peer event, wakes the control channel and the sender for a peer
+/// that came up, and returns its membership input.
+fn route_peer_event(mut pe: crate::events::PeerEvent, driver: &mut ClusterDriver, sender: &sender::Sender, sink: &mut EventSink) -> Option<Input> {
+    let input = peer_input(&pe);
+    if pe.event == "peer_silent" && driver.left_gracefully(pe.node) {
+        // Membership still hears of it (PeerGone), but the log and the
+        // event actions do not see a failure.
+        pe.event = "peer_stopped";
     }
+    sink.emit(&pe);
+    if matches!(pe.event, "link_up" | "peer_restarted") {
+        // A peer came up: dial it now if we dial it, and answer with a
+        // heartbeat that carries its incarnation, so that it sees us up at
+        // once too.
+        driver.peer_heard(pe.node, pe.link);
+        sender.heartbeat_now(pe.node);
+    }
+    input
 }
 
 /// Turns the datapath's node-level peer events into membership inputs.
@@ -396,11 +407,13 @@ async fn event_loop(
     // the fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
-    let incarnation = std::fs::read_to_string(cfg.paths.incarnation_file()).unwrap_or_default();
+    let incarnation = status["incarnation"].to_string();
     let mut effects = driver.handle(Input::Start);
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
     let mut last_view = None;
+    // The datapath's `events_lost` counter as last reported.
+    let mut events_lost = 0u64;
     loop {
         // The negotiated takeover follows the membership (joins and
         // departures), and its steps may ask for services inputs, a leave or
@@ -529,8 +542,31 @@ async fn event_loop(
                     "preauth_rejected": stats.preauth_rejected,
                     "preauth_evicted": stats.preauth_evicted,
                 });
+                // Events the ring buffer could not take (it was full) are
+                // counted by the datapath; whatever they reported is made up
+                // for from the liveness map, every second (docs/datapath.md).
+                let lost = crate::status::counters(cfg)
+                    .ok()
+                    .and_then(|v| v.into_iter().find(|(c, _)| *c == baton_common::Counter::EventsLost).map(|(_, n)| n))
+                    .unwrap_or(0);
+                if lost > events_lost {
+                    warn!(lost = lost - events_lost, total = lost, "the datapath's event ring buffer was full: events lost; resyncing from the liveness map");
+                    events_lost = lost;
+                }
+                status["events_lost"] = events_lost.into();
+                match crate::status::peer_links(cfg) {
+                    Ok(links) => {
+                        for pe in tracker.resync(&links, monotonic_ns()) {
+                            warn!(event = pe.event, node = pe.node, link = ?pe.link, "resync: the liveness map shows a change whose event was lost");
+                            if let Some(i) = route_peer_event(pe, &mut driver, sender, &mut sink) {
+                                effects.extend(driver.handle(i));
+                            }
+                        }
+                    }
+                    Err(e) => debug!("resync: cannot read the liveness map: {e}"),
+                }
                 write_agent_status(cfg, &mut status, &sender.shared);
-                effects = driver.services_input(|s, c| s.feed_load(c));
+                effects.extend(driver.services_input(|s, c| s.feed_load(c)));
             }
             d = recv_opt(&mut svc_done), if has_svc => {
                 if let Some(d) = d { effects = driver.services_input(|s, c| s.done(d, c)); }
@@ -570,25 +606,8 @@ async fn event_loop(
                         continue;
                     }
                     let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                    for mut pe in tracker.on_record(&ev, agent_ns) {
-                        let input = peer_input(&pe);
-                        if pe.event == "peer_silent" && driver.left_gracefully(pe.node) {
-                            // Membership still hears of it (PeerGone), but
-                            // the log and the event actions do not see a
-                            // failure.
-                            pe.event = "peer_stopped";
-                        }
-                        sink.emit(&pe);
-                        if matches!(pe.event, "link_up" | "peer_restarted") {
-                            // A peer came up: dial it now if we dial it, and
-                            // answer with a heartbeat that carries its
-                            // incarnation, so that it sees us up at once too.
-                            driver.peer_heard(pe.node, pe.link);
-                            sender.heartbeat_now(pe.node);
-                        }
-                        if let Some(i) = input {
-                            inputs.push(i);
-                        }
+                    for pe in tracker.on_record(&ev, agent_ns) {
+                        inputs.extend(route_peer_event(pe, &mut driver, sender, &mut sink));
                     }
                 }
                 guard.clear_ready();

@@ -55,6 +55,20 @@ pub fn counters(cfg: &Config) -> Result<Vec<(Counter, u64)>, StatusError> {
     Ok(out)
 }
 
+/// The liveness record of every configured peer on every link
+/// (`BATON_PEERS`), for the agent's resync (`PeerTracker::resync`).
+pub fn peer_links(cfg: &Config) -> Result<Vec<PeerLink>, StatusError> {
+    let peers: Array<MapData, PeerLink> = Array::try_from(Map::Array(open(cfg, MAP_PEERS)?))
+        .map_err(|source| StatusError::Read { map: MAP_PEERS, source })?;
+    let mut out = Vec::new();
+    for i in 0..cfg.peers.len() {
+        for li in 0..cfg.links.len() {
+            out.push(peers.get(&(slot_base(i) + li as u32), 0).map_err(|source| StatusError::Read { map: MAP_PEERS, source })?);
+        }
+    }
+    Ok(out)
+}
+
 /// The whole status document (`baton status --json`).
 pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
     let now = monotonic_ns();

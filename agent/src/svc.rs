@@ -450,10 +450,7 @@ impl ServiceManager {
 
     fn write_snapshot(&self) {
         let v: Vec<serde_json::Value> = self.status.values().map(status_json).collect();
-        let tmp = self.snapshot.with_extension("tmp");
-        if std::fs::write(&tmp, serde_json::Value::from(v).to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.snapshot);
-        }
+        let _ = crate::statefile::write_atomic(&self.snapshot, serde_json::Value::from(v).to_string().as_bytes(), false);
     }
 
     fn event(&self, v: serde_json::Value) {

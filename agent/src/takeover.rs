@@ -129,8 +129,7 @@ fn save_mark(cfg: &Config, mark: Option<&Mark>) {
             let _ = std::fs::remove_file(&path);
         }
         Some(m) => {
-            let tmp = path.with_extension("tmp");
-            let r = std::fs::write(&tmp, serde_json::to_string(m).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &path));
+            let r = crate::statefile::write_atomic(&path, serde_json::to_string(m).unwrap_or_default().as_bytes(), true);
             if let Err(e) = r {
                 error!(file = %path.display(), "cannot save the stay-down mark: {e}");
             }

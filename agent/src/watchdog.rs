@@ -13,7 +13,9 @@
 //! * processes of the application: members of the daemon's process group
 //!   (handed over by the agent) and every process whose environment has
 //!   `BATON_GROUP=<group>` (baton sets it for every command of the group, so
-//!   it also finds a daemon that escaped its process group), in this
+//!   it also finds a daemon that escaped its process group) and that is
+//!   owned by the agent's own user (root): an unprivileged user's process
+//!   that sets the mark is never touched (docs/security.md); in this
 //!   network namespace only: SIGTERM, then SIGKILL after [`TERM_GRACE`];
 //! * an OCF or systemd application that still reports running (its monitor
 //!   action): stopped again;
@@ -629,5 +631,43 @@ mod tests {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    #[test]
+    fn never_selects_another_users_process_that_carries_the_mark() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root (to run a process as nobody)");
+            return;
+        }
+        // An unprivileged user's process with the group's mark, and the
+        // agent's (root's) own: only root's is a leftover of the group.
+        let mut theirs = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"])
+            .env("BATON_GROUP", "wdtest-nobody")
+            .spawn()
+            .unwrap();
+        let mut ours = std::process::Command::new("sleep").arg("30").env("BATON_GROUP", "wdtest-nobody").spawn().unwrap();
+        let nobody_pid = theirs.id() as i32;
+        assert!(
+            wait_for(|| std::fs::read_to_string(format!("/proc/{nobody_pid}/status")).is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")))
+                && std::fs::read_to_string(format!("/proc/{nobody_pid}/cmdline")).is_ok_and(|c| c.starts_with("sleep"))),
+            "the nobody process did not start"
+        );
+        let found: Vec<i32> = leftovers("wdtest-nobody", &[]).iter().map(|p| p.pid).collect();
+        assert_eq!(found, vec![ours.id() as i32], "only root's marked process; never nobody's ({nobody_pid})");
+        for c in [&mut theirs, &mut ours] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 }

@@ -137,7 +137,9 @@ fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_r
         let _ = std::io::BufReader::new(s).read_line(&mut r);
         r.trim().to_string()
     };
-    assert!(reply("ping\n").starts_with("ok "), "ping");
+    // (Slots of the idle clients just dropped are freed as their tasks see
+    // the end of file: a moment.)
+    wait_until(Duration::from_secs(3), || reply("ping\n").starts_with("ok ")).expect("ping answered again");
     // A line longer than the limit is refused, not buffered without end.
     let long = reply(&"x".repeat(10_000));
     assert!(long.contains("longer than 4096"), "{long}");
@@ -155,7 +157,7 @@ fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_r
         let out = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
             .arg(format!(
-                "import socket; s=socket.socket(socket.AF_UNIX); s.connect({:?}); s.sendall(b'stop\\n'); print(s.recv(1000).decode())",
+                "import socket; s=socket.socket(socket.AF_UNIX); s.connect({:?})\ntry: s.sendall(b'stop\\n')\nexcept OSError: pass\nprint(s.recv(1000).decode())",
                 sock.display().to_string()
             ))
             .output()

@@ -151,9 +151,13 @@ pub enum Counter {
     /// ARP requests for an address this node prepares but must not claim
     /// yet (see [`HANDOVER_SILENT`]).
     HandoverArpSilenced = 17,
+    /// Events the datapath could not put in the ring buffer (it was full:
+    /// the agent did not read it in time). The agent reports them and
+    /// resyncs from `BATON_PEERS` (docs/datapath.md).
+    EventsLost = 18,
 }
 
-pub const N_COUNTERS: u32 = 18;
+pub const N_COUNTERS: u32 = 19;
 
 impl Counter {
     pub const ALL: [Counter; N_COUNTERS as usize] = [
@@ -175,6 +179,7 @@ impl Counter {
         Counter::LinkSilent,
         Counter::HandoverSteered,
         Counter::HandoverArpSilenced,
+        Counter::EventsLost,
     ];
 
     /// Stable name used in `baton status --json` and the docs.
@@ -198,6 +203,7 @@ impl Counter {
             Counter::LinkSilent => "link_silent",
             Counter::HandoverSteered => "handover_steered",
             Counter::HandoverArpSilenced => "handover_arp_silenced",
+            Counter::EventsLost => "events_lost",
         }
     }
 }

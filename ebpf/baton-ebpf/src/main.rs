@@ -127,7 +127,9 @@ fn emit(kind: u32, p: &PeerLink, now: u64, reason: u32) {
         ts_ns: now,
         last_seen_ns: p.last_seen_ns,
     };
-    let _ = BATON_EVENTS.output::<Event>(&ev, 0);
+    if BATON_EVENTS.output::<Event>(&ev, 0).is_err() {
+        count(Counter::EventsLost);
+    }
 }
 
 /// Offset of the UDP payload if this is a UDP datagram to `port`.
