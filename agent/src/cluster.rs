@@ -155,6 +155,11 @@ impl ClusterDriver {
         self.core.state()
     }
 
+    /// This node's membership state (this life's entry of the state it follows).
+    pub fn my_state(&self) -> baton_core::membership::NodeState {
+        self.core.my_state()
+    }
+
     /// `node` finished a graceful leave (its heartbeats ending is no
     /// failure).
     pub fn left_gracefully(&self, node: u32) -> bool {

@@ -230,16 +230,12 @@ enum StorageCmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The journal with structured fields when systemd connected stderr to
+    // it, stderr otherwise (docs/operations.md).
+    baton_agent::sdnotify::init_logging();
     if let Err(e) = real_main() {
         eprintln!("baton: error: {}", error_text(&e));
-        std::process::exit(1);
+        std::process::exit(baton_agent::exit::code_of(&e));
     }
 }
 
@@ -271,21 +267,24 @@ fn rejoin_or_exit(rt: tokio::runtime::Runtime, cfg: &config::Config, why: baton_
     let lived = std::time::Duration::from_nanos(baton_agent::events::monotonic_ns().saturating_sub(started_ns));
     let streak = if lived < std::time::Duration::from_secs(60) { prev } else { 0 };
     let Some(delay) = run::rejoin_delay(cfg, &why, streak) else {
-        anyhow::bail!("clustering halted on this node ({why:?}); restart the agent to join again");
+        let why = format!("{why:?}");
+        baton_agent::sdnotify::status(&format!("halted ({why}): not starting again by itself; restart the agent to join again"));
+        return Err(baton_agent::exit::Halted { why }.into());
     };
     tracing::warn!(
         ?why, delay_ms = delay.as_millis() as u64, halts_in_a_row = streak + 1,
         "clustering halted on this node; everything of this life is stopped and released: starting again as a new life (membership.rejoin_ms)"
     );
+    baton_agent::sdnotify::status(&format!("halted ({why:?}): starting again as a new life in {} ms", delay.as_millis()));
     // SIGTERM or SIGINT while waiting: the operator stops the agent.
     let stopped = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tokio::time::sleep(delay).await;
+            baton_agent::sdnotify::sleep_pinging(delay).await;
             return false;
         };
         tokio::select! {
-            _ = tokio::time::sleep(delay) => false,
+            _ = baton_agent::sdnotify::sleep_pinging(delay) => false,
             _ = term.recv() => true,
             _ = int.recv() => true,
         }

@@ -414,7 +414,22 @@ async fn event_loop(
     let mut last_view = None;
     // The datapath's `events_lost` counter as last reported.
     let mut events_lost = 0u64;
+    // systemd (docs/operations.md): ready now, the status line on changes,
+    // the watchdog pinged from this loop.
+    let notify = crate::sdnotify::enabled();
+    if notify {
+        crate::sdnotify::ready(&crate::sdnotify::status_line(cfg, &driver, false));
+    }
+    let watchdog_every = crate::sdnotify::watchdog_interval();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
     loop {
+        if notify {
+            let line = crate::sdnotify::status_line(cfg, &driver, leave_deadline.is_some());
+            if leave_deadline.is_some() {
+                crate::sdnotify::stopping(&line);
+            }
+            crate::sdnotify::status(&line);
+        }
         // The negotiated takeover follows the membership (joins and
         // departures), and its steps may ask for services inputs, a leave or
         // a stop.
@@ -479,6 +494,7 @@ async fn event_loop(
                 leave_deadline = Some(tokio::time::Instant::now() + LEAVE_BOUND);
                 effects = driver.handle(Input::Leave);
             }
+            _ = watchdog.tick(), if watchdog_every.is_some() => crate::sdnotify::watchdog(),
             _ = leave_sleep, if leave_deadline.is_some() => {
                 warn!("the graceful leave did not finish in time; stopping anyway");
                 driver.shutdown().await;
