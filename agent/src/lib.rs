@@ -16,6 +16,7 @@ pub mod guard;
 pub mod health;
 pub mod handover;
 pub mod paths;
+pub mod reload;
 pub mod resource;
 pub mod run;
 pub mod selfcheck;

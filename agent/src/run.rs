@@ -233,6 +233,7 @@ async fn run_guarded(
             app_rx,
             app_sender,
             selfcheck: crate::selfcheck::SelfCheck::new(cfg, dp.config, incarnation),
+            reload: crate::reload::Reloader::new(cfg, key),
         };
         spawn_partner_checks(cfg, &ha);
         event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, ha, guard).await
@@ -326,6 +327,8 @@ async fn event_loop(
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP: reload the configuration file (docs/reload.md).
+    let mut hup = signal(SignalKind::hangup())?;
     let mut tracker = PeerTracker::new(cfg);
     let mut sink = EventSink::open(&cfg.paths.events_log());
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so
@@ -402,6 +405,10 @@ async fn event_loop(
                 leave_deadline = Some(tokio::time::Instant::now() + LEAVE_BOUND);
                 effects = driver.handle(Input::Leave);
             }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration file");
+                effects = reload_config(&mut driver, &mut ha, guard, false).await.1;
+            }
             _ = leave_sleep, if leave_deadline.is_some() => {
                 warn!("the graceful leave did not finish in time; stopping anyway");
                 driver.shutdown().await;
@@ -422,7 +429,16 @@ async fn event_loop(
             }
             m = recv_opt(&mut ha.app_rx), if ha.app_rx.is_some() => {
                 if let Some((from, m)) = m {
-                    if m.topic == crate::takeover::TOPIC {
+                    if m.topic == crate::reload::TOPIC {
+                        match serde_json::from_value::<crate::reload::Frame>(m.body) {
+                            Ok(crate::reload::Frame::Hash { hash }) => config_mismatch(cfg, ha.reload.peer_hash(from, hash, monotonic_ns())),
+                            Ok(crate::reload::Frame::Reload) => {
+                                info!(from, "a peer asks every node to reload its configuration file (baton reload --all)");
+                                effects = reload_config(&mut driver, &mut ha, guard, false).await.1;
+                            }
+                            Err(e) => warn!(from, "a config message that does not decode skipped: {e}"),
+                        }
+                    } else if m.topic == crate::takeover::TOPIC {
                         match serde_json::from_value::<crate::takeover::Frame>(m.body) {
                             Ok(f) => {
                                 let todo = ha.takeover.receive(from, f, &ha_ctx(&driver));
@@ -455,6 +471,15 @@ async fn event_loop(
                     continue;
                 }
                 status["takeover"] = ha.takeover.status();
+                let now = monotonic_ns();
+                if ha.reload.hash_due(now) {
+                    let frame = crate::reload::Frame::Hash { hash: ha.reload.hash.clone() };
+                    for p in &cfg.peers {
+                        ha.app_sender.send(p.id, crate::reload::TOPIC, &frame);
+                    }
+                }
+                config_mismatch(cfg, ha.reload.expire(now));
+                status["config"] = ha.reload.status(now);
                 write_agent_status(cfg, &mut status, &sender.shared);
                 effects = driver.services_input(|s, c| s.feed_load(c));
             }
@@ -566,6 +591,16 @@ async fn event_loop(
                             Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
                         }
                     }
+                    (Some("reload"), arg) => {
+                        let all = arg == Some("--all");
+                        let (reply, e) = reload_config(&mut driver, &mut ha, guard, all).await;
+                        effects = e;
+                        let line = match reply {
+                            Ok(msg) => format!("ok: {msg}"),
+                            Err(msg) => format!("error: {msg}"),
+                        };
+                        let _ = control::reply(&mut s, &line).await;
+                    }
                     (Some("stop"), None) => {
                         info!("stop requested on the control socket: leaving the cluster gracefully");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
@@ -590,7 +625,7 @@ async fn event_loop(
                             Err(e) => { let _ = control::reply(&mut s, &format!("error: {e}")).await; }
                             Ok(_) if !has_svc => { let _ = control::reply(&mut s, "error: no resource group is configured on this node").await; }
                             Ok(baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service })
-                                if !cfg.groups.iter().any(|g| g.name == service) =>
+                                if !driver.svc.as_ref().is_some_and(|s| s.is_configured(&service)) =>
                             {
                                 let _ = control::reply(&mut s, &format!("error: no group {service:?} is configured")).await;
                             }
@@ -636,8 +671,65 @@ fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::s
     }
 }
 
+/// Reloads the configuration file (SIGHUP, `baton reload`, a peer's
+/// `baton reload --all`): docs/reload.md. With `all`, every peer is asked to
+/// reload its own file too. A refused file changes nothing.
+async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
+    let now = monotonic_ns();
+    let events = ha.reload.running.paths.events_log();
+    let services_level = driver.svc.is_some();
+    let refuse = |ha: &mut Ha, msg: String| {
+        error!("reload refused: {msg}");
+        crate::svc::append_event(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
+        ha.reload.refused(now, msg.clone());
+        msg
+    };
+    let new = match crate::reload::prepare(&ha.reload.running, &ha.reload.key, services_level).await {
+        Ok(n) => n,
+        Err(e) => return (Err(refuse(ha, e.to_string())), Vec::new()),
+    };
+    let mut changes = Ok(crate::svc::GroupChanges::default());
+    let effects = driver.services_input(|s, c| changes = s.reload(&new.groups, c));
+    let changes = match changes {
+        Ok(c) => c,
+        Err(reason) => {
+            let e = crate::reload::ReloadError::Groups { file: new.file.clone(), reason };
+            return (Err(refuse(ha, e.to_string())), effects);
+        }
+    };
+    ha.takeover.set_groups(&new.groups);
+    guard.reload();
+    let hash = crate::reload::groups_hash(&new.groups);
+    let mut msg = format!("reloaded {}: {}; groups hash {hash}", new.file.display(), changes.summary());
+    if all {
+        let frame = crate::reload::Frame::Reload;
+        let asked = new.peers.iter().filter(|p| ha.app_sender.send(p.id, crate::reload::TOPIC, &frame)).count();
+        msg += &format!("; asked {asked} of {} peers to reload theirs", new.peers.len());
+    }
+    info!(added = ?changes.added, removed = ?changes.removed, changed = ?changes.changed, changed_here = ?changes.changed_here, hash, "configuration reloaded");
+    crate::svc::append_event(&events, serde_json::json!({"event": "config_reloaded", "node": new.node_id, "groups_hash": hash, "changes": changes}));
+    let cfg_for_log = new.clone();
+    let mismatch = ha.reload.applied(new, now, msg.clone());
+    config_mismatch(&cfg_for_log, mismatch);
+    (Ok(msg), effects)
+}
+
+/// Logs (and writes as an event) a change of the set of peers whose group
+/// configuration differs from this node's.
+fn config_mismatch(cfg: &Config, changed: Option<Vec<u32>>) {
+    let Some(nodes) = changed else { return };
+    if nodes.is_empty() {
+        info!("the group configuration agrees with every peer heard");
+    } else {
+        let names: Vec<String> = nodes.iter().map(|n| cfg.peer_name(*n)).collect();
+        warn!(peers = ?names, "the group configuration differs from these peers' (another [[group]] set in their files): reload the same groups on every node; `baton status` shows the hashes");
+    }
+    crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "config_mismatch", "node": cfg.node_id, "peers": nodes}));
+}
+
 /// The negotiated takeover's parts of the event loop.
 struct Ha {
+    reload: crate::reload::Reloader,
     takeover: crate::takeover::TakeoverRt,
     selfcheck: crate::selfcheck::SelfCheck,
     health_rx: Option<tokio::sync::mpsc::Receiver<crate::health::HealthEvent>>,
