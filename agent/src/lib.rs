@@ -13,6 +13,7 @@ pub mod events;
 pub mod fencing;
 pub mod groups;
 pub mod guard;
+pub mod metrics;
 pub mod health;
 pub mod handover;
 pub mod paths;

@@ -115,6 +115,7 @@ pub fn restart_reason(old: &Config, new: &Config, old_key: &[u8; 16], new_key: &
         ("[takeover]", old.takeover != new.takeover),
         ("[[on]]", old.actions != new.actions),
         ("[alerts]", old.alerts != new.alerts),
+        ("[metrics]", old.metrics != new.metrics),
         (
             "the first [[group]] (the agent started without groups, so its services level is not running)",
             !services_level && !new.groups.is_empty(),

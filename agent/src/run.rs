@@ -74,6 +74,8 @@ pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::
 
 pub async fn run(cfg_path: &Path) -> Result<Ended> {
     let cfg = config::load(cfg_path)?;
+    // First: a metrics port in use is one clear error before anything runs.
+    let metrics = crate::metrics::bind(&cfg)?;
     crate::datapath::check_prerequisites()?;
     let key = config::read_secret(&cfg.secret_file)?;
     std::fs::create_dir_all(&cfg.paths.state_dir)
@@ -92,7 +94,7 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
         );
     }
     let guard = std::sync::Arc::new(guard);
-    let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned).await;
+    let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned, metrics).await;
     match &result {
         // Everything of this life is released (or nothing was ever held,
         // e.g. a start-up check failed): the guard ends with it.
@@ -111,6 +113,7 @@ async fn run_guarded(
     incarnation: u64,
     guard: &std::sync::Arc<GuardLink>,
     cleaned: &crate::guard::Released,
+    metrics: Option<std::net::TcpListener>,
 ) -> Result<Ended> {
 
     // The shared disks must be usable before this node joins (docs/fencing.md).
@@ -136,6 +139,9 @@ async fn run_guarded(
             return Err(anyhow::Error::new(e).context("starting the heartbeat sender"));
         }
     };
+    if let Some(l) = metrics {
+        crate::metrics::spawn(cfg.clone(), l, sender.shared.clone()).context("serving the metrics")?;
+    }
     let listener = match control::bind(&cfg.paths.control_socket()) {
         Ok(l) => l,
         Err(e) => {

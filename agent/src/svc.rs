@@ -531,7 +531,7 @@ impl ServiceManager {
             match &result {
                 Ok(()) => {
                     info!(service = %t.group.name, ms, "service up");
-                    append_event(&t.events, serde_json::json!({"event": "service_up", "service": t.group.name, "node": t.me, "start_ms": ms}));
+                    append_event(&t.events, serde_json::json!({"event": "service_up", "service": t.group.name, "node": t.me, "start_ms": ms, "reason": format!("{:?}", params.reason)}));
                 }
                 Err(e) => error!(service = %t.group.name, "start failed: {e}"),
             }
@@ -713,6 +713,7 @@ impl ServiceManager {
 /// (docs/events.md).
 pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
     crate::eventmgr::publish(&v);
+    crate::metrics::observe(&v);
     v["agent_ns"] = monotonic_ns().into();
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(format!("{v}\n").as_bytes());
