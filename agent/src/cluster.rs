@@ -545,6 +545,7 @@ impl ClusterDriver {
             "me": self.me,
             "my_state": state_name(self.core.my_state()),
             "master": st.map(|s| s.view.master),
+            "quorate": st.map(|s| s.quorate),
             "view": view,
             "nodes": nodes,
             "transitions": transitions,

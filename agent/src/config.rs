@@ -106,6 +106,14 @@ pub struct Config {
     pub takeover: crate::takeover::TakeoverCfg,
     pub actions: Vec<crate::eventmgr::OnAction>,
     pub alerts: Option<crate::eventmgr::AlertsCfg>,
+    /// The Prometheus endpoint (`[metrics]`, docs/metrics.md); off when absent.
+    pub metrics: Option<MetricsCfg>,
+}
+
+/// `[metrics]`: where the agent serves `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsCfg {
+    pub listen: std::net::SocketAddr,
 }
 
 /// A shared disk (`[[disk]]`): this node's path to it and how it is fenced.
@@ -173,6 +181,14 @@ struct RawConfig {
     #[serde(default)]
     on: Vec<Spanned<crate::eventmgr::RawOn>>,
     alerts: Option<Spanned<crate::eventmgr::RawAlerts>>,
+    metrics: Option<Spanned<RawMetrics>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
+    allow_remote: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -581,6 +597,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let actions = crate::eventmgr::validate_on(&cx, &raw.on, &groups)?;
     let alerts = crate::eventmgr::validate_alerts(&cx, &raw.alerts)?;
 
+    let metrics = match &raw.metrics {
+        None => None,
+        Some(m) => {
+            let m = m.get_ref();
+            let listen: std::net::SocketAddr = m.listen.get_ref().parse().map_err(|_| {
+                cx.invalid(&m.listen, "metrics.listen", format!("{:?} is not an address:port (e.g. \"127.0.0.1:9745\")", m.listen.get_ref()))
+            })?;
+            if listen.port() == 0 {
+                return Err(cx.invalid(&m.listen, "metrics.listen", "give a port (e.g. 127.0.0.1:9745)"));
+            }
+            let remote_ok = m.allow_remote.as_ref().is_some_and(|v| *v.get_ref());
+            if !listen.ip().is_loopback() && !remote_ok {
+                return Err(cx.invalid(&m.listen, "metrics.listen", format!(
+                    "{} is not a loopback address: the metrics show the cluster's state (nodes, groups, addresses) to anyone who can connect, without authentication; listen on 127.0.0.1, or set metrics.allow_remote = true to serve them there",
+                    listen.ip()
+                )));
+            }
+            Some(MetricsCfg { listen })
+        }
+    };
+
     let paths = RuntimePaths::new(&cluster_name, bpffs.as_deref(), state.as_deref(), run.as_deref());
     Ok(Config {
         file: file.to_path_buf(),
@@ -610,6 +647,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         takeover,
         actions,
         alerts,
+        metrics,
     })
 }
 
@@ -809,5 +847,6 @@ addresses = ["10.0.0.2"]
         let cfg = parse(Path::new("README.md"), block).unwrap_or_else(|e| panic!("README's example: {e}"));
         assert_eq!(cfg.groups.len(), 1);
         assert_eq!(cfg.health.len(), 1);
+        assert_eq!(cfg.metrics.map(|m| m.listen.to_string()).as_deref(), Some("127.0.0.1:9745"));
     }
 }

@@ -4,6 +4,7 @@
 //! | request | reply |
 //! |---|---|
 //! | `ping` | `ok <incarnation>` |
+//! | `reload [--all]` | `ok: reloaded ...` or `error: <why>` (docs/reload.md); `--all` asks every peer to reload its own file |
 //! | `distress <reason>` | `ok` once the distress signal was sent |
 //! | `switchover <group> [<node>]` | `ok` once handed to the services core (it asks the deciding node) |
 //! | `standby <node>` / `unstandby <node>` | `ok` |

@@ -187,6 +187,7 @@ impl EventSink {
         if matches!(e.event, "peer_up" | "peer_silent" | "peer_distress" | "peer_stopped") {
             if let Ok(v) = serde_json::to_value(e) {
                 crate::eventmgr::publish(&v);
+                crate::metrics::observe(&v);
             }
         }
         if let Some(f) = &mut self.file {

@@ -14,6 +14,9 @@
 //!                       or going off-line) configures anything of GROUP here
 //! pgid GROUP PGID...    the process groups of GROUP's daemon, once started
 //! release GROUP         after the halt method released everything of GROUP
+//! reload                the agent reloaded its configuration file: read it
+//!                       again (a held group the file no longer has keeps
+//!                       its old definition until it is released)
 //! bye                   the agent ends cleanly (everything released)
 //! ```
 //!
@@ -227,6 +230,12 @@ impl GuardLink {
         self.send(&mut i, &format!("release {group}"));
     }
 
+    /// The agent reloaded its configuration file: the guard reads it again.
+    pub fn reload(&self) {
+        let mut i = self.lock();
+        self.send(&mut i, "reload");
+    }
+
     /// Whether any group is held.
     pub fn holds_anything(&self) -> bool {
         !self.lock().held.is_empty()
@@ -390,6 +399,7 @@ enum Line {
     Hold(String),
     Pgid(String, Vec<i32>),
     Release(String),
+    Reload,
     Bye,
 }
 
@@ -400,6 +410,7 @@ fn parse_line(l: &str) -> Option<Line> {
         ("release", Some(g)) => Some(Line::Release(g.to_string())),
         ("pgid", Some(g)) => Some(Line::Pgid(g.to_string(), w.filter_map(|p| p.parse().ok()).collect())),
         ("bye", None) => Some(Line::Bye),
+        ("reload", None) => Some(Line::Reload),
         _ => None,
     }
 }
@@ -408,7 +419,7 @@ fn parse_line(l: &str) -> Option<Line> {
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     use anyhow::Context;
     use tokio::signal::unix::{signal, SignalKind};
-    let cfg = crate::config::load(&args.config)?;
+    let mut cfg = crate::config::load(&args.config)?;
     std::fs::create_dir_all(&cfg.paths.state_dir).with_context(|| format!("creating {}", cfg.paths.state_dir.display()))?;
     // While the agent lives, signals that end ordinary processes are
     // ignored (handlers, not SIG_IGN: a child of ours, such as an OCF
@@ -473,6 +484,18 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 rec.groups.remove(&g);
             }
             Some(Line::Bye) => bye = true,
+            Some(Line::Reload) => match crate::config::load(&args.config) {
+                Ok(mut new) => {
+                    for g in &cfg.groups {
+                        if rec.groups.contains_key(&g.name) && !new.groups.iter().any(|n| n.name == g.name) {
+                            new.groups.push(g.clone());
+                        }
+                    }
+                    info!(groups = new.groups.len(), "guard: configuration reloaded");
+                    cfg = new;
+                }
+                Err(e) => warn!("guard: reload: {e}; keeping the groups it had"),
+            },
             None => warn!(line = %l, "guard: unknown line from the agent"),
         }
         write_record(&cfg.paths.state_dir, &rec);

@@ -169,6 +169,17 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Reload the configuration file without a restart (as SIGHUP): the
+    /// whole file is checked first; a bad file, or a change that needs a
+    /// restart, is refused and nothing changes; [[group]] changes are
+    /// applied (docs/reload.md). With `--all`, every peer reloads its own
+    /// file too.
+    Reload {
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        all: bool,
+    },
     /// Internal: the guard process each life of the agent starts (releases
     /// what the node held when the agent dies); see docs/services.md.
     #[command(hide = true)]
@@ -400,6 +411,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Deregister { config, group } => operator_request(&config, &format!("deregister {group}")),
         Cmd::Stop { config, all } => operator_request(&config, if all { "stop-all" } else { "stop" }),
+        Cmd::Reload { config, all } => operator_request(&config, if all { "reload --all" } else { "reload" }),
         Cmd::Offline { config, group } => operator_request(&config, &format!("offline {group}")),
         Cmd::Online { config, group } => operator_request(&config, &format!("online {group}")),
         Cmd::Watchdog { config, group, gen, reason, pgid, keep_addresses, halt_failed } => {

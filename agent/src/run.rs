@@ -126,6 +126,8 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
     let (soft, hard) = raise_nofile_limit();
     info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
     let cfg = config::load(cfg_path)?;
+    // First: a metrics port in use is one clear error before anything runs.
+    let metrics = crate::metrics::bind(&cfg)?;
     crate::datapath::check_prerequisites()?;
     let key = config::read_secret(&cfg.secret_file)?;
     std::fs::create_dir_all(&cfg.paths.state_dir)
@@ -150,7 +152,7 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
         );
     }
     let guard = std::sync::Arc::new(guard);
-    let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned).await;
+    let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned, metrics).await;
     match &result {
         // Everything of this life is released (or nothing was ever held,
         // e.g. a start-up check failed): the guard ends with it.
@@ -169,6 +171,7 @@ async fn run_guarded(
     incarnation: u64,
     guard: &std::sync::Arc<GuardLink>,
     cleaned: &crate::guard::Released,
+    metrics: Option<std::net::TcpListener>,
 ) -> Result<Ended> {
 
     // The shared disks must be usable before this node joins (docs/fencing.md).
@@ -194,6 +197,13 @@ async fn run_guarded(
             return Err(anyhow::Error::new(e).context("starting the heartbeat sender"));
         }
     };
+    if let Some(l) = metrics {
+        if let Err(e) = crate::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
+            sender.stop();
+            dp.stop();
+            return Err(e.context("serving the metrics"));
+        }
+    }
     let listener = match crate::localsock::bind(&cfg.paths.control_socket(), cfg.socket_access()) {
         Ok(l) => control::serve(l, cfg.socket_access()),
         Err(e) => {
@@ -291,6 +301,7 @@ async fn run_guarded(
             app_rx,
             app_sender,
             selfcheck: crate::selfcheck::SelfCheck::new(cfg, dp.config, incarnation),
+            reload: crate::reload::Reloader::new(cfg, key),
         };
         spawn_partner_checks(cfg, &ha);
         event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, ha, guard).await
@@ -401,6 +412,8 @@ async fn event_loop(
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP: reload the configuration file (docs/reload.md).
+    let mut hup = signal(SignalKind::hangup())?;
     let mut tracker = PeerTracker::new(cfg);
     let mut sink = EventSink::open(&cfg.paths.events_log());
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so
@@ -495,6 +508,10 @@ async fn event_loop(
                 effects = driver.handle(Input::Leave);
             }
             _ = watchdog.tick(), if watchdog_every.is_some() => crate::sdnotify::watchdog(),
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration file");
+                effects = reload_config(&mut driver, &mut ha, guard, false).await.1;
+            }
             _ = leave_sleep, if leave_deadline.is_some() => {
                 warn!("the graceful leave did not finish in time; stopping anyway");
                 driver.shutdown().await;
@@ -515,7 +532,16 @@ async fn event_loop(
             }
             m = recv_opt(&mut ha.app_rx), if ha.app_rx.is_some() => {
                 if let Some((from, m)) = m {
-                    if m.topic == crate::takeover::TOPIC {
+                    if m.topic == crate::reload::TOPIC {
+                        match serde_json::from_value::<crate::reload::Frame>(m.body) {
+                            Ok(crate::reload::Frame::Hash { hash }) => config_mismatch(cfg, ha.reload.peer_hash(from, hash, monotonic_ns())),
+                            Ok(crate::reload::Frame::Reload) => {
+                                info!(from, "a peer asks every node to reload its configuration file (baton reload --all)");
+                                effects = reload_config(&mut driver, &mut ha, guard, false).await.1;
+                            }
+                            Err(e) => warn!(from, "a config message that does not decode skipped: {e}"),
+                        }
+                    } else if m.topic == crate::takeover::TOPIC {
                         match serde_json::from_value::<crate::takeover::Frame>(m.body) {
                             Ok(f) => {
                                 let todo = ha.takeover.receive(from, f, &ha_ctx(&driver));
@@ -581,6 +607,15 @@ async fn event_loop(
                     }
                     Err(e) => debug!("resync: cannot read the liveness map: {e}"),
                 }
+                let now = monotonic_ns();
+                if ha.reload.hash_due(now) {
+                    let frame = crate::reload::Frame::Hash { hash: ha.reload.hash.clone() };
+                    for p in &cfg.peers {
+                        ha.app_sender.send(p.id, crate::reload::TOPIC, &frame);
+                    }
+                }
+                config_mismatch(cfg, ha.reload.expire(now));
+                status["config"] = ha.reload.status(now);
                 write_agent_status(cfg, &mut status, &sender.shared);
                 effects.extend(driver.services_input(|s, c| s.feed_load(c)));
             }
@@ -682,6 +717,15 @@ async fn event_loop(
                             Err(e) => { reply(&format!("error: {e}")); }
                         }
                     }
+                    (Some("reload"), arg) => {
+                        let all = arg == Some("--all");
+                        let (outcome, e) = reload_config(&mut driver, &mut ha, guard, all).await;
+                        effects = e;
+                        match outcome {
+                            Ok(msg) => reply(&format!("ok: {msg}")),
+                            Err(msg) => reply(&format!("error: {msg}")),
+                        }
+                    }
                     (Some("stop"), None) => {
                         info!("stop requested on the control socket: leaving the cluster gracefully");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
@@ -706,7 +750,7 @@ async fn event_loop(
                             Err(e) => { reply(&format!("error: {e}")); }
                             Ok(_) if !has_svc => { reply("error: no resource group is configured on this node"); }
                             Ok(baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service })
-                                if !cfg.groups.iter().any(|g| g.name == service) =>
+                                if !driver.svc.as_ref().is_some_and(|s| s.is_configured(&service)) =>
                             {
                                 reply(&format!("error: no group {service:?} is configured"));
                             }
@@ -752,8 +796,65 @@ fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::s
     }
 }
 
+/// Reloads the configuration file (SIGHUP, `baton reload`, a peer's
+/// `baton reload --all`): docs/reload.md. With `all`, every peer is asked to
+/// reload its own file too. A refused file changes nothing.
+async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
+    let now = monotonic_ns();
+    let events = ha.reload.running.paths.events_log();
+    let services_level = driver.svc.is_some();
+    let refuse = |ha: &mut Ha, msg: String| {
+        error!("reload refused: {msg}");
+        crate::svc::append_event(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
+        ha.reload.refused(now, msg.clone());
+        msg
+    };
+    let new = match crate::reload::prepare(&ha.reload.running, &ha.reload.key, services_level).await {
+        Ok(n) => n,
+        Err(e) => return (Err(refuse(ha, e.to_string())), Vec::new()),
+    };
+    let mut changes = Ok(crate::svc::GroupChanges::default());
+    let effects = driver.services_input(|s, c| changes = s.reload(&new.groups, c));
+    let changes = match changes {
+        Ok(c) => c,
+        Err(reason) => {
+            let e = crate::reload::ReloadError::Groups { file: new.file.clone(), reason };
+            return (Err(refuse(ha, e.to_string())), effects);
+        }
+    };
+    ha.takeover.set_groups(&new.groups);
+    guard.reload();
+    let hash = crate::reload::groups_hash(&new.groups);
+    let mut msg = format!("reloaded {}: {}; groups hash {hash}", new.file.display(), changes.summary());
+    if all {
+        let frame = crate::reload::Frame::Reload;
+        let asked = new.peers.iter().filter(|p| ha.app_sender.send(p.id, crate::reload::TOPIC, &frame)).count();
+        msg += &format!("; asked {asked} of {} peers to reload theirs", new.peers.len());
+    }
+    info!(added = ?changes.added, removed = ?changes.removed, changed = ?changes.changed, changed_here = ?changes.changed_here, hash, "configuration reloaded");
+    crate::svc::append_event(&events, serde_json::json!({"event": "config_reloaded", "node": new.node_id, "groups_hash": hash, "changes": changes}));
+    let cfg_for_log = new.clone();
+    let mismatch = ha.reload.applied(new, now, msg.clone());
+    config_mismatch(&cfg_for_log, mismatch);
+    (Ok(msg), effects)
+}
+
+/// Logs (and writes as an event) a change of the set of peers whose group
+/// configuration differs from this node's.
+fn config_mismatch(cfg: &Config, changed: Option<Vec<u32>>) {
+    let Some(nodes) = changed else { return };
+    if nodes.is_empty() {
+        info!("the group configuration agrees with every peer heard");
+    } else {
+        let names: Vec<String> = nodes.iter().map(|n| cfg.peer_name(*n)).collect();
+        warn!(peers = ?names, "the group configuration differs from these peers' (another [[group]] set in their files): reload the same groups on every node; `baton status` shows the hashes");
+    }
+    crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "config_mismatch", "node": cfg.node_id, "peers": nodes}));
+}
+
 /// The negotiated takeover's parts of the event loop.
 struct Ha {
+    reload: crate::reload::Reloader,
     takeover: crate::takeover::TakeoverRt,
     selfcheck: crate::selfcheck::SelfCheck,
     health_rx: Option<tokio::sync::mpsc::Receiver<crate::health::HealthEvent>>,

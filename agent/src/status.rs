@@ -322,6 +322,32 @@ pub fn render(v: &Value) -> String {
             );
         }
     }
+    let cf = &v["agent"]["config"];
+    if cf.is_object() {
+        let mismatch: Vec<String> = cf["mismatch"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                let p = &cf["peers"][n.to_string()];
+                format!("{} ({})", p["name"].as_str().unwrap_or("?"), p["groups_hash"].as_str().unwrap_or("?"))
+            })
+            .collect();
+        let agree = cf["peers"].as_object().map(|m| m.len()).unwrap_or(0) - mismatch.len().min(cf["peers"].as_object().map(|m| m.len()).unwrap_or(0));
+        s += &format!(
+            "groups hash {}: {}\n",
+            cf["groups_hash"].as_str().unwrap_or("?"),
+            if mismatch.is_empty() { format!("same on {agree} peer(s) heard") } else { format!("DIFFERS on {}", mismatch.join(", ")) }
+        );
+        if let Some(r) = cf["last_reload"].as_object() {
+            s += &format!(
+                "last reload {} s ago: {}{}\n",
+                r["s_ago"],
+                if r["ok"] == true { "" } else { "REFUSED: " },
+                r["message"].as_str().unwrap_or("?")
+            );
+        }
+    }
     if let Some(snd) = v["agent"]["sender"].as_object() {
         s += &format!(
             "agent pid {}: heartbeats sent {}, send errors {}, late ticks {}\n",

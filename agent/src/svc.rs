@@ -39,6 +39,8 @@ pub enum SvcDone {
     Recovery { service: String, result: ActionResult },
     Notify { service: String, result: ActionResult },
     Offline { service: String, result: ActionResult },
+    /// A reload changed a group that runs here, in place (`reload`).
+    Reconfigured { service: String, ok: bool },
 }
 
 /// What the event loop selects on.
@@ -73,6 +75,8 @@ pub struct ServiceManager {
     incarnation: u64,
     groups: BTreeMap<String, GroupRt>,
     done_tx: mpsc::Sender<SvcDone>,
+    /// Monitor events (for the resources of groups added by a reload).
+    mon_tx: mpsc::Sender<MonitorEvent>,
     /// Forced-out lives already fed as `NodeFailed`: (node, incarnation).
     failed_fed: BTreeSet<(NodeId, u64)>,
     /// Nodes fed as `NodeLeaving` whose leave is not finished.
@@ -100,6 +104,24 @@ pub struct ServiceManager {
     /// The whole cluster is being stopped: a group with no node left to go
     /// to stops, as asked, without an alert.
     stopping: bool,
+}
+
+/// A group's application and monitor loops (disabled).
+fn resources_of(g: &Group, mon_tx: &mpsc::Sender<MonitorEvent>) -> (Option<Arc<Resource>>, Vec<MonitorLoop>) {
+    let app = g.application.as_ref().map(|spec| Arc::new(Resource::from_spec(spec).with_events(mon_tx.clone())));
+    let mut monitors = Vec::new();
+    if let Some(a) = &app {
+        if let Some(m) = MonitorLoop::for_resource(a.clone(), mon_tx.clone(), false) {
+            monitors.push(m);
+        }
+    }
+    for m in &g.monitors {
+        let r = Arc::new(Resource::from_spec(m).with_events(mon_tx.clone()));
+        if let Some(m) = MonitorLoop::for_resource(r, mon_tx.clone(), false) {
+            monitors.push(m);
+        }
+    }
+    (app, monitors)
 }
 
 /// The core's spec of a configured group.
@@ -191,19 +213,7 @@ impl ServiceManager {
         let (mon_tx, mon_rx) = mpsc::channel(256);
         let mut rts = BTreeMap::new();
         for g in groups {
-            let app = g.application.as_ref().map(|spec| Arc::new(Resource::from_spec(spec).with_events(mon_tx.clone())));
-            let mut monitors = Vec::new();
-            if let Some(a) = &app {
-                if let Some(m) = MonitorLoop::for_resource(a.clone(), mon_tx.clone(), false) {
-                    monitors.push(m);
-                }
-            }
-            for m in &g.monitors {
-                let r = Arc::new(Resource::from_spec(m).with_events(mon_tx.clone()));
-                if let Some(m) = MonitorLoop::for_resource(r, mon_tx.clone(), false) {
-                    monitors.push(m);
-                }
-            }
+            let (app, monitors) = resources_of(g, &mon_tx);
             rts.insert(g.name.clone(), GroupRt { group: g.clone(), app, monitors, lock: Arc::new(tokio::sync::Mutex::new(())) });
         }
         info!(groups = groups.len(), "resource groups configured");
@@ -223,6 +233,7 @@ impl ServiceManager {
                 incarnation,
                 groups: rts,
                 done_tx,
+                mon_tx,
                 failed_fed: BTreeSet::new(),
                 leaving: BTreeSet::new(),
                 last_view: None,
@@ -357,6 +368,15 @@ impl ServiceManager {
             SvcDone::Recovery { service, result } => Input::RecoveryDone { service, result },
             SvcDone::Notify { service, result } => Input::NotifyDone { service, result },
             SvcDone::Offline { service, result } => Input::OfflineDone { service, result },
+            SvcDone::Reconfigured { service, ok } => {
+                // The monitors of the new definition start where it runs.
+                if ok && self.core.local_phase(&service) == baton_core::services::LocalPhase::Running {
+                    if let Some(g) = self.groups.get(&service) {
+                        g.monitors.iter().for_each(|m| m.enable());
+                    }
+                }
+                return;
+            }
         };
         self.feed(input, channel);
     }
@@ -443,6 +463,15 @@ impl ServiceManager {
                 }
             }
         }
+        // Groups a reload removed, once the core forgot them (nothing of
+        // them runs here any more).
+        let forgotten: Vec<String> = self.groups.keys().filter(|n| !self.core.specs().any(|s| &s.name == *n)).cloned().collect();
+        for n in forgotten {
+            info!(service = %n, "group removed by the reload: stopped everywhere and forgotten");
+            self.groups.remove(&n);
+            self.status.remove(&n);
+            changed = true;
+        }
         if changed {
             self.write_snapshot();
         }
@@ -499,7 +528,7 @@ impl ServiceManager {
             match &result {
                 Ok(()) => {
                     info!(service = %t.group.name, ms, "service up");
-                    append_event(&t.events, serde_json::json!({"event": "service_up", "service": t.group.name, "node": t.me, "start_ms": ms}));
+                    append_event(&t.events, serde_json::json!({"event": "service_up", "service": t.group.name, "node": t.me, "start_ms": ms, "reason": format!("{:?}", params.reason)}));
                 }
                 Err(e) => error!(service = %t.group.name, "start failed: {e}"),
             }
@@ -681,6 +710,7 @@ impl ServiceManager {
 /// (docs/events.md).
 pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
     crate::eventmgr::publish(&v);
+    crate::metrics::observe(&v);
     v["agent_ns"] = monotonic_ns().into();
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(format!("{v}\n").as_bytes());
@@ -773,4 +803,174 @@ pub(crate) async fn release_all(g: &Group) {
             error!(address = %a, interface = %g.interface, "releasing the address failed: {e}");
         }
     }
+}
+
+/// What a reload changed, by group name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Changed in any way (placement or resources).
+    pub changed: Vec<String>,
+    /// Of the changed ones, those running here whose addresses, interface,
+    /// application or monitors were changed in place.
+    pub changed_here: Vec<String>,
+}
+
+impl GroupChanges {
+    pub fn summary(&self) -> String {
+        let l = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+        format!("added {}; removed {}; changed {}", l(&self.added), l(&self.removed), l(&self.changed))
+    }
+}
+
+/// Whether what runs on the node (addresses, application, monitors)
+/// differs between two definitions of a group.
+fn resources_differ(a: &Group, b: &Group) -> bool {
+    a.addresses != b.addresses
+        || a.interface != b.interface
+        || a.application != b.application
+        || a.monitors != b.monitors
+        || a.garp_count != b.garp_count
+        || a.garp_interval_ms != b.garp_interval_ms
+}
+
+impl ServiceManager {
+    /// Whether `name` is a configured group (not one a reload removed).
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.core.is_configured(name)
+    }
+
+    /// A reload's groups (docs/reload.md): added groups are registered by
+    /// the decider, removed ones stopped everywhere and forgotten, changed
+    /// ones keep running where they run unless their node is no longer
+    /// allowed. A changed group that runs here gets its new addresses,
+    /// application and monitors in place, under its lock: the monitors stop,
+    /// the application is restarted only if it changed, addresses that went
+    /// are removed and new ones added and announced, then the new monitors
+    /// start. A new application that fails to start counts as a monitor
+    /// failure (the group moves). Nothing is applied if the core refuses
+    /// the set.
+    pub fn reload(&mut self, groups: &[Group], channel: &Channel) -> Result<GroupChanges, String> {
+        let new: BTreeMap<String, &Group> = groups.iter().map(|g| (g.name.clone(), g)).collect();
+        let mut ch = GroupChanges::default();
+        for (name, g) in &new {
+            match self.groups.get(name) {
+                None => ch.added.push(name.clone()),
+                Some(rt) if self.core.is_configured(name) => {
+                    if rt.group != **g {
+                        ch.changed.push(name.clone());
+                    }
+                }
+                // Removed by an earlier reload and not forgotten yet: given
+                // again; its (stopping) runtime is replaced below.
+                Some(_) => ch.changed.push(name.clone()),
+            }
+        }
+        for name in self.groups.keys() {
+            if !new.contains_key(name) && self.core.is_configured(name) {
+                ch.removed.push(name.clone());
+            }
+        }
+        // Runtimes of added groups first: the core may start them at once.
+        for name in &ch.added {
+            let g = new[name];
+            let (app, monitors) = resources_of(g, &self.mon_tx);
+            self.groups.insert(name.clone(), GroupRt { group: g.clone(), app, monitors, lock: Arc::new(tokio::sync::Mutex::new(())) });
+        }
+        let specs: Vec<ServiceSpec> = groups.iter().map(spec_of).collect();
+        if let Err(e) = self.core.reconfigure(Instant(monotonic_ns()), specs) {
+            for name in &ch.added {
+                self.groups.remove(name);
+            }
+            return Err(e.to_string());
+        }
+        for name in ch.changed.clone() {
+            let g = new[&name].clone();
+            let rt = self.groups.get_mut(&name).expect("a changed group has a runtime");
+            if !resources_differ(&rt.group, &g) {
+                rt.group = g;
+                continue;
+            }
+            let old_group = std::mem::replace(&mut rt.group, g.clone());
+            let (app, monitors) = resources_of(&g, &self.mon_tx);
+            let old_app = std::mem::replace(&mut rt.app, app.clone());
+            // The old monitor loops end here (dropped), the new ones start
+            // disabled.
+            rt.monitors = monitors;
+            if !self.active.holds(&name) {
+                continue;
+            }
+            ch.changed_here.push(name.clone());
+            let lock = rt.lock.clone();
+            let tx = self.done_tx.clone();
+            let mon_tx = self.mon_tx.clone();
+            let active = self.active.clone();
+            let events = self.events.clone();
+            let me = self.me;
+            tokio::spawn(async move {
+                let _guard = lock.lock().await;
+                let ok = change_in_place(&old_group, old_app.as_deref(), &g, app.as_deref(), &mon_tx).await;
+                active.set_pgids(&g.name, &crate::watchdog::pgids_of(app.as_deref()).await);
+                append_event(&events, serde_json::json!({"event": "service_reconfigured", "service": g.name, "node": me, "ok": ok}));
+                let _ = tx.send(SvcDone::Reconfigured { service: g.name.clone(), ok }).await;
+            });
+        }
+        self.drain(channel);
+        Ok(ch)
+    }
+}
+
+/// A group running here takes its new definition (see
+/// [`ServiceManager::reload`]). Returns whether all of it applied.
+async fn change_in_place(old: &Group, old_app: Option<&Resource>, new: &Group, app: Option<&Resource>, mon_tx: &mpsc::Sender<MonitorEvent>) -> bool {
+    let mut ok = true;
+    let app_changed = old.application != new.application;
+    if app_changed {
+        if let Some(a) = old_app {
+            if let Err(e) = a.stop().await {
+                error!(service = %new.name, "reload: stopping the old application failed: {e}");
+            }
+        }
+    }
+    // Addresses that went (all of them if the interface changed).
+    let moved = old.interface != new.interface;
+    for a in &old.addresses {
+        if moved || !new.addresses.contains(a) {
+            if let Err(e) = crate::addr::release(&old.interface, a.ip, a.prefix).await {
+                error!(service = %new.name, address = %a, "reload: removing the address failed: {e}");
+            }
+        }
+    }
+    let mut added = Vec::new();
+    for a in &new.addresses {
+        if moved || !old.addresses.contains(a) {
+            match crate::addr::add(&new.interface, a.ip, a.prefix, true).await {
+                Ok(_) => added.push(*a),
+                Err(e) => {
+                    error!(service = %new.name, address = %a, "reload: adding the address failed: {e}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    if app_changed {
+        if let Some(a) = app {
+            if let Err(e) = a.start().await {
+                error!(service = %new.name, "reload: the new application did not start: {e}");
+                ok = false;
+            }
+        }
+    }
+    if !added.is_empty() {
+        let only_new = Group { addresses: added, ..new.clone() };
+        announce_all(&only_new);
+    }
+    info!(service = %new.name, ok, app_restarted = app_changed, "reload: group changed in place");
+    if !ok {
+        // As a failed monitor: the group moves (the halt uses the new
+        // definition).
+        let _ = mon_tx.send(MonitorEvent::Failed { resource: new.name.clone(), reason: "the reload's new definition did not apply".into() }).await;
+    }
+    ok
 }

@@ -170,6 +170,12 @@ pub struct TakeoverRt {
 }
 
 impl TakeoverRt {
+    /// A reload changed the groups (the partner stays: a reload that would
+    /// change it is refused).
+    pub fn set_groups(&mut self, groups: &[crate::groups::Group]) {
+        self.cfg.groups = groups.to_vec();
+    }
+
     pub fn new(cfg: &Config, incarnation: u64) -> TakeoverRt {
         let core = Takeover::new(CoreConfig {
             me: cfg.node_id,

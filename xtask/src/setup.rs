@@ -28,9 +28,10 @@ const LLVM_PKGS: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Needed at run/test time (nginx-light: the OCF nginx test of
-/// tests/tests/ownership.rs).
+/// tests/tests/ownership.rs; prometheus: the real Prometheus server and
+/// promtool of tests/tests/metrics.rs).
 const RUNTIME_PKGS: &[&str] =
-    &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light"];
+    &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus"];
 
 /// The test VM's host side (docs/vm.md): qemu, and depmod/modprobe and xz
 /// to assemble its image. Installed without recommends (qemu's would bring a
