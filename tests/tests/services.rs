@@ -319,7 +319,7 @@ fn ocf_dummy_is_started_monitored_and_stopped_by_the_cluster() {
     let agent = Path::new("/usr/lib/ocf/resource.d/heartbeat/Dummy");
     if !agent.exists() {
         assert!(!must_run(), "{} missing (Debian's resource-agents) and CI=true forbids skipping", agent.display());
-        eprintln!("SKIPPED: {} missing (install resource-agents)", agent.display());
+        note_skipped(&format!("{} missing (install resource-agents)", agent.display()));
         return;
     }
     let group = r#"[[group]]
