@@ -779,7 +779,7 @@ async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<
 }
 
 /// An operator request of the control socket as a services input.
-fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::services::Input, String> {
+pub fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::services::Input, String> {
     use baton_core::services::Input as S;
     let node = |s: &str| s.parse::<u32>().map_err(|_| format!("{op}: {s:?} is not a node id"));
     match (op, args) {
