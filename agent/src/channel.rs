@@ -1270,91 +1270,129 @@ async fn run_session_inner(
     true
 }
 
+/// What one decrypted frame gave ([`Reassembly::push`]).
+#[derive(Debug)]
+pub enum Decoded {
+    Keepalive,
+    /// A leading part of a long message: nothing yet.
+    Part,
+    Msg(Msg),
+    Svc(SvcMsg),
+    Handover(HandoverMsg),
+    Fence(FenceMsg),
+    App(AppMsg),
+    /// A message of a known type whose body does not decode (another
+    /// version of baton): skipped, the connection stays.
+    Undecodable { kind: u8, error: String },
+}
+
+/// The sans-IO part of a session's reader: joins the parts of long
+/// messages and decodes each complete one. An `Err` closes the connection
+/// (a message longer than [`MAX_MSG_LEN`], parts followed by a frame that
+/// cannot end them, an unknown frame type). Fuzzed by `channel_frames`.
+#[derive(Default)]
+pub struct Reassembly {
+    partial: Vec<u8>,
+    joined: Vec<u8>,
+}
+
+impl Reassembly {
+    pub fn push(&mut self, plain: &[u8]) -> Result<Decoded, String> {
+        let n = plain.len();
+        let mut p = plain;
+        if p.first() == Some(&FRAME_PART) {
+            if self.partial.len() + n - 1 > MAX_MSG_LEN {
+                return Err(format!("a message longer than {MAX_MSG_LEN} bytes"));
+            }
+            self.partial.extend_from_slice(&p[1..]);
+            return Ok(Decoded::Part);
+        }
+        if !self.partial.is_empty() {
+            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER) | Some(&FRAME_FENCE) | Some(&FRAME_APP)) {
+                return Err(format!("message parts followed by frame type {:?}", p.first()));
+            }
+            self.joined.clear();
+            self.joined.push(p[0]);
+            self.joined.append(&mut self.partial);
+            self.joined.extend_from_slice(&p[1..]);
+            p = &self.joined;
+        }
+        let bad = |kind: u8, e: serde_json::Error| Decoded::Undecodable { kind, error: e.to_string() };
+        Ok(match p.first() {
+            Some(&FRAME_KEEPALIVE) if n == 1 => Decoded::Keepalive,
+            Some(&FRAME_SVC) => serde_json::from_slice(&p[1..]).map(Decoded::Svc).unwrap_or_else(|e| bad(FRAME_SVC, e)),
+            Some(&FRAME_HANDOVER) => serde_json::from_slice(&p[1..]).map(Decoded::Handover).unwrap_or_else(|e| bad(FRAME_HANDOVER, e)),
+            Some(&FRAME_APP) => serde_json::from_slice(&p[1..]).map(Decoded::App).unwrap_or_else(|e| bad(FRAME_APP, e)),
+            Some(&FRAME_FENCE) => serde_json::from_slice(&p[1..]).map(Decoded::Fence).unwrap_or_else(|e| bad(FRAME_FENCE, e)),
+            Some(&FRAME_MSG) => serde_json::from_slice(&p[1..]).map(Decoded::Msg).unwrap_or_else(|e| bad(FRAME_MSG, e)),
+            other => return Err(format!("unexpected frame type {other:?} ({n} bytes)")),
+        })
+    }
+}
+
+/// Splits `data` into frames as [`read_frame`] does (a `u16` big-endian
+/// length, then that many bytes, at most `max`): the frames, and whether
+/// the input ended in a bad or partial frame. For the fuzz target.
+pub fn split_frames(mut data: &[u8], max: usize) -> (Vec<&[u8]>, bool) {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 2 {
+            return (out, false);
+        }
+        let len = u16::from_be_bytes([data[0], data[1]]) as usize;
+        if len == 0 || len > max || data.len() < 2 + len {
+            return (out, false);
+        }
+        out.push(&data[2..2 + len]);
+        data = &data[2 + len..];
+    }
+    (out, true)
+}
+
+/// A hello's plaintext (type byte and body), decoded: (node, cluster,
+/// incarnation). For the fuzz target.
+pub fn decode_hello_plain(p: &[u8]) -> Result<(u32, u32, u64), String> {
+    decode_hello(p).map(|h| (h.node, h.cluster, h.incarnation)).map_err(|e| e.to_string())
+}
+
 async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, peer: u32, remote: SocketAddr) -> Result<(), SessionError> {
     let mut frame = Vec::with_capacity(MAX_FRAME_LEN);
     let mut plain = vec![0u8; MAX_FRAME_LEN];
-    // The leading parts of a long message (FRAME_PART bodies).
-    let mut partial: Vec<u8> = Vec::new();
-    let mut joined: Vec<u8> = Vec::new();
+    let mut parts = Reassembly::default();
     loop {
         tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, &mut frame, MAX_FRAME_LEN))
             .await
             .map_err(|_| SessionError::Timeout("nothing received (not even a keepalive)"))??;
         let n = lock(ts).read_message(&frame, &mut plain).map_err(|e| SessionError::BadFrame(format!("does not decrypt: {e}")))?;
-        let mut p = &plain[..n];
-        if p.first() == Some(&FRAME_PART) {
-            if partial.len() + n - 1 > MAX_MSG_LEN {
-                return Err(SessionError::BadFrame(format!("a message longer than {MAX_MSG_LEN} bytes")));
+        match parts.push(&plain[..n]).map_err(SessionError::BadFrame)? {
+            Decoded::Keepalive | Decoded::Part => {}
+            Decoded::Svc(msg) => {
+                bump(&s.counters.frames_received);
+                let _ = s.svc_inbox.send((peer, msg)).await;
             }
-            partial.extend_from_slice(&p[1..]);
-            continue;
-        }
-        if !partial.is_empty() {
-            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER) | Some(&FRAME_FENCE) | Some(&FRAME_APP)) {
-                return Err(SessionError::BadFrame(format!("message parts followed by frame type {:?}", p.first())));
+            Decoded::Handover(msg) => {
+                bump(&s.counters.frames_received);
+                let _ = s.ho_inbox.send((peer, msg)).await;
             }
-            joined.clear();
-            joined.push(p[0]);
-            joined.append(&mut partial);
-            joined.extend_from_slice(&p[1..]);
-            p = &joined;
-        }
-        match p.first() {
-            Some(&FRAME_KEEPALIVE) if n == 1 => {}
-            Some(&FRAME_SVC) => match serde_json::from_slice::<SvcMsg>(&p[1..]) {
-                Ok(msg) => {
-                    bump(&s.counters.frames_received);
-                    let _ = s.svc_inbox.send((peer, msg)).await;
-                }
-                Err(e) => {
-                    bump(&s.counters.bad_frames);
-                    warn!(peer, peer_addr = %remote, "control channel: a services message that does not decode skipped: {e}");
-                }
-            },
-            Some(&FRAME_HANDOVER) => match serde_json::from_slice::<HandoverMsg>(&p[1..]) {
-                Ok(msg) => {
-                    bump(&s.counters.frames_received);
-                    let _ = s.ho_inbox.send((peer, msg)).await;
-                }
-                Err(e) => {
-                    bump(&s.counters.bad_frames);
-                    warn!(peer, peer_addr = %remote, "control channel: a handover message that does not decode skipped: {e}");
-                }
-            },
-            Some(&FRAME_APP) => match serde_json::from_slice::<AppMsg>(&p[1..]) {
-                Ok(msg) => {
-                    bump(&s.counters.frames_received);
-                    let _ = s.app_inbox.send((peer, msg)).await;
-                }
-                Err(e) => {
-                    bump(&s.counters.bad_frames);
-                    warn!(peer, peer_addr = %remote, "control channel: a topic message that does not decode skipped: {e}");
-                }
-            },
-            Some(&FRAME_FENCE) => match serde_json::from_slice::<FenceMsg>(&p[1..]) {
-                Ok(msg) => {
-                    bump(&s.counters.frames_received);
-                    let _ = s.fence_inbox.send((peer, msg)).await;
-                }
-                Err(e) => {
-                    bump(&s.counters.bad_frames);
-                    warn!(peer, peer_addr = %remote, "control channel: a fencing notice that does not decode skipped: {e}");
-                }
-            },
-            Some(&FRAME_MSG) => match serde_json::from_slice::<Msg>(&p[1..]) {
-                Ok(msg) => {
-                    bump(&s.counters.frames_received);
-                    // Backpressure if the consumer is slow; if it is gone, drop.
-                    let _ = s.inbox.send((peer, msg)).await;
-                }
-                Err(e) => {
-                    // Authenticated, so from a holder of the secret: another
-                    // version, not an attack. Skip this message only.
-                    bump(&s.counters.bad_frames);
-                    warn!(peer, peer_addr = %remote, "control channel: a message that does not decode skipped: {e}");
-                }
-            },
-            other => return Err(SessionError::BadFrame(format!("unexpected frame type {other:?} ({n} bytes)"))),
+            Decoded::App(msg) => {
+                bump(&s.counters.frames_received);
+                let _ = s.app_inbox.send((peer, msg)).await;
+            }
+            Decoded::Fence(msg) => {
+                bump(&s.counters.frames_received);
+                let _ = s.fence_inbox.send((peer, msg)).await;
+            }
+            Decoded::Msg(msg) => {
+                bump(&s.counters.frames_received);
+                // Backpressure if the consumer is slow; if it is gone, drop.
+                let _ = s.inbox.send((peer, msg)).await;
+            }
+            Decoded::Undecodable { kind, error } => {
+                // Authenticated, so from a holder of the secret: another
+                // version, not an attack. Skip this message only.
+                bump(&s.counters.bad_frames);
+                warn!(peer, peer_addr = %remote, kind, "control channel: a message that does not decode skipped: {error}");
+            }
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct Peer {
     pub addresses: Vec<IpAddr>,
 }
 
+/// Default of `membership.confirm_ms`.
+pub const DEFAULT_CONFIRM_MS: u32 = 200;
+
 impl Config {
     /// Who may use the local sockets (besides root).
     pub fn socket_access(&self) -> crate::localsock::Access {
@@ -88,6 +91,10 @@ pub struct Config {
     /// the previous start within a minute (at most 60 s). 0: the agent exits
     /// instead (for a supervisor, or an operator, to restart it).
     pub rejoin_ms: u32,
+    /// A silence seen by this node's datapath alone is handed to membership
+    /// only once another member saw it too, or after this long with the peer
+    /// still silent here (0: at once). See `crate::confirm`.
+    pub confirm_ms: u32,
     pub links: Vec<Link>,
     pub peers: Vec<Peer>,
     pub paths: RuntimePaths,
@@ -243,6 +250,7 @@ struct RawMembership {
     form_ms: Option<Spanned<i64>>,
     control_port: Option<Spanned<i64>>,
     rejoin_ms: Option<Spanned<i64>>,
+    confirm_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -402,6 +410,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
 
     let (mut subgroup_size, mut resend_ms, mut form_ms, mut rejoin_ms) = (4usize, 50u32, 500u32, 1000u32);
+    let mut confirm_ms = DEFAULT_CONFIRM_MS;
     let mut control_port: u16 = port.checked_add(1).unwrap_or(port - 1);
     if let Some(m) = &raw.membership {
         let m = m.get_ref();
@@ -413,6 +422,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         if let Some(v) = &m.form_ms {
             form_ms = cx.int(v, "membership.form_ms", 10, 600_000)?;
+        }
+        if let Some(v) = &m.confirm_ms {
+            confirm_ms = cx.int(v, "membership.confirm_ms", 0, 10_000)?;
         }
         if let Some(v) = &m.rejoin_ms {
             rejoin_ms = cx.int(v, "membership.rejoin_ms", 0, 600_000)?;
@@ -637,6 +649,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         form_ms,
         control_port,
         rejoin_ms,
+        confirm_ms,
         links,
         peers,
         paths,

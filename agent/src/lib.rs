@@ -6,6 +6,7 @@ pub mod addr;
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod confirm;
 pub mod control;
 pub mod datapath;
 pub mod eventmgr;

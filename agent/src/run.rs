@@ -379,6 +379,56 @@ fn route_peer_event(mut pe: crate::events::PeerEvent, driver: &mut ClusterDriver
     input
 }
 
+/// A membership input from the datapath, through the silence confirmation
+/// (confirm.rs): this node's own `peer_silent` is told to every peer and
+/// held until confirmed; a peer heard again averts a held silence.
+fn feed_peer_input(
+    i: Input,
+    driver: &mut ClusterDriver,
+    confirm: &mut crate::confirm::SilenceConfirm,
+    app: &crate::channel::AppSender,
+    cfg: &Config,
+) -> Vec<Effect> {
+    let now = monotonic_ns();
+    match i {
+        Input::PeerSilent { node } if !driver.left_gracefully(node) => {
+            for p in cfg.peers.iter().filter(|p| p.id != node) {
+                app.send(p.id, crate::confirm::TOPIC, &crate::confirm::Report { silent: node });
+            }
+            match confirm.suspect(node, now) {
+                Some(c) => confirmed(c, driver, cfg),
+                None => {
+                    info!(node, confirm_ms = cfg.confirm_ms, "peer silent here: confirming (another member's datapath, or the deadline) before it counts as failed");
+                    Vec::new()
+                }
+            }
+        }
+        Input::PeerUp { node } => {
+            if let Some(held) = confirm.peer_up(node, now) {
+                warn!(node, held_ms = held as f64 / 1e6, "false silence averted: the peer was heard again before its silence was confirmed (this node's receive path or link stalled)");
+                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_averted", "node": node, "held_ms": held as f64 / 1e6}));
+            }
+            driver.handle(i)
+        }
+        i => driver.handle(i),
+    }
+}
+
+/// A confirmed silence: the membership core hears of it now.
+fn confirmed(c: crate::confirm::Confirmed, driver: &mut ClusterDriver, cfg: &Config) -> Vec<Effect> {
+    use crate::confirm::By;
+    let by = match c.by {
+        By::Peer(n) => format!("node {n}"),
+        By::Deadline => "deadline".to_string(),
+        By::Off => "off".to_string(),
+    };
+    if c.by != By::Off {
+        info!(node = c.node, by = %by, waited_ms = c.waited_ns as f64 / 1e6, "peer silence confirmed");
+        crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_confirmed", "node": c.node, "by": by, "waited_ms": c.waited_ns as f64 / 1e6}));
+    }
+    driver.handle(Input::PeerSilent { node: c.node })
+}
+
 /// Turns the datapath's node-level peer events into membership inputs.
 fn peer_input(pe: &crate::events::PeerEvent) -> Option<Input> {
     match pe.event {
@@ -425,6 +475,8 @@ async fn event_loop(
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
     let mut last_view = None;
+    // Silences of the local datapath held until confirmed (confirm.rs).
+    let mut confirm = crate::confirm::SilenceConfirm::new(cfg.confirm_ms as u64 * 1_000_000);
     // The datapath's `events_lost` counter as last reported.
     let mut events_lost = 0u64;
     // systemd (docs/operations.md): ready now, the status line on changes,
@@ -487,7 +539,7 @@ async fn event_loop(
                 }
             }
         }
-        let tick = [driver.next_deadline_ns(), ha.takeover.next_deadline_ns()]
+        let tick = [driver.next_deadline_ns(), ha.takeover.next_deadline_ns(), confirm.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -518,7 +570,11 @@ async fn event_loop(
                 return Ok(Outcome::Stopped);
             }
             _ = tick_sleep, if tick.is_some() => {
-                effects = driver.handle(Input::Tick);
+                effects = Vec::new();
+                for c in confirm.expired(monotonic_ns()) {
+                    effects.extend(confirmed(c, &mut driver, cfg));
+                }
+                effects.extend(driver.handle(Input::Tick));
                 effects.extend(driver.services_input(|s, c| s.tick(c)));
                 effects.extend(driver.fencing_input(baton_core::fencing::Input::Tick));
                 let todo = ha.takeover.tick(&ha_ctx(&driver));
@@ -532,7 +588,13 @@ async fn event_loop(
             }
             m = recv_opt(&mut ha.app_rx), if ha.app_rx.is_some() => {
                 if let Some((from, m)) = m {
-                    if m.topic == crate::reload::TOPIC {
+                    if m.topic == crate::confirm::TOPIC {
+                        if let Ok(r) = serde_json::from_value::<crate::confirm::Report>(m.body) {
+                            if let Some(c) = confirm.report(from, r.silent, monotonic_ns()) {
+                                effects = confirmed(c, &mut driver, cfg);
+                            }
+                        }
+                    } else if m.topic == crate::reload::TOPIC {
                         match serde_json::from_value::<crate::reload::Frame>(m.body) {
                             Ok(crate::reload::Frame::Hash { hash }) => config_mismatch(cfg, ha.reload.peer_hash(from, hash, monotonic_ns())),
                             Ok(crate::reload::Frame::Reload) => {
@@ -596,12 +658,13 @@ async fn event_loop(
                     events_lost = lost;
                 }
                 status["events_lost"] = events_lost.into();
+                status["silence"] = serde_json::to_value(confirm.counts).unwrap_or_default();
                 match crate::status::peer_links(cfg) {
                     Ok(links) => {
                         for pe in tracker.resync(&links, monotonic_ns()) {
                             warn!(event = pe.event, node = pe.node, link = ?pe.link, "resync: the liveness map shows a change whose event was lost");
                             if let Some(i) = route_peer_event(pe, &mut driver, sender, &mut sink) {
-                                effects.extend(driver.handle(i));
+                                effects.extend(feed_peer_input(i, &mut driver, &mut confirm, &ha.app_sender, cfg));
                             }
                         }
                     }
@@ -663,7 +726,7 @@ async fn event_loop(
                 }
                 guard.clear_ready();
                 for i in inputs {
-                    effects.extend(driver.handle(i));
+                    effects.extend(feed_peer_input(i, &mut driver, &mut confirm, &ha.app_sender, cfg));
                 }
             }
             r = ctl_rx.recv() => {
@@ -776,7 +839,7 @@ async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<
 }
 
 /// An operator request of the control socket as a services input.
-fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::services::Input, String> {
+pub fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::services::Input, String> {
     use baton_core::services::Input as S;
     let node = |s: &str| s.parse::<u32>().map_err(|_| format!("{op}: {s:?} is not a node id"));
     match (op, args) {

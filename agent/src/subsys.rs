@@ -105,6 +105,37 @@ pub enum SubsysError {
     Bind { path: PathBuf, source: io::Error },
 }
 
+/// One client line, parsed (see [`parse_request`]).
+pub enum ClientRequest {
+    Register(RegisterMsg),
+    Ack(AckMsg),
+    Fail(FailMsg),
+    Deregister,
+}
+
+/// Parses one client line (without its newline): the whole wire-format
+/// check of a request, before anything acts on it. Used by the connections
+/// and by the fuzz target `subsys_line`.
+pub fn parse_request(line: &[u8]) -> Result<ClientRequest, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let op = match v.as_object() {
+        None => return Err("expected a JSON object with an \"op\" field".into()),
+        Some(o) => match o.get("op") {
+            None => return Err("missing \"op\" field (register, ack, fail or deregister)".into()),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => return Err(format!("\"op\" must be a string, not {other}")),
+        },
+    };
+    match op.as_str() {
+        "register" => Ok(ClientRequest::Register(parse("register", v)?)),
+        "ack" => Ok(ClientRequest::Ack(parse("ack", v)?)),
+        "fail" => Ok(ClientRequest::Fail(parse("fail", v)?)),
+        "deregister" => Ok(ClientRequest::Deregister),
+        other => Err(format!("unknown op {other:?} (expected register, ack, fail or deregister)")),
+    }
+}
+
 /// From the server handle to one connection's task.
 #[derive(Debug)]
 enum Cmd {
@@ -364,7 +395,7 @@ enum Out<'a> {
 }
 
 #[derive(Deserialize)]
-struct RegisterMsg {
+pub struct RegisterMsg {
     name: String,
     level: u32,
     #[serde(default)]
@@ -393,13 +424,13 @@ fn one() -> u32 {
 }
 
 #[derive(Deserialize)]
-struct AckMsg {
+pub struct AckMsg {
     transition: WireId,
     step: WireStep,
 }
 
 #[derive(Deserialize)]
-struct FailMsg {
+pub struct FailMsg {
     reason: String,
 }
 
@@ -699,22 +730,11 @@ impl Conn {
     }
 
     async fn request(&mut self, line: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-        let op = match v.as_object() {
-            None => return Err("expected a JSON object with an \"op\" field".into()),
-            Some(o) => match o.get("op") {
-                None => return Err("missing \"op\" field (register, ack, fail or deregister)".into()),
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(other) => return Err(format!("\"op\" must be a string, not {other}")),
-            },
-        };
-        match op.as_str() {
-            "register" => self.register(parse("register", v)?).await,
-            "ack" => self.ack(parse("ack", v)?).await,
-            "fail" => self.client_failure(parse("fail", v)?).await,
-            "deregister" => self.deregister(),
-            other => Err(format!("unknown op {other:?} (expected register, ack, fail or deregister)")),
+        match parse_request(line)? {
+            ClientRequest::Register(m) => self.register(m).await,
+            ClientRequest::Ack(m) => self.ack(m).await,
+            ClientRequest::Fail(m) => self.client_failure(m).await,
+            ClientRequest::Deregister => self.deregister(),
         }
     }
 

@@ -63,6 +63,21 @@ pub fn baton_bin() -> PathBuf {
     p
 }
 
+/// Reports that the calling test is skipped (it then returns without
+/// asserting anything): a `SKIPPED:` line on stderr, and a line in the file
+/// named by `$BATON_SKIP_LOG` (set by `cargo xtask test`, which then counts
+/// these tests as skipped in its summary, not as passed).
+pub fn note_skipped(why: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("SKIPPED: {test}: {why}");
+    if let Some(path) = std::env::var_os("BATON_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{test}\t{}", why.replace('\n', " "));
+        }
+    }
+}
+
 /// True when the tests must not skip (CI).
 pub fn must_run() -> bool {
     std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
@@ -85,7 +100,7 @@ pub fn kernel_tests_possible() -> bool {
         None => true,
         Some(w) if must_run() => panic!("kernel tests cannot run here ({w}) and CI=true forbids skipping"),
         Some(w) => {
-            eprintln!("SKIPPED: kernel test needs root with netns support: {w}");
+            note_skipped(&format!("kernel test needs root with netns support: {w}"));
             false
         }
     }

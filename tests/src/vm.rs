@@ -253,6 +253,7 @@ pub fn vm_tests_possible() -> bool {
         Some(why) if crate::must_run() => panic!("VM tests cannot run here ({why}) and CI=true forbids skipping"),
         Some(why) => {
             eprintln!("\n*** SKIPPED: VM test: {why} ***\n");
+            crate::note_skipped(&format!("VM test: {why}"));
             false
         }
     }

@@ -283,7 +283,7 @@ fn ten_cycles_of_agent_kill_restart_and_switchover_with_ocf_nginx_leave_one_owne
     let agent = std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/nginx");
     if !agent.exists() || !std::path::Path::new("/usr/sbin/nginx").exists() {
         assert!(!must_run(), "ocf:heartbeat:nginx or /usr/sbin/nginx missing (resource-agents, nginx-light) and CI=true forbids skipping");
-        eprintln!("SKIPPED: ocf:heartbeat:nginx or nginx missing (cargo xtask setup installs them)");
+        note_skipped("ocf:heartbeat:nginx or nginx missing (cargo xtask setup installs them)");
         return;
     }
     let group = format!(
