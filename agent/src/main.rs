@@ -105,6 +105,13 @@ enum Cmd {
         config: PathBuf,
         group: String,
     },
+    /// Internal (packaging): write the man pages and the bash/zsh/fish
+    /// completions generated from this CLI under OUT (`cargo xtask deb`).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Internal (S4.5): the watchdog process the agent spawns after a
     /// group's halt method; see docs/services.md.
     #[command(hide = true)]
@@ -414,6 +421,12 @@ fn real_main() -> Result<()> {
         Cmd::Reload { config, all } => operator_request(&config, if all { "reload --all" } else { "reload" }),
         Cmd::Offline { config, group } => operator_request(&config, &format!("offline {group}")),
         Cmd::Online { config, group } => operator_request(&config, &format!("online {group}")),
+        Cmd::GenerateAssets { out } => {
+            for p in baton_agent::assets::write(<Cli as clap::CommandFactory>::command(), &out)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Cmd::Watchdog { config, group, gen, reason, pgid, keep_addresses, halt_failed } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let args = baton_agent::watchdog::Args { config, group, gen, reason, pgids: pgid, keep_addresses, halt_failed };

@@ -5,9 +5,11 @@ mod bench_failover;
 mod bench_fence;
 mod bench_takeover;
 mod bench_membership;
+mod deb;
 mod demo;
 mod setup;
 mod sim;
+mod vagrant;
 mod vm;
 
 use std::path::PathBuf;
@@ -100,6 +102,17 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         crashes: u32,
     },
+    /// Build the Debian package baton_<version>_amd64.deb (cargo-deb, installed when missing):
+    /// the release binary, the systemd unit, an example /etc/baton/baton.toml, man pages and completions.
+    Deb {
+        /// Then check it: control fields and files, and an install into a throwaway Debian 12 root
+        /// (mmdebstrap; root): dpkg -i, baton --version, man, keygen, config check, purge.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Check vagrant/ without starting VMs: `vagrant validate` (vagrant installed when missing)
+    /// and every node's configuration rendered by vagrant/provision.sh passes `baton config check`.
+    VagrantValidate,
     /// The test VM on Debian 12's own kernel with an LIO iSCSI target (docs/vm.md).
     Vm {
         #[command(subcommand)]
@@ -129,6 +142,8 @@ fn main() {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => prepare_release().and_then(|_| demo::run()),
         Cmd::Vm { cmd } => vm::run(cmd),
+        Cmd::VagrantValidate => vagrant::validate(),
+        Cmd::Deb { check } => deb::build().and_then(|p| if check { deb::check(&p) } else { Ok(()) }),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
         Cmd::Bench {
             which: Bench::Membership,
