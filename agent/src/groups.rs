@@ -373,7 +373,7 @@ pub fn parse_address(s: &str) -> Result<GroupAddress, String> {
 }
 
 /// Validates the `[[group]]` tables. `this_node` and `peers` are the
-/// configured node ids; `links` gives the default and allowed interfaces.
+/// configured node ids; `links` gives the default interface (the first link's); any other is allowed.
 pub(crate) fn validate(
     file: &Path,
     text: &str,
@@ -420,13 +420,8 @@ pub(crate) fn validate(
                 if !valid_ifname(s) {
                     return Err(cx.invalid(v, &key("interface"), format!("{s:?} is not a valid interface name")));
                 }
-                if !links.iter().any(|l| &l.interface == s) {
-                    let have: Vec<&str> = links.iter().map(|l| l.interface.as_str()).collect();
-                    return Err(cx.invalid(v, &key("interface"), format!(
-                        "{s:?} is not the interface of any [[link]] ({}): baton can only watch the links it is configured with",
-                        have.join(", ")
-                    )));
-                }
+                // Any interface: a client network apart from the
+                // heartbeat links is watched for carrier (carrier.rs).
                 s.clone()
             }
             None => links.first().map(|l| l.interface.clone()).unwrap_or_default(),
@@ -1081,7 +1076,9 @@ unit = "nginx.service"
 
     #[test]
     fn interface() {
-        assert!(one("interface = \"eth9\"").starts_with("t.toml:27: `group[0].interface`: \"eth9\" is not the interface of any [[link]] (eth1)"));
+        // A client network apart from the links is fine (carrier watched).
+        let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\ninterface = \"eth9\"\n")).unwrap();
+        assert_eq!(c.groups[0].interface, "eth9");
         assert!(one("interface = \"a b\"").starts_with("t.toml:27: `group[0].interface`: \"a b\" is not a valid interface name"));
         let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\ninterface = \"eth1\"\n")).unwrap();
         assert_eq!(c.groups[0].interface, "eth1");

@@ -3,6 +3,7 @@
 //! `main.rs`; the daemon loop in `run.rs`.
 
 pub mod addr;
+pub mod carrier;
 pub mod channel;
 pub mod cluster;
 pub mod config;
