@@ -859,6 +859,9 @@ addresses = ["10.0.0.2"]
         let block = readme[at..].split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
         let cfg = parse(Path::new("README.md"), block).unwrap_or_else(|e| panic!("README's example: {e}"));
         assert_eq!(cfg.groups.len(), 1);
+        // The floating address on the client network, apart from the links.
+        assert_eq!(cfg.groups[0].interface, "eth0");
+        assert!(cfg.links.iter().all(|l| l.interface != "eth0"));
         assert_eq!(cfg.health.len(), 1);
         assert_eq!(cfg.metrics.map(|m| m.listen.to_string()).as_deref(), Some("127.0.0.1:9745"));
     }

@@ -224,6 +224,25 @@ impl Group {
     }
 }
 
+/// The monitor of a group's `gateway` probe: `ping` through the group's
+/// interface every second, failed after three misses in a row.
+pub fn gateway_monitor(group: &str, interface: &str, gateway: IpAddr) -> ResourceSpec {
+    ResourceSpec {
+        name: format!("{group}-gateway"),
+        group: group.to_string(),
+        role: Role::Monitor,
+        kind: ResourceKind::Command {
+            start: None,
+            stop: None,
+            monitor: Some(format!("exec ping -n -q -c 1 -W 1 -I {interface} {gateway}")),
+            daemon: None,
+        },
+        timeouts: Timeouts { monitor_ms: 2000, ..Timeouts::default() },
+        interval_ms: Some(1000),
+        failures: 3,
+    }
+}
+
 /// Indices of `groups` with every parent before its children (file order
 /// otherwise): the start order of S1.12. Reverse it to stop.
 pub fn start_order(groups: &[Group]) -> Vec<usize> {
@@ -269,6 +288,7 @@ pub(crate) struct RawGroup {
     drain_timeout_ms: Option<Spanned<i64>>,
     notify: Option<Spanned<String>>,
     recovery: Option<Spanned<String>>,
+    gateway: Option<Spanned<String>>,
     application: Option<Spanned<RawResource>>,
     #[serde(default)]
     monitor: Vec<Spanned<RawResource>>,
@@ -373,7 +393,7 @@ pub fn parse_address(s: &str) -> Result<GroupAddress, String> {
 }
 
 /// Validates the `[[group]]` tables. `this_node` and `peers` are the
-/// configured node ids; `links` gives the default and allowed interfaces.
+/// configured node ids; `links` gives the default interface (the first link's); any other is allowed.
 pub(crate) fn validate(
     file: &Path,
     text: &str,
@@ -420,13 +440,8 @@ pub(crate) fn validate(
                 if !valid_ifname(s) {
                     return Err(cx.invalid(v, &key("interface"), format!("{s:?} is not a valid interface name")));
                 }
-                if !links.iter().any(|l| &l.interface == s) {
-                    let have: Vec<&str> = links.iter().map(|l| l.interface.as_str()).collect();
-                    return Err(cx.invalid(v, &key("interface"), format!(
-                        "{s:?} is not the interface of any [[link]] ({}): baton can only watch the links it is configured with",
-                        have.join(", ")
-                    )));
-                }
+                // Any interface: a client network apart from the
+                // heartbeat links is watched for carrier (carrier.rs).
                 s.clone()
             }
             None => links.first().map(|l| l.interface.clone()).unwrap_or_default(),
@@ -565,6 +580,18 @@ pub(crate) fn validate(
         let mut monitors = Vec::new();
         for (j, m) in g.monitor.iter().enumerate() {
             monitors.push(resource(&cx, m, &format!("group[{i}].monitor[{j}]"), &name, format!("{name}-monitor-{j}"), Role::Monitor)?);
+        }
+        // Client networks: a gateway probe is a monitor of its own (three
+        // failed pings in a row, one a second, fail the group).
+        if let Some(gw) = &g.gateway {
+            let ip: IpAddr = gw.get_ref().parse().map_err(|_| cx.invalid(gw, &key("gateway"), format!("{:?} is not an IPv4 or IPv6 address", gw.get_ref())))?;
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                return Err(cx.invalid(gw, &key("gateway"), format!("{ip} is not a unicast address to probe")));
+            }
+            if addresses.is_empty() {
+                return Err(cx.invalid(gw, &key("gateway"), "a gateway probe needs the group's addresses (it checks their network)"));
+            }
+            monitors.push(gateway_monitor(&name, &interface, ip));
         }
 
         groups.push(Group {
@@ -1081,7 +1108,16 @@ unit = "nginx.service"
 
     #[test]
     fn interface() {
-        assert!(one("interface = \"eth9\"").starts_with("t.toml:27: `group[0].interface`: \"eth9\" is not the interface of any [[link]] (eth1)"));
+        // A client network apart from the links is fine (carrier watched).
+        let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\ninterface = \"eth9\"\n")).unwrap();
+        assert_eq!(c.groups[0].interface, "eth9");
+        // With a gateway probe: a monitor of its own.
+        let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\naddresses = [\"192.168.1.80/24\"]\ninterface = \"eth0\"\ngateway = \"192.168.1.1\"\n")).unwrap();
+        let m = &c.groups[0].monitors[0];
+        assert_eq!((m.name.as_str(), m.interval_ms, m.failures), ("g-gateway", Some(1000), 3));
+        assert!(matches!(&m.kind, ResourceKind::Command { monitor: Some(l), .. } if l == "exec ping -n -q -c 1 -W 1 -I eth0 192.168.1.1"));
+        assert_eq!(one("gateway = \"x\""), "t.toml:27: `group[0].gateway`: \"x\" is not an IPv4 or IPv6 address");
+        assert_eq!(one("gateway = \"10.0.0.1\""), "t.toml:27: `group[0].gateway`: a gateway probe needs the group's addresses (it checks their network)");
         assert!(one("interface = \"a b\"").starts_with("t.toml:27: `group[0].interface`: \"a b\" is not a valid interface name"));
         let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\ninterface = \"eth1\"\n")).unwrap();
         assert_eq!(c.groups[0].interface, "eth1");

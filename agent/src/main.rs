@@ -26,8 +26,17 @@ enum Cmd {
     Status {
         #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
         config: PathBuf,
+        /// The whole status as JSON (schema: docs/status-json.md).
         #[arg(long)]
         json: bool,
+        /// Refresh until interrupted (as crm_mon): the screen is redrawn on
+        /// a terminal; otherwise each view follows the last (with --json:
+        /// one JSON document per line).
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, short, default_value_t = 2.0, requires = "watch")]
+        interval: f64,
     },
     /// Make a new 128-bit cluster secret (hex), written with mode 0600.
     Keygen {
@@ -340,7 +349,11 @@ fn real_main() -> Result<()> {
                 run::Ended::Halted(why) => rejoin_or_exit(rt, &cfg, why, started_ns),
             }
         }
-        Cmd::Status { config, json } => {
+        Cmd::Status { config, json, watch: true, interval } => {
+            let cfg = config::load(&config)?;
+            status::watch(&cfg, json, interval)
+        }
+        Cmd::Status { config, json, watch: false, .. } => {
             let cfg = config::load(&config)?;
             let v = status::collect(&cfg)?;
             if json {

@@ -69,6 +69,52 @@ pub fn peer_links(cfg: &Config) -> Result<Vec<PeerLink>, StatusError> {
     Ok(out)
 }
 
+/// The version of the `baton status --json` document (docs/status-json.md):
+/// fields may be added without a change; a field removed, renamed or given
+/// another meaning or type raises it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `baton status --watch`: the status every `interval` seconds until
+/// interrupted. On a terminal the screen is redrawn (as `crm_mon`);
+/// otherwise each view follows the last, after a `--- <time>` line, or one
+/// JSON document per line with `json`. An agent that is not running (yet)
+/// is shown as such and asked again at the next refresh.
+pub fn watch(cfg: &Config, json: bool, interval: f64) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    if !(interval.is_finite() && (0.1..=3600.0).contains(&interval)) {
+        anyhow::bail!("--interval {interval}: give between 0.1 and 3600 seconds");
+    }
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let mut out = std::io::stdout().lock();
+        match collect(cfg) {
+            Ok(v) if json => writeln!(out, "{v}")?,
+            Ok(v) => {
+                if tty {
+                    write!(out, "\x1b[H\x1b[2J")?;
+                } else {
+                    writeln!(out, "--- {now}")?;
+                }
+                writeln!(out, "baton status (every {interval} s; Ctrl-C to stop)\n")?;
+                write!(out, "{}", render(&v))?;
+            }
+            Err(e) if json => writeln!(out, "{}", json!({"schema_version": SCHEMA_VERSION, "error": e.to_string()}))?,
+            Err(e) => {
+                if tty {
+                    write!(out, "\x1b[H\x1b[2J")?;
+                } else {
+                    writeln!(out, "--- {now}")?;
+                }
+                writeln!(out, "baton status (every {interval} s; Ctrl-C to stop)\n\n{e}")?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+    }
+}
+
 /// The whole status document (`baton status --json`).
 pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
     let now = monotonic_ns();
@@ -157,6 +203,7 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
         _ => Value::Array(Vec::new()),
     };
     Ok(json!({
+        "schema_version": SCHEMA_VERSION,
         "services": services,
         "cluster": cfg.cluster_name,
         "cluster_id": dc.cluster_id,

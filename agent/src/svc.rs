@@ -211,6 +211,8 @@ impl ServiceManager {
             .map_err(|e| anyhow::anyhow!("resource groups: {e:?}"))?;
         let (done_tx, done_rx) = mpsc::channel(256);
         let (mon_tx, mon_rx) = mpsc::channel(256);
+        // Client networks: a lost carrier fails the groups on it.
+        crate::carrier::spawn(mon_tx.clone());
         let mut rts = BTreeMap::new();
         for g in groups {
             let (app, monitors) = resources_of(g, &mon_tx);
@@ -383,6 +385,22 @@ impl ServiceManager {
 
     pub fn monitor_failed(&mut self, ev: MonitorEvent, channel: &Channel) {
         let MonitorEvent::Failed { resource, reason } = ev;
+        if let Some(ifname) = resource.strip_prefix("carrier:") {
+            // Client networks: every group running here on that interface.
+            let hit: Vec<String> = self
+                .groups
+                .values()
+                .filter(|g| g.group.interface == ifname && !g.group.addresses.is_empty() && self.active.holds(&g.group.name))
+                .filter(|g| self.core.local_phase(&g.group.name) == baton_core::services::LocalPhase::Running)
+                .map(|g| g.group.name.clone())
+                .collect();
+            for group in hit {
+                warn!(group = %group, interface = ifname, "client interface lost its carrier: the group moves");
+                self.event(serde_json::json!({"event": "monitor_failed", "service": group, "node": self.me, "reason": reason}));
+                self.feed(Input::MonitorFailed { service: group }, channel);
+            }
+            return;
+        }
         let Some(group) = self
             .groups
             .values()
@@ -718,6 +736,15 @@ pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
 }
 
 async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
+    // Client networks: no address on an interface that cannot carry it
+    // (the deciding node then tries the next node).
+    if !g.addresses.is_empty() {
+        match crate::carrier::has_carrier(&g.interface) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("interface {} has no carrier (or is down)", g.interface)),
+            Err(e) => return Err(e),
+        }
+    }
     for a in &g.addresses {
         crate::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
     }

@@ -504,6 +504,11 @@ pub struct Report {
     /// The node's registry copy: sent in the first report of an epoch, so
     /// that a new decider continues from the newest one.
     pub registry: Option<Registry>,
+    /// Grows with every reconfiguration of this life
+    /// ([`Services::reconfigure`]): the decider then lifts the node's bans
+    /// (a start it refused for a service it did not have yet).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub config_gen: u64,
 }
 
 /// What the decider tells a node to do.
@@ -736,6 +741,8 @@ pub struct Services {
     /// somewhere: stopped everywhere first, forgotten once nothing of them is
     /// left (see [`Services::reconfigure`]).
     retired: BTreeSet<String>,
+    /// Reconfigurations of this life (sent in reports).
+    config_gen: u64,
 }
 
 /// How often an unfinished handshake with a new decider is retried.
@@ -847,6 +854,7 @@ impl Services {
             early_collect: None,
             retry_at: None,
             retired: BTreeSet::new(),
+            config_gen: 0,
         };
         for name in me.order.clone() {
             let st = me.status_of(&name, Instant::ZERO);
@@ -930,6 +938,7 @@ impl Services {
         self.specs = all;
         self.order = order;
         self.retired = retired;
+        self.config_gen += 1;
         for name in self.order.clone() {
             if !self.shown.contains_key(&name) {
                 let st = self.status_of(&name, self.now);
@@ -1438,6 +1447,7 @@ impl Services {
             load: self.load,
             leaving: self.leaving_local.clone(),
             registry: if with_registry { Some(self.registry.clone()) } else { None },
+            config_gen: self.config_gen,
         }
     }
 
@@ -1621,6 +1631,15 @@ impl Services {
             }
         }
         let first = d.reports.get(&from).is_none_or(|o| o.incarnation != r.incarnation);
+        // The node reconfigured: what it refused before (a service it did
+        // not have yet) may run there now.
+        let reconfigured = d.reports.get(&from).is_some_and(|o| o.incarnation == r.incarnation && o.config_gen != r.config_gen);
+        if reconfigured {
+            for e in self.registry.services.values_mut() {
+                e.banned.remove(&from);
+            }
+            d.alerted.retain(|_, a| !matches!(a, AlertReason::AllNodesFailed | AlertReason::NoNode));
+        }
         d.incarnations.insert(from, r.incarnation);
         d.reports.insert(from, r);
         d.dirty = true;

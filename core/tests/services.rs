@@ -1110,6 +1110,12 @@ struct Sim {
     view_id: u64,
     inc: u64,
     log: Vec<String>,
+    /// Reconfigurations (reloads) as chaos steps: the spec sets to switch
+    /// between, and the live nodes that have not taken the current one yet.
+    reconfig: Option<Vec<Vec<ServiceSpec>>>,
+    reconf_pending: BTreeSet<NodeId>,
+    /// Every service name of every spec set (for the safety check).
+    every_spec: Vec<ServiceSpec>,
 }
 
 impl Sim {
@@ -1129,7 +1135,20 @@ impl Sim {
             view_id: 0,
             inc: 0,
             log: Vec::new(),
+            reconfig: None,
+            reconf_pending: BTreeSet::new(),
+            every_spec: sim_specs(),
         }
+    }
+
+    /// This node takes the current spec set (its reload), at a random step.
+    fn reconfigure(&mut self, id: NodeId) {
+        self.reconf_pending.remove(&id);
+        let specs = self.specs.clone();
+        let Some(c) = self.cores.get_mut(&id) else { return };
+        c.reconfigure(self.now, specs).unwrap();
+        self.log.push(format!("{id}: reconfigured"));
+        self.input(id, Input::Tick);
     }
 
     fn input(&mut self, id: NodeId, input: Input) {
@@ -1199,6 +1218,7 @@ impl Sim {
         self.members.remove(&id);
         self.leaving.remove(&id);
         self.running_ops.retain(|(n, _)| *n != id);
+        self.reconf_pending.remove(&id);
         // What it sent before it died may still arrive (it was on the wire);
         // what was sent to it is lost.
         self.msgs.retain(|(_, t, _)| *t != id);
@@ -1251,6 +1271,21 @@ impl Sim {
             let id = v[self.rng.below(v.len() as u64) as usize];
             let figure = self.rng.below(100);
             self.input(id, Input::Load { figure });
+            return;
+        }
+        if self.reconfig.is_some() && chaos && r < 12 && self.rng.chance(0.2) {
+            // A reload: a new spec set for every node, each node taking it
+            // at its own later step.
+            let sets = self.reconfig.clone().unwrap();
+            self.specs = sets[self.rng.below(sets.len() as u64) as usize].clone();
+            self.reconf_pending = self.cores.keys().copied().collect();
+            self.log.push(format!("reload: {:?}", self.specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>()));
+            return;
+        }
+        if !self.reconf_pending.is_empty() && r < 12 && self.rng.chance(0.5) {
+            let v: Vec<NodeId> = self.reconf_pending.iter().copied().collect();
+            let id = v[self.rng.below(v.len() as u64) as usize];
+            self.reconfigure(id);
             return;
         }
         if chaos && r < 12 && !self.members.is_empty() {
@@ -1320,7 +1355,7 @@ impl Sim {
     }
 
     fn assert_idle(&self, id: NodeId) {
-        for s in &self.specs {
+        for s in &self.every_spec {
             assert!(
                 !self.cores[&id].local_phase(&s.name).active(),
                 "node {id} finished its leave with {} {:?}",
@@ -1336,7 +1371,7 @@ impl Sim {
 
     /// Safety: a placement-One service may run on at most one live node.
     fn check_safety(&self) -> Result<(), String> {
-        for s in &self.specs {
+        for s in &self.every_spec {
             let one = match &s.parent {
                 None => s.placement == Placement::One,
                 Some(_) => true, // every child here is in a One group
@@ -1356,7 +1391,7 @@ impl Sim {
             }
             // The decider's registry agrees: at most one live instance.
             for c in self.cores.values().filter(|c| c.is_decider()) {
-                let e = &c.registry().services[&s.name];
+                let Some(e) = c.registry().services.get(&s.name) else { continue };
                 let live: Vec<&NodeId> = e
                     .instances
                     .iter()
@@ -1375,8 +1410,18 @@ impl Sim {
     fn check_healed(&self) -> Result<(), String> {
         let live: BTreeSet<NodeId> = self.cores.keys().copied().collect();
         let decider = self.cores.values().find(|c| c.is_decider()).ok_or("no decider")?;
+        for s in self.every_spec.iter().filter(|s| !self.specs.iter().any(|x| x.name == s.name)) {
+            for (id, c) in &self.cores {
+                if c.local_phase(&s.name).active() || c.snapshot().iter().any(|x| x.name == s.name) {
+                    return Err(format!("node {id} still has {} (removed by a reload)", s.name));
+                }
+            }
+        }
         for s in &self.specs {
-            let root = if s.parent.is_some() { &self.specs[0] } else { s };
+            let root = match &s.parent {
+                Some(_) => self.specs.iter().find(|x| x.name == "ip").expect("children only under ip"),
+                None => s,
+            };
             let allowed: Vec<NodeId> = live.iter().copied().filter(|n| root.may_run_on(*n)).collect();
             // S4.6: a group in off-line mode is held off-line (addresses
             // only) on exactly as many nodes as it would run on.
@@ -1405,7 +1450,29 @@ impl Sim {
 }
 
 fn run_sim(seed: u64) -> Result<(), String> {
-    let mut sim = Sim::new(seed);
+    run_sim_with(Sim::new(seed))
+}
+
+/// The spec sets a reloading simulation switches between: the usual one;
+/// db removed, "cache" added (nodes 1 and 3), lic no longer on 1 and web's
+/// group preferring 2; and the ip/app/web group removed whole.
+fn reload_sets() -> Vec<Vec<ServiceSpec>> {
+    let base = sim_specs();
+    let mut b: Vec<ServiceSpec> = base.iter().filter(|s| s.name != "db").cloned().collect();
+    b.push(ServiceSpec { allowable: nodes(&[1, 3]), ..ServiceSpec::new("cache") });
+    for s in b.iter_mut() {
+        if s.name == "lic" {
+            s.disallowable = [1, 4].into();
+        }
+        if s.name == "ip" {
+            s.preferred = Some(2);
+        }
+    }
+    let c: Vec<ServiceSpec> = base.iter().filter(|s| !["ip", "app", "web"].contains(&s.name.as_str())).cloned().collect();
+    vec![base, b, c]
+}
+
+fn run_sim_with(mut sim: Sim) -> Result<(), String> {
     let first = 1 + sim.rng.below(4) as NodeId;
     sim.boot(first);
     for _ in 0..3000 {
@@ -1414,6 +1481,9 @@ fn run_sim(seed: u64) -> Result<(), String> {
     }
     // Heal: everyone back, no more faults.
     for _ in 0..20_000 {
+        if let Some(&id) = sim.reconf_pending.iter().next() {
+            sim.reconfigure(id);
+        }
         let dead: Vec<NodeId> = sim.all.iter().copied().filter(|n| !sim.cores.contains_key(n)).collect();
         if let Some(&id) = dead.first() {
             if !sim.membership_pending() {
@@ -1422,7 +1492,7 @@ fn run_sim(seed: u64) -> Result<(), String> {
         }
         sim.step(false);
         sim.check_safety()?;
-        if dead.is_empty() && sim.quiet() && sim.leaving.is_empty() {
+        if dead.is_empty() && sim.quiet() && sim.leaving.is_empty() && sim.reconf_pending.is_empty() {
             // Let timers run out too.
             sim.now = sim.now.plus_ms(100);
             for id in sim.cores.keys().copied().collect::<Vec<_>>() {
@@ -1443,6 +1513,27 @@ fn run_sim(seed: u64) -> Result<(), String> {
         }
     }
     sim.check_healed().map_err(|e| format!("{e}\n  trace tail: {:?}", &sim.log[sim.log.len().saturating_sub(30)..]))
+}
+
+#[test]
+fn simulation_with_reloads_safety_and_healing() {
+    let mut failed = Vec::new();
+    let seeds: u64 = std::env::var("SERVICES_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    for seed in 1..=seeds {
+        let mut sim = Sim::new(seed);
+        let sets = reload_sets();
+        sim.every_spec = sets.iter().flatten().fold(Vec::new(), |mut v: Vec<ServiceSpec>, s| {
+            if !v.iter().any(|x| x.name == s.name) {
+                v.push(s.clone());
+            }
+            v
+        });
+        sim.reconfig = Some(sets);
+        if let Err(e) = run_sim_with(sim) {
+            failed.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(failed.is_empty(), "{} seeds failed:\n{}", failed.len(), failed.join("\n"));
 }
 
 #[test]
@@ -1930,4 +2021,22 @@ fn a_node_without_the_service_refuses_its_start_and_the_decider_moves_on() {
     // Node 2 reloads too: b stays on 3 (costly transfer), 2 knows it.
     h.reconfigure_one(2, vec![a, b]);
     assert_eq!(h.st("b"), (Registered, Some(3), ""));
+}
+
+#[test]
+fn a_node_that_refused_an_unknown_service_gets_it_once_it_reconfigures() {
+    // Only the decider has "b", allowed on node 2 only: node 2 refuses
+    // (AllNodesFailed); once node 2 reloads too, b starts there by itself.
+    let a = ServiceSpec::new("a");
+    let mut h = H::new(vec![a.clone()]);
+    h.boot(1);
+    h.boot(2);
+    let b = ServiceSpec { allowable: nodes(&[2]), ..ServiceSpec::new("b") };
+    h.mark();
+    h.reconfigure_one(1, vec![a.clone(), b.clone()]);
+    assert_eq!(h.running("b"), Vec::<NodeId>::new());
+    assert_eq!(h.alerts(1), vec![("b".to_string(), AlertReason::AllNodesFailed)]);
+    h.reconfigure_one(2, vec![a, b]);
+    assert_eq!(h.st("b"), (Registered, Some(2), ""));
+    assert_eq!(h.running("b"), vec![2]);
 }

@@ -38,11 +38,12 @@ preferred = 3
 nodes = [3, 1, 2]
 "#;
 
-/// Web as in `web_group`, with a second address and a monitor.
+/// Web as in `web_group`, with a second address and a monitor (which fails
+/// once the node's marker file `fail-<node>` exists).
 fn web_changed() -> String {
     web_group("costly", "")
         .replace(&format!("addresses = [\"{VIP}/24\"]"), &format!("addresses = [\"{VIP}/24\", \"10.77.0.102/24\"]"))
-        + "\n[[group.monitor]]\nkind = \"command\"\nmonitor = \"true\"\ninterval_ms = 200\n"
+        + "\n[[group.monitor]]\nkind = \"command\"\nmonitor = \"test ! -e @WORK@/fail-@NODE@\"\ninterval_ms = 200\n"
 }
 
 /// Rewrites node `i`'s file with `groups` (as `Svc::start` writes it).
@@ -153,6 +154,25 @@ fn a_good_reload_adds_changes_and_removes_groups_without_moving_the_others() {
     for i in 0..3 {
         svc.check(svc.c.agents[i].is_some() && svc.c.control_socket(i).exists(), || format!("agent {i} ended on SIGHUP"));
     }
+
+    // db's node list without node 2 (where it runs): it moves (a planned
+    // move) to the first allowed node; web stays.
+    let mark = event_counts(&svc);
+    for i in 0..3 {
+        write_groups(&svc, i, &format!("{}{}", web_changed(), DB.replace("nodes = [2, 1, 3]", "nodes = [3, 1]").replace("preferred = 2", "preferred = 3")));
+    }
+    svc.baton(0, &["reload", "--all"]);
+    svc.wait_registered("db", Duration::from_secs(15), |n| n == 3);
+    let ok = wait_until(Duration::from_secs(5), || svc.c.has_addr(2, "10.77.0.101") && !svc.c.has_addr(1, "10.77.0.101"));
+    svc.check(ok.is_some(), || "db's address did not move from node2 to node3".into());
+    let ups = events_since(&svc, &mark, "service_up", "db");
+    svc.check(ups.len() == 1 && ups[0]["reason"] == "Transfer", || format!("db's start on node 3: {ups:?}"));
+    svc.check(events_since(&svc, &mark, "service_down", "web").is_empty() && svc.registered_on(0, "web") == Some(1), || "web moved".into());
+
+    // The monitor web got from the first reload runs on node 1: it fails
+    // once node1's marker exists, and web moves.
+    std::fs::write(svc.marker("fail-node1"), "").unwrap();
+    svc.wait_registered("web", Duration::from_secs(15), |n| n != 1);
 }
 
 #[test]
