@@ -829,6 +829,24 @@ addresses = ["10.0.0.2"]
     }
 
     #[test]
+    fn confirm_ms_and_socket_group() {
+        let c = parse(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!((c.confirm_ms, c.socket_group), (DEFAULT_CONFIRM_MS, None));
+        assert_eq!(c.socket_access().mode(), 0o600);
+        let c = parse(Path::new("t.toml"), &format!("{GOOD}\n[membership]\nconfirm_ms = 0\n")).unwrap();
+        assert_eq!(c.confirm_ms, 0);
+        let e = err(&format!("{GOOD}\n[membership]\nconfirm_ms = 20000\n"));
+        assert!(e.contains("membership.confirm_ms") && e.contains("0..=10000"), "{e}");
+        let with_paths = |v: &str| format!("{GOOD}\n[paths]\nsocket_group = {v}\n");
+        let c = parse(Path::new("t.toml"), &with_paths("\"0\"")).unwrap();
+        assert_eq!((c.socket_group, c.socket_access().mode()), (Some(0), 0o660));
+        let c = parse(Path::new("t.toml"), &with_paths("\"root\"")).unwrap();
+        assert_eq!(c.socket_group, Some(0));
+        let e = err(&with_paths("\"no-such-group-baton\""));
+        assert!(e.contains("t.toml:") && e.contains("paths.socket_group") && e.contains("no group \"no-such-group-baton\""), "{e}");
+    }
+
+    #[test]
     fn secrets() {
         assert!(parse_secret("00112233445566778899aabbccddeeff\n").is_ok());
         assert!(parse_secret("0011").unwrap_err().contains("32 hex digits"));

@@ -475,6 +475,7 @@ async fn event_loop(
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
     let mut last_view = None;
+    let mut ctl_open = true;
     // Silences of the local datapath held until confirmed (confirm.rs).
     let mut confirm = crate::confirm::SilenceConfirm::new(cfg.confirm_ms as u64 * 1_000_000);
     // The datapath's `events_lost` counter as last reported.
@@ -729,9 +730,15 @@ async fn event_loop(
                     effects.extend(feed_peer_input(i, &mut driver, &mut confirm, &ha.app_sender, cfg));
                 }
             }
-            r = ctl_rx.recv() => {
+            r = ctl_rx.recv(), if ctl_open => {
                 // A complete request line (read off this loop, see control.rs).
-                let Some(r) = r else { continue };
+                let Some(r) = r else {
+                    // Cannot happen (the server task lives as long as the
+                    // receiver); never spin on a closed receiver.
+                    error!("the control socket's server task ended: local requests are no longer served");
+                    ctl_open = false;
+                    continue;
+                };
                 let req = r.line;
                 let mut reply_to = Some(r.reply);
                 let mut reply = |line: &str| {

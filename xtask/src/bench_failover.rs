@@ -699,9 +699,9 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
 
 /// Link cuts of the active node (its only link: isolated, no quorum), one
 /// after the other on one long-lived cluster: after each cut the link is
-/// healed, the isolated node (halted: no quorum) starts again as a new life
-/// by itself (`membership.rejoin_ms`) and rejoins, and the next cut cuts
-/// whichever node serves then. (Until the tracker kept a restarted peer's
+/// healed, the isolated node's agent (halted: no quorum) is restarted and
+/// rejoins, and the next cut cuts whichever node serves then (node 1 again:
+/// the group falls back to it). (Until the tracker kept a restarted peer's
 /// up links, a cut after a restart that followed a cut went unreported, and
 /// each cut had a fresh cluster; `tests/tests/linkcuts.rs` now cuts one node
 /// three times in a row.) A cut that fails over nowhere within 10 s counts
@@ -757,8 +757,12 @@ fn baton_linkcuts(opts: &FailoverOpts, rng: &mut Lcg, r: &mut Results) -> Result
                     if still_vip { "still configured" } else { "released" },
                 ));
             }
-            // Heal: the isolated node's new life rejoins; everyone in one view.
+            // Heal, and restart the isolated node's agent (its own new life
+            // would come only after `rejoin_ms` doubled for every halt in a
+            // row: tens of seconds after a few cuts); everyone in one view.
             rig.c.heal_link(active, 0);
+            rig.c.stop(active);
+            rig.c.start(active);
             rig.c.wait_all_joined(Duration::from_secs(30));
             wait_served(&rig.prober, monotonic_ns(), None, None, Duration::from_secs(10))?.context("nobody serves after the heal")?;
             Ok(())
