@@ -372,6 +372,7 @@ fn logs_go_to_the_journal_with_fields_when_stderr_is_the_journal() {
     std::fs::create_dir_all(&out).unwrap();
     let script = format!(
         r#"set -e
+mkdir -p /run/systemd
 mount -t tmpfs tmpfs /run/systemd
 mkdir -p /run/systemd/journal /run/log
 mount -t tmpfs tmpfs /run/log

@@ -78,7 +78,7 @@ pub fn build() -> Result<PathBuf> {
     }
     let out_dir = target.join("debian");
     std::fs::create_dir_all(&out_dir)?;
-    let stdout = run(super::cargo().args(["deb", "-p", "baton-agent", "--no-build", "--output"]).arg(&out_dir))?;
+    let stdout = run(super::cargo().args(["deb", "-p", "baton-agent", "--no-build", "--strip", "--output"]).arg(&out_dir))?;
     let deb = stdout
         .lines()
         .rev()
@@ -170,7 +170,7 @@ fn throwaway_root() -> Result<PathBuf> {
         let tmp = cache.join("bookworm-minbase.tar.tmp");
         // man-db: `man -w` finds the pages as installed.
         run(Command::new("mmdebstrap")
-            .args(["--variant=minbase", "--include=man-db", "bookworm"])
+            .args(["--variant=minbase", "--format=tar", "--include=man-db", "bookworm"])
             .arg(&tmp)
             .arg("http://deb.debian.org/debian"))?;
         std::fs::rename(&tmp, &tarball)?;
