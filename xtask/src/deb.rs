@@ -156,6 +156,15 @@ fn tempdir(tag: &str) -> Result<PathBuf> {
 /// A minimal Debian 12 root (mmdebstrap minbase, cached as a tarball),
 /// extracted fresh for each check.
 fn throwaway_root() -> Result<PathBuf> {
+    let tarball = root_tarball()?;
+    let root = tempdir("root")?;
+    run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&root))?;
+    Ok(root)
+}
+
+/// The cached Debian 12 minbase root tarball (made by mmdebstrap, installed
+/// when missing).
+pub fn root_tarball() -> Result<PathBuf> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("`cargo xtask deb --check` installs the package into a chroot: run it as root");
     }
@@ -175,9 +184,7 @@ fn throwaway_root() -> Result<PathBuf> {
             .arg("http://deb.debian.org/debian"))?;
         std::fs::rename(&tmp, &tarball)?;
     }
-    let root = tempdir("root")?;
-    run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&root))?;
-    Ok(root)
+    Ok(tarball)
 }
 
 fn chroot(root: &Path, args: &[&str]) -> Result<String> {
