@@ -75,6 +75,7 @@ pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::
 pub async fn run(cfg_path: &Path) -> Result<Ended> {
     let cfg = config::load(cfg_path)?;
     crate::datapath::check_prerequisites()?;
+    crate::caps::check(&cfg, crate::caps::effective())?;
     let key = config::read_secret(&cfg.secret_file)?;
     std::fs::create_dir_all(&cfg.paths.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;

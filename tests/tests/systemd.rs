@@ -423,3 +423,24 @@ kill $JP
     assert!(stderr_other.contains("XDP program attached"), "a redirected stderr gets the text log: {stderr_other}");
     c.agents[0] = None;
 }
+
+#[test]
+fn without_cap_net_raw_a_node_with_floating_addresses_names_it_and_exits_78() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("snrw", 3, &web_group("costly", ""));
+    let wrapper: Vec<String> = vec!["setpriv".into(), format!("--bounding-set={}", setpriv_caps(&["CAP_NET_RAW"]))];
+    start_with(&mut svc, 0, &wrapper, &[]);
+    let mut a = svc.c.agents[0].take().unwrap();
+    let mut st = None;
+    wait_until(Duration::from_secs(10), || {
+        st = a.child.try_wait().unwrap();
+        st.is_some()
+    });
+    let log = svc.c.agent_log(0);
+    assert_eq!(st.and_then(|s| s.code()), Some(78), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("missing capability CAP_NET_RAW: group \"web\" has floating addresses"), "{log}");
+    assert!(!vip_on(&svc.ns(0)) && !svc.c.control_socket(0).exists());
+}
