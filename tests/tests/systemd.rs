@@ -165,7 +165,7 @@ fn notify_ready_status_watchdog_stopping_and_exit_codes() {
     // namespace: bound in node2's.
     let abstract_name = format!("baton-test-notify-{}", svc.c.prefix);
     let an = abstract_name.clone();
-    let mut socks = vec![
+    let mut socks = [
         NotifySock::path(&dir.join("notify0.sock")),
         in_netns(&svc.ns(1), move || NotifySock::abstract_name(&an)),
         NotifySock::path(&dir.join("notify2.sock")),
