@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod assets;
+pub mod caps;
 pub mod carrier;
 pub mod channel;
 pub mod cluster;

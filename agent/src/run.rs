@@ -129,6 +129,7 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
     // First: a metrics port in use is one clear error before anything runs.
     let metrics = crate::metrics::bind(&cfg)?;
     crate::datapath::check_prerequisites()?;
+    crate::caps::check(&cfg, crate::caps::effective())?;
     let key = config::read_secret(&cfg.secret_file)?;
     std::fs::create_dir_all(&cfg.paths.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;

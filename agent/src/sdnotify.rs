@@ -153,6 +153,27 @@ pub fn stopping(status: &str) {
     })
 }
 
+/// `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC, as systemd
+/// wants it) and a status line: for a configuration reload, followed by
+/// [`reloaded`] when it is done (applied or refused).
+pub fn reloading(status: &str) {
+    with(|st| {
+        st.last_status = status.to_string();
+        let usec = crate::events::monotonic_ns() / 1000;
+        let msg = format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={}", one_line(status));
+        send_status(st, &msg);
+    })
+}
+
+/// `READY=1` again after a reload, with the status line.
+pub fn reloaded(status: &str) {
+    with(|st| {
+        st.last_status = status.to_string();
+        let msg = format!("READY=1\nSTATUS={}", one_line(status));
+        send_status(st, &msg);
+    })
+}
+
 /// `WATCHDOG=1`.
 pub fn watchdog() {
     with(|st| {
@@ -284,6 +305,61 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages as a real datagram socket receives them, with a
+    /// receive queue that overflows: a status line that was dropped is sent
+    /// again with the next ping, and nothing blocks.
+    #[test]
+    fn messages_reach_a_datagram_socket_and_a_dropped_status_is_resent() {
+        let dir = std::env::temp_dir().join(format!("baton-sdnotify-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let sock = UnixDatagram::unbound().unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let target = Target { sock, addr: SocketAddr::from_pathname(&path).unwrap(), watchdog: Some(Duration::from_millis(100)) };
+        *STATE.lock().unwrap() = Some(State { target: Some(target), last_status: String::new(), stopping: false, failed_once: false, status_pending: false });
+        let recv = || {
+            let mut buf = [0u8; 512];
+            let n = rx.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        };
+        ready("waiting to join");
+        assert!(recv().starts_with("READY=1\nSTATUS=waiting to join\nMAINPID="));
+        status("waiting to join");
+        status("joined");
+        assert_eq!(recv(), "STATUS=joined");
+        reloading("reloading /etc/baton/baton.toml");
+        let m = recv();
+        assert!(m.starts_with("RELOADING=1\nMONOTONIC_USEC=") && m.ends_with("\nSTATUS=reloading /etc/baton/baton.toml"), "{m}");
+        reloaded("joined");
+        assert_eq!(recv(), "READY=1\nSTATUS=joined");
+        // Fill the queue (nobody reads) until a status line is dropped:
+        // the sends fail at once instead of blocking.
+        let t = std::time::Instant::now();
+        let mut last = String::new();
+        for i in 0..100_000 {
+            last = format!("joined ({i})");
+            status(&last);
+            if STATE.lock().unwrap().as_ref().unwrap().status_pending {
+                break;
+            }
+        }
+        assert!(STATE.lock().unwrap().as_ref().unwrap().status_pending, "the socket's queue never filled");
+        assert!(t.elapsed() < Duration::from_secs(2), "a full socket blocked the sender");
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        while rx.recv(&mut buf).is_ok() {}
+        rx.set_nonblocking(false).unwrap();
+        watchdog();
+        assert_eq!(recv(), format!("WATCHDOG=1\nSTATUS={last}"), "the dropped status comes with the next ping");
+        watchdog();
+        assert_eq!(recv(), "WATCHDOG=1");
+        *STATE.lock().unwrap() = None;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn status_lines_are_one_line() {

@@ -165,7 +165,7 @@ fn notify_ready_status_watchdog_stopping_and_exit_codes() {
     // namespace: bound in node2's.
     let abstract_name = format!("baton-test-notify-{}", svc.c.prefix);
     let an = abstract_name.clone();
-    let mut socks = vec![
+    let mut socks = [
         NotifySock::path(&dir.join("notify0.sock")),
         in_netns(&svc.ns(1), move || NotifySock::abstract_name(&an)),
         NotifySock::path(&dir.join("notify2.sock")),
@@ -372,6 +372,7 @@ fn logs_go_to_the_journal_with_fields_when_stderr_is_the_journal() {
     std::fs::create_dir_all(&out).unwrap();
     let script = format!(
         r#"set -e
+mkdir -p /run/systemd
 mount -t tmpfs tmpfs /run/systemd
 mkdir -p /run/systemd/journal /run/log
 mount -t tmpfs tmpfs /run/log
@@ -421,4 +422,25 @@ kill $JP
     let stderr_other = std::fs::read_to_string(out.join("stderr-other.log")).unwrap();
     assert!(stderr_other.contains("XDP program attached"), "a redirected stderr gets the text log: {stderr_other}");
     c.agents[0] = None;
+}
+
+#[test]
+fn without_cap_net_raw_a_node_with_floating_addresses_names_it_and_exits_78() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("snrw", 3, &web_group("costly", ""));
+    let wrapper: Vec<String> = vec!["setpriv".into(), format!("--bounding-set={}", setpriv_caps(&["CAP_NET_RAW"]))];
+    start_with(&mut svc, 0, &wrapper, &[]);
+    let mut a = svc.c.agents[0].take().unwrap();
+    let mut st = None;
+    wait_until(Duration::from_secs(10), || {
+        st = a.child.try_wait().unwrap();
+        st.is_some()
+    });
+    let log = svc.c.agent_log(0);
+    assert_eq!(st.and_then(|s| s.code()), Some(78), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("missing capability CAP_NET_RAW: group \"web\" has floating addresses"), "{log}");
+    assert!(!vip_on(&svc.ns(0)) && !svc.c.control_socket(0).exists());
 }

@@ -78,7 +78,7 @@ pub fn build() -> Result<PathBuf> {
     }
     let out_dir = target.join("debian");
     std::fs::create_dir_all(&out_dir)?;
-    let stdout = run(super::cargo().args(["deb", "-p", "baton-agent", "--no-build", "--output"]).arg(&out_dir))?;
+    let stdout = run(super::cargo().args(["deb", "-p", "baton-agent", "--no-build", "--strip", "--output"]).arg(&out_dir))?;
     let deb = stdout
         .lines()
         .rev()
@@ -156,6 +156,15 @@ fn tempdir(tag: &str) -> Result<PathBuf> {
 /// A minimal Debian 12 root (mmdebstrap minbase, cached as a tarball),
 /// extracted fresh for each check.
 fn throwaway_root() -> Result<PathBuf> {
+    let tarball = root_tarball()?;
+    let root = tempdir("root")?;
+    run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&root))?;
+    Ok(root)
+}
+
+/// The cached Debian 12 minbase root tarball (made by mmdebstrap, installed
+/// when missing).
+pub fn root_tarball() -> Result<PathBuf> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("`cargo xtask deb --check` installs the package into a chroot: run it as root");
     }
@@ -170,14 +179,12 @@ fn throwaway_root() -> Result<PathBuf> {
         let tmp = cache.join("bookworm-minbase.tar.tmp");
         // man-db: `man -w` finds the pages as installed.
         run(Command::new("mmdebstrap")
-            .args(["--variant=minbase", "--include=man-db", "bookworm"])
+            .args(["--variant=minbase", "--format=tar", "--include=man-db", "bookworm"])
             .arg(&tmp)
             .arg("http://deb.debian.org/debian"))?;
         std::fs::rename(&tmp, &tarball)?;
     }
-    let root = tempdir("root")?;
-    run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&root))?;
-    Ok(root)
+    Ok(tarball)
 }
 
 fn chroot(root: &Path, args: &[&str]) -> Result<String> {

@@ -113,6 +113,10 @@ enum Cmd {
     /// Check vagrant/ without starting VMs: `vagrant validate` (vagrant installed when missing)
     /// and every node's configuration rendered by vagrant/provision.sh passes `baton config check`.
     VagrantValidate,
+    /// The Vagrant provisioning without VMs (root): the .deb, each node's configuration from the
+    /// template and one key in three Debian 12 roots in network namespaces; the agents join, web runs
+    /// on node1, node1 crashes, a client is served by node2 or node3 (vagrant/chroot-test.sh).
+    VagrantChrootTest,
     /// The test VM on Debian 12's own kernel with an LIO iSCSI target (docs/vm.md).
     Vm {
         #[command(subcommand)]
@@ -143,6 +147,7 @@ fn main() {
         Cmd::Demo => prepare_release().and_then(|_| demo::run()),
         Cmd::Vm { cmd } => vm::run(cmd),
         Cmd::VagrantValidate => vagrant::validate(),
+        Cmd::VagrantChrootTest => vagrant::chroot_test(),
         Cmd::Deb { check } => deb::build().and_then(|p| if check { deb::check(&p) } else { Ok(()) }),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
         Cmd::Bench {

@@ -87,3 +87,23 @@ pub fn validate() -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
+
+/// `cargo xtask vagrant-chroot-test`: the Vagrant provisioning (the .deb,
+/// the config template, the key) proven without VMs, in three Debian 12
+/// roots in network namespaces (vagrant/chroot-test.sh).
+pub fn chroot_test() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("vagrant-chroot-test needs root (chroots, network namespaces, XDP)");
+    }
+    let deb = super::deb::build()?;
+    let tarball = super::deb::root_tarball()?;
+    let work = super::target_dir()?.join("vagrant-chroot-test");
+    let script = super::workspace_root().join("vagrant/chroot-test.sh");
+    eprintln!("xtask: running {}", script.display());
+    let status = Command::new("bash").arg(&script).arg(&deb).arg(&tarball).arg(&work).status()?;
+    if !status.success() {
+        bail!("{} failed ({status}); logs in {}", script.display(), work.display());
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
