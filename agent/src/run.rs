@@ -870,7 +870,19 @@ pub fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_cor
 /// Reloads the configuration file (SIGHUP, `baton reload`, a peer's
 /// `baton reload --all`): docs/reload.md. With `all`, every peer is asked to
 /// reload its own file too. A refused file changes nothing.
+/// A reload (SIGHUP, `baton reload`, a peer's `--all`), told to systemd
+/// (RELOADING=1, then READY=1 with the outcome as the status line).
 async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
+    crate::sdnotify::reloading("reloading the configuration file");
+    let r = reload_config_now(driver, ha, guard, all).await;
+    crate::sdnotify::reloaded(&match &r.0 {
+        Ok(m) => m.clone(),
+        Err(m) => format!("reload refused (running the previous configuration): {m}"),
+    });
+    r
+}
+
+async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
     let now = monotonic_ns();
     let events = ha.reload.running.paths.events_log();
     let services_level = driver.svc.is_some();

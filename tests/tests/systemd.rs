@@ -219,6 +219,17 @@ fn notify_ready_status_watchdog_stopping_and_exit_codes() {
     assert!(pings.len() >= 8, "expected about 15 WATCHDOG=1 in {window:?} (every 200 ms), got {}: {}", pings.len(), socks[2].dump());
     assert!(max_gap < Duration::from_millis(400), "a watchdog gap of {max_gap:?} would have killed the agent (WatchdogSec=400ms)");
 
+    // A reload (SIGHUP of the unchanged file): RELOADING=1 with
+    // MONOTONIC_USEC, then READY=1 with the outcome as the status.
+    socks[2].drain(Duration::from_millis(50));
+    socks[2].got.clear();
+    unsafe { libc::kill(svc.c.agents[2].as_ref().unwrap().pid(), libc::SIGHUP) };
+    let done = socks[2].wait(Duration::from_secs(10), |m| m.contains("READY=1") && m.contains("STATUS=reloaded"));
+    assert!(done.is_some(), "no READY=1 with a reloaded status after SIGHUP: {}", socks[2].dump());
+    let reloading = socks[2].got.iter().position(|(_, m)| m.contains("RELOADING=1") && m.contains("MONOTONIC_USEC="));
+    let ready = socks[2].got.iter().position(|(_, m)| m.contains("READY=1") && m.contains("STATUS=reloaded"));
+    assert!(reloading.is_some() && reloading < ready, "RELOADING=1 (with MONOTONIC_USEC) must come before the READY=1 of the reload: {}", socks[2].dump());
+
     // A graceful leave: STOPPING=1, exit 0 ("stopped"). Nobody reads
     // node1's socket meanwhile: its queue fills (10 datagrams), and its
     // agent must not block on it.
