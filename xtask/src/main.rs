@@ -6,6 +6,7 @@ mod bench_fence;
 mod bench_takeover;
 mod bench_membership;
 mod demo;
+mod fuzz;
 mod setup;
 mod sim;
 mod vm;
@@ -44,6 +45,15 @@ enum Cmd {
     },
     /// Run the demo.
     Demo,
+    /// Fuzz the parsers of untrusted input with libFuzzer (stable + RUSTC_BOOTSTRAP=1; `fuzz/`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// One target only (datagram, channel_frames, control_line, subsys_line, config_toml).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Run seeded simulations of the membership cores and check invariants.
     Sim {
         /// Number of seeds to run (from --start).
@@ -129,6 +139,7 @@ fn main() {
         Cmd::Test { args } => test(&args),
         Cmd::Demo => prepare_release().and_then(|_| demo::run()),
         Cmd::Vm { cmd } => vm::run(cmd),
+        Cmd::Fuzz { secs, target } => target_dir().and_then(|t| fuzz::run(&workspace_root(), &t, secs, target.as_deref())),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
         Cmd::Bench {
             which: Bench::Membership,
