@@ -7,6 +7,7 @@ mod bench_takeover;
 mod bench_membership;
 mod deb;
 mod demo;
+mod fuzz;
 mod setup;
 mod sim;
 mod vagrant;
@@ -46,6 +47,15 @@ enum Cmd {
     },
     /// Run the demo.
     Demo,
+    /// Fuzz the parsers of untrusted input with libFuzzer (stable + RUSTC_BOOTSTRAP=1; `fuzz/`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// One target only (datagram, channel_frames, control_line, subsys_line, config_toml).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Run seeded simulations of the membership cores and check invariants.
     Sim {
         /// Number of seeds to run (from --start).
@@ -149,6 +159,7 @@ fn main() {
         Cmd::VagrantValidate => vagrant::validate(),
         Cmd::VagrantChrootTest => vagrant::chroot_test(),
         Cmd::Deb { check } => deb::build().and_then(|p| if check { deb::check(&p) } else { Ok(()) }),
+        Cmd::Fuzz { secs, target } => target_dir().and_then(|t| fuzz::run(&workspace_root(), &t, secs, target.as_deref())),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
         Cmd::Bench {
             which: Bench::Membership,
