@@ -289,7 +289,13 @@ const REJOIN_STREAK_ENV: &str = "BATON_REJOIN_STREAK";
 /// re-executes itself with the same arguments: new incarnation, datapath
 /// loaded afresh, nothing of the old life kept) after
 /// [`run::rejoin_delay`], or exit with an error.
-fn rejoin_or_exit(rt: tokio::runtime::Runtime, cfg: &config::Config, why: baton_core::membership::HaltReason, started_ns: u64) -> Result<()> {
+fn rejoin_or_exit(
+    rt: tokio::runtime::Runtime,
+    mut stop: run::StopSignals,
+    cfg: &config::Config,
+    why: baton_core::membership::HaltReason,
+    started_ns: u64,
+) -> Result<()> {
     let prev: u32 = std::env::var(REJOIN_STREAK_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let lived = std::time::Duration::from_nanos(baton_agent::events::monotonic_ns().saturating_sub(started_ns));
     let streak = if lived < std::time::Duration::from_secs(60) { prev } else { 0 };
@@ -303,19 +309,18 @@ fn rejoin_or_exit(rt: tokio::runtime::Runtime, cfg: &config::Config, why: baton_
         "clustering halted on this node; everything of this life is stopped and released: starting again as a new life (membership.rejoin_ms)"
     );
     baton_agent::sdnotify::status(&format!("halted ({why:?}): starting again as a new life in {} ms", delay.as_millis()));
-    // SIGTERM or SIGINT while waiting: the operator stops the agent.
+    // SIGTERM or SIGINT while waiting, or since the halt (the same
+    // listeners as the life's event loop: one that came while the life
+    // shut down is pending and seen here): the operator stops the agent.
     let stopped = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            baton_agent::sdnotify::sleep_pinging(delay).await;
-            return false;
-        };
         tokio::select! {
+            biased;
+            _ = stop.term.recv() => true,
+            _ = stop.int.recv() => true,
             _ = baton_agent::sdnotify::sleep_pinging(delay) => false,
-            _ = term.recv() => true,
-            _ = int.recv() => true,
         }
     });
+    drop(stop);
     drop(rt);
     if stopped {
         tracing::info!("stopped by a signal before starting again");
@@ -343,10 +348,13 @@ fn real_main() -> Result<()> {
                 anyhow::bail!("{}: resource groups cannot run on this machine:\n{}", config.display(), list.join("\n"));
             }
             let started_ns = baton_agent::events::monotonic_ns();
-            let ended = rt.block_on(run::run(&config))?;
+            // Registered once, before the life starts, and kept until the
+            // process ends or starts again (see run::StopSignals).
+            let mut stop = rt.block_on(async { run::StopSignals::new() }).context("installing the SIGTERM and SIGINT handlers")?;
+            let ended = rt.block_on(run::run(&config, &mut stop))?;
             match ended {
                 run::Ended::Stopped => Ok(()),
-                run::Ended::Halted(why) => rejoin_or_exit(rt, &cfg, why, started_ns),
+                run::Ended::Halted(why) => rejoin_or_exit(rt, stop, &cfg, why, started_ns),
             }
         }
         Cmd::Status { config, json, watch: true, interval } => {

@@ -75,6 +75,25 @@ pub enum Ended {
     Halted(HaltReason),
 }
 
+/// The operator's stop signals (SIGTERM, SIGINT), registered once for the
+/// whole process and kept across a halt: a signal that arrives while a
+/// halted life shuts down (after the event loop stopped listening, before
+/// the wait for the new life) stays pending here and stops the agent
+/// instead of being lost (tokio only reports a signal to a listener that
+/// existed when it came; a lost SIGTERM let the agent start a new life and
+/// ignore the stop until its supervisor's SIGKILL).
+pub struct StopSignals {
+    pub term: tokio::signal::unix::Signal,
+    pub int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Must be called inside the tokio runtime.
+    pub fn new() -> std::io::Result<StopSignals> {
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+}
+
 /// After a halt, how long until the agent starts again as a new life, or
 /// `None` when it must exit instead: after a local critical failure (S0:
 /// the node shuts down until someone looks at it), with
@@ -122,7 +141,7 @@ pub fn raise_nofile_limit() -> (u64, u64) {
     (r.rlim_cur as u64, r.rlim_max as u64)
 }
 
-pub async fn run(cfg_path: &Path) -> Result<Ended> {
+pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     let (soft, hard) = raise_nofile_limit();
     info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
     let cfg = config::load(cfg_path)?;
@@ -153,7 +172,7 @@ pub async fn run(cfg_path: &Path) -> Result<Ended> {
         );
     }
     let guard = std::sync::Arc::new(guard);
-    let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned, metrics).await;
+    let result = run_guarded(&cfg, key, incarnation, &guard, &cleaned, metrics, stop).await;
     match &result {
         // Everything of this life is released (or nothing was ever held,
         // e.g. a start-up check failed): the guard ends with it.
@@ -173,6 +192,7 @@ async fn run_guarded(
     guard: &std::sync::Arc<GuardLink>,
     cleaned: &crate::guard::Released,
     metrics: Option<std::net::TcpListener>,
+    stop: &mut StopSignals,
 ) -> Result<Ended> {
 
     // The shared disks must be usable before this node joins (docs/fencing.md).
@@ -305,7 +325,7 @@ async fn run_guarded(
             reload: crate::reload::Reloader::new(cfg, key),
         };
         spawn_partner_checks(cfg, &ha);
-        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, ha, guard).await
+        event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, ha, guard, stop).await
     }
     .await;
     let _ = std::fs::remove_file(cfg.paths.control_socket());
@@ -454,6 +474,7 @@ async fn event_loop(
     mut fence_inbox: Option<tokio::sync::mpsc::Receiver<(u32, crate::fencing::FenceMsg)>>,
     mut ha: Ha,
     guard: &GuardLink,
+    stop: &mut StopSignals,
 ) -> Result<Outcome> {
     let has_svc = svc_channels.is_some();
     let (mut svc_done, mut svc_mon, mut svc_msgs) = match svc_channels {
@@ -461,8 +482,7 @@ async fn event_loop(
         None => (None, None, None),
     };
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let StopSignals { term, int } = stop;
     // SIGHUP: reload the configuration file (docs/reload.md).
     let mut hup = signal(SignalKind::hangup())?;
     let mut tracker = PeerTracker::new(cfg);

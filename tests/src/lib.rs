@@ -301,20 +301,37 @@ impl Cluster {
         std::fs::read_to_string(self.node_dir(i).join("state").join("incarnation")).ok().and_then(|t| t.trim().parse().ok())
     }
 
-    /// Starts the agent of host `i` and waits until it is running.
+    /// Starts the agent of host `i` and waits until it is running: its
+    /// control socket exists and its `agent.json` names this process (a
+    /// SIGKILLed earlier life leaves both its socket and its `agent.json`
+    /// behind; neither alone says that this life came up). An earlier
+    /// life's `agent.log` is kept as `agent.<k>.log`: truncating it in place
+    /// while that life's guard (or the agent) still writes at its offset
+    /// would fill it with NUL bytes and hide both lives' last lines.
     pub fn start(&mut self, i: usize) {
         let cfg = self.config_path(i);
         let log = self.node_dir(i).join("agent.log");
+        if log.exists() {
+            let n = (0..).find(|k| !self.node_dir(i).join(format!("agent.{k}.log")).exists()).unwrap();
+            std::fs::rename(&log, self.node_dir(i).join(format!("agent.{n}.log"))).unwrap();
+        }
         let a = Agent::spawn(&self.hosts[i].ns, &cfg, &log);
+        let pid = a.pid() as i64;
         self.agents[i] = Some(a);
         let sock = self.control_socket(i);
+        let status = self.node_dir(i).join("state").join("agent.json");
         wait_until(Duration::from_secs(20), || {
             if let Some(a) = self.agents[i].as_mut() {
                 if let Some(st) = a.child.try_wait().unwrap() {
                     panic!("agent {i} exited early ({st}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
                 }
             }
-            sock.exists()
+            let ours = std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .map(|v| v["pid"].as_i64() == Some(pid))
+                .unwrap_or(false);
+            ours && sock.exists()
         })
         .unwrap_or_else(|| panic!("agent {i} did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
     }
@@ -611,14 +628,26 @@ impl Cluster {
             .unwrap_or(serde_json::Value::Null)
     }
 
-    /// Waits until every running agent is Joined and all follow the same view.
+    /// Waits until every running agent is Joined and all follow the same
+    /// view, in which every running agent is joined with its latest life's
+    /// incarnation (a snapshot of an earlier life, or a view from before a
+    /// node's new life joined, does not count).
     pub fn wait_all_joined(&self, timeout: Duration) -> Duration {
         let running: Vec<usize> = (0..self.hosts.len()).filter(|i| self.agents[*i].is_some()).collect();
         let r = wait_until(timeout, || {
             let ms: Vec<serde_json::Value> = running.iter().map(|&i| self.membership(i)).collect();
+            let lives: Vec<(u32, Option<u64>)> = running.iter().map(|&j| (self.hosts[j].id, self.incarnation(j))).collect();
+            let current = |m: &serde_json::Value| {
+                lives.iter().all(|&(id, inc)| {
+                    m["nodes"].as_array().into_iter().flatten().any(|n| {
+                        n["id"] == id && n["state"] == "joined" && inc.is_some() && n["incarnation"].as_u64() == inc
+                    })
+                })
+            };
             ms.iter().all(|m| m["my_state"] == "joined")
                 && ms.windows(2).all(|w| w[0]["view"] == w[1]["view"])
                 && ms.iter().all(|m| m["transitions"].as_array().map(|t| t.is_empty()).unwrap_or(false))
+                && ms.iter().all(current)
         });
         r.unwrap_or_else(|| {
             let dump: Vec<String> = running.iter().map(|&i| format!("{}: {}", self.hosts[i].name, self.membership(i))).collect();

@@ -10,6 +10,14 @@ use baton_tests::*;
 /// machine. Stated in docs/datapath.md.
 const SCHED_ALLOWANCE_MS: f64 = 20.0;
 
+/// Wall-clock time of day (UTC, as in the agents' logs) for the steps'
+/// output, so that they can be matched with the agents' lines.
+fn now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let s = d.as_secs() % 86_400;
+    format!("{:02}:{:02}:{:02}.{:03}", s / 3600, s / 60 % 60, s % 60, d.subsec_millis())
+}
+
 fn silent_events(c: &Cluster, i: usize, node: u32) -> Vec<serde_json::Value> {
     c.events(i).into_iter().filter(|e| e["event"] == "peer_silent" && e["node"] == node).collect()
 }
@@ -24,6 +32,7 @@ fn the_same_nodes_links_cut_three_times_with_restarts_between_are_detected_each_
     let mut c = Cluster::new("mcut", 3, 2, interval, misses);
     c.start_all();
     c.wait_all_joined(Duration::from_secs(15));
+    eprintln!("{} all joined", now());
     let victim = 2; // node 3
     for round in 0..3 {
         let before: Vec<usize> = (0..2).map(|i| silent_events(&c, i, 3).len()).collect();
@@ -31,6 +40,7 @@ fn the_same_nodes_links_cut_three_times_with_restarts_between_are_detected_each_
         c.cut_link(victim, 0);
         // The peer is silent when its last link is: from this cut.
         let t = c.cut_link(victim, 1);
+        eprintln!("{} cut {round}: node3's links cut (node3's life {:?})", now(), c.incarnation(victim));
         for i in 0..2 {
             let ev = c
                 .wait_event(i, Duration::from_secs(3), |_| silent_events(&c, i, 3).len() > before[i])
@@ -61,14 +71,30 @@ fn the_same_nodes_links_cut_three_times_with_restarts_between_are_detected_each_
         // Node 3, alone, has no quorum: it halts.
         wait_until(Duration::from_secs(5), || c.log_lines(victim, &["clustering halted"]).len() > halts_before)
             .unwrap_or_else(|| panic!("cut {round}: node3 did not halt:\n{}", c.agent_log(victim)));
+        eprintln!("{} cut {round}: node3 halted", now());
         c.heal_link(victim, 0);
         c.heal_link(victim, 1);
+        eprintln!("{} cut {round}: healed", now());
         if round % 2 == 0 {
-            // A restart of its agent (a new process).
-            c.stop(victim);
+            // A restart of its agent (a new process). The SIGTERM comes
+            // while the halted life shuts down or waits to start again:
+            // either way it is a stop (exit 0 within the harness's 10 s;
+            // or death by the SIGTERM itself if it came in the instant of
+            // the new life's exec, before any handler), never lost (the
+            // harness's SIGKILL after 10 s, the new life running meanwhile).
+            let st = c.stop(victim);
+            eprintln!("{} cut {round}: node3 stopped ({st})", now());
+            use std::os::unix::process::ExitStatusExt;
+            assert!(
+                st.success() || st.signal() == Some(libc::SIGTERM),
+                "cut {round}: SIGTERM after the halt did not stop node3 ({st}):\n{}",
+                c.agent_log(victim)
+            );
             c.start(victim);
+            eprintln!("{} cut {round}: node3 started (life {:?})", now(), c.incarnation(victim));
         }
         // Otherwise its agent starts a new life by itself (rejoin_ms).
         c.wait_all_joined(Duration::from_secs(20));
+        eprintln!("{} cut {round}: all joined again (node3's life {:?})", now(), c.incarnation(victim));
     }
 }
