@@ -309,14 +309,11 @@ fn a_cluster_runs_and_fails_over_with_only_the_units_capabilities() {
     }
 }
 
-#[test]
-fn without_cap_bpf_the_agent_names_it_and_exits_78() {
-    if !kernel_tests_possible() {
-        return;
-    }
-    let mut svc = Svc::new("sncp", 2, "");
-    let wrapper: Vec<String> = vec!["setpriv".into(), format!("--bounding-set={}", setpriv_caps(&["CAP_BPF", "CAP_SYS_ADMIN"]))];
-    start_with(&mut svc, 0, &wrapper, &[]);
+/// Starts node 1's agent under `setpriv` with the unit's bounding set minus
+/// `missing`, asserts that it exits 78 within 10 s, and returns its log.
+fn start_without_and_expect_78(svc: &mut Svc, missing: &[&str]) -> String {
+    let wrapper: Vec<String> = vec!["setpriv".into(), format!("--bounding-set={}", setpriv_caps(missing))];
+    start_with(svc, 0, &wrapper, &[]);
     let mut a = svc.c.agents[0].take().unwrap();
     let mut st = None;
     wait_until(Duration::from_secs(10), || {
@@ -325,6 +322,16 @@ fn without_cap_bpf_the_agent_names_it_and_exits_78() {
     });
     let log = svc.c.agent_log(0);
     assert_eq!(st.and_then(|s| s.code()), Some(78), "{log}");
+    log
+}
+
+#[test]
+fn without_cap_bpf_the_agent_names_it_and_exits_78() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("sncp", 2, "");
+    let log = start_without_and_expect_78(&mut svc, &["CAP_BPF", "CAP_SYS_ADMIN"]);
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(errors.len(), 1, "one error line: {log}");
     assert!(errors[0].contains("missing capability CAP_BPF") && !errors[0].contains("CAP_NET_ADMIN,"), "{log}");
@@ -441,16 +448,7 @@ fn without_cap_net_raw_a_node_with_floating_addresses_names_it_and_exits_78() {
         return;
     }
     let mut svc = Svc::new("snrw", 3, &web_group("costly", ""));
-    let wrapper: Vec<String> = vec!["setpriv".into(), format!("--bounding-set={}", setpriv_caps(&["CAP_NET_RAW"]))];
-    start_with(&mut svc, 0, &wrapper, &[]);
-    let mut a = svc.c.agents[0].take().unwrap();
-    let mut st = None;
-    wait_until(Duration::from_secs(10), || {
-        st = a.child.try_wait().unwrap();
-        st.is_some()
-    });
-    let log = svc.c.agent_log(0);
-    assert_eq!(st.and_then(|s| s.code()), Some(78), "{log}");
+    let log = start_without_and_expect_78(&mut svc, &["CAP_NET_RAW"]);
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
     assert!(errors.len() == 1 && errors[0].contains("missing capability CAP_NET_RAW: group \"web\" has floating addresses"), "{log}");
     assert!(!vip_on(&svc.ns(0)) && !svc.c.control_socket(0).exists());
