@@ -36,3 +36,18 @@ pub mod subsys;
 pub mod svc;
 pub mod takeover;
 pub mod watchdog;
+
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::path::PathBuf;
+
+    /// A fresh, empty directory `baton-<name>-<pid>` under the temp dir
+    /// (what an earlier run left there is removed first).
+    pub fn fresh_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("baton-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

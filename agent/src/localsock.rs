@@ -156,10 +156,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("baton-localsock-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_util::fresh_dir(&format!("localsock-{tag}"))
     }
 
     #[tokio::test]

@@ -1050,10 +1050,7 @@ mod tests {
     }
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("baton-res-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_util::fresh_dir(&format!("res-{tag}"))
     }
 
     fn pid_alive(pid: i32) -> bool {
