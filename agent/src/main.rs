@@ -334,8 +334,22 @@ fn rejoin_or_exit(
     Err(anyhow::Error::new(err).context(format!("starting {} again after the halt", exe.display())))
 }
 
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs the default disposition; no handler code runs.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        // A command-line tool whose output is piped into `head` ends
+        // quietly when the reader goes away, like coreutils, instead of
+        // panicking in `println!` on EPIPE. The agent (`run`) keeps Rust's
+        // default (SIGPIPE ignored): a peer closing a socket must never
+        // kill it.
+        restore_default_sigpipe();
+    }
     match cli.cmd {
         Cmd::Run { config } => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -92,4 +92,19 @@ fn the_status_json_has_exactly_the_documented_fields_and_watch_refreshes() {
         .unwrap();
     let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON document per line")).collect();
     assert!(docs.len() >= 2 && docs.iter().all(|d| d["schema_version"] == 1), "{docs:?}");
+
+    // Piped into `head -1`: the reader goes away after the first document
+    // and the next write ends the command quietly (SIGPIPE), not with a
+    // panic on EPIPE.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "timeout 3 '{}' status --watch --json --interval 0.1 --config '{}' | head -1 >/dev/null",
+            baton_bin().display(),
+            cfg.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "`baton status --json | head -1`: {err}");
 }
