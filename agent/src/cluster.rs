@@ -478,6 +478,9 @@ impl ClusterDriver {
     /// current period (see [`SNAPSHOT_EVERY_NS`]).
     fn snapshot_changed(&mut self, urgent: bool) {
         let settled = self.core.state().is_none_or(|s| s.transitions.is_empty());
+        // The address lease (lease.rs) counts the peers it hears against
+        // this group: kept current on every change, not only per snapshot.
+        crate::lease::set_view(if self.halted.is_some() { Default::default() } else { self.core.state().map(|s| s.group()).unwrap_or_default() });
         self.snapshot_dirty = true;
         if urgent || settled {
             self.write_snapshot_now();

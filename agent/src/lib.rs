@@ -20,6 +20,7 @@ pub mod groups;
 pub mod guard;
 pub mod metrics;
 pub mod health;
+pub mod lease;
 pub mod localsock;
 pub mod handover;
 pub mod paths;

@@ -233,6 +233,16 @@ async fn run_guarded(
             return Err(anyhow::Error::new(e).context(format!("binding {}", cfg.paths.control_socket().display())));
         }
     };
+    // The address lease (lease.rs): floating addresses are withdrawn at once
+    // when this node hears no majority of its view.
+    let lease = match crate::lease::spawn(cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            sender.stop();
+            dp.stop();
+            return Err(anyhow::Error::new(e).context("starting the address lease"));
+        }
+    };
     let mut status = serde_json::json!({
         "pid": std::process::id(),
         "incarnation": incarnation,
@@ -331,6 +341,7 @@ async fn run_guarded(
     let _ = std::fs::remove_file(cfg.paths.control_socket());
     let _ = std::fs::remove_file(cfg.paths.subsys_socket());
     let _ = std::fs::remove_file(cfg.paths.agent_status());
+    lease.stop();
     sender.stop();
     dp.stop();
     info!("baton agent stopped");

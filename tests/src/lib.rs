@@ -438,6 +438,41 @@ impl Cluster {
     pub fn heal_link(&self, i: usize, l: usize) {
         sh(&["ip", "-n", &self.switch.name, "link", "set", &format!("h{i}l{l}"), "up"]);
     }
+
+    /// Cuts host `i` off from the others at the switch without touching any
+    /// carrier: every IPv4 packet from or to its link addresses (heartbeats,
+    /// control channel) is dropped by tc filters on its switch ports, while
+    /// traffic of its other addresses (a floating address answering a
+    /// client) still passes. Returns the monotonic time of the cut.
+    pub fn isolate(&self, i: usize) -> u64 {
+        let sw = &self.switch.name;
+        // The drop is a redirect into a black hole (the gact action is a
+        // module, which this kernel may not load; mirred is built in).
+        if !Command::new("ip").args(["-n", sw, "link", "show", "bh0"]).output().is_ok_and(|o| o.status.success()) {
+            // (A veth pair whose other end is down: what goes in is lost.)
+            sh(&["ip", "-n", sw, "link", "add", "bh0", "type", "veth", "peer", "name", "bh1"]);
+            sh(&["ip", "-n", sw, "link", "set", "bh0", "up"]);
+        }
+        let t = monotonic_ns();
+        for l in 0..self.links {
+            let port = format!("h{i}l{l}");
+            let a = format!("{}/32", link_addr(l, i));
+            sh(&["ip", "netns", "exec", sw, "tc", "qdisc", "add", "dev", &port, "clsact"]);
+            // Ingress of the switch port: what the host sends; egress: what
+            // it would receive.
+            for (dir, m) in [("ingress", "src"), ("egress", "dst")] {
+                sh(&["ip", "netns", "exec", sw, "tc", "filter", "add", "dev", &port, dir, "protocol", "ip", "u32", "match", "ip", m, &a, "action", "mirred", "egress", "redirect", "dev", "bh0"]);
+            }
+        }
+        t
+    }
+
+    /// Undoes [`Cluster::isolate`].
+    pub fn unisolate(&self, i: usize) {
+        for l in 0..self.links {
+            sh(&["ip", "netns", "exec", &self.switch.name, "tc", "qdisc", "del", "dev", &format!("h{i}l{l}"), "clsact"]);
+        }
+    }
 }
 
 impl Drop for Cluster {

@@ -350,3 +350,50 @@ interval_ms = 1000
     svc.check(holders.len() == 1, || format!("{VIP} is held by {holders:?}"));
     svc.check(masters.len() == 1 && masters[0].0 == holders[0], || format!("nginx masters: {masters:?}, address on {holders:?}"));
 }
+
+/// A node cut off from the others (heartbeats and control channel dropped at
+/// the switch, its carrier and its floating address still up, so that its
+/// copy of the address still answers clients there): the survivors
+/// force it out and take `web` over, and the address lease (lease.rs) has
+/// the cut-off node withdraw its address as soon as it hears no majority,
+/// before the survivors configure theirs. Without the lease the cut-off node
+/// kept the address until its own silence confirmation deadline and halt
+/// (found by `cargo xtask chaos`: 14–270 ms on two live nodes).
+#[test]
+fn a_node_cut_off_from_the_others_lets_go_of_its_address_before_a_survivor_takes_it() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("olease", 3, &web_group("costly", "")).with_client();
+    web_on_node1(&mut svc);
+    let watcher = Watcher::start((0..3).map(|i| svc.ns(i)).collect());
+    std::thread::sleep(Duration::from_millis(200));
+    let cut_ns = svc.c.isolate(0);
+    // The survivors' view (node1 is cut off and restarts as new lives).
+    let mut owner = None;
+    let moved = wait_until(Duration::from_secs(10), || {
+        let a = svc.registered_on(1, "web");
+        owner = a;
+        a.is_some_and(|n| n != 1) && svc.registered_on(2, "web") == a
+    });
+    svc.check(moved.is_some(), || "the survivors did not take web over from the cut-off node1".into());
+    let owner_i = svc.index_of(owner.unwrap());
+    let served = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner_i)));
+    svc.check(served.is_some(), || format!("{VIP} never came to {}", svc.name(owner_i)));
+    std::thread::sleep(Duration::from_millis(300));
+    let samples = watcher.finish();
+    let (dual, pair) = max_dual_ownership(&samples, &[None, None, None]);
+    let lost: Vec<Value> = svc.c.events(0).into_iter().filter(|e| e["event"] == "lease_lost").collect();
+    let lost_ms: Vec<f64> = lost.iter().map(|e| (e["agent_ns"].as_u64().unwrap_or(0) as f64 - cut_ns as f64) / 1e6).collect();
+    eprintln!(
+        "node1 cut off: its lease lost {lost_ms:?} ms after the cut (bound {BOUND:?}); {} took web over (seen after {:?}); longest time on two live nodes {dual:?} {pair:?}",
+        svc.name(owner_i),
+        moved.unwrap()
+    );
+    for l in svc.c.log_lines(0, &["address"]) {
+        eprintln!("node1: {l}");
+    }
+    svc.check(dual.is_zero(), || format!("{VIP} was on two live nodes {pair:?} for {dual:?}"));
+    svc.check(!lost.is_empty(), || "node1 never logged lease_lost".into());
+    svc.c.unisolate(0);
+}

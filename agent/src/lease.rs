@@ -1,0 +1,303 @@
+//! The address lease: a node holds its floating addresses only while its own
+//! datapath hears a majority of its view (the same quorum rule as the
+//! membership core, two-node rule included).
+//!
+//! Why: when a node is cut off, the survivors confirm its silence among
+//! themselves (another member's datapath sees the same silence at once),
+//! force it out and configure its addresses some tens of milliseconds after
+//! the detection bound. The node that was cut off hears nobody either, but
+//! its own silences cannot be confirmed by anyone (it is alone), so it would
+//! wait the whole `membership.confirm_ms` and its halt before it releases
+//! its addresses: for that time the address was on two live nodes (found by
+//! `cargo xtask chaos`: 14–270 ms with `cut`, `isolate_one`,
+//! `partition_minority`). The lease closes that window: a thread of its own
+//! (SCHED_FIFO like the heartbeat sender, so CPU load does not delay it)
+//! reads the pinned liveness map every heartbeat interval, and when fewer
+//! peers than a majority of the view were heard within the detection bound
+//! (`interval × misses`), it removes every floating address this agent
+//! configured, at once, without waiting for any confirmation. Survivors
+//! cannot act before that same bound plus their confirmation and the forced
+//! leave's levels, so the isolated side lets go first.
+//!
+//! A lease lost by a false alarm (this node's receive path stalled) only
+//! withdraws the addresses until the majority is heard again: they are then
+//! configured again and announced, and nothing else changes (membership
+//! still decides with its confirmation). Addresses added or released by the
+//! services meanwhile are recorded here ([`crate::addr::add`] and
+//! [`crate::addr::release`] go through [`HELD`]), so the set configured on
+//! regain is the set the services want now.
+//!
+//! Not covered: a node that can still hear but no longer send (a one-way
+//! cut) keeps hearing a majority, so its lease holds; it learns that it was
+//! forced out from the membership state. docs/addresses.md states this.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use aya::maps::{Array, Map, MapData};
+use baton_common::{PeerLink, MAP_PEERS};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::datapath::slot_base;
+use crate::events::monotonic_ns;
+
+/// The floating addresses this agent configured, and whether the lease
+/// withdrew them.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub entries: BTreeSet<(String, IpAddr, u8)>,
+    pub withdrawn: bool,
+}
+
+/// Held addresses; the lock is held across the netlink calls that change
+/// them, so the lease and the services never interleave on one address.
+pub static HELD: LazyLock<tokio::sync::Mutex<Held>> = LazyLock::new(|| tokio::sync::Mutex::new(Held::default()));
+
+/// The group of the cluster state this node follows (with this node), as
+/// the cluster driver last wrote it; empty while not a member.
+static VIEW: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Called by the cluster driver whenever the state it follows changes.
+pub fn set_view(group: impl IntoIterator<Item = u32>) {
+    let g: Vec<u32> = group.into_iter().collect();
+    if let Ok(mut v) = VIEW.lock() {
+        *v = g;
+    }
+}
+
+/// Whether `heard` (this node included) keeps the lease in `group`: a
+/// majority, or, with two configured nodes, half when the lower id is heard
+/// (or a disk decides the race): `baton_core::membership`'s quorum rule.
+pub fn majority(group: &[u32], heard: &BTreeSet<u32>, configured_nodes: usize, two_node_race: bool) -> bool {
+    let Some(lowest) = group.iter().min() else { return true };
+    let seen = group.iter().filter(|n| heard.contains(n)).count();
+    seen * 2 > group.len() || (configured_nodes == 2 && seen * 2 == group.len() && (two_node_race || heard.contains(lowest)))
+}
+
+pub struct Lease {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lease {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the lease thread (after the datapath pinned its maps).
+pub fn spawn(cfg: &Config) -> std::io::Result<Lease> {
+    let map = MapData::from_pin(cfg.paths.map(MAP_PEERS)).map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
+    let peers: Array<MapData, PeerLink> = Array::try_from(Map::Array(map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let cfg = cfg.clone();
+    let thread = std::thread::Builder::new().name("baton-lease".into()).spawn(move || run(cfg, peers, s2))?;
+    Ok(Lease { stop, thread: Some(thread) })
+}
+
+fn set_realtime(priority: u32) {
+    if priority == 0 {
+        return;
+    }
+    let param = libc::sched_param { sched_priority: priority as i32 };
+    // SAFETY: sets this thread's own scheduling policy.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        warn!(priority, "cannot run the address lease at SCHED_FIFO ({}); CPU load may delay it", std::io::Error::from_raw_os_error(rc));
+    }
+}
+
+/// The last time each peer was heard on any link (kernel monotonic ns; 0:
+/// never), in configuration order.
+fn last_heard(cfg: &Config, peers: &Array<MapData, PeerLink>) -> Vec<(u32, u64)> {
+    let mut out = Vec::with_capacity(cfg.peers.len());
+    for (i, p) in cfg.peers.iter().enumerate() {
+        let mut last = 0;
+        for l in 0..cfg.links.len() as u32 {
+            if let Ok(rec) = peers.get(&(slot_base(i) + l), 0) {
+                last = last.max(rec.last_seen_ns);
+            }
+        }
+        out.push((p.id, last));
+    }
+    out
+}
+
+/// When the lease ends unless more is heard: the earliest time at which the
+/// peers heard within `bound_ns` no longer keep [`majority`] (`None`: it is
+/// already lost at `now`). Peers drop out in the order they were last
+/// heard, so this is found by dropping the stalest first.
+fn expiry(me: u32, group: &[u32], last: &[(u32, u64)], now: u64, bound_ns: u64, configured: usize, race: bool) -> Option<u64> {
+    let mut alive: Vec<(u64, u32)> = last
+        .iter()
+        .filter(|(id, t)| group.contains(id) && *t != 0 && now.saturating_sub(*t) < bound_ns)
+        .map(|(id, t)| (*t, *id))
+        .collect();
+    alive.sort();
+    let mut heard: BTreeSet<u32> = alive.iter().map(|(_, id)| *id).collect();
+    heard.insert(me);
+    if !majority(group, &heard, configured, race) {
+        return None;
+    }
+    for (t, id) in alive {
+        heard.remove(&id);
+        if !majority(group, &heard, configured, race) {
+            return Some(t + bound_ns);
+        }
+    }
+    // This node alone keeps it (a two-node cluster's lower id).
+    Some(u64::MAX)
+}
+
+fn run(cfg: Config, peers: Array<MapData, PeerLink>, stop: Arc<AtomicBool>) {
+    set_realtime(cfg.realtime_priority);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("the address lease cannot start its runtime: {e}; addresses are not withdrawn on isolation");
+            return;
+        }
+    };
+    let interval_ns = cfg.interval_ms as u64 * 1_000_000;
+    let bound = cfg.timeout_ns();
+    let configured = cfg.peers.len() + 1;
+    let race = cfg.two_node_race();
+    let mut lost_at: Option<u64> = None;
+    let mut wake = monotonic_ns();
+    while !stop.load(Ordering::SeqCst) {
+        // Sleeps until the lease would end (exactly, so that the isolated
+        // side lets go as soon as the survivors can detect its silence), or
+        // for an interval at most (to see the view change and stop).
+        let now = monotonic_ns();
+        if wake > now {
+            std::thread::sleep(Duration::from_nanos(wake - now));
+        }
+        let group = VIEW.lock().map(|v| v.clone()).unwrap_or_default();
+        let now = monotonic_ns();
+        let last = last_heard(&cfg, &peers);
+        let member = group.len() >= 2 && group.contains(&cfg.node_id);
+        let until = if member { expiry(cfg.node_id, &group, &last, now, bound, configured, race) } else { Some(u64::MAX) };
+        let ok = until.is_some();
+        wake = now + interval_ns;
+        if let Some(t) = until {
+            wake = wake.min(t);
+        }
+        let heard: Vec<u32> = std::iter::once(cfg.node_id)
+            .chain(last.iter().filter(|(_, t)| *t != 0 && now.saturating_sub(*t) < bound).map(|(id, _)| *id))
+            .collect();
+        match (ok, lost_at) {
+            (false, None) => {
+                lost_at = Some(now);
+                let n = rt.block_on(withdraw());
+                let heard_list = heard;
+                warn!(?group, heard = ?heard_list, addresses = n, "address lease lost: this node hears no majority of its view; its floating addresses are withdrawn until it does");
+                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "addresses": n}));
+            }
+            (true, Some(_)) if !member => {
+                // Halted or left meanwhile: the services released what they
+                // held; nothing is configured again.
+                lost_at = None;
+                rt.block_on(async { HELD.lock().await.withdrawn = false });
+                info!("address lease over: this node is no longer a member of a view");
+            }
+            (true, Some(t)) => {
+                lost_at = None;
+                let again = rt.block_on(restore());
+                let held_ms = now.saturating_sub(t) as f64 / 1e6;
+                info!(held_ms, addresses = again.len(), "address lease regained: the withdrawn addresses are configured again");
+                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_regained", "withdrawn_ms": held_ms, "addresses": again.len()}));
+                for (ifname, ip) in again {
+                    // Announced in the background: the rounds sleep.
+                    std::thread::spawn(move || {
+                        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                            let _ = rt.block_on(crate::addr::announce(&ifname, ip, &crate::addr::Announce::default()));
+                        }
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Removes every held address; returns how many were held.
+async fn withdraw() -> usize {
+    let mut h = HELD.lock().await;
+    h.withdrawn = true;
+    for (ifname, ip, prefix) in h.entries.clone() {
+        if let Err(e) = crate::addr::release_raw(&ifname, ip, prefix).await {
+            error!(interface = %ifname, address = %ip, "address lease: removing the address failed: {e}");
+        }
+    }
+    h.entries.len()
+}
+
+/// Configures every held address again; returns those configured.
+async fn restore() -> Vec<(String, IpAddr)> {
+    let mut h = HELD.lock().await;
+    h.withdrawn = false;
+    let mut out = Vec::new();
+    for (ifname, ip, prefix) in h.entries.clone() {
+        match crate::addr::add_raw(&ifname, ip, prefix, true).await {
+            Ok(_) => out.push((ifname, ip)),
+            Err(e) => error!(interface = %ifname, address = %ip, "address lease: configuring the address again failed: {e}"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[u32]) -> BTreeSet<u32> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_lease_ends_when_the_stalest_peer_of_a_bare_majority_goes_past_the_bound() {
+        let g = [1, 2, 3, 4, 5];
+        let b = 30;
+        // Me (1) and peers heard at 90, 95, 80, never: majority = 3 of 5.
+        let last = [(2, 90), (3, 95), (4, 80), (5, 0)];
+        // Dropping 4 (80) leaves 1,2,3: still a majority; dropping 2 (90)
+        // then leaves 1,3: not. So the lease ends at 90 + 30.
+        assert_eq!(expiry(1, &g, &last, 100, b, 5, false), Some(120));
+        // At 111, 4 (80) is past the bound already: the same end.
+        assert_eq!(expiry(1, &g, &last, 111, b, 5, false), Some(120));
+        // At 121, only 3 remains: lost.
+        assert_eq!(expiry(1, &g, &last, 121, b, 5, false), None);
+        // Not in the group: peers outside the view do not count.
+        assert_eq!(expiry(1, &[1, 2, 3], &[(2, 0), (3, 99), (4, 99)], 100, b, 4, false), Some(129));
+        // Two nodes, lower id: it keeps the lease alone.
+        assert_eq!(expiry(1, &[1, 2], &[(2, 0)], 100, b, 2, false), Some(u64::MAX));
+        assert_eq!(expiry(2, &[1, 2], &[(1, 0)], 100, b, 2, false), None);
+    }
+
+    #[test]
+    fn the_lease_follows_the_membership_quorum_rule() {
+        // 3 nodes: me and one peer keep it; me alone does not.
+        assert!(majority(&[1, 2, 3], &set(&[1, 2]), 3, false));
+        assert!(!majority(&[1, 2, 3], &set(&[3]), 3, false));
+        // 5 nodes: a minority of 2 does not, a majority of 3 does.
+        assert!(!majority(&[1, 2, 3, 4, 5], &set(&[4, 5]), 5, false));
+        assert!(majority(&[1, 2, 3, 4, 5], &set(&[1, 2, 5]), 5, false));
+        // 4 nodes split 2|2: neither side.
+        assert!(!majority(&[1, 2, 3, 4], &set(&[1, 2]), 4, false));
+        // Two configured nodes: the side of the lower id keeps it, unless a
+        // disk decides the race (then both, and fencing decides).
+        assert!(majority(&[1, 2], &set(&[1]), 2, false));
+        assert!(!majority(&[1, 2], &set(&[2]), 2, false));
+        assert!(majority(&[1, 2], &set(&[2]), 2, true));
+        // A group shrunk to this node after the others left.
+        assert!(majority(&[2], &set(&[2]), 3, false));
+    }
+}
