@@ -547,8 +547,12 @@ struct Nemesis<'a> {
 }
 
 fn baton_cmd(c: &Cluster, i: usize, args: &[&str], timeout: Duration) -> String {
+    baton_cmd_at(&c.node_dir(i).join("baton.toml"), args, timeout)
+}
+
+fn baton_cmd_at(config: &std::path::Path, args: &[&str], timeout: Duration) -> String {
     let mut cmd = Command::new(baton_tests::baton_bin());
-    cmd.args(args).arg("--config").arg(c.node_dir(i).join("baton.toml")).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args).arg("--config").arg(config).stdout(Stdio::piped()).stderr(Stdio::piped());
     let Ok(mut child) = cmd.spawn() else { return "could not run baton".into() };
     let deadline = monotonic_ns() + timeout.as_nanos() as u64;
     loop {
@@ -741,44 +745,46 @@ impl<'a> Nemesis<'a> {
         Ok(())
     }
 
-    fn run_op(&mut self, op: &Op, phase: &str) -> Option<Box<dyn FnOnce(&mut Nemesis) -> ()>> {
-        let t = Duration::from_secs(10);
-        match op.clone() {
-            Op::Switchover { group, to, via } => {
-                let out = baton_cmd(self.c(), via, &["switchover", GROUPS[group].0, &(to + 1).to_string()], t);
-                self.note(format!("{phase}: `baton switchover {} {}` on {}: {out}", GROUPS[group].0, to + 1, self.name(via)));
-                None
-            }
+    /// Runs `baton ARGS` through node `via` on a thread (a command sent to
+    /// a stopped agent must not stretch the fault it was sent during); the
+    /// thread notes the answer in the timeline.
+    fn op_thread(&self, via: usize, args: Vec<String>, phase: &'static str) -> std::thread::JoinHandle<()> {
+        let cfg = self.c().node_dir(via).join("baton.toml");
+        let shared = self.shared.clone();
+        let name = self.name(via);
+        std::thread::spawn(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = baton_cmd_at(&cfg, &a, Duration::from_secs(10));
+            shared.lock().unwrap().note(format!("{phase}: `baton {}` on {name}: {out}", args.join(" ")));
+        })
+    }
+
+    /// Starts an operator command; returns its thread and what undoes it
+    /// at the heal (unstandby, maintenance off).
+    fn run_op(&mut self, op: &Op, phase: &'static str) -> (std::thread::JoinHandle<()>, Option<Box<dyn FnOnce(&mut Nemesis)>>) {
+        let (via, args, undo): (usize, Vec<String>, Option<Vec<String>>) = match op.clone() {
+            Op::Switchover { group, to, via } => (via, vec!["switchover".into(), GROUPS[group].0.into(), (to + 1).to_string()], None),
             Op::Standby { node, via } => {
-                let out = baton_cmd(self.c(), via, &["standby", &(node + 1).to_string()], t);
-                self.note(format!("{phase}: `baton standby {}` on {}: {out}", node + 1, self.name(via)));
-                Some(Box::new(move |n: &mut Nemesis| {
-                    // Undone through any node that answers.
-                    for k in 0..n.opts.nodes {
-                        let j = (via + k) % n.opts.nodes;
-                        let out = baton_cmd(n.c(), j, &["unstandby", &(node + 1).to_string()], Duration::from_secs(10));
-                        n.note(format!("heal: `baton unstandby {}` on {}: {out}", node + 1, n.name(j)));
-                        if out.contains("exit status: 0") {
-                            break;
-                        }
-                    }
-                }))
+                (via, vec!["standby".into(), (node + 1).to_string()], Some(vec!["unstandby".into(), (node + 1).to_string()]))
             }
-            Op::Maintenance { via } => {
-                let out = baton_cmd(self.c(), via, &["maintenance", "on"], t);
-                self.note(format!("{phase}: `baton maintenance on` on {}: {out}", self.name(via)));
-                Some(Box::new(move |n: &mut Nemesis| {
-                    for k in 0..n.opts.nodes {
-                        let j = (via + k) % n.opts.nodes;
-                        let out = baton_cmd(n.c(), j, &["maintenance", "off"], Duration::from_secs(10));
-                        n.note(format!("heal: `baton maintenance off` on {}: {out}", n.name(j)));
-                        if out.contains("exit status: 0") {
-                            break;
-                        }
+            Op::Maintenance { via } => (via, vec!["maintenance".into(), "on".into()], Some(vec!["maintenance".into(), "off".into()])),
+        };
+        let h = self.op_thread(via, args, phase);
+        let undo = undo.map(|u| {
+            Box::new(move |n: &mut Nemesis| {
+                // Undone through the first node that answers.
+                for k in 0..n.opts.nodes {
+                    let j = (via + k) % n.opts.nodes;
+                    let a: Vec<&str> = u.iter().map(String::as_str).collect();
+                    let out = baton_cmd(n.c(), j, &a, Duration::from_secs(10));
+                    n.note(format!("heal: `baton {}` on {}: {out}", u.join(" "), n.name(j)));
+                    if out.contains("exit status: 0") {
+                        break;
                     }
-                }))
-            }
-        }
+                }
+            }) as Box<dyn FnOnce(&mut Nemesis)>
+        });
+        (h, undo)
     }
 
     /// Injects the fault, holds it, heals it. `mid` is an operator command
@@ -786,16 +792,19 @@ impl<'a> Nemesis<'a> {
     fn episode(&mut self, f: &Fault, mid: Option<Op>) -> Result<()> {
         let n = self.opts.nodes;
         let mut undo_op: Option<Box<dyn FnOnce(&mut Nemesis)>> = None;
-        let mid_op = |s: &mut Nemesis, undo: &mut Option<Box<dyn FnOnce(&mut Nemesis)>>| {
+        let mut op_threads = Vec::new();
+        let mid_op = |s: &mut Nemesis, undo: &mut Option<Box<dyn FnOnce(&mut Nemesis)>>, th: &mut Vec<std::thread::JoinHandle<()>>| {
             if let Some(op) = &mid {
-                *undo = s.run_op(op, "mid-fault");
+                let (h, u) = s.run_op(op, "mid-fault");
+                th.push(h);
+                *undo = u;
             }
         };
         match f.clone() {
             Fault::Crash { node, down_ms } => {
                 self.note(format!("fault crash: SIGKILL {}'s guard, agent and applications; down {down_ms} ms", self.name(node)));
                 self.crash(node);
-                mid_op(self, &mut undo_op);
+                mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(down_ms)?;
                 self.t_heal = monotonic_ns();
                 self.note(format!("heal: restart {}'s agent", self.name(node)));
@@ -804,7 +813,7 @@ impl<'a> Nemesis<'a> {
             Fault::KillAgent { node, down_ms } => {
                 self.note(format!("fault kill_agent: SIGKILL {}'s agent (its guard releases); down {down_ms} ms", self.name(node)));
                 self.kill_agent(node);
-                mid_op(self, &mut undo_op);
+                mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(down_ms)?;
                 self.t_heal = monotonic_ns();
                 self.note(format!("heal: restart {}'s agent", self.name(node)));
@@ -815,7 +824,7 @@ impl<'a> Nemesis<'a> {
                 self.set_excluded(node, u64::MAX);
                 self.signal(node, libc::SIGSTOP);
                 if long {
-                    mid_op(self, &mut undo_op);
+                    mid_op(self, &mut undo_op, &mut op_threads);
                 }
                 let t_stop = monotonic_ns();
                 let left = (ms * 1_000_000).saturating_sub(monotonic_ns() - t_stop) / 1_000_000;
@@ -832,7 +841,7 @@ impl<'a> Nemesis<'a> {
             Fault::Cut { node, ms } => {
                 self.note(format!("fault cut: {}'s switch port down for {ms} ms (carrier lost)", self.name(node)));
                 sw_must(self.c(), &["ip", "link", "set", &port(node), "down"])?;
-                mid_op(self, &mut undo_op);
+                mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(ms)?;
                 sw_must(self.c(), &["ip", "link", "set", &port(node), "up"])?;
                 self.t_heal = monotonic_ns();
@@ -850,7 +859,7 @@ impl<'a> Nemesis<'a> {
                 self.hold(300)?;
                 self.note(format!("fault {kind}: {} cut off from the others for {ms} ms (trunk between the bridges down; carrier kept)", names.join(", ")));
                 sw_must(self.c(), &["ip", "link", "set", "tr0", "down"])?;
-                mid_op(self, &mut undo_op);
+                mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(ms)?;
                 sw_must(self.c(), &["ip", "link", "set", "tr0", "up"])?;
                 self.t_heal = monotonic_ns();
@@ -860,7 +869,7 @@ impl<'a> Nemesis<'a> {
                 let what = if deaf { "deaf: nothing reaches" } else { "mute: nothing from" };
                 self.note(format!("fault {}: {what} {} for {ms} ms (tc on its switch port)", if deaf { "deaf" } else { "mute" }, self.name(node)));
                 self.drop_on(node, &[if deaf { "egress" } else { "ingress" }], &["match", "u32", "0", "0"])?;
-                mid_op(self, &mut undo_op);
+                mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(ms)?;
                 self.clear_tc(node);
                 self.t_heal = monotonic_ns();
@@ -871,7 +880,7 @@ impl<'a> Nemesis<'a> {
                 self.note(format!("fault loss: about {pct:.1} % of IPv4 packets both ways at {} for {ms} ms", self.name(node)));
                 let m = format!("0x{mask:02x}");
                 self.drop_on(node, &["egress", "ingress"], &["match", "u8", "0", &m, "at", "27"])?;
-                mid_op(self, &mut undo_op);
+                mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(ms)?;
                 self.clear_tc(node);
                 self.t_heal = monotonic_ns();
@@ -916,7 +925,7 @@ impl<'a> Nemesis<'a> {
                     .spawn()
                     .context("stress-ng (cargo xtask setup installs it)")?;
                 self.stress = Some(child);
-                mid_op(self, &mut undo_op);
+                mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(secs * 1000)?;
                 let end = monotonic_ns() + 5_000_000_000;
                 loop {
@@ -934,14 +943,18 @@ impl<'a> Nemesis<'a> {
                 self.note("heal: stress-ng ended".to_string());
             }
             Fault::Operator { op, hold_ms } => {
-                let undo = self.run_op(&op, "fault operator");
+                let (h, undo) = self.run_op(&op, "fault operator");
                 self.hold(hold_ms)?;
+                let _ = h.join();
                 self.t_heal = monotonic_ns();
                 if let Some(u) = undo {
                     u(self);
                 }
                 return Ok(());
             }
+        }
+        for h in op_threads {
+            let _ = h.join();
         }
         if let Some(u) = undo_op {
             u(self);
@@ -1238,6 +1251,7 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
         "false_forced_leaves": nem.false_forced_leaves,
         "max_converge_ms": nem.max_converge_ms.round(),
         "converge_bound_ms": opts.converge_ms,
+        "converge_bound_max_ms": nem.converge_bound_max_ms,
         "halts": nem.halts_total,
         "mid_fault_operator_commands": nem.mid_fault_ops,
         "kinds": nem.counts.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
