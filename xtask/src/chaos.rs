@@ -62,7 +62,7 @@ const TAG: &str = "chao";
 const GROUPS: [(&str, &str, [u8; 4]); 2] = [("web", "10.77.0.100", [10, 77, 0, 100]), ("db", "10.77.0.101", [10, 77, 0, 101])];
 
 /// Every fault kind, in the order of the JSON counts.
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "crash",
     "kill_agent",
     "pause_short",
@@ -74,6 +74,7 @@ pub const KINDS: [&str; 14] = [
     "deaf",
     "mute",
     "loss",
+    "slow",
     "restart_in_transition",
     "stress",
     "operator",
@@ -417,6 +418,28 @@ fn sw_must(c: &Cluster, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// HTB on `dev` in `netns`: everything in a fast default class, IPv4
+/// packets whose byte 27 has the `mask` bits clear in a `kbit` class with a
+/// 10-packet FIFO.
+fn shaper(netns: &str, dev: &str, mask: u8, kbit: u64) -> Result<()> {
+    let m = format!("0x{mask:02x}");
+    let rate = format!("{kbit}kbit");
+    let steps: [Vec<&str>; 5] = [
+        vec!["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10"],
+        vec!["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "1gbit"],
+        vec!["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", &rate, "ceil", &rate, "burst", "200", "cburst", "200"],
+        vec!["tc", "qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:", "pfifo", "limit", "10"],
+        vec!["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "u8", "0", &m, "at", "27", "flowid", "1:20"],
+    ];
+    for a in steps.iter() {
+        let out = Command::new("ip").args(["netns", "exec", netns]).args(a).output()?;
+        if !out.status.success() {
+            bail!("{a:?} in {netns} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}
+
 fn port(i: usize) -> String {
     format!("h{i}l0")
 }
@@ -437,6 +460,10 @@ enum Fault {
     OneWay { node: usize, deaf: bool, ms: u64 },
     /// Pseudo-random loss (by a checksum byte) both ways on the node's port.
     Loss { node: usize, mask: u8, ms: u64 },
+    /// A share of the packets both ways (selected like `Loss`) through an
+    /// HTB class of `kbit` with a 10-packet queue: late (queued behind each
+    /// other), overtaken by the rest (reordered), the excess dropped.
+    Slow { node: usize, mask: u8, kbit: u64, ms: u64 },
     RestartInTransition { group: usize, to: usize, victim_is_target: bool, after_ms: u64, down_ms: u64 },
     Stress { secs: u64 },
     Operator { op: Op, hold_ms: u64 },
@@ -461,6 +488,7 @@ impl Fault {
             Fault::OneWay { deaf: true, .. } => "deaf",
             Fault::OneWay { deaf: false, .. } => "mute",
             Fault::Loss { .. } => "loss",
+            Fault::Slow { .. } => "slow",
             Fault::RestartInTransition { .. } => "restart_in_transition",
             Fault::Stress { .. } => "stress",
             Fault::Operator { .. } => "operator",
@@ -471,7 +499,7 @@ impl Fault {
     fn disturbed(&self, n: usize) -> Vec<usize> {
         match self {
             Fault::Crash { node, .. } | Fault::KillAgent { node, .. } | Fault::Pause { node, .. } | Fault::Cut { node, .. } => vec![*node],
-            Fault::OneWay { node, .. } | Fault::Loss { node, .. } => vec![*node],
+            Fault::OneWay { node, .. } | Fault::Loss { node, .. } | Fault::Slow { node, .. } => vec![*node],
             Fault::Partition { moved, .. } => {
                 // The side without a majority is cut off; the other must not halt.
                 if moved.len() * 2 < n {
@@ -501,6 +529,12 @@ fn choose(rng: &mut Rng, n: usize, bound_ms: u64, kinds: &[&'static str]) -> Fau
         "deaf" => Fault::OneWay { node, deaf: true, ms: hold },
         "mute" => Fault::OneWay { node, deaf: false, ms: hold },
         "loss" => Fault::Loss { node, mask: [1u8, 3, 7][rng.below(3) as usize], ms: rng.range(1000, 6000) },
+        "slow" => Fault::Slow {
+            node,
+            mask: [1u8, 3][rng.below(2) as usize],
+            kbit: [64u64, 128, 256][rng.below(3) as usize],
+            ms: rng.range(1000, 6000),
+        },
         "restart_in_transition" => Fault::RestartInTransition {
             group: rng.below(GROUPS.len() as u64) as usize,
             to: node,
@@ -886,6 +920,26 @@ impl<'a> Nemesis<'a> {
                 self.t_heal = monotonic_ns();
                 self.note(format!("heal: {}'s port clear", self.name(node)));
             }
+            Fault::Slow { node, mask, kbit, ms } => {
+                let pct = 100.0 / (mask as f64 + 1.0);
+                self.note(format!(
+                    "fault slow: about {pct:.0} % of IPv4 packets both ways at {} through {kbit} kbit/s with a 10-packet queue for {ms} ms",
+                    self.name(node)
+                ));
+                let ns = self.c().hosts[node].ns.name.clone();
+                let sw_ns = self.c().switch.name.clone();
+                let p = port(node);
+                for (netns, dev) in [(sw_ns.as_str(), p.as_str()), (ns.as_str(), "ic0")] {
+                    shaper(netns, dev, mask, kbit)?;
+                }
+                mid_op(self, &mut undo_op, &mut op_threads);
+                self.hold(ms)?;
+                for (netns, dev) in [(sw_ns.as_str(), p.as_str()), (ns.as_str(), "ic0")] {
+                    let _ = Command::new("ip").args(["netns", "exec", netns, "tc", "qdisc", "del", "dev", dev, "root"]).output();
+                }
+                self.t_heal = monotonic_ns();
+                self.note(format!("heal: {}'s shaping removed", self.name(node)));
+            }
             Fault::RestartInTransition { group, to, victim_is_target, after_ms, down_ms } => {
                 let from = self.shared.lock().unwrap().addr_owners[group].first().copied();
                 let via = (to + 1) % n;
@@ -1142,9 +1196,53 @@ fn setup_rig(opts: &ChaosOpts) -> Result<(Rig, PathBuf)> {
     Ok((Rig { checker: None, probers, client, c, reaper }, www))
 }
 
+/// The name prefixes (`chao<pid>x`) of earlier chaos runs whose process is
+/// gone: only their leftovers are removed, never those of a run that is
+/// still going (an earlier version removed every `chao*` namespace and
+/// killed a 60-minute run from a second one started beside it).
+fn stale_tags() -> Vec<String> {
+    let mut pids: Vec<u32> = Vec::new();
+    let mut add = |name: &str| {
+        if let Some(rest) = name.strip_prefix(TAG) {
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if rest[digits.len()..].starts_with('x') {
+                if let Ok(p) = digits.parse::<u32>() {
+                    if !pids.contains(&p) {
+                        pids.push(p);
+                    }
+                }
+            }
+        }
+    };
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            add(line.split_whitespace().next().unwrap_or(""));
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(baton_tests::test_root()) {
+        for e in rd.flatten() {
+            if let Some(n) = e.file_name().to_str().and_then(|n| n.strip_prefix("baton-")) {
+                add(n);
+            }
+        }
+    }
+    let me = std::process::id() % 100000;
+    pids.into_iter()
+        .filter(|&p| {
+            // A live chaos run (the prefix holds its pid modulo 100000).
+            let alive = std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("chaos"))
+                .unwrap_or(false);
+            p != me && !alive
+        })
+        .map(|p| format!("{TAG}{p}x"))
+        .collect()
+}
+
 pub fn run(opts: &ChaosOpts) -> Result<()> {
     install_sigint();
-    remove_leftovers(&[TAG]);
+    let stale = stale_tags();
+    remove_leftovers(&stale.iter().map(String::as_str).collect::<Vec<_>>());
     if opts.nodes < 3 {
         bail!("--nodes must be at least 3 (got {})", opts.nodes);
     }
