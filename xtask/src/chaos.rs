@@ -578,6 +578,8 @@ struct Nemesis<'a> {
     t_heal: u64,
     /// Per node: its switch port is on brx (else br0).
     on_brx: Vec<bool>,
+    /// The nodes the current episode may make halt.
+    disturbed: Vec<usize>,
 }
 
 fn baton_cmd(c: &Cluster, i: usize, args: &[&str], timeout: Duration) -> String {
@@ -959,6 +961,9 @@ impl<'a> Nemesis<'a> {
                 let mut child = cmd.spawn().context("baton switchover")?;
                 std::thread::sleep(Duration::from_millis(after_ms));
                 let victim = if victim_is_target { to } else { from.unwrap_or(to) };
+                // Its old life was killed, not cut: but its new life may be
+                // told to wait or halt while the old one's leave runs.
+                self.disturbed.push(victim);
                 self.note(format!("  SIGKILL {}'s agent", self.name(victim)));
                 self.kill_agent(victim);
                 self.hold(down_ms)?;
@@ -1164,8 +1169,9 @@ impl<'a> Nemesis<'a> {
             if mid.is_some() {
                 self.mid_fault_ops += 1;
             }
-            let disturbed = f.disturbed(n);
+            self.disturbed = f.disturbed(n);
             self.episode(&f, mid)?;
+            let disturbed = self.disturbed.clone();
             self.converge(&disturbed)?;
             self.hold(gap)?;
         }
@@ -1306,6 +1312,7 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
         faults: 0,
         t_heal: 0,
         on_brx: vec![false; opts.nodes],
+        disturbed: Vec::new(),
     };
     let _ = &nem.www;
     println!("  node directories under {}", nem.rig.c.dir.display());
