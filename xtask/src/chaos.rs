@@ -131,6 +131,9 @@ struct Shared {
     violations: Vec<String>,
     timeline: Vec<String>,
     rounds: u64,
+    /// Checker rounds that took over 100 ms (the host stalled), the longest.
+    stalls: u64,
+    max_stall_ms: f64,
 }
 
 impl Shared {
@@ -324,7 +327,20 @@ impl Checker {
             let mut addrs = DualTracker::new();
             let mut apps = DualTracker::new();
             let mut round = 0u64;
+            let mut last = monotonic_ns();
             while !st.load(Ordering::SeqCst) {
+                // This thread sleeps 4 ms between rounds: a much longer gap
+                // means the host stalled (it runs at normal priority, the
+                // agents' heartbeat senders at real-time priority).
+                let top = monotonic_ns();
+                let gap = top - last;
+                last = top;
+                if gap > 100_000_000 {
+                    let mut sh = shared.lock().unwrap();
+                    sh.stalls += 1;
+                    sh.max_stall_ms = sh.max_stall_ms.max(gap as f64 / 1e6);
+                    sh.note(format!("one checker round took {:.0} ms instead of about 5 (the host stalled)", gap as f64 / 1e6));
+                }
                 let mut owners = vec![Vec::new(); GROUPS.len()];
                 for (i, fd) in fds.iter().enumerate() {
                     seq = seq.wrapping_add(1);
@@ -1294,6 +1310,8 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
         violations: Vec::new(),
         timeline: Vec::new(),
         rounds: 0,
+        stalls: 0,
+        max_stall_ms: 0.0,
     }));
     let mut nem = Nemesis {
         opts,
@@ -1343,9 +1361,9 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
     for i in 0..opts.nodes {
         nem.signal(i, libc::SIGCONT);
     }
-    let (violations, timeline) = {
+    let (violations, timeline, stalls, max_stall_ms) = {
         let sh = shared.lock().unwrap();
-        (sh.violations.clone(), sh.timeline.clone())
+        (sh.violations.clone(), sh.timeline.clone(), sh.stalls, sh.max_stall_ms)
     };
     let summary = serde_json::json!({
         "minutes": (minutes * 100.0).round() / 100.0,
@@ -1362,6 +1380,8 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
         "kinds": nem.counts.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
         "client_requests": {"web": requests[0], "db": requests[1]},
         "client_failed": {"web": failed[0], "db": failed[1]},
+        "host_stalls_over_100ms": stalls,
+        "max_host_stall_ms": max_stall_ms.round(),
     });
     let keep = !violations.is_empty();
     if keep {
