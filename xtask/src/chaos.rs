@@ -131,6 +131,10 @@ struct Shared {
     violations: Vec<String>,
     timeline: Vec<String>,
     rounds: u64,
+    /// The kind of the episode under way ("start" before the first), and
+    /// the violations per kind of the episode they happened in.
+    episode: &'static str,
+    by_kind: BTreeMap<&'static str, u64>,
     /// Checker rounds that took over 100 ms (the host stalled), the longest.
     stalls: u64,
     max_stall_ms: f64,
@@ -153,6 +157,7 @@ impl Shared {
         println!("  {line}");
         self.timeline.push(line.clone());
         self.violations.push(line);
+        *self.by_kind.entry(self.episode).or_default() += 1;
     }
 }
 
@@ -1186,6 +1191,7 @@ impl<'a> Nemesis<'a> {
                 self.mid_fault_ops += 1;
             }
             self.disturbed = f.disturbed(n);
+            self.shared.lock().unwrap().episode = f.kind();
             self.episode(&f, mid)?;
             let disturbed = self.disturbed.clone();
             self.converge(&disturbed)?;
@@ -1312,6 +1318,8 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
         rounds: 0,
         stalls: 0,
         max_stall_ms: 0.0,
+        episode: "start",
+        by_kind: BTreeMap::new(),
     }));
     let mut nem = Nemesis {
         opts,
@@ -1361,9 +1369,10 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
     for i in 0..opts.nodes {
         nem.signal(i, libc::SIGCONT);
     }
-    let (violations, timeline, stalls, max_stall_ms) = {
+    let (violations, timeline, stalls, max_stall_ms, by_kind) = {
         let sh = shared.lock().unwrap();
-        (sh.violations.clone(), sh.timeline.clone(), sh.stalls, sh.max_stall_ms)
+        let by: serde_json::Map<String, serde_json::Value> = sh.by_kind.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        (sh.violations.clone(), sh.timeline.clone(), sh.stalls, sh.max_stall_ms, by)
     };
     let summary = serde_json::json!({
         "minutes": (minutes * 100.0).round() / 100.0,
@@ -1371,6 +1380,7 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
         "nodes": opts.nodes,
         "faults": nem.faults,
         "violations": violations.len(),
+        "violations_by_kind": by_kind,
         "false_forced_leaves": nem.false_forced_leaves,
         "max_converge_ms": nem.max_converge_ms.round(),
         "converge_bound_ms": opts.converge_ms,
