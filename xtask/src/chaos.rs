@@ -1178,8 +1178,9 @@ impl<'a> Nemesis<'a> {
                 let via = rng.below(n as u64) as usize;
                 let to = rng.below(n as u64) as usize;
                 Some(match rng.below(3) {
-                    0 | 1 => Op::Switchover { group: rng.below(GROUPS.len() as u64) as usize, to, via },
-                    _ => Op::Standby { node: to, via },
+                    0 => Op::Switchover { group: rng.below(GROUPS.len() as u64) as usize, to, via },
+                    1 => Op::Standby { node: to, via },
+                    _ => Op::Maintenance { via },
                 })
             } else {
                 None
