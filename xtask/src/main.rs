@@ -5,6 +5,7 @@ mod bench_failover;
 mod bench_fence;
 mod bench_takeover;
 mod bench_membership;
+mod chaos;
 mod deb;
 mod demo;
 mod fuzz;
@@ -112,6 +113,38 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         crashes: u32,
     },
+    /// Chaos: a cluster in network namespaces with client load on two groups and a seeded
+    /// nemesis (kills, pauses, cuts, partitions, one-way and lossy links, restarts mid-transition,
+    /// stress-ng, operator commands), invariants checked from outside (docs/chaos.md).
+    /// The last line is a JSON summary; the exit status is non-zero on any violation.
+    Chaos {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// The seed of every choice of the nemesis.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u32,
+        #[arg(long, default_value_t = 3)]
+        misses: u32,
+        /// Convergence bound after each heal, in ms (plus the rejoin back-off the halted nodes logged).
+        #[arg(long, default_value_t = 20000)]
+        converge_ms: u64,
+        /// A node continued or restarted is left out of the two-owner checks for this long (ms).
+        #[arg(long, default_value_t = 1000)]
+        release_ms: u64,
+        /// Only these fault kinds (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// Client request period per group, in ms.
+        #[arg(long, default_value_t = 10)]
+        period_ms: u64,
+        /// Use the debug agent (as `cargo xtask test` builds it) instead of the release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Build the Debian package baton_<version>_amd64.deb (cargo-deb, installed when missing):
     /// the release binary, the systemd unit, an example /etc/baton/baton.toml, man pages and completions.
     Deb {
@@ -161,6 +194,11 @@ fn main() {
         Cmd::Deb { check } => deb::build().and_then(|p| if check { deb::check(&p) } else { Ok(()) }),
         Cmd::Fuzz { secs, target } => target_dir().and_then(|t| fuzz::run(&workspace_root(), &t, secs, target.as_deref())),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
+        Cmd::Chaos { nodes, minutes, seed, interval_ms, misses, converge_ms, release_ms, kinds, period_ms, debug } => {
+            (if debug { prepare_debug() } else { prepare_release() }).and_then(|_| {
+                chaos::run(&chaos::ChaosOpts { nodes, minutes, seed, interval_ms, misses, converge_ms, release_ms, kinds, period_ms })
+            })
+        }
         Cmd::Bench {
             which: Bench::Membership,
             interval_ms,
@@ -284,6 +322,21 @@ fn prepare_release() -> Result<()> {
     run_cargo(cargo().args(["build", "--release", "-p", "baton-agent"]))?;
     let bin = target_dir()?.join("release/baton");
     std::env::set_var("BATON_BIN", &bin);
+    Ok(())
+}
+
+/// For `chaos --debug`: like [`prepare_release`] with the debug agent
+/// (`$BATON_BIN` when set: an agent built already, as in CI after `test`).
+fn prepare_debug() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this needs root (network namespaces, XDP, bpffs): run it with sudo or as root");
+    }
+    setup::setup()?;
+    if std::env::var_os("BATON_BIN").is_some_and(|b| std::path::Path::new(&b).is_file()) {
+        return Ok(());
+    }
+    run_cargo(cargo().args(["build", "-p", "baton-agent"]))?;
+    std::env::set_var("BATON_BIN", target_dir()?.join("debug/baton"));
     Ok(())
 }
 

@@ -29,9 +29,11 @@ const LLVM_PKGS: &[&str] = &[
 ];
 /// Needed at run/test time (nginx-light: the OCF nginx test of
 /// tests/tests/ownership.rs; prometheus: the real Prometheus server and
-/// promtool of tests/tests/metrics.rs).
-const RUNTIME_PKGS: &[&str] =
-    &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus"];
+/// promtool of tests/tests/metrics.rs; stress-ng: the stress faults of
+/// `cargo xtask chaos`).
+const RUNTIME_PKGS: &[&str] = &[
+    "keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus", "stress-ng",
+];
 
 /// The test VM's host side (docs/vm.md): qemu, and depmod/modprobe and xz
 /// to assemble its image. Installed without recommends (qemu's would bring a
