@@ -29,9 +29,10 @@ const LLVM_PKGS: &[&str] = &[
 ];
 /// Needed at run/test time (nginx-light: the OCF nginx test of
 /// tests/tests/ownership.rs; prometheus: the real Prometheus server and
-/// promtool of tests/tests/metrics.rs).
+/// promtool of tests/tests/metrics.rs; stress-ng: the load of
+/// tests/tests/startup.rs and of `bench detect`'s stress soak).
 const RUNTIME_PKGS: &[&str] =
-    &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus"];
+    &["keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus", "stress-ng"];
 
 /// The test VM's host side (docs/vm.md): qemu, and depmod/modprobe and xz
 /// to assemble its image. Installed without recommends (qemu's would bring a
