@@ -387,6 +387,10 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
         "sent": s.sent.load(Relaxed),
         "send_errors": s.send_errors.load(Relaxed),
         "late_ticks": s.late_ticks.load(Relaxed),
+        "max_gap_us": s.max_gap_us.load(Relaxed),
+        "max_late_us": s.max_late_us.load(Relaxed),
+        "startup_max_gap_us": s.startup_max_gap_us.load(Relaxed),
+        "startup_max_late_us": s.startup_max_late_us.load(Relaxed),
     });
     let _ = crate::statefile::write_atomic(&cfg.paths.agent_status(), status.to_string().as_bytes(), false);
 }

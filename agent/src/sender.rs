@@ -28,6 +28,16 @@ pub struct SenderShared {
     pub send_errors: AtomicU64,
     /// Ticks that started more than one interval late.
     pub late_ticks: AtomicU64,
+    /// The longest time between two periodic heartbeats, in µs, over this
+    /// life (what a receiver waits at worst because of the sender), and over
+    /// the first `STARTUP_WINDOW` after the first heartbeat.
+    pub max_gap_us: AtomicU64,
+    pub startup_max_gap_us: AtomicU64,
+    /// The latest periodic tick's lateness in µs at its worst (start of
+    /// sending minus its deadline), over this life and over the first
+    /// `STARTUP_WINDOW`.
+    pub max_late_us: AtomicU64,
+    pub startup_max_late_us: AtomicU64,
     /// Set by [`Sender::heartbeat_now`]: send one heartbeat at once, outside
     /// the schedule, to the peers flagged in `answer`.
     pub send_now: AtomicBool,
@@ -102,6 +112,9 @@ fn open_socket(interface: &str, local: IpAddr) -> std::io::Result<UdpSocket> {
 /// sender's stack resident and locked up front: its loop (and the distress
 /// path) then never takes a page fault on it. The loop uses a few KB.
 pub const STACK_PREFAULT: usize = 256 * 1024;
+/// The start-up window of `SenderShared::startup_max_*` (issue 13 item 4:
+/// false silences right after a node starts).
+pub const STARTUP_WINDOW: Duration = Duration::from_secs(2);
 /// The sender thread's stack (above `STACK_PREFAULT` with a wide margin).
 const STACK_SIZE: usize = 1024 * 1024;
 
@@ -203,6 +216,8 @@ fn run(
     // The receiver incarnation each peer got in our last heartbeat to it.
     let mut sent_inc = vec![0u64; cfg.peers.len()];
     let mut next = Instant::now();
+    let first = next;
+    let mut last_sent: Option<Instant> = None;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -239,6 +254,15 @@ fn run(
                 // Goes to everyone: pending answers are included.
                 for a in &shared.answer {
                     a.store(false, Ordering::SeqCst);
+                }
+                let late = now.saturating_duration_since(next).as_micros() as u64;
+                let gap = last_sent.map(|l| now.saturating_duration_since(l).as_micros() as u64).unwrap_or(0);
+                last_sent = Some(now);
+                shared.max_late_us.fetch_max(late, Ordering::Relaxed);
+                shared.max_gap_us.fetch_max(gap, Ordering::Relaxed);
+                if now.saturating_duration_since(first) <= STARTUP_WINDOW {
+                    shared.startup_max_late_us.fetch_max(late, Ordering::Relaxed);
+                    shared.startup_max_gap_us.fetch_max(gap, Ordering::Relaxed);
                 }
                 send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared, None);
                 sent_inc.copy_from_slice(&dst_inc);

@@ -20,6 +20,9 @@ pub struct DetectOpts {
     pub kills: u32,
     /// Length of the soak phase, in seconds.
     pub soak_secs: u64,
+    /// Length of the soak under `stress-ng --cpu 2 --io 2 --vm 1`, in
+    /// minutes (0: skipped).
+    pub stress_minutes: f64,
     /// Heartbeat interval, in milliseconds.
     pub interval_ms: u64,
     /// Missed heartbeats before declaring a peer dead.
@@ -160,10 +163,164 @@ impl NonBlock for std::fs::OpenOptions {
     }
 }
 
-fn baton_kills(opts: &DetectOpts, rng: &mut Lcg) -> Result<Vec<f64>> {
+/// The agents of `c` that exited, or halted and started a new life, since
+/// `lives` (each running agent's incarnation) was taken: each one is a
+/// failure of the bench's figures, whatever the phase (issue 13: an agent
+/// of the soak's pair that exited while the bench counted 0 false alarms).
+fn casualties(c: &mut Cluster, lives: &[Option<u64>], phase: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..c.hosts.len() {
+        let Some(a) = c.agents[i].as_mut() else { continue };
+        let why = match a.child.try_wait() {
+            Ok(Some(st)) => Some(format!("exited ({st})")),
+            _ if c.incarnation(i) != lives[i] => Some(format!(
+                "halted and started a new life (incarnation {:?} -> {:?}): {:?}",
+                lives[i],
+                c.incarnation(i),
+                c.log_lines(i, &["clustering halted"]).last()
+            )),
+            _ => None,
+        };
+        if let Some(why) = why {
+            out.push(format!("{phase}: {} {}: {why}", c.prefix, c.hosts[i].name));
+        }
+    }
+    out
+}
+
+/// Each host's current agent life.
+fn lives(c: &Cluster) -> Vec<Option<u64>> {
+    (0..c.hosts.len()).map(|i| c.incarnation(i)).collect()
+}
+
+/// `stress-ng --cpu 2 --io 2 --vm 1` for `secs`; killed (its process group)
+/// on drop.
+struct Stress(Child);
+
+impl Stress {
+    fn start(secs: u64) -> Result<Stress> {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("stress-ng")
+            .args(["--cpu", "2", "--io", "2", "--vm", "1", "--timeout", &format!("{secs}s"), "--quiet"])
+            .process_group(0)
+            .spawn()
+            .context("starting stress-ng (run `cargo xtask setup`)")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Stress(child))
+    }
+}
+
+impl Drop for Stress {
+    fn drop(&mut self) {
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGINT) };
+        if wait_until(Duration::from_secs(10), || self.0.try_wait().ok().flatten().is_some()).is_none() {
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
+struct StressResult {
+    /// Silences of a live node confirmed (a forced leave), plus agents
+    /// that halted or exited.
+    false_forced_leaves: usize,
+    /// Every `peer_silent`/`link_silent` about a live node (held, then
+    /// averted or confirmed).
+    false_alarms: usize,
+    /// Detection latency of kills made under the same load.
+    detect: Vec<f64>,
+    sender_max_gap_us: u64,
+    failures: Vec<String>,
+}
+
+/// The soak under `stress-ng --cpu 2 --io 2 --vm 1`, without any tuning:
+/// three nodes at the bench's heartbeat setting, started once the load runs
+/// (so their start-up is under load too), watched for `stress_minutes`;
+/// then `kills` SIGKILLs of node 3, each restarted under the same load.
+fn stress_soak(opts: &DetectOpts, kills: u32, rng: &mut Lcg) -> Result<StressResult> {
+    let secs = (opts.stress_minutes * 60.0).round() as u64;
+    // The load outlives the phase by a wide margin; it ends on drop.
+    let _stress = Stress::start(secs + 600)?;
+    let t0 = monotonic_ns();
+    let mut c = Cluster::new("strs", 3, 1, opts.interval_ms as u32, opts.misses);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(60));
+    let mut failures = Vec::new();
+    let mut lv = lives(&c);
+    let t_end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < t_end {
+        std::thread::sleep(Duration::from_secs(1));
+        let left = t_end.saturating_duration_since(Instant::now()).as_secs();
+        eprint!("\r  soak under stress-ng --cpu 2 --io 2 --vm 1: {left:>4} s left   ");
+    }
+    eprintln!();
+    let t1 = monotonic_ns();
+    failures.extend(casualties(&mut c, &lv, "stress soak"));
+    let count = |c: &Cluster, a: u64, b: u64, kinds: &[&str], except: Option<u32>| -> usize {
+        (0..c.hosts.len())
+            .map(|i| {
+                c.events(i)
+                    .iter()
+                    .filter(|e| {
+                        let t = e["agent_ns"].as_u64().unwrap_or(0);
+                        t >= a && t <= b && kinds.iter().any(|k| e["event"] == *k) && except.is_none_or(|n| e["node"] != n)
+                    })
+                    .count()
+            })
+            .sum()
+    };
+    let mut false_alarms = count(&c, t0, t1, &["peer_silent", "link_silent"], None);
+    let mut confirmed = count(&c, t0, t1, &["silence_confirmed"], None);
+    let mut sender_max_gap_us = 0;
+    for i in 0..3 {
+        let v: serde_json::Value = std::fs::read_to_string(c.node_dir(i).join("state").join("agent.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        sender_max_gap_us = sender_max_gap_us.max(v["sender"]["max_gap_us"].as_u64().unwrap_or(0));
+    }
+    // Kills under the same load: node 3, restarted each time.
+    let mut detect = Vec::new();
+    for k in 0..kills {
+        if !failures.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300 + rng.next_below(opts.interval_ms)));
+        let a = monotonic_ns();
+        let t = c.kill(2);
+        let e = c.wait_event(0, Duration::from_secs(10), |e| {
+            e["event"] == "peer_silent" && e["node"] == 3 && e["agent_ns"].as_u64().unwrap_or(0) > t
+        });
+        match e {
+            Some(e) => detect.push((e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6),
+            None => {
+                // A kill never reported counts as its timeout.
+                detect.push(10_000.0);
+                failures.push(format!("stress kill {k}: node3's silence never reported at node1"));
+            }
+        }
+        eprint!("\r  kill under stress {}/{kills}: {:.1} ms   ", k + 1, detect.last().unwrap());
+        c.start(2);
+        c.wait_all_joined(Duration::from_secs(60));
+        let b = monotonic_ns();
+        // About the two live nodes only: node 3 was really killed.
+        false_alarms += count(&c, a, b, &["peer_silent", "link_silent"], Some(3));
+        confirmed += count(&c, a, b, &["silence_confirmed"], Some(3));
+        lv[2] = c.incarnation(2);
+        failures.extend(casualties(&mut c, &lv, &format!("stress kill {k}")));
+    }
+    if kills > 0 {
+        eprintln!();
+    }
+    let false_forced_leaves = confirmed + failures.iter().filter(|f| f.contains("exited") || f.contains("halted")).count();
+    Ok(StressResult { false_forced_leaves, false_alarms, detect, sender_max_gap_us, failures })
+}
+
+fn baton_kills(opts: &DetectOpts, rng: &mut Lcg, failures: &mut Vec<String>) -> Result<Vec<f64>> {
     let mut c = Cluster::new("bdet", 2, 1, opts.interval_ms as u32, opts.misses);
     c.start_all();
     c.wait_all_up(Duration::from_secs(10));
+    let mut lv = lives(&c);
     let mut lat = Vec::new();
     for k in 0..opts.kills {
         std::thread::sleep(Duration::from_millis(100 + rng.next_below(opts.interval_ms)));
@@ -178,6 +335,8 @@ fn baton_kills(opts: &DetectOpts, rng: &mut Lcg) -> Result<Vec<f64>> {
         eprint!("\r  baton kill {}/{}: {ms:.1} ms   ", k + 1, opts.kills);
         c.start(1);
         c.wait_all_up(Duration::from_secs(10));
+        lv[1] = c.incarnation(1);
+        failures.extend(casualties(&mut c, &lv, &format!("kill {k}")));
     }
     eprintln!();
     Ok(lat)
@@ -231,6 +390,8 @@ struct SoakResult {
     baton_false: usize,
     baton_false_no_rt: usize,
     keepalived_false: usize,
+    /// Agents of the real-time pair that exited or halted (from its start).
+    failures: Vec<String>,
     xdp_ns: f64,
     late_ticks: String,
 }
@@ -239,6 +400,9 @@ fn soak(opts: &DetectOpts) -> Result<SoakResult> {
     let mut c = Cluster::new("soak", 2, 1, opts.interval_ms as u32, opts.misses);
     c.start_all();
     c.wait_all_up(Duration::from_secs(10));
+    // From its start: an exit or halt of this pair in any phase (also
+    // while the second pair starts) is a failure of the soak's figures.
+    let lv = lives(&c);
     // The same, with the heartbeat sender at normal priority (realtime_priority = 0).
     let mut nort = Cluster::new("soakn", 2, 1, opts.interval_ms as u32, opts.misses);
     nort.realtime_priority = 0;
@@ -304,7 +468,8 @@ fn soak(opts: &DetectOpts) -> Result<SoakResult> {
         })
         .collect();
     let xdp_ns = if t1_cnt > t0_cnt { (t1_ns - t0_ns) as f64 / (t1_cnt - t0_cnt) as f64 } else { f64::NAN };
-    Ok(SoakResult { baton_false, baton_false_no_rt, keepalived_false, xdp_ns, late_ticks: late.join(",") })
+    let failures = casualties(&mut c, &lv, "soak");
+    Ok(SoakResult { baton_false, baton_false_no_rt, keepalived_false, xdp_ns, late_ticks: late.join(","), failures })
 }
 
 fn proc_cpu_ticks(pid: u32) -> Option<u64> {
@@ -315,10 +480,11 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// CPU use of one agent with 8 peers, idle, over `secs`.
-fn idle_cpu(opts: &DetectOpts, secs: u64) -> Result<f64> {
+fn idle_cpu(opts: &DetectOpts, secs: u64, failures: &mut Vec<String>) -> Result<f64> {
     let mut c = Cluster::new("idle", 9, 1, opts.interval_ms as u32, opts.misses);
     c.start_all();
     c.wait_all_up(Duration::from_secs(20));
+    let lv = lives(&c);
     std::thread::sleep(Duration::from_secs(1));
     let pid = c.agents[0].as_ref().unwrap().child.id();
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -326,6 +492,7 @@ fn idle_cpu(opts: &DetectOpts, secs: u64) -> Result<f64> {
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let b = proc_cpu_ticks(pid).context("reading /proc/PID/stat")?;
+    failures.extend(casualties(&mut c, &lv, "idle"));
     Ok((b - a) as f64 / hz / t.elapsed().as_secs_f64() * 100.0)
 }
 
@@ -344,20 +511,36 @@ pub fn detect(opts: &DetectOpts) -> Result<()> {
     let mut rng = Lcg(0x5eed_0000_0000_0001);
     let bound = opts.interval_ms as f64 * opts.misses as f64;
     eprintln!(
-        "bench detect: 2 nodes in network namespaces, heartbeat/advert interval {} ms, {} misses (bound {bound} ms), {} kills, {} s soak",
-        opts.interval_ms, opts.misses, opts.kills, opts.soak_secs
+        "bench detect: 2 nodes in network namespaces, heartbeat/advert interval {} ms, {} misses (bound {bound} ms), {} kills, {} s soak, {} min under stress-ng",
+        opts.interval_ms, opts.misses, opts.kills, opts.soak_secs, opts.stress_minutes
     );
-    eprintln!("[1/5] baton: SIGKILL of the peer's agent");
-    let b = baton_kills(opts, &mut rng)?;
-    eprintln!("[2/5] keepalived: SIGKILL of the master");
+    let stress_kills = if opts.stress_minutes > 0.0 { (opts.kills / 3).max(5) } else { 0 };
+    let mut failures = Vec::new();
+    eprintln!("[1/6] baton: SIGKILL of the peer's agent");
+    let b = baton_kills(opts, &mut rng, &mut failures)?;
+    eprintln!("[2/6] keepalived: SIGKILL of the master");
     let mut rng = Lcg(0x5eed_0000_0000_0001);
     let k = keepalived_kills(opts, &mut rng)?;
-    eprintln!("[3/5] soak: baton and keepalived side by side under CPU hogs");
+    eprintln!("[3/6] soak: baton and keepalived side by side under CPU hogs");
     let s = soak(opts)?;
-    eprintln!("[4/5] XDP cost in a tight loop (BPF_PROG_TEST_RUN)");
+    failures.extend(s.failures.iter().cloned());
+    let stress = if opts.stress_minutes > 0.0 {
+        eprintln!(
+            "[4/6] soak under stress-ng --cpu 2 --io 2 --vm 1: 3 nodes started under it, {} min, then {stress_kills} kills under it",
+            opts.stress_minutes
+        );
+        let mut rng = Lcg(0x5eed_0000_0000_0002);
+        let r = stress_soak(opts, stress_kills, &mut rng)?;
+        failures.extend(r.failures.iter().cloned());
+        Some(r)
+    } else {
+        eprintln!("[4/6] soak under stress-ng: skipped (--stress-minutes 0)");
+        None
+    };
+    eprintln!("[5/6] XDP cost in a tight loop (BPF_PROG_TEST_RUN)");
     let st_ns = selftest_ns();
-    eprintln!("[5/5] agent CPU at idle with 8 peers (10 s)");
-    let idle = idle_cpu(opts, 10)?;
+    eprintln!("[6/6] agent CPU at idle with 8 peers (10 s)");
+    let idle = idle_cpu(opts, 10, &mut failures)?;
 
     let mut t = BTreeMap::new();
     t.insert("baton_detect_p50_ms", percentile(&b, 50.0));
@@ -378,6 +561,17 @@ pub fn detect(opts: &DetectOpts) -> Result<()> {
     println!("{:<28} {:>12.0}", "XDP ns/heartbeat (test_run)", st_ns);
     println!("{:<28} {:>12.2}", "agent idle CPU %, 8 peers", idle);
     println!("{:<28} {:>12}", "baton sender late ticks", s.late_ticks);
+    if let Some(r) = &stress {
+        println!("under stress-ng --cpu 2 --io 2 --vm 1, {} min, 3 nodes, no tuning:", opts.stress_minutes);
+        println!("{:<28} {:>12}", "  false forced leaves", r.false_forced_leaves);
+        println!("{:<28} {:>12}", "  false alarms (held)", r.false_alarms);
+        println!("{:<28} {:>12.1}", "  detect p50 (ms)", percentile(&r.detect, 50.0));
+        println!("{:<28} {:>12.1}", "  detect p99 (ms)", percentile(&r.detect, 99.0));
+        println!("{:<28} {:>12.1}", "  sender max gap (ms)", r.sender_max_gap_us as f64 / 1000.0);
+    }
+    for f in &failures {
+        println!("FAILED: {f}");
+    }
     let json = serde_json::json!({
         "baton_detect_p50_ms": round1(percentile(&b, 50.0)),
         "baton_detect_p99_ms": round1(percentile(&b, 99.0)),
@@ -389,7 +583,19 @@ pub fn detect(opts: &DetectOpts) -> Result<()> {
         "xdp_ns_per_heartbeat": round1(s.xdp_ns),
         "agent_idle_cpu_pct": (idle * 100.0).round() / 100.0,
     });
+    let mut json = json;
+    if let Some(r) = &stress {
+        json["stress_minutes"] = serde_json::json!(opts.stress_minutes);
+        json["baton_false_forced_leaves_stress"] = serde_json::json!(r.false_forced_leaves);
+        json["baton_false_alarms_stress"] = serde_json::json!(r.false_alarms);
+        json["baton_detect_stress_p99_ms"] = serde_json::json!(round1(percentile(&r.detect, 99.0)));
+        json["baton_sender_max_gap_stress_ms"] = serde_json::json!(round1(r.sender_max_gap_us as f64 / 1000.0));
+    }
+    json["baton_agents_failed"] = serde_json::json!(failures.len());
     println!("{json}");
+    if !failures.is_empty() {
+        bail!("{} agent(s) exited, halted or missed a kill: the figures above count them as failures", failures.len());
+    }
     Ok(())
 }
 

@@ -83,6 +83,9 @@ enum Cmd {
         /// Soak duration in seconds.
         #[arg(long, default_value_t = 180)]
         soak_secs: u64,
+        /// detect: minutes of the soak under `stress-ng --cpu 2 --io 2 --vm 1` (0: none).
+        #[arg(long, default_value_t = 10.0)]
+        stress_minutes: f64,
         /// Heartbeat interval in milliseconds (fence: 100, for the emulated VM).
         #[arg(long, default_value_t = 10, default_value_if("which", "fence", Some("100")))]
         interval_ms: u64,
@@ -249,12 +252,14 @@ fn main() {
             which: Bench::Detect,
             kills,
             soak_secs,
+            stress_minutes,
             interval_ms,
             misses,
             ..
         } => prepare_release().and_then(|_| bench::detect(&bench::DetectOpts {
             kills,
             soak_secs,
+            stress_minutes,
             interval_ms,
             misses,
         })),

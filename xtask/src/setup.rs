@@ -30,7 +30,8 @@ const LLVM_PKGS: &[&str] = &[
 /// Needed at run/test time (nginx-light: the OCF nginx test of
 /// tests/tests/ownership.rs; prometheus: the real Prometheus server and
 /// promtool of tests/tests/metrics.rs; stress-ng: the stress faults of
-/// `cargo xtask chaos`).
+/// `cargo xtask chaos`, the load of tests/tests/startup.rs and of
+/// `bench detect`'s stress soak).
 const RUNTIME_PKGS: &[&str] = &[
     "keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus", "stress-ng",
 ];
