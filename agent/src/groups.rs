@@ -89,6 +89,19 @@ pub enum Handover {
     Overlap,
 }
 
+/// What the other nodes of a group's list hold while it runs elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Standby {
+    /// Nothing: a failover starts the application (the default).
+    Cold,
+    /// The application also runs, monitored, on the node a failover would
+    /// choose, bound to the floating addresses before it has them
+    /// (`ip_nonlocal_bind`, set by the agent): a failover only adds the
+    /// addresses and announces them (docs/services-config.md).
+    Hot,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransferCost {
@@ -189,6 +202,8 @@ pub struct Group {
     /// Overlap handover: how long the old node waits for its connections
     /// to finish before it halts anyway.
     pub drain_timeout_ms: u32,
+    /// Hot standby (`standby = "hot"`).
+    pub standby: Standby,
     /// Action functions (S1.13), shell command lines.
     pub notify: Option<String>,
     pub recovery: Option<String>,
@@ -286,6 +301,7 @@ pub(crate) struct RawGroup {
     garp_interval_ms: Option<Spanned<i64>>,
     handover: Option<Spanned<Handover>>,
     drain_timeout_ms: Option<Spanned<i64>>,
+    standby: Option<Spanned<Standby>>,
     notify: Option<Spanned<String>>,
     recovery: Option<Spanned<String>>,
     gateway: Option<Spanned<String>>,
@@ -569,6 +585,22 @@ pub(crate) fn validate(
             Some(v) => cx.int(v, &key("drain_timeout_ms"), 0, 600_000)?,
             None => DEFAULT_DRAIN_TIMEOUT_MS,
         };
+        let standby = g.standby.as_ref().map(|v| *v.get_ref()).unwrap_or(Standby::Cold);
+        if let (Some(v), Standby::Hot) = (&g.standby, standby) {
+            let has_children = raw.iter().any(|r| r.get_ref().parent.as_ref().is_some_and(|p| p.get_ref() == &name));
+            if g.parent.is_some() || has_children {
+                return Err(cx.invalid(v, &key("standby"), "\"hot\" is for a group without parent or children: its one application runs on the standby node"));
+            }
+            if g.placement.as_ref().is_some_and(|p| *p.get_ref() == Placement::Every) {
+                return Err(cx.invalid(v, &key("standby"), "\"hot\" is for placement = \"one\": an every-node group runs everywhere already"));
+            }
+            if handover == Handover::Overlap {
+                return Err(cx.invalid(v, &key("standby"), "\"hot\" and handover = \"overlap\" both start a second instance: choose one"));
+            }
+            if g.application.is_none() {
+                return Err(cx.invalid(v, &key("standby"), "\"hot\" needs a [group.application] to run on the standby node"));
+            }
+        }
         let notify = g.notify.as_ref().map(|v| cx.command(v, &key("notify"))).transpose()?;
         let recovery = g.recovery.as_ref().map(|v| cx.command(v, &key("recovery"))).transpose()?;
 
@@ -611,6 +643,7 @@ pub(crate) fn validate(
             garp_interval_ms,
             handover,
             drain_timeout_ms,
+            standby,
             notify,
             recovery,
             application,
@@ -1066,6 +1099,24 @@ unit = "nginx.service"
         assert_eq!(one("preferred = 4"), "t.toml:27: `group[0].preferred`: node 4 is not configured (nodes: 1, 2, 3)");
         assert!(one("maturity = { primary_up = true }").starts_with("t.toml:27: `group[0].maturity.primary_up`: the group has no primary"));
         assert!(one("maturity = { nodes_up = 4 }").starts_with("t.toml:27: `group[0].maturity.nodes_up`: 4 is out of range 1..=3"));
+    }
+
+    #[test]
+    fn hot_standby() {
+        let app = "\n[group.application]\nkind = \"command\"\ndaemon = \"sleep 1000\"\n";
+        let c = parse(Path::new("t.toml"), &cfg(&format!("\n[[group]]\nname = \"g\"\nstandby = \"hot\"\n{app}"))).unwrap();
+        assert_eq!(c.groups[0].standby, Standby::Hot);
+        let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\n")).unwrap();
+        assert_eq!(c.groups[0].standby, Standby::Cold);
+        let e = err("\n[[group]]\nname = \"g\"\nstandby = \"hot\"\n");
+        assert!(e.starts_with("t.toml:27: `group[0].standby`: \"hot\" needs a [group.application]"), "{e}");
+        let e = err(&format!("\n[[group]]\nname = \"g\"\nplacement = \"every\"\nstandby = \"hot\"\n{app}"));
+        assert!(e.starts_with("t.toml:28: `group[0].standby`: \"hot\" is for placement = \"one\""), "{e}");
+        let e = err(&format!("\n[[group]]\nname = \"g\"\nhandover = \"overlap\"\nstandby = \"hot\"\n{app}"));
+        assert!(e.starts_with("t.toml:28: `group[0].standby`: \"hot\" and handover = \"overlap\""), "{e}");
+        let e = err(&format!("\n[[group]]\nname = \"a\"\nstandby = \"hot\"\n{app}\n[[group]]\nname = \"b\"\nparent = \"a\"\n"));
+        assert!(e.starts_with("t.toml:27: `group[0].standby`: \"hot\" is for a group without parent or children"), "{e}");
+        assert_eq!(one("standby = \"warm\""), "t.toml:27: unknown variant `warm`, expected `cold` or `hot`");
     }
 
     #[test]

@@ -707,6 +707,27 @@ impl Ownership {
         self.set().contains(group)
     }
 
+    /// Hot standby: the group's application runs here as the standby
+    /// instance (no address): told to the guard only, so that it stops the
+    /// application if the agent dies; the group is not held here.
+    pub fn hold_standby(&self, group: &str) {
+        if let Some(g) = &self.guard {
+            g.hold(group);
+        }
+    }
+
+    /// The standby instance's process groups.
+    pub fn set_standby_pgids(&self, group: &str, pgids: &[i32]) {
+        self.set_pgids(group, pgids);
+    }
+
+    /// The standby instance stopped (and the group is not held here).
+    pub fn release_standby(&self, group: &str) {
+        if let Some(g) = &self.guard {
+            g.release(group);
+        }
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.set().iter().cloned().collect()
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use baton_core::membership::{ClusterState, NodeState};
 use baton_core::services::{
     Action, ActionParams, ActionResult, Allowable, Reason, Config as SvcConfig, Input, Maturity, Placement, Preference, ServiceSpec,
-    ServiceStatus, Services, TransferCost,
+    ServiceStatus, Services, StandbyPhase, TransferCost,
 };
 use baton_core::{Instant, NodeId};
 use tokio::sync::mpsc;
@@ -39,6 +39,10 @@ pub enum SvcDone {
     Recovery { service: String, result: ActionResult },
     Notify { service: String, result: ActionResult },
     Offline { service: String, result: ActionResult },
+    /// Hot standby: the standby instance started (or not) here.
+    StandbyStarted { service: String, result: ActionResult },
+    /// Hot standby: the standby instance stopped here.
+    StandbyStopped { service: String, result: ActionResult },
     /// A reload changed a group that runs here, in place (`reload`).
     Reconfigured { service: String, ok: bool },
 }
@@ -53,7 +57,57 @@ struct GroupRt {
     group: Group,
     app: Option<Arc<Resource>>,
     monitors: Vec<MonitorLoop>,
+    /// Hot standby: the application's monitor while it runs here as the
+    /// standby instance (enabled only then).
+    standby_mon: Option<MonitorLoop>,
     lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Hot standby: the standby instance's monitor loop (disabled): the
+/// application's own monitor every `interval_ms` (1 s when it has none);
+/// a daemon's exit is reported at once anyway. The group's other monitors
+/// usually reach the floating address, which the standby node does not have.
+fn standby_monitor(g: &Group, app: Option<&Arc<Resource>>, mon_tx: &mpsc::Sender<MonitorEvent>) -> Option<MonitorLoop> {
+    if g.standby != groups::Standby::Hot {
+        return None;
+    }
+    let app = app?;
+    let interval = Duration::from_millis(app.spec().interval_ms.unwrap_or(1000) as u64);
+    Some(MonitorLoop::spawn(app.clone(), interval, app.spec().failures, mon_tx.clone(), false))
+}
+
+/// Hot standby: a group that asks for it and may run on node `me` needs
+/// `net.ipv4.ip_nonlocal_bind` (and the IPv6 one) in this network
+/// namespace, so that its application binds to the floating addresses
+/// before they are here. Sets them to 1 (logged) and returns what it set.
+pub fn allow_nonlocal_bind(me: NodeId, groups: &[Group]) -> Result<Vec<&'static str>, String> {
+    let needed = groups.iter().any(|g| {
+        g.standby == groups::Standby::Hot
+            && !g.exclude.contains(&me)
+            && match &g.nodes {
+                NodeSet::All => true,
+                NodeSet::List(l) => l.contains(&me),
+            }
+    });
+    if !needed {
+        return Ok(Vec::new());
+    }
+    let mut set = Vec::new();
+    for (path, name) in [
+        ("/proc/sys/net/ipv4/ip_nonlocal_bind", "net.ipv4.ip_nonlocal_bind"),
+        ("/proc/sys/net/ipv6/ip_nonlocal_bind", "net.ipv6.ip_nonlocal_bind"),
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        if name.starts_with("net.ipv6") && !std::path::Path::new(path).exists() {
+            continue; // no IPv6 in this kernel
+        }
+        std::fs::write(path, "1").map_err(|e| format!("hot standby: cannot set {name} = 1 ({path}): {e}"))?;
+        info!("hot standby: {name} = 1 in this network namespace");
+        set.push(name);
+    }
+    Ok(set)
 }
 
 /// What one run or halt task carries into its tokio task.
@@ -150,6 +204,7 @@ pub fn spec_of(g: &Group) -> ServiceSpec {
     };
     s.has_notify = g.notify.is_some();
     s.has_recovery = g.recovery.is_some();
+    s.hot_standby = g.standby == groups::Standby::Hot;
     s
 }
 
@@ -213,10 +268,12 @@ impl ServiceManager {
         let (mon_tx, mon_rx) = mpsc::channel(256);
         // Client networks: a lost carrier fails the groups on it.
         crate::carrier::spawn(mon_tx.clone());
+        allow_nonlocal_bind(me, groups).map_err(|e| anyhow::anyhow!(e))?;
         let mut rts = BTreeMap::new();
         for g in groups {
             let (app, monitors) = resources_of(g, &mon_tx);
-            rts.insert(g.name.clone(), GroupRt { group: g.clone(), app, monitors, lock: Arc::new(tokio::sync::Mutex::new(())) });
+            let standby_mon = standby_monitor(g, app.as_ref(), &mon_tx);
+            rts.insert(g.name.clone(), GroupRt { group: g.clone(), app, monitors, standby_mon, lock: Arc::new(tokio::sync::Mutex::new(())) });
         }
         info!(groups = groups.len(), "resource groups configured");
         let handovers = handover.map(|w| {
@@ -370,6 +427,18 @@ impl ServiceManager {
             SvcDone::Recovery { service, result } => Input::RecoveryDone { service, result },
             SvcDone::Notify { service, result } => Input::NotifyDone { service, result },
             SvcDone::Offline { service, result } => Input::OfflineDone { service, result },
+            SvcDone::StandbyStarted { service, result } => {
+                let ok = result.ok;
+                self.feed(Input::StandbyStarted { service: service.clone(), result }, channel);
+                // Monitored only while it is (still) the standby instance.
+                if ok && self.core.standby_phase(&service) == StandbyPhase::Running {
+                    if let Some(m) = self.groups.get(&service).and_then(|g| g.standby_mon.as_ref()) {
+                        m.enable();
+                    }
+                }
+                return;
+            }
+            SvcDone::StandbyStopped { service, result } => Input::StandbyStopped { service, result },
             SvcDone::Reconfigured { service, ok } => {
                 // The monitors of the new definition start where it runs.
                 if ok && self.core.local_phase(&service) == baton_core::services::LocalPhase::Running {
@@ -410,6 +479,11 @@ impl ServiceManager {
             return;
         };
         if !self.active.holds(&group) {
+            if self.core.standby_phase(&group) == StandbyPhase::Running {
+                warn!(group = %group, resource = %resource, reason = %reason, "hot standby: the standby instance failed: restarting it");
+                self.event(serde_json::json!({"event": "standby_failed", "service": group, "node": self.me, "reason": reason}));
+                self.feed(Input::StandbyFailed { service: group }, channel);
+            }
             return; // a late report after the halt method
         }
         warn!(group = %group, resource = %resource, reason = %reason, "monitor failure");
@@ -444,6 +518,8 @@ impl ServiceManager {
                     channel.send_services(to, &msg);
                 }
                 Action::Start { params } => self.run_method(params),
+                Action::StandbyStart { service } => self.standby_start(service),
+                Action::StandbyStop { service } => self.standby_stop(service),
                 Action::Stop { params } => self.halt_method(params),
                 Action::Notify { params } => self.hook(params, None),
                 Action::Recovery { params, failed } => self.hook(params, Some(failed)),
@@ -527,6 +603,14 @@ impl ServiceManager {
             return;
         };
         info!(service = %t.group.name, reason = ?params.reason, previous = ?params.previous, "run method: start");
+        // Hot standby: an instance running here as the standby is promoted
+        // (its standby monitor ends; the group's monitors follow the start).
+        if let Some(m) = self.groups.get(&params.service).and_then(|g| g.standby_mon.as_ref()) {
+            if m.is_enabled() {
+                info!(service = %t.group.name, "hot standby: promoting the standby instance");
+            }
+            m.disable();
+        }
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
             crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
@@ -555,6 +639,85 @@ impl ServiceManager {
                 Err(e) => ActionResult::failed(1, &e),
             };
             let _ = t.tx.send(SvcDone::Start { service: t.group.name.clone(), result }).await;
+        });
+    }
+
+    /// Hot standby: the application starts here without the addresses (it
+    /// binds to them non-locally); the guard learns of it, so that it stops
+    /// with the agent; a new run generation keeps an earlier halt's
+    /// watchdog away from it.
+    fn standby_start(&mut self, service: String) {
+        let Some(t) = self.task(&service) else {
+            let _ = self.done_tx.try_send(SvcDone::StandbyStarted { service, result: ActionResult::failed(1, "unknown group") });
+            return;
+        };
+        info!(service = %service, "hot standby: starting the standby instance");
+        tokio::spawn(async move {
+            let _guard = t.lock.lock().await;
+            crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
+            t.active.hold_standby(&t.group.name);
+            let t0 = monotonic_ns();
+            let result = match t.app.as_deref() {
+                Some(app) => match app.start().await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let _ = app.stop().await;
+                        Err(e.to_string())
+                    }
+                },
+                None => Err("no application".to_string()),
+            };
+            let ms = (monotonic_ns() - t0) as f64 / 1e6;
+            let pgids = crate::watchdog::pgids_of(t.app.as_deref()).await;
+            match &result {
+                Ok(()) => {
+                    t.active.set_standby_pgids(&t.group.name, &pgids);
+                    info!(service = %t.group.name, ms, pgid = ?pgids.first(), "hot standby: standby instance up");
+                    append_event(&t.events, serde_json::json!({"event": "standby_up", "service": t.group.name, "node": t.me, "start_ms": ms, "pgid": pgids.first()}));
+                }
+                Err(e) => {
+                    t.active.release_standby(&t.group.name);
+                    error!(service = %t.group.name, "hot standby: the standby instance did not start: {e}");
+                }
+            }
+            let result = match result {
+                Ok(()) => ActionResult::OK,
+                Err(e) => ActionResult::failed(1, &e),
+            };
+            let _ = t.tx.send(SvcDone::StandbyStarted { service: t.group.name.clone(), result }).await;
+        });
+    }
+
+    /// Hot standby: the standby instance stops here (its monitor first).
+    fn standby_stop(&mut self, service: String) {
+        if let Some(m) = self.groups.get(&service).and_then(|g| g.standby_mon.as_ref()) {
+            m.disable();
+        }
+        let Some(t) = self.task(&service) else {
+            let _ = self.done_tx.try_send(SvcDone::StandbyStopped { service, result: ActionResult::OK });
+            return;
+        };
+        info!(service = %service, "hot standby: stopping the standby instance");
+        tokio::spawn(async move {
+            let _guard = t.lock.lock().await;
+            let result = match t.app.as_deref() {
+                Some(app) => app.stop().await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
+            match &result {
+                Ok(()) => {
+                    if !t.active.holds(&t.group.name) {
+                        t.active.release_standby(&t.group.name);
+                    }
+                    append_event(&t.events, serde_json::json!({"event": "standby_down", "service": t.group.name, "node": t.me}));
+                }
+                Err(e) => error!(service = %t.group.name, "hot standby: stopping the standby instance failed: {e}"),
+            }
+            let result = match result {
+                Ok(()) => ActionResult::OK,
+                Err(e) => ActionResult::failed(1, &e),
+            };
+            let _ = t.tx.send(SvcDone::StandbyStopped { service: t.group.name.clone(), result }).await;
         });
     }
 
@@ -682,6 +845,24 @@ impl ServiceManager {
     /// leave): run the halt method of every group that still runs here,
     /// children first, so this node holds no address and runs no service.
     pub async fn stop_all_local(&mut self) {
+        // Hot-standby instances first (they hold no address).
+        for (name, rt) in &self.groups {
+            if self.active.holds(name) || self.core.standby_phase(name) == StandbyPhase::Idle {
+                continue;
+            }
+            if let Some(m) = &rt.standby_mon {
+                m.disable();
+            }
+            let _guard = rt.lock.lock().await;
+            if let Some(app) = rt.app.as_deref() {
+                info!(service = %name, "leaving the cluster: stopping the hot-standby instance");
+                if let Err(e) = app.stop().await {
+                    error!(service = %name, "stopping the hot-standby instance on exit failed: {e}");
+                    continue;
+                }
+            }
+            self.active.release_standby(name);
+        }
         let names: Vec<String> = self.active.names();
         if names.is_empty() {
             return;
@@ -900,10 +1081,12 @@ impl ServiceManager {
             }
         }
         // Runtimes of added groups first: the core may start them at once.
+        allow_nonlocal_bind(self.me, groups)?;
         for name in &ch.added {
             let g = new[name];
             let (app, monitors) = resources_of(g, &self.mon_tx);
-            self.groups.insert(name.clone(), GroupRt { group: g.clone(), app, monitors, lock: Arc::new(tokio::sync::Mutex::new(())) });
+            let standby_mon = standby_monitor(g, app.as_ref(), &self.mon_tx);
+            self.groups.insert(name.clone(), GroupRt { group: g.clone(), app, monitors, standby_mon, lock: Arc::new(tokio::sync::Mutex::new(())) });
         }
         let specs: Vec<ServiceSpec> = groups.iter().map(spec_of).collect();
         if let Err(e) = self.core.reconfigure(Instant(monotonic_ns()), specs) {
@@ -912,6 +1095,7 @@ impl ServiceManager {
             }
             return Err(e.to_string());
         }
+        let mut stale_standbys = Vec::new();
         for name in ch.changed.clone() {
             let g = new[&name].clone();
             let rt = self.groups.get_mut(&name).expect("a changed group has a runtime");
@@ -925,7 +1109,20 @@ impl ServiceManager {
             // The old monitor loops end here (dropped), the new ones start
             // disabled.
             rt.monitors = monitors;
+            rt.standby_mon = standby_monitor(&g, app.as_ref(), &self.mon_tx);
             if !self.active.holds(&name) {
+                if self.core.standby_phase(&name) != StandbyPhase::Idle {
+                    // A standby instance of the old definition: stopped,
+                    // then restarted with the new one (as after a failure).
+                    let lock = rt.lock.clone();
+                    tokio::spawn(async move {
+                        let _guard = lock.lock().await;
+                        if let Some(a) = old_app {
+                            let _ = a.stop().await;
+                        }
+                    });
+                    stale_standbys.push(name.clone());
+                }
                 continue;
             }
             ch.changed_here.push(name.clone());
@@ -942,6 +1139,9 @@ impl ServiceManager {
                 append_event(&events, serde_json::json!({"event": "service_reconfigured", "service": g.name, "node": me, "ok": ok}));
                 let _ = tx.send(SvcDone::Reconfigured { service: g.name.clone(), ok }).await;
             });
+        }
+        for name in stale_standbys {
+            self.core.handle(Instant(monotonic_ns()), Input::StandbyFailed { service: name });
         }
         self.drain(channel);
         Ok(ch)

@@ -126,6 +126,12 @@ pub struct ServiceSpec {
     pub transfer_cost: TransferCost,
     pub has_notify: bool,
     pub has_recovery: bool,
+    /// Hot standby (`standby = "hot"`): the application also runs, without
+    /// the addresses, on the node a failover would choose next
+    /// ([`Services::hot_standby_of`]); a start there finds it running.
+    /// Only for a root with placement One.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub hot_standby: bool,
 }
 
 impl ServiceSpec {
@@ -145,6 +151,7 @@ impl ServiceSpec {
             transfer_cost: TransferCost::Costly,
             has_notify: false,
             has_recovery: false,
+            hot_standby: false,
         }
     }
     /// Whether the choosing factors allow `n` at all.
@@ -577,6 +584,12 @@ pub enum Input {
     OfflineDone { service: String, result: ActionResult },
     /// The service's monitor failed on this node.
     MonitorFailed { service: String },
+    /// [`Action::StandbyStart`] finished.
+    StandbyStarted { service: String, result: ActionResult },
+    /// [`Action::StandbyStop`] finished.
+    StandbyStopped { service: String, result: ActionResult },
+    /// The hot-standby instance's monitor failed here: it is restarted.
+    StandbyFailed { service: String },
     /// This node's load figure.
     Load { figure: u64 },
     /// Operator: move the service (and its group) to `to` or the next node.
@@ -619,6 +632,13 @@ pub enum Action {
     EnableEvents { service: String },
     /// Disable the service's event group here.
     DisableEvents { service: String },
+    /// Hot standby: start the application here as the standby instance,
+    /// without the addresses (it binds to them non-locally), and monitor it
+    /// with the application's own monitor. Answer with `StandbyStarted`.
+    StandbyStart { service: String },
+    /// Hot standby: stop the standby instance here (its monitor first).
+    /// Answer with `StandbyStopped`.
+    StandbyStop { service: String },
     Alert { service: String, reason: AlertReason },
     /// Nothing of `node` (which is leaving) is registered any more: its
     /// graceful leave may proceed at the services level.
@@ -675,6 +695,29 @@ struct LocalSvc {
     /// Stopping after a failed start.
     cleanup: bool,
 }
+
+/// This node's hot-standby instance of a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum StandbyPhase {
+    /// None here (or it became the registered instance: promoted).
+    #[default]
+    Idle,
+    Starting,
+    Running,
+    Stopping,
+}
+
+#[derive(Clone, Debug, Default)]
+struct LocalStandby {
+    phase: StandbyPhase,
+    /// A failed start or stop: the next start waits until then.
+    not_before: Option<Instant>,
+}
+
+/// How long a hot-standby instance whose start (or stop) failed waits
+/// before it is started again.
+pub const STANDBY_RETRY_NS: u64 = 1_000_000_000;
 
 #[derive(Clone, Debug)]
 struct LocalRecovery {
@@ -743,6 +786,8 @@ pub struct Services {
     retired: BTreeSet<String>,
     /// Reconfigurations of this life (sent in reports).
     config_gen: u64,
+    /// Hot-standby instances on this node.
+    standbys: BTreeMap<String, LocalStandby>,
 }
 
 /// How often an unfinished handshake with a new decider is retried.
@@ -855,6 +900,7 @@ impl Services {
             retry_at: None,
             retired: BTreeSet::new(),
             config_gen: 0,
+            standbys: BTreeMap::new(),
         };
         for name in me.order.clone() {
             let st = me.status_of(&name, Instant::ZERO);
@@ -1011,10 +1057,14 @@ impl Services {
     /// The decider's maturity timers.
     pub fn next_deadline(&self) -> Option<Instant> {
         let m = self.maturity_deadline();
-        match (m, self.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let s = self
+            .standbys
+            .values()
+            .filter(|l| l.phase == StandbyPhase::Idle)
+            .filter_map(|l| l.not_before)
+            .filter(|t| *t > self.now)
+            .min();
+        [m, self.retry_at, s].into_iter().flatten().min()
     }
 
     /// Until the handshake with the current master is done (we follow its
@@ -1095,6 +1145,34 @@ impl Services {
                     if l.phase == LocalPhase::Running {
                         l.phase = LocalPhase::Failed;
                         self.report_dirty = true;
+                    }
+                }
+            }
+            Input::StandbyStarted { service, result } => {
+                let now = self.now;
+                if let Some(l) = self.standbys.get_mut(&service) {
+                    if l.phase == StandbyPhase::Starting {
+                        l.phase = if result.ok { StandbyPhase::Running } else { StandbyPhase::Idle };
+                        l.not_before = if result.ok { None } else { Some(now.plus_ns(STANDBY_RETRY_NS)) };
+                    }
+                }
+            }
+            Input::StandbyStopped { service, result } => {
+                let now = self.now;
+                if let Some(l) = self.standbys.get_mut(&service) {
+                    if l.phase == StandbyPhase::Stopping {
+                        l.phase = StandbyPhase::Idle;
+                        l.not_before = if result.ok { None } else { Some(now.plus_ns(STANDBY_RETRY_NS)) };
+                    }
+                }
+            }
+            Input::StandbyFailed { service } => {
+                if let Some(l) = self.standbys.get_mut(&service) {
+                    if l.phase == StandbyPhase::Running {
+                        // Restarted: stopped here, then started again by
+                        // the standby check if this node is still the one.
+                        l.phase = StandbyPhase::Stopping;
+                        self.actions.push_back(Action::StandbyStop { service });
                     }
                 }
             }
@@ -1321,6 +1399,12 @@ impl Services {
                 l.op = op;
                 // From Offline: back to normal mode (the addresses are here).
                 if l.phase == LocalPhase::Idle || l.phase == LocalPhase::Offline {
+                    // Hot standby: the instance here becomes the registered
+                    // one (promoted, not stopped): the start finds it running.
+                    if let Some(sb) = self.standbys.get_mut(&service) {
+                        sb.phase = StandbyPhase::Idle;
+                        sb.not_before = None;
+                    }
                     l.phase = LocalPhase::Starting;
                     l.outcome = None;
                     l.cleanup = false;
@@ -1358,6 +1442,14 @@ impl Services {
             },
             Directive::Offline => match l.phase {
                 LocalPhase::Running | LocalPhase::Failed | LocalPhase::Idle => {
+                    // Off-line mode stops the application here: a hot-standby
+                    // instance too.
+                    if let Some(sb) = self.standbys.get_mut(&service) {
+                        if matches!(sb.phase, StandbyPhase::Starting | StandbyPhase::Running) {
+                            sb.phase = StandbyPhase::Stopping;
+                            self.actions.push_back(Action::StandbyStop { service: service.clone() });
+                        }
+                    }
                     let running = l.phase != LocalPhase::Idle;
                     l.op = op;
                     l.phase = LocalPhase::GoingOffline;
@@ -1479,6 +1571,7 @@ impl Services {
             self.show(&name);
         }
         self.local_checks();
+        self.standby_checks();
     }
 
     /// Notify (S1.13) and drained checks, from this node's registry copy.
@@ -1533,6 +1626,111 @@ impl Services {
             if !on_it && !local_busy && self.epoch != 0 && self.registry.version.epoch == self.epoch {
                 self.drained_sent.insert(n);
                 self.actions.push_back(Action::Drained { node: n });
+            }
+        }
+    }
+
+    // ----- hot standby -----
+
+    /// This node's hot-standby instance of `service`.
+    pub fn standby_phase(&self, service: &str) -> StandbyPhase {
+        self.standbys.get(service).map(|l| l.phase).unwrap_or_default()
+    }
+
+    /// The node that should run `service`'s hot-standby instance, from this
+    /// node's registry copy and view: the node a failover of the current
+    /// owner would choose (the group's order: the preferred node, then the
+    /// `nodes` list, else ascending ids), among the members that may run it,
+    /// are not banned for it, not in standby mode and not leaving. None when
+    /// the group is not hot, not registered on one node (Starting or
+    /// Registered, not off-line), or no other node qualifies.
+    pub fn hot_standby_of(&self, service: &str) -> Option<NodeId> {
+        let spec = self.specs.get(service)?;
+        if !spec.hot_standby || spec.parent.is_some() || spec.placement != Placement::One {
+            return None;
+        }
+        let e = self.registry.services.get(service)?;
+        let owner = self.owner_of(e)?;
+        let reg = &self.registry;
+        let mut c: Vec<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|n| *n != owner && spec.may_run_on(*n) && !e.banned.contains_key(n))
+            .filter(|n| !reg.standby.contains(n) && !reg.leaving.contains(n))
+            .collect();
+        if let (Preference::Ordered, Allowable::Nodes(list)) = (spec.preference, &spec.allowable) {
+            c.sort_by_key(|n| list.iter().position(|x| x == n).unwrap_or(usize::MAX));
+        }
+        if let Some(i) = spec.preferred.and_then(|p| c.iter().position(|x| *x == p)) {
+            let p = c.remove(i);
+            c.insert(0, p);
+        }
+        c.first().copied()
+    }
+
+    /// The one node where the service is Starting or Registered (not off-line).
+    fn owner_of(&self, e: &Entry) -> Option<NodeId> {
+        let mut it = e
+            .instances
+            .iter()
+            .filter(|(_, i)| matches!(i.state, ServiceState::Starting | ServiceState::Registered) && !i.offline);
+        let (n, _) = it.next()?;
+        if it.next().is_some() {
+            return None;
+        }
+        Some(*n)
+    }
+
+    /// Whether this node's standby instance of `name` should run (Some),
+    /// or be left as it is for now (None: in maintenance, while the group
+    /// moves without an owner, or while a directive for this node is due).
+    fn standby_wanted(&self, name: &str) -> Option<bool> {
+        let Some(spec) = self.specs.get(name) else { return Some(false) };
+        if !spec.hot_standby || self.is_retired(name) {
+            return Some(false);
+        }
+        let reg = &self.registry;
+        let Some(e) = reg.services.get(name) else { return Some(false) };
+        if reg.maintenance {
+            return None;
+        }
+        let me = self.me;
+        if !e.wanted || e.blocked || reg.offline.contains_key(name) || self.leaving_local.contains(&me) {
+            return Some(false);
+        }
+        if e.instances.contains_key(&me) || self.locals.get(name).is_some_and(|l| l.phase.active()) {
+            // Registered (or about to be) here: the directive decides
+            // (a start promotes the standby instance).
+            return None;
+        }
+        self.owner_of(e)?;
+        Some(self.hot_standby_of(name) == Some(me))
+    }
+
+    /// Starts or stops this node's hot-standby instances, from this node's
+    /// registry copy (so it follows the group's owner and node list).
+    fn standby_checks(&mut self) {
+        // Only with a registry copy of the current epoch.
+        if self.epoch == 0 || self.registry.version.epoch != self.epoch {
+            return;
+        }
+        let mut names: BTreeSet<String> = self.specs.values().filter(|s| s.hot_standby).map(|s| s.name.clone()).collect();
+        names.extend(self.standbys.keys().cloned());
+        for name in names {
+            let want = self.standby_wanted(&name);
+            let now = self.now;
+            let l = self.standbys.entry(name.clone()).or_default();
+            match (want, l.phase) {
+                (Some(true), StandbyPhase::Idle) if l.not_before.is_none_or(|t| now >= t) => {
+                    l.phase = StandbyPhase::Starting;
+                    self.actions.push_back(Action::StandbyStart { service: name });
+                }
+                (Some(false), StandbyPhase::Running) => {
+                    l.phase = StandbyPhase::Stopping;
+                    self.actions.push_back(Action::StandbyStop { service: name });
+                }
+                // Starting: checked again when the start ends.
+                _ => {}
             }
         }
     }

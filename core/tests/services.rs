@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use baton_core::rng::Rng;
 use baton_core::services::{
     Action, ActionResult, AlertReason, Allowable, Config, Input, LocalPhase, Maturity, Msg, OfflineCause, Placement,
-    Preference, Reason, ServiceSpec, ServiceState, Services, TransferCost,
+    Preference, Reason, ServiceSpec, ServiceState, Services, StandbyPhase, TransferCost,
 };
 use baton_core::{Instant, NodeId};
 
@@ -97,6 +97,8 @@ impl H {
                         n.pending.push(a.clone());
                     }
                 }
+                // Hot-standby instances start and stop at once here.
+                Action::StandbyStart { .. } | Action::StandbyStop { .. } => done.push(a.clone()),
                 _ => {}
             }
         }
@@ -124,6 +126,12 @@ impl H {
                 let result = if ok { ActionResult::OK } else { ActionResult::failed(1, "offline failed") };
                 Input::OfflineDone { service: params.service.clone(), result }
             }
+            Action::StandbyStart { service } => {
+                let ok = !self.fail_start.contains(&(id, format!("standby:{service}")));
+                let result = if ok { ActionResult::OK } else { ActionResult::failed(1, "standby start failed") };
+                Input::StandbyStarted { service: service.clone(), result }
+            }
+            Action::StandbyStop { service } => Input::StandbyStopped { service: service.clone(), result: ActionResult::OK },
             _ => unreachable!(),
         }
     }
@@ -302,7 +310,7 @@ impl H {
     /// [`H::ops`] without notifies, alerts and drains: the action
     /// functions and event groups only.
     fn funcs(&self, id: NodeId) -> Vec<String> {
-        let keep = ["start ", "stop ", "offline ", "enable ", "disable ", "recover "];
+        let keep = ["start ", "stop ", "offline ", "enable ", "disable ", "recover ", "standby-"];
         self.ops(id).into_iter().filter(|o| keep.iter().any(|k| o.starts_with(k))).collect()
     }
 
@@ -340,6 +348,8 @@ fn describe(a: &Action) -> Option<String> {
         Action::DisableEvents { service } => format!("disable {service}"),
         Action::Alert { service, .. } => format!("alert {service}"),
         Action::Drained { node } => format!("drained {node}"),
+        Action::StandbyStart { service } => format!("standby-start {service}"),
+        Action::StandbyStop { service } => format!("standby-stop {service}"),
         _ => return None,
     })
 }
@@ -1083,7 +1093,7 @@ fn sim_specs() -> Vec<ServiceSpec> {
         },
         ServiceSpec { parent: Some("ip".into()), has_notify: true, ..ServiceSpec::new("app") },
         ServiceSpec { parent: Some("app".into()), ..ServiceSpec::new("web") },
-        ServiceSpec { allowable: nodes(&[2, 3, 4]), has_notify: true, ..ServiceSpec::new("db") },
+        ServiceSpec { allowable: nodes(&[2, 3, 4]), has_notify: true, hot_standby: true, ..ServiceSpec::new("db") },
         ServiceSpec {
             preference: Preference::Unordered,
             maturity: Maturity { nodes_up: Some(2), after_ms: Some(30), primary_up: false },
@@ -1173,7 +1183,12 @@ impl Sim {
         while let Some(a) = c.poll_action() {
             match a {
                 Action::Send { to, msg } => self.msgs.push((id, to, msg)),
-                Action::Start { .. } | Action::Stop { .. } | Action::Recovery { .. } | Action::Offline { .. } => {
+                Action::Start { .. }
+                | Action::Stop { .. }
+                | Action::Recovery { .. }
+                | Action::Offline { .. }
+                | Action::StandbyStart { .. }
+                | Action::StandbyStop { .. } => {
                     self.log.push(format!("{id}: {}", describe(&a).unwrap()));
                     self.running_ops.push((id, a));
                 }
@@ -1325,9 +1340,12 @@ impl Sim {
                     | Action::Stop { params }
                     | Action::Recovery { params, .. }
                     | Action::Offline { params } => params.service.clone(),
+                    Action::StandbyStart { service } | Action::StandbyStop { service } => service.clone(),
                     _ => unreachable!(),
                 };
                 let input = match a {
+                    Action::StandbyStart { .. } => Input::StandbyStarted { service, result: ActionResult::OK },
+                    Action::StandbyStop { .. } => Input::StandbyStopped { service, result: ActionResult::OK },
                     Action::Start { .. } => Input::StartDone { service, result: ActionResult::OK },
                     Action::Stop { .. } => Input::StopDone { service, result: ActionResult::OK },
                     Action::Offline { .. } => Input::OfflineDone { service, result: ActionResult::OK },
@@ -1381,6 +1399,14 @@ impl Sim {
             }
             let on: Vec<NodeId> =
                 self.cores.iter().filter(|(_, c)| c.local_phase(&s.name) != LocalPhase::Idle).map(|(n, _)| *n).collect();
+            // Hot standby: a node holds either the standby instance or the
+            // registered one, never both.
+            for (n, c) in &self.cores {
+                let sb = c.standby_phase(&s.name);
+                if matches!(sb, StandbyPhase::Starting | StandbyPhase::Running) && c.local_phase(&s.name) != LocalPhase::Idle {
+                    return Err(format!("{} has a standby and a registered instance on {n}", s.name));
+                }
+            }
             if on.len() > 1 {
                 return Err(format!(
                     "{} runs on {:?}\n  trace tail: {:?}",
@@ -1412,7 +1438,10 @@ impl Sim {
         let decider = self.cores.values().find(|c| c.is_decider()).ok_or("no decider")?;
         for s in self.every_spec.iter().filter(|s| !self.specs.iter().any(|x| x.name == s.name)) {
             for (id, c) in &self.cores {
-                if c.local_phase(&s.name).active() || c.snapshot().iter().any(|x| x.name == s.name) {
+                if c.local_phase(&s.name).active()
+                    || c.standby_phase(&s.name) != StandbyPhase::Idle
+                    || c.snapshot().iter().any(|x| x.name == s.name)
+                {
                     return Err(format!("node {id} still has {} (removed by a reload)", s.name));
                 }
             }
@@ -1435,6 +1464,20 @@ impl Sim {
             };
             if on.len() != want {
                 return Err(format!("{} runs on {:?}, allowed live {:?}", s.name, on, allowed));
+            }
+            // Hot standby: exactly one standby instance, on the node the
+            // decider's registry names, when another live node may run it.
+            if s.hot_standby {
+                let sb: Vec<NodeId> =
+                    self.cores.iter().filter(|(_, c)| c.standby_phase(&s.name) == StandbyPhase::Running).map(|(n, _)| *n).collect();
+                let offline = decider.registry().offline.contains_key(&s.name);
+                let expect: Vec<NodeId> = if offline { vec![] } else { decider.hot_standby_of(&s.name).into_iter().collect() };
+                if !offline && on.len() == 1 && allowed.len() > 1 && expect.is_empty() {
+                    return Err(format!("{}: no standby chosen, runs on {on:?}, allowed {allowed:?}", s.name));
+                }
+                if sb != expect || expect.iter().any(|n| on.contains(n)) {
+                    return Err(format!("{}: standby on {sb:?}, expected {expect:?} (runs on {on:?})", s.name));
+                }
             }
             for (id, c) in &self.cores {
                 let st = c.snapshot().into_iter().find(|x| x.name == s.name).unwrap();
@@ -2039,4 +2082,110 @@ fn a_node_that_refused_an_unknown_service_gets_it_once_it_reconfigures() {
     h.reconfigure_one(2, vec![a, b]);
     assert_eq!(h.st("b"), (Registered, Some(2), ""));
     assert_eq!(h.running("b"), vec![2]);
+}
+
+// ---------------------------------------------------------------------------
+// Hot standby
+// ---------------------------------------------------------------------------
+
+fn hot() -> ServiceSpec {
+    ServiceSpec { allowable: nodes(&[1, 2, 3]), hot_standby: true, ..ServiceSpec::new("web") }
+}
+
+fn standby_on(h: &H, service: &str) -> Vec<NodeId> {
+    h.nodes.iter().filter(|(_, n)| n.core.standby_phase(service) == StandbyPhase::Running).map(|(id, _)| *id).collect()
+}
+
+/// The standby instance runs on the next node of the list; a failover
+/// promotes it (a start with no stop before it: the application is not
+/// restarted), and the next node of the list becomes the new standby.
+#[test]
+fn hot_standby_runs_on_the_next_node_and_a_failover_promotes_it() {
+    let mut h = H::new(vec![hot()]);
+    h.boot(1);
+    assert_eq!(standby_on(&h, "web"), Vec::<NodeId>::new(), "alone: no standby");
+    h.boot(2);
+    h.boot(3);
+    assert_eq!(h.st("web"), (Registered, Some(1), ""));
+    assert_eq!(standby_on(&h, "web"), vec![2]);
+    assert_eq!(h.funcs(2), v(&["standby-start web"]));
+    assert_eq!(h.funcs(3), Vec::<String>::new(), "only the next node runs a standby");
+    for id in [1, 2, 3] {
+        assert_eq!(h.nodes[&id].core.hot_standby_of("web"), Some(2), "every node agrees (node {id})");
+    }
+    h.mark();
+    h.kill(1);
+    assert_eq!(h.st("web"), (Registered, Some(2), ""));
+    assert_eq!(h.funcs(2), v(&["start web", "enable web"]), "promoted: no standby-stop before the start");
+    assert_eq!(h.funcs(3), v(&["standby-start web"]), "the next node of the list is the new standby");
+    assert_eq!(standby_on(&h, "web"), vec![3]);
+    // Node 1 comes back: with a costly transfer the group stays on 2, and
+    // 1, first in the list, becomes the standby instead of 3.
+    h.mark();
+    h.boot(1);
+    assert_eq!(h.st("web"), (Registered, Some(2), ""));
+    assert_eq!(standby_on(&h, "web"), vec![1]);
+    assert_eq!(h.funcs(3), v(&["standby-stop web"]));
+    assert_eq!(h.funcs(1), v(&["standby-start web"]));
+}
+
+/// A switchover to the standby node promotes its instance; the old owner
+/// stops and, next in the list, starts a standby instance.
+#[test]
+fn hot_standby_switchover_promotes_and_the_old_owner_becomes_the_standby() {
+    let mut h = H::new(vec![hot()]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    h.mark();
+    h.op(1, Input::Switchover { service: "web".into(), to: Some(2) });
+    assert_eq!(h.st("web"), (Registered, Some(2), ""));
+    assert_eq!(h.funcs(2), v(&["start web", "enable web"]));
+    assert_eq!(h.funcs(1), v(&["disable web", "stop web", "standby-start web"]));
+    assert_eq!(standby_on(&h, "web"), vec![1]);
+}
+
+/// A standby instance whose monitor fails is restarted there (stop, then
+/// start); a failed standby start is retried after a second.
+#[test]
+fn a_failed_standby_is_restarted_and_a_failed_start_retried() {
+    let mut h = H::new(vec![hot()]);
+    h.boot(1);
+    h.boot(2);
+    h.mark();
+    h.op(2, Input::StandbyFailed { service: "web".into() });
+    assert_eq!(h.funcs(2), v(&["standby-stop web", "standby-start web"]));
+    assert_eq!(standby_on(&h, "web"), vec![2]);
+    assert_eq!(h.st("web"), (Registered, Some(1), ""), "the registered instance is not touched");
+    // Its start fails now: tried again after STANDBY_RETRY_NS.
+    h.fail_start.insert((2, "standby:web".into()));
+    h.mark();
+    h.op(2, Input::StandbyFailed { service: "web".into() });
+    assert_eq!(h.funcs(2), v(&["standby-stop web", "standby-start web"]));
+    assert_eq!(standby_on(&h, "web"), Vec::<NodeId>::new());
+    h.fail_start.clear();
+    h.run_ms(500);
+    assert_eq!(standby_on(&h, "web"), Vec::<NodeId>::new(), "not before the retry delay");
+    h.run_ms(600);
+    assert_eq!(standby_on(&h, "web"), vec![2]);
+}
+
+/// Maintenance freezes the standby too; standby mode and deregistration
+/// stop it; a group that is not hot never gets one.
+#[test]
+fn the_standby_follows_deregister_standby_mode_and_cold_groups_have_none() {
+    let mut h = H::new(vec![hot(), ServiceSpec { allowable: nodes(&[1, 2, 3]), ..ServiceSpec::new("cold") }]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    assert_eq!(standby_on(&h, "web"), vec![2]);
+    assert_eq!(standby_on(&h, "cold"), Vec::<NodeId>::new());
+    h.op(1, Input::Standby { node: 2, on: true });
+    assert_eq!(standby_on(&h, "web"), vec![3], "node 2 in standby mode: the next node");
+    h.op(1, Input::Standby { node: 2, on: false });
+    assert_eq!(standby_on(&h, "web"), vec![2]);
+    h.op(1, Input::Deregister { service: "web".into() });
+    assert_eq!(standby_on(&h, "web"), Vec::<NodeId>::new());
+    h.op(1, Input::Register { service: "web".into() });
+    assert_eq!(standby_on(&h, "web"), vec![2]);
 }
