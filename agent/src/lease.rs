@@ -27,6 +27,13 @@
 //! [`crate::addr::release`] go through [`HELD`]), so the set configured on
 //! regain is the set the services want now.
 //!
+//! The supervised daemons of the groups (`kind = "daemon"`, whose process
+//! groups the agent recorded) are frozen with SIGSTOP for as long as the
+//! lease is lost and resumed with SIGCONT when it is regained: an isolated
+//! node's application neither answers nor writes while the survivors start
+//! theirs. Applications run by OCF agents or systemd are not frozen (their
+//! processes are not the agent's children); fencing covers their storage.
+//!
 //! Not covered: a node that can still hear but no longer send (a one-way
 //! cut) keeps hearing a majority, so its lease holds; it learns that it was
 //! forced out from the membership state. docs/addresses.md states this.
@@ -39,6 +46,7 @@ use std::time::Duration;
 
 use aya::maps::{Array, Map, MapData};
 use baton_common::{PeerLink, MAP_PEERS};
+use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -56,6 +64,44 @@ pub struct Held {
 /// Held addresses; the lock is held across the netlink calls that change
 /// them, so the lease and the services never interleave on one address.
 pub static HELD: LazyLock<tokio::sync::Mutex<Held>> = LazyLock::new(|| tokio::sync::Mutex::new(Held::default()));
+
+/// Process groups of the supervised daemons (`kind = "daemon"`) running
+/// here; while the lease is lost they are frozen (SIGSTOP), so that an
+/// isolated node's application neither serves nor writes while the
+/// survivors start theirs, and resumed (SIGCONT) when it is regained.
+static APPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+static FROZEN: AtomicBool = AtomicBool::new(false);
+
+/// A daemon's process group started (frozen at once while the lease is lost).
+pub fn app_started(pgid: i32) {
+    if let Ok(mut a) = APPS.lock() {
+        a.insert(pgid);
+        if FROZEN.load(Ordering::SeqCst) {
+            signal_group(pgid, Signal::SIGSTOP);
+        }
+    }
+}
+
+/// A daemon's process group ended.
+pub fn app_ended(pgid: i32) {
+    if let Ok(mut a) = APPS.lock() {
+        a.remove(&pgid);
+    }
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
+}
+
+/// Freezes (or resumes) every daemon; returns how many.
+fn freeze_apps(frozen: bool) -> usize {
+    let Ok(a) = APPS.lock() else { return 0 };
+    FROZEN.store(frozen, Ordering::SeqCst);
+    for pg in a.iter() {
+        signal_group(*pg, if frozen { Signal::SIGSTOP } else { Signal::SIGCONT });
+    }
+    a.len()
+}
 
 /// The group of the cluster state this node follows (with this node), as
 /// the cluster driver last wrote it; empty while not a member.
@@ -197,19 +243,24 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, stop: Arc<AtomicBool>) {
             (false, None) => {
                 lost_at = Some(now);
                 let n = rt.block_on(withdraw());
+                let apps = freeze_apps(true);
                 let heard_list = heard;
-                warn!(?group, heard = ?heard_list, addresses = n, "address lease lost: this node hears no majority of its view; its floating addresses are withdrawn until it does");
-                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "addresses": n}));
+                warn!(?group, heard = ?heard_list, addresses = n, apps, "address lease lost: this node hears no majority of its view; its floating addresses are withdrawn and its daemons frozen until it does");
+                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "addresses": n, "apps_frozen": apps}));
             }
             (true, Some(_)) if !member => {
                 // Halted or left meanwhile: the services released what they
                 // held; nothing is configured again.
                 lost_at = None;
                 rt.block_on(async { HELD.lock().await.withdrawn = false });
+                // (Their stop, if any is left, needs them running.)
+                freeze_apps(false);
                 info!("address lease over: this node is no longer a member of a view");
             }
             (true, Some(t)) => {
                 lost_at = None;
+                // The application first, then its address (as a start does).
+                freeze_apps(false);
                 let again = rt.block_on(restore());
                 let held_ms = now.saturating_sub(t) as f64 / 1e6;
                 info!(held_ms, addresses = again.len(), "address lease regained: the withdrawn addresses are configured again");

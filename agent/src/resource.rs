@@ -752,8 +752,11 @@ impl Resource {
                     let _ = tx.send(MonitorEvent::Failed { resource: name.clone(), reason }).await;
                 }
             }
+            crate::lease::app_ended(pgid);
             let _ = tx.send(Some(how));
         });
+        // Frozen at once while the address lease is lost (lease.rs).
+        crate::lease::app_started(pgid);
         *slot = Some(Daemon { pgid, stopping, exited: rx });
         Ok(())
     }
@@ -766,6 +769,8 @@ impl Resource {
         d.stopping.store(true, Ordering::SeqCst);
         let pg = Pid::from_raw(d.pgid);
         let _ = killpg(pg, Signal::SIGTERM);
+        // A daemon the address lease froze (SIGSTOP) must run to end.
+        let _ = killpg(pg, Signal::SIGCONT);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut exited = d.exited.clone();
         // The leader first, then any other member of the group.

@@ -445,6 +445,16 @@ impl Cluster {
     /// traffic of its other addresses (a floating address answering a
     /// client) still passes. Returns the monotonic time of the cut.
     pub fn isolate(&self, i: usize) -> u64 {
+        self.drop_at_switch(i, true, true)
+    }
+
+    /// Host `i` hears nothing from the others (link addresses), while they
+    /// still hear it: a stall of its receive path, as seen from outside.
+    pub fn deafen(&self, i: usize) -> u64 {
+        self.drop_at_switch(i, false, true)
+    }
+
+    fn drop_at_switch(&self, i: usize, from_host: bool, to_host: bool) -> u64 {
         let sw = &self.switch.name;
         // The drop is a redirect into a black hole (the gact action is a
         // module, which this kernel may not load; mirred is built in).
@@ -460,14 +470,17 @@ impl Cluster {
             sh(&["ip", "netns", "exec", sw, "tc", "qdisc", "add", "dev", &port, "clsact"]);
             // Ingress of the switch port: what the host sends; egress: what
             // it would receive.
-            for (dir, m) in [("ingress", "src"), ("egress", "dst")] {
+            for (dir, m, on) in [("ingress", "src", from_host), ("egress", "dst", to_host)] {
+                if !on {
+                    continue;
+                }
                 sh(&["ip", "netns", "exec", sw, "tc", "filter", "add", "dev", &port, dir, "protocol", "ip", "u32", "match", "ip", m, &a, "action", "mirred", "egress", "redirect", "dev", "bh0"]);
             }
         }
         t
     }
 
-    /// Undoes [`Cluster::isolate`].
+    /// Undoes [`Cluster::isolate`] and [`Cluster::deafen`].
     pub fn unisolate(&self, i: usize) {
         for l in 0..self.links {
             sh(&["ip", "netns", "exec", &self.switch.name, "tc", "qdisc", "del", "dev", &format!("h{i}l{l}"), "clsact"]);

@@ -395,5 +395,40 @@ fn a_node_cut_off_from_the_others_lets_go_of_its_address_before_a_survivor_takes
     }
     svc.check(dual.is_zero(), || format!("{VIP} was on two live nodes {pair:?} for {dual:?}"));
     svc.check(!lost.is_empty(), || "node1 never logged lease_lost".into());
+    // Its httpd (a supervised daemon) was frozen with the address.
+    svc.check(lost[0]["apps_frozen"] == 1, || format!("node1's lease_lost froze no daemon: {}", lost[0]));
     svc.c.unisolate(0);
+}
+
+/// A false alarm of the lease: node1 hears nobody for a moment (its
+/// receive path "stalls": the others' datagrams to it are dropped at the
+/// switch) while the others still hear it. Its lease ends, its address is
+/// withdrawn and its httpd frozen; when it hears a majority again, both come
+/// back (`lease_regained`), the same httpd serves again, and nothing moved.
+#[test]
+fn a_lease_lost_by_a_short_receive_stall_is_regained_and_nothing_moves() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("oregain", 3, &web_group("costly", "")).with_client();
+    web_on_node1(&mut svc);
+    let httpd = pids_matching(&svc.ns(0), HTTPD);
+    svc.check(httpd.len() == 1, || format!("httpd on node1: {httpd:?}"));
+    svc.c.deafen(0);
+    let lost = svc.c.wait_event(0, Duration::from_secs(3), |e| e["event"] == "lease_lost");
+    // Healed at once: well within the bound plus the confirmation (100 +
+    // 200 ms), so that membership sees nothing.
+    svc.c.unisolate(0);
+    svc.check(lost.is_some(), || "node1 never lost its lease while it heard nobody".into());
+    let back = svc.c.wait_event(0, Duration::from_secs(3), |e| e["event"] == "lease_regained");
+    svc.check(back.is_some(), || format!("node1 never regained its lease: {:?}", svc.c.events(0)));
+    let back = back.unwrap();
+    eprintln!("node1 deaf for a moment: lease regained after {} ms, {} address(es) configured again", back["withdrawn_ms"], back["addresses"]);
+    svc.check(back["addresses"] == 1, || format!("lease_regained: {back}"));
+    svc.expect_page("node1", Duration::from_secs(5), "after the lease was regained");
+    svc.check(vip_on(&svc.ns(0)), || format!("{VIP} is not back on node1"));
+    svc.check(pids_matching(&svc.ns(0), HTTPD) == httpd, || "node1's httpd is not the same process".into());
+    svc.check(svc.registered_on(0, "web") == Some(1), || "web moved".into());
+    let halts = svc.c.log_lines(0, &["clustering halted"]);
+    svc.check(halts.is_empty(), || format!("node1 halted: {halts:?}"));
 }

@@ -255,9 +255,10 @@ fn app_scan(node_inodes: &[u64]) -> Vec<Vec<usize>> {
         if !cmd.contains("httpd") || cmd.contains("/bin/sh") {
             continue;
         }
-        // Zombies (a stopped httpd not yet reaped) do not serve.
+        // Zombies (a stopped httpd not yet reaped) do not serve, nor does a
+        // daemon frozen (SIGSTOP, state T) by its node's address lease.
         if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if st.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false) {
+            if st.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with(['Z', 'T'])).unwrap_or(false) {
                 continue;
             }
         }
