@@ -392,6 +392,14 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
         "startup_max_gap_us": s.startup_max_gap_us.load(Relaxed),
         "startup_max_late_us": s.startup_max_late_us.load(Relaxed),
     });
+    let bound_us = cfg.interval_ms as u64 * cfg.misses as u64 * 1000;
+    if let Some(gap) = s.gap_warning(bound_us) {
+        warn!(
+            gap_ms = gap as f64 / 1000.0,
+            bound_ms = bound_us as f64 / 1000.0,
+            "the heartbeat sender went this long without sending, at or past the silence bound: peers may see this live node silent; this machine does not hold this heartbeat setting under its load (docs/datapath.md, \"Under load\")"
+        );
+    }
     let _ = crate::statefile::write_atomic(&cfg.paths.agent_status(), status.to_string().as_bytes(), false);
 }
 

@@ -38,11 +38,29 @@ pub struct SenderShared {
     /// `STARTUP_WINDOW`.
     pub max_late_us: AtomicU64,
     pub startup_max_late_us: AtomicU64,
+    /// The `max_gap_us` last warned about (see [`SenderShared::gap_warning`]).
+    pub warned_gap_us: AtomicU64,
     /// Set by [`Sender::heartbeat_now`]: send one heartbeat at once, outside
     /// the schedule, to the peers flagged in `answer`.
     pub send_now: AtomicBool,
     /// Per peer (in configuration order): answer it with a heartbeat now.
     pub answer: Vec<AtomicBool>,
+}
+
+impl SenderShared {
+    /// The sender's longest gap, in µs, when it reached `bound_us` (the
+    /// silence bound, `interval_ms × misses`) and grew since the last time
+    /// it was returned: peers may have declared this node silent although
+    /// it was alive, because the machine did not run the real-time sender
+    /// in time (docs/datapath.md, "Under load"). `None` otherwise.
+    pub fn gap_warning(&self, bound_us: u64) -> Option<u64> {
+        let gap = self.max_gap_us.load(Ordering::Relaxed);
+        if gap < bound_us || gap <= self.warned_gap_us.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.warned_gap_us.store(gap, Ordering::Relaxed);
+        Some(gap)
+    }
 }
 
 pub struct Sender {
@@ -332,5 +350,23 @@ fn send_all(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_at_or_beyond_the_bound_is_warned_once_per_new_record() {
+        let s = SenderShared::default();
+        s.max_gap_us.store(29_999, Ordering::Relaxed);
+        assert_eq!(s.gap_warning(30_000), None, "below the bound");
+        s.max_gap_us.store(30_000, Ordering::Relaxed);
+        assert_eq!(s.gap_warning(30_000), Some(30_000));
+        assert_eq!(s.gap_warning(30_000), None, "the same record again");
+        s.max_gap_us.store(41_000, Ordering::Relaxed);
+        assert_eq!(s.gap_warning(30_000), Some(41_000), "a new record");
+        assert_eq!(s.gap_warning(30_000), None);
     }
 }
