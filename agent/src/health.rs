@@ -158,8 +158,14 @@ pub async fn run_check(check: &HealthCheck, cfg: &crate::config::Config) -> Resu
                 .map_err(|e| e.to_string())?
             }
             CheckKind::Systemd { unit } => {
-                let out = tokio::process::Command::new("systemctl").args(["is-active", unit]).output().await.map_err(|e| format!("systemctl: {e}"))?;
-                let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                // systemd's D-Bus API (src/sdbus.rs), systemctl without a bus.
+                let state = match crate::sdbus::get().await {
+                    Some(sd) => sd.active_state(unit).await.map_err(|e| format!("{unit}: {e}"))?,
+                    None => {
+                        let out = tokio::process::Command::new("systemctl").args(["is-active", unit]).output().await.map_err(|e| format!("systemctl: {e}"))?;
+                        String::from_utf8_lossy(&out.stdout).trim().to_string()
+                    }
+                };
                 if state == "active" {
                     Ok(())
                 } else {

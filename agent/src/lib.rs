@@ -27,6 +27,7 @@ pub mod paths;
 pub mod reload;
 pub mod resource;
 pub mod run;
+pub mod sdbus;
 pub mod sdnotify;
 pub mod selfcheck;
 pub mod selftest;

@@ -12,7 +12,10 @@
 //! - `ocf`: an OCF resource agent, run as Pacemaker runs it (environment,
 //!   actions, exit codes), so the agents of Debian's `resource-agents`
 //!   package run unchanged.
-//! - `systemd`: a unit, through `systemctl start` / `stop` / `is-active`.
+//! - `systemd`: a unit, through systemd's D-Bus API (`crate::sdbus`: start
+//!   and stop jobs with their `JobRemoved` result, the unit's `ActiveState`
+//!   followed through `PropertiesChanged`), or `systemctl start` / `stop` /
+//!   `is-active` when there is no systemd on the system bus.
 //!
 //! Every action has a timeout; on expiry the action's whole process group is
 //! killed and the action fails. Each action runs in a new process group so
@@ -209,6 +212,9 @@ pub enum ResourceError {
     MissingParams { resource: String, agent: String, params: Vec<String> },
     #[error("resource {resource}: {reason}")]
     Invalid { resource: String, reason: String },
+    /// A systemd job (D-Bus) that did not end `done`, or a failed call.
+    #[error("resource {resource}: {action} of systemd unit {unit} failed: {reason}")]
+    Job { resource: String, action: Action, unit: String, reason: String },
 }
 
 fn plural_params(p: &[String]) -> String {
@@ -230,7 +236,8 @@ impl ResourceError {
             | ResourceError::Spawn { resource, .. }
             | ResourceError::NotInstalled { resource, .. }
             | ResourceError::MissingParams { resource, .. }
-            | ResourceError::Invalid { resource, .. } => resource,
+            | ResourceError::Invalid { resource, .. }
+            | ResourceError::Job { resource, .. } => resource,
         }
     }
 
@@ -435,6 +442,16 @@ pub struct Resource {
     started: AtomicBool,
     daemon: tokio::sync::Mutex<Option<Daemon>>,
     events: Mutex<Option<mpsc::Sender<MonitorEvent>>>,
+    /// A systemd unit's state watcher (D-Bus) while baton has it started,
+    /// and whether it still reports.
+    unit_watch: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>)>>,
+}
+
+impl Drop for Resource {
+    /// A removed group's unit watcher stops with it.
+    fn drop(&mut self) {
+        self.unwatch_unit();
+    }
 }
 
 impl fmt::Debug for Resource {
@@ -451,6 +468,7 @@ impl Resource {
             started: AtomicBool::new(false),
             daemon: tokio::sync::Mutex::new(None),
             events: Mutex::new(None),
+            unit_watch: Mutex::new(None),
         }
     }
 
@@ -555,9 +573,21 @@ impl Resource {
             ResourceKind::Ocf { .. } => {
                 check_exit(name, Action::Start, self.ocf(Action::Start, t).await?, true)?;
             }
-            ResourceKind::Systemd { unit } => {
-                check_exit(name, Action::Start, self.systemctl(&["start", unit], Action::Start, t).await?, false)?;
-            }
+            ResourceKind::Systemd { unit } => match crate::sdbus::get().await {
+                Some(sd) => {
+                    self.unwatch_unit();
+                    sd.job(unit, crate::sdbus::Verb::Start, t).await.map_err(|e| ResourceError::Job {
+                        resource: name.into(),
+                        action: Action::Start,
+                        unit: unit.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    self.watch_unit(&sd, unit).await;
+                }
+                None => {
+                    check_exit(name, Action::Start, self.systemctl(&["start", unit], Action::Start, t).await?, false)?;
+                }
+            },
         }
         self.started.store(true, Ordering::SeqCst);
         info!(resource = name, "started");
@@ -585,7 +615,18 @@ impl Resource {
                 }
             }
             ResourceKind::Systemd { unit } => {
-                check_exit(name, Action::Stop, self.systemctl(&["stop", unit], Action::Stop, t).await?, false)?;
+                self.unwatch_unit();
+                match crate::sdbus::get().await {
+                    Some(sd) => sd.job(unit, crate::sdbus::Verb::Stop, t).await.map_err(|e| ResourceError::Job {
+                        resource: name.into(),
+                        action: Action::Stop,
+                        unit: unit.clone(),
+                        reason: e.to_string(),
+                    })?,
+                    None => {
+                        check_exit(name, Action::Stop, self.systemctl(&["stop", unit], Action::Stop, t).await?, false)?;
+                    }
+                }
             }
         }
         info!(resource = name, "stopped");
@@ -633,9 +674,15 @@ impl Resource {
                     _ => failed(check_exit(&self.spec.name, Action::Monitor, out, true).expect_err("not 0")),
                 },
             },
-            ResourceKind::Systemd { unit } => match self.systemctl(&["is-active", unit], Action::Monitor, t).await {
-                Err(e) => failed(e),
-                Ok(out) => systemd_state(out.stdout.lines().last().unwrap_or("").trim()),
+            ResourceKind::Systemd { unit } => match crate::sdbus::get().await {
+                Some(sd) => match sd.active_state(unit).await {
+                    Ok(state) => systemd_state(&state),
+                    Err(e) => MonitorStatus::Failed { reason: format!("systemd unit {unit}: {e}") },
+                },
+                None => match self.systemctl(&["is-active", unit], Action::Monitor, t).await {
+                    Err(e) => failed(e),
+                    Ok(out) => systemd_state(out.stdout.lines().last().unwrap_or("").trim()),
+                },
             },
         }
     }
@@ -651,8 +698,14 @@ impl Resource {
                     return Err(ResourceError::NotInstalled { resource: name, what: "the shell".into(), path: "/bin/sh".into() });
                 }
             }
-            ResourceKind::Systemd { .. } => {
-                if find_in_path("systemctl").is_none() {
+            ResourceKind::Systemd { unit } => {
+                if let Some(sd) = crate::sdbus::get().await {
+                    if let Some(state) = sd.load_state(unit).await {
+                        if state == "not-found" {
+                            return Err(ResourceError::NotInstalled { resource: name, what: format!("systemd unit {unit}"), path: PathBuf::from(unit) });
+                        }
+                    }
+                } else if find_in_path("systemctl").is_none() {
                     return Err(ResourceError::NotInstalled { resource: name, what: "systemctl".into(), path: "systemctl".into() });
                 }
             }
@@ -708,6 +761,32 @@ impl Resource {
     /// Process group of the running daemon.
     pub async fn daemon_pgid(&self) -> Option<i32> {
         self.daemon.lock().await.as_ref().filter(|d| d.exited.borrow().is_none()).map(|d| d.pgid)
+    }
+
+    /// Follows a started unit's state: `failed` or `inactive` while baton
+    /// has it started is reported at once as a [`MonitorEvent::Failed`].
+    async fn watch_unit(&self, sd: &crate::sdbus::Systemd, unit: &str) {
+        let Some(tx) = self.events.lock().expect("events lock").clone() else { return };
+        let armed = Arc::new(AtomicBool::new(true));
+        let (a, name, u) = (armed.clone(), self.spec.name.clone(), unit.to_string());
+        let judge = move |state: &str| -> Option<MonitorEvent> {
+            if !a.load(Ordering::SeqCst) || !matches!(state, "failed" | "inactive") {
+                return None;
+            }
+            warn!(resource = %name, unit = %u, "systemd unit is {state} (PropertiesChanged)");
+            Some(MonitorEvent::Failed { resource: name.clone(), reason: format!("systemd unit {u} is {state}") })
+        };
+        match sd.watch(unit, tx, judge).await {
+            Ok(h) => *self.unit_watch.lock().expect("unit watch lock") = Some((h, armed)),
+            Err(e) => warn!(resource = %self.spec.name, unit, "cannot follow the unit's state over D-Bus ({e}): only its monitor runs"),
+        }
+    }
+
+    fn unwatch_unit(&self) {
+        if let Some((h, armed)) = self.unit_watch.lock().expect("unit watch lock").take() {
+            armed.store(false, Ordering::SeqCst);
+            h.abort();
+        }
     }
 
     async fn spawn_daemon(&self, line: &str) -> Result<(), ResourceError> {

@@ -163,6 +163,15 @@ enum Cmd {
     /// template and one key in three Debian 12 roots in network namespaces; the agents join, web runs
     /// on node1, node1 crashes, a client is served by node2 or node3 (vagrant/chroot-test.sh).
     VagrantChrootTest,
+    /// The .deb under a real systemd (root): three Debian 12 machines booted with systemd as PID 1
+    /// (systemd-nspawn), provisioned by vagrant/provision.sh; Type=notify, journal fields, systemctl
+    /// reload, WatchdogSec, Restart=on-failure, systemd-unit groups over D-Bus, a crash failover and
+    /// systemctl stop as a graceful leave (vagrant/systemd-test.sh).
+    SystemdTest {
+        /// Use this package instead of building it (`cargo xtask deb`).
+        #[arg(long)]
+        deb: Option<std::path::PathBuf>,
+    },
     /// The test VM on Debian 12's own kernel with an LIO iSCSI target (docs/vm.md).
     Vm {
         #[command(subcommand)]
@@ -194,6 +203,7 @@ fn main() {
         Cmd::Vm { cmd } => vm::run(cmd),
         Cmd::VagrantValidate => vagrant::validate(),
         Cmd::VagrantChrootTest => vagrant::chroot_test(),
+        Cmd::SystemdTest { deb } => vagrant::systemd_test(deb),
         Cmd::Deb { check } => deb::build().and_then(|p| if check { deb::check(&p) } else { Ok(()) }),
         Cmd::Fuzz { secs, target } => target_dir().and_then(|t| fuzz::run(&workspace_root(), &t, secs, target.as_deref())),
         Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),

@@ -107,3 +107,49 @@ pub fn chroot_test() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+/// The cached Debian 12 root with systemd as init (mmdebstrap minbase with
+/// systemd, systemd-sysv, dbus, systemd-container for its systemd-nspawn,
+/// iproute2, busybox), a tarball under `<target>/deb-check/`.
+fn systemd_root_tarball() -> Result<PathBuf> {
+    super::deb::root_tarball()?; // mmdebstrap installed, root checked
+    let cache = super::target_dir()?.join("deb-check");
+    let tarball = cache.join("bookworm-systemd.tar");
+    if !tarball.exists() {
+        let tmp = cache.join("bookworm-systemd.tar.tmp");
+        run(Command::new("mmdebstrap")
+            .args([
+                "--variant=minbase",
+                "--format=tar",
+                "--include=systemd,systemd-sysv,dbus,systemd-container,iproute2,busybox,procps",
+                "bookworm",
+            ])
+            .arg(&tmp)
+            .arg("http://deb.debian.org/debian"))?;
+        std::fs::rename(&tmp, &tarball)?;
+    }
+    Ok(tarball)
+}
+
+/// `cargo xtask systemd-test [--deb PATH]`: the package under a real
+/// systemd, three machines (vagrant/systemd-test.sh).
+pub fn systemd_test(deb: Option<PathBuf>) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("systemd-test needs root (systemd-nspawn, network namespaces, XDP)");
+    }
+    let deb = match deb {
+        Some(p) if p.exists() => p,
+        Some(p) => bail!("--deb {}: no such file", p.display()),
+        None => super::deb::build()?,
+    };
+    let tarball = systemd_root_tarball()?;
+    let work = super::target_dir()?.join("systemd-test");
+    let script = super::workspace_root().join("vagrant/systemd-test.sh");
+    eprintln!("xtask: running {}", script.display());
+    let status = Command::new("bash").arg(&script).arg(&deb).arg(&tarball).arg(&work).status()?;
+    if !status.success() {
+        bail!("{} failed ({status}); logs in {}", script.display(), work.display());
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
