@@ -108,8 +108,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         attempts: u32,
         /// failover: crashes, link cuts and switchovers to measure (each);
-        /// takeover: rounds (a takeover and a giveback each).
-        #[arg(long, default_value_t = 20)]
+        /// takeover: rounds (a takeover and a giveback each). `--events` is the same.
+        #[arg(long, visible_alias = "events", default_value_t = 20)]
         crashes: u32,
     },
     /// Build the Debian package baton_<version>_amd64.deb (cargo-deb, installed when missing):
