@@ -116,3 +116,23 @@ fn a_standby_whose_monitor_fails_is_restarted() {
     svc.expect_page("node1", Duration::from_secs(5), "after the standby's restart");
     eprintln!("standby httpd {standby} killed on node2; restarted as {}", again.unwrap());
 }
+
+/// The standby node's agent dies (SIGKILL, alone): its guard stops the
+/// standby httpd too (nothing of the group outlives its agent), and node 3
+/// becomes the standby.
+#[test]
+fn the_guard_stops_the_standby_instance_when_its_agent_dies() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("hsg", 3, &hot_web()).with_client();
+    web_on_node1(&mut svc);
+    let standby = httpd_of(&svc, 1, Duration::from_secs(10));
+    svc.c.kill_agent(1);
+    let gone = wait_until(Duration::from_secs(5), || pids_matching(&svc.ns(1), HTTPD).is_empty());
+    svc.check(gone.is_some(), || format!("node2's standby httpd {standby} still runs 5 s after its agent died"));
+    let next = httpd_of(&svc, 2, Duration::from_secs(10));
+    svc.check(svc.registered_on(0, "web") == Some(1), || "web moved".to_string());
+    svc.c.agents[1] = None;
+    eprintln!("node2's agent killed: its standby httpd {standby} stopped after {:?}; node3's standby httpd {next}", gone.unwrap());
+}

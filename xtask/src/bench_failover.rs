@@ -220,6 +220,13 @@ pub fn group_toml(www: &Path) -> String {
     )
 }
 
+/// The `web` group with a hot standby (`standby = "hot"`, stop-start
+/// handover for planned moves: hot standby and `overlap` exclude each
+/// other): the standby node runs httpd bound to the VIP before it has it.
+pub fn hot_group_toml(www: &Path) -> String {
+    group_toml(www).replace("handover = \"overlap\"\ndrain_timeout_ms = 1000\n", "standby = \"hot\"\n")
+}
+
 pub fn vip_addr() -> SocketAddr {
     format!("{VIP}:80").parse().unwrap()
 }
@@ -486,6 +493,16 @@ struct Results {
     linkcut: Vec<f64>,
     switchover_failed: Vec<usize>,
     switchover_ms: Vec<f64>,
+    /// Per switchover: from the command (or the priority change) until the
+    /// old node's httpd is gone (the end of its drain), ms.
+    switchover_complete_ms: Vec<f64>,
+    /// Hot standby: crash outages at the bench's setting and at 2 ms × 3.
+    hot: Vec<f64>,
+    hot_2ms: Vec<f64>,
+    /// Hot crashes whose survivor served from a new httpd (not the standby's).
+    hot_not_hot: usize,
+    /// keepalived at its fastest advert interval (10 ms): crash outages.
+    fastest: Vec<f64>,
     /// Events that never failed over within their timeout: each is also in
     /// its kind's outage figures as the timeout (10 s), never left out.
     events_failed: usize,
@@ -682,10 +699,14 @@ fn baton_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
                     monotonic_ns()
                 }
             };
+            // The whole drain: until the old node's httpd is gone.
+            let drained = wait_gone(&rig.c.hosts[ci].ns.name, t, Duration::from_secs(10))?;
+            let end = settled.max(drained.unwrap_or(settled)) + PERIOD.as_nanos() as u64;
             // Let requests in flight at the moment complete, then count.
             pause(TIMEOUT.as_millis() as u64 + 20)?;
-            let v = window(&rig.prober, t, settled + PERIOD.as_nanos() as u64);
+            let v = window(&rig.prober, t, end);
             let (ms, failed) = r.record_switchover(&v);
+            record_complete(&mut r, &format!("baton switchover {k}"), t, drained);
             eprint!("\r  baton switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", k + 1, opts.crashes);
             Ok(())
         })();
@@ -878,9 +899,15 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
             k.set_priority_delta(0, delta)?;
             let settled = wait_served(&prober, t, Some(target), None, Duration::from_secs(10))?
                 .with_context(|| format!("{target} never served"))?;
+            // The whole drain: until the old master's httpd is gone (its
+            // notify_backup script stops it).
+            let old = node_index(&cur).context("bad page")?;
+            let drained = wait_gone(&c.hosts[old].ns.name, t, Duration::from_secs(10))?;
+            let end = settled.max(drained.unwrap_or(settled)) + PERIOD.as_nanos() as u64;
             pause(TIMEOUT.as_millis() as u64 + 20)?;
-            let v = window(&prober, t, settled + PERIOD.as_nanos() as u64);
+            let v = window(&prober, t, end);
             let (ms, failed) = r.record_switchover(&v);
+            record_complete(&mut r, &format!("keepalived switchover {n}"), t, drained);
             eprint!("\r  keepalived switchover {}/{}: {failed} failed requests ({ms:.1} ms)   ", n + 1, opts.crashes);
             Ok(())
         })();
@@ -898,6 +925,154 @@ fn keepalived_bench(opts: &FailoverOpts, rng: &mut Lcg) -> Result<Results> {
     Ok(r)
 }
 
+/// The bench's clock (CLOCK_MONOTONIC) when no `busybox httpd` is left in
+/// namespace `ns` (polled every 5 ms), None after `timeout`. The
+/// same signal ends a switchover's window for baton and keepalived.
+fn wait_gone(ns: &str, _since: u64, timeout: Duration) -> Result<Option<u64>> {
+    let mut at = None;
+    wait_for(timeout, || {
+        let gone = baton_tests::svc::pids_matching(ns, "busybox httpd").is_empty();
+        if gone {
+            at = Some(monotonic_ns());
+        }
+        gone
+    })?;
+    Ok(at)
+}
+
+/// A switchover's time to completion (the old instance gone), or a note.
+fn record_complete(r: &mut Results, what: &str, t: u64, drained: Option<u64>) {
+    match drained {
+        Some(d) => r.switchover_complete_ms.push(d.saturating_sub(t) as f64 / 1e6),
+        None => r.notes.push(format!("{what}: the old node's httpd still ran 10 s after the switchover began")),
+    }
+}
+
+/// The nodes (indices) running `busybox httpd`, with its pid.
+fn httpds(c: &Cluster) -> Vec<(usize, i32)> {
+    (0..c.hosts.len())
+        .flat_map(|i| baton_tests::svc::pids_matching(&c.hosts[i].ns.name, "busybox httpd").into_iter().map(move |p| (i, p)))
+        .collect()
+}
+
+/// Crashes of the node serving a hot-standby `web` group at `interval_ms`
+/// × `misses`, `events` times, on one cluster (the crashed node restarts and
+/// the group fails back to node 1 between crashes). Before each crash the
+/// standby httpd must run; after it, the node that serves must be the one
+/// whose standby httpd ran (same pid), else the event is counted in
+/// `hot_not_hot`. Outages go to `out`.
+fn baton_hot(tag: &str, interval_ms: u64, misses: u32, events: u32, rng: &mut Lcg, r: &mut Results, two_ms: bool) -> Result<()> {
+    let fresh = || -> Result<BatonRig> {
+        let mut rig = BatonRig::new(tag, interval_ms, misses)?;
+        rig.c.extra_config = hot_group_toml(&rig.c.dir.join("www"));
+        rig.start_all()?;
+        let t = monotonic_ns();
+        wait_served(&rig.prober, t, Some("node1"), None, Duration::from_secs(30))?
+            .with_context(|| format!("hot: the web group never answered from node1; status: {}", web_status(&rig.c, 0)))?;
+        Ok(rig)
+    };
+    let mut rig = fresh()?;
+    for k in 0..events {
+        let res = (|| -> Result<()> {
+            // The standby instance runs (two httpd: the owner's and the standby's).
+            let ok = wait_for(Duration::from_secs(10), || httpds(&rig.c).len() == 2)?;
+            if !ok {
+                anyhow::bail!("no standby httpd 10 s after the cluster settled: {:?}", httpds(&rig.c));
+            }
+            pause(150 + rng.next_below(interval_ms))?;
+            let active = answering(&rig.prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+            let before = httpds(&rig.c);
+            let t = rig.crash(active);
+            let name = rig.c.hosts[active].name.clone();
+            let Some(settled) = wait_served(&rig.prober, t, None, Some(&name), FAILOVER_TIMEOUT)? else {
+                if two_ms { &mut r.hot_2ms } else { &mut r.hot }.push(FAILOVER_TIMEOUT.as_secs_f64() * 1e3);
+                r.events_failed += 1;
+                anyhow::bail!("hot: no other node served after {name} crashed");
+            };
+            pause(TIMEOUT.as_millis() as u64)?;
+            let v = window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled);
+            let (ms, failed) = measure(&v);
+            r.count_errors(if two_ms { "hot crash 2 ms" } else { "hot crash" }, &v);
+            if two_ms { &mut r.hot_2ms } else { &mut r.hot }.push(ms);
+            let server = answering(&rig.prober).and_then(|n| node_index(&n));
+            let was = before.iter().find(|(i, _)| Some(*i) == server).map(|x| x.1);
+            let now = httpds(&rig.c).into_iter().find(|(i, _)| Some(*i) == server).map(|x| x.1);
+            if was.is_none() || was != now {
+                r.hot_not_hot += 1;
+                r.notes.push(format!("hot crash {k} ({interval_ms} ms): node{} served from httpd {now:?}, its standby httpd was {was:?}", server.map(|s| s + 1).unwrap_or(0)));
+            }
+            eprint!("\r  baton hot crash {}/{events} ({interval_ms} ms × {misses}): outage {ms:.1} ms ({failed} failed)   ", k + 1);
+            let t2 = monotonic_ns();
+            rig.c.start(active);
+            wait_served(&rig.prober, t2, Some(&name), None, Duration::from_secs(30))?
+                .with_context(|| format!("the group did not move back to {name}"))?;
+            rig.c.wait_all_joined(Duration::from_secs(20));
+            Ok(())
+        })();
+        if let Err(e) = res {
+            check_interrupt()?;
+            let st = agents_state(&mut rig);
+            r.notes.push(format!("hot crash {k} ({interval_ms} ms × {misses}): {e:#} [agents: {st}]; the cluster was rebuilt"));
+            eprintln!("\n  hot crash {k} failed ({e:#}); agents: {st}; rebuilding the cluster");
+            rig = fresh()?;
+        }
+    }
+    eprintln!();
+    Ok(())
+}
+
+/// keepalived's fastest advert interval: VRRPv3 (RFC 5798 §5.2.7) carries
+/// the interval as a 12-bit count of centiseconds, so 10 ms is the smallest
+/// interval keepalived (`vrrp_version 3`, `advert_int 0.01`) can advertise;
+/// VRRPv2 counts whole seconds.
+pub const KEEPALIVED_FASTEST_ADVERT_MS: u64 = 10;
+
+/// keepalived's Master_Down_Interval for a backup of `priority` (RFC 5798
+/// §6.1: 3 × advert interval + skew, skew = (256 − priority) × interval / 256).
+pub fn master_down_ms(advert_ms: u64, priority: u32) -> f64 {
+    3.0 * advert_ms as f64 + (256 - priority) as f64 * advert_ms as f64 / 256.0
+}
+
+/// keepalived crashes at its fastest advert interval (only when the bench
+/// runs at another one: otherwise its crash figures are these).
+fn keepalived_fastest(events: u32, misses: u32, rng: &mut Lcg) -> Result<Vec<f64>> {
+    let opts = FailoverOpts { crashes: events, interval_ms: KEEPALIVED_FASTEST_ADVERT_MS, misses };
+    let mut out = Vec::new();
+    let mut reaper = Reaper::new();
+    let c = Cluster::new("kff", 3, 1, opts.interval_ms as u32, misses);
+    reaper.watch_cluster(&c);
+    let www = write_www(&c)?;
+    let client = c.add_client(0);
+    reaper.watch(&client.ns.name);
+    let mut k = Keepalived3::setup(&c, opts.interval_ms, &www)?;
+    let prober = Prober::start(&client.ns.name, vip_addr(), PERIOD, TIMEOUT);
+    keepalived_restart_all(&c, &mut k, &prober)?;
+    for n in 0..events {
+        pause(150 + rng.next_below(opts.interval_ms))?;
+        let active = answering(&prober).and_then(|n| node_index(&n)).context("nobody answers")?;
+        let name = c.hosts[active].name.clone();
+        let t = k.crash(&c, active);
+        let Some(settled) = wait_served(&prober, t, None, Some(&name), FAILOVER_TIMEOUT)? else {
+            out.push(FAILOVER_TIMEOUT.as_secs_f64() * 1e3);
+            keepalived_restart_all(&c, &mut k, &prober)?;
+            continue;
+        };
+        pause(TIMEOUT.as_millis() as u64)?;
+        let (ms, failed) = measure(&window(&prober, t - TIMEOUT.as_nanos() as u64, settled));
+        out.push(ms);
+        eprint!("\r  keepalived crash at advert 10 ms {}/{events}: outage {ms:.1} ms ({failed} failed)   ", n + 1);
+        k.start(active);
+        wait_served(&prober, monotonic_ns(), Some(&name), None, Duration::from_secs(30))?;
+        pause(300)?;
+    }
+    eprintln!();
+    drop(prober);
+    drop(k);
+    drop(client);
+    drop(c);
+    Ok(out)
+}
+
 pub fn failover(opts: &FailoverOpts) -> Result<()> {
     install_sigint();
     if !Path::new("/usr/sbin/keepalived").exists() {
@@ -906,7 +1081,7 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
     if !Path::new("/usr/bin/busybox").exists() && !Path::new("/bin/busybox").exists() {
         bail!("busybox is not installed (run `cargo xtask setup`)");
     }
-    remove_leftovers(&["bfo", "bfc", "kfo"]);
+    remove_leftovers(&["bfo", "bfc", "kfo", "bfh", "bfh2", "kff"]);
     eprintln!(
         "bench failover: 3 nodes + a client in network namespaces, group `web` = {VIP_CIDR} + busybox httpd, \
          client GET every {} ms (timeout {} ms); heartbeat/advert interval {} ms, {} misses; {} crashes, link cuts, switchovers",
@@ -930,7 +1105,7 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
     if only == "baton-linkcut" {
         let mut rng = Lcg(0x5eed_0000_0000_0002);
         baton_linkcuts(opts, &mut rng, &mut b)?;
-    } else if only != "keepalived" {
+    } else if only != "keepalived" && only != "baton-hot" {
         eprintln!("[2/2] baton");
         let mut rng = Lcg(0x5eed_0000_0000_0002);
         b = baton_bench(opts, &mut rng)?;
@@ -938,6 +1113,21 @@ pub fn failover(opts: &FailoverOpts) -> Result<()> {
             eprintln!("[2/2] baton link cuts (one long-lived cluster)");
             baton_linkcuts(opts, &mut rng, &mut b)?;
         }
+    }
+    // Hot standby (=baton-hot runs only this part).
+    if only.is_empty() || only == "baton-hot" {
+        let mut rng = Lcg(0x5eed_0000_0000_0003);
+        eprintln!("[hot] baton hot standby, {} ms × {}", opts.interval_ms, opts.misses);
+        baton_hot("bfh", opts.interval_ms, opts.misses, opts.crashes, &mut rng, &mut b, false)?;
+        eprintln!("[hot] baton hot standby, 2 ms × 3");
+        baton_hot("bfh2", 2, 3, opts.crashes, &mut rng, &mut b, true)?;
+    }
+    if (only.is_empty() || only == "keepalived") && opts.interval_ms != KEEPALIVED_FASTEST_ADVERT_MS {
+        eprintln!("[fastest] keepalived at advert_int {} ms", KEEPALIVED_FASTEST_ADVERT_MS);
+        let mut rng = Lcg(0x5eed_0000_0000_0004);
+        k.fastest = keepalived_fastest(opts.crashes, opts.misses, &mut rng)?;
+    } else {
+        k.fastest = k.crash.clone();
     }
     report(opts, &b, &k);
     Ok(())
@@ -985,7 +1175,30 @@ fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
     );
     row("switchover outage p50 (ms)", percentile(&b.switchover_ms, 50.0), percentile(&k.switchover_ms, 50.0));
     row("switchover outage p99 (ms)", percentile(&b.switchover_ms, 99.0), percentile(&k.switchover_ms, 99.0));
+    row("switchover complete p50 (ms)", percentile(&b.switchover_complete_ms, 50.0), percentile(&k.switchover_complete_ms, 50.0));
+    row("switchover complete p99 (ms)", percentile(&b.switchover_complete_ms, 99.0), percentile(&k.switchover_complete_ms, 99.0));
     println!("(keepalived: switchover = lowering the master's priority through a track file, then restoring it; after a link cut the isolated master keeps the VIP on its side: no quorum)");
+    println!("(switchover windows run from the command / priority change to the later of: 20 steady answers from the new node, and the old node's httpd gone (its drain); \
+              both sides are stamped by this bench with CLOCK_MONOTONIC from the client's probes and the same process check)");
+    let bound = (opts.interval_ms * opts.misses as u64) as f64;
+    let mdi = master_down_ms(opts.interval_ms, 100);
+    println!(
+        "detection: baton silence bound {bound:.1} ms ({} ms × {}, then silence confirmation by another member); \
+         keepalived master-down interval {mdi:.1} ms (3 × advert_int {} ms + skew at priority 100; RFC 5798 §6.1)",
+        opts.interval_ms, opts.misses, opts.interval_ms
+    );
+    row("hot standby crash outage p50 (ms)", percentile(&b.hot, 50.0), percentile(&k.crash, 50.0));
+    row("hot standby crash outage p99 (ms)", percentile(&b.hot, 99.0), percentile(&k.crash, 99.0));
+    row("hot 2 ms × 3 / keepalived fastest p99", percentile(&b.hot_2ms, 99.0), percentile(&k.fastest, 99.0));
+    println!(
+        "(hot: standby = \"hot\", {} and {} crashes; {} served from a new httpd instead of the standby's; keepalived fastest = advert_int {} ms, \
+         the smallest VRRPv3 interval (centiseconds), master-down {:.1} ms)",
+        b.hot.len(),
+        b.hot_2ms.len(),
+        b.hot_not_hot,
+        KEEPALIVED_FASTEST_ADVERT_MS,
+        master_down_ms(KEEPALIVED_FASTEST_ADVERT_MS, 100)
+    );
     for (who, r) in [("baton", b), ("keepalived", k)] {
         if !r.errors.is_empty() {
             let e: Vec<String> = r.errors.iter().map(|(e, n)| format!("{n} × {e}")).collect();
@@ -1010,6 +1223,17 @@ fn report(opts: &FailoverOpts, b: &Results, k: &Results) {
         // in its percentiles as the 10 s timeout).
         "baton_events_failed": b.events_failed,
         "keepalived_events_failed": k.events_failed,
+        "baton_hot_outage_p50_ms": round1(percentile(&b.hot, 50.0)),
+        "baton_hot_outage_p99_ms": round1(percentile(&b.hot, 99.0)),
+        "baton_hot_2ms_outage_p99_ms": round1(percentile(&b.hot_2ms, 99.0)),
+        "baton_hot_not_promoted": b.hot_not_hot,
+        "keepalived_fastest_outage_p99_ms": round1(percentile(&k.fastest, 99.0)),
+        "keepalived_fastest_advert_ms": KEEPALIVED_FASTEST_ADVERT_MS,
+        "baton_switchover_complete_p99_ms": round1(percentile(&b.switchover_complete_ms, 99.0)),
+        "keepalived_switchover_complete_p99_ms": round1(percentile(&k.switchover_complete_ms, 99.0)),
+        "baton_detect_bound_ms": round1(bound),
+        "keepalived_master_down_ms": round1(mdi),
+        "events_per_kind": opts.crashes,
     });
     println!("{json}");
 }

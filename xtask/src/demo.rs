@@ -7,7 +7,9 @@
 //! preferred node), switches the group over to node 2, then injects a disk
 //! fault on node 2 (its health check fails): its partner takes it over, node
 //! 2 leaves, stays down when restarted, and gets `web` back once cured
-//! (seed 002's negotiated takeover and giveback). It measures the
+//! (seed 002's negotiated takeover and giveback). A second cluster then shows
+//! a hot-standby failover (`standby = "hot"`: node2's idle httpd serves as
+//! soon as it has the address, same process). It measures the
 //! client-visible outage of each step and prints a timeline and a summary.
 //! Everything is removed at the end, also on Ctrl-C.
 
@@ -171,9 +173,61 @@ struct Step {
     after: String,
 }
 
+/// The `busybox httpd` processes of each node of `c` (pids).
+fn httpd_pids(c: &Cluster) -> Vec<Vec<i32>> {
+    c.hosts.iter().map(|h| baton_tests::svc::pids_matching(&h.ns.name, "busybox httpd")).collect()
+}
+
+/// Hot standby (`standby = "hot"`): a second cluster whose `web` group keeps
+/// httpd running on the next node, bound to the address it does not have
+/// yet; node1 crashes and that same process serves. Returns the step, and
+/// the cluster's namespaces and pin directories for the final check (the
+/// cluster is gone when it returns).
+fn hot_standby_step(interval: u64, misses: u32) -> Result<(Step, Vec<String>, Vec<std::path::PathBuf>)> {
+    say("hot standby: a second cluster whose `web` has standby = \"hot\" (httpd also runs on the next node, without the address)");
+    let mut rig = BatonRig::new("demoh", interval, misses)?;
+    rig.c.extra_config = crate::bench_failover::hot_group_toml(&rig.c.dir.join("www"));
+    let ns: Vec<String> =
+        rig.c.hosts.iter().map(|h| h.ns.name.clone()).chain([rig.c.switch.name.clone(), rig.client.ns.name.clone()]).collect();
+    let pins: Vec<_> = (0..3).map(|i| rig.c.bpffs_dir(i)).collect();
+    rig.start_all()?;
+    let t0 = monotonic_ns();
+    if wait_served(&rig.prober, t0, Some("node1"), None, Duration::from_secs(30))?.is_none() {
+        bail!("hot standby: web never answered from node1\n{}", diagnose(&rig));
+    }
+    let ready = crate::bench_failover::wait_for(Duration::from_secs(10), || httpd_pids(&rig.c)[1].len() == 1)?;
+    if !ready {
+        bail!("hot standby: no standby httpd on node2\n{}", diagnose(&rig));
+    }
+    let before = httpd_pids(&rig.c);
+    println!("  httpd per node: node1 {:?} (serves, holds {VIP}), node2 {:?} (hot standby, no address), node3 {:?}", before[0], before[1], before[2]);
+    pause(500)?;
+    let t = rig.crash(0);
+    println!("  SIGKILL node1's agent and httpd");
+    let Some(settled) = wait_served(&rig.prober, t, None, Some("node1"), Duration::from_secs(10))? else {
+        bail!("hot standby: no other node served web after node1 crashed\n{}", diagnose(&rig));
+    };
+    pause(TIMEOUT.as_millis() as u64 + 20)?;
+    let (ms, failed) = measure(&window(&rig.prober, t - TIMEOUT.as_nanos() as u64, settled));
+    let after_node = answering(&rig.prober).unwrap_or_default();
+    crate::bench_failover::wait_for(Duration::from_secs(10), || httpd_pids(&rig.c)[2].len() == 1)?;
+    let after = httpd_pids(&rig.c);
+    let same = after[1] == before[1];
+    println!(
+        "  {after_node} serves web after {:.1} ms: outage {ms:.1} ms, {failed} failed requests; node2's httpd {:?} ({}); node3 now runs the standby httpd {:?}",
+        (settled - t) as f64 / 1e6,
+        after[1],
+        if same { "the same process: not restarted" } else { "a NEW process: the standby was not used" },
+        after[2]
+    );
+    let step = Step { name: "crash of node1, hot standby".into(), outage_ms: ms, failed, after: after_node };
+    drop(rig);
+    Ok((step, ns, pins))
+}
+
 pub fn run() -> Result<()> {
     install_sigint();
-    remove_leftovers(&["demo"]);
+    remove_leftovers(&["demo", "demoh"]);
     let (interval, misses) = (10u64, 3u32);
     say(&format!(
         "baton demo: 3 nodes, heartbeat every {interval} ms (silent after {misses} misses), group `web` = {VIP_CIDR} + busybox httpd"
@@ -351,6 +405,11 @@ pub fn run() -> Result<()> {
         println!("  {:>8.3} s  {:<10}  {:<8}  {}", e.t.saturating_sub(t0) as f64 / 1e9, e.step, e.answers, e.what);
     }
 
+    // Hot standby, on a cluster of its own (the group above uses the
+    // overlap handover, which hot standby excludes).
+    let (hot, hot_ns, hot_pins) = hot_standby_step(interval, misses)?;
+    steps.push(hot);
+
     say("summary");
     let served: Vec<&Sample> = samples.iter().filter(|s| s.start_ns >= up).collect();
     let total = served.len();
@@ -366,9 +425,15 @@ pub fn run() -> Result<()> {
     );
 
     say("cleaning up");
-    let ns: Vec<String> =
-        rig.c.hosts.iter().map(|h| h.ns.name.clone()).chain([rig.c.switch.name.clone(), rig.client.ns.name.clone()]).collect();
-    let pins: Vec<_> = (0..3).map(|i| rig.c.bpffs_dir(i)).collect();
+    let ns: Vec<String> = rig
+        .c
+        .hosts
+        .iter()
+        .map(|h| h.ns.name.clone())
+        .chain([rig.c.switch.name.clone(), rig.client.ns.name.clone()])
+        .chain(hot_ns)
+        .collect();
+    let pins: Vec<_> = (0..3).map(|i| rig.c.bpffs_dir(i)).chain(hot_pins).collect();
     drop(rig);
     let left = String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output()?.stdout).to_string();
     let leftover_ns: Vec<&String> = ns.iter().filter(|n| left.lines().any(|l| l.split_whitespace().next() == Some(n.as_str()))).collect();

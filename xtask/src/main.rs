@@ -112,8 +112,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         attempts: u32,
         /// failover: crashes, link cuts and switchovers to measure (each);
-        /// takeover: rounds (a takeover and a giveback each).
-        #[arg(long, default_value_t = 20)]
+        /// takeover: rounds (a takeover and a giveback each). `--events` is the same.
+        #[arg(long, visible_alias = "events", default_value_t = 20)]
         crashes: u32,
     },
     /// Chaos: a cluster in network namespaces with client load on two groups and a seeded
