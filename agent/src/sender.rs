@@ -128,6 +128,9 @@ fn open_socket(interface: &str, local: IpAddr) -> std::io::Result<UdpSocket> {
     Ok(sock)
 }
 
+/// The sender re-reads the peers' incarnations at least this often (see `run`).
+const REREAD: Duration = Duration::from_millis(100);
+
 /// How much of its stack the sender thread touches before its loop. The
 /// process locks future mappings only as their pages are first touched
 /// (`MCL_FUTURE | MCL_ONFAULT`, see `run::lock_memory`), so this makes the
@@ -237,6 +240,7 @@ fn run(
     // The receiver incarnation each peer got in our last heartbeat to it.
     let mut sent_inc = vec![0u64; cfg.peers.len()];
     let mut next = Instant::now();
+    let mut last_read = next;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -259,8 +263,17 @@ fn run(
         let asked = shared.send_now.swap(false, Ordering::SeqCst);
         if now >= next || asked {
             // The receiver's incarnation we put in each datagram proves to it
-            // that the datagram is fresh (see docs/wire-format.md).
-            for (i, inc) in dst_inc.iter_mut().enumerate() {
+            // that the datagram is fresh (see docs/wire-format.md). Read from
+            // the liveness map (one bpf syscall per peer and link): on every
+            // tick while some peer's incarnation is still unknown, on every
+            // wake-up (a peer came up or restarted: `heartbeat_now`), and
+            // otherwise every `REREAD` at least (the backstop for a lost
+            // event): at idle that saves N × links syscalls per interval.
+            let reread = asked || dst_inc.contains(&0) || now >= last_read + REREAD;
+            if reread {
+                last_read = now;
+            }
+            for (i, inc) in dst_inc.iter_mut().enumerate().filter(|_| reread) {
                 for l in 0..cfg.links.len() as u32 {
                     if let Ok(rec) = peers_map.get(&(slot_base(i) + l), 0) {
                         if rec.incarnation > *inc {
