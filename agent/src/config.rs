@@ -55,10 +55,11 @@ pub enum Transport {
     /// One datagram per interval for every peer (wire format v2 entries), to
     /// the limited broadcast address 255.255.255.255 (IPv4) or the
     /// link-local all-nodes group ff02::1 (IPv6) out of the link's
-    /// interface: the default, for a shared L2 segment.
+    /// interface: for a shared L2 segment (opt-in, see docs/wire-format.md
+    /// for why it is not the default yet).
     Broadcast,
     /// One datagram per peer per interval, to the peer's address on the link:
-    /// for interconnects that are routed (peers on other subnets).
+    /// the default; also works on routed interconnects.
     Unicast,
 }
 
@@ -519,8 +520,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             return Err(cx.invalid(&lr.address, &key("address"), "must be a unicast address of this node"));
         }
         let transport = match lr.transport.as_ref().map(|t| t.get_ref().as_str()) {
-            None | Some("broadcast") => Transport::Broadcast,
-            Some("unicast") => Transport::Unicast,
+            Some("broadcast") => Transport::Broadcast,
+            None | Some("unicast") => Transport::Unicast,
             Some(other) => {
                 return Err(cx.invalid(
                     lr.transport.as_ref().unwrap(),
@@ -773,11 +774,11 @@ addresses = ["10.0.0.2"]
     }
 
     #[test]
-    fn link_transport_defaults_to_broadcast_and_names_a_bad_value() {
+    fn link_transport_defaults_to_unicast_and_names_a_bad_value() {
         let c = parse(Path::new("t.toml"), GOOD).unwrap();
-        assert_eq!(c.links[0].transport, Transport::Broadcast);
-        let uni = GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.1\"\ntransport = \"unicast\"");
-        assert_eq!(parse(Path::new("t.toml"), &uni).unwrap().links[0].transport, Transport::Unicast);
+        assert_eq!(c.links[0].transport, Transport::Unicast);
+        let b = GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.1\"\ntransport = \"broadcast\"");
+        assert_eq!(parse(Path::new("t.toml"), &b).unwrap().links[0].transport, Transport::Broadcast);
         let bad = GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.1\"\ntransport = \"multicast\"");
         let e = err(&bad);
         assert!(e.starts_with("t.toml:19: `link[0].transport`: \"multicast\" is not a transport"), "{e}");

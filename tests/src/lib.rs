@@ -166,7 +166,7 @@ pub struct Cluster {
     /// table); empty by default.
     pub extra_config: String,
     /// `transport` of every `[[link]]` (`"broadcast"`, `"unicast"`); empty:
-    /// not written (the default, broadcast). Starts as `$BATON_TEST_TRANSPORT`
+    /// not written (the default, unicast). Starts as `$BATON_TEST_TRANSPORT`
     /// (to run any kernel test on unicast links).
     pub transport: String,
 }
