@@ -44,6 +44,23 @@ pub struct Link {
     pub name: String,
     pub interface: String,
     pub address: IpAddr,
+    /// How heartbeats leave on this link (`link.transport`).
+    pub transport: Transport,
+}
+
+/// `[[link]] transport`: how heartbeats and distress signals are sent on a
+/// link (docs/wire-format.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// One datagram per interval for every peer (wire format v2 entries), to
+    /// the limited broadcast address 255.255.255.255 (IPv4) or the
+    /// link-local all-nodes group ff02::1 (IPv6) out of the link's
+    /// interface: for a shared L2 segment (opt-in, see docs/wire-format.md
+    /// for why it is not the default yet).
+    Broadcast,
+    /// One datagram per peer per interval, to the peer's address on the link:
+    /// the default; also works on routed interconnects.
+    Unicast,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +285,7 @@ struct RawLink {
     name: Spanned<String>,
     interface: Spanned<String>,
     address: Spanned<String>,
+    transport: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -501,7 +519,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         if address.is_unspecified() || address.is_multicast() {
             return Err(cx.invalid(&lr.address, &key("address"), "must be a unicast address of this node"));
         }
-        links.push(Link { index: i as u8, name, interface: ifname.clone(), address });
+        let transport = match lr.transport.as_ref().map(|t| t.get_ref().as_str()) {
+            Some("broadcast") => Transport::Broadcast,
+            None | Some("unicast") => Transport::Unicast,
+            Some(other) => {
+                return Err(cx.invalid(
+                    lr.transport.as_ref().unwrap(),
+                    &key("transport"),
+                    format!("{other:?} is not a transport: \"broadcast\" (one datagram per interval for all peers, shared L2) or \"unicast\" (one per peer, routed interconnects)"),
+                ))
+            }
+        };
+        links.push(Link { index: i as u8, name, interface: ifname.clone(), address, transport });
     }
 
     if raw.peer.is_empty() {
@@ -742,6 +771,17 @@ addresses = ["10.0.0.2"]
         assert_eq!(c.peers[0].addresses, vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.paths.bpffs_dir, Path::new("/sys/fs/bpf/baton/demo"));
         assert_eq!(c.port, baton_common::DEFAULT_PORT);
+    }
+
+    #[test]
+    fn link_transport_defaults_to_unicast_and_names_a_bad_value() {
+        let c = parse(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!(c.links[0].transport, Transport::Unicast);
+        let b = GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.1\"\ntransport = \"broadcast\"");
+        assert_eq!(parse(Path::new("t.toml"), &b).unwrap().links[0].transport, Transport::Broadcast);
+        let bad = GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.1\"\ntransport = \"multicast\"");
+        let e = err(&bad);
+        assert!(e.starts_with("t.toml:19: `link[0].transport`: \"multicast\" is not a transport"), "{e}");
     }
 
     #[test]

@@ -285,7 +285,7 @@ pub fn render(cfg: &Config, sender: &crate::sender::SenderShared) -> String {
                 let v = st["counters"][c.name()].as_u64().unwrap_or(0);
                 let (fam, labels) = match c as u32 {
                     0..=2 => (&datagrams, l(&[("verdict", "accepted"), ("reason", c.name())])),
-                    3..=13 => (&datagrams, l(&[("verdict", "dropped"), ("reason", c.name())])),
+                    3..=13 | 19 => (&datagrams, l(&[("verdict", "dropped"), ("reason", c.name())])),
                     _ => (&other, l(&[("counter", c.name())])),
                 };
                 fam.get_or_create(&labels).inc_by(v);

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData};
-use baton_common::{Header, PeerLink, KIND_DISTRESS, KIND_HEARTBEAT, MAP_PEERS, MAX_LINKS};
+use baton_common::{encode_into, Header, PeerLink, KIND_DISTRESS, KIND_HEARTBEAT, MAP_PEERS, MAX_ENTRIES, MAX_LINKS, MAX_PACKET_LEN};
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Link, Transport};
 use crate::datapath::slot_base;
 
 /// State shared between the sender thread and the rest of the agent.
@@ -107,6 +107,38 @@ struct LinkSock {
     sock: UdpSocket,
     /// Per-link sequence; strictly increasing over heartbeats and distress.
     seq: u64,
+    /// `Transport::Broadcast`: where the one datagram for all peers goes
+    /// (255.255.255.255, or ff02::1 scoped to the interface). `None`:
+    /// unicast, one datagram per peer to its address on the link.
+    group: Option<SocketAddr>,
+}
+
+fn open_link(l: &Link) -> std::io::Result<LinkSock> {
+    let sock = open_socket(&l.interface, l.address)?;
+    let group = match l.transport {
+        Transport::Unicast => None,
+        Transport::Broadcast if l.address.is_ipv4() => {
+            nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::Broadcast, &true).map_err(std::io::Error::from)?;
+            Some(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::BROADCAST), 0))
+        }
+        Transport::Broadcast => {
+            let index = nix::net::if_::if_nametoindex(l.interface.as_str()).map_err(std::io::Error::from)?;
+            // Not back to ourselves (the datapath would only drop it).
+            let off: libc::c_int = 0;
+            // SAFETY: a valid socket and a c_int option value of the right size.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MULTICAST_LOOP,
+                    &off as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, index)))
+        }
+    };
+    Ok(LinkSock { sock, seq: 0, group })
 }
 
 fn open_socket(interface: &str, local: IpAddr) -> std::io::Result<UdpSocket> {
@@ -123,6 +155,9 @@ fn open_socket(interface: &str, local: IpAddr) -> std::io::Result<UdpSocket> {
     sock.set_nonblocking(true)?;
     Ok(sock)
 }
+
+/// The sender re-reads the peers' incarnations at least this often (see `run`).
+const REREAD: Duration = Duration::from_millis(100);
 
 /// How much of its stack the sender thread touches before its loop. The
 /// process locks future mappings only as their pages are first touched
@@ -146,7 +181,9 @@ const STACK_SIZE: usize = 1024 * 1024;
 pub fn distress_of_dead_life(cfg: &Config, k0: u64, k1: u64, incarnation: u64, reason: u32) -> std::io::Result<u32> {
     let mut socks = Vec::new();
     for l in &cfg.links {
-        socks.push(LinkSock { sock: open_socket(&l.interface, l.address)?, seq: 1 << 62 });
+        let mut ls = open_link(l)?;
+        ls.seq = 1 << 62;
+        socks.push(ls);
     }
     let peers_map = MapData::from_pin(cfg.paths.map(MAP_PEERS))
         .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
@@ -197,10 +234,10 @@ fn set_realtime(priority: u32) {
 pub fn spawn(cfg: &Config, k0: u64, k1: u64, incarnation: u64) -> std::io::Result<Sender> {
     let mut socks = Vec::new();
     for l in &cfg.links {
-        let sock = open_socket(&l.interface, l.address).map_err(|e| {
+        let ls = open_link(l).map_err(|e| {
             std::io::Error::new(e.kind(), format!("link {:?}: cannot send from {} on {}: {e}", l.name, l.address, l.interface))
         })?;
-        socks.push(LinkSock { sock, seq: 0 });
+        socks.push(ls);
     }
     let peers_map = MapData::from_pin(cfg.paths.map(MAP_PEERS))
         .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
@@ -236,6 +273,7 @@ fn run(
     let mut next = Instant::now();
     let first = next;
     let mut last_sent: Option<Instant> = None;
+    let mut last_read = next;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -258,8 +296,17 @@ fn run(
         let asked = shared.send_now.swap(false, Ordering::SeqCst);
         if now >= next || asked {
             // The receiver's incarnation we put in each datagram proves to it
-            // that the datagram is fresh (see docs/wire-format.md).
-            for (i, inc) in dst_inc.iter_mut().enumerate() {
+            // that the datagram is fresh (see docs/wire-format.md). Read from
+            // the liveness map (one bpf syscall per peer and link): on every
+            // tick while some peer's incarnation is still unknown, on every
+            // wake-up (a peer came up or restarted: `heartbeat_now`), and
+            // otherwise every `REREAD` at least (the backstop for a lost
+            // event): at idle that saves N × links syscalls per interval.
+            let reread = asked || dst_inc.contains(&0) || now >= last_read + REREAD;
+            if reread {
+                last_read = now;
+            }
+            for (i, inc) in dst_inc.iter_mut().enumerate().filter(|_| reread) {
                 for l in 0..cfg.links.len() as u32 {
                     if let Ok(rec) = peers_map.get(&(slot_base(i) + l), 0) {
                         if rec.incarnation > *inc {
@@ -309,6 +356,11 @@ fn run(
     }
 }
 
+/// Sends one round (a heartbeat or a distress) on every link: on a
+/// broadcast link one datagram carrying an entry for every peer (or several,
+/// of at most `MAX_ENTRIES` entries each, each with its own sequence number),
+/// on a unicast link one datagram per peer. `only`: the peers to include
+/// (all when `None`).
 #[allow(clippy::too_many_arguments)]
 fn send_all(
     cfg: &Config,
@@ -323,30 +375,59 @@ fn send_all(
     only: Option<&[bool]>,
 ) {
     debug_assert!(socks.len() <= MAX_LINKS as usize);
+    let mut buf = [0u8; MAX_PACKET_LEN];
+    let mut entries = [(0u32, 0u64); MAX_ENTRIES];
+    let send = |sock: &UdpSocket, pkt: &[u8], to: SocketAddr| match sock.send_to(pkt, to) {
+        Ok(_) => {
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            shared.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     for (li, ls) in socks.iter_mut().enumerate() {
-        ls.seq += 1;
-        for (pi, p) in cfg.peers.iter().enumerate() {
-            if only.is_some_and(|o| !o[pi]) {
-                continue;
-            }
-            let h = Header {
-                kind,
-                link: li as u8,
-                cluster_id: cfg.cluster_id,
-                src_node: cfg.node_id,
-                dst_node: p.id,
-                arg,
-                incarnation,
-                seq: ls.seq,
-                dst_incarnation: dst_inc[pi],
-            };
-            let pkt = h.encode(k0, k1);
-            match ls.sock.send_to(&pkt, SocketAddr::new(p.addresses[li], cfg.port)) {
-                Ok(_) => {
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
+        let mut common = Header {
+            kind,
+            link: li as u8,
+            cluster_id: cfg.cluster_id,
+            src_node: cfg.node_id,
+            dst_node: 0,
+            arg,
+            incarnation,
+            seq: 0,
+            dst_incarnation: 0,
+        };
+        let wanted = |pi: &usize| only.is_none_or(|o| o[*pi]);
+        match ls.group {
+            Some(group) => {
+                let to = SocketAddr::new(group.ip(), cfg.port);
+                let to = match (to, group) {
+                    (SocketAddr::V6(mut t), SocketAddr::V6(g)) => {
+                        t.set_scope_id(g.scope_id());
+                        SocketAddr::V6(t)
+                    }
+                    (t, _) => t,
+                };
+                let mut n = 0;
+                let mut pis = (0..cfg.peers.len()).filter(wanted).peekable();
+                while let Some(pi) = pis.next() {
+                    entries[n] = (cfg.peers[pi].id, dst_inc[pi]);
+                    n += 1;
+                    if n == MAX_ENTRIES || pis.peek().is_none() {
+                        ls.seq += 1;
+                        common.seq = ls.seq;
+                        let len = encode_into(&common, &entries[..n], k0, k1, &mut buf);
+                        send(&ls.sock, &buf[..len], to);
+                        n = 0;
+                    }
                 }
-                Err(_) => {
-                    shared.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                ls.seq += 1;
+                common.seq = ls.seq;
+                for (pi, p) in cfg.peers.iter().enumerate().filter(|(pi, _)| wanted(pi)) {
+                    let h = Header { dst_node: p.id, dst_incarnation: dst_inc[pi], ..common };
+                    send(&ls.sock, &h.encode(k0, k1), SocketAddr::new(p.addresses[li], cfg.port));
                 }
             }
         }

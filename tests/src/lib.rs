@@ -165,6 +165,10 @@ pub struct Cluster {
     /// TOML appended to every node's configuration (e.g. a `[membership]`
     /// table); empty by default.
     pub extra_config: String,
+    /// `transport` of every `[[link]]` (`"broadcast"`, `"unicast"`); empty:
+    /// not written (the default, unicast). Starts as `$BATON_TEST_TRANSPORT`
+    /// (to run any kernel test on unicast links).
+    pub transport: String,
 }
 
 pub fn link_addr(link: usize, index: usize) -> String {
@@ -229,6 +233,7 @@ impl Cluster {
             xdp_mode: "auto",
             realtime_priority: 10,
             extra_config: String::new(),
+            transport: std::env::var("BATON_TEST_TRANSPORT").unwrap_or_default(),
         }
     }
 
@@ -264,6 +269,9 @@ impl Cluster {
         );
         for l in 0..self.links {
             s += &format!("\n[[link]]\nname = \"ring{l}\"\ninterface = \"ic{l}\"\naddress = \"{}\"\n", h.addrs[l]);
+            if !self.transport.is_empty() {
+                s += &format!("transport = \"{}\"\n", self.transport);
+            }
         }
         for (j, p) in self.hosts.iter().enumerate() {
             if j == i {

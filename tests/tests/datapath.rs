@@ -193,6 +193,30 @@ fn forged_replayed_truncated_and_foreign_datagrams_are_counted_and_change_nothin
     cases.push(("drop_unknown_node", Header { src_node: 99, seq: good.seq + 100, ..good }.encode(k0, k1).to_vec()));
     // Meant for another node.
     cases.push(("drop_not_for_us", Header { dst_node: 2, seq: good.seq + 100, ..good }.encode(k0, k1).to_vec()));
+    // Wire format v1 (one datagram per receiver), validly made with the key
+    // and fresh: the retired format is counted and dropped, never read.
+    cases.push(("drop_old_version", Header { seq: good.seq + 100, ..good }.encode_v1(k0, k1).to_vec()));
+    // v2, a broadcast for every node: our entry is a replay (the last
+    // sequence node 1 accepted from node 3), whatever the other entries say.
+    let mut multi = vec![0u8; baton_common::MAX_PACKET_LEN];
+    let len = baton_common::encode_into(&good, &[(2, 7), (1, my_inc), (4, 9)], k0, k1, &mut multi);
+    cases.push(("drop_replay", multi[..len].to_vec()));
+    // Our entry (with its valid MAC) cut out of that recording and put into
+    // a datagram with a newer sequence: the MAC no longer verifies.
+    let newer = Header { seq: good.seq + 100, ..good };
+    let mut pasted = vec![0u8; baton_common::MAX_PACKET_LEN];
+    let plen = baton_common::encode_into(&newer, &[(1, my_inc)], k0, k1, &mut pasted);
+    let e = baton_common::HEADER_LEN + baton_common::ENTRY_LEN;
+    pasted[baton_common::HEADER_LEN..plen].copy_from_slice(&multi[e..e + baton_common::ENTRY_LEN]);
+    cases.push(("drop_bad_mac", pasted[..plen].to_vec()));
+    // Node 2's entry renamed to ours: its MAC was made for node 2.
+    let mut renamed = Header { dst_node: 2, seq: good.seq + 100, ..good }.encode(k0, k1).to_vec();
+    renamed[baton_common::HEADER_LEN..baton_common::HEADER_LEN + 4].copy_from_slice(&1u32.to_be_bytes());
+    cases.push(("drop_bad_mac", renamed));
+    // An entry count beyond the datagram's end.
+    let mut short = newer.encode(k0, k1).to_vec();
+    short[20..22].copy_from_slice(&2u16.to_be_bytes());
+    cases.push(("drop_truncated", short));
 
     let h2 = &c.hosts[1];
     for (counter, payload) in &cases {
@@ -509,4 +533,48 @@ fn a_second_agent_on_the_same_interface_is_refused_and_changes_nothing() {
     assert!(peer(&s, 2)["links"][0]["last_seen_age_ms"].as_f64().unwrap() < 30.0);
     let out = ns_sh(&c.hosts[0].ns.name, &["ip", "-d", "link", "show", "ic0"]);
     assert!(out.contains("name baton_xdp"), "{out}");
+}
+
+/// Sender's datagrams per heartbeat interval of host `i`, over `secs` (from
+/// `agent.sender.sent`, refreshed every second).
+fn datagrams_per_interval(c: &Cluster, i: usize, secs: u64) -> f64 {
+    let sent = |c: &Cluster| c.status(i)["agent"]["sender"]["sent"].as_u64().unwrap();
+    let (a, t) = (sent(c), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let b = sent(c);
+    (b - a) as f64 / (t.elapsed().as_secs_f64() * 1000.0 / c.interval_ms as f64)
+}
+
+#[test]
+fn broadcast_sends_one_datagram_per_interval_and_unicast_one_per_peer_both_detect() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    for (transport, lo, hi) in [("broadcast", 0.8, 1.3), ("unicast", 3.5, 4.5)] {
+        let mut c = Cluster::new(&format!("tr{}", &transport[..1]), 5, 1, 10, 3);
+        c.transport = transport.to_string();
+        c.start_all();
+        c.wait_all_up(Duration::from_secs(15));
+        let per = datagrams_per_interval(&c, 0, 3);
+        eprintln!("{transport}: node 1 sends {per:.2} datagrams per interval to its 4 peers");
+        assert!(per >= lo && per <= hi, "{transport}: {per:.2} datagrams per interval, expected {lo}..{hi}");
+        let st = c.status(1);
+        assert!(st["counters"]["heartbeat_live"].as_u64().unwrap() > 50, "{transport}: {}", st["counters"]);
+        for bad in ["drop_bad_mac", "drop_replay", "drop_malformed", "drop_old_version"] {
+            assert_eq!(st["counters"][bad], 0, "{transport}: {bad}: {}", st["counters"]);
+        }
+        // Detection works the same: node 5 dies, everyone notices.
+        c.kill(4);
+        for i in 0..4 {
+            c.wait_event(i, Duration::from_secs(5), |e| e["event"] == "peer_silent" && e["node"] == 5)
+                .unwrap_or_else(|| panic!("{transport}: node {} did not notice node 5's silence", i + 1));
+        }
+        for i in 0..4 {
+            for j in 0..4 {
+                if i != j {
+                    assert_eq!(c.peer_state(i, c.hosts[j].id), "up", "{transport}");
+                }
+            }
+        }
+    }
 }

@@ -32,7 +32,9 @@
 //! `BATON_BENCH_BIN=/path/to/baton` runs that agent binary instead of the
 //! release build (to compare two builds on the same machine state).
 //!
-//! The final JSON line: `join_all_ms` and `forced_leave_ms` from the timing
+//! The final JSON line: `join_all_ms`, `idle_cpu_pct_32` (the whole joined,
+//! idle 32-node cluster: all its agents' CPU over 3 s, a second after the
+//! join, in percent of one CPU; null without a size of 32) and `forced_leave_ms` from the timing
 //! clusters (medians of the forced leaves), `msgs_per_change` and
 //! `msgs_per_change_without_subgroups`: S3 messages of one forced leave (the
 //! medians of the count clusters; the table also shows every message).
@@ -639,8 +641,10 @@ fn run_on(
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu = |pids: &[u32]| pids.iter().filter_map(|p| proc_cpu_ticks(*p)).sum::<u64>() as f64 / hz;
     run.join_cpu_s = cpu(&pids);
-    let (a, t) = (cpu(&pids), Instant::now());
+    // Idle: after a second for the join's last messages to settle, over 3 s.
     std::thread::sleep(Duration::from_secs(1));
+    let (a, t) = (cpu(&pids), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
     run.idle_cpu_pct = (cpu(&pids) - a) / t.elapsed().as_secs_f64() * 100.0;
     eprintln!(
         "  {label}: {n} nodes started at once: agents up {:.0} ms, formed {:.0} ms, all joined {:.0} ms ({} S3 msgs, {} change(s)); agents' CPU {:.1} s to join, {:.0}% of a CPU when idle (machine {:.0}% idle before, after {:.0} s waiting for quiet; bench {:.1}% CPU)",
@@ -900,8 +904,9 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
     let count = |x: f64| if x.is_finite() { format!("{}", x.round() as u64) } else { "null".into() };
     // Built by hand to keep the key order.
     let json = format!(
-        "{{\"join_all_ms\":{},\"forced_leave_ms\":{},\"msgs_per_change\":{},\"msgs_per_change_without_subgroups\":{},\"failed_attempts\":{}}}",
+        "{{\"join_all_ms\":{},\"idle_cpu_pct_32\":{},\"forced_leave_ms\":{},\"msgs_per_change\":{},\"msgs_per_change_without_subgroups\":{},\"failed_attempts\":{}}}",
         by_n(&|i| ms(get(&timing[i], &|r| r.join_ms))),
+        opts.sizes.iter().position(|&n| n == 32).map(|i| ms(get(&timing[i], &|r| r.idle_cpu_pct))).unwrap_or_else(|| "null".into()),
         by_n(&|i| ms(leave_ms(&timing[i]))),
         by_n(&|i| count(s3(&with[i]))),
         by_n(&|i| count(s3(&without[i]))),

@@ -155,9 +155,12 @@ pub enum Counter {
     /// the agent did not read it in time). The agent reports them and
     /// resyncs from `BATON_PEERS` (docs/datapath.md).
     EventsLost = 18,
+    /// A datagram of the retired wire format version 1 (one datagram per
+    /// receiver): dropped, never read (docs/wire-format.md).
+    DropOldVersion = 19,
 }
 
-pub const N_COUNTERS: u32 = 19;
+pub const N_COUNTERS: u32 = 20;
 
 impl Counter {
     pub const ALL: [Counter; N_COUNTERS as usize] = [
@@ -180,6 +183,7 @@ impl Counter {
         Counter::HandoverSteered,
         Counter::HandoverArpSilenced,
         Counter::EventsLost,
+        Counter::DropOldVersion,
     ];
 
     /// Stable name used in `baton status --json` and the docs.
@@ -204,6 +208,7 @@ impl Counter {
             Counter::HandoverSteered => "handover_steered",
             Counter::HandoverArpSilenced => "handover_arp_silenced",
             Counter::EventsLost => "events_lost",
+            Counter::DropOldVersion => "drop_old_version",
         }
     }
 }

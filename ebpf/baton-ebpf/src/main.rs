@@ -15,7 +15,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock_tuple, xdp_action, BPF_F_CURRENT_NETNS},
-    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_sk_release, bpf_skc_lookup_tcp},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes},
     macros::{classifier, map, perf_event, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, TcContext, XdpContext},
@@ -26,7 +26,7 @@ use baton_common::{
     HANDOVER_SILENT, HANDOVER_STEER, MAX_HANDOVER,
     EV_LINK_SILENT, EV_LINK_UP, EV_NEW_INCARNATION, KIND_DISTRESS, KIND_HEARTBEAT, LINK_DISTRESSED,
     LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAC_COVERED, MAGIC, MAX_NODES, MAX_SLOTS, N_COUNTERS,
-    PACKET_LEN, VERSION,
+    ENTRY_LEN, HEADER_LEN, MAX_ENTRIES, VERSION, VERSION_V1,
 };
 
 #[map]
@@ -99,11 +99,11 @@ fn drop_as(c: Counter) -> Result<u32, ()> {
 }
 
 #[inline(always)]
-fn be32(b: &[u8; PACKET_LEN], o: usize) -> u32 {
+fn be32(b: &[u8], o: usize) -> u32 {
     u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 #[inline(always)]
-fn be64(b: &[u8; PACKET_LEN], o: usize) -> u64 {
+fn be64(b: &[u8], o: usize) -> u64 {
     u64::from_be_bytes([
         b[o],
         b[o + 1],
@@ -298,23 +298,63 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if cfg.enabled == 0 {
         return drop_as(Counter::DropDisabled);
     }
-    let buf: [u8; PACKET_LEN] = match ptr_at::<[u8; PACKET_LEN]>(ctx, off) {
+    let buf: [u8; HEADER_LEN] = match ptr_at::<[u8; HEADER_LEN]>(ctx, off) {
         Ok(p) => unsafe { core::ptr::read_unaligned(p) },
         Err(()) => return drop_as(Counter::DropTruncated),
     };
-    if be32(&buf, 0) != MAGIC
-        || buf[4] != VERSION
-        || (buf[5] != KIND_HEARTBEAT && buf[5] != KIND_DISTRESS)
-    {
+    if be32(&buf, 0) != MAGIC {
+        return drop_as(Counter::DropMalformed);
+    }
+    if buf[4] == VERSION_V1 {
+        // The retired one-datagram-per-receiver format: its fields sit
+        // elsewhere; never read it as ours.
+        return drop_as(Counter::DropOldVersion);
+    }
+    if buf[4] != VERSION || (buf[5] != KIND_HEARTBEAT && buf[5] != KIND_DISTRESS) || buf[7] != 0 {
         return drop_as(Counter::DropMalformed);
     }
     if be32(&buf, 8) != cfg.cluster_id {
         return drop_as(Counter::DropUnknownCluster);
     }
+    let n = u16::from_be_bytes([buf[20], buf[21]]) as usize;
+    if n > MAX_ENTRIES {
+        return drop_as(Counter::DropMalformed);
+    }
+    let data_len = ctx.data_end() - ctx.data();
+    if data_len < off + HEADER_LEN + n * ENTRY_LEN {
+        return drop_as(Counter::DropTruncated);
+    }
+    // Our entry: the sender lists every receiver of this datagram.
+    let mut entry = [0u8; ENTRY_LEN];
+    let mut found = false;
+    for i in 0..MAX_ENTRIES {
+        if i >= n {
+            break;
+        }
+        let at = (off + HEADER_LEN + i * ENTRY_LEN) as u32;
+        let rc = unsafe {
+            bpf_xdp_load_bytes(ctx.ctx, at, entry.as_mut_ptr() as *mut core::ffi::c_void, ENTRY_LEN as u32)
+        };
+        if rc != 0 {
+            return drop_as(Counter::DropTruncated);
+        }
+        if be32(&entry, 0) == cfg.my_node {
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        return drop_as(Counter::DropNotForUs);
+    }
+    // The MAC block of our entry (docs/wire-format.md).
     let mut covered = [0u8; MAC_COVERED];
-    covered.copy_from_slice(&buf[..MAC_COVERED]);
+    covered[..16].copy_from_slice(&buf[..16]);
+    covered[16..20].copy_from_slice(&entry[..4]);
+    covered[20..24].copy_from_slice(&buf[16..20]);
+    covered[24..40].copy_from_slice(&buf[24..40]);
+    covered[40..48].copy_from_slice(&entry[8..16]);
     let mac = u64::from_le_bytes([
-        buf[48], buf[49], buf[50], buf[51], buf[52], buf[53], buf[54], buf[55],
+        entry[16], entry[17], entry[18], entry[19], entry[20], entry[21], entry[22], entry[23],
     ]);
     if mac != mac_words(cfg.k0, cfg.k1, &words_of(&covered)) {
         return drop_as(Counter::DropBadMac);
@@ -323,11 +363,11 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let kind = buf[5];
     let link = buf[6] as u32;
     let src = be32(&buf, 12);
-    let dst = be32(&buf, 16);
-    let arg = be32(&buf, 20);
+    let dst = cfg.my_node;
+    let arg = be32(&buf, 16);
     let incarnation = be64(&buf, 24);
     let seq = be64(&buf, 32);
-    let dst_incarnation = be64(&buf, 40);
+    let dst_incarnation = be64(&entry, 8);
 
     let slot = match unsafe { BATON_NODE_SLOTS.get(&src) } {
         Some(s) => *s,
