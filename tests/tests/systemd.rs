@@ -340,8 +340,9 @@ fn without_cap_bpf_the_agent_names_it_and_exits_78() {
 
 #[test]
 fn systemd_analyze_verify_accepts_the_unit() {
-    // A root with the system's units, the unit, and the binary at the path
-    // of ExecStart= (verify checks that it is executable).
+    // A root with the system's units, the unit, and the binaries at the
+    // paths of ExecStart= and ExecReload= (verify checks that they are
+    // executable).
     let root = test_root().join(format!("baton-verify-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("usr/bin")).unwrap();
@@ -351,6 +352,9 @@ fn systemd_analyze_verify_accepts_the_unit() {
     assert!(cp.success());
     std::fs::copy(unit_file(), root.join("lib/systemd/system/baton.service")).unwrap();
     std::fs::copy(baton_bin(), root.join("usr/bin/baton")).unwrap();
+    // ExecReload= runs /bin/kill (procps).
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/kill", root.join("bin/kill")).unwrap();
     let verify = |root: &Path| Command::new("systemd-analyze").arg("verify").arg(format!("--root={}", root.display())).args(["--man=no", "baton.service"]).output().unwrap();
     let out = verify(&root);
     let err = String::from_utf8_lossy(&out.stderr).to_string();

@@ -31,9 +31,9 @@ const LLVM_PKGS: &[&str] = &[
 /// tests/tests/ownership.rs; prometheus: the real Prometheus server and
 /// promtool of tests/tests/metrics.rs; stress-ng: the stress faults of
 /// `cargo xtask chaos`, the load of tests/tests/startup.rs and of
-/// `bench detect`'s stress soak).
+/// `bench detect`'s stress soak; procps: /bin/kill, ExecReload= of the unit).
 const RUNTIME_PKGS: &[&str] = &[
-    "keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus", "stress-ng",
+    "keepalived", "bpftool", "iproute2", "iputils-ping", "curl", "resource-agents", "busybox", "nginx-light", "prometheus", "stress-ng", "procps",
 ];
 
 /// The test VM's host side (docs/vm.md): qemu, and depmod/modprobe and xz
