@@ -149,17 +149,6 @@ pub fn spawn(cfg: &Config) -> std::io::Result<Lease> {
     Ok(Lease { stop, thread: Some(thread) })
 }
 
-fn set_realtime(priority: u32) {
-    if priority == 0 {
-        return;
-    }
-    let param = libc::sched_param { sched_priority: priority as i32 };
-    // SAFETY: sets this thread's own scheduling policy.
-    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-    if rc != 0 {
-        warn!(priority, "cannot run the address lease at SCHED_FIFO ({}); CPU load may delay it", std::io::Error::from_raw_os_error(rc));
-    }
-}
 
 /// The last time each peer was heard on any link (kernel monotonic ns; 0:
 /// never), in configuration order.
@@ -204,7 +193,7 @@ fn expiry(me: u32, group: &[u32], last: &[(u32, u64)], now: u64, bound_ns: u64, 
 }
 
 fn run(cfg: Config, peers: Array<MapData, PeerLink>, stop: Arc<AtomicBool>) {
-    set_realtime(cfg.realtime_priority);
+    crate::sender::set_realtime("address lease", cfg.realtime_priority);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -216,16 +216,19 @@ fn prefault_stack() {
     std::hint::black_box(&buf);
 }
 
-fn set_realtime(priority: u32) {
+/// Moves the calling thread to SCHED_FIFO at `priority` (0: leaves it at
+/// normal priority); `what` names the thread in the log.
+pub(crate) fn set_realtime(what: &str, priority: u32) {
     if priority == 0 {
         return;
     }
     let param = libc::sched_param { sched_priority: priority as i32 };
+    // SAFETY: sets this thread's own scheduling policy.
     let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
     if rc != 0 {
-        warn!(priority, "cannot run the heartbeat sender at SCHED_FIFO ({}); it runs at normal priority and may be delayed by CPU load", std::io::Error::from_raw_os_error(rc));
+        warn!(priority, "cannot run the {what} at SCHED_FIFO ({}); it runs at normal priority and may be delayed by CPU load", std::io::Error::from_raw_os_error(rc));
     } else {
-        info!(priority, "heartbeat sender runs at SCHED_FIFO");
+        info!(priority, "{what} runs at SCHED_FIFO");
     }
 }
 
@@ -264,7 +267,7 @@ fn run(
     shared: Arc<SenderShared>,
 ) {
     prefault_stack();
-    set_realtime(cfg.realtime_priority);
+    set_realtime("heartbeat sender", cfg.realtime_priority);
     let interval = Duration::from_millis(cfg.interval_ms as u64);
     let mut dst_inc = vec![0u64; cfg.peers.len()];
     let mut answer = vec![false; cfg.peers.len()];
