@@ -480,7 +480,7 @@ fn ipv6_interconnect_works_the_same() {
     assert_eq!(peer(&st, 2)["links"][0]["address"], "fd77:0::2".parse::<std::net::Ipv6Addr>().unwrap().to_string());
     assert!(st["counters"]["heartbeat_live"].as_u64().unwrap() > 0);
     let t = c.kill(2);
-    let e = c.wait_event(0, Duration::from_secs(5), |e| e["event"] == "peer_silent" && e["node"] == 3).expect("silent over IPv6");
+    let e = c.wait_event(0, Duration::from_secs(5), |e| e["event"] == "peer_silent" && e["node"] == 3).unwrap_or_else(|| panic!("silent over IPv6: {:?}", c.events(0)));
     assert!(((e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6) <= 30.0 + SLACK_MS);
     // A forged IPv6 datagram is counted like an IPv4 one.
     let (k0, k1) = c.key();
