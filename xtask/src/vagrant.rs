@@ -9,7 +9,7 @@
 //!    a scratch root (`BATON_PROVISION_ROOT`), with one secret, and each is
 //!    checked with `baton config check` (the debug agent).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -97,15 +97,7 @@ pub fn chroot_test() -> Result<()> {
     }
     let deb = super::deb::build()?;
     let tarball = super::deb::root_tarball()?;
-    let work = super::target_dir()?.join("vagrant-chroot-test");
-    let script = super::workspace_root().join("vagrant/chroot-test.sh");
-    eprintln!("xtask: running {}", script.display());
-    let status = Command::new("bash").arg(&script).arg(&deb).arg(&tarball).arg(&work).status()?;
-    if !status.success() {
-        bail!("{} failed ({status}); logs in {}", script.display(), work.display());
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    run_provisioning_script("chroot-test.sh", "vagrant-chroot-test", &deb, &tarball)
 }
 
 /// The cached Debian 12 root with systemd as init (mmdebstrap minbase with
@@ -143,10 +135,16 @@ pub fn systemd_test(deb: Option<PathBuf>) -> Result<()> {
         None => super::deb::build()?,
     };
     let tarball = systemd_root_tarball()?;
-    let work = super::target_dir()?.join("systemd-test");
-    let script = super::workspace_root().join("vagrant/systemd-test.sh");
+    run_provisioning_script("systemd-test.sh", "systemd-test", &deb, &tarball)
+}
+
+/// Runs `vagrant/<script> DEB TARBALL WORK` with WORK under the target dir;
+/// WORK (its logs) is kept when the script fails, removed when it passes.
+fn run_provisioning_script(script: &str, work: &str, deb: &Path, tarball: &Path) -> Result<()> {
+    let work = super::target_dir()?.join(work);
+    let script = super::workspace_root().join("vagrant").join(script);
     eprintln!("xtask: running {}", script.display());
-    let status = Command::new("bash").arg(&script).arg(&deb).arg(&tarball).arg(&work).status()?;
+    let status = Command::new("bash").arg(&script).arg(deb).arg(tarball).arg(&work).status()?;
     if !status.success() {
         bail!("{} failed ({status}); logs in {}", script.display(), work.display());
     }
