@@ -166,6 +166,13 @@ impl ClusterDriver {
         self.core.state().is_some_and(|s| s.state_of(node) == baton_core::membership::NodeState::Inactive && !s.transitions.contains_key(&node))
     }
 
+    /// This life of `node` (its `incarnation`) was a member and finished a
+    /// graceful leave. A life that never joined (killed while it was still
+    /// coming up) is not: its silence is reported as `peer_silent`.
+    pub fn left_gracefully_in_life(&self, node: u32, incarnation: u64) -> bool {
+        self.left_gracefully(node) && incarnation != 0 && self.core.state().and_then(|s| s.nodes.get(&node)).is_some_and(|e| e.incarnation == incarnation)
+    }
+
     /// This node is a joined member of a quorate cluster.
     pub fn joined_quorate(&self) -> bool {
         self.core.my_state() == baton_core::membership::NodeState::Joined && self.core.state().is_some_and(|s| s.quorate)

@@ -407,7 +407,7 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
 /// that came up, and returns its membership input.
 fn route_peer_event(mut pe: crate::events::PeerEvent, driver: &mut ClusterDriver, sender: &sender::Sender, sink: &mut EventSink) -> Option<Input> {
     let input = peer_input(&pe);
-    if pe.event == "peer_silent" && driver.left_gracefully(pe.node) {
+    if pe.event == "peer_silent" && driver.left_gracefully_in_life(pe.node, pe.incarnation) {
         // Membership still hears of it (PeerGone), but the log and the
         // event actions do not see a failure.
         pe.event = "peer_stopped";
