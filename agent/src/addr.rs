@@ -194,7 +194,7 @@ pub(crate) async fn add_raw(ifname: &str, ip: IpAddr, prefix_len: u8, nodad: boo
             m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         req.execute().await.map_err(nl_err("adding", ip, ifname))?;
-        debug!(interface = ifname, address = %ip, prefix_len, was, "address added");
+        info!(interface = ifname, address = %ip, prefix_len, was_there = was, "address configured");
         Ok(was)
     })
     .await

@@ -108,11 +108,52 @@ fn freeze_apps(frozen: bool) -> usize {
 static VIEW: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Called by the cluster driver whenever the state it follows changes.
+///
+/// When the group grows by a node while this node was already a member (a
+/// node joined or rejoined: often the heal of a partition), every floating
+/// address this node holds is announced again. A takeover during a
+/// partition announced the addresses on its own side only; a client on the
+/// other side keeps the old owner's MAC address in its ARP or neighbour
+/// cache, reachable for up to 45 s (`base_reachable_time` 30 s,
+/// randomised, plus the probes), and is not answered for that long
+/// (`cargo xtask chaos`, partition kinds: 31–46 s). keepalived sends a
+/// second round of gratuitous ARP for the same reason
+/// (`vrrp_garp_master_delay`).
 pub fn set_view(group: impl IntoIterator<Item = u32>) {
     let g: Vec<u32> = group.into_iter().collect();
-    if let Ok(mut v) = VIEW.lock() {
-        *v = g;
+    let grew = match VIEW.lock() {
+        Ok(mut v) => {
+            let grew = !v.is_empty() && g.iter().any(|n| !v.contains(n));
+            *v = g;
+            grew
+        }
+        Err(_) => false,
+    };
+    if grew {
+        reannounce_held();
     }
+}
+
+/// Announces every held address again (not while the lease is lost: they
+/// are not configured then), in the background.
+fn reannounce_held() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let held: Vec<(String, IpAddr)> = rt.block_on(async {
+            let h = HELD.lock().await;
+            if h.withdrawn {
+                Vec::new()
+            } else {
+                h.entries.iter().map(|(i, a, _)| (i.clone(), *a)).collect()
+            }
+        });
+        for (ifname, ip) in held {
+            info!(interface = %ifname, address = %ip, "a node joined the view: announcing the address again (a client cut off by a partition may still know the old owner)");
+            if let Err(e) = rt.block_on(crate::addr::announce(&ifname, ip, &crate::addr::Announce::default())) {
+                warn!(interface = %ifname, address = %ip, "announcing the address again failed: {e}");
+            }
+        }
+    });
 }
 
 /// Whether `heard` (this node included) keeps the lease in `group`: a

@@ -1138,13 +1138,20 @@ impl<'a> Nemesis<'a> {
     /// Waits for convergence after the heal; checks the bound.
     fn converge(&mut self, disturbed: &[usize]) -> Result<()> {
         let hard = Duration::from_secs(180);
-        let mut last_reason;
+        let mut last_reason = String::new();
         loop {
             check_interrupt()?;
             self.check_exits();
             match self.not_converged() {
                 None => break,
-                Some(r) => last_reason = r,
+                Some(r) => {
+                    // Past the bound, every change of what the cluster is
+                    // waiting for goes into the timeline (why it is slow).
+                    if r != last_reason && monotonic_ns() - self.t_heal > self.opts.converge_ms * 1_000_000 {
+                        self.note(format!("  not converged yet: {r}"));
+                    }
+                    last_reason = r;
+                }
             }
             if monotonic_ns() - self.t_heal > hard.as_nanos() as u64 {
                 let delay = self.scan_logs(disturbed);
@@ -1160,7 +1167,10 @@ impl<'a> Nemesis<'a> {
         self.converge_bound_max_ms = self.converge_bound_max_ms.max(bound);
         self.max_converge_ms = self.max_converge_ms.max(took);
         if took > bound as f64 {
-            self.violate(format!("converged after {took:.0} ms, beyond the bound of {bound} ms ({} + rejoin back-off {backoff})", self.opts.converge_ms));
+            self.violate(format!(
+                "converged after {took:.0} ms, beyond the bound of {bound} ms ({} + rejoin back-off {backoff}); last waited for: {last_reason}",
+                self.opts.converge_ms
+            ));
         } else {
             self.note(format!("converged {took:.0} ms after the heal (bound {bound} ms)"));
         }
