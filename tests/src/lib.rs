@@ -750,6 +750,24 @@ impl Cluster {
         ClientHost { ns, addr }
     }
 
+    /// The client of link `link` ([`Cluster::add_client`]) hears no ARP
+    /// (`on`), as if it were on the far side of a partition from everybody:
+    /// the announcements of a takeover do not reach it. `false` undoes it.
+    pub fn client_deaf_to_arp(&self, link: usize, on: bool) {
+        let sw = &self.switch.name;
+        let port = format!("cl{link}");
+        if on {
+            if !Command::new("ip").args(["-n", sw, "link", "show", "bh0"]).output().is_ok_and(|o| o.status.success()) {
+                sh(&["ip", "-n", sw, "link", "add", "bh0", "type", "veth", "peer", "name", "bh1"]);
+                sh(&["ip", "-n", sw, "link", "set", "bh0", "up"]);
+            }
+            sh(&["ip", "netns", "exec", sw, "tc", "qdisc", "add", "dev", &port, "clsact"]);
+            sh(&["ip", "netns", "exec", sw, "tc", "filter", "add", "dev", &port, "egress", "protocol", "arp", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "bh0"]);
+        } else {
+            sh(&["ip", "netns", "exec", sw, "tc", "qdisc", "del", "dev", &port, "clsact"]);
+        }
+    }
+
     /// Every process whose network namespace is host `i`'s (the agent, the
     /// services it started, ...).
     pub fn host_pids(&self, i: usize) -> Vec<i32> {
