@@ -6,6 +6,8 @@
 //! inputs always give the same actions, and the simulator (`sim`) can run
 //! many nodes under a seeded schedule of faults.
 
+#![forbid(unsafe_code)]
+
 pub mod fencing;
 pub mod gmp;
 pub mod membership;

@@ -372,6 +372,7 @@ fn test(extra: &[String]) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("xtask: warning: not running as root; the kernel tests in baton-tests need root");
     }
+    determinism_check()?;
     run_cargo(cargo().args(["build", "-p", "baton-agent"]))?;
     let bin = target_dir()?.join("debug/baton");
     if !bin.is_file() {
@@ -393,6 +394,15 @@ fn test(extra: &[String]) -> Result<()> {
     }
     cmd.args(extra).env("BATON_BIN", &bin);
     run_cargo_tests(&mut cmd)
+}
+
+/// The cores (`baton-core`) must stay sans-IO and deterministic: clippy
+/// with core/clippy.toml refuses a std `HashMap`/`HashSet` (iteration order),
+/// a clock read (`Instant::now`, `SystemTime::now`) and an OS-seeded random
+/// number generator in its library code. Only these lints are checked here.
+fn determinism_check() -> Result<()> {
+    run_cargo(cargo().args(["clippy", "-p", "baton-core", "--lib", "--", "-A", "clippy::all", "-D", "clippy::disallowed_types", "-D", "clippy::disallowed_methods"]))
+        .context("the determinism check of baton-core failed (core/clippy.toml says what is refused and why)")
 }
 
 /// Where the tests note that they skipped (`baton_tests::note_skipped`).

@@ -275,6 +275,19 @@ pub fn setup() -> Result<()> {
         }
     }
 
+    // 4. clippy, for the determinism check of the cores (`cargo xtask test`).
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let has_clippy = Command::new(&cargo).args(["clippy", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_clippy {
+        match rustup() {
+            Some(r) => {
+                run(Command::new(r).args(["component", "add", "clippy"]))?;
+                did_something = true;
+            }
+            None => bail!("cargo clippy is missing and there is no rustup to add it (`rustup component add clippy`)"),
+        }
+    }
+
     check()?;
     if did_something {
         eprintln!("xtask: setup complete");
