@@ -951,6 +951,10 @@ async fn listen_loop(s: Arc<Shared>, link: usize, listener: TcpListener) {
                 tokio::spawn(async move {
                     run_session_admitted(s2, stream, remote, link, ticket, cancel).await;
                 });
+                // Let the connection just evicted (if any) close before the
+                // next accept: the descriptors in use stay bounded by the
+                // caps, not by how many accepts one turn of the loop makes.
+                tokio::task::yield_now().await;
             }
             Err(e) => {
                 // Out of file descriptors (EMFILE, ENFILE), out of memory,
