@@ -33,11 +33,20 @@ pub struct CtrlAllowKey {
 impl CtrlAllowKey {
     /// The key of `octets` (4 or 16 bytes of an address) on `ifindex`.
     pub fn new(ifindex: u32, octets: &[u8]) -> CtrlAllowKey {
-        let w = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+        let w =
+            |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
         if octets.len() == 4 {
-            CtrlAllowKey { ifindex, family: 4, addr: [w(0), 0, 0, 0] }
+            CtrlAllowKey {
+                ifindex,
+                family: 4,
+                addr: [w(0), 0, 0, 0],
+            }
         } else {
-            CtrlAllowKey { ifindex, family: 6, addr: [w(0), w(4), w(8), w(12)] }
+            CtrlAllowKey {
+                ifindex,
+                family: 6,
+                addr: [w(0), w(4), w(8), w(12)],
+            }
         }
     }
 }
