@@ -346,10 +346,9 @@ impl PreauthThread {
     fn start(s: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> Result<PreauthThread, ChannelError> {
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ChannelError::Config { reason: format!("cannot build the pre-authentication runtime: {e}") })?;
+        // The runtime is built (and dropped) on the thread itself: a runtime
+        // must not be dropped inside the agent's async context.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
         std::thread::Builder::new()
             .name("baton-preauth".into())
             .spawn(move || {
@@ -360,16 +359,27 @@ impl PreauthThread {
                     let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
                     libc::setpriority(libc::PRIO_PROCESS, tid, PREAUTH_NICE);
                 }
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot build the pre-authentication runtime: {e}")));
+                        return;
+                    }
+                };
                 rt.block_on(async move {
                     for (link, l) in listeners.into_iter().enumerate() {
                         match TcpListener::from_std(l) {
                             Ok(l) => {
                                 tokio::spawn(listen_loop(s.clone(), link, l));
                             }
-                            Err(e) => warn!(link, "control channel: cannot serve the listener: {e}"),
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("link {link}: cannot serve the listener: {e}")));
+                                return;
+                            }
                         }
                     }
                     drop(s);
+                    let _ = ready_tx.send(Ok(()));
                     let _ = stop_rx.await;
                 });
                 // Dropping the runtime drops its tasks: listeners and pending
@@ -378,6 +388,12 @@ impl PreauthThread {
                 let _ = done_tx.send(());
             })
             .map_err(|e| ChannelError::Config { reason: format!("cannot start the pre-authentication thread: {e}") })?;
+        // Waits for the thread's start (a few microseconds).
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(ChannelError::Config { reason }),
+            Err(_) => return Err(ChannelError::Config { reason: "the pre-authentication thread ended at start".into() }),
+        }
         Ok(PreauthThread { stop: Some(stop), done: Some(done) })
     }
 }
