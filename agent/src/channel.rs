@@ -206,6 +206,8 @@ pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
 /// their session is up (pre-authentication) at once: a new one closes the
 /// oldest (see "Robustness" in the module doc).
 pub const PREAUTH_PER_SOURCE: usize = 8;
+/// The nice value of the pre-authentication thread ([`PreauthThread`]).
+pub const PREAUTH_NICE: libc::c_int = 10;
 /// At most this many pre-authentication connections in total; more are
 /// closed at once.
 pub const PREAUTH_TOTAL: usize = 64;
@@ -322,6 +324,78 @@ pub fn derive_psk(cluster_id: u32, secret: &[u8; 16]) -> [u8; 32] {
 /// waiting); [`Channel::shutdown`] also waits until every socket is closed.
 pub struct Channel {
     shared: Arc<Shared>,
+    /// The pre-authentication thread (listeners and handshakes of accepted
+    /// connections); it ends when this is dropped or shut down.
+    preauth: Option<PreauthThread>,
+}
+
+/// The thread that accepts connections and runs their handshakes, on its
+/// own single-threaded runtime at a lower CPU priority (nice +10), so that a
+/// flood of connections cannot delay the established sessions and the event
+/// loop on the agent's runtime. A connection whose handshake succeeded
+/// continues on the agent's runtime.
+struct PreauthThread {
+    /// Dropped: the thread's runtime stops (closing the listeners and the
+    /// pending connections).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Fires when the thread has ended.
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl PreauthThread {
+    fn start(s: Arc<Shared>, listeners: Vec<std::net::TcpListener>) -> Result<PreauthThread, ChannelError> {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        // The runtime is built (and dropped) on the thread itself: a runtime
+        // must not be dropped inside the agent's async context.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        std::thread::Builder::new()
+            .name("baton-preauth".into())
+            .spawn(move || {
+                // A lower priority than the agent's other threads: under a
+                // flood this thread's work waits, not theirs.
+                // SAFETY: plain syscalls on this thread's own id.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, PREAUTH_NICE);
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot build the pre-authentication runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    for (link, l) in listeners.into_iter().enumerate() {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(listen_loop(s.clone(), link, l));
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("link {link}: cannot serve the listener: {e}")));
+                                return;
+                            }
+                        }
+                    }
+                    drop(s);
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = stop_rx.await;
+                });
+                // Dropping the runtime drops its tasks: listeners and pending
+                // connections are closed before `done` fires.
+                drop(rt);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| ChannelError::Config { reason: format!("cannot start the pre-authentication thread: {e}") })?;
+        // Waits for the thread's start (a few microseconds).
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(ChannelError::Config { reason }),
+            Err(_) => return Err(ChannelError::Config { reason: "the pre-authentication thread ended at start".into() }),
+        }
+        Ok(PreauthThread { stop: Some(stop), done: Some(done) })
+    }
 }
 
 #[derive(Default)]
@@ -418,6 +492,9 @@ struct Shared {
     /// listeners admit.
     allowed: std::collections::BTreeSet<IpAddr>,
     preauth: Mutex<Preauth>,
+    /// The agent's runtime: sessions run there once authenticated (the
+    /// pre-authentication work runs on [`PreauthThread`]).
+    main: tokio::runtime::Handle,
     /// When a failed handshake from/to an address was last logged at warn
     /// level (a misconfigured peer retries every second: warn once per
     /// [`WARN_EVERY`], debug otherwise).
@@ -448,7 +525,9 @@ impl Channel {
 
         let mut listeners = Vec::with_capacity(cfg.links.len());
         for &addr in &cfg.links {
-            listeners.push(bind(addr, cfg.port)?);
+            // Served by the pre-authentication thread's runtime.
+            let l = bind(addr, cfg.port)?;
+            listeners.push(l.into_std().map_err(|source| ChannelError::Bind { addr, port: cfg.port, source })?);
         }
         let (inbox, rx) = mpsc::channel(INBOX_LEN);
         let (svc_inbox, svc_rx) = mpsc::channel(INBOX_LEN);
@@ -488,11 +567,9 @@ impl Channel {
             warned: Mutex::new(HashMap::new()),
             allowed: cfg.peers.iter().flat_map(|(_, a)| a.iter().copied()).collect(),
             preauth: Mutex::new(Preauth::default()),
+            main: tokio::runtime::Handle::current(),
         });
-        for (link, listener) in listeners.into_iter().enumerate() {
-            let s = shared.clone();
-            shared.spawn(listen_loop(s, link, listener));
-        }
+        let preauth = PreauthThread::start(shared.clone(), listeners)?;
         for (peer, addrs) in &cfg.peers {
             if *peer <= cfg.me {
                 continue; // it dials me
@@ -504,7 +581,7 @@ impl Channel {
             }
         }
         info!(me = cfg.me, port = cfg.port, links = cfg.links.len(), peers = cfg.peers.len(), "control channel started");
-        Ok((Channel { shared }, rx))
+        Ok((Channel { shared, preauth: Some(preauth) }, rx))
     }
 
     /// Sends `msg` to node `to` over every link to it that is up. Returns
@@ -672,7 +749,13 @@ impl Channel {
     /// Stops every task and waits until every listener and connection is
     /// closed (so the ports can be bound again at once). The receiver then
     /// yields the messages still queued, then `None`.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        if let Some(mut p) = self.preauth.take() {
+            drop(p.stop.take());
+            if let Some(done) = p.done.take() {
+                let _ = done.await;
+            }
+        }
         let mut set = {
             let mut t = lock(&self.shared.tasks);
             t.closed = true;
@@ -819,7 +902,7 @@ impl Shared {
             return;
         }
         while t.set.try_join_next().is_some() {}
-        t.set.spawn(f);
+        t.set.spawn_on(f, &self.main);
     }
 }
 
@@ -877,10 +960,17 @@ async fn listen_loop(s: Arc<Shared>, link: usize, listener: TcpListener) {
                     }
                     continue;
                 };
+                // The handshake runs here, on the pre-authentication
+                // thread; an authenticated session moves to the agent's
+                // runtime (`run_session_inner`).
                 let s2 = s.clone();
-                s.spawn(async move {
+                tokio::spawn(async move {
                     run_session_admitted(s2, stream, remote, link, ticket, cancel).await;
                 });
+                // Let the connection just evicted (if any) close before the
+                // next accept: the descriptors in use stay bounded by the
+                // caps, not by how many accepts one turn of the loop makes.
+                tokio::task::yield_now().await;
             }
             Err(e) => {
                 // Out of file descriptors (EMFILE, ENFILE), out of memory,
@@ -1230,6 +1320,42 @@ async fn run_session_inner(
             return false;
         }
     };
+    if role_is_listener(role) {
+        // Authenticated: the session goes on on the agent's runtime, away
+        // from the pre-authentication thread.
+        let stream = match rd.reunite(wr) {
+            Ok(st) => st.into_std(),
+            // Only halves of two different streams fail to reunite.
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        let stream = match stream {
+            Ok(st) => st,
+            Err(e) => {
+                warn!(peer_addr = %remote, link, "control channel: cannot hand the session over: {e}");
+                return false;
+            }
+        };
+        let s2 = s.clone();
+        s.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(st) => {
+                    let (rd, wr) = st.into_split();
+                    run_established(s2, up, rd, wr, remote, link).await;
+                }
+                Err(e) => warn!(peer_addr = %remote, link, "control channel: cannot hand the session over: {e}"),
+            }
+        });
+        return true;
+    }
+    run_established(s, up, rd, wr, remote, link).await
+}
+
+fn role_is_listener(role: Role) -> bool {
+    matches!(role, Role::Listener)
+}
+
+/// An authenticated session, to its end.
+async fn run_established(s: Arc<Shared>, up: Up, rd: OwnedReadHalf, wr: OwnedWriteHalf, remote: SocketAddr, link: usize) -> bool {
     let Up { ts, peer, incarnation } = up;
 
     // Register the session (replacing an older one on the same link: its

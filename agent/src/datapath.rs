@@ -11,8 +11,8 @@ use aya::programs::tc::{self, SchedClassifier, TcAttachType};
 use aya::programs::{PerfEvent, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use baton_common::{
-    siphash::key_halves, DatapathConfig, NodeSlot, PeerLink, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_FENCED, MAP_HANDOVER,
-    MAP_NODE_SLOTS, MAP_PEERS, MAX_LINKS,
+    siphash::key_halves, CtrlAllowKey, DatapathConfig, NodeSlot, PeerLink, MAP_CONFIG, MAP_COUNTERS, MAP_CTRL_ALLOW, MAP_EVENTS,
+    MAP_FENCED, MAP_HANDOVER, MAP_NODE_SLOTS, MAP_PEERS, MAX_LINKS,
 };
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
@@ -29,7 +29,7 @@ pub const WATCHDOG_PROG: &str = "baton_watchdog";
 /// TC ingress program of the zero-loss handover (`src/handover.rs`).
 pub const HANDOVER_PROG: &str = "baton_handover";
 /// Every map we pin.
-pub const PINNED_MAPS: [&str; 6] = [MAP_CONFIG, MAP_PEERS, MAP_NODE_SLOTS, MAP_COUNTERS, MAP_FENCED, MAP_HANDOVER];
+pub const PINNED_MAPS: [&str; 7] = [MAP_CONFIG, MAP_PEERS, MAP_NODE_SLOTS, MAP_COUNTERS, MAP_FENCED, MAP_HANDOVER, MAP_CTRL_ALLOW];
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -207,6 +207,15 @@ impl Datapath {
                 }
             }
         }
+        // The control port's allow-list: every peer's address on each link,
+        // with this node's interface of that link (docs/datapath.md).
+        {
+            let mut allow: HashMap<_, CtrlAllowKey, u32> = HashMap::try_from(map_mut(&mut ebpf, MAP_CTRL_ALLOW)?)
+                .map_err(|source| DatapathError::Map { map: MAP_CTRL_ALLOW, source })?;
+            for key in ctrl_allow_keys(cfg)? {
+                allow.insert(key, 1, 0).map_err(|source| DatapathError::Map { map: MAP_CTRL_ALLOW, source })?;
+            }
+        }
         let (k0, k1) = key_halves(key);
         let dcfg = DatapathConfig {
             k0,
@@ -218,6 +227,8 @@ impl Datapath {
             port: cfg.port,
             enabled: 1,
             n_slots: slot_base(cfg.peers.len()),
+            control_port: cfg.control_port,
+            ..Default::default()
         };
         {
             let mut c: Array<_, DatapathConfig> = Array::try_from(map_mut(&mut ebpf, MAP_CONFIG)?)
@@ -314,6 +325,25 @@ impl Datapath {
         remove_pins(&pin_dir);
         info!(dir = %pin_dir.display(), "datapath detached and unpinned");
     }
+}
+
+/// The `BATON_CTRL_ALLOW` entries of `cfg`: (the link's interface, a
+/// peer's address on that link) for every peer and link.
+pub fn ctrl_allow_keys(cfg: &Config) -> Result<Vec<CtrlAllowKey>> {
+    let mut keys = Vec::new();
+    for (li, l) in cfg.links.iter().enumerate() {
+        let ifindex = nix::net::if_::if_nametoindex(l.interface.as_str())
+            .map_err(|_| DatapathError::NoSuchInterface { link: l.name.clone(), interface: l.interface.clone() })?;
+        for p in &cfg.peers {
+            if let Some(a) = p.addresses.get(li) {
+                keys.push(match a {
+                    std::net::IpAddr::V4(v4) => CtrlAllowKey::new(ifindex, &v4.octets()),
+                    std::net::IpAddr::V6(v6) => CtrlAllowKey::new(ifindex, &v6.octets()),
+                });
+            }
+        }
+    }
+    Ok(keys)
 }
 
 fn name_static(name: &str) -> &'static str {

@@ -143,6 +143,7 @@ pub fn run(repeat: u32) -> Result<SelftestReport, SelftestError> {
         port: baton_common::DEFAULT_PORT,
         enabled: 1,
         n_slots: baton_common::MAX_LINKS,
+        ..Default::default()
     };
     Array::<_, DatapathConfig>::try_from(ebpf.map_mut(MAP_CONFIG).ok_or(SelftestError::Missing(MAP_CONFIG))?)?.set(0, cfg, 0)?;
     HashMap::<_, u32, NodeSlot>::try_from(ebpf.map_mut(MAP_NODE_SLOTS).ok_or(SelftestError::Missing(MAP_NODE_SLOTS))?)?

@@ -9,6 +9,47 @@ pub const MAP_COUNTERS: &str = "BATON_COUNTERS";
 pub const MAP_FENCED: &str = "BATON_FENCED";
 pub const MAP_EVENTS: &str = "BATON_EVENTS";
 pub const MAP_HANDOVER: &str = "BATON_HANDOVER";
+pub const MAP_CTRL_ALLOW: &str = "BATON_CTRL_ALLOW";
+
+/// Entries of `BATON_CTRL_ALLOW`: (interconnect interface, peer address)
+/// pairs allowed to open a control-channel connection (peers × links).
+pub const MAX_CTRL_ALLOW: u32 = MAX_NODES * crate::wire::MAX_LINKS;
+
+/// `BATON_CTRL_ALLOW` key: a configured peer's address on one link, with
+/// the index of this node's interface of that link. A TCP SYN to the
+/// control port (`DatapathConfig::control_port`) arriving on `ifindex` is
+/// passed only when its source address is in the map (docs/datapath.md).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CtrlAllowKey {
+    pub ifindex: u32,
+    /// 4 or 6.
+    pub family: u32,
+    /// The address as the packet carries it (network byte order), read as
+    /// native-endian words; IPv4 in `addr[0]`, the rest 0.
+    pub addr: [u32; 4],
+}
+
+impl CtrlAllowKey {
+    /// The key of `octets` (4 or 16 bytes of an address) on `ifindex`.
+    pub fn new(ifindex: u32, octets: &[u8]) -> CtrlAllowKey {
+        let w =
+            |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+        if octets.len() == 4 {
+            CtrlAllowKey {
+                ifindex,
+                family: 4,
+                addr: [w(0), 0, 0, 0],
+            }
+        } else {
+            CtrlAllowKey {
+                ifindex,
+                family: 6,
+                addr: [w(0), w(4), w(8), w(12)],
+            }
+        }
+    }
+}
 
 /// Addresses in a planned handover at a time (`BATON_HANDOVER` entries).
 pub const MAX_HANDOVER: u32 = 64;
@@ -60,6 +101,11 @@ pub struct DatapathConfig {
     pub enabled: u16,
     /// Slots in use in `BATON_PEERS` (the watchdog scans `0..n_slots`).
     pub n_slots: u32,
+    /// TCP port of the control channel, host byte order: SYNs to it from
+    /// an address not in `BATON_CTRL_ALLOW` are dropped (0: not filtered).
+    pub control_port: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
 }
 
 /// Link state values of [`PeerLink::state`].
@@ -158,9 +204,17 @@ pub enum Counter {
     /// A datagram of the retired wire format version 1 (one datagram per
     /// receiver): dropped, never read (docs/wire-format.md).
     DropOldVersion = 19,
+    /// Not baton datagrams: TCP SYNs to the control port from a configured
+    /// peer's address on that link (`BATON_CTRL_ALLOW`), passed to the
+    /// kernel's TCP stack.
+    ControlSynPeer = 20,
+    /// TCP SYNs to the control port whose source address is no configured
+    /// peer's address on that link: dropped before the kernel's TCP stack
+    /// (no SYN-ACK, no accept, no work for the agent).
+    DropControlSyn = 21,
 }
 
-pub const N_COUNTERS: u32 = 20;
+pub const N_COUNTERS: u32 = 22;
 
 impl Counter {
     pub const ALL: [Counter; N_COUNTERS as usize] = [
@@ -184,6 +238,8 @@ impl Counter {
         Counter::HandoverArpSilenced,
         Counter::EventsLost,
         Counter::DropOldVersion,
+        Counter::ControlSynPeer,
+        Counter::DropControlSyn,
     ];
 
     /// Stable name used in `baton status --json` and the docs.
@@ -209,6 +265,8 @@ impl Counter {
             Counter::HandoverArpSilenced => "handover_arp_silenced",
             Counter::EventsLost => "events_lost",
             Counter::DropOldVersion => "drop_old_version",
+            Counter::ControlSynPeer => "control_syn_peer",
+            Counter::DropControlSyn => "drop_control_syn",
         }
     }
 }
@@ -222,9 +280,11 @@ mod pod {
     unsafe impl aya::Pod for super::NodeSlot {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Handover {}
+    unsafe impl aya::Pod for super::CtrlAllowKey {}
 }
 
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<CtrlAllowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<PeerLink>() == 72);
 const _: () = assert!(core::mem::size_of::<Event>() == 40);
 const _: () = assert!(core::mem::size_of::<Handover>() == 24);

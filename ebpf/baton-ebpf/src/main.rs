@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{info, warn};
 use baton_common::{
-    siphash::mac_words, words_of, Counter, DatapathConfig, Event, Handover, NodeSlot, PeerLink, EV_DISTRESS,
+    siphash::mac_words, words_of, Counter, CtrlAllowKey, DatapathConfig, MAX_CTRL_ALLOW, Event, Handover, NodeSlot, PeerLink, EV_DISTRESS,
     HANDOVER_SILENT, HANDOVER_STEER, MAX_HANDOVER,
     EV_LINK_SILENT, EV_LINK_UP, EV_NEW_INCARNATION, KIND_DISTRESS, KIND_HEARTBEAT, LINK_DISTRESSED,
     LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAC_COVERED, MAGIC, MAX_NODES, MAX_SLOTS, N_COUNTERS,
@@ -52,6 +52,10 @@ static BATON_WD: Array<u64> = Array::with_max_entries(2, 0);
 /// node does with their traffic meanwhile.
 #[map]
 static BATON_HANDOVER: HashMap<u32, Handover> = HashMap::with_max_entries(MAX_HANDOVER, 0);
+/// (interface, peer address) pairs allowed to open a control-channel
+/// connection: written by the agent from the config before attach.
+#[map]
+static BATON_CTRL_ALLOW: HashMap<CtrlAllowKey, u32> = HashMap::with_max_entries(MAX_CTRL_ALLOW, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -285,12 +289,74 @@ fn try_handover(ctx: &TcContext) -> Result<i32, i64> {
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
 
+/// A TCP SYN (without ACK) to the control port: passed when its source is
+/// a configured peer's address on the link it arrived on, dropped and
+/// counted otherwise. `None`: not such a SYN.
+#[inline(always)]
+fn control_syn(ctx: &XdpContext, port: u16) -> Result<Option<u32>, ()> {
+    let ethertype = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    let mut key = CtrlAllowKey { ifindex: unsafe { (*ctx.ctx).ingress_ifindex }, family: 0, addr: [0; 4] };
+    let tcp_off = match ethertype {
+        ETH_P_IP => {
+            let vihl: u8 = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN)? };
+            if vihl >> 4 != 4 {
+                return Ok(None);
+            }
+            let proto: u8 = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN + 9)? };
+            if proto != IPPROTO_TCP {
+                return Ok(None);
+            }
+            // A later fragment carries no TCP header.
+            let frag = u16::from_be(unsafe { *ptr_at::<u16>(ctx, ETH_HLEN + 6)? });
+            if frag & 0x1fff != 0 {
+                return Ok(None);
+            }
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Ok(None);
+            }
+            key.family = 4;
+            key.addr[0] = unsafe { core::ptr::read_unaligned(ptr_at::<u32>(ctx, ETH_HLEN + 12)?) };
+            ETH_HLEN + ihl
+        }
+        ETH_P_IPV6 => {
+            let next: u8 = unsafe { *ptr_at::<u8>(ctx, ETH_HLEN + 6)? };
+            if next != IPPROTO_TCP {
+                return Ok(None);
+            }
+            key.family = 6;
+            key.addr = unsafe { core::ptr::read_unaligned(ptr_at::<[u32; 4]>(ctx, ETH_HLEN + 8)?) };
+            ETH_HLEN + 40
+        }
+        _ => return Ok(None),
+    };
+    let dport = u16::from_be(unsafe { core::ptr::read_unaligned(ptr_at::<u16>(ctx, tcp_off + 2)?) });
+    if dport != port {
+        return Ok(None);
+    }
+    let flags: u8 = unsafe { *ptr_at::<u8>(ctx, tcp_off + 13)? };
+    if flags & 0x12 != 0x02 {
+        return Ok(None); // not a SYN, or a SYN-ACK: a connection's own segment
+    }
+    if unsafe { BATON_CTRL_ALLOW.get(&key) }.is_some() {
+        count(Counter::ControlSynPeer);
+        return Ok(Some(xdp_action::XDP_PASS));
+    }
+    count(Counter::DropControlSyn);
+    Ok(Some(xdp_action::XDP_DROP))
+}
+
 #[inline(always)]
 fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let cfg = match BATON_CONFIG.get(0) {
         Some(c) => *c,
         None => return Ok(xdp_action::XDP_PASS),
     };
+    if cfg.control_port != 0 && cfg.enabled != 0 {
+        if let Some(verdict) = control_syn(ctx, cfg.control_port)? {
+            return Ok(verdict);
+        }
+    }
     let off = match baton_payload_offset(ctx, cfg.port)? {
         Some(o) => o,
         None => return Ok(xdp_action::XDP_PASS),
