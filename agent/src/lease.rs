@@ -1,6 +1,8 @@
-//! The address lease: a node holds its floating addresses only while its own
-//! datapath hears a majority of its view (the same quorum rule as the
-//! membership core, two-node rule included).
+//! The address lease: a node holds its floating addresses only while a
+//! majority of its view (the same quorum rule as the membership core,
+//! two-node rule included) both is heard by its own datapath and hears it:
+//! a peer counts while this node heard it within the silence bound AND its
+//! last echo names a heartbeat this node sent within the bound.
 //!
 //! Why: when a node is cut off, the survivors confirm its silence among
 //! themselves (another member's datapath sees the same silence at once),
@@ -34,9 +36,65 @@
 //! theirs. Applications run by OCF agents or systemd are not frozen (their
 //! processes are not the agent's children); fencing covers their storage.
 //!
-//! Not covered: a node that can still hear but no longer send (a one-way
-//! cut) keeps hearing a majority, so its lease holds; it learns that it was
-//! forced out from the membership state. docs/addresses.md states this.
+//! # Both ways: the echo (wire format version 3)
+//!
+//! A node that still hears the others but no longer reaches them (a one-way
+//! cut, "mute"; heavy loss or a clogged queue on its sending side) hears a
+//! majority, so hearing alone would keep its lease while the survivors force
+//! it out and configure its addresses (found by `cargo xtask chaos`: `mute`,
+//! 131 and 269 ms on two live nodes). So every heartbeat entry carries,
+//! under its MAC, `echo_seq`: the (low 32 bits of the) `seq` of the last
+//! heartbeat of the receiver on this link that the sender's datapath
+//! accepted as liveness, read from its pinned map just before the round is
+//! sent. The receiver's datapath stores it (`PeerLink::echo_seq`, live
+//! heartbeats only); the heartbeat sender of this node remembers when it
+//! sent each recent `seq` ([`SentLog`], this node's `CLOCK_MONOTONIC`,
+//! stamped before the `sendto`). `heard_me` of a peer is the send time of
+//! the heartbeat its echo names, and the peer counts from
+//! `min(last_seen_ns, heard_me)` on ([`Peer::both_ways`]).
+//!
+//! Safety: let P be a survivor and T_P the moment its datapath accepted the
+//! last heartbeat of this node M (by P's clock). Every echo P sends from
+//! then on names that heartbeat or an older one, which M sent at t ≤ T_P (a
+//! heartbeat is received after it was sent, and the send time is taken
+//! before it). So M stops counting P at t + bound ≤ T_P + bound at the
+//! latest, by M's own clock, whatever the delays, losses or reordering on
+//! either path (a late echo only names an older heartbeat, and a stale map
+//! read in P's sender only an older `seq`). P cannot declare M silent before
+//! T_P + bound (its watchdog), and then still needs the confirmation, the
+//! forced leave and the levels up to the address's level before it
+//! configures the address. When every survivor stops hearing M (mute), M's
+//! lease therefore ends first, by at least P's detection latency (a
+//! watchdog tick) plus the confirmation and the forced leave, minus the
+//! wake-up of this SCHED_FIFO thread (it sleeps until the exact expiry) and
+//! the netlink removal. No clock is compared between nodes: each side only
+//! measures ages on its own `CLOCK_MONOTONIC` (a wall-clock jump changes
+//! nothing; only the two clocks' rates matter, parts per million of the
+//! bound).
+//!
+//! Why a `seq` and not an age ("I heard you x µs ago", as first proposed):
+//! the receiver would compute `now − x`, which is late by the transit time
+//! of the echo; a slow path (the chaos suite's `slow`: a 10-packet queue at
+//! 64 kbit/s holds about 100 ms) makes the mute node believe it was heard
+//! more recently than it was, unsafe once that delay exceeds the
+//! survivors' confirmation. A round trip on one clock has no such term.
+//!
+//! Where it can fail: (1) the lease thread or its netlink removal is held
+//! up longer than the margin above (a stall of the whole machine; the thread
+//! is real-time but the kernel work is not); (2) a partial one-way cut where
+//! a majority still hears M and is heard by it while a minority forces it
+//! out: M then learns from the membership state, as before (fencing covers
+//! shared storage); (3) echoes are 32 bits of a 64-bit `seq`: a wrong match
+//! needs an echo 2^32 datagrams old still in the log, whose slot holds a
+//! number with the same low bits (the slot stores the full `seq`, and 4096
+//! slots are far less than 2^32).
+//!
+//! The price: a peer counts only while the round trip (this node's
+//! heartbeat to it, its wait until its next heartbeat, up to an interval,
+//! and its heartbeat back) stays under the bound, so a path slower than
+//! `bound − interval` round trip (20 ms at 10 ms × 3) makes this node
+//! withdraw its addresses (`lease_lost`) although membership holds; they
+//! come back when echoes are fresh again (`lease_regained`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -52,6 +110,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::datapath::slot_base;
 use crate::events::monotonic_ns;
+use crate::sender::{SenderShared, SentLog};
 
 /// The floating addresses this agent configured, and whether the lease
 /// withdrew them.
@@ -180,37 +239,72 @@ impl Lease {
 }
 
 /// Starts the lease thread (after the datapath pinned its maps).
-pub fn spawn(cfg: &Config) -> std::io::Result<Lease> {
+pub fn spawn(cfg: &Config, sender: Arc<SenderShared>) -> std::io::Result<Lease> {
     let map = MapData::from_pin(cfg.paths.map(MAP_PEERS)).map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
     let peers: Array<MapData, PeerLink> = Array::try_from(Map::Array(map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let cfg = cfg.clone();
-    let thread = std::thread::Builder::new().name("baton-lease".into()).spawn(move || run(cfg, peers, s2))?;
+    let thread = std::thread::Builder::new().name("baton-lease".into()).spawn(move || run(cfg, peers, sender, s2))?;
     Ok(Lease { stop, thread: Some(thread) })
 }
 
 
-/// The last time each peer was heard on any link (kernel monotonic ns; 0:
-/// never), in configuration order.
-fn last_heard(cfg: &Config, peers: &Array<MapData, PeerLink>) -> Vec<(u32, u64)> {
+/// What the lease knows of one peer (monotonic ns; 0: never).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peer {
+    id: u32,
+    /// The last time this node heard the peer (any link).
+    heard: u64,
+    /// The latest time this node sent a heartbeat that, by the peer's
+    /// echo, the peer had heard (any link; this node's clock).
+    heard_me: u64,
+}
+
+impl Peer {
+    /// Since when the peer counts for the lease: both ways must be recent,
+    /// so the older of the two (0: it does not count).
+    fn both_ways(&self, echo_rule: bool) -> u64 {
+        if echo_rule {
+            self.heard.min(self.heard_me)
+        } else {
+            self.heard
+        }
+    }
+}
+
+/// Test switch (`BATON_TEST_LEASE_NO_ECHO=1`, read once): the lease ignores
+/// the echoes, as before wire format version 3, so that a test can show
+/// what the echo rule prevents. Never set it in production.
+fn echo_rule() -> bool {
+    static ON: LazyLock<bool> = LazyLock::new(|| std::env::var_os("BATON_TEST_LEASE_NO_ECHO").is_none_or(|v| v != "1"));
+    *ON
+}
+
+/// Each peer's record, in configuration order: when it was last heard (the
+/// liveness map's `last_seen_ns`) and when it last heard this node (the
+/// send time of the heartbeat its `echo_seq` names, from `sent`).
+fn read_peers(cfg: &Config, peers: &Array<MapData, PeerLink>, sent: &SentLog) -> Vec<Peer> {
     let mut out = Vec::with_capacity(cfg.peers.len());
     for (i, p) in cfg.peers.iter().enumerate() {
-        let mut last = 0;
-        for l in 0..cfg.links.len() as u32 {
-            if let Ok(rec) = peers.get(&(slot_base(i) + l), 0) {
-                last = last.max(rec.last_seen_ns);
+        let (mut heard, mut heard_me) = (0, 0);
+        for l in 0..cfg.links.len() {
+            if let Ok(rec) = peers.get(&(slot_base(i) + l as u32), 0) {
+                heard = heard.max(rec.last_seen_ns);
+                heard_me = heard_me.max(sent.sent_at(l, rec.echo_seq).unwrap_or(0));
             }
         }
-        out.push((p.id, last));
+        out.push(Peer { id: p.id, heard, heard_me });
     }
     out
 }
 
 /// When the lease ends unless more is heard: the earliest time at which the
 /// peers heard within `bound_ns` no longer keep [`majority`] (`None`: it is
-/// already lost at `now`). Peers drop out in the order they were last
-/// heard, so this is found by dropping the stalest first.
+/// already lost at `now`). `last`: per peer, since when it counts (for the
+/// lease, [`Peer::both_ways`]: the older of "this node heard it" and "it
+/// heard this node"). Peers drop out in that order, so this is found by
+/// dropping the stalest first.
 fn expiry(me: u32, group: &[u32], last: &[(u32, u64)], now: u64, bound_ns: u64, configured: usize, race: bool) -> Option<u64> {
     let mut alive: Vec<(u64, u32)> = last
         .iter()
@@ -233,7 +327,7 @@ fn expiry(me: u32, group: &[u32], last: &[(u32, u64)], now: u64, bound_ns: u64, 
     Some(u64::MAX)
 }
 
-fn run(cfg: Config, peers: Array<MapData, PeerLink>, stop: Arc<AtomicBool>) {
+fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, stop: Arc<AtomicBool>) {
     crate::sender::set_realtime("address lease", cfg.realtime_priority);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -258,7 +352,9 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, stop: Arc<AtomicBool>) {
         }
         let group = VIEW.lock().map(|v| v.clone()).unwrap_or_default();
         let now = monotonic_ns();
-        let last = last_heard(&cfg, &peers);
+        let recs = read_peers(&cfg, &peers, &sender.sent_log);
+        let rule = echo_rule();
+        let last: Vec<(u32, u64)> = recs.iter().map(|p| (p.id, p.both_ways(rule))).collect();
         let member = group.len() >= 2 && group.contains(&cfg.node_id);
         let until = if member { expiry(cfg.node_id, &group, &last, now, bound, configured, race) } else { Some(u64::MAX) };
         let ok = until.is_some();
@@ -266,17 +362,17 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, stop: Arc<AtomicBool>) {
         if let Some(t) = until {
             wake = wake.min(t);
         }
-        let heard: Vec<u32> = std::iter::once(cfg.node_id)
-            .chain(last.iter().filter(|(_, t)| *t != 0 && now.saturating_sub(*t) < bound).map(|(id, _)| *id))
-            .collect();
+        let recent = |t: u64| t != 0 && now.saturating_sub(t) < bound;
+        let heard: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard)).map(|p| p.id)).collect();
         match (ok, lost_at) {
             (false, None) => {
                 lost_at = Some(now);
                 let n = rt.block_on(withdraw());
                 let apps = freeze_apps(true);
                 let heard_list = heard;
-                warn!(?group, heard = ?heard_list, addresses = n, apps, "address lease lost: this node hears no majority of its view; its floating addresses are withdrawn and its daemons frozen until it does");
-                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "addresses": n, "apps_frozen": apps}));
+                let hears_me: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard_me)).map(|p| p.id)).collect();
+                warn!(?group, heard = ?heard_list, ?hears_me, addresses = n, apps, "address lease lost: no majority of this node's view both hears it and is heard by it; its floating addresses are withdrawn and its daemons frozen until one does");
+                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps}));
             }
             (true, Some(_)) if !member => {
                 // Halted or left meanwhile: the services released what they
@@ -361,6 +457,66 @@ mod tests {
         // Two nodes, lower id: it keeps the lease alone.
         assert_eq!(expiry(1, &[1, 2], &[(2, 0)], 100, b, 2, false), Some(u64::MAX));
         assert_eq!(expiry(2, &[1, 2], &[(1, 0)], 100, b, 2, false), None);
+    }
+
+    #[test]
+    fn a_peer_counts_only_while_it_is_heard_and_hears_this_node() {
+        let g = [1, 2, 3, 4, 5];
+        let b = 30;
+        let at = |recs: &[Peer], now: u64, rule: bool| {
+            let last: Vec<(u32, u64)> = recs.iter().map(|p| (p.id, p.both_ways(rule))).collect();
+            expiry(1, &g, &last, now, b, 5, false)
+        };
+        // Node 1 is mute: it hears every peer (at 95..100), but their echoes
+        // name heartbeats it sent at 60, 62, 70 and 71 at the latest.
+        let mute = [
+            Peer { id: 2, heard: 100, heard_me: 60 },
+            Peer { id: 3, heard: 99, heard_me: 62 },
+            Peer { id: 4, heard: 97, heard_me: 70 },
+            Peer { id: 5, heard: 95, heard_me: 71 },
+        ];
+        // Me + 2 more needed: dropping 60, 62 leaves 4, 5; dropping 70
+        // leaves one: the lease ends at 70 + 30, not at 97 + 30.
+        assert_eq!(at(&mute, 90, true), Some(100));
+        assert_eq!(at(&mute, 101, true), None);
+        // Without the echo rule it would hold until the second freshest
+        // peer heard (99) goes past the bound.
+        assert_eq!(at(&mute, 101, false), Some(129));
+        // Deaf instead (echoes fresh, peers not heard): the older side
+        // decides all the same.
+        let deaf: Vec<Peer> = mute.iter().map(|p| Peer { heard: p.heard_me, heard_me: p.heard, ..*p }).collect();
+        assert_eq!(at(&deaf, 90, true), Some(100));
+        // A peer with no echo at all (0: it never heard this life of ours,
+        // or the echo is forgotten) does not count, however fresh.
+        let no_echo = [Peer { id: 2, heard: 100, heard_me: 0 }, Peer { id: 3, heard: 100, heard_me: 99 }, Peer { id: 4, heard: 100, heard_me: 98 }];
+        assert_eq!(at(&no_echo, 100, true), Some(128));
+        assert_eq!(at(&no_echo[..2], 100, true), None);
+        // The next wake-up is the end of the lease, exactly: a fresh echo
+        // from a peer moves it.
+        let mut later = mute;
+        later[2].heard_me = 80;
+        assert_eq!(at(&later, 90, true), Some(101));
+    }
+
+    #[test]
+    fn the_send_log_times_an_echo_or_forgets_it() {
+        let log = SentLog::new(2);
+        log.record(0, 7, 1_000);
+        log.record(1, 7, 2_000);
+        assert_eq!(log.sent_at(0, 7), Some(1_000));
+        assert_eq!(log.sent_at(1, 7), Some(2_000));
+        // No echo, a number never sent, a link that does not exist.
+        assert_eq!(log.sent_at(0, 0), None);
+        assert_eq!(log.sent_at(0, 8), None);
+        assert_eq!(log.sent_at(2, 7), None);
+        // A slot reused by a later number forgets the earlier one.
+        log.record(0, 7 + crate::sender::SENT_LOG as u64, 3_000);
+        assert_eq!(log.sent_at(0, 7), None);
+        assert_eq!(log.sent_at(0, 7 + crate::sender::SENT_LOG as u32), Some(3_000));
+        // The echo is the low 32 bits of a 64-bit sequence number.
+        let big = (5u64 << 32) | 9;
+        log.record(1, big, 4_000);
+        assert_eq!(log.sent_at(1, 9), Some(4_000));
     }
 
     #[test]

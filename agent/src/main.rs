@@ -496,7 +496,8 @@ fn real_main() -> Result<()> {
             } else {
                 println!("verifier: all programs accepted");
                 println!(
-                    "in-kernel SipHash-2-4, reference vector (48 bytes): expected {} got {} -> {}",
+                    "in-kernel SipHash-2-4, reference vector ({} bytes): expected {} got {} -> {}",
+                    baton_common::MAC_COVERED,
                     r.kat_expected,
                     r.kat_kernel,
                     if r.kat_ok { "ok" } else { "MISMATCH" }

@@ -235,7 +235,7 @@ async fn run_guarded(
     };
     // The address lease (lease.rs): floating addresses are withdrawn at once
     // when this node hears no majority of its view.
-    let lease = match crate::lease::spawn(cfg) {
+    let lease = match crate::lease::spawn(cfg, sender.shared.clone()) {
         Ok(l) => l,
         Err(e) => {
             sender.stop();

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Link, Transport};
 use crate::datapath::slot_base;
+use crate::events::monotonic_ns;
 
 /// State shared between the sender thread and the rest of the agent.
 #[derive(Default)]
@@ -45,6 +46,66 @@ pub struct SenderShared {
     pub send_now: AtomicBool,
     /// Per peer (in configuration order): answer it with a heartbeat now.
     pub answer: Vec<AtomicBool>,
+    /// When each recent heartbeat was sent, per link (the address lease
+    /// reads it to time the peers' echoes).
+    pub sent_log: SentLog,
+}
+
+/// Sequence numbers of a link's datagrams the [`SentLog`] remembers (a
+/// power of two, so the low 32 bits of a sequence number pick its slot):
+/// far more than a silence bound's worth (`misses` ≤ 1000 intervals, plus
+/// answers), so an echo the lease can still use is never forgotten.
+pub const SENT_LOG: usize = 4096;
+
+/// When this life of the agent sent each recent heartbeat, per link, by
+/// `CLOCK_MONOTONIC` (the clock of `bpf_ktime_get_ns`): written by the
+/// sender thread, read by the address lease without a lock. A peer echoes
+/// the `seq` of our last heartbeat it accepted (`echo_seq`, wire format
+/// version 3); the time we sent that heartbeat is a moment at which, for
+/// certain, the peer had not heard anything newer from us, by our own clock
+/// (no clock of the peer is involved).
+#[derive(Default)]
+pub struct SentLog {
+    links: Vec<Vec<SentSlot>>,
+}
+
+#[derive(Default)]
+struct SentSlot {
+    /// The full sequence number (0: the slot is being written or unused).
+    seq: AtomicU64,
+    at_ns: AtomicU64,
+}
+
+impl SentLog {
+    pub fn new(links: usize) -> SentLog {
+        // Written element by element: the pages are touched here, not in the
+        // sender's real-time loop.
+        SentLog { links: (0..links).map(|_| (0..SENT_LOG).map(|_| SentSlot::default()).collect()).collect() }
+    }
+
+    /// Records that `seq` goes out on `link` now (`at_ns`, taken before the
+    /// send: never later than the truth).
+    pub fn record(&self, link: usize, seq: u64, at_ns: u64) {
+        let Some(ring) = self.links.get(link) else { return };
+        let slot = &ring[seq as usize % SENT_LOG];
+        slot.seq.store(0, Ordering::SeqCst);
+        slot.at_ns.store(at_ns, Ordering::SeqCst);
+        slot.seq.store(seq, Ordering::SeqCst);
+    }
+
+    /// When the datagram whose sequence number ends in `echo` (its low 32
+    /// bits) was sent on `link`, if it is still remembered; `None` for 0 (no
+    /// echo), a forgotten or never sent number, or a slot being rewritten.
+    pub fn sent_at(&self, link: usize, echo: u32) -> Option<u64> {
+        if echo == 0 {
+            return None;
+        }
+        let slot = &self.links.get(link)?[echo as usize % SENT_LOG];
+        let s1 = slot.seq.load(Ordering::SeqCst);
+        let at = slot.at_ns.load(Ordering::SeqCst);
+        let s2 = slot.seq.load(Ordering::SeqCst);
+        (s1 != 0 && s1 == s2 && s1 as u32 == echo).then_some(at)
+    }
 }
 
 impl SenderShared {
@@ -156,9 +217,6 @@ fn open_socket(interface: &str, local: IpAddr) -> std::io::Result<UdpSocket> {
     Ok(sock)
 }
 
-/// The sender re-reads the peers' incarnations at least this often (see `run`).
-const REREAD: Duration = Duration::from_millis(100);
-
 /// How much of its stack the sender thread touches before its loop. The
 /// process locks future mappings only as their pages are first touched
 /// (`MCL_FUTURE | MCL_ONFAULT`, see `run::lock_memory`), so this makes the
@@ -198,8 +256,9 @@ pub fn distress_of_dead_life(cfg: &Config, k0: u64, k1: u64, incarnation: u64, r
         }
     }
     let shared = SenderShared::default();
+    let echo = vec![[0u32; MAX_LINKS as usize]; cfg.peers.len()];
     for _round in 0..3 {
-        send_all(cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_DISTRESS, reason, &shared, None);
+        send_all(cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_DISTRESS, reason, &shared, None);
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(shared.sent.load(Ordering::Relaxed) as u32)
@@ -246,7 +305,11 @@ pub fn spawn(cfg: &Config, k0: u64, k1: u64, incarnation: u64) -> std::io::Resul
         .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
     let peers_map: Array<MapData, PeerLink> =
         Array::try_from(Map::Array(peers_map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
-    let shared = Arc::new(SenderShared { answer: cfg.peers.iter().map(|_| AtomicBool::new(false)).collect(), ..Default::default() });
+    let shared = Arc::new(SenderShared {
+        answer: cfg.peers.iter().map(|_| AtomicBool::new(false)).collect(),
+        sent_log: SentLog::new(cfg.links.len()),
+        ..Default::default()
+    });
     let peer_ids = cfg.peers.iter().map(|p| p.id).collect();
     let s2 = shared.clone();
     let cfg = cfg.clone();
@@ -270,13 +333,14 @@ fn run(
     set_realtime("heartbeat sender", cfg.realtime_priority);
     let interval = Duration::from_millis(cfg.interval_ms as u64);
     let mut dst_inc = vec![0u64; cfg.peers.len()];
+    // Per peer and link: the echo for it (see `read_peers`).
+    let mut echo = vec![[0u32; MAX_LINKS as usize]; cfg.peers.len()];
     let mut answer = vec![false; cfg.peers.len()];
     // The receiver incarnation each peer got in our last heartbeat to it.
     let mut sent_inc = vec![0u64; cfg.peers.len()];
     let mut next = Instant::now();
     let first = next;
     let mut last_sent: Option<Instant> = None;
-    let mut last_read = next;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -285,7 +349,7 @@ fn run(
         if reason != 0 {
             // S0.2: the distress goes to every node, redundantly on every link.
             for _round in 0..3 {
-                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_DISTRESS, reason, &shared, None);
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_DISTRESS, reason, &shared, None);
                 std::thread::sleep(Duration::from_millis(1));
             }
             shared.ended.store(true, Ordering::SeqCst);
@@ -299,25 +363,12 @@ fn run(
         let asked = shared.send_now.swap(false, Ordering::SeqCst);
         if now >= next || asked {
             // The receiver's incarnation we put in each datagram proves to it
-            // that the datagram is fresh (see docs/wire-format.md). Read from
-            // the liveness map (one bpf syscall per peer and link): on every
-            // tick while some peer's incarnation is still unknown, on every
-            // wake-up (a peer came up or restarted: `heartbeat_now`), and
-            // otherwise every `REREAD` at least (the backstop for a lost
-            // event): at idle that saves N × links syscalls per interval.
-            let reread = asked || dst_inc.contains(&0) || now >= last_read + REREAD;
-            if reread {
-                last_read = now;
-            }
-            for (i, inc) in dst_inc.iter_mut().enumerate().filter(|_| reread) {
-                for l in 0..cfg.links.len() as u32 {
-                    if let Ok(rec) = peers_map.get(&(slot_base(i) + l), 0) {
-                        if rec.incarnation > *inc {
-                            *inc = rec.incarnation;
-                        }
-                    }
-                }
-            }
+            // that the datagram is fresh (see docs/wire-format.md), and the
+            // echo of its last live heartbeat keeps its address lease: both
+            // are read from the liveness map (one bpf syscall per peer and
+            // link) before every round, so that the echo is at most one
+            // interval older than what the datapath knows.
+            read_peers(&cfg, &peers_map, &mut dst_inc, &mut echo);
             if now >= next {
                 // Goes to everyone: pending answers are included.
                 for a in &shared.answer {
@@ -332,7 +383,7 @@ fn run(
                     shared.startup_max_late_us.fetch_max(late, Ordering::Relaxed);
                     shared.startup_max_gap_us.fetch_max(gap, Ordering::Relaxed);
                 }
-                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared, None);
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_HEARTBEAT, cfg.interval_ms, &shared, None);
                 sent_inc.copy_from_slice(&dst_inc);
                 next += interval;
                 if next + interval < now {
@@ -351,11 +402,37 @@ fn run(
                         sent_inc[i] = dst_inc[i];
                     }
                 }
-                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, KIND_HEARTBEAT, cfg.interval_ms, &shared, Some(&answer));
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_HEARTBEAT, cfg.interval_ms, &shared, Some(&answer));
             }
             continue;
         }
         std::thread::park_timeout(next - now);
+    }
+}
+
+/// Reads each peer's records from the liveness map (one bpf syscall per
+/// peer and link): its incarnation (the highest over the links, for the
+/// entries' `dst_incarnation`) and, per link, the echo for it: the low 32
+/// bits of the `seq` of its last heartbeat on that link that our datapath
+/// accepted as liveness, when that record is of the incarnation we name
+/// (else 0, "none"). A read that fails leaves the echo at 0 and a slow read
+/// only yields an older `seq`: an echo can be older than the truth, never
+/// newer (an older echo only shortens the peer's lease).
+fn read_peers(cfg: &Config, peers_map: &Array<MapData, PeerLink>, dst_inc: &mut [u64], echo: &mut [[u32; MAX_LINKS as usize]]) {
+    let mut recs = [None; MAX_LINKS as usize];
+    for (i, inc) in dst_inc.iter_mut().enumerate() {
+        for (l, r) in recs.iter_mut().enumerate().take(cfg.links.len()) {
+            *r = peers_map.get(&(slot_base(i) + l as u32), 0).ok();
+            if let Some(rec) = r {
+                *inc = (*inc).max(rec.incarnation);
+            }
+        }
+        for (l, r) in recs.iter().enumerate().take(cfg.links.len()) {
+            echo[i][l] = match r {
+                Some(rec) if rec.incarnation == *inc => rec.live_seq as u32,
+                _ => 0,
+            };
+        }
     }
 }
 
@@ -372,6 +449,7 @@ fn send_all(
     incarnation: u64,
     socks: &mut [LinkSock],
     dst_inc: &[u64],
+    echo: &[[u32; MAX_LINKS as usize]],
     kind: u8,
     arg: u32,
     shared: &SenderShared,
@@ -379,7 +457,7 @@ fn send_all(
 ) {
     debug_assert!(socks.len() <= MAX_LINKS as usize);
     let mut buf = [0u8; MAX_PACKET_LEN];
-    let mut entries = [(0u32, 0u64); MAX_ENTRIES];
+    let mut entries = [(0u32, 0u64, 0u32); MAX_ENTRIES];
     let send = |sock: &UdpSocket, pkt: &[u8], to: SocketAddr| match sock.send_to(pkt, to) {
         Ok(_) => {
             shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -399,6 +477,7 @@ fn send_all(
             incarnation,
             seq: 0,
             dst_incarnation: 0,
+            echo_seq: 0,
         };
         let wanted = |pi: &usize| only.is_none_or(|o| o[*pi]);
         match ls.group {
@@ -414,11 +493,12 @@ fn send_all(
                 let mut n = 0;
                 let mut pis = (0..cfg.peers.len()).filter(wanted).peekable();
                 while let Some(pi) = pis.next() {
-                    entries[n] = (cfg.peers[pi].id, dst_inc[pi]);
+                    entries[n] = (cfg.peers[pi].id, dst_inc[pi], echo[pi][li]);
                     n += 1;
                     if n == MAX_ENTRIES || pis.peek().is_none() {
                         ls.seq += 1;
                         common.seq = ls.seq;
+                        shared.sent_log.record(li, ls.seq, monotonic_ns());
                         let len = encode_into(&common, &entries[..n], k0, k1, &mut buf);
                         send(&ls.sock, &buf[..len], to);
                         n = 0;
@@ -428,8 +508,9 @@ fn send_all(
             None => {
                 ls.seq += 1;
                 common.seq = ls.seq;
+                shared.sent_log.record(li, ls.seq, monotonic_ns());
                 for (pi, p) in cfg.peers.iter().enumerate().filter(|(pi, _)| wanted(pi)) {
-                    let h = Header { dst_node: p.id, dst_incarnation: dst_inc[pi], ..common };
+                    let h = Header { dst_node: p.id, dst_incarnation: dst_inc[pi], echo_seq: echo[pi][li], ..common };
                     send(&ls.sock, &h.encode(k0, k1), SocketAddr::new(p.addresses[li], cfg.port));
                 }
             }

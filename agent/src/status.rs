@@ -149,6 +149,8 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
                 "last_seen_age_ms": age,
                 "incarnation": r.incarnation,
                 "last_seq": r.last_seq,
+                "live_seq": r.live_seq,
+                "echo_seq": r.echo_seq,
                 "rx_live": r.rx_live,
                 "rx_handshake": r.rx_handshake,
                 "peer_interval_ms": r.peer_interval_ms,

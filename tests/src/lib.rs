@@ -462,6 +462,13 @@ impl Cluster {
         self.drop_at_switch(i, false, true)
     }
 
+    /// The others hear nothing from host `i` (link addresses: heartbeats,
+    /// control channel), while it still hears them: a one-way cut of its
+    /// sending side ("mute").
+    pub fn mute(&self, i: usize) -> u64 {
+        self.drop_at_switch(i, true, false)
+    }
+
     fn drop_at_switch(&self, i: usize, from_host: bool, to_host: bool) -> u64 {
         let sw = &self.switch.name;
         // The drop is a redirect into a black hole (the gact action is a
@@ -488,7 +495,7 @@ impl Cluster {
         t
     }
 
-    /// Undoes [`Cluster::isolate`] and [`Cluster::deafen`].
+    /// Undoes [`Cluster::isolate`], [`Cluster::deafen`] and [`Cluster::mute`].
     pub fn unisolate(&self, i: usize) {
         for l in 0..self.links {
             sh(&["ip", "netns", "exec", &self.switch.name, "tc", "qdisc", "del", "dev", &format!("h{i}l{l}"), "clsact"]);

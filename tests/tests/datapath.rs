@@ -166,6 +166,7 @@ fn forged_replayed_truncated_and_foreign_datagrams_are_counted_and_change_nothin
         incarnation: n3["incarnation"].as_u64().unwrap(),
         seq: n3["last_seq"].as_u64().unwrap(),
         dst_incarnation: my_inc,
+        echo_seq: 0,
     };
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     // A recording of node 3's last heartbeat: a replay.
@@ -196,16 +197,18 @@ fn forged_replayed_truncated_and_foreign_datagrams_are_counted_and_change_nothin
     // Wire format v1 (one datagram per receiver), validly made with the key
     // and fresh: the retired format is counted and dropped, never read.
     cases.push(("drop_old_version", Header { seq: good.seq + 100, ..good }.encode_v1(k0, k1).to_vec()));
+    // Wire format v2 (no echo), validly made and fresh: the same.
+    cases.push(("drop_old_version", Header { seq: good.seq + 100, ..good }.encode_v2(k0, k1).to_vec()));
     // v2, a broadcast for every node: our entry is a replay (the last
     // sequence node 1 accepted from node 3), whatever the other entries say.
     let mut multi = vec![0u8; baton_common::MAX_PACKET_LEN];
-    let len = baton_common::encode_into(&good, &[(2, 7), (1, my_inc), (4, 9)], k0, k1, &mut multi);
+    let len = baton_common::encode_into(&good, &[(2, 7, 0), (1, my_inc, 0), (4, 9, 0)], k0, k1, &mut multi);
     cases.push(("drop_replay", multi[..len].to_vec()));
     // Our entry (with its valid MAC) cut out of that recording and put into
     // a datagram with a newer sequence: the MAC no longer verifies.
     let newer = Header { seq: good.seq + 100, ..good };
     let mut pasted = vec![0u8; baton_common::MAX_PACKET_LEN];
-    let plen = baton_common::encode_into(&newer, &[(1, my_inc)], k0, k1, &mut pasted);
+    let plen = baton_common::encode_into(&newer, &[(1, my_inc, 0)], k0, k1, &mut pasted);
     let e = baton_common::HEADER_LEN + baton_common::ENTRY_LEN;
     pasted[baton_common::HEADER_LEN..plen].copy_from_slice(&multi[e..e + baton_common::ENTRY_LEN]);
     cases.push(("drop_bad_mac", pasted[..plen].to_vec()));
@@ -270,6 +273,7 @@ fn an_authentic_distress_produces_the_event_once_and_a_replay_nothing() {
         incarnation: n3["incarnation"].as_u64().unwrap(),
         seq: n3["last_seq"].as_u64().unwrap() + 1000,
         dst_incarnation: st["node"]["incarnation"].as_u64().unwrap(),
+        echo_seq: 0,
     };
     let pkt = d.encode(k0, k1).to_vec();
     let sent_at = monotonic_ns();
@@ -463,7 +467,7 @@ fn in_kernel_siphash_matches_the_reference_vector() {
     let out = std::process::Command::new(baton_bin()).args(["selftest", "--json", "--repeat", "1000"]).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let expected = format!("{:016x}", baton_common::siphash::REFERENCE_VECTORS[48]);
+    let expected = format!("{:016x}", baton_common::siphash::REFERENCE_VECTORS[baton_common::MAC_COVERED]);
     assert_eq!(r["kat_kernel"], expected.as_str(), "the kernel computed a different MAC");
     assert_eq!(r["xdp_verdict_first"], 1, "an authentic heartbeat must be consumed (XDP_DROP)");
 }
@@ -494,6 +498,7 @@ fn ipv6_interconnect_works_the_same() {
         incarnation: u64::MAX / 2,
         seq: 1,
         dst_incarnation: 0,
+        echo_seq: 0,
     };
     let before = c.counter(0, "drop_bad_mac");
     send_udp(&c.hosts[1].ns.name, &format!("[{}]", c.hosts[1].addrs[0]), &format!("[{}]", c.hosts[0].addrs[0]), DEFAULT_PORT, vec![forged.encode(k0, k1 ^ 7).to_vec()]);

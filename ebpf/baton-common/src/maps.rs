@@ -136,7 +136,15 @@ pub struct PeerLink {
     pub rx_handshake: u64,
     /// The heartbeat interval the peer announced, ms.
     pub peer_interval_ms: u32,
-    pub _pad: u32,
+    /// The echo in the peer's last live heartbeat on this link: the low 32
+    /// bits of the `seq` of our last heartbeat (this life, this link) that
+    /// the peer had accepted as liveness when it sent it (0: none). The
+    /// address lease maps it to the time we sent it (agent/src/lease.rs).
+    pub echo_seq: u32,
+    /// The `seq` of the peer's last heartbeat on this link accepted as
+    /// liveness (0 since its current incarnation began: none yet); what our
+    /// heartbeats to it echo.
+    pub live_seq: u64,
 }
 
 /// `BATON_NODE_SLOTS` value: node id → index of its first slot in `BATON_PEERS`.
@@ -285,6 +293,6 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<CtrlAllowKey>() == 24);
-const _: () = assert!(core::mem::size_of::<PeerLink>() == 72);
+const _: () = assert!(core::mem::size_of::<PeerLink>() == 80);
 const _: () = assert!(core::mem::size_of::<Event>() == 40);
 const _: () = assert!(core::mem::size_of::<Handover>() == 24);

@@ -1,37 +1,52 @@
-//! The heartbeat / distress datagram (UDP payload), wire format version 2.
+//! The heartbeat / distress datagram (UDP payload), wire format version 3.
 //! Layout and rules: `docs/wire-format.md`. All integers are big-endian on
 //! the wire; each MAC is the SipHash-2-4 output in its canonical
 //! little-endian bytes.
 //!
 //! One datagram per link per interval carries what every receiver needs: a
-//! common header and one entry per receiver (its node id, its incarnation as
-//! the sender last heard it, and a MAC made for that receiver alone).
+//! common header and one entry per receiver (its node id, the echo of the
+//! receiver's last heartbeat the sender heard on this link, its incarnation
+//! as the sender last heard it, and a MAC made for that receiver alone).
 //!
 //! ```text
-//!  0  magic "BATN"      4  version 2   5 kind  6 link  7 flags(0)
+//!  0  magic "BATN"      4  version 3   5 kind  6 link  7 flags(0)
 //!  8  cluster_id u32   12  src_node u32    16 arg u32
 //! 20  entries u16      22  reserved u16 (0)
 //! 24  incarnation u64  32  seq u64                           (40 bytes)
 //! 40 + 24*i, entry i:
-//!     dst_node u32, reserved u32 (0), dst_incarnation u64,
+//!     dst_node u32, echo_seq u32, dst_incarnation u64,
 //!     mac u64 = SipHash-2-4(key, MAC block of this entry)
 //! ```
 //!
-//! The MAC block of an entry (48 bytes, never sent as such) is the version 1
-//! datagram's covered bytes with version 2: magic, version, kind, link,
-//! flags, cluster_id, src_node, dst_node, arg, incarnation, seq,
-//! dst_incarnation. A receiver only reads its own entry and the header, and
+//! The MAC block of an entry (56 bytes, never sent as such): magic, version,
+//! kind, link, flags, cluster_id, src_node, dst_node, arg, incarnation, seq,
+//! dst_incarnation (version 2's 48 bytes, with version 3), then echo_seq
+//! and 4 zero bytes. A receiver only reads its own entry and the header, and
 //! every byte it acts on is under its entry's MAC.
+//!
+//! `echo_seq` (version 3): the low 32 bits of the `seq` of the last
+//! heartbeat of the receiver (this life of it, this link) that the sender
+//! accepted as liveness, 0 if none. The receiver knows when it sent that
+//! sequence number, by its own clock: the address lease counts a peer only
+//! while such a round trip is recent (agent/src/lease.rs).
 
 use crate::siphash::{mac_words, MAC_WORDS};
 
 /// "BATN"
 pub const MAGIC: u32 = 0x4241_544e;
 /// The wire format this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The retired format (one datagram per receiver, 56 bytes): counted as
 /// `drop_old_version` and dropped by the datapath, never read.
 pub const VERSION_V1: u8 = 1;
+/// The retired format without `echo_seq` (the entry's bytes 4..8 were
+/// reserved, MAC block of 48 bytes): dropped as `drop_old_version` too.
+pub const VERSION_V2: u8 = 2;
+/// Whether `v` is a retired version (counted `drop_old_version`).
+#[inline(always)]
+pub fn is_old_version(v: u8) -> bool {
+    v == VERSION_V1 || v == VERSION_V2
+}
 pub const KIND_HEARTBEAT: u8 = 1;
 pub const KIND_DISTRESS: u8 = 2;
 /// Bytes of an entry's MAC block.
@@ -49,7 +64,9 @@ pub const UNICAST_LEN: usize = HEADER_LEN + ENTRY_LEN;
 /// The largest datagram.
 pub const MAX_PACKET_LEN: usize = HEADER_LEN + MAX_ENTRIES * ENTRY_LEN;
 /// Size of a version 1 datagram (for the test that it is refused).
-pub const V1_PACKET_LEN: usize = MAC_COVERED + 8;
+pub const V1_PACKET_LEN: usize = 56;
+/// Bytes of the MAC block of versions 1 and 2.
+const OLD_COVERED: usize = 48;
 /// Default UDP port of the interconnect.
 pub const DEFAULT_PORT: u16 = 7405;
 /// `dst_incarnation` value meaning "I have not heard from you yet".
@@ -86,6 +103,10 @@ pub struct Header {
     /// current incarnation, so a datagram recorded before it restarted can never
     /// make a dead peer look alive.
     pub dst_incarnation: u64,
+    /// The low 32 bits of the `seq` of `dst_node`'s last heartbeat on this
+    /// link that the sender accepted as liveness (0: none yet). Per entry,
+    /// under its MAC.
+    pub echo_seq: u32,
 }
 
 /// Why a datagram was rejected by [`Header::decode`].
@@ -93,7 +114,7 @@ pub struct Header {
 pub enum DecodeError {
     Truncated,
     BadMagic,
-    /// Version 1: the retired format.
+    /// Version 1 or 2: a retired format.
     OldVersion,
     BadVersion,
     BadKind,
@@ -133,6 +154,9 @@ impl Header {
         b[24..32].copy_from_slice(&self.incarnation.to_be_bytes());
         b[32..40].copy_from_slice(&self.seq.to_be_bytes());
         b[40..48].copy_from_slice(&self.dst_incarnation.to_be_bytes());
+        if version == VERSION {
+            b[48..52].copy_from_slice(&self.echo_seq.to_be_bytes());
+        }
         b
     }
 
@@ -145,7 +169,7 @@ impl Header {
     /// heartbeat is.
     pub fn encode(&self, k0: u64, k1: u64) -> [u8; UNICAST_LEN] {
         let mut out = [0u8; UNICAST_LEN];
-        let n = encode_into(self, &[(self.dst_node, self.dst_incarnation)], k0, k1, &mut out);
+        let n = encode_into(self, &[(self.dst_node, self.dst_incarnation, self.echo_seq)], k0, k1, &mut out);
         debug_assert_eq!(n, UNICAST_LEN);
         out
     }
@@ -155,9 +179,22 @@ impl Header {
     pub fn encode_v1(&self, k0: u64, k1: u64) -> [u8; V1_PACKET_LEN] {
         let covered = self.covered_bytes_v(VERSION_V1);
         let mut out = [0u8; V1_PACKET_LEN];
-        out[..MAC_COVERED].copy_from_slice(&covered);
-        let mac = mac_words(k0, k1, &words_of(&covered));
-        out[MAC_COVERED..].copy_from_slice(&mac.to_le_bytes());
+        out[..OLD_COVERED].copy_from_slice(&covered[..OLD_COVERED]);
+        let mac = crate::siphash::siphash24(k0, k1, &covered[..OLD_COVERED]);
+        out[OLD_COVERED..].copy_from_slice(&mac.to_le_bytes());
+        out
+    }
+
+    /// The retired version 2 datagram for this one receiver (the layout of
+    /// version 3 with the entry's bytes 4..8 reserved, MAC over the 48-byte
+    /// block). Only for tests that check it is refused, not misread.
+    pub fn encode_v2(&self, k0: u64, k1: u64) -> [u8; UNICAST_LEN] {
+        let mut out = self.encode(k0, k1);
+        out[4] = VERSION_V2;
+        out[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&[0; 4]);
+        let covered = self.covered_bytes_v(VERSION_V2);
+        let mac = crate::siphash::siphash24(k0, k1, &covered[..OLD_COVERED]);
+        out[HEADER_LEN + 16..HEADER_LEN + 24].copy_from_slice(&mac.to_le_bytes());
         out
     }
 
@@ -177,7 +214,7 @@ impl Header {
         if be32(0) != MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        if buf[4] == VERSION_V1 {
+        if is_old_version(buf[4]) {
             return Err(DecodeError::OldVersion);
         }
         if buf[4] != VERSION {
@@ -208,6 +245,7 @@ impl Header {
                 incarnation: be64(24),
                 seq: be64(32),
                 dst_incarnation: be64(o + 8),
+                echo_seq: be32(o + 4),
             };
             let mut m = [0u8; 8];
             m.copy_from_slice(&buf[o + 16..o + 24]);
@@ -220,12 +258,12 @@ impl Header {
     }
 }
 
-/// Writes a datagram with the common fields of `common` (its `dst_node` and
-/// `dst_incarnation` are ignored) and one entry per `(dst_node,
-/// dst_incarnation)` of `entries` (at most [`MAX_ENTRIES`]; more are left
-/// out) into `out`; returns its length. `out` must hold it
-/// ([`MAX_PACKET_LEN`] always does).
-pub fn encode_into(common: &Header, entries: &[(u32, u64)], k0: u64, k1: u64, out: &mut [u8]) -> usize {
+/// Writes a datagram with the common fields of `common` (its `dst_node`,
+/// `dst_incarnation` and `echo_seq` are ignored) and one entry per
+/// `(dst_node, dst_incarnation, echo_seq)` of `entries` (at most
+/// [`MAX_ENTRIES`]; more are left out) into `out`; returns its length. `out`
+/// must hold it ([`MAX_PACKET_LEN`] always does).
+pub fn encode_into(common: &Header, entries: &[(u32, u64, u32)], k0: u64, k1: u64, out: &mut [u8]) -> usize {
     let entries = &entries[..entries.len().min(MAX_ENTRIES)];
     let len = HEADER_LEN + entries.len() * ENTRY_LEN;
     let out = &mut out[..len];
@@ -241,11 +279,11 @@ pub fn encode_into(common: &Header, entries: &[(u32, u64)], k0: u64, k1: u64, ou
     out[22..24].copy_from_slice(&[0, 0]);
     out[24..32].copy_from_slice(&common.incarnation.to_be_bytes());
     out[32..40].copy_from_slice(&common.seq.to_be_bytes());
-    for (i, &(dst, dst_inc)) in entries.iter().enumerate() {
+    for (i, &(dst, dst_inc, echo)) in entries.iter().enumerate() {
         let o = HEADER_LEN + i * ENTRY_LEN;
-        let h = Header { dst_node: dst, dst_incarnation: dst_inc, ..*common };
+        let h = Header { dst_node: dst, dst_incarnation: dst_inc, echo_seq: echo, ..*common };
         out[o..o + 4].copy_from_slice(&dst.to_be_bytes());
-        out[o + 4..o + 8].copy_from_slice(&[0; 4]);
+        out[o + 4..o + 8].copy_from_slice(&echo.to_be_bytes());
         out[o + 8..o + 16].copy_from_slice(&dst_inc.to_be_bytes());
         out[o + 16..o + 24].copy_from_slice(&h.mac(k0, k1).to_le_bytes());
     }
@@ -267,6 +305,7 @@ mod tests {
             incarnation: 1_700_000_000_000_000,
             seq: 99,
             dst_incarnation: 1_700_000_000_123_456,
+            echo_seq: 0x0102_0304,
         }
     }
 
@@ -276,7 +315,7 @@ mod tests {
         let b = h.encode(1, 2);
         assert_eq!(b.len(), 64);
         assert_eq!(&b[0..4], b"BATN");
-        assert_eq!(b[4], 2);
+        assert_eq!(b[4], 3);
         assert_eq!(Header::decode(&b, 3, 1, 2), Ok(h));
         assert_eq!(Header::decode(&b, 4, 1, 2), Err(DecodeError::NotForUs));
     }
@@ -284,16 +323,16 @@ mod tests {
     #[test]
     fn one_datagram_carries_every_receiver_and_each_reads_its_own() {
         let h = hdr();
-        let mut entries = [(0u32, 0u64); MAX_ENTRIES];
+        let mut entries = [(0u32, 0u64, 0u32); MAX_ENTRIES];
         for (i, e) in entries.iter_mut().enumerate() {
-            *e = (3 + i as u32, 1003 + i as u64);
+            *e = (3 + i as u32, 1003 + i as u64, 7 * i as u32);
         }
         let mut buf = [0u8; MAX_PACKET_LEN];
         let len = encode_into(&h, &entries, 5, 6, &mut buf);
         assert_eq!(len, MAX_PACKET_LEN);
-        for &(n, inc) in &entries {
+        for &(n, inc, echo) in &entries {
             let got = Header::decode(&buf[..len], n, 5, 6).unwrap();
-            assert_eq!(got, Header { dst_node: n, dst_incarnation: inc, ..h });
+            assert_eq!(got, Header { dst_node: n, dst_incarnation: inc, echo_seq: echo, ..h });
         }
         assert_eq!(Header::decode(&buf[..len], 2, 5, 6), Err(DecodeError::NotForUs));
         // Cut short: the entry count says more than there is.
@@ -311,8 +350,9 @@ mod tests {
     fn every_bit_a_receiver_reads_is_authenticated() {
         let b = hdr().encode(7, 8);
         // Everything but the entry count (20..22, a flip only changes where
-        // the entries end), the reserved bytes and the other entries.
-        let read = (0..20).chain(24..HEADER_LEN + 4).chain(HEADER_LEN + 8..UNICAST_LEN);
+        // the entries end), the reserved bytes and the other entries: the
+        // echo (the entry's bytes 4..8) included.
+        let read = (0..20).chain(24..UNICAST_LEN);
         for i in read {
             for bit in 0..8 {
                 let mut c = b;
@@ -329,6 +369,18 @@ mod tests {
         assert_eq!(v1.len(), 56);
         assert_eq!(v1[4], 1);
         assert_eq!(Header::decode(&v1, 3, 7, 8), Err(DecodeError::OldVersion));
+    }
+
+    #[test]
+    fn a_version_2_datagram_is_refused_not_misread() {
+        let v2 = hdr().encode_v2(7, 8);
+        assert_eq!((v2.len(), v2[4]), (64, 2));
+        assert_eq!(Header::decode(&v2, 3, 7, 8), Err(DecodeError::OldVersion));
+        // Read as version 3 (the version byte changed), its MAC (over the
+        // 48-byte block, without the echo) does not verify.
+        let mut as3 = v2;
+        as3[4] = 3;
+        assert_eq!(Header::decode(&as3, 3, 7, 8), Err(DecodeError::BadMac));
     }
 
     #[test]
@@ -358,11 +410,21 @@ mod tests {
         let (k0, k1) = crate::siphash::key_halves(&key);
         let b = hdr().encode(k0, k1);
         let expected_prefix: [u8; 24] = [
-            0x42, 0x41, 0x54, 0x4e, 2, 1, 1, 0, 0, 0, 0, 0xc1, 0, 0, 0, 2, 0, 0, 0, 10, 0, 1, 0, 0,
+            0x42, 0x41, 0x54, 0x4e, 3, 1, 1, 0, 0, 0, 0, 0xc1, 0, 0, 0, 2, 0, 0, 0, 10, 0, 1, 0, 0,
         ];
         assert_eq!(&b[..24], &expected_prefix);
         assert_eq!(&b[32..40], &99u64.to_be_bytes());
-        assert_eq!(&b[40..48], &[0, 0, 0, 3, 0, 0, 0, 0]);
+        assert_eq!(&b[40..48], &[0, 0, 0, 3, 1, 2, 3, 4]);
+        // The MAC, against the generic SipHash of the 56-byte block.
+        let mut block = [0u8; 56];
+        block[..8].copy_from_slice(&b[..8]);
+        block[8..16].copy_from_slice(&b[8..16]);
+        block[16..20].copy_from_slice(&b[40..44]);
+        block[20..24].copy_from_slice(&b[16..20]);
+        block[24..40].copy_from_slice(&b[24..40]);
+        block[40..48].copy_from_slice(&b[48..56]);
+        block[48..52].copy_from_slice(&b[44..48]);
+        assert_eq!(&b[56..64], &crate::siphash::siphash24(k0, k1, &block).to_le_bytes());
         assert_eq!(&b[48..56], &1_700_000_000_123_456u64.to_be_bytes());
     }
 }

@@ -26,7 +26,7 @@ use baton_common::{
     HANDOVER_SILENT, HANDOVER_STEER, MAX_HANDOVER,
     EV_LINK_SILENT, EV_LINK_UP, EV_NEW_INCARNATION, KIND_DISTRESS, KIND_HEARTBEAT, LINK_DISTRESSED,
     LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAC_COVERED, MAGIC, MAX_NODES, MAX_SLOTS, N_COUNTERS,
-    ENTRY_LEN, HEADER_LEN, MAX_ENTRIES, VERSION, VERSION_V1,
+    ENTRY_LEN, HEADER_LEN, MAX_ENTRIES, VERSION, is_old_version,
 };
 
 #[map]
@@ -371,9 +371,9 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if be32(&buf, 0) != MAGIC {
         return drop_as(Counter::DropMalformed);
     }
-    if buf[4] == VERSION_V1 {
-        // The retired one-datagram-per-receiver format: its fields sit
-        // elsewhere; never read it as ours.
+    if is_old_version(buf[4]) {
+        // The retired formats (version 1: one datagram per receiver, its
+        // fields sit elsewhere; version 2: no echo): never read as ours.
         return drop_as(Counter::DropOldVersion);
     }
     if buf[4] != VERSION || (buf[5] != KIND_HEARTBEAT && buf[5] != KIND_DISTRESS) || buf[7] != 0 {
@@ -419,6 +419,7 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     covered[20..24].copy_from_slice(&buf[16..20]);
     covered[24..40].copy_from_slice(&buf[24..40]);
     covered[40..48].copy_from_slice(&entry[8..16]);
+    covered[48..52].copy_from_slice(&entry[4..8]);
     let mac = u64::from_le_bytes([
         entry[16], entry[17], entry[18], entry[19], entry[20], entry[21], entry[22], entry[23],
     ]);
@@ -434,6 +435,7 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let incarnation = be64(&buf, 24);
     let seq = be64(&buf, 32);
     let dst_incarnation = be64(&entry, 8);
+    let echo_seq = be32(&entry, 4);
 
     let slot = match unsafe { BATON_NODE_SLOTS.get(&src) } {
         Some(s) => *s,
@@ -467,6 +469,12 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let now = unsafe { bpf_ktime_get_ns() };
     let new_life = incarnation > p.incarnation;
     let had_life = p.incarnation != 0;
+    if new_life {
+        // What we echo to the peer refers to its current life only (reset
+        // before the incarnation changes, for readers of the record).
+        p.live_seq = 0;
+        p.echo_seq = 0;
+    }
     p.incarnation = incarnation;
     p.last_seq = seq;
     if new_life {
@@ -499,6 +507,8 @@ fn try_baton_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         return drop_as(Counter::DistressRepeat);
     }
     p.last_seen_ns = now;
+    p.live_seq = seq;
+    p.echo_seq = echo_seq;
     p.rx_live += 1;
     p.peer_interval_ms = arg;
     if p.state != LINK_UP {
