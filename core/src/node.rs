@@ -385,8 +385,14 @@ impl Node {
     /// A reload's resource groups: the services core's new set (nothing
     /// applied if it refuses them). Its actions follow through [`Node::poll`].
     pub fn reconfigure_services(&mut self, now: Instant, specs: Vec<services::ServiceSpec>) -> Result<(), services::SpecError> {
+        if self.halted {
+            return Ok(());
+        }
         let Some(s) = self.services.as_mut() else { return Ok(()) };
-        s.core.reconfigure(now, specs)
+        s.core.reconfigure(now, specs)?;
+        s.drain(&mut self.out);
+        self.services_follow(now, false);
+        Ok(())
     }
 
     pub fn handle(&mut self, now: Instant, input: NodeInput) {
