@@ -2,14 +2,15 @@
 //! datapath peer events, control-channel messages, local subsystem
 //! registrations and acknowledgements, and timer ticks, and carries out the
 //! core's actions (messages, notifications, distress, halting). The protocol
-//! itself is in `baton_core::membership`; nothing here decides anything.
+//! itself is in `baton_core::membership`, and the rules that join it to the
+//! services and fencing cores in `baton_core::node` (the composed node this
+//! driver holds); nothing here decides anything.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use baton_core::membership::{
-    Action, Barriers, Config as CoreConfig, HaltReason, Input, Kind, LevelSpec, Membership, SubsystemId,
-};
+use baton_core::membership::{Action, Config as CoreConfig, HaltReason, Input, Kind, LevelSpec, SubsystemId};
+use baton_core::node::{LevelRole, Node, NodeAction, NodeInput};
 use baton_core::{Instant, NodeId};
 use serde_json::json;
 use tracing::{error, info, warn};
@@ -18,10 +19,6 @@ use crate::channel::Channel;
 use crate::events::monotonic_ns;
 use crate::subsys::{kind_name, state_name, SubsysServer};
 
-/// The agent's own parts register as these levels (lowest first): fencing
-/// must be done before storage is taken over, storage before addresses,
-/// addresses before services.
-pub const BUILTIN_LEVELS: [(&str, u32); 4] = [("fencing", 10), ("storage", 20), ("addresses", 30), ("services", 40)];
 
 /// `cluster.json` is rewritten at most this often while transitions are in
 /// flight (a mass join changes the state of every node tens of times a
@@ -32,16 +29,11 @@ pub const BUILTIN_LEVELS: [(&str, u32); 4] = [("fencing", 10), ("storage", 20), 
 pub const SNAPSHOT_EVERY_NS: u64 = 50_000_000;
 
 /// Ids of external subsystems (over the Unix socket) start here.
-pub const FIRST_EXTERNAL_SUBSYSTEM: SubsystemId = 100;
+pub const FIRST_EXTERNAL_SUBSYSTEM: SubsystemId = baton_core::node::FIRST_EXTERNAL_SUBSYSTEM;
 
-/// The subsystem id of the built-in fencing level (the first of
-/// [`BUILTIN_LEVELS`]).
-const FENCING_SID: SubsystemId = 1;
-
-/// Fencing at the fencing level (docs/fencing.md): the core and the
-/// executor of its operations on the shared disks.
+/// Fencing at the fencing level (docs/fencing.md): the executor of the
+/// fencing core's operations on the shared disks (the core is in the node).
 pub struct FencingRt {
-    core: baton_core::fencing::Fencing,
     exec: crate::fencing::Executor,
     events: PathBuf,
     /// When each forced leave's fencing step was notified here (for the
@@ -52,7 +44,12 @@ pub struct FencingRt {
 }
 
 impl FencingRt {
-    pub fn new(cfg: &crate::config::Config, disks: Vec<crate::fencing::OpenDisk>) -> (FencingRt, tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>) {
+    /// The runtime, the core's slot for the node, and the receiver of
+    /// operations' outcomes.
+    pub fn new(
+        cfg: &crate::config::Config,
+        disks: Vec<crate::fencing::OpenDisk>,
+    ) -> (FencingRt, baton_core::node::FencingSlot, tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>) {
         let mut keys: BTreeMap<NodeId, u64> = cfg.peers.iter().map(|p| (p.id, cfg.disk_key(p.id))).collect();
         keys.insert(cfg.node_id, cfg.disk_key(cfg.node_id));
         let mut core_cfg = baton_core::fencing::Config::new(cfg.node_id, keys);
@@ -63,7 +60,8 @@ impl FencingRt {
         let names = disks.iter().map(|d| (d.disk.name.clone(), d.disk.device.display().to_string())).collect();
         let (exec, rx) = crate::fencing::Executor::new(disks, cfg.disk_key(cfg.node_id));
         (
-            FencingRt { core: baton_core::fencing::Fencing::new(core_cfg), exec, events: cfg.paths.events_log(), started: BTreeMap::new(), disks: names },
+            FencingRt { exec, events: cfg.paths.events_log(), started: BTreeMap::new(), disks: names },
+            baton_core::node::FencingSlot { core: baton_core::fencing::Fencing::new(core_cfg), distress_reason: baton_common::DISTRESS_FENCED },
             rx,
         )
     }
@@ -84,12 +82,12 @@ pub enum Effect {
 }
 
 pub struct ClusterDriver {
-    core: Membership,
+    /// The composed node: membership, services and fencing cores.
+    node: Node,
     me: NodeId,
     channel: Channel,
     subsys: SubsysServer,
     names: BTreeMap<NodeId, String>,
-    builtin: BTreeMap<SubsystemId, &'static str>,
     external: BTreeMap<SubsystemId, String>,
     snapshot: PathBuf,
     /// When cluster.json was last written (monotonic ns), and whether a
@@ -100,32 +98,35 @@ pub struct ClusterDriver {
     in_flight: BTreeMap<(SubsystemId, NodeId, u64), (Kind, u32, u32)>,
     halted: Option<HaltReason>,
     messages_sent: u64,
-    /// The resource groups (None when none is configured).
+    /// The resource groups (None when none is configured; then the node
+    /// has no services core either).
     pub svc: Option<crate::svc::ServiceManager>,
-    /// Services-level graceful-leave notifications held until the node's
-    /// services are drained (transferred).
-    held_leaves: BTreeMap<NodeId, (SubsystemId, baton_core::membership::TransitionId, baton_core::membership::Step)>,
     /// Fencing of shared disks (None when no `[[disk]]` is configured: the
     /// fencing level then acknowledges at once).
     pub fencing: Option<FencingRt>,
 }
 
 impl ClusterDriver {
+    /// `services`: the resource groups' manager and core; `fencing`: the
+    /// shared disks' runtime and core.
     pub fn new(
         core_cfg: CoreConfig,
         channel: Channel,
         subsys: SubsysServer,
         names: BTreeMap<NodeId, String>,
         snapshot: PathBuf,
+        services: Option<(crate::svc::ServiceManager, baton_core::services::Services)>,
+        fencing: Option<(FencingRt, baton_core::node::FencingSlot)>,
     ) -> ClusterDriver {
         let me = core_cfg.me;
-        let mut d = ClusterDriver {
-            core: Membership::new(core_cfg),
+        let (svc, svc_core) = services.map_or((None, None), |(m, c)| (Some(m), Some(c)));
+        let (fencing, fence_slot) = fencing.map_or((None, None), |(f, c)| (Some(f), Some(c)));
+        ClusterDriver {
+            node: Node::new(Instant(monotonic_ns()), core_cfg, svc_core, fence_slot),
             me,
             channel,
             subsys,
             names,
-            builtin: BTreeMap::new(),
             external: BTreeMap::new(),
             snapshot,
             snapshot_written_ns: None,
@@ -133,16 +134,19 @@ impl ClusterDriver {
             in_flight: BTreeMap::new(),
             halted: None,
             messages_sent: 0,
-            svc: None,
-            held_leaves: BTreeMap::new(),
-            fencing: None,
-        };
-        for (i, (name, level)) in BUILTIN_LEVELS.iter().enumerate() {
-            let id = i as SubsystemId + 1;
-            d.builtin.insert(id, name);
-            d.core.handle(Instant(monotonic_ns()), Input::Register { subsystem: id, spec: LevelSpec { level: *level, barriers: Barriers::ONE } });
+            svc,
+            fencing,
         }
-        d
+    }
+
+    /// The composed node (for status and the takeover's context).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Whether `name` is a configured group (not one a reload removed).
+    pub fn services_configured(&self, name: &str) -> bool {
+        self.node.services().is_some_and(|c| c.is_configured(name))
     }
 
     /// The control channel (for the runtime's parts that send on it).
@@ -152,35 +156,35 @@ impl ClusterDriver {
 
     /// The cluster state this node follows.
     pub fn state(&self) -> Option<&baton_core::membership::ClusterState> {
-        self.core.state()
+        self.node.membership().state()
     }
 
     /// This node's membership state (this life's entry of the state it follows).
     pub fn my_state(&self) -> baton_core::membership::NodeState {
-        self.core.my_state()
+        self.node.membership().my_state()
     }
 
     /// `node` finished a graceful leave (its heartbeats ending is no
     /// failure).
     pub fn left_gracefully(&self, node: u32) -> bool {
-        self.core.state().is_some_and(|s| s.state_of(node) == baton_core::membership::NodeState::Inactive && !s.transitions.contains_key(&node))
+        self.node.membership().state().is_some_and(|s| s.state_of(node) == baton_core::membership::NodeState::Inactive && !s.transitions.contains_key(&node))
     }
 
     /// This life of `node` (its `incarnation`) was a member and finished a
     /// graceful leave. A life that never joined (killed while it was still
     /// coming up) is not: its silence is reported as `peer_silent`.
     pub fn left_gracefully_in_life(&self, node: u32, incarnation: u64) -> bool {
-        self.left_gracefully(node) && incarnation != 0 && self.core.state().and_then(|s| s.nodes.get(&node)).is_some_and(|e| e.incarnation == incarnation)
+        self.left_gracefully(node) && incarnation != 0 && self.node.membership().state().and_then(|s| s.nodes.get(&node)).is_some_and(|e| e.incarnation == incarnation)
     }
 
     /// This node is a joined member of a quorate cluster.
     pub fn joined_quorate(&self) -> bool {
-        self.core.my_state() == baton_core::membership::NodeState::Joined && self.core.state().is_some_and(|s| s.quorate)
+        self.node.membership().my_state() == baton_core::membership::NodeState::Joined && self.node.membership().state().is_some_and(|s| s.quorate)
     }
 
     /// Shared disks: this node's key is registered (true without disks).
     pub fn fencing_ok(&self) -> bool {
-        self.fencing.as_ref().is_none_or(|f| f.core.registered())
+        self.node.fencing().is_none_or(|f| f.registered())
     }
 
     pub fn name(&self, n: NodeId) -> String {
@@ -191,11 +195,9 @@ impl ClusterDriver {
         if self.halted.is_some() {
             return None;
         }
-        let m = self.core.next_deadline().map(|i| i.0);
-        let s = self.svc.as_ref().and_then(|s| s.next_deadline_ns());
+        let n = self.node.poll_timeout().map(|i| i.0);
         let w = self.snapshot_due_ns();
-        let f = self.fencing.as_ref().and_then(|f| f.core.next_deadline()).map(|i| i.0);
-        [m, s, w, f].into_iter().flatten().min()
+        [n, w].into_iter().flatten().min()
     }
 
     /// The datapath heard `node` come up on `link` (a `link_up` or
@@ -228,12 +230,44 @@ impl ClusterDriver {
             self.in_flight.remove(&(*subsystem, id.node, id.incarnation));
         }
         let starting = matches!(input, Input::Start);
-        self.core.handle(Instant(monotonic_ns()), input);
+        self.node.handle(Instant(monotonic_ns()), NodeInput::Membership(input));
+        self.run_actions(starting)
+    }
+
+    /// Carries out the node's actions, in order (see `baton_core::node`).
+    /// `changed`: the state changed already (a start).
+    fn run_actions(&mut self, mut changed: bool) -> Vec<Effect> {
         let mut urgent = false;
         let mut effects = Vec::new();
-        let mut changed = starting;
+        let mut services_acted = false;
         let mut encoded: Option<(baton_core::membership::Msg, std::sync::Arc<[u8]>)> = None;
-        while let Some(a) = self.core.poll_action() {
+        while let Some(a) = self.node.poll() {
+            let a = match a {
+                NodeAction::Membership(a) => a,
+                NodeAction::LevelStep { role, id, step, held: _ } => {
+                    changed = true;
+                    info!(part = role.name(), node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "transition step");
+                    if let (LevelRole::Fencing, Kind::ForcedLeave, Some(f)) = (role, id.kind, self.fencing.as_mut()) {
+                        f.started.entry(id).or_insert_with(monotonic_ns);
+                    }
+                    continue;
+                }
+                NodeAction::LeaveReleased { node } => {
+                    info!(node = %self.name(node), "services drained: the leave goes on");
+                    continue;
+                }
+                NodeAction::Services(a) => {
+                    if let Some(svc) = self.svc.as_mut() {
+                        svc.run_action(a, &self.channel);
+                        services_acted = true;
+                    }
+                    continue;
+                }
+                NodeAction::Fencing { action, ours } => {
+                    self.fencing_action(action, ours);
+                    continue;
+                }
+            };
             match a {
                 Action::Send { to, msg } => {
                     self.messages_sent += 1;
@@ -258,53 +292,19 @@ impl ClusterDriver {
                     let _ = self.channel.send_encoded(to, &bytes);
                 }
                 Action::Notify { subsystem, id, step, states } => {
+                    // Only external subsystems: the node handles the
+                    // built-in levels (`NodeAction::LevelStep`).
                     changed = true;
-                    if let Some(part) = self.builtin.get(&subsystem).copied() {
-                        // The services level drives the resource groups:
-                        // a forced leave recovers the node's services (and
-                        // is acknowledged at once: recovery runs off the
-                        // critical path); a graceful leave waits until its
-                        // services were transferred. Fencing, storage and
-                        // addresses have nothing of their own to do yet.
-                        info!(part, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "transition step");
-                        if let (true, Some(f)) = (part == "fencing", self.fencing.as_mut()) {
-                            // The fencing core acknowledges (at once, or once
-                            // the victim is fenced).
-                            if id.kind == Kind::ForcedLeave {
-                                f.started.entry(id).or_insert_with(monotonic_ns);
-                            }
-                            f.core.handle(Instant(monotonic_ns()), baton_core::fencing::Input::Step { id, step });
-                            for i in self.fencing_actions(false) {
-                                self.core.handle(Instant(monotonic_ns()), i);
-                            }
-                            continue;
-                        }
-                        if let (true, Some(svc)) = (part == "services", self.svc.as_mut()) {
-                            match id.kind {
-                                Kind::ForcedLeave => svc.node_failed(id.node, id.incarnation, self.core.state(), &self.channel),
-                                Kind::Leave => {
-                                    self.held_leaves.insert(id.node, (subsystem, id, step));
-                                    svc.node_leaving(id.node, &self.channel);
-                                    continue;
-                                }
-                                Kind::Join => {}
-                            }
-                        }
-                        self.core.handle(Instant(monotonic_ns()), Input::Ack { subsystem, id, step });
-                    } else {
-                        info!(subsystem, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "notifying subsystem");
-                        self.in_flight.insert((subsystem, id.node, id.incarnation), (id.kind, step.level, step.barrier));
-                        self.subsys.notify(subsystem, id, step, &states);
-                    }
+                    info!(subsystem, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "notifying subsystem");
+                    self.in_flight.insert((subsystem, id.node, id.incarnation), (id.kind, step.level, step.barrier));
+                    self.subsys.notify(subsystem, id, step, &states);
                 }
                 Action::SendDistress { reason } => {
                     error!(reason, "critical local failure: sending distress to every node");
                     effects.push(Effect::SendDistress { reason });
                 }
                 Action::Terminate { subsystem, reason } => {
-                    if !self.builtin.contains_key(&subsystem) {
-                        self.subsys.terminate(subsystem, reason);
-                    }
+                    self.subsys.terminate(subsystem, reason);
                 }
                 Action::Halt { why } => {
                     error!(?why, "clustering halted on this node");
@@ -341,8 +341,13 @@ impl ClusterDriver {
                 }
             }
         }
+        if services_acted {
+            if let (Some(svc), Some(core)) = (self.svc.as_mut(), self.node.services()) {
+                svc.after_actions(core);
+            }
+        }
         if changed {
-            if let Some(st) = self.core.state() {
+            if let Some(st) = self.node.membership().state() {
                 let live = st.transitions.values().map(|t| t.id).collect();
                 self.subsys.retain_transitions(&live);
             }
@@ -350,50 +355,36 @@ impl ClusterDriver {
         } else {
             self.flush_snapshot_if_due();
         }
-        if self.halted.is_none() {
-            self.services_follow(changed, &mut effects);
-        }
         effects
     }
 
-    /// After membership progress (`state_changed`): the services core gets
-    /// the view; then the graceful leaves whose services are drained are
-    /// acknowledged.
-    fn services_follow(&mut self, state_changed: bool, effects: &mut Vec<Effect>) {
-        let Some(svc) = self.svc.as_mut() else { return };
-        if state_changed {
-            if let Some(st) = self.core.state() {
-                svc.on_state(st, &self.channel);
-            }
+    /// Time passed: the node's timers (membership, services, fencing).
+    pub fn tick(&mut self) -> Vec<Effect> {
+        if self.halted.is_some() {
+            return Vec::new();
         }
-        let drained = svc.take_drained();
-        let acks: Vec<_> = drained.iter().filter_map(|n| self.held_leaves.remove(n)).collect();
-        for (subsystem, id, step) in acks {
-            info!(node = %self.name(id.node), "services drained: the leave goes on");
-            effects.extend(self.handle(Input::Ack { subsystem, id, step }));
+        let before = self.node.fencing().map(|f| f.waiting());
+        self.node.handle_timeout(Instant(monotonic_ns()));
+        let effects = self.run_actions(false);
+        // `baton status` shows a waiting fencing: write it out when it changes.
+        if self.node.fencing().map(|f| f.waiting()) != before {
+            self.snapshot_changed(true);
         }
+        effects
     }
 
     /// An input for the fencing core (an operation's outcome, a tick, an
     /// operator's confirmation), then whatever follows in membership.
     pub fn fencing_input(&mut self, input: baton_core::fencing::Input) -> Vec<Effect> {
-        if self.halted.is_some() {
+        if self.halted.is_some() || self.node.fencing().is_none() {
             return Vec::new();
         }
-        let Some(f) = self.fencing.as_mut() else { return Vec::new() };
-        let before = f.core.waiting();
-        // A forced leave's fencing completed by our own operation is news
-        // for the other survivors (FenceMsg).
-        let ours = matches!(input, baton_core::fencing::Input::Done { .. });
-        f.core.handle(Instant(monotonic_ns()), input);
-        let mut effects = Vec::new();
-        let inputs = self.fencing_actions(ours);
+        let before = self.node.fencing().map(|f| f.waiting());
+        self.node.handle(Instant(monotonic_ns()), NodeInput::Fencing(input));
+        let effects = self.run_actions(false);
         // `baton status` shows a waiting fencing: write it out when it changes.
-        if self.fencing.as_ref().is_some_and(|f| f.core.waiting() != before) {
+        if self.node.fencing().map(|f| f.waiting()) != before {
             self.snapshot_changed(true);
-        }
-        for i in inputs {
-            effects.extend(self.handle(i));
         }
         effects
     }
@@ -403,7 +394,7 @@ impl ClusterDriver {
     /// that life.
     pub fn fence_confirm(&mut self, node: NodeId, incarnation: Option<u64>, from_operator: bool) -> Vec<Effect> {
         if from_operator {
-            let inc = incarnation.or_else(|| self.core.state().and_then(|s| s.nodes.get(&node)).map(|e| e.incarnation));
+            let inc = incarnation.or_else(|| self.node.membership().state().and_then(|s| s.nodes.get(&node)).map(|e| e.incarnation));
             if let Some(incarnation) = inc {
                 self.broadcast_fenced(node, incarnation, true);
             }
@@ -418,76 +409,67 @@ impl ClusterDriver {
         }
     }
 
-    /// Carries out the fencing core's actions; returns the membership
-    /// inputs they make (acknowledgements, a self-fencing). `ours`: the
-    /// completed fencings are this node's own doing (tell the others).
-    fn fencing_actions(&mut self, ours: bool) -> Vec<Input> {
+    /// Carries out (logs, runs) one of the fencing core's actions; the
+    /// node already acted on its `Ack` and `Fenced`. `ours`: a completed
+    /// fencing is this node's own doing (tell the others).
+    fn fencing_action(&mut self, a: baton_core::fencing::Action, ours: bool) {
         use baton_core::fencing::Action as F;
-        let mut inputs = Vec::new();
-        let names = self.names.clone();
+        let names = &self.names;
         let name = |n: NodeId| names.get(&n).cloned().unwrap_or_else(|| format!("node{n}"));
-        let mut fenced_here = Vec::new();
-        let Some(f) = self.fencing.as_mut() else { return inputs };
-        while let Some(a) = f.core.poll_action() {
-            match a {
-                F::Run { op, what } => f.exec.spawn(op, what),
-                F::Ack { id, step } => {
-                    if let Some(t0) = f.started.remove(&id) {
-                        let ms = (monotonic_ns() - t0) as f64 / 1e6;
-                        info!(node = %name(id.node), ms, by_this_node = ours, "fenced: its key is off the shared disks; the forced leave goes on");
-                        crate::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms, "by_this_node": ours}));
-                        if ours {
-                            fenced_here.push((id.node, id.incarnation));
-                        }
+        let Some(f) = self.fencing.as_mut() else { return };
+        let mut fenced_here = None;
+        match a {
+            F::Run { op, what } => f.exec.spawn(op, what),
+            F::Ack { id, .. } => {
+                if let Some(t0) = f.started.remove(&id) {
+                    let ms = (monotonic_ns() - t0) as f64 / 1e6;
+                    info!(node = %name(id.node), ms, by_this_node = ours, "fenced: its key is off the shared disks; the forced leave goes on");
+                    crate::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms, "by_this_node": ours}));
+                    if ours {
+                        fenced_here = Some((id.node, id.incarnation));
                     }
-                    inputs.push(Input::Ack { subsystem: FENCING_SID, id, step });
-                }
-                F::Fenced { why } => {
-                    error!(why, "this node is fenced off the shared disks: clustering ends here (S0, reason fenced)");
-                    crate::svc::append_event(&f.events, json!({"event": "self_fenced", "node": self.me, "reason": why}));
-                    inputs.push(Input::LocalFailure { from: Some(FENCING_SID), reason: baton_common::DISTRESS_FENCED });
-                }
-                F::Waiting { node, reason } => {
-                    warn!(node = %name(node), reason, "fencing cannot complete yet: the forced leave waits (no takeover before it is fenced; `baton fence confirm` if it is switched off)");
-                    crate::svc::append_event(&f.events, json!({"event": "fencing_waiting", "node": node, "reason": reason}));
-                }
-                F::Alert { node, reason } => {
-                    error!(node = %name(node), reason, "ALERT: fencing");
-                    crate::svc::append_event(&f.events, json!({"event": "alert", "kind": "fencing", "node": node, "reason": reason}));
-                }
-                F::Cleared { node } => {
-                    info!(node = %name(node), "fencing completed after waiting");
-                    crate::svc::append_event(&f.events, json!({"event": "fencing_cleared", "node": node}));
                 }
             }
+            F::Fenced { why } => {
+                error!(why, "this node is fenced off the shared disks: clustering ends here (S0, reason fenced)");
+                crate::svc::append_event(&f.events, json!({"event": "self_fenced", "node": self.me, "reason": why}));
+            }
+            F::Waiting { node, reason } => {
+                warn!(node = %name(node), reason, "fencing cannot complete yet: the forced leave waits (no takeover before it is fenced; `baton fence confirm` if it is switched off)");
+                crate::svc::append_event(&f.events, json!({"event": "fencing_waiting", "node": node, "reason": reason}));
+            }
+            F::Alert { node, reason } => {
+                error!(node = %name(node), reason, "ALERT: fencing");
+                crate::svc::append_event(&f.events, json!({"event": "alert", "kind": "fencing", "node": node, "reason": reason}));
+            }
+            F::Cleared { node } => {
+                info!(node = %name(node), "fencing completed after waiting");
+                crate::svc::append_event(&f.events, json!({"event": "fencing_cleared", "node": node}));
+            }
         }
-        for (node, incarnation) in fenced_here {
+        if let Some((node, incarnation)) = fenced_here {
             self.broadcast_fenced(node, incarnation, false);
         }
-        inputs
     }
 
     /// An input for the services core (action results, monitors, operator
     /// requests, ticks), then whatever follows in membership.
-    pub fn services_input(&mut self, f: impl FnOnce(&mut crate::svc::ServiceManager, &Channel)) -> Vec<Effect> {
+    pub fn services_input(&mut self, f: impl FnOnce(&mut crate::svc::ServiceManager, &mut crate::svc::SvcPort)) -> Vec<Effect> {
         if self.halted.is_some() {
             return Vec::new();
         }
-        let mut effects = Vec::new();
-        if let Some(svc) = self.svc.as_mut() {
-            f(svc, &self.channel);
-            self.services_follow(false, &mut effects);
-        }
-        effects
+        let Some(svc) = self.svc.as_mut() else { return Vec::new() };
+        f(svc, &mut crate::svc::SvcPort::new(&mut self.node));
+        self.run_actions(false)
     }
 
     /// The state changed: write cluster.json now, or at the end of the
     /// current period (see [`SNAPSHOT_EVERY_NS`]).
     fn snapshot_changed(&mut self, urgent: bool) {
-        let settled = self.core.state().is_none_or(|s| s.transitions.is_empty());
+        let settled = self.node.membership().state().is_none_or(|s| s.transitions.is_empty());
         // The address lease (lease.rs) counts the peers it hears against
         // this group: kept current on every change, not only per snapshot.
-        crate::lease::set_view(if self.halted.is_some() { Default::default() } else { self.core.state().map(|s| s.group()).unwrap_or_default() });
+        crate::lease::set_view(if self.halted.is_some() { Default::default() } else { self.node.membership().state().map(|s| s.group()).unwrap_or_default() });
         self.snapshot_dirty = true;
         if urgent || settled {
             self.write_snapshot_now();
@@ -519,7 +501,7 @@ impl ClusterDriver {
 
     /// `<state_dir>/cluster.json`, read by `baton status`.
     pub fn write_snapshot(&self) {
-        let st = self.core.state();
+        let st = self.node.membership().state();
         let nodes: Vec<serde_json::Value> = st
             .map(|s| {
                 s.nodes
@@ -553,25 +535,25 @@ impl ClusterDriver {
         let view = st.map(|s| json!({"term": s.view.term, "master": s.view.master, "version": s.view.version}));
         let doc = json!({
             "me": self.me,
-            "my_state": state_name(self.core.my_state()),
+            "my_state": state_name(self.node.membership().my_state()),
             "master": st.map(|s| s.view.master),
             "quorate": st.map(|s| s.quorate),
             "view": view,
             "nodes": nodes,
             "transitions": transitions,
             "local_in_flight": local,
-            "subsystems": self.builtin.iter().map(|(id, n)| json!({"id": id, "name": n, "builtin": true}))
+            "subsystems": LevelRole::ALL.iter().map(|r| json!({"id": r.subsystem(), "name": r.name(), "builtin": true}))
                 .chain(self.external.iter().map(|(id, n)| json!({"id": id, "name": n, "builtin": false}))).collect::<Vec<_>>(),
             "halted": self.halted.map(|h| format!("{h:?}")),
-            "fencing": self.fencing.as_ref().map(|f| json!({
+            "fencing": self.fencing.as_ref().zip(self.node.fencing()).map(|(f, core)| json!({
                 "disks": f.disks.iter().map(|(n, d)| json!({"name": n, "device": d})).collect::<Vec<_>>(),
-                "registered": f.core.registered(),
-                "waiting": f.core.waiting().into_iter().map(|(n, r)| json!({"node": n, "name": self.name(n), "reason": r})).collect::<Vec<_>>(),
+                "registered": core.registered(),
+                "waiting": core.waiting().into_iter().map(|(n, r)| json!({"node": n, "name": self.name(n), "reason": r})).collect::<Vec<_>>(),
             })),
             "stats": {
                 "messages_sent": self.messages_sent,
-                "gmp_messages_sent": self.core.stats().gmp_messages_sent,
-                "changes_committed": self.core.stats().changes_committed,
+                "gmp_messages_sent": self.node.membership().stats().gmp_messages_sent,
+                "changes_committed": self.node.membership().stats().changes_committed,
             },
         });
         let _ = crate::statefile::write_atomic(&self.snapshot, doc.to_string().as_bytes(), false);
@@ -585,7 +567,7 @@ impl ClusterDriver {
             self.write_snapshot_now();
         }
         if let Some(svc) = self.svc.as_mut() {
-            svc.stop_all_local().await;
+            svc.stop_all_local(self.node.services()).await;
         }
         self.subsys.shutdown().await;
         self.channel.shutdown().await;

@@ -309,22 +309,20 @@ async fn run_guarded(
             }),
             ownership,
         )?;
-        let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot());
-        let fence_rx = if disks.is_empty() {
-            None
+        let (fencing, fence_rx) = if disks.is_empty() {
+            (None, None)
         } else {
-            let (f, rx) = crate::cluster::FencingRt::new(cfg, disks);
-            driver.fencing = Some(f);
-            Some(rx)
+            let (f, slot, rx) = crate::cluster::FencingRt::new(cfg, disks);
+            (Some((f, slot)), Some(rx))
         };
-        let svc_channels = match svc {
-            Some((mut m, ch)) => {
+        let (services, svc_channels) = match svc {
+            Some((mut m, ch, core)) => {
                 m.set_watchdog(crate::watchdog::Ctx::new(&cfg.file, &cfg.paths.state_dir));
-                driver.svc = Some(m);
-                Some((ch, svc_rx.expect("services inbox")))
+                (Some((m, core)), Some((ch, svc_rx.expect("services inbox"))))
             }
-            None => None,
+            None => (None, None),
         };
+        let driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot(), services, fencing);
         let fence_inbox = fence_rx.as_ref().and(fence_inbox);
         let ha = Ha {
             takeover: crate::takeover::TakeoverRt::new(cfg, incarnation),
@@ -619,9 +617,7 @@ async fn event_loop(
                 for c in confirm.expired(monotonic_ns()) {
                     effects.extend(confirmed(c, &mut driver, cfg));
                 }
-                effects.extend(driver.handle(Input::Tick));
-                effects.extend(driver.services_input(|s, c| s.tick(c)));
-                effects.extend(driver.fencing_input(baton_core::fencing::Input::Tick));
+                effects.extend(driver.tick());
                 let todo = ha.takeover.tick(&ha_ctx(&driver));
                 effects.extend(apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg));
             }
@@ -864,7 +860,7 @@ async fn event_loop(
                             Err(e) => { reply(&format!("error: {e}")); }
                             Ok(_) if !has_svc => { reply("error: no resource group is configured on this node"); }
                             Ok(baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service })
-                                if !driver.svc.as_ref().is_some_and(|s| s.is_configured(&service)) =>
+                                if !driver.services_configured(&service) =>
                             {
                                 reply(&format!("error: no group {service:?} is configured"));
                             }

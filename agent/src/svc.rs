@@ -1,23 +1,24 @@
 //! The thin runtime around the services core (`baton_core::services`): it
 //! carries out the core's action functions on this node (S4.3 run and halt
 //! methods: addresses through `addr`, the application and its monitors
-//! through `resource`), feeds their results back, and turns membership
-//! progress into the core's `View` / `NodeFailed` / `NodeLeaving` /
-//! `NodeLeft` inputs. The decisions (where a service runs, when it moves)
-//! are all in the core.
+//! through `resource`) and feeds their results back. The services core is
+//! part of the composed node (`baton_core::node`), which also turns
+//! membership progress into the core's `View` / `NodeFailed` /
+//! `NodeLeaving` / `NodeLeft` inputs; this module reaches it through a
+//! [`SvcPort`]. The decisions (where a service runs, when it moves) are all
+//! in the cores.
 //!
 //! Every action function runs in its own tokio task; the actions of one
 //! group are serialised by a per-group lock (so a stop never overtakes the
 //! start it cleans up after). Results come back to the event loop through
 //! an mpsc channel ([`SvcDone`]) and are fed to the core there.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_core::membership::{ClusterState, NodeState};
 use baton_core::services::{
     Action, ActionParams, ActionResult, Allowable, Reason, Config as SvcConfig, Input, Maturity, Placement, Preference, ServiceSpec,
     ServiceStatus, Services, StandbyPhase, TransferCost,
@@ -123,29 +124,39 @@ struct GroupTask {
     watchdog: Option<crate::watchdog::Ctx>,
 }
 
+/// The services core inside the composed node, as this module sees it: it
+/// feeds inputs (their actions come back through the node, in order, to
+/// [`ServiceManager::run_action`]) and reads the core.
+pub struct SvcPort<'a> {
+    node: &'a mut baton_core::node::Node,
+}
+
+impl<'a> SvcPort<'a> {
+    pub fn new(node: &'a mut baton_core::node::Node) -> SvcPort<'a> {
+        SvcPort { node }
+    }
+    pub fn feed(&mut self, input: Input) {
+        self.node.handle(Instant(monotonic_ns()), baton_core::node::NodeInput::Services(input));
+    }
+    pub fn core(&self) -> &Services {
+        self.node.services().expect("a ServiceManager goes with a services core")
+    }
+    fn reconfigure(&mut self, specs: Vec<ServiceSpec>) -> Result<(), baton_core::services::SpecError> {
+        self.node.reconfigure_services(Instant(monotonic_ns()), specs)
+    }
+}
+
 pub struct ServiceManager {
-    core: Services,
     me: NodeId,
-    incarnation: u64,
     groups: BTreeMap<String, GroupRt>,
     done_tx: mpsc::Sender<SvcDone>,
     /// Monitor events (for the resources of groups added by a reload).
     mon_tx: mpsc::Sender<MonitorEvent>,
-    /// Forced-out lives already fed as `NodeFailed`: (node, incarnation).
-    failed_fed: BTreeSet<(NodeId, u64)>,
-    /// Nodes fed as `NodeLeaving` whose leave is not finished.
-    leaving: BTreeSet<NodeId>,
-    last_view: Option<(u64, BTreeSet<NodeId>, NodeId)>,
     snapshot: PathBuf,
     events: PathBuf,
     status: BTreeMap<String, ServiceStatus>,
-    /// `Drained` nodes not yet taken by the membership driver.
-    drained: Vec<NodeId>,
-    /// Every node the core said is drained, while it is a member: the
-    /// core says it once, and it may say it before this node's own
-    /// membership notified the leave (the decider's registry can arrive
-    /// before the membership state), so a later notification finds it here.
-    drained_nodes: BTreeSet<NodeId>,
+    /// `status` changed since services.json was written.
+    status_dirty: bool,
     /// Groups whose run method (or a handover's preparation, or off-line
     /// mode) configured something here and whose halt method has not
     /// released it: stopped on exit whatever the core thinks, and told to
@@ -247,7 +258,8 @@ pub fn status_json(s: &ServiceStatus) -> serde_json::Value {
 }
 
 impl ServiceManager {
-    /// `None` when no group is configured.
+    /// `None` when no group is configured; else the manager, its channels,
+    /// and the services core (for the composed node).
     pub fn new(
         me: NodeId,
         incarnation: u64,
@@ -256,7 +268,7 @@ impl ServiceManager {
         events: PathBuf,
         handover: Option<crate::handover::Wiring>,
         active: crate::guard::Ownership,
-    ) -> anyhow::Result<Option<(ServiceManager, SvcChannels)>> {
+    ) -> anyhow::Result<Option<(ServiceManager, SvcChannels, Services)>> {
         let _ = std::fs::remove_file(&snapshot);
         if groups.is_empty() {
             return Ok(None);
@@ -287,26 +299,21 @@ impl ServiceManager {
         });
         Ok(Some((
             ServiceManager {
-                core,
                 me,
-                incarnation,
                 groups: rts,
                 done_tx,
                 mon_tx,
-                failed_fed: BTreeSet::new(),
-                leaving: BTreeSet::new(),
-                last_view: None,
                 snapshot,
                 events,
                 status: BTreeMap::new(),
-                drained: Vec::new(),
-                drained_nodes: BTreeSet::new(),
+                status_dirty: false,
                 active,
                 handovers,
                 watchdog: None,
                 stopping: false,
             },
             SvcChannels { done: done_rx, monitor: mon_rx },
+            core,
         )))
     }
 
@@ -336,91 +343,11 @@ impl ServiceManager {
         self.watchdog = Some(ctx);
     }
 
-    pub fn next_deadline_ns(&self) -> Option<u64> {
-        self.core.next_deadline().map(|i| i.0)
+    pub fn input(&mut self, input: Input, port: &mut SvcPort) {
+        port.feed(input);
     }
 
-    /// Nodes whose services are all gone (their graceful leave may go on).
-    pub fn take_drained(&mut self) -> Vec<NodeId> {
-        std::mem::take(&mut self.drained)
-    }
-
-    /// Membership progress: the view (after every state change).
-    pub fn on_state(&mut self, s: &ClusterState, channel: &Channel) {
-        // Forget fed failures of lives that are gone from the state.
-        self.failed_fed.retain(|(n, inc)| {
-            s.nodes.get(n).is_some_and(|e| e.incarnation == *inc && e.state == NodeState::ForcedLeaving)
-        });
-        let members: BTreeSet<NodeId> = s
-            .nodes
-            .iter()
-            .filter(|(n, e)| match e.state {
-                NodeState::Joined | NodeState::Leaving => true,
-                NodeState::ForcedLeaving => !self.failed_fed.contains(&(**n, e.incarnation)),
-                _ => false,
-            })
-            .map(|(n, _)| *n)
-            .collect();
-        // Graceful leaves that finished.
-        let finished: Vec<NodeId> =
-            self.leaving.iter().copied().filter(|n| !matches!(s.state_of(*n), NodeState::Leaving)).collect();
-        for n in finished {
-            self.leaving.remove(&n);
-            self.drained_nodes.remove(&n);
-            self.feed(Input::NodeLeft { node: n }, channel);
-        }
-        // A state in which this node's entry (or the master) is an earlier
-        // life of this node is not ours to act on: a fast restart follows
-        // such a state until its old life is forced out, and must neither
-        // count itself a member nor, as that old master, decide anything.
-        let this_life = s.nodes.get(&self.me).is_some_and(|e| e.incarnation == self.incarnation);
-        let old_master = s.view.master == self.me && s.view.master_incarnation != self.incarnation;
-        if !members.contains(&self.me) || !this_life || old_master {
-            return;
-        }
-        let id = (s.view.term << 32) | (s.view.version & 0xffff_ffff);
-        // The services decider is a member: the master, or, while a master
-        // whose own leave finished stays on to finish the others' (every
-        // node leaving, `baton stop --all`), the lowest member, as every
-        // node computes it from the same state.
-        let master = if members.contains(&s.view.master) { s.view.master } else { *members.iter().next().expect("this node is a member") };
-        let key = (id, members.clone(), master);
-        if self.last_view.as_ref() == Some(&key) {
-            return;
-        }
-        self.last_view = Some(key);
-        self.drained_nodes.retain(|n| members.contains(n));
-        self.feed(Input::View { id, members, master }, channel);
-    }
-
-    /// The forced leave of `node` (life `incarnation`) reached the services
-    /// level: recover its services.
-    pub fn node_failed(&mut self, node: NodeId, incarnation: u64, s: Option<&ClusterState>, channel: &Channel) {
-        self.failed_fed.insert((node, incarnation));
-        self.leaving.remove(&node);
-        self.drained_nodes.remove(&node);
-        self.feed(Input::NodeFailed { node }, channel);
-        if let Some(s) = s {
-            self.last_view = None;
-            self.on_state(s, channel);
-        }
-    }
-
-    /// The graceful leave of `node` reached the services level: transfer
-    /// its services; [`ServiceManager::take_drained`] says when done.
-    pub fn node_leaving(&mut self, node: NodeId, channel: &Channel) {
-        self.leaving.insert(node);
-        if self.drained_nodes.contains(&node) {
-            self.drained.push(node);
-        }
-        self.feed(Input::NodeLeaving { node }, channel);
-    }
-
-    pub fn input(&mut self, input: Input, channel: &Channel) {
-        self.feed(input, channel);
-    }
-
-    pub fn done(&mut self, d: SvcDone, channel: &Channel) {
+    pub fn done(&mut self, d: SvcDone, port: &mut SvcPort) {
         let input = match d {
             SvcDone::Start { service, result } => Input::StartDone { service, result },
             SvcDone::Stop { service, result } => Input::StopDone { service, result },
@@ -429,9 +356,9 @@ impl ServiceManager {
             SvcDone::Offline { service, result } => Input::OfflineDone { service, result },
             SvcDone::StandbyStarted { service, result } => {
                 let ok = result.ok;
-                self.feed(Input::StandbyStarted { service: service.clone(), result }, channel);
+                port.feed(Input::StandbyStarted { service: service.clone(), result });
                 // Monitored only while it is (still) the standby instance.
-                if ok && self.core.standby_phase(&service) == StandbyPhase::Running {
+                if ok && port.core().standby_phase(&service) == StandbyPhase::Running {
                     if let Some(m) = self.groups.get(&service).and_then(|g| g.standby_mon.as_ref()) {
                         m.enable();
                     }
@@ -441,7 +368,7 @@ impl ServiceManager {
             SvcDone::StandbyStopped { service, result } => Input::StandbyStopped { service, result },
             SvcDone::Reconfigured { service, ok } => {
                 // The monitors of the new definition start where it runs.
-                if ok && self.core.local_phase(&service) == baton_core::services::LocalPhase::Running {
+                if ok && port.core().local_phase(&service) == baton_core::services::LocalPhase::Running {
                     if let Some(g) = self.groups.get(&service) {
                         g.monitors.iter().for_each(|m| m.enable());
                     }
@@ -449,10 +376,10 @@ impl ServiceManager {
                 return;
             }
         };
-        self.feed(input, channel);
+        port.feed(input);
     }
 
-    pub fn monitor_failed(&mut self, ev: MonitorEvent, channel: &Channel) {
+    pub fn monitor_failed(&mut self, ev: MonitorEvent, port: &mut SvcPort) {
         let MonitorEvent::Failed { resource, reason } = ev;
         if let Some(ifname) = resource.strip_prefix("carrier:") {
             // Client networks: every group running here on that interface.
@@ -460,13 +387,13 @@ impl ServiceManager {
                 .groups
                 .values()
                 .filter(|g| g.group.interface == ifname && !g.group.addresses.is_empty() && self.active.holds(&g.group.name))
-                .filter(|g| self.core.local_phase(&g.group.name) == baton_core::services::LocalPhase::Running)
+                .filter(|g| port.core().local_phase(&g.group.name) == baton_core::services::LocalPhase::Running)
                 .map(|g| g.group.name.clone())
                 .collect();
             for group in hit {
                 warn!(group = %group, interface = ifname, "client interface lost its carrier: the group moves");
                 self.event(serde_json::json!({"event": "monitor_failed", "service": group, "node": self.me, "reason": reason}));
-                self.feed(Input::MonitorFailed { service: group }, channel);
+                port.feed(Input::MonitorFailed { service: group });
             }
             return;
         }
@@ -479,40 +406,36 @@ impl ServiceManager {
             return;
         };
         if !self.active.holds(&group) {
-            if self.core.standby_phase(&group) == StandbyPhase::Running {
+            if port.core().standby_phase(&group) == StandbyPhase::Running {
                 warn!(group = %group, resource = %resource, reason = %reason, "hot standby: the standby instance failed: restarting it");
                 self.event(serde_json::json!({"event": "standby_failed", "service": group, "node": self.me, "reason": reason}));
-                self.feed(Input::StandbyFailed { service: group }, channel);
+                port.feed(Input::StandbyFailed { service: group });
             }
             return; // a late report after the halt method
         }
         warn!(group = %group, resource = %resource, reason = %reason, "monitor failure");
         self.event(serde_json::json!({"event": "monitor_failed", "service": group, "node": self.me, "reason": reason}));
-        self.feed(Input::MonitorFailed { service: group }, channel);
+        port.feed(Input::MonitorFailed { service: group });
     }
 
     /// The local load figure (unordered preferences): the 1-minute load average × 100.
-    pub fn feed_load(&mut self, channel: &Channel) {
+    pub fn feed_load(&mut self, port: &mut SvcPort) {
         let figure = std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|f| f.parse::<f64>().ok()))
             .map(|f| (f * 100.0) as u64)
             .unwrap_or(0);
-        self.feed(Input::Load { figure }, channel);
+        port.feed(Input::Load { figure });
     }
 
-    pub fn tick(&mut self, channel: &Channel) {
-        self.feed(Input::Tick, channel);
+    pub fn tick(&mut self, port: &mut SvcPort) {
+        port.feed(Input::Tick);
     }
 
-    fn feed(&mut self, input: Input, channel: &Channel) {
-        self.core.handle(Instant(monotonic_ns()), input);
-        self.drain(channel);
-    }
-
-    fn drain(&mut self, channel: &Channel) {
-        let mut changed = false;
-        while let Some(a) = self.core.poll_action() {
+    /// Carries out one action of the services core (in the order the node
+    /// gives them); [`ServiceManager::after_actions`] ends a batch.
+    pub fn run_action(&mut self, a: Action, channel: &Channel) {
+        {
             match a {
                 Action::Send { to, msg } => {
                     channel.send_services(to, &msg);
@@ -542,10 +465,8 @@ impl ServiceManager {
                     error!(service = %service, ?reason, "ALERT");
                     self.event(serde_json::json!({"event": "alert", "service": service, "reason": format!("{reason:?}")}));
                 }
-                Action::Drained { node } => {
-                    self.drained_nodes.insert(node);
-                    self.drained.push(node)
-                }
+                // Consumed by the composed node (a held leave goes on).
+                Action::Drained { .. } => {}
                 Action::Changed { status } => {
                     let elsewhere = status.node.is_some_and(|n| n != self.me)
                         && matches!(status.state, baton_core::services::ServiceState::Starting | baton_core::services::ServiceState::Registered);
@@ -553,20 +474,24 @@ impl ServiceManager {
                         h.started_elsewhere(&status.name);
                     }
                     self.status.insert(status.name.clone(), status);
-                    changed = true;
+                    self.status_dirty = true;
                 }
             }
         }
-        // Groups a reload removed, once the core forgot them (nothing of
-        // them runs here any more).
-        let forgotten: Vec<String> = self.groups.keys().filter(|n| !self.core.specs().any(|s| &s.name == *n)).cloned().collect();
+    }
+
+    /// After a batch of actions: groups a reload removed are dropped once
+    /// the core forgot them (nothing of them runs here any more), and
+    /// services.json is written if anything changed.
+    pub fn after_actions(&mut self, core: &Services) {
+        let forgotten: Vec<String> = self.groups.keys().filter(|n| !core.specs().any(|s| &s.name == *n)).cloned().collect();
         for n in forgotten {
             info!(service = %n, "group removed by the reload: stopped everywhere and forgotten");
             self.groups.remove(&n);
             self.status.remove(&n);
-            changed = true;
+            self.status_dirty = true;
         }
-        if changed {
+        if std::mem::take(&mut self.status_dirty) {
             self.write_snapshot();
         }
     }
@@ -844,10 +769,10 @@ impl ServiceManager {
     /// On the way out (halted, forced out, stopped without a finished
     /// leave): run the halt method of every group that still runs here,
     /// children first, so this node holds no address and runs no service.
-    pub async fn stop_all_local(&mut self) {
+    pub async fn stop_all_local(&mut self, core: Option<&Services>) {
         // Hot-standby instances first (they hold no address).
         for (name, rt) in &self.groups {
-            if self.active.holds(name) || self.core.standby_phase(name) == StandbyPhase::Idle {
+            if self.active.holds(name) || core.is_none_or(|c| c.standby_phase(name) == StandbyPhase::Idle) {
                 continue;
             }
             if let Some(m) = &rt.standby_mon {
@@ -1044,11 +969,6 @@ fn resources_differ(a: &Group, b: &Group) -> bool {
 }
 
 impl ServiceManager {
-    /// Whether `name` is a configured group (not one a reload removed).
-    pub fn is_configured(&self, name: &str) -> bool {
-        self.core.is_configured(name)
-    }
-
     /// A reload's groups (docs/reload.md): added groups are registered by
     /// the decider, removed ones stopped everywhere and forgotten, changed
     /// ones keep running where they run unless their node is no longer
@@ -1059,13 +979,13 @@ impl ServiceManager {
     /// start. A new application that fails to start counts as a monitor
     /// failure (the group moves). Nothing is applied if the core refuses
     /// the set.
-    pub fn reload(&mut self, groups: &[Group], channel: &Channel) -> Result<GroupChanges, String> {
+    pub fn reload(&mut self, groups: &[Group], port: &mut SvcPort) -> Result<GroupChanges, String> {
         let new: BTreeMap<String, &Group> = groups.iter().map(|g| (g.name.clone(), g)).collect();
         let mut ch = GroupChanges::default();
         for (name, g) in &new {
             match self.groups.get(name) {
                 None => ch.added.push(name.clone()),
-                Some(rt) if self.core.is_configured(name) => {
+                Some(rt) if port.core().is_configured(name) => {
                     if rt.group != **g {
                         ch.changed.push(name.clone());
                     }
@@ -1076,7 +996,7 @@ impl ServiceManager {
             }
         }
         for name in self.groups.keys() {
-            if !new.contains_key(name) && self.core.is_configured(name) {
+            if !new.contains_key(name) && port.core().is_configured(name) {
                 ch.removed.push(name.clone());
             }
         }
@@ -1089,7 +1009,7 @@ impl ServiceManager {
             self.groups.insert(name.clone(), GroupRt { group: g.clone(), app, monitors, standby_mon, lock: Arc::new(tokio::sync::Mutex::new(())) });
         }
         let specs: Vec<ServiceSpec> = groups.iter().map(spec_of).collect();
-        if let Err(e) = self.core.reconfigure(Instant(monotonic_ns()), specs) {
+        if let Err(e) = port.reconfigure(specs) {
             for name in &ch.added {
                 self.groups.remove(name);
             }
@@ -1111,7 +1031,7 @@ impl ServiceManager {
             rt.monitors = monitors;
             rt.standby_mon = standby_monitor(&g, app.as_ref(), &self.mon_tx);
             if !self.active.holds(&name) {
-                if self.core.standby_phase(&name) != StandbyPhase::Idle {
+                if port.core().standby_phase(&name) != StandbyPhase::Idle {
                     // A standby instance of the old definition: stopped,
                     // then restarted with the new one (as after a failure).
                     let lock = rt.lock.clone();
@@ -1141,9 +1061,8 @@ impl ServiceManager {
             });
         }
         for name in stale_standbys {
-            self.core.handle(Instant(monotonic_ns()), Input::StandbyFailed { service: name });
+            port.feed(Input::StandbyFailed { service: name });
         }
-        self.drain(channel);
         Ok(ch)
     }
 }

@@ -11,6 +11,7 @@
 pub mod fencing;
 pub mod gmp;
 pub mod membership;
+pub mod node;
 pub mod rng;
 pub mod services;
 pub mod sim;

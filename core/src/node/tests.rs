@@ -1,0 +1,408 @@
+//! The composition rules of [`Node`], each against a rule-breaking variant
+//! in mind: every test here fails if its rule is removed.
+//!
+//! A small synchronous harness drives 3 composed nodes: messages (membership
+//! and services) go through one FIFO queue with zero latency; action
+//! functions succeed at once (a test may hold a node's stop results), disk
+//! operations once nothing else is in flight; time
+//! moves only when the queue is empty, to the earliest `poll_timeout()`.
+
+use super::*;
+use crate::membership::{Action as MAction, Config as MConfig, HaltReason, Input as MInput, NodeEntry, Transition, ViewId};
+use crate::services::{Action as SAction, ActionResult, Config as SConfig, Input as SInput, ServiceSpec};
+
+const MS: u64 = 1_000_000;
+
+struct Harness {
+    now: Instant,
+    nodes: BTreeMap<NodeId, Node>,
+    up: BTreeSet<NodeId>,
+    queue: VecDeque<(NodeId, NodeInput)>,
+    log: Vec<(NodeId, NodeAction)>,
+    /// Nodes whose stop results are held back (a slow halt method).
+    hold_stops: BTreeSet<NodeId>,
+    held: Vec<(NodeId, NodeInput)>,
+    /// Nodes whose next fencing operation finds their registration
+    /// preempted (another node fenced them).
+    preempted: BTreeSet<NodeId>,
+    /// Results of fencing operations: delivered once everything else in
+    /// flight was (a disk is slower than the network here).
+    disk: Vec<(NodeId, NodeInput)>,
+}
+
+/// The distress reason of a self-fencing in these tests.
+const FENCED: u32 = 77;
+
+fn key(n: NodeId) -> u64 {
+    0x100 + n as u64
+}
+
+fn mcfg(me: NodeId, inc: u64, n: u32) -> MConfig {
+    MConfig { me, incarnation: inc, nodes: (1..=n).collect(), subgroup_size: 2, resend_ns: 10 * MS, form_ns: 50 * MS, batch_ns: 0, two_node_race: false }
+}
+
+fn web() -> ServiceSpec {
+    let mut s = ServiceSpec::new("web");
+    s.preferred = Some(2);
+    // Waits for the three nodes, so that it starts on its preferred node.
+    s.maturity.nodes_up = Some(3);
+    s
+}
+
+impl Harness {
+    /// `n` nodes, each with the resource group "web" (preferred on node 2),
+    /// started, links up, run until the cluster is formed and web runs.
+    fn new(n: u32) -> Harness {
+        Harness::with(n, false)
+    }
+
+    /// As [`Harness::new`]; `fencing`: every node fences shared disks
+    /// (operations succeed at once unless the node is in `preempted`).
+    fn with(n: u32, fencing: bool) -> Harness {
+        let mut h = Harness {
+            now: Instant::ZERO,
+            nodes: BTreeMap::new(),
+            up: BTreeSet::new(),
+            queue: VecDeque::new(),
+            log: Vec::new(),
+            hold_stops: BTreeSet::new(),
+            held: Vec::new(),
+            preempted: BTreeSet::new(),
+            disk: Vec::new(),
+        };
+        for id in 1..=n {
+            let svc = Services::new(SConfig { me: id, incarnation: 1, services: vec![web()] }).unwrap();
+            let fence = fencing.then(|| FencingSlot {
+                core: Fencing::new(fencing::Config::new(id, (1..=n).map(|k| (k, key(k))).collect())),
+                distress_reason: FENCED,
+            });
+            h.nodes.insert(id, Node::new(h.now, mcfg(id, 1, n), Some(svc), fence));
+            h.up.insert(id);
+        }
+        for id in 1..=n {
+            h.queue.push_back((id, NodeInput::Membership(MInput::Start)));
+            for o in 1..=n {
+                if o != id {
+                    h.queue.push_back((id, NodeInput::Membership(MInput::PeerUp { node: o })));
+                }
+            }
+        }
+        h
+    }
+
+    fn collect(&mut self, id: NodeId) {
+        let all: BTreeSet<u64> = self.nodes.keys().map(|k| key(*k)).collect();
+        while let Some(a) = self.nodes.get_mut(&id).unwrap().poll() {
+            match &a {
+                NodeAction::Membership(MAction::Send { to, msg }) => {
+                    self.queue.push_back((*to, NodeInput::Membership(MInput::Receive { from: id, msg: msg.clone() })))
+                }
+                NodeAction::Fencing { action: fencing::Action::Run { op, what }, .. } => {
+                    let outcome = if self.preempted.contains(&id) {
+                        fencing::Outcome::Preempted
+                    } else if *what == fencing::Op::Check {
+                        fencing::Outcome::Ok { keys: Some(all.clone()) }
+                    } else {
+                        fencing::Outcome::Ok { keys: None }
+                    };
+                    self.disk.push((id, NodeInput::Fencing(fencing::Input::Done { op: *op, outcome })));
+                }
+                NodeAction::Services(sa) => {
+                    let done = |service: &String| service.clone();
+                    let reply = match sa {
+                        SAction::Send { to, msg } => Some((*to, SInput::Receive { from: id, msg: msg.clone() })),
+                        SAction::Start { params } => Some((id, SInput::StartDone { service: done(&params.service), result: ActionResult::OK })),
+                        SAction::Stop { params } => Some((id, SInput::StopDone { service: done(&params.service), result: ActionResult::OK })),
+                        SAction::Notify { params } => Some((id, SInput::NotifyDone { service: done(&params.service), result: ActionResult::OK })),
+                        SAction::Recovery { params, .. } => {
+                            Some((id, SInput::RecoveryDone { service: done(&params.service), result: ActionResult::OK }))
+                        }
+                        SAction::Offline { params } => Some((id, SInput::OfflineDone { service: done(&params.service), result: ActionResult::OK })),
+                        SAction::StandbyStart { service } => Some((id, SInput::StandbyStarted { service: service.clone(), result: ActionResult::OK })),
+                        SAction::StandbyStop { service } => Some((id, SInput::StandbyStopped { service: service.clone(), result: ActionResult::OK })),
+                        _ => None,
+                    };
+                    if let Some((to, input)) = reply {
+                        let held = matches!(sa, SAction::Stop { .. }) && self.hold_stops.contains(&id);
+                        if held {
+                            self.held.push((to, NodeInput::Services(input)));
+                        } else {
+                            self.queue.push_back((to, NodeInput::Services(input)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            self.log.push((id, a));
+        }
+    }
+
+    /// Delivers the queue, then moves time; until `done` or `limit_ms` of
+    /// simulated time from now.
+    fn run_until(&mut self, limit_ms: u64, mut done: impl FnMut(&Harness) -> bool) -> bool {
+        let end = self.now.plus_ms(limit_ms);
+        loop {
+            if done(self) {
+                return true;
+            }
+            if let Some((to, input)) = self.queue.pop_front() {
+                if self.up.contains(&to) {
+                    self.nodes.get_mut(&to).unwrap().handle(self.now, input);
+                    self.collect(to);
+                }
+                continue;
+            }
+            if !self.disk.is_empty() {
+                let done = std::mem::take(&mut self.disk);
+                self.queue.extend(done);
+                continue;
+            }
+            let next = self.up.iter().filter_map(|n| self.nodes[n].poll_timeout()).min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for n in self.up.clone() {
+                        if self.nodes[&n].poll_timeout().is_some_and(|d| d <= self.now) {
+                            self.nodes.get_mut(&n).unwrap().handle_timeout(self.now);
+                            self.collect(n);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    return done(self);
+                }
+            }
+        }
+    }
+
+    fn state_of(&self, at: NodeId, n: NodeId) -> NodeState {
+        self.nodes[&at].membership().state().map(|s| s.state_of(n)).unwrap_or(NodeState::Inactive)
+    }
+
+    fn settled(&self, at: NodeId) -> bool {
+        self.nodes[&at].membership().state().is_some_and(|s| s.transitions.is_empty())
+    }
+
+    /// The nodes that ran web's start (in order).
+    fn starts(&self) -> Vec<NodeId> {
+        self.log
+            .iter()
+            .filter(|(_, a)| matches!(a, NodeAction::Services(SAction::Start { params }) if params.service == "web"))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    fn formed(&mut self) {
+        let ok = self.run_until(5_000, |h| {
+            h.up.iter().all(|n| h.state_of(1, *n) == NodeState::Joined) && h.settled(1) && h.starts().len() == 1
+        });
+        assert!(ok, "the cluster formed and web started once: starts {:?}", self.starts());
+    }
+
+    /// `id` crashes: it gets nothing any more, every other node's datapath
+    /// reports it silent.
+    fn kill(&mut self, id: NodeId) {
+        self.up.remove(&id);
+        for o in self.up.clone() {
+            self.queue.push_back((o, NodeInput::Membership(MInput::PeerSilent { node: id })));
+        }
+    }
+}
+
+// Rule 1: the built-in levels are typed and registered lowest first.
+#[test]
+fn builtin_levels_are_typed_and_ordered() {
+    let levels: Vec<u32> = LevelRole::ALL.iter().map(|r| r.level()).collect();
+    assert_eq!(levels, vec![10, 20, 30, 40]);
+    for r in LevelRole::ALL {
+        assert_eq!(LevelRole::of_subsystem(r.subsystem()), Some(r));
+        assert!(r.subsystem() < FIRST_EXTERNAL_SUBSYSTEM);
+    }
+    assert_eq!(LevelRole::of_subsystem(FIRST_EXTERNAL_SUBSYSTEM), None);
+    let mut h = Harness::new(3);
+    h.formed();
+    // Every join passed the four built-in levels on every node, in order.
+    let steps: Vec<LevelRole> = h
+        .log
+        .iter()
+        .filter_map(|(n, a)| match a {
+            NodeAction::LevelStep { role, id, .. } if *n == 1 && id.node == 1 && id.kind == Kind::Join => Some(*role),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, LevelRole::ALL.to_vec());
+}
+
+// Rule 5: a new cluster state reaches the services core as a view (web
+// starts on its preferred node only because the decider got the view).
+#[test]
+fn a_new_state_is_fed_to_services_as_a_view() {
+    let mut h = Harness::new(3);
+    h.formed();
+    assert_eq!(h.starts(), vec![2]);
+}
+
+// Rule 2, forced leave: acknowledged at once at the services level (the
+// transition completes), and the node's services are recovered elsewhere.
+#[test]
+fn a_forced_leave_is_acked_at_once_and_recovers_services() {
+    let mut h = Harness::new(3);
+    h.formed();
+    h.kill(2);
+    let ok = h.run_until(5_000, |h| {
+        h.state_of(1, 2) == NodeState::Inactive && h.state_of(3, 2) == NodeState::Inactive && h.settled(1) && h.settled(3)
+    });
+    assert!(ok, "the forced leave of node 2 completed: {:?}", h.nodes[&1].membership().state().map(|s| &s.transitions));
+    let step = h.log.iter().find_map(|(n, a)| match a {
+        NodeAction::LevelStep { role: LevelRole::Services, id, held, .. } if *n == 1 && id.node == 2 && id.kind == Kind::ForcedLeave => Some(*held),
+        _ => None,
+    });
+    assert_eq!(step, Some(false), "the services step of the forced leave was not held");
+    let ok = h.run_until(2_000, |h| h.starts().len() == 2);
+    assert!(ok, "web was started again after node 2 failed: {:?}", h.starts());
+    assert_ne!(h.starts()[1], 2);
+}
+
+// Rule 2, graceful leave: the services step is held until the leaving
+// node's services are drained; then the leave goes on.
+#[test]
+fn a_graceful_leave_waits_for_drained_services() {
+    let mut h = Harness::new(3);
+    h.formed();
+    h.hold_stops.insert(2);
+    h.queue.push_back((2, NodeInput::Membership(MInput::Leave)));
+    // Long enough for the leave to finish many times over if nothing held it.
+    h.run_until(2_000, |_| false);
+    assert_eq!(h.state_of(1, 2), NodeState::Leaving, "the leave waits while web is still stopping on node 2");
+    assert!(h.log.iter().any(|(n, a)| *n == 2 && matches!(a, NodeAction::LevelStep { role: LevelRole::Services, id, held: true, .. } if id.kind == Kind::Leave)));
+    assert!(!h.log.iter().any(|(_, a)| matches!(a, NodeAction::LeaveReleased { .. })));
+    // The halt method finishes: web moves, node 2 is drained, the leave ends.
+    h.hold_stops.clear();
+    let held = std::mem::take(&mut h.held);
+    h.queue.extend(held);
+    let ok = h.run_until(5_000, |h| h.log.iter().any(|(n, a)| *n == 2 && matches!(a, NodeAction::Membership(MAction::Left))));
+    assert!(ok, "node 2's leave finished once drained");
+    assert!(h.log.iter().any(|(_, a)| matches!(a, NodeAction::LeaveReleased { node: 2 })));
+    let ok = h.run_until(2_000, |h| h.starts().len() == 2);
+    assert!(ok, "web runs on another node: {:?}", h.starts());
+    assert_ne!(h.starts()[1], 2);
+}
+
+fn slot() -> ServicesSlot {
+    ServicesSlot {
+        core: Services::new(SConfig { me: 1, incarnation: 2, services: vec![web()] }).unwrap(),
+        failed_fed: BTreeSet::new(),
+        leaving: BTreeSet::new(),
+        last_view: None,
+        drained: Vec::new(),
+        drained_nodes: BTreeSet::new(),
+        held_leaves: BTreeMap::new(),
+    }
+}
+
+fn entry(state: NodeState, incarnation: u64) -> NodeEntry {
+    NodeEntry { state, incarnation, levels: BTreeSet::new() }
+}
+
+fn cluster(master: NodeId, master_incarnation: u64, nodes: &[(NodeId, NodeState, u64)]) -> ClusterState {
+    let view = ViewId { term: 1, master, master_incarnation, version: 7 };
+    ClusterState {
+        view,
+        origin: view,
+        nodes: nodes.iter().map(|(n, s, i)| (*n, entry(*s, *i))).collect(),
+        transitions: BTreeMap::<NodeId, Transition>::new(),
+        change: Default::default(),
+        quorate: true,
+        stopping: false,
+    }
+}
+
+fn fed_view(s: &ServicesSlot, out: &VecDeque<NodeAction>) -> Option<(BTreeSet<NodeId>, NodeId)> {
+    let _ = out;
+    s.last_view.as_ref().map(|(_, m, d)| (m.clone(), *d))
+}
+
+// Rule 6: a state of an earlier life of this node (its own entry, or the
+// master) is not fed to the services core; this life's state is.
+#[test]
+fn a_state_of_an_earlier_life_is_not_fed() {
+    let mut out = VecDeque::new();
+    // This node is 1, incarnation 2.
+    let mut s = slot();
+    s.on_state(Instant::ZERO, 1, 2, &cluster(1, 2, &[(1, NodeState::Joined, 1), (2, NodeState::Joined, 1)]), &mut out);
+    assert_eq!(fed_view(&s, &out), None, "own entry of an earlier life");
+    assert!(out.is_empty());
+    s.on_state(Instant::ZERO, 1, 2, &cluster(1, 1, &[(1, NodeState::Joined, 2), (2, NodeState::Joined, 1)]), &mut out);
+    assert_eq!(fed_view(&s, &out), None, "master of an earlier life");
+    s.on_state(Instant::ZERO, 1, 2, &cluster(2, 1, &[(1, NodeState::Joining, 2), (2, NodeState::Joined, 1)]), &mut out);
+    assert_eq!(fed_view(&s, &out), None, "not a member yet");
+    s.on_state(Instant::ZERO, 1, 2, &cluster(2, 1, &[(1, NodeState::Joined, 2), (2, NodeState::Joined, 1)]), &mut out);
+    assert_eq!(fed_view(&s, &out), Some(([1, 2].into(), 2)), "this life's state is fed");
+}
+
+// Rule 5: a forced-out life counts as a member until it is fed as
+// `NodeFailed`; the decider is the lowest member when the master is none.
+#[test]
+fn forced_out_lives_count_until_fed_and_the_decider_is_a_member() {
+    let mut out = VecDeque::new();
+    let mut s = slot();
+    let st = cluster(2, 1, &[(1, NodeState::Joined, 2), (2, NodeState::Joined, 1), (3, NodeState::ForcedLeaving, 4)]);
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), Some(([1, 2, 3].into(), 2)));
+    let id = TransitionId { node: 3, incarnation: 4, kind: Kind::ForcedLeave };
+    s.node_failed(Instant::ZERO, 1, 2, id, Some(&st), &mut out);
+    assert_eq!(fed_view(&s, &out), Some(([1, 2].into(), 2)), "fed as failed: no longer a member");
+    // The master (2) finished its own leave and stays on: 1 decides.
+    let st = cluster(2, 1, &[(1, NodeState::Joined, 2), (2, NodeState::Inactive, 1)]);
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), Some(([1].into(), 1)));
+    // An unchanged view is not fed again.
+    let n = out.len();
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(out.len(), n);
+}
+
+// Rule 7: after a halt no core is fed and no timer runs.
+#[test]
+fn a_halted_node_takes_no_input_and_has_no_timer() {
+    let mut h = Harness::new(3);
+    h.formed();
+    h.queue.push_back((3, NodeInput::Membership(MInput::LocalFailure { from: None, reason: 9 })));
+    let ok = h.run_until(1_000, |h| h.nodes[&3].is_halted());
+    assert!(ok);
+    assert!(h.log.iter().any(|(n, a)| *n == 3 && matches!(a, NodeAction::Membership(MAction::Halt { why: HaltReason::LocalFailure { reason: 9 } }))));
+    let n3 = h.nodes.get_mut(&3).unwrap();
+    assert_eq!(n3.poll_timeout(), None);
+    while n3.poll().is_some() {}
+    n3.handle(Instant::ZERO.plus_ms(60_000), NodeInput::Services(SInput::Switchover { service: "web".into(), to: Some(3) }));
+    n3.handle(Instant::ZERO.plus_ms(60_000), NodeInput::Membership(MInput::Tick));
+    assert_eq!(n3.poll(), None);
+}
+
+// Rule 3: the fencing level's steps go to the fencing core, whose
+// acknowledgement moves the transition on (each node joins only once its
+// key is registered); its `Fenced` is a local failure of the fencing level.
+#[test]
+fn the_fencing_level_follows_the_fencing_core() {
+    let mut h = Harness::with(3, true);
+    h.formed();
+    for n in 1..=3 {
+        assert!(h.nodes[&n].fencing().unwrap().registered(), "node {n} registered its key");
+        let registered_at = h.log.iter().position(|(m, a)| *m == n && matches!(a, NodeAction::Fencing { action: fencing::Action::Run { what: fencing::Op::Register, .. }, .. }));
+        let acked_at = h.log.iter().position(|(m, a)| *m == n && matches!(a, NodeAction::Fencing { action: fencing::Action::Ack { id, .. }, .. } if id.node == n));
+        let storage_at = h.log.iter().position(|(m, a)| *m == n && matches!(a, NodeAction::LevelStep { role: LevelRole::Storage, id, .. } if id.node == n));
+        assert!(registered_at.is_some() && registered_at < acked_at, "node {n}: the fencing core acknowledged after the registration");
+        assert!(acked_at.is_some() && acked_at < storage_at, "node {n}: its join reached storage only after the fencing core's acknowledgement");
+    }
+    // Node 3's key is preempted: its next check fences it, and clustering
+    // ends there with the fencing distress reason.
+    h.preempted.insert(3);
+    let ok = h.run_until(5_000, |h| h.nodes[&3].is_halted());
+    assert!(ok, "node 3 halted once fenced");
+    assert!(h.log.iter().any(|(n, a)| *n == 3 && matches!(a, NodeAction::Fencing { action: fencing::Action::Fenced { .. }, .. })));
+    assert!(h
+        .log
+        .iter()
+        .any(|(n, a)| *n == 3 && matches!(a, NodeAction::Membership(MAction::Halt { why: HaltReason::LocalFailure { reason: FENCED } }))));
+}
