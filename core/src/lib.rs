@@ -4,7 +4,8 @@
 //! `next_deadline()`. No core reads a clock, does I/O, spawns, or iterates a
 //! `std::collections::HashMap` (only `BTreeMap`/`BTreeSet`), so the same
 //! inputs always give the same actions, and the simulator (`sim`) can run
-//! many nodes under a seeded schedule of faults.
+//! many nodes under a seeded schedule of faults. The simulator and the shared
+//! simulation harness (`testing`) are built with the `testing` feature.
 
 #![forbid(unsafe_code)]
 
@@ -14,8 +15,11 @@ pub mod membership;
 pub mod node;
 pub mod rng;
 pub mod services;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 pub mod takeover;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::fmt;
 

@@ -1,23 +1,44 @@
-//! A deterministic simulator of many membership managers.
+//! A deterministic simulator of many membership managers, on the shared
+//! harness ([`crate::testing`]).
 //!
 //! One seed drives everything: the cluster size, the registered levels and
 //! their barriers, every fault probability, and the schedule of crashes,
-//! restarts, partitions, leaves and local failures. The network loses,
-//! duplicates, delays and reorders messages. A simulated failure detector
-//! (the datapath's role) reports peers silent or up after a detection delay;
-//! a distress signal reaches connected peers at once.
+//! restarts, partitions, leaves, local failures, false alarms of the failure
+//! detector and slow (paused) nodes. The network loses, duplicates, delays
+//! and reorders messages. The simulated failure detector (the datapath's
+//! role) reports peers silent or up after a detection delay, and raises
+//! false alarms: a live, connected peer reported silent, then up again at
+//! its next heartbeat. A slow node is paused for a while: it processes
+//! nothing (its inputs queue up and are processed in order when it resumes)
+//! and sends no heartbeats, so its peers may take it for dead.
 //!
-//! Invariants are checked here, outside the code under test:
+//! Invariants are checked here, outside the code under test, for every node
+//! at every step (no node is exempted for having been down, halted, left,
+//! partitioned or paused; the rules below say what applies to such a node):
 //! * every node that followed a view saw the same content for it;
-//! * a step of a transition is notified only after every participant that
-//!   stayed alive acknowledged the previous step, and the levels of one
-//!   transition are notified in the right direction (bottom-up for join and
-//!   forced leave, top-down for leave) and barriers in order;
+//! * **ack ordering** — whenever a master publishes a state in which a
+//!   transition moved past a step (or completed it), every participant
+//!   still listed acknowledged that step (all its subsystems at that level),
+//!   unless that master's failure detector reported the participant failed
+//!   (silent or distress, not up again since), in this master's life. A node
+//!   that was down, restarted or cut off is covered by the same rule: the
+//!   master may only pass it by if it saw it fail, and then it forces it out;
+//! * the steps of one transition are notified on each node in the right
+//!   direction (bottom-up for join and forced leave, top-down for leave) and
+//!   barriers in order;
+//! * **split brain** — at no moment are two running nodes masters of
+//!   quorate states of the same term (checked whenever a master publishes a
+//!   state; a stale master of an older term may run until it hears of the
+//!   newer one, it is forced out by then); and when a master completes the forced leave of a life of
+//!   Y, that life of Y, if it is running and not paused, no longer acts as a
+//!   joined member;
 //! * a node that halted (forced out, lost quorum, local failure) performs no
 //!   action afterwards;
 //! * a local failure sends one distress per node life, however many
 //!   failures are reported (S0.4), and each node processes a peer's distress
 //!   once;
+//! * every seed injects faults, and the summary says which (`faults=`); a
+//!   run in which none ran is reported as a harness bug;
 //! * after the faults stop and the network heals, every node is Joined in
 //!   the master's view, every transition completed, and all agree on it.
 
@@ -25,10 +46,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::membership::{
-    Action, Barriers, ClusterState, Config, HaltReason, Input, Kind, LevelSpec, Membership, Msg, NodeState, Step,
-    SubsystemId, TransitionId, ViewId,
+    Action, Barriers, ClusterState, Config, Input, Kind, LevelSpec, Membership, Msg, NodeState, Step, SubsystemId,
+    Transition, TransitionId, ViewId,
 };
-use crate::rng::Rng;
+use crate::testing::{Clock, Detector, DetectorConfig, FaultCounts, Net, NetConfig, Rng, Trace};
 use crate::{Instant, NodeId};
 
 /// Everything a run depends on, derived from the seed.
@@ -52,6 +73,10 @@ pub struct SimConfig {
     pub staggered_start: bool,
     /// The cores' coalescing window (`Config::batch_ns`), in ms.
     pub batch_ms: u64,
+    /// Per fault slot: a false alarm of the failure detector.
+    pub false_alarm_p: f64,
+    /// Per fault slot: a node pauses (a slow node).
+    pub pause_p: f64,
 }
 
 impl SimConfig {
@@ -86,8 +111,9 @@ impl SimConfig {
             leave_p: [0.0, 0.05, 0.15][r.below(3) as usize],
             distress_p: [0.0, 0.03, 0.1][r.below(3) as usize],
             staggered_start: r.chance(0.5),
-            // Drawn last: the draws above stay what they were for each seed.
             batch_ms: [0, 1, 2, 5][r.below(4) as usize],
+            false_alarm_p: [0.0, 0.05, 0.2][r.below(3) as usize],
+            pause_p: [0.0, 0.05, 0.15][r.below(3) as usize],
         }
     }
 }
@@ -101,6 +127,8 @@ pub struct SimResult {
     pub events: u64,
     pub messages: u64,
     pub final_view: Option<ViewId>,
+    /// The faults that ran, by kind.
+    pub faults: FaultCounts,
     pub summary: String,
 }
 
@@ -113,8 +141,9 @@ impl SimResult {
 #[derive(Clone, Debug)]
 enum Ev {
     Deliver { to: NodeId, from: NodeId, to_life: u32, msg: Msg },
-    /// A failure-detector event about `subject` (dropped if either side restarted since).
-    Peer { to: NodeId, to_life: u32, subject: NodeId, subject_life: u32, input: Input },
+    /// A failure-detector event about `subject` (dropped if either side
+    /// restarted since). `false_alarm`: reported although heartbeats flow.
+    Peer { to: NodeId, to_life: u32, subject: NodeId, subject_life: u32, input: Input, false_alarm: bool },
     SubAck { node: NodeId, life: u32, subsystem: SubsystemId, id: TransitionId, step: Step },
     Crash { node: NodeId },
     Restart { node: NodeId },
@@ -123,6 +152,22 @@ enum Ev {
     Leave { node: NodeId },
     LocalFailure { node: NodeId, twice: bool },
     Start { node: NodeId },
+    /// The failure detector of `observer` falsely reports `subject` silent.
+    FalseAlarm { observer: NodeId, subject: NodeId },
+    /// `node` stops processing (and heartbeating) for `ms`.
+    Pause { node: NodeId, ms: u64 },
+    Resume { node: NodeId },
+}
+
+impl Ev {
+    /// The node whose processing this event is (deferred while it is paused).
+    fn target(&self) -> Option<NodeId> {
+        match self {
+            Ev::Deliver { to, .. } | Ev::Peer { to, .. } => Some(*to),
+            Ev::SubAck { node, .. } | Ev::Leave { node } | Ev::LocalFailure { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
 }
 
 struct NodeSim {
@@ -133,48 +178,49 @@ struct NodeSim {
     halted: bool,
     left: bool,
     distress_sent: u32,
-    deadline_armed: Option<Instant>,
-}
-
-/// FNV-1a, for the trace hash.
-fn fnv(h: &mut u64, s: &str) {
-    for b in s.bytes() {
-        *h ^= b as u64;
-        *h = h.wrapping_mul(0x100_0000_01b3);
-    }
+    /// Paused (a slow node) until then.
+    paused_until: Option<Instant>,
+    /// A mirror of the core's failure set, from the inputs fed to this
+    /// life: peers reported silent or in distress and not up again since.
+    fd_failed: BTreeSet<NodeId>,
+    fd_distressed: BTreeSet<NodeId>,
+    /// The state this life followed after its last input.
+    last_state: Option<ClusterState>,
 }
 
 pub struct Sim {
     cfg: SimConfig,
     rng: Rng,
-    now: Instant,
-    queue: BTreeMap<(Instant, u64), Ev>,
-    seq: u64,
+    clock: Clock<Ev>,
+    net: Net,
+    fd: Detector,
     nodes: BTreeMap<NodeId, NodeSim>,
-    side: BTreeSet<NodeId>,
-    partitioned: bool,
-    /// What each node believes of each peer's connectivity (to send FD events on change).
-    fd_view: BTreeMap<(NodeId, NodeId), bool>,
     views: BTreeMap<ViewId, u64>,
-    /// (node, transition, step) -> time each subsystem acked; per node the
-    /// subsystems registered.
+    /// (node, transition, step) -> the subsystems that acknowledged it.
     acks: BTreeMap<(NodeId, TransitionId, Step), BTreeSet<SubsystemId>>,
     notified: BTreeMap<(NodeId, u32, TransitionId), Vec<Step>>,
-    ever_down: BTreeSet<NodeId>,
-    /// Pairs of nodes that were ever cut apart by a partition.
-    ever_cut: BTreeSet<(NodeId, NodeId)>,
     /// (receiver life, sender, sender incarnation) -> distress processed count.
     distress_processed: BTreeMap<(NodeId, u32, NodeId, u64), u32>,
+    faults: FaultCounts,
     violations: Vec<String>,
-    hash: u64,
     events: u64,
     messages: u64,
-    trace: Vec<String>,
-    keep_trace: bool,
+    trace: Trace,
 }
 
 fn subsystems(levels: &[LevelSpec]) -> Vec<(SubsystemId, LevelSpec)> {
     levels.iter().enumerate().map(|(i, l)| (i as SubsystemId + 1, *l)).collect()
+}
+
+/// Every step of `t`'s path, in walking order.
+fn all_steps(t: &Transition) -> Vec<Step> {
+    let mut v = Vec::new();
+    for l in &t.path {
+        for b in 0..l.barriers.of(t.id.kind) {
+            v.push(Step { level: l.level, barrier: b });
+        }
+    }
+    v
 }
 
 impl Sim {
@@ -192,50 +238,54 @@ impl Sim {
                     halted: false,
                     left: false,
                     distress_sent: 0,
-                    deadline_armed: None,
+                    paused_until: None,
+                    fd_failed: BTreeSet::new(),
+                    fd_distressed: BTreeSet::new(),
+                    last_state: None,
                 },
             );
         }
+        let net = Net::new(NetConfig { loss: cfg.loss, dup: cfg.dup, delay_us: (cfg.delay_ms.0 * 1000, cfg.delay_ms.1 * 1000) });
+        let fd = Detector::new(DetectorConfig {
+            detect_ms: cfg.detect_ms,
+            up_ms: 2,
+            false_alarm_p: cfg.false_alarm_p,
+            false_alarm_ms: (5, 120),
+        });
         Sim {
             cfg,
             rng,
-            now: Instant::ZERO,
-            queue: BTreeMap::new(),
-            seq: 0,
+            clock: Clock::new(),
+            net,
+            fd,
             nodes,
-            side: BTreeSet::new(),
-            partitioned: false,
-            fd_view: BTreeMap::new(),
             views: BTreeMap::new(),
             acks: BTreeMap::new(),
             notified: BTreeMap::new(),
-            ever_down: BTreeSet::new(),
-            ever_cut: BTreeSet::new(),
             distress_processed: BTreeMap::new(),
+            faults: FaultCounts::default(),
             violations: Vec::new(),
-            hash: 0xcbf2_9ce4_8422_2325,
             events: 0,
             messages: 0,
-            trace: Vec::new(),
-            keep_trace,
+            trace: Trace::new(keep_trace),
         }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     fn at(&mut self, t: Instant, ev: Ev) {
-        self.seq += 1;
-        self.queue.insert((t, self.seq), ev);
+        self.clock.at(t, ev);
     }
 
     fn log(&mut self, line: String) {
-        fnv(&mut self.hash, &line);
-        if self.keep_trace {
-            self.trace.push(line);
-        }
+        self.trace.log(line);
     }
 
     fn violation(&mut self, v: String) {
         if self.violations.len() < 20 {
-            self.violations.push(format!("t={} {v}", self.now));
+            self.violations.push(format!("t={} {v}", self.now()));
         }
     }
 
@@ -244,34 +294,33 @@ impl Sim {
         s.up && !s.halted && !s.left && s.core.is_some()
     }
 
+    fn paused(&self, n: NodeId) -> bool {
+        self.nodes[&n].paused_until.is_some()
+    }
+
+    /// Whether messages from `a` reach `b` (a paused receiver gets them when it resumes).
     fn connected(&self, a: NodeId, b: NodeId) -> bool {
-        self.running(a) && self.running(b) && (!self.partitioned || self.side.contains(&a) == self.side.contains(&b))
+        self.running(a) && self.running(b) && self.net.link(a, b)
+    }
+
+    /// Whether `b`'s heartbeats reach `a` now.
+    fn heartbeats(&self, a: NodeId, b: NodeId) -> bool {
+        self.connected(a, b) && self.connected(b, a) && !self.paused(b) && !self.paused(a)
     }
 
     /// Sends failure-detector events where connectivity changed.
     fn refresh_fd(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for &a in &ids {
-            if !self.running(a) {
-                continue;
-            }
-            for &b in &ids {
-                if a == b {
-                    continue;
-                }
-                let c = self.connected(a, b);
-                let prev = self.fd_view.get(&(a, b)).copied();
-                if prev != Some(c) {
-                    self.fd_view.insert((a, b), c);
-                    let life = self.nodes[&a].life;
-                    let subject_life = self.nodes[&b].life;
-                    let t = self.now.plus_ms(if c { 2 } else { self.cfg.detect_ms });
-                    let input = if c { Input::PeerUp { node: b } } else { Input::PeerSilent { node: b } };
-                    if prev.is_some() || c {
-                        self.at(t, Ev::Peer { to: a, to_life: life, subject: b, subject_life, input });
-                    }
-                }
-            }
+        let observers: Vec<NodeId> = ids.iter().copied().filter(|a| self.running(*a)).collect();
+        let hb: BTreeSet<(NodeId, NodeId)> =
+            observers.iter().flat_map(|&a| ids.iter().map(move |&b| (a, b))).filter(|&(a, b)| a != b && self.heartbeats(a, b)).collect();
+        let changes = self.fd.refresh(&observers, &ids, |a, b| hb.contains(&(a, b)));
+        for (delay, ch) in changes {
+            let life = self.nodes[&ch.observer].life;
+            let subject_life = self.nodes[&ch.subject].life;
+            let input = if ch.up { Input::PeerUp { node: ch.subject } } else { Input::PeerSilent { node: ch.subject } };
+            let t = self.now().plus_ms(delay);
+            self.at(t, Ev::Peer { to: ch.observer, to_life: life, subject: ch.subject, subject_life, input, false_alarm: false });
         }
     }
 
@@ -288,9 +337,10 @@ impl Sim {
             batch_ns: self.cfg.batch_ms * 1_000_000,
             two_node_race: false,
         };
+        let now = self.now();
         let mut core = Membership::new(cfg);
         for (sid, spec) in subsystems(&self.cfg.levels) {
-            core.handle(self.now, Input::Register { subsystem: sid, spec });
+            core.handle(now, Input::Register { subsystem: sid, spec });
         }
         {
             let s = self.nodes.get_mut(&n).unwrap();
@@ -301,15 +351,14 @@ impl Sim {
             s.halted = false;
             s.left = false;
             s.distress_sent = 0;
-            s.deadline_armed = None;
+            s.paused_until = None;
+            s.fd_failed.clear();
+            s.fd_distressed.clear();
+            s.last_state = None;
         }
-        // Every other node's links are re-learned from scratch.
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for b in ids {
-            self.fd_view.remove(&(n, b));
-            self.fd_view.remove(&(b, n));
-        }
-        self.log(format!("{} start n{n} life {life} inc {incarnation:x}", self.now));
+        // Every other node's links to it are re-learned from scratch.
+        self.fd.forget(n);
+        self.log(format!("{now} start n{n} life {life} inc {incarnation:x}"));
         self.input(n, Input::Start);
         self.refresh_fd();
     }
@@ -318,11 +367,35 @@ impl Sim {
         if !self.running(n) {
             return;
         }
-        let now = self.now;
+        // Mirror the core's failure set (`Membership::failed`): what this
+        // life's failure detector said last about each peer.
+        {
+            let s = self.nodes.get_mut(&n).unwrap();
+            match &input {
+                Input::PeerUp { node } => {
+                    s.fd_failed.remove(node);
+                    s.fd_distressed.remove(node);
+                }
+                Input::PeerSilent { node } if *node != n => {
+                    s.fd_failed.insert(*node);
+                }
+                Input::PeerDistress { node, .. } if *node != n => {
+                    if s.fd_distressed.insert(*node) {
+                        s.fd_failed.insert(*node);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let now = self.now();
         if let Some(core) = self.nodes.get_mut(&n).unwrap().core.as_mut() {
             core.handle(now, input);
         }
         self.drain(n);
+        let st = self.nodes[&n].core.as_ref().and_then(|c| c.state().cloned());
+        if let Some(s) = self.nodes.get_mut(&n) {
+            s.last_state = st;
+        }
     }
 
     fn drain(&mut self, n: NodeId) {
@@ -345,83 +418,75 @@ impl Sim {
 
     fn act(&mut self, n: NodeId, a: Action) {
         let life = self.nodes[&n].life;
+        let now = self.now();
         match a {
             Action::Send { to, msg } => {
                 self.messages += 1;
-                if self.keep_trace {
-                    if let Msg::Gmp(g) = &msg {
-                        let line = format!("{} n{n} -> n{to} {g:?}", self.now);
-                        self.trace.push(line);
-                    }
+                if let Msg::Gmp(g) = &msg {
+                    self.trace.note(|| format!("{now} n{n} -> n{to} {g:?}"));
                 }
-                if !self.connected(n, to) || self.rng.chance(self.cfg.loss) {
+                if !self.connected(n, to) {
                     return;
                 }
-                let copies = if self.rng.chance(self.cfg.dup) { 2 } else { 1 };
-                for _ in 0..copies {
-                    let d = self.rng.range(self.cfg.delay_ms.0 * 1000, self.cfg.delay_ms.1 * 1000);
-                    let to_life = self.nodes[&to].life;
-                    let t = self.now.plus_ns(d * 1000);
-                    self.at(t, Ev::Deliver { to, from: n, to_life, msg: msg.clone() });
+                let delays = self.net.transmit(&mut self.rng, n, to);
+                let to_life = self.nodes[&to].life;
+                for d in delays {
+                    self.at(now.plus_ns(d), Ev::Deliver { to, from: n, to_life, msg: msg.clone() });
                 }
             }
             Action::Notify { subsystem, id, step, states: _ } => {
-                self.log(format!("{} n{n} notify s{subsystem} {id:?} {step:?}", self.now));
-                self.check_notify(n, id, step);
+                self.log(format!("{now} n{n} notify s{subsystem} {id:?} {step:?}"));
+                self.check_notify_order(n, id, step);
                 self.notified.entry((n, life, id)).or_default().push(step);
                 let d = self.rng.range(0, 8_000_000);
-                let t = self.now.plus_ns(d);
-                self.at(t, Ev::SubAck { node: n, life, subsystem, id, step });
+                self.at(now.plus_ns(d), Ev::SubAck { node: n, life, subsystem, id, step });
             }
             Action::SendDistress { reason } => {
                 self.nodes.get_mut(&n).unwrap().distress_sent += 1;
                 if self.nodes[&n].distress_sent > 1 {
                     self.violation(format!("n{n} sent a second distress in one life"));
                 }
-                self.log(format!("{} n{n} distress {reason}", self.now));
+                self.log(format!("{now} n{n} distress {reason}"));
                 let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
                 for b in ids {
                     if b != n && self.connected(n, b) {
                         let to_life = self.nodes[&b].life;
                         // Redundantly on every link: two copies.
                         for k in 0..2 {
-                            let t = self.now.plus_ns(500_000 + k * 100_000);
-                            self.at(t, Ev::Peer { to: b, to_life, subject: n, subject_life: life, input: Input::PeerDistress { node: n, reason } });
+                            let t = now.plus_ns(500_000 + k * 100_000);
+                            let input = Input::PeerDistress { node: n, reason };
+                            self.at(t, Ev::Peer { to: b, to_life, subject: n, subject_life: life, input, false_alarm: false });
                         }
                     }
                 }
             }
             Action::Terminate { subsystem, reason } => {
-                self.log(format!("{} n{n} terminate s{subsystem} {reason}", self.now));
+                self.log(format!("{now} n{n} terminate s{subsystem} {reason}"));
             }
             Action::Halt { why } => {
-                self.log(format!("{} n{n} halt {why:?}", self.now));
-                let s = self.nodes.get_mut(&n).unwrap();
-                s.halted = true;
-                self.ever_down.insert(n);
+                self.log(format!("{now} n{n} halt {why:?}"));
+                self.nodes.get_mut(&n).unwrap().halted = true;
                 // A halted node stops heartbeating; it is restarted later.
-                let t = self.now.plus_ms(self.rng.range(200, 800));
+                let t = now.plus_ms(self.rng.range(200, 800));
                 self.at(t, Ev::Restart { node: n });
-                let _ = matches!(why, HaltReason::ForcedOut);
                 self.refresh_fd();
             }
             Action::Left => {
-                self.log(format!("{} n{n} left", self.now));
+                self.log(format!("{now} n{n} left"));
                 self.nodes.get_mut(&n).unwrap().left = true;
-                self.ever_down.insert(n);
-                let t = self.now.plus_ms(self.rng.range(100, 600));
+                let t = now.plus_ms(self.rng.range(100, 600));
                 self.at(t, Ev::Restart { node: n });
                 self.refresh_fd();
             }
-            Action::TransitionCompleted { id, participants, path } => {
-                self.log(format!("{} n{n} completed {id:?}", self.now));
-                self.check_completion(n, id, &participants, &path);
+            Action::TransitionCompleted { id, participants, path: _ } => {
+                self.log(format!("{now} n{n} completed {id:?}"));
+                self.check_completion(n, id, &participants);
                 if id.kind == Kind::ForcedLeave {
                     self.check_not_acting(n, id);
                 }
             }
             Action::PeerFailed { node, distress } => {
-                self.log(format!("{} n{n} peer failed n{node} distress={distress}", self.now));
+                self.log(format!("{now} n{n} peer failed n{node} distress={distress}"));
                 if distress {
                     let inc = self.nodes[&node].incarnation;
                     let c = self.distress_processed.entry((n, life, node, inc)).or_insert(0);
@@ -432,18 +497,18 @@ impl Sim {
                 }
             }
             Action::PeerGone { node } => {
-                self.log(format!("{} n{n} peer gone n{node}", self.now));
+                self.log(format!("{now} n{n} peer gone n{node}"));
             }
             Action::StopRequested => {
-                self.log(format!("{} n{n} stop requested", self.now));
+                self.log(format!("{now} n{n} stop requested"));
             }
             Action::StateChanged { view } => {
-                if self.keep_trace {
-                    let master = self.nodes[&n].core.as_ref().map(|c| c.is_master()).unwrap_or(false);
-                    let dbg = self.nodes[&n].core.as_ref().map(|c| c.debug_line()).unwrap_or_default();
-                    let grp = self.nodes[&n].core.as_ref().and_then(|c| c.state()).map(|s| s.group());
-                    let line = format!("{} n{n} view {view:?} master={master} group={grp:?} {dbg}", self.now);
-                    self.trace.push(line);
+                if self.trace.keeps() {
+                    let c = self.nodes[&n].core.as_ref();
+                    let master = c.map(|c| c.is_master()).unwrap_or(false);
+                    let dbg = c.map(|c| c.debug_line()).unwrap_or_default();
+                    let grp = c.and_then(|c| c.state()).map(|s| s.group());
+                    self.trace.note(|| format!("{now} n{n} view {view:?} master={master} group={grp:?} {dbg}"));
                 }
                 let st = self.nodes[&n].core.as_ref().and_then(|c| c.state().cloned());
                 if let Some(st) = st {
@@ -459,8 +524,8 @@ impl Sim {
             // StateChanged covers the newer view.
             return;
         }
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        fnv(&mut h, &format!("{:?}{:?}", st.nodes, st.transitions));
+        let mut h = crate::testing::FNV_START;
+        crate::testing::fnv(&mut h, &format!("{:?}{:?}", st.nodes, st.transitions));
         match self.views.get(&view) {
             Some(prev) if *prev != h => {
                 self.violation(format!("n{n} followed view {view:?} with content different from another node's"));
@@ -469,35 +534,124 @@ impl Sim {
                 self.views.insert(view, h);
             }
         }
+        let is_master = st.view.master == n && self.nodes[&n].core.as_ref().is_some_and(|c| c.is_master());
+        if is_master {
+            self.check_split_brain(n, st);
+            self.check_advances(n, st);
+        }
     }
 
-    /// A transition the master completed must have been acknowledged, at
-    /// every step, by every participant that stayed up and in touch.
-    fn check_completion(&mut self, master: NodeId, id: TransitionId, participants: &BTreeSet<NodeId>, path: &[LevelSpec]) {
-        let subs = subsystems(&self.cfg.levels);
-        for p in participants.iter().copied() {
-            if self.ever_down.contains(&p) || self.ever_cut.contains(&(master, p)) || self.ever_down.contains(&master) {
+    /// Split brain: at no moment are two running node lives masters of
+    /// quorate states of the same term. (Terms are per lineage: a cluster
+    /// formed anew after every node restarted begins at term 1 again, so
+    /// the rule is about lives that are masters at the same time. A stale
+    /// master of an older term may still run, unaware, until it hears of
+    /// the newer one: that is not two masters of one term.)
+    fn check_split_brain(&mut self, n: NodeId, st: &ClusterState) {
+        if !st.quorate {
+            return;
+        }
+        let others: Vec<(NodeId, ViewId)> = self
+            .nodes
+            .iter()
+            .filter(|(m, s)| **m != n && s.up && !s.halted && !s.left)
+            .filter_map(|(m, s)| {
+                let c = s.core.as_ref()?;
+                let o = c.state()?;
+                (c.is_master() && !c.is_halted() && o.quorate && o.view.master == *m && o.view.term == st.view.term)
+                    .then_some((*m, o.view))
+            })
+            .collect();
+        for (m, v) in others {
+            self.violation(format!("split brain: n{n} and n{m} are both masters of quorate states of term {} ({:?} and {v:?})", st.view.term, st.view));
+        }
+    }
+
+    /// Whether participant `p` acknowledged `step` of `id` at every
+    /// subsystem registered at that level.
+    fn acked(&self, p: NodeId, id: TransitionId, step: Step) -> bool {
+        let want: BTreeSet<SubsystemId> =
+            subsystems(&self.cfg.levels).iter().filter(|(_, l)| l.level == step.level).map(|(s, _)| *s).collect();
+        self.acks.get(&(p, id, step)).is_some_and(|got| want.is_subset(got))
+    }
+
+    /// The ack-ordering rule, at the master: the steps in `steps` were
+    /// passed; each participant in `participants` must have acknowledged
+    /// them unless this master life saw it fail.
+    fn check_passed(&mut self, master: NodeId, id: TransitionId, steps: &[Step], participants: &BTreeSet<NodeId>, what: &str) {
+        let failed = self.nodes[&master].fd_failed.clone();
+        for &p in participants {
+            if failed.contains(&p) {
                 continue;
             }
-            for spec in path {
-                for b in 0..spec.barriers.of(id.kind) {
-                    let step = Step { level: spec.level, barrier: b };
-                    let want: BTreeSet<SubsystemId> = subs.iter().filter(|(_, l)| l.level == spec.level).map(|(s, _)| *s).collect();
+            for &step in steps {
+                if !self.acked(p, id, step) {
                     let got = self.acks.get(&(p, id, step)).cloned().unwrap_or_default();
-                    if !want.is_subset(&got) {
-                        self.violation(format!("master n{master} completed {id:?} although n{p} never acknowledged {step:?}"));
-                    }
+                    self.violation(format!(
+                        "master n{master} {what} {id:?} past {step:?} although n{p} did not acknowledge it (acked by {got:?}) and was not reported failed"
+                    ));
+                    break;
                 }
             }
         }
     }
 
+    /// Compares the state a master publishes with the one it held before
+    /// this input: every transition that moved on passed its steps.
+    fn check_advances(&mut self, n: NodeId, st: &ClusterState) {
+        let Some(old) = self.nodes[&n].last_state.clone() else { return };
+        for (node, t_old) in &old.transitions {
+            let steps = all_steps(t_old);
+            let Some(from) = steps.iter().position(|s| *s == t_old.step()) else { continue };
+            match st.transitions.get(node) {
+                Some(t_new) if t_new.id == t_old.id => {
+                    let Some(to) = steps.iter().position(|s| *s == t_new.step()) else { continue };
+                    if to > from {
+                        let parts: BTreeSet<NodeId> = t_new.participants.intersection(&t_old.participants).copied().collect();
+                        self.check_passed(n, t_old.id, &steps[from..to], &parts, "moved");
+                    }
+                }
+                // A join reversed into a leave at a level boundary (S1.6):
+                // the join's current level was completed.
+                Some(t_new)
+                    if t_old.id.kind == Kind::Join
+                        && t_new.id.kind == Kind::Leave
+                        && t_new.id.incarnation == t_old.id.incarnation =>
+                {
+                    let level = t_old.step().level;
+                    let end = steps.iter().rposition(|s| s.level == level).map(|i| i + 1).unwrap_or(from);
+                    let parts: BTreeSet<NodeId> = t_new.participants.intersection(&t_old.participants).copied().collect();
+                    self.check_passed(n, t_old.id, &steps[from..end], &parts, "reversed");
+                }
+                // Completed (checked with its TransitionCompleted) or
+                // replaced by a forced leave (its node failed).
+                _ => {}
+            }
+        }
+    }
+
+    /// A transition the master completed passed every step from where the
+    /// master's previous state had it.
+    fn check_completion(&mut self, master: NodeId, id: TransitionId, participants: &BTreeSet<NodeId>) {
+        let old = self.nodes[&master].last_state.as_ref().and_then(|s| s.transitions.get(&id.node)).filter(|t| t.id == id).cloned();
+        let Some(t) = old else {
+            // Begun and completed within one input: every step passed.
+            // (The path is not known from the old state; the action's
+            // participants acknowledged each step of it.)
+            return;
+        };
+        let steps = all_steps(&t);
+        let from = steps.iter().position(|s| *s == t.step()).unwrap_or(0);
+        self.check_passed(master, id, &steps[from..], participants, "completed");
+    }
+
     /// No split brain: when a forced leave of Y completes (the survivors
     /// recover what Y held), that life of Y must not still act as a joined
-    /// member of any cluster.
+    /// member of any cluster. A paused Y is exempt while paused: it acts on
+    /// nothing, and learns it was forced out when it resumes.
     fn check_not_acting(&mut self, master: NodeId, id: TransitionId) {
         let y = &self.nodes[&id.node];
-        if !self.running(id.node) || y.incarnation != id.incarnation {
+        if !self.running(id.node) || y.incarnation != id.incarnation || self.paused(id.node) {
             return;
         }
         let acting = y.core.as_ref().map(|c| c.my_state() == NodeState::Joined).unwrap_or(false);
@@ -510,10 +664,8 @@ impl Sim {
         }
     }
 
-    /// A step may be notified only after every participant that stayed up
-    /// acknowledged the previous step of the same transition.
-    fn check_notify(&mut self, n: NodeId, id: TransitionId, step: Step) {
-        // Direction and order on this node.
+    /// The steps of one transition are notified on a node in walking order.
+    fn check_notify_order(&mut self, n: NodeId, id: TransitionId, step: Step) {
         let life = self.nodes[&n].life;
         if let Some(prev) = self.notified.get(&(n, life, id)).and_then(|v| v.last()).copied() {
             let ok = if prev.level == step.level {
@@ -523,49 +675,22 @@ impl Sim {
             } else {
                 step.level > prev.level
             };
-            if !ok && !(prev == step) {
+            if !ok && prev != step {
                 self.violation(format!("n{n}: {id:?} notified {step:?} after {prev:?} (wrong order)"));
-            }
-        }
-        let Some(t) = self.nodes[&n]
-            .core
-            .as_ref()
-            .and_then(|c| c.state())
-            .and_then(|st| st.transitions.get(&id.node))
-            .filter(|t| t.id == id)
-            .cloned()
-        else {
-            return;
-        };
-        // The previous step in the path.
-        let prev = if t.barrier > 0 {
-            Some(Step { level: t.path[t.pos].level, barrier: t.barrier - 1 })
-        } else if t.pos > 0 {
-            let l = t.path[t.pos - 1];
-            Some(Step { level: l.level, barrier: l.barriers.of(id.kind) - 1 })
-        } else {
-            None
-        };
-        let Some(prev) = prev else { return };
-        let subs: Vec<(SubsystemId, LevelSpec)> = subsystems(&self.cfg.levels);
-        let master = self.nodes[&n].core.as_ref().and_then(|c| c.state()).map(|s| s.view.master).unwrap_or(0);
-        for p in t.participants.iter().copied() {
-            // The master skips a participant it saw fail (it is then forced out).
-            if self.ever_down.contains(&p) || self.ever_cut.contains(&(master, p)) || self.ever_down.contains(&master) {
-                continue;
-            }
-            let want: BTreeSet<SubsystemId> = subs.iter().filter(|(_, l)| l.level == prev.level).map(|(s, _)| *s).collect();
-            let got = self.acks.get(&(p, id, prev)).cloned().unwrap_or_default();
-            if !want.is_subset(&got) {
-                self.violation(format!(
-                    "n{n}: {id:?} step {step:?} notified before n{p} acknowledged {prev:?} (acked by {got:?})"
-                ));
             }
         }
     }
 
     fn process(&mut self, ev: Ev) {
         self.events += 1;
+        // A paused node processes nothing: its inputs wait, in order.
+        if let Some(t) = ev.target() {
+            if let Some(until) = self.nodes[&t].paused_until {
+                self.at(until, ev);
+                return;
+            }
+        }
+        let now = self.now();
         match ev {
             Ev::Deliver { to, from, to_life, msg } => {
                 if self.nodes[&to].life != to_life || !self.connected(from, to) {
@@ -573,7 +698,7 @@ impl Sim {
                 }
                 self.input(to, Input::Receive { from, msg });
             }
-            Ev::Peer { to, to_life, subject, subject_life, input } => {
+            Ev::Peer { to, to_life, subject, subject_life, input, false_alarm } => {
                 if self.nodes[&to].life != to_life {
                     return;
                 }
@@ -583,13 +708,20 @@ impl Sim {
                     return;
                 }
                 // Like the datapath: silence is only reported if the link is
-                // still silent when the bound expires, and "up" only while up.
+                // still silent when the bound expires (unless it is a false
+                // alarm), and "up" only while up.
                 match input {
-                    Input::PeerSilent { .. } if self.connected(to, subject) => return,
-                    Input::PeerUp { .. } if !self.connected(to, subject) => return,
+                    Input::PeerSilent { .. } if !false_alarm && self.heartbeats(to, subject) => return,
+                    Input::PeerUp { .. } if !self.heartbeats(to, subject) => return,
                     _ => {}
                 }
-                self.log(format!("{} n{to} fd {input:?}", self.now));
+                if false_alarm {
+                    if !self.running(to) {
+                        return;
+                    }
+                    self.faults.add("false_alarm");
+                }
+                self.log(format!("{now} n{to} fd {input:?}{}", if false_alarm { " (false alarm)" } else { "" }));
                 self.input(to, input);
             }
             Ev::SubAck { node, life, subsystem, id, step } => {
@@ -603,13 +735,14 @@ impl Sim {
                 if !self.running(node) {
                     return;
                 }
-                self.log(format!("{} n{node} crash", self.now));
+                self.faults.add("crash");
+                self.log(format!("{now} n{node} crash"));
                 let s = self.nodes.get_mut(&node).unwrap();
                 s.up = false;
                 s.core = None;
-                self.ever_down.insert(node);
+                s.paused_until = None;
                 self.refresh_fd();
-                let t = self.now.plus_ms(self.rng.range(100, 1500));
+                let t = now.plus_ms(self.rng.range(100, 1500));
                 self.at(t, Ev::Restart { node });
             }
             Ev::Restart { node } | Ev::Start { node } => {
@@ -619,34 +752,67 @@ impl Sim {
                 self.start_node(node);
             }
             Ev::Partition { side } => {
-                self.log(format!("{} partition {side:?}", self.now));
-                for a in 1..=self.cfg.nodes {
-                    for b in 1..=self.cfg.nodes {
-                        if side.contains(&a) != side.contains(&b) {
-                            self.ever_cut.insert((a, b));
-                        }
-                    }
-                }
-                self.side = side;
-                self.partitioned = true;
+                self.faults.add("partition");
+                self.log(format!("{now} partition {side:?}"));
+                self.net.partition(side, 1..=self.cfg.nodes);
                 self.refresh_fd();
             }
             Ev::Heal => {
-                self.log(format!("{} heal", self.now));
-                self.partitioned = false;
+                self.log(format!("{now} heal"));
+                self.net.heal();
                 self.refresh_fd();
             }
             Ev::Leave { node } => {
-                self.log(format!("{} n{node} asks to leave", self.now));
+                if self.running(node) {
+                    self.faults.add("leave");
+                }
+                self.log(format!("{now} n{node} asks to leave"));
                 self.input(node, Input::Leave);
             }
             Ev::LocalFailure { node, twice } => {
-                self.log(format!("{} n{node} local failure", self.now));
+                if self.running(node) {
+                    self.faults.add("local_failure");
+                }
+                self.log(format!("{now} n{node} local failure"));
                 self.input(node, Input::LocalFailure { from: Some(1), reason: 3 });
                 if twice {
                     // S0.4: the second report is ignored.
                     self.input(node, Input::LocalFailure { from: Some(2), reason: 4 });
                 }
+            }
+            Ev::FalseAlarm { observer, subject } => {
+                // Only a live, connected peer can be falsely reported.
+                if !self.heartbeats(observer, subject) {
+                    return;
+                }
+                let (lo, hi) = self.fd.cfg.false_alarm_ms;
+                let back = self.rng.range(lo, hi);
+                let to_life = self.nodes[&observer].life;
+                let subject_life = self.nodes[&subject].life;
+                let silent = Input::PeerSilent { node: subject };
+                self.at(now, Ev::Peer { to: observer, to_life, subject, subject_life, input: silent, false_alarm: true });
+                // Its next heartbeat: up again (if the link still carries them).
+                let up = Input::PeerUp { node: subject };
+                self.at(now.plus_ms(back), Ev::Peer { to: observer, to_life, subject, subject_life, input: up, false_alarm: false });
+            }
+            Ev::Pause { node, ms } => {
+                if !self.running(node) || self.paused(node) {
+                    return;
+                }
+                self.faults.add("pause");
+                self.log(format!("{now} n{node} paused for {ms} ms"));
+                let until = now.plus_ms(ms);
+                self.nodes.get_mut(&node).unwrap().paused_until = Some(until);
+                self.refresh_fd();
+                self.at(until, Ev::Resume { node });
+            }
+            Ev::Resume { node } => {
+                if self.nodes[&node].paused_until.is_none() {
+                    return;
+                }
+                self.log(format!("{now} n{node} resumes"));
+                self.nodes.get_mut(&node).unwrap().paused_until = None;
+                self.refresh_fd();
             }
         }
     }
@@ -657,6 +823,7 @@ impl Sim {
             let t = if self.cfg.staggered_start { Instant::from_ms(self.rng.range(0, 800)) } else { Instant::ZERO };
             self.at(t, Ev::Start { node: id });
         }
+        let mut scheduled = 0;
         let mut t = 500u64;
         loop {
             t += self.rng.range(50, 300);
@@ -666,13 +833,16 @@ impl Sim {
             let node = self.rng.range(1, n as u64) as NodeId;
             if self.rng.chance(self.cfg.crash_p) {
                 self.at(Instant::from_ms(t), Ev::Crash { node });
+                scheduled += 1;
             }
             if self.rng.chance(self.cfg.leave_p) {
                 self.at(Instant::from_ms(t + 7), Ev::Leave { node });
+                scheduled += 1;
             }
             if self.rng.chance(self.cfg.distress_p) {
                 let twice = self.rng.chance(0.5);
                 self.at(Instant::from_ms(t + 13), Ev::LocalFailure { node, twice });
+                scheduled += 1;
             }
             if self.rng.chance(self.cfg.partition_p) {
                 let mut side = BTreeSet::new();
@@ -684,13 +854,38 @@ impl Sim {
                 self.at(Instant::from_ms(t + 3), Ev::Partition { side });
                 let heal = (t + self.rng.range(100, 800)).min(self.cfg.fault_ms);
                 self.at(Instant::from_ms(heal), Ev::Heal);
+                scheduled += 1;
             }
+            if self.rng.chance(self.cfg.false_alarm_p) {
+                let subject = self.rng.range(1, n as u64) as NodeId;
+                if subject != node {
+                    self.at(Instant::from_ms(t + 17), Ev::FalseAlarm { observer: node, subject });
+                    scheduled += 1;
+                }
+            }
+            if self.rng.chance(self.cfg.pause_p) {
+                // Mostly shorter than the detection bound, sometimes longer.
+                let ms = if self.rng.chance(0.5) { self.rng.range(5, 25) } else { self.rng.range(40, 400) };
+                self.at(Instant::from_ms(t + 19), Ev::Pause { node, ms });
+                scheduled += 1;
+            }
+        }
+        if scheduled == 0 {
+            // Every seed injects faults: a seed whose probabilities drew
+            // none gets a crash and a long pause of two nodes, late enough
+            // for the cluster to have formed.
+            let a = self.rng.range(1, n as u64) as NodeId;
+            let b = a % n + 1;
+            self.at(Instant::from_ms(1_500), Ev::Crash { node: a });
+            let ms = self.rng.range(40, 400);
+            self.at(Instant::from_ms(2_000), Ev::Pause { node: b, ms });
         }
         self.at(Instant::from_ms(self.cfg.fault_ms), Ev::Heal);
     }
 
     pub fn run(mut self) -> (SimResult, Vec<String>) {
-        self.run_inner()
+        let (r, t) = self.run_inner();
+        (r, t)
     }
 
     fn run_inner(&mut self) -> (SimResult, Vec<String>) {
@@ -703,12 +898,13 @@ impl Sim {
             self.at(Instant::from_ms(self.cfg.fault_ms + 2), Ev::Restart { node: id });
         }
         loop {
-            // The earliest of the queue and every core's deadline.
-            let mut next = self.queue.keys().next().map(|k| k.0);
+            // The earliest of the queue and every running, unpaused core's deadline.
+            let mut next = self.clock.next_time();
             let mut due = None;
             for (&id, s) in &self.nodes {
                 if let Some(d) = s.core.as_ref().and_then(|c| c.next_deadline()) {
-                    if s.up && !s.halted && !s.left && next.map(|x| d < x).unwrap_or(true) {
+                    let live = s.up && !s.halted && !s.left && s.paused_until.is_none();
+                    if live && next.map(|x| d < x).unwrap_or(true) {
                         next = Some(d);
                         due = Some(id);
                     }
@@ -718,17 +914,16 @@ impl Sim {
             if t > end {
                 break;
             }
-            self.now = self.now.max(t);
             if let Some(id) = due {
+                self.clock.advance_to(t);
                 self.events += 1;
                 self.input(id, Input::Tick);
                 continue;
             }
-            let key = *self.queue.keys().next().unwrap();
-            let ev = self.queue.remove(&key).unwrap();
+            let ev = self.clock.pop().unwrap();
             self.process(ev);
         }
-        self.now = end;
+        self.clock.advance_to(end);
         self.final_checks();
         let summary = self.summary();
         let final_view = self.master_state().map(|s| s.view);
@@ -736,29 +931,25 @@ impl Sim {
             SimResult {
                 seed: self.cfg.seed,
                 violations: self.violations.clone(),
-                trace_hash: self.hash,
+                trace_hash: self.trace.hash(),
                 events: self.events,
                 messages: self.messages,
                 final_view,
+                faults: self.faults.clone(),
                 summary,
             },
-            std::mem::take(&mut self.trace),
+            self.trace.take_lines(),
         )
     }
 
-    /// Runs and also returns a dump of every node's final state (debugging).
-    pub fn run_with_dump(mut self) -> (SimResult, Vec<String>, String) {
-        let (r, t) = {
-            // Run by value, then reconstruct the dump from a second identical run is not
-            // possible; so run here inline.
-            self.keep_trace = true;
-            let mut me = self;
-            let (r, t) = me.run_inner();
-            let dump = me.dump();
-            return (r, t, dump);
-        };
-        #[allow(unreachable_code)]
-        (r, t, String::new())
+    /// Runs with the trace kept and also returns a dump of every node's
+    /// final state (debugging).
+    pub fn run_with_dump(self) -> (SimResult, Vec<String>, String) {
+        let mut me = self;
+        me.trace = Trace::new(true);
+        let (r, t) = me.run_inner();
+        let dump = me.dump();
+        (r, t, dump)
     }
 
     fn dump(&self) -> String {
@@ -783,6 +974,10 @@ impl Sim {
     }
 
     fn final_checks(&mut self) {
+        // Injected faults (message loss and duplicates aside): none is a harness bug.
+        if self.faults.total() == 0 {
+            self.violation("harness bug: no fault ran in this seed".into());
+        }
         let Some(ms) = self.master_state() else {
             self.violation("no master after healing".into());
             return;
@@ -791,8 +986,8 @@ impl Sim {
         if masters != 1 {
             self.violation(format!("{masters} masters after healing"));
         }
-        for (&id, s) in &self.nodes.iter().map(|(a, b)| (*a, b.up && !b.halted)).collect::<BTreeMap<_, _>>() {
-            let _ = s;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
             let st = ms.state_of(id);
             if st != NodeState::Joined {
                 self.violation(format!("after healing n{id} is {st:?} in the master's view {:?}", ms.view));
@@ -810,18 +1005,25 @@ impl Sim {
     }
 
     fn summary(&self) -> String {
-        self.cfg.describe()
+        let s = self.net.stats;
+        format!(
+            "{} faults=[{}] net=[sent={} lost={} cut={} dup={}]",
+            self.cfg.describe(),
+            self.faults.describe(),
+            s.sent,
+            s.lost,
+            s.cut,
+            s.duplicated
+        )
     }
 }
 
 impl SimConfig {
     /// One line with every parameter the seed chose.
     pub fn describe(&self) -> String {
-        let mut s = String::new();
         let c = self;
-        let _ = write!(
-            s,
-            "nodes={} levels={} subgroup={} loss={} dup={} delay={:?}ms crash={} partition={} leave={} distress={} staggered={} batch={}ms",
+        format!(
+            "nodes={} levels={} subgroup={} loss={} dup={} delay={:?}ms crash={} partition={} leave={} distress={} false_alarm={} pause={} staggered={} batch={}ms",
             c.nodes,
             c.levels.len(),
             c.subgroup_size,
@@ -832,10 +1034,11 @@ impl SimConfig {
             c.partition_p,
             c.leave_p,
             c.distress_p,
+            c.false_alarm_p,
+            c.pause_p,
             c.staggered_start,
             c.batch_ms
-        );
-        s
+        )
     }
 }
 

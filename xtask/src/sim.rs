@@ -1,15 +1,27 @@
 //! `cargo xtask sim`: runs seeded simulations of many membership managers
-//! (baton-core's `sim`) and checks their invariants. Every failure prints the
-//! one command that reproduces it.
+//! (baton-core's `sim`, on the shared harness `baton_core::testing`) and
+//! checks their invariants. Every seed runs twice and the two trace hashes
+//! must match (determinism). Every failure prints the one command that
+//! reproduces it.
+
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use baton_core::sim::{run_seed, run_seed_traced, SimConfig};
+use baton_core::sim::{run_seed, run_seed_traced, SimResult};
 
 pub struct SimOpts {
     pub seeds: u64,
     pub start: u64,
     pub seed: Option<u64>,
     pub trace: bool,
+}
+
+/// Runs `seed` twice: the result, and the second run's trace hash if it differs.
+fn run_twice(seed: u64) -> (SimResult, Option<u64>) {
+    let a = run_seed(seed);
+    let b = run_seed(seed);
+    let differs = (b.trace_hash != a.trace_hash || b.events != a.events).then_some(b.trace_hash);
+    (a, differs)
 }
 
 pub fn run(o: &SimOpts) -> Result<()> {
@@ -20,7 +32,7 @@ pub fn run(o: &SimOpts) -> Result<()> {
                 println!("{l}");
             }
         }
-        println!("seed {seed}: {} ({} events, {} messages, trace {:016x})", SimConfig::from_seed(seed).describe(), r.events, r.messages, r.trace_hash);
+        println!("seed {seed}: {} ({} events, {} messages, trace {:016x})", r.summary, r.events, r.messages, r.trace_hash);
         let again = run_seed(seed);
         if again.trace_hash != r.trace_hash {
             bail!("seed {seed} is not deterministic: trace {:016x} then {:016x}", r.trace_hash, again.trace_hash);
@@ -39,41 +51,45 @@ pub fn run(o: &SimOpts) -> Result<()> {
     let chunks: Vec<Vec<u64>> = (0..threads).map(|t| seeds.iter().copied().skip(t).step_by(threads).collect()).collect();
     let handles: Vec<_> = chunks
         .into_iter()
-        .map(|c| std::thread::spawn(move || c.into_iter().map(run_seed).collect::<Vec<_>>()))
+        .map(|c| std::thread::spawn(move || c.into_iter().map(run_twice).collect::<Vec<_>>()))
         .collect();
     let mut results = Vec::new();
     for h in handles {
         results.extend(h.join().expect("sim thread"));
     }
-    results.sort_by_key(|r| r.seed);
-    let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
-    let events: u64 = results.iter().map(|r| r.events).sum();
-    // Determinism: the same seed twice gives the same trace.
-    let mut nondet = Vec::new();
-    for r in results.iter().take(5).chain(failed.iter().copied()) {
-        let again = run_seed(r.seed);
-        if again.trace_hash != r.trace_hash {
-            nondet.push(r.seed);
+    results.sort_by_key(|(r, _)| r.seed);
+    let failed: Vec<&SimResult> = results.iter().map(|(r, _)| r).filter(|r| !r.ok()).collect();
+    let nondet: Vec<(u64, u64, u64)> =
+        results.iter().filter_map(|(r, d)| d.map(|h| (r.seed, r.trace_hash, h))).collect();
+    let events: u64 = results.iter().map(|(r, _)| r.events).sum();
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (r, _) in &results {
+        for (k, v) in &r.faults.0 {
+            *faults.entry(k).or_insert(0) += v;
         }
     }
+    let least = results.iter().map(|(r, _)| r.faults.total()).min().unwrap_or(0);
     for r in &failed {
-        println!("FAILED seed {} ({}):", r.seed, SimConfig::from_seed(r.seed).describe());
+        println!("FAILED seed {} ({}):", r.seed, r.summary);
         for v in r.violations.iter().take(5) {
             println!("  {v}");
         }
         println!("  reproduce: cargo xtask sim --seed {} --trace", r.seed);
     }
-    for s in &nondet {
-        println!("NONDETERMINISTIC seed {s}: reproduce: cargo xtask sim --seed {s}");
+    for (s, a, b) in &nondet {
+        println!("NONDETERMINISTIC seed {s}: trace {a:016x} then {b:016x}; reproduce: cargo xtask sim --seed {s}");
     }
+    let fl: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
-        "sim: {} seeds ({}..{}), {} events, {} failed, determinism rechecked on {} seeds",
+        "sim: {} seeds ({}..{}), each run twice (same trace hash: {}), {} events, faults injected [{}], fewest in one seed {}, {} failed",
         results.len(),
         o.start,
         o.start + o.seeds - 1,
+        results.len() - nondet.len(),
         events,
+        fl.join(" "),
+        least,
         failed.len(),
-        5.min(results.len()) + failed.len()
     );
     if !failed.is_empty() || !nondet.is_empty() {
         bail!("{} seed(s) failed", failed.len() + nondet.len());
