@@ -5,6 +5,9 @@
 //! `std::collections::HashMap` (only `BTreeMap`/`BTreeSet`), so the same
 //! inputs always give the same actions, and the simulator (`sim`) can run
 //! many nodes under a seeded schedule of faults.
+//!
+//! `node` composes the cores into one node (membership, services, fencing,
+//! and the rules that join them); the agent's `ClusterDriver` drives it.
 
 pub mod fencing;
 pub mod gmp;
