@@ -6,6 +6,9 @@
 //! inputs always give the same actions, and the simulator (`sim`) can run
 //! many nodes under a seeded schedule of faults. The simulator and the shared
 //! simulation harness (`testing`) are built with the `testing` feature.
+//!
+//! `node` composes the cores into one node (membership, services, fencing,
+//! and the rules that join them); the agent's `ClusterDriver` drives it.
 
 #![forbid(unsafe_code)]
 

@@ -406,3 +406,20 @@ fn the_fencing_level_follows_the_fencing_core() {
         .iter()
         .any(|(n, a)| *n == 3 && matches!(a, NodeAction::Membership(MAction::Halt { why: HaltReason::LocalFailure { reason: FENCED } }))));
 }
+
+// Deterministic: the same inputs give the same actions, in the same order.
+#[test]
+fn the_same_inputs_give_the_same_actions() {
+    let run = || {
+        let mut h = Harness::with(3, true);
+        h.formed();
+        h.queue.push_back((1, NodeInput::Services(SInput::Switchover { service: "web".into(), to: Some(3) })));
+        h.run_until(1_000, |_| false);
+        h.kill(3);
+        h.run_until(3_000, |_| false);
+        h.log.iter().map(|(n, a)| format!("{n} {a:?}")).collect::<Vec<_>>()
+    };
+    let (a, b) = (run(), run());
+    assert!(a.len() > 100, "a run with some history: {} actions", a.len());
+    assert_eq!(a, b);
+}
