@@ -335,6 +335,7 @@ fn run(
     let mut dst_inc = vec![0u64; cfg.peers.len()];
     // Per peer and link: the echo for it (see `read_peers`).
     let mut echo = vec![[0u32; MAX_LINKS as usize]; cfg.peers.len()];
+    let mut batch = PeerBatch::new(cfg.peers.len());
     let mut answer = vec![false; cfg.peers.len()];
     // The receiver incarnation each peer got in our last heartbeat to it.
     let mut sent_inc = vec![0u64; cfg.peers.len()];
@@ -365,10 +366,10 @@ fn run(
             // The receiver's incarnation we put in each datagram proves to it
             // that the datagram is fresh (see docs/wire-format.md), and the
             // echo of its last live heartbeat keeps its address lease: both
-            // are read from the liveness map (one bpf syscall per peer and
-            // link) before every round, so that the echo is at most one
-            // interval older than what the datapath knows.
-            read_peers(&cfg, &peers_map, &mut dst_inc, &mut echo);
+            // are read from the liveness map (one batch syscall) before
+            // every round, so that the echo is at most one interval older
+            // than what the datapath knows.
+            read_peers(&cfg, &peers_map, &mut batch, &mut dst_inc, &mut echo);
             if now >= next {
                 // Goes to everyone: pending answers are included.
                 for a in &shared.answer {
@@ -410,19 +411,88 @@ fn run(
     }
 }
 
-/// Reads each peer's records from the liveness map (one bpf syscall per
-/// peer and link): its incarnation (the highest over the links, for the
+/// The peers' slots of the liveness map, read with one
+/// `BPF_MAP_LOOKUP_BATCH` syscall (Linux 5.6) instead of one lookup per
+/// peer and link; buffers allocated once, outside the sender's loop.
+struct PeerBatch {
+    keys: Vec<u32>,
+    vals: Vec<PeerLink>,
+    /// The batch syscall failed once (an older kernel): lookups one by one.
+    unsupported: bool,
+}
+
+impl PeerBatch {
+    fn new(peers: usize) -> PeerBatch {
+        let n = slot_base(peers) as usize;
+        PeerBatch { keys: vec![u32::MAX; n], vals: vec![PeerLink { node: u32::MAX, ..Default::default() }; n], unsupported: false }
+    }
+
+    /// Reads slots `0..slot_base(peers)`; false when it could not (the
+    /// caller then reads one by one).
+    fn read(&mut self, map: &Array<MapData, PeerLink>) -> bool {
+        use std::os::fd::AsRawFd;
+        if self.unsupported || self.vals.is_empty() {
+            return false;
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct BatchAttr {
+            in_batch: u64,
+            out_batch: u64,
+            keys: u64,
+            values: u64,
+            count: u32,
+            map_fd: u32,
+            elem_flags: u64,
+            flags: u64,
+        }
+        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+        let mut out_batch = 0u32;
+        let fd = aya::maps::IterableMap::map(map).fd().as_fd().as_raw_fd();
+        let mut attr = BatchAttr {
+            out_batch: &mut out_batch as *mut u32 as u64,
+            keys: self.keys.as_mut_ptr() as u64,
+            values: self.vals.as_mut_ptr() as u64,
+            count: self.vals.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: `keys` and `values` hold `count` keys (u32, the map's key
+        // size) and values (PeerLink, the map's value size: the map was
+        // opened as an Array of PeerLink, which checks it); `out_batch`
+        // holds one key.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
+        };
+        // ENOENT: the end of the map was reached (only when all its slots
+        // were asked for); `count` says how many were read.
+        let ok = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
+        if !ok || attr.count as usize != self.vals.len() {
+            if !ok {
+                warn!("reading the liveness map in one batch failed ({}); reading it one slot at a time", std::io::Error::last_os_error());
+                self.unsupported = true;
+            }
+            return false;
+        }
+        true
+    }
+}
+
+/// Reads each peer's records from the liveness map (one batch syscall, see
+/// [`PeerBatch`]): its incarnation (the highest over the links, for the
 /// entries' `dst_incarnation`) and, per link, the echo for it: the low 32
 /// bits of the `seq` of its last heartbeat on that link that our datapath
 /// accepted as liveness, when that record is of the incarnation we name
 /// (else 0, "none"). A read that fails leaves the echo at 0 and a slow read
 /// only yields an older `seq`: an echo can be older than the truth, never
 /// newer (an older echo only shortens the peer's lease).
-fn read_peers(cfg: &Config, peers_map: &Array<MapData, PeerLink>, dst_inc: &mut [u64], echo: &mut [[u32; MAX_LINKS as usize]]) {
+fn read_peers(cfg: &Config, peers_map: &Array<MapData, PeerLink>, batch: &mut PeerBatch, dst_inc: &mut [u64], echo: &mut [[u32; MAX_LINKS as usize]]) {
+    let batched = batch.read(peers_map);
     let mut recs = [None; MAX_LINKS as usize];
     for (i, inc) in dst_inc.iter_mut().enumerate() {
         for (l, r) in recs.iter_mut().enumerate().take(cfg.links.len()) {
-            *r = peers_map.get(&(slot_base(i) + l as u32), 0).ok();
+            let slot = slot_base(i) + l as u32;
+            *r = if batched { batch.vals.get(slot as usize).copied() } else { peers_map.get(&slot, 0).ok() };
             if let Some(rec) = r {
                 *inc = (*inc).max(rec.incarnation);
             }
