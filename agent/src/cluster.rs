@@ -104,6 +104,9 @@ pub struct ClusterDriver {
     /// Fencing of shared disks (None when no `[[disk]]` is configured: the
     /// fencing level then acknowledges at once).
     pub fencing: Option<FencingRt>,
+    /// The heartbeat sender's shared state: lives this node's membership
+    /// forces out are disowned there ([`crate::sender::SenderShared::disown`]).
+    pub heartbeats: Option<std::sync::Arc<crate::sender::SenderShared>>,
 }
 
 impl ClusterDriver {
@@ -136,6 +139,7 @@ impl ClusterDriver {
             messages_sent: 0,
             svc,
             fencing,
+            heartbeats: None,
         }
     }
 
@@ -470,6 +474,15 @@ impl ClusterDriver {
         // The address lease (lease.rs) counts the peers it hears against
         // this group: kept current on every change, not only per snapshot.
         crate::lease::set_view(if self.halted.is_some() { Default::default() } else { self.node.membership().state().map(|s| s.group()).unwrap_or_default() });
+        // A life being forced out is no longer acknowledged in heartbeats:
+        // its address lease ends within the silence bound even when it
+        // still hears us (loss, a slow or one-way link), before a survivor
+        // can take its addresses over at the end of the forced leave.
+        if let (Some(hb), Some(st)) = (&self.heartbeats, self.node.membership().state()) {
+            for (n, e) in st.nodes.iter().filter(|(n, e)| **n != self.me && e.state == baton_core::membership::NodeState::ForcedLeaving) {
+                hb.disown(*n, e.incarnation);
+            }
+        }
         self.snapshot_dirty = true;
         if urgent || settled {
             self.write_snapshot_now();

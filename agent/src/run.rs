@@ -322,7 +322,8 @@ async fn run_guarded(
             }
             None => (None, None),
         };
-        let driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot(), services, fencing);
+        let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot(), services, fencing);
+        driver.heartbeats = Some(sender.shared.clone());
         let fence_inbox = fence_rx.as_ref().and(fence_inbox);
         let ha = Ha {
             takeover: crate::takeover::TakeoverRt::new(cfg, incarnation),

@@ -46,6 +46,15 @@ pub struct SenderShared {
     pub send_now: AtomicBool,
     /// Per peer (in configuration order): answer it with a heartbeat now.
     pub answer: Vec<AtomicBool>,
+    /// Per peer (in configuration order): the incarnation of its life that
+    /// this node's membership forced out (0: none). Heartbeats to that life
+    /// carry `dst_incarnation` 0 and no echo, which its datapath does not
+    /// take as live (a handshake): a forced-out node that still hears us
+    /// stops counting us for its address lease within the silence bound, and
+    /// sees us silent, instead of learning it over a slow control channel.
+    pub disowned: Vec<AtomicU64>,
+    /// The peers' node ids, in configuration order (the index of `disowned`).
+    pub peer_ids: Vec<u32>,
     /// When each recent heartbeat was sent, per link (the address lease
     /// reads it to time the peers' echoes).
     pub sent_log: SentLog,
@@ -109,6 +118,26 @@ impl SentLog {
 }
 
 impl SenderShared {
+    /// This node's membership forced out `node`'s life `incarnation`: stop
+    /// acknowledging that life in heartbeats (see `disowned`).
+    pub fn disown(&self, node: u32, incarnation: u64) {
+        if let Some(i) = self.peer_ids.iter().position(|p| *p == node) {
+            if incarnation != 0 && self.disowned[i].swap(incarnation, Ordering::Relaxed) != incarnation {
+                tracing::info!(node, incarnation, "heartbeats no longer acknowledge this forced-out life of the peer (its address lease ends)");
+            }
+        }
+    }
+
+    /// The (`dst_incarnation`, echo) to send to peer index `pi`, whose
+    /// incarnation the datapath knows as `inc`.
+    fn acknowledged(&self, pi: usize, inc: u64, echo: u32) -> (u64, u32) {
+        if inc != 0 && self.disowned.get(pi).is_some_and(|d| d.load(Ordering::Relaxed) == inc) {
+            (0, 0)
+        } else {
+            (inc, echo)
+        }
+    }
+
     /// The sender's longest gap, in µs, when it reached `bound_us` (the
     /// silence bound, `interval_ms × misses`) and grew since the last time
     /// it was returned: peers may have declared this node silent although
@@ -307,6 +336,8 @@ pub fn spawn(cfg: &Config, k0: u64, k1: u64, incarnation: u64) -> std::io::Resul
         Array::try_from(Map::Array(peers_map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
     let shared = Arc::new(SenderShared {
         answer: cfg.peers.iter().map(|_| AtomicBool::new(false)).collect(),
+        disowned: cfg.peers.iter().map(|_| AtomicU64::new(0)).collect(),
+        peer_ids: cfg.peers.iter().map(|p| p.id).collect(),
         sent_log: SentLog::new(cfg.links.len()),
         ..Default::default()
     });
@@ -563,7 +594,8 @@ fn send_all(
                 let mut n = 0;
                 let mut pis = (0..cfg.peers.len()).filter(wanted).peekable();
                 while let Some(pi) = pis.next() {
-                    entries[n] = (cfg.peers[pi].id, dst_inc[pi], echo[pi][li]);
+                    let (inc, e) = shared.acknowledged(pi, dst_inc[pi], echo[pi][li]);
+                    entries[n] = (cfg.peers[pi].id, inc, e);
                     n += 1;
                     if n == MAX_ENTRIES || pis.peek().is_none() {
                         ls.seq += 1;
@@ -580,7 +612,8 @@ fn send_all(
                 common.seq = ls.seq;
                 shared.sent_log.record(li, ls.seq, monotonic_ns());
                 for (pi, p) in cfg.peers.iter().enumerate().filter(|(pi, _)| wanted(pi)) {
-                    let h = Header { dst_node: p.id, dst_incarnation: dst_inc[pi], echo_seq: echo[pi][li], ..common };
+                    let (inc, e) = shared.acknowledged(pi, dst_inc[pi], echo[pi][li]);
+                    let h = Header { dst_node: p.id, dst_incarnation: inc, echo_seq: e, ..common };
                     send(&ls.sock, &h.encode(k0, k1), SocketAddr::new(p.addresses[li], cfg.port));
                 }
             }
