@@ -202,6 +202,8 @@ pub struct Sim {
     /// (receiver life, sender, sender incarnation) -> distress processed count.
     distress_processed: BTreeMap<(NodeId, u32, NodeId, u64), u32>,
     faults: FaultCounts,
+    /// When the current partition began.
+    partitioned_at: Option<Instant>,
     violations: Vec<String>,
     events: u64,
     messages: u64,
@@ -264,6 +266,7 @@ impl Sim {
             notified: BTreeMap::new(),
             distress_processed: BTreeMap::new(),
             faults: FaultCounts::default(),
+            partitioned_at: None,
             violations: Vec::new(),
             events: 0,
             messages: 0,
@@ -536,6 +539,7 @@ impl Sim {
         }
         let is_master = st.view.master == n && self.nodes[&n].core.as_ref().is_some_and(|c| c.is_master());
         if is_master {
+            self.check_takeover(n, st);
             self.check_split_brain(n, st);
             self.check_advances(n, st);
         }
@@ -564,6 +568,31 @@ impl Sim {
             .collect();
         for (m, v) in others {
             self.violation(format!("split brain: n{n} and n{m} are both masters of quorate states of term {} ({:?} and {v:?})", st.view.term, st.view));
+        }
+    }
+
+    /// Split brain, at a takeover: a node that takes over (publishes a
+    /// state of a higher term than the one it followed) has a majority of
+    /// that state's group on its side. Ground truth: a member that is
+    /// running beyond a partition older than three detection bounds counts
+    /// against it (within the bound, the failure detector cannot know yet).
+    fn check_takeover(&mut self, n: NodeId, st: &ClusterState) {
+        let Some(old) = self.nodes[&n].last_state.clone() else { return };
+        if st.view.term <= old.view.term || self.cfg.nodes <= 2 {
+            return;
+        }
+        let settled = self.partitioned_at.is_some_and(|t| self.now().since(t) > 3 * self.cfg.detect_ms * 1_000_000);
+        if !settled {
+            return;
+        }
+        let group = old.group();
+        let far: Vec<NodeId> =
+            group.iter().copied().filter(|g| *g != n && self.running(*g) && !self.net.link(n, *g)).collect();
+        if (group.len() - far.len()) * 2 <= group.len() {
+            self.violation(format!(
+                "split brain: n{n} took over in term {} with a minority of the group {group:?}: {far:?} are alive beyond a partition",
+                st.view.term
+            ));
         }
     }
 
@@ -755,11 +784,13 @@ impl Sim {
                 self.faults.add("partition");
                 self.log(format!("{now} partition {side:?}"));
                 self.net.partition(side, 1..=self.cfg.nodes);
+                self.partitioned_at = Some(now);
                 self.refresh_fd();
             }
             Ev::Heal => {
                 self.log(format!("{now} heal"));
                 self.net.heal();
+                self.partitioned_at = None;
                 self.refresh_fd();
             }
             Ev::Leave { node } => {
