@@ -157,6 +157,9 @@ enum Ev {
     /// `node` stops processing (and heartbeating) for `ms`.
     Pause { node: NodeId, ms: u64 },
     Resume { node: NodeId },
+    /// Late in the fault window: if no fault ran yet (every scheduled one
+    /// found its node down), pause the lowest running node.
+    EnsureFault,
 }
 
 impl Ev {
@@ -837,6 +840,13 @@ impl Sim {
                 self.refresh_fd();
                 self.at(until, Ev::Resume { node });
             }
+            Ev::EnsureFault => {
+                if self.faults.total() == 0 {
+                    if let Some(node) = (1..=self.cfg.nodes).find(|n| self.running(*n) && !self.paused(*n)) {
+                        self.at(now, Ev::Pause { node, ms: 100 });
+                    }
+                }
+            }
             Ev::Resume { node } => {
                 if self.nodes[&node].paused_until.is_none() {
                     return;
@@ -911,6 +921,7 @@ impl Sim {
             let ms = self.rng.range(40, 400);
             self.at(Instant::from_ms(2_000), Ev::Pause { node: b, ms });
         }
+        self.at(Instant::from_ms(self.cfg.fault_ms - 300), Ev::EnsureFault);
         self.at(Instant::from_ms(self.cfg.fault_ms), Ev::Heal);
     }
 
