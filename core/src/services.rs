@@ -2013,9 +2013,18 @@ impl Services {
                         let root = self.root_of(&service).to_string();
                         let e = self.registry.services.get_mut(&root).unwrap();
                         e.wanted = true;
-                        e.blocked = false;
-                        e.banned.clear();
-                        self.decider.as_mut().unwrap().alerted.remove(&root);
+                        // The failures of the whole group are cleared: a
+                        // child whose start failed on every node stays
+                        // banned there otherwise, and never runs again.
+                        let group: Vec<String> =
+                            self.specs.keys().filter(|n| self.root_of(n) == root).cloned().collect();
+                        for name in group {
+                            if let Some(e) = self.registry.services.get_mut(&name) {
+                                e.blocked = false;
+                                e.banned.clear();
+                            }
+                            self.decider.as_mut().unwrap().alerted.remove(&name);
+                        }
                     }
                 }
                 Request::Deregister { service } => {

@@ -157,6 +157,9 @@ enum Ev {
     /// `node` stops processing (and heartbeating) for `ms`.
     Pause { node: NodeId, ms: u64 },
     Resume { node: NodeId },
+    /// Late in the fault window: if no fault ran yet (every scheduled one
+    /// found its node down), pause the lowest running node.
+    EnsureFault,
 }
 
 impl Ev {
@@ -202,6 +205,8 @@ pub struct Sim {
     /// (receiver life, sender, sender incarnation) -> distress processed count.
     distress_processed: BTreeMap<(NodeId, u32, NodeId, u64), u32>,
     faults: FaultCounts,
+    /// When the current partition began.
+    partitioned_at: Option<Instant>,
     violations: Vec<String>,
     events: u64,
     messages: u64,
@@ -264,6 +269,7 @@ impl Sim {
             notified: BTreeMap::new(),
             distress_processed: BTreeMap::new(),
             faults: FaultCounts::default(),
+            partitioned_at: None,
             violations: Vec::new(),
             events: 0,
             messages: 0,
@@ -536,6 +542,7 @@ impl Sim {
         }
         let is_master = st.view.master == n && self.nodes[&n].core.as_ref().is_some_and(|c| c.is_master());
         if is_master {
+            self.check_takeover(n, st);
             self.check_split_brain(n, st);
             self.check_advances(n, st);
         }
@@ -564,6 +571,31 @@ impl Sim {
             .collect();
         for (m, v) in others {
             self.violation(format!("split brain: n{n} and n{m} are both masters of quorate states of term {} ({:?} and {v:?})", st.view.term, st.view));
+        }
+    }
+
+    /// Split brain, at a takeover: a node that takes over (publishes a
+    /// state of a higher term than the one it followed) has a majority of
+    /// that state's group on its side. Ground truth: a member that is
+    /// running beyond a partition older than three detection bounds counts
+    /// against it (within the bound, the failure detector cannot know yet).
+    fn check_takeover(&mut self, n: NodeId, st: &ClusterState) {
+        let Some(old) = self.nodes[&n].last_state.clone() else { return };
+        if st.view.term <= old.view.term || self.cfg.nodes <= 2 {
+            return;
+        }
+        let settled = self.partitioned_at.is_some_and(|t| self.now().since(t) > 3 * self.cfg.detect_ms * 1_000_000);
+        if !settled {
+            return;
+        }
+        let group = old.group();
+        let far: Vec<NodeId> =
+            group.iter().copied().filter(|g| *g != n && self.running(*g) && !self.net.link(n, *g)).collect();
+        if (group.len() - far.len()) * 2 <= group.len() {
+            self.violation(format!(
+                "split brain: n{n} took over in term {} with a minority of the group {group:?}: {far:?} are alive beyond a partition",
+                st.view.term
+            ));
         }
     }
 
@@ -755,11 +787,13 @@ impl Sim {
                 self.faults.add("partition");
                 self.log(format!("{now} partition {side:?}"));
                 self.net.partition(side, 1..=self.cfg.nodes);
+                self.partitioned_at = Some(now);
                 self.refresh_fd();
             }
             Ev::Heal => {
                 self.log(format!("{now} heal"));
                 self.net.heal();
+                self.partitioned_at = None;
                 self.refresh_fd();
             }
             Ev::Leave { node } => {
@@ -805,6 +839,13 @@ impl Sim {
                 self.nodes.get_mut(&node).unwrap().paused_until = Some(until);
                 self.refresh_fd();
                 self.at(until, Ev::Resume { node });
+            }
+            Ev::EnsureFault => {
+                if self.faults.total() == 0 {
+                    if let Some(node) = (1..=self.cfg.nodes).find(|n| self.running(*n) && !self.paused(*n)) {
+                        self.at(now, Ev::Pause { node, ms: 100 });
+                    }
+                }
             }
             Ev::Resume { node } => {
                 if self.nodes[&node].paused_until.is_none() {
@@ -880,6 +921,7 @@ impl Sim {
             let ms = self.rng.range(40, 400);
             self.at(Instant::from_ms(2_000), Ev::Pause { node: b, ms });
         }
+        self.at(Instant::from_ms(self.cfg.fault_ms - 300), Ev::EnsureFault);
         self.at(Instant::from_ms(self.cfg.fault_ms), Ev::Heal);
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use baton_core::rng::Rng;
+use baton_core::testing::{FaultCounts, Rng};
 use baton_core::services::{
     Action, ActionResult, AlertReason, Allowable, Config, Input, LocalPhase, Maturity, Msg, OfflineCause, Placement,
     Preference, Reason, ServiceSpec, ServiceState, Services, StandbyPhase, TransferCost,
@@ -532,6 +532,29 @@ fn group3() -> Vec<ServiceSpec> {
         ServiceSpec { parent: Some("ip".into()), ..ServiceSpec::new("app") },
         ServiceSpec { parent: Some("app".into()), ..ServiceSpec::new("mon") },
     ]
+}
+
+/// Found by the simulation with failing actions (seed 140 of
+/// `simulation_with_failing_actions_safety_and_healing`): a child whose
+/// start failed on every node its group may use stays banned there after
+/// an operator registers it again, so it never runs. The register clears
+/// the failures of the whole group, children included.
+#[test]
+fn registering_a_child_that_failed_everywhere_starts_it_again() {
+    let specs = vec![
+        ServiceSpec { allowable: nodes(&[1]), ..ServiceSpec::new("ip") },
+        ServiceSpec { parent: Some("ip".into()), ..ServiceSpec::new("app") },
+    ];
+    let mut h = H::new(specs);
+    h.fail_start.insert((1, "app".into()));
+    h.boot(1);
+    h.boot(2);
+    assert_eq!(h.st("ip"), (Registered, Some(1), ""));
+    assert!(h.alerts(1).contains(&("app".to_string(), AlertReason::AllNodesFailed)), "{:?}", h.alerts(1));
+    assert_ne!(h.st("app").0, Registered);
+    h.fail_start.clear();
+    h.op(2, Input::Register { service: "app".into() });
+    assert_eq!(h.st("app"), (Registered, Some(1), ""));
 }
 
 #[test]
@@ -1126,6 +1149,44 @@ struct Sim {
     reconf_pending: BTreeSet<NodeId>,
     /// Every service name of every spec set (for the safety check).
     every_spec: Vec<ServiceSpec>,
+    /// Seeded probabilities that an action function fails, while faults
+    /// are on: start, stop, recovery, and a monitor failure per step.
+    fail: ActionFaults,
+    /// Faults are injected (false once healing began).
+    faulty: bool,
+    /// Services that failed (an action or a monitor, or `AllNodesFailed`):
+    /// an operator registers them again after healing, clearing failures.
+    all_failed: BTreeSet<String>,
+    /// Nodes with a stop that failed: they leave the view (forced out,
+    /// fenced) at a later step, the only way out of a stuck stop.
+    stop_failed: BTreeSet<NodeId>,
+    faults: FaultCounts,
+    /// Whether the operator switches groups off-line and on-line (S4.6).
+    offline_ops: bool,
+}
+
+/// How often action functions fail (per completion; monitor: per step).
+#[derive(Clone, Copy, Debug)]
+struct ActionFaults {
+    start: f64,
+    stop: f64,
+    recovery: f64,
+    monitor: f64,
+}
+
+impl ActionFaults {
+    const NONE: ActionFaults = ActionFaults { start: 0.0, stop: 0.0, recovery: 0.0, monitor: 0.0 };
+
+    /// Drawn from the seed (a separate stream: the schedule's draws stay put).
+    fn from_seed(seed: u64) -> ActionFaults {
+        let mut r = Rng::new(seed ^ 0x6661_696c_5f61_6374);
+        ActionFaults {
+            start: [0.02, 0.1, 0.3][r.below(3) as usize],
+            stop: [0.0, 0.02, 0.05][r.below(3) as usize],
+            recovery: [0.0, 0.05, 0.2][r.below(3) as usize],
+            monitor: [0.005, 0.02, 0.05][r.below(3) as usize],
+        }
+    }
 }
 
 impl Sim {
@@ -1148,7 +1209,18 @@ impl Sim {
             reconfig: None,
             reconf_pending: BTreeSet::new(),
             every_spec: sim_specs(),
+            fail: ActionFaults::NONE,
+            faulty: true,
+            all_failed: BTreeSet::new(),
+            stop_failed: BTreeSet::new(),
+            faults: FaultCounts::default(),
+            offline_ops: true,
         }
+    }
+
+    /// The same schedule with failing actions (start, stop, recovery, monitor).
+    fn with_failing_actions(seed: u64) -> Sim {
+        Sim { fail: ActionFaults::from_seed(seed), ..Sim::new(seed) }
     }
 
     /// This node takes the current spec set (its reload), at a random step.
@@ -1192,6 +1264,14 @@ impl Sim {
                     self.log.push(format!("{id}: {}", describe(&a).unwrap()));
                     self.running_ops.push((id, a));
                 }
+                Action::Alert { service, reason: AlertReason::AllNodesFailed } => {
+                    self.log.push(format!("{id}: alert {service} all nodes failed"));
+                    self.all_failed.insert(service);
+                }
+                Action::Alert { service, reason: AlertReason::StopFailed { node } } => {
+                    self.log.push(format!("{id}: alert {service} stop failed on {node}"));
+                    self.stop_failed.insert(node);
+                }
                 Action::Drained { node } if node == id && self.leaving.contains(&id) => {
                     self.member_q.entry(id).or_default().push_back(Input::Tick); // marker: leave may finish
                     self.log.push(format!("{id}: drained"));
@@ -1234,6 +1314,7 @@ impl Sim {
         self.leaving.remove(&id);
         self.running_ops.retain(|(n, _)| *n != id);
         self.reconf_pending.remove(&id);
+        self.stop_failed.remove(&id);
         // What it sent before it died may still arrive (it was on the wire);
         // what was sent to it is lost.
         self.msgs.retain(|(_, t, _)| *t != id);
@@ -1303,7 +1384,7 @@ impl Sim {
             self.reconfigure(id);
             return;
         }
-        if chaos && r < 12 && !self.members.is_empty() {
+        if chaos && r < 12 && !self.members.is_empty() && self.offline_ops {
             // S4.6: an operator turns off-line mode on or off for a group.
             let v: Vec<NodeId> = self.members.iter().copied().collect();
             let id = v[self.rng.below(v.len() as u64) as usize];
@@ -1311,6 +1392,33 @@ impl Sim {
             let on = self.rng.chance(0.5);
             self.log.push(format!("{id}: offline {service} {on}"));
             self.input(id, Input::Offline { service, on });
+            return;
+        }
+        if chaos && r < 14 && self.rng.chance(self.fail.monitor * 10.0) {
+            // A monitor failure of a service running somewhere.
+            let running: Vec<(NodeId, String)> = self
+                .cores
+                .iter()
+                .flat_map(|(n, c)| {
+                    self.every_spec.iter().filter(|s| c.local_phase(&s.name) == LocalPhase::Running).map(|s| (*n, s.name.clone()))
+                })
+                .collect();
+            if !running.is_empty() {
+                let (id, service) = running[self.rng.below(running.len() as u64) as usize].clone();
+                self.faults.add("monitor_failed");
+                self.log.push(format!("{id}: monitor failed {service}"));
+                self.all_failed.insert(service.clone());
+                self.input(id, Input::MonitorFailed { service });
+                return;
+            }
+        }
+        if chaos && !self.stop_failed.is_empty() && self.rng.chance(0.05) {
+            // A node with a stuck stop leaves the view: forced out (and fenced).
+            let id = *self.stop_failed.iter().next().unwrap();
+            self.stop_failed.remove(&id);
+            if self.cores.contains_key(&id) && self.members.len() > 1 {
+                self.gone(id, true);
+            }
             return;
         }
         if r < 25 {
@@ -1343,13 +1451,32 @@ impl Sim {
                     Action::StandbyStart { service } | Action::StandbyStop { service } => service.clone(),
                     _ => unreachable!(),
                 };
+                let p = match &a {
+                    Action::Start { .. } => self.fail.start,
+                    Action::Stop { .. } => self.fail.stop,
+                    Action::Recovery { .. } => self.fail.recovery,
+                    _ => 0.0,
+                };
+                let result = if self.faulty && self.rng.chance(p) {
+                    let kind = match &a {
+                        Action::Start { .. } => "start_failed",
+                        Action::Stop { .. } => "stop_failed",
+                        _ => "recovery_failed",
+                    };
+                    self.faults.add(kind);
+                    self.log.push(format!("{id}: {kind} {service}"));
+                    self.all_failed.insert(service.clone());
+                    ActionResult::failed(1, "simulated failure")
+                } else {
+                    ActionResult::OK
+                };
                 let input = match a {
-                    Action::StandbyStart { .. } => Input::StandbyStarted { service, result: ActionResult::OK },
-                    Action::StandbyStop { .. } => Input::StandbyStopped { service, result: ActionResult::OK },
-                    Action::Start { .. } => Input::StartDone { service, result: ActionResult::OK },
-                    Action::Stop { .. } => Input::StopDone { service, result: ActionResult::OK },
-                    Action::Offline { .. } => Input::OfflineDone { service, result: ActionResult::OK },
-                    _ => Input::RecoveryDone { service, result: ActionResult::OK },
+                    Action::StandbyStart { .. } => Input::StandbyStarted { service, result },
+                    Action::StandbyStop { .. } => Input::StandbyStopped { service, result },
+                    Action::Start { .. } => Input::StartDone { service, result },
+                    Action::Stop { .. } => Input::StopDone { service, result },
+                    Action::Offline { .. } => Input::OfflineDone { service, result },
+                    _ => Input::RecoveryDone { service, result },
                 };
                 self.input(id, input);
             }
@@ -1463,6 +1590,11 @@ impl Sim {
                 Placement::Every => allowed.len(),
             };
             if on.len() != want {
+                if std::env::var("SEED").is_ok() {
+                    for (id, c) in &self.cores {
+                        println!("node {id}: {} local {:?} registry {:?} own {:?} decider {}", s.name, c.local_phase(&s.name), c.registry().services.get(&root.name), c.registry().services.get(&s.name), c.is_decider());
+                    }
+                }
                 return Err(format!("{} runs on {:?}, allowed live {:?}", s.name, on, allowed));
             }
             // Hot standby: exactly one standby instance, on the node the
@@ -1516,14 +1648,42 @@ fn reload_sets() -> Vec<Vec<ServiceSpec>> {
 }
 
 fn run_sim_with(mut sim: Sim) -> Result<(), String> {
+    run_sim_inner(&mut sim)
+}
+
+fn run_sim_inner(sim: &mut Sim) -> Result<(), String> {
     let first = 1 + sim.rng.below(4) as NodeId;
     sim.boot(first);
     for _ in 0..3000 {
         sim.step(true);
         sim.check_safety()?;
     }
-    // Heal: everyone back, no more faults.
+    // Heal: everyone back, no more faults. A node stuck in a failed stop
+    // is forced out (it is fenced); the services whose start failed
+    // everywhere are registered again by the operator.
+    sim.faulty = false;
+    while let Some(&id) = sim.stop_failed.iter().next() {
+        sim.stop_failed.remove(&id);
+        if sim.cores.contains_key(&id) {
+            sim.gone(id, true);
+        }
+    }
+    let mut operator_rounds = 0;
     for _ in 0..20_000 {
+        // Every node stuck in a failed stop (as its core says) is fenced.
+        let stuck: Vec<NodeId> = sim
+            .cores
+            .iter()
+            .filter(|(_, c)| sim.every_spec.iter().any(|s| c.local_phase(&s.name) == LocalPhase::StopFailed))
+            .map(|(n, _)| *n)
+            .collect();
+        sim.stop_failed.extend(stuck);
+        while let Some(&id) = sim.stop_failed.iter().next() {
+            sim.stop_failed.remove(&id);
+            if sim.cores.contains_key(&id) {
+                sim.gone(id, true);
+            }
+        }
         if let Some(&id) = sim.reconf_pending.iter().next() {
             sim.reconfigure(id);
         }
@@ -1535,13 +1695,33 @@ fn run_sim_with(mut sim: Sim) -> Result<(), String> {
         }
         sim.step(false);
         sim.check_safety()?;
-        if dead.is_empty() && sim.quiet() && sim.leaving.is_empty() && sim.reconf_pending.is_empty() {
+        if dead.is_empty()
+            && sim.quiet()
+            && sim.leaving.is_empty()
+            && sim.reconf_pending.is_empty()
+            && sim.stop_failed.is_empty()
+        {
             // Let timers run out too.
             sim.now = sim.now.plus_ms(100);
             for id in sim.cores.keys().copied().collect::<Vec<_>>() {
                 sim.input(id, Input::Tick);
             }
             if sim.quiet() {
+                // The operator, seeing the alerts, registers again every
+                // service that failed (clearing its failures): a few rounds
+                // at most, each once the cluster is quiet.
+                if !sim.all_failed.is_empty() && operator_rounds < 3 && sim.check_healed().is_err() {
+                    operator_rounds += 1;
+                    if let Some(&d) = sim.cores.iter().find(|(_, c)| c.is_decider()).map(|(n, _)| n) {
+                        for service in sim.all_failed.clone() {
+                            if sim.specs.iter().any(|s| s.name == service) {
+                                sim.log.push(format!("operator: register {service}"));
+                                sim.input(d, Input::Register { service });
+                            }
+                        }
+                    }
+                    continue;
+                }
                 break;
             }
         }
@@ -1596,11 +1776,47 @@ fn simulation_safety_and_healing() {
     );
 }
 
+/// The same schedules with action functions that fail (start, stop,
+/// recovery) and monitors that fail, with seeded probabilities: a One group
+/// is never active on two live nodes (so its address is never held by two),
+/// and after healing (the operator registers what failed everywhere, a node
+/// stuck in a failed stop is fenced) every wanted group runs exactly once.
+#[test]
+fn simulation_with_failing_actions_safety_and_healing() {
+    let mut failed = Vec::new();
+    let mut faults = FaultCounts::default();
+    let seeds: u64 = std::env::var("SERVICES_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    for seed in 1..=seeds {
+        let sim = Sim::with_failing_actions(seed);
+        let (r, f) = run_sim_counting(sim);
+        for (k, v) in f.0 {
+            *faults.0.entry(k).or_insert(0) += v;
+        }
+        if let Err(e) = r {
+            failed.push(format!(
+                "seed {seed} ({:?}): {e}\n  reproduce: SEED={seed} FAILING=1 cargo test -p baton-core --test services debug_seed -- --ignored --nocapture",
+                ActionFaults::from_seed(seed)
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{} seeds failed:\n{}", failed.len(), failed.join("\n"));
+    // Every kind of failure ran.
+    for k in ["start_failed", "stop_failed", "recovery_failed", "monitor_failed"] {
+        assert!(faults.get(k) > 0, "no {k} in {seeds} seeds: {}", faults.describe());
+    }
+}
+
+fn run_sim_counting(sim: Sim) -> (Result<(), String>, FaultCounts) {
+    let mut sim = sim;
+    let r = run_sim_inner(&mut sim);
+    (r, sim.faults.clone())
+}
+
 #[test]
 #[ignore]
 fn debug_seed() {
     let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
-    let r = run_sim(seed);
+    let r = if std::env::var("FAILING").is_ok() { run_sim_counting(Sim::with_failing_actions(seed)).0 } else { run_sim(seed) };
     println!("{r:?}");
 }
 

@@ -70,3 +70,15 @@ fn false_alarms_and_slow_nodes_are_injected() {
     }
     assert!(alarms > 10 && pauses > 10, "false alarms {alarms}, pauses {pauses}");
 }
+
+/// Seeds of the 10,000-seed sweep whose scheduled faults all found their
+/// node down, so that no fault ran (a harness bug, reported as such): the
+/// harness now pauses a running node late in the fault window instead.
+#[test]
+fn seeds_whose_scheduled_faults_all_missed_still_inject_one() {
+    for seed in [4715, 6824] {
+        let r = run_seed(seed);
+        assert!(r.faults.total() > 0, "seed {seed}: {}", r.summary);
+        assert!(r.ok(), "seed {seed}: {:?}\n  reproduce: cargo xtask sim --seed {seed} --trace", r.violations);
+    }
+}

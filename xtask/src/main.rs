@@ -71,6 +71,9 @@ enum Cmd {
         /// With --seed: print the whole event trace.
         #[arg(long)]
         trace: bool,
+        /// Run each seed once, not twice (a long sweep; determinism unchecked).
+        #[arg(long)]
+        once: bool,
     },
     /// Run a benchmark.
     Bench {
@@ -206,7 +209,7 @@ fn main() {
         Cmd::SystemdTest { deb } => vagrant::systemd_test(deb),
         Cmd::Deb { check } => deb::build().and_then(|p| if check { deb::check(&p) } else { Ok(()) }),
         Cmd::Fuzz { secs, target } => target_dir().and_then(|t| fuzz::run(&workspace_root(), &t, secs, target.as_deref())),
-        Cmd::Sim { seeds, start, seed, trace } => sim::run(&sim::SimOpts { seeds, start, seed, trace }),
+        Cmd::Sim { seeds, start, seed, trace, once } => sim::run(&sim::SimOpts { seeds, start, seed, trace, once }),
         Cmd::Chaos { nodes, minutes, seed, interval_ms, misses, converge_ms, release_ms, kinds, period_ms, debug } => {
             (if debug { prepare_debug() } else { prepare_release() }).and_then(|_| {
                 chaos::run(&chaos::ChaosOpts { nodes, minutes, seed, interval_ms, misses, converge_ms, release_ms, kinds, period_ms })
