@@ -466,7 +466,9 @@ pub struct Config {
     /// Every configured node, this one included.
     pub nodes: BTreeSet<NodeId>,
     pub subgroup_size: usize,
-    /// Period of reports and state broadcasts, and of S3 retransmissions.
+    /// Period of reports and state broadcasts, and of S3 retransmissions,
+    /// while anything is in flight; in a quiet cluster the reports and the
+    /// master's refresh go out every `form_ns` instead (see `quiet`).
     pub resend_ns: u64,
     /// How long a starting node waits for a master before it forms the cluster.
     pub form_ns: u64,
@@ -539,6 +541,9 @@ pub struct Membership {
     report_at: BTreeMap<NodeId, Instant>,
     /// Since when our master is gone and someone else should succeed it.
     orphan_since: Option<Instant>,
+    /// Joining: since when only our datapath says the master is silent,
+    /// with no joined member to succeed it.
+    unseen_master_since: Option<Instant>,
     /// When the master we follow last sent us its state.
     master_contact: Instant,
     /// The highest term heard of (reports, states).
@@ -561,7 +566,9 @@ pub struct Membership {
     pending: Option<Pending>,
     gmp: Gmp<Records>,
     max_change: ChangeId,
-    next_resend: Instant,
+    /// When the periodic reports (and the master's refresh) last went out;
+    /// None: at once.
+    last_resend: Option<Instant>,
     last_broadcast: Option<ViewId>,
     report_dirty: bool,
     /// When a stale report goes out (coalescing window).
@@ -594,6 +601,7 @@ impl Membership {
             max_term: 0,
             master_contact: Instant::ZERO,
             orphan_since: None,
+            unseen_master_since: None,
             report_at: BTreeMap::new(),
             distressed: BTreeSet::new(),
             locals: BTreeMap::new(),
@@ -602,7 +610,7 @@ impl Membership {
             pending: None,
             gmp,
             max_change: 0,
-            next_resend: Instant::ZERO,
+            last_resend: None,
             last_broadcast: None,
             report_dirty: true,
             report_due: None,
@@ -670,7 +678,7 @@ impl Membership {
         if self.phase != Phase::Active {
             return None;
         }
-        let mut d = self.next_resend;
+        let mut d = self.resend_at();
         if let Some(g) = self.gmp.next_deadline() {
             d = d.min(g);
         }
@@ -713,7 +721,7 @@ impl Membership {
                     self.phase = Phase::Active;
                     self.want = Want::Join;
                     self.started_at = now;
-                    self.next_resend = now;
+                    self.last_resend = None;
                 }
             }
             Input::Leave => {
@@ -1097,8 +1105,21 @@ impl Membership {
         if self.master_dead() && self.successor().is_none() && self.my_state() != NodeState::Joined {
             // The master is gone and no joined member is left to succeed it:
             // the cluster we follow is gone. Halt; a new life forms or joins anew.
-            self.halt(HaltReason::ClusterLost);
-            return;
+            // Except while this node is still joining (it runs no service
+            // yet) and only our datapath says the master is silent: on a
+            // loaded machine a busy master's heartbeats are missed for a
+            // moment (a 32-node mass join), and halting then cost the whole
+            // join a new life of this node and its forced leave. Wait for
+            // the master to be heard again as long as a follower waits for
+            // a silent master; halt if it is not.
+            let since = *self.unseen_master_since.get_or_insert(now);
+            let may_wait = self.my_state() == NodeState::Joining && !self.master_surely_gone();
+            if !may_wait || now.since(since) > MASTER_SILENCE_FORMS * self.cfg.form_ns {
+                self.halt(HaltReason::ClusterLost);
+                return;
+            }
+        } else {
+            self.unseen_master_since = None;
         }
         self.take_over_if_master_died(now);
         self.notify_locals();
@@ -1126,7 +1147,8 @@ impl Membership {
             self.report_due = Some(now.plus_ns(self.cfg.batch_ns));
         }
         let report_due = self.report_dirty && self.report_due.is_some_and(|d| now >= d);
-        if now >= self.next_resend || report_due {
+        let periodic = now >= self.resend_at();
+        if periodic || report_due {
             let mut r = self.my_report();
             if self.successor().is_some() {
                 r.state = self.state.clone();
@@ -1141,15 +1163,15 @@ impl Membership {
                     }
                 }
             }
-            if self.is_master() && now >= self.next_resend {
+            if self.is_master() && periodic {
                 if self.state_due.is_some() {
                     self.send_state_to_all();
                 } else {
                     self.refresh_followers();
                 }
             }
-            if now >= self.next_resend {
-                self.next_resend = now.plus_ns(self.cfg.resend_ns);
+            if periodic {
+                self.last_resend = Some(now);
             }
             self.report_dirty = false;
             self.report_due = None;
@@ -1207,6 +1229,21 @@ impl Membership {
         self.failed.contains(&s.view.master) || restarted || silent || left
     }
 
+    /// The master is dead for a reason other than our datapath's silence
+    /// alone: it restarted, it left, or nothing came from it on the control
+    /// channel for the whole master-silence bound (see [`Self::master_dead`]).
+    fn master_surely_gone(&self) -> bool {
+        let Some(s) = self.state.as_ref() else { return false };
+        if s.view.master == self.cfg.me {
+            return false;
+        }
+        let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
+        let silent = self.now.since(self.master_contact) > MASTER_SILENCE_FORMS * self.cfg.form_ns;
+        let left = s.nodes.get(&s.view.master).is_some_and(|e| e.state == NodeState::Inactive && e.incarnation == s.view.master_incarnation)
+            && !self.master_must_stay(s);
+        restarted || silent || left
+    }
+
     /// A master whose own graceful leave finished stays master while
     /// another node's transition is in flight and no other joined member
     /// could succeed it (every node leaving at once, a cluster-wide stop):
@@ -1216,6 +1253,61 @@ impl Membership {
         let master = s.view.master;
         let successor = s.nodes.iter().any(|(n, e)| *n != master && e.state == NodeState::Joined && !self.failed.contains(n));
         !successor && s.transitions.keys().any(|n| *n != master && !self.failed.contains(n))
+    }
+
+    /// The period of the reports and of the master's refresh while the
+    /// cluster is quiet ([`Self::quiet`]): the formation wait, a quarter of
+    /// the master-silence bound (`MASTER_SILENCE_FORMS` formation waits), so
+    /// that a quiet master's `Alive`s still reach its followers four times
+    /// within the bound. Never shorter than `resend_ns`.
+    fn idle_resend_ns(&self) -> u64 {
+        self.cfg.resend_ns.max(MASTER_SILENCE_FORMS * self.cfg.form_ns / 4)
+    }
+
+    /// When the next periodic report (and master refresh) is due: every
+    /// `resend_ns` while anything is in flight, every
+    /// [`Self::idle_resend_ns`] while the cluster is quiet.
+    fn resend_at(&self) -> Instant {
+        match self.last_resend {
+            None => Instant::ZERO,
+            Some(t) => t.plus_ns(if self.quiet() { self.idle_resend_ns() } else { self.cfg.resend_ns }),
+        }
+    }
+
+    /// Nothing to retransmit or to wait for: this node is a joined member of
+    /// a state with no transition, no S3 change and no recovery in flight,
+    /// has nothing unsent (report, state), does not leave, its master is
+    /// alive, and, at the master, every live member's recent report
+    /// follows the current state. Only then do the periodic messages
+    /// slow down; any change makes them fast again at once.
+    fn quiet(&self) -> bool {
+        let Some(s) = self.state.as_ref() else { return false };
+        if self.phase != Phase::Active
+            || self.want == Want::Leave
+            || self.stop_all
+            || self.shutting_down
+            || self.report_dirty
+            || self.state_due.is_some()
+            || self.recovering.is_some()
+            || self.pending.is_some()
+            || self.gmp.current().is_some()
+            || s.stopping
+            || !s.transitions.is_empty()
+            || self.my_state() != NodeState::Joined
+            || self.master_dead()
+        {
+            return false;
+        }
+        if s.view.master != self.cfg.me {
+            return true;
+        }
+        let recent = 2 * self.idle_resend_ns();
+        s.group().iter().all(|n| {
+            *n == self.cfg.me
+                || self.failed.contains(n)
+                || (self.reports.get(n).is_some_and(|r| r.seen == s.view)
+                    && self.report_at.get(n).is_some_and(|t| self.now.since(*t) <= recent))
+        })
     }
 
     fn successor(&self) -> Option<NodeId> {
@@ -1396,7 +1488,8 @@ impl Membership {
         let Some(s) = self.state.clone() else { return };
         let me = self.cfg.me;
         let now = self.now;
-        let recent = 2 * self.cfg.resend_ns;
+        // (Followers of a quiet cluster report every idle period.)
+        let recent = 2 * self.idle_resend_ns();
         let nodes: Vec<NodeId> = self.cfg.nodes.iter().copied().filter(|n| *n != me).collect();
         for n in nodes {
             let current = self.reports.get(&n).is_some_and(|r| r.seen == s.view)
@@ -1770,4 +1863,234 @@ fn new_transition(s: &ClusterState, node: NodeId, incarnation: u64, kind: Kind, 
     let mut participants = s.group();
     participants.insert(node);
     Transition { id: TransitionId { node, incarnation, kind }, path, pos: 0, barrier: 0, participants, leave_pending: false }
+}
+
+#[cfg(test)]
+pub(crate) mod quiet_tests {
+    use super::*;
+
+    pub(crate) const MS: u64 = 1_000_000;
+
+    /// Three cores wired together without loss (each message delivered 1 ms
+    /// after it was sent), counting every control-channel message.
+    pub(crate) struct Net {
+        pub(crate) now: Instant,
+        pub(crate) cores: BTreeMap<NodeId, Membership>,
+        pub(crate) wire: Vec<(Instant, NodeId, NodeId, Msg)>,
+        pub(crate) sent: u64,
+        /// Nodes that halted: (node, why).
+        pub(crate) halted: Vec<(NodeId, HaltReason)>,
+        /// Nodes whose subsystem 7 (level 10) holds its acknowledgements.
+        pub(crate) holding: BTreeSet<NodeId>,
+        pub(crate) held: Vec<(NodeId, Input)>,
+    }
+
+    impl Net {
+        pub(crate) fn new(n: u32) -> Net {
+            Net::holding(n, &[])
+        }
+
+        /// `n` nodes; on the nodes of `hold` a subsystem of level 10
+        /// registers before the start and holds its acknowledgements
+        /// (until [`Net::release`]).
+        pub(crate) fn holding(n: u32, hold: &[NodeId]) -> Net {
+            let nodes: BTreeSet<NodeId> = (1..=n).collect();
+            let mut cores = BTreeMap::new();
+            for me in 1..=n {
+                let cfg = Config { me, incarnation: 1, nodes: nodes.clone(), subgroup_size: 2, resend_ns: 50 * MS, form_ns: 500 * MS, batch_ns: 0, two_node_race: false };
+                cores.insert(me, Membership::new(cfg));
+            }
+            let holding: BTreeSet<NodeId> = hold.iter().copied().collect();
+            let mut net = Net { now: Instant::ZERO, cores, wire: Vec::new(), sent: 0, halted: Vec::new(), holding, held: Vec::new() };
+            for me in hold {
+                net.input(*me, Input::Register { subsystem: 7, spec: LevelSpec { level: 10, barriers: Barriers::ONE } });
+            }
+            for me in 1..=n {
+                for p in 1..=n {
+                    if p != me {
+                        net.input(me, Input::PeerUp { node: p });
+                    }
+                }
+                net.input(me, Input::Start);
+            }
+            net
+        }
+
+        pub(crate) fn input(&mut self, at: NodeId, i: Input) {
+            let now = self.now;
+            // (A crashed node receives nothing.)
+            let Some(c) = self.cores.get_mut(&at) else { return };
+            c.handle(now, i);
+            let mut acks = Vec::new();
+            while let Some(a) = c.poll_action() {
+                match a {
+                    Action::Send { to, msg } => {
+                        self.sent += 1;
+                        self.wire.push((now.plus_ms(1), at, to, msg));
+                    }
+                    Action::Halt { why } => self.halted.push((at, why)),
+                    // Local subsystems acknowledge every step at once.
+                    Action::Notify { subsystem, id, step, .. } => acks.push(Input::Ack { subsystem, id, step }),
+                    _ => {}
+                }
+            }
+            for a in acks {
+                if self.holding.contains(&at) {
+                    self.held.push((at, a));
+                } else {
+                    self.input(at, a);
+                }
+            }
+        }
+
+        pub(crate) fn release(&mut self) {
+            self.holding.clear();
+            for (at, a) in std::mem::take(&mut self.held) {
+                self.input(at, a);
+            }
+        }
+
+        /// Runs `ms` milliseconds in 1 ms steps.
+        pub(crate) fn run_ms(&mut self, ms: u64) {
+            for _ in 0..ms {
+                self.now = self.now.plus_ms(1);
+                let now = self.now;
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wire).into_iter().partition(|(t, ..)| *t <= now);
+                self.wire = later;
+                for (_, from, to, msg) in due {
+                    self.input(to, Input::Receive { from, msg });
+                }
+                let ids: Vec<NodeId> = self.cores.keys().copied().collect();
+                for id in ids {
+                    if self.cores[&id].next_deadline().is_some_and(|d| d <= now) {
+                        self.input(id, Input::Tick);
+                    }
+                }
+            }
+        }
+
+        pub(crate) fn all_joined(&self) -> bool {
+            self.cores.values().all(|c| c.my_state() == NodeState::Joined && c.state().is_some_and(|s| s.transitions.is_empty()))
+        }
+    }
+
+    /// A quiet cluster sends its periodic reports and `Alive`s every
+    /// formation wait (500 ms), not every resend period (50 ms); a change
+    /// (a subsystem registers at a follower) makes them fast again at once,
+    /// and the cluster quiet again once it has settled.
+    #[test]
+    fn a_quiet_cluster_slows_its_periodic_messages_and_a_change_speeds_them_up() {
+        let mut net = Net::new(3);
+        net.run_ms(2000);
+        assert!(net.all_joined(), "not joined: {:?}", net.cores.values().map(|c| c.debug_line()).collect::<Vec<_>>());
+        assert!(net.cores.values().all(|c| c.quiet()), "joined and settled, but not quiet");
+        // 10 s of a quiet cluster of 3: per 500 ms, two reports to the
+        // master and two `Alive`s from it: 80 messages (at the 50 ms resend
+        // period it would be 800).
+        let before = net.sent;
+        net.run_ms(10_000);
+        let quiet = net.sent - before;
+        assert!((76..=84).contains(&quiet), "{quiet} messages in 10 s of a quiet 3-node cluster (4 per 500 ms expected)");
+        // Follower 3 registers a subsystem: its report goes out at once (the
+        // master sees it within 2 ms: 1 ms on the wire, batch 0) and, while
+        // the master is busy with it, the periodic messages are fast.
+        let before = net.sent;
+        net.input(3, Input::Register { subsystem: 7, spec: LevelSpec { level: 10, barriers: Barriers::ONE } });
+        net.run_ms(2);
+        assert!(net.cores[&1].reports.get(&3).is_some_and(|r| r.levels.len() == 1), "the master did not get the new report at once");
+        net.run_ms(1000);
+        assert!(net.sent - before > 3, "no traffic after a change");
+        assert!(net.cores.values().all(|c| c.quiet()), "not quiet again after the change settled");
+        assert!(net.halted.is_empty(), "halted: {:?}", net.halted);
+        // The followers' master-silence backstop (4 × 500 ms) never fired on
+        // a quiet master: every follower still follows node 1.
+        net.run_ms(5000);
+        assert!(net.cores.values().all(|c| c.state().is_some_and(|s| s.view.master == 1)));
+        assert!(net.cores.values().all(|c| !c.master_dead()));
+    }
+
+    /// A follower's failure (the datapath reports it silent) ends the quiet
+    /// at the master at once: the forced leave runs at the fast period.
+    #[test]
+    fn a_failure_ends_the_quiet() {
+        let mut net = Net::new(3);
+        net.run_ms(2000);
+        assert!(net.all_joined());
+        net.run_ms(1000);
+        net.cores.remove(&3);
+        net.wire.retain(|(_, _, to, _)| *to != 3);
+        let t = net.now;
+        assert!(net.cores[&1].quiet());
+        net.input(1, Input::PeerSilent { node: 3 });
+        assert!(!net.cores[&1].quiet(), "the master is still quiet after a member failed");
+        net.input(2, Input::PeerSilent { node: 3 });
+        let mut gone = None;
+        for _ in 0..500 {
+            net.run_ms(1);
+            if net.cores.values().all(|c| c.state().is_some_and(|s| s.state_of(3) == NodeState::Inactive && s.transitions.is_empty())) {
+                gone = Some(net.now.since(t) / MS);
+                break;
+            }
+        }
+        let gone = gone.expect("node 3 not forced out within 500 ms");
+        assert!(gone < 100, "forced leave took {gone} ms in a quiet cluster");
+        assert!(net.halted.is_empty(), "halted: {:?}", net.halted);
+    }
+}
+
+#[cfg(test)]
+mod unseen_master_tests {
+    use super::quiet_tests::Net;
+    use super::*;
+
+    /// A mass join: every node is still joining (node 3's subsystem holds
+    /// the first level of every join), so no joined member could succeed
+    /// the master. Node 2's datapath misses the master's heartbeats for
+    /// 800 ms (a loaded machine). It used to halt at once (ClusterLost);
+    /// now it waits for the master to be heard again and the join completes.
+    #[test]
+    fn a_joining_node_waits_out_a_masters_short_silence() {
+        let mut net = Net::holding(3, &[3]);
+        net.run_ms(1500);
+        let s2 = net.cores[&2].state().expect("node 2 follows a state").clone();
+        assert_eq!(s2.view.master, 1);
+        assert!(net.cores.values().all(|c| c.my_state() == NodeState::Joining), "every node joining");
+        net.input(2, Input::PeerSilent { node: 1 });
+        assert!(net.cores[&2].master_dead() && net.cores[&2].successor().is_none());
+        net.run_ms(800);
+        assert!(net.halted.is_empty(), "halted while the master was unseen: {:?}", net.halted);
+        net.input(2, Input::PeerUp { node: 1 });
+        net.release();
+        net.run_ms(1000);
+        assert!(net.halted.is_empty(), "halted: {:?}", net.halted);
+        assert!(net.all_joined(), "not all joined: {:?}", net.cores.values().map(|c| c.debug_line()).collect::<Vec<_>>());
+    }
+
+    /// The master of that joining cluster really died: the joining nodes
+    /// halt (ClusterLost) once it stayed unseen for the master-silence
+    /// bound (4 × form_ns = 2 s), not before.
+    #[test]
+    fn a_joining_node_halts_when_the_master_stays_unseen() {
+        let mut net = Net::holding(3, &[3]);
+        net.run_ms(1500);
+        assert!(net.cores.values().all(|c| c.my_state() == NodeState::Joining));
+        net.cores.remove(&1);
+        net.wire.retain(|(_, _, to, _)| *to != 1);
+        let t = net.now;
+        net.input(2, Input::PeerSilent { node: 1 });
+        net.input(3, Input::PeerSilent { node: 1 });
+        let mut halted_at = None;
+        for _ in 0..3000 {
+            net.run_ms(1);
+            if net.halted.len() == 2 {
+                halted_at = Some(net.now.since(t) / MS);
+                break;
+            }
+        }
+        let at = halted_at.unwrap_or_else(|| panic!("not both halted within 3 s: {:?}", net.halted));
+        assert!((2000..=2100).contains(&at), "halted after {at} ms (bound 2000 ms)");
+        assert!(net.halted.iter().all(|(_, why)| *why == HaltReason::ClusterLost), "{:?}", net.halted);
+    }
+
+    const MS: u64 = 1_000_000;
 }

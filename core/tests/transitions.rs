@@ -1310,7 +1310,10 @@ fn rebooted_node_does_not_take_its_old_lifes_membership_for_its_own() {
     h.mark();
     h.cut.insert((3, 1));
     h.restart(3, 2);
-    h.run_ms(50);
+    // The cluster was quiet: the master sends the state to node 3 once the
+    // old life's last report is older than two idle periods (2 × form_ns),
+    // then at the fast period.
+    h.run_ms(150);
     assert!(h.nodes[&3].core.state().is_some(), "the new life follows the master's state");
     h.input(1, Input::Register { subsystem: 9, spec: LevelSpec { level: 40, barriers: Barriers::ONE } });
     h.run_ms(50);

@@ -5,9 +5,10 @@
 //! one CPU). `BATON_IDLE_HOLD_S=N` keeps the cluster up N more seconds after
 //! the measurement (to attach `perf record -p PID` by hand).
 //!
-//! Ignored by default: the bound is not met yet (about 1.5–3 % with the
-//! default `membership.resend_ms = 50`, most of it the membership's periodic
-//! reports and `Alive`s on the control channel; see docs/membership.md).
+//! Ignored by default: the bound is not met yet (2.5–3.5 % before the
+//! membership's quiet period, 1.6 % after it, most of what is left the
+//! heartbeat sender and the address-lease thread; see docs/membership.md,
+//! "Idle cost").
 //! Run it with `cargo test -p baton-tests --test idle -- --ignored --nocapture`
 //! (set `BATON_BIN` to a release build for figures that mean something).
 

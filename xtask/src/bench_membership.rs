@@ -34,7 +34,9 @@
 //!
 //! The final JSON line: `join_all_ms`, `idle_cpu_pct_32` (the whole joined,
 //! idle 32-node cluster: all its agents' CPU over 3 s, a second after the
-//! join, in percent of one CPU; null without a size of 32) and `forced_leave_ms` from the timing
+//! join, in percent of one CPU; null without a size of 32),
+//! `idle_cpu_pct_agent_8peers` (one agent, the master, of a joined idle
+//! 9-node cluster at `--interval-ms`, over 10 s, run after the sizes) and `forced_leave_ms` from the timing
 //! clusters (medians of the forced leaves), `msgs_per_change` and
 //! `msgs_per_change_without_subgroups`: S3 messages of one forced leave (the
 //! medians of the count clusters; the table also shows every message).
@@ -717,6 +719,23 @@ fn run_on(
     Ok(run)
 }
 
+/// CPU use of one agent with 8 peers (node 1, the master, of a joined,
+/// idle 9-node cluster at `--interval-ms`), over 10 s, a second after the
+/// join settled, in percent of one CPU (`idle_cpu_pct_agent_8peers`).
+fn idle_agent_8peers(opts: &MembershipOpts) -> Result<f64> {
+    let mut c = Cluster::new("idl8", 9, 1, opts.interval_ms as u32, opts.misses);
+    c.start_all();
+    c.wait_all_joined(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = c.agents[0].as_ref().context("node 1 not running")?.child.id();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let a = proc_cpu_ticks(pid).context("reading /proc/PID/stat")?;
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let b = proc_cpu_ticks(pid).context("reading /proc/PID/stat (the agent exited?)")?;
+    Ok((b - a) as f64 / hz / t.elapsed().as_secs_f64() * 100.0)
+}
+
 fn proc_cpu_ticks(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
@@ -896,6 +915,18 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
         println!("(every failed attempt is a failure of this run; with --attempts {} > 1 it was retried on a new cluster to measure the rest; \"!\" = every attempt failed)", opts.attempts);
     }
 
+    // One agent with 8 peers, idle (issue 15: under 0.5 % of one CPU).
+    let agent_8 = match idle_agent_8peers(opts) {
+        Ok(p) => {
+            println!("idle agent with 8 peers (the master of a joined 9-node cluster, {} ms heartbeats, over 10 s): {p:.2} % of one CPU", opts.interval_ms);
+            p
+        }
+        Err(e) => {
+            println!("FAILED: idle agent with 8 peers: {e:#}");
+            failures.push(format!("idle agent with 8 peers: {e:#}"));
+            f64::NAN
+        }
+    };
     let by_n = |f: &dyn Fn(usize) -> String| -> String {
         let parts: Vec<String> = opts.sizes.iter().enumerate().map(|(i, n)| format!("\"{n}\":{}", f(i))).collect();
         format!("{{{}}}", parts.join(","))
@@ -904,9 +935,10 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
     let count = |x: f64| if x.is_finite() { format!("{}", x.round() as u64) } else { "null".into() };
     // Built by hand to keep the issue's key order.
     let json = format!(
-        "{{\"join_all_ms\":{},\"idle_cpu_pct_32\":{},\"forced_leave_ms\":{},\"msgs_per_change\":{},\"msgs_per_change_without_subgroups\":{},\"failed_attempts\":{}}}",
+        "{{\"join_all_ms\":{},\"idle_cpu_pct_32\":{},\"idle_cpu_pct_agent_8peers\":{},\"forced_leave_ms\":{},\"msgs_per_change\":{},\"msgs_per_change_without_subgroups\":{},\"failed_attempts\":{}}}",
         by_n(&|i| ms(get(&timing[i], &|r| r.join_ms))),
         opts.sizes.iter().position(|&n| n == 32).map(|i| ms(get(&timing[i], &|r| r.idle_cpu_pct))).unwrap_or_else(|| "null".into()),
+        if agent_8.is_finite() { format!("{:.2}", (agent_8 * 100.0).round() / 100.0) } else { "null".into() },
         by_n(&|i| ms(leave_ms(&timing[i]))),
         by_n(&|i| count(s3(&with[i]))),
         by_n(&|i| count(s3(&without[i]))),
