@@ -626,6 +626,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_disowned_life_gets_no_acknowledgement_and_its_next_life_does() {
+        let s = SenderShared {
+            disowned: (0..2).map(|_| AtomicU64::new(0)).collect(),
+            peer_ids: vec![2, 3],
+            ..Default::default()
+        };
+        assert_eq!(s.acknowledged(0, 100, 7), (100, 7), "nothing disowned yet");
+        s.disown(2, 100);
+        assert_eq!(s.acknowledged(0, 100, 7), (0, 0), "the forced-out life of node 2");
+        assert_eq!(s.acknowledged(1, 300, 9), (300, 9), "node 3 is not concerned");
+        assert_eq!(s.acknowledged(0, 101, 1), (101, 1), "node 2's next life is acknowledged");
+        assert_eq!(s.acknowledged(0, 0, 0), (0, 0), "an unknown incarnation stays unknown");
+        s.disown(9, 5);
+        s.disown(3, 0);
+        assert_eq!(s.acknowledged(1, 300, 9), (300, 9), "unknown node or incarnation 0 disown nothing");
+    }
+
+    #[test]
     fn a_gap_at_or_beyond_the_bound_is_warned_once_per_new_record() {
         let s = SenderShared::default();
         s.max_gap_us.store(29_999, Ordering::Relaxed);
