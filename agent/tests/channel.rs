@@ -186,6 +186,12 @@ async fn three_nodes_two_links_exchange_messages() {
         assert!(extra.is_empty(), "unexpected: {extra:?}");
     }
     for (ch, _) in &nodes {
+        // A sender counts a frame after its write returns, which can be
+        // after the receiver got it: wait a moment for the counters.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while ch.stats().frames_sent < 8 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let st = ch.stats();
         assert_eq!(st.frames_sent, 8, "{st:?}");
         assert_eq!(st.frames_received, 8, "{st:?}");
