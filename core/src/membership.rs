@@ -1212,21 +1212,10 @@ impl Membership {
         if s.view.master == self.cfg.me {
             return false;
         }
-        // The master failed, or restarted (a newer life of it spoke to us),
-        // or has not sent its (periodic) state for a whole formation period.
-        let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
         // The datapath's failure detector decides the master's death in
-        // tens of milliseconds (`failed`); silence on the control channel
-        // is only the backstop, long enough not to take a master that is
-        // merely slow (a loaded machine, a mass join) for a dead one.
-        let silent = self.now.since(self.master_contact) > MASTER_SILENCE_FORMS * self.cfg.form_ns;
-        // Its graceful leave finished and nothing keeps it master (its last
-        // state says so): it is gone, whether or not its silence was seen yet.
-        // (An entry of this master's own life: in a state just formed, the
-        // master's entry is still the Inactive one of no life.)
-        let left = s.nodes.get(&s.view.master).is_some_and(|e| e.state == NodeState::Inactive && e.incarnation == s.view.master_incarnation)
-            && !self.master_must_stay(s);
-        self.failed.contains(&s.view.master) || restarted || silent || left
+        // tens of milliseconds (`failed`); the other reasons are in
+        // [`Self::master_surely_gone`].
+        self.failed.contains(&s.view.master) || self.master_surely_gone()
     }
 
     /// The master is dead for a reason other than our datapath's silence
@@ -1237,8 +1226,17 @@ impl Membership {
         if s.view.master == self.cfg.me {
             return false;
         }
+        // The master restarted (a newer life of it spoke to us), or has not
+        // sent its (periodic) state for a whole formation period: silence
+        // on the control channel is only the backstop, long enough not to
+        // take a master that is merely slow (a loaded machine, a mass join)
+        // for a dead one.
         let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
         let silent = self.now.since(self.master_contact) > MASTER_SILENCE_FORMS * self.cfg.form_ns;
+        // Its graceful leave finished and nothing keeps it master (its last
+        // state says so): it is gone, whether or not its silence was seen yet.
+        // (An entry of this master's own life: in a state just formed, the
+        // master's entry is still the Inactive one of no life.)
         let left = s.nodes.get(&s.view.master).is_some_and(|e| e.state == NodeState::Inactive && e.incarnation == s.view.master_incarnation)
             && !self.master_must_stay(s);
         restarted || silent || left
