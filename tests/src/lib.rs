@@ -469,15 +469,21 @@ impl Cluster {
         self.drop_at_switch(i, true, false)
     }
 
+    /// `bh0` in the switch namespace, created once: a veth pair whose other
+    /// end is down, so what is redirected into it is lost.
+    fn black_hole(&self) {
+        let sw = &self.switch.name;
+        if !Command::new("ip").args(["-n", sw, "link", "show", "bh0"]).output().is_ok_and(|o| o.status.success()) {
+            sh(&["ip", "-n", sw, "link", "add", "bh0", "type", "veth", "peer", "name", "bh1"]);
+            sh(&["ip", "-n", sw, "link", "set", "bh0", "up"]);
+        }
+    }
+
     fn drop_at_switch(&self, i: usize, from_host: bool, to_host: bool) -> u64 {
         let sw = &self.switch.name;
         // The drop is a redirect into a black hole (the gact action is a
         // module, which this kernel may not load; mirred is built in).
-        if !Command::new("ip").args(["-n", sw, "link", "show", "bh0"]).output().is_ok_and(|o| o.status.success()) {
-            // (A veth pair whose other end is down: what goes in is lost.)
-            sh(&["ip", "-n", sw, "link", "add", "bh0", "type", "veth", "peer", "name", "bh1"]);
-            sh(&["ip", "-n", sw, "link", "set", "bh0", "up"]);
-        }
+        self.black_hole();
         let t = monotonic_ns();
         for l in 0..self.links {
             let port = format!("h{i}l{l}");
@@ -764,10 +770,7 @@ impl Cluster {
         let sw = &self.switch.name;
         let port = format!("cl{link}");
         if on {
-            if !Command::new("ip").args(["-n", sw, "link", "show", "bh0"]).output().is_ok_and(|o| o.status.success()) {
-                sh(&["ip", "-n", sw, "link", "add", "bh0", "type", "veth", "peer", "name", "bh1"]);
-                sh(&["ip", "-n", sw, "link", "set", "bh0", "up"]);
-            }
+            self.black_hole();
             sh(&["ip", "netns", "exec", sw, "tc", "qdisc", "add", "dev", &port, "clsact"]);
             sh(&["ip", "netns", "exec", sw, "tc", "filter", "add", "dev", &port, "egress", "protocol", "arp", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "bh0"]);
         } else {

@@ -422,14 +422,7 @@ struct Rig {
 }
 
 fn sw(c: &Cluster, args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", &c.switch.name])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    baton_tests::ns_ok(&c.switch.name, args)
 }
 
 fn sw_must(c: &Cluster, args: &[&str]) -> Result<()> {
