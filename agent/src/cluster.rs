@@ -107,6 +107,8 @@ pub struct ClusterDriver {
     /// The heartbeat sender's shared state: lives this node's membership
     /// forces out are disowned there ([`crate::sender::SenderShared::disown`]).
     pub heartbeats: Option<std::sync::Arc<crate::sender::SenderShared>>,
+    /// The events log for `lease_wait` records (set with the lease wait).
+    lease_events: Option<PathBuf>,
 }
 
 impl ClusterDriver {
@@ -126,6 +128,7 @@ impl ClusterDriver {
         let (fencing, fence_slot) = fencing.map_or((None, None), |(f, c)| (Some(f), Some(c)));
         ClusterDriver {
             node: Node::new(Instant(monotonic_ns()), core_cfg, svc_core, fence_slot),
+            lease_events: None,
             me,
             channel,
             subsys,
@@ -258,6 +261,19 @@ impl ClusterDriver {
                 }
                 NodeAction::LeaveReleased { node } => {
                     info!(node = %self.name(node), "services drained: the leave goes on");
+                    continue;
+                }
+                NodeAction::LeaseWait { id, until } => {
+                    let ms = until.since(Instant(monotonic_ns())) as f64 / 1e6;
+                    info!(node = %self.name(id.node), wait_ms = ms, "forced leave: the addresses level waits until that node's address lease surely ended (this node heard it recently)");
+                    continue;
+                }
+                NodeAction::LeaseWaited { id, waited_ns, silent } => {
+                    let ms = waited_ns as f64 / 1e6;
+                    info!(node = %self.name(id.node), waited_ms = ms, silent, "forced leave: that node's address lease is over here; the addresses level goes on");
+                    if let Some(ev) = &self.lease_events {
+                        crate::svc::append_event(ev, json!({"event": "lease_wait", "node": id.node, "incarnation": id.incarnation, "waited_ms": ms, "silent": silent}));
+                    }
                     continue;
                 }
                 NodeAction::Services(a) => {
@@ -465,6 +481,22 @@ impl ClusterDriver {
         let Some(svc) = self.svc.as_mut() else { return Vec::new() };
         f(svc, &mut crate::svc::SvcPort::new(&mut self.node));
         self.run_actions(false)
+    }
+
+    /// Rule 8 of `baton_core::node`: the addresses level of a forced leave
+    /// waits up to `interval × (misses + 1)` for the forced-out life's
+    /// address lease to end, unless this node's datapath reported it silent
+    /// (docs/addresses.md). `BATON_TEST_NO_LEASE_WAIT=1` (a test switch,
+    /// never in production) turns the wait off, so that a test can show
+    /// what it prevents.
+    pub fn set_lease_wait(&mut self, cfg: &crate::config::Config) {
+        let off = std::env::var_os("BATON_TEST_NO_LEASE_WAIT").is_some_and(|v| v == "1");
+        let ns = if off { 0 } else { cfg.timeout_ns() + cfg.interval_ms as u64 * 1_000_000 };
+        if off {
+            warn!("BATON_TEST_NO_LEASE_WAIT=1: a takeover does not wait out the lease of a node forced out while reachable (a test switch)");
+        }
+        self.node.set_lease_wait(ns);
+        self.lease_events = Some(cfg.paths.events_log());
     }
 
     /// The state changed: write cluster.json now, or at the end of the

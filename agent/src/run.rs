@@ -324,6 +324,7 @@ async fn run_guarded(
         };
         let mut driver = ClusterDriver::new(core_cfg, channel, subsys, names, cfg.paths.cluster_snapshot(), services, fencing);
         driver.heartbeats = Some(sender.shared.clone());
+        driver.set_lease_wait(cfg);
         let fence_inbox = fence_rx.as_ref().and(fence_inbox);
         let ha = Ha {
             takeover: crate::takeover::TakeoverRt::new(cfg, incarnation),

@@ -28,6 +28,9 @@
 //!   (acknowledged here at once, handed to the fencing core, or held until
 //!   the node's services are drained: see below);
 //! - [`NodeAction::LeaveReleased`]: a held graceful leave goes on;
+//! - [`NodeAction::LeaseWait`] / [`NodeAction::LeaseWaited`]: an addresses
+//!   step of a forced leave is held for the old owner's lease (rule 8), and
+//!   was acknowledged (for logs and the events file);
 //! - [`NodeAction::Services`]: the services core's actions (every one but
 //!   `Drained`, which is consumed here);
 //! - [`NodeAction::Fencing`]: the fencing core's actions (`Ack` and `Fenced`
@@ -59,6 +62,19 @@
 //!    entry, or the master, is an earlier incarnation of it), or in which
 //!    this node is no member, is not fed to the services core.
 //! 7. After a halt, nothing is fed to any core and no timer runs.
+//! 8. **The address lease of a forced-out life** ([`Node::set_lease_wait`]):
+//!    a step of the **addresses** level of a forced leave is acknowledged
+//!    only once that life's address lease (agent/src/lease.rs) can no
+//!    longer count this node: at once when this node's datapath reported
+//!    the node silent and has not heard it since, otherwise when the lease
+//!    wait (`interval × (misses + 1)` in the agent) has passed since the
+//!    step reached this node (the node was disowned before: it was already
+//!    `ForcedLeaving` in the state this node follows), or earlier if its
+//!    silence is reported meanwhile. The services level, where the new
+//!    owner is chosen and configures the address, starts only when every
+//!    participant acknowledged the addresses level, so the old owner has
+//!    let go of its addresses before (docs/addresses.md, "Waiting out the
+//!    lease of a node forced out while reachable").
 //!
 //! Takeover (the negotiated takeover, `baton_core::takeover`) is still
 //! driven by the agent beside this node; its slot here is [`Node::takeover`]
@@ -144,12 +160,22 @@ pub enum NodeAction {
     Membership(membership::Action),
     /// A step of a built-in level reached this node. `held`: a graceful
     /// leave at the services level, held until the node is drained
-    /// ([`NodeAction::LeaveReleased`]); otherwise acknowledged here (or, at
+    /// ([`NodeAction::LeaveReleased`]), or a forced leave at the addresses
+    /// level, held for the lease (rule 8, [`NodeAction::LeaseWait`]);
+    /// otherwise acknowledged here (or, at
     /// the fencing level with shared disks, handed to the fencing core).
     LevelStep { role: LevelRole, id: TransitionId, step: Step, held: bool },
     /// The services of `node` are drained: its held graceful leave was
     /// acknowledged and goes on.
     LeaveReleased { node: NodeId },
+    /// Rule 8: the addresses step of the forced leave `id` is held until
+    /// the forced-out life's address lease surely ended here: until
+    /// `until` at the latest (its silence reported here ends it earlier).
+    LeaseWait { id: TransitionId, until: Instant },
+    /// Rule 8: that step was acknowledged after `waited_ns`; `silent`: this
+    /// node's datapath reported the node silent (rather than the wait
+    /// running out).
+    LeaseWaited { id: TransitionId, waited_ns: u64, silent: bool },
     /// A services action to carry out (every one but `Drained`).
     Services(services::Action),
     /// A fencing action. `Run` is for the driver to carry out; the others
@@ -164,10 +190,12 @@ pub enum Timer {
     Membership = 0,
     Services = 1,
     Fencing = 2,
+    /// Rule 8: the end of the earliest held addresses step's lease wait.
+    LeaseWait = 3,
 }
 
 impl Timer {
-    pub const ALL: [Timer; 3] = [Timer::Membership, Timer::Services, Timer::Fencing];
+    pub const ALL: [Timer; 4] = [Timer::Membership, Timer::Services, Timer::Fencing, Timer::LeaseWait];
 }
 
 /// The fencing slot: the fencing core and the distress reason its
@@ -295,6 +323,15 @@ pub struct Node {
     /// Reserved for the negotiated takeover's core (still driven by the
     /// agent): always `None` for now.
     pub takeover: Option<std::convert::Infallible>,
+    /// Rule 8: how long an addresses step of a forced leave waits when this
+    /// node's datapath has not reported the node silent (0: not at all).
+    lease_wait_ns: u64,
+    /// Nodes this node's datapath reported silent (`PeerSilent`) and has not
+    /// heard since (`PeerUp`).
+    silent: BTreeSet<NodeId>,
+    /// Rule 8: held addresses steps of forced leaves, with when each
+    /// reached this node.
+    lease_holds: Vec<(TransitionId, Step, Instant)>,
     halted: bool,
     out: VecDeque<NodeAction>,
 }
@@ -318,7 +355,19 @@ impl Node {
             drained_nodes: BTreeSet::new(),
             held_leaves: BTreeMap::new(),
         });
-        let mut node = Node { me, incarnation, membership, services, fencing, takeover: None, halted: false, out: VecDeque::new() };
+        let mut node = Node {
+            me,
+            incarnation,
+            membership,
+            services,
+            fencing,
+            takeover: None,
+            lease_wait_ns: 0,
+            silent: BTreeSet::new(),
+            lease_holds: Vec::new(),
+            halted: false,
+            out: VecDeque::new(),
+        };
         // Whatever the cores said while being set up (nothing today).
         node.drain_membership_quietly();
         node
@@ -328,6 +377,21 @@ impl Node {
         while let Some(a) = self.membership.poll_action() {
             self.out.push_back(NodeAction::Membership(a));
         }
+    }
+
+    /// Rule 8: an addresses step of a forced leave waits up to `ns` for the
+    /// forced-out life's address lease to end, unless this node's datapath
+    /// reported that node silent (0, the default: no wait). The agent sets
+    /// it to `interval × (misses + 1)`: the lease's silence bound and one
+    /// interval for the old owner's lease thread to wake and remove the
+    /// addresses.
+    pub fn set_lease_wait(&mut self, ns: u64) {
+        self.lease_wait_ns = ns;
+    }
+
+    /// Rule 8: the addresses steps held now, with the node each is about.
+    pub fn lease_holds(&self) -> impl Iterator<Item = (TransitionId, Instant)> + '_ {
+        self.lease_holds.iter().map(|(id, _, at)| (*id, *at))
     }
 
     pub fn me(&self) -> NodeId {
@@ -358,9 +422,10 @@ impl Node {
     }
 
     /// Each core's next deadline (the timer table).
-    pub fn timers(&self) -> [Option<Instant>; 3] {
-        let mut t = [None; 3];
+    pub fn timers(&self) -> [Option<Instant>; 4] {
+        let mut t = [None; 4];
         t[Timer::Membership as usize] = self.membership.next_deadline();
+        t[Timer::LeaseWait as usize] = self.lease_holds.iter().map(|(_, _, at)| at.plus_ns(self.lease_wait_ns)).min();
         t[Timer::Services as usize] = self.services.as_ref().and_then(|s| s.core.next_deadline());
         t[Timer::Fencing as usize] = self.fencing.as_ref().and_then(|f| f.core.next_deadline());
         t
@@ -375,8 +440,10 @@ impl Node {
         self.timers().into_iter().flatten().min()
     }
 
-    /// Time passed: a tick to each core (membership, services, fencing).
+    /// Time passed: a tick to each core (membership, services, fencing),
+    /// after the lease waits that ran out (rule 8).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.release_lease_holds(now);
         self.handle(now, NodeInput::Membership(membership::Input::Tick));
         self.handle(now, NodeInput::Services(services::Input::Tick));
         self.handle(now, NodeInput::Fencing(fencing::Input::Tick));
@@ -416,6 +483,18 @@ impl Node {
             return;
         }
         let mut changed = matches!(input, membership::Input::Start);
+        // Rule 8: what this node's datapath says of each peer.
+        let silenced = match input {
+            membership::Input::PeerSilent { node } => {
+                self.silent.insert(node);
+                Some(node)
+            }
+            membership::Input::PeerUp { node } => {
+                self.silent.remove(&node);
+                None
+            }
+            _ => None,
+        };
         self.membership.handle(now, input);
         while let Some(a) = self.membership.poll_action() {
             match a {
@@ -443,12 +522,38 @@ impl Node {
         if !self.halted {
             self.services_follow(now, changed);
         }
+        if silenced.is_some() {
+            self.release_lease_holds(now);
+        }
+    }
+
+    /// Rule 8: acknowledges the held addresses steps whose node is silent
+    /// here, or whose wait ran out.
+    fn release_lease_holds(&mut self, now: Instant) {
+        if self.halted || self.lease_holds.is_empty() {
+            return;
+        }
+        let (due, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.lease_holds).into_iter().partition(|(id, _, at)| self.silent.contains(&id.node) || now >= at.plus_ns(self.lease_wait_ns));
+        self.lease_holds = keep;
+        for (id, step, at) in due {
+            self.out.push_back(NodeAction::LeaseWaited { id, waited_ns: now.since(at), silent: self.silent.contains(&id.node) });
+            self.membership_input(now, membership::Input::Ack { subsystem: LevelRole::Addresses.subsystem(), id, step });
+        }
     }
 
     /// Rules 2–4: a step of a built-in level.
     fn builtin_step(&mut self, now: Instant, role: LevelRole, id: TransitionId, step: Step) {
-        let held = role == LevelRole::Services && id.kind == Kind::Leave && self.services.is_some();
+        // Rule 8: the forced-out life may still hold its addresses by its
+        // lease, kept alive by this node's heartbeats until it was disowned.
+        let lease_wait = role == LevelRole::Addresses && id.kind == Kind::ForcedLeave && self.lease_wait_ns > 0 && !self.silent.contains(&id.node);
+        let held = (role == LevelRole::Services && id.kind == Kind::Leave && self.services.is_some()) || lease_wait;
         self.out.push_back(NodeAction::LevelStep { role, id, step, held });
+        if lease_wait {
+            self.out.push_back(NodeAction::LeaseWait { id, until: now.plus_ns(self.lease_wait_ns) });
+            self.lease_holds.push((id, step, now));
+            return;
+        }
         if role == LevelRole::Fencing {
             if let Some(f) = self.fencing.as_mut() {
                 // The fencing core acknowledges (at once, or once the

@@ -19,6 +19,8 @@ struct Harness {
     up: BTreeSet<NodeId>,
     queue: VecDeque<(NodeId, NodeInput)>,
     log: Vec<(NodeId, NodeAction)>,
+    /// When each entry of `log` was made.
+    log_at: Vec<Instant>,
     /// Nodes whose stop results are held back (a slow halt method).
     hold_stops: BTreeSet<NodeId>,
     held: Vec<(NodeId, NodeInput)>,
@@ -65,6 +67,7 @@ impl Harness {
             up: BTreeSet::new(),
             queue: VecDeque::new(),
             log: Vec::new(),
+            log_at: Vec::new(),
             hold_stops: BTreeSet::new(),
             held: Vec::new(),
             preempted: BTreeSet::new(),
@@ -134,6 +137,7 @@ impl Harness {
                 _ => {}
             }
             self.log.push((id, a));
+            self.log_at.push(self.now);
         }
     }
 
@@ -422,4 +426,117 @@ fn the_same_inputs_give_the_same_actions() {
     let (a, b) = (run(), run());
     assert!(a.len() > 100, "a run with some history: {} actions", a.len());
     assert_eq!(a, b);
+}
+
+/// When web's `k`-th start (0-based) was made.
+fn start_at(h: &Harness, k: usize) -> Option<Instant> {
+    h.log
+        .iter()
+        .zip(&h.log_at)
+        .filter(|((_, a), _)| matches!(a, NodeAction::Services(SAction::Start { params }) if params.service == "web"))
+        .nth(k)
+        .map(|(_, t)| *t)
+}
+
+/// When the addresses step of node `victim`'s forced leave reached `at`.
+fn addresses_step_at(h: &Harness, at: NodeId, victim: NodeId) -> Option<Instant> {
+    h.log.iter().zip(&h.log_at).find_map(|((n, a), t)| match a {
+        NodeAction::LevelStep { role: LevelRole::Addresses, id, .. } if *n == at && id.node == victim && id.kind == Kind::ForcedLeave => Some(*t),
+        _ => None,
+    })
+}
+
+/// Node 2 (web's owner) is forced out while node 3 still hears it: only the
+/// master's datapath reports it silent (node 3's reported it and heard it
+/// again). Returns the harness once web runs again.
+fn forced_out_while_reachable(wait_ms: u64) -> Harness {
+    let mut h = Harness::new(3);
+    for n in h.nodes.values_mut() {
+        n.set_lease_wait(wait_ms * MS);
+    }
+    h.formed();
+    h.queue.push_back((3, NodeInput::Membership(MInput::PeerSilent { node: 2 })));
+    h.queue.push_back((3, NodeInput::Membership(MInput::PeerUp { node: 2 })));
+    h.queue.push_back((1, NodeInput::Membership(MInput::PeerSilent { node: 2 })));
+    let ok = h.run_until(5_000, |h| h.starts().len() == 2);
+    assert!(ok, "web was started again after node 2 was forced out: {:?}", h.starts());
+    assert_ne!(h.starts()[1], 2);
+    h
+}
+
+// Rule 8: the addresses step of a forced leave is held by a survivor whose
+// datapath still hears the node, for the lease wait: the services level (the
+// new owner's start of web, which configures the address) comes only after.
+#[test]
+fn a_takeover_from_a_node_forced_out_while_heard_waits_out_its_lease() {
+    let h = forced_out_while_reachable(40);
+    let step3 = addresses_step_at(&h, 3, 2).expect("the addresses step reached node 3");
+    let restart = start_at(&h, 1).unwrap();
+    assert!(restart >= step3.plus_ms(40), "web restarted at {restart}, 40 ms after node 3's addresses step at {step3} at the earliest");
+    // Node 3 held it for the whole wait; node 1 (silent there) not at all.
+    let waited: Vec<(NodeId, u64, bool)> = h
+        .log
+        .iter()
+        .filter_map(|(n, a)| match a {
+            NodeAction::LeaseWaited { id, waited_ns, silent } if id.node == 2 => Some((*n, *waited_ns, *silent)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waited, vec![(3, 40 * MS, false)]);
+    assert!(h.log.iter().any(|(n, a)| *n == 3 && matches!(a, NodeAction::LevelStep { role: LevelRole::Addresses, held: true, id, .. } if id.node == 2)));
+    assert!(!h.log.iter().any(|(n, a)| *n == 1 && matches!(a, NodeAction::LeaseWait { .. })));
+    // Without the rule the same run restarts web at once (the harness has
+    // no latency): this is what the wait adds.
+    let h0 = forced_out_while_reachable(0);
+    let step0 = addresses_step_at(&h0, 3, 2).unwrap();
+    assert!(start_at(&h0, 1).unwrap() < step0.plus_ms(40), "without the wait web restarts within the same instant");
+    assert!(!h0.log.iter().any(|(_, a)| matches!(a, NodeAction::LeaseWait { .. } | NodeAction::LeaseWaited { .. })));
+}
+
+// Rule 8: a crash (every survivor's datapath reports the node silent before
+// the forced leave reaches its addresses level) costs nothing: web restarts
+// at the same instant as without the rule.
+#[test]
+fn a_crash_failover_does_not_wait_for_the_lease() {
+    let crash = |wait_ms: u64| {
+        let mut h = Harness::new(3);
+        for n in h.nodes.values_mut() {
+            n.set_lease_wait(wait_ms * MS);
+        }
+        h.formed();
+        h.kill(2);
+        let killed = h.now;
+        assert!(h.run_until(5_000, |h| h.starts().len() == 2), "web restarted");
+        assert!(!h.log.iter().any(|(_, a)| matches!(a, NodeAction::LeaseWait { .. })), "no addresses step was held");
+        start_at(&h, 1).unwrap().since(killed)
+    };
+    assert_eq!(crash(40), crash(0));
+}
+
+// Rule 8: a silence reported during the wait ends it (the lease is over once
+// this node's datapath has not heard the node for the silence bound).
+#[test]
+fn a_silence_reported_during_the_lease_wait_ends_it() {
+    let mut h = Harness::new(3);
+    for n in h.nodes.values_mut() {
+        n.set_lease_wait(40 * MS);
+    }
+    h.formed();
+    h.queue.push_back((1, NodeInput::Membership(MInput::PeerSilent { node: 2 })));
+    let ok = h.run_until(1_000, |h| h.nodes[&3].lease_holds().count() == 1);
+    assert!(ok, "node 3 holds the addresses step");
+    let (id, since) = h.nodes[&3].lease_holds().next().unwrap();
+    assert_eq!(id.node, 2);
+    assert_eq!(h.nodes[&3].timers()[Timer::LeaseWait as usize], Some(since.plus_ms(40)));
+    // 10 ms later node 3's datapath reports node 2 silent.
+    h.now = since.plus_ms(10);
+    h.queue.push_back((3, NodeInput::Membership(MInput::PeerSilent { node: 2 })));
+    assert!(h.run_until(5_000, |h| h.starts().len() == 2), "web restarted");
+    let waited = h.log.iter().find_map(|(n, a)| match a {
+        NodeAction::LeaseWaited { id, waited_ns, silent } if *n == 3 && id.node == 2 => Some((*waited_ns, *silent)),
+        _ => None,
+    });
+    assert_eq!(waited, Some((10 * MS, true)));
+    assert!(start_at(&h, 1).unwrap() < since.plus_ms(40));
+    assert_eq!(h.nodes[&3].lease_holds().count(), 0);
 }
