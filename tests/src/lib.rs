@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use baton_common;
 
+pub mod flood;
 pub mod svc;
 pub mod vm;
 

@@ -6,68 +6,8 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use baton_tests::flood::*;
 use baton_tests::*;
-
-/// Open descriptors of process `pid`.
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-/// CPU time (clock ticks, user + system) of the threads of process `pid`
-/// whose name starts with `prefix`.
-fn thread_ticks(pid: i32, prefix: &str) -> u64 {
-    let mut sum = 0;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        if !stat[open + 1..close].starts_with(prefix) {
-            continue;
-        }
-        // Fields after the name: state is the 3rd field of stat; utime and
-        // stime the 14th and 15th.
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        sum += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
-    sum
-}
-
-fn raise_own_nofile() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    r.rlim_cur = r.rlim_max;
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
-}
-
-/// Opens up to `n` TCP connections from `src` to `dst` inside namespace
-/// `ns` and keeps them open (as an attacker without the key would) until
-/// the returned streams are dropped. Returns how many connected.
-fn flood(ns: &str, src: &str, dst: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
-    let src: std::net::IpAddr = src.parse().unwrap();
-    in_netns(ns, move || {
-        let mut v = Vec::new();
-        for _ in 0..n {
-            let s = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Stream,
-                nix::sys::socket::SockFlag::empty(),
-                None,
-            );
-            let Ok(fd) = s else { break };
-            let std::net::IpAddr::V4(v4) = src else { unreachable!() };
-            let local = nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(v4, 0));
-            if nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &local).is_err() {
-                continue;
-            }
-            let std_sock: std::net::TcpStream = std::net::TcpStream::from(fd);
-            // A blocking connect with a short timeout through a nonblocking one.
-            std_sock.set_nonblocking(true).unwrap();
-            let std::net::SocketAddr::V4(d4) = dst else { unreachable!() };
-            let _ = nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&std_sock), &nix::sys::socket::SockaddrIn::from(d4));
-            v.push(std_sock);
-        }
-        v
-    })
-}
 
 #[test]
 fn a_connection_flood_without_the_key_leaves_the_agent_alive_bounded_and_in_the_cluster() {

@@ -1,198 +1,207 @@
-//! Issue 13 "Measured": a flood of 10,000 TCP connections to the control
-//! port, and an idle control-socket client, each leave crash-failover time
-//! unchanged. Node 3 is crashed (SIGKILL of agent and guard) three times
-//! with nothing else going on, three times during a 10,000-connection flood
-//! of the master's control port, and three times while an idle client
-//! holds the master's control socket; each time the master's silence
-//! confirmation (the forced leave's decision, timed by the agent's own
-//! clock) and the forced leave seen in its `cluster.json` are timed from the
-//! kill (the forced leave both as the master wrote it and as this test saw
-//! it by polling). The figures are printed; the test fails when a nuisance
-//! makes any failover, by the agent's own times, slower than the slowest
-//! quiet one by more than a stated scheduling allowance.
+//! Issue 13: nuisances that need no key must neither raise a false alarm
+//! nor hide a real failure (docs/security.md, "Nuisances without the key").
+//!
+//! A 3-node cluster with a floating-address group on node 3. The master
+//! (node 1) gets, at once, a flood of its control port (TCP connections
+//! from a host on the link that is no peer, dropped by XDP, and from peer
+//! node 2's address, accepted and evicted by the pre-authentication caps)
+//! and 20 idle clients on its local control socket (more than the 16 it
+//! serves at once, held past the 2 s request deadline). The test asserts
+//! correctness, not timing (the benches measure time; this machine's 2
+//! cores are shared with other builds and tests):
+//!
+//! (a) no false alarm: while both nuisances last, every member keeps its
+//!     life, the master and the term do not change, nobody halts;
+//! (b) no hidden failure: node 3, crashed during the flood, is still forced
+//!     out and its group moves to a survivor, whose page the client then
+//!     gets (within 5 s: a liveness bound only, the detection bound is
+//!     100 ms here);
+//! (c) the master keeps serving `baton status` during the flood (after the
+//!     idle clients' deadline at worst), does not exit, and its open
+//!     descriptors stay bounded.
+//!
+//! Without the hardening each part fails: a control socket served inside
+//! the event loop, or without the request deadline, leaves `baton status`
+//! unanswered (and froze the master long enough for the others to elect a
+//! new one); without the per-source cap the master's descriptors grow by
+//! thousands (docs/security.md says how this was checked).
 
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use baton_tests::flood::*;
+use baton_tests::svc::*;
 use baton_tests::*;
 
-/// Scheduling allowance over the quiet figures (a loaded 2-core machine).
-const ALLOWANCE_MS: f64 = 100.0;
-const ROUNDS: usize = 3;
+/// Connections of one flood: half from the stranger, half from node 2's address.
+const FLOOD: usize = 10_000;
+/// Idle clients on the master's control socket (it serves 16 at once).
+const IDLE: usize = 20;
 
-fn raise_own_nofile() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    r.rlim_cur = r.rlim_max;
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
-}
-
-/// Opens `n` TCP connections (nonblocking connects) from `src` to `dst`
-/// inside namespace `ns`, held open until the streams are dropped.
-fn flood(ns: &str, src: &str, dst: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    use std::os::fd::AsRawFd;
-    let std::net::IpAddr::V4(src) = src.parse::<std::net::IpAddr>().unwrap() else { unreachable!() };
-    let std::net::SocketAddr::V4(dst) = dst else { unreachable!() };
-    in_netns(ns, move || {
-        // The flooder models a host elsewhere on the network: here it shares
-        // the test machine's 2 cores with the agents, so it runs at the
-        // lowest priority (nice 19), or its own CPU (connect syscalls, and
-        // the TCP handshakes they drive) would slow the agents whatever
-        // they do: a flood of a port no agent serves slowed the forced leave
-        // from 63 ms quiet to 71-181 ms (debug agents, loaded machine,
-        // 2026-12-07).
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, 19) };
-        let mut v = Vec::new();
-        for _ in 0..n {
-            let Ok(fd) = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK, None) else { break };
-            if bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0))).is_err() {
-                continue;
-            }
-            let _ = connect(fd.as_raw_fd(), &SockaddrIn::from(dst));
-            v.push(std::net::TcpStream::from(fd));
-        }
-        v
-    })
-}
-
-/// Crashes node 3 and returns, in ms from the kill: the master's confirmed
-/// silence (its clock), the forced leave as the master wrote it (the
-/// modification time of its cluster.json, written at once when the forced
-/// leave completes), and the forced leave as this test saw it (polling that
-/// file every 5 ms); then restarts node 3 and waits until all three are
-/// joined again. `during` runs between the crash and the measurement.
-fn crash_failover(c: &mut Cluster, during: impl FnOnce()) -> (f64, f64, f64) {
-    let logged = c.agent_log(0).lines().count();
-    let wall0 = std::time::SystemTime::now();
-    let t = c.kill(2);
-    during();
-    let done = wait_until(Duration::from_secs(10), || c.membership(0)["nodes"][2]["state"] == "inactive");
-    let forced = (monotonic_ns() - t) as f64 / 1e6;
-    let written = std::fs::metadata(c.node_dir(0).join("state").join("cluster.json"))
-        .and_then(|m| m.modified())
-        .map(|m| m.duration_since(wall0).map(|d| d.as_secs_f64() * 1e3).unwrap_or(-1.0))
-        .unwrap_or(-1.0);
-    assert!(done.is_some(), "node 3 never forced out at the master: {}", c.membership(0));
-    let e = c
-        .wait_event(0, Duration::from_secs(2), |e| {
-            e["event"] == "silence_confirmed" && e["node"] == 3 && e["agent_ns"].as_u64().unwrap_or(0) > t
+/// Lives (incarnations) of nodes `ids` as node `i` sees them.
+fn lives(svc: &Svc, i: usize, ids: &[u64]) -> Vec<(u64, serde_json::Value, serde_json::Value)> {
+    let m = svc.c.membership(i);
+    ids.iter()
+        .map(|id| {
+            let n = m["nodes"].as_array().into_iter().flatten().find(|n| n["id"] == *id).cloned().unwrap_or_default();
+            (*id, n["state"].clone(), n["incarnation"].clone())
         })
-        .unwrap_or_else(|| panic!("no confirmed silence of node 3 at the master: {:?}", c.events(0)));
-    let confirmed = (e["agent_ns"].as_u64().unwrap() - t) as f64 / 1e6;
-    // The master's steps of this forced leave (its log's clock), shown when
-    // an assertion fails.
-    let steps: Vec<String> = c
-        .agent_log(0)
-        .lines()
-        .skip(logged)
-        .filter(|l| l.contains("node3") && (l.contains("silen") || l.contains("transition")))
-        .map(|l| l.chars().take(200).collect())
-        .collect();
-    eprintln!("crash of node 3: confirmed {confirmed:.1} ms, forced out (polled) {forced:.0} ms, cluster.json written {written:.0} ms; the master's log:\n  {}", steps.join("\n  "));
-    c.start(2);
-    c.wait_all_joined(Duration::from_secs(30));
-    (confirmed, written, forced)
+        .collect()
 }
 
-/// Quiet, flood and idle-client rounds alternate, so that the machine's
-/// background load (other builds and tests on a shared 2-core machine)
-/// falls on all three alike.
-///
-/// Ignored: on the loaded development machine it still fails now and then
-/// (run it with `--ignored`; docs/security.md has the figures). The
-/// flood's own CPU (the flooding thread and the TCP handshakes of its 5,000
-/// peer-address connections, all on the same 2 cores as the agents) slows
-/// every process on the machine; a flood of a port no agent serves slows the
-/// forced leave about as much. What the agent itself must not do under a
-/// flood (spend its runtime on it) is asserted by
-/// `hardening::a_connection_flood_without_the_key_...`.
+/// One request line on a control socket; its reply line, or the error.
+fn ping(sock: &std::path::Path) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = match UnixStream::connect(sock) {
+        Ok(s) => s,
+        Err(e) => return format!("connect: {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    if let Err(e) = s.write_all(b"ping\n") {
+        return format!("write: {e}");
+    }
+    let mut r = String::new();
+    match std::io::BufReader::new(s).read_line(&mut r) {
+        Ok(_) => r.trim().to_string(),
+        Err(e) => format!("read: {e}"),
+    }
+}
+
+/// `baton status --json` of node `i` with a deadline: Err when it fails or
+/// gives no answer within `within`.
+fn status_within(svc: &Svc, i: usize, within: Duration) -> Result<(Duration, serde_json::Value), String> {
+    let mut child = std::process::Command::new(baton_bin())
+        .args(["status", "--json", "--config"])
+        .arg(svc.c.node_dir(i).join("baton.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let done = wait_until(within, || child.try_wait().unwrap().is_some());
+    if done.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("no answer within {within:?}"));
+    }
+    let took = t.elapsed();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map(|v| (took, v)).map_err(|e| format!("not JSON: {e}"))
+}
+
 #[test]
-#[ignore = "timing under a flood generated on the same 2 loaded cores: passed 2 of 3 runs; the master's forced leave during the flood 54-302 ms against 55-95 ms quiet (debug agents, load average 13-14); see docs/security.md"]
-fn a_connection_flood_and_an_idle_control_client_leave_crash_failover_time_unchanged() {
+fn a_control_port_flood_and_idle_control_clients_raise_no_false_alarm_and_hide_no_crash() {
     if !kernel_tests_possible() {
         return;
     }
     raise_own_nofile();
-    let mut c = Cluster::new("nuis", 3, 1, 10, 3);
-    c.start_all();
-    c.wait_all_joined(Duration::from_secs(15));
-    assert_eq!(c.membership(0)["view"]["master"], 1);
-    let master_pid = c.agents[0].as_ref().unwrap().pid();
+    let group = web_group("free", "").replace("preferred = 1", "preferred = 3");
+    let mut svc = Svc::new("nuis", 3, &group).with_client();
+    svc.start_all();
+    svc.wait_registered("web", Duration::from_secs(20), |n| n == 3);
+    svc.expect_page("node3", Duration::from_secs(10), "at the start");
+    let m0 = svc.c.membership(0);
+    assert_eq!(m0["view"]["master"], 1, "{m0}");
+    let (master, term) = (m0["view"]["master"].clone(), m0["view"]["term"].clone());
+    let all_lives: Vec<_> = (0..3).map(|i| lives(&svc, i, &[1, 2, 3])).collect();
+    let master_pid = svc.c.agents[0].as_ref().unwrap().pid();
+    let fds_before = fd_count(master_pid);
+    let halts_before: Vec<usize> = (0..3).map(|i| svc.c.log_lines(i, &["clustering halted"]).len()).collect();
+    let dropped0 = svc.c.counter(0, "drop_control_syn");
+    let evicted0 = svc.c.status(0)["agent"]["channel"]["preauth_evicted"].as_u64().unwrap_or(0);
+
+    // The nuisances: idle clients first (they hold the master's control
+    // socket from the start), then the flood on a thread of its own,
+    // 250 + 250 connections every 250 ms (so it lasts at least 5 s, past
+    // the crash below), all held until the end.
+    let idle: Vec<UnixStream> = (0..IDLE).map(|_| UnixStream::connect(svc.c.control_socket(0)).unwrap()).collect();
     let target: std::net::SocketAddr = format!("{}:7406", link_addr(0, 0)).parse().unwrap();
-    let client = c.add_client(0);
-    let node2_ns = c.hosts[1].ns.name.clone();
-
-    let mut quiet = Vec::new();
-    let mut flooded = Vec::new();
-    let mut opened = Vec::new();
-    let mut idle = Vec::new();
-    for _ in 0..ROUNDS {
-        quiet.push(crash_failover(&mut c, || {}));
-
-        // 10,000 connections to the master's control port: 5,000 from a
-        // host that is no peer, 5,000 from node 2's address (its
-        // namespace), held open; node 3 is crashed half-way, the second half
-        // opened after the crash while the master handles it.
+    let (stranger_ns, stranger) = (svc.client(), svc.client.as_ref().unwrap().addr.clone());
+    let node2_ns = svc.ns(1);
+    let flooding = std::thread::spawn(move || {
         let mut held = Vec::new();
-        for _ in 0..5 {
-            held.extend(flood(&client.ns.name, &client.addr, target, 500));
-            held.extend(flood(&node2_ns, &link_addr(0, 1), target, 500));
+        for _ in 0..FLOOD / 500 {
+            held.extend(flood(&stranger_ns, &stranger, target, 250));
+            held.extend(flood(&node2_ns, &link_addr(0, 1), target, 250));
+            std::thread::sleep(Duration::from_millis(250));
         }
-        let rest = std::thread::spawn({
-            let (cl_ns, cl_addr, n2) = (client.ns.name.clone(), client.addr.clone(), node2_ns.clone());
-            move || {
-                let mut rest = Vec::new();
-                for _ in 0..5 {
-                    rest.extend(flood(&cl_ns, &cl_addr, target, 500));
-                    rest.extend(flood(&n2, &link_addr(0, 1), target, 500));
-                }
-                rest
-            }
-        });
-        let r = crash_failover(&mut c, || {});
-        let rest = rest.join().unwrap();
-        opened.push(held.len() + rest.len());
-        flooded.push(r);
-        drop(held);
-        drop(rest);
+        held
+    });
+    let t0 = Instant::now();
+    let mut max_fds = fds_before;
 
-        // One forgotten `nc -U` on the master's control socket: connected,
-        // sending nothing, for the whole crash and failover.
-        let s = UnixStream::connect(c.control_socket(0)).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        idle.push(crash_failover(&mut c, || {}));
-        drop(s);
+    // (c) The control socket answers again once the idle clients' deadline
+    // freed their slots (they hold all 16; a request meanwhile is answered
+    // `error: busy`), while the flood goes on; `baton status` (read from
+    // the agent's files) answers throughout.
+    let sock = svc.c.control_socket(0);
+    let pinged = wait_until(Duration::from_secs(8), || ping(&sock).starts_with("ok "));
+    max_fds = max_fds.max(fd_count(master_pid));
+    assert!(pinged.is_some(), "the master's control socket did not answer `ping` within 8 s of {IDLE} idle clients: {:?}", ping(&sock));
+    eprintln!("`ping` on the master's control socket with {IDLE} idle clients and the flood: answered after {:?}", t0.elapsed());
+    let st = status_within(&svc, 0, Duration::from_secs(10));
+    assert!(st.is_ok(), "`baton status` of the master during the nuisances: {st:?}");
+
+    // (a) For 3 s (past the idle clients' deadline) nothing moves.
+    while t0.elapsed() < Duration::from_secs(3) {
+        max_fds = max_fds.max(fd_count(master_pid));
+        for i in 0..3 {
+            let m = svc.c.membership(i);
+            assert_eq!(m["view"]["master"], master, "node{}: the master changed under the nuisances: {m}", i + 1);
+            assert_eq!(m["view"]["term"], term, "node{}: a new term under the nuisances: {m}", i + 1);
+            assert_eq!(lives(&svc, i, &[1, 2, 3]), all_lives[i], "node{}: a member's life changed under the nuisances: {m}", i + 1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(opened.iter().all(|n| *n >= 9_000), "the floods opened {opened:?} connections");
 
-    let show = |name: &str, v: &[(f64, f64, f64)]| {
-        let f = |g: fn(&(f64, f64, f64)) -> f64| v.iter().map(|r| format!("{:.0}", g(r))).collect::<Vec<_>>().join(", ");
-        eprintln!(
-            "{name:<28} confirmed at the master [{}] ms; forced out, written by the master [{}] ms, seen by polling [{}] ms",
-            f(|r| r.0),
-            f(|r| r.1),
-            f(|r| r.2)
-        );
-    };
-    show("quiet", &quiet);
-    show("10,000-connection flood", &flooded);
-    show("idle control-socket client", &idle);
-    eprintln!("connections opened per flood: {opened:?}");
-    let a = c.agents[0].as_mut().unwrap();
-    assert!(a.child.try_wait().unwrap().is_none(), "the master's agent ended:\n{}", c.agent_log(0));
+    // (b) Node 3 crashes in the middle of the flood: the master forces it
+    // out and `web` moves to a survivor.
+    assert!(!flooding.is_finished(), "the flood ended before the crash");
+    svc.crash(2);
+    let crashed = Instant::now();
+    let out = wait_until(Duration::from_secs(5), || svc.c.membership(0)["nodes"][2]["state"] == "inactive");
+    max_fds = max_fds.max(fd_count(master_pid));
+    assert!(out.is_some(), "node 3, crashed during the flood, not forced out at the master within 5 s: {}", svc.c.membership(0));
+    let moved = wait_until(Duration::from_secs(5).saturating_sub(crashed.elapsed()), || {
+        (0..2).all(|i| matches!(svc.registered_on(i, "web"), Some(1) | Some(2)))
+    });
+    max_fds = max_fds.max(fd_count(master_pid));
+    assert!(moved.is_some(), "`web` did not move off the crashed node 3 within 5 s: {} / {}", svc.service(0, "web"), svc.service(1, "web"));
+    let to = svc.registered_on(0, "web").unwrap();
+    eprintln!("during the flood: node 3 forced out at the master {:?} after the crash, `web` on node{to} after {:?}", out.unwrap(), crashed.elapsed());
+    svc.expect_page(&format!("node{to}"), Duration::from_secs(5), "after node 3 crashed during the flood");
+
+    let held = flooding.join().unwrap();
+    max_fds = max_fds.max(fd_count(master_pid));
+    // (c) Still serving, same process, descriptors bounded.
+    let after = status_within(&svc, 0, Duration::from_secs(10));
+    assert!(after.is_ok(), "`baton status` of the master after the crash: {after:?}");
+    let a = svc.c.agents[0].as_mut().unwrap();
+    assert!(a.child.try_wait().unwrap().is_none(), "the master's agent ended:\n{}", svc.c.agent_log(0));
     assert_eq!(a.pid(), master_pid);
-    // The agent's own times are asserted; the polled figures are printed
-    // only: they include this test process's scheduling, which the flood
-    // (generated by this very process) slows too (once 565 ms polled for a
-    // forced leave the master wrote at 162 ms).
-    let worst_quiet = quiet.iter().map(|r| r.0).fold(0.0, f64::max);
-    let worst_quiet_forced = quiet.iter().map(|r| r.1).fold(0.0, f64::max);
-    for (name, v) in [("flood", &flooded), ("idle client", &idle)] {
-        for r in v {
-            assert!(r.0 <= worst_quiet + ALLOWANCE_MS, "{name}: confirmed after {:.1} ms, quiet at worst {worst_quiet:.1} ms", r.0);
-            assert!(r.1 <= worst_quiet_forced + ALLOWANCE_MS, "{name}: forced out after {:.0} ms, quiet at worst {worst_quiet_forced:.0} ms", r.1);
-        }
+    let dropped = svc.c.counter(0, "drop_control_syn") - dropped0;
+    let evicted = svc.c.status(0)["agent"]["channel"]["preauth_evicted"].as_u64().unwrap_or(0) - evicted0;
+    eprintln!(
+        "flood: {} connections opened; the master's descriptors {fds_before} before, at most {max_fds} during; stranger SYNs dropped by XDP {dropped}, peer-address connections evicted {evicted}",
+        held.len()
+    );
+    assert!(held.len() >= FLOOD * 9 / 10, "the flood opened only {} connections", held.len());
+    assert!(dropped >= 1000, "the stranger's SYNs never reached the master's XDP program: drop_control_syn grew by {dropped}");
+    assert!(max_fds < fds_before + 100, "the master's descriptors grew from {fds_before} to {max_fds} under the flood");
+    // No survivor halted, and the master stayed the master (a crash of
+    // another node does not move it).
+    for i in 0..2 {
+        let halts = svc.c.log_lines(i, &["clustering halted"]);
+        assert_eq!(halts.len(), halts_before[i], "node{} halted: {:?}", i + 1, &halts[halts_before[i]..]);
+        assert_eq!(svc.c.membership(i)["view"]["master"], master);
+        assert_eq!(lives(&svc, i, &[1, 2]), all_lives[i][..2].to_vec(), "node{}: a survivor's life changed", i + 1);
     }
-    c.wait_all_joined(Duration::from_secs(10));
+    drop(idle);
+    drop(held);
+    // And node 3 comes back.
+    svc.start(2);
+    svc.c.wait_all_joined(Duration::from_secs(30));
 }
