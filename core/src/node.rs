@@ -1,6 +1,6 @@
 //! One node of the cluster, composed: the membership core, the services
 //! core and the fencing core joined by the rules that used to live in the
-//! agent's I/O shell (`agent/src/cluster.rs`, `agent/src/svc.rs`). Like
+//! agent's I/O shell (`agent/src/daemon/cluster.rs`, `agent/src/services/svc.rs`). Like
 //! every core here it is sans-IO and deterministic; the agent
 //! (`ClusterDriver`) is its driver and only carries out what it asks for.
 //!
@@ -64,7 +64,7 @@
 //! 7. After a halt, nothing is fed to any core and no timer runs.
 //! 8. **The address lease of a forced-out life** ([`Node::set_lease_wait`]):
 //!    a step of the **addresses** level of a forced leave is acknowledged
-//!    only once that life's address lease (agent/src/lease.rs) can no
+//!    only once that life's address lease (agent/src/services/lease.rs) can no
 //!    longer count this node: at once when this node's datapath reported
 //!    the node silent and has not heard it since, otherwise when the lease
 //!    wait (`interval × (misses + 1)` in the agent) has passed since the
