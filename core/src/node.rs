@@ -64,7 +64,7 @@
 //! 7. After a halt, nothing is fed to any core and no timer runs.
 //! 8. **The address lease of a forced-out life** ([`Node::set_lease_wait`]):
 //!    a step of the **addresses** level of a forced leave is acknowledged
-//!    only once that life's address lease (agent/src/lease.rs) can no
+//!    only once that life's address lease (agent/src/services/lease.rs) can no
 //!    longer count this node: at once when this node's datapath reported
 //!    the node silent and has not heard it since, otherwise when the lease
 //!    wait (`interval × (misses + 1)` in the agent) has passed since the

@@ -502,6 +502,31 @@ impl Cluster {
         t
     }
 
+    /// Drops, at host `i`'s switch ports, the IPv4 packets that match every
+    /// tc u32 selector in `matches` (each the words after `match`, e.g.
+    /// `["ip", "protocol", "6", "0xff"]`): `from_host`, those it sends
+    /// (ingress of its port); otherwise those it would receive. Finer than
+    /// [`Cluster::mute`] (one protocol, one peer). Undone by
+    /// [`Cluster::unisolate`]. Returns the monotonic time of the cut.
+    pub fn drop_matching(&self, i: usize, from_host: bool, matches: &[&[&str]]) -> u64 {
+        let sw = &self.switch.name;
+        self.black_hole();
+        let t = monotonic_ns();
+        for l in 0..self.links {
+            let port = format!("h{i}l{l}");
+            // The qdisc may be there already (an earlier call).
+            let _ = Command::new("ip").args(["netns", "exec", sw, "tc", "qdisc", "add", "dev", &port, "clsact"]).output();
+            let mut args = vec!["ip", "netns", "exec", sw, "tc", "filter", "add", "dev", &port, if from_host { "ingress" } else { "egress" }, "protocol", "ip", "u32"];
+            for m in matches {
+                args.push("match");
+                args.extend_from_slice(m);
+            }
+            args.extend_from_slice(&["action", "mirred", "egress", "redirect", "dev", "bh0"]);
+            sh(&args);
+        }
+        t
+    }
+
     /// Undoes [`Cluster::isolate`], [`Cluster::deafen`] and [`Cluster::mute`].
     pub fn unisolate(&self, i: usize) {
         for l in 0..self.links {

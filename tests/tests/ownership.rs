@@ -457,3 +457,72 @@ fn a_lease_lost_by_a_short_receive_stall_is_regained_and_nothing_moves() {
     let halts = svc.c.log_lines(0, &["clustering halted"]);
     svc.check(halts.is_empty(), || format!("node1 halted: {halts:?}"));
 }
+
+/// A node forced out while the others still hear it: node2 runs `web`;
+/// its heartbeats to node1 (the master) are dropped at the switch, and so is
+/// the control channel's TCP towards node2 (so that it does not learn soon
+/// that it was forced out), while node3 still hears node2 and is heard by
+/// it. Node1's datapath sees node2 silent, nobody else does, so the silence
+/// is confirmed by the deadline and node2 is forced out; node3 still heard
+/// it and echoed its heartbeats until it disowned it at the forced leave, so
+/// node2's address lease (node3 and itself: a majority) lasts up to a
+/// silence bound after that. Sampled from outside, the address is never on
+/// two live nodes, and the new owner adds it only after node2 removed it:
+/// node3 held the forced leave's addresses level for the lease wait
+/// (`lease_wait`, not silent there). With the wait switched off
+/// (`BATON_TEST_NO_LEASE_WAIT=1`, a test switch) the address is on both.
+#[test]
+fn a_node_forced_out_while_still_heard_lets_go_before_the_new_owner_adds_its_address() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let group = web_group("costly", "").replace("preferred = 1", "preferred = 2");
+    let mut svc = Svc::new("oforced", 3, &group).with_client();
+    svc.start_all();
+    svc.wait_registered("web", Duration::from_secs(20), |n| n == 2);
+    svc.expect_page("node2", Duration::from_secs(10), "at the start");
+    let watcher = Watcher::start((0..3).map(|i| svc.ns(i)).collect());
+    std::thread::sleep(Duration::from_millis(200));
+    let (a1, a2) = (format!("{}/32", link_addr(0, 0)), format!("{}/32", link_addr(0, 1)));
+    let cut_ns = svc.c.drop_matching(1, true, &[&["ip", "src", &a2], &["ip", "dst", &a1], &["ip", "protocol", "17", "0xff"]]);
+    let cut_at = Instant::now();
+    svc.c.drop_matching(1, false, &[&["ip", "dst", &a2], &["ip", "protocol", "6", "0xff"]]);
+    let mut owner = None;
+    let moved = wait_until(Duration::from_secs(10), || {
+        let a = svc.registered_on(0, "web");
+        owner = a;
+        a.is_some_and(|n| n != 2) && svc.registered_on(2, "web") == a
+    });
+    svc.check(moved.is_some(), || "the others did not take web over from node2".into());
+    let owner_i = svc.index_of(owner.unwrap());
+    let served = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner_i)));
+    svc.check(served.is_some(), || format!("{VIP} never came to {}", svc.name(owner_i)));
+    std::thread::sleep(Duration::from_millis(300));
+    let samples = watcher.finish();
+    let (dual, pair) = max_dual_ownership(&samples, &[None, None, None]);
+    // node2's last sample with the address, the new owner's first.
+    let old_last = samples.iter().filter(|s| s.0 == 1 && s.3 && s.1 >= cut_at).map(|s| s.1).max();
+    let new_first = samples.iter().filter(|s| s.0 == owner_i && s.3 && s.1 >= cut_at).map(|s| s.2).min();
+    let ms = |t: Option<Instant>| t.map(|t| (t - cut_at).as_secs_f64() * 1e3);
+    let waits: Vec<Value> = svc.c.events(2).into_iter().filter(|e| e["event"] == "lease_wait" && e["node"] == 2).collect();
+    let lost: Vec<f64> = svc.c.events(1).iter().filter(|e| e["event"] == "lease_lost").map(|e| (e["agent_ns"].as_u64().unwrap_or(0) as f64 - cut_ns as f64) / 1e6).collect();
+    eprintln!(
+        "node2 forced out while node3 heard it: node2's lease lost {lost:?} ms after the cut, its address last seen {:?} ms; {} took web over, its address first seen {:?} ms; node3's lease wait {waits:?}; longest time on two live nodes {dual:?} {pair:?}",
+        ms(old_last),
+        svc.name(owner_i),
+        ms(new_first)
+    );
+    for l in svc.c.log_lines(1, &["lease"]) {
+        eprintln!("node2: {l}");
+    }
+    svc.check(dual.is_zero(), || format!("{VIP} was on two live nodes {pair:?} for {dual:?}"));
+    svc.check(old_last.is_some() && new_first.is_some() && old_last < new_first, || {
+        format!("the new owner added {VIP} ({:?} ms) before node2 removed it ({:?} ms)", ms(new_first), ms(old_last))
+    });
+    // The wait did it: node3 heard node2 (not silent there) and held the
+    // addresses level for the lease wait, 20 ms × (5 + 1).
+    svc.check(waits.len() == 1 && waits[0]["silent"] == false && waits[0]["waited_ms"].as_f64().unwrap_or(0.0) >= 120.0, || {
+        format!("node3's lease_wait for node2: {waits:?}")
+    });
+    svc.c.unisolate(1);
+}
