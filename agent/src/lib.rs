@@ -1,6 +1,8 @@
 //! The baton agent: configuration, the kernel datapath (XDP + watchdog), the
 //! heartbeat sender, peer events and status. The binary (`baton`) is in
-//! `main.rs`; the daemon loop in `run.rs`.
+//! `main.rs`; the daemon loop in `daemon/run.rs`. The directories and the
+//! one direction of their dependencies: docs/layout.md (checked by
+//! `agent/tests/layout.rs`).
 
 pub mod cli;
 pub mod config;

@@ -356,7 +356,7 @@ fn real_main() -> Result<()> {
             // Resource groups must be runnable here: a missing OCF agent or
             // systemctl is an error at run time (a warning in `config check`).
             let cfg = config::load(&config)?;
-            let problems = rt.block_on(groups::check_host(&cfg.groups));
+            let problems = rt.block_on(baton_agent::services::resource::check_host(&cfg.groups));
             if !problems.is_empty() {
                 let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
                 anyhow::bail!("{}: resource groups cannot run on this machine:\n{}", config.display(), list.join("\n"));
@@ -392,7 +392,7 @@ fn real_main() -> Result<()> {
             // Resource groups: machine-dependent problems (agent not
             // installed) are warnings here, errors for `baton run`.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let problems = rt.block_on(groups::check_host(&cfg.groups));
+            let problems = rt.block_on(baton_agent::services::resource::check_host(&cfg.groups));
             let mut errors = 0;
             for p in &problems {
                 if p.is_error_for_check() {

@@ -850,26 +850,6 @@ impl fmt::Display for HostProblem {
     }
 }
 
-/// Checks the groups against this machine: OCF agents installed, their
-/// required parameters given (from the agent's meta-data), `systemctl`
-/// present for systemd units. Runs `meta-data` actions, nothing else.
-pub async fn check_host(groups: &[Group]) -> Vec<HostProblem> {
-    use crate::services::resource::{Resource, ResourceError};
-    let mut out = Vec::new();
-    for g in groups {
-        for spec in g.resources() {
-            if let Err(e) = Resource::from_spec(spec).validate().await {
-                let kind = match e {
-                    ResourceError::NotInstalled { .. } => HostProblemKind::NotInstalled,
-                    _ => HostProblemKind::Invalid,
-                };
-                out.push(HostProblem { group: g.name.clone(), resource: spec.name.clone(), kind, message: e.to_string() });
-            }
-        }
-    }
-    out
-}
-
 /// One line per group for `baton config check`.
 pub fn describe(g: &Group) -> String {
     let mut s = format!("group {:?}", g.name);

@@ -1,7 +1,10 @@
 //! `baton.toml`: parsing and validation. Every error names the file, the line,
 //! the key and the problem; nothing is applied from a file that has one.
 
+pub mod events;
 pub mod groups;
+pub mod health;
+pub mod takeover;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -128,10 +131,10 @@ pub struct Config {
     /// Health checks (`[[health]]`), the negotiated takeover (`[takeover]`),
     /// event actions (`[[on]]`) and alerts (`[alerts]`): docs/takeover.md,
     /// docs/events.md.
-    pub health: Vec<crate::services::health::HealthCheck>,
-    pub takeover: crate::services::takeover::TakeoverCfg,
-    pub actions: Vec<crate::services::eventmgr::OnAction>,
-    pub alerts: Option<crate::services::eventmgr::AlertsCfg>,
+    pub health: Vec<crate::config::health::HealthCheck>,
+    pub takeover: crate::config::takeover::TakeoverCfg,
+    pub actions: Vec<crate::config::events::OnAction>,
+    pub alerts: Option<crate::config::events::AlertsCfg>,
     /// The Prometheus endpoint (`[metrics]`, docs/metrics.md); off when absent.
     pub metrics: Option<MetricsCfg>,
 }
@@ -202,11 +205,11 @@ struct RawConfig {
     #[serde(default)]
     disk: Vec<Spanned<RawDisk>>,
     #[serde(default)]
-    health: Vec<Spanned<crate::services::health::RawHealth>>,
-    takeover: Option<Spanned<crate::services::takeover::RawTakeover>>,
+    health: Vec<Spanned<crate::config::health::RawHealth>>,
+    takeover: Option<Spanned<crate::config::takeover::RawTakeover>>,
     #[serde(default)]
-    on: Vec<Spanned<crate::services::eventmgr::RawOn>>,
-    alerts: Option<Spanned<crate::services::eventmgr::RawAlerts>>,
+    on: Vec<Spanned<crate::config::events::RawOn>>,
+    alerts: Option<Spanned<crate::config::events::RawAlerts>>,
     metrics: Option<Spanned<RawMetrics>>,
 }
 
@@ -635,10 +638,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(cx.invalid(&raw.disk[8], "disk", "at most 8 disks are supported"));
     }
 
-    let health = crate::services::health::validate(&cx, &raw.health, &disks)?;
-    let takeover = crate::services::takeover::validate(&cx, &raw.takeover, node_id, &peer_ids)?;
-    let actions = crate::services::eventmgr::validate_on(&cx, &raw.on, &groups)?;
-    let alerts = crate::services::eventmgr::validate_alerts(&cx, &raw.alerts)?;
+    let health = crate::config::health::validate(&cx, &raw.health, &disks)?;
+    let takeover = crate::config::takeover::validate(&cx, &raw.takeover, node_id, &peer_ids)?;
+    let actions = crate::config::events::validate_on(&cx, &raw.on, &groups)?;
+    let alerts = crate::config::events::validate_alerts(&cx, &raw.alerts)?;
 
     let metrics = match &raw.metrics {
         None => None,

@@ -130,8 +130,6 @@ use std::time::Duration;
 
 use baton_core::membership::Msg;
 use baton_core::services::Msg as SvcMsg;
-use crate::services::fencing::FenceMsg;
-use crate::services::handover::HandoverMsg;
 use blake2::{Blake2s256, Digest};
 use serde::Serialize;
 use snow::{HandshakeState, TransportState};
@@ -141,6 +139,34 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
+
+/// A fencing notice between agents (control channel, `FRAME_FENCE`): the
+/// sender fenced `node`'s life `incarnation` (its key is off the disks), by
+/// its own PREEMPT AND ABORT or because an operator confirmed it (`baton
+/// fence confirm`). Every survivor takes it as its own fencing of that life
+/// done: the forced leave needs one survivor that reaches the disks, not
+/// all, and a confirmation given on any node counts on every node.
+/// (`services::fencing` uses it; it is defined with the transport so that
+/// the transport depends on none of its users.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FenceMsg {
+    Fenced { node: u32, incarnation: u64, by_operator: bool },
+}
+
+/// Messages between the old and the new node of a handover
+/// (`services::handover`; defined here like [`FenceMsg`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HandoverMsg {
+    /// Old → new: prepare `group` (handover `id`).
+    Prepare { group: String, id: u64 },
+    /// New → old: prepared; `mac` is the new node's address on the group's
+    /// interface.
+    Ready { group: String, id: u64, mac: [u8; 6] },
+    /// New → old: could not prepare.
+    Failed { group: String, id: u64, reason: String },
+    /// Old → new: the handover is off; undo the preparation.
+    Abort { group: String, id: u64 },
+}
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";

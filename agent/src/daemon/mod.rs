@@ -5,7 +5,6 @@
 pub mod caps;
 pub mod cluster;
 pub mod confirm;
-pub mod metrics;
 pub mod reload;
 pub mod run;
 pub mod sdnotify;

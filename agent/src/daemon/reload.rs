@@ -150,7 +150,7 @@ pub async fn prepare(running: &Config, key: &[u8; 16], services_level: bool) -> 
     if let Some(what) = restart_reason(running, &new, key, &new_key, services_level) {
         return Err(ReloadError::RestartNeeded { file: running.file.clone(), what });
     }
-    let problems = crate::config::groups::check_host(&new.groups).await;
+    let problems = crate::services::resource::check_host(&new.groups).await;
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         return Err(ReloadError::Host { file: running.file.clone(), problems: list.join("; ") });

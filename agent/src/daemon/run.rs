@@ -146,7 +146,7 @@ pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
     let cfg = config::load(cfg_path)?;
     // First: a metrics port in use is one clear error before anything runs.
-    let metrics = crate::daemon::metrics::bind(&cfg)?;
+    let metrics = crate::services::metrics::bind(&cfg)?;
     crate::datapath::check_prerequisites()?;
     crate::daemon::caps::check(&cfg, crate::daemon::caps::effective())?;
     let key = config::read_secret(&cfg.secret_file)?;
@@ -219,7 +219,7 @@ async fn run_guarded(
         }
     };
     if let Some(l) = metrics {
-        if let Err(e) = crate::daemon::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
+        if let Err(e) = crate::services::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
             sender.stop();
             dp.stop();
             return Err(e.context("serving the metrics"));
@@ -509,7 +509,10 @@ async fn event_loop(
     // SIGHUP: reload the configuration file (docs/reload.md).
     let mut hup = signal(SignalKind::hangup())?;
     let mut tracker = PeerTracker::new(cfg);
-    let mut sink = EventSink::open(&cfg.paths.events_log());
+    let mut sink = EventSink::open(&cfg.paths.events_log(), |v| {
+        crate::services::eventmgr::publish(v);
+        crate::services::metrics::observe(v);
+    });
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so
     // the fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }

@@ -161,19 +161,23 @@ impl PeerTracker {
     }
 }
 
-/// Appends events to the JSON-lines log and reports them through tracing.
+/// Appends events to the JSON-lines log and reports them through tracing;
+/// the peer events (up, silent, distress, stopped) also go to `publish`
+/// (the daemon passes the event manager and the metrics: both are above the
+/// datapath in the layout, docs/layout.md).
 pub struct EventSink {
     file: Option<std::fs::File>,
+    publish: fn(&serde_json::Value),
 }
 
 impl EventSink {
-    pub fn open(path: &std::path::Path) -> Self {
+    pub fn open(path: &std::path::Path, publish: fn(&serde_json::Value)) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
         match file {
-            Ok(f) => EventSink { file: Some(f) },
+            Ok(f) => EventSink { file: Some(f), publish },
             Err(e) => {
                 warn!(path = %path.display(), "cannot open the event log: {e}");
-                EventSink { file: None }
+                EventSink { file: None, publish }
             }
         }
     }
@@ -186,8 +190,7 @@ impl EventSink {
         }
         if matches!(e.event, "peer_up" | "peer_silent" | "peer_distress" | "peer_stopped") {
             if let Ok(v) = serde_json::to_value(e) {
-                crate::services::eventmgr::publish(&v);
-                crate::daemon::metrics::observe(&v);
+                (self.publish)(&v);
             }
         }
         if let Some(f) = &mut self.file {

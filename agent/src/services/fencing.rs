@@ -19,16 +19,7 @@ use baton_scsi::{Device, Error as ScsiError, PrType};
 
 use crate::config::{Config, Disk};
 
-/// A fencing notice between agents (control channel, `FRAME_FENCE`): the
-/// sender fenced `node`'s life `incarnation` (its key is off the disks), by
-/// its own PREEMPT AND ABORT or because an operator confirmed it (`baton
-/// fence confirm`). Every survivor takes it as its own fencing of that life
-/// done: the forced leave needs one survivor that reaches the disks, not
-/// all, and a confirmation given on any node counts on every node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum FenceMsg {
-    Fenced { node: u32, incarnation: u64, by_operator: bool },
-}
+pub use crate::control::channel::FenceMsg;
 
 /// Why a disk cannot be used (`baton run` refuses to start).
 #[derive(Debug, thiserror::Error)]

@@ -36,7 +36,6 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use baton_common::{Handover as Entry, HANDOVER_SILENT, HANDOVER_STEER};
 use baton_core::NodeId;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -44,19 +43,7 @@ use crate::control::channel::HandoverSender;
 use crate::config::groups::Group;
 use crate::services::resource::Resource;
 
-/// Messages between the old and the new node of a handover.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HandoverMsg {
-    /// Old → new: prepare `group` (handover `id`).
-    Prepare { group: String, id: u64 },
-    /// New → old: prepared; `mac` is the new node's address on the group's
-    /// interface.
-    Ready { group: String, id: u64, mac: [u8; 6] },
-    /// New → old: could not prepare.
-    Failed { group: String, id: u64, reason: String },
-    /// Old → new: the handover is off; undo the preparation.
-    Abort { group: String, id: u64 },
-}
+pub use crate::control::channel::HandoverMsg;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {

@@ -11,6 +11,7 @@ pub mod guard;
 pub mod handover;
 pub mod health;
 pub mod lease;
+pub mod metrics;
 pub mod resource;
 pub mod sdbus;
 pub mod svc;

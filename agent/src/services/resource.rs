@@ -1108,6 +1108,25 @@ impl Drop for MonitorLoop {
     }
 }
 
+/// Checks the groups against this machine: OCF agents installed, their
+/// required parameters given (from the agent's meta-data), `systemctl`
+/// present for systemd units. Runs `meta-data` actions, nothing else.
+pub async fn check_host(groups: &[crate::config::groups::Group]) -> Vec<crate::config::groups::HostProblem> {
+    let mut out = Vec::new();
+    for g in groups {
+        for spec in g.resources() {
+            if let Err(e) = Resource::from_spec(spec).validate().await {
+                let kind = match e {
+                    ResourceError::NotInstalled { .. } => crate::config::groups::HostProblemKind::NotInstalled,
+                    _ => crate::config::groups::HostProblemKind::Invalid,
+                };
+                out.push(crate::config::groups::HostProblem { group: g.name.clone(), resource: spec.name.clone(), kind, message: e.to_string() });
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -834,7 +834,7 @@ impl ServiceManager {
 /// (docs/events.md).
 pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
     crate::services::eventmgr::publish(&v);
-    crate::daemon::metrics::observe(&v);
+    crate::services::metrics::observe(&v);
     v["agent_ns"] = monotonic_ns().into();
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(format!("{v}\n").as_bytes());
