@@ -24,6 +24,7 @@ pub mod lease;
 pub mod localsock;
 pub mod handover;
 pub mod paths;
+pub mod rejoin;
 pub mod reload;
 pub mod resource;
 pub mod run;
