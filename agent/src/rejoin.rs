@@ -110,3 +110,39 @@ async fn listen(cfg: &Config) -> Option<tokio::net::UdpSocket> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(peers: usize, rejoin_ms: u32) -> Config {
+        let mut text = String::from(
+            "[cluster]\nname = \"t\"\nid = 1\nsecret_file = \"/s\"\n[node]\nid = 1\nname = \"n1\"\n\
+             [heartbeat]\ninterval_ms = 10\nmisses = 3\n\
+             [[link]]\nname = \"r0\"\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\n",
+        );
+        for p in 0..peers {
+            text += &format!("[[peer]]\nid = {}\nname = \"n{}\"\naddresses = [\"10.0.0.{}\"]\n", p + 2, p + 2, p + 2);
+        }
+        text += &format!("[membership]\nrejoin_ms = {rejoin_ms}\n");
+        crate::config::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn only_a_halt_for_lost_quorum_may_end_early_and_never_before_rejoin_ms() {
+        let c = cfg(4, 1000);
+        let p = params(&c, &HaltReason::LostQuorum, Duration::from_secs(8));
+        assert_eq!(p, RejoinParams { min_ns: 1_000_000_000, max_ns: 8_000_000_000, early: true, nodes: 5, gap_ns: 200_000_000, stable_ns: 1_000_000_000 });
+        for why in [HaltReason::ForcedOut, HaltReason::Superseded, HaltReason::ClusterLost] {
+            assert!(!params(&c, &why, Duration::from_secs(8)).early, "{why:?}");
+        }
+        // A back-off shorter than rejoin_ms (none is, but the rule must not
+        // wait past it): the shortest wait is the back-off.
+        assert_eq!(params(&c, &HaltReason::LostQuorum, Duration::from_millis(500)).min_ns, 500_000_000);
+        // Slow heartbeats: the gap is four silence bounds.
+        let mut slow = cfg(2, 1000);
+        slow.interval_ms = 100;
+        assert_eq!(params(&slow, &HaltReason::LostQuorum, Duration::from_secs(2)).gap_ns, 1_200_000_000);
+    }
+}
