@@ -1,5 +1,5 @@
 //! The wait between a halt and the new life (docs/membership.md,
-//! "Halting"): the back-off of [`crate::run::rejoin_delay`], ended early
+//! "Halting"): the back-off of [`crate::daemon::run::rejoin_delay`], ended early
 //! after a halt for lost quorum once a majority of the cluster is heard
 //! stably again ([`baton_core::rejoin`], the rule).
 //!
@@ -21,7 +21,7 @@ use baton_core::rejoin::{Due, RejoinParams, RejoinWait};
 use baton_core::Instant;
 
 use crate::config::Config;
-use crate::events::monotonic_ns;
+use crate::datapath::events::monotonic_ns;
 
 /// How long a majority must be heard without a gap to end the wait early.
 pub const STABLE: Duration = Duration::from_secs(1);
@@ -59,14 +59,14 @@ pub async fn wait(cfg: &Config, why: &HaltReason, delay: Duration) -> Waited {
     let end = tokio::time::Instant::now() + delay;
     let sock = if p.early { listen(cfg).await } else { None };
     let Some(sock) = sock else {
-        crate::sdnotify::sleep_pinging(delay).await;
+        crate::daemon::sdnotify::sleep_pinging(delay).await;
         return Waited::BackoffOver;
     };
     let key = match crate::config::read_secret(&cfg.secret_file) {
         Ok(k) => k,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the cluster key to listen for the peers while waiting: waiting out the back-off");
-            crate::sdnotify::sleep_pinging(delay).await;
+            crate::daemon::sdnotify::sleep_pinging(delay).await;
             return Waited::BackoffOver;
         }
     };
@@ -77,7 +77,7 @@ pub async fn wait(cfg: &Config, why: &HaltReason, delay: Duration) -> Waited {
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(end) => return Waited::BackoffOver,
-            _ = tick.tick() => crate::sdnotify::watchdog(),
+            _ = tick.tick() => crate::daemon::sdnotify::watchdog(),
             r = sock.recv_from(&mut buf) => {
                 let Ok((n, _from)) = r else { continue };
                 let Ok(h) = Header::decode(&buf[..n], cfg.node_id, k0, k1) else { continue };
