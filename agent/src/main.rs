@@ -312,14 +312,23 @@ fn rejoin_or_exit(
     // SIGTERM or SIGINT while waiting, or since the halt (the same
     // listeners as the life's event loop: one that came while the life
     // shut down is pending and seen here): the operator stops the agent.
-    let stopped = rt.block_on(async {
+    // After a halt for lost quorum the wait ends early once a majority is
+    // heard stably again (baton_agent::daemon::rejoin).
+    let waited = rt.block_on(async {
         tokio::select! {
             biased;
-            _ = stop.term.recv() => true,
-            _ = stop.int.recv() => true,
-            _ = baton_agent::daemon::sdnotify::sleep_pinging(delay) => false,
+            _ = stop.term.recv() => None,
+            _ = stop.int.recv() => None,
+            w = baton_agent::daemon::rejoin::wait(cfg, &why, delay) => Some(w),
         }
     });
+    if let Some(baton_agent::daemon::rejoin::Waited::QuorumHeard { after, peers }) = waited {
+        tracing::info!(
+            waited_ms = after.as_millis() as u64, back_off_ms = delay.as_millis() as u64, peers,
+            "a majority heard again without a gap for a second: starting again before the back-off is over"
+        );
+    }
+    let stopped = waited.is_none();
     drop(stop);
     drop(rt);
     if stopped {

@@ -16,6 +16,7 @@ pub mod fencing;
 pub mod gmp;
 pub mod membership;
 pub mod node;
+pub mod rejoin;
 pub mod rng;
 pub mod services;
 #[cfg(any(test, feature = "testing"))]
