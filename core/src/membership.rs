@@ -1053,7 +1053,15 @@ impl Membership {
         }
         if let Some(s) = &self.state {
             let joined = s.state_of(self.cfg.me) == NodeState::Joined;
-            if joined && !self.quorum(s) {
+            // The master of a quorate state halts too, whatever its own
+            // state (still Joining, or outside the group after its own
+            // leave): staying the master of a quorate state it has no
+            // majority of would make two primary clusters when the other
+            // side forms one (sim seed 8203: a master cut off before any
+            // join of the new cluster completed stayed the master of a
+            // quorate state of term 1 while the majority formed another).
+            let quorate_master = s.quorate && s.view.master == self.cfg.me;
+            if (joined || quorate_master) && !self.quorum(s) {
                 // In the minority side of a partition: the majority will
                 // force us out and recover what we hold, so stop at once,
                 // before it could (the failure detector's bound is the same
@@ -1756,11 +1764,19 @@ impl Membership {
         let change = self.max_change;
         self.pending = Some(Pending { change, started: now, mark: 0, joins, forced });
         let data = self.records_for_my_subgroup();
-        for n in new_group.iter().filter(|n| !self.failed.contains(n)) {
+        // The master runs the S3 change, so it is one of its members even
+        // when it is outside the group (its own leave completed while it
+        // must stay the master: [`Self::master_must_stay`]). The S3
+        // protocol ignores a change its initiator is not a member of: the
+        // change stayed pending for good and the cluster stalled (sim
+        // seed 693).
+        let mut members = new_group.clone();
+        members.insert(self.cfg.me);
+        for n in members.iter().filter(|n| !self.failed.contains(n)) {
             self.gmp.handle(now, GmpInput::MemberRecovered { node: *n });
         }
-        self.gmp.handle(now, GmpInput::Initiate { id: change, members: new_group.clone(), my_data: data });
-        self.gmp_change_started(change, &new_group);
+        self.gmp.handle(now, GmpInput::Initiate { id: change, members: members.clone(), my_data: data });
+        self.gmp_change_started(change, &members);
         self.drain_gmp();
     }
 

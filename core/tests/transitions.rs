@@ -1594,3 +1594,81 @@ fn two_nodes_with_a_disk_both_keep_quorum_and_force_the_other_out() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Failing seeds of the 10,000-seed simulator sweep (docs/simulator.md)
+// ---------------------------------------------------------------------------
+
+/// Sim seed 8203: five configured nodes, of which 3, 4 and 5 run. Node 3
+/// forms the cluster and all three join (a quorate state: 3 of 5), but no
+/// join has completed when node 3 is cut off from 4 and 5. Node 3, still
+/// Joining, is the master of a quorate state it no longer has a majority
+/// of: it must halt for lost quorum as a joined member does, instead of
+/// staying the master of a quorate state while the other side (with
+/// nodes 1 and 2) forms a second quorate cluster of the same term.
+#[test]
+fn master_that_loses_its_majority_while_still_joining_halts() {
+    let mut h = Harness::new(5);
+    // Every join hangs at level 20: nobody is Joined yet.
+    h.hold(|_, note| note.kind == Kind::Join && note.level == 20);
+    h.start(3);
+    h.start(4);
+    h.start(5);
+    h.run_ms(300);
+    let st = h.nodes[&3].core.state().expect("node 3 formed no cluster").clone();
+    assert_eq!(st.view.master, 3);
+    assert!(st.quorate, "setup: the state of {{3, 4, 5}} is quorate");
+    assert_eq!(st.group(), [3, 4, 5].into_iter().collect());
+    assert_eq!(h.nodes[&3].core.my_state(), NodeState::Joining, "setup: node 3's join hangs");
+    h.mark();
+    for (a, b) in [(3, 4), (3, 5)] {
+        h.cut.insert((a, b));
+        h.cut.insert((b, a));
+        h.input(a, Input::PeerSilent { node: b });
+        h.input(b, Input::PeerSilent { node: a });
+    }
+    h.run_ms(100);
+    let halts3 = h.count(3, |a| matches!(a, Action::Halt { why: HaltReason::LostQuorum }));
+    assert_eq!(halts3, 1, "node 3 is still the master of a quorate state without a majority: {:?}", h.nodes[&3].core.debug_line());
+    assert!(h.nodes[&3].core.is_halted());
+    h.check_nothing_after_end();
+}
+
+/// Sim seed 693: the master leaves gracefully while three other nodes are
+/// still joining (no joined successor, so it stays the master after its
+/// leave completed, outside the group). One joiner then crashes. The
+/// master must still run the group change that forces it out; the other
+/// joiners' joins then complete. (Before, the master's S3 change had
+/// members without the master itself, the S3 protocol ignored it, and
+/// the cluster stalled for good with the change pending.)
+#[test]
+fn master_that_left_still_forces_out_a_failed_joiner() {
+    let mut h = Harness::new(4);
+    // The joins of 2, 3 and 4 hang at level 20; node 1's does not.
+    h.hold(|_, note| note.kind == Kind::Join && note.level == 20 && note.node != 1);
+    for n in 1..=4 {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert_eq!(h.nodes[&1].core.my_state(), NodeState::Joined, "setup: node 1 formed and joined");
+    assert_eq!(h.state_of(1, 2), NodeState::Joining, "setup: node 2 is joining");
+    assert_eq!(h.state_of(1, 3), NodeState::Joining, "setup: node 3 is joining");
+    assert_eq!(h.state_of(1, 4), NodeState::Joining, "setup: node 4 is joining");
+    h.input(1, Input::Leave);
+    h.run_ms(300);
+    assert_eq!(h.state_of(1, 1), NodeState::Inactive, "setup: node 1's own leave completed");
+    assert_eq!(h.master(1), 1, "setup: node 1 stays the master (no joined successor)");
+    h.mark();
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(1000);
+    assert_eq!(h.state_of(1, 3), NodeState::Inactive, "the failed joiner was never forced out: {}", h.nodes[&1].core.debug_line());
+    assert_eq!(h.state_of(2, 3), NodeState::Inactive, "node 2 does not see node 3 out");
+    h.release_all();
+    h.run_ms(1000);
+    let st = h.nodes[&2].core.state().expect("node 2 follows no state").clone();
+    assert_eq!(st.state_of(2), NodeState::Joined, "node 2's join did not complete: {}", h.nodes[&2].core.debug_line());
+    assert_eq!(st.state_of(4), NodeState::Joined, "node 4's join did not complete");
+    assert!(st.transitions.is_empty(), "transitions still in flight: {:?}", st.transitions.keys().collect::<Vec<_>>());
+    h.check_nothing_after_end();
+}
