@@ -2,42 +2,15 @@
 //! heartbeat sender, peer events and status. The binary (`baton`) is in
 //! `main.rs`; the daemon loop in `run.rs`.
 
-pub mod addr;
-pub mod assets;
-pub mod caps;
-pub mod carrier;
-pub mod channel;
-pub mod cluster;
+pub mod cli;
 pub mod config;
-pub mod confirm;
 pub mod control;
+pub mod daemon;
 pub mod datapath;
-pub mod eventmgr;
-pub mod events;
-pub mod exit;
-pub mod fencing;
-pub mod groups;
-pub mod guard;
-pub mod metrics;
-pub mod health;
-pub mod lease;
 pub mod localsock;
-pub mod handover;
 pub mod paths;
-pub mod reload;
-pub mod resource;
-pub mod run;
-pub mod sdbus;
-pub mod sdnotify;
-pub mod selfcheck;
-pub mod selftest;
+pub mod services;
 pub mod statefile;
-pub mod sender;
-pub mod status;
-pub mod subsys;
-pub mod svc;
-pub mod takeover;
-pub mod watchdog;
 
 /// Helpers shared by the unit tests of several modules.
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use baton_agent::{config, control, groups, paths, run, status};
+use baton_agent::{config, control::socket as control, config::groups, paths, daemon::run, datapath::status};
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "baton: a Linux high-availability cluster agent with an XDP datapath")]
@@ -259,10 +259,10 @@ enum StorageCmd {
 fn main() {
     // The journal with structured fields when systemd connected stderr to
     // it, stderr otherwise (docs/operations.md).
-    baton_agent::sdnotify::init_logging();
+    baton_agent::daemon::sdnotify::init_logging();
     if let Err(e) = real_main() {
         eprintln!("baton: error: {}", error_text(&e));
-        std::process::exit(baton_agent::exit::code_of(&e));
+        std::process::exit(baton_agent::cli::exit::code_of(&e));
     }
 }
 
@@ -297,18 +297,18 @@ fn rejoin_or_exit(
     started_ns: u64,
 ) -> Result<()> {
     let prev: u32 = std::env::var(REJOIN_STREAK_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let lived = std::time::Duration::from_nanos(baton_agent::events::monotonic_ns().saturating_sub(started_ns));
+    let lived = std::time::Duration::from_nanos(baton_agent::datapath::events::monotonic_ns().saturating_sub(started_ns));
     let streak = if lived < std::time::Duration::from_secs(60) { prev } else { 0 };
     let Some(delay) = run::rejoin_delay(cfg, &why, streak) else {
         let why = format!("{why:?}");
-        baton_agent::sdnotify::status(&format!("halted ({why}): not starting again by itself; restart the agent to join again"));
-        return Err(baton_agent::exit::Halted { why }.into());
+        baton_agent::daemon::sdnotify::status(&format!("halted ({why}): not starting again by itself; restart the agent to join again"));
+        return Err(baton_agent::cli::exit::Halted { why }.into());
     };
     tracing::warn!(
         ?why, delay_ms = delay.as_millis() as u64, halts_in_a_row = streak + 1,
         "clustering halted on this node; everything of this life is stopped and released: starting again as a new life (membership.rejoin_ms)"
     );
-    baton_agent::sdnotify::status(&format!("halted ({why:?}): starting again as a new life in {} ms", delay.as_millis()));
+    baton_agent::daemon::sdnotify::status(&format!("halted ({why:?}): starting again as a new life in {} ms", delay.as_millis()));
     // SIGTERM or SIGINT while waiting, or since the halt (the same
     // listeners as the life's event loop: one that came while the life
     // shut down is pending and seen here): the operator stops the agent.
@@ -317,7 +317,7 @@ fn rejoin_or_exit(
             biased;
             _ = stop.term.recv() => true,
             _ = stop.int.recv() => true,
-            _ = baton_agent::sdnotify::sleep_pinging(delay) => false,
+            _ = baton_agent::daemon::sdnotify::sleep_pinging(delay) => false,
         }
     });
     drop(stop);
@@ -361,7 +361,7 @@ fn real_main() -> Result<()> {
                 let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
                 anyhow::bail!("{}: resource groups cannot run on this machine:\n{}", config.display(), list.join("\n"));
             }
-            let started_ns = baton_agent::events::monotonic_ns();
+            let started_ns = baton_agent::datapath::events::monotonic_ns();
             // Registered once, before the life starts, and kept until the
             // process ends or starts again (see run::StopSignals).
             let mut stop = rt.block_on(async { run::StopSignals::new() }).context("installing the SIGTERM and SIGINT handlers")?;
@@ -457,31 +457,31 @@ fn real_main() -> Result<()> {
         Cmd::Offline { config, group } => operator_request(&config, &format!("offline {group}")),
         Cmd::Online { config, group } => operator_request(&config, &format!("online {group}")),
         Cmd::GenerateAssets { out } => {
-            for p in baton_agent::assets::write(<Cli as clap::CommandFactory>::command(), &out)? {
+            for p in baton_agent::cli::assets::write(<Cli as clap::CommandFactory>::command(), &out)? {
                 println!("{}", p.display());
             }
             Ok(())
         }
         Cmd::Watchdog { config, group, gen, reason, pgid, keep_addresses, halt_failed } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let args = baton_agent::watchdog::Args { config, group, gen, reason, pgids: pgid, keep_addresses, halt_failed };
-            let code = rt.block_on(baton_agent::watchdog::run(args))?;
+            let args = baton_agent::services::watchdog::Args { config, group, gen, reason, pgids: pgid, keep_addresses, halt_failed };
+            let code = rt.block_on(baton_agent::services::watchdog::run(args))?;
             std::process::exit(code);
         }
         Cmd::Guard { config, incarnation, keep } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let code = rt.block_on(baton_agent::guard::run(baton_agent::guard::Args { config, incarnation, keep }))?;
+            let code = rt.block_on(baton_agent::services::guard::run(baton_agent::services::guard::Args { config, incarnation, keep }))?;
             std::process::exit(code);
         }
         Cmd::Fence { config, cmd: FenceCmd::Confirm { node } } => operator_request(&config, &format!("fence-confirm {node}")),
         Cmd::Fence { config, cmd } => fence(&config, cmd),
         Cmd::Storage { cmd: StorageCmd::Status { config, json } } => {
             let cfg = config::load(&config)?;
-            let v = baton_agent::fencing::storage_status(&cfg);
+            let v = baton_agent::services::fencing::storage_status(&cfg);
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", baton_agent::fencing::render_storage(&v));
+                print!("{}", baton_agent::services::fencing::render_storage(&v));
             }
             if v["disks"].as_array().is_some_and(|d| d.iter().any(|d| d["error"].is_string())) {
                 anyhow::bail!("a shared disk could not be read");
@@ -490,7 +490,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Selftest { repeat, json } => {
             baton_agent::datapath::check_prerequisites()?;
-            let r = baton_agent::selftest::run(repeat)?;
+            let r = baton_agent::datapath::selftest::run(repeat)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use baton_agent::channel::{self, Channel, ChannelConfig, ChannelError};
+use baton_agent::control::channel::{self, Channel, ChannelConfig, ChannelError};
 use baton_core::gmp::GmpMsg;
 use baton_core::membership::{Barriers, ClusterState, Kind, LevelSpec, Msg, NodeEntry, NodeState, Report, Transition, TransitionId, ViewId, Want};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,4 +1,4 @@
-//! The subsystem socket (agent/src/subsys.rs) over a real Unix socket in a
+//! The subsystem socket (agent/src/control/subsys.rs) over a real Unix socket in a
 //! temporary directory: registration, notifications and acks, bad input,
 //! the ack timeout, failures, termination, disconnects, and the example
 //! Python client (examples/subsystem-client.py).
@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use baton_agent::subsys::{SubsysError, SubsysEvent, SubsysServer};
+use baton_agent::control::subsys::{SubsysError, SubsysEvent, SubsysServer};
 use baton_core::membership::{Barriers, Kind, LevelSpec, NodeState, Step, TransitionId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

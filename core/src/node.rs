@@ -1,6 +1,6 @@
 //! One node of the cluster, composed: the membership core, the services
 //! core and the fencing core joined by the rules that used to live in the
-//! agent's I/O shell (`agent/src/cluster.rs`, `agent/src/svc.rs`). Like
+//! agent's I/O shell (`agent/src/daemon/cluster.rs`, `agent/src/services/svc.rs`). Like
 //! every core here it is sans-IO and deterministic; the agent
 //! (`ClusterDriver`) is its driver and only carries out what it asks for.
 //!

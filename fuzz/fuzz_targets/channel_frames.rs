@@ -3,7 +3,7 @@
 //! a session (`Reassembly::push`) and to the hello decoder. Never panics,
 //! never grows past MAX_MSG_LEN.
 #![no_main]
-use baton_agent::channel::{decode_hello_plain, split_frames, Reassembly, MAX_FRAME_LEN};
+use baton_agent::control::channel::{decode_hello_plain, split_frames, Reassembly, MAX_FRAME_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,11 +6,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let line = rt.block_on(baton_agent::control::read_line_limited(data, baton_agent::control::MAX_REQUEST_LINE));
+    let line = rt.block_on(baton_agent::control::socket::read_line_limited(data, baton_agent::control::socket::MAX_REQUEST_LINE));
     let Ok(Some(line)) = line else { return };
     let mut words = line.split_whitespace();
     let Some(op) = words.next() else { return };
     let rest: Vec<&str> = words.collect();
-    let _ = baton_agent::run::service_request(op, &rest);
-    let _ = baton_agent::control::reason_code(op);
+    let _ = baton_agent::daemon::run::service_request(op, &rest);
+    let _ = baton_agent::control::socket::reason_code(op);
 });

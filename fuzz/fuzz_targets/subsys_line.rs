@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = baton_agent::subsys::parse_request(data);
+    let _ = baton_agent::control::subsys::parse_request(data);
 });

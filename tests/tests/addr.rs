@@ -1,4 +1,4 @@
-//! Kernel tests of address takeover (D5): `baton_agent::addr` adds and removes
+//! Kernel tests of address takeover (D5): `baton_agent::services::addr` adds and removes
 //! a floating address through rtnetlink and announces it with gratuitous ARP /
 //! unsolicited neighbour advertisements, in real network namespaces.
 //!
@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use baton_agent::addr::{self, AcquireOptions, AddrError, Announce};
+use baton_agent::services::addr::{self, AcquireOptions, AddrError, Announce};
 use baton_tests::*;
 
 const IF: &str = "eth0";

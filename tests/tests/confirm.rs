@@ -1,4 +1,4 @@
-//! Kernel tests of the silence confirmation (agent/src/confirm.rs,
+//! Kernel tests of the silence confirmation (agent/src/daemon/confirm.rs,
 //! docs/datapath.md "Confirming a silence"): one receiver's stall never
 //! forces a live node out; a dead node still is, within the detection
 //! bound plus `membership.confirm_ms` (200 ms by default).

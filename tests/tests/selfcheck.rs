@@ -1,5 +1,5 @@
 //! Kernel tests of the agent's own critical failures (S0.1 with the seed
-//! 000 reason codes; agent/src/selfcheck.rs): each one ends clustering on
+//! 000 reason codes; agent/src/datapath/selfcheck.rs): each one ends clustering on
 //! the node with a distress of its reason, which the other nodes receive.
 //! Needs root; under CI=true a skip is a failure.
 
@@ -97,7 +97,7 @@ fn undecodable_messages_from_an_authenticated_peer_are_a_protocol_failure() {
     let sent = in_netns(&c.hosts[1].ns.name.clone(), move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let cfg = baton_agent::channel::ChannelConfig {
+            let cfg = baton_agent::control::channel::ChannelConfig {
                 me: 2,
                 cluster_id,
                 incarnation: 1,
@@ -106,11 +106,11 @@ fn undecodable_messages_from_an_authenticated_peer_are_a_protocol_failure() {
                 links: vec![me],
                 peers: vec![(1, vec![peer])],
             };
-            let (ch, _rx) = baton_agent::channel::Channel::start(cfg).await.unwrap();
+            let (ch, _rx) = baton_agent::control::channel::Channel::start(cfg).await.unwrap();
             let mut sent = 0;
             for _ in 0..200 {
                 if matches!(ch.is_up(1), Ok(true)) {
-                    let garbage: Arc<[u8]> = Arc::from(&[&[baton_agent::channel::FRAME_MSG][..], b"{not a message"].concat()[..]);
+                    let garbage: Arc<[u8]> = Arc::from(&[&[baton_agent::control::channel::FRAME_MSG][..], b"{not a message"].concat()[..]);
                     if ch.send_encoded(1, &garbage).is_ok() {
                         sent += 1;
                     }
@@ -126,7 +126,7 @@ fn undecodable_messages_from_an_authenticated_peer_are_a_protocol_failure() {
         })
     });
     // (node1 closes the connection when it stops, which may cut the sending short.)
-    assert!(sent >= baton_agent::selfcheck::PROTOCOL_BAD_FRAMES, "the test could send only {sent} messages to node1");
+    assert!(sent >= baton_agent::datapath::selfcheck::PROTOCOL_BAD_FRAMES, "the test could send only {sent} messages to node1");
     let st = exited(&mut c, 0, Duration::from_secs(15)).unwrap_or_else(|| panic!("node1's agent did not stop:\n{}", c.agent_log(0)));
     assert!(!st.success(), "{st}");
     assert!(logged_failure(&c, 0, "protocol"), "{}", c.agent_log(0));

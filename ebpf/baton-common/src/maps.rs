@@ -139,7 +139,7 @@ pub struct PeerLink {
     /// The echo in the peer's last live heartbeat on this link: the low 32
     /// bits of the `seq` of our last heartbeat (this life, this link) that
     /// the peer had accepted as liveness when it sent it (0: none). The
-    /// address lease maps it to the time we sent it (agent/src/lease.rs).
+    /// address lease maps it to the time we sent it (agent/src/services/lease.rs).
     pub echo_seq: u32,
     /// The `seq` of the peer's last heartbeat on this link accepted as
     /// liveness (0 since its current incarnation began: none yet); what our

@@ -28,7 +28,7 @@
 //! heartbeat of the receiver (this life of it, this link) that the sender
 //! accepted as liveness, 0 if none. The receiver knows when it sent that
 //! sequence number, by its own clock: the address lease counts a peer only
-//! while such a round trip is recent (agent/src/lease.rs).
+//! while such a round trip is recent (agent/src/services/lease.rs).
 
 use crate::siphash::{mac_words, MAC_WORDS};
 

@@ -32,7 +32,7 @@
 //!    cluster key, for the agent's incarnation: the others start the forced
 //!    leave at once instead of waiting for the silence bound;
 //! 3. the applications are stopped, children first: the recorded process
-//!    groups get SIGTERM (SIGKILL after [`crate::watchdog::TERM_GRACE`]),
+//!    groups get SIGTERM (SIGKILL after [`crate::services::watchdog::TERM_GRACE`]),
 //!    then the application's own stop (OCF `stop`, `systemctl stop`, a
 //!    command's `stop` line);
 //! 4. an S4.5 watchdog process is spawned for each group (leftovers that
@@ -69,8 +69,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::groups::{Group, ResourceKind};
-use crate::resource::Resource;
+use crate::config::groups::{Group, ResourceKind};
+use crate::services::resource::Resource;
 
 /// What a life of the agent holds: group → the process groups of its daemon.
 pub type Held = BTreeMap<String, Vec<i32>>;
@@ -140,7 +140,7 @@ struct LinkInner {
 /// leftover applications included).
 fn ready_timeout(cfg: &Config) -> Duration {
     let stops: u64 = cfg.groups.iter().filter_map(|g| g.application.as_ref()).map(|a| a.timeouts.stop_ms as u64).sum();
-    Duration::from_secs(30) + Duration::from_millis(stops) + crate::watchdog::TERM_GRACE * 2
+    Duration::from_secs(30) + Duration::from_millis(stops) + crate::services::watchdog::TERM_GRACE * 2
 }
 
 impl GuardLink {
@@ -531,7 +531,7 @@ fn log_release(cfg: &Config, r: &Released) {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     v["event"] = "guard".into();
     v["node"] = cfg.node_id.into();
-    crate::svc::append_event(&cfg.paths.events_log(), v);
+    crate::services::svc::append_event(&cfg.paths.events_log(), v);
 }
 
 /// Start clean: what the record says an earlier life held, then every
@@ -557,7 +557,7 @@ async fn start_clean(cfg: &Config) -> Released {
 pub async fn release(cfg: &Config, held: &Held, why: &str, distress_for: Option<u64>) -> Released {
     let t0 = Instant::now();
     let mut r = Released { why: why.to_string(), ..Default::default() };
-    let order: Vec<&Group> = crate::groups::start_order(&cfg.groups).into_iter().rev().map(|i| &cfg.groups[i]).collect();
+    let order: Vec<&Group> = crate::config::groups::start_order(&cfg.groups).into_iter().rev().map(|i| &cfg.groups[i]).collect();
     let groups: Vec<&Group> = order.into_iter().filter(|g| held.contains_key(&g.name)).collect();
     r.groups = groups.iter().map(|g| g.name.clone()).collect();
     for g in &groups {
@@ -589,13 +589,13 @@ pub async fn release(cfg: &Config, held: &Held, why: &str, distress_for: Option<
         }
     }
     // S4.5: a watchdog per group checks that nothing comes back.
-    let ctx = crate::watchdog::Ctx::new(&cfg.file, &cfg.paths.state_dir);
+    let ctx = crate::services::watchdog::Ctx::new(&cfg.file, &cfg.paths.state_dir);
     for g in &groups {
-        let gen = crate::watchdog::current_gen(&cfg.paths.state_dir, &g.name);
+        let gen = crate::services::watchdog::current_gen(&cfg.paths.state_dir, &g.name);
         let pgids = held.get(&g.name).cloned().unwrap_or_default();
-        crate::watchdog::spawn(
+        crate::services::watchdog::spawn(
             &ctx,
-            &crate::watchdog::Spawn { group: g.name.clone(), gen, reason: format!("guard:{why}"), pgids, ..Default::default() },
+            &crate::services::watchdog::Spawn { group: g.name.clone(), gen, reason: format!("guard:{why}"), pgids, ..Default::default() },
         );
     }
     r.total_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -604,9 +604,9 @@ pub async fn release(cfg: &Config, held: &Held, why: &str, distress_for: Option<
 
 async fn remove_addresses(g: &Group, r: &mut Released) {
     for a in &g.addresses {
-        match crate::addr::release(&g.interface, a.ip, a.prefix).await {
+        match crate::services::addr::release(&g.interface, a.ip, a.prefix).await {
             Ok(true) => r.addresses_removed.push(format!("{a}@{}", g.interface)),
-            Ok(false) | Err(crate::addr::AddrError::NoSuchInterface { .. }) => {}
+            Ok(false) | Err(crate::services::addr::AddrError::NoSuchInterface { .. }) => {}
             Err(e) => r.errors.push(format!("group {}: removing {a} from {}: {e}", g.name, g.interface)),
         }
     }
@@ -615,7 +615,7 @@ async fn remove_addresses(g: &Group, r: &mut Released) {
 /// SIGTERM to the group's recorded process groups and marked processes,
 /// SIGKILL to what is left after the grace.
 async fn kill_leftovers(g: &Group, pgids: &[i32], r: &mut Released) {
-    let procs = crate::watchdog::leftover_processes(&g.name, pgids);
+    let procs = crate::services::watchdog::leftover_processes(&g.name, pgids);
     if procs.is_empty() {
         return;
     }
@@ -624,7 +624,7 @@ async fn kill_leftovers(g: &Group, pgids: &[i32], r: &mut Released) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGTERM);
         r.processes_stopped.push(format!("{} {}", p.pid, p.cmd));
     }
-    let until = Instant::now() + crate::watchdog::TERM_GRACE;
+    let until = Instant::now() + crate::services::watchdog::TERM_GRACE;
     while procs.iter().any(|p| p.alive()) && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -654,7 +654,7 @@ fn clear_handover(cfg: &Config, groups: &[&Group]) {
 fn send_distress(cfg: &Config, incarnation: u64) -> std::io::Result<u32> {
     let key = crate::config::read_secret(&cfg.secret_file).map_err(std::io::Error::other)?;
     let (k0, k1) = baton_common::siphash::key_halves(&key);
-    crate::sender::distress_of_dead_life(cfg, k0, k1, incarnation, baton_common::DISTRESS_COMPONENT)
+    crate::datapath::sender::distress_of_dead_life(cfg, k0, k1, incarnation, baton_common::DISTRESS_COMPONENT)
 }
 
 /// Shared by the agent and `baton status`: whether a process runs.

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Link, Transport};
 use crate::datapath::slot_base;
-use crate::events::monotonic_ns;
+use crate::datapath::events::monotonic_ns;
 
 /// State shared between the sender thread and the rest of the agent.
 #[derive(Default)]

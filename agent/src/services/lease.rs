@@ -25,8 +25,8 @@
 //! withdraws the addresses until the majority is heard again: they are then
 //! configured again and announced, and nothing else changes (membership
 //! still decides with its confirmation). Addresses added or released by the
-//! services meanwhile are recorded here ([`crate::addr::add`] and
-//! [`crate::addr::release`] go through [`HELD`]), so the set configured on
+//! services meanwhile are recorded here ([`crate::services::addr::add`] and
+//! [`crate::services::addr::release`] go through [`HELD`]), so the set configured on
 //! regain is the set the services want now.
 //!
 //! The supervised daemons of the groups (`kind = "daemon"`, whose process
@@ -109,8 +109,8 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::datapath::slot_base;
-use crate::events::monotonic_ns;
-use crate::sender::{SenderShared, SentLog};
+use crate::datapath::events::monotonic_ns;
+use crate::datapath::sender::{SenderShared, SentLog};
 
 /// The floating addresses this agent configured, and whether the lease
 /// withdrew them.
@@ -208,7 +208,7 @@ fn reannounce_held() {
         });
         for (ifname, ip) in held {
             info!(interface = %ifname, address = %ip, "a node joined the view: announcing the address again (a client cut off by a partition may still know the old owner)");
-            if let Err(e) = rt.block_on(crate::addr::announce(&ifname, ip, &crate::addr::Announce::default())) {
+            if let Err(e) = rt.block_on(crate::services::addr::announce(&ifname, ip, &crate::services::addr::Announce::default())) {
                 warn!(interface = %ifname, address = %ip, "announcing the address again failed: {e}");
             }
         }
@@ -328,7 +328,7 @@ fn expiry(me: u32, group: &[u32], last: &[(u32, u64)], now: u64, bound_ns: u64, 
 }
 
 fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, stop: Arc<AtomicBool>) {
-    crate::sender::set_realtime("address lease", cfg.realtime_priority);
+    crate::datapath::sender::set_realtime("address lease", cfg.realtime_priority);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -372,7 +372,7 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
                 let heard_list = heard;
                 let hears_me: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard_me)).map(|p| p.id)).collect();
                 warn!(?group, heard = ?heard_list, ?hears_me, addresses = n, apps, "address lease lost: no majority of this node's view both hears it and is heard by it; its floating addresses are withdrawn and its daemons frozen until one does");
-                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps}));
+                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps}));
             }
             (true, Some(_)) if !member => {
                 // Halted or left meanwhile: the services released what they
@@ -390,12 +390,12 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
                 let again = rt.block_on(restore());
                 let held_ms = now.saturating_sub(t) as f64 / 1e6;
                 info!(held_ms, addresses = again.len(), "address lease regained: the withdrawn addresses are configured again");
-                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_regained", "withdrawn_ms": held_ms, "addresses": again.len()}));
+                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_regained", "withdrawn_ms": held_ms, "addresses": again.len()}));
                 for (ifname, ip) in again {
                     // Announced in the background: the rounds sleep.
                     std::thread::spawn(move || {
                         if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                            let _ = rt.block_on(crate::addr::announce(&ifname, ip, &crate::addr::Announce::default()));
+                            let _ = rt.block_on(crate::services::addr::announce(&ifname, ip, &crate::services::addr::Announce::default()));
                         }
                     });
                 }
@@ -410,7 +410,7 @@ async fn withdraw() -> usize {
     let mut h = HELD.lock().await;
     h.withdrawn = true;
     for (ifname, ip, prefix) in h.entries.clone() {
-        if let Err(e) = crate::addr::release_raw(&ifname, ip, prefix).await {
+        if let Err(e) = crate::services::addr::release_raw(&ifname, ip, prefix).await {
             error!(interface = %ifname, address = %ip, "address lease: removing the address failed: {e}");
         }
     }
@@ -423,7 +423,7 @@ async fn restore() -> Vec<(String, IpAddr)> {
     h.withdrawn = false;
     let mut out = Vec::new();
     for (ifname, ip, prefix) in h.entries.clone() {
-        match crate::addr::add_raw(&ifname, ip, prefix, true).await {
+        match crate::services::addr::add_raw(&ifname, ip, prefix, true).await {
             Ok(_) => out.push((ifname, ip)),
             Err(e) => error!(interface = %ifname, address = %ip, "address lease: configuring the address again failed: {e}"),
         }
@@ -510,9 +510,9 @@ mod tests {
         assert_eq!(log.sent_at(0, 8), None);
         assert_eq!(log.sent_at(2, 7), None);
         // A slot reused by a later number forgets the earlier one.
-        log.record(0, 7 + crate::sender::SENT_LOG as u64, 3_000);
+        log.record(0, 7 + crate::datapath::sender::SENT_LOG as u64, 3_000);
         assert_eq!(log.sent_at(0, 7), None);
-        assert_eq!(log.sent_at(0, 7 + crate::sender::SENT_LOG as u32), Some(3_000));
+        assert_eq!(log.sent_at(0, 7 + crate::datapath::sender::SENT_LOG as u32), Some(3_000));
         // The echo is the low 32 bits of a 64-bit sequence number.
         let big = (5u64 << 32) | 9;
         log.record(1, big, 4_000);

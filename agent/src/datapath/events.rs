@@ -186,8 +186,8 @@ impl EventSink {
         }
         if matches!(e.event, "peer_up" | "peer_silent" | "peer_distress" | "peer_stopped") {
             if let Ok(v) = serde_json::to_value(e) {
-                crate::eventmgr::publish(&v);
-                crate::metrics::observe(&v);
+                crate::services::eventmgr::publish(&v);
+                crate::daemon::metrics::observe(&v);
             }
         }
         if let Some(f) = &mut self.file {

@@ -854,7 +854,7 @@ impl fmt::Display for HostProblem {
 /// required parameters given (from the agent's meta-data), `systemctl`
 /// present for systemd units. Runs `meta-data` actions, nothing else.
 pub async fn check_host(groups: &[Group]) -> Vec<HostProblem> {
-    use crate::resource::{Resource, ResourceError};
+    use crate::services::resource::{Resource, ResourceError};
     let mut out = Vec::new();
     for g in groups {
         for spec in g.resources() {

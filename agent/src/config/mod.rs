@@ -1,6 +1,8 @@
 //! `baton.toml`: parsing and validation. Every error names the file, the line,
 //! the key and the problem; nothing is applied from a file that has one.
 
+pub mod groups;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -110,7 +112,7 @@ pub struct Config {
     pub rejoin_ms: u32,
     /// A silence seen by this node's datapath alone is handed to membership
     /// only once another member saw it too, or after this long with the peer
-    /// still silent here (0: at once). See `crate::confirm`.
+    /// still silent here (0: at once). See `crate::daemon::confirm`.
     pub confirm_ms: u32,
     pub links: Vec<Link>,
     pub peers: Vec<Peer>,
@@ -119,17 +121,17 @@ pub struct Config {
     /// group may use the control and subsystem sockets (docs/security.md).
     pub socket_group: Option<u32>,
     /// Resource groups / services (`[[group]]`, see `groups.rs`).
-    pub groups: Vec<crate::groups::Group>,
+    pub groups: Vec<crate::config::groups::Group>,
     /// Shared disks fenced with SCSI-3 persistent reservations (`[[disk]]`,
     /// docs/fencing.md).
     pub disks: Vec<Disk>,
     /// Health checks (`[[health]]`), the negotiated takeover (`[takeover]`),
     /// event actions (`[[on]]`) and alerts (`[alerts]`): docs/takeover.md,
     /// docs/events.md.
-    pub health: Vec<crate::health::HealthCheck>,
-    pub takeover: crate::takeover::TakeoverCfg,
-    pub actions: Vec<crate::eventmgr::OnAction>,
-    pub alerts: Option<crate::eventmgr::AlertsCfg>,
+    pub health: Vec<crate::services::health::HealthCheck>,
+    pub takeover: crate::services::takeover::TakeoverCfg,
+    pub actions: Vec<crate::services::eventmgr::OnAction>,
+    pub alerts: Option<crate::services::eventmgr::AlertsCfg>,
     /// The Prometheus endpoint (`[metrics]`, docs/metrics.md); off when absent.
     pub metrics: Option<MetricsCfg>,
 }
@@ -196,15 +198,15 @@ struct RawConfig {
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
     #[serde(default)]
-    group: Vec<Spanned<crate::groups::RawGroup>>,
+    group: Vec<Spanned<crate::config::groups::RawGroup>>,
     #[serde(default)]
     disk: Vec<Spanned<RawDisk>>,
     #[serde(default)]
-    health: Vec<Spanned<crate::health::RawHealth>>,
-    takeover: Option<Spanned<crate::takeover::RawTakeover>>,
+    health: Vec<Spanned<crate::services::health::RawHealth>>,
+    takeover: Option<Spanned<crate::services::takeover::RawTakeover>>,
     #[serde(default)]
-    on: Vec<Spanned<crate::eventmgr::RawOn>>,
-    alerts: Option<Spanned<crate::eventmgr::RawAlerts>>,
+    on: Vec<Spanned<crate::services::eventmgr::RawOn>>,
+    alerts: Option<Spanned<crate::services::eventmgr::RawAlerts>>,
     metrics: Option<Spanned<RawMetrics>>,
 }
 
@@ -578,7 +580,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
 
     let peer_ids: Vec<u32> = peers.iter().map(|p| p.id).collect();
-    let groups = crate::groups::validate(file, text, &raw.group, node_id, &peer_ids, &links)?;
+    let groups = crate::config::groups::validate(file, text, &raw.group, node_id, &peer_ids, &links)?;
 
     let mut disks: Vec<Disk> = Vec::new();
     for (i, d) in raw.disk.iter().enumerate() {
@@ -633,10 +635,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(cx.invalid(&raw.disk[8], "disk", "at most 8 disks are supported"));
     }
 
-    let health = crate::health::validate(&cx, &raw.health, &disks)?;
-    let takeover = crate::takeover::validate(&cx, &raw.takeover, node_id, &peer_ids)?;
-    let actions = crate::eventmgr::validate_on(&cx, &raw.on, &groups)?;
-    let alerts = crate::eventmgr::validate_alerts(&cx, &raw.alerts)?;
+    let health = crate::services::health::validate(&cx, &raw.health, &disks)?;
+    let takeover = crate::services::takeover::validate(&cx, &raw.takeover, node_id, &peer_ids)?;
+    let actions = crate::services::eventmgr::validate_on(&cx, &raw.on, &groups)?;
+    let alerts = crate::services::eventmgr::validate_alerts(&cx, &raw.alerts)?;
 
     let metrics = match &raw.metrics {
         None => None,
@@ -912,7 +914,7 @@ addresses = ["10.0.0.2"]
     /// The configuration shown in README.md is one the agent accepts.
     #[test]
     fn the_readme_example_parses() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let at = readme.find("A configuration (`/etc/baton/baton.toml`):").expect("README's configuration example");
         let block = readme[at..].split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
         let cfg = parse(Path::new("README.md"), block).unwrap_or_else(|e| panic!("README's example: {e}"));

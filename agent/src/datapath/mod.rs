@@ -3,6 +3,12 @@
 //! software cpu-clock perf event, pins the maps under our own bpffs directory,
 //! and detaches / unpins on shutdown.
 
+pub mod events;
+pub mod selfcheck;
+pub mod selftest;
+pub mod sender;
+pub mod status;
+
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, RingBuf};
@@ -255,7 +261,7 @@ impl Datapath {
         let ho_ifaces: std::collections::BTreeSet<&str> = cfg
             .groups
             .iter()
-            .filter(|g| g.handover == crate::groups::Handover::Overlap)
+            .filter(|g| g.handover == crate::config::groups::Handover::Overlap)
             .map(|g| g.interface.as_str())
             .collect();
         if !ho_ifaces.is_empty() {

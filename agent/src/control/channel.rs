@@ -130,8 +130,8 @@ use std::time::Duration;
 
 use baton_core::membership::Msg;
 use baton_core::services::Msg as SvcMsg;
-use crate::fencing::FenceMsg;
-use crate::handover::HandoverMsg;
+use crate::services::fencing::FenceMsg;
+use crate::services::handover::HandoverMsg;
 use blake2::{Blake2s256, Digest};
 use serde::Serialize;
 use snow::{HandshakeState, TransportState};
@@ -171,9 +171,9 @@ pub const FRAME_SVC: u8 = 3;
 /// continue in the next frame (parts, then a MSG or SVC frame with the rest).
 pub const FRAME_PART: u8 = 4;
 /// A message between the agents of a planned handover
-/// ([`crate::handover::HandoverMsg`]).
+/// ([`crate::services::handover::HandoverMsg`]).
 pub const FRAME_HANDOVER: u8 = 5;
-/// A fencing notice ([`crate::fencing::FenceMsg`]).
+/// A fencing notice ([`crate::services::fencing::FenceMsg`]).
 pub const FRAME_FENCE: u8 = 6;
 /// A message of a topic the channel does not know ([`AppMsg`]): the
 /// runtime's newer parts (the negotiated takeover) use it.

@@ -159,7 +159,7 @@ pub fn stopping(status: &str) {
 pub fn reloading(status: &str) {
     with(|st| {
         st.last_status = status.to_string();
-        let usec = crate::events::monotonic_ns() / 1000;
+        let usec = crate::datapath::events::monotonic_ns() / 1000;
         let msg = format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={}", one_line(status));
         send_status(st, &msg);
     })
@@ -207,7 +207,7 @@ pub async fn sleep_pinging(d: Duration) {
 /// The one-line state for `STATUS=` (what `systemctl status baton` shows),
 /// e.g. `joined: cluster prod, 3 of 3 nodes joined (node1 node2 node3),
 /// master node1, quorate; running here: web`.
-pub fn status_line(cfg: &crate::config::Config, driver: &crate::cluster::ClusterDriver, leaving: bool) -> String {
+pub fn status_line(cfg: &crate::config::Config, driver: &crate::daemon::cluster::ClusterDriver, leaving: bool) -> String {
     use baton_core::membership::NodeState;
     let mine = driver.my_state();
     let what = match (leaving, mine) {

@@ -21,7 +21,7 @@ use toml::Spanned;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, Ctx};
-use crate::events::monotonic_ns;
+use crate::datapath::events::monotonic_ns;
 
 pub const TOPIC: &str = "takeover";
 
@@ -172,7 +172,7 @@ pub struct TakeoverRt {
 impl TakeoverRt {
     /// A reload changed the groups (the partner stays: a reload that would
     /// change it is refused).
-    pub fn set_groups(&mut self, groups: &[crate::groups::Group]) {
+    pub fn set_groups(&mut self, groups: &[crate::config::groups::Group]) {
         self.cfg.groups = groups.to_vec();
     }
 
@@ -274,12 +274,12 @@ impl TakeoverRt {
                 match result {
                     Ok(()) => {
                         *n = 0;
-                        self.health(crate::health::HealthEvent::Recovered { check }, ctx)
+                        self.health(crate::services::health::HealthEvent::Recovered { check }, ctx)
                     }
                     Err(reason) => {
                         *n += 1;
                         if *n == c.threshold {
-                            self.health(crate::health::HealthEvent::Fault { check, fault: c.fault, reason }, ctx)
+                            self.health(crate::services::health::HealthEvent::Fault { check, fault: c.fault, reason }, ctx)
                         } else {
                             Todo::default()
                         }
@@ -290,19 +290,19 @@ impl TakeoverRt {
     }
 
     /// A health check crossed its threshold, or recovered.
-    pub fn health(&mut self, ev: crate::health::HealthEvent, ctx: &Ctx2) -> Todo {
+    pub fn health(&mut self, ev: crate::services::health::HealthEvent, ctx: &Ctx2) -> Todo {
         let me = self.cfg.node_id;
         match ev {
-            crate::health::HealthEvent::Fault { check, fault, reason } => {
+            crate::services::health::HealthEvent::Fault { check, fault, reason } => {
                 error!(check = %check, fault = %fault, reason = %reason, "fault detected: asking the partner to take this node over");
-                crate::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault", "node": me, "check": check, "fault": fault, "reason": reason}));
+                crate::services::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault", "node": me, "check": check, "fault": fault, "reason": reason}));
                 self.failing.insert(check, fault.clone());
                 self.healthy_since = None;
                 let mut t = self.feed(Input::Degraded { on: true }, ctx);
                 merge(&mut t, self.feed(Input::Fault { kind: fault }, ctx));
                 t
             }
-            crate::health::HealthEvent::Recovered { check } => {
+            crate::services::health::HealthEvent::Recovered { check } => {
                 if self.failing.remove(&check).is_some() {
                     info!(check = %check, "health check passes again");
                 }
@@ -350,7 +350,7 @@ impl TakeoverRt {
         if cured {
             self.healthy_since = None;
             info!("health checks passed for the cure period: asking for the giveback");
-            crate::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault_cured", "node": self.cfg.node_id}));
+            crate::services::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault_cured", "node": self.cfg.node_id}));
             return self.feed(Input::Cured, ctx);
         }
         self.feed(Input::Tick, ctx)
@@ -391,7 +391,7 @@ impl TakeoverRt {
                     t.stop = true;
                 }
                 Action::Force { node } => {
-                    crate::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "takeover", "node": node, "reason": "the countdown expired with the node still up: forced down"}));
+                    crate::services::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "takeover", "node": node, "reason": "the countdown expired with the node still up: forced down"}));
                 }
                 Action::Return { node } => {
                     let groups = self.their_groups.remove(&node).unwrap_or_default();
@@ -403,7 +403,7 @@ impl TakeoverRt {
                 }
                 Action::Event { name, node, partner, detail } => {
                     info!(event = name, node, partner, detail, "takeover");
-                    crate::svc::append_event(
+                    crate::services::svc::append_event(
                         &self.cfg.paths.events_log(),
                         serde_json::json!({"event": name, "node": node, "partner": partner, "detail": detail}),
                     );
@@ -439,7 +439,7 @@ pub fn partner_checks(cfg: &Config) -> Vec<(String, std::net::SocketAddr, u32, u
     cfg.health
         .iter()
         .filter_map(|c| match c.kind {
-            crate::health::CheckKind::Reachable { address, by_partner: true } => Some((c.name.clone(), address, c.interval_ms, c.timeout_ms)),
+            crate::services::health::CheckKind::Reachable { address, by_partner: true } => Some((c.name.clone(), address, c.interval_ms, c.timeout_ms)),
             _ => None,
         })
         .collect()
@@ -447,7 +447,7 @@ pub fn partner_checks(cfg: &Config) -> Vec<(String, std::net::SocketAddr, u32, u
 
 /// Runs a partner's diagnosis request (a TCP connect to the address).
 pub async fn diagnose(address: std::net::SocketAddr, timeout_ms: u32) -> Result<(), String> {
-    crate::health::reachable(address, Duration::from_millis(timeout_ms as u64)).await
+    crate::services::health::reachable(address, Duration::from_millis(timeout_ms as u64)).await
 }
 
 /// B's check (S2.2, claim 27), given the facts.

@@ -40,9 +40,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::channel::HandoverSender;
-use crate::groups::Group;
-use crate::resource::Resource;
+use crate::control::channel::HandoverSender;
+use crate::config::groups::Group;
+use crate::services::resource::Resource;
 
 /// Messages between the old and the new node of a handover.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +103,7 @@ struct Inner {
     map: PathBuf,
     groups: BTreeMap<String, GroupHandle>,
     /// The service manager's set of groups held here.
-    active: crate::guard::Ownership,
+    active: crate::services::guard::Ownership,
     events: PathBuf,
     /// Old side: handovers waiting for `Ready` / `Failed`.
     waiters: Mutex<BTreeMap<(String, u64), oneshot::Sender<Result<[u8; 6], String>>>>,
@@ -133,12 +133,12 @@ impl Handovers {
         me: NodeId,
         wiring: Wiring,
         groups: BTreeMap<String, GroupHandle>,
-        active: crate::guard::Ownership,
+        active: crate::services::guard::Ownership,
         events: PathBuf,
     ) -> Handovers {
         let Wiring { sender, mut inbox, map } = wiring;
         // Handover ids must differ across restarts of this node too.
-        let seed = crate::events::monotonic_ns();
+        let seed = crate::datapath::events::monotonic_ns();
         let h = Handovers {
             inner: Arc::new(Inner {
                 me,
@@ -186,7 +186,7 @@ impl Handovers {
     }
 
     fn event(&self, v: serde_json::Value) {
-        crate::svc::append_event(&self.inner.events, v);
+        crate::services::svc::append_event(&self.inner.events, v);
     }
 
     fn set(&self, ip: Ipv4Addr, id: u64, e: Entry) -> Result<(), HandoverError> {
@@ -259,21 +259,21 @@ impl Handovers {
         let _guard = gh.lock.lock().await;
         // A run of the group begins here: a watchdog of an earlier halt on
         // this node must not clean up what the preparation sets up.
-        crate::watchdog::run_begins_here(&group).await;
+        crate::services::watchdog::run_begins_here(&group).await;
         if self.inner.active.holds(&group) {
             reply(HandoverMsg::Failed { group: group.clone(), id, reason: "the group already runs on the new node".into() });
             return;
         }
         info!(service = %group, from, "handover: preparing (address silent, application starting)");
-        let t0 = crate::events::monotonic_ns();
+        let t0 = crate::datapath::events::monotonic_ns();
         // Held from now on: if the agent dies during the preparation, the
         // guard removes what it configured.
         self.inner.active.hold(&group);
         match self.prepare_here(g, gh.app.as_deref(), id).await {
             Ok(mac) => {
                 lock(&self.inner.prepared).insert(group.clone(), id);
-                self.inner.active.set_pgids(&group, &crate::watchdog::pgids_of(gh.app.as_deref()).await);
-                let ms = (crate::events::monotonic_ns() - t0) as f64 / 1e6;
+                self.inner.active.set_pgids(&group, &crate::services::watchdog::pgids_of(gh.app.as_deref()).await);
+                let ms = (crate::datapath::events::monotonic_ns() - t0) as f64 / 1e6;
                 self.event(serde_json::json!({"event": "handover_prepared", "service": group, "node": self.inner.me, "from": from, "ms": ms}));
                 reply(HandoverMsg::Ready { group: group.clone(), id, mac });
                 let ttl = Duration::from_millis(g.drain_timeout_ms as u64) + PREPARED_TTL;
@@ -293,7 +293,7 @@ impl Handovers {
 
     async fn prepare_here(&self, g: &Group, app: Option<&Resource>, id: u64) -> Result<[u8; 6], String> {
         let ips = v4(g);
-        let mac = crate::addr::mac_of(&g.interface).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("interface {} has no MAC address", g.interface))?;
+        let mac = crate::services::addr::mac_of(&g.interface).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("interface {} has no MAC address", g.interface))?;
         // The kernel must not tell anybody where the address is: ARP requests
         // for it are dropped, and its own ARP requests use another source
         // address (the default, arp_announce=0, would use the address
@@ -317,12 +317,12 @@ impl Handovers {
             if let Some(app) = app {
                 let _ = app.stop().await;
             }
-            crate::svc::release_all(g).await;
+            crate::services::svc::release_all(g).await;
             self.clear(&ips, Some(id));
             Err(why)
         };
         for a in &g.addresses {
-            if let Err(e) = crate::addr::add(&g.interface, a.ip, a.prefix, true).await {
+            if let Err(e) = crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await {
                 return undo(format!("address {a}: {e}")).await;
             }
         }
@@ -357,7 +357,7 @@ impl Handovers {
                 error!(service = %group, "handover: stopping the prepared application failed: {e}");
             }
         }
-        crate::svc::release_all(&gh.group).await;
+        crate::services::svc::release_all(&gh.group).await;
         self.clear(&v4(&gh.group), Some(id));
         self.inner.active.release(group);
         self.event(serde_json::json!({"event": "handover_undone", "service": group, "node": self.inner.me, "reason": why}));
@@ -373,7 +373,7 @@ impl Handovers {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.waiters).insert((g.name.clone(), id), tx);
-        let t0 = crate::events::monotonic_ns();
+        let t0 = crate::datapath::events::monotonic_ns();
         if !self.inner.sender.send(next, &HandoverMsg::Prepare { group: g.name.clone(), id }) {
             lock(&self.inner.waiters).remove(&(g.name.clone(), id));
             warn!(service = %g.name, next, "handover: no link up to the new node; halting the usual way");
@@ -395,8 +395,8 @@ impl Handovers {
                 return Ok(false);
             }
         };
-        let prepared_ms = (crate::events::monotonic_ns() - t0) as f64 / 1e6;
-        let own_mac = match crate::addr::mac_of(&g.interface).await {
+        let prepared_ms = (crate::datapath::events::monotonic_ns() - t0) as f64 / 1e6;
+        let own_mac = match crate::services::addr::mac_of(&g.interface).await {
             Ok(Some(m)) => m,
             other => {
                 warn!(service = %g.name, "handover: no MAC address of {} ({other:?}); halting the usual way", g.interface);
@@ -415,7 +415,7 @@ impl Handovers {
             }
         }
         info!(service = %g.name, next, prepared_ms, "handover: new connections go to the new node; draining ours");
-        let t1 = crate::events::monotonic_ns();
+        let t1 = crate::datapath::events::monotonic_ns();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(g.drain_timeout_ms as u64);
         // A SYN that reached this node just before the steering may still be
         // on its way into the socket table (backlog, softirq): the drain is
@@ -439,7 +439,7 @@ impl Handovers {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let drain_ms = (crate::events::monotonic_ns() - t1) as f64 / 1e6;
+        let drain_ms = (crate::datapath::events::monotonic_ns() - t1) as f64 / 1e6;
         if left > 0 {
             warn!(service = %g.name, left, "handover: connections still open after drain_timeout_ms; halting anyway");
         }
@@ -448,7 +448,7 @@ impl Handovers {
             // the steering, as a failed halt keeps them.
             app.stop().await.map_err(|e| e.to_string())?;
         }
-        crate::svc::release_all(g).await;
+        crate::services::svc::release_all(g).await;
         self.event(serde_json::json!({
             "event": "handover_done", "service": g.name, "node": self.inner.me, "next": next,
             "prepared_ms": prepared_ms, "drain_ms": drain_ms, "connections_left": left,
@@ -474,7 +474,7 @@ async fn ready(g: &Group, app: Option<&Resource>) -> Result<(), String> {
     for r in checks {
         loop {
             match r.monitor().await {
-                crate::resource::MonitorStatus::Running => break,
+                crate::services::resource::MonitorStatus::Running => break,
                 other if tokio::time::Instant::now() >= deadline => {
                     return Err(format!("monitor of {} not running within {limit:?} after the start: {other:?}", r.name()));
                 }

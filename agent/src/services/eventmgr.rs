@@ -91,7 +91,7 @@ pub(crate) struct RawAlerts {
     recipient: Option<Spanned<String>>,
 }
 
-pub(crate) fn validate_on(cx: &Ctx, raw: &[Spanned<RawOn>], groups: &[crate::groups::Group]) -> Result<Vec<OnAction>, ConfigError> {
+pub(crate) fn validate_on(cx: &Ctx, raw: &[Spanned<RawOn>], groups: &[crate::config::groups::Group]) -> Result<Vec<OnAction>, ConfigError> {
     let mut out = Vec::new();
     for (i, o) in raw.iter().enumerate() {
         let r = o.get_ref();
@@ -176,7 +176,7 @@ pub fn publish(ev: &Value) {
 }
 
 /// Starts the dispatcher of this agent (once per process).
-pub fn install(cfg: &crate::config::Config, ownership: crate::guard::Ownership) {
+pub fn install(cfg: &crate::config::Config, ownership: crate::services::guard::Ownership) {
     if cfg.actions.is_empty() && cfg.alerts.is_none() {
         return;
     }
@@ -211,7 +211,7 @@ pub fn install(cfg: &crate::config::Config, ownership: crate::guard::Ownership) 
                     Err(why) => {
                         error!(event = %name, run = %a.run, "action failed: {why}");
                         let alert = serde_json::json!({"event": "alert", "kind": "action_failed", "node": me, "reason": format!("[[on]] {name}: {}: {why}", a.run)});
-                        crate::svc::append_event(&events, alert);
+                        crate::services::svc::append_event(&events, alert);
                     }
                 }
             }
@@ -230,7 +230,7 @@ async fn run_action(a: &OnAction, name: &str, params: &BTreeMap<String, String>)
         env.push((format!("BATON_{}", k.to_ascii_uppercase()), v.clone()));
     }
     info!(event = name, run = %a.run, "event action");
-    let out = crate::resource::run_hook(name, crate::resource::Action::Notify, &a.run, &env, Duration::from_millis(a.timeout_ms as u64))
+    let out = crate::services::resource::run_hook(name, crate::services::resource::Action::Notify, &a.run, &env, Duration::from_millis(a.timeout_ms as u64))
         .await
         .map_err(|e| e.to_string())?;
     Ok(out_params(&out.stdout))
@@ -322,7 +322,7 @@ async fn run_alert(al: &AlertsCfg, kind: &str, name: &str, params: &BTreeMap<Str
     for (k, v) in params {
         env.push((format!("BATON_{}", k.to_ascii_uppercase()), v.clone()));
     }
-    if let Err(e) = crate::resource::run_hook("alerts", crate::resource::Action::Notify, &al.command, &env, Duration::from_millis(al.timeout_ms as u64)).await {
+    if let Err(e) = crate::services::resource::run_hook("alerts", crate::services::resource::Action::Notify, &al.command, &env, Duration::from_millis(al.timeout_ms as u64)).await {
         warn!(event = name, "the alert command failed: {e}");
     }
 }

@@ -10,7 +10,7 @@
 //! - **state changes**: while baton has the unit started, a watcher follows
 //!   the unit's `ActiveState` through `PropertiesChanged` and reports the
 //!   unit going `failed` or `inactive` behind baton's back at once, as a
-//!   [`crate::resource::MonitorEvent::Failed`] (like a daemon's unexpected
+//!   [`crate::services::resource::MonitorEvent::Failed`] (like a daemon's unexpected
 //!   exit).
 //! - **monitor**: the unit's `ActiveState` property (kept current by the same
 //!   signals), no process spawned.
@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
-use crate::resource::MonitorEvent;
+use crate::services::resource::MonitorEvent;
 
 /// How long connecting to the system bus and `Subscribe` may take at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -15,9 +15,9 @@ use baton_core::{Instant, NodeId};
 use serde_json::json;
 use tracing::{error, info, warn};
 
-use crate::channel::Channel;
-use crate::events::monotonic_ns;
-use crate::subsys::{kind_name, state_name, SubsysServer};
+use crate::control::channel::Channel;
+use crate::datapath::events::monotonic_ns;
+use crate::control::subsys::{kind_name, state_name, SubsysServer};
 
 
 /// `cluster.json` is rewritten at most this often while transitions are in
@@ -34,7 +34,7 @@ pub const FIRST_EXTERNAL_SUBSYSTEM: SubsystemId = baton_core::node::FIRST_EXTERN
 /// Fencing at the fencing level (docs/fencing.md): the executor of the
 /// fencing core's operations on the shared disks (the core is in the node).
 pub struct FencingRt {
-    exec: crate::fencing::Executor,
+    exec: crate::services::fencing::Executor,
     events: PathBuf,
     /// When each forced leave's fencing step was notified here (for the
     /// `fenced` event's time).
@@ -48,7 +48,7 @@ impl FencingRt {
     /// operations' outcomes.
     pub fn new(
         cfg: &crate::config::Config,
-        disks: Vec<crate::fencing::OpenDisk>,
+        disks: Vec<crate::services::fencing::OpenDisk>,
     ) -> (FencingRt, baton_core::node::FencingSlot, tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>) {
         let mut keys: BTreeMap<NodeId, u64> = cfg.peers.iter().map(|p| (p.id, cfg.disk_key(p.id))).collect();
         keys.insert(cfg.node_id, cfg.disk_key(cfg.node_id));
@@ -58,7 +58,7 @@ impl FencingRt {
         // the command, e.g. an iSCSI session in recovery).
         core_cfg.slow_ns = cfg.disks.iter().map(|d| d.timeout_ms as u64).max().unwrap_or(5000) * 2_000_000;
         let names = disks.iter().map(|d| (d.disk.name.clone(), d.disk.device.display().to_string())).collect();
-        let (exec, rx) = crate::fencing::Executor::new(disks, cfg.disk_key(cfg.node_id));
+        let (exec, rx) = crate::services::fencing::Executor::new(disks, cfg.disk_key(cfg.node_id));
         (
             FencingRt { exec, events: cfg.paths.events_log(), started: BTreeMap::new(), disks: names },
             baton_core::node::FencingSlot { core: baton_core::fencing::Fencing::new(core_cfg), distress_reason: baton_common::DISTRESS_FENCED },
@@ -100,13 +100,13 @@ pub struct ClusterDriver {
     messages_sent: u64,
     /// The resource groups (None when none is configured; then the node
     /// has no services core either).
-    pub svc: Option<crate::svc::ServiceManager>,
+    pub svc: Option<crate::services::svc::ServiceManager>,
     /// Fencing of shared disks (None when no `[[disk]]` is configured: the
     /// fencing level then acknowledges at once).
     pub fencing: Option<FencingRt>,
     /// The heartbeat sender's shared state: lives this node's membership
-    /// forces out are disowned there ([`crate::sender::SenderShared::disown`]).
-    pub heartbeats: Option<std::sync::Arc<crate::sender::SenderShared>>,
+    /// forces out are disowned there ([`crate::datapath::sender::SenderShared::disown`]).
+    pub heartbeats: Option<std::sync::Arc<crate::datapath::sender::SenderShared>>,
 }
 
 impl ClusterDriver {
@@ -118,7 +118,7 @@ impl ClusterDriver {
         subsys: SubsysServer,
         names: BTreeMap<NodeId, String>,
         snapshot: PathBuf,
-        services: Option<(crate::svc::ServiceManager, baton_core::services::Services)>,
+        services: Option<(crate::services::svc::ServiceManager, baton_core::services::Services)>,
         fencing: Option<(FencingRt, baton_core::node::FencingSlot)>,
     ) -> ClusterDriver {
         let me = core_cfg.me;
@@ -407,7 +407,7 @@ impl ClusterDriver {
     }
 
     fn broadcast_fenced(&self, node: NodeId, incarnation: u64, by_operator: bool) {
-        let msg = crate::fencing::FenceMsg::Fenced { node, incarnation, by_operator };
+        let msg = crate::services::fencing::FenceMsg::Fenced { node, incarnation, by_operator };
         for to in self.names.keys().copied().filter(|n| *n != self.me && *n != node) {
             self.channel.send_fence(to, &msg);
         }
@@ -428,7 +428,7 @@ impl ClusterDriver {
                 if let Some(t0) = f.started.remove(&id) {
                     let ms = (monotonic_ns() - t0) as f64 / 1e6;
                     info!(node = %name(id.node), ms, by_this_node = ours, "fenced: its key is off the shared disks; the forced leave goes on");
-                    crate::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms, "by_this_node": ours}));
+                    crate::services::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms, "by_this_node": ours}));
                     if ours {
                         fenced_here = Some((id.node, id.incarnation));
                     }
@@ -436,19 +436,19 @@ impl ClusterDriver {
             }
             F::Fenced { why } => {
                 error!(why, "this node is fenced off the shared disks: clustering ends here (S0, reason fenced)");
-                crate::svc::append_event(&f.events, json!({"event": "self_fenced", "node": self.me, "reason": why}));
+                crate::services::svc::append_event(&f.events, json!({"event": "self_fenced", "node": self.me, "reason": why}));
             }
             F::Waiting { node, reason } => {
                 warn!(node = %name(node), reason, "fencing cannot complete yet: the forced leave waits (no takeover before it is fenced; `baton fence confirm` if it is switched off)");
-                crate::svc::append_event(&f.events, json!({"event": "fencing_waiting", "node": node, "reason": reason}));
+                crate::services::svc::append_event(&f.events, json!({"event": "fencing_waiting", "node": node, "reason": reason}));
             }
             F::Alert { node, reason } => {
                 error!(node = %name(node), reason, "ALERT: fencing");
-                crate::svc::append_event(&f.events, json!({"event": "alert", "kind": "fencing", "node": node, "reason": reason}));
+                crate::services::svc::append_event(&f.events, json!({"event": "alert", "kind": "fencing", "node": node, "reason": reason}));
             }
             F::Cleared { node } => {
                 info!(node = %name(node), "fencing completed after waiting");
-                crate::svc::append_event(&f.events, json!({"event": "fencing_cleared", "node": node}));
+                crate::services::svc::append_event(&f.events, json!({"event": "fencing_cleared", "node": node}));
             }
         }
         if let Some((node, incarnation)) = fenced_here {
@@ -458,12 +458,12 @@ impl ClusterDriver {
 
     /// An input for the services core (action results, monitors, operator
     /// requests, ticks), then whatever follows in membership.
-    pub fn services_input(&mut self, f: impl FnOnce(&mut crate::svc::ServiceManager, &mut crate::svc::SvcPort)) -> Vec<Effect> {
+    pub fn services_input(&mut self, f: impl FnOnce(&mut crate::services::svc::ServiceManager, &mut crate::services::svc::SvcPort)) -> Vec<Effect> {
         if self.halted.is_some() {
             return Vec::new();
         }
         let Some(svc) = self.svc.as_mut() else { return Vec::new() };
-        f(svc, &mut crate::svc::SvcPort::new(&mut self.node));
+        f(svc, &mut crate::services::svc::SvcPort::new(&mut self.node));
         self.run_actions(false)
     }
 
@@ -473,7 +473,7 @@ impl ClusterDriver {
         let settled = self.node.membership().state().is_none_or(|s| s.transitions.is_empty());
         // The address lease (lease.rs) counts the peers it hears against
         // this group: kept current on every change, not only per snapshot.
-        crate::lease::set_view(if self.halted.is_some() { Default::default() } else { self.node.membership().state().map(|s| s.group()).unwrap_or_default() });
+        crate::services::lease::set_view(if self.halted.is_some() { Default::default() } else { self.node.membership().state().map(|s| s.group()).unwrap_or_default() });
         // A life being forced out is no longer acknowledged in heartbeats:
         // its address lease ends within the silence bound even when it
         // still hears us (loss, a slow or one-way link), before a survivor

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::datapath::slot_base;
-use crate::events::monotonic_ns;
+use crate::datapath::events::monotonic_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -187,7 +187,7 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
         .unwrap_or(Value::Null);
     // Resource groups: as the services core on this node last saw them
     // (`since_ns` on the monotonic clock; `since_s_ago` for people).
-    let now = crate::events::monotonic_ns();
+    let now = crate::datapath::events::monotonic_ns();
     let services: Value = match std::fs::read_to_string(cfg.paths.state_dir.join("services.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())

@@ -12,7 +12,7 @@
 //! - `ocf`: an OCF resource agent, run as Pacemaker runs it (environment,
 //!   actions, exit codes), so the agents of Debian's `resource-agents`
 //!   package run unchanged.
-//! - `systemd`: a unit, through systemd's D-Bus API (`crate::sdbus`: start
+//! - `systemd`: a unit, through systemd's D-Bus API (`crate::services::sdbus`: start
 //!   and stop jobs with their `JobRemoved` result, the unit's `ActiveState`
 //!   followed through `PropertiesChanged`), or `systemctl start` / `stop` /
 //!   `is-active` when there is no systemd on the system bus.
@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-pub use crate::groups::{ResourceKind, ResourceSpec, Role, Timeouts};
+pub use crate::config::groups::{ResourceKind, ResourceSpec, Role, Timeouts};
 
 /// Where OCF agents live (Pacemaker's and Debian's default).
 pub const OCF_ROOT: &str = "/usr/lib/ocf";
@@ -495,7 +495,7 @@ impl Resource {
     /// The agent's path for an OCF resource.
     pub fn ocf_path(&self) -> Option<PathBuf> {
         match &self.spec.kind {
-            ResourceKind::Ocf { provider, agent, .. } => Some(crate::groups::ocf_agent_path(&self.ocf_root, provider, agent)),
+            ResourceKind::Ocf { provider, agent, .. } => Some(crate::config::groups::ocf_agent_path(&self.ocf_root, provider, agent)),
             _ => None,
         }
     }
@@ -573,10 +573,10 @@ impl Resource {
             ResourceKind::Ocf { .. } => {
                 check_exit(name, Action::Start, self.ocf(Action::Start, t).await?, true)?;
             }
-            ResourceKind::Systemd { unit } => match crate::sdbus::get().await {
+            ResourceKind::Systemd { unit } => match crate::services::sdbus::get().await {
                 Some(sd) => {
                     self.unwatch_unit();
-                    sd.job(unit, crate::sdbus::Verb::Start, t).await.map_err(|e| ResourceError::Job {
+                    sd.job(unit, crate::services::sdbus::Verb::Start, t).await.map_err(|e| ResourceError::Job {
                         resource: name.into(),
                         action: Action::Start,
                         unit: unit.clone(),
@@ -616,8 +616,8 @@ impl Resource {
             }
             ResourceKind::Systemd { unit } => {
                 self.unwatch_unit();
-                match crate::sdbus::get().await {
-                    Some(sd) => sd.job(unit, crate::sdbus::Verb::Stop, t).await.map_err(|e| ResourceError::Job {
+                match crate::services::sdbus::get().await {
+                    Some(sd) => sd.job(unit, crate::services::sdbus::Verb::Stop, t).await.map_err(|e| ResourceError::Job {
                         resource: name.into(),
                         action: Action::Stop,
                         unit: unit.clone(),
@@ -674,7 +674,7 @@ impl Resource {
                     _ => failed(check_exit(&self.spec.name, Action::Monitor, out, true).expect_err("not 0")),
                 },
             },
-            ResourceKind::Systemd { unit } => match crate::sdbus::get().await {
+            ResourceKind::Systemd { unit } => match crate::services::sdbus::get().await {
                 Some(sd) => match sd.active_state(unit).await {
                     Ok(state) => systemd_state(&state),
                     Err(e) => MonitorStatus::Failed { reason: format!("systemd unit {unit}: {e}") },
@@ -699,7 +699,7 @@ impl Resource {
                 }
             }
             ResourceKind::Systemd { unit } => {
-                if let Some(sd) = crate::sdbus::get().await {
+                if let Some(sd) = crate::services::sdbus::get().await {
                     if let Some(state) = sd.load_state(unit).await {
                         if state == "not-found" {
                             return Err(ResourceError::NotInstalled { resource: name, what: format!("systemd unit {unit}"), path: PathBuf::from(unit) });
@@ -765,7 +765,7 @@ impl Resource {
 
     /// Follows a started unit's state: `failed` or `inactive` while baton
     /// has it started is reported at once as a [`MonitorEvent::Failed`].
-    async fn watch_unit(&self, sd: &crate::sdbus::Systemd, unit: &str) {
+    async fn watch_unit(&self, sd: &crate::services::sdbus::Systemd, unit: &str) {
         let Some(tx) = self.events.lock().expect("events lock").clone() else { return };
         let armed = Arc::new(AtomicBool::new(true));
         let (a, name, u) = (armed.clone(), self.spec.name.clone(), unit.to_string());
@@ -831,11 +831,11 @@ impl Resource {
                     let _ = tx.send(MonitorEvent::Failed { resource: name.clone(), reason }).await;
                 }
             }
-            crate::lease::app_ended(pgid);
+            crate::services::lease::app_ended(pgid);
             let _ = tx.send(Some(how));
         });
         // Frozen at once while the address lease is lost (lease.rs).
-        crate::lease::app_started(pgid);
+        crate::services::lease::app_started(pgid);
         *slot = Some(Daemon { pgid, stopping, exited: rx });
         Ok(())
     }

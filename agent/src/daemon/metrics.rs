@@ -128,7 +128,7 @@ pub fn bind(cfg: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
 }
 
 /// Serves `/metrics` on `listener` until the agent ends.
-pub fn spawn(cfg: Config, listener: std::net::TcpListener, sender: Arc<crate::sender::SenderShared>) -> anyhow::Result<()> {
+pub fn spawn(cfg: Config, listener: std::net::TcpListener, sender: Arc<crate::datapath::sender::SenderShared>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     info!(listen = %listener.local_addr()?, "metrics: serving /metrics (docs/metrics.md)");
     let cfg = Arc::new(cfg);
@@ -181,7 +181,7 @@ pub fn to_text_format(om: &str) -> String {
 /// One HTTP/1.x request: `GET /metrics` (anything else: 404), then close.
 /// OpenMetrics when the client accepts it (Prometheus does), else the
 /// Prometheus text format.
-async fn serve(mut sock: tokio::net::TcpStream, cfg: &Config, sender: &crate::sender::SenderShared) -> std::io::Result<()> {
+async fn serve(mut sock: tokio::net::TcpStream, cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::with_capacity(1024);
     let read = async {
@@ -252,12 +252,12 @@ fn ha_node_status(state: &str) -> &'static str {
 }
 
 /// The whole exposition.
-pub fn render(cfg: &Config, sender: &crate::sender::SenderShared) -> String {
+pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> String {
     let mut reg = Registry::default();
     let ok = gauge_family(&mut reg, "baton_scrape_success", "Whether each source of this scrape could be read (1) or not (0)");
 
     // The datapath: per peer and link liveness, verdict counters.
-    match crate::status::collect(cfg) {
+    match crate::datapath::status::collect(cfg) {
         Ok(st) => {
             ok.get_or_create(&l(&[("source", "datapath")])).set(1);
             let peer_up = gauge_family(&mut reg, "baton_peer_up", "Whether the datapath hears the peer on at least one link");

@@ -165,13 +165,13 @@ pub async fn acquire_with(ifname: &str, ip: IpAddr, prefix_len: u8, opts: &Acqui
 /// succeeds and changes nothing. For IPv6, `nodad` sets IFA_F_NODAD (see
 /// [`AcquireOptions::nodad`]). Returns whether the address was already there.
 ///
-/// The address is recorded as held by this agent ([`crate::lease::HELD`]);
+/// The address is recorded as held by this agent ([`crate::services::lease::HELD`]);
 /// while the address lease is lost (this node hears no majority) it is only
 /// recorded, not configured (returns `Ok(true)`, so nothing is announced),
 /// and configured when the lease is regained.
 pub async fn add(ifname: &str, ip: IpAddr, prefix_len: u8, nodad: bool) -> Result<bool> {
     validate(ip, prefix_len)?;
-    let mut held = crate::lease::HELD.lock().await;
+    let mut held = crate::services::lease::HELD.lock().await;
     held.entries.insert((ifname.to_string(), ip, prefix_len));
     if held.withdrawn {
         warn!(interface = ifname, address = %ip, "address lease lost: the address is configured when this node hears a majority again");
@@ -209,9 +209,9 @@ pub(crate) async fn add_raw(ifname: &str, ip: IpAddr, prefix_len: u8, nodad: boo
 /// Note for IPv4: removing a *primary* address also removes the secondaries
 /// of its subnet unless `net.ipv4.conf.IF.promote_secondaries = 1`.
 ///
-/// The address stops being held by this agent ([`crate::lease::HELD`]).
+/// The address stops being held by this agent ([`crate::services::lease::HELD`]).
 pub async fn release(ifname: &str, ip: IpAddr, prefix_len: u8) -> Result<bool> {
-    let mut held = crate::lease::HELD.lock().await;
+    let mut held = crate::services::lease::HELD.lock().await;
     held.entries.retain(|(i, a, _)| !(i == ifname && *a == ip));
     release_raw(ifname, ip, prefix_len).await
 }

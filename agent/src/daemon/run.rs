@@ -11,11 +11,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Config};
 use crate::datapath::Datapath;
-use crate::events::{monotonic_ns, EventSink, PeerTracker};
-use crate::guard::GuardLink;
-use crate::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
-use crate::subsys::{SubsysEvent, SubsysServer};
-use crate::{control, sender};
+use crate::datapath::events::{monotonic_ns, EventSink, PeerTracker};
+use crate::services::guard::GuardLink;
+use crate::daemon::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
+use crate::control::subsys::{SubsysEvent, SubsysServer};
+use crate::{control::socket as control, datapath::sender};
 use baton_core::membership::{HaltReason, Input};
 
 /// A new incarnation: the wall clock in µs, but always above the last one
@@ -146,9 +146,9 @@ pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
     let cfg = config::load(cfg_path)?;
     // First: a metrics port in use is one clear error before anything runs.
-    let metrics = crate::metrics::bind(&cfg)?;
+    let metrics = crate::daemon::metrics::bind(&cfg)?;
     crate::datapath::check_prerequisites()?;
-    crate::caps::check(&cfg, crate::caps::effective())?;
+    crate::daemon::caps::check(&cfg, crate::daemon::caps::effective())?;
     let key = config::read_secret(&cfg.secret_file)?;
     std::fs::create_dir_all(&cfg.paths.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;
@@ -190,7 +190,7 @@ async fn run_guarded(
     key: [u8; 16],
     incarnation: u64,
     guard: &std::sync::Arc<GuardLink>,
-    cleaned: &crate::guard::Released,
+    cleaned: &crate::services::guard::Released,
     metrics: Option<std::net::TcpListener>,
     stop: &mut StopSignals,
 ) -> Result<Ended> {
@@ -198,7 +198,7 @@ async fn run_guarded(
     // The shared disks must be usable before this node joins (docs/fencing.md).
     let disks = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
-        move || crate::fencing::open_disks(&cfg)
+        move || crate::services::fencing::open_disks(&cfg)
     })
     .await?
     .context("checking the shared disks ([[disk]])")?;
@@ -219,7 +219,7 @@ async fn run_guarded(
         }
     };
     if let Some(l) = metrics {
-        if let Err(e) = crate::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
+        if let Err(e) = crate::daemon::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
             sender.stop();
             dp.stop();
             return Err(e.context("serving the metrics"));
@@ -235,7 +235,7 @@ async fn run_guarded(
     };
     // The address lease (lease.rs): floating addresses are withdrawn at once
     // when this node hears no majority of its view.
-    let lease = match crate::lease::spawn(cfg, sender.shared.clone()) {
+    let lease = match crate::services::lease::spawn(cfg, sender.shared.clone()) {
         Ok(l) => l,
         Err(e) => {
             sender.stop();
@@ -262,7 +262,7 @@ async fn run_guarded(
     );
 
     let result = async {
-        let (channel, chan_rx) = crate::channel::Channel::start(crate::channel::ChannelConfig {
+        let (channel, chan_rx) = crate::control::channel::Channel::start(crate::control::channel::ChannelConfig {
             me: cfg.node_id,
             cluster_id: cfg.cluster_id,
             incarnation,
@@ -294,15 +294,15 @@ async fn run_guarded(
         let fence_inbox = channel.take_fence_inbox();
         let app_rx = channel.take_app_inbox();
         let app_sender = channel.app_sender();
-        let ownership = crate::guard::Ownership::new(Some(guard.clone()));
-        crate::eventmgr::install(cfg, ownership.clone());
-        let svc = crate::svc::ServiceManager::new(
+        let ownership = crate::services::guard::Ownership::new(Some(guard.clone()));
+        crate::services::eventmgr::install(cfg, ownership.clone());
+        let svc = crate::services::svc::ServiceManager::new(
             cfg.node_id,
             incarnation,
             &cfg.groups,
             cfg.paths.state_dir.join("services.json"),
             cfg.paths.events_log(),
-            channel.take_handover_inbox().map(|inbox| crate::handover::Wiring {
+            channel.take_handover_inbox().map(|inbox| crate::services::handover::Wiring {
                 sender: channel.handover_sender(),
                 inbox,
                 map: cfg.paths.map(baton_common::MAP_HANDOVER),
@@ -312,12 +312,12 @@ async fn run_guarded(
         let (fencing, fence_rx) = if disks.is_empty() {
             (None, None)
         } else {
-            let (f, slot, rx) = crate::cluster::FencingRt::new(cfg, disks);
+            let (f, slot, rx) = crate::daemon::cluster::FencingRt::new(cfg, disks);
             (Some((f, slot)), Some(rx))
         };
         let (services, svc_channels) = match svc {
             Some((mut m, ch, core)) => {
-                m.set_watchdog(crate::watchdog::Ctx::new(&cfg.file, &cfg.paths.state_dir));
+                m.set_watchdog(crate::services::watchdog::Ctx::new(&cfg.file, &cfg.paths.state_dir));
                 (Some((m, core)), Some((ch, svc_rx.expect("services inbox"))))
             }
             None => (None, None),
@@ -326,12 +326,12 @@ async fn run_guarded(
         driver.heartbeats = Some(sender.shared.clone());
         let fence_inbox = fence_rx.as_ref().and(fence_inbox);
         let ha = Ha {
-            takeover: crate::takeover::TakeoverRt::new(cfg, incarnation),
-            health_rx: crate::health::spawn(cfg),
+            takeover: crate::services::takeover::TakeoverRt::new(cfg, incarnation),
+            health_rx: crate::services::health::spawn(cfg),
             app_rx,
             app_sender,
-            selfcheck: crate::selfcheck::SelfCheck::new(cfg, dp.config, incarnation),
-            reload: crate::reload::Reloader::new(cfg, key),
+            selfcheck: crate::datapath::selfcheck::SelfCheck::new(cfg, dp.config, incarnation),
+            reload: crate::daemon::reload::Reloader::new(cfg, key),
         };
         spawn_partner_checks(cfg, &ha);
         event_loop(cfg, events, &sender, listener, status, driver, chan_rx, sub_rx, svc_channels, fence_rx, fence_inbox, ha, guard, stop).await
@@ -404,7 +404,7 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
 
 /// Logs a peer event, wakes the control channel and the sender for a peer
 /// that came up, and returns its membership input.
-fn route_peer_event(mut pe: crate::events::PeerEvent, driver: &mut ClusterDriver, sender: &sender::Sender, sink: &mut EventSink) -> Option<Input> {
+fn route_peer_event(mut pe: crate::datapath::events::PeerEvent, driver: &mut ClusterDriver, sender: &sender::Sender, sink: &mut EventSink) -> Option<Input> {
     let input = peer_input(&pe);
     if pe.event == "peer_silent" && driver.left_gracefully_in_life(pe.node, pe.incarnation) {
         // Membership still hears of it (PeerGone), but the log and the
@@ -428,15 +428,15 @@ fn route_peer_event(mut pe: crate::events::PeerEvent, driver: &mut ClusterDriver
 fn feed_peer_input(
     i: Input,
     driver: &mut ClusterDriver,
-    confirm: &mut crate::confirm::SilenceConfirm,
-    app: &crate::channel::AppSender,
+    confirm: &mut crate::daemon::confirm::SilenceConfirm,
+    app: &crate::control::channel::AppSender,
     cfg: &Config,
 ) -> Vec<Effect> {
     let now = monotonic_ns();
     match i {
         Input::PeerSilent { node } if !driver.left_gracefully(node) => {
             for p in cfg.peers.iter().filter(|p| p.id != node) {
-                app.send(p.id, crate::confirm::TOPIC, &crate::confirm::Report { silent: node });
+                app.send(p.id, crate::daemon::confirm::TOPIC, &crate::daemon::confirm::Report { silent: node });
             }
             match confirm.suspect(node, now) {
                 Some(c) => confirmed(c, driver, cfg),
@@ -449,7 +449,7 @@ fn feed_peer_input(
         Input::PeerUp { node } => {
             if let Some(held) = confirm.peer_up(node, now) {
                 warn!(node, held_ms = held as f64 / 1e6, "false silence averted: the peer was heard again before its silence was confirmed (this node's receive path or link stalled)");
-                crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_averted", "node": node, "held_ms": held as f64 / 1e6}));
+                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_averted", "node": node, "held_ms": held as f64 / 1e6}));
             }
             driver.handle(i)
         }
@@ -458,8 +458,8 @@ fn feed_peer_input(
 }
 
 /// A confirmed silence: the membership core hears of it now.
-fn confirmed(c: crate::confirm::Confirmed, driver: &mut ClusterDriver, cfg: &Config) -> Vec<Effect> {
-    use crate::confirm::By;
+fn confirmed(c: crate::daemon::confirm::Confirmed, driver: &mut ClusterDriver, cfg: &Config) -> Vec<Effect> {
+    use crate::daemon::confirm::By;
     let by = match c.by {
         By::Peer(n) => format!("node {n}"),
         By::Deadline => "deadline".to_string(),
@@ -467,13 +467,13 @@ fn confirmed(c: crate::confirm::Confirmed, driver: &mut ClusterDriver, cfg: &Con
     };
     if c.by != By::Off {
         info!(node = c.node, by = %by, waited_ms = c.waited_ns as f64 / 1e6, "peer silence confirmed");
-        crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_confirmed", "node": c.node, "by": by, "waited_ms": c.waited_ns as f64 / 1e6}));
+        crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_confirmed", "node": c.node, "by": by, "waited_ms": c.waited_ns as f64 / 1e6}));
     }
     driver.handle(Input::PeerSilent { node: c.node })
 }
 
 /// Turns the datapath's node-level peer events into membership inputs.
-fn peer_input(pe: &crate::events::PeerEvent) -> Option<Input> {
+fn peer_input(pe: &crate::datapath::events::PeerEvent) -> Option<Input> {
     match pe.event {
         "peer_up" => Some(Input::PeerUp { node: pe.node }),
         "peer_silent" => Some(Input::PeerSilent { node: pe.node }),
@@ -491,9 +491,9 @@ async fn event_loop(
     mut driver: ClusterDriver,
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
     mut sub_rx: tokio::sync::mpsc::Receiver<SubsysEvent>,
-    svc_channels: Option<(crate::svc::SvcChannels, tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>)>,
+    svc_channels: Option<(crate::services::svc::SvcChannels, tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>)>,
     mut fence_rx: Option<tokio::sync::mpsc::Receiver<(baton_core::fencing::OpId, baton_core::fencing::Outcome)>>,
-    mut fence_inbox: Option<tokio::sync::mpsc::Receiver<(u32, crate::fencing::FenceMsg)>>,
+    mut fence_inbox: Option<tokio::sync::mpsc::Receiver<(u32, crate::services::fencing::FenceMsg)>>,
     mut ha: Ha,
     guard: &GuardLink,
     stop: &mut StopSignals,
@@ -520,29 +520,29 @@ async fn event_loop(
     let mut last_view = None;
     let mut ctl_open = true;
     // Silences of the local datapath held until confirmed (confirm.rs).
-    let mut confirm = crate::confirm::SilenceConfirm::new(cfg.confirm_ms as u64 * 1_000_000);
+    let mut confirm = crate::daemon::confirm::SilenceConfirm::new(cfg.confirm_ms as u64 * 1_000_000);
     // The datapath's `events_lost` counter as last reported.
     let mut events_lost = 0u64;
     // systemd (docs/operations.md): ready now, the status line on changes,
     // the watchdog pinged from this loop.
-    let notify = crate::sdnotify::enabled();
+    let notify = crate::daemon::sdnotify::enabled();
     if notify {
-        crate::sdnotify::ready(&crate::sdnotify::status_line(cfg, &driver, false));
+        crate::daemon::sdnotify::ready(&crate::daemon::sdnotify::status_line(cfg, &driver, false));
     }
-    let watchdog_every = crate::sdnotify::watchdog_interval();
+    let watchdog_every = crate::daemon::sdnotify::watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
     loop {
         if notify {
-            let line = crate::sdnotify::status_line(cfg, &driver, leave_deadline.is_some());
+            let line = crate::daemon::sdnotify::status_line(cfg, &driver, leave_deadline.is_some());
             if leave_deadline.is_some() {
-                crate::sdnotify::stopping(&line);
+                crate::daemon::sdnotify::stopping(&line);
             }
-            crate::sdnotify::status(&line);
+            crate::daemon::sdnotify::status(&line);
         }
         // The negotiated takeover follows the membership (joins and
         // departures), and its steps may ask for services inputs, a leave or
         // a stop.
-        let mut todo = crate::takeover::Todo::default();
+        let mut todo = crate::services::takeover::Todo::default();
         if let Some(st) = driver.state() {
             if last_view != Some(st.view) {
                 last_view = Some(st.view);
@@ -603,7 +603,7 @@ async fn event_loop(
                 leave_deadline = Some(tokio::time::Instant::now() + LEAVE_BOUND);
                 effects = driver.handle(Input::Leave);
             }
-            _ = watchdog.tick(), if watchdog_every.is_some() => crate::sdnotify::watchdog(),
+            _ = watchdog.tick(), if watchdog_every.is_some() => crate::daemon::sdnotify::watchdog(),
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the configuration file");
                 effects = reload_config(&mut driver, &mut ha, guard, false).await.1;
@@ -630,23 +630,23 @@ async fn event_loop(
             }
             m = recv_opt(&mut ha.app_rx), if ha.app_rx.is_some() => {
                 if let Some((from, m)) = m {
-                    if m.topic == crate::confirm::TOPIC {
-                        if let Ok(r) = serde_json::from_value::<crate::confirm::Report>(m.body) {
+                    if m.topic == crate::daemon::confirm::TOPIC {
+                        if let Ok(r) = serde_json::from_value::<crate::daemon::confirm::Report>(m.body) {
                             if let Some(c) = confirm.report(from, r.silent, monotonic_ns()) {
                                 effects = confirmed(c, &mut driver, cfg);
                             }
                         }
-                    } else if m.topic == crate::reload::TOPIC {
-                        match serde_json::from_value::<crate::reload::Frame>(m.body) {
-                            Ok(crate::reload::Frame::Hash { hash }) => config_mismatch(cfg, ha.reload.peer_hash(from, hash, monotonic_ns())),
-                            Ok(crate::reload::Frame::Reload) => {
+                    } else if m.topic == crate::daemon::reload::TOPIC {
+                        match serde_json::from_value::<crate::daemon::reload::Frame>(m.body) {
+                            Ok(crate::daemon::reload::Frame::Hash { hash }) => config_mismatch(cfg, ha.reload.peer_hash(from, hash, monotonic_ns())),
+                            Ok(crate::daemon::reload::Frame::Reload) => {
                                 info!(from, "a peer asks every node to reload its configuration file (baton reload --all)");
                                 effects = reload_config(&mut driver, &mut ha, guard, false).await.1;
                             }
                             Err(e) => warn!(from, "a config message that does not decode skipped: {e}"),
                         }
-                    } else if m.topic == crate::takeover::TOPIC {
-                        match serde_json::from_value::<crate::takeover::Frame>(m.body) {
+                    } else if m.topic == crate::services::takeover::TOPIC {
+                        match serde_json::from_value::<crate::services::takeover::Frame>(m.body) {
                             Ok(f) => {
                                 let todo = ha.takeover.receive(from, f, &ha_ctx(&driver));
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
@@ -662,7 +662,7 @@ async fn event_loop(
                 }
             }
             m = recv_opt(&mut fence_inbox), if fence_inbox.is_some() => {
-                if let Some((from, crate::fencing::FenceMsg::Fenced { node, incarnation, by_operator })) = m {
+                if let Some((from, crate::services::fencing::FenceMsg::Fenced { node, incarnation, by_operator })) = m {
                     info!(from, node, incarnation, by_operator, "fencing notice: a peer fenced the node (or an operator confirmed it there)");
                     effects = driver.fence_confirm(node, Some(incarnation), false);
                 }
@@ -673,7 +673,7 @@ async fn event_loop(
                 let control_up = stats.peers.values().any(|p| p.up.iter().any(|u| *u));
                 if let Some(f) = ha.selfcheck.check(monotonic_ns(), tracker.any_up(), control_up, stats.connections, stats.bad_frames) {
                     error!(reason = f.name, why = %f.why, "critical failure of this node (S0): sending distress and ending clustering here");
-                    crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "critical", "node": cfg.node_id, "reason": format!("{}: {}", f.name, f.why)}));
+                    crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "critical", "node": cfg.node_id, "reason": format!("{}: {}", f.name, f.why)}));
                     effects = driver.handle(Input::LocalFailure { from: None, reason: f.reason });
                     continue;
                 }
@@ -691,7 +691,7 @@ async fn event_loop(
                 // Events the ring buffer could not take (it was full) are
                 // counted by the datapath; whatever they reported is made up
                 // for from the liveness map, every second (docs/datapath.md).
-                let lost = crate::status::counters(cfg)
+                let lost = crate::datapath::status::counters(cfg)
                     .ok()
                     .and_then(|v| v.into_iter().find(|(c, _)| *c == baton_common::Counter::EventsLost).map(|(_, n)| n))
                     .unwrap_or(0);
@@ -701,7 +701,7 @@ async fn event_loop(
                 }
                 status["events_lost"] = events_lost.into();
                 status["silence"] = serde_json::to_value(confirm.counts).unwrap_or_default();
-                match crate::status::peer_links(cfg) {
+                match crate::datapath::status::peer_links(cfg) {
                     Ok(links) => {
                         for pe in tracker.resync(&links, monotonic_ns()) {
                             warn!(event = pe.event, node = pe.node, link = ?pe.link, "resync: the liveness map shows a change whose event was lost");
@@ -714,9 +714,9 @@ async fn event_loop(
                 }
                 let now = monotonic_ns();
                 if ha.reload.hash_due(now) {
-                    let frame = crate::reload::Frame::Hash { hash: ha.reload.hash.clone() };
+                    let frame = crate::daemon::reload::Frame::Hash { hash: ha.reload.hash.clone() };
                     for p in &cfg.peers {
-                        ha.app_sender.send(p.id, crate::reload::TOPIC, &frame);
+                        ha.app_sender.send(p.id, crate::daemon::reload::TOPIC, &frame);
                     }
                 }
                 config_mismatch(cfg, ha.reload.expire(now));
@@ -913,9 +913,9 @@ pub fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_cor
 /// A reload (SIGHUP, `baton reload`, a peer's `--all`), told to systemd
 /// (RELOADING=1, then READY=1 with the outcome as the status line).
 async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
-    crate::sdnotify::reloading("reloading the configuration file");
+    crate::daemon::sdnotify::reloading("reloading the configuration file");
     let r = reload_config_now(driver, ha, guard, all).await;
-    crate::sdnotify::reloaded(&match &r.0 {
+    crate::daemon::sdnotify::reloaded(&match &r.0 {
         Ok(m) => m.clone(),
         Err(m) => format!("reload refused (running the previous configuration): {m}"),
     });
@@ -928,34 +928,34 @@ async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &Guar
     let services_level = driver.svc.is_some();
     let refuse = |ha: &mut Ha, msg: String| {
         error!("reload refused: {msg}");
-        crate::svc::append_event(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
+        crate::services::svc::append_event(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
         ha.reload.refused(now, msg.clone());
         msg
     };
-    let new = match crate::reload::prepare(&ha.reload.running, &ha.reload.key, services_level).await {
+    let new = match crate::daemon::reload::prepare(&ha.reload.running, &ha.reload.key, services_level).await {
         Ok(n) => n,
         Err(e) => return (Err(refuse(ha, e.to_string())), Vec::new()),
     };
-    let mut changes = Ok(crate::svc::GroupChanges::default());
+    let mut changes = Ok(crate::services::svc::GroupChanges::default());
     let effects = driver.services_input(|s, c| changes = s.reload(&new.groups, c));
     let changes = match changes {
         Ok(c) => c,
         Err(reason) => {
-            let e = crate::reload::ReloadError::Groups { file: new.file.clone(), reason };
+            let e = crate::daemon::reload::ReloadError::Groups { file: new.file.clone(), reason };
             return (Err(refuse(ha, e.to_string())), effects);
         }
     };
     ha.takeover.set_groups(&new.groups);
     guard.reload();
-    let hash = crate::reload::groups_hash(&new.groups);
+    let hash = crate::daemon::reload::groups_hash(&new.groups);
     let mut msg = format!("reloaded {}: {}; groups hash {hash}", new.file.display(), changes.summary());
     if all {
-        let frame = crate::reload::Frame::Reload;
-        let asked = new.peers.iter().filter(|p| ha.app_sender.send(p.id, crate::reload::TOPIC, &frame)).count();
+        let frame = crate::daemon::reload::Frame::Reload;
+        let asked = new.peers.iter().filter(|p| ha.app_sender.send(p.id, crate::daemon::reload::TOPIC, &frame)).count();
         msg += &format!("; asked {asked} of {} peers to reload theirs", new.peers.len());
     }
     info!(added = ?changes.added, removed = ?changes.removed, changed = ?changes.changed, changed_here = ?changes.changed_here, hash, "configuration reloaded");
-    crate::svc::append_event(&events, serde_json::json!({"event": "config_reloaded", "node": new.node_id, "groups_hash": hash, "changes": changes}));
+    crate::services::svc::append_event(&events, serde_json::json!({"event": "config_reloaded", "node": new.node_id, "groups_hash": hash, "changes": changes}));
     let cfg_for_log = new.clone();
     let mismatch = ha.reload.applied(new, now, msg.clone());
     config_mismatch(&cfg_for_log, mismatch);
@@ -972,21 +972,21 @@ fn config_mismatch(cfg: &Config, changed: Option<Vec<u32>>) {
         let names: Vec<String> = nodes.iter().map(|n| cfg.peer_name(*n)).collect();
         warn!(peers = ?names, "the group configuration differs from these peers' (another [[group]] set in their files): reload the same groups on every node; `baton status` shows the hashes");
     }
-    crate::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "config_mismatch", "node": cfg.node_id, "peers": nodes}));
+    crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "config_mismatch", "node": cfg.node_id, "peers": nodes}));
 }
 
 /// The negotiated takeover's parts of the event loop.
 struct Ha {
-    reload: crate::reload::Reloader,
-    takeover: crate::takeover::TakeoverRt,
-    selfcheck: crate::selfcheck::SelfCheck,
-    health_rx: Option<tokio::sync::mpsc::Receiver<crate::health::HealthEvent>>,
-    app_rx: Option<tokio::sync::mpsc::Receiver<(u32, crate::channel::AppMsg)>>,
-    app_sender: crate::channel::AppSender,
+    reload: crate::daemon::reload::Reloader,
+    takeover: crate::services::takeover::TakeoverRt,
+    selfcheck: crate::datapath::selfcheck::SelfCheck,
+    health_rx: Option<tokio::sync::mpsc::Receiver<crate::services::health::HealthEvent>>,
+    app_rx: Option<tokio::sync::mpsc::Receiver<(u32, crate::control::channel::AppMsg)>>,
+    app_sender: crate::control::channel::AppSender,
 }
 
-fn ha_ctx(driver: &ClusterDriver) -> crate::takeover::Ctx2 {
-    crate::takeover::Ctx2 {
+fn ha_ctx(driver: &ClusterDriver) -> crate::services::takeover::Ctx2 {
+    crate::services::takeover::Ctx2 {
         joined_quorate: driver.joined_quorate(),
         fencing_ok: driver.fencing_ok(),
         registered: driver.svc.as_ref().map(|s| s.registered()).unwrap_or_default(),
@@ -997,19 +997,19 @@ fn ha_ctx(driver: &ClusterDriver) -> crate::takeover::Ctx2 {
 fn apply_todo(
     driver: &mut ClusterDriver,
     ha: &mut Ha,
-    todo: crate::takeover::Todo,
+    todo: crate::services::takeover::Todo,
     leave_deadline: &mut Option<tokio::time::Instant>,
     cfg: &Config,
 ) -> Vec<Effect> {
     let mut effects = Vec::new();
     for (to, frame) in todo.send {
-        ha.app_sender.send(to, crate::takeover::TOPIC, &frame);
+        ha.app_sender.send(to, crate::services::takeover::TOPIC, &frame);
     }
     for (from, check, address, timeout_ms) in todo.diagnose {
         let sender = ha.app_sender.clone();
         tokio::spawn(async move {
-            let result = crate::takeover::diagnose(address, timeout_ms).await;
-            sender.send(from, crate::takeover::TOPIC, &crate::takeover::Frame::Diagnosed { check, result });
+            let result = crate::services::takeover::diagnose(address, timeout_ms).await;
+            sender.send(from, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnosed { check, result });
         });
     }
     for input in todo.services {
@@ -1034,13 +1034,13 @@ fn apply_todo(
 /// sent to its partner every interval.
 fn spawn_partner_checks(cfg: &Config, ha: &Ha) {
     let Some(partner) = ha.takeover.partner() else { return };
-    for (check, address, interval_ms, timeout_ms) in crate::takeover::partner_checks(cfg) {
+    for (check, address, interval_ms, timeout_ms) in crate::services::takeover::partner_checks(cfg) {
         let sender = ha.app_sender.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(interval_ms as u64));
             loop {
                 every.tick().await;
-                sender.send(partner, crate::takeover::TOPIC, &crate::takeover::Frame::Diagnose { check: check.clone(), address, timeout_ms });
+                sender.send(partner, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnose { check: check.clone(), address, timeout_ms });
             }
         });
     }

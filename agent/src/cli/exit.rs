@@ -37,7 +37,7 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
         if cause.is::<Halted>() {
             return HALTED;
         }
-        if cause.is::<crate::config::ConfigError>() || cause.is::<crate::caps::MissingCapability>() {
+        if cause.is::<crate::config::ConfigError>() || cause.is::<crate::daemon::caps::MissingCapability>() {
             return CONFIG;
         }
         if let Some(d) = cause.downcast_ref::<D>() {

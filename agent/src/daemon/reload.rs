@@ -10,7 +10,7 @@
 //! health checks, ...) is refused, naming what changed, because it needs a
 //! restart of the agent. The groups then go to the services core
 //! ([`baton_core::services::Services::reconfigure`]) and the service
-//! manager ([`crate::svc::ServiceManager::reload`]).
+//! manager ([`crate::services::svc::ServiceManager::reload`]).
 //!
 //! Every node reloads its own file. To tell whether every node ended on the
 //! same group configuration, each agent sends a hash of its groups (what
@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
-use crate::groups::{Group, Handover};
+use crate::config::groups::{Group, Handover};
 
 /// The application topic of the control channel used here.
 pub const TOPIC: &str = "config";
@@ -73,7 +73,7 @@ pub fn groups_hash(groups: &[Group]) -> String {
     for g in sorted {
         let mut addrs = g.addresses.clone();
         addrs.sort();
-        text += &format!("{:?}|{:?}|{:?}\n", crate::svc::spec_of(g), addrs, g.handover);
+        text += &format!("{:?}|{:?}|{:?}\n", crate::services::svc::spec_of(g), addrs, g.handover);
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.as_bytes() {
@@ -137,7 +137,7 @@ fn overlap_changed(old: &[Group], new: &[Group]) -> bool {
 /// With health checks (the negotiated takeover in use), this node's
 /// partner, fixed at start, would change with the groups' node lists.
 fn partners_changed(old: &Config, new: &Config) -> bool {
-    !old.health.is_empty() && crate::takeover::partner_of(old, old.node_id) != crate::takeover::partner_of(new, old.node_id)
+    !old.health.is_empty() && crate::services::takeover::partner_of(old, old.node_id) != crate::services::takeover::partner_of(new, old.node_id)
 }
 
 /// Reads and checks the file for a reload: the whole file as at start, the
@@ -150,7 +150,7 @@ pub async fn prepare(running: &Config, key: &[u8; 16], services_level: bool) -> 
     if let Some(what) = restart_reason(running, &new, key, &new_key, services_level) {
         return Err(ReloadError::RestartNeeded { file: running.file.clone(), what });
     }
-    let problems = crate::groups::check_host(&new.groups).await;
+    let problems = crate::config::groups::check_host(&new.groups).await;
     if !problems.is_empty() {
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         return Err(ReloadError::Host { file: running.file.clone(), problems: list.join("; ") });

@@ -20,7 +20,7 @@
 //! * an OCF or systemd application that still reports running (its monitor
 //!   action): stopped again;
 //! * the group's addresses still configured on its interface: removed with
-//!   the same rtnetlink code as the halt method ([`crate::addr::release`]),
+//!   the same rtnetlink code as the halt method ([`crate::services::addr::release`]),
 //!   unless the group went off-line (`--keep-addresses`: S4.6 keeps them).
 //!
 //! What it found and did is appended to the agent's events file as one
@@ -57,8 +57,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::groups::Group;
-use crate::resource::{MonitorStatus, Resource};
+use crate::config::groups::Group;
+use crate::services::resource::{MonitorStatus, Resource};
 
 /// How long a watchdog watches.
 pub const DURATION: Duration = Duration::from_secs(5);
@@ -388,7 +388,7 @@ impl Watch {
         // group here outside a run method (a handover's preparation) under
         // the group's task lock, and marks it active afterwards. After
         // going off-line or a failed halt the group is active by design.
-        let reply = crate::control::request(&self.socket, &format!("group-state {}", self.args.group)).await;
+        let reply = crate::control::socket::request(&self.socket, &format!("group-state {}", self.args.group)).await;
         match reply.as_deref().map(str::trim) {
             Ok("ok busy") => None,
             Ok("ok active") if !self.args.keep_addresses && !self.args.halt_failed => {
@@ -405,7 +405,7 @@ impl Watch {
         // monitor action is local by definition; a command application is
         // covered by its processes below).
         if let Some(app) = &self.app {
-            if matches!(app.spec().kind, crate::groups::ResourceKind::Ocf { .. } | crate::groups::ResourceKind::Systemd { .. }) {
+            if matches!(app.spec().kind, crate::config::groups::ResourceKind::Ocf { .. } | crate::config::groups::ResourceKind::Systemd { .. }) {
                 match app.monitor().await {
                     MonitorStatus::NotRunning => {}
                     MonitorStatus::Failed { reason } => r.app = Some(format!("monitor failed: {reason}")),
@@ -462,10 +462,10 @@ impl Watch {
         // Addresses (not for an off-line group: S4.6 keeps them).
         if !self.args.keep_addresses {
             for a in &self.group.addresses {
-                let present = match crate::addr::is_configured(&self.group.interface, a.ip).await {
+                let present = match crate::services::addr::is_configured(&self.group.interface, a.ip).await {
                     Ok(p) => p,
                     // No interface: no address on it either.
-                    Err(crate::addr::AddrError::NoSuchInterface { .. }) => false,
+                    Err(crate::services::addr::AddrError::NoSuchInterface { .. }) => false,
                     Err(e) => {
                         r.errors.push(format!("cannot check {a} on {}: {e}", self.group.interface));
                         continue;
@@ -476,12 +476,12 @@ impl Watch {
                 }
                 let Some(_l) = self.step(&mut r).await else { return r };
                 warn!(service = %self.args.group, address = %a, interface = %self.group.interface, "address still configured: removing it");
-                if let Err(e) = crate::addr::release(&self.group.interface, a.ip, a.prefix).await {
+                if let Err(e) = crate::services::addr::release(&self.group.interface, a.ip, a.prefix).await {
                     r.errors.push(format!("cannot remove {a} from {}: {e}", self.group.interface));
                     continue;
                 }
                 r.removed.push(a.to_string());
-                if crate::addr::is_configured(&self.group.interface, a.ip).await.unwrap_or(false) {
+                if crate::services::addr::is_configured(&self.group.interface, a.ip).await.unwrap_or(false) {
                     r.errors.push(format!("{a} is still on {} after its removal", self.group.interface));
                 }
             }
@@ -557,11 +557,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         "rounds": rounds,
         "ms": t0.elapsed().as_millis() as u64,
     });
-    crate::svc::append_event(&events, ev.clone());
+    crate::services::svc::append_event(&events, ev.clone());
     match result {
         "critical" => {
             error!(service = %args.group, errors = ?ev["errors"], "watchdog: the group cannot be brought down here: critical failure (S0), this node leaves the cluster");
-            match crate::control::request(&socket, "distress component").await {
+            match crate::control::socket::request(&socket, "distress component").await {
                 Ok(reply) => info!(service = %args.group, %reply, "watchdog: critical failure reported to the agent"),
                 Err(e) => warn!(service = %args.group, "watchdog: the agent is gone ({e}); the cleanup was done as far as possible"),
             }

@@ -136,7 +136,7 @@ pub async fn run_check(check: &HealthCheck, cfg: &crate::config::Config) -> Resu
         match &check.kind {
             CheckKind::Command { line } => {
                 let env = [("BATON_HEALTH".to_string(), check.name.clone())];
-                match crate::resource::run_hook(&check.name, crate::resource::Action::Monitor, line, &env, timeout).await {
+                match crate::services::resource::run_hook(&check.name, crate::services::resource::Action::Monitor, line, &env, timeout).await {
                     Ok(_) => Ok(()),
                     Err(e) => Err(e.to_string()),
                 }
@@ -159,7 +159,7 @@ pub async fn run_check(check: &HealthCheck, cfg: &crate::config::Config) -> Resu
             }
             CheckKind::Systemd { unit } => {
                 // systemd's D-Bus API (src/sdbus.rs), systemctl without a bus.
-                let state = match crate::sdbus::get().await {
+                let state = match crate::services::sdbus::get().await {
                     Some(sd) => sd.active_state(unit).await.map_err(|e| format!("{unit}: {e}"))?,
                     None => {
                         let out = tokio::process::Command::new("systemctl").args(["is-active", unit]).output().await.map_err(|e| format!("systemctl: {e}"))?;

@@ -27,10 +27,10 @@ use baton_core::{Instant, NodeId};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::channel::Channel;
-use crate::events::monotonic_ns;
-use crate::groups::{self, Group, NodeSet};
-use crate::resource::{self, MonitorEvent, MonitorLoop, Resource};
+use crate::control::channel::Channel;
+use crate::datapath::events::monotonic_ns;
+use crate::config::groups::{self, Group, NodeSet};
+use crate::services::resource::{self, MonitorEvent, MonitorLoop, Resource};
 
 /// The result of an action function that ran in a task.
 #[derive(Debug)]
@@ -119,9 +119,9 @@ struct GroupTask {
     tx: mpsc::Sender<SvcDone>,
     events: PathBuf,
     me: NodeId,
-    active: crate::guard::Ownership,
-    handovers: Option<crate::handover::Handovers>,
-    watchdog: Option<crate::watchdog::Ctx>,
+    active: crate::services::guard::Ownership,
+    handovers: Option<crate::services::handover::Handovers>,
+    watchdog: Option<crate::services::watchdog::Ctx>,
 }
 
 /// The services core inside the composed node, as this module sees it: it
@@ -161,11 +161,11 @@ pub struct ServiceManager {
     /// mode) configured something here and whose halt method has not
     /// released it: stopped on exit whatever the core thinks, and told to
     /// the guard, which releases them if the agent dies (`guard.rs`).
-    active: crate::guard::Ownership,
+    active: crate::services::guard::Ownership,
     /// Zero-loss handovers (`handover = "overlap"` groups), when wired.
-    handovers: Option<crate::handover::Handovers>,
+    handovers: Option<crate::services::handover::Handovers>,
     /// S4.5 watchdog processes after every halt, when wired.
-    watchdog: Option<crate::watchdog::Ctx>,
+    watchdog: Option<crate::services::watchdog::Ctx>,
     /// The whole cluster is being stopped: a group with no node left to go
     /// to stops, as asked, without an alert.
     stopping: bool,
@@ -266,8 +266,8 @@ impl ServiceManager {
         groups: &[Group],
         snapshot: PathBuf,
         events: PathBuf,
-        handover: Option<crate::handover::Wiring>,
-        active: crate::guard::Ownership,
+        handover: Option<crate::services::handover::Wiring>,
+        active: crate::services::guard::Ownership,
     ) -> anyhow::Result<Option<(ServiceManager, SvcChannels, Services)>> {
         let _ = std::fs::remove_file(&snapshot);
         if groups.is_empty() {
@@ -279,7 +279,7 @@ impl ServiceManager {
         let (done_tx, done_rx) = mpsc::channel(256);
         let (mon_tx, mon_rx) = mpsc::channel(256);
         // Client networks: a lost carrier fails the groups on it.
-        crate::carrier::spawn(mon_tx.clone());
+        crate::services::carrier::spawn(mon_tx.clone());
         allow_nonlocal_bind(me, groups).map_err(|e| anyhow::anyhow!(e))?;
         let mut rts = BTreeMap::new();
         for g in groups {
@@ -292,10 +292,10 @@ impl ServiceManager {
             let handles = rts
                 .iter()
                 .map(|(n, g): (&String, &GroupRt)| {
-                    (n.clone(), crate::handover::GroupHandle { group: g.group.clone(), app: g.app.clone(), lock: g.lock.clone() })
+                    (n.clone(), crate::services::handover::GroupHandle { group: g.group.clone(), app: g.app.clone(), lock: g.lock.clone() })
                 })
                 .collect();
-            crate::handover::Handovers::start(me, w, handles, active.clone(), events.clone())
+            crate::services::handover::Handovers::start(me, w, handles, active.clone(), events.clone())
         });
         Ok(Some((
             ServiceManager {
@@ -338,7 +338,7 @@ impl ServiceManager {
     }
 
     /// S4.5: spawn a watchdog process after every halt of a group here.
-    pub fn set_watchdog(&mut self, ctx: crate::watchdog::Ctx) {
+    pub fn set_watchdog(&mut self, ctx: crate::services::watchdog::Ctx) {
         ctx.install();
         self.watchdog = Some(ctx);
     }
@@ -538,7 +538,7 @@ impl ServiceManager {
         }
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
-            crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
+            crate::services::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
             t.active.hold(&t.group.name);
             let t0 = monotonic_ns();
             // Prepared by a handover: the application already runs and the
@@ -551,7 +551,7 @@ impl ServiceManager {
                 run_group(&t.group, t.app.as_deref()).await
             };
             let ms = (monotonic_ns() - t0) as f64 / 1e6;
-            t.active.set_pgids(&t.group.name, &crate::watchdog::pgids_of(t.app.as_deref()).await);
+            t.active.set_pgids(&t.group.name, &crate::services::watchdog::pgids_of(t.app.as_deref()).await);
             match &result {
                 Ok(()) => {
                     info!(service = %t.group.name, ms, "service up");
@@ -579,7 +579,7 @@ impl ServiceManager {
         info!(service = %service, "hot standby: starting the standby instance");
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
-            crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
+            crate::services::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
             t.active.hold_standby(&t.group.name);
             let t0 = monotonic_ns();
             let result = match t.app.as_deref() {
@@ -593,7 +593,7 @@ impl ServiceManager {
                 None => Err("no application".to_string()),
             };
             let ms = (monotonic_ns() - t0) as f64 / 1e6;
-            let pgids = crate::watchdog::pgids_of(t.app.as_deref()).await;
+            let pgids = crate::services::watchdog::pgids_of(t.app.as_deref()).await;
             match &result {
                 Ok(()) => {
                     t.active.set_standby_pgids(&t.group.name, &pgids);
@@ -675,15 +675,15 @@ impl ServiceManager {
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
             let was_running = t.active.holds(&t.group.name);
-            let pgids = crate::watchdog::pgids_of(t.app.as_deref()).await;
-            crate::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
+            let pgids = crate::services::watchdog::pgids_of(t.app.as_deref()).await;
+            crate::services::watchdog::run_begins(t.watchdog.as_ref(), &t.group.name).await;
             t.active.hold(&t.group.name);
             let result = offline_group(&t.group, t.app.as_deref(), was_running).await;
             match &result {
                 Ok(()) => {
                     append_event(&t.events, serde_json::json!({"event": "service_offline", "service": t.group.name, "node": t.me, "reason": format!("{:?}", params.reason)}));
                     if was_running {
-                        crate::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, "Offline", pgids, true, false);
+                        crate::services::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, "Offline", pgids, true, false);
                     }
                 }
                 Err(e) => error!(service = %t.group.name, "going off-line failed: {e}"),
@@ -706,12 +706,12 @@ impl ServiceManager {
         info!(service = %t.group.name, reason = ?params.reason, "halt method: stop");
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
-            let pgids = crate::watchdog::pgids_of(t.app.as_deref()).await;
+            let pgids = crate::services::watchdog::pgids_of(t.app.as_deref()).await;
             let planned = matches!(params.reason, Reason::Switchover | Reason::Transfer | Reason::Failback);
             let next = params.next.filter(|n| planned && *n != t.me && t.group.handover == groups::Handover::Overlap);
             let handed = match (next, &t.handovers) {
                 (Some(n), Some(h)) => {
-                    let gh = crate::handover::GroupHandle { group: t.group.clone(), app: t.app.clone(), lock: t.lock.clone() };
+                    let gh = crate::services::handover::GroupHandle { group: t.group.clone(), app: t.app.clone(), lock: t.lock.clone() };
                     h.hand_over(&gh, n).await
                 }
                 _ => Ok(false),
@@ -731,7 +731,7 @@ impl ServiceManager {
             }
             // S4.5: a watchdog checks that the group is really down here.
             let reason = format!("{:?}", params.reason);
-            crate::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, &reason, pgids, false, result.is_err());
+            crate::services::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, &reason, pgids, false, result.is_err());
             let result = match result {
                 Ok(()) => ActionResult::OK,
                 Err(e) => ActionResult::failed(1, &e),
@@ -803,7 +803,7 @@ impl ServiceManager {
             rt.monitors.iter().for_each(|m| m.disable());
             warn!(service = %g.name, "leaving the cluster with the service running here: halting it");
             let _guard = rt.lock.lock().await;
-            let pgids = crate::watchdog::pgids_of(rt.app.as_deref()).await;
+            let pgids = crate::services::watchdog::pgids_of(rt.app.as_deref()).await;
             let r = halt_group(&rt.group, rt.app.as_deref(), false).await;
             if let Err(e) = &r {
                 error!(service = %g.name, "halt on exit failed: {e}");
@@ -812,7 +812,7 @@ impl ServiceManager {
                 self.active.release(&g.name);
             }
             // S4.5: the watchdog outlives the agent (its own session).
-            crate::watchdog::after_halt(self.watchdog.as_ref(), &g.name, "Exit", pgids, false, r.is_err());
+            crate::services::watchdog::after_halt(self.watchdog.as_ref(), &g.name, "Exit", pgids, false, r.is_err());
             self.event(serde_json::json!({"event": "service_down", "service": g.name, "node": self.me}));
         }
         let _ = std::fs::remove_file(&self.snapshot);
@@ -833,8 +833,8 @@ impl ServiceManager {
 /// Appends an event to `events.jsonl` and publishes it to the event manager
 /// (docs/events.md).
 pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
-    crate::eventmgr::publish(&v);
-    crate::metrics::observe(&v);
+    crate::services::eventmgr::publish(&v);
+    crate::daemon::metrics::observe(&v);
     v["agent_ns"] = monotonic_ns().into();
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = f.write_all(format!("{v}\n").as_bytes());
@@ -845,14 +845,14 @@ async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
     // Client networks: no address on an interface that cannot carry it
     // (the deciding node then tries the next node).
     if !g.addresses.is_empty() {
-        match crate::carrier::has_carrier(&g.interface) {
+        match crate::services::carrier::has_carrier(&g.interface) {
             Ok(true) => {}
             Ok(false) => return Err(format!("interface {} has no carrier (or is down)", g.interface)),
             Err(e) => return Err(e),
         }
     }
     for a in &g.addresses {
-        crate::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
+        crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
     }
     if let Some(app) = app {
         if let Err(e) = app.start().await {
@@ -874,13 +874,13 @@ async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
 fn announce_all(g: &Group) {
     for a in &g.addresses {
         let (iface, ip) = (g.interface.clone(), a.ip);
-        let opts = crate::addr::Announce {
+        let opts = crate::services::addr::Announce {
             count: g.garp_count,
             interval: Duration::from_millis(g.garp_interval_ms as u64),
             ..Default::default()
         };
         tokio::spawn(async move {
-            if let Err(e) = crate::addr::announce(&iface, ip, &opts).await {
+            if let Err(e) = crate::services::addr::announce(&iface, ip, &opts).await {
                 warn!(address = %ip, interface = %iface, "announcing the address failed: {e}");
             }
         });
@@ -896,7 +896,7 @@ async fn offline_group(g: &Group, app: Option<&Resource>, was_running: bool) -> 
     }
     let mut acquired = false;
     for a in &g.addresses {
-        let was = crate::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
+        let was = crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
         acquired |= !was;
     }
     if acquired {
@@ -932,7 +932,7 @@ async fn halt_group(g: &Group, app: Option<&Resource>, planned: bool) -> Result<
 /// returning) what fails: the halt paths go on either way.
 pub(crate) async fn release_all(g: &Group) {
     for a in &g.addresses {
-        if let Err(e) = crate::addr::release(&g.interface, a.ip, a.prefix).await {
+        if let Err(e) = crate::services::addr::release(&g.interface, a.ip, a.prefix).await {
             error!(address = %a, interface = %g.interface, "releasing the address failed: {e}");
         }
     }
@@ -1055,7 +1055,7 @@ impl ServiceManager {
             tokio::spawn(async move {
                 let _guard = lock.lock().await;
                 let ok = change_in_place(&old_group, old_app.as_deref(), &g, app.as_deref(), &mon_tx).await;
-                active.set_pgids(&g.name, &crate::watchdog::pgids_of(app.as_deref()).await);
+                active.set_pgids(&g.name, &crate::services::watchdog::pgids_of(app.as_deref()).await);
                 append_event(&events, serde_json::json!({"event": "service_reconfigured", "service": g.name, "node": me, "ok": ok}));
                 let _ = tx.send(SvcDone::Reconfigured { service: g.name.clone(), ok }).await;
             });
@@ -1083,7 +1083,7 @@ async fn change_in_place(old: &Group, old_app: Option<&Resource>, new: &Group, a
     let moved = old.interface != new.interface;
     for a in &old.addresses {
         if moved || !new.addresses.contains(a) {
-            if let Err(e) = crate::addr::release(&old.interface, a.ip, a.prefix).await {
+            if let Err(e) = crate::services::addr::release(&old.interface, a.ip, a.prefix).await {
                 error!(service = %new.name, address = %a, "reload: removing the address failed: {e}");
             }
         }
@@ -1091,7 +1091,7 @@ async fn change_in_place(old: &Group, old_app: Option<&Resource>, new: &Group, a
     let mut added = Vec::new();
     for a in &new.addresses {
         if moved || !old.addresses.contains(a) {
-            match crate::addr::add(&new.interface, a.ip, a.prefix, true).await {
+            match crate::services::addr::add(&new.interface, a.ip, a.prefix, true).await {
                 Ok(_) => added.push(*a),
                 Err(e) => {
                     error!(service = %new.name, address = %a, "reload: adding the address failed: {e}");

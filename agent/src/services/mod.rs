@@ -1,0 +1,18 @@
+//! Resource groups on this node: the runtime of the services core (`svc`),
+//! resource runners, floating addresses and their lease, handover, the
+//! watchdog and the guard, fencing, the negotiated takeover, health checks
+//! and the event manager.
+
+pub mod addr;
+pub mod carrier;
+pub mod eventmgr;
+pub mod fencing;
+pub mod guard;
+pub mod handover;
+pub mod health;
+pub mod lease;
+pub mod resource;
+pub mod sdbus;
+pub mod svc;
+pub mod takeover;
+pub mod watchdog;
