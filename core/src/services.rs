@@ -1346,7 +1346,15 @@ impl Services {
             }
             Msg::Report(r) => self.on_report(from, r),
             Msg::Request(r) => {
-                if let Some(d) = self.decider.as_mut() {
+                // Only a member's request counts. One sent by a life that
+                // was forced out since (cut off by a partition, its control
+                // channel delivers it after the heal) is stale: applied, a
+                // late `maintenance on` overrode the `maintenance off` an
+                // operator gave meanwhile and froze every decision for good
+                // (chaos seed 2026: a group placed nowhere after its owner
+                // halted).
+                let member = from == self.me || self.members().contains(&from);
+                if let (Some(d), true) = (self.decider.as_mut(), member) {
                     d.requests.push(r);
                     d.dirty = true;
                 }

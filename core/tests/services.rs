@@ -774,6 +774,39 @@ fn maintenance_freezes_decisions() {
     assert!(h.drained(1));
 }
 
+// Chaos seed 2026 (issue 13/11): `baton maintenance on` was asked on node 3
+// just as a partition cut it off; the request reached the decider only after
+// node 3 had been forced out and an operator had turned maintenance off on
+// another node (the dead life's control channel delivered it after the
+// heal). Applied, it turned maintenance on for good: the next failure of
+// an owner left its group placed nowhere. A request of a node that is no
+// longer a member is dropped.
+#[test]
+fn a_late_request_of_a_forced_out_node_is_dropped() {
+    let mut h = H::new(vec![ServiceSpec::new("a")]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    assert_eq!(h.st("a"), (Registered, Some(1), ""));
+    // Node 3's request to the decider (node 1) is stuck in the partition.
+    h.hold = Some(Box::new(|from, _, msg| from == 3 && matches!(msg, Msg::Request(_))));
+    h.op(3, Input::Maintenance { on: true });
+    let late = std::mem::take(&mut h.held);
+    assert_eq!(late.len(), 1, "the request was sent: {late:?}");
+    h.hold = None;
+    h.kill(3);
+    h.op(2, Input::Maintenance { on: false });
+    // After the heal, the dead life's request arrives.
+    h.queue.extend(late);
+    h.pump();
+    assert!(!h.nodes[&1].core.registry().maintenance, "a request of a forced-out node turned maintenance on");
+    // The owner fails: its group is placed again.
+    h.mark();
+    h.kill(1);
+    assert_eq!(h.st("a"), (Registered, Some(2), ""));
+    assert_eq!(h.funcs(2), v(&["start a", "enable a"]));
+}
+
 #[test]
 fn deregister_and_register() {
     let mut h = H::new(group3());
