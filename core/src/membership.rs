@@ -1379,7 +1379,12 @@ impl Membership {
             // for a silent master. After that, the others follow someone
             // else: the lineage we follow is dead. Halt; a new life joins
             // whatever cluster is alive.
-            if now < began.plus_ns(MASTER_SILENCE_FORMS * self.cfg.form_ns) {
+            // Twice that bound: members whose datapath still hears the
+            // master (a lossy master, not a dead one) switch to us only
+            // once their own master-silence bound ran out, counted from
+            // their last contact, later than our start (chaos seed 2026:
+            // the successor halted a moment before they came).
+            if now < began.plus_ns(2 * MASTER_SILENCE_FORMS * self.cfg.form_ns) {
                 return;
             }
             self.halt(HaltReason::ClusterLost);

@@ -1440,6 +1440,39 @@ fn a_successor_waits_for_late_reports_of_live_members_instead_of_halting() {
     h.check_nothing_after_end();
 }
 
+/// Chaos seed 2026 (issue 13/11): the master (1) loses half its packets.
+/// Nodes 2 and 4's datapaths see it silent, 3 and 5's still hear it, but
+/// nothing of its control messages gets through. The successor (2) gets no
+/// report from 3 and 5 until their master-silence bound (4 × form_ns since
+/// their last contact) says node 1 is dead; it used to halt (`ClusterLost`)
+/// at that same bound counted from its own, earlier, start, a moment before
+/// they came. It waits long enough for them and takes over.
+#[test]
+fn a_successor_outwaits_the_followers_master_silence_bound() {
+    let mut h = Harness::new(5);
+    for n in 1..=5 {
+        h.start(n);
+    }
+    h.run_ms(400);
+    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    assert_eq!(h.master(3), 1);
+    for o in 2..=5 {
+        h.cut.insert((1, o));
+        h.cut.insert((o, 1));
+    }
+    for o in [2, 4] {
+        h.input(o, Input::PeerSilent { node: 1 });
+        h.input(1, Input::PeerSilent { node: o });
+    }
+    h.run_ms(1000);
+    let halts: Vec<String> = [2, 3, 4, 5].iter().flat_map(|n| h.nodes[n].actions.iter().filter(|(_, a)| matches!(a, Action::Halt { .. })).map(move |(_, a)| format!("n{n}: {a:?}"))).collect();
+    assert!(halts.is_empty(), "halts: {halts:?}");
+    for n in [2, 3, 4, 5] {
+        assert_eq!(h.master(n), 2, "node {n} follows the successor");
+    }
+    assert!(all_joined(&h, &[2, 3, 4, 5]), "2, 3, 4 and 5 go on");
+}
+
 /// When the master dies, its successor asks the survivors for their states
 /// (`Msg::Gather`) and they report at once (a report the successor got
 /// before its own recovery began does not count): it takes over within the

@@ -157,6 +157,8 @@ pub struct ServiceManager {
     status: BTreeMap<String, ServiceStatus>,
     /// `status` changed since services.json was written.
     status_dirty: bool,
+    /// Maintenance mode as last logged (the registry's flag).
+    maintenance: bool,
     /// Groups whose run method (or a handover's preparation, or off-line
     /// mode) configured something here and whose halt method has not
     /// released it: stopped on exit whatever the core thinks, and told to
@@ -307,6 +309,7 @@ impl ServiceManager {
                 events,
                 status: BTreeMap::new(),
                 status_dirty: false,
+                maintenance: false,
                 active,
                 handovers,
                 watchdog: None,
@@ -484,6 +487,19 @@ impl ServiceManager {
     /// the core forgot them (nothing of them runs here any more), and
     /// services.json is written if anything changed.
     pub fn after_actions(&mut self, core: &Services) {
+        // Maintenance freezes every decision, cluster-wide: said once per
+        // change, on every node, so that a group placed nowhere has its
+        // reason in the log (chaos seed 2026: it stayed on for minutes
+        // unnoticed).
+        let maintenance = core.registry().maintenance;
+        if maintenance != self.maintenance {
+            self.maintenance = maintenance;
+            if maintenance {
+                warn!("maintenance mode on: no group is started, stopped or moved anywhere until `baton maintenance off`");
+            } else {
+                info!("maintenance mode off: groups are placed again");
+            }
+        }
         let forgotten: Vec<String> = self.groups.keys().filter(|n| !core.specs().any(|s| &s.name == *n)).cloned().collect();
         for n in forgotten {
             info!(service = %n, "group removed by the reload: stopped everywhere and forgotten");
