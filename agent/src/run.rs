@@ -221,7 +221,7 @@ async fn run_guarded(
         if let Err(e) = crate::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
             sender.stop();
             dp.stop();
-            return Err(e.context("serving the metrics"));
+            return Err(anyhow::Error::new(e).context("serving the metrics"));
         }
     }
     let listener = match crate::localsock::bind(&cfg.paths.control_socket(), cfg.socket_access()) {
