@@ -40,6 +40,20 @@ pub enum LocalSockError {
     Create { path: PathBuf, tmp: PathBuf, source: io::Error },
 }
 
+/// Why a peer may not use a local socket ([`Access::check`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessDenied {
+    #[error("cannot read the peer's credentials: {source}")]
+    NoCredentials {
+        #[source]
+        source: io::Error,
+    },
+    #[error("uid {uid} (pid {pid:?}) is not root and not in group {group} (paths.socket_group)")]
+    NotInGroup { uid: u32, pid: Option<i32>, group: u32 },
+    #[error("uid {uid} (pid {pid:?}) is not root (configure paths.socket_group to allow a group)")]
+    NotRoot { uid: u32, pid: Option<i32> },
+}
+
 impl Access {
     /// The socket's mode: 0600, or 0660 with a socket group.
     pub fn mode(&self) -> u32 {
@@ -52,7 +66,7 @@ impl Access {
 
     /// Whether a peer with these credentials may use the socket; `Err`
     /// says why not.
-    pub fn permits(&self, uid: u32, gid: u32, pid: Option<i32>) -> Result<(), String> {
+    pub fn permits(&self, uid: u32, gid: u32, pid: Option<i32>) -> Result<(), AccessDenied> {
         let me = nix::unistd::geteuid().as_raw();
         if uid == 0 || uid == me {
             return Ok(());
@@ -66,14 +80,14 @@ impl Access {
                     return Ok(());
                 }
             }
-            return Err(format!("uid {uid} (pid {pid:?}) is not root and not in group {g} (paths.socket_group)"));
+            return Err(AccessDenied::NotInGroup { uid, pid, group: g });
         }
-        Err(format!("uid {uid} (pid {pid:?}) is not root (configure paths.socket_group to allow a group)"))
+        Err(AccessDenied::NotRoot { uid, pid })
     }
 
     /// Checks an accepted connection's `SO_PEERCRED`.
-    pub fn check(&self, s: &tokio::net::UnixStream) -> Result<(), String> {
-        let c = s.peer_cred().map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    pub fn check(&self, s: &tokio::net::UnixStream) -> Result<(), AccessDenied> {
+        let c = s.peer_cred().map_err(|source| AccessDenied::NoCredentials { source })?;
         self.permits(c.uid(), c.gid(), c.pid())
     }
 }
@@ -194,7 +208,7 @@ mod tests {
         assert!(none.permits(0, 0, None).is_ok());
         assert!(none.permits(me, 12345, None).is_ok());
         if me != 65534 {
-            let e = none.permits(65534, 65534, None).unwrap_err();
+            let e = none.permits(65534, 65534, None).unwrap_err().to_string();
             assert!(e.contains("65534") && e.contains("socket_group"), "{e}");
             let g = Access { group: Some(4242) };
             assert!(g.permits(65534, 4242, None).is_ok());

@@ -382,7 +382,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Status { config, json, watch: true, interval } => {
             let cfg = config::load(&config)?;
-            status::watch(&cfg, json, interval)
+            Ok(status::watch(&cfg, json, interval)?)
         }
         Cmd::Status { config, json, watch: false, .. } => {
             let cfg = config::load(&config)?;

@@ -37,7 +37,7 @@ pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC).bits())
             .open(&tmp)?;
         f.write_all(data)?;
         if durable {

@@ -411,10 +411,8 @@ impl Sim {
                 Input::PeerSilent { node } if *node != n => {
                     s.fd_failed.insert(*node);
                 }
-                Input::PeerDistress { node, .. } if *node != n => {
-                    if s.fd_distressed.insert(*node) {
-                        s.fd_failed.insert(*node);
-                    }
+                Input::PeerDistress { node, .. } if *node != n && s.fd_distressed.insert(*node) => {
+                    s.fd_failed.insert(*node);
                 }
                 _ => {}
             }

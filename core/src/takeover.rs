@@ -89,6 +89,20 @@ pub struct Mark {
     pub forced: bool,
 }
 
+/// Why B's check ([`Action::Check`]) refuses to take a node's work over
+/// (S2.2, claim 27). Its text goes to the partner in [`Msg::Refuse`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this node is degraded itself (a health check fails)")]
+    Degraded,
+    #[error("this node is not a joined member of a quorate cluster")]
+    NotJoinedQuorate,
+    #[error("this node cannot reach the shared disks (its key is not registered)")]
+    NoDiskAccess,
+    #[error("group {group} may not run on this node")]
+    GroupNotAllowed { group: String },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// This node diagnosed a fault of this kind (health checks), or an
@@ -102,7 +116,7 @@ pub enum Input {
     Restore { mark: Mark },
     Receive { from: NodeId, msg: Msg },
     /// The runtime's answer to [`Action::Check`].
-    Checked { node: NodeId, id: TakeoverId, result: Result<(), String> },
+    Checked { node: NodeId, id: TakeoverId, result: Result<(), Refusal> },
     /// This node is degraded (its own health checks fail), or well again.
     Degraded { on: bool },
     /// The membership: `node` left (its graceful leave finished and it went
@@ -294,7 +308,8 @@ impl Takeover {
                         self.send(node, Msg::Accept { id, countdown_ms: countdown / 1_000_000 });
                         self.event("takeover_accepted", node, me, fault);
                     }
-                    Err(reason) => {
+                    Err(refusal) => {
+                        let reason = refusal.to_string();
                         self.send(node, Msg::Refuse { id, reason: reason.clone() });
                         self.event("takeover_refused", node, me, reason);
                     }

@@ -3,7 +3,7 @@
 //! loss, duplication, reordering and restarts.
 
 use baton_core::rng::Rng;
-use baton_core::takeover::{Action, Config, Input, Mark, Msg, State, Takeover};
+use baton_core::takeover::{Action, Config, Input, Mark, Msg, Refusal, State, Takeover};
 use baton_core::{Instant, NodeId};
 
 const MS: u64 = 1_000_000;
@@ -86,8 +86,8 @@ fn a_refusal_leaves_the_faulty_node_up() {
     let (_, req) = sends(&drain(&mut a)).remove(0);
     b.handle(Instant::ZERO, Input::Receive { from: A, msg: req });
     let Action::Check { id, .. } = without_events(drain(&mut b))[0].clone() else { panic!() };
-    b.handle(Instant(MS), Input::Checked { node: A, id, result: Err("group db may not run on node 2".into()) });
-    assert_eq!(sends(&drain(&mut b)), vec![(A, Msg::Refuse { id, reason: "group db may not run on node 2".into() })]);
+    b.handle(Instant(MS), Input::Checked { node: A, id, result: Err(Refusal::GroupNotAllowed { group: "db".into() }) });
+    assert_eq!(sends(&drain(&mut b)), vec![(A, Msg::Refuse { id, reason: "group db may not run on this node".into() })]);
     assert_eq!(b.state(), State::Normal);
 }
 
@@ -316,7 +316,7 @@ fn run_seed(seed: u64) {
                     }
                     Action::Check { node, id } => {
                         // The runtime's check: fine unless B is degraded.
-                        let result = if degraded { Err("degraded".to_string()) } else { Ok(()) };
+                        let result = if degraded { Err(Refusal::Degraded) } else { Ok(()) };
                         t.handle(Instant(now), Input::Checked { node, id, result });
                     }
                     Action::Drain { mark } => {

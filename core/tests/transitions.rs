@@ -250,10 +250,8 @@ impl Harness {
                 }
             }
             match a {
-                Action::Send { to, msg } => {
-                    if !self.cut.contains(&(id, to)) {
-                        self.queue.push_back(Ev::Msg { to, from: id, msg });
-                    }
+                Action::Send { to, msg } if !self.cut.contains(&(id, to)) => {
+                    self.queue.push_back(Ev::Msg { to, from: id, msg });
                 }
                 Action::Notify { subsystem, id: tid, step, .. } => {
                     let note = Note {

@@ -962,7 +962,7 @@ impl Prober {
                 return false;
             }
             let tail = &v[v.len() - n..];
-            if tail.iter().all(|s| matches!(&s.result, Ok(b) if body.map_or(true, |x| b == x))) {
+            if tail.iter().all(|s| matches!(&s.result, Ok(b) if body.is_none_or(|x| b == x))) {
                 first = Some(tail[0].start_ns);
                 true
             } else {

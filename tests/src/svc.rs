@@ -319,7 +319,7 @@ pub fn netlink_in(ns: &str) -> OwnedFd {
 pub fn netlink_has_vip(fd: &OwnedFd, seq: u32) -> bool {
     let mut req = [0u8; 24];
     req[0..4].copy_from_slice(&24u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&(libc::RTM_GETADDR as u16).to_ne_bytes());
+    req[4..6].copy_from_slice(&libc::RTM_GETADDR.to_ne_bytes());
     req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
     req[8..12].copy_from_slice(&seq.to_ne_bytes());
     req[16] = libc::AF_INET as u8;
@@ -429,7 +429,7 @@ impl Drop for Watcher {
 pub fn certain_intervals(samples: &[AddrSample], n: usize, dead_from: Option<Instant>) -> Vec<(Instant, Instant)> {
     let mut out = Vec::new();
     let mut run: Option<(Instant, Instant)> = None;
-    for &(node, t0, t1, has) in samples.iter().filter(|s| s.0 == n && dead_from.map_or(true, |d| s.1 < d)) {
+    for &(node, t0, t1, has) in samples.iter().filter(|s| s.0 == n && dead_from.is_none_or(|d| s.1 < d)) {
         let _ = node;
         match (has, run) {
             (true, None) => run = Some((t1, t0)),
@@ -474,7 +474,7 @@ pub fn check_never_on_two(svc: &Svc, samples: &[AddrSample], dead_from: &[Option
     }
     let mut holders = Vec::new();
     for s in samples {
-        if s.3 && dead_from[s.0].map_or(true, |d| s.1 < d) && !holders.contains(&s.0) {
+        if s.3 && dead_from[s.0].is_none_or(|d| s.1 < d) && !holders.contains(&s.0) {
             holders.push(s.0);
         }
     }

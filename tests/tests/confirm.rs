@@ -57,7 +57,8 @@ fn one_receivers_stall_never_forces_a_live_node_out() {
     sh(&["ip", "-n", &ns3, "neigh", "replace", &link_addr(0, 0), "lladdr", bogus, "dev", "ic0", "nud", "permanent"]);
     std::thread::sleep(Duration::from_millis(100));
     sh(&["ip", "-n", &ns3, "neigh", "replace", &link_addr(0, 0), "lladdr", &mac1, "dev", "ic0", "nud", "permanent"]);
-    for node in [3] {
+    {
+        let node = 3;
         let e = c
             .wait_event(0, Duration::from_secs(3), |e| e["event"] == "silence_averted" && e["node"] == node)
             .unwrap_or_else(|| panic!("node1 did not hold node{node}'s silence: {:?}\n{}", c.events(0), c.agent_log(0)));

@@ -8,7 +8,7 @@ use baton_common::{Header, DEFAULT_PORT, KIND_DISTRESS, KIND_HEARTBEAT};
 use baton_tests::*;
 use serde_json::Value;
 
-fn peer<'a>(st: &'a Value, id: u32) -> &'a Value {
+fn peer(st: &Value, id: u32) -> &Value {
     st["peers"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap()
 }
 

@@ -364,7 +364,7 @@ impl Checker {
                     sh.addr_owners = owners;
                     sh.rounds += 1;
                 }
-                if round % 10 == 0 {
+                if round.is_multiple_of(10) {
                     let a = app_scan(&node_inodes);
                     let now = monotonic_ns();
                     let mut sh = shared.lock().unwrap();

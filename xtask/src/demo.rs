@@ -414,7 +414,7 @@ pub fn run() -> Result<()> {
     let served: Vec<&Sample> = samples.iter().filter(|s| s.start_ns >= up).collect();
     let total = served.len();
     let failed_all = served.iter().filter(|s| !s.ok()).count();
-    println!("  {:<28} {:>12} {:>16}  {}", "step", "outage (ms)", "failed requests", "served by after");
+    println!("  {:<28} {:>12} {:>16}  served by after", "step", "outage (ms)", "failed requests");
     for s in &steps {
         println!("  {:<28} {:>12.1} {:>16}  {}", s.name, s.outage_ms, s.failed, s.after);
     }

@@ -92,8 +92,7 @@ pub fn run(root: &Path, target: &Path, secs: u64, only: Option<&str>) -> Result<
         // libFuzzer's last status line: "#N DONE cov: C ft: F corp: ...".
         let done = err
             .lines()
-            .filter(|l| l.starts_with('#') && l[1..].starts_with(|c: char| c.is_ascii_digit()) && l.contains("cov:"))
-            .last()
+            .rfind(|l| l.starts_with('#') && l[1..].starts_with(|c: char| c.is_ascii_digit()) && l.contains("cov:"))
             .unwrap_or("")
             .to_string();
         let runs = err.lines().find_map(|l| l.strip_prefix("stat::number_of_executed_units:")).map(|s| s.trim().to_string()).unwrap_or_default();

@@ -103,8 +103,8 @@ pub(crate) fn validate(cx: &Ctx, raw: &[Spanned<RawHealth>], disks: &[crate::con
                 ))
             }
         };
-        if hr.by.is_some() && !matches!(kind, CheckKind::Reachable { .. }) {
-            return Err(cx.invalid(hr.by.as_ref().unwrap(), &key("by"), "only a \"reachable\" check can be run by the partner"));
+        if let Some(by) = hr.by.as_ref().filter(|_| !matches!(kind, CheckKind::Reachable { .. })) {
+            return Err(cx.invalid(by, &key("by"), "only a \"reachable\" check can be run by the partner"));
         }
         let fault = hr.fault.get_ref().clone();
         if !FAULT_KINDS.contains(&fault.as_str()) {

@@ -715,13 +715,22 @@ pub fn read_secret(file: &Path) -> Result<[u8; 16], ConfigError> {
         return Err(err(format!("is owned by uid {}, not by the user running baton", md.uid())));
     }
     let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
-    parse_secret(&text).map_err(err)
+    parse_secret(&text).map_err(|e| err(e.to_string()))
 }
 
-pub fn parse_secret(text: &str) -> Result<[u8; 16], String> {
+/// What is wrong with a secret file's text ([`parse_secret`]).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretFormatError {
+    #[error("must hold exactly 32 hex digits (a 128-bit key), found {found} characters")]
+    NotHex { found: usize },
+    #[error("is not a random key (fewer than 4 distinct bytes); make one with `baton keygen`")]
+    NotRandom,
+}
+
+pub fn parse_secret(text: &str) -> Result<[u8; 16], SecretFormatError> {
     let hex: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("must hold exactly 32 hex digits (a 128-bit key), found {} characters", hex.len()));
+        return Err(SecretFormatError::NotHex { found: hex.len() });
     }
     let mut key = [0u8; 16];
     for (i, b) in key.iter_mut().enumerate() {
@@ -729,7 +738,7 @@ pub fn parse_secret(text: &str) -> Result<[u8; 16], String> {
     }
     let distinct: BTreeSet<u8> = key.iter().copied().collect();
     if distinct.len() < 4 {
-        return Err("is not a random key (fewer than 4 distinct bytes); make one with `baton keygen`".into());
+        return Err(SecretFormatError::NotRandom);
     }
     Ok(key)
 }
@@ -894,8 +903,8 @@ addresses = ["10.0.0.2"]
     #[test]
     fn secrets() {
         assert!(parse_secret("00112233445566778899aabbccddeeff\n").is_ok());
-        assert!(parse_secret("0011").unwrap_err().contains("32 hex digits"));
-        assert!(parse_secret("00000000000000000000000000000000").unwrap_err().contains("not a random key"));
+        assert!(parse_secret("0011").unwrap_err().to_string().contains("32 hex digits"));
+        assert!(parse_secret("00000000000000000000000000000000").unwrap_err().to_string().contains("not a random key"));
         assert!(parse_secret("zz112233445566778899aabbccddeeff").is_err());
     }
 

@@ -382,7 +382,8 @@ impl PreauthThread {
                 // flood this thread's work waits, not theirs.
                 // SAFETY: plain syscalls on this thread's own id.
                 unsafe {
-                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    // nix 0.29 has no setpriority: libc's.
+                    let tid = nix::unistd::gettid().as_raw() as libc::id_t;
                     libc::setpriority(libc::PRIO_PROCESS, tid, PREAUTH_NICE);
                 }
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

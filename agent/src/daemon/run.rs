@@ -34,8 +34,8 @@ pub fn next_incarnation(file: &Path) -> Result<u64> {
 /// Takes `<state_dir>/agent.lock` (an exclusive `flock`, held for as long
 /// as the returned file is open): a second agent with the same state
 /// directory refuses to start.
-pub fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
+pub fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg, OFlag};
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("agent.lock");
     let f = std::fs::OpenOptions::new()
@@ -44,21 +44,18 @@ pub fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            anyhow::bail!(
-                "another baton agent runs with the state directory {} (it holds {}); refusing to start",
-                dir.display(),
-                path.display()
-            );
-        }
-        return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())));
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(locked),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another baton agent runs with the state directory {} (it holds {}); refusing to start",
+            dir.display(),
+            path.display()
+        ),
+        Err((_, e)) => Err(anyhow::Error::new(std::io::Error::from(e)).context(format!("locking {}", path.display()))),
     }
-    Ok(f)
 }
 
 /// How long a graceful leave may take after a stop was asked for (SIGTERM,
@@ -116,7 +113,7 @@ pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::
 }
 
 /// The open-file soft limit the agent asks for (see [`raise_nofile_limit`]).
-pub const NOFILE_TARGET: libc::rlim_t = 65536;
+pub const NOFILE_TARGET: u64 = 65536;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, at most
 /// [`NOFILE_TARGET`] (the agent, its resource actions, monitors and redials
@@ -124,21 +121,23 @@ pub const NOFILE_TARGET: libc::rlim_t = 65536;
 /// agent starts inherit it, and some old programs loop over every possible
 /// descriptor, hence the cap). Returns (soft, hard) after the attempt.
 pub fn raise_nofile_limit() -> (u64, u64) {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        warn!("getrlimit(RLIMIT_NOFILE) failed: {}", std::io::Error::last_os_error());
-        return (0, 0);
-    }
-    let target = r.rlim_max.min(NOFILE_TARGET);
-    if r.rlim_cur < target {
-        let want = libc::rlimit { rlim_cur: target, rlim_max: r.rlim_max };
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
-            warn!(soft = r.rlim_cur, hard = r.rlim_max, "cannot raise the open-file limit: {}", std::io::Error::last_os_error());
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (mut soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("getrlimit(RLIMIT_NOFILE) failed: {}", std::io::Error::from(e));
+            return (0, 0);
+        }
+    };
+    let target = hard.min(NOFILE_TARGET);
+    if soft < target {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+            warn!(soft, hard, "cannot raise the open-file limit: {}", std::io::Error::from(e));
         } else {
-            r = want;
+            soft = target;
         }
     }
-    (r.rlim_cur as u64, r.rlim_max as u64)
+    (soft, hard)
 }
 
 pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
@@ -222,7 +221,7 @@ async fn run_guarded(
         if let Err(e) = crate::services::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
             sender.stop();
             dp.stop();
-            return Err(e.context("serving the metrics"));
+            return Err(anyhow::Error::new(e).context("serving the metrics"));
         }
     }
     let listener = match crate::localsock::bind(&cfg.paths.control_socket(), cfg.socket_access()) {
@@ -370,12 +369,14 @@ async fn run_guarded(
 /// heartbeat. `MCL_FUTURE` alone (without `MCL_CURRENT`) leaves the current
 /// locks as they are.
 fn lock_memory() {
-    if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
-        warn!("mlockall(MCL_CURRENT) failed ({}); page faults may delay heartbeats", std::io::Error::last_os_error());
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT) {
+        warn!("mlockall(MCL_CURRENT) failed ({}); page faults may delay heartbeats", std::io::Error::from(e));
         return;
     }
-    if unsafe { libc::mlockall(libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
-        warn!("mlockall(MCL_FUTURE | MCL_ONFAULT) failed ({}); memory allocated from now on may be paged out", std::io::Error::last_os_error());
+    // nix 0.29 has no MCL_ONFAULT flag: libc's constant.
+    if let Err(e) = mlockall(MlockAllFlags::MCL_FUTURE | MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT)) {
+        warn!("mlockall(MCL_FUTURE | MCL_ONFAULT) failed ({}); memory allocated from now on may be paged out", std::io::Error::from(e));
     }
 }
 

@@ -257,7 +257,7 @@ pub fn stderr_is_journal() -> bool {
     let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
     let Some((dev, ino)) = v.split_once(':') else { return false };
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
-    match nix::sys::stat::fstat(libc::STDERR_FILENO) {
+    match nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&std::io::stderr())) {
         Ok(st) => st.st_dev == dev && st.st_ino == ino,
         Err(_) => false,
     }

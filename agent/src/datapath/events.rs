@@ -137,16 +137,14 @@ impl PeerTracker {
                     }
                 }
             }
-            EV_DISTRESS => {
-                // Redundant copies on other links, or repeats: processed once
-                // per incarnation of the sender.
-                if self.distressed.get(&ev.node) != Some(&ev.incarnation) {
-                    self.distressed.insert(ev.node, ev.incarnation);
-                    self.up_links.remove(&ev.node);
-                    let mut e = mk("peer_distress", None);
-                    e.reason = Some(ev.reason);
-                    out.push(e);
-                }
+            // Redundant copies on other links, or repeats: processed once
+            // per incarnation of the sender.
+            EV_DISTRESS if self.distressed.get(&ev.node) != Some(&ev.incarnation) => {
+                self.distressed.insert(ev.node, ev.incarnation);
+                self.up_links.remove(&ev.node);
+                let mut e = mk("peer_distress", None);
+                e.reason = Some(ev.reason);
+                out.push(e);
             }
             EV_NEW_INCARNATION => {
                 // The link's kernel state is unchanged by a new life (an up

@@ -382,7 +382,7 @@ fn attach_xdp(prog: &mut Xdp, interface: &str, mode: XdpModeSetting) -> Result<&
 fn first_online_cpu() -> u32 {
     std::fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()
-        .and_then(|s| s.trim().split(|c| c == '-' || c == ',').next().and_then(|x| x.parse().ok()))
+        .and_then(|s| s.trim().split(['-', ',']).next().and_then(|x| x.parse().ok()))
         .unwrap_or(0)
 }
 

@@ -214,17 +214,8 @@ fn open_link(l: &Link) -> std::io::Result<LinkSock> {
         Transport::Broadcast => {
             let index = nix::net::if_::if_nametoindex(l.interface.as_str()).map_err(std::io::Error::from)?;
             // Not back to ourselves (the datapath would only drop it).
-            let off: libc::c_int = 0;
-            // SAFETY: a valid socket and a c_int option value of the right size.
-            unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&sock),
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MULTICAST_LOOP,
-                    &off as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            // (Its failure was ignored before, as now.)
+            let _ = sock.set_multicast_loop_v6(false);
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, index)))
         }
     };

@@ -26,6 +26,13 @@ pub enum StatusError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("--interval {interval}: give between 0.1 and 3600 seconds")]
+    Interval { interval: f64 },
+    #[error("writing the status: {source}")]
+    Output {
+        #[from]
+        source: std::io::Error,
+    },
 }
 
 pub fn state_name(s: u32) -> &'static str {
@@ -79,10 +86,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// otherwise each view follows the last, after a `--- <time>` line, or one
 /// JSON document per line with `json`. An agent that is not running (yet)
 /// is shown as such and asked again at the next refresh.
-pub fn watch(cfg: &Config, json: bool, interval: f64) -> anyhow::Result<()> {
+pub fn watch(cfg: &Config, json: bool, interval: f64) -> Result<(), StatusError> {
     use std::io::{IsTerminal, Write};
     if !(interval.is_finite() && (0.1..=3600.0).contains(&interval)) {
-        anyhow::bail!("--interval {interval}: give between 0.1 and 3600 seconds");
+        return Err(StatusError::Interval { interval });
     }
     let tty = std::io::stdout().is_terminal();
     loop {

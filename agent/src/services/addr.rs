@@ -28,10 +28,11 @@
 //! halted, forced out or fenced. Nothing here talks to other nodes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use nix::errno::Errno;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkLayerType};
 use tracing::{debug, info, warn};
@@ -235,7 +236,7 @@ pub(crate) async fn release_raw(ifname: &str, ip: IpAddr, prefix_len: u8) -> Res
             match handle.address().del(msg).execute().await {
                 Ok(()) => removed = true,
                 // Gone between the dump and the delete: what we wanted.
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(Errno::EADDRNOTAVAIL as i32) => {}
                 Err(e) => return Err(nl_err("removing", ip, ifname)(e)),
             }
         }
@@ -366,12 +367,12 @@ fn nl_err(action: &'static str, ip: IpAddr, ifname: &str) -> impl FnOnce(rtnetli
     let interface = ifname.to_string();
     move |source| {
         if let rtnetlink::Error::NetlinkError(ref m) = source {
-            let code = -m.raw_code();
-            if code == libc::EPERM || code == libc::EACCES {
-                return AddrError::PermissionDenied { action, address: ip, interface, capability: "CAP_NET_ADMIN" };
-            }
-            if code == libc::ENODEV {
-                return AddrError::NoSuchInterface { interface };
+            match Errno::from_raw(-m.raw_code()) {
+                Errno::EPERM | Errno::EACCES => {
+                    return AddrError::PermissionDenied { action, address: ip, interface, capability: "CAP_NET_ADMIN" };
+                }
+                Errno::ENODEV => return AddrError::NoSuchInterface { interface },
+                _ => {}
             }
         }
         AddrError::Netlink { action, address: ip, interface, source: Box::new(source) }
@@ -379,12 +380,12 @@ fn nl_err(action: &'static str, ip: IpAddr, ifname: &str) -> impl FnOnce(rtnetli
 }
 
 fn sock_err(action: &'static str, ip: IpAddr, ifname: &str, e: std::io::Error) -> AddrError {
-    match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => {
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EPERM | Errno::EACCES) => {
             AddrError::PermissionDenied { action, address: ip, interface: ifname.into(), capability: "CAP_NET_RAW" }
         }
-        Some(libc::ENETDOWN) | Some(libc::ENXIO) => AddrError::InterfaceDown { interface: ifname.into(), address: ip },
-        Some(libc::ENODEV) => AddrError::NoSuchInterface { interface: ifname.into() },
+        Some(Errno::ENETDOWN | Errno::ENXIO) => AddrError::InterfaceDown { interface: ifname.into(), address: ip },
+        Some(Errno::ENODEV) => AddrError::NoSuchInterface { interface: ifname.into() },
         _ => AddrError::Io { action, address: ip, interface: ifname.into(), source: e },
     }
 }
@@ -566,13 +567,10 @@ struct PacketSocket {
 
 impl PacketSocket {
     fn open(ifindex: u32) -> std::io::Result<PacketSocket> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        let fd = socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, None)?;
+        // bind and sendto stay libc's: nix 0.29 has no safe constructor of a
+        // sockaddr_ll (`LinkAddr`).
         let sll = sockaddr_ll(ifindex, 0, &[0; 6]);
         // SAFETY: sll is a valid sockaddr_ll of the size passed.
         let r = unsafe {

@@ -13,7 +13,7 @@
 //! deciding node tries the next node.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -80,24 +80,47 @@ pub fn parse(buf: &[u8]) -> Vec<LinkState> {
     out
 }
 
+/// Why [`has_carrier`] could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum CarrierError {
+    #[error("{name:?} is not an interface name")]
+    NotAName { name: String },
+    #[error("interface {interface} does not exist")]
+    NoSuchInterface { interface: String },
+    #[error("socket: {source}")]
+    Socket {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interface {interface}: {source}")]
+    Flags {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Whether `ifname` exists here, is up and has carrier (`IFF_UP` and
 /// `IFF_RUNNING`, from `SIOCGIFFLAGS` in this network namespace).
-pub fn has_carrier(ifname: &str) -> Result<bool, String> {
+pub fn has_carrier(ifname: &str) -> Result<bool, CarrierError> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     if ifname.len() >= libc::IFNAMSIZ {
-        return Err(format!("{ifname:?} is not an interface name"));
+        return Err(CarrierError::NotAName { name: ifname.into() });
     }
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!("socket: {}", std::io::Error::last_os_error()));
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| CarrierError::Socket { source: e.into() })?;
+    // The ioctl stays libc's: nix 0.29 has no SIOCGIFFLAGS wrapper.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
         *d = s as libc::c_char;
     }
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::ENODEV) { format!("interface {ifname} does not exist") } else { format!("interface {ifname}: {e}") });
+        return Err(if e.raw_os_error() == Some(nix::errno::Errno::ENODEV as i32) {
+            CarrierError::NoSuchInterface { interface: ifname.into() }
+        } else {
+            CarrierError::Flags { interface: ifname.into(), source: e }
+        });
     }
     let flags = unsafe { req.ifr_ifru.ifru_flags } as u32;
     Ok(flags & IFF_UP != 0 && flags & IFF_RUNNING != 0)
@@ -130,18 +153,19 @@ pub fn spawn(tx: mpsc::Sender<MonitorEvent>) {
         loop {
             let Ok(mut guard) = afd.readable().await else { return };
             loop {
-                let n = unsafe { libc::recv(afd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                let n = match nix::sys::socket::recv(afd.get_ref().as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EAGAIN) => {
                         guard.clear_ready();
                         break;
                     }
-                    // ENOBUFS: notifications were lost; carry on.
-                    warn!("client networks: rtnetlink: {e}");
-                    continue;
-                }
-                for st in parse(&buf[..n as usize]) {
+                    Err(e) => {
+                        // ENOBUFS: notifications were lost; carry on.
+                        warn!("client networks: rtnetlink: {}", std::io::Error::from(e));
+                        continue;
+                    }
+                };
+                for st in parse(&buf[..n]) {
                     let before = last.insert(st.name.clone(), st.usable);
                     if before == Some(st.usable) {
                         continue;
@@ -163,18 +187,9 @@ pub fn spawn(tx: mpsc::Sender<MonitorEvent>) {
 }
 
 fn open() -> std::io::Result<OwnedFd> {
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    sa.nl_groups = RTMGRP_LINK;
-    let r = unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
+    let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, SockProtocol::NetlinkRoute)?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, RTMGRP_LINK))?;
     Ok(fd)
 }
 
@@ -222,7 +237,9 @@ mod tests {
 
     #[test]
     fn loopback_has_carrier_and_a_missing_interface_is_named() {
-        assert_eq!(has_carrier("lo"), Ok(true));
-        assert_eq!(has_carrier("nosuchif0"), Err("interface nosuchif0 does not exist".to_string()));
+        assert!(has_carrier("lo").unwrap());
+        let e = has_carrier("nosuchif0").unwrap_err();
+        assert!(matches!(&e, CarrierError::NoSuchInterface { interface } if interface == "nosuchif0"), "{e:?}");
+        assert_eq!(e.to_string(), "interface nosuchif0 does not exist");
     }
 }

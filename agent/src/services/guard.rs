@@ -292,7 +292,7 @@ fn guard_command(exe: &Path, config: &Path, incarnation: u64) -> Command {
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }

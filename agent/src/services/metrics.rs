@@ -109,28 +109,44 @@ pub fn observe(v: &Value) {
     }
 }
 
+/// Why the metrics listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{}: [metrics] listen = \"{listen}\": the address is in use (another process listens there): stop it, or choose another port in metrics.listen", file.display())]
+    InUse { file: std::path::PathBuf, listen: std::net::SocketAddr },
+    #[error("{}: [metrics] listen = \"{listen}\": cannot listen there: {source}", file.display())]
+    Listen {
+        file: std::path::PathBuf,
+        listen: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the metrics listener: {source}")]
+    Socket {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Binds the metrics listener (before anything else starts, so a port in
 /// use is one clear error at start). `None` without `[metrics]`.
-pub fn bind(cfg: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
+pub fn bind(cfg: &Config) -> Result<Option<std::net::TcpListener>, MetricsError> {
     let Some(m) = &cfg.metrics else { return Ok(None) };
     match std::net::TcpListener::bind(m.listen) {
         Ok(l) => {
-            l.set_nonblocking(true)?;
+            l.set_nonblocking(true).map_err(|source| MetricsError::Socket { source })?;
             Ok(Some(l))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
-            "{}: [metrics] listen = \"{}\": the address is in use (another process listens there): stop it, or choose another port in metrics.listen",
-            cfg.file.display(),
-            m.listen
-        ),
-        Err(e) => anyhow::bail!("{}: [metrics] listen = \"{}\": cannot listen there: {e}", cfg.file.display(), m.listen),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(MetricsError::InUse { file: cfg.file.clone(), listen: m.listen }),
+        Err(source) => Err(MetricsError::Listen { file: cfg.file.clone(), listen: m.listen, source }),
     }
 }
 
 /// Serves `/metrics` on `listener` until the agent ends.
-pub fn spawn(cfg: Config, listener: std::net::TcpListener, sender: Arc<crate::datapath::sender::SenderShared>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    info!(listen = %listener.local_addr()?, "metrics: serving /metrics (docs/metrics.md)");
+pub fn spawn(cfg: Config, listener: std::net::TcpListener, sender: Arc<crate::datapath::sender::SenderShared>) -> Result<(), MetricsError> {
+    let socket = |source| MetricsError::Socket { source };
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(socket)?;
+    info!(listen = %listener.local_addr().map_err(socket)?, "metrics: serving /metrics (docs/metrics.md)");
     let cfg = Arc::new(cfg);
     tokio::spawn(async move {
         loop {

@@ -864,7 +864,7 @@ async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
         match crate::services::carrier::has_carrier(&g.interface) {
             Ok(true) => {}
             Ok(false) => return Err(format!("interface {} has no carrier (or is down)", g.interface)),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.to_string()),
         }
     }
     for a in &g.addresses {

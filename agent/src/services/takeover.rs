@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_core::takeover::{Action, Config as CoreConfig, Input, Mark, Msg, State, Takeover};
+use baton_core::takeover::{Action, Config as CoreConfig, Input, Mark, Msg, Refusal, State, Takeover};
 use baton_core::{Instant, NodeId};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
@@ -406,22 +406,22 @@ pub async fn diagnose(address: std::net::SocketAddr, timeout_ms: u32) -> Result<
 }
 
 /// B's check (S2.2, claim 27), given the facts.
-pub fn check_can_take_over(cfg: &Config, node: u32, joined_quorate: bool, degraded: bool, fencing_ok: bool, groups_on_node: &[String]) -> Result<(), String> {
+pub fn check_can_take_over(cfg: &Config, node: u32, joined_quorate: bool, degraded: bool, fencing_ok: bool, groups_on_node: &[String]) -> Result<(), Refusal> {
     if degraded {
-        return Err("this node is degraded itself (a health check fails)".into());
+        return Err(Refusal::Degraded);
     }
     if !joined_quorate {
-        return Err("this node is not a joined member of a quorate cluster".into());
+        return Err(Refusal::NotJoinedQuorate);
     }
     if !fencing_ok {
-        return Err("this node cannot reach the shared disks (its key is not registered)".into());
+        return Err(Refusal::NoDiskAccess);
     }
     let mut all: Vec<u32> = cfg.peers.iter().map(|p| p.id).chain(std::iter::once(cfg.node_id)).collect();
     all.sort();
     let mine: BTreeSet<&str> = groups_on_node.iter().map(String::as_str).collect();
     for g in cfg.groups.iter().filter(|g| mine.contains(g.name.as_str())) {
         if !g.allowable(&all).contains(&cfg.node_id) {
-            return Err(format!("group {} may not run on this node", g.name));
+            return Err(Refusal::GroupNotAllowed { group: g.name.clone() });
         }
     }
     let _ = node;

@@ -51,10 +51,11 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use crate::config::groups::Group;
@@ -94,7 +95,7 @@ fn gen_file(state_dir: &Path, group: &str) -> PathBuf {
 }
 
 /// The generation file, locked exclusively (released on drop).
-struct Locked(std::fs::File);
+struct Locked(nix::fcntl::Flock<std::fs::File>);
 
 impl Locked {
     fn open(state_dir: &Path, group: &str) -> std::io::Result<Locked> {
@@ -103,9 +104,7 @@ impl Locked {
             std::fs::create_dir_all(d)?;
         }
         let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
         Ok(Locked(f))
     }
 
@@ -191,7 +190,7 @@ pub fn spawn(ctx: &Ctx, s: &Spawn) {
     // stderr: the agent's log.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }
@@ -432,7 +431,7 @@ impl Watch {
                 let Some(_l) = self.step(&mut r).await else { return r };
                 for p in &procs {
                     warn!(service = %self.args.group, pid = p.pid, cmd = %p.cmd, "leftover process of the group: SIGTERM");
-                    unsafe { libc::kill(p.pid, libc::SIGTERM) };
+                    let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
                 }
             }
             let until = Instant::now() + TERM_GRACE;
@@ -444,7 +443,7 @@ impl Watch {
                 let Some(_l) = self.step(&mut r).await else { return r };
                 for p in &left {
                     warn!(service = %self.args.group, pid = p.pid, cmd = %p.cmd, "still running after SIGTERM: SIGKILL");
-                    unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                    let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
                 }
             }
             let until = Instant::now() + Duration::from_secs(1);
