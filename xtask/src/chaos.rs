@@ -433,19 +433,33 @@ fn sw_must(c: &Cluster, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The byte of an IPv4 packet (offset from its IP header, per protocol)
+/// whose low bits choose the packets `loss` and `slow` hit: for TCP a byte
+/// of the sequence number; for UDP a byte of the first entry's MAC of a
+/// baton datagram (IP 20 + UDP 8 + header 40 + 16), which differs from
+/// packet to packet. Not the UDP checksum: on a veth the sender leaves it
+/// partial (checksum offload), the same for every packet of a flow, so a
+/// selection by it drops all of one node pair's heartbeats or none: a
+/// one-way cut of some pairs, not a share of packets.
+const SELECT_BYTE: [(&str, &str); 2] = [("6", "27"), ("17", "84")];
+
 /// HTB on `dev` in `netns`: everything in a fast default class, IPv4
-/// packets whose byte 27 has the `mask` bits clear in a `kbit` class with a
-/// 10-packet FIFO.
+/// packets whose [`SELECT_BYTE`] has the `mask` bits clear in a `kbit` class
+/// with a 10-packet FIFO.
 fn shaper(netns: &str, dev: &str, mask: u8, kbit: u64) -> Result<()> {
     let m = format!("0x{mask:02x}");
     let rate = format!("{kbit}kbit");
-    let steps: [Vec<&str>; 5] = [
+    let mut steps: Vec<Vec<&str>> = vec![
         vec!["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10"],
         vec!["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", "1gbit"],
         vec!["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb", "rate", &rate, "ceil", &rate, "burst", "200", "cburst", "200"],
         vec!["tc", "qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:", "pfifo", "limit", "10"],
-        vec!["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "u8", "0", &m, "at", "27", "flowid", "1:20"],
     ];
+    for (proto, at) in SELECT_BYTE {
+        steps.push(vec![
+            "tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip", "protocol", proto, "0xff", "match", "u8", "0", &m, "at", at, "flowid", "1:20",
+        ]);
+    }
     for a in steps.iter() {
         let out = Command::new("ip").args(["netns", "exec", netns]).args(a).output()?;
         if !out.status.success() {
@@ -930,7 +944,9 @@ impl<'a> Nemesis<'a> {
                 let pct = 100.0 / (mask as f64 + 1.0);
                 self.note(format!("fault loss: about {pct:.1} % of IPv4 packets both ways at {} for {ms} ms", self.name(node)));
                 let m = format!("0x{mask:02x}");
-                self.drop_on(node, &["egress", "ingress"], &["match", "u8", "0", &m, "at", "27"])?;
+                for (proto, at) in SELECT_BYTE {
+                    self.drop_on(node, &["egress", "ingress"], &["match", "ip", "protocol", proto, "0xff", "match", "u8", "0", &m, "at", at])?;
+                }
                 mid_op(self, &mut undo_op, &mut op_threads);
                 self.hold(ms)?;
                 self.clear_tc(node);
