@@ -488,7 +488,7 @@ async fn event_loop(
     cfg: &Config,
     events: RingBuf<MapData>,
     sender: &sender::Sender,
-    mut ctl_rx: tokio::sync::mpsc::Receiver<control::Request>,
+    mut ctl_rx: tokio::sync::mpsc::Receiver<control::Incoming>,
     mut status: serde_json::Value,
     mut driver: ClusterDriver,
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
@@ -518,7 +518,7 @@ async fn event_loop(
     // the fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
-    let incarnation = status["incarnation"].to_string();
+    let incarnation = status["incarnation"].as_u64().unwrap_or(0);
     let mut effects = driver.handle(Input::Start);
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
@@ -785,99 +785,100 @@ async fn event_loop(
                     ctl_open = false;
                     continue;
                 };
-                let req = r.line;
+                // Parsed off this loop (control/socket.rs): a line that
+                // does not parse was answered there.
+                use crate::control::protocol::{GroupState, Reply, Request};
+                let req = r.request;
                 let mut reply_to = Some(r.reply);
-                let mut reply = |line: &str| {
+                let mut reply = |answer: Reply| {
                     if let Some(t) = reply_to.take() {
-                        let _ = t.send(line.to_string());
+                        let _ = t.send(answer);
                     }
                 };
-                let mut words = req.split_whitespace();
-                match (words.next(), words.next()) {
-                    (Some("ping"), _) => { reply(&format!("ok {}", incarnation.trim())); }
-                    (Some("group-state"), Some(g)) => {
+                match &req {
+                    Request::Ping => { reply(Reply::Pong { incarnation }); }
+                    Request::GroupState { group } => {
                         // S4.5: a watchdog asks whether the agent uses the group here.
-                        let st = driver.svc.as_ref().map(|s| s.group_state(g)).unwrap_or("unknown");
-                        reply(&format!("ok {st}"));
+                        let st = driver.svc.as_ref().map(|s| s.group_state(group)).unwrap_or("unknown");
+                        reply(Reply::GroupState(GroupState::from_name(st).unwrap_or(GroupState::Unknown)));
                     }
-                    (Some("fence-confirm"), Some(n)) => {
-                        match n.parse::<u32>() {
-                            Ok(node) if driver.fencing.is_some() => {
-                                warn!(node, "an operator confirms the node fenced (baton fence confirm): its pending fencing is taken as done");
-                                effects = driver.fence_confirm(node, None, true);
-                                reply(&format!("ok: node {node} confirmed fenced"));
-                            }
-                            Ok(_) => { reply("error: no [[disk]] is configured: there is no fencing to confirm"); }
-                            Err(_) => { reply(&format!("error: {n:?} is not a node id")); }
+                    &Request::FenceConfirm { node } => {
+                        if driver.fencing.is_some() {
+                            warn!(node, "an operator confirms the node fenced (baton fence confirm): its pending fencing is taken as done");
+                            effects = driver.fence_confirm(node, None, true);
+                            reply(Reply::Done(format!("node {node} confirmed fenced")));
+                        } else {
+                            reply(Reply::error("no [[disk]] is configured: there is no fencing to confirm"));
                         }
                     }
-                    (Some("takeover"), Some(n)) => {
-                        let reason: Vec<&str> = words.collect();
-                        let reason = if reason.is_empty() { "operator".to_string() } else { reason.join(" ") };
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_takeover(node, &reason, &ha_ctx(&driver))) {
+                    Request::Takeover { node, reason } => {
+                        match ha.takeover.operator_takeover(*node, reason, &ha_ctx(&driver)) {
                             Ok(todo) => {
-                                info!(node = n, reason, "operator: takeover");
+                                info!(node, reason, "operator: takeover");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
-                                reply("ok");
+                                reply(Reply::Ok);
                             }
-                            Err(e) => { reply(&format!("error: {e}")); }
+                            Err(e) => { reply(Reply::error(e)); }
                         }
                     }
-                    (Some("giveback"), Some(n)) => {
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_giveback(node, &ha_ctx(&driver))) {
+                    &Request::Giveback { node } => {
+                        match ha.takeover.operator_giveback(node, &ha_ctx(&driver)) {
                             Ok(todo) => {
-                                info!(node = n, "operator: giveback");
+                                info!(node, "operator: giveback");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
-                                reply("ok");
+                                reply(Reply::Ok);
                             }
-                            Err(e) => { reply(&format!("error: {e}")); }
+                            Err(e) => { reply(Reply::error(e)); }
                         }
                     }
-                    (Some("reload"), arg) => {
-                        let all = arg == Some("--all");
+                    &Request::Reload { all } => {
                         let (outcome, e) = reload_config(&mut driver, &mut ha, guard, all).await;
                         effects = e;
                         match outcome {
-                            Ok(msg) => reply(&format!("ok: {msg}")),
-                            Err(msg) => reply(&format!("error: {msg}")),
+                            Ok(msg) => reply(Reply::Done(msg)),
+                            Err(msg) => reply(Reply::Error(msg)),
                         }
                     }
-                    (Some("stop"), None) => {
+                    Request::Stop => {
                         info!("stop requested on the control socket: leaving the cluster gracefully");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
                         effects = driver.handle(Input::Leave);
-                        reply("ok: leaving");
+                        reply(Reply::Done("leaving".to_string()));
                     }
-                    (Some("stop-all"), None) => {
+                    Request::StopAll => {
                         warn!("cluster-wide stop requested on the control socket (baton stop --all)");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
                         effects = driver.handle(Input::StopAll);
-                        reply("ok: the whole cluster is stopping");
+                        reply(Reply::Done("the whole cluster is stopping".to_string()));
                     }
-                    (Some("distress"), Some(r)) => {
-                        let code = control::reason_code(r).or_else(|| r.parse().ok()).unwrap_or(baton_common::DISTRESS_ADMIN);
-                        error!(reason = r, "local failure reported: sending distress and ending clustering on this node");
-                        effects = driver.handle(Input::LocalFailure { from: None, reason: code });
-                        reply("ok");
+                    Request::Distress { reason } => {
+                        error!(reason = reason.name(), "local failure reported: sending distress and ending clustering on this node");
+                        effects = driver.handle(Input::LocalFailure { from: None, reason: reason.code() });
+                        reply(Reply::Ok);
                     }
-                    (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance" | "offline" | "online" | "register" | "deregister")), arg) => {
-                        let rest: Vec<&str> = arg.into_iter().chain(words).collect();
-                        match service_request(op, &rest) {
-                            Err(e) => { reply(&format!("error: {e}")); }
-                            Ok(_) if !has_svc => { reply("error: no resource group is configured on this node"); }
-                            Ok(baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service })
+                    Request::Switchover { .. }
+                    | Request::Standby { .. }
+                    | Request::Unstandby { .. }
+                    | Request::Maintenance { .. }
+                    | Request::Offline { .. }
+                    | Request::Online { .. }
+                    | Request::Register { .. }
+                    | Request::Deregister { .. } => {
+                        let input = req.services_input().expect("a services request");
+                        match input {
+                            _ if !has_svc => { reply(Reply::error("no resource group is configured on this node")); }
+                            baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service }
                                 if !driver.services_configured(&service) =>
                             {
-                                reply(&format!("error: no group {service:?} is configured"));
+                                reply(Reply::Error(format!("no group {service:?} is configured")));
                             }
-                            Ok(input) => {
+                            input => {
                                 info!(request = %req, "operator request");
                                 effects = driver.services_input(|sv, c| sv.input(input, c));
-                                reply("ok");
+                                reply(Reply::Ok);
                             }
                         }
                     }
-                    _ => { reply(&format!("error: unknown request {req:?}")); }
                 }
             }
         }
@@ -888,27 +889,6 @@ async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// An operator request of the control socket as a services input.
-pub fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::services::Input, String> {
-    use baton_core::services::Input as S;
-    let node = |s: &str| s.parse::<u32>().map_err(|_| format!("{op}: {s:?} is not a node id"));
-    match (op, args) {
-        ("switchover", [g]) => Ok(S::Switchover { service: g.to_string(), to: None }),
-        ("switchover", [g, n]) => Ok(S::Switchover { service: g.to_string(), to: Some(node(n)?) }),
-        ("standby", [n]) => Ok(S::Standby { node: node(n)?, on: true }),
-        ("unstandby", [n]) => Ok(S::Standby { node: node(n)?, on: false }),
-        ("maintenance", ["on"]) => Ok(S::Maintenance { on: true }),
-        ("maintenance", ["off"]) => Ok(S::Maintenance { on: false }),
-        ("offline", [g]) => Ok(S::Offline { service: g.to_string(), on: true }),
-        ("register", [g]) => Ok(S::Register { service: g.to_string() }),
-        ("deregister", [g]) => Ok(S::Deregister { service: g.to_string() }),
-        ("online", [g]) => Ok(S::Offline { service: g.to_string(), on: false }),
-        _ => Err(format!(
-            "usage: switchover GROUP [NODE] | standby NODE | unstandby NODE | maintenance on|off | offline GROUP | online GROUP | register GROUP | deregister GROUP (got {op} {args:?})"
-        )),
     }
 }
 
