@@ -836,7 +836,7 @@ async fn event_loop(
                         effects = e;
                         match outcome {
                             Ok(msg) => reply(Reply::Done(msg)),
-                            Err(msg) => reply(Reply::Error(msg)),
+                            Err(e) => reply(Reply::error(e)),
                         }
                     }
                     Request::Stop => {
@@ -897,7 +897,7 @@ async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<
 /// reload its own file too. A refused file changes nothing.
 /// A reload (SIGHUP, `baton reload`, a peer's `--all`), told to systemd
 /// (RELOADING=1, then READY=1 with the outcome as the status line).
-async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
+async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, crate::daemon::reload::ReloadError>, Vec<Effect>) {
     crate::daemon::sdnotify::reloading("reloading the configuration file");
     let r = reload_config_now(driver, ha, guard, all).await;
     crate::daemon::sdnotify::reloaded(&match &r.0 {
@@ -907,19 +907,20 @@ async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLin
     r
 }
 
-async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
+async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, crate::daemon::reload::ReloadError>, Vec<Effect>) {
     let now = monotonic_ns();
     let events = ha.reload.running.paths.events_log();
     let services_level = driver.svc.is_some();
-    let refuse = |ha: &mut Ha, msg: String| {
+    let refuse = |ha: &mut Ha, e: crate::daemon::reload::ReloadError| {
+        let msg = e.to_string();
         error!("reload refused: {msg}");
         crate::services::svc::append_event(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
-        ha.reload.refused(now, msg.clone());
-        msg
+        ha.reload.refused(now, msg);
+        e
     };
     let new = match crate::daemon::reload::prepare(&ha.reload.running, &ha.reload.key, services_level).await {
         Ok(n) => n,
-        Err(e) => return (Err(refuse(ha, e.to_string())), Vec::new()),
+        Err(e) => return (Err(refuse(ha, e)), Vec::new()),
     };
     let mut changes = Ok(crate::services::svc::GroupChanges::default());
     let effects = driver.services_input(|s, c| changes = s.reload(&new.groups, c));
@@ -927,7 +928,7 @@ async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &Guar
         Ok(c) => c,
         Err(reason) => {
             let e = crate::daemon::reload::ReloadError::Groups { file: new.file.clone(), reason };
-            return (Err(refuse(ha, e.to_string())), effects);
+            return (Err(refuse(ha, e)), effects);
         }
     };
     ha.takeover.set_groups(&new.groups);
