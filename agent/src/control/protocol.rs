@@ -620,6 +620,49 @@ mod tests {
         assert_eq!(Reply::Error("a\nb".into()).encode(), "error: a b");
     }
 
+    /// Lines made of the protocol's words and of odd ones (a fixed
+    /// pseudo-random sequence): a line that parses encodes to a line that
+    /// parses to the same request (what the fuzz target `control_line`
+    /// checks at length).
+    #[test]
+    fn whatever_parses_encodes_back_to_itself() {
+        let odd = [
+            "", " ", "\t", "web", "db-1", "2", "0", "+7", "-1", "4294967295", "4294967296", "on", "off", "--all", "operator", "3", "é", "\u{a0}", "\u{85}", "\u{1}",
+            "\u{1c}", "x\u{7f}", "ok", "error:",
+        ];
+        let mut words: Vec<&str> = COMMANDS.to_vec();
+        words.extend(odd);
+        words.extend(DistressReason::ALL.iter().map(|r| r.name()));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let len = 1 + next(5);
+            let mut line = String::new();
+            for i in 0..len {
+                if i > 0 {
+                    line.push_str([" ", "  ", "\t", " \u{a0}"][next(4)]);
+                }
+                line.push_str(words[next(words.len())]);
+            }
+            match Request::parse(&line) {
+                Ok(req) => {
+                    parsed += 1;
+                    let again = req.encode().unwrap_or_else(|e| panic!("{line:?} parsed as {req:?} but does not encode: {e}"));
+                    assert_eq!(Request::parse(&again).as_ref(), Ok(&req), "{line:?} -> {again:?}");
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        // Both sides were exercised.
+        assert!(parsed > 500 && refused > 500, "parsed {parsed}, refused {refused}");
+    }
+
     #[test]
     fn services_requests_become_services_inputs() {
         use baton_core::services::Input as S;
