@@ -814,7 +814,7 @@ async fn event_loop(
                     (Some("takeover"), Some(n)) => {
                         let reason: Vec<&str> = words.collect();
                         let reason = if reason.is_empty() { "operator".to_string() } else { reason.join(" ") };
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_takeover(node, &reason, &ha_ctx(&driver))) {
+                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_takeover(node, &reason, &ha_ctx(&driver)).map_err(|e| e.to_string())) {
                             Ok(todo) => {
                                 info!(node = n, reason, "operator: takeover");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
@@ -824,7 +824,7 @@ async fn event_loop(
                         }
                     }
                     (Some("giveback"), Some(n)) => {
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_giveback(node, &ha_ctx(&driver))) {
+                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_giveback(node, &ha_ctx(&driver)).map_err(|e| e.to_string())) {
                             Ok(todo) => {
                                 info!(node = n, "operator: giveback");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
@@ -945,8 +945,8 @@ async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &Guar
     let effects = driver.services_input(|s, c| changes = s.reload(&new.groups, c));
     let changes = match changes {
         Ok(c) => c,
-        Err(reason) => {
-            let e = crate::daemon::reload::ReloadError::Groups { file: new.file.clone(), reason };
+        Err(source) => {
+            let e = crate::daemon::reload::ReloadError::Groups { file: new.file.clone(), source };
             return (Err(refuse(ha, e.to_string())), effects);
         }
     };
@@ -1014,7 +1014,7 @@ fn apply_todo(
         let sender = ha.app_sender.clone();
         tokio::spawn(async move {
             let result = crate::services::takeover::diagnose(address, timeout_ms).await;
-            sender.send(from, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnosed { check, result });
+            sender.send(from, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnosed { check, result: result.map_err(Into::into) });
         });
     }
     for input in todo.services {
