@@ -456,7 +456,7 @@ mod tests {
     use super::*;
 
     /// `Diagnosed` carries the partner's failure as its text alone, as it
-    /// did when the field was a `Result<(), String>`: agents of both
+    /// did when the field held a plain string error: agents of both
     /// versions understand each other.
     #[test]
     fn a_diagnosis_failure_is_its_text_on_the_wire() {
