@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+pub use crate::daemon::error::DaemonError;
 use aya::maps::{MapData, RingBuf};
 use baton_common::{siphash::key_halves, Event};
 use tokio::io::unix::AsyncFd;
@@ -14,9 +14,12 @@ use crate::datapath::Datapath;
 use crate::datapath::events::{monotonic_ns, EventSink, PeerTracker};
 use crate::services::guard::GuardLink;
 use crate::daemon::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
+use crate::daemon::reload::ReloadError;
 use crate::control::subsys::{SubsysEvent, SubsysServer};
 use crate::{control::socket as control, datapath::sender};
 use baton_core::membership::{HaltReason, Input};
+
+type Result<T> = std::result::Result<T, DaemonError>;
 
 /// A new incarnation: the wall clock in µs, but always above the last one
 /// this node used (kept in the state dir), so a restart is always "newer" even
@@ -46,15 +49,11 @@ pub fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
         .mode(0o600)
         .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .map_err(|source| DaemonError::LockFile { path: path.clone(), source })?;
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
         Ok(locked) => Ok(locked),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
-            "another baton agent runs with the state directory {} (it holds {}); refusing to start",
-            dir.display(),
-            path.display()
-        ),
-        Err((_, e)) => Err(anyhow::Error::new(std::io::Error::from(e)).context(format!("locking {}", path.display()))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DaemonError::StateDirLocked { dir: dir.to_path_buf(), path }),
+        Err((_, e)) => Err(DaemonError::Lock { path, source: std::io::Error::from(e) }),
     }
 }
 
@@ -149,8 +148,7 @@ pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     crate::datapath::check_prerequisites()?;
     crate::daemon::caps::check(&cfg, crate::daemon::caps::effective())?;
     let key = config::read_secret(&cfg.secret_file)?;
-    std::fs::create_dir_all(&cfg.paths.state_dir)
-        .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.paths.state_dir).map_err(|source| DaemonError::StateDir { dir: cfg.paths.state_dir.clone(), source })?;
     // One agent per state directory, and never beside a live agent's
     // control socket: before anything of this node is touched (the
     // incarnation, the guard's start-clean, the datapath).
@@ -163,7 +161,7 @@ pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     // Start clean, then the guard watches this life (docs/services.md,
     // "Ownership"): before the datapath, so nothing of an earlier life is
     // configured here when this one joins.
-    let (guard, cleaned) = GuardLink::spawn(&cfg, incarnation).context("starting the guard process")?;
+    let (guard, cleaned) = GuardLink::spawn(&cfg, incarnation).map_err(|source| DaemonError::Guard { source })?;
     if !cleaned.is_empty() {
         warn!(
             addresses = ?cleaned.addresses_removed, processes = ?cleaned.processes_stopped, applications = ?cleaned.applications_stopped,
@@ -199,8 +197,9 @@ async fn run_guarded(
         let cfg = cfg.clone();
         move || crate::services::fencing::open_disks(&cfg)
     })
-    .await?
-    .context("checking the shared disks ([[disk]])")?;
+    .await
+    .map_err(|source| DaemonError::Task { what: "checking the shared disks ([[disk]])", source })?
+    .map_err(|source| DaemonError::Disks { source })?;
     for d in &disks {
         info!(disk = %d.disk.name, device = %d.disk.device.display(), pr_type = %d.disk.pr_type, key = format_args!("{:#x}", cfg.disk_key(cfg.node_id)), "shared disk checked: persistent reservations supported");
     }
@@ -212,34 +211,34 @@ async fn run_guarded(
     let (k0, k1) = key_halves(&key);
     let sender = match sender::spawn(cfg, k0, k1, incarnation) {
         Ok(s) => s,
-        Err(e) => {
+        Err(source) => {
             dp.stop();
-            return Err(anyhow::Error::new(e).context("starting the heartbeat sender"));
+            return Err(DaemonError::Sender { source });
         }
     };
     if let Some(l) = metrics {
-        if let Err(e) = crate::services::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
+        if let Err(source) = crate::services::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
             sender.stop();
             dp.stop();
-            return Err(anyhow::Error::new(e).context("serving the metrics"));
+            return Err(DaemonError::MetricsServe { source });
         }
     }
     let listener = match crate::localsock::bind(&cfg.paths.control_socket(), cfg.socket_access()) {
         Ok(l) => control::serve(l, cfg.socket_access()),
-        Err(e) => {
+        Err(source) => {
             sender.stop();
             dp.stop();
-            return Err(anyhow::Error::new(e).context(format!("binding {}", cfg.paths.control_socket().display())));
+            return Err(DaemonError::ControlSocket { path: cfg.paths.control_socket(), source });
         }
     };
     // The address lease (lease.rs): floating addresses are withdrawn at once
     // when this node hears no majority of its view.
     let lease = match crate::services::lease::spawn(cfg, sender.shared.clone()) {
         Ok(l) => l,
-        Err(e) => {
+        Err(source) => {
             sender.stop();
             dp.stop();
-            return Err(anyhow::Error::new(e).context("starting the address lease"));
+            return Err(DaemonError::Lease { source });
         }
     };
     let mut status = serde_json::json!({
@@ -271,10 +270,10 @@ async fn run_guarded(
             peers: cfg.peers.iter().map(|p| (p.id, p.addresses.clone())).collect(),
         })
         .await
-        .context("starting the control channel")?;
+        .map_err(|source| DaemonError::Channel { source })?;
         let (subsys, sub_rx) = SubsysServer::bind_with(&cfg.paths.subsys_socket(), FIRST_EXTERNAL_SUBSYSTEM, cfg.socket_access())
             .await
-            .context("binding the subsystem API socket")?;
+            .map_err(|source| DaemonError::Subsys { source })?;
         let mut nodes: std::collections::BTreeSet<u32> = cfg.peers.iter().map(|p| p.id).collect();
         nodes.insert(cfg.node_id);
         let core_cfg = baton_core::membership::Config {
@@ -307,7 +306,8 @@ async fn run_guarded(
                 map: cfg.paths.map(baton_common::MAP_HANDOVER),
             }),
             ownership,
-        )?;
+        )
+        .map_err(|source| DaemonError::Services { source })?;
         let (fencing, fence_rx) = if disks.is_empty() {
             (None, None)
         } else {
@@ -508,7 +508,7 @@ async fn event_loop(
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let StopSignals { term, int } = stop;
     // SIGHUP: reload the configuration file (docs/reload.md).
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| DaemonError::Signal { signal: "SIGHUP", source })?;
     let mut tracker = PeerTracker::new(cfg);
     let mut sink = EventSink::open(&cfg.paths.events_log(), |v| {
         crate::services::eventmgr::publish(v);
@@ -517,7 +517,7 @@ async fn event_loop(
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so
     // the fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
+        .map_err(|source| DaemonError::RingBuffer { what: "registering", source: source.into() })?;
     let incarnation = status["incarnation"].as_u64().unwrap_or(0);
     let mut effects = driver.handle(Input::Start);
     // After SIGTERM: leave gracefully, but not forever.
@@ -758,7 +758,7 @@ async fn event_loop(
                 };
             }
             guard = ring.readable_mut() => {
-                let mut guard = guard?;
+                let mut guard = guard.map_err(|source| DaemonError::RingBuffer { what: "reading", source })?;
                 let rb = guard.get_inner_mut();
                 let mut inputs = Vec::new();
                 while let Some(item) = rb.next() {
@@ -897,7 +897,7 @@ async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<
 /// reload its own file too. A refused file changes nothing.
 /// A reload (SIGHUP, `baton reload`, a peer's `--all`), told to systemd
 /// (RELOADING=1, then READY=1 with the outcome as the status line).
-async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, crate::daemon::reload::ReloadError>, Vec<Effect>) {
+async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, ReloadError>, Vec<Effect>) {
     crate::daemon::sdnotify::reloading("reloading the configuration file");
     let r = reload_config_now(driver, ha, guard, all).await;
     crate::daemon::sdnotify::reloaded(&match &r.0 {
@@ -907,11 +907,11 @@ async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLin
     r
 }
 
-async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, crate::daemon::reload::ReloadError>, Vec<Effect>) {
+async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, ReloadError>, Vec<Effect>) {
     let now = monotonic_ns();
     let events = ha.reload.running.paths.events_log();
     let services_level = driver.svc.is_some();
-    let refuse = |ha: &mut Ha, e: crate::daemon::reload::ReloadError| {
+    let refuse = |ha: &mut Ha, e: ReloadError| {
         let msg = e.to_string();
         error!("reload refused: {msg}");
         crate::services::svc::append_event(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
@@ -926,9 +926,8 @@ async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &Guar
     let effects = driver.services_input(|s, c| changes = s.reload(&new.groups, c));
     let changes = match changes {
         Ok(c) => c,
-        Err(reason) => {
-            let e = crate::daemon::reload::ReloadError::Groups { file: new.file.clone(), reason };
-            return (Err(refuse(ha, e)), effects);
+        Err(source) => {
+            return (Err(refuse(ha, ReloadError::Groups { file: new.file.clone(), source })), effects);
         }
     };
     ha.takeover.set_groups(&new.groups);
@@ -995,7 +994,7 @@ fn apply_todo(
         let sender = ha.app_sender.clone();
         tokio::spawn(async move {
             let result = crate::services::takeover::diagnose(address, timeout_ms).await;
-            sender.send(from, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnosed { check, result });
+            sender.send(from, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnosed { check, result: result.map_err(Into::into) });
         });
     }
     for input in todo.services {

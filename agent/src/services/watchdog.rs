@@ -490,16 +490,28 @@ impl Watch {
     }
 }
 
+/// Why `baton watchdog` could not watch its group.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    #[error("{source}")]
+    Config {
+        #[from]
+        source: crate::config::ConfigError,
+    },
+    #[error("no group {group:?} in {}", file.display())]
+    NoGroup { group: String, file: PathBuf },
+}
+
 /// `baton watchdog`: watches, cleans up, reports; exit status 0 when the
 /// group is down here (or superseded), 1 after a critical failure.
-pub async fn run(args: Args) -> anyhow::Result<i32> {
+pub async fn run(args: Args) -> Result<i32, WatchdogError> {
     let cfg = crate::config::load(&args.config)?;
     let group = cfg
         .groups
         .iter()
         .find(|g| g.name == args.group)
         .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no group {:?} in {}", args.group, args.config.display()))?;
+        .ok_or_else(|| WatchdogError::NoGroup { group: args.group.clone(), file: args.config.clone() })?;
     let events = cfg.paths.events_log();
     let socket = cfg.paths.control_socket();
     let node = cfg.node_id;
