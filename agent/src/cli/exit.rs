@@ -52,6 +52,21 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
     ERROR
 }
 
+/// An error and its causes on one line, like `{:#}`, but a cause whose text
+/// the message before it already contains (our errors name their source in
+/// their message) is not repeated.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +80,19 @@ mod tests {
         let cfg = anyhow::Error::new(crate::config::ConfigError::Secret { file: "/etc/baton/secret".into(), reason: "missing".into() });
         assert_eq!(code_of(&cfg), CONFIG);
         assert_eq!(code_of(&anyhow::anyhow!("binding the control socket")), ERROR);
+    }
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        use anyhow::Context;
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = crate::config::load(std::path::Path::new("/nonexistent/baton.toml")).unwrap_err();
+        let e = anyhow::Error::new(e).context("loading the configuration");
+        let text = error_text(&e);
+        assert_eq!(text.matches(&io.to_string()).count(), 1, "{text}");
+        assert!(text.starts_with("loading the configuration: /nonexistent/baton.toml: cannot read: "), "{text}");
+        // A cause that the message does not contain is still shown.
+        let e = Err::<(), _>(io).context("opening the disk").unwrap_err();
+        assert_eq!(error_text(&e), format!("opening the disk: {}", std::io::Error::from_raw_os_error(2)));
     }
 }

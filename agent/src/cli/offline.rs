@@ -1,0 +1,12 @@
+//! `baton offline GROUP`: off-line mode for a resource group (S4.6).
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::request::operator_request;
+
+/// `baton offline GROUP`.
+pub fn run(config: &Path, group: &str) -> Result<()> {
+    operator_request(config, &format!("offline {group}"))
+}

@@ -1,0 +1,12 @@
+//! `baton online GROUP`: normal mode again for a resource group (S4.6).
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::request::operator_request;
+
+/// `baton online GROUP`.
+pub fn run(config: &Path, group: &str) -> Result<()> {
+    operator_request(config, &format!("online {group}"))
+}

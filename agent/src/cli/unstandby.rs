@@ -1,0 +1,12 @@
+//! `baton unstandby NODE`: let NODE run services again.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::request::operator_request;
+
+/// `baton unstandby NODE`.
+pub fn run(config: &Path, node: u32) -> Result<()> {
+    operator_request(config, &format!("unstandby {node}"))
+}
