@@ -5,10 +5,12 @@
 //! `agent/tests/layout.rs`).
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod eventlog;
 pub mod localsock;
 pub mod paths;
 pub mod services;

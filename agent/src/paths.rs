@@ -5,6 +5,9 @@
 //! | pinned maps | `/sys/fs/bpf/baton/<cluster>/` | `paths.bpffs_dir` |
 //! | state (incarnation, events.jsonl) | `/var/lib/baton/<cluster>/` | `paths.state_dir` |
 //! | control socket | `/run/baton/<cluster>.sock` | `paths.run_dir` |
+//!
+//! The state files' names (and their types) are defined once, in the crate
+//! `baton-state` (`state/`), shared with `baton status`, the tests and xtask.
 
 use std::path::{Path, PathBuf};
 
@@ -49,22 +52,27 @@ impl RuntimePaths {
 
     /// Last incarnation used by this node (kept strictly increasing).
     pub fn incarnation_file(&self) -> PathBuf {
-        self.state_dir.join("incarnation")
+        self.state_dir.join(baton_state::INCARNATION_FILE)
     }
 
     /// One JSON object per line for every peer event the agent saw.
     pub fn events_log(&self) -> PathBuf {
-        self.state_dir.join("events.jsonl")
+        self.state_dir.join(baton_state::EVENTS_FILE)
     }
 
     /// The agent's own status snapshot (pid, incarnation, start time).
     pub fn agent_status(&self) -> PathBuf {
-        self.state_dir.join("agent.json")
+        self.state_dir.join(baton_state::AGENT_FILE)
     }
 
     /// The membership snapshot the agent keeps for `baton status`.
     pub fn cluster_snapshot(&self) -> PathBuf {
-        self.state_dir.join("cluster.json")
+        self.state_dir.join(baton_state::CLUSTER_FILE)
+    }
+
+    /// The resource groups as the services core here last saw them.
+    pub fn services_snapshot(&self) -> PathBuf {
+        self.state_dir.join(baton_state::SERVICES_FILE)
     }
 
     /// Unix socket of the subsystem API (docs/subsystem-api.md).

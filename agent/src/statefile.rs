@@ -13,6 +13,10 @@
 //! `cluster.json`, `services.json`), rewritten several times a second by the
 //! event loop, are not fsync'ed: losing one in a power cut is harmless, and
 //! an fsync under I/O pressure could stall the loop.
+//!
+//! [`write_json`] is the writer of every state file the agent keeps as
+//! JSON: the status snapshots as the types of the crate `baton-state`
+//! (`state/src/lib.rs`, shared with `baton status`, the tests and xtask).
 
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -55,6 +59,13 @@ pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     r
+}
+
+/// Replaces `path` with `value` as JSON (one of the `baton_state` types),
+/// through [`write_atomic`].
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T, durable: bool) -> io::Result<()> {
+    let data = serde_json::to_vec(value).map_err(io::Error::other)?;
+    write_atomic(path, &data, durable)
 }
 
 /// Why the incarnation file could not be used.

@@ -2,7 +2,7 @@
 //! modules of `agent/src` depend on each other in one direction only,
 //!
 //! ```text
-//! leaves (paths, statefile, localsock) <- config <- datapath, control <- services <- daemon <- cli <- main.rs
+//! clock <- leaves (paths, statefile, localsock, eventlog) <- config <- datapath, control <- services <- daemon <- cli <- main.rs
 //! ```
 //!
 //! This test reads every `.rs` file under `agent/src`, collects the paths
@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 const ORDER: &[(&str, &[&str])] = &[
     // `lib.rs`'s helpers of the unit tests (`#[cfg(test)]`).
     ("test helpers", &["test_util"]),
-    ("leaves", &["paths", "statefile", "localsock"]),
+    ("the clock", &["clock"]),
+    ("leaves", &["paths", "statefile", "localsock", "eventlog"]),
     ("config", &["config"]),
     ("datapath and control", &["datapath", "control"]),
     ("services", &["services"]),

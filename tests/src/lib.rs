@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use baton_common;
+/// The agent's state files, typed (`agent.json`, `cluster.json`, `services.json`).
+pub use baton_state as state;
+use baton_state::StateFile;
 
 pub mod flood;
 pub mod svc;
@@ -307,7 +310,7 @@ impl Cluster {
     /// The incarnation of host `i`'s latest agent life (its state file),
     /// `None` before any life wrote it.
     pub fn incarnation(&self, i: usize) -> Option<u64> {
-        std::fs::read_to_string(self.node_dir(i).join("state").join("incarnation")).ok().and_then(|t| t.trim().parse().ok())
+        std::fs::read_to_string(self.state_dir(i).join(state::INCARNATION_FILE)).ok().and_then(|t| t.trim().parse().ok())
     }
 
     /// Starts the agent of host `i` and waits until it is running: its
@@ -328,18 +331,14 @@ impl Cluster {
         let pid = a.pid() as i64;
         self.agents[i] = Some(a);
         let sock = self.control_socket(i);
-        let status = self.node_dir(i).join("state").join("agent.json");
+        let state_dir = self.state_dir(i);
         wait_until(Duration::from_secs(20), || {
             if let Some(a) = self.agents[i].as_mut() {
                 if let Some(st) = a.child.try_wait().unwrap() {
                     panic!("agent {i} exited early ({st}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
                 }
             }
-            let ours = std::fs::read_to_string(&status)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .map(|v| v["pid"].as_i64() == Some(pid))
-                .unwrap_or(false);
+            let ours = state::AgentStatus::load(&state_dir).is_some_and(|a| a.pid as i64 == pid);
             ours && sock.exists()
         })
         .unwrap_or_else(|| panic!("agent {i} did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
@@ -354,9 +353,7 @@ impl Cluster {
     /// The pid of the guard process of host `i`'s latest agent life (its
     /// `agent.json`, which stays after a SIGKILL), if it recorded one.
     pub fn guard_pid(&self, i: usize) -> Option<i32> {
-        let text = std::fs::read_to_string(self.node_dir(i).join("state").join("agent.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["guard"]["pid"].as_i64().map(|p| p as i32)
+        state::AgentStatus::load(&self.state_dir(i)).map(|a| a.guard.pid as i32)
     }
 
     /// Host `i` dies as far as baton goes (a crash of the machine, or of
@@ -401,7 +398,7 @@ impl Cluster {
 
     /// Events (events.jsonl) of host `i`.
     pub fn events(&self, i: usize) -> Vec<serde_json::Value> {
-        let p = self.node_dir(i).join("state").join("events.jsonl");
+        let p = self.state_dir(i).join(state::EVENTS_FILE);
         std::fs::read_to_string(p)
             .unwrap_or_default()
             .lines()
@@ -715,12 +712,37 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// The membership snapshot (`state/cluster.json`) of host `i`.
-    pub fn membership(&self, i: usize) -> serde_json::Value {
-        std::fs::read_to_string(self.node_dir(i).join("state").join("cluster.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null)
+    /// The state directory of host `i` (`state/`: the files of [`state`]).
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("state")
+    }
+
+    /// The membership snapshot (`state/cluster.json`) of host `i`, if it
+    /// was written (and parses).
+    pub fn membership(&self, i: usize) -> Option<state::ClusterSnapshot> {
+        state::ClusterSnapshot::load(&self.state_dir(i))
+    }
+
+    /// The membership snapshot of host `i` as its text, for messages.
+    pub fn membership_text(&self, i: usize) -> String {
+        std::fs::read_to_string(state::ClusterSnapshot::path(&self.state_dir(i))).unwrap_or_else(|e| format!("(no {}: {e})", state::CLUSTER_FILE))
+    }
+
+    /// Host `i`'s own membership state (`None`: no snapshot).
+    pub fn my_state(&self, i: usize) -> Option<state::NodeState> {
+        self.membership(i).map(|m| m.my_state)
+    }
+
+    /// The state of node `id` in host `i`'s view (`None`: no snapshot, or
+    /// not in it).
+    pub fn node_state(&self, i: usize, id: u32) -> Option<state::NodeState> {
+        self.membership(i).and_then(|m| m.node(id).map(|n| n.state))
+    }
+
+    /// The agent status (`state/agent.json`) of host `i`'s latest life, if
+    /// it was written (it stays after a SIGKILL).
+    pub fn agent_status(&self, i: usize) -> Option<state::AgentStatus> {
+        state::AgentStatus::load(&self.state_dir(i))
     }
 
     /// Waits until every running agent is Joined and all follow the same
@@ -730,22 +752,20 @@ impl Cluster {
     pub fn wait_all_joined(&self, timeout: Duration) -> Duration {
         let running: Vec<usize> = (0..self.hosts.len()).filter(|i| self.agents[*i].is_some()).collect();
         let r = wait_until(timeout, || {
-            let ms: Vec<serde_json::Value> = running.iter().map(|&i| self.membership(i)).collect();
-            let lives: Vec<(u32, Option<u64>)> = running.iter().map(|&j| (self.hosts[j].id, self.incarnation(j))).collect();
-            let current = |m: &serde_json::Value| {
-                lives.iter().all(|&(id, inc)| {
-                    m["nodes"].as_array().into_iter().flatten().any(|n| {
-                        n["id"] == id && n["state"] == "joined" && inc.is_some() && n["incarnation"].as_u64() == inc
-                    })
-                })
+            let Some(ms) = running.iter().map(|&i| self.membership(i)).collect::<Option<Vec<state::ClusterSnapshot>>>() else {
+                return false;
             };
-            ms.iter().all(|m| m["my_state"] == "joined")
-                && ms.windows(2).all(|w| w[0]["view"] == w[1]["view"])
-                && ms.iter().all(|m| m["transitions"].as_array().map(|t| t.is_empty()).unwrap_or(false))
+            let lives: Vec<(u32, Option<u64>)> = running.iter().map(|&j| (self.hosts[j].id, self.incarnation(j))).collect();
+            let current = |m: &state::ClusterSnapshot| {
+                lives.iter().all(|&(id, inc)| m.node(id).is_some_and(|n| n.state == state::NodeState::Joined && inc == Some(n.incarnation)))
+            };
+            ms.iter().all(|m| m.my_state == state::NodeState::Joined)
+                && ms.windows(2).all(|w| w[0].view == w[1].view)
+                && ms.iter().all(|m| m.transitions.is_empty())
                 && ms.iter().all(current)
         });
         r.unwrap_or_else(|| {
-            let dump: Vec<String> = running.iter().map(|&i| format!("{}: {}", self.hosts[i].name, self.membership(i))).collect();
+            let dump: Vec<String> = running.iter().map(|&i| format!("{}: {}", self.hosts[i].name, self.membership_text(i))).collect();
             panic!("not every node joined within {timeout:?}:\n{}", dump.join("\n"))
         })
     }

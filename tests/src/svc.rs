@@ -151,16 +151,21 @@ impl Svc {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
-    /// Service `name` in node `i`'s status (Null when absent).
-    pub fn service(&self, i: usize, name: &str) -> Value {
-        let st = self.status(i);
-        st["services"].as_array().and_then(|a| a.iter().find(|s| s["name"] == name).cloned()).unwrap_or(Value::Null)
+    /// The service lines of node `i`'s status (`services.json` as `baton
+    /// status --json` shows it; empty when it cannot be read).
+    pub fn services(&self, i: usize) -> Vec<state::ServiceLine> {
+        serde_json::from_value(self.status(i)["services"].take()).unwrap_or_default()
+    }
+
+    /// Service `name` in node `i`'s status (None when absent).
+    pub fn service(&self, i: usize, name: &str) -> Option<state::ServiceLine> {
+        self.services(i).into_iter().find(|s| s.name == name)
     }
 
     /// The node id service `name` is Registered on, as node `i` sees it.
     pub fn registered_on(&self, i: usize, name: &str) -> Option<u64> {
-        let s = self.service(i, name);
-        (s["state"] == "Registered").then(|| s["node"].as_u64()).flatten()
+        let s = self.service(i, name)?;
+        (s.state == state::ServiceState::Registered).then_some(s.node.map(u64::from)).flatten()
     }
 
     /// Waits until every running agent sees `name` Registered on the same
@@ -183,7 +188,7 @@ impl Svc {
     pub fn fail(&self, msg: &str) -> ! {
         let mut s = format!("{msg}\n");
         for i in self.running() {
-            s += &format!("--- {} services: {}\n", self.name(i), self.status(i)["services"]);
+            s += &format!("--- {} services: {}\n", self.name(i), serde_json::to_string(&self.services(i)).unwrap_or_default());
         }
         s += &self.logs();
         panic!("{s}");

@@ -64,7 +64,7 @@ fn a_lost_carrier_on_the_client_interface_moves_the_group() {
     let ev = svc.c.events(0).into_iter().any(|e| e["event"] == "monitor_failed" && e["service"] == "web" && e["reason"].as_str().is_some_and(|r| r.contains("cl0 lost its carrier")));
     svc.check(ev, || "no monitor_failed event naming cl0's carrier on node1".into());
     // The heartbeats (ic0) never noticed: every node is still a member.
-    svc.check(svc.c.membership(0)["nodes"].as_array().is_some_and(|n| n.iter().all(|x| x["state"] == "joined")), || "a node left".into());
+    svc.check(svc.c.membership(0).is_some_and(|m| m.nodes.iter().all(|x| x.state == baton_tests::state::NodeState::Joined)), || "a node left".into());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use baton_tests::*;
+use baton_tests::state::NodeState;
 
 /// A port `blk` on link 0's bridge that leads nowhere: frames the bridge
 /// sends there are lost. (This kernel has no loadable modules: no netem, no
@@ -41,8 +42,8 @@ fn one_receivers_stall_never_forces_a_live_node_out() {
     let mut c = Cluster::new("cstall", 3, 1, 10, 3);
     c.start_all();
     c.wait_all_joined(Duration::from_secs(15));
-    let view = c.membership(0)["view"].clone();
-    assert_eq!(view["master"], 1);
+    let view = c.membership(0).and_then(|m| m.view);
+    assert_eq!(view.map(|v| v.master), Some(1));
     // Node 1 (the master) does not hear node 3 for 100 ms: more than the
     // silence bound (30 ms), less than confirm_ms (200 ms). Node 3 sends
     // what is for node 1 into a black hole meanwhile (a stall of node 1's
@@ -67,8 +68,7 @@ fn one_receivers_stall_never_forces_a_live_node_out() {
     }
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..3 {
-        let m = c.membership(i);
-        assert_eq!(m["view"], view, "node{}: the view changed after a stall of one receiver: {m}", i + 1);
+        assert_eq!(c.membership(i).and_then(|m| m.view), view, "node{}: the view changed after a stall of one receiver: {}", i + 1, c.membership_text(i));
         assert!(c.log_lines(i, &["transition step", "forced-leave"]).is_empty(), "node{} saw a forced leave:\n{}", i + 1, c.agent_log(i));
         assert!(events_of(&c, i, "silence_confirmed").is_empty(), "node{}: {:?}", i + 1, c.events(i));
     }
@@ -84,9 +84,9 @@ fn a_dead_node_is_confirmed_by_a_second_member_and_forced_out_at_once() {
     c.start_all();
     c.wait_all_joined(Duration::from_secs(15));
     let t = c.kill(2);
-    let done = wait_until(Duration::from_secs(5), || (0..2).all(|i| c.membership(i)["nodes"][2]["state"] == "inactive"));
+    let done = wait_until(Duration::from_secs(5), || (0..2).all(|i| c.node_state(i, 3) == Some(NodeState::Inactive)));
     let ms = (monotonic_ns() - t) as f64 / 1e6;
-    assert!(done.is_some(), "node3 never forced out: {}", c.membership(0));
+    assert!(done.is_some(), "node3 never forced out: {}", c.membership_text(0));
     for i in 0..2 {
         let e = c.wait_event(i, Duration::from_secs(1), |e| e["event"] == "silence_confirmed" && e["node"] == 3).expect("confirmed");
         let other = format!("node {}", 2 - i);
@@ -123,7 +123,7 @@ fn a_silence_only_one_member_sees_is_confirmed_by_the_deadline() {
     eprintln!("node1: node3's one-sided silence confirmed by {} after {waited} ms", e["by"]);
     assert_eq!(e["by"], "deadline");
     assert!((200.0..300.0).contains(&waited), "confirm_ms is 200: {waited}");
-    wait_until(Duration::from_secs(5), || c.membership(0)["nodes"][2]["state"] == "inactive").expect("forced out by the master");
+    wait_until(Duration::from_secs(5), || c.node_state(0, 3) == Some(NodeState::Inactive)).expect("forced out by the master");
     let ms = (monotonic_ns() - t) as f64 / 1e6;
     eprintln!("node3 forced out at node1 {ms:.0} ms after node1 stopped hearing it");
 }

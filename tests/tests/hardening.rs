@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use baton_tests::flood::*;
 use baton_tests::*;
+use baton_tests::state::NodeState;
 
 #[test]
 fn a_connection_flood_without_the_key_leaves_the_agent_alive_bounded_and_in_the_cluster() {
@@ -41,10 +42,10 @@ fn a_connection_flood_without_the_key_leaves_the_agent_alive_bounded_and_in_the_
         // it out within the bound (its datapath and event loop unaffected).
         if round == 5 {
             let t = c.kill(2);
-            let done = wait_until(Duration::from_secs(5), || c.membership(victim)["nodes"][2]["state"] == "inactive");
+            let done = wait_until(Duration::from_secs(5), || c.node_state(victim, 3) == Some(NodeState::Inactive));
             let ms = (monotonic_ns() - t) as f64 / 1e6;
             eprintln!("during the flood: node3 forced out at node2 {ms:.0} ms after SIGKILL (observed by polling)");
-            assert!(done.is_some(), "node 3 never forced out at node 2 during the flood: {}", c.membership(victim));
+            assert!(done.is_some(), "node 3 never forced out at node 2 during the flood: {}", c.membership_text(victim));
             assert!(ms < 2000.0, "forced out {ms} ms after the kill (bound 30 ms)");
         }
     }
@@ -78,9 +79,9 @@ fn a_connection_flood_without_the_key_leaves_the_agent_alive_bounded_and_in_the_
     let evicted = wait_until(Duration::from_secs(10), || c.status(victim)["agent"]["channel"]["preauth_evicted"].as_u64().unwrap_or(0) >= 1000);
     assert!(evicted.is_some(), "{}", c.status(victim)["agent"]["channel"]);
     // Still in the cluster with node 1, in one view.
-    assert_eq!(c.membership(victim)["my_state"], "joined");
+    assert_eq!(c.my_state(victim), Some(NodeState::Joined));
     drop(held);
-    assert_eq!(c.membership(0)["my_state"], "joined");
+    assert_eq!(c.my_state(0), Some(NodeState::Joined));
     c.wait_all_joined(Duration::from_secs(10));
 }
 
@@ -170,10 +171,10 @@ fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_r
     let idle: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&sock).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(100));
     let t = c.kill(2);
-    let done = wait_until(Duration::from_secs(5), || c.membership(0)["nodes"][2]["state"] == "inactive");
+    let done = wait_until(Duration::from_secs(5), || c.node_state(0, 3) == Some(NodeState::Inactive));
     let ms = (monotonic_ns() - t) as f64 / 1e6;
     eprintln!("with 20 idle control-socket clients: node3 forced out at node1 {ms:.0} ms after SIGKILL (observed by polling)");
-    assert!(done.is_some(), "node 3 never forced out while idle clients held node 1's control socket: {}", c.membership(0));
+    assert!(done.is_some(), "node 3 never forced out while idle clients held node 1's control socket: {}", c.membership_text(0));
     assert!(ms < 2000.0, "{ms} ms");
     // The idle clients are closed after the request deadline (2 s), and
     // the socket serves requests again.
@@ -200,7 +201,7 @@ fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_r
     assert_eq!(reply("stop now\n"), "error: stop: unexpected argument \"now\" (usage: stop)");
     assert_eq!(reply("switchover\n"), "error: switchover: missing argument GROUP (usage: switchover GROUP [NODE])");
     assert_eq!(reply("\n"), "error: empty request");
-    assert_eq!(c.membership(0)["my_state"], "joined", "a refused `stop now` must not have been obeyed");
+    assert_eq!(c.my_state(0), Some(NodeState::Joined), "a refused `stop now` must not have been obeyed");
     // A user other than root is refused by its credentials, even when the
     // socket's mode would let it connect.
     {
@@ -224,7 +225,7 @@ fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_r
         assert!(text.contains("permission denied"), "nobody's request: {text}");
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    assert_eq!(c.membership(0)["my_state"], "joined", "nobody's `stop` must not have been obeyed");
+    assert_eq!(c.my_state(0), Some(NodeState::Joined), "nobody's `stop` must not have been obeyed");
     // A second agent with the same configuration (state dir, sockets)
     // refuses to start, and the first keeps its socket and its place.
     let log = c.node_dir(0).join("second.log");
@@ -235,6 +236,6 @@ fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_r
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("another baton agent runs with the state directory"), "{text}");
     assert!(reply("ping\n").starts_with("ok "), "the first agent's socket must still answer");
-    assert_eq!(c.membership(0)["my_state"], "joined");
+    assert_eq!(c.my_state(0), Some(NodeState::Joined));
     c.wait_all_joined(Duration::from_secs(5));
 }

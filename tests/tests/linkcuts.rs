@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use baton_tests::*;
+use baton_tests::state::NodeState;
 
 /// Kernel-side detection may come this long after the silence bound: the
 /// watchdog's tick (1 ms here) and the hrtimer's delay on a loaded 2-core
@@ -65,8 +66,8 @@ fn the_same_nodes_links_cut_three_times_with_restarts_between_are_detected_each_
                 "cut {round}: node{} detected node3's silence {silence_ms:.1} ms after its last heartbeat: bound {bound_ms} ms + {SCHED_ALLOWANCE_MS} ms allowance",
                 i + 1
             );
-            wait_until(Duration::from_secs(3), || c.membership(i)["nodes"][2]["state"] == "inactive")
-                .unwrap_or_else(|| panic!("cut {round}: node3 not forced out at node{}: {}", i + 1, c.membership(i)));
+            wait_until(Duration::from_secs(3), || c.node_state(i, 3) == Some(NodeState::Inactive))
+                .unwrap_or_else(|| panic!("cut {round}: node3 not forced out at node{}: {}", i + 1, c.membership_text(i)));
         }
         // Node 3, alone, has no quorum: it halts.
         wait_until(Duration::from_secs(5), || c.log_lines(victim, &["clustering halted"]).len() > halts_before)

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use baton_tests::*;
+use baton_tests::state::NodeState;
 
 fn positions(lines: &[String], needles: &[&str]) -> Vec<usize> {
     needles
@@ -23,17 +24,17 @@ fn nodes_started_one_by_one_all_join_one_view() {
     // One of three configured nodes is not a quorum: it waits, and says so.
     c.start(0);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(c.membership(0)["my_state"], "inactive", "a lone node must not form a cluster of 3");
-    assert!(c.membership(0)["view"].is_null());
+    assert_eq!(c.my_state(0), Some(NodeState::Inactive), "a lone node must not form a cluster of 3");
+    assert!(c.membership(0).and_then(|m| m.view).is_none());
     // With a second node there is a majority: they form the cluster.
     c.start(1);
     c.wait_all_joined(Duration::from_secs(10));
     c.start(2);
     c.wait_all_joined(Duration::from_secs(10));
-    let m = c.membership(0);
-    let states: Vec<&str> = m["nodes"].as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["joined", "joined", "joined"], "{m}");
-    assert_eq!(m["master"], 1, "the node that formed the cluster is its master");
+    let m = c.membership(0).expect("cluster.json of node 1");
+    let states: Vec<NodeState> = m.nodes.iter().map(|n| n.state).collect();
+    assert_eq!(states, [NodeState::Joined; 3], "{m:?}");
+    assert_eq!(m.master, Some(1), "the node that formed the cluster is its master");
     // baton status shows the membership too.
     let st = c.status(2);
     assert_eq!(st["membership"]["my_state"], "joined");
@@ -53,8 +54,8 @@ fn all_nodes_started_at_once_after_a_power_failure_join() {
     }
     let took = c.wait_all_joined(Duration::from_secs(20));
     eprintln!("5 nodes started at once: all joined after {took:?}");
-    let m = c.membership(4);
-    assert_eq!(m["nodes"].as_array().unwrap().len(), 5);
+    let m = c.membership(4).expect("cluster.json of node 5");
+    assert_eq!(m.nodes.len(), 5);
 }
 
 #[test]
@@ -70,8 +71,8 @@ fn graceful_leave_is_processed_top_down_on_every_node() {
         let lines = c.log_lines(i, &["transition step", "node=node3", "transition=\"leave\""]);
         let p = positions(&lines, &["level=40", "level=30", "level=20", "level=10"]);
         assert!(p.windows(2).all(|w| w[0] < w[1]), "leave must go top-down: {lines:#?}");
-        wait_until(Duration::from_secs(5), || c.membership(i)["nodes"][2]["state"] == "inactive")
-            .unwrap_or_else(|| panic!("node3 not inactive at node{}: {}", i + 1, c.membership(i)));
+        wait_until(Duration::from_secs(5), || c.node_state(i, 3) == Some(NodeState::Inactive))
+            .unwrap_or_else(|| panic!("node3 not inactive at node{}: {}", i + 1, c.membership_text(i)));
     }
     // No forced leave: it was graceful.
     assert!(c.log_lines(0, &["transition step", "node=node3", "forced-leave"]).is_empty());
@@ -94,8 +95,8 @@ fn killed_node_is_forced_out_bottom_up_within_the_bound() {
     c.wait_all_joined(Duration::from_secs(10));
     let killed = c.kill(2);
     for i in [0, 1] {
-        let done = wait_until(Duration::from_secs(5), || c.membership(i)["nodes"][2]["state"] == "inactive");
-        assert!(done.is_some(), "node3 never forced out at node{}: {}", i + 1, c.membership(i));
+        let done = wait_until(Duration::from_secs(5), || c.node_state(i, 3) == Some(NodeState::Inactive));
+        assert!(done.is_some(), "node3 never forced out at node{}: {}", i + 1, c.membership_text(i));
         let lines = c.log_lines(i, &["transition step", "node=node3", "transition=\"forced-leave\""]);
         let p = positions(&lines, &["level=10", "level=20", "level=30", "level=40"]);
         assert!(p.windows(2).all(|w| w[0] < w[1]), "forced leave must go bottom-up: {lines:#?}");
@@ -109,7 +110,7 @@ fn killed_node_is_forced_out_bottom_up_within_the_bound() {
     // loaded 2-core machine (measured: 60-90 ms in all).
     assert!(ms <= 30.0 + 200.0 + 500.0, "node3 forced out everywhere only {ms:.0} ms after SIGKILL");
     // The survivors keep a quorum (2 of 3) and stay joined.
-    assert_eq!(c.membership(0)["my_state"], "joined");
+    assert_eq!(c.my_state(0), Some(NodeState::Joined));
 }
 
 #[test]
@@ -139,7 +140,7 @@ fn a_reported_failure_starts_the_forced_leave_before_any_timeout() {
         assert!(ms < 800.0, "distress processed after {ms} ms; the silence bound is 1000 ms");
     }
     for i in [0, 1] {
-        wait_until(Duration::from_secs(5), || c.membership(i)["nodes"][2]["state"] == "inactive").expect("forced out");
+        wait_until(Duration::from_secs(5), || c.node_state(i, 3) == Some(NodeState::Inactive)).expect("forced out");
     }
     // Clustering ended on node 3 (S0.2): its agent exits with an error.
     let mut a = c.agents[2].take().unwrap();

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use baton_tests::flood::*;
 use baton_tests::svc::*;
 use baton_tests::*;
+use baton_tests::state::NodeState;
 
 /// Connections of one flood: half from the stranger, half from node 2's address.
 const FLOOD: usize = 10_000;
@@ -39,14 +40,19 @@ const FLOOD: usize = 10_000;
 const IDLE: usize = 20;
 
 /// Lives (incarnations) of nodes `ids` as node `i` sees them.
-fn lives(svc: &Svc, i: usize, ids: &[u64]) -> Vec<(u64, serde_json::Value, serde_json::Value)> {
+fn lives(svc: &Svc, i: usize, ids: &[u32]) -> Vec<(u32, Option<NodeState>, Option<u64>)> {
     let m = svc.c.membership(i);
     ids.iter()
         .map(|id| {
-            let n = m["nodes"].as_array().into_iter().flatten().find(|n| n["id"] == *id).cloned().unwrap_or_default();
-            (*id, n["state"].clone(), n["incarnation"].clone())
+            let n = m.as_ref().and_then(|m| m.node(*id));
+            (*id, n.map(|n| n.state), n.map(|n| n.incarnation))
         })
         .collect()
+}
+
+/// The view (term, master) of node `i`'s snapshot.
+fn view(svc: &Svc, i: usize) -> Option<(u64, u32)> {
+    svc.c.membership(i).and_then(|m| m.view).map(|v| (v.term, v.master))
 }
 
 /// One request line on a control socket; its reply line, or the error.
@@ -103,9 +109,8 @@ fn a_control_port_flood_and_idle_control_clients_raise_no_false_alarm_and_hide_n
     svc.start_all();
     svc.wait_registered("web", Duration::from_secs(20), |n| n == 3);
     svc.expect_page("node3", Duration::from_secs(10), "at the start");
-    let m0 = svc.c.membership(0);
-    assert_eq!(m0["view"]["master"], 1, "{m0}");
-    let (master, term) = (m0["view"]["master"].clone(), m0["view"]["term"].clone());
+    let (term, master) = view(&svc, 0).unwrap_or_else(|| panic!("no view at node1: {}", svc.c.membership_text(0)));
+    assert_eq!(master, 1, "{}", svc.c.membership_text(0));
     let all_lives: Vec<_> = (0..3).map(|i| lives(&svc, i, &[1, 2, 3])).collect();
     let master_pid = svc.c.agents[0].as_ref().unwrap().pid();
     let fds_before = fd_count(master_pid);
@@ -149,9 +154,9 @@ fn a_control_port_flood_and_idle_control_clients_raise_no_false_alarm_and_hide_n
     while t0.elapsed() < Duration::from_secs(3) {
         max_fds = max_fds.max(fd_count(master_pid));
         for i in 0..3 {
-            let m = svc.c.membership(i);
-            assert_eq!(m["view"]["master"], master, "node{}: the master changed under the nuisances: {m}", i + 1);
-            assert_eq!(m["view"]["term"], term, "node{}: a new term under the nuisances: {m}", i + 1);
+            let (v, m) = (view(&svc, i), svc.c.membership_text(i));
+            assert_eq!(v.map(|v| v.1), Some(master), "node{}: the master changed under the nuisances: {m}", i + 1);
+            assert_eq!(v.map(|v| v.0), Some(term), "node{}: a new term under the nuisances: {m}", i + 1);
             assert_eq!(lives(&svc, i, &[1, 2, 3]), all_lives[i], "node{}: a member's life changed under the nuisances: {m}", i + 1);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -162,14 +167,14 @@ fn a_control_port_flood_and_idle_control_clients_raise_no_false_alarm_and_hide_n
     assert!(!flooding.is_finished(), "the flood ended before the crash");
     svc.crash(2);
     let crashed = Instant::now();
-    let out = wait_until(Duration::from_secs(5), || svc.c.membership(0)["nodes"][2]["state"] == "inactive");
+    let out = wait_until(Duration::from_secs(5), || svc.c.node_state(0, 3) == Some(NodeState::Inactive));
     max_fds = max_fds.max(fd_count(master_pid));
-    assert!(out.is_some(), "node 3, crashed during the flood, not forced out at the master within 5 s: {}", svc.c.membership(0));
+    assert!(out.is_some(), "node 3, crashed during the flood, not forced out at the master within 5 s: {}", svc.c.membership_text(0));
     let moved = wait_until(Duration::from_secs(5).saturating_sub(crashed.elapsed()), || {
         (0..2).all(|i| matches!(svc.registered_on(i, "web"), Some(1) | Some(2)))
     });
     max_fds = max_fds.max(fd_count(master_pid));
-    assert!(moved.is_some(), "`web` did not move off the crashed node 3 within 5 s: {} / {}", svc.service(0, "web"), svc.service(1, "web"));
+    assert!(moved.is_some(), "`web` did not move off the crashed node 3 within 5 s: {:?} / {:?}", svc.service(0, "web").map(|s| s.node), svc.service(1, "web").map(|s| s.node));
     let to = svc.registered_on(0, "web").unwrap();
     eprintln!("during the flood: node 3 forced out at the master {:?} after the crash, `web` on node{to} after {:?}", out.unwrap(), crashed.elapsed());
     svc.expect_page(&format!("node{to}"), Duration::from_secs(5), "after node 3 crashed during the flood");
@@ -196,7 +201,7 @@ fn a_control_port_flood_and_idle_control_clients_raise_no_false_alarm_and_hide_n
     for i in 0..2 {
         let halts = svc.c.log_lines(i, &["clustering halted"]);
         assert_eq!(halts.len(), halts_before[i], "node{} halted: {:?}", i + 1, &halts[halts_before[i]..]);
-        assert_eq!(svc.c.membership(i)["view"]["master"], master);
+        assert_eq!(view(&svc, i).map(|v| v.1), Some(master));
         assert_eq!(lives(&svc, i, &[1, 2]), all_lives[i][..2].to_vec(), "node{}: a survivor's life changed", i + 1);
     }
     drop(idle);

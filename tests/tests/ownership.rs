@@ -21,9 +21,7 @@ const HTTPD: &str = "busybox httpd";
 /// The guard's pid as node `i`'s latest life recorded it (agent.json stays
 /// after a SIGKILL).
 fn guard_pid(svc: &Svc, i: usize) -> i32 {
-    let path = svc.c.node_dir(i).join("state").join("agent.json");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default()).unwrap_or(Value::Null);
-    v["guard"]["pid"].as_i64().unwrap_or_else(|| svc.fail(&format!("no guard pid in {}: {v}", path.display()))) as i32
+    svc.c.guard_pid(i).unwrap_or_else(|| svc.fail(&format!("no guard pid in the agent.json of {}", svc.c.state_dir(i).display())))
 }
 
 fn alive(pid: i32) -> bool {
@@ -147,10 +145,7 @@ fn an_agent_restarted_while_another_node_owns_the_group_starts_clean() {
     // (The control socket of the killed life is still there: wait for the
     // new life's agent.json, written after its start clean.)
     let pid = svc.c.agents[0].as_ref().unwrap().pid();
-    let path = svc.c.node_dir(0).join("state").join("agent.json");
-    let started = wait_until(Duration::from_secs(20), || {
-        serde_json::from_str::<Value>(&std::fs::read_to_string(&path).unwrap_or_default()).is_ok_and(|v| v["pid"] == pid)
-    });
+    let started = wait_until(Duration::from_secs(20), || svc.c.agent_status(0).is_some_and(|a| a.pid as i32 == pid));
     svc.check(started.is_some(), || "node1's new life did not write agent.json".into());
     let running = Instant::now();
     svc.c.wait_all_joined(Duration::from_secs(15));

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use baton_tests::svc::*;
 use baton_tests::*;
+use baton_tests::state::NodeState;
 
 /// A client on the far side of a partition, with the old owner: web moves
 /// to a survivor, whose announcements do not reach the client, so its
@@ -32,7 +33,7 @@ fn a_client_cut_off_with_the_old_owner_is_answered_by_the_new_one_soon_after_the
     svc.c.unisolate(0);
     let healed = Instant::now();
     // Node1 (halted: it lost quorum) rejoins as a new life.
-    let rejoined = wait_until(Duration::from_secs(15), || svc.c.membership(owner_i)["nodes"].as_array().is_some_and(|n| n.iter().any(|x| x["id"] == 1 && x["state"] == "joined")));
+    let rejoined = wait_until(Duration::from_secs(15), || svc.c.node_state(owner_i, 1) == Some(NodeState::Joined));
     svc.check(rejoined.is_some(), || "node1 did not rejoin after the heal".into());
     let rejoin_s = healed.elapsed().as_secs_f64();
     // 5 s after the rejoin: without the new announcement the client's entry

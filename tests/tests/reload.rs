@@ -143,7 +143,7 @@ fn a_good_reload_adds_changes_and_removes_groups_without_moving_the_others() {
         sh(&["kill", "-HUP", &pid.to_string()]);
     }
     let gone = wait_until(Duration::from_secs(15), || {
-        !has(&svc, 2, "10.77.0.103") && (0..3).all(|i| svc.service(i, "api").is_null())
+        !has(&svc, 2, "10.77.0.103") && (0..3).all(|i| svc.service(i, "api").is_none())
     });
     svc.check(gone.is_some(), || "api was not stopped and forgotten everywhere".into());
     let downs = events_since(&svc, &mark, "service_down", "api");

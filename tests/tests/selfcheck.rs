@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_tests::*;
+use baton_tests::state::NodeState;
 
 fn exited(c: &mut Cluster, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
     let mut st = None;
@@ -75,7 +76,7 @@ fn heartbeats_without_a_control_channel_are_a_communication_failure() {
     assert!(!st.success(), "{st}");
     assert!(logged_failure(&c, 2, "communication"), "{}", c.agent_log(2));
     // The two others go on.
-    assert_eq!(c.membership(0)["my_state"], "joined");
+    assert_eq!(c.my_state(0), Some(NodeState::Joined));
 }
 
 #[test]

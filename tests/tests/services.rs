@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use baton_tests::svc::*;
 use baton_tests::*;
 use std::path::{Path, PathBuf};
+use baton_tests::state::{Mode, NodeState, ServiceState};
 
 // ------------------------------------------------------------------ tests
 
@@ -233,7 +234,7 @@ daemon = "exec sleep 3600"
     svc.start_all();
     let all = wait_until(Duration::from_secs(20), || {
         let s = svc.service(0, "agentd");
-        (1..=3u64).all(|id| s["nodes"][id.to_string()] == "Registered")
+        (1..=3u32).all(|id| s.as_ref().and_then(|s| s.nodes.get(&id)) == Some(&ServiceState::Registered))
     });
     svc.check(all.is_some(), || "agentd not Registered on every node".to_string());
     for i in 0..3 {
@@ -241,7 +242,7 @@ daemon = "exec sleep 3600"
         let procs = netns_cmdlines(&svc.ns(i));
         svc.check(procs.iter().any(|p| p.contains("sleep 3600")), || format!("no daemon in {}: {procs:?}", svc.name(i)));
         let s = svc.service(i, "agentd");
-        svc.check((1..=3u64).all(|id| s["nodes"][id.to_string()] == "Registered"), || format!("{} sees {s}", svc.name(i)));
+        svc.check((1..=3u32).all(|id| s.as_ref().and_then(|s| s.nodes.get(&id)) == Some(&ServiceState::Registered)), || format!("{} sees {s:?}", svc.name(i)));
     }
 }
 
@@ -360,11 +361,10 @@ interval_ms = 300
 
 /// Waits until every running node shows `web` in mode `mode`, registered
 /// on node id `on`.
-fn wait_mode(svc: &Svc, mode: &str, on: u64, timeout: Duration) {
+fn wait_mode(svc: &Svc, mode: Mode, on: u64, timeout: Duration) {
     let ok = wait_until(timeout, || {
         svc.running().iter().all(|&i| {
-            let s = svc.service(i, "web");
-            s["mode"] == mode && s["state"] == "Registered" && s["node"] == on
+            svc.service(i, "web").is_some_and(|s| s.mode == mode && s.state == ServiceState::Registered && s.node.map(u64::from) == Some(on))
         })
     });
     svc.check(ok.is_some(), || format!("web not in mode {mode:?} on node {on} everywhere within {timeout:?}"));
@@ -388,12 +388,15 @@ fn offline_keeps_the_address_so_clients_are_refused_at_once_and_online_restarts_
     let client = svc.client();
     // Asked on node2: the mode is cluster-wide (the decider carries it out).
     svc.baton(1, &["offline", "web"]);
-    wait_mode(&svc, "offline", 1, Duration::from_secs(10));
+    wait_mode(&svc, Mode::Offline, 1, Duration::from_secs(10));
     let stopped = wait_until(Duration::from_secs(10), || !httpd_runs(&svc, 0));
     svc.check(stopped.is_some(), || "httpd still runs on node1 in off-line mode".to_string());
     for i in 0..3 {
         let s = svc.service(i, "web");
-        svc.check(s["offline_on"] == serde_json::json!([1]) && s["offline_cause"] == "operator", || format!("{} shows {s}", svc.name(i)));
+        svc.check(
+            s.as_ref().is_some_and(|s| s.offline_on == std::collections::BTreeSet::from([1]) && s.offline_cause.as_deref() == Some("operator")),
+            || format!("{} shows {s:?}", svc.name(i)),
+        );
     }
     let table = svc.baton(2, &["status"]);
     svc.check(table.lines().any(|l| l.starts_with("web ") && l.contains("offline")), || format!("status table:\n{table}"));
@@ -425,7 +428,7 @@ fn offline_keeps_the_address_so_clients_are_refused_at_once_and_online_restarts_
 
     // Normal mode: the application starts again on node1.
     svc.baton(2, &["online", "web"]);
-    wait_mode(&svc, "normal", 1, Duration::from_secs(10));
+    wait_mode(&svc, Mode::Normal, 1, Duration::from_secs(10));
     svc.expect_page("node1", Duration::from_secs(10), "after `baton online`");
     svc.check(vip_on(&svc.ns(0)) && !vip_on(&svc.ns(1)) && !vip_on(&svc.ns(2)), || format!("{VIP} should be on node1 only"));
 }
@@ -440,11 +443,11 @@ fn an_offline_group_is_taken_over_offline_when_its_node_dies() {
     let mut svc = Svc::new("sofo", 3, &web_group("costly", "")).with_client();
     web_on_node1(&mut svc);
     svc.baton(0, &["offline", "web"]);
-    wait_mode(&svc, "offline", 1, Duration::from_secs(10));
+    wait_mode(&svc, Mode::Offline, 1, Duration::from_secs(10));
     svc.crash(0);
     let on = svc.wait_registered("web", Duration::from_secs(15), |n| n != 1);
     let owner = svc.index_of(on);
-    wait_mode(&svc, "offline", on, Duration::from_secs(10));
+    wait_mode(&svc, Mode::Offline, on, Duration::from_secs(10));
     let took = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner)));
     svc.check(took.is_some(), || format!("{} did not acquire {VIP} off-line", svc.name(owner)));
     let other = 3 - owner; // the third node (indices 1 and 2 survive)
@@ -535,11 +538,9 @@ fn a_watchdog_that_cannot_clean_up_makes_the_node_leave_the_cluster() {
     svc.check(log.contains("local failure reported"), || "node1 did not report a local failure (distress)".to_string());
     // The others go on without node1; the service stays on node2.
     let gone = wait_until(Duration::from_secs(15), || {
-        let m = svc.c.membership(1);
-        m["nodes"].as_array().is_some_and(|ns| ns.iter().any(|n| n["id"] == 1 && n["state"] != "joined" && n["state"] != "leaving"))
-            || m["nodes"].as_array().is_some_and(|ns| !ns.iter().any(|n| n["id"] == 1))
+        svc.c.membership(1).is_some_and(|m| m.node(1).is_none_or(|n| n.state != NodeState::Joined && n.state != NodeState::Leaving))
     });
-    svc.check(gone.is_some(), || format!("node2 still counts node1 in: {}", svc.c.membership(1)));
+    svc.check(gone.is_some(), || format!("node2 still counts node1 in: {}", svc.c.membership_text(1)));
     svc.check(svc.registered_on(1, "web") == Some(2), || "web left node2".to_string());
 }
 

@@ -82,15 +82,14 @@ fn agents_started_on_a_busy_machine_are_never_declared_silent() {
     let mut failures = Vec::new();
     for (name, c) in [("A", &mut a), ("B", &mut b)] {
         for i in 0..3 {
-            let st = std::fs::read_to_string(c.node_dir(i).join("state").join("agent.json")).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&st).unwrap_or_default();
+            let snd = c.agent_status(i).map(|a| a.sender).unwrap_or_default();
             eprintln!(
                 "cluster {name} node{}: sender start-up max gap {} µs, max lateness {} µs; life max gap {} µs; late ticks {}",
                 i + 1,
-                v["sender"]["startup_max_gap_us"],
-                v["sender"]["startup_max_late_us"],
-                v["sender"]["max_gap_us"],
-                v["sender"]["late_ticks"]
+                snd.startup_max_gap_us,
+                snd.startup_max_late_us,
+                snd.max_gap_us,
+                snd.late_ticks
             );
             if let Some(st) = c.agents[i].as_mut().and_then(|a| a.child.try_wait().unwrap()) {
                 failures.push(format!("cluster {name} node{}: the agent exited ({st})", i + 1));

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use baton_tests::svc::*;
 use baton_tests::*;
-use serde_json::Value;
 
 /// The zero-loss handover (the service tests' `overlap_keys`).
 fn overlap() -> String {
@@ -29,9 +28,10 @@ fn ha_config(countdown_ms: u32, extra: &str) -> String {
     )
 }
 
-fn takeover_state(svc: &Svc, i: usize) -> Value {
-    let p = svc.c.node_dir(i).join("state").join("agent.json");
-    serde_json::from_str::<Value>(&std::fs::read_to_string(p).unwrap_or_default()).unwrap_or(Value::Null)["takeover"].clone()
+/// The takeover state of node `i` (its `agent.json`; `None` before the
+/// agent's first tick).
+fn takeover_state(svc: &Svc, i: usize) -> Option<String> {
+    svc.c.agent_status(i).and_then(|a| a.takeover).map(|t| t.state)
 }
 
 fn failed(samples: &[Sample]) -> Vec<String> {
@@ -85,7 +85,7 @@ fn a_diagnosed_fault_is_taken_over_without_a_failed_request_stays_down_and_is_gi
     std::thread::sleep(Duration::from_secs(2));
     svc.check(svc.registered_on(0, "web") == Some(2), || "web left node2 when node1 came back".into());
     let t = takeover_state(&svc, 0);
-    svc.check(t["state"] == "taken over", || format!("node1's takeover state: {t}"));
+    svc.check(t.as_deref() == Some("taken over"), || format!("node1's takeover state: {t:?}"));
     let text = svc.baton(0, &["status"]);
     svc.check(text.contains("taken over by node2 (fault: disk)"), || format!("node1's status does not say why it holds nothing:\n{text}"));
 
@@ -102,8 +102,8 @@ fn a_diagnosed_fault_is_taken_over_without_a_failed_request_stays_down_and_is_gi
     svc.check(f.is_empty(), || format!("{} client requests failed during the giveback: {f:?}", f.len()));
     svc.check(!mark.exists(), || "node1's stay-down mark is still there after the giveback".into());
     // (agent.json is written every second.)
-    let normal = wait_until(Duration::from_secs(3), || takeover_state(&svc, 0)["state"] == "normal");
-    svc.check(normal.is_some(), || format!("node1's takeover state after the giveback: {}", takeover_state(&svc, 0)));
+    let normal = wait_until(Duration::from_secs(3), || takeover_state(&svc, 0).as_deref() == Some("normal"));
+    svc.check(normal.is_some(), || format!("node1's takeover state after the giveback: {:?}", takeover_state(&svc, 0)));
     let ev = svc.c.wait_event(1, Duration::from_secs(2), |e| e["event"] == "giveback_done" && e["node"] == 1);
     svc.check(ev.is_some(), || format!("no giveback_done on node2: {:?}", svc.c.events(1)));
 }
@@ -238,7 +238,7 @@ fn a_node_that_hangs_after_accepting_the_shutdown_is_forced_out_and_stays_down()
     svc.check(svc.registered_on(1, "web") == Some(2), || "web left node2 when node1 came back".into());
     svc.check(!vip_on(&svc.ns(0)), || format!("{VIP} is on node1 after it came back"));
     let t = takeover_state(&svc, 0);
-    svc.check(t["state"] == "taken over", || format!("node1's takeover state after its new life: {t}"));
+    svc.check(t.as_deref() == Some("taken over"), || format!("node1's takeover state after its new life: {t:?}"));
 }
 
 #[test]
@@ -293,7 +293,7 @@ fn register_starts_a_manual_group_and_deregister_stops_it_everywhere() {
     svc.c.wait_all_joined(Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(1));
     let running = |svc: &Svc| -> Vec<usize> { (0..3).filter(|&i| !pids_matching(&svc.ns(i), "sleep 7777").is_empty()).collect() };
-    svc.check(svc.registered_on(0, "job").is_none(), || format!("job started without a register: {}", svc.service(0, "job")));
+    svc.check(svc.registered_on(0, "job").is_none(), || format!("job started without a register: {:?}", svc.service(0, "job")));
     svc.check(running(&svc).is_empty(), || "job's process runs without a register".into());
     // register job 3: it starts, then moves to node3.
     svc.baton(0, &["register", "job", "3"]);
@@ -303,7 +303,7 @@ fn register_starts_a_manual_group_and_deregister_stops_it_everywhere() {
     // deregister job (asked on another node): stopped everywhere.
     svc.baton(1, &["deregister", "job"]);
     let gone = wait_until(Duration::from_secs(20), || (0..3).all(|i| svc.registered_on(i, "job").is_none()) && running(&svc).is_empty());
-    svc.check(gone.is_some(), || format!("job after deregister: {} / processes on {:?}", svc.service(0, "job"), running(&svc)));
+    svc.check(gone.is_some(), || format!("job after deregister: {:?} / processes on {:?}", svc.service(0, "job"), running(&svc)));
     // A group that does not exist is refused by name.
     let out = std::process::Command::new(baton_bin())
         .args(["register", "nosuch", "--config"])

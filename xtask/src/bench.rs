@@ -273,11 +273,7 @@ fn stress_soak(opts: &DetectOpts, kills: u32, rng: &mut Lcg) -> Result<StressRes
     let mut confirmed = count(&c, t0, t1, &["silence_confirmed"], None);
     let mut sender_max_gap_us = 0;
     for i in 0..3 {
-        let v: serde_json::Value = std::fs::read_to_string(c.node_dir(i).join("state").join("agent.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        sender_max_gap_us = sender_max_gap_us.max(v["sender"]["max_gap_us"].as_u64().unwrap_or(0));
+        sender_max_gap_us = sender_max_gap_us.max(c.agent_status(i).map(|a| a.sender.max_gap_us).unwrap_or(0));
     }
     // Kills under the same load: node 3, restarted each time.
     let mut detect = Vec::new();
@@ -460,11 +456,7 @@ fn soak(opts: &DetectOpts) -> Result<SoakResult> {
     // removed its status; say so instead of failing the whole bench.
     let late: Vec<String> = (0..2)
         .map(|i| {
-            std::fs::read_to_string(c.node_dir(i).join("state").join("agent.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .map(|v| v["sender"]["late_ticks"].to_string())
-                .unwrap_or_else(|| "agent exited".to_string())
+            c.agent_status(i).map(|a| a.sender.late_ticks.to_string()).unwrap_or_else(|| "agent exited".to_string())
         })
         .collect();
     let xdp_ns = if t1_cnt > t0_cnt { (t1_ns - t0_ns) as f64 / (t1_cnt - t0_cnt) as f64 } else { f64::NAN };

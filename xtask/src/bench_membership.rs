@@ -61,6 +61,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::round1;
 use anyhow::{bail, Context, Result};
+use baton_tests::state::{ClusterSnapshot, NodeState, StateFile};
 use baton_tests::{monotonic_ns, Agent, Cluster};
 use serde_json::Value;
 
@@ -182,30 +183,30 @@ impl Drop for Probe {
 struct Snapshots {
     paths: Vec<PathBuf>,
     raw: Vec<Vec<u8>>,
-    val: Vec<Value>,
+    val: Vec<Option<ClusterSnapshot>>,
 }
 
 impl Snapshots {
     fn new(c: &Cluster) -> Snapshots {
         let n = c.hosts.len();
         Snapshots {
-            paths: (0..n).map(|i| c.node_dir(i).join("state").join("cluster.json")).collect(),
+            paths: (0..n).map(|i| ClusterSnapshot::path(&c.state_dir(i))).collect(),
             raw: vec![Vec::new(); n],
-            val: vec![Value::Null; n],
+            val: vec![None; n],
         }
     }
     fn refresh(&mut self, which: &[usize]) {
         for &i in which {
             let bytes = std::fs::read(&self.paths[i]).unwrap_or_default();
             if bytes != self.raw[i] {
-                self.val[i] = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                self.val[i] = serde_json::from_slice(&bytes).ok();
                 self.raw[i] = bytes;
             }
         }
     }
     fn forget(&mut self, i: usize) {
         self.raw[i].clear();
-        self.val[i] = Value::Null;
+        self.val[i] = None;
     }
     /// When `cluster.json` of node `i` was last written, CLOCK_MONOTONIC ns
     /// (from its mtime: CLOCK_REALTIME, coarse, one jiffy).
@@ -218,10 +219,10 @@ impl Snapshots {
     fn counters(&self, which: &[usize]) -> Counters {
         let mut c = Counters::default();
         for &i in which {
-            let s = &self.val[i]["stats"];
-            c.total += s["messages_sent"].as_u64().unwrap_or(0);
-            c.gmp += s["gmp_messages_sent"].as_u64().unwrap_or(0);
-            c.changes = c.changes.max(s["changes_committed"].as_u64().unwrap_or(0));
+            let s = self.val[i].as_ref().map(|m| m.stats).unwrap_or_default();
+            c.total += s.messages_sent;
+            c.gmp += s.gmp_messages_sent;
+            c.changes = c.changes.max(s.changes_committed);
         }
         c
     }
@@ -254,23 +255,16 @@ impl Counters {
 
 fn all_joined(s: &Snapshots, which: &[usize]) -> bool {
     let Some(&first) = which.first() else { return true };
-    let v0 = &s.val[first]["view"];
-    !v0.is_null()
-        && which.iter().all(|&i| {
-            let m = &s.val[i];
-            m["my_state"] == "joined"
-                && m["halted"].is_null()
-                && &m["view"] == v0
-                && m["transitions"].as_array().map(|t| t.is_empty()).unwrap_or(false)
+    let Some(v0) = s.val[first].as_ref().and_then(|m| m.view) else { return false };
+    which.iter().all(|&i| {
+        s.val[i].as_ref().is_some_and(|m| {
+            m.my_state == NodeState::Joined && m.halted.is_none() && m.view == Some(v0) && m.transitions.is_empty()
         })
+    })
 }
 
-fn node_state(m: &Value, id: u32) -> &str {
-    m["nodes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|n| n["id"] == id))
-        .and_then(|n| n["state"].as_str())
-        .unwrap_or("")
+fn node_state(m: Option<&ClusterSnapshot>, id: u32) -> Option<NodeState> {
+    m.and_then(|m| m.node(id)).map(|n| n.state)
 }
 
 /// Fails if an agent in `which` exited.
@@ -358,18 +352,15 @@ fn dump(c: &Cluster, s: &Snapshots, which: &[usize]) -> String {
     which
         .iter()
         .map(|&i| {
-            let m = &s.val[i];
-            let states: Vec<String> = m["nodes"]
-                .as_array()
-                .map(|a| a.iter().map(|n| format!("{}:{}", n["id"], n["state"].as_str().unwrap_or("?"))).collect())
-                .unwrap_or_default();
+            let Some(m) = &s.val[i] else { return format!("  {}: no {}", c.hosts[i].name, baton_tests::state::CLUSTER_FILE) };
+            let states: Vec<String> = m.nodes.iter().map(|n| format!("{}:{}", n.id, n.state.as_str())).collect();
             format!(
-                "  {}: my_state {} view {} transitions {} halted {} nodes [{}]",
+                "  {}: my_state {} view {:?} transitions {} halted {:?} nodes [{}]",
                 c.hosts[i].name,
-                m["my_state"],
-                m["view"],
-                m["transitions"].as_array().map(|t| t.len()).unwrap_or(0),
-                m["halted"],
+                m.my_state.as_str(),
+                m.view,
+                m.transitions.len(),
+                m.halted,
                 states.join(" ")
             )
         })
@@ -616,7 +607,7 @@ fn run_on(
                 }
             }
             s.refresh(&all);
-            if formed_at.is_none() && all.iter().any(|&i| !s.val[i]["view"].is_null()) {
+            if formed_at.is_none() && all.iter().any(|&i| s.val[i].as_ref().is_some_and(|m| m.view.is_some())) {
                 formed_at = Some(now);
             }
             if all_joined(&s, &all) {
@@ -654,7 +645,7 @@ fn run_on(
     );
 
     // --- forced leaves ---
-    let master = s.val[0]["master"].as_u64().context("no master after the join")? as u32;
+    let master = s.val[0].as_ref().and_then(|m| m.master).context("no master after the join")?;
     let mut cands: Vec<usize> = [n - 1, n / 2, 1, n - 2, 2].into_iter().filter(|&i| i < n && c.hosts[i].id != master).collect();
     cands.dedup();
     let mut uniq = Vec::new();
@@ -677,7 +668,7 @@ fn run_on(
         let before_w: BTreeMap<usize, u64> = survivors.iter().map(|&i| (i, s.written_ns(i).unwrap_or(0))).collect();
         let t_kill = c.kill(v);
         let (seen, _) = poll_until(c, &mut s, &survivors, Duration::from_secs(15), &format!("{label}: forced leave of node{vid}"), |s| {
-            all_joined(s, &survivors) && survivors.iter().all(|&i| node_state(&s.val[i], vid) == "inactive")
+            all_joined(s, &survivors) && survivors.iter().all(|&i| node_state(s.val[i].as_ref(), vid) == Some(NodeState::Inactive))
         })?;
         let mut l = Leave { ms: (seen - t_kill) as f64 / 1e6, ..Default::default() };
         l.cost = s.counters(&survivors).minus(before);

@@ -1104,23 +1104,25 @@ impl<'a> Nemesis<'a> {
                 return Some(format!("{} has no agent", self.name(i)));
             }
         }
-        let ms: Vec<serde_json::Value> = (0..n).map(|i| c.membership(i)).collect();
-        for (i, m) in ms.iter().enumerate() {
-            if m["my_state"] != "joined" {
-                return Some(format!("{} is {}", self.name(i), m["my_state"]));
+        let mut ms = Vec::new();
+        for i in 0..n {
+            let Some(m) = c.membership(i) else {
+                return Some(format!("{} has no membership snapshot", self.name(i)));
+            };
+            if m.my_state != baton_tests::state::NodeState::Joined {
+                return Some(format!("{} is {}", self.name(i), m.my_state.as_str()));
             }
-            if !m["transitions"].as_array().map(|t| t.is_empty()).unwrap_or(false) {
+            if !m.transitions.is_empty() {
                 return Some(format!("{} has transitions in flight", self.name(i)));
             }
+            ms.push(m);
         }
-        if !ms.windows(2).all(|w| w[0]["view"] == w[1]["view"]) {
+        if !ms.windows(2).all(|w| w[0].view == w[1].view) {
             return Some("the nodes follow different views".into());
         }
         for j in 0..n {
             let inc = c.incarnation(j);
-            let ok = ms[0]["nodes"].as_array().into_iter().flatten().any(|x| {
-                x["id"] == (j as u64 + 1) && x["state"] == "joined" && inc.is_some() && x["incarnation"].as_u64() == inc
-            });
+            let ok = ms[0].node(j as u32 + 1).is_some_and(|x| x.state == baton_tests::state::NodeState::Joined && inc == Some(x.incarnation));
             if !ok {
                 return Some(format!("{}'s current life is not joined in the view", self.name(j)));
             }

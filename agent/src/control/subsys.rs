@@ -353,21 +353,31 @@ async fn accept_loop(
 
 /// The name of a transition kind on the wire and in logs.
 pub fn kind_name(k: Kind) -> &'static str {
+    transition_kind(k).as_str()
+}
+
+/// A transition's kind as the state files write it.
+pub fn transition_kind(k: Kind) -> baton_state::TransitionKind {
     match k {
-        Kind::Join => "join",
-        Kind::Leave => "leave",
-        Kind::ForcedLeave => "forced-leave",
+        Kind::Join => baton_state::TransitionKind::Join,
+        Kind::Leave => baton_state::TransitionKind::Leave,
+        Kind::ForcedLeave => baton_state::TransitionKind::ForcedLeave,
     }
 }
 
 /// The name of a node state on the wire, in logs and in status.
 pub fn state_name(s: NodeState) -> &'static str {
+    node_state(s).as_str()
+}
+
+/// A node state as the state files write it.
+pub fn node_state(s: NodeState) -> baton_state::NodeState {
     match s {
-        NodeState::Inactive => "inactive",
-        NodeState::Joining => "joining",
-        NodeState::Joined => "joined",
-        NodeState::Leaving => "leaving",
-        NodeState::ForcedLeaving => "forced-leaving",
+        NodeState::Inactive => baton_state::NodeState::Inactive,
+        NodeState::Joining => baton_state::NodeState::Joining,
+        NodeState::Joined => baton_state::NodeState::Joined,
+        NodeState::Leaving => baton_state::NodeState::Leaving,
+        NodeState::ForcedLeaving => baton_state::NodeState::ForcedLeaving,
     }
 }
 

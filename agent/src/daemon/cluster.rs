@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::control::channel::Channel;
 use crate::datapath::events::monotonic_ns;
-use crate::control::subsys::{kind_name, state_name, SubsysServer};
+use crate::control::subsys::{kind_name, node_state, transition_kind, SubsysServer};
 
 
 /// `cluster.json` is rewritten at most this often while transitions are in
@@ -272,7 +272,7 @@ impl ClusterDriver {
                     let ms = waited_ns as f64 / 1e6;
                     info!(node = %self.name(id.node), waited_ms = ms, silent, "forced leave: that node's address lease is over here; the addresses level goes on");
                     if let Some(ev) = &self.lease_events {
-                        crate::services::svc::append_event(ev, json!({"event": "lease_wait", "node": id.node, "incarnation": id.incarnation, "waited_ms": ms, "silent": silent}));
+                        crate::eventlog::record(ev, json!({"event": "lease_wait", "node": id.node, "incarnation": id.incarnation, "waited_ms": ms, "silent": silent}));
                     }
                     continue;
                 }
@@ -444,7 +444,7 @@ impl ClusterDriver {
                 if let Some(t0) = f.started.remove(&id) {
                     let ms = (monotonic_ns() - t0) as f64 / 1e6;
                     info!(node = %name(id.node), ms, by_this_node = ours, "fenced: its key is off the shared disks; the forced leave goes on");
-                    crate::services::svc::append_event(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms, "by_this_node": ours}));
+                    crate::eventlog::record(&f.events, json!({"event": "fenced", "node": id.node, "name": name(id.node), "ms": ms, "by_this_node": ours}));
                     if ours {
                         fenced_here = Some((id.node, id.incarnation));
                     }
@@ -452,19 +452,19 @@ impl ClusterDriver {
             }
             F::Fenced { why } => {
                 error!(why, "this node is fenced off the shared disks: clustering ends here (S0, reason fenced)");
-                crate::services::svc::append_event(&f.events, json!({"event": "self_fenced", "node": self.me, "reason": why}));
+                crate::eventlog::record(&f.events, json!({"event": "self_fenced", "node": self.me, "reason": why}));
             }
             F::Waiting { node, reason } => {
                 warn!(node = %name(node), reason, "fencing cannot complete yet: the forced leave waits (no takeover before it is fenced; `baton fence confirm` if it is switched off)");
-                crate::services::svc::append_event(&f.events, json!({"event": "fencing_waiting", "node": node, "reason": reason}));
+                crate::eventlog::record(&f.events, json!({"event": "fencing_waiting", "node": node, "reason": reason}));
             }
             F::Alert { node, reason } => {
                 error!(node = %name(node), reason, "ALERT: fencing");
-                crate::services::svc::append_event(&f.events, json!({"event": "alert", "kind": "fencing", "node": node, "reason": reason}));
+                crate::eventlog::record(&f.events, json!({"event": "alert", "kind": "fencing", "node": node, "reason": reason}));
             }
             F::Cleared { node } => {
                 info!(node = %name(node), "fencing completed after waiting");
-                crate::services::svc::append_event(&f.events, json!({"event": "fencing_cleared", "node": node}));
+                crate::eventlog::record(&f.events, json!({"event": "fencing_cleared", "node": node}));
             }
         }
         if let Some((node, incarnation)) = fenced_here {
@@ -546,62 +546,70 @@ impl ClusterDriver {
 
     /// `<state_dir>/cluster.json`, read by `baton status`.
     pub fn write_snapshot(&self) {
+        let _ = crate::statefile::write_json(&self.snapshot, &self.snapshot_doc(), false);
+    }
+
+    /// The membership snapshot (`cluster.json`, docs/status-json.md).
+    pub fn snapshot_doc(&self) -> baton_state::ClusterSnapshot {
+        use baton_state as bs;
         let st = self.node.membership().state();
-        let nodes: Vec<serde_json::Value> = st
-            .map(|s| {
-                s.nodes
-                    .iter()
-                    .map(|(n, e)| json!({"id": n, "name": self.name(*n), "state": state_name(e.state), "incarnation": e.incarnation}))
-                    .collect()
-            })
+        let nodes = st
+            .map(|s| s.nodes.iter().map(|(n, e)| bs::NodeLine { id: *n, name: self.name(*n), state: node_state(e.state), incarnation: e.incarnation }).collect())
             .unwrap_or_default();
-        let transitions: Vec<serde_json::Value> = st
+        let transitions = st
             .map(|s| {
                 s.transitions
                     .values()
                     .map(|t| {
                         let step = t.step();
-                        json!({
-                            "node": t.id.node, "name": self.name(t.id.node), "kind": kind_name(t.id.kind),
-                            "level": step.level, "barrier": step.barrier,
-                            "direction": if t.id.kind.bottom_up() { "bottom-up" } else { "top-down" },
-                            "levels": t.path.iter().map(|l| l.level).collect::<Vec<_>>(),
-                            "participants": t.participants,
-                        })
+                        bs::TransitionLine {
+                            node: t.id.node,
+                            name: self.name(t.id.node),
+                            kind: transition_kind(t.id.kind),
+                            level: step.level,
+                            barrier: step.barrier,
+                            direction: if t.id.kind.bottom_up() { bs::Direction::BottomUp } else { bs::Direction::TopDown },
+                            levels: t.path.iter().map(|l| l.level).collect(),
+                            participants: t.participants.clone(),
+                        }
                     })
                     .collect()
             })
             .unwrap_or_default();
-        let local: Vec<serde_json::Value> = self
+        let local_in_flight = self
             .in_flight
             .iter()
-            .map(|((s, n, _), (k, l, b))| json!({"subsystem": s, "name": self.external.get(s), "node": n, "kind": kind_name(*k), "level": l, "barrier": b}))
+            .map(|((s, n, _), (k, l, b))| bs::LocalInFlight { subsystem: *s, name: self.external.get(s).cloned(), node: *n, kind: transition_kind(*k), level: *l, barrier: *b })
             .collect();
-        let view = st.map(|s| json!({"term": s.view.term, "master": s.view.master, "version": s.view.version}));
-        let doc = json!({
-            "me": self.me,
-            "my_state": state_name(self.node.membership().my_state()),
-            "master": st.map(|s| s.view.master),
-            "quorate": st.map(|s| s.quorate),
-            "view": view,
-            "nodes": nodes,
-            "transitions": transitions,
-            "local_in_flight": local,
-            "subsystems": LevelRole::ALL.iter().map(|r| json!({"id": r.subsystem(), "name": r.name(), "builtin": true}))
-                .chain(self.external.iter().map(|(id, n)| json!({"id": id, "name": n, "builtin": false}))).collect::<Vec<_>>(),
-            "halted": self.halted.map(|h| format!("{h:?}")),
-            "fencing": self.fencing.as_ref().zip(self.node.fencing()).map(|(f, core)| json!({
-                "disks": f.disks.iter().map(|(n, d)| json!({"name": n, "device": d})).collect::<Vec<_>>(),
-                "registered": core.registered(),
-                "waiting": core.waiting().into_iter().map(|(n, r)| json!({"node": n, "name": self.name(n), "reason": r})).collect::<Vec<_>>(),
-            })),
-            "stats": {
-                "messages_sent": self.messages_sent,
-                "gmp_messages_sent": self.node.membership().stats().gmp_messages_sent,
-                "changes_committed": self.node.membership().stats().changes_committed,
-            },
+        let subsystems = LevelRole::ALL
+            .iter()
+            .map(|r| bs::SubsystemLine { id: r.subsystem(), name: Some(r.name().to_string()), builtin: true })
+            .chain(self.external.iter().map(|(id, n)| bs::SubsystemLine { id: *id, name: Some(n.clone()), builtin: false }))
+            .collect();
+        let fencing = self.fencing.as_ref().zip(self.node.fencing()).map(|(f, core)| bs::FencingLine {
+            disks: f.disks.iter().map(|(n, d)| bs::DiskLine { name: n.clone(), device: d.clone() }).collect(),
+            registered: core.registered(),
+            waiting: core.waiting().into_iter().map(|(n, r)| bs::FenceWaiting { node: n, name: self.name(n), reason: r }).collect(),
         });
-        let _ = crate::statefile::write_atomic(&self.snapshot, doc.to_string().as_bytes(), false);
+        let stats = self.node.membership().stats();
+        bs::ClusterSnapshot {
+            me: self.me,
+            my_state: node_state(self.node.membership().my_state()),
+            master: st.map(|s| s.view.master),
+            quorate: st.map(|s| s.quorate),
+            view: st.map(|s| bs::ViewLine { term: s.view.term, master: s.view.master, version: s.view.version }),
+            nodes,
+            transitions,
+            local_in_flight,
+            subsystems,
+            halted: self.halted.map(|h| format!("{h:?}")),
+            fencing,
+            stats: bs::MembershipStats {
+                messages_sent: self.messages_sent,
+                gmp_messages_sent: stats.gmp_messages_sent,
+                changes_committed: stats.changes_committed,
+            },
+        }
     }
 
     /// Ends the driver. Whatever resource group still runs here is halted

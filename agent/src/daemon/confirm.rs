@@ -62,14 +62,7 @@ pub struct Confirmed {
 }
 
 /// Counters for `baton status` (`agent.silence`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub confirmed_by_peer: u64,
-    pub confirmed_by_deadline: u64,
-    pub averted: u64,
-    /// The longest wait of a confirmed silence, µs.
-    pub max_wait_us: u64,
-}
+pub use baton_state::SilenceCounts as Counts;
 
 pub struct SilenceConfirm {
     max_wait_ns: u64,

@@ -246,30 +246,21 @@ impl Reloader {
     }
 
     /// The `config` object of `baton status --json` (docs/status-json.md).
-    pub fn status(&self, now_ns: u64) -> serde_json::Value {
+    pub fn status(&self, now_ns: u64) -> baton_state::ConfigStatus {
         let names = |n: u32| self.running.peer_name(n);
-        let peers: serde_json::Map<String, serde_json::Value> = self
-            .peers
-            .iter()
-            .map(|(n, (h, at))| {
-                (
-                    n.to_string(),
-                    serde_json::json!({"name": names(*n), "groups_hash": h, "age_s": (now_ns.saturating_sub(*at) as f64 / 1e8).round() / 10.0}),
-                )
-            })
-            .collect();
-        serde_json::json!({
-            "file": self.running.file.display().to_string(),
-            "groups": self.running.groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>(),
-            "groups_hash": self.hash,
-            "peers": peers,
-            "mismatch": self.mismatched(now_ns),
-            "last_reload": self.last.as_ref().map(|(at, ok, msg)| serde_json::json!({
-                "ok": ok,
-                "message": msg,
-                "s_ago": (now_ns.saturating_sub(*at) as f64 / 1e8).round() / 10.0,
-            })),
-        })
+        let age_s = |at: u64| (now_ns.saturating_sub(at) as f64 / 1e8).round() / 10.0;
+        baton_state::ConfigStatus {
+            file: self.running.file.display().to_string(),
+            groups: self.running.groups.iter().map(|g| g.name.clone()).collect(),
+            groups_hash: self.hash.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(n, (h, at))| (n.to_string(), baton_state::PeerHash { name: names(*n), groups_hash: h.clone(), age_s: age_s(*at) }))
+                .collect(),
+            mismatch: self.mismatched(now_ns),
+            last_reload: self.last.as_ref().map(|(at, ok, msg)| baton_state::LastReload { ok: *ok, message: msg.clone(), s_ago: age_s(*at) }),
+        }
     }
 }
 

@@ -143,6 +143,12 @@ pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     let (soft, hard) = raise_nofile_limit();
     info!(soft, hard, "open-file limit (RLIMIT_NOFILE)");
     let cfg = config::load(cfg_path)?;
+    // Every event recorded (events.jsonl) goes to the event manager and the
+    // metrics too.
+    crate::eventlog::set_publisher(|v| {
+        crate::services::eventmgr::publish(v);
+        crate::services::metrics::observe(v);
+    });
     // First: a metrics port in use is one clear error before anything runs.
     let metrics = crate::services::metrics::bind(&cfg)?;
     crate::datapath::check_prerequisites()?;
@@ -241,16 +247,21 @@ async fn run_guarded(
             return Err(DaemonError::Lease { source });
         }
     };
-    let mut status = serde_json::json!({
-        "pid": std::process::id(),
-        "incarnation": incarnation,
-        "started_monotonic_ns": monotonic_ns(),
-        "config": cfg.file.display().to_string(),
-        "xdp": dp.attachments.iter().map(|(i, m)| serde_json::json!({"interface": i, "mode": m})).collect::<Vec<_>>(),
-        "watchdog_cpu": dp.watchdog_cpu,
-        "guard": {"pid": guard.pid()},
-        "start_clean": cleaned,
-    });
+    let mut status = baton_state::AgentStatus {
+        pid: std::process::id(),
+        incarnation,
+        started_monotonic_ns: monotonic_ns(),
+        config: baton_state::ConfigField::File(cfg.file.display().to_string()),
+        xdp: dp.attachments.iter().map(|(i, m)| baton_state::XdpAttachment { interface: i.clone(), mode: m.to_string() }).collect(),
+        watchdog_cpu: dp.watchdog_cpu,
+        guard: baton_state::GuardLine { pid: guard.pid() },
+        start_clean: cleaned.clone(),
+        sender: Default::default(),
+        takeover: None,
+        channel: None,
+        events_lost: None,
+        silence: None,
+    };
     write_agent_status(cfg, &mut status, &sender.shared);
     info!(
         cluster = %cfg.cluster_name, node = cfg.node_id, incarnation,
@@ -298,7 +309,7 @@ async fn run_guarded(
             cfg.node_id,
             incarnation,
             &cfg.groups,
-            cfg.paths.state_dir.join("services.json"),
+            cfg.paths.services_snapshot(),
             cfg.paths.events_log(),
             channel.take_handover_inbox().map(|inbox| crate::services::handover::Wiring {
                 sender: channel.handover_sender(),
@@ -382,17 +393,17 @@ fn lock_memory() {
 
 /// `<state_dir>/agent.json`: what `baton status` shows about the agent
 /// itself, with the sender's counters (refreshed every second).
-fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::SenderShared) {
+fn write_agent_status(cfg: &Config, status: &mut baton_state::AgentStatus, s: &sender::SenderShared) {
     use std::sync::atomic::Ordering::Relaxed;
-    status["sender"] = serde_json::json!({
-        "sent": s.sent.load(Relaxed),
-        "send_errors": s.send_errors.load(Relaxed),
-        "late_ticks": s.late_ticks.load(Relaxed),
-        "max_gap_us": s.max_gap_us.load(Relaxed),
-        "max_late_us": s.max_late_us.load(Relaxed),
-        "startup_max_gap_us": s.startup_max_gap_us.load(Relaxed),
-        "startup_max_late_us": s.startup_max_late_us.load(Relaxed),
-    });
+    status.sender = baton_state::SenderCounters {
+        sent: s.sent.load(Relaxed),
+        send_errors: s.send_errors.load(Relaxed),
+        late_ticks: s.late_ticks.load(Relaxed),
+        max_gap_us: s.max_gap_us.load(Relaxed),
+        max_late_us: s.max_late_us.load(Relaxed),
+        startup_max_gap_us: s.startup_max_gap_us.load(Relaxed),
+        startup_max_late_us: s.startup_max_late_us.load(Relaxed),
+    };
     let bound_us = cfg.interval_ms as u64 * cfg.misses as u64 * 1000;
     if let Some(gap) = s.gap_warning(bound_us) {
         warn!(
@@ -401,7 +412,7 @@ fn write_agent_status(cfg: &Config, status: &mut serde_json::Value, s: &sender::
             "the heartbeat sender went this long without sending, at or past the silence bound: peers may see this live node silent; this machine does not hold this heartbeat setting under its load (docs/datapath.md, \"Under load\")"
         );
     }
-    let _ = crate::statefile::write_atomic(&cfg.paths.agent_status(), status.to_string().as_bytes(), false);
+    let _ = crate::statefile::write_json(&cfg.paths.agent_status(), status, false);
 }
 
 /// Logs a peer event, wakes the control channel and the sender for a peer
@@ -451,7 +462,7 @@ fn feed_peer_input(
         Input::PeerUp { node } => {
             if let Some(held) = confirm.peer_up(node, now) {
                 warn!(node, held_ms = held as f64 / 1e6, "false silence averted: the peer was heard again before its silence was confirmed (this node's receive path or link stalled)");
-                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_averted", "node": node, "held_ms": held as f64 / 1e6}));
+                crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "silence_averted", "node": node, "held_ms": held as f64 / 1e6}));
             }
             driver.handle(i)
         }
@@ -469,7 +480,7 @@ fn confirmed(c: crate::daemon::confirm::Confirmed, driver: &mut ClusterDriver, c
     };
     if c.by != By::Off {
         info!(node = c.node, by = %by, waited_ms = c.waited_ns as f64 / 1e6, "peer silence confirmed");
-        crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "silence_confirmed", "node": c.node, "by": by, "waited_ms": c.waited_ns as f64 / 1e6}));
+        crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "silence_confirmed", "node": c.node, "by": by, "waited_ms": c.waited_ns as f64 / 1e6}));
     }
     driver.handle(Input::PeerSilent { node: c.node })
 }
@@ -489,7 +500,7 @@ async fn event_loop(
     events: RingBuf<MapData>,
     sender: &sender::Sender,
     mut ctl_rx: tokio::sync::mpsc::Receiver<control::Incoming>,
-    mut status: serde_json::Value,
+    mut status: baton_state::AgentStatus,
     mut driver: ClusterDriver,
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
     mut sub_rx: tokio::sync::mpsc::Receiver<SubsysEvent>,
@@ -510,15 +521,12 @@ async fn event_loop(
     // SIGHUP: reload the configuration file (docs/reload.md).
     let mut hup = signal(SignalKind::hangup()).map_err(|source| DaemonError::Signal { signal: "SIGHUP", source })?;
     let mut tracker = PeerTracker::new(cfg);
-    let mut sink = EventSink::open(&cfg.paths.events_log(), |v| {
-        crate::services::eventmgr::publish(v);
-        crate::services::metrics::observe(v);
-    });
+    let mut sink = EventSink::open(&cfg.paths.events_log());
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so
     // the fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|source| DaemonError::RingBuffer { what: "registering", source: source.into() })?;
-    let incarnation = status["incarnation"].as_u64().unwrap_or(0);
+    let incarnation = status.incarnation;
     let mut effects = driver.handle(Input::Start);
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
@@ -678,20 +686,20 @@ async fn event_loop(
                 let control_up = stats.peers.values().any(|p| p.up.iter().any(|u| *u));
                 if let Some(f) = ha.selfcheck.check(monotonic_ns(), tracker.any_up(), control_up, stats.connections, stats.bad_frames) {
                     error!(reason = f.name, why = %f.why, "critical failure of this node (S0): sending distress and ending clustering here");
-                    crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "critical", "node": cfg.node_id, "reason": format!("{}: {}", f.name, f.why)}));
+                    crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "critical", "node": cfg.node_id, "reason": format!("{}: {}", f.name, f.why)}));
                     effects = driver.handle(Input::LocalFailure { from: None, reason: f.reason });
                     continue;
                 }
-                status["takeover"] = ha.takeover.status();
-                status["channel"] = serde_json::json!({
-                    "sessions": stats.sessions,
-                    "connections": stats.connections,
-                    "handshake_failures": stats.handshake_failures,
-                    "hello_rejects": stats.hello_rejects,
-                    "bad_frames": stats.bad_frames,
-                    "frames_dropped": stats.frames_dropped,
-                    "preauth_rejected": stats.preauth_rejected,
-                    "preauth_evicted": stats.preauth_evicted,
+                status.takeover = Some(ha.takeover.status());
+                status.channel = Some(baton_state::ChannelCounters {
+                    sessions: stats.sessions,
+                    connections: stats.connections,
+                    handshake_failures: stats.handshake_failures,
+                    hello_rejects: stats.hello_rejects,
+                    bad_frames: stats.bad_frames,
+                    frames_dropped: stats.frames_dropped,
+                    preauth_rejected: stats.preauth_rejected,
+                    preauth_evicted: stats.preauth_evicted,
                 });
                 // Events the ring buffer could not take (it was full) are
                 // counted by the datapath; whatever they reported is made up
@@ -704,8 +712,8 @@ async fn event_loop(
                     warn!(lost = lost - events_lost, total = lost, "the datapath's event ring buffer was full: events lost; resyncing from the liveness map");
                     events_lost = lost;
                 }
-                status["events_lost"] = events_lost.into();
-                status["silence"] = serde_json::to_value(confirm.counts).unwrap_or_default();
+                status.events_lost = Some(events_lost);
+                status.silence = Some(confirm.counts);
                 match crate::datapath::status::peer_links(cfg) {
                     Ok(links) => {
                         for pe in tracker.resync(&links, monotonic_ns()) {
@@ -725,7 +733,7 @@ async fn event_loop(
                     }
                 }
                 config_mismatch(cfg, ha.reload.expire(now));
-                status["config"] = ha.reload.status(now);
+                status.config = baton_state::ConfigField::InUse(ha.reload.status(now));
                 write_agent_status(cfg, &mut status, &sender.shared);
                 effects.extend(driver.services_input(|s, c| s.feed_load(c)));
             }
@@ -914,7 +922,7 @@ async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &Guar
     let refuse = |ha: &mut Ha, e: ReloadError| {
         let msg = e.to_string();
         error!("reload refused: {msg}");
-        crate::services::svc::append_event(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
+        crate::eventlog::record(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
         ha.reload.refused(now, msg);
         e
     };
@@ -940,7 +948,7 @@ async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &Guar
         msg += &format!("; asked {asked} of {} peers to reload theirs", new.peers.len());
     }
     info!(added = ?changes.added, removed = ?changes.removed, changed = ?changes.changed, changed_here = ?changes.changed_here, hash, "configuration reloaded");
-    crate::services::svc::append_event(&events, serde_json::json!({"event": "config_reloaded", "node": new.node_id, "groups_hash": hash, "changes": changes}));
+    crate::eventlog::record(&events, serde_json::json!({"event": "config_reloaded", "node": new.node_id, "groups_hash": hash, "changes": changes}));
     let cfg_for_log = new.clone();
     let mismatch = ha.reload.applied(new, now, msg.clone());
     config_mismatch(&cfg_for_log, mismatch);
@@ -957,7 +965,7 @@ fn config_mismatch(cfg: &Config, changed: Option<Vec<u32>>) {
         let names: Vec<String> = nodes.iter().map(|n| cfg.peer_name(*n)).collect();
         warn!(peers = ?names, "the group configuration differs from these peers' (another [[group]] set in their files): reload the same groups on every node; `baton status` shows the hashes");
     }
-    crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "config_mismatch", "node": cfg.node_id, "peers": nodes}));
+    crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "config_mismatch", "node": cfg.node_id, "peers": nodes}));
 }
 
 /// The negotiated takeover's parts of the event loop.

@@ -3,7 +3,6 @@
 //! `tracing` and appended as one JSON line to `<state_dir>/events.jsonl`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 
 use baton_common::{Event, EV_DISTRESS, EV_LINK_SILENT, EV_LINK_UP, EV_NEW_INCARNATION};
 use serde::Serialize;
@@ -11,11 +10,9 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 
-/// Monotonic clock in ns: the same clock as the kernel's `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-}
+/// Monotonic clock in ns: the same clock as the kernel's `bpf_ktime_get_ns`
+/// (the agent's one clock, `crate::clock`).
+pub use crate::clock::monotonic_ns;
 
 /// One line of `events.jsonl`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -159,25 +156,20 @@ impl PeerTracker {
     }
 }
 
-/// Appends events to the JSON-lines log and reports them through tracing;
-/// the peer events (up, silent, distress, stopped) also go to `publish`
-/// (the daemon passes the event manager and the metrics: both are above the
-/// datapath in the layout, docs/layout.md).
+/// Appends events to the JSON-lines log (`crate::eventlog`) and reports
+/// them through tracing; the peer events (up, silent, distress, stopped)
+/// also go to the event log's publish hook (the event manager and the
+/// metrics, installed by the daemon: both are above the datapath in the
+/// layout, docs/layout.md).
 pub struct EventSink {
-    file: Option<std::fs::File>,
-    publish: fn(&serde_json::Value),
+    path: std::path::PathBuf,
+    /// The log could not be written (said once).
+    warned: bool,
 }
 
 impl EventSink {
-    pub fn open(path: &std::path::Path, publish: fn(&serde_json::Value)) -> Self {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
-        match file {
-            Ok(f) => EventSink { file: Some(f), publish },
-            Err(e) => {
-                warn!(path = %path.display(), "cannot open the event log: {e}");
-                EventSink { file: None, publish }
-            }
-        }
+    pub fn open(path: &std::path::Path) -> Self {
+        EventSink { path: path.to_path_buf(), warned: false }
     }
 
     pub fn emit(&mut self, e: &PeerEvent) {
@@ -188,12 +180,12 @@ impl EventSink {
         }
         if matches!(e.event, "peer_up" | "peer_silent" | "peer_distress" | "peer_stopped") {
             if let Ok(v) = serde_json::to_value(e) {
-                (self.publish)(&v);
+                crate::eventlog::publish(&v);
             }
         }
-        if let Some(f) = &mut self.file {
-            if let Ok(line) = serde_json::to_string(e) {
-                let _ = writeln!(f, "{line}");
+        if let Err(err) = crate::eventlog::append_line(&self.path, e) {
+            if !std::mem::replace(&mut self.warned, true) {
+                warn!(path = %self.path.display(), "cannot write the event log: {err}");
             }
         }
     }

@@ -184,33 +184,16 @@ pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
     }
     let counters: serde_json::Map<String, Value> =
         counters(cfg)?.into_iter().map(|(c, v)| (c.name().to_string(), json!(v))).collect();
-    let cluster: Value = std::fs::read_to_string(cfg.paths.cluster_snapshot())
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
-    let agent: Value = std::fs::read_to_string(cfg.paths.agent_status())
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
+    use baton_state::StateFile;
+    let cluster = baton_state::ClusterSnapshot::load(&cfg.paths.state_dir);
+    let agent = baton_state::AgentStatus::load(&cfg.paths.state_dir);
     // Resource groups: as the services core on this node last saw them
     // (`since_ns` on the monotonic clock; `since_s_ago` for people).
     let now = crate::datapath::events::monotonic_ns();
-    let services: Value = match std::fs::read_to_string(cfg.paths.state_dir.join("services.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-    {
-        Some(Value::Array(list)) => Value::Array(
-            list.into_iter()
-                .map(|mut e| {
-                    if let Some(t) = e["since_ns"].as_u64() {
-                        e["since_s_ago"] = json!(((now.saturating_sub(t)) as f64 / 1e9 * 10.0).round() / 10.0);
-                    }
-                    e
-                })
-                .collect(),
-        ),
-        _ => Value::Array(Vec::new()),
-    };
+    let mut services = baton_state::Services::load(&cfg.paths.state_dir).unwrap_or_default().0;
+    for e in &mut services {
+        e.since_s_ago = Some(((now.saturating_sub(e.since_ns)) as f64 / 1e9 * 10.0).round() / 10.0);
+    }
     Ok(json!({
         "schema_version": SCHEMA_VERSION,
         "services": services,
@@ -238,96 +221,88 @@ pub fn render(v: &Value) -> String {
         v["node"]["incarnation"],
         v["timeout_ms"]
     );
-    let c = &v["membership"];
-    if c.is_object() {
+    // The parts read from the state files, typed (docs/status-json.md).
+    let membership: Option<baton_state::ClusterSnapshot> = serde_json::from_value(v["membership"].clone()).ok().flatten();
+    let services: Vec<baton_state::ServiceLine> = serde_json::from_value(v["services"].clone()).unwrap_or_default();
+    let agent: Option<baton_state::AgentStatus> = serde_json::from_value(v["agent"].clone()).ok().flatten();
+    // A number, or `null` as the JSON document says it.
+    fn or_null<T: std::fmt::Display>(o: Option<T>) -> String {
+        o.map(|x| x.to_string()).unwrap_or_else(|| "null".into())
+    }
+    if let Some(c) = &membership {
         s += &format!(
             "membership: this node {}, master {}, view term {} version {}{}\n",
-            c["my_state"].as_str().unwrap_or("?"),
-            c["master"],
-            c["view"]["term"],
-            c["view"]["version"],
-            c["halted"].as_str().map(|h| format!(", HALTED ({h})")).unwrap_or_default()
+            c.my_state.as_str(),
+            or_null(c.master),
+            or_null(c.view.map(|w| w.term)),
+            or_null(c.view.map(|w| w.version)),
+            c.halted.as_ref().map(|h| format!(", HALTED ({h})")).unwrap_or_default()
         );
         s += &format!("{:<12} {:>6} {:<15} {:>20}\n", "NODE", "ID", "STATE", "INCARNATION");
-        for n in c["nodes"].as_array().into_iter().flatten() {
-            s += &format!(
-                "{:<12} {:>6} {:<15} {:>20}\n",
-                n["name"].as_str().unwrap_or("?"),
-                n["id"].to_string(),
-                n["state"].as_str().unwrap_or("?"),
-                n["incarnation"].to_string()
-            );
+        for n in &c.nodes {
+            s += &format!("{:<12} {:>6} {:<15} {:>20}\n", n.name, n.id.to_string(), n.state.as_str(), n.incarnation.to_string());
         }
-        let ts = c["transitions"].as_array().cloned().unwrap_or_default();
-        if ts.is_empty() {
+        if c.transitions.is_empty() {
             s += "transitions in flight: none\n";
         }
-        for t in ts {
+        for t in &c.transitions {
             s += &format!(
                 "transition: {} of {} ({}), at level {} barrier {} of levels {}\n",
-                t["kind"].as_str().unwrap_or("?"),
-                t["name"].as_str().unwrap_or("?"),
-                t["direction"].as_str().unwrap_or("?"),
-                t["level"],
-                t["barrier"],
-                t["levels"]
+                t.kind.as_str(),
+                t.name,
+                if t.direction == baton_state::Direction::BottomUp { "bottom-up" } else { "top-down" },
+                t.level,
+                t.barrier,
+                serde_json::to_string(&t.levels).unwrap_or_default()
             );
         }
-        let f = &c["fencing"];
-        if f.is_object() {
-            let disks: Vec<String> = f["disks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|d| format!("{} ({})", d["name"].as_str().unwrap_or("?"), d["device"].as_str().unwrap_or("?")))
-                .collect();
+        if let Some(f) = &c.fencing {
+            let disks: Vec<String> = f.disks.iter().map(|d| format!("{} ({})", d.name, d.device)).collect();
             s += &format!(
                 "fencing: disks {}; this node's key {}\n",
                 disks.join(", "),
-                if f["registered"] == true { "registered" } else { "not registered" }
+                if f.registered { "registered" } else { "not registered" }
             );
-            for w in f["waiting"].as_array().into_iter().flatten() {
+            for w in &f.waiting {
                 s += &format!(
                     "fencing {}: waiting ({}); no takeover before it is fenced (`baton fence confirm {}` if it is switched off)\n",
-                    w["name"].as_str().unwrap_or("?"),
-                    w["reason"].as_str().unwrap_or("?"),
-                    w["node"]
+                    w.name, w.reason, w.node
                 );
             }
         }
         s += "\n";
     }
-    let svcs = v["services"].as_array().cloned().unwrap_or_default();
-    if !svcs.is_empty() {
+    if !services.is_empty() {
         s += &format!("{:<16} {:<13} {:>6} {:<8} {:<24} {:>10}  {}\n", "SERVICE", "STATE", "NODE", "MODE", "FLAGS", "SINCE", "PER NODE");
-        for e in svcs {
+        for e in &services {
             let mut flags: Vec<&str> = Vec::new();
-            for f in ["transfer_intent", "awaiting_maturity", "has_notify"] {
-                if e["flags"][f] == true {
+            for (set, f) in [
+                (e.flags.transfer_intent, "transfer_intent"),
+                (e.flags.awaiting_maturity, "awaiting_maturity"),
+                (e.flags.has_notify, "has_notify"),
+            ] {
+                if set {
                     flags.push(f);
                 }
             }
-            if e["failed"] == true {
+            if e.failed {
                 flags.push("FAILED");
             }
-            if e["complete"] == false {
+            if !e.complete {
                 flags.push("uncommitted");
             }
-            let per: Vec<String> = e["nodes"]
-                .as_object()
-                .map(|m| m.iter().map(|(n, st)| format!("{n}:{}", st.as_str().unwrap_or("?"))).collect())
-                .unwrap_or_default();
-            if let Some(c) = e["offline_cause"].as_str() {
+            let per: Vec<String> = e.nodes.iter().map(|(n, st)| format!("{n}:{}", st.as_str())).collect();
+            if let Some(c) = &e.offline_cause {
                 flags.push(if c == "operator" { "offline_by_operator" } else { "offline_after_failure" });
             }
             s += &format!(
                 "{:<16} {:<13} {:>6} {:<8} {:<24} {:>10}  {}\n",
-                e["name"].as_str().unwrap_or("?"),
-                e["state"].as_str().unwrap_or("?"),
-                e["node"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-                e["mode"].as_str().unwrap_or("normal"),
+                e.name,
+                e.state.as_str(),
+                e.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                if e.mode == baton_state::Mode::Offline { "offline" } else { "normal" },
                 if flags.is_empty() { "-".to_string() } else { flags.join(",") },
-                e["since_s_ago"].as_f64().map(|t| format!("{t:.1} s")).unwrap_or_default(),
+                e.since_s_ago.map(|t| format!("{t:.1} s")).unwrap_or_default(),
                 per.join(" ")
             );
         }
@@ -359,62 +334,47 @@ pub fn render(v: &Value) -> String {
             );
         }
     }
-    let t = &v["agent"]["takeover"];
-    if t.is_object() && t["state"] != "normal" {
-        s += &format!(
-            "takeover: {}{}{}\n",
-            t["state"].as_str().unwrap_or("?"),
-            t["why"].as_str().map(|w| format!(": {w}")).or_else(|| t["node"].as_str().map(|n| format!(" of {n} (fault {})", t["fault"].as_str().unwrap_or("?")))).unwrap_or_default(),
-            t["countdown_left_ms"].as_u64().map(|ms| format!(", countdown {ms} ms left")).unwrap_or_default()
-        );
-    }
-    if let Some(list) = t["taken_over"].as_array().filter(|a| !a.is_empty()) {
-        for o in list {
+    if let Some(t) = agent.as_ref().and_then(|a| a.takeover.as_ref()) {
+        if t.state != "normal" {
             s += &format!(
-                "took over {} (fault {}{}); waiting for giveback\n",
-                o["node"].as_str().unwrap_or("?"),
-                o["fault"].as_str().unwrap_or("?"),
-                if o["forced"] == true { ", forced" } else { "" }
+                "takeover: {}{}{}\n",
+                t.state,
+                t.why.as_ref().map(|w| format!(": {w}")).or_else(|| t.node.as_ref().map(|n| format!(" of {n} (fault {})", t.fault.as_deref().unwrap_or("?")))).unwrap_or_default(),
+                t.countdown_left_ms.map(|ms| format!(", countdown {ms} ms left")).unwrap_or_default()
             );
         }
+        for o in &t.taken_over {
+            s += &format!("took over {} (fault {}{}); waiting for giveback\n", o.node, o.fault, if o.forced { ", forced" } else { "" });
+        }
     }
-    let cf = &v["agent"]["config"];
-    if cf.is_object() {
-        let mismatch: Vec<String> = cf["mismatch"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|n| {
-                let p = &cf["peers"][n.to_string()];
-                format!("{} ({})", p["name"].as_str().unwrap_or("?"), p["groups_hash"].as_str().unwrap_or("?"))
+    if let Some(cf) = agent.as_ref().and_then(|a| a.config.in_use()) {
+        let mismatch: Vec<String> = cf
+            .mismatch
+            .iter()
+            .map(|n| match cf.peers.get(&n.to_string()) {
+                Some(p) => format!("{} ({})", p.name, p.groups_hash),
+                None => "? (?)".to_string(),
             })
             .collect();
-        let agree = cf["peers"].as_object().map(|m| m.len()).unwrap_or(0) - mismatch.len().min(cf["peers"].as_object().map(|m| m.len()).unwrap_or(0));
+        let agree = cf.peers.len() - mismatch.len().min(cf.peers.len());
         s += &format!(
             "groups hash {}: {}\n",
-            cf["groups_hash"].as_str().unwrap_or("?"),
+            cf.groups_hash,
             if mismatch.is_empty() { format!("same on {agree} peer(s) heard") } else { format!("DIFFERS on {}", mismatch.join(", ")) }
         );
-        if let Some(r) = cf["last_reload"].as_object() {
-            s += &format!(
-                "last reload {} s ago: {}{}\n",
-                r["s_ago"],
-                if r["ok"] == true { "" } else { "REFUSED: " },
-                r["message"].as_str().unwrap_or("?")
-            );
+        if let Some(r) = &cf.last_reload {
+            s += &format!("last reload {} s ago: {}{}\n", json!(r.s_ago), if r.ok { "" } else { "REFUSED: " }, r.message);
         }
     }
-    if let Some(snd) = v["agent"]["sender"].as_object() {
-        s += &format!(
-            "agent pid {}: heartbeats sent {}, send errors {}, late ticks {}\n",
-            v["agent"]["pid"], snd["sent"], snd["send_errors"], snd["late_ticks"]
-        );
-    }
-    if let Some(ch) = v["agent"]["channel"].as_object() {
-        s += &format!(
-            "control channel: sessions {}, handshake failures {}, refused before authentication {}, evicted before authentication {}\n",
-            ch["sessions"], ch["handshake_failures"], ch["preauth_rejected"], ch["preauth_evicted"]
-        );
+    if let Some(a) = &agent {
+        let snd = &a.sender;
+        s += &format!("agent pid {}: heartbeats sent {}, send errors {}, late ticks {}\n", a.pid, snd.sent, snd.send_errors, snd.late_ticks);
+        if let Some(ch) = &a.channel {
+            s += &format!(
+                "control channel: sessions {}, handshake failures {}, refused before authentication {}, evicted before authentication {}\n",
+                ch.sessions, ch.handshake_failures, ch.preauth_rejected, ch.preauth_evicted
+            );
+        }
     }
     s += "counters:";
     if let Some(c) = v["counters"].as_object() {

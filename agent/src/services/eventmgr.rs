@@ -118,7 +118,7 @@ pub fn install(cfg: &crate::config::Config, ownership: crate::services::guard::O
                     Err(why) => {
                         error!(event = %name, run = %a.run, "action failed: {why}");
                         let alert = serde_json::json!({"event": "alert", "kind": "action_failed", "node": me, "reason": format!("[[on]] {name}: {}: {why}", a.run)});
-                        crate::services::svc::append_event(&events, alert);
+                        crate::eventlog::record(&events, alert);
                     }
                 }
             }

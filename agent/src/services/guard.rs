@@ -91,32 +91,9 @@ fn lock_file(state_dir: &Path) -> PathBuf {
     state_dir.join("guard.lock")
 }
 
-/// What a release found and did (the guard's event, `baton status`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Released {
-    /// Why: `start` (start clean) or `agent_gone`.
-    pub why: String,
-    /// Groups released as held.
-    pub groups: Vec<String>,
-    /// `address@interface` removed.
-    pub addresses_removed: Vec<String>,
-    /// Processes signalled (pid and command line).
-    pub processes_stopped: Vec<String>,
-    /// Applications whose stop action ran.
-    pub applications_stopped: Vec<String>,
-    /// Peers (times links) the distress went to.
-    pub distress_sent: u32,
-    pub errors: Vec<String>,
-    /// From the start of the release to the last address removed.
-    pub addresses_ms: f64,
-    pub total_ms: f64,
-}
-
-impl Released {
-    pub fn is_empty(&self) -> bool {
-        self.addresses_removed.is_empty() && self.processes_stopped.is_empty() && self.applications_stopped.is_empty()
-    }
-}
+/// What a release found and did (the guard's event, `baton status`):
+/// `agent.start_clean` of `agent.json`.
+pub use baton_state::Released;
 
 // ------------------------------------------------------------ agent side
 
@@ -578,7 +555,7 @@ fn log_release(cfg: &Config, r: &Released) {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     v["event"] = "guard".into();
     v["node"] = cfg.node_id.into();
-    crate::services::svc::append_event(&cfg.paths.events_log(), v);
+    crate::eventlog::record(&cfg.paths.events_log(), v);
 }
 
 /// Start clean: what the record says an earlier life held, then every

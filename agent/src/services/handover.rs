@@ -205,7 +205,7 @@ impl Handovers {
     }
 
     fn event(&self, v: serde_json::Value) {
-        crate::services::svc::append_event(&self.inner.events, v);
+        crate::eventlog::record(&self.inner.events, v);
     }
 
     fn set(&self, ip: Ipv4Addr, id: u64, e: Entry) -> Result<(), HandoverError> {

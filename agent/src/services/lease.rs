@@ -372,7 +372,7 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
                 let heard_list = heard;
                 let hears_me: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard_me)).map(|p| p.id)).collect();
                 warn!(?group, heard = ?heard_list, ?hears_me, addresses = n, apps, "address lease lost: no majority of this node's view both hears it and is heard by it; its floating addresses are withdrawn and its daemons frozen until one does");
-                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps}));
+                crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps}));
             }
             (true, Some(_)) if !member => {
                 // Halted or left meanwhile: the services released what they
@@ -390,7 +390,7 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
                 let again = rt.block_on(restore());
                 let held_ms = now.saturating_sub(t) as f64 / 1e6;
                 info!(held_ms, addresses = again.len(), "address lease regained: the withdrawn addresses are configured again");
-                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_regained", "withdrawn_ms": held_ms, "addresses": again.len()}));
+                crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "lease_regained", "withdrawn_ms": held_ms, "addresses": again.len()}));
                 for (ifname, ip) in again {
                     // Announced in the background: the rounds sleep.
                     std::thread::spawn(move || {

@@ -322,34 +322,31 @@ pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> S
     let total_nodes = cfg.peers.len() as i64 + 1;
     gauge(&mut reg, "baton_nodes_configured", "Configured nodes (this one and its peers)", total_nodes);
     gauge(&mut reg, "ha_cluster_pacemaker_stonith_enabled", "Whether fencing is configured ([[disk]]) (ha_cluster_exporter's name)", (!cfg.disks.is_empty()) as i64);
-    let membership: Option<Value> = std::fs::read_to_string(cfg.paths.cluster_snapshot()).ok().and_then(|s| serde_json::from_str(&s).ok());
-    match membership.filter(|m: &Value| m.is_object()) {
+    use baton_state::StateFile;
+    match baton_state::ClusterSnapshot::load(&cfg.paths.state_dir) {
         Some(m) => {
             ok.get_or_create(&l(&[("source", "membership")])).set(1);
-            let quorate = (m["quorate"] == true) as i64;
+            let quorate = (m.quorate == Some(true)) as i64;
             gauge(&mut reg, "baton_membership_quorate", "Whether this node's view of the cluster is quorate", quorate);
             gauge(&mut reg, "ha_cluster_corosync_quorate", "Whether the cluster is quorate (ha_cluster_exporter's name)", quorate);
-            let nodes = m["nodes"].as_array().cloned().unwrap_or_default();
-            let joined = nodes.iter().filter(|n| n["state"] == "joined").count() as i64;
+            let joined = m.nodes.iter().filter(|n| n.state == baton_state::NodeState::Joined).count() as i64;
             gauge(&mut reg, "baton_membership_members", "Nodes in state Joined in this node's view", joined);
-            gauge(&mut reg, "baton_membership_master", "The node id of the cluster master (0: none)", m["master"].as_i64().unwrap_or(0));
-            gauge(&mut reg, "baton_membership_halted", "Whether clustering halted on this node", (!m["halted"].is_null()) as i64);
+            gauge(&mut reg, "baton_membership_master", "The node id of the cluster master (0: none)", m.master.unwrap_or(0) as i64);
+            gauge(&mut reg, "baton_membership_halted", "Whether clustering halted on this node", m.halted.is_some() as i64);
             let state = gauge_family(&mut reg, "baton_membership_node_state", "Each node's membership state (1 for its current state)");
             let ha = gauge_family(&mut reg, "ha_cluster_pacemaker_nodes", "The nodes, one line per status (ha_cluster_exporter's name and statuses)");
-            for n in &nodes {
-                let name = n["name"].as_str().unwrap_or("?");
-                let st = n["state"].as_str().unwrap_or("?");
-                state.get_or_create(&l(&[("node", name), ("state", st)])).set(1);
-                ha.get_or_create(&l(&[("name", name), ("status", ha_node_status(st)), ("type", "member")])).set(1);
-                if m["master"] == n["id"] {
-                    ha.get_or_create(&l(&[("name", name), ("status", "dc"), ("type", "member")])).set(1);
+            for n in &m.nodes {
+                let st = n.state.as_str();
+                state.get_or_create(&l(&[("node", &n.name), ("state", st)])).set(1);
+                ha.get_or_create(&l(&[("name", &n.name), ("status", ha_node_status(st)), ("type", "member")])).set(1);
+                if m.master == Some(n.id) {
+                    ha.get_or_create(&l(&[("name", &n.name), ("status", "dc"), ("type", "member")])).set(1);
                 }
             }
             let tr = gauge_family(&mut reg, "baton_transitions_in_flight", "Membership transitions in flight, by kind and the level they are at");
-            for t in m["transitions"].as_array().into_iter().flatten() {
-                let kind = t["kind"].as_str().unwrap_or("?");
-                let level = t["level"].to_string();
-                tr.get_or_create(&l(&[("kind", kind), ("level", &level)])).inc();
+            for t in &m.transitions {
+                let level = t.level.to_string();
+                tr.get_or_create(&l(&[("kind", t.kind.as_str()), ("level", &level)])).inc();
             }
         }
         None => {
@@ -359,34 +356,28 @@ pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> S
 
     // Groups (services.json): present only with groups.
     if !cfg.groups.is_empty() {
-        let list: Option<Vec<Value>> = std::fs::read_to_string(cfg.paths.state_dir.join("services.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-            .and_then(|v| v.as_array().cloned());
-        match list {
-            Some(list) => {
+        match baton_state::Services::load(&cfg.paths.state_dir) {
+            Some(baton_state::Services(list)) => {
                 ok.get_or_create(&l(&[("source", "services")])).set(1);
                 let state = gauge_family(&mut reg, "baton_group_state", "Each group's state and node as this node sees it (1 for the current one)");
                 let node = gauge_family(&mut reg, "baton_group_node", "The node id a group is registered on (0: none or several)");
                 let ha = gauge_family(&mut reg, "ha_cluster_pacemaker_resources", "The groups, one line per node and status (ha_cluster_exporter's name)");
                 gauge(&mut reg, "baton_groups_configured", "Configured groups", list.len() as i64);
                 for g in &list {
-                    let name = g["name"].as_str().unwrap_or("?");
-                    let st = g["state"].as_str().unwrap_or("?");
-                    let mode = g["mode"].as_str().unwrap_or("normal");
-                    let on = g["node"].as_u64();
-                    let on_name = on.map(|n| if n as u32 == cfg.node_id { cfg.node_name.clone() } else { cfg.peer_name(n as u32) }).unwrap_or_default();
-                    state.get_or_create(&l(&[("group", name), ("state", st), ("node", &on_name), ("mode", mode)])).set(1);
-                    node.get_or_create(&l(&[("group", name)])).set(on.unwrap_or(0) as i64);
-                    let role = match st {
-                        "Registered" => "started",
-                        "Starting" => "starting",
-                        "Stopping" | "Recovering" => "stopping",
-                        _ => "stopped",
+                    let st = g.state.as_str();
+                    let mode = if g.mode == baton_state::Mode::Offline { "offline" } else { "normal" };
+                    let on_name = g.node.map(|n| if n == cfg.node_id { cfg.node_name.clone() } else { cfg.peer_name(n) }).unwrap_or_default();
+                    state.get_or_create(&l(&[("group", &g.name), ("state", st), ("node", &on_name), ("mode", mode)])).set(1);
+                    node.get_or_create(&l(&[("group", &g.name)])).set(g.node.unwrap_or(0) as i64);
+                    let role = match g.state {
+                        baton_state::ServiceState::Registered => "started",
+                        baton_state::ServiceState::Starting => "starting",
+                        baton_state::ServiceState::Stopping | baton_state::ServiceState::Recovering => "stopping",
+                        baton_state::ServiceState::Deregistered => "stopped",
                     };
-                    let status = if g["failed"] == true { "failed" } else if mode == "offline" { "blocked" } else { "active" };
-                    if st != "Deregistered" {
-                        ha.get_or_create(&l(&[("id", name), ("node", &on_name), ("managed", "true"), ("role", role), ("status", status)])).set(1);
+                    let status = if g.failed { "failed" } else if mode == "offline" { "blocked" } else { "active" };
+                    if g.state != baton_state::ServiceState::Deregistered {
+                        ha.get_or_create(&l(&[("id", &g.name), ("node", &on_name), ("managed", "true"), ("role", role), ("status", status)])).set(1);
                     }
                 }
             }

@@ -14,7 +14,6 @@
 //! an mpsc channel ([`SvcDone`]) and are fed to the core there.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,42 +268,41 @@ pub fn spec_of(g: &Group) -> ServiceSpec {
     s
 }
 
-fn state_name(s: baton_core::services::ServiceState) -> &'static str {
+fn state_of(s: baton_core::services::ServiceState) -> baton_state::ServiceState {
     use baton_core::services::ServiceState::*;
     match s {
-        Starting => "Starting",
-        Registered => "Registered",
-        Stopping => "Stopping",
-        Deregistered => "Deregistered",
-        Recovering => "Recovering",
+        Starting => baton_state::ServiceState::Starting,
+        Registered => baton_state::ServiceState::Registered,
+        Stopping => baton_state::ServiceState::Stopping,
+        Deregistered => baton_state::ServiceState::Deregistered,
+        Recovering => baton_state::ServiceState::Recovering,
     }
 }
 
-/// The JSON of one service line (`services.json`, `baton status --json`).
-pub fn status_json(s: &ServiceStatus) -> serde_json::Value {
-    let nodes: serde_json::Map<String, serde_json::Value> =
-        s.nodes.iter().map(|(n, st)| (n.to_string(), serde_json::Value::from(state_name(*st)))).collect();
-    serde_json::json!({
-        "name": s.name,
-        "state": state_name(s.state),
-        "node": s.node,
-        "nodes": nodes,
-        "flags": {
-            "transfer_intent": s.flags.transfer_intent,
-            "awaiting_maturity": s.flags.awaiting_maturity,
-            "has_notify": s.flags.has_notify,
+/// One service line (`services.json`, `baton status --json`).
+pub fn status_line(s: &ServiceStatus) -> baton_state::ServiceLine {
+    baton_state::ServiceLine {
+        name: s.name.clone(),
+        state: state_of(s.state),
+        node: s.node,
+        nodes: s.nodes.iter().map(|(n, st)| (*n, state_of(*st))).collect(),
+        flags: baton_state::ServiceFlags {
+            transfer_intent: s.flags.transfer_intent,
+            awaiting_maturity: s.flags.awaiting_maturity,
+            has_notify: s.flags.has_notify,
         },
-        "failed": s.failed,
-        "complete": s.complete,
-        // S4.6: "normal" or "offline" (with why, and where it is held).
-        "mode": if s.offline.is_some() { "offline" } else { "normal" },
-        "offline_cause": s.offline.as_ref().map(|c| match c {
+        failed: s.failed,
+        complete: s.complete,
+        // S4.6: normal or offline (with why, and where it is held).
+        mode: if s.offline.is_some() { baton_state::Mode::Offline } else { baton_state::Mode::Normal },
+        offline_cause: s.offline.as_ref().map(|c| match c {
             baton_core::services::OfflineCause::Operator => "operator".to_string(),
             baton_core::services::OfflineCause::Failed { node } => format!("failed on node {node}"),
         }),
-        "offline_on": s.offline_on.iter().collect::<Vec<_>>(),
-        "since_ns": s.since.0,
-    })
+        offline_on: s.offline_on.clone(),
+        since_ns: s.since.0,
+        since_s_ago: None,
+    }
 }
 
 impl ServiceManager {
@@ -561,12 +559,12 @@ impl ServiceManager {
     }
 
     fn write_snapshot(&self) {
-        let v: Vec<serde_json::Value> = self.status.values().map(status_json).collect();
-        let _ = crate::statefile::write_atomic(&self.snapshot, serde_json::Value::from(v).to_string().as_bytes(), false);
+        let lines = baton_state::Services(self.status.values().map(status_line).collect());
+        let _ = crate::statefile::write_json(&self.snapshot, &lines, false);
     }
 
     fn event(&self, v: serde_json::Value) {
-        append_event(&self.events, v);
+        crate::eventlog::record(&self.events, v);
     }
 
     fn env(params: &ActionParams, failed: Option<NodeId>) -> Vec<(String, String)> {
@@ -619,7 +617,7 @@ impl ServiceManager {
             match &result {
                 Ok(()) => {
                     info!(service = %t.group.name, ms, "service up");
-                    append_event(&t.events, serde_json::json!({"event": "service_up", "service": t.group.name, "node": t.me, "start_ms": ms, "reason": format!("{:?}", params.reason)}));
+                    crate::eventlog::record(&t.events, serde_json::json!({"event": "service_up", "service": t.group.name, "node": t.me, "start_ms": ms, "reason": format!("{:?}", params.reason)}));
                 }
                 Err(e) => error!(service = %t.group.name, "start failed: {e}"),
             }
@@ -662,7 +660,7 @@ impl ServiceManager {
                 Ok(()) => {
                     t.active.set_standby_pgids(&t.group.name, &pgids);
                     info!(service = %t.group.name, ms, pgid = ?pgids.first(), "hot standby: standby instance up");
-                    append_event(&t.events, serde_json::json!({"event": "standby_up", "service": t.group.name, "node": t.me, "start_ms": ms, "pgid": pgids.first()}));
+                    crate::eventlog::record(&t.events, serde_json::json!({"event": "standby_up", "service": t.group.name, "node": t.me, "start_ms": ms, "pgid": pgids.first()}));
                 }
                 Err(e) => {
                     t.active.release_standby(&t.group.name);
@@ -698,7 +696,7 @@ impl ServiceManager {
                     if !t.active.holds(&t.group.name) {
                         t.active.release_standby(&t.group.name);
                     }
-                    append_event(&t.events, serde_json::json!({"event": "standby_down", "service": t.group.name, "node": t.me}));
+                    crate::eventlog::record(&t.events, serde_json::json!({"event": "standby_down", "service": t.group.name, "node": t.me}));
                 }
                 Err(e) => error!(service = %t.group.name, "hot standby: stopping the standby instance failed: {e}"),
             }
@@ -745,7 +743,7 @@ impl ServiceManager {
             let result = offline_group(&t.group, t.app.as_deref(), was_running).await;
             match &result {
                 Ok(()) => {
-                    append_event(&t.events, serde_json::json!({"event": "service_offline", "service": t.group.name, "node": t.me, "reason": format!("{:?}", params.reason)}));
+                    crate::eventlog::record(&t.events, serde_json::json!({"event": "service_offline", "service": t.group.name, "node": t.me, "reason": format!("{:?}", params.reason)}));
                     if was_running {
                         crate::services::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, "Offline", pgids, true, false);
                     }
@@ -789,7 +787,7 @@ impl ServiceManager {
                 Ok(()) => {
                     t.active.release(&t.group.name);
                     info!(service = %t.group.name, "service down");
-                    append_event(&t.events, serde_json::json!({"event": "service_down", "service": t.group.name, "node": t.me}));
+                    crate::eventlog::record(&t.events, serde_json::json!({"event": "service_down", "service": t.group.name, "node": t.me}));
                 }
                 Err(e) => error!(service = %t.group.name, "stop failed: {e}"),
             }
@@ -891,17 +889,6 @@ impl ServiceManager {
             .filter(|s| s.state == baton_core::services::ServiceState::Registered)
             .filter_map(|s| s.node.map(|n| (s.name.clone(), n)))
             .collect()
-    }
-}
-
-/// Appends an event to `events.jsonl` and publishes it to the event manager
-/// (docs/events.md).
-pub(crate) fn append_event(path: &std::path::Path, mut v: serde_json::Value) {
-    crate::services::eventmgr::publish(&v);
-    crate::services::metrics::observe(&v);
-    v["agent_ns"] = monotonic_ns().into();
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = f.write_all(format!("{v}\n").as_bytes());
     }
 }
 
@@ -1120,7 +1107,7 @@ impl ServiceManager {
                 let _guard = lock.lock().await;
                 let ok = change_in_place(&old_group, old_app.as_deref(), &g, app.as_deref(), &mon_tx).await;
                 active.set_pgids(&g.name, &crate::services::watchdog::pgids_of(app.as_deref()).await);
-                append_event(&events, serde_json::json!({"event": "service_reconfigured", "service": g.name, "node": me, "ok": ok}));
+                crate::eventlog::record(&events, serde_json::json!({"event": "service_reconfigured", "service": g.name, "node": me, "ok": ok}));
                 let _ = tx.send(SvcDone::Reconfigured { service: g.name.clone(), ok }).await;
             });
         }

@@ -189,21 +189,47 @@ impl TakeoverRt {
     }
 
     /// For `baton status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> baton_state::TakeoverStatus {
         let name = |n: u32| if n == self.cfg.node_id { self.cfg.node_name.clone() } else { self.cfg.peer_name(n) };
         let now = monotonic_ns();
-        let state = match self.core.state() {
-            State::Normal => serde_json::json!({"state": "normal"}),
-            State::Requested { to, fault } => serde_json::json!({"state": "takeover requested", "partner": name(to), "fault": fault}),
-            State::Draining { by, fault } => serde_json::json!({"state": "draining for takeover", "partner": name(by), "fault": fault}),
-            State::TakenOver { by, fault, forced } => serde_json::json!({"state": "taken over", "partner": name(by), "fault": fault, "forced": forced, "why": format!("taken over by {} (fault: {fault}); no group runs here until giveback", name(by))}),
-            State::GivebackRequested { from } => serde_json::json!({"state": "giveback requested", "partner": name(from)}),
-            State::TakingOver { node, fault, deadline, forced } => serde_json::json!({"state": "takeover in progress", "node": name(node), "fault": fault, "forced": forced, "countdown_left_ms": deadline.0.saturating_sub(now) / 1_000_000}),
+        let mut v = baton_state::TakeoverStatus {
+            state: String::new(),
+            partner: None,
+            node: None,
+            fault: None,
+            forced: None,
+            why: None,
+            countdown_left_ms: None,
+            partner_of_this_node: self.partner().map(name),
+            taken_over: self.core.taken_over().into_iter().map(|(n, f, forced)| baton_state::TakenOver { node: name(n), fault: f, forced }).collect(),
+            failing_checks: self.failing.keys().cloned().collect(),
         };
-        let mut v = state;
-        v["partner_of_this_node"] = self.partner().map(name).into();
-        v["taken_over"] = self.core.taken_over().into_iter().map(|(n, f, forced)| serde_json::json!({"node": name(n), "fault": f, "forced": forced})).collect::<Vec<_>>().into();
-        v["failing_checks"] = self.failing.keys().cloned().collect::<Vec<_>>().into();
+        let state = match self.core.state() {
+            State::Normal => "normal",
+            State::Requested { to, fault } => {
+                (v.partner, v.fault) = (Some(name(to)), Some(fault));
+                "takeover requested"
+            }
+            State::Draining { by, fault } => {
+                (v.partner, v.fault) = (Some(name(by)), Some(fault));
+                "draining for takeover"
+            }
+            State::TakenOver { by, fault, forced } => {
+                v.why = Some(format!("taken over by {} (fault: {fault}); no group runs here until giveback", name(by)));
+                (v.partner, v.fault, v.forced) = (Some(name(by)), Some(fault), Some(forced));
+                "taken over"
+            }
+            State::GivebackRequested { from } => {
+                v.partner = Some(name(from));
+                "giveback requested"
+            }
+            State::TakingOver { node, fault, deadline, forced } => {
+                (v.node, v.fault, v.forced) = (Some(name(node)), Some(fault), Some(forced));
+                v.countdown_left_ms = Some(deadline.0.saturating_sub(now) / 1_000_000);
+                "takeover in progress"
+            }
+        };
+        v.state = state.to_string();
         v
     }
 
@@ -273,7 +299,7 @@ impl TakeoverRt {
         match ev {
             crate::services::health::HealthEvent::Fault { check, fault, reason } => {
                 error!(check = %check, fault = %fault, reason = %reason, "fault detected: asking the partner to take this node over");
-                crate::services::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault", "node": me, "check": check, "fault": fault, "reason": reason}));
+                crate::eventlog::record(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault", "node": me, "check": check, "fault": fault, "reason": reason}));
                 self.failing.insert(check, fault.clone());
                 self.healthy_since = None;
                 let mut t = self.feed(Input::Degraded { on: true }, ctx);
@@ -328,7 +354,7 @@ impl TakeoverRt {
         if cured {
             self.healthy_since = None;
             info!("health checks passed for the cure period: asking for the giveback");
-            crate::services::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault_cured", "node": self.cfg.node_id}));
+            crate::eventlog::record(&self.cfg.paths.events_log(), serde_json::json!({"event": "fault_cured", "node": self.cfg.node_id}));
             return self.feed(Input::Cured, ctx);
         }
         self.feed(Input::Tick, ctx)
@@ -369,7 +395,7 @@ impl TakeoverRt {
                     t.stop = true;
                 }
                 Action::Force { node } => {
-                    crate::services::svc::append_event(&self.cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "takeover", "node": node, "reason": "the countdown expired with the node still up: forced down"}));
+                    crate::eventlog::record(&self.cfg.paths.events_log(), serde_json::json!({"event": "alert", "kind": "takeover", "node": node, "reason": "the countdown expired with the node still up: forced down"}));
                 }
                 Action::Return { node } => {
                     let groups = self.their_groups.remove(&node).unwrap_or_default();
@@ -381,7 +407,7 @@ impl TakeoverRt {
                 }
                 Action::Event { name, node, partner, detail } => {
                     info!(event = name, node, partner, detail, "takeover");
-                    crate::services::svc::append_event(
+                    crate::eventlog::record(
                         &self.cfg.paths.events_log(),
                         serde_json::json!({"event": name, "node": node, "partner": partner, "detail": detail}),
                     );

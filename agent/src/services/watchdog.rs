@@ -569,7 +569,7 @@ pub async fn run(args: Args) -> Result<i32, WatchdogError> {
         "rounds": rounds,
         "ms": t0.elapsed().as_millis() as u64,
     });
-    crate::services::svc::append_event(&events, ev.clone());
+    crate::eventlog::record(&events, ev.clone());
     match result {
         "critical" => {
             error!(service = %args.group, errors = ?ev["errors"], "watchdog: the group cannot be brought down here: critical failure (S0), this node leaves the cluster");
