@@ -953,7 +953,23 @@ impl Membership {
                 return;
             }
             let yields = other && s.quorate && !cur.quorate;
-            if !yields && !s.view.supersedes(&cur.view) {
+            if other && s.quorate && cur.quorate {
+                // Two quorate clusters of different lineages (a master that
+                // formed one and was paused before anyone heard of it, while
+                // the others formed another): the one that got further wins
+                // (more Joined members, then more versions of its term),
+                // the lower master id only when they are level. By the ids
+                // alone, the paused master's state, never followed by
+                // anyone, made every member of the running cluster halt
+                // when it resumed (sim seed 3837). Both sides compare the
+                // same two states the same way, so they agree.
+                let joined = |st: &ClusterState| st.nodes.values().filter(|e| e.state == NodeState::Joined).count();
+                let key = |st: &ClusterState| (joined(st), st.view.term, st.view.version);
+                let (ks, kc) = (key(&s), key(cur));
+                if ks < kc || (ks == kc && !s.view.supersedes(&cur.view)) {
+                    return;
+                }
+            } else if !yields && !s.view.supersedes(&cur.view) {
                 return;
             }
             // Membership of this life only (an older life's entry is not ours).
@@ -1797,9 +1813,18 @@ impl Membership {
         let mut joins = BTreeSet::new();
         for (n, r) in &self.reports {
             let Some(e) = s.nodes.get(n) else { continue };
+            // Only a recent report admits a node: a node that wants to join
+            // reports every resend period, and one whose reports stopped
+            // follows another cluster now (sim seed 926: a master forming
+            // anew admitted three members of the running cluster on their
+            // reports from before they joined it, its S3 change committed with
+            // them, and its state counted as quorate beside that cluster's).
+            // (Our own report is always current.)
+            let recent = *n == self.cfg.me || self.report_at.get(n).is_some_and(|t| now.since(*t) <= 2 * self.cfg.resend_ns);
             // Only a new life joins: a report of a life that was already in
             // the cluster (a stale one) never brings it back.
-            if r.want == Want::Join
+            if recent
+                && r.want == Want::Join
                 && r.incarnation > e.incarnation
                 && e.state == NodeState::Inactive
                 && !s.transitions.contains_key(n)

@@ -1790,3 +1790,105 @@ fn a_successor_paused_with_old_reports_in_its_queue_does_not_take_over() {
     }
     h.check_nothing_after_end();
 }
+
+/// Sim seed 926: a node forming anew must not admit nodes on reports they
+/// sent long ago. Nodes 3 and 4 reported to node 1 (wanting to join, in no
+/// cluster yet) and then stopped reporting to it (in the sim: they joined
+/// the cluster beyond a partition, and report to its master only). When
+/// node 1 forms later, with 3 and 4 in sight again, their old reports made
+/// them joiners: its first change admitted {1, 2, 3, 4}, a majority of the
+/// five, S3 committed it with 3 and 4 (members of the other cluster), and
+/// node 1 became the master of a quorate state beside the running one.
+#[test]
+fn a_formation_admits_nobody_on_old_reports() {
+    use baton_core::membership::{Report, Want};
+    let mut h = Harness::new(5);
+    // 3, 4 and 5 are not running here: what node 1 knows of 3 and 4 is
+    // their old reports and their heartbeats.
+    for n in [3, 4, 5] {
+        h.crash(n);
+    }
+    for n in [3, 4] {
+        let levels = LEVELS.iter().map(|(_, level, barriers)| LevelSpec { level: *level, barriers: *barriers }).collect();
+        let r = Report {
+            incarnation: 7,
+            want: Want::Join,
+            levels,
+            done: BTreeSet::new(),
+            seen: Default::default(),
+            state: None,
+            max_change: 0,
+            stop_all: false,
+            answers: 0,
+        };
+        h.input(1, Input::Receive { from: n, msg: Msg::Report(r) });
+    }
+    h.start(1);
+    h.start(2);
+    for n in [3, 4] {
+        h.input(1, Input::PeerUp { node: n });
+        h.input(2, Input::PeerUp { node: n });
+    }
+    h.run_ms(200);
+    let st = h.nodes[&1].core.state().expect("node 1 formed").clone();
+    assert_eq!(st.view.master, 1, "setup: node 1 formed");
+    let asked: Vec<NodeId> = h.nodes[&1]
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Send { to, msg: Msg::Gmp(_) } if *to == 3 || *to == 4 => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert!(asked.is_empty(), "node 1 ran a group change with 3 and 4 on their old reports: {asked:?}");
+    assert!(!st.quorate && st.group().is_empty(), "node 1 admitted on old reports: {st:?}");
+    h.check_nothing_after_end();
+}
+
+/// Sim seed 3837: node 1 formed a cluster of every node (its S3 change
+/// committed, so its state is quorate) and was paused before its state went
+/// out; the others took it for dead and formed another cluster. When node 1
+/// resumed, its state (never followed by anyone, nobody Joined in it)
+/// reached the running cluster, and because a lower master id won between
+/// two quorate lineages, every member of the running cluster halted
+/// `Superseded`. Now the cluster that got further (more Joined members)
+/// wins: the running cluster ignores that state.
+#[test]
+fn a_quorate_cluster_ignores_a_paused_masters_state_that_nobody_followed() {
+    use baton_core::membership::{ClusterState, NodeEntry, ViewId};
+    let mut h = Harness::new(5);
+    for n in [1, 5] {
+        h.crash(n);
+    }
+    for n in [2, 3, 4] {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[2, 3, 4]), "setup: 2, 3 and 4 joined: {} / {:?}", h.nodes[&2].core.debug_line(), h.nodes[&2].core.state());
+    let cur = h.nodes[&2].core.state().unwrap().clone();
+    assert!(cur.quorate && cur.view.master == 2 && cur.view.term == 1, "setup: {:?}", cur.view);
+    // Node 1's state: formed in term 1, every node admitted (Joining).
+    let view = ViewId { term: 1, master: 1, master_incarnation: 1, version: 1 };
+    let levels: BTreeSet<LevelSpec> = LEVELS.iter().map(|(_, level, barriers)| LevelSpec { level: *level, barriers: *barriers }).collect();
+    let nodes = (1..=5).map(|n| (n, NodeEntry { state: NodeState::Joining, incarnation: 1, levels: levels.clone() })).collect();
+    let paper = ClusterState {
+        view,
+        origin: ViewId { version: 0, ..view },
+        nodes,
+        transitions: BTreeMap::new(),
+        change: 1,
+        quorate: true,
+        stopping: false,
+    };
+    h.mark();
+    for n in [2, 3, 4] {
+        h.input(n, Input::Receive { from: 1, msg: Msg::State(paper.clone()) });
+    }
+    h.run_ms(300);
+    for n in [2, 3, 4] {
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "node {n} halted: {:?}", h.nodes[&n].actions);
+        assert_eq!(h.master(n), 2, "node {n} follows another master");
+    }
+    assert!(all_joined(&h, &[2, 3, 4]));
+    h.check_nothing_after_end();
+}
