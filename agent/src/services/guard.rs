@@ -614,10 +614,7 @@ async fn kill_leftovers(g: &Group, pgids: &[i32], r: &mut Released) {
 /// The groups' entries in the pinned handover map (steering or ARP
 /// silence of this node) are gone with the agent.
 fn clear_handover(cfg: &Config, groups: &[&Group]) {
-    use aya::maps::{HashMap as BpfHashMap, MapData};
-    let path = cfg.paths.map(baton_common::MAP_HANDOVER);
-    let Ok(md) = MapData::from_pin(&path) else { return };
-    let Ok(mut m) = BpfHashMap::<MapData, u32, baton_common::Handover>::try_from(aya::maps::Map::HashMap(md)) else { return };
+    let Ok(mut m) = crate::datapath::pinned::handover(&cfg.paths.bpffs_dir) else { return };
     for g in groups {
         for a in &g.addresses {
             if let IpAddr::V4(v) = a.ip {
