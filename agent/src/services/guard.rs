@@ -353,7 +353,7 @@ fn write_record(state_dir: &Path, rec: &HeldRecord) {
         let _ = std::fs::remove_file(&path);
         return;
     }
-    let ok = crate::statefile::write_atomic(&path, serde_json::to_string(rec).unwrap_or_default().as_bytes(), true);
+    let ok = crate::statefile::write_json(&path, rec, true);
     if let Err(e) = ok {
         warn!(file = %path.display(), "cannot record what this node holds: {e}");
     }
