@@ -396,6 +396,18 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The `agent` part of host `i`'s `baton status --json` (its
+    /// `agent.json`), typed; `None` when the agent does not run.
+    pub fn status_agent(&self, i: usize) -> Option<state::AgentStatus> {
+        serde_json::from_value(self.status(i)["agent"].take()).ok()
+    }
+
+    /// The `membership` part of host `i`'s `baton status --json` (its
+    /// `cluster.json`), typed.
+    pub fn status_membership(&self, i: usize) -> Option<state::ClusterSnapshot> {
+        serde_json::from_value(self.status(i)["membership"].take()).ok()
+    }
+
     /// Events (events.jsonl) of host `i`.
     pub fn events(&self, i: usize) -> Vec<serde_json::Value> {
         let p = self.state_dir(i).join(state::EVENTS_FILE);

@@ -151,6 +151,16 @@ impl Svc {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// The `agent` part of node `i`'s status (its `agent.json`), typed.
+    pub fn status_agent(&self, i: usize) -> Option<state::AgentStatus> {
+        serde_json::from_value(self.status(i)["agent"].take()).ok()
+    }
+
+    /// The `membership` part of node `i`'s status (its `cluster.json`), typed.
+    pub fn status_membership(&self, i: usize) -> Option<state::ClusterSnapshot> {
+        serde_json::from_value(self.status(i)["membership"].take()).ok()
+    }
+
     /// The service lines of node `i`'s status (`services.json` as `baton
     /// status --json` shows it; empty when it cannot be read).
     pub fn services(&self, i: usize) -> Vec<state::ServiceLine> {

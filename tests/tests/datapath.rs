@@ -543,7 +543,7 @@ fn a_second_agent_on_the_same_interface_is_refused_and_changes_nothing() {
 /// Sender's datagrams per heartbeat interval of host `i`, over `secs` (from
 /// `agent.sender.sent`, refreshed every second).
 fn datagrams_per_interval(c: &Cluster, i: usize, secs: u64) -> f64 {
-    let sent = |c: &Cluster| c.status(i)["agent"]["sender"]["sent"].as_u64().unwrap();
+    let sent = |c: &Cluster| c.status_agent(i).expect("the agent's status").sender.sent;
     let (a, t) = (sent(c), std::time::Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
     let b = sent(c);

@@ -65,9 +65,8 @@ fn a_connection_flood_without_the_key_leaves_the_agent_alive_bounded_and_in_the_
     // Pre-authentication connections are bounded: 8 per peer address (2
     // peers here), the stranger's closed at once.
     assert!(max_fds < before + 100, "descriptors grew from {before} to {max_fds} under the flood");
-    let st = c.status(victim);
-    let ch = &st["agent"]["channel"];
-    eprintln!("control channel counters after the flood: {ch}");
+    let ch = c.status_agent(victim).and_then(|a| a.channel);
+    eprintln!("control channel counters after the flood: {ch:?}");
     // The stranger's SYNs never reach the TCP stack: dropped by XDP
     // (datapath counter), so the agent never sees them (docs/datapath.md).
     let syn_dropped = c.counter(victim, "drop_control_syn");
@@ -76,8 +75,9 @@ fn a_connection_flood_without_the_key_leaves_the_agent_alive_bounded_and_in_the_
     // The peer-address half is accepted by the pre-authentication thread
     // (at a lower priority: it may lag behind the flood) and evicted by the
     // per-source cap.
-    let evicted = wait_until(Duration::from_secs(10), || c.status(victim)["agent"]["channel"]["preauth_evicted"].as_u64().unwrap_or(0) >= 1000);
-    assert!(evicted.is_some(), "{}", c.status(victim)["agent"]["channel"]);
+    let channel = |c: &Cluster| c.status_agent(victim).and_then(|a| a.channel).unwrap_or_default();
+    let evicted = wait_until(Duration::from_secs(10), || channel(&c).preauth_evicted >= 1000);
+    assert!(evicted.is_some(), "{:?}", channel(&c));
     // Still in the cluster with node 1, in one view.
     assert_eq!(c.my_state(victim), Some(NodeState::Joined));
     drop(held);
@@ -104,7 +104,7 @@ fn a_syn_to_the_control_port_from_a_non_peer_is_dropped_by_xdp_and_a_peer_still_
     let client = c.add_client(0);
     let dropped0 = c.counter(victim, "drop_control_syn");
     let passed0 = c.counter(victim, "control_syn_peer");
-    let rejected0 = c.status(victim)["agent"]["channel"]["preauth_rejected"].as_u64().unwrap();
+    let rejected0 = c.status_agent(victim).and_then(|a| a.channel).expect("the channel's counters").preauth_rejected;
     // A connect from `src` (in namespace `ns`) with a 1.5 s timeout.
     let connect_from = |ns: &str, src: &str| -> std::io::Result<std::net::TcpStream> {
         let std::net::IpAddr::V4(src) = src.parse::<std::net::IpAddr>().unwrap() else { unreachable!() };
@@ -141,7 +141,7 @@ fn a_syn_to_the_control_port_from_a_non_peer_is_dropped_by_xdp_and_a_peer_still_
     }
     let dropped = c.counter(victim, "drop_control_syn") - dropped0;
     assert!(dropped >= 3, "drop_control_syn grew by {dropped}");
-    let rejected = c.status(victim)["agent"]["channel"]["preauth_rejected"].as_u64().unwrap() - rejected0;
+    let rejected = c.status_agent(victim).and_then(|a| a.channel).expect("the channel's counters").preauth_rejected - rejected0;
     assert_eq!(rejected, 0, "the agent saw a stranger's connection");
     // A peer's address (node 1's, from its namespace) still connects.
     let s = connect_from(&c.hosts[0].ns.name, &link_addr(0, 0));

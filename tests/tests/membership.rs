@@ -36,8 +36,7 @@ fn nodes_started_one_by_one_all_join_one_view() {
     assert_eq!(states, [NodeState::Joined; 3], "{m:?}");
     assert_eq!(m.master, Some(1), "the node that formed the cluster is its master");
     // baton status shows the membership too.
-    let st = c.status(2);
-    assert_eq!(st["membership"]["my_state"], "joined");
+    assert_eq!(c.status_membership(2).map(|m| m.my_state), Some(NodeState::Joined));
 }
 
 #[test]

@@ -116,7 +116,7 @@ fn a_control_port_flood_and_idle_control_clients_raise_no_false_alarm_and_hide_n
     let fds_before = fd_count(master_pid);
     let halts_before: Vec<usize> = (0..3).map(|i| svc.c.log_lines(i, &["clustering halted"]).len()).collect();
     let dropped0 = svc.c.counter(0, "drop_control_syn");
-    let evicted0 = svc.c.status(0)["agent"]["channel"]["preauth_evicted"].as_u64().unwrap_or(0);
+    let evicted0 = svc.c.status_agent(0).and_then(|a| a.channel).map_or(0, |ch| ch.preauth_evicted);
 
     // The nuisances: idle clients first (they hold the master's control
     // socket from the start), then the flood on a thread of its own,
@@ -188,7 +188,7 @@ fn a_control_port_flood_and_idle_control_clients_raise_no_false_alarm_and_hide_n
     assert!(a.child.try_wait().unwrap().is_none(), "the master's agent ended:\n{}", svc.c.agent_log(0));
     assert_eq!(a.pid(), master_pid);
     let dropped = svc.c.counter(0, "drop_control_syn") - dropped0;
-    let evicted = svc.c.status(0)["agent"]["channel"]["preauth_evicted"].as_u64().unwrap_or(0) - evicted0;
+    let evicted = svc.c.status_agent(0).and_then(|a| a.channel).map_or(0, |ch| ch.preauth_evicted) - evicted0;
     eprintln!(
         "flood: {} connections opened; the master's descriptors {fds_before} before, at most {max_fds} during; stranger SYNs dropped by XDP {dropped}, peer-address connections evicted {evicted}",
         held.len()

@@ -156,10 +156,9 @@ fn an_agent_restarted_while_another_node_owns_the_group_starts_clean() {
     svc.check(pids_matching(&svc.ns(0), HTTPD).is_empty(), || format!("httpd runs on node1: {:?}", netns_cmdlines(&svc.ns(0))));
     svc.check(httpd_total(&svc) == 1, || format!("{} httpd instances run", httpd_total(&svc)));
     svc.check(svc.registered_on(0, "web") == Some(owner), || "web moved".into());
-    let st = svc.status(0);
-    let clean = &st["agent"]["start_clean"];
-    svc.check(clean["addresses_removed"].as_array().is_some_and(|a| a.len() == 1), || format!("status start_clean: {clean}"));
-    svc.check(clean["processes_stopped"].as_array().is_some_and(|a| a.len() == 1), || format!("status start_clean: {clean}"));
+    let clean = svc.status_agent(0).map(|a| a.start_clean);
+    svc.check(clean.as_ref().is_some_and(|c| c.addresses_removed.len() == 1), || format!("status start_clean: {clean:?}"));
+    svc.check(clean.as_ref().is_some_and(|c| c.processes_stopped.len() == 1), || format!("status start_clean: {clean:?}"));
     let ev = guard_event(&svc, 0, "start");
     eprintln!("node1 restarted: start clean {ev}");
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use baton_tests::svc::*;
 use baton_tests::*;
 use serde_json::Value;
+use baton_tests::state::ConfigStatus;
 
 const DB: &str = r#"
 [[group]]
@@ -74,8 +75,15 @@ fn has(svc: &Svc, i: usize, ip: &str) -> bool {
     svc.c.has_addr(i, ip)
 }
 
-fn config_of(svc: &Svc, i: usize) -> Value {
-    svc.status(i)["agent"]["config"].clone()
+/// The configuration in use on node `i` (`agent.config` of its status),
+/// once the agent wrote it.
+fn config_of(svc: &Svc, i: usize) -> Option<ConfigStatus> {
+    svc.status_agent(i).and_then(|a| a.config.in_use().cloned())
+}
+
+/// The groups' hash of node `i`.
+fn hash_of(svc: &Svc, i: usize) -> Option<String> {
+    config_of(svc, i).map(|c| c.groups_hash)
 }
 
 /// Events of `service` named `event` on any node, after the `from[i]`-th
@@ -99,7 +107,7 @@ fn a_good_reload_adds_changes_and_removes_groups_without_moving_the_others() {
     let mut svc = Svc::new("rld", 3, &format!("{}{DB}", web_group("costly", ""))).with_client();
     web_on_node1(&mut svc);
     svc.wait_registered("db", Duration::from_secs(20), |n| n == 2);
-    let hash0 = config_of(&svc, 0)["groups_hash"].as_str().unwrap().to_string();
+    let hash0 = hash_of(&svc, 0).expect("node1's groups hash");
     let mark = event_counts(&svc);
 
     // Every node's file: web with a second address and a monitor, db as it
@@ -126,12 +134,12 @@ fn a_good_reload_adds_changes_and_removes_groups_without_moving_the_others() {
     svc.check(reconf.len() == 1 && reconf[0]["node"] == 1 && reconf[0]["ok"] == true, || format!("web changed in place on node 1: {reconf:?}"));
     // Every node on the same groups: the same hash, no mismatch.
     let same = wait_until(Duration::from_secs(10), || {
-        let c: Vec<Value> = (0..3).map(|i| config_of(&svc, i)).collect();
-        let h = c[0]["groups_hash"].clone();
-        c.iter().all(|x| x["groups_hash"] == h && x["mismatch"].as_array().is_some_and(|m| m.is_empty()) && x["peers"].as_object().is_some_and(|p| p.len() == 2 && p.values().all(|v| v["groups_hash"] == h)))
+        let Some(c) = (0..3).map(|i| config_of(&svc, i)).collect::<Option<Vec<ConfigStatus>>>() else { return false };
+        let h = &c[0].groups_hash;
+        c.iter().all(|x| &x.groups_hash == h && x.mismatch.is_empty() && x.peers.len() == 2 && x.peers.values().all(|v| &v.groups_hash == h))
     });
     svc.check(same.is_some(), || format!("the nodes do not agree on the groups: {:?}", (0..3).map(|i| config_of(&svc, i)).collect::<Vec<_>>()));
-    svc.check(config_of(&svc, 0)["groups_hash"] != hash0.as_str(), || "the hash did not change".into());
+    svc.check(hash_of(&svc, 0).is_some_and(|h| h != hash0), || "the hash did not change".into());
     let text = svc.baton(0, &["status"]);
     svc.check(text.contains("same on 2 peer(s) heard"), || format!("baton status: {text}"));
 
@@ -182,7 +190,7 @@ fn a_bad_file_or_a_restart_only_change_is_refused_and_nothing_changes() {
     }
     let mut svc = Svc::new("rlb", 3, &web_group("costly", "")).with_client();
     web_on_node1(&mut svc);
-    let before = config_of(&svc, 0)["groups_hash"].clone();
+    let before = hash_of(&svc, 0);
     let mark = event_counts(&svc);
 
     // A bad address in web, and a new group api beside it: the file is
@@ -208,10 +216,11 @@ fn a_bad_file_or_a_restart_only_change_is_refused_and_nothing_changes() {
     // (`baton status` reads the file too: the good one back first.)
     write_groups(&svc, 0, &web_group("costly", ""));
     // (agent.json is written every second.)
-    wait_until(Duration::from_secs(3), || config_of(&svc, 0)["last_reload"]["s_ago"].as_f64().is_some_and(|t| t < 0.5));
+    wait_until(Duration::from_secs(3), || config_of(&svc, 0).and_then(|c| c.last_reload).is_some_and(|r| r.s_ago < 0.5));
     let c = config_of(&svc, 0);
-    svc.check(c["last_reload"]["ok"] == false && c["last_reload"]["message"].as_str().is_some_and(|m| m.contains(&want)), || format!("status: {c}"));
-    svc.check(c["groups_hash"] == before && c["groups"] == serde_json::json!(["web"]), || format!("the groups changed: {c}"));
+    let last = c.as_ref().and_then(|c| c.last_reload.as_ref());
+    svc.check(last.is_some_and(|r| !r.ok && r.message.contains(&want)), || format!("status: {c:?}"));
+    svc.check(c.as_ref().is_some_and(|c| Some(&c.groups_hash) == before.as_ref() && c.groups == ["web"]), || format!("the groups changed: {c:?}"));
     let text = svc.baton(0, &["status"]);
     svc.check(text.contains("REFUSED: "), || format!("baton status does not show the refusal: {text}"));
 
@@ -224,7 +233,7 @@ fn a_bad_file_or_a_restart_only_change_is_refused_and_nothing_changes() {
     let (ok, out) = baton_raw(&svc, 0, &["reload"]);
     eprintln!("baton reload (restart-only change): {out}");
     svc.check(!ok && out.contains("[heartbeat] changed: that needs a restart of the agent; nothing was applied"), || format!("got: {out}"));
-    svc.check(config_of(&svc, 0)["groups_hash"] == before, || "the groups changed".into());
+    svc.check(hash_of(&svc, 0) == before, || "the groups changed".into());
 
     // Nothing moved, nothing was halted, api started nowhere.
     std::thread::sleep(Duration::from_millis(300));
@@ -239,15 +248,16 @@ fn a_bad_file_or_a_restart_only_change_is_refused_and_nothing_changes() {
     // One node that is not the decider (the master) alone reloads another
     // group set: the others show the mismatch; its extra group runs nowhere
     // (the decider does not know it).
-    let master = svc.status(0)["membership"]["master"].as_u64().unwrap() as usize;
+    let master = svc.status_membership(0).and_then(|m| m.master).expect("a master") as usize;
     let x = (0..3).rev().find(|i| *i + 1 != master).unwrap();
     let others: Vec<usize> = (0..3).filter(|i| *i != x).collect();
     write_groups(&svc, x, &format!("{}{API}", web_group("costly", "")));
     let out = svc.baton(x, &["reload"]);
     svc.check(out.contains("added api"), || out.clone());
-    let want_x: Vec<u64> = others.iter().map(|i| *i as u64 + 1).collect();
+    let want_x: Vec<u32> = others.iter().map(|i| *i as u32 + 1).collect();
+    let mismatch = |i: usize| config_of(&svc, i).map(|c| c.mismatch);
     let shown = wait_until(Duration::from_secs(10), || {
-        others.iter().all(|i| config_of(&svc, *i)["mismatch"] == serde_json::json!([x + 1])) && config_of(&svc, x)["mismatch"] == serde_json::json!(want_x)
+        others.iter().all(|i| mismatch(*i) == Some(vec![x as u32 + 1])) && mismatch(x) == Some(want_x.clone())
     });
     svc.check(shown.is_some(), || format!("mismatch not shown: {:?}", (0..3).map(|i| config_of(&svc, i)).collect::<Vec<_>>()));
     let o = others[0];

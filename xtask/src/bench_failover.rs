@@ -304,7 +304,9 @@ pub fn web_status(c: &Cluster, i: usize) -> serde_json::Value {
     baton(c, i, &["status", "--json"])
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v["services"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "web").cloned()))
+        .and_then(|mut v| serde_json::from_value::<Vec<baton_tests::state::ServiceLine>>(v["services"].take()).ok())
+        .and_then(|l| l.into_iter().find(|s| s.name == "web"))
+        .and_then(|s| serde_json::to_value(s).ok())
         .unwrap_or(serde_json::Value::Null)
 }
 

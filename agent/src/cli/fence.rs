@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 
 use super::request::operator_request;
 use crate::control::protocol::Request;
@@ -12,9 +12,7 @@ use crate::config;
 
 fn open(config: &Path) -> Result<(config::Config, HashMap<MapData, u32, u32>)> {
     let cfg = config::load(config)?;
-    let path = cfg.paths.map(baton_common::MAP_FENCED);
-    let md = MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent running?)", path.display()))?;
-    let m: HashMap<MapData, u32, u32> = HashMap::try_from(Map::HashMap(md))?;
+    let m = crate::datapath::pinned::fenced(&cfg.paths.bpffs_dir)?;
     Ok((cfg, m))
 }
 

@@ -314,7 +314,7 @@ async fn run_guarded(
             channel.take_handover_inbox().map(|inbox| crate::services::handover::Wiring {
                 sender: channel.handover_sender(),
                 inbox,
-                map: cfg.paths.map(baton_common::MAP_HANDOVER),
+                pin_dir: cfg.paths.bpffs_dir.clone(),
             }),
             ownership,
         )
@@ -419,13 +419,14 @@ fn write_agent_status(cfg: &Config, status: &mut baton_state::AgentStatus, s: &s
 /// that came up, and returns its membership input.
 fn route_peer_event(mut pe: crate::datapath::events::PeerEvent, driver: &mut ClusterDriver, sender: &sender::Sender, sink: &mut EventSink) -> Option<Input> {
     let input = peer_input(&pe);
-    if pe.event == "peer_silent" && driver.left_gracefully_in_life(pe.node, pe.incarnation) {
+    use crate::datapath::events::PeerEventKind as K;
+    if pe.event == K::PeerSilent && driver.left_gracefully_in_life(pe.node, pe.incarnation) {
         // Membership still hears of it (PeerGone), but the log and the
         // event actions do not see a failure.
-        pe.event = "peer_stopped";
+        pe.event = K::PeerStopped;
     }
     sink.emit(&pe);
-    if matches!(pe.event, "link_up" | "peer_restarted") {
+    if matches!(pe.event, K::LinkUp | K::PeerRestarted) {
         // A peer came up: dial it now if we dial it, and answer with a
         // heartbeat that carries its incarnation, so that it sees us up at
         // once too.
@@ -487,11 +488,12 @@ fn confirmed(c: crate::daemon::confirm::Confirmed, driver: &mut ClusterDriver, c
 
 /// Turns the datapath's node-level peer events into membership inputs.
 fn peer_input(pe: &crate::datapath::events::PeerEvent) -> Option<Input> {
+    use crate::datapath::events::PeerEventKind as K;
     match pe.event {
-        "peer_up" => Some(Input::PeerUp { node: pe.node }),
-        "peer_silent" => Some(Input::PeerSilent { node: pe.node }),
-        "peer_distress" => Some(Input::PeerDistress { node: pe.node, reason: pe.reason.unwrap_or(0) }),
-        _ => None,
+        K::PeerUp => Some(Input::PeerUp { node: pe.node }),
+        K::PeerSilent => Some(Input::PeerSilent { node: pe.node }),
+        K::PeerDistress => Some(Input::PeerDistress { node: pe.node, reason: pe.reason.unwrap_or(0) }),
+        K::LinkUp | K::LinkSilent | K::PeerRestarted | K::PeerStopped => None,
     }
 }
 
@@ -717,7 +719,7 @@ async fn event_loop(
                 match crate::datapath::status::peer_links(cfg) {
                     Ok(links) => {
                         for pe in tracker.resync(&links, monotonic_ns()) {
-                            warn!(event = pe.event, node = pe.node, link = ?pe.link, "resync: the liveness map shows a change whose event was lost");
+                            warn!(event = pe.event.as_str(), node = pe.node, link = ?pe.link, "resync: the liveness map shows a change whose event was lost");
                             if let Some(i) = route_peer_event(pe, &mut driver, sender, &mut sink) {
                                 effects.extend(feed_peer_input(i, &mut driver, &mut confirm, &ha.app_sender, cfg));
                             }

@@ -14,11 +14,51 @@ use crate::config::Config;
 /// (the agent's one clock, `crate::clock`).
 pub use crate::clock::monotonic_ns;
 
+/// What a peer event reports (its `event` in `events.jsonl`).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerEventKind {
+    /// The peer is heard on a link again.
+    LinkUp,
+    /// The peer went silent on a link.
+    LinkSilent,
+    /// The peer is heard on some link (it was heard on none).
+    PeerUp,
+    /// The peer went silent on every link.
+    PeerSilent,
+    /// The peer sent a distress.
+    PeerDistress,
+    /// The peer started a new life (a new incarnation heard on a link).
+    PeerRestarted,
+    /// A `peer_silent` of a peer that had left gracefully in that life (the
+    /// daemon renames it: no failure).
+    PeerStopped,
+}
+
+impl PeerEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerEventKind::LinkUp => "link_up",
+            PeerEventKind::LinkSilent => "link_silent",
+            PeerEventKind::PeerUp => "peer_up",
+            PeerEventKind::PeerSilent => "peer_silent",
+            PeerEventKind::PeerDistress => "peer_distress",
+            PeerEventKind::PeerRestarted => "peer_restarted",
+            PeerEventKind::PeerStopped => "peer_stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One line of `events.jsonl`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct PeerEvent {
-    /// link_up, link_silent, peer_up, peer_silent, peer_distress, peer_restarted
-    pub event: &'static str,
+    pub event: PeerEventKind,
     pub node: u32,
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,7 +138,7 @@ impl PeerTracker {
 
     pub fn on_record(&mut self, ev: &Event, agent_ns: u64) -> Vec<PeerEvent> {
         let name = self.names.get(&ev.node).cloned().unwrap_or_else(|| format!("node{}", ev.node));
-        let mk = |event: &'static str, link: Option<u32>| PeerEvent {
+        let mk = |event: PeerEventKind, link: Option<u32>| PeerEvent {
             event,
             node: ev.node,
             name: name.clone(),
@@ -115,20 +155,20 @@ impl PeerTracker {
                 let set = self.up_links.entry(ev.node).or_default();
                 let was_down = set.is_empty();
                 if set.insert(ev.link) {
-                    out.push(mk("link_up", Some(ev.link)));
+                    out.push(mk(PeerEventKind::LinkUp, Some(ev.link)));
                 }
                 if was_down && !set.is_empty() {
-                    out.push(mk("peer_up", None));
+                    out.push(mk(PeerEventKind::PeerUp, None));
                 }
             }
             EV_LINK_SILENT => {
                 let set = self.up_links.entry(ev.node).or_default();
                 if set.remove(&ev.link) {
-                    let mut e = mk("link_silent", Some(ev.link));
+                    let mut e = mk(PeerEventKind::LinkSilent, Some(ev.link));
                     e.last_seen_ns = Some(ev.last_seen_ns);
                     out.push(e);
                     if set.is_empty() {
-                        let mut e = mk("peer_silent", None);
+                        let mut e = mk(PeerEventKind::PeerSilent, None);
                         e.last_seen_ns = Some(ev.last_seen_ns);
                         out.push(e);
                     }
@@ -139,7 +179,7 @@ impl PeerTracker {
             EV_DISTRESS if self.distressed.get(&ev.node) != Some(&ev.incarnation) => {
                 self.distressed.insert(ev.node, ev.incarnation);
                 self.up_links.remove(&ev.node);
-                let mut e = mk("peer_distress", None);
+                let mut e = mk(PeerEventKind::PeerDistress, None);
                 e.reason = Some(ev.reason);
                 out.push(e);
             }
@@ -148,7 +188,7 @@ impl PeerTracker {
                 // link stays up, a silent one reports its EV_LINK_UP next):
                 // keep ours in step with it, or the next silence of this
                 // link would go unreported.
-                out.push(mk("peer_restarted", Some(ev.link)));
+                out.push(mk(PeerEventKind::PeerRestarted, Some(ev.link)));
             }
             _ => {}
         }
@@ -173,12 +213,13 @@ impl EventSink {
     }
 
     pub fn emit(&mut self, e: &PeerEvent) {
+        use PeerEventKind as K;
         match e.event {
-            "peer_silent" | "peer_distress" => error!(node = e.node, name = %e.name, incarnation = e.incarnation, reason = ?e.reason, "{}", e.event),
-            "link_silent" => warn!(node = e.node, name = %e.name, link = ?e.link, "{}", e.event),
+            K::PeerSilent | K::PeerDistress => error!(node = e.node, name = %e.name, incarnation = e.incarnation, reason = ?e.reason, "{}", e.event),
+            K::LinkSilent => warn!(node = e.node, name = %e.name, link = ?e.link, "{}", e.event),
             _ => info!(node = e.node, name = %e.name, link = ?e.link, incarnation = e.incarnation, "{}", e.event),
         }
-        if matches!(e.event, "peer_up" | "peer_silent" | "peer_distress" | "peer_stopped") {
+        if matches!(e.event, K::PeerUp | K::PeerSilent | K::PeerDistress | K::PeerStopped) {
             if let Ok(v) = serde_json::to_value(e) {
                 crate::eventlog::publish(&v);
             }
@@ -225,7 +266,7 @@ addresses = ["10.0.0.2", "10.0.1.2"]
     }
 
     fn kinds(v: Vec<PeerEvent>) -> Vec<&'static str> {
-        v.into_iter().map(|e| e.event).collect()
+        v.into_iter().map(|e| e.event.as_str()).collect()
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and detaches / unpins on shutdown.
 
 pub mod events;
+pub mod pinned;
 pub mod selfcheck;
 pub mod selftest;
 pub mod sender;

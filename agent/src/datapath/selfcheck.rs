@@ -26,7 +26,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use aya::maps::{Array, Map, MapData};
 use baton_common::{DatapathConfig, MAP_CONFIG};
 
 use crate::config::Config;
@@ -38,7 +37,8 @@ pub const PROTOCOL_WINDOW: Duration = Duration::from_secs(10);
 pub struct SelfCheck {
     expected: DatapathConfig,
     incarnation: u64,
-    config_map: std::path::PathBuf,
+    /// The directory of the pinned maps (`BATON_CONFIG` is checked).
+    pin_dir: std::path::PathBuf,
     incarnation_file: std::path::PathBuf,
     comm_grace_ns: u64,
     /// Since when peers are heard but no control link is up.
@@ -62,7 +62,7 @@ impl SelfCheck {
         SelfCheck {
             expected,
             incarnation,
-            config_map: cfg.paths.map(MAP_CONFIG),
+            pin_dir: cfg.paths.bpffs_dir.clone(),
             incarnation_file: cfg.paths.incarnation_file(),
             comm_grace_ns: (COMMUNICATION_GRACE.as_nanos() as u64).max(10 * cfg.form_ms as u64 * 1_000_000),
             comm_down_since: None,
@@ -76,16 +76,15 @@ impl SelfCheck {
     /// of TCP connections and of bad frames so far.
     pub fn check(&mut self, now: u64, peers_heard: bool, control_up: bool, connections: u64, bad_frames: u64) -> Option<Failure> {
         // Corruption.
-        match MapData::from_pin(&self.config_map)
+        match crate::datapath::pinned::config(&self.pin_dir)
             .map_err(|e| e.to_string())
-            .and_then(|md| Array::<MapData, DatapathConfig>::try_from(Map::Array(md)).map_err(|e| e.to_string()))
             .and_then(|a| a.get(&0, 0).map_err(|e| e.to_string()))
         {
             Ok(c) if c != self.expected => {
                 return Some(Failure {
                     reason: baton_common::DISTRESS_CORRUPTION,
                     name: "corruption",
-                    why: format!("the pinned map {} no longer holds what the agent wrote", self.config_map.display()),
+                    why: format!("the pinned map {} no longer holds what the agent wrote", self.pin_dir.join(MAP_CONFIG).display()),
                 })
             }
             Ok(_) => {}
@@ -93,7 +92,7 @@ impl SelfCheck {
                 return Some(Failure {
                     reason: baton_common::DISTRESS_CORRUPTION,
                     name: "corruption",
-                    why: format!("the pinned map {} cannot be read: {e}", self.config_map.display()),
+                    why: format!("the pinned map {} cannot be read: {e}", self.pin_dir.join(MAP_CONFIG).display()),
                 })
             }
         }
@@ -154,7 +153,7 @@ mod tests {
         SelfCheck {
             expected: unsafe { std::mem::zeroed() },
             incarnation: 1,
-            config_map: "/nonexistent".into(),
+            pin_dir: "/nonexistent".into(),
             incarnation_file: "/nonexistent".into(),
             comm_grace_ns: 5 * S,
             comm_down_since: None,

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, Map, MapData};
-use baton_common::{encode_into, Header, PeerLink, KIND_DISTRESS, KIND_HEARTBEAT, MAP_PEERS, MAX_ENTRIES, MAX_LINKS, MAX_PACKET_LEN};
+use aya::maps::{Array, MapData};
+use baton_common::{encode_into, Header, PeerLink, KIND_DISTRESS, KIND_HEARTBEAT, MAX_ENTRIES, MAX_LINKS, MAX_PACKET_LEN};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Link, Transport};
@@ -263,10 +263,7 @@ pub fn distress_of_dead_life(cfg: &Config, k0: u64, k1: u64, incarnation: u64, r
         ls.seq = 1 << 62;
         socks.push(ls);
     }
-    let peers_map = MapData::from_pin(cfg.paths.map(MAP_PEERS))
-        .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
-    let peers_map: Array<MapData, PeerLink> =
-        Array::try_from(Map::Array(peers_map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
+    let peers_map = crate::datapath::pinned::peers(&cfg.paths.bpffs_dir).map_err(std::io::Error::other)?;
     let mut dst_inc = vec![0u64; cfg.peers.len()];
     for (i, inc) in dst_inc.iter_mut().enumerate() {
         for l in 0..cfg.links.len() as u32 {
@@ -321,10 +318,7 @@ pub fn spawn(cfg: &Config, k0: u64, k1: u64, incarnation: u64) -> std::io::Resul
         })?;
         socks.push(ls);
     }
-    let peers_map = MapData::from_pin(cfg.paths.map(MAP_PEERS))
-        .map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
-    let peers_map: Array<MapData, PeerLink> =
-        Array::try_from(Map::Array(peers_map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
+    let peers_map = crate::datapath::pinned::peers(&cfg.paths.bpffs_dir).map_err(std::io::Error::other)?;
     let shared = Arc::new(SenderShared {
         answer: cfg.peers.iter().map(|_| AtomicBool::new(false)).collect(),
         disowned: cfg.peers.iter().map(|_| AtomicU64::new(0)).collect(),

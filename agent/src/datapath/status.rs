@@ -1,10 +1,10 @@
 //! `baton status`: the local view of peers, read straight from the pinned
 //! maps, so it answers even when the agent is busy or stuck.
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use crate::datapath::pinned;
 use baton_common::{
-    Counter, DatapathConfig, PeerLink, LINK_DISTRESSED, LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAP_CONFIG, MAP_COUNTERS,
-    MAP_FENCED, MAP_PEERS,
+    Counter, PeerLink, LINK_DISTRESSED, LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAP_CONFIG, MAP_COUNTERS,
+    MAP_PEERS,
 };
 use serde_json::{json, Value};
 
@@ -14,12 +14,8 @@ use crate::datapath::events::monotonic_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot open pinned map {path}: {source} (is the agent running with this configuration?)")]
-    Open {
-        path: String,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error(transparent)]
+    Open(#[from] crate::datapath::pinned::PinnedError),
     #[error("reading pinned map {map}: {source}")]
     Read {
         map: &'static str,
@@ -45,15 +41,10 @@ pub fn state_name(s: u32) -> &'static str {
     }
 }
 
-fn open(cfg: &Config, name: &'static str) -> Result<MapData, StatusError> {
-    let path = cfg.paths.map(name);
-    MapData::from_pin(&path).map_err(|source| StatusError::Open { path: path.display().to_string(), source })
-}
 
 /// Sums the per-CPU counters.
 pub fn counters(cfg: &Config) -> Result<Vec<(Counter, u64)>, StatusError> {
-    let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(cfg, MAP_COUNTERS)?))
-        .map_err(|source| StatusError::Read { map: MAP_COUNTERS, source })?;
+    let arr = pinned::counters(&cfg.paths.bpffs_dir)?;
     let mut out = Vec::new();
     for c in Counter::ALL {
         let v = arr.get(&(c as u32), 0).map_err(|source| StatusError::Read { map: MAP_COUNTERS, source })?;
@@ -65,8 +56,7 @@ pub fn counters(cfg: &Config) -> Result<Vec<(Counter, u64)>, StatusError> {
 /// The liveness record of every configured peer on every link
 /// (`BATON_PEERS`), for the agent's resync (`PeerTracker::resync`).
 pub fn peer_links(cfg: &Config) -> Result<Vec<PeerLink>, StatusError> {
-    let peers: Array<MapData, PeerLink> = Array::try_from(Map::Array(open(cfg, MAP_PEERS)?))
-        .map_err(|source| StatusError::Read { map: MAP_PEERS, source })?;
+    let peers = pinned::peers(&cfg.paths.bpffs_dir)?;
     let mut out = Vec::new();
     for i in 0..cfg.peers.len() {
         for li in 0..cfg.links.len() {
@@ -125,13 +115,10 @@ pub fn watch(cfg: &Config, json: bool, interval: f64) -> Result<(), StatusError>
 /// The whole status document (`baton status --json`).
 pub fn collect(cfg: &Config) -> Result<Value, StatusError> {
     let now = monotonic_ns();
-    let conf: Array<MapData, DatapathConfig> = Array::try_from(Map::Array(open(cfg, MAP_CONFIG)?))
-        .map_err(|source| StatusError::Read { map: MAP_CONFIG, source })?;
+    let conf = pinned::config(&cfg.paths.bpffs_dir)?;
     let dc = conf.get(&0, 0).map_err(|source| StatusError::Read { map: MAP_CONFIG, source })?;
-    let peers: Array<MapData, PeerLink> = Array::try_from(Map::Array(open(cfg, MAP_PEERS)?))
-        .map_err(|source| StatusError::Read { map: MAP_PEERS, source })?;
-    let fenced: HashMap<MapData, u32, u32> = HashMap::try_from(Map::HashMap(open(cfg, MAP_FENCED)?))
-        .map_err(|source| StatusError::Read { map: MAP_FENCED, source })?;
+    let peers = pinned::peers(&cfg.paths.bpffs_dir)?;
+    let fenced = pinned::fenced(&cfg.paths.bpffs_dir)?;
     let fenced_ids: Vec<u32> = fenced.keys().filter_map(Result::ok).collect();
 
     let mut nodes = Vec::new();

@@ -353,7 +353,7 @@ fn write_record(state_dir: &Path, rec: &HeldRecord) {
         let _ = std::fs::remove_file(&path);
         return;
     }
-    let ok = crate::statefile::write_atomic(&path, serde_json::to_string(rec).unwrap_or_default().as_bytes(), true);
+    let ok = crate::statefile::write_json(&path, rec, true);
     if let Err(e) = ok {
         warn!(file = %path.display(), "cannot record what this node holds: {e}");
     }
@@ -661,10 +661,7 @@ async fn kill_leftovers(g: &Group, pgids: &[i32], r: &mut Released) {
 /// The groups' entries in the pinned handover map (steering or ARP
 /// silence of this node) are gone with the agent.
 fn clear_handover(cfg: &Config, groups: &[&Group]) {
-    use aya::maps::{HashMap as BpfHashMap, MapData};
-    let path = cfg.paths.map(baton_common::MAP_HANDOVER);
-    let Ok(md) = MapData::from_pin(&path) else { return };
-    let Ok(mut m) = BpfHashMap::<MapData, u32, baton_common::Handover>::try_from(aya::maps::Map::HashMap(md)) else { return };
+    let Ok(mut m) = crate::datapath::pinned::handover(&cfg.paths.bpffs_dir) else { return };
     for g in groups {
         for a in &g.addresses {
             if let IpAddr::V4(v) = a.ip {

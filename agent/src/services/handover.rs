@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
 use baton_common::{Handover as Entry, HANDOVER_SILENT, HANDOVER_STEER};
 use baton_core::NodeId;
 use tokio::sync::{mpsc, oneshot};
@@ -85,14 +84,17 @@ pub enum HandoverError {
     /// The new node's `Failed` reply.
     #[error("{reason}")]
     Refused { reason: String },
+    #[error(transparent)]
+    Pinned(#[from] crate::datapath::pinned::PinnedError),
 }
 
 /// How the agent wires the handover: the channel's sender and inbox, and
-/// the pinned `BATON_HANDOVER` map.
+/// the directory of the pinned maps (`BATON_HANDOVER`,
+/// `datapath::pinned::handover`).
 pub struct Wiring {
     pub sender: HandoverSender,
     pub inbox: mpsc::Receiver<(u32, HandoverMsg)>,
-    pub map: PathBuf,
+    pub pin_dir: PathBuf,
 }
 
 /// What a handover needs of a configured group.
@@ -119,7 +121,7 @@ pub struct Handovers {
 struct Inner {
     me: NodeId,
     sender: HandoverSender,
-    map: PathBuf,
+    pin_dir: PathBuf,
     groups: BTreeMap<String, GroupHandle>,
     /// The service manager's set of groups held here.
     active: crate::services::guard::Ownership,
@@ -155,14 +157,14 @@ impl Handovers {
         active: crate::services::guard::Ownership,
         events: PathBuf,
     ) -> Handovers {
-        let Wiring { sender, mut inbox, map } = wiring;
+        let Wiring { sender, mut inbox, pin_dir } = wiring;
         // Handover ids must differ across restarts of this node too.
         let seed = crate::datapath::events::monotonic_ns();
         let h = Handovers {
             inner: Arc::new(Inner {
                 me,
                 sender,
-                map,
+                pin_dir,
                 groups,
                 active,
                 events,
@@ -209,11 +211,8 @@ impl Handovers {
     }
 
     fn set(&self, ip: Ipv4Addr, id: u64, e: Entry) -> Result<(), HandoverError> {
-        let path = &self.inner.map;
-        let err = |source| HandoverError::Map { path: path.clone(), source };
-        let md = MapData::from_pin(path).map_err(err)?;
-        let mut m: BpfHashMap<MapData, u32, Entry> = BpfHashMap::try_from(aya::maps::Map::HashMap(md)).map_err(err)?;
-        m.insert(key(ip), e, 0).map_err(err)?;
+        let mut m = crate::datapath::pinned::handover(&self.inner.pin_dir)?;
+        m.insert(key(ip), e, 0).map_err(|source| HandoverError::Map { path: self.inner.pin_dir.join(baton_common::MAP_HANDOVER), source })?;
         lock(&self.inner.entry_owner).insert(ip, id);
         Ok(())
     }
@@ -222,13 +221,10 @@ impl Handovers {
     /// `id` is `None`).
     fn clear(&self, ips: &[Ipv4Addr], id: Option<u64>) {
         let mut owners = lock(&self.inner.entry_owner);
-        let path = &self.inner.map;
-        let mut m = match MapData::from_pin(path)
-            .and_then(|md| BpfHashMap::<MapData, u32, Entry>::try_from(aya::maps::Map::HashMap(md)))
-        {
+        let mut m = match crate::datapath::pinned::handover(&self.inner.pin_dir) {
             Ok(m) => m,
             Err(e) => {
-                warn!(map = %path.display(), "handover entries not cleared: {e}");
+                warn!("handover entries not cleared: {e}");
                 return;
             }
         };

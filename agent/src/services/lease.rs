@@ -102,8 +102,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use aya::maps::{Array, Map, MapData};
-use baton_common::{PeerLink, MAP_PEERS};
+use aya::maps::{Array, MapData};
+use baton_common::PeerLink;
 use nix::sys::signal::Signal;
 use tracing::{error, info, warn};
 
@@ -240,8 +240,7 @@ impl Lease {
 
 /// Starts the lease thread (after the datapath pinned its maps).
 pub fn spawn(cfg: &Config, sender: Arc<SenderShared>) -> std::io::Result<Lease> {
-    let map = MapData::from_pin(cfg.paths.map(MAP_PEERS)).map_err(|e| std::io::Error::other(format!("opening pinned {MAP_PEERS}: {e}")))?;
-    let peers: Array<MapData, PeerLink> = Array::try_from(Map::Array(map)).map_err(|e| std::io::Error::other(format!("{MAP_PEERS}: {e}")))?;
+    let peers = crate::datapath::pinned::peers(&cfg.paths.bpffs_dir).map_err(std::io::Error::other)?;
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let cfg = cfg.clone();

@@ -107,7 +107,7 @@ fn save_mark(cfg: &Config, mark: Option<&Mark>) {
             let _ = std::fs::remove_file(&path);
         }
         Some(m) => {
-            let r = crate::statefile::write_atomic(&path, serde_json::to_string(m).unwrap_or_default().as_bytes(), true);
+            let r = crate::statefile::write_json(&path, m, true);
             if let Err(e) = r {
                 error!(file = %path.display(), "cannot save the stay-down mark: {e}");
             }
