@@ -276,6 +276,11 @@ pub enum ChannelError {
     },
     #[error("control channel configuration: {reason}")]
     Config { reason: String },
+    #[error("control channel configuration: noise setup ({params}): {source}", params = NOISE_PARAMS)]
+    Noise {
+        #[source]
+        source: snow::Error,
+    },
     #[error("control channel: node {node} is not a configured peer")]
     UnknownPeer { node: u32 },
     #[error("control channel: no link to node {node} is up")]
@@ -585,7 +590,7 @@ impl Channel {
         validate(&cfg)?;
         // Fail early (and in the caller's terms) if the Noise parameters do not build.
         let psk = derive_psk(cfg.cluster_id, &cfg.psk_secret);
-        noise_builder(&psk).and_then(|b| b.build_initiator()).map_err(|e| ChannelError::Config { reason: format!("noise setup ({NOISE_PARAMS}): {e}") })?;
+        noise_builder(&psk).and_then(|b| b.build_initiator()).map_err(|source| ChannelError::Noise { source })?;
 
         let mut listeners = Vec::with_capacity(cfg.links.len());
         for &addr in &cfg.links {

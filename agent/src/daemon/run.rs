@@ -814,7 +814,7 @@ async fn event_loop(
                     (Some("takeover"), Some(n)) => {
                         let reason: Vec<&str> = words.collect();
                         let reason = if reason.is_empty() { "operator".to_string() } else { reason.join(" ") };
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_takeover(node, &reason, &ha_ctx(&driver)).map_err(|e| e.to_string())) {
+                        match crate::services::takeover::OperatorError::parse_node(n).and_then(|node| ha.takeover.operator_takeover(node, &reason, &ha_ctx(&driver))) {
                             Ok(todo) => {
                                 info!(node = n, reason, "operator: takeover");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
@@ -824,7 +824,7 @@ async fn event_loop(
                         }
                     }
                     (Some("giveback"), Some(n)) => {
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_giveback(node, &ha_ctx(&driver)).map_err(|e| e.to_string())) {
+                        match crate::services::takeover::OperatorError::parse_node(n).and_then(|node| ha.takeover.operator_giveback(node, &ha_ctx(&driver))) {
                             Ok(todo) => {
                                 info!(node = n, "operator: giveback");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
