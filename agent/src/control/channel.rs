@@ -276,6 +276,11 @@ pub enum ChannelError {
     },
     #[error("control channel configuration: {reason}")]
     Config { reason: String },
+    #[error("control channel configuration: noise setup ({params}): {source}", params = NOISE_PARAMS)]
+    Noise {
+        #[source]
+        source: snow::Error,
+    },
     #[error("control channel: node {node} is not a configured peer")]
     UnknownPeer { node: u32 },
     #[error("control channel: no link to node {node} is up")]
@@ -585,7 +590,7 @@ impl Channel {
         validate(&cfg)?;
         // Fail early (and in the caller's terms) if the Noise parameters do not build.
         let psk = derive_psk(cfg.cluster_id, &cfg.psk_secret);
-        noise_builder(&psk).and_then(|b| b.build_initiator()).map_err(|e| ChannelError::Config { reason: format!("noise setup ({NOISE_PARAMS}): {e}") })?;
+        noise_builder(&psk).and_then(|b| b.build_initiator()).map_err(|source| ChannelError::Noise { source })?;
 
         let mut listeners = Vec::with_capacity(cfg.links.len());
         for &addr in &cfg.links {
@@ -1119,31 +1124,27 @@ enum Role {
     Listener,
 }
 
-/// Why a connection ended.
-#[derive(Debug)]
+/// Why a connection ended (logged as "control channel: link down: ...").
+#[derive(Debug, thiserror::Error)]
 enum SessionError {
-    Io(io::Error),
+    #[error("{source}")]
+    Io {
+        #[source]
+        source: io::Error,
+    },
     /// The peer closed the connection.
+    #[error("connection closed by the peer")]
     Closed,
-    Timeout(&'static str),
+    #[error("timed out: {what}")]
+    Timeout { what: &'static str },
     /// Garbage or a wrong key during the handshake.
-    Handshake(String),
-    Hello(String),
+    #[error("handshake failed: {reason}")]
+    Handshake { reason: String },
+    #[error("hello rejected: {reason}")]
+    Hello { reason: String },
     /// A bad frame after the handshake.
-    BadFrame(String),
-}
-
-impl std::fmt::Display for SessionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SessionError::Io(e) => write!(f, "{e}"),
-            SessionError::Closed => write!(f, "connection closed by the peer"),
-            SessionError::Timeout(what) => write!(f, "timed out: {what}"),
-            SessionError::Handshake(m) => write!(f, "handshake failed: {m}"),
-            SessionError::Hello(m) => write!(f, "hello rejected: {m}"),
-            SessionError::BadFrame(m) => write!(f, "bad frame: {m}"),
-        }
-    }
+    #[error("bad frame: {reason}")]
+    BadFrame { reason: String },
 }
 
 impl From<io::Error> for SessionError {
@@ -1151,7 +1152,7 @@ impl From<io::Error> for SessionError {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             SessionError::Closed
         } else {
-            SessionError::Io(e)
+            SessionError::Io { source: e }
         }
     }
 }
@@ -1162,7 +1163,7 @@ async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>, max
     rd.read_exact(&mut len).await?;
     let len = u16::from_be_bytes(len) as usize;
     if len == 0 || len > max {
-        return Err(SessionError::BadFrame(format!("frame of {len} bytes (at most {max} expected)")));
+        return Err(SessionError::BadFrame { reason: format!("frame of {len} bytes (at most {max} expected)") });
     }
     buf.resize(len, 0);
     rd.read_exact(buf).await?;
@@ -1221,7 +1222,7 @@ struct Up {
 
 /// The Noise handshake and the hellos.
 async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, role: Role) -> Result<Up, SessionError> {
-    let hs_err = |e: snow::Error| SessionError::Handshake(format!("{e} (does the peer use the same cluster secret and id?)"));
+    let hs_err = |e: snow::Error| SessionError::Handshake { reason: format!("{e} (does the peer use the same cluster secret and id?)") };
     let mut out = vec![0u8; 2 + MAX_HANDSHAKE_FRAME_LEN];
     let mut frame = Vec::new();
     let mut scratch = vec![0u8; MAX_HANDSHAKE_FRAME_LEN];
@@ -1234,8 +1235,8 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
     let mut read_hs = async |hs: &mut HandshakeState, rd: &mut OwnedReadHalf| -> Result<(), SessionError> {
         match read_frame(rd, &mut frame, MAX_HANDSHAKE_FRAME_LEN).await {
             Ok(()) => {}
-            Err(SessionError::BadFrame(m)) => return Err(SessionError::Handshake(m)),
-            Err(SessionError::Closed) => return Err(SessionError::Handshake("connection closed during the handshake (does the peer use the same cluster secret and id?)".into())),
+            Err(SessionError::BadFrame { reason: m }) => return Err(SessionError::Handshake { reason: m }),
+            Err(SessionError::Closed) => return Err(SessionError::Handshake { reason: "connection closed during the handshake (does the peer use the same cluster secret and id?)".into() }),
             Err(e) => return Err(e),
         }
         hs.read_message(&frame, &mut scratch).map_err(hs_err)?;
@@ -1251,7 +1252,7 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
             // The dialer sends its first message as soon as it connected.
             match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_hs(&mut hs, rd)).await {
                 Ok(r) => r?,
-                Err(_) => return Err(SessionError::Timeout("the first handshake message")),
+                Err(_) => return Err(SessionError::Timeout { what: "the first handshake message" }),
             }
             let n = hs.write_message(&[], &mut out[2..]).map_err(hs_err)?;
             write_frame(wr, &mut out, n).await?;
@@ -1270,13 +1271,13 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
         let mut frame = Vec::new();
         match read_frame(rd, &mut frame, MAX_HANDSHAKE_FRAME_LEN).await {
             Ok(()) => {}
-            Err(SessionError::BadFrame(m)) => return Err(SessionError::Handshake(m)),
-            Err(SessionError::Closed) => return Err(SessionError::Handshake("connection closed before the hello".into())),
+            Err(SessionError::BadFrame { reason: m }) => return Err(SessionError::Handshake { reason: m }),
+            Err(SessionError::Closed) => return Err(SessionError::Handshake { reason: "connection closed before the hello".into() }),
             Err(e) => return Err(e),
         }
         let mut p = [0u8; MAX_HANDSHAKE_FRAME_LEN];
-        let n = ts.read_message(&frame, &mut p).map_err(|e| SessionError::Handshake(format!("hello does not decrypt: {e}")))?;
-        decode_hello(&p[..n]).map_err(|e| SessionError::Hello(e.to_string()))
+        let n = ts.read_message(&frame, &mut p).map_err(|e| SessionError::Handshake { reason: format!("hello does not decrypt: {e}") })?;
+        decode_hello(&p[..n]).map_err(|e| SessionError::Hello { reason: e.to_string() })
     };
     let known = |node: u32| lock(&s.conns).contains_key(&node);
     let peer_hello = match role {
@@ -1284,23 +1285,23 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
             send_hello(&mut ts, wr).await?;
             let h = recv_hello(&mut ts, rd).await?;
             if h.cluster != s.cluster_id {
-                return Err(SessionError::Hello(format!("cluster id {}, expected {}", h.cluster, s.cluster_id)));
+                return Err(SessionError::Hello { reason: format!("cluster id {}, expected {}", h.cluster, s.cluster_id) });
             }
             if h.node != peer {
-                return Err(SessionError::Hello(format!("node {} answered, expected node {peer}", h.node)));
+                return Err(SessionError::Hello { reason: format!("node {} answered, expected node {peer}", h.node) });
             }
             h
         }
         Role::Listener => {
             let h = recv_hello(&mut ts, rd).await?;
             if h.cluster != s.cluster_id {
-                return Err(SessionError::Hello(format!("cluster id {}, expected {}", h.cluster, s.cluster_id)));
+                return Err(SessionError::Hello { reason: format!("cluster id {}, expected {}", h.cluster, s.cluster_id) });
             }
             if !known(h.node) {
-                return Err(SessionError::Hello(format!("unknown node id {}", h.node)));
+                return Err(SessionError::Hello { reason: format!("unknown node id {}", h.node) });
             }
             if h.node > s.me {
-                return Err(SessionError::Hello(format!("node {} dialed, but the lower id (this node, {}) dials", h.node, s.me)));
+                return Err(SessionError::Hello { reason: format!("node {} dialed, but the lower id (this node, {}) dials", h.node, s.me) });
             }
             send_hello(&mut ts, wr).await?;
             h
@@ -1354,16 +1355,16 @@ async fn run_session_inner(
     };
     let hs = tokio::select! {
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&s, &mut rd, &mut wr, role)) => r,
-        _ = evicted => Ok(Err(SessionError::Handshake(format!(
+        _ = evicted => Ok(Err(SessionError::Handshake { reason: format!(
             "closed before its handshake ended: a newer connection came from the same address while {PREAUTH_PER_SOURCE} were pending"
-        )))),
+        ) })),
     };
     drop(ticket);
     let up = match hs {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             bump(&s.counters.handshake_failures);
-            if matches!(e, SessionError::Hello(_)) {
+            if matches!(e, SessionError::Hello { .. }) {
                 bump(&s.counters.hello_rejects);
             }
             if s.should_warn(remote.ip()) {
@@ -1375,7 +1376,7 @@ async fn run_session_inner(
         }
         Err(_) => {
             bump(&s.counters.handshake_failures);
-            let e = SessionError::Timeout("handshake");
+            let e = SessionError::Timeout { what: "handshake" };
             if s.should_warn(remote.ip()) {
                 warn!(peer_addr = %remote, link, ?role, "control channel: {e}; connection closed (similar failures with this address are logged at debug level for {WARN_EVERY:?})");
             } else {
@@ -1449,11 +1450,11 @@ async fn run_established(s: Arc<Shared>, up: Up, rd: OwnedReadHalf, wr: OwnedWri
         }
     }
     match end {
-        Err(e @ SessionError::BadFrame(_)) => {
+        Err(e @ SessionError::BadFrame { .. }) => {
             bump(&s.counters.bad_frames);
             warn!(peer, link, peer_addr = %remote, "control channel: {e}; connection closed");
         }
-        Err(e @ SessionError::Timeout(_)) => warn!(peer, link, peer_addr = %remote, "control channel: {e}; connection closed"),
+        Err(e @ SessionError::Timeout { .. }) => warn!(peer, link, peer_addr = %remote, "control channel: {e}; connection closed"),
         Err(e) => info!(peer, link, peer_addr = %remote, "control channel: link down: {e}"),
         Ok(()) => debug!(peer, link, peer_addr = %remote, "control channel: session replaced or stopped"),
     }
@@ -1552,9 +1553,9 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
     loop {
         tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, &mut frame, MAX_FRAME_LEN))
             .await
-            .map_err(|_| SessionError::Timeout("nothing received (not even a keepalive)"))??;
-        let n = lock(ts).read_message(&frame, &mut plain).map_err(|e| SessionError::BadFrame(format!("does not decrypt: {e}")))?;
-        match parts.push(&plain[..n]).map_err(|e| SessionError::BadFrame(e.to_string()))? {
+            .map_err(|_| SessionError::Timeout { what: "nothing received (not even a keepalive)" })??;
+        let n = lock(ts).read_message(&frame, &mut plain).map_err(|e| SessionError::BadFrame { reason: format!("does not decrypt: {e}") })?;
+        match parts.push(&plain[..n]).map_err(|e| SessionError::BadFrame { reason: e.to_string() })? {
             Decoded::Keepalive | Decoded::Part => {}
             Decoded::Svc(msg) => {
                 bump(&s.counters.frames_received);
@@ -1598,7 +1599,7 @@ async fn writer(s: &Shared, ts: &Mutex<TransportState>, mut wr: OwnedWriteHalf, 
             Err(_) => (keepalive.clone(), false),
         };
         let encrypt = |p: &[u8], out: &mut [u8]| {
-            lock(ts).write_message(p, &mut out[2..]).map_err(|e| SessionError::Io(io::Error::other(format!("encrypt: {e}"))))
+            lock(ts).write_message(p, &mut out[2..]).map_err(|e| SessionError::Io { source: io::Error::other(format!("encrypt: {e}")) })
         };
         if plain.len() <= 1 + CHUNK_LEN {
             let n = encrypt(&plain, &mut out)?;

@@ -213,8 +213,21 @@ pub enum ResourceError {
     #[error("resource {resource}: {reason}")]
     Invalid { resource: String, reason: String },
     /// A systemd job (D-Bus) that did not end `done`, or a failed call.
-    #[error("resource {resource}: {action} of systemd unit {unit} failed: {reason}")]
-    Job { resource: String, action: Action, unit: String, reason: String },
+    #[error("resource {resource}: {action} of systemd unit {unit} failed: {source}")]
+    Job {
+        resource: String,
+        action: Action,
+        unit: String,
+        #[source]
+        source: crate::services::sdbus::JobError,
+    },
+    /// The OCF agent's `meta-data` output does not parse.
+    #[error("resource {resource}: meta-data: {source}")]
+    MetaData {
+        resource: String,
+        #[source]
+        source: MetaDataError,
+    },
 }
 
 fn plural_params(p: &[String]) -> String {
@@ -237,7 +250,8 @@ impl ResourceError {
             | ResourceError::NotInstalled { resource, .. }
             | ResourceError::MissingParams { resource, .. }
             | ResourceError::Invalid { resource, .. }
-            | ResourceError::Job { resource, .. } => resource,
+            | ResourceError::Job { resource, .. }
+            | ResourceError::MetaData { resource, .. } => resource,
         }
     }
 
@@ -580,7 +594,7 @@ impl Resource {
                         resource: name.into(),
                         action: Action::Start,
                         unit: unit.clone(),
-                        reason: e.to_string(),
+                        source: e,
                     })?;
                     self.watch_unit(&sd, unit).await;
                 }
@@ -621,7 +635,7 @@ impl Resource {
                         resource: name.into(),
                         action: Action::Stop,
                         unit: unit.clone(),
-                        reason: e.to_string(),
+                        source: e,
                     })?,
                     None => {
                         check_exit(name, Action::Stop, self.systemctl(&["stop", unit], Action::Stop, t).await?, false)?;
@@ -750,7 +764,7 @@ impl Resource {
             return Err(ResourceError::Invalid { resource: name.into(), reason: "meta-data is an OCF action".into() });
         }
         let out = check_exit(name, Action::MetaData, self.ocf(Action::MetaData, META_DATA_TIMEOUT).await?, true)?;
-        OcfMetaData::parse(&out.stdout).map_err(|reason| ResourceError::Invalid { resource: name.into(), reason: format!("meta-data: {reason}") })
+        OcfMetaData::parse(&out.stdout).map_err(|source| ResourceError::MetaData { resource: name.into(), source })
     }
 
     /// Whether a supervised daemon is alive (false for other kinds).
@@ -1453,5 +1467,20 @@ mod tests {
         assert_eq!(md.actions.get("monitor").map(String::as_str), Some("20s"));
         assert_eq!(OcfMetaData::parse("usage: foo").unwrap_err().to_string(), "no <resource-agent> element");
         assert_eq!(OcfMetaData::parse("<resource-agent name=\"x\"><!-- open").unwrap_err().to_string(), "unterminated comment");
+    }
+
+    /// A meta-data output that does not parse, and a systemd job that
+    /// failed, name the resource and keep the cause as `source()`.
+    #[test]
+    fn resource_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let e = ResourceError::MetaData { resource: "ip".into(), source: OcfMetaData::parse("usage: foo").unwrap_err() };
+        assert_eq!(e.to_string(), "resource ip: meta-data: no <resource-agent> element");
+        assert_eq!(e.resource(), "ip");
+        assert!(e.source().is_some_and(|s| s.is::<MetaDataError>()));
+        let j = crate::services::sdbus::JobError::Result { result: "failed".into(), state: "failed (exit-code)".into() };
+        let e = ResourceError::Job { resource: "web".into(), action: Action::Start, unit: "web.service".into(), source: j };
+        assert_eq!(e.to_string(), "resource web: start of systemd unit web.service failed: job result \"failed\"; the unit is failed (exit-code)");
+        assert!(e.source().is_some());
     }
 }

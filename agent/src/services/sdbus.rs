@@ -76,8 +76,13 @@ pub enum Verb {
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The call or the bus failed (no such unit, access denied, bus gone).
-    #[error("{message}")]
-    Bus { message: String },
+    #[error("{source}")]
+    Bus {
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("the system bus connection closed")]
+    BusClosed,
     /// The job ended with another result than `done`.
     #[error("job result {result:?}; the unit is {state}")]
     Result { result: String, state: String },
@@ -88,7 +93,7 @@ pub enum JobError {
 
 impl From<zbus::Error> for JobError {
     fn from(e: zbus::Error) -> Self {
-        JobError::Bus { message: e.to_string() }
+        JobError::Bus { source: e }
     }
 }
 
@@ -170,7 +175,7 @@ impl Systemd {
         loop {
             let sig = match tokio::time::timeout_at(deadline, removed.next()).await {
                 Err(_) => return Err(JobError::Timeout { job: job.to_string(), timeout_ms: timeout.as_millis() as u64 }),
-                Ok(None) => return Err(JobError::Bus { message: "the system bus connection closed".into() }),
+                Ok(None) => return Err(JobError::BusClosed),
                 Ok(Some(sig)) => sig,
             };
             let Ok(args) = sig.args() else { continue };

@@ -80,8 +80,17 @@ impl From<crate::services::health::HealthError> for PartnerCheckFailed {
 /// Why an operator's `baton takeover` / `baton giveback` was refused here.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OperatorError {
+    #[error("{text:?} is not a node id")]
+    NotANodeId { text: String },
     #[error("node {node} is not a peer")]
     NotAPeer { node: u32 },
+}
+
+impl OperatorError {
+    /// The node id an operator wrote (`baton takeover NODE`).
+    pub fn parse_node(text: &str) -> Result<u32, OperatorError> {
+        text.parse().map_err(|_| OperatorError::NotANodeId { text: text.to_string() })
+    }
 }
 
 fn mark_file(cfg: &Config) -> PathBuf {
@@ -497,5 +506,7 @@ mod tests {
     #[test]
     fn operator_error_names_the_node() {
         assert_eq!(OperatorError::NotAPeer { node: 7 }.to_string(), "node 7 is not a peer");
+        assert_eq!(OperatorError::parse_node("seven").unwrap_err().to_string(), "\"seven\" is not a node id");
+        assert_eq!(OperatorError::parse_node("7"), Ok(7));
     }
 }
