@@ -572,8 +572,20 @@ fn httpd_running(inodes: &[u64]) -> Vec<[bool; 2]> {
         } else {
             continue;
         };
-        let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with(['Z', 'T', 't', 'X'])));
+        // Running: not stopped, not a zombie, and not dying: a process
+        // killed (SIGKILL pending, or PF_EXITING set) may show `R` while it
+        // exits, but serves nothing.
+        let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit_once(')').is_some_and(|(_, r)| {
+                let f: Vec<&str> = r.split_whitespace().collect();
+                let flags = f.get(6).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                !r.trim_start().starts_with(['Z', 'T', 't', 'X']) && flags & 0x4 == 0
+            })
+        }) && !std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+            st.lines()
+                .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+                .any(|l| u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).is_ok_and(|m| m & 0x100 != 0))
+        });
         let ino = std::fs::read_link(format!("/proc/{pid}/ns/net"))
             .ok()
             .and_then(|l| l.to_string_lossy().trim_start_matches("net:[").trim_end_matches(']').parse::<u64>().ok());

@@ -582,10 +582,13 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
                 // How long after the computed end of the lease the addresses
                 // were gone (this thread's wake-up, the signals, netlink).
                 let late_ms = was_due.map(|d| removed_at.saturating_sub(d) as f64 / 1e6);
+                // Of which this thread's own wake-up (the rest: the
+                // signals and the netlink requests, e.g. waiting for RTNL).
+                let woke_ms = was_due.map(|d| now.saturating_sub(d) as f64 / 1e6);
                 let heard_list = heard;
                 let hears_me: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard_me)).map(|p| p.id)).collect();
-                warn!(?group, heard = ?heard_list, ?hears_me, addresses = n, removed = ?fast, apps, ?late_ms, "address lease lost: no majority of this node's view both hears it and is heard by it; its floating addresses are withdrawn and its daemons frozen until one does");
-                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps, "late_ms": late_ms}));
+                warn!(?group, heard = ?heard_list, ?hears_me, addresses = n, removed = ?fast, apps, ?late_ms, ?woke_ms, "address lease lost: no majority of this node's view both hears it and is heard by it; its floating addresses are withdrawn and its daemons frozen until one does");
+                crate::services::svc::append_event(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps, "late_ms": late_ms, "woke_ms": woke_ms}));
             }
             (true, Some(_)) if !member => {
                 // Halted or left meanwhile: the services released what they
