@@ -502,3 +502,184 @@ fn a_node_forced_out_while_still_heard_lets_go_before_the_new_owner_adds_its_add
     });
     svc.c.unisolate(1);
 }
+
+/// The second group of [`a_frozen_application_never_runs_again_beside_the_new_owner_under_load`].
+const DB_VIP: &str = "10.77.0.101";
+
+fn db_group() -> String {
+    format!(
+        r#"
+[[group]]
+name = "db"
+addresses = ["{DB_VIP}/24"]
+interface = "{IF}"
+preferred = 1
+nodes = [1, 2, 3]
+transfer_cost = "costly"
+
+[group.application]
+kind = "command"
+daemon = "exec busybox httpd -f -p {DB_VIP}:80 -h @WORK@/www/@NODE@"
+"#
+    )
+}
+
+/// One round of the application sampler: per node, per group (`web`,
+/// `db`), whether an httpd of the group runs there: present and neither
+/// stopped (SIGSTOP, state T: frozen by the lease) nor a zombie.
+fn httpd_running(inodes: &[u64]) -> Vec<[bool; 2]> {
+    let mut out = vec![[false; 2]; inodes.len()];
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        // `comm` first: one short read for every other process.
+        if !std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(b"busybox") || c.starts_with(b"httpd")) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains(HTTPD) || cmd.contains("/bin/sh") {
+            continue;
+        }
+        let g = if cmd.contains(&format!("-p {VIP}:80")) {
+            0
+        } else if cmd.contains(&format!("-p {DB_VIP}:80")) {
+            1
+        } else {
+            continue;
+        };
+        // Running: not stopped, not a zombie, and not dying: a process
+        // killed (SIGKILL pending, or PF_EXITING set) may show `R` while it
+        // exits, but serves nothing.
+        let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit_once(')').is_some_and(|(_, r)| {
+                let f: Vec<&str> = r.split_whitespace().collect();
+                let flags = f.get(6).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                !r.trim_start().starts_with(['Z', 'T', 't', 'X']) && flags & 0x4 == 0
+            })
+        }) && !std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+            st.lines()
+                .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+                .any(|l| u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).is_ok_and(|m| m & 0x100 != 0))
+        });
+        let ino = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .and_then(|l| l.to_string_lossy().trim_start_matches("net:[").trim_end_matches(']').parse::<u64>().ok());
+        if let Some(node) = ino.and_then(|ino| inodes.iter().position(|&n| n == ino)) {
+            out[node][g] |= running;
+        }
+    }
+    out
+}
+
+/// Two groups, `web` and `db`, run on node1; the machine is loaded
+/// (`stress-ng --cpu N`, bounded, normal priority) and node1 is muted
+/// (nothing it sends reaches the others). Its lease ends: both addresses
+/// withdrawn, both httpd frozen (SIGSTOP). The survivors force it out and
+/// start both groups; node1 learns it was forced out and halts. Sampled
+/// from outside (every /proc process, each round), node1's httpd of a group
+/// never runs (present and not stopped) in two consecutive rounds in which a
+/// survivor runs that group's httpd too.
+///
+/// Before the fix the lease thread resumed (SIGCONT) the frozen daemons as
+/// soon as node1 was no longer a member, and the halt stopped one group
+/// after the other with a watchdog process spawned in between, so the
+/// second group's httpd served again beside the new owner's (the 60-minute
+/// chaos run, seed 2026: `db` on two live nodes for 51 ms after a `mute`
+/// and 281 ms after a `cut`). Now a frozen daemon is ended with SIGKILL
+/// when the node leaves its view and never runs again.
+#[test]
+fn a_frozen_application_never_runs_again_beside_the_new_owner_under_load() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut svc = Svc::new("ofrozen", 3, &format!("{}{}", web_group("costly", ""), db_group())).with_client();
+    web_on_node1(&mut svc);
+    svc.wait_registered("db", Duration::from_secs(20), |n| n == 1);
+    let inodes: Vec<u64> = (0..3)
+        .map(|i| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/run/netns/{}", svc.ns(i))).map(|m| m.ino()).unwrap_or(0)
+        })
+        .collect();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let mut stress = std::process::Command::new("stress-ng")
+        .args(["--cpu", &cpus.to_string(), "--timeout", "30s", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| svc.fail(&format!("stress-ng (cargo xtask setup installs it): {e}")));
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Real-time (below the agents' 10), with a 1 ms sleep per
+            // round: the observer must not be the one stalled by stress-ng.
+            let param = libc::sched_param { sched_priority: 5 };
+            unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+            let mut rounds: Vec<(Instant, Instant, Vec<[bool; 2]>)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t0 = Instant::now();
+                let r = httpd_running(&inodes);
+                rounds.push((t0, Instant::now(), r));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            rounds
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let cut_at = Instant::now();
+    let cut_ns = svc.c.mute(0);
+    // The survivors run both groups, and node1 halted (forced out).
+    let moved = wait_until(Duration::from_secs(15), || {
+        ["web", "db"].iter().all(|g| svc.registered_on(1, g).is_some_and(|n| n != 1) && svc.registered_on(2, g) == svc.registered_on(1, g))
+    });
+    svc.check(moved.is_some(), || "the survivors did not take web and db over from the muted node1".into());
+    let halted = wait_until(Duration::from_secs(10), || !svc.c.log_lines(0, &["clustering halted"]).is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = sampler.join().unwrap();
+    let _ = stress.kill();
+    let _ = stress.wait();
+    svc.c.unisolate(0);
+    // Certain overlaps: node1 and a survivor both run a group's httpd in two
+    // consecutive rounds (from the end of the first to the start of the second).
+    // The longest run of such rounds: from the end of its first round to
+    // the start of its last.
+    let mut worst = (Duration::ZERO, None);
+    let mut overlap_rounds = 0;
+    for g in 0..2 {
+        let both = |r: &Vec<[bool; 2]>| r[0][g] && (r[1][g] || r[2][g]);
+        let mut first: Option<Instant> = None;
+        for w in rounds.windows(2) {
+            if w[0].0 >= cut_at && both(&w[0].2) && both(&w[1].2) {
+                overlap_rounds += 1;
+                let from = *first.get_or_insert(w[0].1);
+                let d = w[1].0.saturating_duration_since(from);
+                if d > worst.0 {
+                    worst = (d, Some(["web", "db"][g]));
+                }
+            } else {
+                first = None;
+            }
+        }
+    }
+    let lost: Vec<Value> = svc.c.events(0).into_iter().filter(|e| e["event"] == "lease_lost").collect();
+    let lost_ms: Vec<f64> = lost.iter().map(|e| (e["agent_ns"].as_u64().unwrap_or(0) as f64 - cut_ns as f64) / 1e6).collect();
+    let span = rounds.last().map(|r| r.1 - rounds[0].0).unwrap_or_default();
+    eprintln!(
+        "node1 muted under stress-ng --cpu {cpus}: lease lost {lost_ms:?} ms after the mute ({} late_ms {:?}); survivors took both groups after {:?}; node1 halted {:?} after; sampler {} rounds over {span:?}; rounds where node1 and a survivor both ran a group's httpd: {overlap_rounds}, longest certain overlap {worst:?}",
+        lost.first().map(|e| e["apps_frozen"].to_string()).unwrap_or_default(),
+        lost.first().map(|e| e["late_ms"].clone()),
+        moved,
+        halted,
+        rounds.len()
+    );
+    for l in svc.c.log_lines(0, &["lease", "stopping", "killed by signal", "watchdog spawned", "clustering halted"]) {
+        eprintln!("node1: {l}");
+    }
+    svc.check(halted.is_some(), || "node1 never halted after it was forced out".into());
+    svc.check(!lost.is_empty() && lost[0]["apps_frozen"] == 2, || format!("node1's lease_lost did not freeze both daemons: {lost:?}"));
+    svc.check(overlap_rounds == 0, || format!("node1's httpd ran again beside the new owner's: {overlap_rounds} round pairs, longest {worst:?}"));
+}

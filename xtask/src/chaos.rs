@@ -540,6 +540,16 @@ impl Fault {
             Fault::RestartInTransition { .. } | Fault::Stress { .. } | Fault::Operator { .. } => Vec::new(),
         }
     }
+
+    /// The nodes a network fault cuts off from the others (the side
+    /// without a majority of the configured nodes; for `cut`, the node).
+    fn cut_off(&self, n: usize) -> Option<Vec<usize>> {
+        match self {
+            Fault::Cut { node, .. } => Some(vec![*node]),
+            Fault::Partition { .. } => Some(self.disturbed(n)),
+            _ => None,
+        }
+    }
 }
 
 fn choose(rng: &mut Rng, n: usize, bound_ms: u64, kinds: &[&'static str]) -> Fault {
@@ -609,6 +619,89 @@ struct Nemesis<'a> {
     on_brx: Vec<bool>,
     /// The nodes the current episode may make halt.
     disturbed: Vec<usize>,
+    /// Every episode so far, to attribute a halt by its log time.
+    episodes: Vec<EpisodeRec>,
+}
+
+/// One episode, for the false-forced-leave verdict: a halt is judged by the
+/// episode its log line's time falls in (not by the episode whose
+/// convergence happened to scan it).
+#[derive(Debug, Clone)]
+struct EpisodeRec {
+    kind: &'static str,
+    /// UTC seconds (CLOCK_REALTIME, like the agents' log times).
+    start_s: f64,
+    converged_s: Option<f64>,
+    /// The nodes the fault itself disturbed.
+    disturbed: Vec<usize>,
+    /// Nodes on the side with a majority of the configured nodes whose own
+    /// view, read from their cluster.json just before the fault, had no
+    /// majority on that side: a halt for lost quorum there is correct.
+    excused: Vec<(usize, String)>,
+}
+
+/// CLOCK_REALTIME in seconds.
+fn realtime_s() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// The UTC time (seconds since the epoch) of an agent log line
+/// (`2026-12-07T13:44:38.368501Z  ERROR ...`).
+fn log_time_s(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<f64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    Some(days_from_civil(d[0], d[1], d[2]) as f64 * 86400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2])
+}
+
+/// The view group of a node's cluster.json (`joining`, `joined` and
+/// `leaving` nodes, as `baton_core`'s `ClusterState::group`), or None when
+/// the node is not joined itself.
+fn view_group(m: &serde_json::Value) -> Option<Vec<usize>> {
+    if m["my_state"] != "joined" {
+        return None;
+    }
+    let g: Vec<usize> = m["nodes"]
+        .as_array()?
+        .iter()
+        .filter(|x| matches!(x["state"].as_str(), Some("joining" | "joined" | "leaving")))
+        .filter_map(|x| x["id"].as_u64().map(|id| id as usize - 1))
+        .collect();
+    Some(g)
+}
+
+/// Of the nodes not cut off (`cut`: the cut-off side), those whose view
+/// (`views[i]`) has no majority on their side: they lose quorum correctly.
+fn excused_by_view(cut: &[usize], views: &[Option<Vec<usize>>]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, v) in views.iter().enumerate() {
+        let Some(g) = v else { continue };
+        if cut.contains(&i) || g.is_empty() {
+            continue;
+        }
+        let here = g.iter().filter(|n| !cut.contains(n)).count();
+        if here * 2 <= g.len() {
+            let names: Vec<String> = g.iter().map(|n| format!("node{}", n + 1)).collect();
+            out.push((i, format!("its view at the fault was [{}], {here} of them on its side", names.join(", "))));
+        }
+    }
+    out
 }
 
 fn baton_cmd(c: &Cluster, i: usize, args: &[&str], timeout: Duration) -> String {
@@ -1079,11 +1172,27 @@ impl<'a> Nemesis<'a> {
             for h in halts.iter().skip(self.halts_seen[i]) {
                 self.halts_total += 1;
                 let why = field(h, "why").unwrap_or("?").to_string();
-                if disturbed.contains(&i) {
-                    self.note(format!("{} halted (why={why}): expected, the episode disturbed it", self.name(i)));
-                } else {
-                    self.false_forced_leaves += 1;
-                    self.violate(format!("false forced leave: {} halted (why={why}) although this episode neither killed, paused nor cut it: {h}", self.name(i)));
+                // The episode the halt happened in, by its log time.
+                let at = log_time_s(h);
+                let ep = at.and_then(|t| self.episodes.iter().rev().find(|e| e.start_s <= t).cloned());
+                let verdict: Result<String, String> = match (&ep, at) {
+                    (Some(e), Some(t)) if e.converged_s.is_some_and(|c| t > c) => {
+                        Err(format!("after the {} episode had converged, before the next fault", e.kind))
+                    }
+                    (Some(e), _) if e.disturbed.contains(&i) => Ok(format!("expected, the {} episode disturbed it", e.kind)),
+                    (Some(e), _) => match e.excused.iter().find(|(n, _)| *n == i) {
+                        Some((_, why_ok)) => Ok(format!("expected, the {} left its side without a majority of its view: {why_ok}", e.kind)),
+                        None => Err(format!("although the {} episode neither killed, paused nor cut it", e.kind)),
+                    },
+                    (None, _) if disturbed.contains(&i) => Ok("expected, the episode disturbed it".into()),
+                    (None, _) => Err("although this episode neither killed, paused nor cut it".into()),
+                };
+                match verdict {
+                    Ok(why_ok) => self.note(format!("{} halted (why={why}): {why_ok}", self.name(i))),
+                    Err(why_not) => {
+                        self.false_forced_leaves += 1;
+                        self.violate(format!("false forced leave: {} halted (why={why}) {why_not}: {h}", self.name(i)));
+                    }
                 }
             }
             self.halts_seen[i] = halts.len();
@@ -1174,6 +1283,9 @@ impl<'a> Nemesis<'a> {
         }
         let took = (monotonic_ns() - self.t_heal) as f64 / 1e6;
         let backoff = self.scan_logs(disturbed);
+        if let Some(e) = self.episodes.last_mut() {
+            e.converged_s = Some(realtime_s());
+        }
         let bound = self.opts.converge_ms + backoff;
         self.converge_bound_max_ms = self.converge_bound_max_ms.max(bound);
         self.max_converge_ms = self.max_converge_ms.max(took);
@@ -1214,9 +1326,18 @@ impl<'a> Nemesis<'a> {
                 self.mid_fault_ops += 1;
             }
             self.disturbed = f.disturbed(n);
+            // Each node's view just before the fault (its cluster.json).
+            let excused = match f.cut_off(n) {
+                Some(cut) => excused_by_view(&cut, &(0..n).map(|i| view_group(&self.c().membership(i))).collect::<Vec<_>>()),
+                None => Vec::new(),
+            };
+            self.episodes.push(EpisodeRec { kind: f.kind(), start_s: realtime_s(), converged_s: None, disturbed: self.disturbed.clone(), excused });
             self.shared.lock().unwrap().episode = f.kind();
             self.episode(&f, mid)?;
             let disturbed = self.disturbed.clone();
+            if let Some(e) = self.episodes.last_mut() {
+                e.disturbed = disturbed.clone();
+            }
             self.converge(&disturbed)?;
             self.hold(gap)?;
         }
@@ -1362,6 +1483,7 @@ pub fn run(opts: &ChaosOpts) -> Result<()> {
         t_heal: 0,
         on_brx: vec![false; opts.nodes],
         disturbed: Vec::new(),
+        episodes: Vec::new(),
     };
     let _ = &nem.www;
     println!("  node directories under {}", nem.rig.c.dir.display());
@@ -1451,5 +1573,40 @@ impl Drop for Nemesis<'_> {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+/// xtask's binary has `test = false`: `cargo test -p xtask --bin xtask verdict`.
+mod verdict_tests {
+    use super::*;
+
+    #[test]
+    fn log_times_are_read_in_utc_seconds() {
+        let t = log_time_s("2026-12-07T13:44:38.368501Z ERROR baton_agent::daemon::cluster: clustering halted").unwrap();
+        // 2026-12-07 is day 20794 since the epoch.
+        assert_eq!(days_from_civil(2026, 12, 7), 20794);
+        assert!((t - (20794.0 * 86400.0 + 13.0 * 3600.0 + 44.0 * 60.0 + 38.368501)).abs() < 1e-6);
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11017);
+        assert!(log_time_s("  converged 42 ms").is_none());
+    }
+
+    #[test]
+    fn a_majority_side_whose_view_had_no_majority_there_may_halt() {
+        // Chaos seed 2026, 13:44:38: node1 (index 0) had just been forced
+        // out; nodes 3 and 4 (indices 2, 3) are cut off from 1, 2, 5.
+        let view = Some(vec![1, 2, 3, 4]);
+        let views = vec![None, view.clone(), view.clone(), view.clone(), view];
+        let ex = excused_by_view(&[2, 3], &views);
+        assert_eq!(ex.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 4]);
+        // The full view: 3 of 5 on that side keep quorum, nobody excused.
+        let full = Some(vec![0, 1, 2, 3, 4]);
+        assert!(excused_by_view(&[2, 3], &vec![full; 5]).is_empty());
+        // The cut-off side is judged as disturbed, not here.
+        let g = serde_json::json!({"my_state": "joined", "nodes": [
+            {"id": 1, "state": "forced-leaving"}, {"id": 2, "state": "joined"}, {"id": 3, "state": "joining"}, {"id": 4, "state": "inactive"}]});
+        assert_eq!(view_group(&g), Some(vec![1, 2]));
+        assert_eq!(view_group(&serde_json::json!({"my_state": "joining"})), None);
     }
 }

@@ -174,7 +174,7 @@ pub async fn add(ifname: &str, ip: IpAddr, prefix_len: u8, nodad: bool) -> Resul
     validate(ip, prefix_len)?;
     let mut held = crate::services::lease::HELD.lock().await;
     held.entries.insert((ifname.to_string(), ip, prefix_len));
-    if held.withdrawn {
+    if held.withdrawn || crate::services::lease::lost() {
         warn!(interface = ifname, address = %ip, "address lease lost: the address is configured when this node hears a majority again");
         return Ok(true);
     }

@@ -2,7 +2,7 @@
 //! agent that holds it (docs/services.md, "Ownership").
 //!
 //! Every life of the agent starts `baton guard --config F --incarnation N`:
-//! a small process of the same binary, in a session of its own (`setsid`),
+//! a small process of the same binary, in a process group of its own,
 //! so that a SIGKILL of the agent (an OOM kill, a crash, an operator's
 //! mistake) or of the agent's process group does not reach it. It is the
 //! only reader of a pipe whose only writer is the agent (the write end is
@@ -265,14 +265,10 @@ fn guard_command(exe: &Path, config: &Path, incarnation: u64) -> Command {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     // stderr: the agent's log. Its own session: a signal to the agent's
     // process group, or the end of the agent's terminal, does not reach it.
+    // posix_spawn, not fork (no `pre_exec`: see services::watchdog::spawn).
+    // (A `setsid` after the group was set failed anyway: a group leader
+    // cannot start a session.)
     cmd.process_group(0);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let _ = nix::unistd::setsid();
-            Ok(())
-        });
-    }
     cmd
 }
 

@@ -131,6 +131,34 @@ pub static HELD: LazyLock<tokio::sync::Mutex<Held>> = LazyLock::new(|| tokio::sy
 static APPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 static FROZEN: AtomicBool = AtomicBool::new(false);
 
+/// Set by the lease thread the moment the lease ends, before it removes
+/// anything (and cleared when it is regained or the node left its view):
+/// [`crate::services::addr::add`] then only records an address.
+static LOST: AtomicBool = AtomicBool::new(false);
+
+/// Whether the lease is lost right now (the addresses are withdrawn, the
+/// daemons frozen).
+pub fn lost() -> bool {
+    LOST.load(Ordering::SeqCst)
+}
+
+/// Whether the daemons are frozen by a lost lease: a stop then ends them
+/// with SIGKILL rather than resuming them to handle a SIGTERM.
+pub fn apps_frozen() -> bool {
+    FROZEN.load(Ordering::SeqCst) && !old_release()
+}
+
+/// Test switch (`BATON_TEST_LEASE_OLD_RELEASE=1`, read once): the lease
+/// behaves as before its release under load was fixed: it removes the
+/// addresses only through the services' netlink path (under [`HELD`]), it
+/// resumes the frozen daemons when the node leaves its view, and a stop
+/// resumes a frozen daemon to handle its SIGTERM. So that a test can show
+/// what the fix prevents; never set it in production.
+fn old_release() -> bool {
+    static ON: LazyLock<bool> = LazyLock::new(|| std::env::var_os("BATON_TEST_LEASE_OLD_RELEASE").is_some_and(|v| v == "1"));
+    *ON
+}
+
 /// A daemon's process group started (frozen at once while the lease is lost).
 pub fn app_started(pgid: i32) {
     if let Ok(mut a) = APPS.lock() {
@@ -160,6 +188,164 @@ fn freeze_apps(frozen: bool) -> usize {
         signal_group(*pg, if frozen { Signal::SIGSTOP } else { Signal::SIGCONT });
     }
     a.len()
+}
+
+/// Ends every frozen daemon with SIGKILL (the node left its view while its
+/// lease was lost: the survivors run the groups now, and a frozen daemon
+/// must never run again, not even to handle a SIGTERM); returns how many.
+fn kill_frozen_apps() -> usize {
+    let Ok(a) = APPS.lock() else { return 0 };
+    for pg in a.iter() {
+        signal_group(*pg, Signal::SIGKILL);
+    }
+    FROZEN.store(false, Ordering::SeqCst);
+    a.len()
+}
+
+/// The lease's own way to remove the floating addresses, armed when its
+/// thread starts: a NETLINK_ROUTE socket of its own and one `RTM_DELADDR`
+/// request per address of every configured group, built on the stack when
+/// the lease ends. It takes no lock the services hold ([`HELD`] is taken
+/// only afterwards, for the bookkeeping), opens no connection, dumps
+/// nothing and needs no runtime: one `sendto` and one `recv` per address.
+///
+/// Why: in the 60-minute chaos run (seed 2026, 14:04:33) a cut-off node's
+/// lease thread, due to remove `web`'s address at the bound, waited about
+/// 100 ms on [`HELD`], held by the services' own release of that address,
+/// whose netlink connection task could not run while the agent's runtime
+/// spawned a watchdog process (a fork of the whole agent under load): the
+/// address was on two live nodes for 35 ms.
+struct Remover {
+    fd: std::os::fd::OwnedFd,
+    /// (interface, address, prefix length) of every configured group.
+    addrs: Vec<(String, IpAddr, u8)>,
+    seq: u32,
+}
+
+impl Remover {
+    fn open(cfg: &Config) -> std::io::Result<Remover> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the descriptor is owned at once.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut addrs = Vec::new();
+        for g in &cfg.groups {
+            for a in &g.addresses {
+                addrs.push((g.interface.clone(), a.ip, a.prefix));
+            }
+        }
+        Ok(Remover { fd, addrs, seq: 0 })
+    }
+
+    /// Removes every configured floating address from this node (those not
+    /// configured here answer EADDRNOTAVAIL); returns how many were removed.
+    fn remove_all(&mut self) -> usize {
+        let mut n = 0;
+        let Remover { fd, addrs, seq } = self;
+        for (ifname, ip, prefix) in addrs.iter() {
+            let (ip, prefix) = (*ip, *prefix);
+            // IPv4: every instance, whatever its prefix (one per request).
+            for _ in 0..4 {
+                match Self::remove(fd, seq, ifname, ip, prefix) {
+                    Ok(true) => n += 1,
+                    Ok(false) => break,
+                    Err(e) => {
+                        error!(interface = %ifname, address = %ip, "address lease: removing the address failed: {e}");
+                        break;
+                    }
+                }
+                if ip.is_ipv6() {
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// One `RTM_DELADDR`: Ok(true) removed, Ok(false) not there.
+    fn remove(fd: &std::os::fd::OwnedFd, seq: &mut u32, ifname: &str, ip: IpAddr, prefix: u8) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut name = [0u8; 16 /* IF_NAMESIZE */ + 1];
+        let b = ifname.as_bytes();
+        if b.len() >= 16 /* IF_NAMESIZE */ {
+            return Err(std::io::Error::from_raw_os_error(libc::ENODEV));
+        }
+        name[..b.len()].copy_from_slice(b);
+        // SAFETY: a NUL-terminated name on the stack.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr() as *const libc::c_char) };
+        if index == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        *seq = seq.wrapping_add(1);
+        let mut octets = [0u8; 16];
+        let (family, attr, alen): (u8, u16, usize) = match ip {
+            IpAddr::V4(a) => {
+                octets[..4].copy_from_slice(&a.octets());
+                (libc::AF_INET as u8, 2 /* IFA_LOCAL */, 4)
+            }
+            IpAddr::V6(a) => {
+                octets.copy_from_slice(&a.octets());
+                (libc::AF_INET6 as u8, 1 /* IFA_ADDRESS */, 16)
+            }
+        };
+        let bytes = &octets[..alen];
+        // nlmsghdr (16) + ifaddrmsg (8) + rtattr (4) + the address.
+        let len = 16 + 8 + 4 + bytes.len();
+        let mut buf = [0u8; 48];
+        buf[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        buf[4..6].copy_from_slice(&libc::RTM_DELADDR.to_ne_bytes());
+        buf[6..8].copy_from_slice(&(0x1u16 | 0x4 /* NLM_F_REQUEST | NLM_F_ACK */).to_ne_bytes());
+        buf[8..12].copy_from_slice(&seq.to_ne_bytes());
+        buf[16] = family;
+        buf[17] = prefix;
+        buf[20..24].copy_from_slice(&index.to_ne_bytes());
+        buf[24..26].copy_from_slice(&((4 + bytes.len()) as u16).to_ne_bytes());
+        buf[26..28].copy_from_slice(&attr.to_ne_bytes());
+        buf[28..28 + bytes.len()].copy_from_slice(bytes);
+        // SAFETY: an all-zero sockaddr_nl is the kernel's address.
+        let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        to.nl_family = libc::AF_NETLINK as u16;
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                buf.as_ptr() as *const libc::c_void,
+                len,
+                0,
+                &to as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The kernel handled the request within sendto: its answer is
+        // queued (an older answer of an earlier request is skipped by seq).
+        let mut ans = [0u8; 256];
+        for _ in 0..8 {
+            let got = unsafe { libc::recv(fd.as_raw_fd(), ans.as_mut_ptr() as *mut libc::c_void, ans.len(), libc::MSG_DONTWAIT) };
+            if got < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if got < 20 {
+                continue;
+            }
+            let kind = u16::from_ne_bytes([ans[4], ans[5]]);
+            let got_seq = u32::from_ne_bytes([ans[8], ans[9], ans[10], ans[11]]);
+            if kind != 2 /* NLMSG_ERROR */ || got_seq != *seq {
+                continue;
+            }
+            let err = i32::from_ne_bytes([ans[16], ans[17], ans[18], ans[19]]);
+            return match -err {
+                0 => Ok(true),
+                libc::EADDRNOTAVAIL | libc::ENODEV => Ok(false),
+                e => Err(std::io::Error::from_raw_os_error(e)),
+            };
+        }
+        Err(std::io::Error::other("no answer to RTM_DELADDR"))
+    }
 }
 
 /// The group of the cluster state this node follows (with this node), as
@@ -328,6 +514,20 @@ fn expiry(me: u32, group: &[u32], last: &[(u32, u64)], now: u64, bound_ns: u64, 
 
 fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, stop: Arc<AtomicBool>) {
     crate::datapath::sender::set_realtime("address lease", cfg.realtime_priority);
+    // Touch the stack this thread uses now, so that its pages are there
+    // (and locked, MCL_ONFAULT) before the moment the lease ends.
+    std::hint::black_box([0u8; 64 * 1024]);
+    if old_release() {
+        warn!("BATON_TEST_LEASE_OLD_RELEASE=1: the address lease releases as before (a test switch; never set it in production)");
+    }
+    let mut remover = match Remover::open(&cfg) {
+        Ok(r) if !old_release() => Some(r),
+        Ok(_) => None,
+        Err(e) => {
+            warn!("the address lease cannot open its own netlink socket ({e}): it removes addresses through the services' netlink path");
+            None
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -341,6 +541,8 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
     let race = cfg.two_node_race();
     let mut lost_at: Option<u64> = None;
     let mut wake = monotonic_ns();
+    // When the lease was due to end, as computed at the last wake-up.
+    let mut due: Option<u64> = None;
     while !stop.load(Ordering::SeqCst) {
         // Sleeps until the lease would end (exactly, so that the isolated
         // side lets go as soon as the survivors can detect its silence), or
@@ -361,26 +563,53 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
         if let Some(t) = until {
             wake = wake.min(t);
         }
+        let was_due = std::mem::replace(&mut due, until.filter(|t| *t != u64::MAX));
         let recent = |t: u64| t != 0 && now.saturating_sub(t) < bound;
         let heard: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard)).map(|p| p.id)).collect();
         match (ok, lost_at) {
             (false, None) => {
                 lost_at = Some(now);
-                let n = rt.block_on(withdraw());
+                LOST.store(true, Ordering::SeqCst);
+                // The daemons first (a signal per group), then the
+                // addresses over this thread's own netlink socket, then
+                // the bookkeeping under HELD (which also removes an
+                // address the services were adding meanwhile).
                 let apps = freeze_apps(true);
+                let fast = remover.as_mut().map(|r| r.remove_all());
+                let removed_at = monotonic_ns();
+                let n = rt.block_on(withdraw());
+                // How long after the computed end of the lease the addresses
+                // were gone (this thread's wake-up, the signals, netlink).
+                let late_ms = was_due.map(|d| removed_at.saturating_sub(d) as f64 / 1e6);
+                // Of which this thread's own wake-up (the rest: the
+                // signals and the netlink requests, e.g. waiting for RTNL).
+                let woke_ms = was_due.map(|d| now.saturating_sub(d) as f64 / 1e6);
                 let heard_list = heard;
                 let hears_me: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard_me)).map(|p| p.id)).collect();
-                warn!(?group, heard = ?heard_list, ?hears_me, addresses = n, apps, "address lease lost: no majority of this node's view both hears it and is heard by it; its floating addresses are withdrawn and its daemons frozen until one does");
-                crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps}));
+                warn!(?group, heard = ?heard_list, ?hears_me, addresses = n, removed = ?fast, apps, ?late_ms, ?woke_ms, "address lease lost: no majority of this node's view both hears it and is heard by it; its floating addresses are withdrawn and its daemons frozen until one does");
+                crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "lease_lost", "group": group, "heard": heard_list, "hears_me": hears_me, "addresses": n, "apps_frozen": apps, "late_ms": late_ms, "woke_ms": woke_ms}));
             }
             (true, Some(_)) if !member => {
                 // Halted or left meanwhile: the services released what they
-                // held; nothing is configured again.
+                // held; nothing is configured again. The frozen daemons
+                // are ended, never resumed: the survivors run their groups
+                // by now, and the halt stops one group after the other
+                // (a daemon resumed here ran again until its own stop: the
+                // 60-minute chaos run saw db's httpd on two live nodes for
+                // 51 and 281 ms that way, after `mute` and `cut`).
                 lost_at = None;
-                rt.block_on(async { HELD.lock().await.withdrawn = false });
-                // (Their stop, if any is left, needs them running.)
-                freeze_apps(false);
-                info!("address lease over: this node is no longer a member of a view");
+                let killed = if old_release() {
+                    freeze_apps(false);
+                    0
+                } else {
+                    kill_frozen_apps()
+                };
+                rt.block_on(async {
+                    let mut h = HELD.lock().await;
+                    h.withdrawn = false;
+                    LOST.store(false, Ordering::SeqCst);
+                });
+                info!(killed, "address lease over: this node is no longer a member of a view; its frozen daemons are ended (SIGKILL)");
             }
             (true, Some(t)) => {
                 lost_at = None;
@@ -420,6 +649,7 @@ async fn withdraw() -> usize {
 async fn restore() -> Vec<(String, IpAddr)> {
     let mut h = HELD.lock().await;
     h.withdrawn = false;
+    LOST.store(false, Ordering::SeqCst);
     let mut out = Vec::new();
     for (ifname, ip, prefix) in h.entries.clone() {
         match crate::services::addr::add_raw(&ifname, ip, prefix, true).await {

@@ -861,9 +861,15 @@ impl Resource {
         let Some(d) = slot.take() else { return };
         d.stopping.store(true, Ordering::SeqCst);
         let pg = Pid::from_raw(d.pgid);
-        let _ = killpg(pg, Signal::SIGTERM);
-        // A daemon the address lease froze (SIGSTOP) must run to end.
-        let _ = killpg(pg, Signal::SIGCONT);
+        if crate::services::lease::apps_frozen() {
+            // Frozen by a lost address lease: it must not run again, not
+            // even to handle a SIGTERM (docs/addresses.md).
+            let _ = killpg(pg, Signal::SIGKILL);
+        } else {
+            let _ = killpg(pg, Signal::SIGTERM);
+            // A daemon frozen (SIGSTOP) by a lease lost just now must run to end.
+            let _ = killpg(pg, Signal::SIGCONT);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut exited = d.exited.clone();
         // The leader first, then any other member of the group.

@@ -5,7 +5,7 @@
 //! start, a switchover, transfer or failback, a node leave, the stop of
 //! every group when the agent ends) and after a group went off-line here,
 //! the agent spawns `baton watchdog --config F --group G --gen N ...`: a
-//! separate process of the same binary, in a session of its own (`setsid`),
+//! separate process of the same binary, in a process group of its own,
 //! so that it outlives a crash of the agent and shows in `ps`. For a bounded
 //! time ([`DURATION`], a round every [`PERIOD`]) it verifies that the group
 //! is really down on this node and cleans up what is not:
@@ -187,13 +187,13 @@ pub fn spawn(ctx: &Ctx, s: &Spawn) {
         cmd.arg("--halt-failed");
     }
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-    // stderr: the agent's log.
-    unsafe {
-        cmd.pre_exec(|| {
-            let _ = nix::unistd::setsid();
-            Ok(())
-        });
-    }
+    // stderr: the agent's log. A process group of its own (a signal to the
+    // agent's group does not reach it), set by posix_spawn: no `pre_exec`,
+    // which would make std fork the whole agent. A fork write-protects
+    // every page of the agent and holds its memory map lock while it copies
+    // them; under CPU load that held up the address lease thread (SCHED_FIFO)
+    // for about 100 ms in the 60-minute chaos run (docs/addresses.md).
+    cmd.process_group(0);
     match cmd.spawn() {
         Ok(mut child) => {
             info!(service = %s.group, pid = child.id(), gen = s.gen, "watchdog spawned");
