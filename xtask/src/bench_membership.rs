@@ -30,7 +30,11 @@
 //!   and printed.
 //!
 //! `BATON_BENCH_BIN=/path/to/baton` runs that agent binary instead of the
-//! release build (to compare two builds on the same machine state).
+//! release build (to compare two builds on the same machine state; the
+//! release build is then not made). `BATON_BENCH_IDLE_ONLY=1` runs only the
+//! idle agent with 8 peers (per-thread CPU and wake-ups printed;
+//! `BATON_BENCH_IDLE_S`: its window, `BATON_BENCH_IDLE_HOLD_S`: seconds to
+//! keep the cluster after it, for `perf`; docs/datapath.md, "Idle cost").
 //!
 //! The final JSON line: `join_all_ms`, `idle_cpu_pct_32` (the whole joined,
 //! idle 32-node cluster: all its agents' CPU over 3 s, a second after the
@@ -711,20 +715,63 @@ fn run_on(
 }
 
 /// CPU use of one agent with 8 peers (node 1, the master, of a joined,
-/// idle 9-node cluster at `--interval-ms`), over 10 s, a second after the
-/// join settled, in percent of one CPU (`idle_cpu_pct_agent_8peers`).
+/// idle 9-node cluster at `--interval-ms`), over 10 s (`BATON_BENCH_IDLE_S`
+/// seconds when set), a second after the join settled, in percent of one
+/// CPU (`idle_cpu_pct_agent_8peers`). Each of its threads is printed too:
+/// CPU % and wake-ups per second (its voluntary and involuntary context
+/// switches, which the machine's load does not inflate as it does CPU time).
+/// `BATON_BENCH_IDLE_HOLD_S`: keep the cluster that many seconds more after
+/// the measurement (to attach `perf` to the agent, whose pid is printed).
 fn idle_agent_8peers(opts: &MembershipOpts) -> Result<f64> {
+    let secs: f64 = std::env::var("BATON_BENCH_IDLE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
+    let hold: u64 = std::env::var("BATON_BENCH_IDLE_HOLD_S").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut c = Cluster::new("idl8", 9, 1, opts.interval_ms as u32, opts.misses);
     c.start_all();
     c.wait_all_joined(Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
     let pid = c.agents[0].as_ref().context("node 1 not running")?.child.id();
+    eprintln!("  idle agent with 8 peers: pid {pid}, measuring {secs} s");
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let a = proc_cpu_ticks(pid).context("reading /proc/PID/stat")?;
+    let ta = thread_stats(pid);
     let t = Instant::now();
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs_f64(secs));
     let b = proc_cpu_ticks(pid).context("reading /proc/PID/stat (the agent exited?)")?;
-    Ok((b - a) as f64 / hz / t.elapsed().as_secs_f64() * 100.0)
+    let el = t.elapsed().as_secs_f64();
+    let tb = thread_stats(pid);
+    println!("  threads of the idle agent (over {el:.1} s): CPU % of one CPU, wake-ups (context switches) per second");
+    for (tid, (name, ticks, cs)) in &tb {
+        let (t0, c0) = ta.get(tid).map(|(_, t, c)| (*t, *c)).unwrap_or((0, 0));
+        println!("    {tid:>8} {name:<16} {:>6.2} % {:>8.1} /s", (ticks - t0) as f64 / hz / el * 100.0, (cs - c0) as f64 / el);
+    }
+    if hold > 0 {
+        eprintln!("  holding the cluster {hold} s more (BATON_BENCH_IDLE_HOLD_S; agent pid {pid})");
+        std::thread::sleep(Duration::from_secs(hold));
+    }
+    Ok((b - a) as f64 / hz / el * 100.0)
+}
+
+/// Per thread of `pid`: (name, utime + stime in ticks, voluntary +
+/// involuntary context switches), by thread id.
+fn thread_stats(pid: u32) -> BTreeMap<u32, (String, u64, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        let name = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(n, _)| n.to_string()).unwrap_or_default();
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let cs: u64 = status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        out.insert(tid, (name, ticks, cs));
+    }
+    out
 }
 
 fn proc_cpu_ticks(pid: u32) -> Option<u64> {
@@ -765,6 +812,13 @@ pub fn membership(opts: &MembershipOpts) -> Result<()> {
     if let Some(bin) = std::env::var_os("BATON_BENCH_BIN") {
         eprintln!("bench membership: agent binary {} (BATON_BENCH_BIN)", std::path::Path::new(&bin).display());
         std::env::set_var("BATON_BIN", bin);
+    }
+    // BATON_BENCH_IDLE_ONLY=1: only the idle agent with 8 peers (for profiling it).
+    if std::env::var_os("BATON_BENCH_IDLE_ONLY").is_some() {
+        let p = idle_agent_8peers(opts)?;
+        println!("idle agent with 8 peers (the master of a joined 9-node cluster, {} ms heartbeats): {p:.2} % of one CPU", opts.interval_ms);
+        println!("{{\"idle_cpu_pct_agent_8peers\":{:.2}}}", (p * 100.0).round() / 100.0);
+        return Ok(());
     }
     let k = opts.subgroup_size;
     let r = opts.count_resend_ms;

@@ -226,7 +226,8 @@ fn main() {
             count_resend_ms,
             attempts,
             ..
-        } => prepare_release().and_then(|_| bench_membership::membership(&bench_membership::MembershipOpts {
+        // (BATON_BENCH_BIN: that agent binary runs; no release build is needed.)
+        } => (if std::env::var_os("BATON_BENCH_BIN").is_some() { setup::setup() } else { prepare_release() }).and_then(|_| bench_membership::membership(&bench_membership::MembershipOpts {
             sizes,
             leaves,
             interval_ms,
