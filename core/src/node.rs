@@ -54,7 +54,9 @@
 //! 4. Storage and addresses have nothing of their own to do: acknowledged
 //!    at once. Notifications of external subsystems go to the driver.
 //! 5. After every change of the cluster state, the services core gets the
-//!    view: members are the Joined and Leaving nodes and the forced-out
+//!    view: members are the Joined and Leaving nodes (but not a node whose
+//!    join was reversed into a leave before it reached the services level:
+//!    its leave never passes that level) and the forced-out
 //!    lives not fed as `NodeFailed` yet; graceful leaves that finished are
 //!    fed as `NodeLeft`; the decider is the master, or the lowest member
 //!    when the master is no longer one; an unchanged view is not fed again.
@@ -252,7 +254,15 @@ impl ServicesSlot {
             .nodes
             .iter()
             .filter(|(n, e)| match e.state {
-                NodeState::Joined | NodeState::Leaving => true,
+                NodeState::Joined => true,
+                // A leaving node is a member until its services are
+                // drained, unless its leave is a join reversed before it
+                // reached the services level (S1.6): its leave never
+                // passes that level, so it is never drained and must
+                // never be given a service.
+                NodeState::Leaving => s.transitions.get(n).is_none_or(|t| {
+                    t.id.kind != Kind::Leave || t.path.iter().any(|l| l.level >= LevelRole::Services.level())
+                }),
                 NodeState::ForcedLeaving => !self.failed_fed.contains(&(**n, e.incarnation)),
                 _ => false,
             })

@@ -2122,8 +2122,12 @@ impl Services {
             for name in self.order.clone() {
                 self.absorb(&name, &members);
                 self.show(&name);
+                // A departed node's instances are lost in maintenance too
+                // (a fact, not a decision): a new decider that never saw
+                // the departed life's report would not learn it from the
+                // next life's (composed simulator, seed 62).
+                self.lost(&name, &members);
                 if !self.registry.maintenance {
-                    self.lost(&name, &members);
                     self.decide(&name, &mut stable);
                 }
                 self.show(&name);

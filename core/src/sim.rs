@@ -1,5 +1,17 @@
-//! A deterministic simulator of many membership managers, on the shared
-//! harness ([`crate::testing`]).
+//! A deterministic simulator of many composed nodes ([`crate::node::Node`]:
+//! membership and services joined by the node's composition rules), on the
+//! shared harness ([`crate::testing`]).
+//!
+//! Services faults: failing action functions (start, stop, recovery, with
+//! seeded probabilities), monitor failures, operator commands (switchover,
+//! standby, maintenance) and dropped control-channel connections. Services
+//! messages travel as the agent's control channel carries them ([`Stream`]:
+//! in order while a connection lasts, lost with it, never resent). Checked
+//! after every step: a One group is never active on two live nodes (except
+//! a disowned life in the stale window, counted: see `check_services`), no
+//! node holds a hot standby and the registered instance, a node that left
+//! has nothing active; after healing every wanted group runs exactly once
+//! and every node's registrations agree with what runs.
 //!
 //! One seed drives everything: the cluster size, the registered levels and
 //! their barriers, every fault probability, and the schedule of crashes,
@@ -49,9 +61,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::membership::{
-    Action, Barriers, ClusterState, Config, Input, Kind, LevelSpec, Membership, Msg, NodeState, Step, SubsystemId,
+    Action, Barriers, ClusterState, Config, Input, Kind, LevelSpec, Msg, NodeState, Step, SubsystemId,
     Transition, TransitionId, ViewId,
 };
+use crate::node::{LevelRole, Node, NodeAction, NodeInput, FIRST_EXTERNAL_SUBSYSTEM};
+use crate::services::{self, ActionResult, Allowable, LocalPhase, Maturity, Placement, Preference, ServiceSpec, ServiceState, Services, StandbyPhase, TransferCost};
 use crate::testing::{Clock, Detector, DetectorConfig, FaultCounts, Net, NetConfig, Rng, Trace};
 use crate::{Instant, NodeId};
 
@@ -80,6 +94,61 @@ pub struct SimConfig {
     pub false_alarm_p: f64,
     /// Per fault slot: a node pauses (a slow node).
     pub pause_p: f64,
+    /// Rule 8 of `baton_core::node`: how long an addresses step of a
+    /// forced leave waits for the forced-out life's lease (the agent's
+    /// `interval × (misses + 1)`), in ms.
+    pub lease_wait_ms: u64,
+    /// How often action functions fail while faults are on.
+    pub actions: ActionFaults,
+    /// Per fault slot: an operator command (switchover, standby on or
+    /// off, maintenance on or off) on a random running node.
+    pub operator_p: f64,
+    /// Per fault slot: a control-channel connection drops (what it had
+    /// queued is lost, as in the agent).
+    pub conn_drop_p: f64,
+    /// Links per pair of nodes: the control channel sends every services
+    /// message over each link that is up (2: duplicates, reordered across
+    /// the links).
+    pub links: u32,
+}
+
+/// How often action functions fail (per completion, while faults are on),
+/// and the monitor-failure probability per fault slot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActionFaults {
+    pub start: f64,
+    pub stop: f64,
+    pub recovery: f64,
+    pub monitor: f64,
+}
+
+/// The simulator's resource groups, for `n` nodes: a three-deep group
+/// `ip` > `app` > `web` (preferred on node 1, free transfer, recovery), a
+/// hot-standby `db` on nodes 2–4, an unordered `lic` with a maturity rule
+/// (not on the last node) and `mon` on every node of 1–3.
+pub fn sim_specs(n: u32) -> Vec<ServiceSpec> {
+    vec![
+        ServiceSpec { preferred: Some(1), transfer_cost: TransferCost::Free, has_recovery: true, ..ServiceSpec::new("ip") },
+        ServiceSpec { parent: Some("ip".into()), has_notify: true, ..ServiceSpec::new("app") },
+        ServiceSpec { parent: Some("app".into()), ..ServiceSpec::new("web") },
+        ServiceSpec { allowable: Allowable::Nodes(vec![2, 3, 4]), has_notify: true, hot_standby: true, ..ServiceSpec::new("db") },
+        ServiceSpec {
+            preference: Preference::Unordered,
+            maturity: Maturity { nodes_up: Some(2), after_ms: Some(30), primary_up: false },
+            disallowable: [n].into(),
+            ..ServiceSpec::new("lic")
+        },
+        ServiceSpec { placement: Placement::Every, allowable: Allowable::Nodes(vec![1, 2, 3]), ..ServiceSpec::new("mon") },
+    ]
+}
+
+/// The root of `name`'s group in `specs`.
+fn root_of<'a>(specs: &'a [ServiceSpec], name: &str) -> &'a ServiceSpec {
+    let mut s = specs.iter().find(|s| s.name == name).expect("a configured service");
+    while let Some(p) = &s.parent {
+        s = specs.iter().find(|x| &x.name == p).expect("parents are configured");
+    }
+    s
 }
 
 impl SimConfig {
@@ -90,7 +159,8 @@ impl SimConfig {
         let mut levels = Vec::new();
         for i in 0..n_levels {
             levels.push(LevelSpec {
-                level: 10 * (i as u32 + 1),
+                // Between the node's built-in levels (10, 20, 30, 40).
+                level: 10 * (i as u32 + 1) + 5,
                 barriers: Barriers {
                     join: r.range(1, 3) as u32,
                     leave: r.range(1, 2) as u32,
@@ -117,6 +187,43 @@ impl SimConfig {
             batch_ms: [0, 1, 2, 5][r.below(4) as usize],
             false_alarm_p: [0.0, 0.05, 0.2][r.below(3) as usize],
             pause_p: [0.0, 0.05, 0.15][r.below(3) as usize],
+            ..SimConfig::services_from_seed(seed)
+        }
+    }
+
+    /// The services part of a seed's parameters, from a separate stream
+    /// (the membership draws stay put).
+    fn services_from_seed(seed: u64) -> SimConfig {
+        let mut r = Rng::new(seed ^ 0x7376_635f_6661_756c);
+        SimConfig {
+            seed,
+            nodes: 0,
+            levels: Vec::new(),
+            subgroup_size: 0,
+            loss: 0.0,
+            dup: 0.0,
+            delay_ms: (0, 0),
+            detect_ms: 0,
+            fault_ms: 0,
+            settle_ms: 0,
+            crash_p: 0.0,
+            partition_p: 0.0,
+            leave_p: 0.0,
+            distress_p: 0.0,
+            staggered_start: false,
+            batch_ms: 0,
+            false_alarm_p: 0.0,
+            pause_p: 0.0,
+            lease_wait_ms: [0, 40][r.below(2) as usize],
+            actions: ActionFaults {
+                start: [0.0, 0.02, 0.1, 0.3][r.below(4) as usize],
+                stop: [0.0, 0.02, 0.05][r.below(3) as usize],
+                recovery: [0.0, 0.05, 0.2][r.below(3) as usize],
+                monitor: [0.0, 0.05, 0.15][r.below(3) as usize],
+            },
+            operator_p: [0.0, 0.05, 0.15][r.below(3) as usize],
+            conn_drop_p: [0.0, 0.03, 0.1][r.below(3) as usize],
+            links: r.range(1, 2) as u32,
         }
     }
 }
@@ -138,6 +245,10 @@ pub struct SimResult {
     /// or message loss), and the longest time until that life stopped.
     pub forced_out_late: u64,
     pub forced_out_late_max_ns: u64,
+    /// One groups active on a disowned life and a survivor at once (the
+    /// stale window), and the longest such overlap.
+    pub stale_overlaps: u64,
+    pub stale_overlap_max_ns: u64,
 }
 
 impl SimResult {
@@ -172,6 +283,38 @@ enum Ev {
     /// this life of `node` while it still acted as joined: by now it must
     /// have learned it and stopped.
     ForcedOutDeadline { node: NodeId, incarnation: u64, master: NodeId },
+    /// The head of the services stream from → to on `link` is due.
+    SvcPump { from: NodeId, to: NodeId, link: u32, gen: u64 },
+    /// An action function of `node`'s life `life` ended.
+    ActionDone { node: NodeId, life: u32, input: services::Input },
+    /// A monitor of a service running on `node` reports a failure.
+    MonitorFail { node: NodeId },
+    /// An operator command on `node` (`kind` names it in the fault counts).
+    Operator { node: NodeId, kind: &'static str, input: services::Input },
+    /// The control-channel connections between `a` and `b` drop.
+    ConnDrop { a: NodeId, b: NodeId },
+    /// After the faults: nodes stuck in a failed stop are fenced, and the
+    /// operator ends maintenance and standby and registers again what
+    /// failed.
+    HealServices,
+}
+
+/// One control-channel connection from → to on one link, as the agent's
+/// channel carries services messages (agent/src/control/channel.rs): a TCP
+/// stream, so in order and without loss while it lasts, held through a
+/// short cut (TCP retransmits); a message sent while no connection is up
+/// is dropped (`send_services` returns false); when the connection drops
+/// (either end restarts, or it closes) what it had queued is lost: the
+/// channel resends nothing and the services core has no retransmission of
+/// its own.
+struct Stream {
+    /// The lives of the two ends this connection is between.
+    lives: (u32, u32),
+    gen: u64,
+    queue: std::collections::VecDeque<(Instant, services::Msg)>,
+    pumping: bool,
+    /// Closed until then (redialing).
+    down_until: Instant,
 }
 
 /// How long a forced-out life that is running, not paused and connected
@@ -187,13 +330,15 @@ impl Ev {
         match self {
             Ev::Deliver { to, .. } | Ev::Peer { to, .. } => Some(*to),
             Ev::SubAck { node, .. } | Ev::Leave { node } | Ev::LocalFailure { node, .. } => Some(*node),
+            Ev::SvcPump { to, .. } => Some(*to),
+            Ev::ActionDone { node, .. } | Ev::MonitorFail { node } | Ev::Operator { node, .. } => Some(*node),
             _ => None,
         }
     }
 }
 
 struct NodeSim {
-    core: Option<Membership>,
+    core: Option<Node>,
     life: u32,
     incarnation: u64,
     up: bool,
@@ -235,10 +380,34 @@ pub struct Sim {
     events: u64,
     messages: u64,
     trace: Trace,
+    /// Built-in level steps held by a node: (node, life, transition, role).
+    held: BTreeMap<(NodeId, u32, TransitionId, LevelRole), Step>,
+    /// Lives whose services the survivors recover (some node fed the
+    /// forced leave's services step as `NodeFailed`): (node, incarnation).
+    disowned: BTreeSet<(NodeId, u64)>,
+    streams: BTreeMap<(NodeId, NodeId, u32), Stream>,
+    /// Services messages: sent, dropped (no connection), lost in a
+    /// connection that dropped, delivered.
+    svc_sent: u64,
+    svc_dropped: u64,
+    svc_lost: u64,
+    svc_delivered: u64,
+    /// Services whose action or monitor failed (the operator registers
+    /// them again after the faults), and nodes whose stop failed.
+    all_failed: BTreeSet<String>,
+    /// One groups active on two live nodes where one is a disowned life
+    /// (the stale window): since when, per service; how many; the longest.
+    overlap_since: BTreeMap<String, Instant>,
+    stale_overlaps: u64,
+    stale_overlap_max_ns: u64,
+    /// Services reported unsafe now (a violation is reported once until
+    /// it clears).
+    unsafe_now: BTreeSet<String>,
 }
 
+/// The seed's external subsystems (ids from [`FIRST_EXTERNAL_SUBSYSTEM`]).
 fn subsystems(levels: &[LevelSpec]) -> Vec<(SubsystemId, LevelSpec)> {
-    levels.iter().enumerate().map(|(i, l)| (i as SubsystemId + 1, *l)).collect()
+    levels.iter().enumerate().map(|(i, l)| (FIRST_EXTERNAL_SUBSYSTEM + i as SubsystemId, *l)).collect()
 }
 
 /// Every step of `t`'s path, in walking order.
@@ -301,6 +470,18 @@ impl Sim {
             events: 0,
             messages: 0,
             trace: Trace::new(keep_trace),
+            held: BTreeMap::new(),
+            disowned: BTreeSet::new(),
+            streams: BTreeMap::new(),
+            svc_sent: 0,
+            svc_dropped: 0,
+            svc_lost: 0,
+            svc_delivered: 0,
+            all_failed: BTreeSet::new(),
+            overlap_since: BTreeMap::new(),
+            stale_overlaps: 0,
+            stale_overlap_max_ns: 0,
+            unsafe_now: BTreeSet::new(),
         }
     }
 
@@ -371,10 +552,16 @@ impl Sim {
             two_node_race: false,
         };
         let now = self.now();
-        let mut core = Membership::new(cfg);
+        // The composed node: its built-in levels (fencing 10, storage 20,
+        // addresses 30, services 40), the services core, the address lease
+        // wait of rule 8; then the seed's external subsystems.
+        let svc = Services::new(services::Config { me: n, incarnation, services: sim_specs(self.cfg.nodes) }).expect("the simulator's services are valid");
+        let mut core = Node::new(now, cfg, Some(svc), None);
+        core.set_lease_wait(self.cfg.lease_wait_ms * 1_000_000);
         for (sid, spec) in subsystems(&self.cfg.levels) {
-            core.handle(now, Input::Register { subsystem: sid, spec });
+            core.handle(now, NodeInput::Membership(Input::Register { subsystem: sid, spec }));
         }
+        while core.poll().is_some() {}
         {
             let s = self.nodes.get_mut(&n).unwrap();
             s.core = Some(core);
@@ -394,6 +581,30 @@ impl Sim {
         self.log(format!("{now} start n{n} life {life} inc {incarnation:x}"));
         self.input(n, Input::Start);
         self.refresh_fd();
+    }
+
+    /// Time passed for `n`'s node: a tick to each of its cores.
+    fn tick(&mut self, n: NodeId) {
+        if !self.running(n) {
+            return;
+        }
+        let now = self.now();
+        if let Some(core) = self.nodes.get_mut(&n).unwrap().core.as_mut() {
+            core.handle_timeout(now);
+        }
+        self.after_input(n);
+    }
+
+    /// A services input to `n`'s node.
+    fn svc_input(&mut self, n: NodeId, input: services::Input) {
+        if !self.running(n) {
+            return;
+        }
+        let now = self.now();
+        if let Some(core) = self.nodes.get_mut(&n).unwrap().core.as_mut() {
+            core.handle(now, NodeInput::Services(input));
+        }
+        self.after_input(n);
     }
 
     fn input(&mut self, n: NodeId, input: Input) {
@@ -420,10 +631,14 @@ impl Sim {
         }
         let now = self.now();
         if let Some(core) = self.nodes.get_mut(&n).unwrap().core.as_mut() {
-            core.handle(now, input);
+            core.handle(now, NodeInput::Membership(input));
         }
+        self.after_input(n);
+    }
+
+    fn after_input(&mut self, n: NodeId) {
         self.drain(n);
-        let st = self.nodes[&n].core.as_ref().and_then(|c| c.state().cloned());
+        let st = self.nodes[&n].core.as_ref().and_then(|c| c.membership().state().cloned());
         if let Some(s) = self.nodes.get_mut(&n) {
             s.last_state = st;
         }
@@ -434,7 +649,7 @@ impl Sim {
 
     /// Whether `n`'s current life runs and acts as a joined member.
     fn acts_joined(&self, n: NodeId) -> bool {
-        self.running(n) && self.nodes[&n].core.as_ref().is_some_and(|c| c.my_state() == NodeState::Joined)
+        self.running(n) && self.nodes[&n].core.as_ref().is_some_and(|c| c.membership().my_state() == NodeState::Joined)
     }
 
     /// `n`'s current life no longer acts as joined: if its forced leave had
@@ -453,7 +668,7 @@ impl Sim {
             let a = {
                 let s = self.nodes.get_mut(&n).unwrap();
                 match s.core.as_mut() {
-                    Some(c) => c.poll_action(),
+                    Some(c) => c.poll(),
                     None => None,
                 }
             };
@@ -462,7 +677,365 @@ impl Sim {
                 self.violation(format!("n{n} produced {a:?} after it halted"));
                 continue;
             }
-            self.act(n, a);
+            self.node_act(n, a);
+        }
+    }
+
+    /// What `n`'s composed node asks for.
+    fn node_act(&mut self, n: NodeId, a: NodeAction) {
+        let life = self.nodes[&n].life;
+        let now = self.now();
+        match a {
+            NodeAction::Membership(a) => self.act(n, a),
+            NodeAction::LevelStep { role, id, step, held } => {
+                self.log(format!("{now} n{n} level {} {id:?} {step:?}{}", role.name(), if held { " held" } else { "" }));
+                self.check_notify_order(n, id, step);
+                self.notified.entry((n, life, id)).or_default().push(step);
+                if role == LevelRole::Services && id.kind == Kind::ForcedLeave {
+                    // The survivors recover that life's services from now on.
+                    self.disowned.insert((id.node, id.incarnation));
+                }
+                if held {
+                    self.held.insert((n, life, id, role), step);
+                } else {
+                    self.acks.entry((n, id, step)).or_default().insert(role.subsystem());
+                }
+            }
+            NodeAction::LeaveReleased { node } => {
+                self.log(format!("{now} n{n} leave of n{node} released (drained)"));
+                let key = self.held.keys().find(|(m, l, id, r)| *m == n && *l == life && id.node == node && id.kind == Kind::Leave && *r == LevelRole::Services).copied();
+                if let Some(k) = key {
+                    let step = self.held.remove(&k).unwrap();
+                    self.acks.entry((n, k.2, step)).or_default().insert(LevelRole::Services.subsystem());
+                } else {
+                    self.violation(format!("n{n} released the leave of n{node}, which it did not hold"));
+                }
+            }
+            NodeAction::LeaseWait { id, until } => {
+                self.log(format!("{now} n{n} lease wait {id:?} until {until}"));
+            }
+            NodeAction::LeaseWaited { id, waited_ns, silent } => {
+                self.log(format!("{now} n{n} lease waited {id:?} {waited_ns} silent={silent}"));
+                match self.held.remove(&(n, life, id, LevelRole::Addresses)) {
+                    Some(step) => {
+                        self.acks.entry((n, id, step)).or_default().insert(LevelRole::Addresses.subsystem());
+                    }
+                    None => self.violation(format!("n{n} ended a lease wait for {id:?} it did not hold")),
+                }
+            }
+            NodeAction::Services(a) => self.svc_act(n, a),
+            NodeAction::Fencing { .. } => {}
+        }
+    }
+
+    /// A services action of `n`'s node: messages go over the simulated
+    /// control channel, action functions run for 1–30 ms and fail with
+    /// the seed's probabilities while the faults run.
+    fn svc_act(&mut self, n: NodeId, a: services::Action) {
+        let life = self.nodes[&n].life;
+        let now = self.now();
+        let faulty = now < Instant::from_ms(self.cfg.fault_ms);
+        let f = self.cfg.actions;
+        let (service, p, kind) = match &a {
+            services::Action::Send { to, msg } => {
+                let (to, msg) = (*to, msg.clone());
+                self.send_svc(n, to, msg);
+                return;
+            }
+            services::Action::Alert { service, reason } => {
+                self.log(format!("{now} n{n} alert {service} {reason:?}"));
+                if matches!(reason, services::AlertReason::AllNodesFailed) {
+                    self.all_failed.insert(service.clone());
+                }
+                return;
+            }
+            services::Action::Start { params } => (params.service.clone(), f.start, "start_failed"),
+            services::Action::Stop { params } => (params.service.clone(), f.stop, "stop_failed"),
+            services::Action::Recovery { params, .. } => (params.service.clone(), f.recovery, "recovery_failed"),
+            services::Action::Offline { params } => (params.service.clone(), 0.0, ""),
+            services::Action::StandbyStart { service } | services::Action::StandbyStop { service } => (service.clone(), 0.0, ""),
+            _ => return,
+        };
+        let fail = faulty && p > 0.0 && self.rng.chance(p);
+        let result = if fail {
+            self.faults.add(kind);
+            self.all_failed.insert(service.clone());
+            ActionResult::failed(1, "simulated failure")
+        } else {
+            ActionResult::OK
+        };
+        self.log(format!("{now} n{n} runs {a:?}{}", if fail { " (fails)" } else { "" }));
+        let input = match a {
+            services::Action::Start { .. } => services::Input::StartDone { service, result },
+            services::Action::Stop { .. } => services::Input::StopDone { service, result },
+            services::Action::Recovery { .. } => services::Input::RecoveryDone { service, result },
+            services::Action::Offline { .. } => services::Input::OfflineDone { service, result },
+            services::Action::StandbyStart { .. } => services::Input::StandbyStarted { service, result },
+            _ => services::Input::StandbyStopped { service, result },
+        };
+        let t = now.plus_ms(self.rng.range(1, 30));
+        self.at(t, Ev::ActionDone { node: n, life, input });
+    }
+
+    /// A services message from → to, over every link (see [`Stream`]).
+    fn send_svc(&mut self, from: NodeId, to: NodeId, msg: services::Msg) {
+        self.svc_sent += 1;
+        if !self.running(from) || !self.running(to) {
+            self.svc_dropped += 1;
+            return;
+        }
+        let lives = (self.nodes[&from].life, self.nodes[&to].life);
+        let now = self.now();
+        let (lo, hi) = self.cfg.delay_ms;
+        for link in 0..self.cfg.links {
+            let delay = self.rng.range(lo * 1000, hi * 1000) * 1000;
+            let st = self.streams.entry((from, to, link)).or_insert(Stream {
+                lives,
+                gen: 0,
+                queue: Default::default(),
+                pumping: false,
+                down_until: Instant::ZERO,
+            });
+            if st.lives != lives {
+                // A new connection between the new lives; the old one's
+                // queue was lost with it.
+                self.svc_lost += st.queue.len() as u64;
+                st.queue.clear();
+                st.gen += 1;
+                st.pumping = false;
+                st.lives = lives;
+            }
+            if now < st.down_until {
+                self.svc_dropped += 1;
+                continue;
+            }
+            let ready = now.plus_ns(delay).max(st.queue.back().map(|x| x.0).unwrap_or(now));
+            st.queue.push_back((ready, msg.clone()));
+            if !st.pumping {
+                st.pumping = true;
+                let gen = st.gen;
+                self.at(ready, Ev::SvcPump { from, to, link, gen });
+            }
+        }
+    }
+
+    fn pump(&mut self, from: NodeId, to: NodeId, link: u32, gen: u64) {
+        let lives = (self.nodes[&from].life, self.nodes[&to].life);
+        let alive = self.running(from) && self.running(to);
+        let linked = self.net.link(from, to);
+        let now = self.now();
+        let delay = self.rng.range(50, 200);
+        let Some(st) = self.streams.get_mut(&(from, to, link)) else { return };
+        if st.gen != gen {
+            return;
+        }
+        if st.lives != lives || !alive {
+            // The connection ended with a life of either end.
+            self.svc_lost += st.queue.len() as u64;
+            st.queue.clear();
+            st.gen += 1;
+            st.pumping = false;
+            return;
+        }
+        if !linked {
+            // Cut: TCP retransmits until the link carries again.
+            self.at(now.plus_ms(delay), Ev::SvcPump { from, to, link, gen });
+            return;
+        }
+        let Some((_, msg)) = st.queue.pop_front() else {
+            st.pumping = false;
+            return;
+        };
+        match st.queue.front() {
+            Some((t, _)) => {
+                let t = (*t).max(now);
+                self.at(t, Ev::SvcPump { from, to, link, gen });
+            }
+            None => st.pumping = false,
+        }
+        self.svc_delivered += 1;
+        self.svc_input(to, services::Input::Receive { from, msg });
+    }
+
+    /// The connections between `a` and `b` drop (both directions, every
+    /// link): what they had queued is lost; they are redialed in 50 ms.
+    fn conn_drop(&mut self, a: NodeId, b: NodeId) {
+        let now = self.now();
+        for key in [(a, b), (b, a)] {
+            for link in 0..self.cfg.links {
+                if let Some(st) = self.streams.get_mut(&(key.0, key.1, link)) {
+                    self.svc_lost += st.queue.len() as u64;
+                    st.queue.clear();
+                    st.gen += 1;
+                    st.pumping = false;
+                    st.down_until = now.plus_ms(50);
+                }
+            }
+        }
+    }
+
+    /// A life of `n` whose services the survivors recover.
+    fn is_disowned(&self, n: NodeId) -> bool {
+        self.disowned.contains(&(n, self.nodes[&n].incarnation))
+    }
+
+    /// Services safety, after every step, for every live node (running:
+    /// up, not halted, not left; a paused node is live). A One group is
+    /// active (any local phase but Idle) on at most one live node, except
+    /// in the stale window: a live life that the survivors disowned (they
+    /// fed its forced leave's services step as `NodeFailed` and recover
+    /// its groups) may still hold a group until it learns it was forced
+    /// out and halts (the membership check `forced_out_late` bounds that
+    /// window; in the agent the address lease covers the addresses). Such
+    /// overlaps are counted and timed, not violations. And no node holds
+    /// a hot-standby instance and the registered one of a group at once.
+    fn check_services(&mut self) {
+        let specs = sim_specs(self.cfg.nodes);
+        let now = self.now();
+        let live: Vec<NodeId> = self.nodes.keys().copied().filter(|n| self.running(*n)).collect();
+        for s in &specs {
+            if root_of(&specs, &s.name).placement != Placement::One {
+                continue;
+            }
+            let mut on = Vec::new();
+            let mut both = None;
+            for &n in &live {
+                let c = self.nodes[&n].core.as_ref().and_then(|c| c.services()).expect("a running node has its services core");
+                let ph = c.local_phase(&s.name);
+                if ph.active() {
+                    on.push((n, ph, self.is_disowned(n)));
+                    if matches!(c.standby_phase(&s.name), StandbyPhase::Starting | StandbyPhase::Running) {
+                        both = Some(n);
+                    }
+                }
+            }
+            let owned: Vec<(NodeId, LocalPhase)> = on.iter().filter(|x| !x.2).map(|x| (x.0, x.1)).collect();
+            let bad = if owned.len() > 1 {
+                Some(format!("split brain: One group member {} active on live nodes {owned:?}", s.name))
+            } else {
+                both.map(|n| format!("n{n} holds a hot-standby instance and the registered one of {}", s.name))
+            };
+            match bad {
+                Some(v) => {
+                    if self.unsafe_now.insert(s.name.clone()) {
+                        self.violation(v);
+                    }
+                }
+                None => {
+                    self.unsafe_now.remove(&s.name);
+                }
+            }
+            if on.len() > 1 {
+                if !self.overlap_since.contains_key(&s.name) {
+                    self.overlap_since.insert(s.name.clone(), now);
+                    self.stale_overlaps += 1;
+                    self.log(format!("{now} {} active on {on:?} (a disowned life among them)", s.name));
+                }
+            } else if let Some(t) = self.overlap_since.remove(&s.name) {
+                self.stale_overlap_max_ns = self.stale_overlap_max_ns.max(now.since(t));
+            }
+        }
+    }
+
+    /// The running node whose services core is the decider.
+    fn decider(&self) -> Option<NodeId> {
+        self.nodes.keys().copied().find(|n| self.running(*n) && self.nodes[n].core.as_ref().and_then(|c| c.services()).is_some_and(|c| c.is_decider()))
+    }
+
+    /// After the faults: a node stuck in a failed stop is fenced (crashed:
+    /// the only way out of a stuck stop); the operator ends maintenance
+    /// and standby, and registers again the services that failed.
+    fn heal_services(&mut self) {
+        let specs = sim_specs(self.cfg.nodes);
+        let stuck: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| self.running(*n))
+            .filter(|n| {
+                let c = self.nodes[n].core.as_ref().and_then(|c| c.services()).unwrap();
+                specs.iter().any(|s| c.local_phase(&s.name) == LocalPhase::StopFailed)
+            })
+            .collect();
+        for n in stuck {
+            self.log(format!("{} n{n} fenced (a stop failed)", self.now()));
+            self.at(self.now(), Ev::Crash { node: n });
+        }
+        let Some(d) = self.decider() else { return };
+        let (maint, standby): (bool, Vec<NodeId>) = {
+            let r = self.nodes[&d].core.as_ref().and_then(|c| c.services()).unwrap().registry();
+            (r.maintenance, r.standby.iter().copied().collect())
+        };
+        // Registering clears a service's failures (S4.x: the operator's
+        // answer to the alerts): every service that failed, once the
+        // faults are over.
+        let not_registered: Vec<String> = self.all_failed.iter().cloned().collect();
+        if maint {
+            self.log(format!("{} operator: maintenance off on n{d}", self.now()));
+            self.svc_input(d, services::Input::Maintenance { on: false });
+        }
+        for node in standby {
+            self.log(format!("{} operator: standby off for n{node} on n{d}", self.now()));
+            self.svc_input(d, services::Input::Standby { node, on: false });
+        }
+        for service in not_registered {
+            self.log(format!("{} operator: register {service} on n{d}", self.now()));
+            self.svc_input(d, services::Input::Register { service });
+        }
+    }
+
+    /// After healing: every wanted group runs exactly once (Every: on
+    /// every allowed node), with its hot standby where the decider says,
+    /// and every node's view of the registrations agrees with what runs
+    /// (registrations survived the decider changes).
+    fn final_services_checks(&mut self) {
+        let specs = sim_specs(self.cfg.nodes);
+        let live: Vec<NodeId> = self.nodes.keys().copied().filter(|n| self.running(*n)).collect();
+        let Some(d) = self.decider() else {
+            self.violation("no services decider after healing".into());
+            return;
+        };
+        let svc = |n: NodeId| self.nodes[&n].core.as_ref().and_then(|c| c.services()).unwrap();
+        let mut v = Vec::new();
+        if svc(d).registry().maintenance || !svc(d).registry().standby.is_empty() {
+            v.push(format!("after healing the decider n{d} still has maintenance or standby: {:?}", svc(d).registry()));
+        }
+        for s in &specs {
+            let root = root_of(&specs, &s.name);
+            let allowed: Vec<NodeId> = live.iter().copied().filter(|n| root.may_run_on(*n)).collect();
+            let on: Vec<NodeId> = live.iter().copied().filter(|n| svc(*n).local_phase(&s.name) == LocalPhase::Running).collect();
+            let want = match root.placement {
+                Placement::One => usize::from(!allowed.is_empty()),
+                Placement::Every => allowed.len(),
+            };
+            if on.len() != want {
+                v.push(format!(
+                    "after healing {} runs on {on:?}, allowed live nodes {allowed:?}; the decider n{d}'s entry: {:?}",
+                    s.name,
+                    svc(d).registry().services.get(&s.name)
+                ));
+                continue;
+            }
+            if s.hot_standby {
+                let sb: Vec<NodeId> = live.iter().copied().filter(|n| svc(*n).standby_phase(&s.name) == StandbyPhase::Running).collect();
+                let expect: Vec<NodeId> = svc(d).hot_standby_of(&s.name).into_iter().collect();
+                if (on.len() == 1 && allowed.len() > 1 && expect.is_empty()) || sb != expect || expect.iter().any(|n| on.contains(n)) {
+                    v.push(format!("after healing {}: standby on {sb:?}, the decider n{d} expects {expect:?} (runs on {on:?})", s.name));
+                }
+            }
+            for &n in &live {
+                let Some(st) = svc(n).snapshot().into_iter().find(|x| x.name == s.name) else {
+                    v.push(format!("n{n} does not show {}", s.name));
+                    continue;
+                };
+                let regs: Vec<NodeId> = st.nodes.iter().filter(|(_, s)| **s == ServiceState::Registered).map(|(n, _)| *n).collect();
+                if regs != on || (want > 0 && st.state != ServiceState::Registered) {
+                    v.push(format!("after healing n{n} sees {} as {:?} on {:?}, it runs on {on:?}", s.name, st.state, st.nodes));
+                }
+            }
+        }
+        for x in v {
+            self.violation(x);
         }
     }
 
@@ -524,6 +1097,19 @@ impl Sim {
             }
             Action::Left => {
                 self.log(format!("{now} n{n} left"));
+                // A graceful leave goes on only once the node is drained.
+                // (Not a life the survivors disowned: a node that asked to
+                // leave and was forced out meanwhile, after a false alarm,
+                // learns `Left` without a drain; its groups were recovered
+                // elsewhere: the stale window of `check_services`.)
+                let disowned = self.is_disowned(n);
+                if let Some(c) = self.nodes[&n].core.as_ref().and_then(|c| c.services()).filter(|_| !disowned) {
+                    let active: Vec<(String, LocalPhase)> =
+                        sim_specs(self.cfg.nodes).iter().map(|s| (s.name.clone(), c.local_phase(&s.name))).filter(|(_, p)| p.active()).collect();
+                    if !active.is_empty() {
+                        self.violation(format!("n{n} left with {active:?} still active"));
+                    }
+                }
                 self.nodes.get_mut(&n).unwrap().left = true;
                 self.stopped_acting(n);
                 let t = now.plus_ms(self.rng.range(100, 600));
@@ -556,13 +1142,13 @@ impl Sim {
             }
             Action::StateChanged { view } => {
                 if self.trace.keeps() {
-                    let c = self.nodes[&n].core.as_ref();
+                    let c = self.nodes[&n].core.as_ref().map(|c| c.membership());
                     let master = c.map(|c| c.is_master()).unwrap_or(false);
                     let dbg = c.map(|c| c.debug_line()).unwrap_or_default();
                     let grp = c.and_then(|c| c.state()).map(|s| s.group());
                     self.trace.note(|| format!("{now} n{n} view {view:?} master={master} group={grp:?} {dbg}"));
                 }
-                let st = self.nodes[&n].core.as_ref().and_then(|c| c.state().cloned());
+                let st = self.nodes[&n].core.as_ref().and_then(|c| c.membership().state().cloned());
                 if let Some(st) = st {
                     self.check_view(n, view, &st);
                 }
@@ -586,7 +1172,7 @@ impl Sim {
                 self.views.insert(view, h);
             }
         }
-        let is_master = st.view.master == n && self.nodes[&n].core.as_ref().is_some_and(|c| c.is_master());
+        let is_master = st.view.master == n && self.nodes[&n].core.as_ref().is_some_and(|c| c.membership().is_master());
         if is_master {
             self.check_takeover(n, st);
             self.check_split_brain(n, st);
@@ -609,7 +1195,7 @@ impl Sim {
             .iter()
             .filter(|(m, s)| **m != n && s.up && !s.halted && !s.left)
             .filter_map(|(m, s)| {
-                let c = s.core.as_ref()?;
+                let c = s.core.as_ref()?.membership();
                 let o = c.state()?;
                 // A paused master counts (a stopped process keeps its
                 // addresses, and its lease thread is stopped too), except
@@ -659,8 +1245,9 @@ impl Sim {
     /// Whether participant `p` acknowledged `step` of `id` at every
     /// subsystem registered at that level.
     fn acked(&self, p: NodeId, id: TransitionId, step: Step) -> bool {
-        let want: BTreeSet<SubsystemId> =
+        let mut want: BTreeSet<SubsystemId> =
             subsystems(&self.cfg.levels).iter().filter(|(_, l)| l.level == step.level).map(|(s, _)| *s).collect();
+        want.extend(LevelRole::ALL.iter().filter(|r| r.level() == step.level).map(|r| r.subsystem()));
         self.acks.get(&(p, id, step)).is_some_and(|got| want.is_subset(got))
     }
 
@@ -929,11 +1516,50 @@ impl Sim {
                     self.at(t, Ev::ForcedOutDeadline { node, incarnation, master });
                     return;
                 }
-                let view = self.nodes[&node].core.as_ref().and_then(|c| c.state()).map(|s| s.view);
+                let view = self.nodes[&node].core.as_ref().and_then(|c| c.membership().state()).map(|s| s.view);
                 self.violation(format!(
                     "split brain: n{node} (inc {incarnation:x}) still acts as joined (following {view:?}) {FORCED_OUT_BOUND_MS} ms after master n{master} completed its forced leave, connected to it"
                 ));
             }
+            Ev::SvcPump { from, to, link, gen } => self.pump(from, to, link, gen),
+            Ev::ActionDone { node, life, input } => {
+                if self.nodes[&node].life == life {
+                    self.svc_input(node, input);
+                }
+            }
+            Ev::MonitorFail { node } => {
+                if !self.running(node) {
+                    return;
+                }
+                let specs = sim_specs(self.cfg.nodes);
+                let c = self.nodes[&node].core.as_ref().and_then(|c| c.services()).unwrap();
+                let running: Vec<String> = specs.iter().filter(|s| c.local_phase(&s.name) == LocalPhase::Running).map(|s| s.name.clone()).collect();
+                if running.is_empty() {
+                    return;
+                }
+                let service = running[self.rng.below(running.len() as u64) as usize].clone();
+                self.faults.add("monitor_failed");
+                self.all_failed.insert(service.clone());
+                self.log(format!("{now} n{node} monitor failed {service}"));
+                self.svc_input(node, services::Input::MonitorFailed { service });
+            }
+            Ev::Operator { node, kind, input } => {
+                if !self.running(node) {
+                    return;
+                }
+                self.faults.add(kind);
+                self.log(format!("{now} n{node} operator {input:?}"));
+                self.svc_input(node, input);
+            }
+            Ev::ConnDrop { a, b } => {
+                if !self.running(a) || !self.running(b) {
+                    return;
+                }
+                self.faults.add("conn_drop");
+                self.log(format!("{now} connections n{a} <-> n{b} drop"));
+                self.conn_drop(a, b);
+            }
+            Ev::HealServices => self.heal_services(),
             Ev::Resume { node } => {
                 if self.nodes[&node].paused_until.is_none() {
                     return;
@@ -953,6 +1579,7 @@ impl Sim {
         }
         let mut scheduled = 0;
         let mut t = 500u64;
+        let mut srng = Rng::new(self.cfg.seed ^ 0x7376_635f_7363_6864);
         loop {
             t += self.rng.range(50, 300);
             if t + 20 >= self.cfg.fault_ms {
@@ -997,6 +1624,33 @@ impl Sim {
                 self.at(Instant::from_ms(t + 19), Ev::Pause { node, ms });
                 scheduled += 1;
             }
+            // Services faults (draws from their own stream, so that the
+            // membership schedule of a seed stays put).
+            let node2 = srng.range(1, n as u64) as NodeId;
+            if srng.chance(self.cfg.actions.monitor) {
+                self.at(Instant::from_ms(t + 23), Ev::MonitorFail { node: node2 });
+                scheduled += 1;
+            }
+            if srng.chance(self.cfg.operator_p) {
+                let (kind, input) = match srng.below(3) {
+                    0 => {
+                        let service = ["ip", "db", "lic"][srng.below(3) as usize].to_string();
+                        let to = if srng.chance(0.5) { Some(srng.range(1, n as u64) as NodeId) } else { None };
+                        ("switchover", services::Input::Switchover { service, to })
+                    }
+                    1 => ("standby", services::Input::Standby { node: srng.range(1, n as u64) as NodeId, on: srng.chance(0.6) }),
+                    _ => ("maintenance", services::Input::Maintenance { on: srng.chance(0.5) }),
+                };
+                self.at(Instant::from_ms(t + 29), Ev::Operator { node: node2, kind, input });
+                scheduled += 1;
+            }
+            if srng.chance(self.cfg.conn_drop_p) {
+                let b = srng.range(1, n as u64) as NodeId;
+                if b != node2 {
+                    self.at(Instant::from_ms(t + 31), Ev::ConnDrop { a: node2, b });
+                    scheduled += 1;
+                }
+            }
         }
         if scheduled == 0 {
             // Every seed injects faults: a seed whose probabilities drew
@@ -1010,6 +1664,9 @@ impl Sim {
         }
         self.at(Instant::from_ms(self.cfg.fault_ms - 300), Ev::EnsureFault);
         self.at(Instant::from_ms(self.cfg.fault_ms), Ev::Heal);
+        for ms in [500, 3_000, 6_000, 9_000] {
+            self.at(Instant::from_ms(self.cfg.fault_ms + ms), Ev::HealServices);
+        }
     }
 
     pub fn run(mut self) -> (SimResult, Vec<String>) {
@@ -1031,7 +1688,7 @@ impl Sim {
             let mut next = self.clock.next_time();
             let mut due = None;
             for (&id, s) in &self.nodes {
-                if let Some(d) = s.core.as_ref().and_then(|c| c.next_deadline()) {
+                if let Some(d) = s.core.as_ref().and_then(|c| c.poll_timeout()) {
                     let live = s.up && !s.halted && !s.left && s.paused_until.is_none();
                     if live && next.map(|x| d < x).unwrap_or(true) {
                         next = Some(d);
@@ -1046,14 +1703,17 @@ impl Sim {
             if let Some(id) = due {
                 self.clock.advance_to(t);
                 self.events += 1;
-                self.input(id, Input::Tick);
+                self.tick(id);
+                self.check_services();
                 continue;
             }
             let ev = self.clock.pop().unwrap();
             self.process(ev);
+            self.check_services();
         }
         self.clock.advance_to(end);
         self.final_checks();
+        self.final_services_checks();
         let summary = self.summary();
         let final_view = self.master_state().map(|s| s.view);
         (
@@ -1068,6 +1728,8 @@ impl Sim {
                 summary,
                 forced_out_late: self.forced_out_late,
                 forced_out_late_max_ns: self.forced_out_late_max_ns,
+                stale_overlaps: self.stale_overlaps,
+                stale_overlap_max_ns: self.stale_overlap_max_ns,
             },
             self.trace.take_lines(),
         )
@@ -1087,7 +1749,7 @@ impl Sim {
         let mut out = String::new();
         for (id, s) in &self.nodes {
             let _ = writeln!(out, "n{id} life {} up {} halted {} left {}", s.life, s.up, s.halted, s.left);
-            if let Some(c) = &s.core {
+            if let Some(c) = s.core.as_ref().map(|c| c.membership()) {
                 let _ = writeln!(out, "   master? {} state {:?}", c.is_master(), c.state().map(|st| (st.view, st.states())));
                 let _ = writeln!(out, "   debug {}", c.debug_line());
             }
@@ -1098,7 +1760,7 @@ impl Sim {
     fn master_state(&self) -> Option<ClusterState> {
         self.nodes
             .values()
-            .filter_map(|s| s.core.as_ref())
+            .filter_map(|s| s.core.as_ref().map(|c| c.membership()))
             .filter(|c| c.is_master() && !c.is_halted())
             .filter_map(|c| c.state().cloned())
             .max_by(|a, b| if a.view.supersedes(&b.view) { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less })
@@ -1113,7 +1775,7 @@ impl Sim {
             self.violation("no master after healing".into());
             return;
         };
-        let masters = self.nodes.values().filter(|s| s.core.as_ref().map(|c| c.is_master()).unwrap_or(false)).count();
+        let masters = self.nodes.values().filter(|s| s.core.as_ref().map(|c| c.membership().is_master()).unwrap_or(false)).count();
         if masters != 1 {
             self.violation(format!("{masters} masters after healing"));
         }
@@ -1129,7 +1791,7 @@ impl Sim {
             self.violation(format!("transitions still in flight after healing: {}", t.join(", ")));
         }
         let views: BTreeSet<ViewId> =
-            self.nodes.values().filter_map(|s| s.core.as_ref()).filter_map(|c| c.state().map(|s| s.view)).collect();
+            self.nodes.values().filter_map(|s| s.core.as_ref()).filter_map(|c| c.membership().state().map(|s| s.view)).collect();
         if views.len() != 1 {
             self.violation(format!("nodes disagree on the final view: {views:?}"));
         }
@@ -1138,13 +1800,17 @@ impl Sim {
     fn summary(&self) -> String {
         let s = self.net.stats;
         format!(
-            "{} faults=[{}] net=[sent={} lost={} cut={} dup={}]",
+            "{} faults=[{}] net=[sent={} lost={} cut={} dup={}] svc=[sent={} dropped={} lost={} delivered={}]",
             self.cfg.describe(),
             self.faults.describe(),
             s.sent,
             s.lost,
             s.cut,
-            s.duplicated
+            s.duplicated,
+            self.svc_sent,
+            self.svc_dropped,
+            self.svc_lost,
+            self.svc_delivered
         )
     }
 }
@@ -1154,7 +1820,7 @@ impl SimConfig {
     pub fn describe(&self) -> String {
         let c = self;
         format!(
-            "nodes={} levels={} subgroup={} loss={} dup={} delay={:?}ms crash={} partition={} leave={} distress={} false_alarm={} pause={} staggered={} batch={}ms",
+            "nodes={} levels={} subgroup={} loss={} dup={} delay={:?}ms crash={} partition={} leave={} distress={} false_alarm={} pause={} staggered={} batch={}ms lease_wait={}ms actions={:?} operator={} conn_drop={} links={}",
             c.nodes,
             c.levels.len(),
             c.subgroup_size,
@@ -1168,7 +1834,12 @@ impl SimConfig {
             c.false_alarm_p,
             c.pause_p,
             c.staggered_start,
-            c.batch_ms
+            c.batch_ms,
+            c.lease_wait_ms,
+            (c.actions.start, c.actions.stop, c.actions.recovery, c.actions.monitor),
+            c.operator_p,
+            c.conn_drop_p,
+            c.links
         )
     }
 }

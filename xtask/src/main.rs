@@ -57,7 +57,7 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Run seeded simulations of the membership cores and check invariants.
+    /// Run seeded simulations of composed nodes (membership + services) and check invariants.
     Sim {
         /// Number of seeds to run (from --start).
         #[arg(long, default_value_t = 300)]

@@ -345,6 +345,36 @@ fn a_state_of_an_earlier_life_is_not_fed() {
     assert_eq!(fed_view(&s, &out), Some(([1, 2].into(), 2)), "this life's state is fed");
 }
 
+// Rule 5: a node whose join was reversed into a leave before it reached
+// the services level (it asked to leave while joining, S1.6) is no
+// services member: its leave walks only the levels below, so it is never
+// drained, and a service given to it would still run when it has left
+// (found by the composed simulator, `cargo xtask sim --seed 60`, where
+// the joining node was the only "member" and decided to start everything
+// on itself). A leaving node whose leave passes the services level is a
+// member until drained.
+#[test]
+fn a_join_reversed_below_the_services_level_is_no_member() {
+    let mut out = VecDeque::new();
+    let mut s = slot();
+    let reversed = |levels: &[u32]| Transition {
+        id: TransitionId { node: 1, incarnation: 2, kind: Kind::Leave },
+        path: levels.iter().map(|l| LevelSpec { level: *l, barriers: membership::Barriers::ONE }).collect(),
+        pos: 0,
+        barrier: 0,
+        participants: [1, 2].into(),
+        leave_pending: false,
+    };
+    let mut st = cluster(1, 2, &[(1, NodeState::Leaving, 2), (2, NodeState::Joining, 1)]);
+    st.transitions.insert(1, reversed(&[20, 10]));
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), None, "a reversed join below the services level is no member");
+    let mut st = cluster(1, 2, &[(1, NodeState::Leaving, 2), (2, NodeState::Joined, 1)]);
+    st.transitions.insert(1, reversed(&[40, 30, 20, 10]));
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), Some(([1, 2].into(), 1)), "a leave through the services level: a member until drained");
+}
+
 // Rule 5: a forced-out life counts as a member until it is fed as
 // `NodeFailed`; the decider is the lowest member when the master is none.
 #[test]
