@@ -84,6 +84,7 @@ fn report(incarnation: u64) -> Msg {
         state: None,
         max_change: 12,
         stop_all: false,
+        answers: 0,
     })
 }
 

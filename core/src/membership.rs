@@ -224,6 +224,11 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+#[cfg(feature = "serde")]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 impl Transition {
     pub fn step(&self) -> Step {
         Step { level: self.path[self.pos].level, barrier: self.barrier }
@@ -353,6 +358,14 @@ pub struct Report {
     /// ([`Input::StopAll`]). (Left out of the encoding when false.)
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
     pub stop_all: bool,
+    /// The token of the last [`Msg::Gather`] this node got from the node
+    /// the report goes to (0: none): a successor counts a report as an
+    /// answer to its recovery only with its current token, so that a report
+    /// sent before the recovery began and delivered late (the successor was
+    /// paused with it in its queue) never counts (sim seed 9916).
+    /// (Left out of the encoding when 0.)
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_zero"))]
+    pub answers: u64,
 }
 
 /// The S3 group data: the member records of the sender's subgroup.
@@ -374,8 +387,13 @@ pub enum Msg {
     Alive { view: ViewId },
     /// A successor (the master of `view` failed) gathering the survivors'
     /// states: report now (to the successor, with the state we follow),
-    /// instead of at the next resend period.
-    Gather { view: ViewId },
+    /// instead of at the next resend period. `token` names this recovery:
+    /// the reports that answer it echo it ([`Report::answers`]).
+    Gather {
+        view: ViewId,
+        #[cfg_attr(feature = "serde", serde(default))]
+        token: u64,
+    },
 }
 
 /// A local subsystem (S1.2), as registered with this node's manager.
@@ -556,6 +574,14 @@ pub struct Membership {
     known_inc: BTreeMap<NodeId, u64>,
     /// Successor of a failed master: gathering states since this time.
     recovering: Option<Instant>,
+    /// Successor: the token of the recovery in progress (0: none), how many
+    /// recoveries this life began, and when its `Gather` last went out.
+    gather_token: u64,
+    gather_seq: u64,
+    gather_sent: Instant,
+    /// Follower: the last `Gather` received, (from, token); reports to that
+    /// node answer it.
+    gathered: Option<(NodeId, u64)>,
     /// Peers whose distress we processed (until they are up again).
     distressed: BTreeSet<NodeId>,
     locals: BTreeMap<SubsystemId, Local>,
@@ -595,6 +621,10 @@ impl Membership {
             heard: BTreeSet::from([cfg.me]),
             failed: BTreeSet::new(),
             recovering: None,
+            gather_token: 0,
+            gather_seq: 0,
+            gather_sent: Instant::ZERO,
+            gathered: None,
             known_inc: BTreeMap::new(),
             gmp_members: BTreeSet::new(),
             gmp_change: 0,
@@ -869,9 +899,10 @@ impl Membership {
                     _ => {}
                 }
             }
-            Msg::Gather { view } => {
+            Msg::Gather { view, token } => {
                 if self.state.as_ref().is_some_and(|c| c.view.term == view.term && c.view.master == view.master) {
                     self.report_dirty = true;
+                    self.gathered = Some((from, token));
                 }
             }
             Msg::State(s) => {
@@ -922,7 +953,23 @@ impl Membership {
                 return;
             }
             let yields = other && s.quorate && !cur.quorate;
-            if !yields && !s.view.supersedes(&cur.view) {
+            if other && s.quorate && cur.quorate {
+                // Two quorate clusters of different lineages (a master that
+                // formed one and was paused before anyone heard of it, while
+                // the others formed another): the one that got further wins
+                // (more Joined members, then more versions of its term),
+                // the lower master id only when they are level. By the ids
+                // alone, the paused master's state, never followed by
+                // anyone, made every member of the running cluster halt
+                // when it resumed (sim seed 3837). Both sides compare the
+                // same two states the same way, so they agree.
+                let joined = |st: &ClusterState| st.nodes.values().filter(|e| e.state == NodeState::Joined).count();
+                let key = |st: &ClusterState| (joined(st), st.view.term, st.view.version);
+                let (ks, kc) = (key(&s), key(cur));
+                if ks < kc || (ks == kc && !s.view.supersedes(&cur.view)) {
+                    return;
+                }
+            } else if !yields && !s.view.supersedes(&cur.view) {
                 return;
             }
             // Membership of this life only (an older life's entry is not ours).
@@ -986,6 +1033,7 @@ impl Membership {
             state: None,
             max_change: self.max_change,
             stop_all: self.stop_all,
+            answers: 0,
         }
     }
 
@@ -1160,6 +1208,11 @@ impl Membership {
             let mut r = self.my_report();
             if self.successor().is_some() {
                 r.state = self.state.clone();
+            }
+            if let Some((g, token)) = self.gathered {
+                if master == Some(g) {
+                    r.answers = token;
+                }
             }
             match master {
                 Some(m) if m != self.cfg.me => self.send(m, Msg::Report(r)),
@@ -1348,20 +1401,43 @@ impl Membership {
             // Ask the survivors for their states now: a report sent before
             // this moment does not count (below), and the next periodic
             // one may be a whole resend period away.
+            self.gather_seq += 1;
+            self.gather_token = self.cfg.incarnation.wrapping_add(self.gather_seq).max(1);
+            self.gather_sent = now;
+            let token = self.gather_token;
             for n in &live {
-                self.send(*n, Msg::Gather { view: cur.view });
+                self.send(*n, Msg::Gather { view: cur.view, token });
             }
         }
         let began = *self.recovering.get_or_insert(now);
         let deadline = began.plus_ns(2 * self.cfg.resend_ns);
         let since = began.0;
-        // Only reports sent since the recovery began count: an older one
-        // may carry a stale state.
-        let fresh = |n: &NodeId| {
-            self.report_at.get(n).map(|t| t.0 >= since).unwrap_or(false)
-                && self.reports.get(n).map(|r| r.state.is_some()).unwrap_or(false)
-        };
-        let waiting = live.iter().any(|n| !fresh(n));
+        let token = self.gather_token;
+        // Only reports that answer this recovery's `Gather` count: an older
+        // one may carry a stale state. (Received after the recovery began is
+        // not enough: a successor paused with the survivors' reports in its
+        // queue got them all at once when it resumed, counted them, and took
+        // over the term the survivors had meanwhile given to another
+        // successor, which had forced it out: sim seed 9916.)
+        let answered: BTreeSet<NodeId> = group
+            .iter()
+            .copied()
+            .filter(|n| {
+                self.report_at.get(n).map(|t| t.0 >= since).unwrap_or(false)
+                    && self.reports.get(n).is_some_and(|r| r.state.is_some() && r.answers == token)
+            })
+            .collect();
+        let fresh = |n: &NodeId| answered.contains(n);
+        let slow: Vec<NodeId> = live.iter().copied().filter(|n| !fresh(n)).collect();
+        let waiting = !slow.is_empty();
+        if waiting && now >= self.gather_sent.plus_ns(self.cfg.resend_ns) {
+            // Ask again those that did not answer (the `Gather` or the
+            // answer may be lost).
+            self.gather_sent = now;
+            for n in slow {
+                self.send(n, Msg::Gather { view: cur.view, token });
+            }
+        }
         if waiting && now < deadline {
             return;
         }
@@ -1737,9 +1813,18 @@ impl Membership {
         let mut joins = BTreeSet::new();
         for (n, r) in &self.reports {
             let Some(e) = s.nodes.get(n) else { continue };
+            // Only a recent report admits a node: a node that wants to join
+            // reports every resend period, and one whose reports stopped
+            // follows another cluster now (sim seed 926: a master forming
+            // anew admitted three members of the running cluster on their
+            // reports from before they joined it, its S3 change committed with
+            // them, and its state counted as quorate beside that cluster's).
+            // (Our own report is always current.)
+            let recent = *n == self.cfg.me || self.report_at.get(n).is_some_and(|t| now.since(*t) <= 2 * self.cfg.resend_ns);
             // Only a new life joins: a report of a life that was already in
             // the cluster (a stale one) never brings it back.
-            if r.want == Want::Join
+            if recent
+                && r.want == Want::Join
                 && r.incarnation > e.incarnation
                 && e.state == NodeState::Inactive
                 && !s.transitions.contains_key(n)

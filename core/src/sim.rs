@@ -29,7 +29,8 @@
 //! * **split brain** — at no moment are two running nodes masters of
 //!   quorate states of the same term (checked whenever a master publishes a
 //!   state; a stale master of an older term may run until it hears of the
-//!   newer one, it is forced out by then); and a life of Y whose forced
+//!   newer one, it is forced out by then; a paused master counts, unless no
+//!   node is Joined or Leaving in its state); and a life of Y whose forced
 //!   leave a master completed while it still acted as joined (it had not
 //!   learned it yet: counted as `forced_out_late`, see `check_not_acting`)
 //!   stops acting as joined within [`FORCED_OUT_BOUND_MS`], counted while
@@ -610,6 +611,17 @@ impl Sim {
             .filter_map(|(m, s)| {
                 let c = s.core.as_ref()?;
                 let o = c.state()?;
+                // A paused master counts (a stopped process keeps its
+                // addresses, and its lease thread is stopped too), except
+                // one whose state has no Joined or Leaving member: nothing
+                // runs in that cluster (services count only those members),
+                // and while paused its joins cannot progress (seed 3837: a
+                // master paused right after forming, before anyone heard of
+                // it; it yields when it resumes).
+                let runs_nothing = !o.nodes.values().any(|e| matches!(e.state, NodeState::Joined | NodeState::Leaving));
+                if s.paused_until.is_some() && runs_nothing {
+                    return None;
+                }
                 (c.is_master() && !c.is_halted() && o.quorate && o.view.master == *m && o.view.term == st.view.term)
                     .then_some((*m, o.view))
             })

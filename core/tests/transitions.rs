@@ -114,6 +114,10 @@ struct Harness {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// `Config::two_node_race` of every core.
     race: bool,
+    /// Paused nodes (a stopped process): their inputs wait, in order, in
+    /// `parked`, and are handled when they resume; no timer fires for them.
+    paused: BTreeSet<NodeId>,
+    parked: Vec<(NodeId, Input)>,
 }
 
 fn config(me: NodeId, inc: u64, all: &BTreeSet<NodeId>) -> Config {
@@ -138,6 +142,8 @@ impl Harness {
             held: Vec::new(),
             cut: BTreeSet::new(),
             race,
+            paused: BTreeSet::new(),
+            parked: Vec::new(),
         };
         for id in all {
             h.create(id, 1);
@@ -210,7 +216,28 @@ impl Harness {
         }
     }
 
+    /// Pauses `id`: it handles nothing until [`Self::resume`].
+    fn pause(&mut self, id: NodeId) {
+        self.paused.insert(id);
+    }
+
+    /// Resumes `id`: it handles what it got meanwhile, in order, now.
+    fn resume(&mut self, id: NodeId) {
+        self.paused.remove(&id);
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked).into_iter().partition(|(n, _)| *n == id);
+        self.parked = rest;
+        for (_, i) in mine {
+            self.input(id, i);
+        }
+    }
+
     fn input(&mut self, id: NodeId, input: Input) {
+        if self.paused.contains(&id) {
+            if self.nodes[&id].up {
+                self.parked.push((id, input));
+            }
+            return;
+        }
         let now = self.now;
         {
             let n = self.nodes.get_mut(&id).unwrap();
@@ -303,7 +330,12 @@ impl Harness {
         let mut guard = 0u32;
         loop {
             self.pump();
-            let next = self.nodes.values().filter(|n| n.up).filter_map(|n| n.core.next_deadline()).min();
+            let next = self
+                .nodes
+                .iter()
+                .filter(|(id, n)| n.up && !self.paused.contains(id))
+                .filter_map(|(_, n)| n.core.next_deadline())
+                .min();
             match next {
                 Some(t) if t <= end => {
                     guard += 1;
@@ -312,7 +344,7 @@ impl Harness {
                     let due: Vec<NodeId> = self
                         .nodes
                         .iter()
-                        .filter(|(_, n)| n.up && n.core.next_deadline().is_some_and(|d| d <= self.now))
+                        .filter(|(id, n)| n.up && !self.paused.contains(id) && n.core.next_deadline().is_some_and(|d| d <= self.now))
                         .map(|(id, _)| *id)
                         .collect();
                     for id in due {
@@ -1701,5 +1733,162 @@ fn master_that_left_still_forces_out_a_failed_joiner() {
     assert_eq!(st.state_of(2), NodeState::Joined, "node 2's join did not complete: {}", h.nodes[&2].core.debug_line());
     assert_eq!(st.state_of(4), NodeState::Joined, "node 4's join did not complete");
     assert!(st.transitions.is_empty(), "transitions still in flight: {:?}", st.transitions.keys().collect::<Vec<_>>());
+    h.check_nothing_after_end();
+}
+
+/// Sim seed 9916: the successor of a failed master is paused (a stopped
+/// process) when the master fails. The survivors send it their states, then
+/// see it silent, and the next member succeeds instead, in term 2, and
+/// forces the paused one out. When the paused node resumes, it handles its
+/// queue in order: the master's silence (so it is the successor), then the
+/// survivors' old reports. Those were sent before its recovery began; they
+/// must not count as answers to it, or it takes over term 2 as well (two
+/// masters of one term: its state, with a lower master id, superseded the
+/// real successor's at every survivor, re-ran the forced leave of the old
+/// master from its first step and put back the node forced out). It must
+/// halt as forced out when it reads the real successor's state.
+#[test]
+fn a_successor_paused_with_old_reports_in_its_queue_does_not_take_over() {
+    let mut h = Harness::new(5);
+    for n in 1..=5 {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    assert_eq!(h.master(3), 1, "setup: node 1 is the master");
+    h.mark();
+    h.pause(2);
+    h.crash(1);
+    h.silent(1);
+    h.pump();
+    // The survivors reported to node 2 (the successor); it is paused.
+    h.silent(2);
+    h.run_ms(300);
+    assert_eq!(h.master(3), 3, "setup: node 3 succeeded: {}", h.nodes[&3].core.debug_line());
+    assert_eq!(h.state_of(3, 2), NodeState::Inactive, "setup: node 2 was forced out");
+    let term = h.nodes[&3].core.state().unwrap().view.term;
+    h.resume(2);
+    h.run_ms(300);
+    let took_over = h.nodes[&2]
+        .actions
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::StateChanged { view } if view.master == 2))
+        .count();
+    assert_eq!(took_over, 0, "the paused node took over: {}", h.nodes[&2].core.debug_line());
+    assert_eq!(h.count(2, |a| matches!(a, Action::Halt { why: HaltReason::ForcedOut })), 1, "{:?}", h.nodes[&2].actions);
+    for n in [3, 4, 5] {
+        let st = h.nodes[&n].core.state().unwrap();
+        assert_eq!((st.view.master, st.view.term), (3, term), "node {n} follows another master: {}", h.nodes[&n].core.debug_line());
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "node {n} halted");
+    }
+    // Each forced leave is notified once per step, in order, on every survivor.
+    for n in [3, 4, 5] {
+        for gone in [1, 2] {
+            let got: Vec<Note> = h.notes(n).into_iter().filter(|x| x.kind == Kind::ForcedLeave && x.node == gone).collect();
+            assert_eq!(got, walk(Kind::ForcedLeave, gone, 1, 30), "node {n}: forced leave of {gone}");
+        }
+    }
+    h.check_nothing_after_end();
+}
+
+/// Sim seed 926: a node forming anew must not admit nodes on reports they
+/// sent long ago. Nodes 3 and 4 reported to node 1 (wanting to join, in no
+/// cluster yet) and then stopped reporting to it (in the sim: they joined
+/// the cluster beyond a partition, and report to its master only). When
+/// node 1 forms later, with 3 and 4 in sight again, their old reports made
+/// them joiners: its first change admitted {1, 2, 3, 4}, a majority of the
+/// five, S3 committed it with 3 and 4 (members of the other cluster), and
+/// node 1 became the master of a quorate state beside the running one.
+#[test]
+fn a_formation_admits_nobody_on_old_reports() {
+    use baton_core::membership::{Report, Want};
+    let mut h = Harness::new(5);
+    // 3, 4 and 5 are not running here: what node 1 knows of 3 and 4 is
+    // their old reports and their heartbeats.
+    for n in [3, 4, 5] {
+        h.crash(n);
+    }
+    for n in [3, 4] {
+        let levels = LEVELS.iter().map(|(_, level, barriers)| LevelSpec { level: *level, barriers: *barriers }).collect();
+        let r = Report {
+            incarnation: 7,
+            want: Want::Join,
+            levels,
+            done: BTreeSet::new(),
+            seen: Default::default(),
+            state: None,
+            max_change: 0,
+            stop_all: false,
+            answers: 0,
+        };
+        h.input(1, Input::Receive { from: n, msg: Msg::Report(r) });
+    }
+    h.start(1);
+    h.start(2);
+    for n in [3, 4] {
+        h.input(1, Input::PeerUp { node: n });
+        h.input(2, Input::PeerUp { node: n });
+    }
+    h.run_ms(200);
+    let st = h.nodes[&1].core.state().expect("node 1 formed").clone();
+    assert_eq!(st.view.master, 1, "setup: node 1 formed");
+    let asked: Vec<NodeId> = h.nodes[&1]
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Send { to, msg: Msg::Gmp(_) } if *to == 3 || *to == 4 => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert!(asked.is_empty(), "node 1 ran a group change with 3 and 4 on their old reports: {asked:?}");
+    assert!(!st.quorate && st.group().is_empty(), "node 1 admitted on old reports: {st:?}");
+    h.check_nothing_after_end();
+}
+
+/// Sim seed 3837: node 1 formed a cluster of every node (its S3 change
+/// committed, so its state is quorate) and was paused before its state went
+/// out; the others took it for dead and formed another cluster. When node 1
+/// resumed, its state (never followed by anyone, nobody Joined in it)
+/// reached the running cluster, and because a lower master id won between
+/// two quorate lineages, every member of the running cluster halted
+/// `Superseded`. Now the cluster that got further (more Joined members)
+/// wins: the running cluster ignores that state.
+#[test]
+fn a_quorate_cluster_ignores_a_paused_masters_state_that_nobody_followed() {
+    use baton_core::membership::{ClusterState, NodeEntry, ViewId};
+    let mut h = Harness::new(5);
+    for n in [1, 5] {
+        h.crash(n);
+    }
+    for n in [2, 3, 4] {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[2, 3, 4]), "setup: 2, 3 and 4 joined: {} / {:?}", h.nodes[&2].core.debug_line(), h.nodes[&2].core.state());
+    let cur = h.nodes[&2].core.state().unwrap().clone();
+    assert!(cur.quorate && cur.view.master == 2 && cur.view.term == 1, "setup: {:?}", cur.view);
+    // Node 1's state: formed in term 1, every node admitted (Joining).
+    let view = ViewId { term: 1, master: 1, master_incarnation: 1, version: 1 };
+    let levels: BTreeSet<LevelSpec> = LEVELS.iter().map(|(_, level, barriers)| LevelSpec { level: *level, barriers: *barriers }).collect();
+    let nodes = (1..=5).map(|n| (n, NodeEntry { state: NodeState::Joining, incarnation: 1, levels: levels.clone() })).collect();
+    let paper = ClusterState {
+        view,
+        origin: ViewId { version: 0, ..view },
+        nodes,
+        transitions: BTreeMap::new(),
+        change: 1,
+        quorate: true,
+        stopping: false,
+    };
+    h.mark();
+    for n in [2, 3, 4] {
+        h.input(n, Input::Receive { from: 1, msg: Msg::State(paper.clone()) });
+    }
+    h.run_ms(300);
+    for n in [2, 3, 4] {
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "node {n} halted: {:?}", h.nodes[&n].actions);
+        assert_eq!(h.master(n), 2, "node {n} follows another master");
+    }
+    assert!(all_joined(&h, &[2, 3, 4]));
     h.check_nothing_after_end();
 }

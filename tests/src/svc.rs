@@ -532,6 +532,24 @@ pub fn web_on_node1(svc: &mut Svc) {
 }
 
 
+/// Waits (up to 10 s) until hosts `seen_by` both see `web` registered on one
+/// node other than node `from` (an id), then (up to 5 s) for the VIP on
+/// that node; fails the test with `failure` (or with the VIP's absence)
+/// otherwise. Returns the new owner's host index and when the two hosts
+/// were first seen to agree.
+pub fn wait_web_taken_over(svc: &Svc, from: u64, seen_by: (usize, usize), failure: &str) -> (usize, Duration) {
+    let mut owner = None;
+    let moved = wait_until(Duration::from_secs(10), || {
+        owner = svc.registered_on(seen_by.0, "web");
+        owner.is_some_and(|n| n != from) && svc.registered_on(seen_by.1, "web") == owner
+    });
+    svc.check(moved.is_some(), || failure.to_string());
+    let owner_i = svc.index_of(owner.unwrap());
+    let served = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner_i)));
+    svc.check(served.is_some(), || format!("{VIP} never came to {}", svc.name(owner_i)));
+    (owner_i, moved.unwrap())
+}
+
 /// The longest time two live nodes certainly held the VIP at once (the
 /// overlap of their certain intervals, see [`certain_intervals`]), with the
 /// two nodes; zero when never.

@@ -194,6 +194,14 @@ fn an_idle_control_socket_client_does_not_delay_failover_and_a_second_agent_is_r
     // A line longer than the limit is refused, not buffered without end.
     let long = reply(&"x".repeat(10_000));
     assert!(long.contains("longer than 4096"), "{long}");
+    // A request that does not parse is answered with what is wrong
+    // (docs/control-socket.md), and nothing is done.
+    assert_eq!(reply("standby two\n"), "error: standby: \"two\" is not a node id");
+    assert!(reply("frobnicate\n").starts_with("error: unknown command \"frobnicate\" (known: ping,"));
+    assert_eq!(reply("stop now\n"), "error: stop: unexpected argument \"now\" (usage: stop)");
+    assert_eq!(reply("switchover\n"), "error: switchover: missing argument GROUP (usage: switchover GROUP [NODE])");
+    assert_eq!(reply("\n"), "error: empty request");
+    assert_eq!(c.my_state(0), Some(NodeState::Joined), "a refused `stop now` must not have been obeyed");
     // A user other than root is refused by its credentials, even when the
     // socket's mode would let it connect.
     {

@@ -389,16 +389,7 @@ fn lets_go_before_a_survivor_takes_over(name: &str, what: &str, cut: impl Fn(&Cl
     std::thread::sleep(Duration::from_millis(200));
     let cut_ns = cut(&svc.c);
     // The survivors' view (node1 is cut off and restarts as new lives).
-    let mut owner = None;
-    let moved = wait_until(Duration::from_secs(10), || {
-        let a = svc.registered_on(1, "web");
-        owner = a;
-        a.is_some_and(|n| n != 1) && svc.registered_on(2, "web") == a
-    });
-    svc.check(moved.is_some(), || format!("the survivors did not take web over from the {what} node1"));
-    let owner_i = svc.index_of(owner.unwrap());
-    let served = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner_i)));
-    svc.check(served.is_some(), || format!("{VIP} never came to {}", svc.name(owner_i)));
+    let (owner_i, moved) = wait_web_taken_over(&svc, 1, (1, 2), &format!("the survivors did not take web over from the {what} node1"));
     std::thread::sleep(Duration::from_millis(300));
     let samples = watcher.finish();
     let (dual, pair) = max_dual_ownership(&samples, &[None, None, None]);
@@ -407,7 +398,7 @@ fn lets_go_before_a_survivor_takes_over(name: &str, what: &str, cut: impl Fn(&Cl
     eprintln!(
         "node1 {what}: its lease lost {lost_ms:?} ms after the cut (bound {BOUND:?}); {} took web over (seen after {:?}); longest time on two live nodes {dual:?} {pair:?}",
         svc.name(owner_i),
-        moved.unwrap()
+        moved
     );
     for l in svc.c.log_lines(0, &["address"]) {
         eprintln!("node1: {l}");
@@ -481,16 +472,7 @@ fn a_node_forced_out_while_still_heard_lets_go_before_the_new_owner_adds_its_add
     let cut_ns = svc.c.drop_matching(1, true, &[&["ip", "src", &a2], &["ip", "dst", &a1], &["ip", "protocol", "17", "0xff"]]);
     let cut_at = Instant::now();
     svc.c.drop_matching(1, false, &[&["ip", "dst", &a2], &["ip", "protocol", "6", "0xff"]]);
-    let mut owner = None;
-    let moved = wait_until(Duration::from_secs(10), || {
-        let a = svc.registered_on(0, "web");
-        owner = a;
-        a.is_some_and(|n| n != 2) && svc.registered_on(2, "web") == a
-    });
-    svc.check(moved.is_some(), || "the others did not take web over from node2".into());
-    let owner_i = svc.index_of(owner.unwrap());
-    let served = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner_i)));
-    svc.check(served.is_some(), || format!("{VIP} never came to {}", svc.name(owner_i)));
+    let (owner_i, _) = wait_web_taken_over(&svc, 2, (0, 2), "the others did not take web over from node2");
     std::thread::sleep(Duration::from_millis(300));
     let samples = watcher.finish();
     let (dual, pair) = max_dual_ownership(&samples, &[None, None, None]);

@@ -25,15 +25,7 @@ fn a_client_cut_off_with_the_old_owner_is_answered_by_the_new_one_soon_after_the
     let before = neigh(&svc.client());
     svc.c.isolate(0);
     svc.c.client_deaf_to_arp(0, true);
-    let mut owner = None;
-    let moved = wait_until(Duration::from_secs(10), || {
-        owner = svc.registered_on(1, "web");
-        owner.is_some_and(|n| n != 1) && svc.registered_on(2, "web") == owner
-    });
-    svc.check(moved.is_some(), || "the survivors did not take web over from the cut-off node1".into());
-    let owner_i = svc.index_of(owner.unwrap());
-    let served = wait_until(Duration::from_secs(5), || vip_on(&svc.ns(owner_i)));
-    svc.check(served.is_some(), || format!("{VIP} never came to {}", svc.name(owner_i)));
+    let (owner_i, _) = wait_web_taken_over(&svc, 1, (1, 2), "the survivors did not take web over from the cut-off node1");
     // The takeover's announcements (3 × 20 ms) are over.
     std::thread::sleep(Duration::from_millis(500));
     let during = neigh(&svc.client());

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 
 use super::request::operator_request;
+use crate::control::protocol::Request;
 use crate::config;
 
 fn open(config: &Path) -> Result<(config::Config, HashMap<MapData, u32, u32>)> {
@@ -45,5 +46,5 @@ pub fn list(config: &Path) -> Result<()> {
 
 /// `baton fence confirm NODE`: handled by the agent.
 pub fn confirm(config: &Path, node: u32) -> Result<()> {
-    operator_request(config, &format!("fence-confirm {node}"))
+    operator_request(config, Request::FenceConfirm { node })
 }

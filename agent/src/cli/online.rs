@@ -5,8 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::request::operator_request;
+use crate::control::protocol::Request;
 
 /// `baton online GROUP`.
 pub fn run(config: &Path, group: &str) -> Result<()> {
-    operator_request(config, &format!("online {group}"))
+    operator_request(config, Request::Online { group: group.to_string() })
 }

@@ -1,21 +1,23 @@
-//! The operator requests' common path: one line to the local agent's
-//! control socket, which hands it to the deciding node.
+//! The operator requests' common path: one request to the local agent's
+//! control socket (which hands it to the deciding node), in the protocol
+//! of `control::protocol`.
 
 use std::path::Path;
 
 use anyhow::Result;
 
-use crate::{config, control::socket as control};
+use crate::config;
+use crate::control::{protocol::Reply, protocol::Request, socket as control};
 
-/// Sends an operator request to the local agent (which hands it to the
-/// deciding node) and fails when the agent refuses it.
-pub fn operator_request(config: &Path, line: &str) -> Result<()> {
+/// Sends an operator request to the local agent and prints its reply
+/// line; fails when the agent refuses it (`error: ...`, printed as the
+/// error without the prefix).
+pub fn operator_request(config: &Path, request: Request) -> Result<()> {
     let cfg = config::load(config)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let reply = rt.block_on(control::request(&cfg.paths.control_socket(), line))?;
-    if let Some(e) = reply.strip_prefix("error: ") {
-        anyhow::bail!("{e}");
+    match rt.block_on(control::call(&cfg.paths.control_socket(), &request))? {
+        Reply::Error(e) => anyhow::bail!("{e}"),
+        reply => println!("{reply}"),
     }
-    println!("{reply}");
     Ok(())
 }

@@ -5,8 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::request::operator_request;
+use crate::control::protocol::Request;
 
 /// `baton stop [--all]`.
 pub fn run(config: &Path, all: bool) -> Result<()> {
-    operator_request(config, if all { "stop-all" } else { "stop" })
+    operator_request(config, if all { Request::StopAll } else { Request::Stop })
 }

@@ -5,12 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::request::operator_request;
+use crate::control::protocol::Request;
 
 /// `baton switchover GROUP [NODE]`.
 pub fn run(config: &Path, group: &str, node: Option<u32>) -> Result<()> {
-    let line = match node {
-        Some(n) => format!("switchover {group} {n}"),
-        None => format!("switchover {group}"),
-    };
-    operator_request(config, &line)
+    operator_request(config, Request::Switchover { group: group.to_string(), to: node })
 }

@@ -384,25 +384,42 @@ fn valid_ifname(s: &str) -> bool {
     !s.is_empty() && s.len() <= 15 && !s.contains('/') && !s.contains(char::is_whitespace)
 }
 
+/// What is wrong with a group address (`group.addresses`), from [`parse_address`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{text:?} has no prefix length: write it as address/prefix, e.g. 10.0.0.100/24")]
+    NoPrefix { text: String },
+    #[error("{ip:?} is not an IPv4 or IPv6 address")]
+    NotAnAddress { ip: String },
+    #[error("{prefix:?} is not a prefix length of an IPv{family} address (0..={max})")]
+    BadPrefix { prefix: String, family: u8, max: u8 },
+    #[error("prefix length 0 in {text:?} would cover every address")]
+    ZeroPrefix { text: String },
+    #[error("{ip} is not a unicast address a service can be reached at")]
+    NotUnicast { ip: IpAddr },
+    #[error("{ip} is the broadcast address")]
+    Broadcast { ip: IpAddr },
+}
+
 /// Parses `ip/prefix`. The prefix is required.
-pub fn parse_address(s: &str) -> Result<GroupAddress, String> {
-    let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} has no prefix length: write it as address/prefix, e.g. 10.0.0.100/24"))?;
-    let ip: IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 or IPv6 address"))?;
+pub fn parse_address(s: &str) -> Result<GroupAddress, AddressError> {
+    let (ip, prefix) = s.split_once('/').ok_or_else(|| AddressError::NoPrefix { text: s.to_string() })?;
+    let ip: IpAddr = ip.parse().map_err(|_| AddressError::NotAnAddress { ip: ip.to_string() })?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= max)
-        .ok_or_else(|| format!("{prefix:?} is not a prefix length of an IPv{} address (0..={max})", if ip.is_ipv4() { 4 } else { 6 }))?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| AddressError::BadPrefix {
+        prefix: prefix.to_string(),
+        family: if ip.is_ipv4() { 4 } else { 6 },
+        max,
+    })?;
     if prefix == 0 {
-        return Err(format!("prefix length 0 in {s:?} would cover every address"));
+        return Err(AddressError::ZeroPrefix { text: s.to_string() });
     }
     if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
-        return Err(format!("{ip} is not a unicast address a service can be reached at"));
+        return Err(AddressError::NotUnicast { ip });
     }
     if let IpAddr::V4(v4) = ip {
         if v4.is_broadcast() {
-            return Err(format!("{ip} is the broadcast address"));
+            return Err(AddressError::Broadcast { ip });
         }
     }
     Ok(GroupAddress { ip, prefix })
@@ -440,7 +457,7 @@ pub(crate) fn validate(
         if let Some(a) = &g.addresses {
             for (j, s) in a.get_ref().iter().enumerate() {
                 let k = format!("group[{i}].addresses[{j}]");
-                let addr = parse_address(s.get_ref()).map_err(|r| cx.invalid(s, &k, r))?;
+                let addr = parse_address(s.get_ref()).map_err(|r| cx.invalid(s, &k, r.to_string()))?;
                 if let Some(other) = seen_addr.get(&addr.ip) {
                     let r = if other == &name { "is listed twice".to_string() } else { format!("is already an address of group {other:?}") };
                     return Err(cx.invalid(s, &k, format!("{} {r}", addr.ip)));
@@ -1184,8 +1201,23 @@ unit = "nginx.service"
     #[test]
     fn parse_address_forms() {
         assert_eq!(parse_address("fd00::1/64").unwrap().prefix, 64);
-        assert!(parse_address("10.0.0.1/0").unwrap_err().contains("prefix length 0"));
+        assert!(parse_address("10.0.0.1/0").unwrap_err().to_string().contains("prefix length 0"));
         assert!(parse_address("127.0.0.1/8").is_err());
         assert!(parse_address("255.255.255.255/32").is_err());
+    }
+
+    /// The texts of address errors are what the operator reads after
+    /// `file:line: `group[i].addresses[j]``: they name the value and say what to write.
+    #[test]
+    fn address_error_texts() {
+        let e = |s: &str| parse_address(s).unwrap_err().to_string();
+        assert_eq!(e("10.0.0.1"), "\"10.0.0.1\" has no prefix length: write it as address/prefix, e.g. 10.0.0.100/24");
+        assert_eq!(e("10.0.0.x/24"), "\"10.0.0.x\" is not an IPv4 or IPv6 address");
+        assert_eq!(e("10.0.0.1/33"), "\"33\" is not a prefix length of an IPv4 address (0..=32)");
+        assert_eq!(e("fd00::1/129"), "\"129\" is not a prefix length of an IPv6 address (0..=128)");
+        assert_eq!(e("10.0.0.1/0"), "prefix length 0 in \"10.0.0.1/0\" would cover every address");
+        assert_eq!(e("224.0.0.1/24"), "224.0.0.1 is not a unicast address a service can be reached at");
+        assert_eq!(e("255.255.255.255/32"), "255.255.255.255 is the broadcast address");
+        assert_eq!(parse_address("127.0.0.1/8").unwrap_err(), AddressError::NotUnicast { ip: "127.0.0.1".parse().unwrap() });
     }
 }

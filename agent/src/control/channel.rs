@@ -287,6 +287,43 @@ pub enum ChannelError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("control channel configuration: cannot start the pre-authentication thread: {source}")]
+    PreauthThread {
+        #[source]
+        source: io::Error,
+    },
+    #[error("control channel configuration: cannot build the pre-authentication runtime: {source}")]
+    PreauthRuntime {
+        #[source]
+        source: io::Error,
+    },
+    #[error("control channel configuration: link {link}: cannot serve the listener: {source}")]
+    PreauthListener {
+        link: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control channel configuration: the pre-authentication thread ended at start")]
+    PreauthEnded,
+}
+
+/// A decrypted frame that ends the connection ([`Reassembly::push`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("a message longer than {max} bytes", max = MAX_MSG_LEN)]
+    TooLong,
+    #[error("message parts followed by frame type {kind:?}")]
+    PartsThen { kind: Option<u8> },
+    #[error("unexpected frame type {kind:?} ({len} bytes)")]
+    Unexpected { kind: Option<u8>, len: usize },
+}
+
+/// A hello's plaintext that is not a hello ([`decode_hello_plain`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a hello frame, got type {kind:?}, {len} bytes")]
+pub struct BadHello {
+    pub kind: Option<u8>,
+    pub len: usize,
 }
 
 /// The links to one peer.
@@ -374,7 +411,7 @@ impl PreauthThread {
         let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
         // The runtime is built (and dropped) on the thread itself: a runtime
         // must not be dropped inside the agent's async context.
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), ChannelError>>(1);
         std::thread::Builder::new()
             .name("baton-preauth".into())
             .spawn(move || {
@@ -388,8 +425,8 @@ impl PreauthThread {
                 }
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot build the pre-authentication runtime: {e}")));
+                    Err(source) => {
+                        let _ = ready_tx.send(Err(ChannelError::PreauthRuntime { source }));
                         return;
                     }
                 };
@@ -399,8 +436,8 @@ impl PreauthThread {
                             Ok(l) => {
                                 tokio::spawn(listen_loop(s.clone(), link, l));
                             }
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(format!("link {link}: cannot serve the listener: {e}")));
+                            Err(source) => {
+                                let _ = ready_tx.send(Err(ChannelError::PreauthListener { link, source }));
                                 return;
                             }
                         }
@@ -414,12 +451,12 @@ impl PreauthThread {
                 drop(rt);
                 let _ = done_tx.send(());
             })
-            .map_err(|e| ChannelError::Config { reason: format!("cannot start the pre-authentication thread: {e}") })?;
+            .map_err(|source| ChannelError::PreauthThread { source })?;
         // Waits for the thread's start (a few microseconds).
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(ChannelError::Config { reason }),
-            Err(_) => return Err(ChannelError::Config { reason: "the pre-authentication thread ended at start".into() }),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ChannelError::PreauthEnded),
         }
         Ok(PreauthThread { stop: Some(stop), done: Some(done) })
     }
@@ -1165,9 +1202,9 @@ fn encode_hello(h: &Hello) -> [u8; 1 + HELLO_LEN] {
     b
 }
 
-fn decode_hello(p: &[u8]) -> Result<Hello, SessionError> {
+fn decode_hello(p: &[u8]) -> Result<Hello, BadHello> {
     if p.len() != 1 + HELLO_LEN || p[0] != FRAME_HELLO {
-        return Err(SessionError::Hello(format!("expected a hello frame, got type {:?}, {} bytes", p.first(), p.len())));
+        return Err(BadHello { kind: p.first().copied(), len: p.len() });
     }
     let u32_at = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
     let mut inc = [0u8; 8];
@@ -1239,7 +1276,7 @@ async fn handshake(s: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, 
         }
         let mut p = [0u8; MAX_HANDSHAKE_FRAME_LEN];
         let n = ts.read_message(&frame, &mut p).map_err(|e| SessionError::Handshake(format!("hello does not decrypt: {e}")))?;
-        decode_hello(&p[..n])
+        decode_hello(&p[..n]).map_err(|e| SessionError::Hello(e.to_string()))
     };
     let known = |node: u32| lock(&s.conns).contains_key(&node);
     let peer_hello = match role {
@@ -1450,19 +1487,19 @@ pub struct Reassembly {
 }
 
 impl Reassembly {
-    pub fn push(&mut self, plain: &[u8]) -> Result<Decoded, String> {
+    pub fn push(&mut self, plain: &[u8]) -> Result<Decoded, FrameError> {
         let n = plain.len();
         let mut p = plain;
         if p.first() == Some(&FRAME_PART) {
             if self.partial.len() + n - 1 > MAX_MSG_LEN {
-                return Err(format!("a message longer than {MAX_MSG_LEN} bytes"));
+                return Err(FrameError::TooLong);
             }
             self.partial.extend_from_slice(&p[1..]);
             return Ok(Decoded::Part);
         }
         if !self.partial.is_empty() {
             if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER) | Some(&FRAME_FENCE) | Some(&FRAME_APP)) {
-                return Err(format!("message parts followed by frame type {:?}", p.first()));
+                return Err(FrameError::PartsThen { kind: p.first().copied() });
             }
             self.joined.clear();
             self.joined.push(p[0]);
@@ -1478,7 +1515,7 @@ impl Reassembly {
             Some(&FRAME_APP) => serde_json::from_slice(&p[1..]).map(Decoded::App).unwrap_or_else(|e| bad(FRAME_APP, e)),
             Some(&FRAME_FENCE) => serde_json::from_slice(&p[1..]).map(Decoded::Fence).unwrap_or_else(|e| bad(FRAME_FENCE, e)),
             Some(&FRAME_MSG) => serde_json::from_slice(&p[1..]).map(Decoded::Msg).unwrap_or_else(|e| bad(FRAME_MSG, e)),
-            other => return Err(format!("unexpected frame type {other:?} ({n} bytes)")),
+            other => return Err(FrameError::Unexpected { kind: other.copied(), len: n }),
         })
     }
 }
@@ -1504,8 +1541,8 @@ pub fn split_frames(mut data: &[u8], max: usize) -> (Vec<&[u8]>, bool) {
 
 /// A hello's plaintext (type byte and body), decoded: (node, cluster,
 /// incarnation). For the fuzz target.
-pub fn decode_hello_plain(p: &[u8]) -> Result<(u32, u32, u64), String> {
-    decode_hello(p).map(|h| (h.node, h.cluster, h.incarnation)).map_err(|e| e.to_string())
+pub fn decode_hello_plain(p: &[u8]) -> Result<(u32, u32, u64), BadHello> {
+    decode_hello(p).map(|h| (h.node, h.cluster, h.incarnation))
 }
 
 async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, peer: u32, remote: SocketAddr) -> Result<(), SessionError> {
@@ -1517,7 +1554,7 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
             .await
             .map_err(|_| SessionError::Timeout("nothing received (not even a keepalive)"))??;
         let n = lock(ts).read_message(&frame, &mut plain).map_err(|e| SessionError::BadFrame(format!("does not decrypt: {e}")))?;
-        match parts.push(&plain[..n]).map_err(SessionError::BadFrame)? {
+        match parts.push(&plain[..n]).map_err(|e| SessionError::BadFrame(e.to_string()))? {
             Decoded::Keepalive | Decoded::Part => {}
             Decoded::Svc(msg) => {
                 bump(&s.counters.frames_received);
@@ -1582,5 +1619,28 @@ async fn writer(s: &Shared, ts: &Mutex<TransportState>, mut wr: OwnedWriteHalf, 
         if is_msg {
             bump(&s.counters.frames_sent);
         }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// A frame that closes the connection says why (the text goes into the
+    /// "link down: bad frame: ..." log line).
+    #[test]
+    fn frames_that_end_a_connection_say_why() {
+        let mut r = Reassembly::default();
+        assert_eq!(r.push(&[0xEE, 1, 2]).unwrap_err(), FrameError::Unexpected { kind: Some(0xEE), len: 3 });
+        assert_eq!(r.push(&[0xEE, 1, 2]).unwrap_err().to_string(), "unexpected frame type Some(238) (3 bytes)");
+        let mut r = Reassembly::default();
+        assert!(matches!(r.push(&[FRAME_PART, b'{']), Ok(Decoded::Part)));
+        assert_eq!(r.push(&[FRAME_KEEPALIVE]).unwrap_err().to_string(), "message parts followed by frame type Some(2)");
+        let mut r = Reassembly::default();
+        let mut big = vec![b' '; MAX_MSG_LEN + 1];
+        big[0] = FRAME_PART;
+        assert!(matches!(r.push(&big), Ok(Decoded::Part)));
+        assert_eq!(r.push(&[FRAME_PART, b' ']).unwrap_err().to_string(), format!("a message longer than {MAX_MSG_LEN} bytes"));
+        assert_eq!(decode_hello_plain(&[FRAME_HELLO, 1]).unwrap_err().to_string(), "expected a hello frame, got type Some(0), 2 bytes");
     }
 }

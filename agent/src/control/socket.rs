@@ -1,24 +1,15 @@
 //! The local control socket (`<run_dir>/<cluster>.sock`, mode 0600): one
-//! request line, one reply line.
-//!
-//! | request | reply |
-//! |---|---|
-//! | `ping` | `ok <incarnation>` |
-//! | `reload [--all]` | `ok: reloaded ...` or `error: <why>` (docs/reload.md); `--all` asks every peer to reload its own file |
-//! | `distress <reason>` | `ok` once the distress signal was sent |
-//! | `switchover <group> [<node>]` | `ok` once handed to the services core (it asks the deciding node) |
-//! | `standby <node>` / `unstandby <node>` | `ok` |
-//! | `maintenance on\|off` | `ok` |
-//! | `offline <group>` / `online <group>` | `ok` (S4.6 off-line mode, asked of the deciding node) |
-//! | `group-state <group>` | `ok active\|busy\|idle\|unknown`: whether the group runs here, a run or halt of it is in progress, or neither (asked by a watchdog process, S4.5) |
+//! request line, one reply line. The requests and replies, and their one
+//! codec, are in [`super::protocol`] (docs/control-socket.md).
 //!
 //! The socket is served off the agent's event loop (docs/security.md): a
 //! task accepts connections (at most [`MAX_CONNECTIONS`] at once; more are
 //! answered `error: busy` and closed), checks each peer's credentials
 //! (`SO_PEERCRED`: root, the agent's user, or `paths.socket_group`), reads
 //! one request line of at most [`MAX_REQUEST_LINE`] bytes within
-//! [`REQUEST_TIMEOUT`], and only then hands the complete request to the
-//! event loop, which answers at once; the reply is written within
+//! [`REQUEST_TIMEOUT`], parses it (a line that does not parse is answered
+//! `error: <why>` here), and only then hands the request to the event loop,
+//! which answers at once; the reply is written within
 //! [`REQUEST_TIMEOUT`]. So a client that connects and sends nothing (a
 //! forgotten `nc -U`) costs one connection slot for two seconds and never
 //! delays membership.
@@ -31,6 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::protocol::{ProtocolError, Reply, Request};
 use crate::localsock::Access;
 
 /// The longest request line (bytes, without its newline).
@@ -43,33 +35,50 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// How long a connection waits for the event loop's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One request line for the event loop, and where its reply goes.
+/// One parsed request for the event loop, and where its reply goes.
 #[derive(Debug)]
-pub struct Request {
-    pub line: String,
-    pub reply: oneshot::Sender<String>,
+pub struct Incoming {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
 }
 
-/// Sends one request to a running agent and returns its reply line.
-pub async fn request(socket: &Path, line: &str) -> std::io::Result<String> {
-    let mut s = UnixStream::connect(socket).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot reach the agent at {}: {e} (is `baton run` running?)", socket.display()))
-    })?;
-    s.write_all(format!("{line}\n").as_bytes()).await?;
+/// Why a request to the agent got no reply it could read.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot reach the agent at {}: {source} (is `baton run` running?)", socket.display())]
+    Connect { socket: std::path::PathBuf, source: std::io::Error },
+    #[error("talking to the agent at {}: {source}", socket.display())]
+    Io { socket: std::path::PathBuf, source: std::io::Error },
+    #[error("the agent at {} closed the connection without a reply to `{command}`", socket.display())]
+    NoReply { socket: std::path::PathBuf, command: &'static str },
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Sends one request to a running agent and returns its reply (an
+/// `error: ...` reply is [`Reply::Error`], not an `Err`).
+pub async fn call(socket: &Path, request: &Request) -> Result<Reply, CallError> {
+    let line = request.encode()?;
+    let io = |source| CallError::Io { socket: socket.to_path_buf(), source };
+    let mut s = UnixStream::connect(socket).await.map_err(|source| CallError::Connect { socket: socket.to_path_buf(), source })?;
+    s.write_all(format!("{line}\n").as_bytes()).await.map_err(io)?;
     let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply).await?;
-    Ok(reply.trim().to_string())
+    BufReader::new(s).read_line(&mut reply).await.map_err(io)?;
+    if reply.trim().is_empty() {
+        return Err(CallError::NoReply { socket: socket.to_path_buf(), command: request.command() });
+    }
+    Ok(Reply::parse(&reply, request)?)
 }
 
 /// Serves `listener` (see the module doc): returns the receiver of
 /// complete requests. The task ends when the receiver is dropped.
-pub fn serve(listener: UnixListener, access: Access) -> mpsc::Receiver<Request> {
+pub fn serve(listener: UnixListener, access: Access) -> mpsc::Receiver<Incoming> {
     let (tx, rx) = mpsc::channel(MAX_CONNECTIONS);
     tokio::spawn(accept_loop(listener, access, tx));
     rx
 }
 
-async fn accept_loop(listener: UnixListener, access: Access, tx: mpsc::Sender<Request>) {
+async fn accept_loop(listener: UnixListener, access: Access, tx: mpsc::Sender<Incoming>) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut errors = 0u32;
     loop {
@@ -94,12 +103,12 @@ async fn accept_loop(listener: UnixListener, access: Access, tx: mpsc::Sender<Re
         };
         if let Err(why) = access.check(&stream) {
             warn!("control socket: connection refused: {why}");
-            let _ = stream.try_write(format!("error: permission denied: {why}\n").as_bytes());
+            let _ = stream.try_write(format!("{}\n", Reply::Error(format!("permission denied: {why}"))).as_bytes());
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             debug!("control socket: {MAX_CONNECTIONS} connections already served; refusing one");
-            let _ = stream.try_write(b"error: busy (too many connections to the control socket)\n");
+            let _ = stream.try_write(format!("{}\n", Reply::error("busy (too many connections to the control socket)")).as_bytes());
             continue;
         };
         let tx = tx.clone();
@@ -124,42 +133,40 @@ pub async fn read_line_limited<R: tokio::io::AsyncRead + Unpin>(r: R, max: usize
     Ok(Some(String::from_utf8_lossy(&buf).trim().to_string()))
 }
 
-async fn serve_one(mut s: UnixStream, tx: mpsc::Sender<Request>) {
+async fn serve_one(mut s: UnixStream, tx: mpsc::Sender<Incoming>) {
     let (r, mut w) = s.split();
     let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_line_limited(r, MAX_REQUEST_LINE)).await {
-        // Connected and closed without a request: nothing to do.
-        Ok(Ok(Some(l))) if l.is_empty() => return,
+        // (An empty line, or a client that connected and closed without
+        // a request, is answered `error: empty request` below: a write to a
+        // closed connection just fails.)
         Ok(Ok(Some(l))) => l,
         Ok(Ok(None)) => {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, w.write_all(format!("error: request longer than {MAX_REQUEST_LINE} bytes\n").as_bytes())).await;
+            let refused = Reply::Error(format!("request longer than {MAX_REQUEST_LINE} bytes"));
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, w.write_all(format!("{refused}\n").as_bytes())).await;
             return;
         }
         Ok(Err(_)) => return,
         Err(_) => {
             debug!("control socket: no complete request within {REQUEST_TIMEOUT:?}; connection closed");
-            let _ = w.try_write(format!("error: no complete request line within {REQUEST_TIMEOUT:?}\n").as_bytes());
+            let _ = w.try_write(format!("{}\n", Reply::Error(format!("no complete request line within {REQUEST_TIMEOUT:?}"))).as_bytes());
+            return;
+        }
+    };
+    let request = match Request::parse(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!("control socket: refused request {line:?}: {e}");
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, w.write_all(format!("{}\n", Reply::error(e)).as_bytes())).await;
             return;
         }
     };
     let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Request { line, reply: reply_tx }).await.is_err() {
+    if tx.send(Incoming { request, reply: reply_tx }).await.is_err() {
         return;
     }
     let answer = match tokio::time::timeout(ANSWER_TIMEOUT, reply_rx).await {
         Ok(Ok(a)) => a,
-        _ => "error: the agent did not answer".to_string(),
+        _ => Reply::error("the agent did not answer"),
     };
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, w.write_all(format!("{answer}\n").as_bytes())).await;
-}
-
-/// Distress reasons by name (S0.1).
-pub fn reason_code(name: &str) -> Option<u32> {
-    Some(match name {
-        "communication" => baton_common::DISTRESS_COMMUNICATION,
-        "protocol" => baton_common::DISTRESS_PROTOCOL,
-        "component" => baton_common::DISTRESS_COMPONENT,
-        "corruption" => baton_common::DISTRESS_CORRUPTION,
-        "admin" => baton_common::DISTRESS_ADMIN,
-        _ => return None,
-    })
 }

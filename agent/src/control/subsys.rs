@@ -105,6 +105,62 @@ pub enum SubsysError {
     Bind { path: PathBuf, source: io::Error },
 }
 
+/// What is wrong with a client's request line: sent back to the client as
+/// `{"error": <text>}` (docs/subsystems.md), the connection stays open.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("invalid UTF-8: {source}")]
+    Utf8 {
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    #[error("invalid JSON: {source}")]
+    Json {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("expected a JSON object with an \"op\" field")]
+    NotAnObject,
+    #[error("missing \"op\" field (register, ack, fail or deregister)")]
+    NoOp,
+    #[error("\"op\" must be a string, not {found}")]
+    OpNotAString { found: serde_json::Value },
+    #[error("unknown op {op:?} (expected register, ack, fail or deregister)")]
+    UnknownOp { op: String },
+    /// The fields of a known op do not fit it.
+    #[error("bad {op}: {source}")]
+    Fields {
+        op: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("already registered as subsystem {subsystem} (one connection is one subsystem)")]
+    AlreadyRegistered { subsystem: SubsystemId },
+    #[error("bad register: name must be 1 to {max} bytes without control characters")]
+    BadName { max: usize },
+    #[error("bad register: level {level} out of range ({min}..={max})", min = LEVEL_MIN, max = LEVEL_MAX)]
+    LevelOutOfRange { level: u32 },
+    #[error("bad register: barriers.{which} = {n} out of range (1..={max})", max = MAX_BARRIERS)]
+    BarriersOutOfRange { which: &'static str, n: u32 },
+    #[error("bad register: ack_timeout_ms {ms} out of range ({min}..={max})", min = ACK_TIMEOUT_MIN_MS, max = ACK_TIMEOUT_MAX_MS)]
+    AckTimeoutOutOfRange { ms: u64 },
+    #[error(
+        "bad register: level {level} is registered with barriers join {}, leave {}, forced_leave {}; every subsystem at a level must ask for the same",
+        registered.join, registered.leave, registered.forced_leave
+    )]
+    BarriersDiffer { level: u32, registered: Barriers },
+    #[error("no subsystem ids left")]
+    NoIdsLeft,
+    #[error("not registered: send register first")]
+    NotRegistered,
+    #[error("not registered: nothing to deregister")]
+    NothingToDeregister,
+    #[error("ack for {step} that was not notified, was superseded, or was already acknowledged")]
+    NotNotified { step: String },
+    #[error("bad fail: unknown reason {reason:?} (expected communication, protocol, component or corruption)")]
+    UnknownReason { reason: String },
+}
+
 /// One client line, parsed (see [`parse_request`]).
 pub enum ClientRequest {
     Register(RegisterMsg),
@@ -116,15 +172,15 @@ pub enum ClientRequest {
 /// Parses one client line (without its newline): the whole wire-format
 /// check of a request, before anything acts on it. Used by the connections
 /// and by the fuzz target `subsys_line`.
-pub fn parse_request(line: &[u8]) -> Result<ClientRequest, String> {
-    let text = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8: {e}"))?;
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+pub fn parse_request(line: &[u8]) -> Result<ClientRequest, RequestError> {
+    let text = std::str::from_utf8(line).map_err(|source| RequestError::Utf8 { source })?;
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|source| RequestError::Json { source })?;
     let op = match v.as_object() {
-        None => return Err("expected a JSON object with an \"op\" field".into()),
+        None => return Err(RequestError::NotAnObject),
         Some(o) => match o.get("op") {
-            None => return Err("missing \"op\" field (register, ack, fail or deregister)".into()),
+            None => return Err(RequestError::NoOp),
             Some(serde_json::Value::String(s)) => s.clone(),
-            Some(other) => return Err(format!("\"op\" must be a string, not {other}")),
+            Some(other) => return Err(RequestError::OpNotAString { found: other.clone() }),
         },
     };
     match op.as_str() {
@@ -132,7 +188,7 @@ pub fn parse_request(line: &[u8]) -> Result<ClientRequest, String> {
         "ack" => Ok(ClientRequest::Ack(parse("ack", v)?)),
         "fail" => Ok(ClientRequest::Fail(parse("fail", v)?)),
         "deregister" => Ok(ClientRequest::Deregister),
-        other => Err(format!("unknown op {other:?} (expected register, ack, fail or deregister)")),
+        other => Err(RequestError::UnknownOp { op: other.to_string() }),
     }
 }
 
@@ -456,8 +512,8 @@ fn describe(id: &TransitionId, step: &Step) -> String {
 }
 
 /// Deserializes `v` as `T`, naming the op in the error.
-fn parse<T: serde::de::DeserializeOwned>(op: &str, v: serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(v).map_err(|e| format!("bad {op}: {e}"))
+fn parse<T: serde::de::DeserializeOwned>(op: &'static str, v: serde_json::Value) -> Result<T, RequestError> {
+    serde_json::from_value(v).map_err(|source| RequestError::Fields { op, source })
 }
 
 // ---------------------------------------------------------------- one connection
@@ -731,7 +787,7 @@ impl Conn {
         }
         let r = match self.request(line).await {
             Ok(()) => Flow::Continue,
-            Err(message) => self.error(&message),
+            Err(e) => self.error(&e.to_string()),
         };
         match r {
             Flow::Close => self.overrun().await,
@@ -739,7 +795,7 @@ impl Conn {
         }
     }
 
-    async fn request(&mut self, line: &[u8]) -> Result<(), String> {
+    async fn request(&mut self, line: &[u8]) -> Result<(), RequestError> {
         match parse_request(line)? {
             ClientRequest::Register(m) => self.register(m).await,
             ClientRequest::Ack(m) => self.ack(m).await,
@@ -748,24 +804,24 @@ impl Conn {
         }
     }
 
-    async fn register(&mut self, m: RegisterMsg) -> Result<(), String> {
+    async fn register(&mut self, m: RegisterMsg) -> Result<(), RequestError> {
         if let Some(r) = &self.reg {
-            return Err(format!("already registered as subsystem {} (one connection is one subsystem)", r.subsystem));
+            return Err(RequestError::AlreadyRegistered { subsystem: r.subsystem });
         }
         if m.name.is_empty() || m.name.len() > MAX_NAME || m.name.chars().any(char::is_control) {
-            return Err(format!("bad register: name must be 1 to {MAX_NAME} bytes without control characters"));
+            return Err(RequestError::BadName { max: MAX_NAME });
         }
         if !(LEVEL_MIN..=LEVEL_MAX).contains(&m.level) {
-            return Err(format!("bad register: level {} out of range ({LEVEL_MIN}..={LEVEL_MAX})", m.level));
+            return Err(RequestError::LevelOutOfRange { level: m.level });
         }
-        for (what, n) in [("join", m.barriers.join), ("leave", m.barriers.leave), ("forced_leave", m.barriers.forced_leave)] {
+        for (which, n) in [("join", m.barriers.join), ("leave", m.barriers.leave), ("forced_leave", m.barriers.forced_leave)] {
             if !(1..=MAX_BARRIERS).contains(&n) {
-                return Err(format!("bad register: barriers.{what} = {n} out of range (1..={MAX_BARRIERS})"));
+                return Err(RequestError::BarriersOutOfRange { which, n });
             }
         }
         let ms = m.ack_timeout_ms.unwrap_or(ACK_TIMEOUT_DEFAULT_MS);
         if !(ACK_TIMEOUT_MIN_MS..=ACK_TIMEOUT_MAX_MS).contains(&ms) {
-            return Err(format!("bad register: ack_timeout_ms {ms} out of range ({ACK_TIMEOUT_MIN_MS}..={ACK_TIMEOUT_MAX_MS})"));
+            return Err(RequestError::AckTimeoutOutOfRange { ms });
         }
         let barriers = Barriers { join: m.barriers.join, leave: m.barriers.leave, forced_leave: m.barriers.forced_leave };
         let spec = LevelSpec { level: m.level, barriers };
@@ -775,10 +831,7 @@ impl Conn {
             let mut levels = self.shared.levels.lock().unwrap_or_else(|e| e.into_inner());
             match levels.get_mut(&m.level) {
                 Some((b, _)) if *b != barriers => {
-                    return Err(format!(
-                        "bad register: level {} is registered with barriers join {}, leave {}, forced_leave {}; every subsystem at a level must ask for the same",
-                        m.level, b.join, b.leave, b.forced_leave
-                    ));
+                    return Err(RequestError::BarriersDiffer { level: m.level, registered: *b });
                 }
                 Some((_, count)) => *count += 1,
                 None => {
@@ -796,7 +849,7 @@ impl Conn {
                 None => {
                     drop(next);
                     self.release_level(m.level);
-                    return Err("no subsystem ids left".into());
+                    return Err(RequestError::NoIdsLeft);
                 }
             }
         };
@@ -820,35 +873,35 @@ impl Conn {
         }
     }
 
-    async fn ack(&mut self, m: AckMsg) -> Result<(), String> {
+    async fn ack(&mut self, m: AckMsg) -> Result<(), RequestError> {
         let Some(r) = self.reg.as_mut() else {
-            return Err("not registered: send register first".into());
+            return Err(RequestError::NotRegistered);
         };
         let id: TransitionId = m.transition.into();
         let step = Step { level: m.step.level, barrier: m.step.barrier };
         if r.pending.remove(&(id, step)).is_none() {
-            return Err(format!("ack for {} that was not notified, was superseded, or was already acknowledged", describe(&id, &step)));
+            return Err(RequestError::NotNotified { step: describe(&id, &step) });
         }
         let subsystem = r.subsystem;
         let _ = self.events.send(SubsysEvent::Ack { subsystem, id, step }).await;
         Ok(())
     }
 
-    async fn client_failure(&mut self, m: FailMsg) -> Result<(), String> {
+    async fn client_failure(&mut self, m: FailMsg) -> Result<(), RequestError> {
         let Some(r) = self.reg.as_ref() else {
-            return Err("not registered: send register first".into());
+            return Err(RequestError::NotRegistered);
         };
         let Some(reason) = reason_from_name(&m.reason) else {
-            return Err(format!("bad fail: unknown reason {:?} (expected communication, protocol, component or corruption)", m.reason));
+            return Err(RequestError::UnknownReason { reason: m.reason.clone() });
         };
         warn!(subsystem = r.subsystem, reason = m.reason, "subsystem reports a critical local failure");
         self.fail(reason).await;
         Ok(())
     }
 
-    fn deregister(&mut self) -> Result<(), String> {
+    fn deregister(&mut self) -> Result<(), RequestError> {
         let Some(r) = self.reg.as_ref() else {
-            return Err("not registered: nothing to deregister".into());
+            return Err(RequestError::NothingToDeregister);
         };
         let subsystem = r.subsystem;
         // finish() removes it and emits Deregistered once the line is out.
@@ -867,5 +920,38 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    fn err(line: &str) -> String {
+        match parse_request(line.as_bytes()) {
+            Ok(_) => panic!("{line} parsed"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The `{"error": ...}` texts a client reads (docs/subsystems.md):
+    /// each names the field and the allowed values.
+    #[test]
+    fn request_errors_name_the_field_and_the_allowed_values() {
+        assert!(err("{").starts_with("invalid JSON: "));
+        assert_eq!(err("[1]"), "expected a JSON object with an \"op\" field");
+        assert_eq!(err("{}"), "missing \"op\" field (register, ack, fail or deregister)");
+        assert_eq!(err("{\"op\": 3}"), "\"op\" must be a string, not 3");
+        assert_eq!(err("{\"op\": \"frobnicate\"}"), "unknown op \"frobnicate\" (expected register, ack, fail or deregister)");
+        assert!(err("{\"op\": \"register\"}").starts_with("bad register: missing field"), "{}", err("{\"op\": \"register\"}"));
+        assert!(matches!(parse_request(b"\xff"), Err(RequestError::Utf8 { .. })));
+        assert_eq!(RequestError::LevelOutOfRange { level: 0 }.to_string(), "bad register: level 0 out of range (1..=65535)");
+        assert_eq!(RequestError::BarriersOutOfRange { which: "leave", n: 17 }.to_string(), "bad register: barriers.leave = 17 out of range (1..=16)");
+        assert_eq!(RequestError::AckTimeoutOutOfRange { ms: 5 }.to_string(), "bad register: ack_timeout_ms 5 out of range (10..=3600000)");
+        assert_eq!(
+            RequestError::BarriersDiffer { level: 50, registered: Barriers { join: 1, leave: 2, forced_leave: 1 } }.to_string(),
+            "bad register: level 50 is registered with barriers join 1, leave 2, forced_leave 1; every subsystem at a level must ask for the same"
+        );
+        assert_eq!(RequestError::BadName { max: MAX_NAME }.to_string(), format!("bad register: name must be 1 to {MAX_NAME} bytes without control characters"));
     }
 }

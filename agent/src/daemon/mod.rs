@@ -5,6 +5,7 @@
 pub mod caps;
 pub mod cluster;
 pub mod confirm;
+pub mod error;
 pub mod rejoin;
 pub mod reload;
 pub mod run;

@@ -51,8 +51,12 @@ pub enum ReloadError {
     RestartNeeded { file: PathBuf, what: String },
     /// The services core refused the groups (not expected after the file's
     /// own validation).
-    #[error("{file}: the resource groups were refused: {reason} (nothing was applied)")]
-    Groups { file: PathBuf, reason: String },
+    #[error("{file}: the resource groups were refused: {source} (nothing was applied)")]
+    Groups {
+        file: PathBuf,
+        #[source]
+        source: crate::services::svc::ServiceError,
+    },
 }
 
 /// A message of the `config` topic.

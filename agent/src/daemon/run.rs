@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+pub use crate::daemon::error::DaemonError;
 use aya::maps::{MapData, RingBuf};
 use baton_common::{siphash::key_halves, Event};
 use tokio::io::unix::AsyncFd;
@@ -14,9 +14,12 @@ use crate::datapath::Datapath;
 use crate::datapath::events::{monotonic_ns, EventSink, PeerTracker};
 use crate::services::guard::GuardLink;
 use crate::daemon::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
+use crate::daemon::reload::ReloadError;
 use crate::control::subsys::{SubsysEvent, SubsysServer};
 use crate::{control::socket as control, datapath::sender};
 use baton_core::membership::{HaltReason, Input};
+
+type Result<T> = std::result::Result<T, DaemonError>;
 
 /// A new incarnation: the wall clock in µs, but always above the last one
 /// this node used (kept in the state dir), so a restart is always "newer" even
@@ -46,15 +49,11 @@ pub fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
         .mode(0o600)
         .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .map_err(|source| DaemonError::LockFile { path: path.clone(), source })?;
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
         Ok(locked) => Ok(locked),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
-            "another baton agent runs with the state directory {} (it holds {}); refusing to start",
-            dir.display(),
-            path.display()
-        ),
-        Err((_, e)) => Err(anyhow::Error::new(std::io::Error::from(e)).context(format!("locking {}", path.display()))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DaemonError::StateDirLocked { dir: dir.to_path_buf(), path }),
+        Err((_, e)) => Err(DaemonError::Lock { path, source: std::io::Error::from(e) }),
     }
 }
 
@@ -155,8 +154,7 @@ pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     crate::datapath::check_prerequisites()?;
     crate::daemon::caps::check(&cfg, crate::daemon::caps::effective())?;
     let key = config::read_secret(&cfg.secret_file)?;
-    std::fs::create_dir_all(&cfg.paths.state_dir)
-        .with_context(|| format!("creating state dir {}", cfg.paths.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.paths.state_dir).map_err(|source| DaemonError::StateDir { dir: cfg.paths.state_dir.clone(), source })?;
     // One agent per state directory, and never beside a live agent's
     // control socket: before anything of this node is touched (the
     // incarnation, the guard's start-clean, the datapath).
@@ -169,7 +167,7 @@ pub async fn run(cfg_path: &Path, stop: &mut StopSignals) -> Result<Ended> {
     // Start clean, then the guard watches this life (docs/services.md,
     // "Ownership"): before the datapath, so nothing of an earlier life is
     // configured here when this one joins.
-    let (guard, cleaned) = GuardLink::spawn(&cfg, incarnation).context("starting the guard process")?;
+    let (guard, cleaned) = GuardLink::spawn(&cfg, incarnation).map_err(|source| DaemonError::Guard { source })?;
     if !cleaned.is_empty() {
         warn!(
             addresses = ?cleaned.addresses_removed, processes = ?cleaned.processes_stopped, applications = ?cleaned.applications_stopped,
@@ -205,8 +203,9 @@ async fn run_guarded(
         let cfg = cfg.clone();
         move || crate::services::fencing::open_disks(&cfg)
     })
-    .await?
-    .context("checking the shared disks ([[disk]])")?;
+    .await
+    .map_err(|source| DaemonError::Task { what: "checking the shared disks ([[disk]])", source })?
+    .map_err(|source| DaemonError::Disks { source })?;
     for d in &disks {
         info!(disk = %d.disk.name, device = %d.disk.device.display(), pr_type = %d.disk.pr_type, key = format_args!("{:#x}", cfg.disk_key(cfg.node_id)), "shared disk checked: persistent reservations supported");
     }
@@ -218,34 +217,34 @@ async fn run_guarded(
     let (k0, k1) = key_halves(&key);
     let sender = match sender::spawn(cfg, k0, k1, incarnation) {
         Ok(s) => s,
-        Err(e) => {
+        Err(source) => {
             dp.stop();
-            return Err(anyhow::Error::new(e).context("starting the heartbeat sender"));
+            return Err(DaemonError::Sender { source });
         }
     };
     if let Some(l) = metrics {
-        if let Err(e) = crate::services::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
+        if let Err(source) = crate::services::metrics::spawn(cfg.clone(), l, sender.shared.clone()) {
             sender.stop();
             dp.stop();
-            return Err(anyhow::Error::new(e).context("serving the metrics"));
+            return Err(DaemonError::MetricsServe { source });
         }
     }
     let listener = match crate::localsock::bind(&cfg.paths.control_socket(), cfg.socket_access()) {
         Ok(l) => control::serve(l, cfg.socket_access()),
-        Err(e) => {
+        Err(source) => {
             sender.stop();
             dp.stop();
-            return Err(anyhow::Error::new(e).context(format!("binding {}", cfg.paths.control_socket().display())));
+            return Err(DaemonError::ControlSocket { path: cfg.paths.control_socket(), source });
         }
     };
     // The address lease (lease.rs): floating addresses are withdrawn at once
     // when this node hears no majority of its view.
     let lease = match crate::services::lease::spawn(cfg, sender.shared.clone()) {
         Ok(l) => l,
-        Err(e) => {
+        Err(source) => {
             sender.stop();
             dp.stop();
-            return Err(anyhow::Error::new(e).context("starting the address lease"));
+            return Err(DaemonError::Lease { source });
         }
     };
     let mut status = baton_state::AgentStatus {
@@ -282,10 +281,10 @@ async fn run_guarded(
             peers: cfg.peers.iter().map(|p| (p.id, p.addresses.clone())).collect(),
         })
         .await
-        .context("starting the control channel")?;
+        .map_err(|source| DaemonError::Channel { source })?;
         let (subsys, sub_rx) = SubsysServer::bind_with(&cfg.paths.subsys_socket(), FIRST_EXTERNAL_SUBSYSTEM, cfg.socket_access())
             .await
-            .context("binding the subsystem API socket")?;
+            .map_err(|source| DaemonError::Subsys { source })?;
         let mut nodes: std::collections::BTreeSet<u32> = cfg.peers.iter().map(|p| p.id).collect();
         nodes.insert(cfg.node_id);
         let core_cfg = baton_core::membership::Config {
@@ -318,7 +317,8 @@ async fn run_guarded(
                 pin_dir: cfg.paths.bpffs_dir.clone(),
             }),
             ownership,
-        )?;
+        )
+        .map_err(|source| DaemonError::Services { source })?;
         let (fencing, fence_rx) = if disks.is_empty() {
             (None, None)
         } else {
@@ -501,7 +501,7 @@ async fn event_loop(
     cfg: &Config,
     events: RingBuf<MapData>,
     sender: &sender::Sender,
-    mut ctl_rx: tokio::sync::mpsc::Receiver<control::Request>,
+    mut ctl_rx: tokio::sync::mpsc::Receiver<control::Incoming>,
     mut status: baton_state::AgentStatus,
     mut driver: ClusterDriver,
     mut chan_rx: tokio::sync::mpsc::Receiver<(u32, baton_core::membership::Msg)>,
@@ -521,14 +521,14 @@ async fn event_loop(
     let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
     let StopSignals { term, int } = stop;
     // SIGHUP: reload the configuration file (docs/reload.md).
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| DaemonError::Signal { signal: "SIGHUP", source })?;
     let mut tracker = PeerTracker::new(cfg);
     let mut sink = EventSink::open(&cfg.paths.events_log());
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd, so
     // the fd stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
-    let incarnation = status.incarnation.to_string();
+        .map_err(|source| DaemonError::RingBuffer { what: "registering", source: source.into() })?;
+    let incarnation = status.incarnation;
     let mut effects = driver.handle(Input::Start);
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
@@ -768,7 +768,7 @@ async fn event_loop(
                 };
             }
             guard = ring.readable_mut() => {
-                let mut guard = guard?;
+                let mut guard = guard.map_err(|source| DaemonError::RingBuffer { what: "reading", source })?;
                 let rb = guard.get_inner_mut();
                 let mut inputs = Vec::new();
                 while let Some(item) = rb.next() {
@@ -795,99 +795,100 @@ async fn event_loop(
                     ctl_open = false;
                     continue;
                 };
-                let req = r.line;
+                // Parsed off this loop (control/socket.rs): a line that
+                // does not parse was answered there.
+                use crate::control::protocol::{GroupState, Reply, Request};
+                let req = r.request;
                 let mut reply_to = Some(r.reply);
-                let mut reply = |line: &str| {
+                let mut reply = |answer: Reply| {
                     if let Some(t) = reply_to.take() {
-                        let _ = t.send(line.to_string());
+                        let _ = t.send(answer);
                     }
                 };
-                let mut words = req.split_whitespace();
-                match (words.next(), words.next()) {
-                    (Some("ping"), _) => { reply(&format!("ok {}", incarnation.trim())); }
-                    (Some("group-state"), Some(g)) => {
+                match &req {
+                    Request::Ping => { reply(Reply::Pong { incarnation }); }
+                    Request::GroupState { group } => {
                         // S4.5: a watchdog asks whether the agent uses the group here.
-                        let st = driver.svc.as_ref().map(|s| s.group_state(g)).unwrap_or("unknown");
-                        reply(&format!("ok {st}"));
+                        let st = driver.svc.as_ref().map(|s| s.group_state(group)).unwrap_or("unknown");
+                        reply(Reply::GroupState(GroupState::from_name(st).unwrap_or(GroupState::Unknown)));
                     }
-                    (Some("fence-confirm"), Some(n)) => {
-                        match n.parse::<u32>() {
-                            Ok(node) if driver.fencing.is_some() => {
-                                warn!(node, "an operator confirms the node fenced (baton fence confirm): its pending fencing is taken as done");
-                                effects = driver.fence_confirm(node, None, true);
-                                reply(&format!("ok: node {node} confirmed fenced"));
-                            }
-                            Ok(_) => { reply("error: no [[disk]] is configured: there is no fencing to confirm"); }
-                            Err(_) => { reply(&format!("error: {n:?} is not a node id")); }
+                    &Request::FenceConfirm { node } => {
+                        if driver.fencing.is_some() {
+                            warn!(node, "an operator confirms the node fenced (baton fence confirm): its pending fencing is taken as done");
+                            effects = driver.fence_confirm(node, None, true);
+                            reply(Reply::Done(format!("node {node} confirmed fenced")));
+                        } else {
+                            reply(Reply::error("no [[disk]] is configured: there is no fencing to confirm"));
                         }
                     }
-                    (Some("takeover"), Some(n)) => {
-                        let reason: Vec<&str> = words.collect();
-                        let reason = if reason.is_empty() { "operator".to_string() } else { reason.join(" ") };
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_takeover(node, &reason, &ha_ctx(&driver))) {
+                    Request::Takeover { node, reason } => {
+                        match ha.takeover.operator_takeover(*node, reason, &ha_ctx(&driver)) {
                             Ok(todo) => {
-                                info!(node = n, reason, "operator: takeover");
+                                info!(node, reason, "operator: takeover");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
-                                reply("ok");
+                                reply(Reply::Ok);
                             }
-                            Err(e) => { reply(&format!("error: {e}")); }
+                            Err(e) => { reply(Reply::error(e)); }
                         }
                     }
-                    (Some("giveback"), Some(n)) => {
-                        match n.parse::<u32>().map_err(|_| format!("{n:?} is not a node id")).and_then(|node| ha.takeover.operator_giveback(node, &ha_ctx(&driver))) {
+                    &Request::Giveback { node } => {
+                        match ha.takeover.operator_giveback(node, &ha_ctx(&driver)) {
                             Ok(todo) => {
-                                info!(node = n, "operator: giveback");
+                                info!(node, "operator: giveback");
                                 effects = apply_todo(&mut driver, &mut ha, todo, &mut leave_deadline, cfg);
-                                reply("ok");
+                                reply(Reply::Ok);
                             }
-                            Err(e) => { reply(&format!("error: {e}")); }
+                            Err(e) => { reply(Reply::error(e)); }
                         }
                     }
-                    (Some("reload"), arg) => {
-                        let all = arg == Some("--all");
+                    &Request::Reload { all } => {
                         let (outcome, e) = reload_config(&mut driver, &mut ha, guard, all).await;
                         effects = e;
                         match outcome {
-                            Ok(msg) => reply(&format!("ok: {msg}")),
-                            Err(msg) => reply(&format!("error: {msg}")),
+                            Ok(msg) => reply(Reply::Done(msg)),
+                            Err(e) => reply(Reply::error(e)),
                         }
                     }
-                    (Some("stop"), None) => {
+                    Request::Stop => {
                         info!("stop requested on the control socket: leaving the cluster gracefully");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
                         effects = driver.handle(Input::Leave);
-                        reply("ok: leaving");
+                        reply(Reply::Done("leaving".to_string()));
                     }
-                    (Some("stop-all"), None) => {
+                    Request::StopAll => {
                         warn!("cluster-wide stop requested on the control socket (baton stop --all)");
                         leave_deadline.get_or_insert_with(|| tokio::time::Instant::now() + LEAVE_BOUND);
                         effects = driver.handle(Input::StopAll);
-                        reply("ok: the whole cluster is stopping");
+                        reply(Reply::Done("the whole cluster is stopping".to_string()));
                     }
-                    (Some("distress"), Some(r)) => {
-                        let code = control::reason_code(r).or_else(|| r.parse().ok()).unwrap_or(baton_common::DISTRESS_ADMIN);
-                        error!(reason = r, "local failure reported: sending distress and ending clustering on this node");
-                        effects = driver.handle(Input::LocalFailure { from: None, reason: code });
-                        reply("ok");
+                    Request::Distress { reason } => {
+                        error!(reason = reason.name(), "local failure reported: sending distress and ending clustering on this node");
+                        effects = driver.handle(Input::LocalFailure { from: None, reason: reason.code() });
+                        reply(Reply::Ok);
                     }
-                    (Some(op @ ("switchover" | "standby" | "unstandby" | "maintenance" | "offline" | "online" | "register" | "deregister")), arg) => {
-                        let rest: Vec<&str> = arg.into_iter().chain(words).collect();
-                        match service_request(op, &rest) {
-                            Err(e) => { reply(&format!("error: {e}")); }
-                            Ok(_) if !has_svc => { reply("error: no resource group is configured on this node"); }
-                            Ok(baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service })
+                    Request::Switchover { .. }
+                    | Request::Standby { .. }
+                    | Request::Unstandby { .. }
+                    | Request::Maintenance { .. }
+                    | Request::Offline { .. }
+                    | Request::Online { .. }
+                    | Request::Register { .. }
+                    | Request::Deregister { .. } => {
+                        let input = req.services_input().expect("a services request");
+                        match input {
+                            _ if !has_svc => { reply(Reply::error("no resource group is configured on this node")); }
+                            baton_core::services::Input::Offline { service, .. } | baton_core::services::Input::Register { service } | baton_core::services::Input::Deregister { service }
                                 if !driver.services_configured(&service) =>
                             {
-                                reply(&format!("error: no group {service:?} is configured"));
+                                reply(Reply::Error(format!("no group {service:?} is configured")));
                             }
-                            Ok(input) => {
+                            input => {
                                 info!(request = %req, "operator request");
                                 effects = driver.services_input(|sv, c| sv.input(input, c));
-                                reply("ok");
+                                reply(Reply::Ok);
                             }
                         }
                     }
-                    _ => { reply(&format!("error: unknown request {req:?}")); }
                 }
             }
         }
@@ -901,33 +902,12 @@ async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<
     }
 }
 
-/// An operator request of the control socket as a services input.
-pub fn service_request(op: &str, args: &[&str]) -> std::result::Result<baton_core::services::Input, String> {
-    use baton_core::services::Input as S;
-    let node = |s: &str| s.parse::<u32>().map_err(|_| format!("{op}: {s:?} is not a node id"));
-    match (op, args) {
-        ("switchover", [g]) => Ok(S::Switchover { service: g.to_string(), to: None }),
-        ("switchover", [g, n]) => Ok(S::Switchover { service: g.to_string(), to: Some(node(n)?) }),
-        ("standby", [n]) => Ok(S::Standby { node: node(n)?, on: true }),
-        ("unstandby", [n]) => Ok(S::Standby { node: node(n)?, on: false }),
-        ("maintenance", ["on"]) => Ok(S::Maintenance { on: true }),
-        ("maintenance", ["off"]) => Ok(S::Maintenance { on: false }),
-        ("offline", [g]) => Ok(S::Offline { service: g.to_string(), on: true }),
-        ("register", [g]) => Ok(S::Register { service: g.to_string() }),
-        ("deregister", [g]) => Ok(S::Deregister { service: g.to_string() }),
-        ("online", [g]) => Ok(S::Offline { service: g.to_string(), on: false }),
-        _ => Err(format!(
-            "usage: switchover GROUP [NODE] | standby NODE | unstandby NODE | maintenance on|off | offline GROUP | online GROUP | register GROUP | deregister GROUP (got {op} {args:?})"
-        )),
-    }
-}
-
 /// Reloads the configuration file (SIGHUP, `baton reload`, a peer's
 /// `baton reload --all`): docs/reload.md. With `all`, every peer is asked to
 /// reload its own file too. A refused file changes nothing.
 /// A reload (SIGHUP, `baton reload`, a peer's `--all`), told to systemd
 /// (RELOADING=1, then READY=1 with the outcome as the status line).
-async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
+async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, ReloadError>, Vec<Effect>) {
     crate::daemon::sdnotify::reloading("reloading the configuration file");
     let r = reload_config_now(driver, ha, guard, all).await;
     crate::daemon::sdnotify::reloaded(&match &r.0 {
@@ -937,27 +917,27 @@ async fn reload_config(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLin
     r
 }
 
-async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, String>, Vec<Effect>) {
+async fn reload_config_now(driver: &mut ClusterDriver, ha: &mut Ha, guard: &GuardLink, all: bool) -> (std::result::Result<String, ReloadError>, Vec<Effect>) {
     let now = monotonic_ns();
     let events = ha.reload.running.paths.events_log();
     let services_level = driver.svc.is_some();
-    let refuse = |ha: &mut Ha, msg: String| {
+    let refuse = |ha: &mut Ha, e: ReloadError| {
+        let msg = e.to_string();
         error!("reload refused: {msg}");
         crate::eventlog::record(&events, serde_json::json!({"event": "reload_refused", "node": ha.reload.running.node_id, "reason": msg}));
-        ha.reload.refused(now, msg.clone());
-        msg
+        ha.reload.refused(now, msg);
+        e
     };
     let new = match crate::daemon::reload::prepare(&ha.reload.running, &ha.reload.key, services_level).await {
         Ok(n) => n,
-        Err(e) => return (Err(refuse(ha, e.to_string())), Vec::new()),
+        Err(e) => return (Err(refuse(ha, e)), Vec::new()),
     };
     let mut changes = Ok(crate::services::svc::GroupChanges::default());
     let effects = driver.services_input(|s, c| changes = s.reload(&new.groups, c));
     let changes = match changes {
         Ok(c) => c,
-        Err(reason) => {
-            let e = crate::daemon::reload::ReloadError::Groups { file: new.file.clone(), reason };
-            return (Err(refuse(ha, e.to_string())), effects);
+        Err(source) => {
+            return (Err(refuse(ha, ReloadError::Groups { file: new.file.clone(), source })), effects);
         }
     };
     ha.takeover.set_groups(&new.groups);
@@ -1024,7 +1004,7 @@ fn apply_todo(
         let sender = ha.app_sender.clone();
         tokio::spawn(async move {
             let result = crate::services::takeover::diagnose(address, timeout_ms).await;
-            sender.send(from, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnosed { check, result });
+            sender.send(from, crate::services::takeover::TOPIC, &crate::services::takeover::Frame::Diagnosed { check, result: result.map_err(Into::into) });
         });
     }
     for input in todo.services {

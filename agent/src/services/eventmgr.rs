@@ -131,15 +131,13 @@ pub fn install(cfg: &crate::config::Config, ownership: crate::services::guard::O
 }
 
 /// Runs one action; its `KEY=VALUE` lines (OUT parameters).
-async fn run_action(a: &OnAction, name: &str, params: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
+async fn run_action(a: &OnAction, name: &str, params: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, crate::services::resource::ResourceError> {
     let mut env = vec![("BATON_EVENT".to_string(), name.to_string())];
     for (k, v) in params {
         env.push((format!("BATON_{}", k.to_ascii_uppercase()), v.clone()));
     }
     info!(event = name, run = %a.run, "event action");
-    let out = crate::services::resource::run_hook(name, crate::services::resource::Action::Notify, &a.run, &env, Duration::from_millis(a.timeout_ms as u64))
-        .await
-        .map_err(|e| e.to_string())?;
+    let out = crate::services::resource::run_hook(name, crate::services::resource::Action::Notify, &a.run, &env, Duration::from_millis(a.timeout_ms as u64)).await?;
     Ok(out_params(&out.stdout))
 }
 

@@ -392,18 +392,61 @@ fn parse_line(l: &str) -> Option<Line> {
     }
 }
 
+/// Why `baton guard` could not start (it then exits non-zero and the
+/// agent's `GuardLink::spawn` fails: the agent does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("{source}")]
+    Config {
+        #[from]
+        source: crate::config::ConfigError,
+    },
+    #[error("creating {}: {source}", dir.display())]
+    StateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing the signal handlers: {source}")]
+    Signals {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("taking the guard lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("taking the guard lock: {source}")]
+    LockTask {
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("encoding what the start-clean released: {source}")]
+    Encode {
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The `ready` line to the agent (stdout).
+    #[error("telling the agent it is ready: {source}")]
+    Ready {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The guard's whole life. Exit status 0.
-pub async fn run(args: Args) -> anyhow::Result<i32> {
-    use anyhow::Context;
+pub async fn run(args: Args) -> Result<i32, GuardError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut cfg = crate::config::load(&args.config)?;
-    std::fs::create_dir_all(&cfg.paths.state_dir).with_context(|| format!("creating {}", cfg.paths.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.paths.state_dir).map_err(|source| GuardError::StateDir { dir: cfg.paths.state_dir.clone(), source })?;
     // While the agent lives, signals that end ordinary processes are
     // ignored (handlers, not SIG_IGN: a child of ours, such as an OCF
     // `stop`, starts with the default dispositions).
     let mut sigs = Vec::new();
     for k in [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup()] {
-        sigs.push(signal(k)?);
+        sigs.push(signal(k).map_err(|source| GuardError::Signals { source })?);
     }
     tokio::spawn(async move {
         let mut term = sigs.remove(0);
@@ -419,7 +462,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     });
     let lock = {
         let path = lock_file(&cfg.paths.state_dir);
-        tokio::task::spawn_blocking(move || take_lock(&path)).await?.context("taking the guard lock")?
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || take_lock(&p))
+            .await
+            .map_err(|source| GuardError::LockTask { source })?
+            .map_err(|source| GuardError::Lock { path, source })?
     };
     let mut rec = HeldRecord { incarnation: args.incarnation, groups: Held::new() };
     let released = if args.keep {
@@ -432,8 +479,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     write_record(&cfg.paths.state_dir, &rec);
     {
         let mut out = std::io::stdout();
-        writeln!(out, "ready {}", serde_json::to_string(&released)?)?;
-        out.flush()?;
+        let line = serde_json::to_string(&released).map_err(|source| GuardError::Encode { source })?;
+        writeln!(out, "ready {line}").and_then(|()| out.flush()).map_err(|source| GuardError::Ready { source })?;
     }
     // The agent's lines, read by a thread (stdin is a blocking pipe).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -44,6 +44,8 @@ use crate::services::resource::Resource;
 
 pub use crate::control::channel::HandoverMsg;
 
+/// Errors of the overlap handover, on either side. The texts go into the
+/// log, and the new side's into its `Failed` reply (which the old side logs).
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
     #[error("eBPF map {path}: {source}")]
@@ -54,6 +56,36 @@ pub enum HandoverError {
     },
     #[error(transparent)]
     Pinned(#[from] crate::datapath::pinned::PinnedError),
+    #[error("{source}")]
+    Mac {
+        #[source]
+        source: crate::services::addr::AddrError,
+    },
+    #[error("interface {interface} has no MAC address")]
+    NoMac { interface: String },
+    #[error("setting {sysctl} to 2: {source}")]
+    ArpAnnounce {
+        sysctl: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("address {address}: {source}")]
+    Address {
+        address: crate::config::groups::GroupAddress,
+        #[source]
+        source: crate::services::addr::AddrError,
+    },
+    /// The application did not start (new side) or stop (old side).
+    #[error("{source}")]
+    Application {
+        #[source]
+        source: crate::services::resource::ResourceError,
+    },
+    #[error("monitor of {resource} not running within {limit:?} after the start: {status}")]
+    NotReady { resource: String, limit: Duration, status: String },
+    /// The new node's `Failed` reply.
+    #[error("{reason}")]
+    Refused { reason: String },
 }
 
 /// How the agent wires the handover: the channel's sender and inbox, and
@@ -95,7 +127,7 @@ struct Inner {
     active: crate::services::guard::Ownership,
     events: PathBuf,
     /// Old side: handovers waiting for `Ready` / `Failed`.
-    waiters: Mutex<BTreeMap<(String, u64), oneshot::Sender<Result<[u8; 6], String>>>>,
+    waiters: Mutex<BTreeMap<(String, u64), oneshot::Sender<Result<[u8; 6], HandoverError>>>>,
     /// New side: groups prepared here, by handover id.
     prepared: Mutex<BTreeMap<String, u64>>,
     /// Which handover last wrote each address's map entry (so that a late
@@ -164,7 +196,7 @@ impl Handovers {
             }
             HandoverMsg::Failed { group, id, reason } => {
                 if let Some(w) = lock(&self.inner.waiters).remove(&(group, id)) {
-                    let _ = w.send(Err(reason));
+                    let _ = w.send(Err(HandoverError::Refused { reason }));
                 }
             }
             HandoverMsg::Abort { group, id } => {
@@ -269,14 +301,17 @@ impl Handovers {
             Err(e) => {
                 self.inner.active.release(&group);
                 warn!(service = %group, "handover: preparing failed: {e}");
-                reply(HandoverMsg::Failed { group: group.clone(), id, reason: e });
+                reply(HandoverMsg::Failed { group: group.clone(), id, reason: e.to_string() });
             }
         }
     }
 
-    async fn prepare_here(&self, g: &Group, app: Option<&Resource>, id: u64) -> Result<[u8; 6], String> {
+    async fn prepare_here(&self, g: &Group, app: Option<&Resource>, id: u64) -> Result<[u8; 6], HandoverError> {
         let ips = v4(g);
-        let mac = crate::services::addr::mac_of(&g.interface).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("interface {} has no MAC address", g.interface))?;
+        let mac = crate::services::addr::mac_of(&g.interface)
+            .await
+            .map_err(|source| HandoverError::Mac { source })?
+            .ok_or_else(|| HandoverError::NoMac { interface: g.interface.clone() })?;
         // The kernel must not tell anybody where the address is: ARP requests
         // for it are dropped, and its own ARP requests use another source
         // address (the default, arp_announce=0, would use the address
@@ -286,17 +321,17 @@ impl Handovers {
         if std::fs::read_to_string(&sysctl).map(|s| s.trim().parse::<u32>().unwrap_or(0) < 2).unwrap_or(false) {
             match std::fs::write(&sysctl, "2") {
                 Ok(()) => info!(interface = %g.interface, "handover: net.ipv4.conf.{}.arp_announce set to 2", g.interface),
-                Err(e) => return Err(format!("setting {sysctl} to 2: {e}")),
+                Err(source) => return Err(HandoverError::ArpAnnounce { sysctl, source }),
             }
         }
         let entry = Entry { mode: HANDOVER_SILENT, ..Default::default() };
         for ip in &ips {
             if let Err(e) = self.set(*ip, id, entry) {
                 self.clear(&ips, Some(id));
-                return Err(e.to_string());
+                return Err(e);
             }
         }
-        let undo = |why: String| async move {
+        let undo = |why: HandoverError| async move {
             if let Some(app) = app {
                 let _ = app.stop().await;
             }
@@ -306,12 +341,12 @@ impl Handovers {
         };
         for a in &g.addresses {
             if let Err(e) = crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await {
-                return undo(format!("address {a}: {e}")).await;
+                return undo(HandoverError::Address { address: *a, source: e }).await;
             }
         }
         if let Some(app) = app {
-            if let Err(e) = app.start().await {
-                return undo(e.to_string()).await;
+            if let Err(source) = app.start().await {
+                return undo(HandoverError::Application { source }).await;
             }
         }
         // Ready when every monitor of the group passes once: the old node
@@ -351,7 +386,7 @@ impl Handovers {
     /// released, steering lingers); `Ok(false)`: no handover happened and
     /// nothing changed here (the caller halts the usual way); `Err`: the
     /// application did not stop.
-    pub async fn hand_over(&self, gh: &GroupHandle, next: NodeId) -> Result<bool, String> {
+    pub async fn hand_over(&self, gh: &GroupHandle, next: NodeId) -> Result<bool, HandoverError> {
         let g = &gh.group;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -370,7 +405,7 @@ impl Handovers {
             other => {
                 lock(&self.inner.waiters).remove(&(g.name.clone(), id));
                 let why = match other {
-                    Ok(Ok(Err(reason))) => reason,
+                    Ok(Ok(Err(e))) => e.to_string(),
                     _ => format!("no answer within {wait:?}"),
                 };
                 warn!(service = %g.name, next, "handover: the new node did not prepare ({why}); halting the usual way");
@@ -429,7 +464,7 @@ impl Handovers {
         if let Some(app) = &gh.app {
             // The application may still hold the addresses: keep them, and
             // the steering, as a failed halt keeps them.
-            app.stop().await.map_err(|e| e.to_string())?;
+            app.stop().await.map_err(|source| HandoverError::Application { source })?;
         }
         crate::services::svc::release_all(g).await;
         self.event(serde_json::json!({
@@ -448,7 +483,7 @@ impl Handovers {
 /// Waits until the application's monitor and every `[[group.monitor]]`
 /// report running, retrying every 10 ms within the application's start
 /// timeout.
-async fn ready(g: &Group, app: Option<&Resource>) -> Result<(), String> {
+async fn ready(g: &Group, app: Option<&Resource>) -> Result<(), HandoverError> {
     let extra: Vec<Resource> = g.monitors.iter().map(Resource::from_spec).collect();
     let mut checks: Vec<&Resource> = app.into_iter().collect();
     checks.extend(extra.iter());
@@ -459,7 +494,7 @@ async fn ready(g: &Group, app: Option<&Resource>) -> Result<(), String> {
             match r.monitor().await {
                 crate::services::resource::MonitorStatus::Running => break,
                 other if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!("monitor of {} not running within {limit:?} after the start: {other:?}", r.name()));
+                    return Err(HandoverError::NotReady { resource: r.name().to_string(), limit, status: format!("{other:?}") });
                 }
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }

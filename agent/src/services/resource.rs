@@ -929,27 +929,38 @@ pub struct OcfParameter {
     pub unique: bool,
 }
 
+/// What is wrong with an OCF agent's `meta-data` output ([`OcfMetaData::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetaDataError {
+    #[error("unterminated {what}")]
+    Unterminated { what: &'static str },
+    #[error("a <parameter> without a name")]
+    UnnamedParameter,
+    #[error("no <resource-agent> element")]
+    NoRoot,
+}
+
 impl OcfMetaData {
     /// A small parse of the `resource-agent` XML: the `<resource-agent>`
     /// name, each `<parameter>`'s name / required / unique attributes, each
     /// `<action>`'s name and timeout. Comments and CDATA are skipped.
-    pub fn parse(xml: &str) -> Result<OcfMetaData, String> {
+    pub fn parse(xml: &str) -> Result<OcfMetaData, MetaDataError> {
         let mut md = OcfMetaData::default();
         let mut found_root = false;
         let mut rest = xml;
         while let Some(lt) = rest.find('<') {
             rest = &rest[lt..];
             if let Some(r) = rest.strip_prefix("<!--") {
-                let end = r.find("-->").ok_or("unterminated comment")?;
+                let end = r.find("-->").ok_or(MetaDataError::Unterminated { what: "comment" })?;
                 rest = &r[end + 3..];
                 continue;
             }
             if let Some(r) = rest.strip_prefix("<![CDATA[") {
-                let end = r.find("]]>").ok_or("unterminated CDATA")?;
+                let end = r.find("]]>").ok_or(MetaDataError::Unterminated { what: "CDATA" })?;
                 rest = &r[end + 3..];
                 continue;
             }
-            let gt = tag_end(rest).ok_or("unterminated tag")?;
+            let gt = tag_end(rest).ok_or(MetaDataError::Unterminated { what: "tag" })?;
             let tag = &rest[1..gt];
             rest = &rest[gt + 1..];
             let tname: String = tag.chars().take_while(|c| !c.is_whitespace() && *c != '/' && *c != '>').collect();
@@ -961,7 +972,7 @@ impl OcfMetaData {
                 }
                 "parameter" => {
                     let a = attrs();
-                    let name = a.get("name").cloned().ok_or("a <parameter> without a name")?;
+                    let name = a.get("name").cloned().ok_or(MetaDataError::UnnamedParameter)?;
                     let truthy = |k: &str| a.get(k).is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true") || v == "yes");
                     md.parameters.push(OcfParameter { name, required: truthy("required"), unique: truthy("unique") });
                 }
@@ -975,7 +986,7 @@ impl OcfMetaData {
             }
         }
         if !found_root {
-            return Err("no <resource-agent> element".into());
+            return Err(MetaDataError::NoRoot);
         }
         Ok(md)
     }
@@ -1440,6 +1451,7 @@ mod tests {
             ]
         );
         assert_eq!(md.actions.get("monitor").map(String::as_str), Some("20s"));
-        assert!(OcfMetaData::parse("usage: foo").is_err());
+        assert_eq!(OcfMetaData::parse("usage: foo").unwrap_err().to_string(), "no <resource-agent> element");
+        assert_eq!(OcfMetaData::parse("<resource-agent name=\"x\"><!-- open").unwrap_err().to_string(), "unterminated comment");
     }
 }

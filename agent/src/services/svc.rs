@@ -76,11 +76,59 @@ fn standby_monitor(g: &Group, app: Option<&Arc<Resource>>, mon_tx: &mpsc::Sender
     Some(MonitorLoop::spawn(app.clone(), interval, app.spec().failures, mon_tx.clone(), false))
 }
 
+/// Errors of the services runtime: a group's run, halt or off-line method
+/// on this node, and the group set at start-up or reload. The text is what
+/// the log, the core's `ActionResult` detail and `baton reload` show.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("interface {interface} has no carrier (or is down)")]
+    NoCarrier { interface: String },
+    #[error("{source}")]
+    Carrier {
+        #[source]
+        source: crate::services::carrier::CarrierError,
+    },
+    #[error("address {address}: {source}")]
+    Address {
+        address: groups::GroupAddress,
+        #[source]
+        source: crate::services::addr::AddrError,
+    },
+    /// The application's start or stop failed.
+    #[error("{source}")]
+    Application {
+        #[source]
+        source: resource::ResourceError,
+    },
+    #[error("no application")]
+    NoApplication,
+    /// The overlap handover's old side: the application did not stop.
+    #[error("{source}")]
+    Handover {
+        #[from]
+        source: crate::services::handover::HandoverError,
+    },
+    #[error("hot standby: cannot set {name} = 1 ({path}): {source}")]
+    NonlocalBind {
+        name: &'static str,
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The services core refused the group set (`baton run` says
+    /// "resource groups: ", a reload "the resource groups were refused: " first).
+    #[error("{source}")]
+    Groups {
+        #[source]
+        source: baton_core::services::SpecError,
+    },
+}
+
 /// Hot standby: a group that asks for it and may run on node `me` needs
 /// `net.ipv4.ip_nonlocal_bind` (and the IPv6 one) in this network
 /// namespace, so that its application binds to the floating addresses
 /// before they are here. Sets them to 1 (logged) and returns what it set.
-pub fn allow_nonlocal_bind(me: NodeId, groups: &[Group]) -> Result<Vec<&'static str>, String> {
+pub fn allow_nonlocal_bind(me: NodeId, groups: &[Group]) -> Result<Vec<&'static str>, ServiceError> {
     let needed = groups.iter().any(|g| {
         g.standby == groups::Standby::Hot
             && !g.exclude.contains(&me)
@@ -103,7 +151,7 @@ pub fn allow_nonlocal_bind(me: NodeId, groups: &[Group]) -> Result<Vec<&'static 
         if name.starts_with("net.ipv6") && !std::path::Path::new(path).exists() {
             continue; // no IPv6 in this kernel
         }
-        std::fs::write(path, "1").map_err(|e| format!("hot standby: cannot set {name} = 1 ({path}): {e}"))?;
+        std::fs::write(path, "1").map_err(|source| ServiceError::NonlocalBind { name, path, source })?;
         info!("hot standby: {name} = 1 in this network namespace");
         set.push(name);
     }
@@ -268,19 +316,19 @@ impl ServiceManager {
         events: PathBuf,
         handover: Option<crate::services::handover::Wiring>,
         active: crate::services::guard::Ownership,
-    ) -> anyhow::Result<Option<(ServiceManager, SvcChannels, Services)>> {
+    ) -> Result<Option<(ServiceManager, SvcChannels, Services)>, ServiceError> {
         let _ = std::fs::remove_file(&snapshot);
         if groups.is_empty() {
             return Ok(None);
         }
         let specs: Vec<ServiceSpec> = groups.iter().map(spec_of).collect();
         let core = Services::new(SvcConfig { me, incarnation, services: specs })
-            .map_err(|e| anyhow::anyhow!("resource groups: {e:?}"))?;
+            .map_err(|source| ServiceError::Groups { source })?;
         let (done_tx, done_rx) = mpsc::channel(256);
         let (mon_tx, mon_rx) = mpsc::channel(256);
         // Client networks: a lost carrier fails the groups on it.
         crate::services::carrier::spawn(mon_tx.clone());
-        allow_nonlocal_bind(me, groups).map_err(|e| anyhow::anyhow!(e))?;
+        allow_nonlocal_bind(me, groups)?;
         let mut rts = BTreeMap::new();
         for g in groups {
             let (app, monitors) = resources_of(g, &mon_tx);
@@ -575,7 +623,7 @@ impl ServiceManager {
             }
             let result = match result {
                 Ok(()) => ActionResult::OK,
-                Err(e) => ActionResult::failed(1, &e),
+                Err(e) => ActionResult::failed(1, &e.to_string()),
             };
             let _ = t.tx.send(SvcDone::Start { service: t.group.name.clone(), result }).await;
         });
@@ -599,12 +647,12 @@ impl ServiceManager {
             let result = match t.app.as_deref() {
                 Some(app) => match app.start().await {
                     Ok(()) => Ok(()),
-                    Err(e) => {
+                    Err(source) => {
                         let _ = app.stop().await;
-                        Err(e.to_string())
+                        Err(ServiceError::Application { source })
                     }
                 },
-                None => Err("no application".to_string()),
+                None => Err(ServiceError::NoApplication),
             };
             let ms = (monotonic_ns() - t0) as f64 / 1e6;
             let pgids = crate::services::watchdog::pgids_of(t.app.as_deref()).await;
@@ -621,7 +669,7 @@ impl ServiceManager {
             }
             let result = match result {
                 Ok(()) => ActionResult::OK,
-                Err(e) => ActionResult::failed(1, &e),
+                Err(e) => ActionResult::failed(1, &e.to_string()),
             };
             let _ = t.tx.send(SvcDone::StandbyStarted { service: t.group.name.clone(), result }).await;
         });
@@ -640,7 +688,7 @@ impl ServiceManager {
         tokio::spawn(async move {
             let _guard = t.lock.lock().await;
             let result = match t.app.as_deref() {
-                Some(app) => app.stop().await.map_err(|e| e.to_string()),
+                Some(app) => app.stop().await.map_err(|source| ServiceError::Application { source }),
                 None => Ok(()),
             };
             match &result {
@@ -654,7 +702,7 @@ impl ServiceManager {
             }
             let result = match result {
                 Ok(()) => ActionResult::OK,
-                Err(e) => ActionResult::failed(1, &e),
+                Err(e) => ActionResult::failed(1, &e.to_string()),
             };
             let _ = t.tx.send(SvcDone::StandbyStopped { service: t.group.name.clone(), result }).await;
         });
@@ -704,7 +752,7 @@ impl ServiceManager {
             }
             let result = match result {
                 Ok(()) => ActionResult::OK,
-                Err(e) => ActionResult::failed(1, &e),
+                Err(e) => ActionResult::failed(1, &e.to_string()),
             };
             let _ = t.tx.send(SvcDone::Offline { service: t.group.name.clone(), result }).await;
         });
@@ -733,7 +781,7 @@ impl ServiceManager {
             let result = match handed {
                 Ok(true) => Ok(()),
                 Ok(false) => halt_group(&t.group, t.app.as_deref(), planned).await,
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             match &result {
                 Ok(()) => {
@@ -748,7 +796,7 @@ impl ServiceManager {
             crate::services::watchdog::after_halt(t.watchdog.as_ref(), &t.group.name, &reason, pgids, false, result.is_err());
             let result = match result {
                 Ok(()) => ActionResult::OK,
-                Err(e) => ActionResult::failed(1, &e),
+                Err(e) => ActionResult::failed(1, &e.to_string()),
             };
             let _ = t.tx.send(SvcDone::Stop { service: t.group.name.clone(), result }).await;
         });
@@ -844,25 +892,25 @@ impl ServiceManager {
     }
 }
 
-async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), String> {
+async fn run_group(g: &Group, app: Option<&Resource>) -> Result<(), ServiceError> {
     // Client networks: no address on an interface that cannot carry it
     // (the deciding node then tries the next node).
     if !g.addresses.is_empty() {
         match crate::services::carrier::has_carrier(&g.interface) {
             Ok(true) => {}
-            Ok(false) => return Err(format!("interface {} has no carrier (or is down)", g.interface)),
-            Err(e) => return Err(e.to_string()),
+            Ok(false) => return Err(ServiceError::NoCarrier { interface: g.interface.clone() }),
+            Err(source) => return Err(ServiceError::Carrier { source }),
         }
     }
     for a in &g.addresses {
-        crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
+        crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|source| ServiceError::Address { address: *a, source })?;
     }
     if let Some(app) = app {
-        if let Err(e) = app.start().await {
+        if let Err(source) = app.start().await {
             // Leave nothing half-started: the address goes too.
             let _ = app.stop().await;
             release_all(g).await;
-            return Err(e.to_string());
+            return Err(ServiceError::Application { source });
         }
     }
     // Only now tell the neighbours (gratuitous ARP / unsolicited NA): a
@@ -893,13 +941,13 @@ fn announce_all(g: &Group) {
 /// S4.6: hold `g` off-line here: stop its application if it ran here, then
 /// make sure its addresses are configured (acquired and announced when they
 /// were not: the group is taken over off-line).
-async fn offline_group(g: &Group, app: Option<&Resource>, was_running: bool) -> Result<(), String> {
+async fn offline_group(g: &Group, app: Option<&Resource>, was_running: bool) -> Result<(), ServiceError> {
     if let (true, Some(app)) = (was_running, app) {
-        app.stop().await.map_err(|e| e.to_string())?;
+        app.stop().await.map_err(|source| ServiceError::Application { source })?;
     }
     let mut acquired = false;
     for a in &g.addresses {
-        let was = crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|e| format!("address {a}: {e}"))?;
+        let was = crate::services::addr::add(&g.interface, a.ip, a.prefix, true).await.map_err(|source| ServiceError::Address { address: *a, source })?;
         acquired |= !was;
     }
     if acquired {
@@ -913,16 +961,16 @@ async fn offline_group(g: &Group, app: Option<&Resource>, was_running: bool) -> 
 /// a client that connects meanwhile sees its SYN unanswered and retries
 /// (to the new owner, after its gratuitous ARP) rather than being refused
 /// by an address whose application is already gone.
-async fn halt_group(g: &Group, app: Option<&Resource>, planned: bool) -> Result<(), String> {
+async fn halt_group(g: &Group, app: Option<&Resource>, planned: bool) -> Result<(), ServiceError> {
     if planned {
         release_all(g).await;
     }
     if let Some(app) = app {
-        if let Err(e) = app.stop().await {
+        if let Err(source) = app.stop().await {
             // A stop that failed: the application may still run (and, for
             // an unplanned halt, use the address): keep the address then;
             // the core starts the service nowhere else meanwhile.
-            return Err(e.to_string());
+            return Err(ServiceError::Application { source });
         }
     }
     if !planned {
@@ -982,7 +1030,7 @@ impl ServiceManager {
     /// start. A new application that fails to start counts as a monitor
     /// failure (the group moves). Nothing is applied if the core refuses
     /// the set.
-    pub fn reload(&mut self, groups: &[Group], port: &mut SvcPort) -> Result<GroupChanges, String> {
+    pub fn reload(&mut self, groups: &[Group], port: &mut SvcPort) -> Result<GroupChanges, ServiceError> {
         let new: BTreeMap<String, &Group> = groups.iter().map(|g| (g.name.clone(), g)).collect();
         let mut ch = GroupChanges::default();
         for (name, g) in &new {
@@ -1012,11 +1060,11 @@ impl ServiceManager {
             self.groups.insert(name.clone(), GroupRt { group: g.clone(), app, monitors, standby_mon, lock: Arc::new(tokio::sync::Mutex::new(())) });
         }
         let specs: Vec<ServiceSpec> = groups.iter().map(spec_of).collect();
-        if let Err(e) = port.reconfigure(specs) {
+        if let Err(source) = port.reconfigure(specs) {
             for name in &ch.added {
                 self.groups.remove(name);
             }
-            return Err(e.to_string());
+            return Err(ServiceError::Groups { source });
         }
         let mut stale_standbys = Vec::new();
         for name in ch.changed.clone() {

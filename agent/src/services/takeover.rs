@@ -58,7 +58,30 @@ pub enum Frame {
     OperatorGiveback { node: u32 },
     /// A node asks its partner to run a check against it (claim 24).
     Diagnose { check: String, address: std::net::SocketAddr, timeout_ms: u32 },
-    Diagnosed { check: String, result: Result<(), String> },
+    Diagnosed { check: String, result: Result<(), PartnerCheckFailed> },
+}
+
+/// A check the partner ran against this node failed (`Frame::Diagnosed`):
+/// the partner's text of its [`HealthError`](crate::services::health::HealthError).
+/// On the wire it is that text alone (serde-transparent), as before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(transparent)]
+#[error("{reason}")]
+pub struct PartnerCheckFailed {
+    pub reason: String,
+}
+
+impl From<crate::services::health::HealthError> for PartnerCheckFailed {
+    fn from(e: crate::services::health::HealthError) -> Self {
+        PartnerCheckFailed { reason: e.to_string() }
+    }
+}
+
+/// Why an operator's `baton takeover` / `baton giveback` was refused here.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    #[error("node {node} is not a peer")]
+    NotAPeer { node: u32 },
 }
 
 fn mark_file(cfg: &Config) -> PathBuf {
@@ -257,7 +280,7 @@ impl TakeoverRt {
                         *n = 0;
                         self.health(crate::services::health::HealthEvent::Recovered { check }, ctx)
                     }
-                    Err(reason) => {
+                    Err(PartnerCheckFailed { reason }) => {
                         *n += 1;
                         if *n == c.threshold {
                             self.health(crate::services::health::HealthEvent::Fault { check, fault: c.fault, reason }, ctx)
@@ -297,26 +320,26 @@ impl TakeoverRt {
     }
 
     /// An operator (this node's control socket).
-    pub fn operator_takeover(&mut self, node: u32, reason: &str, ctx: &Ctx2) -> Result<Todo, String> {
+    pub fn operator_takeover(&mut self, node: u32, reason: &str, ctx: &Ctx2) -> Result<Todo, OperatorError> {
         if node == self.cfg.node_id {
             info!(reason, "an operator asks for this node's takeover");
             return Ok(self.feed(Input::Fault { kind: "operator".into() }, ctx));
         }
         if !self.cfg.peers.iter().any(|p| p.id == node) {
-            return Err(format!("node {node} is not a peer"));
+            return Err(OperatorError::NotAPeer { node });
         }
         let mut t = Todo::default();
         t.send.push((node, Frame::OperatorTakeover { reason: reason.to_string() }));
         Ok(t)
     }
 
-    pub fn operator_giveback(&mut self, node: u32, ctx: &Ctx2) -> Result<Todo, String> {
+    pub fn operator_giveback(&mut self, node: u32, ctx: &Ctx2) -> Result<Todo, OperatorError> {
         let mine = node == self.cfg.node_id || self.core.taken_over().iter().any(|(n, _, _)| *n == node);
         if mine {
             return Ok(self.feed(Input::Giveback { node }, ctx));
         }
         if !self.cfg.peers.iter().any(|p| p.id == node) {
-            return Err(format!("node {node} is not a peer"));
+            return Err(OperatorError::NotAPeer { node });
         }
         let mut t = Todo::default();
         t.send.push((node, Frame::OperatorGiveback { node }));
@@ -427,7 +450,7 @@ pub fn partner_checks(cfg: &Config) -> Vec<(String, std::net::SocketAddr, u32, u
 }
 
 /// Runs a partner's diagnosis request (a TCP connect to the address).
-pub async fn diagnose(address: std::net::SocketAddr, timeout_ms: u32) -> Result<(), String> {
+pub async fn diagnose(address: std::net::SocketAddr, timeout_ms: u32) -> Result<(), crate::services::health::HealthError> {
     crate::services::health::reachable(address, Duration::from_millis(timeout_ms as u64)).await
 }
 
@@ -452,4 +475,27 @@ pub fn check_can_take_over(cfg: &Config, node: u32, joined_quorate: bool, degrad
     }
     let _ = node;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Diagnosed` carries the partner's failure as its text alone, as it
+    /// did when the field held a plain string error: agents of both
+    /// versions understand each other.
+    #[test]
+    fn a_diagnosis_failure_is_its_text_on_the_wire() {
+        let f = Frame::Diagnosed { check: "web".into(), result: Err(PartnerCheckFailed { reason: "10.0.0.1:80: no answer within 200 ms".into() }) };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v, serde_json::json!({"Diagnosed": {"check": "web", "result": {"Err": "10.0.0.1:80: no answer within 200 ms"}}}));
+        assert_eq!(serde_json::from_value::<Frame>(v).unwrap(), f);
+        let e = crate::services::health::HealthError::NoAnswer { address: "10.0.0.1:80".parse().unwrap(), ms: 200 };
+        assert_eq!(PartnerCheckFailed::from(e).to_string(), "10.0.0.1:80: no answer within 200 ms");
+    }
+
+    #[test]
+    fn operator_error_names_the_node() {
+        assert_eq!(OperatorError::NotAPeer { node: 7 }.to_string(), "node 7 is not a peer");
+    }
 }

@@ -387,10 +387,11 @@ impl Watch {
         // group here outside a run method (a handover's preparation) under
         // the group's task lock, and marks it active afterwards. After
         // going off-line or a failed halt the group is active by design.
-        let reply = crate::control::socket::request(&self.socket, &format!("group-state {}", self.args.group)).await;
-        match reply.as_deref().map(str::trim) {
-            Ok("ok busy") => None,
-            Ok("ok active") if !self.args.keep_addresses && !self.args.halt_failed => {
+        use crate::control::protocol::{GroupState, Reply, Request};
+        let reply = crate::control::socket::call(&self.socket, &Request::GroupState { group: self.args.group.clone() }).await;
+        match reply {
+            Ok(Reply::GroupState(GroupState::Busy)) => None,
+            Ok(Reply::GroupState(GroupState::Active)) if !self.args.keep_addresses && !self.args.halt_failed => {
                 r.superseded = true;
                 None
             }
@@ -489,16 +490,28 @@ impl Watch {
     }
 }
 
+/// Why `baton watchdog` could not watch its group.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    #[error("{source}")]
+    Config {
+        #[from]
+        source: crate::config::ConfigError,
+    },
+    #[error("no group {group:?} in {}", file.display())]
+    NoGroup { group: String, file: PathBuf },
+}
+
 /// `baton watchdog`: watches, cleans up, reports; exit status 0 when the
 /// group is down here (or superseded), 1 after a critical failure.
-pub async fn run(args: Args) -> anyhow::Result<i32> {
+pub async fn run(args: Args) -> Result<i32, WatchdogError> {
     let cfg = crate::config::load(&args.config)?;
     let group = cfg
         .groups
         .iter()
         .find(|g| g.name == args.group)
         .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no group {:?} in {}", args.group, args.config.display()))?;
+        .ok_or_else(|| WatchdogError::NoGroup { group: args.group.clone(), file: args.config.clone() })?;
     let events = cfg.paths.events_log();
     let socket = cfg.paths.control_socket();
     let node = cfg.node_id;
@@ -560,7 +573,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     match result {
         "critical" => {
             error!(service = %args.group, errors = ?ev["errors"], "watchdog: the group cannot be brought down here: critical failure (S0), this node leaves the cluster");
-            match crate::control::socket::request(&socket, "distress component").await {
+            let distress = crate::control::protocol::Request::Distress { reason: crate::control::protocol::DistressReason::Component };
+            match crate::control::socket::call(&socket, &distress).await {
                 Ok(reply) => info!(service = %args.group, %reply, "watchdog: critical failure reported to the agent"),
                 Err(e) => warn!(service = %args.group, "watchdog: the agent is gone ({e}); the cleanup was done as far as possible"),
             }
