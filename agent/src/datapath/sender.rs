@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, MapData};
-use baton_common::{encode_into, Header, PeerLink, KIND_DISTRESS, KIND_HEARTBEAT, MAX_ENTRIES, MAX_LINKS, MAX_PACKET_LEN};
+use baton_common::{encode_into, Header, PeerLink, KIND_DISTRESS, KIND_HEARTBEAT, MAX_ENTRIES, MAX_LINKS, MAX_PACKET_LEN, UNICAST_LEN};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Link, Transport};
@@ -274,8 +274,9 @@ pub fn distress_of_dead_life(cfg: &Config, k0: u64, k1: u64, incarnation: u64, r
     }
     let shared = SenderShared::default();
     let echo = vec![[0u32; MAX_LINKS as usize]; cfg.peers.len()];
+    let mut out = Outbox::new(cfg);
     for _round in 0..3 {
-        send_all(cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_DISTRESS, reason, &shared, None);
+        send_all(cfg, k0, k1, incarnation, &mut socks, &mut out, &dst_inc, &echo, KIND_DISTRESS, reason, &shared, None);
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(shared.sent.load(Ordering::Relaxed) as u32)
@@ -355,6 +356,7 @@ fn run(
     let mut answer = vec![false; cfg.peers.len()];
     // The receiver incarnation each peer got in our last heartbeat to it.
     let mut sent_inc = vec![0u64; cfg.peers.len()];
+    let mut out = Outbox::new(&cfg);
     let mut next = Instant::now();
     let first = next;
     let mut last_sent: Option<Instant> = None;
@@ -366,7 +368,7 @@ fn run(
         if reason != 0 {
             // S0.2: the distress goes to every node, redundantly on every link.
             for _round in 0..3 {
-                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_DISTRESS, reason, &shared, None);
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &mut out, &dst_inc, &echo, KIND_DISTRESS, reason, &shared, None);
                 std::thread::sleep(Duration::from_millis(1));
             }
             shared.ended.store(true, Ordering::SeqCst);
@@ -400,7 +402,7 @@ fn run(
                     shared.startup_max_late_us.fetch_max(late, Ordering::Relaxed);
                     shared.startup_max_gap_us.fetch_max(gap, Ordering::Relaxed);
                 }
-                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_HEARTBEAT, cfg.interval_ms, &shared, None);
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &mut out, &dst_inc, &echo, KIND_HEARTBEAT, cfg.interval_ms, &shared, None);
                 sent_inc.copy_from_slice(&dst_inc);
                 next += interval;
                 if next + interval < now {
@@ -419,7 +421,7 @@ fn run(
                         sent_inc[i] = dst_inc[i];
                     }
                 }
-                send_all(&cfg, k0, k1, incarnation, &mut socks, &dst_inc, &echo, KIND_HEARTBEAT, cfg.interval_ms, &shared, Some(&answer));
+                send_all(&cfg, k0, k1, incarnation, &mut socks, &mut out, &dst_inc, &echo, KIND_HEARTBEAT, cfg.interval_ms, &shared, Some(&answer));
             }
             continue;
         }
@@ -522,11 +524,110 @@ fn read_peers(cfg: &Config, peers_map: &Array<MapData, PeerLink>, batch: &mut Pe
     }
 }
 
+/// The unicast datagrams of one round on one link, sent with one
+/// `sendmmsg(2)` instead of one `sendto(2)` per peer (issue 15: the idle
+/// cost). Everything is allocated once, when the sender starts: the peers'
+/// socket addresses per link are fixed by the configuration.
+struct Outbox {
+    /// Per link, per peer (configuration order): its address on the link.
+    to: Vec<Vec<(libc::sockaddr_storage, libc::socklen_t)>>,
+    bufs: Vec<[u8; UNICAST_LEN]>,
+    /// The peer index of each filled buffer.
+    peer: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    len: usize,
+}
+
+/// `addr` as a C socket address.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data, valid when zeroed.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for, sockaddr_in.
+            unsafe { std::ptr::write(&mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for, sockaddr_in6.
+            unsafe { std::ptr::write(&mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+impl Outbox {
+    fn new(cfg: &Config) -> Outbox {
+        let n = cfg.peers.len();
+        let to = (0..cfg.links.len())
+            .map(|li| cfg.peers.iter().map(|p| sockaddr(SocketAddr::new(p.addresses[li], cfg.port))).collect())
+            .collect();
+        // SAFETY: iovec and mmsghdr are plain data (null pointers, zero
+        // lengths) until `flush` points them at the buffers.
+        let (iov, msg) = unsafe { (std::mem::zeroed::<libc::iovec>(), std::mem::zeroed::<libc::mmsghdr>()) };
+        Outbox { to, bufs: vec![[0; UNICAST_LEN]; n], peer: vec![0; n], iovs: vec![iov; n], msgs: vec![msg; n], len: 0 }
+    }
+
+    /// Queues `pkt` for peer `pi`.
+    fn push(&mut self, pi: usize, pkt: [u8; UNICAST_LEN]) {
+        if self.len < self.bufs.len() {
+            self.bufs[self.len] = pkt;
+            self.peer[self.len] = pi;
+            self.len += 1;
+        }
+    }
+
+    /// Sends what is queued on `sock` (link `li`) and empties the queue.
+    fn flush(&mut self, sock: &UdpSocket, li: usize, shared: &SenderShared) {
+        use std::os::fd::AsRawFd;
+        let n = std::mem::take(&mut self.len);
+        for i in 0..n {
+            let (addr, alen) = &self.to[li][self.peer[i]];
+            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_ptr() as *mut libc::c_void, iov_len: UNICAST_LEN };
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = addr as *const libc::sockaddr_storage as *mut libc::c_void;
+            h.msg_namelen = *alen;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+        }
+        let mut i = 0;
+        while i < n {
+            // SAFETY: msgs[i..n] point at live buffers, iovecs and
+            // addresses of `self`, not touched during the call.
+            let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), self.msgs[i..].as_mut_ptr(), (n - i) as libc::c_uint, 0) };
+            if rc > 0 {
+                shared.sent.fetch_add(rc as u64, Ordering::Relaxed);
+                i += rc as usize;
+            } else {
+                // The datagram at `i` failed (EAGAIN on a full queue, ...):
+                // counted, and the rest are still sent.
+                shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }
+    }
+}
+
 /// Sends one round (a heartbeat or a distress) on every link: on a
 /// broadcast link one datagram carrying an entry for every peer (or several,
 /// of at most `MAX_ENTRIES` entries each, each with its own sequence number),
-/// on a unicast link one datagram per peer. `only`: the peers to include
-/// (all when `None`).
+/// on a unicast link one datagram per peer (all with one `sendmmsg`). `only`:
+/// the peers to include (all when `None`).
 #[allow(clippy::too_many_arguments)]
 fn send_all(
     cfg: &Config,
@@ -534,6 +635,7 @@ fn send_all(
     k1: u64,
     incarnation: u64,
     socks: &mut [LinkSock],
+    out: &mut Outbox,
     dst_inc: &[u64],
     echo: &[[u32; MAX_LINKS as usize]],
     kind: u8,
@@ -599,8 +701,9 @@ fn send_all(
                 for (pi, p) in cfg.peers.iter().enumerate().filter(|(pi, _)| wanted(pi)) {
                     let (inc, e) = shared.acknowledged(pi, dst_inc[pi], echo[pi][li]);
                     let h = Header { dst_node: p.id, dst_incarnation: inc, echo_seq: e, ..common };
-                    send(&ls.sock, &h.encode(k0, k1), SocketAddr::new(p.addresses[li], cfg.port));
+                    out.push(pi, h.encode(k0, k1));
                 }
+                out.flush(&ls.sock, li, shared);
             }
         }
     }
@@ -626,6 +729,51 @@ mod tests {
         s.disown(9, 5);
         s.disown(3, 0);
         assert_eq!(s.acknowledged(1, 300, 9), (300, 9), "unknown node or incarnation 0 disown nothing");
+    }
+
+    #[test]
+    fn one_sendmmsg_delivers_each_queued_datagram_to_its_own_peer() {
+        // Three receivers (IPv4 and IPv6 loopback), one sending socket.
+        let rx: Vec<UdpSocket> = ["127.0.0.1:0", "127.0.0.1:0", "[::1]:0"].iter().map(|a| UdpSocket::bind(a).unwrap()).collect();
+        for r in &rx {
+            r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let tx4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx6 = UdpSocket::bind("[::1]:0").unwrap();
+        let n = rx.len();
+        // SAFETY: plain data, as in Outbox::new.
+        let (iov, msg) = unsafe { (std::mem::zeroed::<libc::iovec>(), std::mem::zeroed::<libc::mmsghdr>()) };
+        let mut out = Outbox {
+            to: vec![rx.iter().map(|r| sockaddr(r.local_addr().unwrap())).collect()],
+            bufs: vec![[0; UNICAST_LEN]; n],
+            peer: vec![0; n],
+            iovs: vec![iov; n],
+            msgs: vec![msg; n],
+            len: 0,
+        };
+        let shared = SenderShared::default();
+        // Queued out of order: each datagram must reach the peer it was queued for.
+        out.push(1, [1; UNICAST_LEN]);
+        out.push(0, [0; UNICAST_LEN]);
+        out.flush(&tx4, 0, &shared);
+        out.push(2, [2; UNICAST_LEN]);
+        out.flush(&tx6, 0, &shared);
+        assert_eq!(shared.sent.load(Ordering::Relaxed), 3);
+        assert_eq!(shared.send_errors.load(Ordering::Relaxed), 0);
+        for (i, r) in rx.iter().enumerate() {
+            let mut b = [0u8; 256];
+            let (len, _) = r.recv_from(&mut b).unwrap();
+            assert_eq!(&b[..len], &[i as u8; UNICAST_LEN][..], "receiver {i}");
+        }
+        // An IPv6 destination from an IPv4 socket fails: counted, and the
+        // datagram after it still goes out.
+        out.push(2, [9; UNICAST_LEN]);
+        out.push(0, [7; UNICAST_LEN]);
+        out.flush(&tx4, 0, &shared);
+        assert_eq!((shared.sent.load(Ordering::Relaxed), shared.send_errors.load(Ordering::Relaxed)), (4, 1));
+        let mut b = [0u8; 256];
+        let (len, _) = rx[0].recv_from(&mut b).unwrap();
+        assert_eq!(&b[..len], &[7; UNICAST_LEN][..]);
     }
 
     #[test]

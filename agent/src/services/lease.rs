@@ -352,6 +352,16 @@ impl Remover {
 /// the cluster driver last wrote it; empty while not a member.
 static VIEW: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// The lease thread, woken (unparked) when the view changes or it must
+/// stop: otherwise it sleeps until the lease would end (see `run`).
+static THREAD: Mutex<Option<std::thread::Thread>> = Mutex::new(None);
+
+fn wake_thread() {
+    if let Some(t) = THREAD.lock().ok().and_then(|t| t.clone()) {
+        t.unpark();
+    }
+}
+
 /// Called by the cluster driver whenever the state it follows changes.
 ///
 /// When the group grows by a node while this node was already a member (a
@@ -366,14 +376,18 @@ static VIEW: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// (`vrrp_garp_master_delay`).
 pub fn set_view(group: impl IntoIterator<Item = u32>) {
     let g: Vec<u32> = group.into_iter().collect();
-    let grew = match VIEW.lock() {
+    let (grew, changed) = match VIEW.lock() {
         Ok(mut v) => {
             let grew = !v.is_empty() && g.iter().any(|n| !v.contains(n));
+            let changed = *v != g;
             *v = g;
-            grew
+            (grew, changed)
         }
-        Err(_) => false,
+        Err(_) => (false, false),
     };
+    if changed {
+        wake_thread();
+    }
     if grew {
         reannounce_held();
     }
@@ -419,6 +433,7 @@ impl Lease {
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -431,6 +446,9 @@ pub fn spawn(cfg: &Config, sender: Arc<SenderShared>) -> std::io::Result<Lease> 
     let s2 = stop.clone();
     let cfg = cfg.clone();
     let thread = std::thread::Builder::new().name("baton-lease".into()).spawn(move || run(cfg, peers, sender, s2))?;
+    if let Ok(mut t) = THREAD.lock() {
+        *t = Some(thread.thread().clone());
+    }
     Ok(Lease { stop, thread: Some(thread) })
 }
 
@@ -545,11 +563,18 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
     let mut due: Option<u64> = None;
     while !stop.load(Ordering::SeqCst) {
         // Sleeps until the lease would end (exactly, so that the isolated
-        // side lets go as soon as the survivors can detect its silence), or
-        // for an interval at most (to see the view change and stop).
+        // side lets go as soon as the survivors can detect its silence),
+        // not one interval more (issue 15: polling every interval was 100
+        // wake-ups a second at 10 ms); a view change or the stop unparks it.
+        // The expiry only moves later with what is heard meanwhile: each
+        // peer counts until its own evidence + the bound (the safety
+        // argument above is per peer), so waking then loses nothing.
         let now = monotonic_ns();
         if wake > now {
-            std::thread::sleep(Duration::from_nanos(wake - now));
+            std::thread::park_timeout(Duration::from_nanos(wake - now));
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
         }
         let group = VIEW.lock().map(|v| v.clone()).unwrap_or_default();
         let now = monotonic_ns();
@@ -559,10 +584,13 @@ fn run(cfg: Config, peers: Array<MapData, PeerLink>, sender: Arc<SenderShared>, 
         let member = group.len() >= 2 && group.contains(&cfg.node_id);
         let until = if member { expiry(cfg.node_id, &group, &last, now, bound, configured, race) } else { Some(u64::MAX) };
         let ok = until.is_some();
-        wake = now + interval_ns;
-        if let Some(t) = until {
-            wake = wake.min(t);
-        }
+        // Lost: polled every interval, to be regained as soon as a
+        // majority is heard again. Held (or not a member): until it would
+        // end, and a second at most (a view change wakes it sooner).
+        wake = match until {
+            None => now + interval_ns,
+            Some(t) => t.min(now + 1_000_000_000),
+        };
         let was_due = std::mem::replace(&mut due, until.filter(|t| *t != u64::MAX));
         let recent = |t: u64| t != 0 && now.saturating_sub(t) < bound;
         let heard: Vec<u32> = std::iter::once(cfg.node_id).chain(recs.iter().filter(|p| recent(p.heard)).map(|p| p.id)).collect();
