@@ -47,7 +47,7 @@ pub enum HealthError {
     Bus {
         unit: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("systemctl: {source}")]
     Systemctl {
@@ -118,7 +118,7 @@ pub async fn run_check(check: &HealthCheck, cfg: &crate::config::Config) -> Resu
             CheckKind::Systemd { unit } => {
                 // systemd's D-Bus API (src/sdbus.rs), systemctl without a bus.
                 let state = match crate::services::sdbus::get().await {
-                    Some(sd) => sd.active_state(unit).await.map_err(|source| HealthError::Bus { unit: unit.clone(), source })?,
+                    Some(sd) => sd.active_state(unit).await.map_err(|source| HealthError::Bus { unit: unit.clone(), source: Box::new(source) })?,
                     None => {
                         let out = tokio::process::Command::new("systemctl")
                             .args(["is-active", unit])

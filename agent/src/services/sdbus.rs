@@ -79,7 +79,7 @@ pub enum JobError {
     #[error("{source}")]
     Bus {
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("the system bus connection closed")]
     BusClosed,
@@ -93,7 +93,7 @@ pub enum JobError {
 
 impl From<zbus::Error> for JobError {
     fn from(e: zbus::Error) -> Self {
-        JobError::Bus { source: e }
+        JobError::Bus { source: Box::new(e) }
     }
 }
 
