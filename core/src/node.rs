@@ -217,6 +217,8 @@ struct ServicesSlot {
     leaving: BTreeSet<NodeId>,
     /// The last view fed: (id, members, decider).
     last_view: Option<(u64, BTreeSet<NodeId>, NodeId)>,
+    /// The last lives fed (`services::Input::Lives`).
+    last_lives: BTreeMap<NodeId, services::Life>,
     /// `Drained` nodes not yet matched with a held leave.
     drained: Vec<NodeId>,
     /// Every node the core said is drained, while it is a member: the core
@@ -283,6 +285,17 @@ impl ServicesSlot {
         let old_master = s.view.master == me && s.view.master_incarnation != incarnation;
         if !members.contains(&me) || !this_life || old_master {
             return;
+        }
+        // The lives, for the decider's check of requests (a request of an
+        // earlier life, or of one being forced out, is dropped).
+        let lives: BTreeMap<NodeId, services::Life> = s
+            .nodes
+            .iter()
+            .map(|(n, e)| (*n, services::Life { incarnation: e.incarnation, forced_leaving: e.state == NodeState::ForcedLeaving }))
+            .collect();
+        if lives != self.last_lives {
+            self.last_lives = lives.clone();
+            self.feed(now, services::Input::Lives { lives }, out);
         }
         let id = (s.view.term << 32) | (s.view.version & 0xffff_ffff);
         // The services decider is a member: the master, or, while a master
@@ -361,6 +374,7 @@ impl Node {
             failed_fed: BTreeSet::new(),
             leaving: BTreeSet::new(),
             last_view: None,
+            last_lives: BTreeMap::new(),
             drained: Vec::new(),
             drained_nodes: BTreeSet::new(),
             held_leaves: BTreeMap::new(),

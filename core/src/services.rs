@@ -552,12 +552,24 @@ pub enum Msg {
     /// `incarnation`: the life of the target node it is meant for (a
     /// directive queued for a node that restarted is not for the new life).
     Do { epoch: u64, incarnation: u64, directive: Directive, params: ActionParams },
-    Request(Request),
+    /// An operator's request from the sender's life `incarnation`: the
+    /// decider drops one of an earlier life of the sender, or of a life
+    /// whose forced leave is under way ([`Input::Lives`]).
+    Request { incarnation: u64, request: Request },
 }
 
 // ---------------------------------------------------------------------------
 // Inputs and actions
 // ---------------------------------------------------------------------------
+
+/// A node's life as the membership state shows it ([`Input::Lives`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Life {
+    pub incarnation: u64,
+    /// Its forced leave is under way.
+    pub forced_leaving: bool,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -566,6 +578,13 @@ pub enum Input {
     /// masters); `members` are the nodes whose services count (Joined and
     /// Leaving, and forced-out nodes until `NodeFailed`); `master` decides.
     View { id: u64, members: BTreeSet<NodeId>, master: NodeId },
+    /// The lives in the membership state this node follows (node.rs rule
+    /// 5, fed whenever they change): each node's incarnation, and whether
+    /// that life's forced leave is under way (`ForcedLeaving`: it stays a
+    /// member here until its `NodeFailed`). The decider takes an operator
+    /// request only from a member's current life, not from an earlier one
+    /// and not from one being forced out.
+    Lives { lives: BTreeMap<NodeId, Life> },
     /// `node` was forced out (and fenced): its services are recovered.
     NodeFailed { node: NodeId },
     /// `node` finished its graceful leave.
@@ -741,6 +760,30 @@ struct Decider {
     last: Option<Registry>,
     /// The newest incarnation each node reported (kept across departures).
     incarnations: BTreeMap<NodeId, u64>,
+    /// Directives sent to other nodes that their reports do not show
+    /// applied yet, by (service, target, is a recovery): the latest one
+    /// each ([`Services::resend_lost_directives`]).
+    sent: BTreeMap<(String, NodeId, bool), Sent>,
+    /// When a directive shown missing is sent again next.
+    resend_at: Option<Instant>,
+}
+
+/// A directive sent to another node, not yet seen applied in its reports.
+struct Sent {
+    /// The target's life it was sent to.
+    incarnation: u64,
+    directive: Directive,
+    params: ActionParams,
+    /// The registry version when it was first sent. The registry
+    /// published right after it (it records the directive's op) follows
+    /// it on the same control connection, so a report whose `seen` is
+    /// newer, without the op applied, shows that the directive was lost
+    /// (or is late on another link: a copy sent again is ignored).
+    recorded: Version,
+    /// The registry version when it was last sent.
+    after: Version,
+    /// When it was last sent.
+    at: Instant,
 }
 
 pub struct Services {
@@ -788,10 +831,21 @@ pub struct Services {
     config_gen: u64,
     /// Hot-standby instances on this node.
     standbys: BTreeMap<String, LocalStandby>,
+    /// The newest life known of each node ([`Input::Lives`], and on the
+    /// decider the reports): a request of an earlier one is stale.
+    newest_life: BTreeMap<NodeId, u64>,
+    /// The newest life of each node known to be forced out (its forced
+    /// leave under way or done): its requests are dropped.
+    forced_life: BTreeMap<NodeId, u64>,
 }
 
 /// How often an unfinished handshake with a new decider is retried.
 pub const HANDSHAKE_RETRY_NS: u64 = 100_000_000;
+
+/// A directive that the target's report shows missing is sent again at
+/// once, then at this period while its reports still show it missing (a
+/// copy sent again may be lost too; nothing else may change meanwhile).
+pub const DIRECTIVE_RESEND_NS: u64 = 1_000_000_000;
 
 /// A start (or going off-line, which starts nothing but ends the same way)
 /// ended on this node. A stop that waited for it runs now; a failure is
@@ -901,6 +955,8 @@ impl Services {
             retired: BTreeSet::new(),
             config_gen: 0,
             standbys: BTreeMap::new(),
+            newest_life: BTreeMap::new(),
+            forced_life: BTreeMap::new(),
         };
         for name in me.order.clone() {
             let st = me.status_of(&name, Instant::ZERO);
@@ -1064,7 +1120,8 @@ impl Services {
             .filter_map(|l| l.not_before)
             .filter(|t| *t > self.now)
             .min();
-        [m, self.retry_at, s].into_iter().flatten().min()
+        let r = self.decider.as_ref().and_then(|d| d.resend_at);
+        [m, self.retry_at, s, r].into_iter().flatten().min()
     }
 
     /// Until the handshake with the current master is done (we follow its
@@ -1119,6 +1176,16 @@ impl Services {
         self.now = self.now.max(now);
         match input {
             Input::View { id, members, master } => self.on_view(id, members, master),
+            Input::Lives { lives } => {
+                for (n, l) in lives {
+                    let newest = self.newest_life.entry(n).or_insert(0);
+                    *newest = (*newest).max(l.incarnation);
+                    if l.forced_leaving {
+                        let f = self.forced_life.entry(n).or_insert(0);
+                        *f = (*f).max(l.incarnation);
+                    }
+                }
+            }
             Input::NodeFailed { node } | Input::NodeLeft { node } => {
                 if node != self.me {
                     self.gone.insert(node, self.view_id);
@@ -1242,6 +1309,8 @@ impl Services {
                     requests: Vec::new(),
                     last: None,
                     incarnations: BTreeMap::new(),
+                    sent: BTreeMap::new(),
+                    resend_at: None,
                 });
                 let me = self.me;
                 for n in after.iter().copied().filter(|n| *n != me) {
@@ -1258,7 +1327,7 @@ impl Services {
             self.report_dirty = true;
             self.retry_at = Some(self.now.plus_ns(HANDSHAKE_RETRY_NS));
             for r in std::mem::take(&mut self.pending_requests) {
-                self.send(master, Msg::Request(r));
+                self.send(master, Msg::Request { incarnation: self.incarnation, request: r });
             }
         } else if let Some(d) = self.decider.as_mut() {
             d.dirty = true;
@@ -1297,7 +1366,7 @@ impl Services {
 
     fn request(&mut self, r: Request) {
         match self.master {
-            Some(m) => self.send(m, Msg::Request(r)),
+            Some(m) => self.send(m, Msg::Request { incarnation: self.incarnation, request: r }),
             None => self.pending_requests.push(r),
         }
     }
@@ -1345,21 +1414,42 @@ impl Services {
                 }
             }
             Msg::Report(r) => self.on_report(from, r),
-            Msg::Request(r) => {
-                // Only a member's request counts. One sent by a life that
-                // was forced out since (cut off by a partition, its control
-                // channel delivers it after the heal) is stale: applied, a
-                // late `maintenance on` overrode the `maintenance off` an
-                // operator gave meanwhile and froze every decision for good
-                // (chaos seed 2026: a group placed nowhere after its owner
-                // halted).
-                let member = from == self.me || self.members().contains(&from);
-                if let (Some(d), true) = (self.decider.as_mut(), member) {
-                    d.requests.push(r);
-                    d.dirty = true;
+            Msg::Request { incarnation, request } => {
+                // Only a member's current life's request counts. One sent
+                // by a life that was forced out since (cut off by a
+                // partition, its control channel delivers it after the
+                // heal) is stale: applied, a late `maintenance on` overrode
+                // the `maintenance off` an operator gave meanwhile and
+                // froze every decision for good (chaos seed 2026: a group
+                // placed nowhere after its owner halted). So is one of an
+                // earlier life of a member (its new life joined since),
+                // and one of a life whose forced leave is under way (it is
+                // still a member here until the services level's step).
+                if self.request_is_current(from, incarnation) {
+                    if let Some(d) = self.decider.as_mut() {
+                        d.requests.push(request);
+                        d.dirty = true;
+                    }
                 }
             }
         }
+    }
+
+    /// Whether a request of `from`'s life `incarnation` may be applied:
+    /// `from` is a member, the life is not older than the newest one known
+    /// of it (from [`Input::Lives`] or, on the decider, its reports), and
+    /// it is not known to be forced out.
+    fn request_is_current(&self, from: NodeId, incarnation: u64) -> bool {
+        if from == self.me {
+            return incarnation == self.incarnation;
+        }
+        if !self.members().contains(&from) {
+            return false;
+        }
+        let reported = self.decider.as_ref().and_then(|d| d.incarnations.get(&from)).copied().unwrap_or(0);
+        let newest = self.newest_life.get(&from).copied().unwrap_or(0).max(reported);
+        let forced = self.forced_life.get(&from).is_some_and(|f| incarnation <= *f);
+        incarnation >= newest && !forced
     }
 
     fn on_directive(&mut self, directive: Directive, params: ActionParams) {
@@ -1579,7 +1669,50 @@ impl Services {
             self.show(&name);
         }
         self.local_checks();
+        self.stop_unmanaged_retired();
         self.standby_checks();
+    }
+
+    /// A retired service (a reload removed it here) that is still active
+    /// here, while the current decider does not know it at all (its
+    /// registry of this epoch has no entry: the decider started with a
+    /// file without it), is stopped by this node itself, children first:
+    /// no decider would ever deregister it (reload simulation seeds 51
+    /// with directives sent again, 266, 1676, 1777: a db left running for
+    /// good). A decider that knows it, even only as retired, deregisters
+    /// it as usual.
+    fn stop_unmanaged_retired(&mut self) {
+        if self.retired.is_empty() || self.epoch == 0 || self.registry.version.epoch != self.epoch {
+            return;
+        }
+        let me = self.me;
+        for name in self.order.clone().into_iter().rev() {
+            if !self.is_retired(&name) || self.registry.services.contains_key(&name) {
+                continue;
+            }
+            let child_active = self
+                .specs
+                .values()
+                .filter(|s| s.parent.as_deref() == Some(name.as_str()))
+                .any(|s| self.locals.get(&s.name).is_some_and(|l| l.phase.active()));
+            if child_active {
+                continue;
+            }
+            let Some(l) = self.locals.get_mut(&name) else { continue };
+            if !matches!(l.phase, LocalPhase::Running | LocalPhase::Failed | LocalPhase::Offline) || l.pending_stop.is_some() {
+                continue; // a start or a stop under way ends first
+            }
+            let running = l.phase != LocalPhase::Offline;
+            let params =
+                ActionParams { service: name.clone(), node: me, reason: Reason::Deregister, previous: None, op: l.op, next: None };
+            l.phase = LocalPhase::Stopping;
+            l.params = Some(params.clone());
+            if running {
+                self.actions.push_back(Action::DisableEvents { service: name.clone() });
+            }
+            self.actions.push_back(Action::Stop { params });
+            self.report_dirty = true;
+        }
     }
 
     /// Notify (S1.13) and drained checks, from this node's registry copy.
@@ -1916,6 +2049,12 @@ impl Services {
         for spec in self.specs.values() {
             base.services.entry(spec.name.clone()).or_insert_with(|| Entry::new(spec.parent.is_none() && spec.auto_register));
         }
+        // A service this decider is not configured with (a reload removed
+        // it before this node started, with this node's file) is nobody's
+        // to manage here: its entry is not kept, frozen. A node where it
+        // still runs, retired by its own reload, stops it itself
+        // ([`Services::stop_unmanaged_retired`]).
+        base.services.retain(|name, _| self.specs.contains_key(name));
         // Leaves are state of the members' reports (reconcile recomputes it).
         base.leaving.clear();
         self.registry = base;
@@ -1942,7 +2081,93 @@ impl Services {
     fn directive(&mut self, to: NodeId, directive: Directive, params: ActionParams) {
         let epoch = self.decider.as_ref().unwrap().epoch;
         let incarnation = self.incarnation_of(to);
+        if to != self.me {
+            let (version, now) = (self.registry.version, self.now);
+            let key = (params.service.clone(), to, matches!(directive, Directive::Recover { .. }));
+            let sent = Sent { incarnation, directive: directive.clone(), params: params.clone(), recorded: version, after: version, at: now };
+            self.decider.as_mut().unwrap().sent.insert(key, sent);
+        }
         self.send(to, Msg::Do { epoch, incarnation, directive, params });
+    }
+
+    /// Directives lost on the way are sent again (issue 13: a transfer's
+    /// Start went over a control connection that then closed on a timeout;
+    /// the decider waited for the target to start the group for ever, and
+    /// the group ran nowhere for 180 s).
+    ///
+    /// A directive is missing on its target when the registry still
+    /// records it (the instance has its op; for a recovery, the failed
+    /// node's instance is recovered there with its op), and the target's
+    /// latest report, from the life it was sent to, has seen a registry
+    /// version published after it (so the directive, sent before on the
+    /// same connection, should have arrived) but not applied its op. It
+    /// is sent again, same epoch, same op: at once, and then every
+    /// [`DIRECTIVE_RESEND_NS`] or at the next registry version the target
+    /// reports, while it stays missing. The target applies an op once
+    /// (a duplicate, or a directive older than what it applied, is
+    /// ignored), so a copy that was not needed is harmless. A stop held
+    /// while the target still starts the service is not visible in its
+    /// reports: it is not sent again until the start ended.
+    fn resend_lost_directives(&mut self) {
+        let Some(d) = self.decider.as_ref() else { return };
+        let (epoch, version, now) = (d.epoch, self.registry.version, self.now);
+        let mut drop = Vec::new();
+        let mut again = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (key, u) in &d.sent {
+            let (name, n, recover) = (&key.0, key.1, key.2);
+            let e = self.registry.services.get(name);
+            let current = match u.directive {
+                Directive::Recover { failed } => e
+                    .and_then(|e| e.instances.get(&failed))
+                    .is_some_and(|i| i.state == ServiceState::Recovering && i.recovery_on == Some(n) && i.op == u.params.op),
+                _ => e.and_then(|e| e.instances.get(&n)).is_some_and(|i| i.state != ServiceState::Recovering && i.op == u.params.op),
+            };
+            let Some(rep) = d.reports.get(&n).filter(|r| r.incarnation == u.incarnation) else {
+                drop.push(key.clone());
+                continue;
+            };
+            let applied = if recover {
+                rep.recoveries.get(name).is_some_and(|r| r.op >= u.params.op)
+            } else {
+                rep.locals.get(name).is_some_and(|l| l.op >= u.params.op)
+            };
+            if !current || applied {
+                drop.push(key.clone());
+                continue;
+            }
+            if rep.seen <= u.recorded {
+                continue; // the target has not seen the registry after it yet
+            }
+            let held = u.directive == Directive::Stop
+                && rep.locals.get(name).is_some_and(|l| matches!(l.phase, LocalPhase::Starting | LocalPhase::GoingOffline));
+            if held {
+                continue;
+            }
+            let due = u.at.plus_ns(DIRECTIVE_RESEND_NS);
+            if rep.seen > u.after || now >= due {
+                again.push(key.clone());
+                let t = now.plus_ns(DIRECTIVE_RESEND_NS);
+                next = Some(next.map_or(t, |x| x.min(t)));
+            } else {
+                next = Some(next.map_or(due, |x| x.min(due)));
+            }
+        }
+        let d = self.decider.as_mut().unwrap();
+        d.resend_at = next;
+        for k in drop {
+            d.sent.remove(&k);
+        }
+        let mut msgs = Vec::new();
+        for k in again {
+            let u = d.sent.get_mut(&k).unwrap();
+            u.after = version;
+            u.at = now;
+            msgs.push((k.1, Msg::Do { epoch, incarnation: u.incarnation, directive: u.directive.clone(), params: u.params.clone() }));
+        }
+        for (to, msg) in msgs {
+            self.send(to, msg);
+        }
     }
 
     /// Nodes the decider may place services on (members that reported in
@@ -2165,6 +2390,7 @@ impl Services {
         if !unchanged {
             self.publish(&members);
         }
+        self.resend_lost_directives();
     }
 
     fn publish(&mut self, members: &BTreeSet<NodeId>) {
@@ -2199,6 +2425,34 @@ impl Services {
         {
             let d = self.decider.as_ref().unwrap();
             let e = self.registry.services.get_mut(name).unwrap();
+            // Recoveries that ended first: a recovered instance of a node's
+            // earlier life (Recovering, under that node's id) is gone before
+            // that node's new life's own instance is read below. Read after
+            // it (as before), the new life's running instance was not
+            // adopted in this pass, the group looked registered nowhere and
+            // was started on a second node (services simulation with
+            // failing actions, seed 869 of 2000: ip on nodes 1 and 3).
+            for m in members {
+                let Some(rep) = d.reports.get(m) else { continue };
+                // Recoveries running on m.
+                if let Some(rr) = rep.recoveries.get(name) {
+                    if let Some(inst) = e.instances.get(&rr.failed) {
+                        if inst.state == ServiceState::Recovering && inst.recovery_on == Some(*m) && inst.op == rr.op {
+                            match rr.ok {
+                                Some(true) => {
+                                    e.instances.remove(&rr.failed);
+                                }
+                                Some(false) => {
+                                    e.instances.remove(&rr.failed);
+                                    e.blocked = true;
+                                    alerts.push(AlertReason::RecoveryFailed { node: rr.failed });
+                                }
+                                None => {}
+                            }
+                        }
+                    }
+                }
+            }
             for m in members {
                 let Some(rep) = d.reports.get(m) else { continue };
                 // This service on m.
@@ -2266,24 +2520,6 @@ impl Services {
                         e.instances.insert(*m, inst);
                     }
                     _ => {}
-                }
-                // Recoveries running on m.
-                if let Some(rr) = rep.recoveries.get(name) {
-                    if let Some(inst) = e.instances.get(&rr.failed) {
-                        if inst.state == ServiceState::Recovering && inst.recovery_on == Some(*m) && inst.op == rr.op {
-                            match rr.ok {
-                                Some(true) => {
-                                    e.instances.remove(&rr.failed);
-                                }
-                                Some(false) => {
-                                    e.instances.remove(&rr.failed);
-                                    e.blocked = true;
-                                    alerts.push(AlertReason::RecoveryFailed { node: rr.failed });
-                                }
-                                None => {}
-                            }
-                        }
-                    }
                 }
             }
             if registered {

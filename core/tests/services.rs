@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use baton_core::testing::{FaultCounts, Rng};
 use baton_core::services::{
-    Action, ActionResult, AlertReason, Allowable, Config, Directive, Input, LocalPhase, Maturity, Msg, OfflineCause, Placement,
+    Action, ActionResult, AlertReason, Allowable, Config, Directive, Input, Life, LocalPhase, Maturity, Msg, OfflineCause, Placement,
     Preference, Reason, ServiceSpec, ServiceState, Services, StandbyPhase, TransferCost,
 };
 use baton_core::{Instant, NodeId};
@@ -819,7 +819,7 @@ fn a_late_request_of_a_forced_out_node_is_dropped() {
     h.boot(3);
     assert_eq!(h.st("a"), (Registered, Some(1), ""));
     // Node 3's request to the decider (node 1) is stuck in the partition.
-    h.hold = Some(Box::new(|from, _, msg| from == 3 && matches!(msg, Msg::Request(_))));
+    h.hold = Some(Box::new(|from, _, msg| from == 3 && matches!(msg, Msg::Request { .. })));
     h.op(3, Input::Maintenance { on: true });
     let late = std::mem::take(&mut h.held);
     assert_eq!(late.len(), 1, "the request was sent: {late:?}");
@@ -835,6 +835,80 @@ fn a_late_request_of_a_forced_out_node_is_dropped() {
     h.kill(1);
     assert_eq!(h.st("a"), (Registered, Some(2), ""));
     assert_eq!(h.funcs(2), v(&["start a", "enable a"]));
+}
+
+/// Issue 13 (item 6, not closed then): a request of an earlier life of a
+/// member arrives after its new life joined. Requests carry the sender's
+/// incarnation; the decider knows the new life from its report, or, before
+/// the report, from the membership state's lives (`Input::Lives`).
+#[test]
+fn a_late_request_of_an_earlier_life_is_dropped() {
+    for before_the_report in [false, true] {
+        let mut h = H::new(vec![ServiceSpec::new("a")]);
+        h.boot(1);
+        h.boot(2);
+        h.boot(3);
+        assert_eq!(h.st("a"), (Registered, Some(1), ""));
+        h.hold = Some(Box::new(|from, _, msg| from == 3 && matches!(msg, Msg::Request { .. })));
+        h.op(3, Input::Maintenance { on: true });
+        let late = std::mem::take(&mut h.held);
+        assert_eq!(late.len(), 1, "the request was sent: {late:?}");
+        h.hold = None;
+        h.kill(3);
+        if before_the_report {
+            // The new life's reports are slow; the decider knows the life
+            // from the membership state only.
+            h.hold = Some(Box::new(|from, _, msg| from == 3 && matches!(msg, Msg::Report(_))));
+        }
+        h.boot(3);
+        let life = h.incarnation;
+        if before_the_report {
+            let lives = [(1, 1), (2, 2), (3, life)]
+                .into_iter()
+                .map(|(n, incarnation)| (n, Life { incarnation, forced_leaving: false }))
+                .collect();
+            h.op(1, Input::Lives { lives });
+        }
+        // The old life's request arrives: node 3 is a member again.
+        h.queue.extend(late);
+        h.pump();
+        assert!(!h.nodes[&1].core.registry().maintenance, "a request of node 3's earlier life turned maintenance on");
+        h.release();
+        // The new life's own request is taken.
+        h.op(3, Input::Maintenance { on: true });
+        assert!(h.nodes[&1].core.registry().maintenance, "the new life's request is applied");
+    }
+}
+
+/// Issue 13 (item 6): a request from a life whose forced leave is under
+/// way (the membership state shows it `ForcedLeaving`; it is still a
+/// member at the services level until that level's step) is dropped.
+#[test]
+fn a_request_of_a_life_being_forced_out_is_dropped() {
+    let mut h = H::new(vec![ServiceSpec::new("a")]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    let life3 = h.incarnation;
+    let lives = |forced: bool| {
+        [(1, 1, false), (2, 2, false), (3, life3, forced)]
+            .into_iter()
+            .map(|(n, incarnation, forced_leaving)| (n, Life { incarnation, forced_leaving }))
+            .collect()
+    };
+    h.op(1, Input::Lives { lives: lives(false) });
+    h.op(3, Input::Maintenance { on: true });
+    assert!(h.nodes[&1].core.registry().maintenance, "node 3's request is applied while it is a member");
+    h.op(2, Input::Maintenance { on: false });
+    assert!(!h.nodes[&1].core.registry().maintenance);
+    // Node 3 is being forced out: the decider's membership state says so,
+    // its services view still counts it.
+    h.op(1, Input::Lives { lives: lives(true) });
+    h.op(3, Input::Maintenance { on: true });
+    assert!(!h.nodes[&1].core.registry().maintenance, "a request of a life being forced out turned maintenance on");
+    // Another member's request still counts.
+    h.op(2, Input::Maintenance { on: true });
+    assert!(h.nodes[&1].core.registry().maintenance);
 }
 
 #[test]
@@ -1000,7 +1074,10 @@ fn a_late_directive_of_a_dead_decider_is_never_run() {
     h.boot(1);
     h.boot(2);
     h.boot(3);
-    assert_eq!(h.held.len(), 1, "the start for 3 is in flight");
+    // In flight: the start, and the same start again (node 3's report,
+    // which has seen the registry recording it, shows it missing).
+    assert!(!h.held.is_empty() && h.held.iter().all(|m| m == &h.held[0]), "the start for 3 is in flight: {:?}", h.held);
+    assert!(matches!(&h.held[0].2, Msg::Do { directive: Directive::Start, .. }));
     // 1 fails; 2 decides and starts the service on 3 itself.
     h.members.remove(&1);
     h.nodes.remove(&1);
@@ -1304,8 +1381,12 @@ impl Sim {
                     params.service, params.op
                 )),
                 Input::Receive { from, msg: Msg::Report(r) } => {
-                    if let Some(l) = r.locals.get("lic") {
-                        self.log.push(format!("{from}->{id} report inc {} ep {} view {} lic {:?}", r.incarnation, r.epoch, r.view, l))
+                    let svc = std::env::var("LOG_SVC").unwrap_or_else(|_| "lic".into());
+                    if let Some(l) = r.locals.get(&svc) {
+                        self.log.push(format!(
+                            "{from}->{id} report inc {} ep {} view {} seen {:?} {svc} {:?}",
+                            r.incarnation, r.epoch, r.view, r.seen, l
+                        ))
                     }
                 }
                 Input::View { id: v, members, master } => self.log.push(format!("{id} view {v} {members:?} m{master}")),
@@ -1805,21 +1886,29 @@ fn run_sim_inner(sim: &mut Sim) -> Result<(), String> {
 fn simulation_with_reloads_safety_and_healing() {
     let mut failed = Vec::new();
     let seeds: u64 = std::env::var("SERVICES_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    for seed in 1..=seeds {
-        let mut sim = Sim::new(seed);
-        let sets = reload_sets();
-        sim.every_spec = sets.iter().flatten().fold(Vec::new(), |mut v: Vec<ServiceSpec>, s| {
-            if !v.iter().any(|x| x.name == s.name) {
-                v.push(s.clone());
-            }
-            v
-        });
-        sim.reconfig = Some(sets);
-        if let Err(e) = run_sim_with(sim) {
-            failed.push(format!("seed {seed}: {e}"));
+    let first: u64 = std::env::var("SERVICES_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    for seed in first..=seeds {
+        if let Err(e) = run_sim_with(reloading_sim(seed)) {
+            failed.push(format!(
+                "seed {seed}: {e}\n  reproduce: SEED={seed} RELOADS=1 cargo test -p baton-core --test services debug_seed -- --ignored --nocapture"
+            ));
         }
     }
     assert!(failed.is_empty(), "{} seeds failed:\n{}", failed.len(), failed.join("\n"));
+}
+
+/// The simulation of `seed` with reloads between the spec sets of [`reload_sets`].
+fn reloading_sim(seed: u64) -> Sim {
+    let mut sim = Sim::new(seed);
+    let sets = reload_sets();
+    sim.every_spec = sets.iter().flatten().fold(Vec::new(), |mut v: Vec<ServiceSpec>, s| {
+        if !v.iter().any(|x| x.name == s.name) {
+            v.push(s.clone());
+        }
+        v
+    });
+    sim.reconfig = Some(sets);
+    sim
 }
 
 #[test]
@@ -1879,7 +1968,17 @@ fn run_sim_counting(sim: Sim) -> (Result<(), String>, FaultCounts) {
 #[ignore]
 fn debug_seed() {
     let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
-    let r = if std::env::var("FAILING").is_ok() { run_sim_counting(Sim::with_failing_actions(seed)).0 } else { run_sim(seed) };
+    let mut sim = if std::env::var("FAILING").is_ok() {
+        Sim::with_failing_actions(seed)
+    } else if std::env::var("RELOADS").is_ok() {
+        reloading_sim(seed)
+    } else {
+        Sim::new(seed)
+    };
+    let r = run_sim_inner(&mut sim);
+    if r.is_err() {
+        println!("full trace:\n{}", sim.log.join("\n"));
+    }
     println!("{r:?}");
 }
 
@@ -2665,11 +2764,11 @@ fn transfer_decider_and_target_forced_out_target_reborn_during_the_collect() {
 /// (node 3 here) stays, and the Start directive is lost on the way (the
 /// control connection to the slowed node timed out with it); `baton
 /// unstandby 2` follows, then nodes 4 and 5 are forced out. Before the fix
-/// the decider waited for ever for node 1 to start db: db ran nowhere.
-/// FAILS today (db stays Starting on node 1): the decider never sends a
-/// lost directive again. Ignored until the fix (see docs/services.md).
+/// the decider waited for ever for node 1 to start db: db ran nowhere
+/// (db stayed Starting on node 1). Now node 1's report, which has seen the
+/// registry published after the Start but not its op, shows it missing,
+/// and the decider sends it again.
 #[test]
-#[ignore = "issue 13/11: a lost Start directive is never sent again (known bug, fix pending)"]
 fn a_lost_transfer_start_is_sent_again() {
     let specs = vec![ServiceSpec {
         allowable: nodes(&[2, 1, 4, 5, 3]),

@@ -299,6 +299,7 @@ fn slot() -> ServicesSlot {
         failed_fed: BTreeSet::new(),
         leaving: BTreeSet::new(),
         last_view: None,
+        last_lives: BTreeMap::new(),
         drained: Vec::new(),
         drained_nodes: BTreeSet::new(),
         held_leaves: BTreeMap::new(),
@@ -395,6 +396,24 @@ fn forced_out_lives_count_until_fed_and_the_decider_is_a_member() {
     let n = out.len();
     s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
     assert_eq!(out.len(), n);
+}
+
+// Rule 5: the lives of the state are fed with it (`Input::Lives`), a life
+// whose forced leave is under way marked: the decider drops its requests
+// (and those of earlier lives).
+#[test]
+fn the_lives_are_fed_with_the_forced_out_ones_marked() {
+    let mut out = VecDeque::new();
+    let mut s = slot();
+    let st = cluster(1, 2, &[(1, NodeState::Joined, 2), (2, NodeState::Joined, 1), (3, NodeState::ForcedLeaving, 4)]);
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    let life = |incarnation, forced_leaving| services::Life { incarnation, forced_leaving };
+    assert_eq!(s.last_lives.get(&2), Some(&life(1, false)));
+    assert_eq!(s.last_lives.get(&3), Some(&life(4, true)), "node 3's life 4 is being forced out");
+    // Its new life joins: fed too.
+    let st = cluster(1, 2, &[(1, NodeState::Joined, 2), (2, NodeState::Joined, 1), (3, NodeState::Joining, 5)]);
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(s.last_lives.get(&3), Some(&life(5, false)));
 }
 
 // Rule 7: after a halt no core is fed and no timer runs.
