@@ -1328,7 +1328,7 @@ impl<'a> Nemesis<'a> {
             self.disturbed = f.disturbed(n);
             // Each node's view just before the fault (its cluster.json).
             let excused = match f.cut_off(n) {
-                Some(cut) => excused_by_view(&cut, &(0..n).map(|i| view_group(&self.c().membership(i))).collect::<Vec<_>>()),
+                Some(cut) => excused_by_view(&cut, &(0..n).map(|i| view_group(&serde_json::to_value(self.c().membership(i)).unwrap_or_default())).collect::<Vec<_>>()),
                 None => Vec::new(),
             };
             self.episodes.push(EpisodeRec { kind: f.kind(), start_s: realtime_s(), converged_s: None, disturbed: self.disturbed.clone(), excused });
