@@ -723,7 +723,7 @@ impl Membership {
                 None
             } else if self.failed.contains(n) {
                 Some(JoinBlock::Failed)
-            } else if !self.report_at.get(n).is_some_and(|t| self.now.since(*t) <= 2 * self.cfg.resend_ns) {
+            } else if self.report_at.get(n).is_none_or(|t| self.now.since(*t) > 2 * self.cfg.resend_ns) {
                 Some(JoinBlock::OldReport { age_ns: self.report_at.get(n).map(|t| self.now.since(*t)).unwrap_or(u64::MAX) })
             } else if s.transitions.contains_key(n) {
                 Some(JoinBlock::InTransition)
