@@ -330,6 +330,26 @@ impl ClusterState {
     }
 }
 
+/// Why the master does not admit a node that asks to join
+/// ([`Membership::join_waits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinBlock {
+    /// Its failure detector says the node is down (`failed` set).
+    Failed,
+    /// Its last report is older than two resend periods.
+    OldReport { age_ns: u64 },
+    /// A transition of that node (a forced leave) still runs.
+    InTransition,
+    /// The cluster is being stopped.
+    Stopping,
+    /// Another group change (S3) is being committed first.
+    ChangePending { change: ChangeId, gmp: Option<ChangeId> },
+    /// This master has no quorum.
+    NotQuorate,
+    /// Nothing known blocks it: it should be in the next change.
+    NotYet,
+}
+
 /// What a node wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -681,6 +701,44 @@ impl Membership {
             Some(e) if e.incarnation == self.cfg.incarnation => e.state,
             _ => NodeState::Inactive,
         }
+    }
+
+    /// At the master: every node whose report asks to join (a new life,
+    /// Inactive in the state) and why it is not being admitted right now
+    /// (None when it is in the change being committed). For the agent's log
+    /// of joins that stall (issue 13); changes nothing.
+    pub fn join_waits(&self) -> Vec<(NodeId, Option<JoinBlock>)> {
+        let Some(s) = self.state.as_ref() else { return Vec::new() };
+        if !self.is_master() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (n, r) in &self.reports {
+            let Some(e) = s.nodes.get(n) else { continue };
+            if *n == self.cfg.me || r.want != Want::Join || r.incarnation <= e.incarnation || e.state != NodeState::Inactive {
+                continue;
+            }
+            let in_change = self.pending.as_ref().is_some_and(|p| p.joins.contains(n));
+            let why = if in_change {
+                None
+            } else if self.failed.contains(n) {
+                Some(JoinBlock::Failed)
+            } else if self.report_at.get(n).is_none_or(|t| self.now.since(*t) > 2 * self.cfg.resend_ns) {
+                Some(JoinBlock::OldReport { age_ns: self.report_at.get(n).map(|t| self.now.since(*t)).unwrap_or(u64::MAX) })
+            } else if s.transitions.contains_key(n) {
+                Some(JoinBlock::InTransition)
+            } else if s.stopping {
+                Some(JoinBlock::Stopping)
+            } else if let Some(p) = &self.pending {
+                Some(JoinBlock::ChangePending { change: p.change, gmp: self.gmp.current() })
+            } else if !self.quorum(s) {
+                Some(JoinBlock::NotQuorate)
+            } else {
+                Some(JoinBlock::NotYet)
+            };
+            out.push((*n, why));
+        }
+        out
     }
 
     /// One line of internals, for debugging simulations.

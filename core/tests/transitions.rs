@@ -118,6 +118,8 @@ struct Harness {
     /// `parked`, and are handled when they resume; no timer fires for them.
     paused: BTreeSet<NodeId>,
     parked: Vec<(NodeId, Input)>,
+    /// `Config::subgroup_size` of the cores created from now on.
+    subgroup: usize,
 }
 
 fn config(me: NodeId, inc: u64, all: &BTreeSet<NodeId>) -> Config {
@@ -144,6 +146,7 @@ impl Harness {
             race,
             paused: BTreeSet::new(),
             parked: Vec::new(),
+            subgroup: 2,
         };
         for id in all {
             h.create(id, 1);
@@ -152,7 +155,7 @@ impl Harness {
     }
 
     fn create(&mut self, id: NodeId, inc: u64) {
-        let core = Membership::new(Config { two_node_race: self.race, ..config(id, inc, &self.all) });
+        let core = Membership::new(Config { two_node_race: self.race, subgroup_size: self.subgroup, ..config(id, inc, &self.all) });
         let node = Node {
             core,
             inc,
@@ -1891,4 +1894,100 @@ fn a_quorate_cluster_ignores_a_paused_masters_state_that_nobody_followed() {
     }
     assert!(all_joined(&h, &[2, 3, 4]));
     h.check_nothing_after_end();
+}
+
+/// Exploration (issue 13): node 3 starts next to a running 2-node cluster
+/// (subgroups of `sg`), its datapath reports the peers up at once, but its
+/// control messages on each directed link (1->3, 3->1, 2->3, 3->2) are lost
+/// until the given time (ms after its start).
+fn late_links(sg: usize, until: [u64; 4], silent_first: bool) -> Result<(), String> {
+    let mut h = Harness::new(3);
+    h.subgroup = sg;
+    for id in 1..=3 {
+        h.create(id, 1);
+    }
+    h.start(1);
+    h.start(2);
+    h.run_ms(200);
+    assert!(all_joined(&h, &[1, 2]), "setup: 1 and 2 did not join");
+    let links = [(1, 3), (3, 1), (2, 3), (3, 2)];
+    for l in links {
+        h.cut.insert(l);
+    }
+    if silent_first {
+        h.nodes.get_mut(&3).unwrap().started = true;
+        h.input(3, Input::Start);
+        h.input(3, Input::PeerSilent { node: 1 });
+        h.input(3, Input::PeerSilent { node: 2 });
+        h.input(1, Input::PeerUp { node: 3 });
+        h.input(2, Input::PeerUp { node: 3 });
+        h.run_ms(5);
+        h.input(3, Input::PeerUp { node: 1 });
+        h.input(3, Input::PeerUp { node: 2 });
+    } else {
+        h.start(3);
+    }
+    let t0 = h.now;
+    let mut order: Vec<(u64, (NodeId, NodeId))> = until.iter().copied().zip(links).collect();
+    order.sort();
+    for (t, l) in order {
+        let elapsed = h.now.since(t0) / MS;
+        if t > elapsed {
+            h.run_ms(t - elapsed);
+        }
+        h.cut.remove(&l);
+    }
+    h.run_ms(1000);
+    if all_joined(&h, &[1, 2, 3]) {
+        Ok(())
+    } else {
+        Err(format!(
+            "sg {sg} until {until:?} silent_first {silent_first}: n1 {} | n2 {} | n3 {}",
+            h.nodes[&1].core.debug_line(),
+            h.nodes[&2].core.debug_line(),
+            h.nodes[&3].core.debug_line()
+        ))
+    }
+}
+
+#[test]
+fn a_node_starting_while_its_control_links_are_down_joins_once_they_are_up() {
+    let mut fails = Vec::new();
+    let ts = [0, 20, 100, 230];
+    for sg in [4, 2] {
+        for silent_first in [false, true] {
+            for a in ts {
+                for b in ts {
+                    for c in ts {
+                        for d in ts {
+                            if let Err(e) = late_links(sg, [a, b, c, d], silent_first) {
+                                fails.push(e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.iter().take(10).cloned().collect::<Vec<_>>().join("\n"));
+}
+
+/// Issue 13: the master says which joiner waits and why (the agent logs it
+/// when a join stalls). Node 1's failure detector wrongly holds node 3 as
+/// failed: node 3 keeps asking to join and is not admitted, for that reason.
+#[test]
+fn the_master_tells_why_a_joiner_is_not_admitted() {
+    use baton_core::membership::JoinBlock;
+    let mut h = three(false);
+    h.input(1, Input::PeerSilent { node: 3 });
+    h.start(3);
+    h.input(1, Input::PeerSilent { node: 3 });
+    h.run_ms(100);
+    assert_eq!(h.nodes[&3].core.my_state(), NodeState::Inactive);
+    assert_eq!(h.nodes[&1].core.join_waits(), vec![(3, Some(JoinBlock::Failed))]);
+    assert!(h.nodes[&2].core.join_waits().is_empty(), "only the master answers");
+    h.input(1, Input::PeerUp { node: 3 });
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2, 3]), "3 joins once 1 sees it up");
+    assert!(h.nodes[&1].core.join_waits().is_empty());
 }

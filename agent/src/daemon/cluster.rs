@@ -109,6 +109,12 @@ pub struct ClusterDriver {
     pub heartbeats: Option<std::sync::Arc<crate::datapath::sender::SenderShared>>,
     /// The events log for `lease_wait` records (set with the lease wait).
     lease_events: Option<PathBuf>,
+    /// Stalled joins (issue 13): since when each joiner waits at this
+    /// master, when this node itself started waiting to join, and when the
+    /// last such log line was written ([`Self::log_join_stalls`]).
+    join_waits: BTreeMap<NodeId, u64>,
+    joining_since: Option<u64>,
+    join_logged: u64,
 }
 
 impl ClusterDriver {
@@ -129,6 +135,9 @@ impl ClusterDriver {
         ClusterDriver {
             node: Node::new(Instant(monotonic_ns()), core_cfg, svc_core, fence_slot),
             lease_events: None,
+            join_waits: BTreeMap::new(),
+            joining_since: None,
+            join_logged: 0,
             me,
             channel,
             subsys,
@@ -386,11 +395,61 @@ impl ClusterDriver {
         let before = self.node.fencing().map(|f| f.waiting());
         self.node.handle_timeout(Instant(monotonic_ns()));
         let effects = self.run_actions(false);
+        self.log_join_stalls();
         // `baton status` shows a waiting fencing: write it out when it changes.
         if self.node.fencing().map(|f| f.waiting()) != before {
             self.snapshot_changed(true);
         }
         effects
+    }
+
+    /// Logs at INFO, every 10 s, joins that wait longer than 10 s: at the
+    /// master each waiting joiner and why it is not admitted
+    /// ([`baton_core::membership::Membership::join_waits`]); at a node that
+    /// has not joined yet, its membership internals (the master it follows,
+    /// the S3 change it is in). A join that stalls is diagnosable from the
+    /// logs (issue 13).
+    fn log_join_stalls(&mut self) {
+        const EVERY_NS: u64 = 10_000_000_000;
+        let now = monotonic_ns();
+        let m = self.node.membership();
+        let waits = m.join_waits();
+        self.join_waits.retain(|n, _| waits.iter().any(|(w, _)| w == n));
+        for (n, _) in &waits {
+            self.join_waits.entry(*n).or_insert(now);
+        }
+        let inactive = m.my_state() == baton_core::membership::NodeState::Inactive && !m.is_master() && !m.has_left();
+        if inactive {
+            self.joining_since.get_or_insert(now);
+        } else {
+            self.joining_since = None;
+        }
+        if now.saturating_sub(self.join_logged) < EVERY_NS {
+            return;
+        }
+        let mut logged = false;
+        for (n, why) in &waits {
+            let waited = now.saturating_sub(self.join_waits[n]);
+            if waited >= EVERY_NS {
+                let why = match why {
+                    Some(w) => format!("{w:?}"),
+                    None => "in the change being committed".to_string(),
+                };
+                info!(node = %self.name(*n), waited_s = waited / 1_000_000_000, why = %why, "a node that asks to join is not admitted yet");
+                logged = true;
+            }
+        }
+        if let Some(since) = self.joining_since {
+            let waited = now.saturating_sub(since);
+            if waited >= EVERY_NS {
+                let master = m.state().map(|s| s.view.master);
+                info!(waited_s = waited / 1_000_000_000, master = ?master, internals = %m.debug_line(), "this node is not admitted to the cluster yet");
+                logged = true;
+            }
+        }
+        if logged {
+            self.join_logged = now;
+        }
     }
 
     /// An input for the fencing core (an operation's outcome, a tick, an
