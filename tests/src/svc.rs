@@ -178,13 +178,26 @@ impl Svc {
         (s.state == state::ServiceState::Registered).then_some(s.node.map(u64::from)).flatten()
     }
 
+    /// Whether node `i`'s agent process has ended (a zombie not reaped yet,
+    /// or gone), although the test did not stop it.
+    pub fn agent_exited(&self, i: usize) -> bool {
+        let Some(a) = &self.c.agents[i] else { return true };
+        match std::fs::read_to_string(format!("/proc/{}/stat", a.pid())) {
+            // The state is the first field after the command's closing parenthesis.
+            Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            Err(_) => true,
+        }
+    }
+
     /// Waits until every running agent sees `name` Registered on the same
     /// node; returns that node's id.
     pub fn wait_registered(&self, name: &str, timeout: Duration, pred: impl Fn(u64) -> bool) -> u64 {
         let mut on = None;
         let ok = wait_until(timeout, || {
-            let seen: Vec<Option<u64>> = self.running().iter().map(|&i| self.registered_on(i, name)).collect();
-            on = seen[0];
+            // An agent that ended on its own (a node taken over leaves and
+            // stops) has no say: its last state files are stale.
+            let seen: Vec<Option<u64>> = self.running().into_iter().filter(|&i| !self.agent_exited(i)).map(|i| self.registered_on(i, name)).collect();
+            on = seen.first().copied().flatten();
             on.is_some_and(&pred) && seen.iter().all(|s| *s == on)
         });
         if ok.is_none() {
