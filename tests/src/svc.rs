@@ -516,10 +516,16 @@ pub fn check_never_on_two(svc: &Svc, samples: &[AddrSample], dead_from: &[Option
 
 /// A web group: the VIP and busybox httpd serving the node's name.
 pub fn web_group(transfer_cost: &str, extra: &str) -> String {
+    httpd_group("web", VIP, transfer_cost, extra)
+}
+
+/// A group `name` on nodes 1-3 (preferred 1): floating address `vip` and
+/// busybox httpd on it, serving the node's name.
+pub fn httpd_group(name: &str, vip: &str, transfer_cost: &str, extra: &str) -> String {
     format!(
         r#"[[group]]
-name = "web"
-addresses = ["{VIP}/24"]
+name = "{name}"
+addresses = ["{vip}/24"]
 interface = "{IF}"
 preferred = 1
 nodes = [1, 2, 3]
@@ -528,7 +534,7 @@ transfer_cost = "{transfer_cost}"
 
 [group.application]
 kind = "command"
-daemon = "exec busybox httpd -f -p {VIP}:80 -h @WORK@/www/@NODE@"
+daemon = "exec busybox httpd -f -p {vip}:80 -h @WORK@/www/@NODE@"
 "#
     )
 }

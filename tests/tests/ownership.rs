@@ -507,21 +507,7 @@ fn a_node_forced_out_while_still_heard_lets_go_before_the_new_owner_adds_its_add
 const DB_VIP: &str = "10.77.0.101";
 
 fn db_group() -> String {
-    format!(
-        r#"
-[[group]]
-name = "db"
-addresses = ["{DB_VIP}/24"]
-interface = "{IF}"
-preferred = 1
-nodes = [1, 2, 3]
-transfer_cost = "costly"
-
-[group.application]
-kind = "command"
-daemon = "exec busybox httpd -f -p {DB_VIP}:80 -h @WORK@/www/@NODE@"
-"#
-    )
+    svc::httpd_group("db", DB_VIP, "costly", "")
 }
 
 /// One round of the application sampler: per node, per group (`web`,
