@@ -79,7 +79,16 @@ fn join_registers_and_reserves_a_hung_node_is_fenced_before_takeover_and_a_leave
     assert_eq!(value(&out, "CHECK ", "hung_ok_after_fail"), "0", "{}", out.report());
     assert_eq!(value(&out, "RESULT ", "writes_after_fence"), "0", "{}", out.report());
     let halt = value(&out, "CHECK ", "hung_halt");
-    assert!(halt.contains("LocalFailure{reason:6}") || halt.contains("ForcedOut"), "node{hung} halted for {halt}");
+    // Woken, it must halt; which of its checks gets there first is a race
+    // the TCG guest's timing decides: its fenced disk (LocalFailure reason
+    // 6), the survivors' word that it was forced out, or its own sight of
+    // peers that went silent for it while it was stopped (LostQuorum; a CI
+    // run saw this one). All three stop it holding anything; the safety
+    // checks are above (no write landed after the fencing).
+    assert!(
+        halt.contains("LocalFailure{reason:6}") || halt.contains("ForcedOut") || halt.contains("LostQuorum"),
+        "node{hung} halted for {halt}"
+    );
     // 3. A graceful leave unregisters; the rejoin registers again.
     assert!(!value(&out, "CHECK ", "keys_after_leave").contains(K3), "{}", out.report());
     assert!(value(&out, "CHECK ", "keys_after_rejoin").contains(K3), "{}", out.report());

@@ -6,10 +6,17 @@ use std::time::Duration;
 use baton_tests::*;
 use baton_tests::state::NodeState;
 
-/// Kernel-side detection may come this long after the silence bound: the
-/// watchdog's tick (1 ms here) and the hrtimer's delay on a loaded 2-core
-/// machine. Stated in docs/datapath.md.
-const SCHED_ALLOWANCE_MS: f64 = 20.0;
+/// Kernel-side detection may come this long after the silence bound. This
+/// test checks that every cut is detected by the kernel's watchdog, not how
+/// fast (figures are `cargo xtask bench detect`'s business), so the slack is
+/// the one of tests/tests/datapath.rs: it covers the watchdog's tick (1 ms),
+/// its stall grace (after a tick that came late, no silence is declared for
+/// half a bound: docs/datapath.md, "Stalls of the machine") and the host's
+/// own stalls on a loaded CI machine (a CI run saw 50.8 ms after the last
+/// heartbeat at 10 ms x 3, i.e. a late tick plus the grace). A detector
+/// that did not work would show seconds here (the agent's 1 s resync) or
+/// nothing at all.
+const SCHED_ALLOWANCE_MS: f64 = 250.0;
 
 /// Wall-clock time of day (UTC, as in the agents' logs) for the steps'
 /// output, so that they can be matched with the agents' lines.

@@ -52,6 +52,28 @@ fn field<'a>(r: &'a [(String, String)], key: &str) -> &'a str {
     r.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no {key} in {r:?}"))
 }
 
+/// A boot that hangs before the init (a TCG guest did, in CI, in PCI
+/// enumeration) is abandoned and the VM booted again; here the first boot's
+/// CPUs never start (qemu `-S`), so its console stays empty.
+#[test]
+fn a_boot_that_hangs_before_the_init_is_tried_again() {
+    if !vm_tests_possible() {
+        return;
+    }
+    let t = Instant::now();
+    let out = Vm::builder()
+        .name("boot-retry")
+        .nodes(1)
+        .frozen_boots(1)
+        .scenario("echo RESULT ran=1\n")
+        .run();
+    report("boot-retry", t, &out);
+    out.assert_success();
+    assert_eq!(out.boots, 2, "{}", out.report());
+    assert!(out.stdout.contains("RESULT ran=1"), "{}", out.report());
+    assert!(out.run_dir.join("serial.hung-1.log").exists(), "the hung boot's console is kept");
+}
+
 #[test]
 fn debian_12_kernel_boots_and_baton_selftest_passes() {
     if !vm_tests_possible() {
