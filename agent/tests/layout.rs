@@ -12,6 +12,12 @@
 //! order above (which also rules out every cycle), naming the edge with the
 //! file and line that makes it. A new top-level module must be given its
 //! place in [`ORDER`] first.
+//!
+//! The same paths, resolved to the module (file, or inline module) they
+//! name, give the graph of all the crate's modules (`services::svc ->
+//! services::handover`); `no_import_cycle_among_the_agents_modules` fails
+//! on every cycle in it, inside a directory too, printing its edges with
+//! file and line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -362,5 +368,260 @@ fn siblings_and_unplaced_modules_are_refused_and_super_is_resolved() {
             "agent/src/datapath/sender.rs:1: `datapath` (datapath and control) uses `control` (datapath and control): a dependency against the layout order".to_string(),
             "agent/src/gadget.rs:1: module `gadget` has no place in the layout order (agent/tests/layout.rs ORDER, docs/layout.md)".to_string(),
         ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Cycles among modules (not only directories).
+// ---------------------------------------------------------------------------
+
+/// The same text with the contents of string literals blanked (for brace
+/// matching: a `{` in a string opens nothing).
+fn blank_strings(code: &str) -> Vec<u8> {
+    let b = code.as_bytes();
+    let mut out = b.to_vec();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\'' && i + 2 < b.len() && b[i + 2] == b'\'' {
+            out[i + 1] = b' ';
+            i += 3;
+        } else if b[i] == b'\'' && i + 3 < b.len() && b[i + 1] == b'\\' && b[i + 3] == b'\'' {
+            out[i + 1] = b' ';
+            out[i + 2] = b' ';
+            i += 4;
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    out[i] = b' ';
+                    if b[i + 1] != b'\n' {
+                        out[i + 1] = b' ';
+                    }
+                    i += 2;
+                    continue;
+                }
+                if b[i] != b'\n' {
+                    out[i] = b' ';
+                }
+                i += 1;
+            }
+            i += 1;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The inline modules of a file (`mod tests { ... }`): name and the byte
+/// range of their body, so that `super::` inside one resolves against it.
+fn inline_mods(b: &[u8]) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 4 < b.len() {
+        if (i == 0 || !is_ident(b[i - 1])) && b[i..].starts_with(b"mod ") {
+            let (name, at) = ident_at(b, i + 4);
+            let mut k = at + name.len();
+            while k < b.len() && b[k].is_ascii_whitespace() {
+                k += 1;
+            }
+            if !name.is_empty() && b.get(k) == Some(&b'{') {
+                let mut depth = 0;
+                let mut end = k;
+                while end < b.len() {
+                    match b[end] {
+                        b'{' => depth += 1,
+                        b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    end += 1;
+                }
+                out.push((name, k, end));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The module path of the code at `offset` of a file: the file's own path
+/// and the inline modules around it.
+fn path_at(own: &[String], mods: &[(String, usize, usize)], offset: usize) -> Vec<String> {
+    let mut p = own.to_vec();
+    for (name, start, end) in mods {
+        if *start < offset && offset < *end {
+            p.push(name.clone());
+        }
+    }
+    p
+}
+
+/// Reads one path segment list `a::b::c` from `j`, then a use group
+/// (`{x, y::z}`, recursively), returning every full path with the offset of
+/// its first segment.
+fn use_tree(b: &[u8], mut j: usize, prefix: Vec<String>, out: &mut Vec<(Vec<String>, usize)>) -> usize {
+    let mut path = prefix;
+    let mut first_at = None;
+    loop {
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if b.get(j) == Some(&b'{') {
+            j += 1;
+            loop {
+                while j < b.len() && (b[j].is_ascii_whitespace() || b[j] == b',') {
+                    j += 1;
+                }
+                if j >= b.len() || b[j] == b'}' {
+                    break;
+                }
+                let before = j;
+                j = use_tree(b, j, path.clone(), out);
+                if j == before {
+                    j += 1; // `*` or anything unparsed
+                }
+                // skip `as name`
+                while j < b.len() && b[j] != b',' && b[j] != b'}' {
+                    if b[j] == b'{' {
+                        break;
+                    }
+                    j += 1;
+                }
+            }
+            return j + 1;
+        }
+        let (name, at) = ident_at(b, j);
+        if name.is_empty() {
+            break;
+        }
+        first_at.get_or_insert(at);
+        if name != "self" {
+            path.push(name.clone());
+        }
+        j = at + name.len();
+        if b[j..].starts_with(b"::") {
+            j += 2;
+        } else {
+            break;
+        }
+    }
+    if let Some(at) = first_at {
+        out.push((path, at));
+    } else if !path.is_empty() {
+        out.push((path, j));
+    }
+    j
+}
+
+/// Every module-level use of one file: (module path of the code, full path
+/// named, offset). `crate::`, `baton_agent::`, `super::` and `self::` paths
+/// are resolved to paths from the crate root.
+fn full_uses(rel: &str, code: &str) -> Vec<(Vec<String>, Vec<String>, usize)> {
+    let own = module_path(rel);
+    let blanked = blank_strings(code);
+    let b = &blanked[..];
+    let mods = inline_mods(b);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let word_start = i == 0 || !(is_ident(b[i - 1]) || b[i - 1] == b':');
+        let prefix = ["crate::", "baton_agent::", "super::", "self::"].into_iter().find(|p| word_start && b[i..].starts_with(p.as_bytes()));
+        let Some(prefix) = prefix else {
+            i += 1;
+            continue;
+        };
+        let here = path_at(&own, &mods, i);
+        let mut j = i + prefix.len();
+        let base: Vec<String> = match prefix {
+            "super::" => {
+                let mut up = 1;
+                while b[j..].starts_with(b"super::") {
+                    up += 1;
+                    j += "super::".len();
+                }
+                here.iter().take(here.len().saturating_sub(up)).cloned().collect()
+            }
+            "self::" => here.clone(),
+            _ => Vec::new(),
+        };
+        let mut found = Vec::new();
+        j = use_tree(b, j, base, &mut found);
+        for (path, at) in found {
+            out.push((here.clone(), path, at));
+        }
+        i = j.max(i + 1);
+    }
+    out
+}
+
+/// The edges between the modules (files) of the crate: `services::svc ->
+/// services::handover`. A path names the longest module it starts with;
+/// a module's use of itself or of the crate root is no edge. An inline
+/// module (`mod tests { .. }`) is a module of its own: a test that uses a
+/// module that uses the tested one makes no cycle.
+fn module_edges(files: &[(String, String)]) -> Vec<Edge> {
+    let mut known: BTreeSet<Vec<String>> = BTreeSet::new();
+    for (rel, src) in files {
+        let own = module_path(rel);
+        for (name, _, _) in inline_mods(&blank_strings(&strip_comments(src))) {
+            known.insert(own.iter().cloned().chain([name]).collect());
+        }
+        known.insert(own);
+    }
+    known.remove(&Vec::new());
+    let mut out = Vec::new();
+    for (rel, src) in files {
+        let code = strip_comments(src);
+        for (from, path, at) in full_uses(rel, &code) {
+            if from.is_empty() {
+                continue;
+            }
+            let Some(to) = (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| known.contains(p)) else { continue };
+            if to == from {
+                continue;
+            }
+            out.push(Edge { from: from.join("::"), to: to.join("::"), file: format!("agent/src/{rel}"), line: line_of(&code, at) });
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_cycle_among_the_agents_modules() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    read_src(&src, &src, &mut files);
+    let edges = module_edges(&files);
+    // The check sees edges inside a directory too (not an empty graph).
+    assert!(edges.iter().any(|e| e.from == "services::svc" && e.to == "services::resource"), "{edges:?}");
+    let found = cycles(&edges);
+    assert!(found.is_empty(), "import cycles among the agent's modules (docs/layout.md):\n{}", found.iter().map(|c| format!("import cycle: {c}")).collect::<Vec<_>>().join("\n"));
+}
+
+#[test]
+fn a_cycle_inside_a_directory_is_found_and_a_test_module_is_a_module_of_its_own() {
+    let files = fixture(&[
+        ("services/mod.rs", "pub mod a;\npub mod b;\npub mod c;\npub mod d;\n"),
+        ("services/a.rs", "use super::b::X;\npub fn g() {}\n"),
+        ("services/b.rs", "pub struct X;\nfn f() {\n    let s = \"{\";\n    crate::{config, services::{c::Z, a::g}}();\n}\n"),
+        // c's tests use d, d uses c: no cycle (c::tests is not c).
+        ("services/c.rs", "pub struct Z;\n#[cfg(test)]\nmod tests {\n    use super::super::d;\n    use super::Z;\n}\n"),
+        ("services/d.rs", "use crate::services::c::Z;\n"),
+        ("config/mod.rs", "\n"),
+    ]);
+    let edges = module_edges(&files);
+    let e = |from: &str, to: &str| edges.iter().find(|e| e.from == from && e.to == to).map(|e| format!("{}:{}", e.file, e.line));
+    assert_eq!(e("services::b", "services::a").as_deref(), Some("agent/src/services/b.rs:4"), "{edges:#?}");
+    assert_eq!(e("services::b", "config").as_deref(), Some("agent/src/services/b.rs:4"), "{edges:#?}");
+    assert_eq!(e("services::c::tests", "services::d").as_deref(), Some("agent/src/services/c.rs:4"), "{edges:#?}");
+    assert_eq!(e("services::c", "services::d"), None, "{edges:#?}");
+    assert_eq!(
+        cycles(&edges),
+        vec!["{services::a, services::b}: services::a -> services::b (agent/src/services/a.rs:1); services::b -> services::a (agent/src/services/b.rs:4);".to_string()]
     );
 }

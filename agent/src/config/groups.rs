@@ -22,7 +22,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Ctx as Cx, Link};
+use super::common::{ConfigError, Ctx as Cx, Link};
 
 /// Default action timeouts (ms) and monitor settings.
 pub const DEFAULT_START_TIMEOUT_MS: u32 = 20_000;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Ctx};
+use super::common::{ConfigError, Ctx};
 
 
 /// The fault kinds a check may raise (what the partner is told).
@@ -50,7 +50,7 @@ pub(crate) struct RawHealth {
     fault: Spanned<String>,
 }
 
-pub(crate) fn validate(cx: &Ctx, raw: &[Spanned<RawHealth>], disks: &[crate::config::Disk]) -> Result<Vec<HealthCheck>, ConfigError> {
+pub(crate) fn validate(cx: &Ctx, raw: &[Spanned<RawHealth>], disks: &[super::common::Disk]) -> Result<Vec<HealthCheck>, ConfigError> {
     let mut out: Vec<HealthCheck> = Vec::new();
     for (i, h) in raw.iter().enumerate() {
         let hr = h.get_ref();

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Ctx};
+use super::common::{ConfigError, Ctx};
 
 
 #[derive(Clone, Debug, PartialEq, Eq)]

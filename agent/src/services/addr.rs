@@ -35,7 +35,7 @@ use futures::TryStreamExt;
 use nix::errno::Errno;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkLayerType};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Errors of address takeover. Each names the interface and, where there is
 /// one, the address.
@@ -166,15 +166,15 @@ pub async fn acquire_with(ifname: &str, ip: IpAddr, prefix_len: u8, opts: &Acqui
 /// succeeds and changes nothing. For IPv6, `nodad` sets IFA_F_NODAD (see
 /// [`AcquireOptions::nodad`]). Returns whether the address was already there.
 ///
-/// The address is recorded as held by this agent ([`crate::services::lease::HELD`]);
+/// The address is recorded as held by this agent ([`crate::services::held::HELD`]);
 /// while the address lease is lost (this node hears no majority) it is only
 /// recorded, not configured (returns `Ok(true)`, so nothing is announced),
 /// and configured when the lease is regained.
 pub async fn add(ifname: &str, ip: IpAddr, prefix_len: u8, nodad: bool) -> Result<bool> {
     validate(ip, prefix_len)?;
-    let mut held = crate::services::lease::HELD.lock().await;
+    let mut held = crate::services::held::HELD.lock().await;
     held.entries.insert((ifname.to_string(), ip, prefix_len));
-    if held.withdrawn || crate::services::lease::lost() {
+    if held.withdrawn || crate::services::held::lost() {
         warn!(interface = ifname, address = %ip, "address lease lost: the address is configured when this node hears a majority again");
         return Ok(true);
     }
@@ -210,11 +210,21 @@ pub(crate) async fn add_raw(ifname: &str, ip: IpAddr, prefix_len: u8, nodad: boo
 /// Note for IPv4: removing a *primary* address also removes the secondaries
 /// of its subnet unless `net.ipv4.conf.IF.promote_secondaries = 1`.
 ///
-/// The address stops being held by this agent ([`crate::services::lease::HELD`]).
+/// The address stops being held by this agent ([`crate::services::held::HELD`]).
 pub async fn release(ifname: &str, ip: IpAddr, prefix_len: u8) -> Result<bool> {
-    let mut held = crate::services::lease::HELD.lock().await;
+    let mut held = crate::services::held::HELD.lock().await;
     held.entries.retain(|(i, a, _)| !(i == ifname && *a == ip));
     release_raw(ifname, ip, prefix_len).await
+}
+
+/// Removes every address of `g` from its interface, logging (not
+/// returning) what fails: the halt paths go on either way.
+pub(crate) async fn release_all(g: &crate::config::groups::Group) {
+    for a in &g.addresses {
+        if let Err(e) = release(&g.interface, a.ip, a.prefix).await {
+            error!(address = %a, interface = %g.interface, "releasing the address failed: {e}");
+        }
+    }
 }
 
 /// [`release`] without the lease's bookkeeping.

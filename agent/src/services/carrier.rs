@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::services::resource::MonitorEvent;
+use crate::services::monitor::MonitorEvent;
 
 /// The resource name of a carrier failure of `ifname` in a [`MonitorEvent`].
 pub fn resource_name(ifname: &str) -> String {

@@ -335,7 +335,7 @@ impl Handovers {
             if let Some(app) = app {
                 let _ = app.stop().await;
             }
-            crate::services::svc::release_all(g).await;
+            crate::services::addr::release_all(g).await;
             self.clear(&ips, Some(id));
             Err(why)
         };
@@ -375,7 +375,7 @@ impl Handovers {
                 error!(service = %group, "handover: stopping the prepared application failed: {e}");
             }
         }
-        crate::services::svc::release_all(&gh.group).await;
+        crate::services::addr::release_all(&gh.group).await;
         self.clear(&v4(&gh.group), Some(id));
         self.inner.active.release(group);
         self.event(serde_json::json!({"event": "handover_undone", "service": group, "node": self.inner.me, "reason": why}));
@@ -466,7 +466,7 @@ impl Handovers {
             // the steering, as a failed halt keeps them.
             app.stop().await.map_err(|source| HandoverError::Application { source })?;
         }
-        crate::services::svc::release_all(g).await;
+        crate::services::addr::release_all(g).await;
         self.event(serde_json::json!({
             "event": "handover_done", "service": g.name, "node": self.inner.me, "next": next,
             "prepared_ms": prepared_ms, "drain_ms": drain_ms, "connections_left": left,

@@ -111,18 +111,7 @@ use crate::config::Config;
 use crate::datapath::slot_base;
 use crate::datapath::events::monotonic_ns;
 use crate::datapath::sender::{SenderShared, SentLog};
-
-/// The floating addresses this agent configured, and whether the lease
-/// withdrew them.
-#[derive(Debug, Default)]
-pub struct Held {
-    pub entries: BTreeSet<(String, IpAddr, u8)>,
-    pub withdrawn: bool,
-}
-
-/// Held addresses; the lock is held across the netlink calls that change
-/// them, so the lease and the services never interleave on one address.
-pub static HELD: LazyLock<tokio::sync::Mutex<Held>> = LazyLock::new(|| tokio::sync::Mutex::new(Held::default()));
+use crate::services::held::{HELD, LOST};
 
 /// Process groups of the supervised daemons (`kind = "daemon"`) running
 /// here; while the lease is lost they are frozen (SIGSTOP), so that an
@@ -131,16 +120,6 @@ pub static HELD: LazyLock<tokio::sync::Mutex<Held>> = LazyLock::new(|| tokio::sy
 static APPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 static FROZEN: AtomicBool = AtomicBool::new(false);
 
-/// Set by the lease thread the moment the lease ends, before it removes
-/// anything (and cleared when it is regained or the node left its view):
-/// [`crate::services::addr::add`] then only records an address.
-static LOST: AtomicBool = AtomicBool::new(false);
-
-/// Whether the lease is lost right now (the addresses are withdrawn, the
-/// daemons frozen).
-pub fn lost() -> bool {
-    LOST.load(Ordering::SeqCst)
-}
 
 /// Whether the daemons are frozen by a lost lease: a stop then ends them
 /// with SIGKILL rather than resuming them to handle a SIGTERM.

@@ -164,20 +164,7 @@ impl fmt::Display for Action {
     }
 }
 
-/// Result of a monitor action.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MonitorStatus {
-    Running,
-    /// Cleanly stopped (OCF 7, systemd `inactive`).
-    NotRunning,
-    Failed { reason: String },
-}
-
-/// Reported by monitor loops and daemon supervision.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MonitorEvent {
-    Failed { resource: String, reason: String },
-}
+pub use super::monitor::{MonitorEvent, MonitorStatus};
 
 fn tail_suffix(s: &str) -> String {
     if s.trim().is_empty() {

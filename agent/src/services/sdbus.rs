@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
-use crate::services::resource::MonitorEvent;
+use crate::services::monitor::MonitorEvent;
 
 /// How long connecting to the system bus and `Subscribe` may take at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

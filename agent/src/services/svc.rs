@@ -30,6 +30,7 @@ use crate::control::channel::Channel;
 use crate::datapath::events::monotonic_ns;
 use crate::config::groups::{self, Group, NodeSet};
 use crate::services::resource::{self, MonitorEvent, MonitorLoop, Resource};
+use crate::services::addr::release_all;
 
 /// The result of an action function that ran in a task.
 #[derive(Debug)]
@@ -979,15 +980,6 @@ async fn halt_group(g: &Group, app: Option<&Resource>, planned: bool) -> Result<
     Ok(())
 }
 
-/// Removes every address of `g` from its interface, logging (not
-/// returning) what fails: the halt paths go on either way.
-pub(crate) async fn release_all(g: &Group) {
-    for a in &g.addresses {
-        if let Err(e) = crate::services::addr::release(&g.interface, a.ip, a.prefix).await {
-            error!(address = %a, interface = %g.interface, "releasing the address failed: {e}");
-        }
-    }
-}
 
 /// What a reload changed, by group name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
