@@ -451,6 +451,11 @@ pub struct SilenceCounts {
     pub averted: u64,
     /// The longest wait of a confirmed silence, µs.
     pub max_wait_us: u64,
+    /// Deadlines that passed while another member still heard the suspect:
+    /// the silence stayed held (a one-way fault between this node and the
+    /// suspect), nothing moved.
+    #[serde(default)]
+    pub held_heard_elsewhere: u64,
 }
 
 /// The negotiated takeover (`agent.takeover`, docs/takeover.md).
