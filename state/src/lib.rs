@@ -451,6 +451,11 @@ pub struct SilenceCounts {
     pub averted: u64,
     /// The longest wait of a confirmed silence, µs.
     pub max_wait_us: u64,
+    /// Deadlines that passed while another member still heard the suspect:
+    /// the silence stayed held (a one-way fault between this node and the
+    /// suspect), nothing moved.
+    #[serde(default)]
+    pub held_heard_elsewhere: u64,
 }
 
 /// The negotiated takeover (`agent.takeover`, docs/takeover.md).
@@ -564,7 +569,7 @@ mod tests {
         later["channel"] = json!({"sessions": 2, "connections": 3, "handshake_failures": 1, "hello_rejects": 0,
             "bad_frames": 0, "frames_dropped": 0, "preauth_rejected": 0, "preauth_evicted": 0});
         later["events_lost"] = json!(0);
-        later["silence"] = json!({"confirmed_by_peer": 1, "confirmed_by_deadline": 0, "averted": 2, "max_wait_us": 300});
+        later["silence"] = json!({"confirmed_by_peer": 1, "confirmed_by_deadline": 0, "averted": 2, "max_wait_us": 300, "held_heard_elsewhere": 0});
         let a: AgentStatus = round_trip(later);
         assert_eq!(a.config.in_use().map(|c| c.peers["2"].name.as_str()), Some("node2"));
         assert_eq!(a.takeover.as_ref().map(|t| t.state.as_str()), Some("taken over"));

@@ -443,15 +443,17 @@ fn a_lease_lost_by_a_short_receive_stall_is_regained_and_nothing_moves() {
     svc.check(halts.is_empty(), || format!("node1 halted: {halts:?}"));
 }
 
-/// A node forced out while the others still hear it: node2 runs `web`;
-/// its heartbeats to node1 (the master) are dropped at the switch, and so is
-/// the control channel's TCP towards node2 (so that it does not learn soon
-/// that it was forced out), while node3 still hears node2 and is heard by
-/// it. Node1's datapath sees node2 silent, nobody else does, so the silence
-/// is confirmed by the deadline and node2 is forced out; node3 still heard
-/// it and echoed its heartbeats until it disowned it at the forced leave, so
-/// node2's address lease (node3 and itself: a majority) lasts up to a
-/// silence bound after that. Sampled from outside, the address is never on
+/// A node forced out while another still hears it: four nodes, node2 runs
+/// `web`; its heartbeats to node1 (the master) and node4 are dropped at the
+/// switch, and so is the control channel's TCP towards node2 (so that it
+/// does not learn soon that it was forced out), while node3 still hears
+/// node2 and is heard by it. Node1's and node4's datapaths see node2 silent
+/// and confirm it to each other at once (node3's answer that it hears node2
+/// does not hold a silence a second member confirmed; with node1 alone not
+/// hearing node2, since 2026-12-07, nothing moves: tests/tests/confirm.rs),
+/// and node2 is forced out; node3 still heard it and echoed its heartbeats
+/// until it disowned it at the forced leave, so node2's address lease lasts
+/// up to a silence bound after that. Sampled from outside, the address is never on
 /// two live nodes, and the new owner adds it only after node2 removed it:
 /// node3 held the forced leave's addresses level for the lease wait
 /// (`lease_wait`, not silent there). With the wait switched off
@@ -462,20 +464,21 @@ fn a_node_forced_out_while_still_heard_lets_go_before_the_new_owner_adds_its_add
         return;
     }
     let group = web_group("costly", "").replace("preferred = 1", "preferred = 2");
-    let mut svc = Svc::new("oforced", 3, &group).with_client();
+    let mut svc = Svc::new("oforced", 4, &group).with_client();
     svc.start_all();
     svc.wait_registered("web", Duration::from_secs(20), |n| n == 2);
     svc.expect_page("node2", Duration::from_secs(10), "at the start");
-    let watcher = Watcher::start((0..3).map(|i| svc.ns(i)).collect());
+    let watcher = Watcher::start((0..4).map(|i| svc.ns(i)).collect());
     std::thread::sleep(Duration::from_millis(200));
-    let (a1, a2) = (format!("{}/32", link_addr(0, 0)), format!("{}/32", link_addr(0, 1)));
+    let (a1, a2, a4) = (format!("{}/32", link_addr(0, 0)), format!("{}/32", link_addr(0, 1)), format!("{}/32", link_addr(0, 3)));
     let cut_ns = svc.c.drop_matching(1, true, &[&["ip", "src", &a2], &["ip", "dst", &a1], &["ip", "protocol", "17", "0xff"]]);
+    svc.c.drop_matching(1, true, &[&["ip", "src", &a2], &["ip", "dst", &a4], &["ip", "protocol", "17", "0xff"]]);
     let cut_at = Instant::now();
     svc.c.drop_matching(1, false, &[&["ip", "dst", &a2], &["ip", "protocol", "6", "0xff"]]);
     let (owner_i, _) = wait_web_taken_over(&svc, 2, (0, 2), "the others did not take web over from node2");
     std::thread::sleep(Duration::from_millis(300));
     let samples = watcher.finish();
-    let (dual, pair) = max_dual_ownership(&samples, &[None, None, None]);
+    let (dual, pair) = max_dual_ownership(&samples, &[None, None, None, None]);
     // node2's last sample with the address, the new owner's first.
     let old_last = samples.iter().filter(|s| s.0 == 1 && s.3 && s.1 >= cut_at).map(|s| s.1).max();
     let new_first = samples.iter().filter(|s| s.0 == owner_i && s.3 && s.1 >= cut_at).map(|s| s.2).min();

@@ -460,6 +460,10 @@ fn feed_peer_input(
                 }
             }
         }
+        Input::PeerSilent { node } => {
+            confirm.gone(node);
+            driver.handle(i)
+        }
         Input::PeerUp { node } => {
             if let Some(held) = confirm.peer_up(node, now) {
                 warn!(node, held_ms = held as f64 / 1e6, "false silence averted: the peer was heard again before its silence was confirmed (this node's receive path or link stalled)");
@@ -468,6 +472,18 @@ fn feed_peer_input(
             driver.handle(i)
         }
         i => driver.handle(i),
+    }
+}
+
+/// A held silence reached its deadline while another member hears the
+/// suspect (confirm.rs): held again; ask the others afresh.
+fn held_heard_elsewhere(h: crate::daemon::confirm::HeldHeard, app: &crate::control::channel::AppSender, cfg: &Config) {
+    for p in cfg.peers.iter().filter(|p| p.id != h.node) {
+        app.send(p.id, crate::daemon::confirm::TOPIC, &crate::daemon::confirm::Report { silent: h.node });
+    }
+    if h.first {
+        warn!(node = h.node, heard_by = h.heard_by, "peer silent here but heard by another member: held, nothing moves (a one-way fault between this node and the peer)");
+        crate::eventlog::record(&cfg.paths.events_log(), serde_json::json!({"event": "silence_held_heard_elsewhere", "node": h.node, "heard_by": h.heard_by}));
     }
 }
 
@@ -630,8 +646,12 @@ async fn event_loop(
             }
             _ = tick_sleep, if tick.is_some() => {
                 effects = Vec::new();
-                for c in confirm.expired(monotonic_ns()) {
+                let due = confirm.expired(monotonic_ns());
+                for c in due.confirmed {
                     effects.extend(confirmed(c, &mut driver, cfg));
+                }
+                for h in due.held {
+                    held_heard_elsewhere(h, &ha.app_sender, cfg);
                 }
                 effects.extend(driver.tick());
                 let todo = ha.takeover.tick(&ha_ctx(&driver));
@@ -647,9 +667,16 @@ async fn event_loop(
                 if let Some((from, m)) = m {
                     if m.topic == crate::daemon::confirm::TOPIC {
                         if let Ok(r) = serde_json::from_value::<crate::daemon::confirm::Report>(m.body) {
+                            if from != r.silent && confirm.hears(r.silent) {
+                                ha.app_sender.send(from, crate::daemon::confirm::HEARD_TOPIC, &crate::daemon::confirm::Heard { node: r.silent });
+                            }
                             if let Some(c) = confirm.report(from, r.silent, monotonic_ns()) {
                                 effects = confirmed(c, &mut driver, cfg);
                             }
+                        }
+                    } else if m.topic == crate::daemon::confirm::HEARD_TOPIC {
+                        if let Ok(h) = serde_json::from_value::<crate::daemon::confirm::Heard>(m.body) {
+                            confirm.heard(from, h.node, monotonic_ns());
                         }
                     } else if m.topic == crate::daemon::reload::TOPIC {
                         match serde_json::from_value::<crate::daemon::reload::Frame>(m.body) {
