@@ -57,7 +57,8 @@
 //!    view: members are the Joined and Leaving nodes (but not a node whose
 //!    join was reversed into a leave before it reached the services level:
 //!    its leave never passes that level) and the forced-out
-//!    lives not fed as `NodeFailed` yet; graceful leaves that finished are
+//!    lives not fed as `NodeFailed` yet (but not one whose forced leave
+//!    never passes the services level: it never was a member); graceful leaves that finished are
 //!    fed as `NodeLeft` (a graceful leave turned into a forced leave has not
 //!    finished: it is fed as `NodeFailed` at its services step); the decider is the master, or the lowest member
 //!    when the master is no longer one; an unchanged view is not fed again.
@@ -266,7 +267,15 @@ impl ServicesSlot {
                 NodeState::Leaving => s.transitions.get(n).is_none_or(|t| {
                     t.id.kind != Kind::Leave || t.path.iter().any(|l| l.level >= LevelRole::Services.level())
                 }),
-                NodeState::ForcedLeaving => !self.failed_fed.contains(&(**n, e.incarnation)),
+                // A forced-out life is a member until fed as `NodeFailed`
+                // at its forced leave's services step; one whose forced
+                // leave never passes that level (it walks only the levels
+                // its join reached, or its reversed join walks) never was
+                // a member, and is never fed as failed (seed 1327).
+                NodeState::ForcedLeaving => {
+                    !self.failed_fed.contains(&(**n, e.incarnation))
+                        && s.transitions.get(n).is_none_or(|t| t.path.iter().any(|l| l.level >= LevelRole::Services.level()))
+                }
                 _ => false,
             })
             .map(|(n, _)| *n)

@@ -415,6 +415,37 @@ fn a_join_reversed_below_the_services_level_is_no_member() {
     assert_eq!(fed_view(&s, &out), Some(([1, 2].into(), 1)), "a leave through the services level: a member until drained");
 }
 
+// Rule 5: a forced-out life whose forced leave never passes the services
+// level (it only walks the levels its join reached, or its reversed join
+// walks, S1.6) never was a services member and is none: it is never fed as
+// `NodeFailed`, and while every other node was still joining it counted
+// itself the only member, became the decider and started every group on
+// itself (composed simulator, `cargo xtask sim --seed 1327`: node 4 asked
+// to leave while joining, paused past the detection bound, was forced out,
+// and on resuming started `ip` and `db` while they ran on nodes 6 and 2).
+// A forced leave through the services level: a member until fed as failed.
+#[test]
+fn a_forced_leave_below_the_services_level_is_no_member() {
+    let mut out = VecDeque::new();
+    let mut s = slot();
+    let forced = |levels: &[u32]| Transition {
+        id: TransitionId { node: 1, incarnation: 2, kind: Kind::ForcedLeave },
+        path: levels.iter().map(|l| LevelSpec { level: *l, barriers: membership::Barriers::ONE }).collect(),
+        pos: 0,
+        barrier: 0,
+        participants: [2, 3].into(),
+        leave_pending: false,
+    };
+    let mut st = cluster(2, 1, &[(1, NodeState::ForcedLeaving, 2), (2, NodeState::Joining, 1), (3, NodeState::Joining, 1)]);
+    st.transitions.insert(1, forced(&[10]));
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), None, "a forced leave below the services level: no member, so no decider");
+    let mut st = cluster(2, 1, &[(1, NodeState::ForcedLeaving, 2), (2, NodeState::Joining, 1), (3, NodeState::Joined, 1)]);
+    st.transitions.insert(1, forced(&[40, 30, 20, 10]));
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), Some(([1, 3].into(), 1)), "a forced leave through the services level: a member until fed as failed");
+}
+
 // Rule 5: a forced-out life counts as a member until it is fed as
 // `NodeFailed`; the decider is the lowest member when the master is none.
 #[test]
