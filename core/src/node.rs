@@ -57,8 +57,10 @@
 //!    view: members are the Joined and Leaving nodes (but not a node whose
 //!    join was reversed into a leave before it reached the services level:
 //!    its leave never passes that level) and the forced-out
-//!    lives not fed as `NodeFailed` yet; graceful leaves that finished are
-//!    fed as `NodeLeft`; the decider is the master, or the lowest member
+//!    lives not fed as `NodeFailed` yet (but not one whose forced leave
+//!    never passes the services level: it never was a member); graceful leaves that finished are
+//!    fed as `NodeLeft` (a graceful leave turned into a forced leave has not
+//!    finished: it is fed as `NodeFailed` at its services step); the decider is the master, or the lowest member
 //!    when the master is no longer one; an unchanged view is not fed again.
 //! 6. A state that belongs to an **earlier life** of this node (its own
 //!    entry, or the master, is an earlier incarnation of it), or in which
@@ -265,13 +267,29 @@ impl ServicesSlot {
                 NodeState::Leaving => s.transitions.get(n).is_none_or(|t| {
                     t.id.kind != Kind::Leave || t.path.iter().any(|l| l.level >= LevelRole::Services.level())
                 }),
-                NodeState::ForcedLeaving => !self.failed_fed.contains(&(**n, e.incarnation)),
+                // A forced-out life is a member until fed as `NodeFailed`
+                // at its forced leave's services step; one whose forced
+                // leave never passes that level (it walks only the levels
+                // its join reached, or its reversed join walks) never was
+                // a member, and is never fed as failed (seed 1327).
+                NodeState::ForcedLeaving => {
+                    !self.failed_fed.contains(&(**n, e.incarnation))
+                        && s.transitions.get(n).is_none_or(|t| t.path.iter().any(|l| l.level >= LevelRole::Services.level()))
+                }
                 _ => false,
             })
             .map(|(n, _)| *n)
             .collect();
-        // Graceful leaves that finished.
-        let finished: Vec<NodeId> = self.leaving.iter().copied().filter(|n| !matches!(s.state_of(*n), NodeState::Leaving)).collect();
+        // Graceful leaves that finished. A leave turned into a forced
+        // leave (the node was taken for dead while it drained) has not:
+        // its node may still run and still be stopping its groups, so it
+        // stays a member until the forced leave reaches the services level
+        // (fed as `NodeFailed`, after the levels below and the address
+        // lease, rule 8). Fed as `NodeLeft` here, the decider restarted its
+        // groups elsewhere at once (composed simulator, seeds 683, 696,
+        // 1381, 1473).
+        let finished: Vec<NodeId> =
+            self.leaving.iter().copied().filter(|n| !matches!(s.state_of(*n), NodeState::Leaving | NodeState::ForcedLeaving)).collect();
         for n in finished {
             self.leaving.remove(&n);
             self.drained_nodes.remove(&n);
@@ -316,6 +334,8 @@ impl ServicesSlot {
     fn node_failed(&mut self, now: Instant, me: NodeId, incarnation: u64, id: TransitionId, s: Option<&ClusterState>, out: &mut VecDeque<NodeAction>) {
         self.failed_fed.insert((id.node, id.incarnation));
         self.leaving.remove(&id.node);
+        // A held graceful leave of that life is superseded.
+        self.held_leaves.retain(|n, (l, _)| !(*n == id.node && l.incarnation <= id.incarnation));
         self.drained_nodes.remove(&id.node);
         self.feed(now, services::Input::NodeFailed { node: id.node }, out);
         if let Some(s) = s {

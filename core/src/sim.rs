@@ -601,6 +601,13 @@ impl Sim {
             return;
         }
         let now = self.now();
+        if self.trace.keeps() {
+            // Debugging detail (not hashed): every services input but the
+            // ticks, shortened.
+            let mut l = format!("{now} n{n} svc<- {input:?}");
+            l.truncate(600);
+            self.trace.note(|| l);
+        }
         if let Some(core) = self.nodes.get_mut(&n).unwrap().core.as_mut() {
             core.handle(now, NodeInput::Services(input));
         }

@@ -293,6 +293,45 @@ fn a_graceful_leave_waits_for_drained_services() {
     assert_ne!(h.starts()[1], 2);
 }
 
+// Rule 5: a graceful leave turned into a forced leave (the leaving node
+// was taken for dead while it still stopped its groups) is not a finished
+// leave: the node stays a services member until the forced leave reaches
+// the services level, after the levels below and the address lease (rule
+// 8). Fed as `NodeLeft` at once, the decider restarted web on another node
+// while node 2, alive and reachable, still stopped it: found by the
+// composed simulator (`cargo xtask sim --seed 1473`, also 683, 696, 1381),
+// where a leaving node paused longer than the detection bound.
+#[test]
+fn a_leave_turned_into_a_forced_leave_waits_for_the_forced_leave() {
+    let mut h = Harness::new(3);
+    for n in h.nodes.values_mut() {
+        n.set_lease_wait(40 * MS);
+    }
+    h.formed();
+    h.hold_stops.insert(2);
+    h.queue.push_back((2, NodeInput::Membership(MInput::Leave)));
+    let ok = h.run_until(1_000, |h| {
+        h.log.iter().any(|(n, a)| *n == 1 && matches!(a, NodeAction::LevelStep { role: LevelRole::Services, id, held: true, .. } if id.node == 2 && id.kind == Kind::Leave))
+            && !h.held.is_empty()
+    });
+    assert!(ok, "node 2's leave is held at the services level while web stops there");
+    // Node 2 is taken for dead by the master while node 3 still hears it.
+    h.queue.push_back((3, NodeInput::Membership(MInput::PeerSilent { node: 2 })));
+    h.queue.push_back((3, NodeInput::Membership(MInput::PeerUp { node: 2 })));
+    h.queue.push_back((1, NodeInput::Membership(MInput::PeerSilent { node: 2 })));
+    let ok = h.run_until(5_000, |h| h.starts().len() == 2);
+    assert!(ok, "web was started again after node 2 was forced out: {:?}", h.starts());
+    assert_ne!(h.starts()[1], 2);
+    let step3 = addresses_step_at(&h, 3, 2).expect("the addresses step of the forced leave reached node 3");
+    let restart = start_at(&h, 1).unwrap();
+    assert!(restart >= step3.plus_ms(40), "web restarted at {restart}, before node 3's addresses step at {step3} plus the lease wait");
+    let services_step = h.log.iter().zip(&h.log_at).find_map(|((n, a), t)| match a {
+        NodeAction::LevelStep { role: LevelRole::Services, id, .. } if *n == 1 && id.node == 2 && id.kind == Kind::ForcedLeave => Some(*t),
+        _ => None,
+    });
+    assert!(services_step.is_some_and(|t| t <= restart), "web restarted at {restart}, before the forced leave's services step {services_step:?}");
+}
+
 fn slot() -> ServicesSlot {
     ServicesSlot {
         core: Services::new(SConfig { me: 1, incarnation: 2, services: vec![web()] }).unwrap(),
@@ -374,6 +413,37 @@ fn a_join_reversed_below_the_services_level_is_no_member() {
     st.transitions.insert(1, reversed(&[40, 30, 20, 10]));
     s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
     assert_eq!(fed_view(&s, &out), Some(([1, 2].into(), 1)), "a leave through the services level: a member until drained");
+}
+
+// Rule 5: a forced-out life whose forced leave never passes the services
+// level (it only walks the levels its join reached, or its reversed join
+// walks, S1.6) never was a services member and is none: it is never fed as
+// `NodeFailed`, and while every other node was still joining it counted
+// itself the only member, became the decider and started every group on
+// itself (composed simulator, `cargo xtask sim --seed 1327`: node 4 asked
+// to leave while joining, paused past the detection bound, was forced out,
+// and on resuming started `ip` and `db` while they ran on nodes 6 and 2).
+// A forced leave through the services level: a member until fed as failed.
+#[test]
+fn a_forced_leave_below_the_services_level_is_no_member() {
+    let mut out = VecDeque::new();
+    let mut s = slot();
+    let forced = |levels: &[u32]| Transition {
+        id: TransitionId { node: 1, incarnation: 2, kind: Kind::ForcedLeave },
+        path: levels.iter().map(|l| LevelSpec { level: *l, barriers: membership::Barriers::ONE }).collect(),
+        pos: 0,
+        barrier: 0,
+        participants: [2, 3].into(),
+        leave_pending: false,
+    };
+    let mut st = cluster(2, 1, &[(1, NodeState::ForcedLeaving, 2), (2, NodeState::Joining, 1), (3, NodeState::Joining, 1)]);
+    st.transitions.insert(1, forced(&[10]));
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), None, "a forced leave below the services level: no member, so no decider");
+    let mut st = cluster(2, 1, &[(1, NodeState::ForcedLeaving, 2), (2, NodeState::Joining, 1), (3, NodeState::Joined, 1)]);
+    st.transitions.insert(1, forced(&[40, 30, 20, 10]));
+    s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
+    assert_eq!(fed_view(&s, &out), Some(([1, 3].into(), 1)), "a forced leave through the services level: a member until fed as failed");
 }
 
 // Rule 5: a forced-out life counts as a member until it is fed as
