@@ -1117,9 +1117,41 @@ impl Membership {
     /// new group and the joint majority is over (a later graceful leave
     /// shrinks the group without an S3 change, so a stale change must not
     /// count any more).
+    ///
+    /// And static quorum ([`Self::majority_of_configured_in_sight`]): the
+    /// group's members in sight must also be a strict majority of the
+    /// configured nodes.
     fn quorum(&self, s: &ClusterState) -> bool {
         let change_pending = !self.gmp_members.is_empty() && self.gmp_change > s.change;
-        self.majority_of(&s.group()) && (!change_pending || self.majority_of(&self.gmp_members))
+        let group = s.group();
+        self.majority_of(&group)
+            && (!change_pending || self.majority_of(&self.gmp_members))
+            && self.majority_of_configured_in_sight(s, &group)
+    }
+
+    /// Static quorum, as corosync's votequorum by default (expected_votes =
+    /// the configured nodes, no last_man_standing, a clean shutdown lowers
+    /// nothing): a quorate state's members in sight must be a strict
+    /// majority of the *configured* nodes, not only of its group. A group
+    /// shrinks with every forced and graceful leave, while a formation on
+    /// the other side of a partition needs a majority of the configured
+    /// nodes: a majority of a shrunk group ({1, 4, 6} of 7 configured)
+    /// need not intersect it, and both sides ran as primary clusters (sim
+    /// seeds 8753 and 3362; test
+    /// `a_group_shrunk_below_a_configured_majority_halts_before_the_majority_forms_another_cluster`).
+    /// Not applied to a state that is not quorate yet (a formation admits
+    /// nobody until a majority joins at once), in a cluster of two
+    /// configured nodes (the two-node rule of [`Self::majority_of`]
+    /// decides), to a cluster being stopped, or to a node that is itself
+    /// leaving (its leave goes on as before; a Leaving member never halted
+    /// for lost quorum).
+    fn majority_of_configured_in_sight(&self, s: &ClusterState, group: &BTreeSet<NodeId>) -> bool {
+        let n = self.cfg.nodes.len();
+        if !s.quorate || n <= 2 || s.stopping || self.want == Want::Leave {
+            return true;
+        }
+        let votes = group.iter().filter(|m| self.cfg.nodes.contains(m) && !self.failed.contains(m)).count();
+        votes * 2 > n
     }
 
     /// Runs after every input: timers, local notifications, reports, master work.

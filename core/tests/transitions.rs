@@ -1700,19 +1700,24 @@ fn master_that_loses_its_majority_while_still_joining_halts() {
     h.check_nothing_after_end();
 }
 
-/// Sim seed 693: the master leaves gracefully while three other nodes are
+/// Sim seed 693: the master leaves gracefully while the other nodes are
 /// still joining (no joined successor, so it stays the master after its
 /// leave completed, outside the group). One joiner then crashes. The
 /// master must still run the group change that forces it out; the other
 /// joiners' joins then complete. (Before, the master's S3 change had
 /// members without the master itself, the S3 protocol ignored it, and
 /// the cluster stalled for good with the change pending.)
+/// Five configured nodes (the seed had four): with static quorum the
+/// joiners left after the leave and the crash must still be a majority of
+/// the configured nodes (2 of 4 are not, and halt for lost quorum once
+/// joined, as corosync's votequorum would stop them), so a fifth joiner
+/// keeps the survivors {2, 4, 5} at 3 of 5.
 #[test]
 fn master_that_left_still_forces_out_a_failed_joiner() {
-    let mut h = Harness::new(4);
-    // The joins of 2, 3 and 4 hang at level 20; node 1's does not.
+    let mut h = Harness::new(5);
+    // The joins of 2, 3, 4 and 5 hang at level 20; node 1's does not.
     h.hold(|_, note| note.kind == Kind::Join && note.level == 20 && note.node != 1);
-    for n in 1..=4 {
+    for n in 1..=5 {
         h.start(n);
     }
     h.run_ms(300);
@@ -1720,6 +1725,7 @@ fn master_that_left_still_forces_out_a_failed_joiner() {
     assert_eq!(h.state_of(1, 2), NodeState::Joining, "setup: node 2 is joining");
     assert_eq!(h.state_of(1, 3), NodeState::Joining, "setup: node 3 is joining");
     assert_eq!(h.state_of(1, 4), NodeState::Joining, "setup: node 4 is joining");
+    assert_eq!(h.state_of(1, 5), NodeState::Joining, "setup: node 5 is joining");
     h.input(1, Input::Leave);
     h.run_ms(300);
     assert_eq!(h.state_of(1, 1), NodeState::Inactive, "setup: node 1's own leave completed");
@@ -1735,6 +1741,7 @@ fn master_that_left_still_forces_out_a_failed_joiner() {
     let st = h.nodes[&2].core.state().expect("node 2 follows no state").clone();
     assert_eq!(st.state_of(2), NodeState::Joined, "node 2's join did not complete: {}", h.nodes[&2].core.debug_line());
     assert_eq!(st.state_of(4), NodeState::Joined, "node 4's join did not complete");
+    assert_eq!(st.state_of(5), NodeState::Joined, "node 5's join did not complete");
     assert!(st.transitions.is_empty(), "transitions still in flight: {:?}", st.transitions.keys().collect::<Vec<_>>());
     h.check_nothing_after_end();
 }
@@ -1990,4 +1997,87 @@ fn the_master_tells_why_a_joiner_is_not_admitted() {
     h.run_ms(300);
     assert!(all_joined(&h, &[1, 2, 3]), "3 joins once 1 sees it up");
     assert!(h.nodes[&1].core.join_waits().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Static quorum (issue 11: sim seeds 8753 and 3362 of the membership sweep)
+// ---------------------------------------------------------------------------
+
+/// Cuts every link between the two sides, both ways, and lets every started
+/// node's datapath report the other side silent.
+fn partition(h: &mut Harness, a: &[NodeId], b: &[NodeId]) {
+    for x in a {
+        for y in b {
+            h.cut.insert((*x, *y));
+            h.cut.insert((*y, *x));
+        }
+    }
+    for x in a {
+        for y in b {
+            h.input(*x, Input::PeerSilent { node: *y });
+            h.input(*y, Input::PeerSilent { node: *x });
+        }
+    }
+}
+
+/// The nodes that run as Joined members of a quorate state, by master.
+fn primaries(h: &Harness) -> BTreeMap<NodeId, BTreeSet<NodeId>> {
+    let mut out: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
+    for (id, n) in &h.nodes {
+        if !n.up || n.core.is_halted() {
+            continue;
+        }
+        if let Some(s) = n.core.state() {
+            if s.quorate && s.state_of(*id) == NodeState::Joined {
+                out.entry(s.view.master).or_default().insert(*id);
+            }
+        }
+    }
+    out
+}
+
+/// Sim seed 8753: 7 configured nodes; node 1's cluster has the group
+/// {1, 3, 4, 5, 6} (2 and 7 are down). A partition {1, 4, 6} | {3, 5}:
+/// node 1 sees 3 of its 5 members, a majority of its group, and forces 3
+/// and 5 out (they halt for lost quorum). Its group {1, 4, 6} is 3 of the 7
+/// configured nodes. New lives of 3 and 5 and the nodes 2 and 7 start on
+/// the other side: 4 of 7 configured nodes, a majority, so node 2 forms a
+/// quorate cluster. With a quorum relative to the group alone, node 1's
+/// cluster kept running beside it: two primary clusters, disjoint. Static
+/// quorum (a majority of the configured nodes as well) makes 1, 4 and 6
+/// halt for lost quorum as soon as they are cut off.
+#[test]
+fn a_group_shrunk_below_a_configured_majority_halts_before_the_majority_forms_another_cluster() {
+    let mut h = Harness::new(7);
+    for n in [1, 3, 4, 5, 6] {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 3, 4, 5, 6]), "setup: 1, 3, 4, 5 and 6 did not join");
+    assert_eq!(h.nodes[&1].core.state().unwrap().group(), [1, 3, 4, 5, 6].into_iter().collect());
+    h.mark();
+    partition(&mut h, &[1, 4, 6], &[2, 3, 5, 7]);
+    h.run_ms(300);
+    for n in [3, 5] {
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { why: HaltReason::LostQuorum })), 1, "n{n} (2 of its group of 5) did not halt");
+    }
+    // New lives of 3 and 5, and 2 and 7, start on the far side.
+    h.restart(3, 2);
+    h.restart(5, 2);
+    h.start(2);
+    h.start(7);
+    partition(&mut h, &[1, 4, 6], &[2, 3, 5, 7]);
+    h.run_ms(1000);
+    let p = primaries(&h);
+    assert!(p.len() <= 1, "two primary clusters at once (master -> joined members): {p:?}");
+    for n in [1, 4, 6] {
+        assert_eq!(
+            h.count(n, |a| matches!(a, Action::Halt { why: HaltReason::LostQuorum })),
+            1,
+            "n{n} (3 of 7 configured nodes in sight) did not halt for lost quorum: {}",
+            h.nodes[&n].core.debug_line()
+        );
+    }
+    assert_eq!(p.get(&2), Some(&[2, 3, 5, 7].into_iter().collect()), "the configured majority did not form its cluster: {p:?}");
+    h.check_nothing_after_end();
 }

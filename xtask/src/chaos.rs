@@ -687,18 +687,26 @@ fn view_group(m: &serde_json::Value) -> Option<Vec<usize>> {
 }
 
 /// Of the nodes not cut off (`cut`: the cut-off side), those whose view
-/// (`views[i]`) has no majority on their side: they lose quorum correctly.
-fn excused_by_view(cut: &[usize], views: &[Option<Vec<usize>>]) -> Vec<(usize, String)> {
+/// (`views[i]`) has no quorum on their side: they lose quorum correctly.
+/// The rule is the core's (docs/membership.md, "Quorum"): the view's members
+/// on that side must be a strict majority of the view *and*, with more than
+/// two configured nodes (`n`), of the configured nodes (static quorum: a
+/// view shrunk by forced or graceful leaves to 3 of 5 members, 2 of them on
+/// the majority side, halts there although 2 of 3 is a majority of the view).
+fn excused_by_view(cut: &[usize], views: &[Option<Vec<usize>>], n: usize) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     for (i, v) in views.iter().enumerate() {
         let Some(g) = v else { continue };
         if cut.contains(&i) || g.is_empty() {
             continue;
         }
-        let here = g.iter().filter(|n| !cut.contains(n)).count();
-        if here * 2 <= g.len() {
-            let names: Vec<String> = g.iter().map(|n| format!("node{}", n + 1)).collect();
-            out.push((i, format!("its view at the fault was [{}], {here} of them on its side", names.join(", "))));
+        let here = g.iter().filter(|m| !cut.contains(m)).count();
+        let of_view = here * 2 > g.len();
+        let of_configured = n <= 2 || here * 2 > n;
+        if !of_view || !of_configured {
+            let names: Vec<String> = g.iter().map(|m| format!("node{}", m + 1)).collect();
+            let what = if of_view { format!(", not a majority of the {n} configured nodes") } else { String::new() };
+            out.push((i, format!("its view at the fault was [{}], {here} of them on its side{what}", names.join(", "))));
         }
     }
     out
@@ -1328,7 +1336,7 @@ impl<'a> Nemesis<'a> {
             self.disturbed = f.disturbed(n);
             // Each node's view just before the fault (its cluster.json).
             let excused = match f.cut_off(n) {
-                Some(cut) => excused_by_view(&cut, &(0..n).map(|i| view_group(&serde_json::to_value(self.c().membership(i)).unwrap_or_default())).collect::<Vec<_>>()),
+                Some(cut) => excused_by_view(&cut, &(0..n).map(|i| view_group(&serde_json::to_value(self.c().membership(i)).unwrap_or_default())).collect::<Vec<_>>(), n),
                 None => Vec::new(),
             };
             self.episodes.push(EpisodeRec { kind: f.kind(), start_s: realtime_s(), converged_s: None, disturbed: self.disturbed.clone(), excused });
@@ -1598,11 +1606,21 @@ mod verdict_tests {
         // out; nodes 3 and 4 (indices 2, 3) are cut off from 1, 2, 5.
         let view = Some(vec![1, 2, 3, 4]);
         let views = vec![None, view.clone(), view.clone(), view.clone(), view];
-        let ex = excused_by_view(&[2, 3], &views);
+        let ex = excused_by_view(&[2, 3], &views, 5);
         assert_eq!(ex.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 4]);
         // The full view: 3 of 5 on that side keep quorum, nobody excused.
         let full = Some(vec![0, 1, 2, 3, 4]);
-        assert!(excused_by_view(&[2, 3], &vec![full; 5]).is_empty());
+        assert!(excused_by_view(&[2, 3], &vec![full.clone(); 5], 5).is_empty());
+        // Static quorum: a view shrunk to [1, 2, 3] (4 and 5 forced out) has
+        // 2 of its 3 members on the side of 1, 2 and 4 (5 is cut off with 3):
+        // a majority of the view, not of the 5 configured nodes; they halt.
+        let shrunk = Some(vec![0, 1, 2]);
+        let views = vec![shrunk.clone(), shrunk.clone(), shrunk, None, None];
+        let ex = excused_by_view(&[2, 4], &views, 5);
+        assert_eq!(ex.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(ex[0].1.contains("not a majority of the 5 configured nodes"), "{}", ex[0].1);
+        // Two configured nodes: the two-node rule decides, not this one.
+        assert!(excused_by_view(&[1], &[Some(vec![0]), None], 2).is_empty());
         // The cut-off side is judged as disturbed, not here.
         let g = serde_json::json!({"my_state": "joined", "nodes": [
             {"id": 1, "state": "forced-leaving"}, {"id": 2, "state": "joined"}, {"id": 3, "state": "joining"}, {"id": 4, "state": "inactive"}]});
