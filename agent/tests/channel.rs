@@ -695,3 +695,45 @@ async fn connections_before_authentication_are_bounded() {
     assert!(n4.stats().peers[&1].up[0], "the real session is up");
     n4.shutdown().await;
 }
+
+/// A type the channel has never heard of, on a topic: the channel carries
+/// it as an opaque body and the inbox decodes it as the owner's type.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Ping {
+    n: u32,
+    text: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_carries_its_owners_type_and_skips_a_body_of_another() {
+    let port = 47380;
+    let ids = [1, 2];
+    const T: channel::Topic = channel::Topic::new(channel::FRAME_FENCE, "test");
+    let (n1, _rx1) = start(config(1, &ids, 1, port, 1)).await;
+    let (n2, _rx2) = start(config(2, &ids, 1, port, 1)).await;
+    wait_connected(&n1, &[2], 1).await;
+    wait_connected(&n2, &[1], 1).await;
+    // Sent before the receiver takes its inbox: queued for it.
+    assert!(n1.send_to(2, T, &Ping { n: 1, text: "first".into() }));
+    // A body of another type on the same topic: skipped and counted, the
+    // connection stays.
+    assert!(n1.sender().send(2, T, &"not a ping"));
+    assert!(n1.sender().send(2, T, &Ping { n: 2, text: "second".into() }));
+    let mut inbox = n2.take_inbox::<Ping>(T).expect("the inbox is there once");
+    assert!(n2.take_inbox::<Ping>(T).is_none());
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(3), inbox.recv()).await {
+            Ok(Some(m)) => got.push(m),
+            other => panic!("after {got:?}: {other:?}"),
+        }
+    }
+    assert_eq!(got, vec![(1, Ping { n: 1, text: "first".into() }), (1, Ping { n: 2, text: "second".into() })]);
+    let st = n2.stats();
+    assert_eq!((st.bad_frames, st.frames_received, st.sessions), (1, 3, 1), "{st:?}");
+    // The other topics' inboxes are apart: nothing of this one reached them.
+    let mut svc = n2.take_inbox::<Ping>(channel::Topic::new(channel::FRAME_SVC, "services")).unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(200), svc.recv()).await.is_err());
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
