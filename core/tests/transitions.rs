@@ -2081,3 +2081,47 @@ fn a_group_shrunk_below_a_configured_majority_halts_before_the_majority_forms_an
     assert_eq!(p.get(&2), Some(&[2, 3, 5, 7].into_iter().collect()), "the configured majority did not form its cluster: {p:?}");
     h.check_nothing_after_end();
 }
+
+/// Static quorum counts graceful leaves like failures (corosync's default:
+/// a clean shutdown does not lower the expected votes). Five configured
+/// nodes: 4 and 5 leave gracefully (3 of 5 run on, nobody halts), then
+/// node 3 fails. Nodes 1 and 2 are 2 of their group {1, 2, 3}, a majority
+/// of it, but 2 of 5 configured nodes: they halt for lost quorum. (With a
+/// quorum of the group alone they ran on, and 3, 4 and 5 restarting beyond
+/// a partition could form a second cluster of 3 of 5.)
+#[test]
+fn a_graceful_leave_does_not_lower_the_static_quorum() {
+    let mut h = Harness::new(5);
+    for n in 1..=5 {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    h.mark();
+    for n in [4, 5] {
+        h.input(n, Input::Leave);
+    }
+    h.run_ms(300);
+    for n in [4, 5] {
+        assert!(h.nodes[&n].core.has_left(), "node {n} did not leave");
+        h.crash(n);
+        h.silent(n);
+    }
+    h.run_ms(200);
+    for n in [1, 2, 3] {
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "n{n} halted with 3 of 5 configured nodes");
+        assert_eq!(h.nodes[&n].core.my_state(), NodeState::Joined);
+    }
+    h.crash(3);
+    h.silent(3);
+    h.run_ms(200);
+    for n in [1, 2] {
+        assert_eq!(
+            h.count(n, |a| matches!(a, Action::Halt { why: HaltReason::LostQuorum })),
+            1,
+            "n{n} runs on with 2 of 5 configured nodes: {}",
+            h.nodes[&n].core.debug_line()
+        );
+    }
+    h.check_nothing_after_end();
+}
