@@ -774,13 +774,11 @@ struct Sent {
     incarnation: u64,
     directive: Directive,
     params: ActionParams,
-    /// The registry version when it was first sent. The registry
+    /// The registry version when it was last sent. The registry
     /// published right after it (it records the directive's op) follows
     /// it on the same control connection, so a report whose `seen` is
     /// newer, without the op applied, shows that the directive was lost
     /// (or is late on another link: a copy sent again is ignored).
-    recorded: Version,
-    /// The registry version when it was last sent.
     after: Version,
     /// When it was last sent.
     at: Instant,
@@ -2084,7 +2082,7 @@ impl Services {
         if to != self.me {
             let (version, now) = (self.registry.version, self.now);
             let key = (params.service.clone(), to, matches!(directive, Directive::Recover { .. }));
-            let sent = Sent { incarnation, directive: directive.clone(), params: params.clone(), recorded: version, after: version, at: now };
+            let sent = Sent { incarnation, directive: directive.clone(), params: params.clone(), after: version, at: now };
             self.decider.as_mut().unwrap().sent.insert(key, sent);
         }
         self.send(to, Msg::Do { epoch, incarnation, directive, params });
@@ -2103,7 +2101,12 @@ impl Services {
     /// same connection, should have arrived) but not applied its op. It
     /// is sent again, same epoch, same op: at once, and then every
     /// [`DIRECTIVE_RESEND_NS`] or at the next registry version the target
-    /// reports, while it stays missing. The target applies an op once
+    /// reports, while it stays missing. Also when its report has not seen
+    /// a newer registry: once [`DIRECTIVE_RESEND_NS`] passed since it was
+    /// sent, for the registry after it may have been lost with it and
+    /// nothing newer may follow (chaos, `loss`, 2026-12-07: a switchover's
+    /// Start and its registry sent while every connection to the target was
+    /// timing out; the group ran nowhere for 180 s). The target applies an op once
     /// (a duplicate, or a directive older than what it applied, is
     /// ignored), so a copy that was not needed is harmless. A stop held
     /// while the target still starts the service is not visible in its
@@ -2136,14 +2139,16 @@ impl Services {
                 drop.push(key.clone());
                 continue;
             }
-            if rep.seen <= u.recorded {
-                continue; // the target has not seen the registry after it yet
-            }
             let held = u.directive == Directive::Stop
                 && rep.locals.get(name).is_some_and(|l| matches!(l.phase, LocalPhase::Starting | LocalPhase::GoingOffline));
             if held {
                 continue;
             }
+            // Sent again at once when the target's report has seen the
+            // registry published after it; else once a period passed: the
+            // registry after it may have been lost with it (every control
+            // connection to the target closed meanwhile), and when nothing
+            // changes no newer one comes to show the loss.
             let due = u.at.plus_ns(DIRECTIVE_RESEND_NS);
             if rep.seen > u.after || now >= due {
                 again.push(key.clone());

@@ -2810,3 +2810,44 @@ fn a_lost_transfer_start_is_sent_again() {
     assert_eq!(running.len(), 1, "db runs on exactly one member: {running:?}, {:?}", h.st("db"));
     assert_eq!(h.st("db"), (Registered, Some(running[0]), ""));
 }
+
+/// A switchover's Start lost together with the registry published right
+/// after it, and nothing changing afterwards (chaos, `--kinds loss,slow
+/// --seed 1`, 2026-12-07: `switchover db 4` during 12.5 % "loss" at node4;
+/// every control connection to node4 timed out and reconnected while the
+/// decider sent both; node1 had stopped db, node4 never started it, and db
+/// ran nowhere until the run gave up 180 s later). The target's report
+/// never shows a registry newer than the one before the Start, so "seen the
+/// registry after it" never held and the Start was never sent again. Now a
+/// directive the target has not applied is also sent again once
+/// DIRECTIVE_RESEND_NS passed, whatever registry its report has seen.
+#[test]
+fn a_lost_switchover_start_whose_registry_was_lost_too_is_sent_again() {
+    let specs = vec![ServiceSpec {
+        allowable: nodes(&[1, 2, 3]),
+        preferred: Some(1),
+        transfer_cost: TransferCost::Costly,
+        ..ServiceSpec::new("db")
+    }];
+    let mut h = H::new(specs).manual();
+    for id in [1, 2, 3] {
+        h.boot(id);
+        settle(&mut h, 5);
+    }
+    assert_eq!(h.st("db"), (Registered, Some(1), ""));
+    let d = h.decider();
+    let t = if d == 2 { 3 } else { 2 };
+    // Everything sent to the target is lost from now on, until it reconnects.
+    h.hold = Some(Box::new(move |_, to, _| to == t));
+    h.op(1, Input::Switchover { service: "db".into(), to: Some(t) });
+    h.complete(1, "db", true);
+    let (state, on, _) = h.st_on(d, "db");
+    assert_eq!((state, on), (Starting, Some(t)), "at the decider");
+    let lost = std::mem::take(&mut h.held);
+    assert!(lost.iter().any(|(_, _, m)| matches!(m, Msg::Do { directive: Directive::Start, .. })), "the start was sent: {lost:?}");
+    assert!(lost.iter().any(|(_, _, m)| matches!(m, Msg::Registry(_))), "the registry after it too: {lost:?}");
+    h.hold = None;
+    settle(&mut h, 10);
+    assert_eq!(h.running("db"), vec![t], "db at the decider: {:?}, at node {t}: {:?}", h.st_on(d, "db"), h.st_on(t, "db"));
+    assert_eq!(h.st("db"), (Registered, Some(t), ""));
+}
