@@ -582,6 +582,8 @@ pub struct Membership {
     /// Joining: since when only our datapath says the master is silent,
     /// with no joined member to succeed it.
     unseen_master_since: Option<Instant>,
+    /// Which branch halted this node, for the agent's log (`halt_path`).
+    halt_path: Option<&'static str>,
     /// When the master we follow last sent us its state.
     master_contact: Instant,
     /// The highest term heard of (reports, states).
@@ -652,6 +654,7 @@ impl Membership {
             master_contact: Instant::ZERO,
             orphan_since: None,
             unseen_master_since: None,
+            halt_path: None,
             report_at: BTreeMap::new(),
             distressed: BTreeSet::new(),
             locals: BTreeMap::new(),
@@ -788,6 +791,12 @@ impl Membership {
         }
         self.stats.messages_sent += 1;
         self.actions.push_back(Action::Send { to, msg });
+    }
+
+    /// Which branch halted this node (`ClusterLost` has three), for the
+    /// agent's log; `None` before a halt or for a reason with one branch.
+    pub fn halt_path(&self) -> Option<&'static str> {
+        self.halt_path
     }
 
     fn halt(&mut self, why: HaltReason) {
@@ -1210,6 +1219,7 @@ impl Membership {
             // (Longer than the successor waits for late reports of live
             // members before it gives up: see `take_over_if_master_died`.)
             if now.since(since) > 2 * MASTER_SILENCE_FORMS * self.cfg.form_ns {
+                self.halt_path = Some("orphan wait: the master is dead and its successor did not take over within twice the master-silence bound");
                 self.halt(HaltReason::ClusterLost);
                 return;
             }
@@ -1229,6 +1239,13 @@ impl Membership {
             let since = *self.unseen_master_since.get_or_insert(now);
             let may_wait = self.my_state() == NodeState::Joining && !self.master_surely_gone();
             if !may_wait || now.since(since) > MASTER_SILENCE_FORMS * self.cfg.form_ns {
+                self.halt_path = Some(if !may_wait && self.master_surely_gone() {
+                    "unseen master: no joined successor and the master restarted, left or sent nothing for the master-silence bound"
+                } else if !may_wait {
+                    "unseen master: no joined successor, and this node is not joining (it leaves)"
+                } else {
+                    "unseen master: no joined successor, and the master stayed silent in the datapath for the master-silence bound"
+                });
                 self.halt(HaltReason::ClusterLost);
                 return;
             }
@@ -1521,6 +1538,7 @@ impl Membership {
             if now < began.plus_ns(2 * MASTER_SILENCE_FORMS * self.cfg.form_ns) {
                 return;
             }
+            self.halt_path = Some("successor's recovery: not the states of a majority of the group within twice the master-silence bound");
             self.halt(HaltReason::ClusterLost);
             return;
         }
