@@ -582,6 +582,8 @@ pub struct Membership {
     /// Joining: since when only our datapath says the master is silent,
     /// with no joined member to succeed it.
     unseen_master_since: Option<Instant>,
+    /// Which branch halted this node, for the agent's log (`halt_path`).
+    halt_path: Option<&'static str>,
     /// When the master we follow last sent us its state.
     master_contact: Instant,
     /// The highest term heard of (reports, states).
@@ -652,6 +654,7 @@ impl Membership {
             master_contact: Instant::ZERO,
             orphan_since: None,
             unseen_master_since: None,
+            halt_path: None,
             report_at: BTreeMap::new(),
             distressed: BTreeSet::new(),
             locals: BTreeMap::new(),
@@ -788,6 +791,12 @@ impl Membership {
         }
         self.stats.messages_sent += 1;
         self.actions.push_back(Action::Send { to, msg });
+    }
+
+    /// Which branch halted this node (`ClusterLost` has three), for the
+    /// agent's log; `None` before a halt or for a reason with one branch.
+    pub fn halt_path(&self) -> Option<&'static str> {
+        self.halt_path
     }
 
     fn halt(&mut self, why: HaltReason) {
@@ -1242,6 +1251,7 @@ impl Membership {
             // (Longer than the successor waits for late reports of live
             // members before it gives up: see `take_over_if_master_died`.)
             if now.since(since) > 2 * MASTER_SILENCE_FORMS * self.cfg.form_ns {
+                self.halt_path = Some("orphan wait: the master is dead and its successor did not take over within twice the master-silence bound");
                 self.halt(HaltReason::ClusterLost);
                 return;
             }
@@ -1258,9 +1268,21 @@ impl Membership {
             // join a new life of this node and its forced leave. Wait for
             // the master to be heard again as long as a follower waits for
             // a silent master; halt if it is not.
+            // A master silent on the control channel alone (its heartbeats
+            // still arrive) is waited for too: in a 32-node mass join on a
+            // loaded machine the busy master sent nothing for 2 s and half
+            // the joining nodes halted at once (issue 15); a master that
+            // restarted or left is gone for sure.
             let since = *self.unseen_master_since.get_or_insert(now);
-            let may_wait = self.my_state() == NodeState::Joining && !self.master_surely_gone();
+            let may_wait = self.my_state() == NodeState::Joining && !self.master_restarted_or_left();
             if !may_wait || now.since(since) > MASTER_SILENCE_FORMS * self.cfg.form_ns {
+                self.halt_path = Some(if !may_wait && self.master_restarted_or_left() {
+                    "unseen master: no joined successor and the master restarted or left"
+                } else if !may_wait {
+                    "unseen master: no joined successor, and this node is not joining (it leaves)"
+                } else {
+                    "unseen master: no joined successor, and the master stayed silent (datapath or control channel) for the master-silence bound after its death was seen"
+                });
                 self.halt(HaltReason::ClusterLost);
                 return;
             }
@@ -1382,15 +1404,25 @@ impl Membership {
         // on the control channel is only the backstop, long enough not to
         // take a master that is merely slow (a loaded machine, a mass join)
         // for a dead one.
-        let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
         let silent = self.now.since(self.master_contact) > MASTER_SILENCE_FORMS * self.cfg.form_ns;
+        silent || self.master_restarted_or_left()
+    }
+
+    /// The master restarted (a newer life of it spoke to us) or its
+    /// graceful leave finished: gone whatever our datapath hears of it.
+    fn master_restarted_or_left(&self) -> bool {
+        let Some(s) = self.state.as_ref() else { return false };
+        if s.view.master == self.cfg.me {
+            return false;
+        }
+        let restarted = self.known_inc.get(&s.view.master).map(|i| *i > s.view.master_incarnation).unwrap_or(false);
         // Its graceful leave finished and nothing keeps it master (its last
         // state says so): it is gone, whether or not its silence was seen yet.
         // (An entry of this master's own life: in a state just formed, the
         // master's entry is still the Inactive one of no life.)
         let left = s.nodes.get(&s.view.master).is_some_and(|e| e.state == NodeState::Inactive && e.incarnation == s.view.master_incarnation)
             && !self.master_must_stay(s);
-        restarted || silent || left
+        restarted || left
     }
 
     /// A master whose own graceful leave finished stays master while
@@ -1553,6 +1585,7 @@ impl Membership {
             if now < began.plus_ns(2 * MASTER_SILENCE_FORMS * self.cfg.form_ns) {
                 return;
             }
+            self.halt_path = Some("successor's recovery: not the states of a majority of the group within twice the master-silence bound");
             self.halt(HaltReason::ClusterLost);
             return;
         }
@@ -2284,6 +2317,48 @@ mod unseen_master_tests {
         let at = halted_at.unwrap_or_else(|| panic!("not both halted within 3 s: {:?}", net.halted));
         assert!((2000..=2100).contains(&at), "halted after {at} ms (bound 2000 ms)");
         assert!(net.halted.iter().all(|(_, why)| *why == HaltReason::ClusterLost), "{:?}", net.halted);
+    }
+
+    /// Issue 15, a 32-node mass join under load (bench run 2026-12-07
+    /// 19:26): the busy master sent nothing on the control channel for 2 s
+    /// while every node's datapath still heard its heartbeats, and 16
+    /// joining nodes halted at once (ClusterLost, "the master sent nothing
+    /// for the master-silence bound"). A joining node now waits another
+    /// master-silence bound for it, and halts only after that.
+    #[test]
+    fn a_joining_node_waits_out_a_master_silent_on_the_control_channel() {
+        let mut net = Net::holding(3, &[3]);
+        net.run_ms(1500);
+        assert!(net.cores.values().all(|c| c.my_state() == NodeState::Joining), "every node joining");
+        // 3 s of nothing from the master to node 2; heartbeats still arrive.
+        for _ in 0..3000 {
+            net.wire.retain(|(_, from, to, _)| !(*from == 1 && *to == 2));
+            net.run_ms(1);
+        }
+        assert!(net.cores[&2].master_surely_gone(), "the master is silent on the control channel for 3 s");
+        assert!(net.halted.is_empty(), "halted while the master was silent on the control channel: {:?}", net.halted);
+        net.release();
+        net.run_ms(1000);
+        assert!(net.halted.is_empty(), "halted: {:?}", net.halted);
+        assert!(net.all_joined(), "not all joined: {:?}", net.cores.values().map(|c| c.debug_line()).collect::<Vec<_>>());
+
+        // A master that stays silent on the control channel still ends the
+        // wait: after twice the master-silence bound (4 s) in all, not before.
+        let mut net = Net::holding(3, &[3]);
+        net.run_ms(1500);
+        let t = net.now;
+        let mut halted_at = None;
+        for _ in 0..6000 {
+            net.wire.retain(|(_, from, to, _)| !(*from == 1 && *to == 2));
+            net.run_ms(1);
+            if !net.halted.is_empty() {
+                halted_at = Some(net.now.since(t) / MS);
+                break;
+            }
+        }
+        let at = halted_at.unwrap_or_else(|| panic!("node 2 did not halt within 6 s of silence"));
+        assert!((3900..=4200).contains(&at), "halted after {at} ms of control silence (bound 4000 ms)");
+        assert_eq!(net.halted, vec![(2, HaltReason::ClusterLost)]);
     }
 
     const MS: u64 = 1_000_000;

@@ -56,6 +56,12 @@
 //! default of 1 it is also retried on a new cluster, so that the other
 //! figures can still be measured, but a retry never hides the failure. The
 //! probe's stalls and the false `peer_silent` events are printed with it.
+//! A failed cluster's node directories (agent logs, configuration,
+//! `state/`: events.jsonl, cluster.json) are copied to
+//! `<target>/bench-membership-failed/<cluster>-<label>-n<N>/` before the
+//! cluster is removed, and the failure says where, with the first halt of
+//! each node that halted (time, reason, the `path=` of a `ClusterLost`,
+//! and the critical failure logged before a `LocalFailure`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -511,6 +517,9 @@ fn run_cluster(opts: &MembershipOpts, n: usize, k: usize, resend_ms: Option<u32>
     let mut all: Vec<Stall> = Vec::new();
     let res = run_on(&mut c, &probe, &mut all, opts, n, k, resend_ms, interval_ms, label);
     kill_all(&mut c);
+    // A failed cluster's node directories (agent logs, events.jsonl,
+    // cluster.json) are kept: Cluster's Drop removes them.
+    let kept = if res.is_err() { Some(keep_failed(&c, label)) } else { None };
     let (max, stalls) = probe.take();
     drop(probe);
     let describe = |stalls: &[Stall]| -> String {
@@ -530,16 +539,92 @@ fn run_cluster(opts: &MembershipOpts, n: usize, k: usize, resend_ms: Option<u32>
         Err(e) => {
             all.extend(stalls);
             Err(anyhow::anyhow!(
-                "{e:#}\n  (RT probe: worst wake-up delay {max:.0} ms near the end; {} wake-ups > {STALL_MS} ms in this run{}{})",
+                "{e:#}\n  (RT probe: worst wake-up delay {max:.0} ms near the end; {} wake-ups > {STALL_MS} ms in this run{}{})\n{}",
                 all.len(),
                 if all.is_empty() { "" } else { ": " },
-                describe(&all)
+                describe(&all),
+                kept.unwrap_or_default()
             ))
         }
     }
 }
 
 type Stall = (usize, u64, f64);
+
+/// Copies the node directories of a failed cluster (regular files only:
+/// agent logs, configuration, `state/`: events.jsonl, cluster.json, ...)
+/// to `<target>/bench-membership-failed/<cluster>-<label>/` and says where,
+/// with the first halt of each node that halted (time, reason, and the
+/// critical failure or detail the log gives with it), from the kept logs.
+fn keep_failed(c: &Cluster, label: &str) -> String {
+    let tag: String = label.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '=' { ch } else { '-' }).collect();
+    let base = match crate::target_dir() {
+        Ok(t) => t.join("bench-membership-failed"),
+        Err(e) => return format!("  (the failed cluster's logs were not kept: no target dir: {e:#})"),
+    };
+    let dest = base.join(format!("{}-{tag}-n{}", c.prefix, c.hosts.len()));
+    let mut copied = 0usize;
+    for i in 0..c.hosts.len() {
+        copied += copy_regular(&c.node_dir(i), &dest.join(&c.hosts[i].name));
+    }
+    let mut out = format!("  the failed cluster's node directories ({copied} files) are kept in {}", dest.display());
+    let halts = first_halts(c);
+    if halts.is_empty() {
+        out += "\n  no agent logged a halt";
+    } else {
+        out += &format!("\n  first halt of each node that halted ({} of {}):", halts.len(), c.hosts.len());
+        for h in halts {
+            out += &format!("\n    {h}");
+        }
+    }
+    out
+}
+
+/// Copies the regular files under `from` to `to` (recursively); returns how many.
+fn copy_regular(from: &std::path::Path, to: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(from) else { return 0 };
+    let _ = std::fs::create_dir_all(to);
+    let mut n = 0;
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            n += copy_regular(&e.path(), &to.join(e.file_name()));
+        } else if ft.is_file() && std::fs::copy(e.path(), to.join(e.file_name())).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Per node that halted, in the order of the halts: "nodeN at TIME: WHY
+/// (after: the critical failure logged just before it, if any)", from its
+/// agent logs (every life of this spawn writes the same agent.log).
+fn first_halts(c: &Cluster) -> Vec<String> {
+    let mut v: Vec<(String, String)> = Vec::new();
+    for i in 0..c.hosts.len() {
+        let log = c.agent_log(i);
+        let mut before = None;
+        for l in log.lines() {
+            if l.contains("critical failure of this node") || l.contains("local failure reported") {
+                before = Some(l.to_string());
+            }
+            if let Some(why) = l.split("clustering halted on this node why=").nth(1) {
+                let at = l.split_whitespace().next().unwrap_or("").to_string();
+                let cause = before.as_deref().and_then(|b| b.split_once(": ").map(|(_, r)| r.trim().to_string()));
+                let text = format!(
+                    "{} at {at}: {}{}",
+                    c.hosts[i].name,
+                    why.trim(),
+                    cause.map(|c| format!(" (after: {c})")).unwrap_or_default()
+                );
+                v.push((at, text));
+                break;
+            }
+        }
+    }
+    v.sort();
+    v.into_iter().map(|(_, t)| t).collect()
+}
 
 /// Takes what the probe saw since the last call into `run` and `seen`.
 fn note_stalls(probe: &Probe, run: &mut Run, seen: &mut Vec<Stall>) -> f64 {

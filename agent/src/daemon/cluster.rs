@@ -337,7 +337,7 @@ impl ClusterDriver {
                     self.subsys.terminate(subsystem, reason);
                 }
                 Action::Halt { why } => {
-                    error!(?why, "clustering halted on this node");
+                    error!(?why, path = self.node.membership().halt_path().unwrap_or("-"), "clustering halted on this node");
                     self.halted = Some(why);
                     changed = true;
                     urgent = true;
