@@ -224,9 +224,11 @@ struct ServicesSlot {
     /// `Drained` nodes not yet matched with a held leave.
     drained: Vec<NodeId>,
     /// Every node the core said is drained, while it is a member: the core
-    /// says it once, and it may say it before this node's own membership
-    /// notified the leave (the decider's registry can arrive before the
-    /// membership state), so a later notification finds it here.
+    /// says it once per leave, in answer to `NodeLeaving` (never before:
+    /// an answer said before the notification, when the decider's registry
+    /// came first, could be dropped here with a node not yet a member and
+    /// held its leave for good, simulator seed 1074), so a notification
+    /// normally finds it in `drained` already; kept as a safety net.
     drained_nodes: BTreeSet<NodeId>,
     /// Services-level graceful-leave steps held until the node is drained.
     held_leaves: BTreeMap<NodeId, (TransitionId, Step)>,

@@ -1750,8 +1750,13 @@ impl Services {
             self.actions.push_back(Action::Notify { params });
         }
         // Only once the decider recorded the leave: from then on it places
-        // nothing there.
-        let leaving: BTreeSet<NodeId> = self.registry.leaving.clone();
+        // nothing there. And only for a leave this node was told of
+        // (`NodeLeaving`) that has not ended: a registry copy older than a
+        // finished leave still lists the node as leaving, and saying
+        // `Drained` for it then would swallow the `Drained` of that node's
+        // next leave (a new life's leave held for good; composed simulator,
+        // seed 776).
+        let leaving: BTreeSet<NodeId> = self.registry.leaving.intersection(&self.leaving_local).copied().collect();
         for n in leaving {
             if self.drained_sent.contains(&n) {
                 continue;

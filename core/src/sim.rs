@@ -703,6 +703,14 @@ impl Sim {
                     self.disowned.insert((id.node, id.incarnation));
                 }
                 if held {
+                    if role == LevelRole::Services && id.kind == Kind::Leave {
+                        // The node holds one services-level leave per
+                        // leaver: a new one replaces one of an earlier
+                        // life of the leaver that was never released (that
+                        // life was forced out), and `LeaveReleased` then
+                        // acknowledges the new one (seed 4730).
+                        self.held.retain(|(m, l, i, r), _| !(*m == n && *l == life && i.node == id.node && i.kind == Kind::Leave && *r == role && *i != id));
+                    }
                     self.held.insert((n, life, id, role), step);
                 } else {
                     self.acks.entry((n, id, step)).or_default().insert(role.subsystem());

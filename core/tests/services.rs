@@ -774,6 +774,66 @@ fn maintenance_freezes_decisions() {
     assert!(h.drained(1));
 }
 
+// Composed simulator, `cargo xtask sim --seed 776` (and 702, 1074, 1114,
+// 1350, 1926; issue 11): a node's second graceful leave never finished.
+// Its first leave finished (`NodeLeft`) on a node whose registry copy was
+// still the decider's last one before the departure, listing the node as
+// leaving with nothing on it: that copy made the node say `Drained` again
+// for a node that was no member any more, and remember it as said. When
+// the node came back as a new life and left again, it never said
+// `Drained` for that leave, so its services-level step stayed held there
+// and the leave hung for good (the node stuck `Leaving`). `Drained` now
+// answers only a leave this node was told of (`NodeLeaving`) and that has
+// not ended.
+#[test]
+fn a_node_that_leaves_rejoins_and_leaves_again_is_drained_again_everywhere() {
+    let mut h = H::new(vec![ServiceSpec { allowable: nodes(&[1, 2]), ..ServiceSpec::new("a") }]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    assert_eq!(h.st("a").1, Some(1));
+    let drained_on_2 = |h: &H| h.nodes[&2].actions.iter().filter(|(_, a)| *a == Action::Drained { node: 3 }).count();
+    h.begin_leave(3);
+    assert_eq!(drained_on_2(&h), 1, "node 2 says node 3 is drained");
+    // The decider's registries to node 2 are late: its copy still lists
+    // node 3 as leaving when the leave ends.
+    h.hold = Some(Box::new(|from, to, m| from == 1 && to == 2 && matches!(m, Msg::Registry(_))));
+    h.finish_leave(3);
+    h.release();
+    assert!(h.nodes[&2].core.registry().leaving.is_empty(), "node 2's copy caught up");
+    // A new life of node 3 joins, then leaves again.
+    h.boot(3);
+    let before = drained_on_2(&h);
+    h.begin_leave(3);
+    assert!(drained_on_2(&h) > before, "node 2 says the new life of node 3 is drained too");
+    assert!(h.drained(3));
+}
+
+// Composed simulator, `cargo xtask sim --seed 1074` (issue 11): the
+// decider's registry listing a node as leaving reached a node before its
+// own membership state did (there the leaver was no member yet). It said
+// `Drained` at once, the composed node dropped that answer with the
+// non-member, and when the leave's services-level step arrived the core
+// did not say it again: the step stayed held for good. `Drained` now
+// answers the `NodeLeaving` of this node's own membership, never earlier.
+#[test]
+fn drained_is_said_only_after_this_nodes_own_notification_of_the_leave() {
+    let mut h = H::new(vec![ServiceSpec { allowable: nodes(&[1, 2]), ..ServiceSpec::new("a") }]);
+    h.boot(1);
+    h.boot(2);
+    h.boot(3);
+    let drained_on_2 = |h: &H| h.nodes[&2].actions.iter().filter(|(_, a)| *a == Action::Drained { node: 3 }).count();
+    // The leave reaches the services level on 1 (the decider) and 3 first.
+    h.input(1, Input::NodeLeaving { node: 3 });
+    h.input(3, Input::NodeLeaving { node: 3 });
+    h.pump();
+    assert!(h.nodes[&2].core.registry().leaving.contains(&3), "node 2 has the decider's registry");
+    assert_eq!(drained_on_2(&h), 0, "node 2 was not told of the leave yet");
+    h.input(2, Input::NodeLeaving { node: 3 });
+    h.pump();
+    assert_eq!(drained_on_2(&h), 1, "node 2 answers its own notification");
+}
+
 // Composed simulator, `cargo xtask sim --seed 62` (issue 11): in
 // maintenance the decider skipped marking the instances of a departed
 // node lost (bookkeeping, not a decision). Node 1, the master, owner and
