@@ -737,33 +737,3 @@ async fn a_topic_carries_its_owners_type_and_skips_a_body_of_another() {
     n1.shutdown().await;
     n2.shutdown().await;
 }
-
-/// The owners' typed ends (services::fencing, services::handover,
-/// services::svc) over the real channel: each message arrives in its own
-/// owner's inbox, typed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_owners_typed_ends_carry_fence_handover_and_services_messages() {
-    use baton_agent::services::fencing::{FenceChannel, FenceMsg};
-    use baton_agent::services::handover::{HandoverChannel, HandoverMsg};
-    use baton_agent::services::svc::ServicesChannel;
-    let port = 47390;
-    let ids = [1, 2];
-    let (n1, _rx1) = start(config(1, &ids, 1, port, 1)).await;
-    let (n2, _rx2) = start(config(2, &ids, 1, port, 1)).await;
-    wait_connected(&n1, &[2], 1).await;
-    wait_connected(&n2, &[1], 1).await;
-    let fence = FenceMsg::Fenced { node: 3, incarnation: 77, by_operator: true };
-    let ho = HandoverMsg::Ready { group: "web".into(), id: 9, mac: [2, 0, 0, 0, 0, 1] };
-    assert!(n1.send_fence(2, &fence));
-    assert!(n1.handover_sender().send(2, &ho));
-    let (mut f, mut h, mut s) = (n2.take_fence_inbox().unwrap(), n2.take_handover_inbox().unwrap(), n2.take_services_inbox().unwrap());
-    let t = Duration::from_secs(3);
-    assert_eq!(tokio::time::timeout(t, f.recv()).await.unwrap(), Some((1, fence)));
-    assert_eq!(tokio::time::timeout(t, h.recv()).await.unwrap(), Some((1, ho)));
-    // Nothing crossed into another topic's inbox.
-    assert!(tokio::time::timeout(Duration::from_millis(200), s.recv()).await.is_err());
-    assert!(tokio::time::timeout(Duration::from_millis(50), f.recv()).await.is_err());
-    assert_eq!(n2.stats().bad_frames, 0);
-    n1.shutdown().await;
-    n2.shutdown().await;
-}
