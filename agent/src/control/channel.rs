@@ -129,8 +129,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_core::membership::Msg;
+use baton_core::services::Msg as SvcMsg;
 use blake2::{Blake2s256, Digest};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use snow::{HandshakeState, TransportState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -140,37 +140,33 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-/// A topic of the channel: the frame type its messages travel under and a
-/// name for the logs. The channel carries a topic's messages as opaque
-/// `serde_json` bodies; the message type is its owner's (the services
-/// cores' `Msg` in `services::svc`, `HandoverMsg` in `services::handover`,
-/// `FenceMsg` in `services::fencing`), which sends with [`Channel::send_to`]
-/// or a [`Sender`] and receives from [`Channel::take_inbox`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Topic {
-    pub kind: u8,
-    pub name: &'static str,
+/// A fencing notice between agents (control channel, `FRAME_FENCE`): the
+/// sender fenced `node`'s life `incarnation` (its key is off the disks), by
+/// its own PREEMPT AND ABORT or because an operator confirmed it (`baton
+/// fence confirm`). Every survivor takes it as its own fencing of that life
+/// done: the forced leave needs one survivor that reaches the disks, not
+/// all, and a confirmation given on any node counts on every node.
+/// (`services::fencing` uses it; it is defined with the transport so that
+/// the transport depends on none of its users.)
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FenceMsg {
+    Fenced { node: u32, incarnation: u64, by_operator: bool },
 }
 
-impl Topic {
-    /// A topic on frame type `kind`, which must be one of [`TOPICS`] (a
-    /// compile-time error otherwise, for a `const`).
-    pub const fn new(kind: u8, name: &'static str) -> Topic {
-        let mut i = 0;
-        while i < TOPICS.len() {
-            if TOPICS[i] == kind {
-                return Topic { kind, name };
-            }
-            i += 1;
-        }
-        panic!("not a topic frame type of the control channel (TOPICS)");
-    }
+/// Messages between the old and the new node of a handover
+/// (`services::handover`; defined here like [`FenceMsg`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HandoverMsg {
+    /// Old → new: prepare `group` (handover `id`).
+    Prepare { group: String, id: u64 },
+    /// New → old: prepared; `mac` is the new node's address on the group's
+    /// interface.
+    Ready { group: String, id: u64, mac: [u8; 6] },
+    /// New → old: could not prepare.
+    Failed { group: String, id: u64, reason: String },
+    /// Old → new: the handover is off; undo the preparation.
+    Abort { group: String, id: u64 },
 }
-
-/// The frame types that carry a topic's messages (see [`Topic`]); a frame
-/// of another type that is not the channel's own (hello, keepalive, part,
-/// membership message, named-topic message) ends the connection.
-pub const TOPICS: &[u8] = &[FRAME_SVC, FRAME_HANDOVER, FRAME_FENCE];
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -195,14 +191,15 @@ const MAX_HANDSHAKE_FRAME_LEN: usize = 256;
 pub const FRAME_HELLO: u8 = 0;
 pub const FRAME_MSG: u8 = 1;
 pub const FRAME_KEEPALIVE: u8 = 2;
-/// The services cores' topic (`services::svc::TOPIC`).
+/// A message of the services cores (`baton_core::services::Msg`).
 pub const FRAME_SVC: u8 = 3;
 /// A leading part of a message longer than [`CHUNK_LEN`]: the body bytes
 /// continue in the next frame (parts, then a MSG or SVC frame with the rest).
 pub const FRAME_PART: u8 = 4;
-/// The planned handover's topic (`services::handover::TOPIC`).
+/// A message between the agents of a planned handover
+/// ([`crate::services::handover::HandoverMsg`]).
 pub const FRAME_HANDOVER: u8 = 5;
-/// The fencing notices' topic (`services::fencing::TOPIC`).
+/// A fencing notice ([`crate::services::fencing::FenceMsg`]).
 pub const FRAME_FENCE: u8 = 6;
 /// A message of a topic the channel does not know ([`AppMsg`]): the
 /// runtime's newer parts (the negotiated takeover) use it.
@@ -545,9 +542,13 @@ struct Shared {
     port: u16,
     conns: Mutex<BTreeMap<u32, PeerSlot>>,
     inbox: mpsc::Sender<(u32, Msg)>,
-    /// Per topic frame type ([`TOPICS`]): the queue of its bodies as
-    /// received, and its receiver until [`Channel::take_inbox`] takes it.
-    topics: BTreeMap<u8, (mpsc::Sender<(u32, Vec<u8>)>, Mutex<Option<mpsc::Receiver<(u32, Vec<u8>)>>>)>,
+    svc_inbox: mpsc::Sender<(u32, SvcMsg)>,
+    /// The receiver of services messages, until taken.
+    svc_rx: Mutex<Option<mpsc::Receiver<(u32, SvcMsg)>>>,
+    ho_inbox: mpsc::Sender<(u32, HandoverMsg)>,
+    ho_rx: Mutex<Option<mpsc::Receiver<(u32, HandoverMsg)>>>,
+    fence_inbox: mpsc::Sender<(u32, FenceMsg)>,
+    fence_rx: Mutex<Option<mpsc::Receiver<(u32, FenceMsg)>>>,
     app_inbox: mpsc::Sender<(u32, AppMsg)>,
     app_rx: Mutex<Option<mpsc::Receiver<(u32, AppMsg)>>>,
     /// Per peer this node dials, per link: a counter bumped by
@@ -555,7 +556,7 @@ struct Shared {
     heard: BTreeMap<u32, Vec<watch::Sender<u64>>>,
     tasks: Mutex<Tasks>,
     next_gen: AtomicU64,
-    counters: Arc<Counters>,
+    counters: Counters,
     /// Every configured peer's address on every link: the only sources the
     /// listeners admit.
     allowed: std::collections::BTreeSet<IpAddr>,
@@ -598,13 +599,9 @@ impl Channel {
             listeners.push(l.into_std().map_err(|source| ChannelError::Bind { addr, port: cfg.port, source })?);
         }
         let (inbox, rx) = mpsc::channel(INBOX_LEN);
-        let topics = TOPICS
-            .iter()
-            .map(|&kind| {
-                let (tx, rx) = mpsc::channel(INBOX_LEN);
-                (kind, (tx, Mutex::new(Some(rx))))
-            })
-            .collect();
+        let (svc_inbox, svc_rx) = mpsc::channel(INBOX_LEN);
+        let (ho_inbox, ho_rx) = mpsc::channel(INBOX_LEN);
+        let (fence_inbox, fence_rx) = mpsc::channel(INBOX_LEN);
         let (app_inbox, app_rx) = mpsc::channel(INBOX_LEN);
         let conns = cfg
             .peers
@@ -619,7 +616,12 @@ impl Channel {
             port: cfg.port,
             conns: Mutex::new(conns),
             inbox,
-            topics,
+            svc_inbox,
+            svc_rx: Mutex::new(Some(svc_rx)),
+            ho_inbox,
+            ho_rx: Mutex::new(Some(ho_rx)),
+            fence_inbox,
+            fence_rx: Mutex::new(Some(fence_rx)),
             app_inbox,
             app_rx: Mutex::new(Some(app_rx)),
             heard: cfg
@@ -630,7 +632,7 @@ impl Channel {
                 .collect(),
             tasks: Mutex::new(Tasks { set: JoinSet::new(), closed: false }),
             next_gen: AtomicU64::new(1),
-            counters: Arc::default(),
+            counters: Counters::default(),
             warned: Mutex::new(HashMap::new()),
             allowed: cfg.peers.iter().flat_map(|(_, a)| a.iter().copied()).collect(),
             preauth: Mutex::new(Preauth::default()),
@@ -679,44 +681,51 @@ impl Channel {
         self.send_encoded(to, &plain)
     }
 
-    /// The receiver of `(sender, message)` of `topic`, decoded as `T`;
-    /// `None` after the first call. Messages that arrived before are
-    /// queued for it. A body that does not decode as `T` (another version
-    /// of baton) is skipped, logged and counted in `bad_frames`.
-    pub fn take_inbox<T: DeserializeOwned + Send + 'static>(&self, topic: Topic) -> Option<mpsc::Receiver<(u32, T)>> {
-        let (_, raw) = self.shared.topics.get(&topic.kind)?;
-        let mut raw = lock(raw).take()?;
-        let (tx, rx) = mpsc::channel(INBOX_LEN);
-        let counters = self.shared.counters.clone();
-        // Ends when the channel is gone (the raw queue's sender is dropped
-        // with it) or the receiver is dropped.
-        self.shared.main.spawn(async move {
-            while let Some((from, body)) = raw.recv().await {
-                match serde_json::from_slice::<T>(&body) {
-                    Ok(msg) => {
-                        if tx.send((from, msg)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        bump(&counters.bad_frames);
-                        warn!(peer = from, topic = topic.name, kind = topic.kind, "control channel: a message that does not decode skipped: {e}");
-                    }
-                }
+    /// The receiver of `(sender, services message)`; `None` after the
+    /// first call.
+    pub fn take_services_inbox(&self) -> Option<mpsc::Receiver<(u32, SvcMsg)>> {
+        lock(&self.shared.svc_rx).take()
+    }
+
+    /// Sends a services message to `to` over every link that is up (the
+    /// services cores ignore duplicates). Returns whether it was queued.
+    pub fn send_services(&self, to: u32, msg: &SvcMsg) -> bool {
+        if !matches!(self.is_up(to), Ok(true)) {
+            return false;
+        }
+        match encode_frame(FRAME_SVC, msg) {
+            Ok(plain) => matches!(self.send_encoded(to, &plain), Ok(n) if n > 0),
+            Err(e) => {
+                warn!("services message not sent: {e}");
+                false
             }
-        });
-        Some(rx)
+        }
     }
 
-    /// Sends `msg` of `topic` to `to` over every link that is up (the
-    /// receivers ignore duplicates); whether it was queued. Never blocks.
-    pub fn send_to<T: Serialize>(&self, to: u32, topic: Topic, msg: &T) -> bool {
-        self.sender().send(to, topic, msg)
+    /// The receiver of `(sender, handover message)`; `None` after the
+    /// first call.
+    pub fn take_handover_inbox(&self) -> Option<mpsc::Receiver<(u32, HandoverMsg)>> {
+        lock(&self.shared.ho_rx).take()
     }
 
-    /// A cloneable handle that sends topic messages from a task.
-    pub fn sender(&self) -> Sender {
-        Sender { shared: self.shared.clone() }
+    /// The receiver of `(sender, fencing notice)`; `None` after the first call.
+    pub fn take_fence_inbox(&self) -> Option<mpsc::Receiver<(u32, FenceMsg)>> {
+        lock(&self.shared.fence_rx).take()
+    }
+
+    /// Sends a fencing notice to `to` over every link that is up; whether
+    /// it was queued.
+    pub fn send_fence(&self, to: u32, msg: &FenceMsg) -> bool {
+        if !matches!(self.is_up(to), Ok(true)) {
+            return false;
+        }
+        match encode_frame(FRAME_FENCE, msg) {
+            Ok(plain) => matches!(self.send_encoded(to, &plain), Ok(n) if n > 0),
+            Err(e) => {
+                warn!("fencing notice not sent: {e}");
+                false
+            }
+        }
     }
 
     /// The receiver of `(sender, topic message)`; `None` after the first call.
@@ -749,6 +758,11 @@ impl Channel {
     /// A handle that sends topic messages from a task.
     pub fn app_sender(&self) -> AppSender {
         AppSender { shared: self.shared.clone() }
+    }
+
+    /// A handle that sends handover messages from a task.
+    pub fn handover_sender(&self) -> HandoverSender {
+        HandoverSender { shared: self.shared.clone() }
     }
 
     /// The datapath heard `node` come up on `link` (`None`: on some link):
@@ -848,24 +862,23 @@ impl AppSender {
     }
 }
 
-/// Sends messages of any [`Topic`] (see [`Channel::sender`]); sends fail
+/// Sends handover messages (see [`Channel::handover_sender`]); sends fail
 /// (return `false`) once the channel is gone.
 #[derive(Clone)]
-pub struct Sender {
+pub struct HandoverSender {
     shared: Arc<Shared>,
 }
 
-impl Sender {
-    /// Sends `msg` of `topic` to `to` over every link that is up; whether
-    /// it was queued.
-    pub fn send<T: Serialize>(&self, to: u32, topic: Topic, msg: &T) -> bool {
+impl HandoverSender {
+    /// Sends `msg` to `to` over every link that is up; whether it was queued.
+    pub fn send(&self, to: u32, msg: &HandoverMsg) -> bool {
         if lock(&self.shared.tasks).closed || !matches!(self.shared.is_up(to), Ok(true)) {
             return false;
         }
-        match encode_frame(topic.kind, msg) {
+        match encode_frame(FRAME_HANDOVER, msg) {
             Ok(plain) => matches!(self.shared.send_encoded(to, &plain), Ok(n) if n > 0),
             Err(e) => {
-                warn!(topic = topic.name, "message not sent: {e}");
+                warn!("handover message not sent: {e}");
                 false
             }
         }
@@ -1455,9 +1468,9 @@ pub enum Decoded {
     /// A leading part of a long message: nothing yet.
     Part,
     Msg(Msg),
-    /// A message of a [`Topic`] (frame type `kind`, one of [`TOPICS`]):
-    /// its body, decoded by the topic's inbox ([`Channel::take_inbox`]).
-    Topic { kind: u8, body: Vec<u8> },
+    Svc(SvcMsg),
+    Handover(HandoverMsg),
+    Fence(FenceMsg),
     App(AppMsg),
     /// A message of a known type whose body does not decode (another
     /// version of baton): skipped, the connection stays.
@@ -1486,7 +1499,7 @@ impl Reassembly {
             return Ok(Decoded::Part);
         }
         if !self.partial.is_empty() {
-            if !p.first().is_some_and(|k| *k == FRAME_MSG || *k == FRAME_APP || TOPICS.contains(k)) {
+            if !matches!(p.first(), Some(&FRAME_MSG) | Some(&FRAME_SVC) | Some(&FRAME_HANDOVER) | Some(&FRAME_FENCE) | Some(&FRAME_APP)) {
                 return Err(FrameError::PartsThen { kind: p.first().copied() });
             }
             self.joined.clear();
@@ -1498,9 +1511,11 @@ impl Reassembly {
         let bad = |kind: u8, e: serde_json::Error| Decoded::Undecodable { kind, error: e.to_string() };
         Ok(match p.first() {
             Some(&FRAME_KEEPALIVE) if n == 1 => Decoded::Keepalive,
+            Some(&FRAME_SVC) => serde_json::from_slice(&p[1..]).map(Decoded::Svc).unwrap_or_else(|e| bad(FRAME_SVC, e)),
+            Some(&FRAME_HANDOVER) => serde_json::from_slice(&p[1..]).map(Decoded::Handover).unwrap_or_else(|e| bad(FRAME_HANDOVER, e)),
             Some(&FRAME_APP) => serde_json::from_slice(&p[1..]).map(Decoded::App).unwrap_or_else(|e| bad(FRAME_APP, e)),
+            Some(&FRAME_FENCE) => serde_json::from_slice(&p[1..]).map(Decoded::Fence).unwrap_or_else(|e| bad(FRAME_FENCE, e)),
             Some(&FRAME_MSG) => serde_json::from_slice(&p[1..]).map(Decoded::Msg).unwrap_or_else(|e| bad(FRAME_MSG, e)),
-            Some(&k) if TOPICS.contains(&k) => Decoded::Topic { kind: k, body: p[1..].to_vec() },
             other => return Err(FrameError::Unexpected { kind: other.copied(), len: n }),
         })
     }
@@ -1542,15 +1557,21 @@ async fn reader(s: &Shared, ts: &Mutex<TransportState>, mut rd: OwnedReadHalf, p
         let n = lock(ts).read_message(&frame, &mut plain).map_err(|e| SessionError::BadFrame { reason: format!("does not decrypt: {e}") })?;
         match parts.push(&plain[..n]).map_err(|e| SessionError::BadFrame { reason: e.to_string() })? {
             Decoded::Keepalive | Decoded::Part => {}
-            Decoded::Topic { kind, body } => {
+            Decoded::Svc(msg) => {
                 bump(&s.counters.frames_received);
-                if let Some((tx, _)) = s.topics.get(&kind) {
-                    let _ = tx.send((peer, body)).await;
-                }
+                let _ = s.svc_inbox.send((peer, msg)).await;
+            }
+            Decoded::Handover(msg) => {
+                bump(&s.counters.frames_received);
+                let _ = s.ho_inbox.send((peer, msg)).await;
             }
             Decoded::App(msg) => {
                 bump(&s.counters.frames_received);
                 let _ = s.app_inbox.send((peer, msg)).await;
+            }
+            Decoded::Fence(msg) => {
+                bump(&s.counters.frames_received);
+                let _ = s.fence_inbox.send((peer, msg)).await;
             }
             Decoded::Msg(msg) => {
                 bump(&s.counters.frames_received);

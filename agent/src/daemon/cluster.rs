@@ -16,7 +16,6 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::control::channel::Channel;
-use crate::services::fencing::FenceChannel as _;
 use crate::datapath::events::monotonic_ns;
 use crate::control::subsys::{kind_name, node_state, transition_kind, SubsysServer};
 

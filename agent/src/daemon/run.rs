@@ -13,7 +13,6 @@ use crate::config::{self, Config};
 use crate::datapath::Datapath;
 use crate::datapath::events::{monotonic_ns, EventSink, PeerTracker};
 use crate::services::guard::GuardLink;
-use crate::services::{fencing::FenceChannel as _, handover::HandoverChannel as _, svc::ServicesChannel as _};
 use crate::daemon::cluster::{ClusterDriver, Effect, FIRST_EXTERNAL_SUBSYSTEM};
 use crate::daemon::reload::ReloadError;
 use crate::control::subsys::{SubsysEvent, SubsysServer};

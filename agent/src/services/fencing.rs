@@ -19,40 +19,7 @@ use baton_scsi::{Device, Error as ScsiError, PrType};
 
 use crate::config::{Config, Disk};
 
-use crate::control::channel::{Channel, Topic, FRAME_FENCE};
-
-/// A fencing notice between agents (control channel, [`TOPIC`]): the
-/// sender fenced `node`'s life `incarnation` (its key is off the disks), by
-/// its own PREEMPT AND ABORT or because an operator confirmed it (`baton
-/// fence confirm`). Every survivor takes it as its own fencing of that life
-/// done: the forced leave needs one survivor that reaches the disks, not
-/// all, and a confirmation given on any node counts on every node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum FenceMsg {
-    Fenced { node: u32, incarnation: u64, by_operator: bool },
-}
-
-/// The fencing notices' topic on the control channel.
-pub const TOPIC: Topic = Topic::new(FRAME_FENCE, "fence");
-
-/// The control channel as the fencing notices use it (the channel knows
-/// no message type; this is their typed end).
-pub trait FenceChannel {
-    /// The receiver of `(sender, fencing notice)`; `None` after the first call.
-    fn take_fence_inbox(&self) -> Option<tokio::sync::mpsc::Receiver<(u32, FenceMsg)>>;
-    /// Sends a fencing notice to `to` over every link that is up; whether
-    /// it was queued.
-    fn send_fence(&self, to: u32, msg: &FenceMsg) -> bool;
-}
-
-impl FenceChannel for Channel {
-    fn take_fence_inbox(&self) -> Option<tokio::sync::mpsc::Receiver<(u32, FenceMsg)>> {
-        self.take_inbox(TOPIC)
-    }
-    fn send_fence(&self, to: u32, msg: &FenceMsg) -> bool {
-        self.send_to(to, TOPIC, msg)
-    }
-}
+pub use crate::control::channel::FenceMsg;
 
 /// Why a disk cannot be used (`baton run` refuses to start).
 #[derive(Debug, thiserror::Error)]

@@ -38,58 +38,11 @@ use baton_core::NodeId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::control::channel::{Channel, Sender, Topic, FRAME_HANDOVER};
+use crate::control::channel::HandoverSender;
 use crate::config::groups::Group;
 use crate::services::resource::Resource;
 
-/// Messages between the old and the new node of a handover (control
-/// channel, [`TOPIC`]).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum HandoverMsg {
-    /// Old → new: prepare `group` (handover `id`).
-    Prepare { group: String, id: u64 },
-    /// New → old: prepared; `mac` is the new node's address on the group's
-    /// interface.
-    Ready { group: String, id: u64, mac: [u8; 6] },
-    /// New → old: could not prepare.
-    Failed { group: String, id: u64, reason: String },
-    /// Old → new: the handover is off; undo the preparation.
-    Abort { group: String, id: u64 },
-}
-
-/// The handover's topic on the control channel.
-pub const TOPIC: Topic = Topic::new(FRAME_HANDOVER, "handover");
-
-/// Sends handover messages from a task; sends fail (return `false`) once
-/// the channel is gone.
-#[derive(Clone)]
-pub struct HandoverSender(Sender);
-
-impl HandoverSender {
-    /// Sends `msg` to `to` over every link that is up; whether it was queued.
-    pub fn send(&self, to: u32, msg: &HandoverMsg) -> bool {
-        self.0.send(to, TOPIC, msg)
-    }
-}
-
-/// The control channel as the handover uses it (the channel knows no
-/// message type; this is the handover's typed end).
-pub trait HandoverChannel {
-    /// The receiver of `(sender, handover message)`; `None` after the
-    /// first call.
-    fn take_handover_inbox(&self) -> Option<mpsc::Receiver<(u32, HandoverMsg)>>;
-    /// A handle that sends handover messages from a task.
-    fn handover_sender(&self) -> HandoverSender;
-}
-
-impl HandoverChannel for Channel {
-    fn take_handover_inbox(&self) -> Option<mpsc::Receiver<(u32, HandoverMsg)>> {
-        self.take_inbox(TOPIC)
-    }
-    fn handover_sender(&self) -> HandoverSender {
-        HandoverSender(self.sender())
-    }
-}
+pub use crate::control::channel::HandoverMsg;
 
 /// Errors of the overlap handover, on either side. The texts go into the
 /// log, and the new side's into its `Failed` reply (which the old side logs).

@@ -26,29 +26,11 @@ use baton_core::{Instant, NodeId};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::control::channel::{Channel, Topic, FRAME_SVC};
+use crate::control::channel::Channel;
 use crate::datapath::events::monotonic_ns;
 use crate::config::groups::{self, Group, NodeSet};
 use crate::services::resource::{self, MonitorEvent, MonitorLoop, Resource};
 use crate::services::addr::release_all;
-
-/// The services cores' topic on the control channel: their `Msg`
-/// (`baton_core::services::Msg`) as `serde_json`.
-pub const TOPIC: Topic = Topic::new(FRAME_SVC, "services");
-
-/// The control channel as the services cores use it (the channel knows no
-/// message type; this is their typed end).
-pub trait ServicesChannel {
-    /// The receiver of `(sender, services message)`; `None` after the
-    /// first call.
-    fn take_services_inbox(&self) -> Option<tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>>;
-}
-
-impl ServicesChannel for Channel {
-    fn take_services_inbox(&self) -> Option<tokio::sync::mpsc::Receiver<(u32, baton_core::services::Msg)>> {
-        self.take_inbox(TOPIC)
-    }
-}
 
 /// The result of an action function that ran in a task.
 #[derive(Debug)]
@@ -506,7 +488,7 @@ impl ServiceManager {
         {
             match a {
                 Action::Send { to, msg } => {
-                    channel.send_to(to, TOPIC, &msg);
+                    channel.send_services(to, &msg);
                 }
                 Action::Start { params } => self.run_method(params),
                 Action::StandbyStart { service } => self.standby_start(service),
