@@ -766,6 +766,11 @@ struct Decider {
     sent: BTreeMap<(String, NodeId, bool), Sent>,
     /// When a directive shown missing is sent again next.
     resend_at: Option<Instant>,
+    /// When the registry was last sent to each node: a member whose reports
+    /// still show an older version once [`DIRECTIVE_RESEND_NS`] passed since
+    /// then lost it (with a control connection that closed) and gets it
+    /// again; nothing else would show it until the next change.
+    registry_sent: BTreeMap<NodeId, Instant>,
 }
 
 /// A directive sent to another node, not yet seen applied in its reports.
@@ -1309,6 +1314,7 @@ impl Services {
                     incarnations: BTreeMap::new(),
                     sent: BTreeMap::new(),
                     resend_at: None,
+                    registry_sent: BTreeMap::new(),
                 });
                 let me = self.me;
                 for n in after.iter().copied().filter(|n| *n != me) {
@@ -1992,6 +1998,8 @@ impl Services {
         let d = self.decider.as_ref().unwrap();
         if first && d.collected && from != self.me {
             let reg = self.registry.clone();
+            let now = self.now;
+            self.decider.as_mut().unwrap().registry_sent.insert(from, now);
             self.send(from, Msg::Registry(reg));
         }
         let d = self.decider.as_ref().unwrap();
@@ -2163,10 +2171,32 @@ impl Services {
                 next = Some(next.map_or(due, |x| x.min(due)));
             }
         }
+        // A registry lost on the way: a member's latest report still shows
+        // an older version a period after it was last sent there.
+        let mut registries = Vec::new();
+        if d.collected && d.last.is_some() {
+            for m in self.members().into_iter().filter(|m| *m != self.me) {
+                let Some(rep) = d.reports.get(&m) else { continue };
+                if rep.seen >= version {
+                    continue;
+                }
+                let due = d.registry_sent.get(&m).map_or(now, |t| t.plus_ns(DIRECTIVE_RESEND_NS));
+                if now >= due {
+                    registries.push(m);
+                    let t = now.plus_ns(DIRECTIVE_RESEND_NS);
+                    next = Some(next.map_or(t, |x| x.min(t)));
+                } else {
+                    next = Some(next.map_or(due, |x| x.min(due)));
+                }
+            }
+        }
         let d = self.decider.as_mut().unwrap();
         d.resend_at = next;
         for k in drop {
             d.sent.remove(&k);
+        }
+        for m in &registries {
+            d.registry_sent.insert(*m, now);
         }
         let mut msgs = Vec::new();
         for k in again {
@@ -2177,6 +2207,12 @@ impl Services {
         }
         for (to, msg) in msgs {
             self.send(to, msg);
+        }
+        if !registries.is_empty() {
+            let reg = self.registry.clone();
+            for m in registries {
+                self.send(m, Msg::Registry(reg.clone()));
+            }
         }
     }
 
@@ -2416,7 +2452,9 @@ impl Services {
         let reg = self.registry.clone();
         let to: Vec<NodeId> =
             members.iter().copied().filter(|m| *m != self.me && d.reports.contains_key(m)).collect();
+        let now = self.now;
         for m in to {
+            self.decider.as_mut().unwrap().registry_sent.insert(m, now);
             self.send(m, Msg::Registry(reg.clone()));
         }
         // Our own acknowledgement is immediate; if everyone else already has

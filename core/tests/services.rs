@@ -2911,3 +2911,51 @@ fn a_lost_switchover_start_whose_registry_was_lost_too_is_sent_again() {
     assert_eq!(h.running("db"), vec![t], "db at the decider: {:?}, at node {t}: {:?}", h.st_on(d, "db"), h.st_on(t, "db"));
     assert_eq!(h.st("db"), (Registered, Some(t), ""));
 }
+
+/// A registry update lost on its way to a member (every control connection to
+/// it closed meanwhile) is sent again: its next reports show an older `seen`
+/// version, and a period after the last send the decider sends the registry
+/// once more. Before, nothing did until the next change, so the member's copy
+/// (its `baton status`, and the registry it would bring to a new decider)
+/// stayed behind for good (composed simulator, seed 4532).
+#[test]
+fn a_registry_update_lost_on_the_way_to_a_member_is_sent_again() {
+    let specs = vec![ServiceSpec { allowable: nodes(&[1, 2, 3]), preferred: Some(1), ..ServiceSpec::new("db") }];
+    let mut h = H::new(specs).manual();
+    for id in [1, 2, 3] {
+        h.boot(id);
+        settle(&mut h, 5);
+    }
+    assert_eq!(h.st("db"), (Registered, Some(1), ""));
+    let d = h.decider();
+    // t loses everything sent to it while db moves from 1 to u; t takes no
+    // part in the move.
+    let (t, u) = if d == 3 { (2, 3) } else { (3, 2) };
+    h.hold = Some(Box::new(move |_, to, _| to == t));
+    h.op(1, Input::Switchover { service: "db".into(), to: Some(u) });
+    h.complete(1, "db", true);
+    let mut started = false;
+    for _ in 0..100 {
+        h.run_ms(100);
+        let pending = h.nodes[&u].pending.iter().any(|a| matches!(a, Action::Start { params } if params.service == "db"));
+        if pending && !started {
+            h.complete(u, "db", true);
+            started = true;
+        }
+        if started && h.st_on(d, "db") == (Registered, Some(u), "") {
+            break;
+        }
+    }
+    assert!(started, "db never started on {u}");
+    // A while more: every registry published for the move is lost on the
+    // way to t (and, with the fix, the copies sent again meanwhile too).
+    h.run_ms(2_000);
+    let lost = std::mem::take(&mut h.held);
+    assert!(lost.iter().any(|(_, _, m)| matches!(m, Msg::Registry(_))), "registries were lost on the way to {t}: {lost:?}");
+    h.hold = None;
+    assert_ne!(h.st_on(t, "db"), (Registered, Some(u), ""), "node {t} has the registry already");
+    settle(&mut h, 5);
+    assert_eq!(h.running("db"), vec![u]);
+    // Every node, t too, sees db registered on u.
+    assert_eq!(h.st("db"), (Registered, Some(u), ""));
+}

@@ -112,3 +112,15 @@ fn seeds_whose_scheduled_faults_all_missed_still_inject_one() {
         assert!(r.ok(), "seed {seed}: {:?}\n  reproduce: cargo xtask sim --seed {seed} --trace", r.violations);
     }
 }
+
+/// Seed 4532 (11 nodes, `conn_drop`): the control connection of n8 to the
+/// decider dropped with registry updates in it, and nothing changed after;
+/// the decider sent the registry only on a change or a first report, so n8's
+/// copy stayed behind for good (`web` `Starting` there 14 s after it ran).
+/// The decider now sends the registry again to a member whose reports show
+/// an older version a period after the last send. Fails at 90fd3f2.
+#[test]
+fn seed_4532_a_registry_update_lost_with_a_connection_is_sent_again() {
+    let r = run_seed(4532);
+    assert!(r.violations.is_empty(), "seed 4532:\n    {}\n  reproduce: cargo xtask sim --seed 4532 --trace", r.violations.join("\n    "));
+}
