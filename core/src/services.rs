@@ -1997,10 +1997,7 @@ impl Services {
         }
         let d = self.decider.as_ref().unwrap();
         if first && d.collected && from != self.me {
-            let reg = self.registry.clone();
-            let now = self.now;
-            self.decider.as_mut().unwrap().registry_sent.insert(from, now);
-            self.send(from, Msg::Registry(reg));
+            self.send_registry(from);
         }
         let d = self.decider.as_ref().unwrap();
         if !d.collected && members.iter().all(|m| d.reports.contains_key(m)) {
@@ -2195,9 +2192,6 @@ impl Services {
         for k in drop {
             d.sent.remove(&k);
         }
-        for m in &registries {
-            d.registry_sent.insert(*m, now);
-        }
         let mut msgs = Vec::new();
         for k in again {
             let u = d.sent.get_mut(&k).unwrap();
@@ -2208,12 +2202,17 @@ impl Services {
         for (to, msg) in msgs {
             self.send(to, msg);
         }
-        if !registries.is_empty() {
-            let reg = self.registry.clone();
-            for m in registries {
-                self.send(m, Msg::Registry(reg.clone()));
-            }
+        for m in registries {
+            self.send_registry(m);
         }
+    }
+
+    /// The decider sends its registry to `to` and notes when (for
+    /// [`Services::resend_lost_directives`]).
+    fn send_registry(&mut self, to: NodeId) {
+        let now = self.now;
+        self.decider.as_mut().unwrap().registry_sent.insert(to, now);
+        self.send(to, Msg::Registry(self.registry.clone()));
     }
 
     /// Nodes the decider may place services on (members that reported in
@@ -2449,13 +2448,10 @@ impl Services {
                 d.commit_at.entry(name.clone()).or_insert(v);
             }
         }
-        let reg = self.registry.clone();
         let to: Vec<NodeId> =
             members.iter().copied().filter(|m| *m != self.me && d.reports.contains_key(m)).collect();
-        let now = self.now;
         for m in to {
-            self.decider.as_mut().unwrap().registry_sent.insert(m, now);
-            self.send(m, Msg::Registry(reg.clone()));
+            self.send_registry(m);
         }
         // Our own acknowledgement is immediate; if everyone else already has
         // it (single node), the next pass completes it.

@@ -209,7 +209,12 @@ impl H {
     }
 
     fn drained(&self, id: NodeId) -> bool {
-        self.nodes[&id].actions.iter().any(|(_, a)| *a == Action::Drained { node: id })
+        self.drained_said(id, id) > 0
+    }
+
+    /// How many times node `on` said `Drained` for `node`.
+    fn drained_said(&self, on: NodeId, node: NodeId) -> usize {
+        self.nodes[&on].actions.iter().filter(|(_, a)| *a == Action::Drained { node }).count()
     }
 
     /// The leave completes (only once the node is drained).
@@ -792,7 +797,7 @@ fn a_node_that_leaves_rejoins_and_leaves_again_is_drained_again_everywhere() {
     h.boot(2);
     h.boot(3);
     assert_eq!(h.st("a").1, Some(1));
-    let drained_on_2 = |h: &H| h.nodes[&2].actions.iter().filter(|(_, a)| *a == Action::Drained { node: 3 }).count();
+    let drained_on_2 = |h: &H| h.drained_said(2, 3);
     h.begin_leave(3);
     assert_eq!(drained_on_2(&h), 1, "node 2 says node 3 is drained");
     // The decider's registries to node 2 are late: its copy still lists
@@ -822,7 +827,7 @@ fn drained_is_said_only_after_this_nodes_own_notification_of_the_leave() {
     h.boot(1);
     h.boot(2);
     h.boot(3);
-    let drained_on_2 = |h: &H| h.nodes[&2].actions.iter().filter(|(_, a)| *a == Action::Drained { node: 3 }).count();
+    let drained_on_2 = |h: &H| h.drained_said(2, 3);
     // The leave reaches the services level on 1 (the decider) and 3 first.
     h.input(1, Input::NodeLeaving { node: 3 });
     h.input(3, Input::NodeLeaving { node: 3 });

@@ -362,6 +362,19 @@ fn cluster(master: NodeId, master_incarnation: u64, nodes: &[(NodeId, NodeState,
     }
 }
 
+/// Node 1's (incarnation 2) transition of `kind` at its first step, walking
+/// `levels` with `participants`.
+fn transition_of_1(kind: Kind, levels: &[u32], participants: &[NodeId]) -> Transition {
+    Transition {
+        id: TransitionId { node: 1, incarnation: 2, kind },
+        path: levels.iter().map(|l| LevelSpec { level: *l, barriers: membership::Barriers::ONE }).collect(),
+        pos: 0,
+        barrier: 0,
+        participants: participants.iter().copied().collect(),
+        leave_pending: false,
+    }
+}
+
 fn fed_view(s: &ServicesSlot, out: &VecDeque<NodeAction>) -> Option<(BTreeSet<NodeId>, NodeId)> {
     let _ = out;
     s.last_view.as_ref().map(|(_, m, d)| (m.clone(), *d))
@@ -397,14 +410,7 @@ fn a_state_of_an_earlier_life_is_not_fed() {
 fn a_join_reversed_below_the_services_level_is_no_member() {
     let mut out = VecDeque::new();
     let mut s = slot();
-    let reversed = |levels: &[u32]| Transition {
-        id: TransitionId { node: 1, incarnation: 2, kind: Kind::Leave },
-        path: levels.iter().map(|l| LevelSpec { level: *l, barriers: membership::Barriers::ONE }).collect(),
-        pos: 0,
-        barrier: 0,
-        participants: [1, 2].into(),
-        leave_pending: false,
-    };
+    let reversed = |levels: &[u32]| transition_of_1(Kind::Leave, levels, &[1, 2]);
     let mut st = cluster(1, 2, &[(1, NodeState::Leaving, 2), (2, NodeState::Joining, 1)]);
     st.transitions.insert(1, reversed(&[20, 10]));
     s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
@@ -428,14 +434,7 @@ fn a_join_reversed_below_the_services_level_is_no_member() {
 fn a_forced_leave_below_the_services_level_is_no_member() {
     let mut out = VecDeque::new();
     let mut s = slot();
-    let forced = |levels: &[u32]| Transition {
-        id: TransitionId { node: 1, incarnation: 2, kind: Kind::ForcedLeave },
-        path: levels.iter().map(|l| LevelSpec { level: *l, barriers: membership::Barriers::ONE }).collect(),
-        pos: 0,
-        barrier: 0,
-        participants: [2, 3].into(),
-        leave_pending: false,
-    };
+    let forced = |levels: &[u32]| transition_of_1(Kind::ForcedLeave, levels, &[2, 3]);
     let mut st = cluster(2, 1, &[(1, NodeState::ForcedLeaving, 2), (2, NodeState::Joining, 1), (3, NodeState::Joining, 1)]);
     st.transitions.insert(1, forced(&[10]));
     s.on_state(Instant::ZERO, 1, 2, &st, &mut out);
