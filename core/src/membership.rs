@@ -1109,13 +1109,30 @@ impl Membership {
     /// lower id keeps quorum (like corosync's two_node), or, with a shared
     /// disk ([`Config::two_node_race`]), both sides do and the fencing race
     /// decides.
-    fn majority_of(&self, group: &BTreeSet<NodeId>) -> bool {
+    fn majority_of(&self, s: &ClusterState, group: &BTreeSet<NodeId>) -> bool {
         let Some(lowest) = group.iter().next() else { return true };
-        let seen = group.iter().filter(|n| !self.failed.contains(n)).count();
+        let seen = group.iter().filter(|n| !self.out_of_sight(s, n)).count();
         seen * 2 > group.len()
             || (self.cfg.nodes.len() == 2
                 && seen * 2 == group.len()
-                && (self.cfg.two_node_race || !self.failed.contains(lowest)))
+                && (self.cfg.two_node_race || !self.out_of_sight(s, lowest)))
+    }
+
+    /// A member of `s` that is not in sight for quorum: its failure was
+    /// seen, or it is known to run a newer life than its entry in `s` (it
+    /// restarted: its report or its state says so). Its life in `s` is over
+    /// whatever the datapath says of the node: the heartbeats of a new life
+    /// end the silence (`PeerUp` clears `failed`), but that life follows no
+    /// cluster or another one and never votes for this one. Counting it kept
+    /// a minority quorate (sim seed 214: the master n2 crashed while n5, a
+    /// failed member, had already restarted; n1 and n4, 2 of 5 configured
+    /// nodes, counted n5's new life, stayed quorate and kept `db` running on
+    /// n4 for 3.9 s while n2, n3 and n5's new lives formed the primary
+    /// cluster and started `db` on n3).
+    fn out_of_sight(&self, s: &ClusterState, n: &NodeId) -> bool {
+        self.failed.contains(n)
+            || (*n != self.cfg.me
+                && s.nodes.get(n).is_some_and(|e| e.incarnation != 0 && self.known_inc.get(n).is_some_and(|i| *i > e.incarnation)))
     }
 
     /// Quorum: a majority of the group of the state we follow and, while a
@@ -1133,8 +1150,8 @@ impl Membership {
     fn quorum(&self, s: &ClusterState) -> bool {
         let change_pending = !self.gmp_members.is_empty() && self.gmp_change > s.change;
         let group = s.group();
-        self.majority_of(&group)
-            && (!change_pending || self.majority_of(&self.gmp_members))
+        self.majority_of(s, &group)
+            && (!change_pending || self.majority_of(s, &self.gmp_members))
             && self.majority_of_configured_in_sight(s, &group)
     }
 
@@ -1159,7 +1176,7 @@ impl Membership {
         if !s.quorate || n <= 2 || s.stopping || self.want == Want::Leave {
             return true;
         }
-        let votes = group.iter().filter(|m| self.cfg.nodes.contains(m) && !self.failed.contains(m)).count();
+        let votes = group.iter().filter(|m| self.cfg.nodes.contains(m) && !self.out_of_sight(s, m)).count();
         votes * 2 > n
     }
 
@@ -1518,7 +1535,7 @@ impl Membership {
             return;
         }
         let group = cur.group();
-        let live: Vec<NodeId> = group.iter().copied().filter(|n| *n != self.cfg.me && !self.failed.contains(n)).collect();
+        let live: Vec<NodeId> = group.iter().copied().filter(|n| *n != self.cfg.me && !self.out_of_sight(&cur, n)).collect();
         if self.recovering.is_none() {
             // Ask the survivors for their states now: a report sent before
             // this moment does not count (below), and the next periodic

@@ -124,3 +124,16 @@ fn seed_4532_a_registry_update_lost_with_a_connection_is_sent_again() {
     let r = run_seed(4532);
     assert!(r.violations.is_empty(), "seed 4532:\n    {}\n  reproduce: cargo xtask sim --seed 4532 --trace", r.violations.join("\n    "));
 }
+
+/// Seed 214 (5 nodes): the master n2 crashed while n5, a failed member whose
+/// removal was still under way, had already restarted. n1 and n4, 2 of 5
+/// configured nodes, counted n5's new life as a member in sight, stayed
+/// quorate and kept `db` running on n4 for 3.9 s while the new lives of n2,
+/// n3 and n5 formed the primary cluster and started `db` on n3. A member
+/// known to run a newer life is now out of sight for quorum: n1 and n4 halt
+/// for lost quorum when n2's silence is seen. Fails at 6bb073c.
+#[test]
+fn seed_214_a_restarted_members_new_life_keeps_no_minority_quorate() {
+    let r = run_seed(214);
+    assert!(r.violations.is_empty(), "seed 214:\n    {}\n  reproduce: cargo xtask sim --seed 214 --trace", r.violations.join("\n    "));
+}

@@ -2125,3 +2125,50 @@ fn a_graceful_leave_does_not_lower_the_static_quorum() {
     }
     h.check_nothing_after_end();
 }
+
+/// Sim seed 214: a member's new life is not a vote for the cluster its old
+/// life was in. Five configured nodes, all joined. Node 5 fails, and while
+/// the change that removes it is still under way (it waits for node 4,
+/// whose messages to and from the master are lost) it restarts: its heartbeats end its silence (`PeerUp`) and its new life
+/// reports to every node. Then the master 1 and node 2 crash. Nodes 3 and 4
+/// are 2 of 5 configured nodes: they must halt for lost quorum, not count
+/// 5's new life and run on as a primary cluster (with that count they did,
+/// for seconds, while 3 waited for a state 5's new life never sends, and
+/// the new lives of 1, 2 and 5 could form the primary cluster meanwhile).
+#[test]
+fn a_restarted_members_new_life_is_no_vote_for_its_old_cluster() {
+    let mut h = Harness::new(5);
+    for n in 1..=5 {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    assert_eq!(h.nodes[&3].core.state().unwrap().view.master, 1, "setup: 1 is the master");
+    // The change that removes 5 waits for 4's answer (4's messages to and
+    // from the master are lost; its datapath still hears it).
+    h.cut.insert((1, 4));
+    h.cut.insert((4, 1));
+    h.crash(5);
+    h.silent(5);
+    h.run_ms(10);
+    h.restart(5, 2);
+    h.run_ms(20);
+    let s = h.nodes[&3].core.state().unwrap().clone();
+    assert!(s.group().contains(&5), "setup: 5's forced leave is still under way: {:?}", s.group());
+    h.mark();
+    h.crash(1);
+    h.crash(2);
+    h.silent(1);
+    h.silent(2);
+    h.run_ms(100);
+    for n in [3, 4] {
+        assert_eq!(
+            h.count(n, |a| matches!(a, Action::Halt { why: HaltReason::LostQuorum })),
+            1,
+            "n{n} runs on with 2 of 5 configured nodes, counting 5's new life: {}",
+            h.nodes[&n].core.debug_line()
+        );
+    }
+    assert!(primaries(&h).values().all(|m| !m.contains(&3) && !m.contains(&4)), "3 or 4 still primary: {:?}", primaries(&h));
+    h.check_nothing_after_end();
+}
