@@ -546,7 +546,12 @@ pub enum Request {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Msg {
     /// A new decider asks for reports (and announces its epoch).
-    Collect { epoch: u64 },
+    /// `incarnation`: the decider's life. A Collect of an earlier life of
+    /// the node now master is not this decider's: its epoch may even be
+    /// higher (a cluster formed anew starts its terms again), and taking it
+    /// made a member refuse the real decider's epoch for good (composed sim
+    /// seed 2881).
+    Collect { epoch: u64, incarnation: u64 },
     Report(Report),
     Registry(Registry),
     /// `incarnation`: the life of the target node it is meant for (a
@@ -822,7 +827,7 @@ pub struct Services {
     now: Instant,
     /// A Collect from a node we do not follow as master yet (its view
     /// reached it before ours reached us): used once we do.
-    early_collect: Option<(NodeId, u64)>,
+    early_collect: Option<(NodeId, u64, u64)>,
     /// When the handshake with the current master is retried (a report or a
     /// Collect sent while a link was down is lost).
     retry_at: Option<Instant>,
@@ -1149,7 +1154,7 @@ impl Services {
         let epoch = d.epoch;
         let missing: Vec<NodeId> = members.iter().copied().filter(|n| *n != me && !d.reports.contains_key(n)).collect();
         for n in missing {
-            self.send(n, Msg::Collect { epoch });
+            self.send(n, Msg::Collect { epoch, incarnation: self.incarnation });
         }
         self.retry_at = Some(self.now.plus_ns(HANDSHAKE_RETRY_NS));
     }
@@ -1318,11 +1323,14 @@ impl Services {
                 });
                 let me = self.me;
                 for n in after.iter().copied().filter(|n| *n != me) {
-                    self.send(n, Msg::Collect { epoch: id });
+                    self.send(n, Msg::Collect { epoch: id, incarnation: self.incarnation });
                 }
             }
-            if let Some((from, epoch)) = self.early_collect.take() {
-                if from == master && master != self.me {
+            if let Some((from, epoch, inc)) = self.early_collect.take() {
+                // Only from the master's current life (fed in `Lives`
+                // before the view); otherwise the handshake below gets
+                // the decider's Collect again.
+                if from == master && master != self.me && self.newest_life.get(&master) == Some(&inc) {
                     self.epoch = epoch;
                 }
             }
@@ -1339,7 +1347,7 @@ impl Services {
             let new: Vec<NodeId> =
                 after.difference(&before).copied().filter(|n| *n != self.me && !d.reports.contains_key(n)).collect();
             for n in new {
-                self.send(n, Msg::Collect { epoch });
+                self.send(n, Msg::Collect { epoch, incarnation: self.incarnation });
             }
         }
     }
@@ -1387,14 +1395,18 @@ impl Services {
 
     fn receive(&mut self, from: NodeId, msg: Msg) {
         match msg {
-            Msg::Collect { epoch } => {
+            Msg::Collect { epoch, incarnation } => {
+                if self.newest_life.get(&from).is_some_and(|l| incarnation < *l) {
+                    // From an earlier life of that node: not a decider any more.
+                    return;
+                }
                 if Some(from) == self.master {
                     if epoch >= self.epoch {
                         self.epoch = epoch;
                         self.report_dirty = true;
                     }
                 } else {
-                    self.early_collect = Some((from, epoch));
+                    self.early_collect = Some((from, epoch, incarnation));
                 }
             }
             Msg::Registry(reg) => {
@@ -1963,7 +1975,7 @@ impl Services {
         }
         if r.epoch != d.epoch {
             let epoch = d.epoch;
-            self.send(from, Msg::Collect { epoch });
+            self.send(from, Msg::Collect { epoch, incarnation: self.incarnation });
             return;
         }
         let known = d.incarnations.get(&from).copied();

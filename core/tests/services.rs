@@ -2964,3 +2964,43 @@ fn a_registry_update_lost_on_the_way_to_a_member_is_sent_again() {
     // Every node, t too, sees db registered on u.
     assert_eq!(h.st("db"), (Registered, Some(u), ""));
 }
+
+/// Composed sim seed 2881: a node got a `Collect` from the master's
+/// earlier life (of a cluster that died; its epoch, a view id of a higher
+/// term, is above every epoch of the cluster formed anew) before it
+/// followed any master, kept it as an early Collect, and took its epoch
+/// when the master's new life became its master: it refused the real
+/// decider's lower epoch for good and showed every group deregistered. A
+/// Collect names the decider's life; one of an earlier life is not taken.
+#[test]
+fn an_early_collect_of_an_earlier_life_of_the_master_is_not_taken() {
+    let mut h = H::new(vec![ServiceSpec::new("a")]);
+    h.boot(1);
+    h.boot(2);
+    assert_eq!(h.st("a"), (Registered, Some(1), ""));
+    let old_life = 1;
+    // Node 3 starts and follows no master yet; node 1's earlier life's
+    // Collect reaches it.
+    let core = Services::new(Config { me: 3, incarnation: 50, services: h.specs.clone() }).unwrap();
+    h.nodes.insert(3, Node { core, actions: Vec::new(), pending: Vec::new() });
+    h.input(3, Input::Receive { from: 1, msg: Msg::Collect { epoch: 1 << 40, incarnation: old_life } });
+    // Node 1 restarts (a new life) and decides again, with node 3 a member.
+    h.kill(1);
+    h.boot(1);
+    let new_life = h.incarnation;
+    h.master = Some(1);
+    h.members.insert(3);
+    let lives: BTreeMap<NodeId, Life> = [(1, new_life), (2, 2), (3, 50)]
+        .into_iter()
+        .map(|(n, incarnation)| (n, Life { incarnation, forced_leaving: false }))
+        .collect();
+    for n in [1, 2, 3] {
+        h.input(n, Input::Lives { lives: lives.clone() });
+    }
+    h.send_view();
+    h.run_ms(3000);
+    let on_3 = h.st_on(3, "a");
+    assert_eq!(on_3.0, Registered, "node 3 took the earlier life's epoch and never got the decider's registry: {on_3:?}");
+    assert_eq!(h.decider(), 1);
+    assert_eq!(on_3, h.st_on(1, "a"), "node 3 disagrees with the decider");
+}
