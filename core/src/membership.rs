@@ -1247,12 +1247,24 @@ impl Membership {
                 return;
             }
         }
-        let this_life_in = self
-            .state
-            .as_ref()
-            .and_then(|s| s.nodes.get(&self.cfg.me))
-            .map(|e| e.incarnation == self.cfg.incarnation && e.state != NodeState::Inactive)
-            .unwrap_or(false);
+        // In the cluster by the state we follow, or by a group change of it
+        // that takes us in and that we took part in (its request named us):
+        // the others count us in their quorum from that change on, even if
+        // the states that show us in were lost on the way to us. Forgetting
+        // the cluster then gave our vote to two clusters at once (sim seed
+        // 3740: n3 took part in the change that added it, missed the states
+        // after it, forgot the cluster when its master left and joined a
+        // cluster formed anew, while the successor n2 counted n3 in sight
+        // and ran its groups on, 2 of 3 by its count).
+        let in_by_change =
+            self.state.as_ref().is_some_and(|s| self.gmp_change > s.change && self.gmp_members.contains(&self.cfg.me));
+        let this_life_in = in_by_change
+            || self
+                .state
+                .as_ref()
+                .and_then(|s| s.nodes.get(&self.cfg.me))
+                .map(|e| e.incarnation == self.cfg.incarnation && e.state != NodeState::Inactive)
+                .unwrap_or(false);
         if self.master_dead() && !this_life_in {
             // Not in that cluster, and its master is gone: forget it and look
             // for a live master (or form) again. Nothing was notified to us.

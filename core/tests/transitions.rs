@@ -112,6 +112,8 @@ struct Harness {
     held: Vec<(NodeId, u64, Note)>,
     /// Directed links that lose everything: (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Messages (from, to, message) that are lost.
+    lose: Option<Box<dyn Fn(NodeId, NodeId, &Msg) -> bool>>,
     /// `Config::two_node_race` of every core.
     race: bool,
     /// Paused nodes (a stopped process): their inputs wait, in order, in
@@ -143,6 +145,7 @@ impl Harness {
             holds: Vec::new(),
             held: Vec::new(),
             cut: BTreeSet::new(),
+            lose: None,
             race,
             paused: BTreeSet::new(),
             parked: Vec::new(),
@@ -280,7 +283,7 @@ impl Harness {
                 }
             }
             match a {
-                Action::Send { to, msg } if !self.cut.contains(&(id, to)) => {
+                Action::Send { to, msg } if !self.cut.contains(&(id, to)) && !self.lose.as_ref().is_some_and(|l| l(id, to, &msg)) => {
                     self.queue.push_back(Ev::Msg { to, from: id, msg });
                 }
                 Action::Notify { subsystem, id: tid, step, .. } => {
@@ -2170,5 +2173,39 @@ fn a_restarted_members_new_life_is_no_vote_for_its_old_cluster() {
         );
     }
     assert!(primaries(&h).values().all(|m| !m.contains(&3) && !m.contains(&4)), "3 or 4 still primary: {:?}", primaries(&h));
+    h.check_nothing_after_end();
+}
+
+/// Sim seed 3740: a node that took part in the group change that takes it
+/// in is in that cluster, even when the states that show it in are lost on
+/// the way to it. Three nodes: 1 (master) and 2 joined; 3 joins, and every
+/// state of node 1 that shows 3 in the group is lost on the way to 3. The
+/// master crashes. Node 2, the successor, counts 3 in sight (it is in the
+/// group); 3 must answer its gather, not forget the cluster as one it is
+/// not in (and give its vote to a cluster formed anew): 2 takes over with
+/// the states of 2 of 3, and 3 follows it.
+#[test]
+fn a_node_in_a_group_change_it_took_part_in_stays_in_the_cluster_when_the_master_dies() {
+    let mut h = Harness::new(3);
+    h.start(1);
+    h.start(2);
+    h.run_ms(200);
+    assert!(all_joined(&h, &[1, 2]), "setup: 1 and 2 did not join");
+    h.lose = Some(Box::new(|from, to, msg| from == 1 && to == 3 && matches!(msg, Msg::State(s) if s.group().contains(&3))));
+    h.start(3);
+    h.run_ms(100);
+    let on2 = h.nodes[&2].core.state().unwrap().clone();
+    assert!(on2.group().contains(&3), "setup: the change that adds 3 is not through: {:?}", on2.group());
+    let on3 = h.nodes[&3].core.state().expect("setup: 3 follows a state of node 1's cluster").clone();
+    assert!(!on3.group().contains(&3), "setup: a state with 3 in it reached 3: {:?}", on3.group());
+    h.mark();
+    h.crash(1);
+    h.silent(1);
+    h.run_ms(500);
+    assert_eq!(h.count(2, |a| matches!(a, Action::Halt { .. })), 0, "n2 halted: {}", h.nodes[&2].core.debug_line());
+    let s2 = h.nodes[&2].core.state().unwrap();
+    assert_eq!(s2.view.master, 2, "n2 did not take over: {}", h.nodes[&2].core.debug_line());
+    let s3 = h.nodes[&3].core.state().expect("n3 follows no state");
+    assert_eq!(s3.view.master, 2, "n3 does not follow n2's cluster: {}", h.nodes[&3].core.debug_line());
     h.check_nothing_after_end();
 }
