@@ -623,6 +623,8 @@ async fn event_loop(
                     }
                 }
                 Effect::Halted { why } => {
+                    // A member until now, not until the shutdown is over.
+                    let member_for = joined_at.map(|t| t.elapsed());
                     driver.shutdown().await;
                     // A stop asked for (SIGTERM, SIGINT, `baton stop --all`)
                     // is a stop, whatever happened meanwhile: no new life.
@@ -630,7 +632,7 @@ async fn event_loop(
                         warn!(?why, "clustering halted during the graceful leave; the agent stops as asked");
                         return Ok(Outcome::Stopped);
                     }
-                    return Ok(Outcome::Halted(why, joined_at.map(|t| t.elapsed())));
+                    return Ok(Outcome::Halted(why, member_for));
                 }
                 Effect::Left => {
                     driver.shutdown().await;
