@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use crate::{config, daemon::run};
 
 /// The environment variable that carries the number of halts in a row
-/// (each within a minute of the previous start) across the re-execution.
+/// (see `run::halts_in_a_row`) across the re-execution.
 const REJOIN_STREAK_ENV: &str = "BATON_REJOIN_STREAK";
 
 /// `baton run --config CONFIG`.
@@ -29,7 +29,7 @@ pub fn run(config: &Path) -> Result<()> {
     let ended = rt.block_on(run::run(config, &mut stop))?;
     match ended {
         run::Ended::Stopped => Ok(()),
-        run::Ended::Halted(why) => rejoin_or_exit(rt, stop, &cfg, why, started_ns),
+        run::Ended::Halted { why, member_for } => rejoin_or_exit(rt, stop, &cfg, why, started_ns, member_for),
     }
 }
 
@@ -43,10 +43,11 @@ fn rejoin_or_exit(
     cfg: &config::Config,
     why: baton_core::membership::HaltReason,
     started_ns: u64,
+    member_for: Option<std::time::Duration>,
 ) -> Result<()> {
     let prev: u32 = std::env::var(REJOIN_STREAK_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let lived = std::time::Duration::from_nanos(crate::datapath::events::monotonic_ns().saturating_sub(started_ns));
-    let streak = if lived < std::time::Duration::from_secs(60) { prev } else { 0 };
+    let streak = run::halts_in_a_row(prev, lived, member_for);
     let Some(delay) = run::rejoin_delay(cfg, &why, streak) else {
         let why = format!("{why:?}");
         crate::daemon::sdnotify::status(&format!("halted ({why}): not starting again by itself; restart the agent to join again"));
@@ -54,6 +55,7 @@ fn rejoin_or_exit(
     };
     tracing::warn!(
         ?why, delay_ms = delay.as_millis() as u64, halts_in_a_row = streak + 1,
+        lived_ms = lived.as_millis() as u64, member_ms = member_for.map_or(0, |m| m.as_millis() as u64),
         "clustering halted on this node; everything of this life is stopped and released: starting again as a new life (membership.rejoin_ms)"
     );
     crate::daemon::sdnotify::status(&format!("halted ({why:?}): starting again as a new life in {} ms", delay.as_millis()));

@@ -68,7 +68,9 @@ pub enum Ended {
     /// Stopped by a signal (after a graceful leave, or without one).
     Stopped,
     /// Clustering halted on this node (S1.7, S0): see [`rejoin_delay`].
-    Halted(HaltReason),
+    /// `member_for`: how long this life had been a joined member when it
+    /// halted (None: it never joined); see [`halts_in_a_row`].
+    Halted { why: HaltReason, member_for: Option<std::time::Duration> },
 }
 
 /// The operator's stop signals (SIGTERM, SIGINT), registered once for the
@@ -97,8 +99,9 @@ impl StopSignals {
 /// (a new life that cannot see the other node forms a cluster of its own
 /// there, so a partition would give two; the operator restarts it, as
 /// corosync's `two_node` with `wait_for_all` asks). `streak` counts the
-/// halts in a row that came within a minute of the previous start: the
-/// delay doubles for each, up to 60 s.
+/// halts in a row before this one ([`halts_in_a_row`]: lives shorter than
+/// a minute that were members for less than [`STABLE_MEMBER`]): the delay
+/// doubles for each, up to 60 s.
 pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::time::Duration> {
     // A node fenced off the shared disks (its key preempted) may join again
     // as a new life: its join registers its key only after the others
@@ -109,6 +112,27 @@ pub fn rejoin_delay(cfg: &Config, why: &HaltReason, streak: u32) -> Option<std::
     }
     let ms = (cfg.rejoin_ms as u64).saturating_mul(1u64 << streak.min(16)).min(60_000.max(cfg.rejoin_ms as u64));
     Some(std::time::Duration::from_millis(ms))
+}
+
+/// A life that was a joined member this long before it halted worked: its
+/// halt is not one more of a flapping node's, and the back-off starts
+/// again at `membership.rejoin_ms` (docs/membership.md, "Halting").
+pub const STABLE_MEMBER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The `streak` of [`rejoin_delay`] for this halt: `prev`, the halts in a
+/// row before it, continues only while the node keeps failing, that is when
+/// the life that halted lived less than a minute and was a joined member
+/// for less than [`STABLE_MEMBER`] (`member_for`, None: it never joined);
+/// otherwise the count starts again (0). Before this, a life's length
+/// alone decided: in chaos runs a node hit by separate faults every 15–30 s,
+/// a member for 10–30 s in between each time, reached the 60 s back-off
+/// (seven halts "in a row") and came back a minute after the heal.
+pub fn halts_in_a_row(prev: u32, lived: std::time::Duration, member_for: Option<std::time::Duration>) -> u32 {
+    if lived >= std::time::Duration::from_secs(60) || member_for.is_some_and(|m| m >= STABLE_MEMBER) {
+        0
+    } else {
+        prev
+    }
 }
 
 /// The open-file soft limit the agent asks for (see [`raise_nofile_limit`]).
@@ -357,7 +381,7 @@ async fn run_guarded(
     info!("baton agent stopped");
     match result? {
         Outcome::Stopped | Outcome::Left => Ok(Ended::Stopped),
-        Outcome::Halted(why) => Ok(Ended::Halted(why)),
+        Outcome::Halted(why, member_for) => Ok(Ended::Halted { why, member_for }),
     }
 }
 
@@ -549,6 +573,8 @@ async fn event_loop(
     // After SIGTERM: leave gracefully, but not forever.
     let mut leave_deadline: Option<tokio::time::Instant> = None;
     let mut last_view = None;
+    // When this life became a joined member (for the rejoin back-off).
+    let mut joined_at: Option<tokio::time::Instant> = None;
     let mut ctl_open = true;
     // Silences of the local datapath held until confirmed (confirm.rs).
     let mut confirm = crate::daemon::confirm::SilenceConfirm::new(cfg.confirm_ms as u64 * 1_000_000);
@@ -574,6 +600,9 @@ async fn event_loop(
         // departures), and its steps may ask for services inputs, a leave or
         // a stop.
         let mut todo = crate::services::takeover::Todo::default();
+        if joined_at.is_none() && driver.my_state() == baton_core::membership::NodeState::Joined {
+            joined_at = Some(tokio::time::Instant::now());
+        }
         if let Some(st) = driver.state() {
             if last_view != Some(st.view) {
                 last_view = Some(st.view);
@@ -594,6 +623,8 @@ async fn event_loop(
                     }
                 }
                 Effect::Halted { why } => {
+                    // A member until now, not until the shutdown is over.
+                    let member_for = joined_at.map(|t| t.elapsed());
                     driver.shutdown().await;
                     // A stop asked for (SIGTERM, SIGINT, `baton stop --all`)
                     // is a stop, whatever happened meanwhile: no new life.
@@ -601,7 +632,7 @@ async fn event_loop(
                         warn!(?why, "clustering halted during the graceful leave; the agent stops as asked");
                         return Ok(Outcome::Stopped);
                     }
-                    return Ok(Outcome::Halted(why));
+                    return Ok(Outcome::Halted(why, member_for));
                 }
                 Effect::Left => {
                     driver.shutdown().await;
@@ -1073,7 +1104,8 @@ pub enum Outcome {
     /// Stopped without a completed graceful leave (timeout or second signal).
     Stopped,
     Left,
-    Halted(HaltReason),
+    /// With how long this life had been a joined member (None: never).
+    Halted(HaltReason, Option<std::time::Duration>),
 }
 
 #[cfg(test)]
@@ -1107,5 +1139,28 @@ mod tests {
         // Off, and in a cluster of two configured nodes.
         assert_eq!(rejoin_delay(&cfg(2, 0), &HaltReason::LostQuorum, 0), None);
         assert_eq!(rejoin_delay(&cfg(1, 1000), &HaltReason::ForcedOut, 0), None);
+    }
+
+    #[test]
+    fn the_halts_in_a_row_start_again_after_a_life_that_was_a_member_for_ten_seconds() {
+        let s = Duration::from_secs;
+        // Never joined, or a member only briefly, within a minute: the count goes on.
+        assert_eq!(halts_in_a_row(3, s(20), None), 3);
+        assert_eq!(halts_in_a_row(3, s(20), Some(Duration::from_millis(9_999))), 3);
+        // A member for STABLE_MEMBER: a new count, whatever the count was.
+        assert_eq!(halts_in_a_row(6, s(14), Some(s(10))), 0);
+        assert_eq!(halts_in_a_row(6, s(40), Some(s(30))), 0);
+        // A minute of life (joined or not) starts it again too, as before.
+        assert_eq!(halts_in_a_row(5, s(60), None), 0);
+        // The chaos case (seed 1, loss and mute): node5's lives were members
+        // for 14-30 s between faults; with the count going on its seventh
+        // halt waited 60 s, now each waits rejoin_ms.
+        let c = cfg(4, 1000);
+        let mut prev = 0;
+        for member in [14, 30, 20, 25, 14, 30] {
+            prev = halts_in_a_row(prev, s(member + 2), Some(s(member)));
+            assert_eq!(rejoin_delay(&c, &HaltReason::ForcedOut, prev), Some(s(1)));
+            prev += 1;
+        }
     }
 }
