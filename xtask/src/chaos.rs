@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use baton_tests::state::StateName;
 use baton_tests::{in_netns, monotonic_ns, Cluster, Prober};
 
 use crate::bench_failover::{check_interrupt, install_sigint, interrupted, remove_leftovers, Reaper};

@@ -322,7 +322,7 @@ pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> S
     let total_nodes = cfg.peers.len() as i64 + 1;
     gauge(&mut reg, "baton_nodes_configured", "Configured nodes (this one and its peers)", total_nodes);
     gauge(&mut reg, "ha_cluster_pacemaker_stonith_enabled", "Whether fencing is configured ([[disk]]) (ha_cluster_exporter's name)", (!cfg.disks.is_empty()) as i64);
-    use baton_state::StateFile;
+    use baton_state::{StateFile, StateName};
     match baton_state::ClusterSnapshot::load(&cfg.paths.state_dir) {
         Some(m) => {
             ok.get_or_create(&l(&[("source", "membership")])).set(1);

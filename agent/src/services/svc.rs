@@ -269,37 +269,19 @@ pub fn spec_of(g: &Group) -> ServiceSpec {
     s
 }
 
-fn state_of(s: baton_core::services::ServiceState) -> baton_state::ServiceState {
-    use baton_core::services::ServiceState::*;
-    match s {
-        Starting => baton_state::ServiceState::Starting,
-        Registered => baton_state::ServiceState::Registered,
-        Stopping => baton_state::ServiceState::Stopping,
-        Deregistered => baton_state::ServiceState::Deregistered,
-        Recovering => baton_state::ServiceState::Recovering,
-    }
-}
-
 /// One service line (`services.json`, `baton status --json`).
 pub fn status_line(s: &ServiceStatus) -> baton_state::ServiceLine {
     baton_state::ServiceLine {
         name: s.name.clone(),
-        state: state_of(s.state),
+        state: s.state,
         node: s.node,
-        nodes: s.nodes.iter().map(|(n, st)| (*n, state_of(*st))).collect(),
-        flags: baton_state::ServiceFlags {
-            transfer_intent: s.flags.transfer_intent,
-            awaiting_maturity: s.flags.awaiting_maturity,
-            has_notify: s.flags.has_notify,
-        },
+        nodes: s.nodes.clone(),
+        flags: s.flags,
         failed: s.failed,
         complete: s.complete,
         // S4.6: normal or offline (with why, and where it is held).
         mode: if s.offline.is_some() { baton_state::Mode::Offline } else { baton_state::Mode::Normal },
-        offline_cause: s.offline.as_ref().map(|c| match c {
-            baton_core::services::OfflineCause::Operator => "operator".to_string(),
-            baton_core::services::OfflineCause::Failed { node } => format!("failed on node {node}"),
-        }),
+        offline_cause: s.offline.clone(),
         offline_on: s.offline_on.clone(),
         since_ns: s.since.0,
         since_s_ago: None,
