@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::services::{
-    Action, ActionParams, ActionResult, Allowable, Reason, Config as SvcConfig, Input, Maturity, Placement, Preference, ServiceSpec,
-    ServiceStatus, Services, StandbyPhase, TransferCost,
+    Action, ActionParams, ActionResult, Reason, Config as SvcConfig, Input, ServiceSpec, ServiceStatus, Services, StandbyPhase,
 };
 use baton_core::{Instant, NodeId};
 use tokio::sync::mpsc;
@@ -28,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::control::channel::Channel;
 use crate::datapath::events::monotonic_ns;
-use crate::config::groups::{self, Group, NodeSet};
+use crate::config::groups::{self, Group};
 use crate::services::resource::{self, MonitorEvent, MonitorLoop, Resource};
 use crate::services::addr::release_all;
 
@@ -133,10 +132,7 @@ pub fn allow_nonlocal_bind(me: NodeId, groups: &[Group]) -> Result<Vec<&'static 
     let needed = groups.iter().any(|g| {
         g.standby == groups::Standby::Hot
             && !g.exclude.contains(&me)
-            && match &g.nodes {
-                NodeSet::All => true,
-                NodeSet::List(l) => l.contains(&me),
-            }
+            && g.nodes.allows(me)
     });
     if !needed {
         return Ok(Vec::new());
@@ -242,27 +238,15 @@ fn resources_of(g: &Group, mon_tx: &mpsc::Sender<MonitorEvent>) -> (Option<Arc<R
 /// The core's spec of a configured group.
 pub fn spec_of(g: &Group) -> ServiceSpec {
     let mut s = ServiceSpec::new(&g.name);
-    s.allowable = match &g.nodes {
-        NodeSet::All => Allowable::Any,
-        NodeSet::List(l) => Allowable::Nodes(l.clone()),
-    };
+    s.allowable = g.nodes.clone();
     s.disallowable = g.exclude.iter().copied().collect();
     s.preferred = g.preferred;
-    s.preference = match g.preference {
-        groups::Preference::Ordered => Preference::Ordered,
-        groups::Preference::Unordered => Preference::Unordered,
-    };
+    s.preference = g.preference;
     s.auto_register = g.auto_register;
-    s.placement = match g.placement {
-        groups::Placement::One => Placement::One,
-        groups::Placement::Every => Placement::Every,
-    };
-    s.maturity = Maturity { primary_up: g.maturity.primary_up, nodes_up: g.maturity.nodes_up, after_ms: g.maturity.after_ms.map(u64::from) };
+    s.placement = g.placement;
+    s.maturity = g.maturity;
     s.parent = g.parent.clone();
-    s.transfer_cost = match g.transfer_cost {
-        groups::TransferCost::Free => TransferCost::Free,
-        groups::TransferCost::Costly => TransferCost::Costly,
-    };
+    s.transfer_cost = g.transfer_cost;
     s.has_notify = g.notify.is_some();
     s.has_recovery = g.recovery.is_some();
     s.hot_standby = g.standby == groups::Standby::Hot;
