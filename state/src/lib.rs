@@ -106,8 +106,10 @@ impl StateFile for Services {
 // files' names are given here, once, and the fields that hold such an enum
 // say `#[serde(with = ...)]`.
 
-/// The name of a core enum's value in the state files (and on the
-/// subsystem socket, in `baton status`, the metrics' labels and the logs).
+/// The name of an enum's value in the state files (and on the subsystem
+/// socket, in `baton status`, the metrics' labels and the logs): the core's
+/// enums, and the files' own `Direction` and `Mode` (whose serde names are
+/// these too: a test holds them equal).
 pub trait StateName: Copy + Sized + 'static {
     /// Every name, in the enum's order (what an error lists as expected).
     const NAMES: &'static [&'static str];
@@ -304,6 +306,23 @@ pub enum Direction {
     TopDown,
 }
 
+impl StateName for Direction {
+    const NAMES: &'static [&'static str] = &["bottom-up", "top-down"];
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::BottomUp => "bottom-up",
+            Direction::TopDown => "top-down",
+        }
+    }
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "bottom-up" => Direction::BottomUp,
+            "top-down" => Direction::TopDown,
+            _ => return None,
+        })
+    }
+}
+
 impl From<TransitionKind> for Direction {
     /// Join and forced leave go bottom-up, a graceful leave top-down (S1.3).
     fn from(k: TransitionKind) -> Direction {
@@ -439,6 +458,34 @@ pub use baton_core::services::OfflineCause;
 pub enum Mode {
     Normal,
     Offline,
+}
+
+impl StateName for Mode {
+    const NAMES: &'static [&'static str] = &["normal", "offline"];
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Offline => "offline",
+        }
+    }
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "normal" => Mode::Normal,
+            "offline" => Mode::Offline,
+            _ => return None,
+        })
+    }
+}
+
+impl Mode {
+    /// A group with an off-line cause is in off-line mode (S4.6).
+    pub fn of(offline: Option<&OfflineCause>) -> Mode {
+        if offline.is_some() {
+            Mode::Offline
+        } else {
+            Mode::Normal
+        }
+    }
 }
 
 /// One line of `services.json` (docs/status-json.md, "Services"; `baton
@@ -793,6 +840,16 @@ mod tests {
         for c in [OfflineCause::Operator, OfflineCause::Failed { node: 7 }] {
             assert_eq!(parse_offline(&offline_text(&c)), Some(c));
         }
+        for d in [Direction::BottomUp, Direction::TopDown] {
+            assert_eq!(Direction::from_name(d.as_str()), Some(d));
+            assert_eq!(serde_json::to_value(d).unwrap(), json!(d.as_str()));
+        }
+        for m in [Mode::Normal, Mode::Offline] {
+            assert_eq!(Mode::from_name(m.as_str()), Some(m));
+            assert_eq!(serde_json::to_value(m).unwrap(), json!(m.as_str()));
+        }
+        assert_eq!((Mode::of(None), Mode::of(Some(&OfflineCause::Operator))), (Mode::Normal, Mode::Offline));
+        assert_eq!((Direction::from(K::Leave), Direction::from(K::ForcedLeave)), (Direction::TopDown, Direction::BottomUp));
         // The control channel keeps the core's own serde names.
         assert_eq!(serde_json::to_value(N::ForcedLeaving).unwrap(), json!("ForcedLeaving"));
         assert_eq!(serde_json::to_value(K::ForcedLeave).unwrap(), json!("ForcedLeave"));

@@ -238,7 +238,7 @@ pub fn render(v: &Value) -> String {
                 "transition: {} of {} ({}), at level {} barrier {} of levels {}\n",
                 t.kind.as_str(),
                 t.name,
-                if t.direction == baton_state::Direction::BottomUp { "bottom-up" } else { "top-down" },
+                t.direction.as_str(),
                 t.level,
                 t.barrier,
                 serde_json::to_string(&t.levels).unwrap_or_default()
@@ -288,7 +288,7 @@ pub fn render(v: &Value) -> String {
                 e.name,
                 e.state.as_str(),
                 e.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-                if e.mode == baton_state::Mode::Offline { "offline" } else { "normal" },
+                e.mode.as_str(),
                 if flags.is_empty() { "-".to_string() } else { flags.join(",") },
                 e.since_s_ago.map(|t| format!("{t:.1} s")).unwrap_or_default(),
                 per.join(" ")

@@ -264,7 +264,7 @@ pub fn status_line(s: &ServiceStatus) -> baton_state::ServiceLine {
         failed: s.failed,
         complete: s.complete,
         // S4.6: normal or offline (with why, and where it is held).
-        mode: if s.offline.is_some() { baton_state::Mode::Offline } else { baton_state::Mode::Normal },
+        mode: baton_state::Mode::of(s.offline.as_ref()),
         offline_cause: s.offline.clone(),
         offline_on: s.offline_on.clone(),
         since_ns: s.since.0,
