@@ -10,10 +10,15 @@
 //! | [`EVENTS_FILE`] `events.jsonl` | one JSON object per line (docs/events.md) | the agent's event log |
 //! | [`INCARNATION_FILE`] `incarnation` | a decimal number | `statefile.rs` |
 //!
-//! The crate depends on serde alone, so that xtask and the test harness,
-//! which cannot depend on the agent crate (its build script compiles the
-//! eBPF program), share the types with it. A field added here is added to
-//! docs/status-json.md too (`tests/tests/status.rs` checks both ways).
+//! The crate depends on serde and baton-core alone, so that xtask and the
+//! test harness, which cannot depend on the agent crate (its build script
+//! compiles the eBPF program), share the types with it. The enums in the
+//! files are the core's own (`NodeState`, `Kind`, `ServiceState`, `Flags`,
+//! `HaltReason`, `OfflineCause`, re-exported here), written with the names
+//! the files have always used ([`StateName`], [`halt_text`],
+//! [`offline_text`]; see "The core's enums in the files" below). A field
+//! added here is added to docs/status-json.md too (`tests/tests/status.rs`
+//! checks both ways).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -92,22 +97,29 @@ impl StateFile for Services {
 }
 
 // ---------------------------------------------------------------------------
-// cluster.json
+// The core's enums in the files
+//
+// The files hold the core's own types (re-exported above and below), in
+// the names they have always had. Those differ from the core's serde names,
+// which are the control channel's wire format between agents and stay as
+// they are (`"Joined"` on the wire, `"joined"` in `cluster.json`): the
+// files' names are given here, once, and the fields that hold such an enum
+// say `#[serde(with = ...)]`.
 
-/// A node's membership state (S1.1), as written in the state files, on the
-/// subsystem socket and in logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeState {
-    Inactive,
-    Joining,
-    Joined,
-    Leaving,
-    ForcedLeaving,
+/// The name of an enum's value in the state files (and on the subsystem
+/// socket, in `baton status`, the metrics' labels and the logs): the core's
+/// enums, and the files' own `Direction` and `Mode` (whose serde names are
+/// these too: a test holds them equal).
+pub trait StateName: Copy + Sized + 'static {
+    /// Every name, in the enum's order (what an error lists as expected).
+    const NAMES: &'static [&'static str];
+    fn as_str(self) -> &'static str;
+    fn from_name(name: &str) -> Option<Self>;
 }
 
-impl NodeState {
-    pub fn as_str(self) -> &'static str {
+impl StateName for NodeState {
+    const NAMES: &'static [&'static str] = &["inactive", "joining", "joined", "leaving", "forced-leaving"];
+    fn as_str(self) -> &'static str {
         match self {
             NodeState::Inactive => "inactive",
             NodeState::Joining => "joining",
@@ -116,26 +128,175 @@ impl NodeState {
             NodeState::ForcedLeaving => "forced-leaving",
         }
     }
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "inactive" => NodeState::Inactive,
+            "joining" => NodeState::Joining,
+            "joined" => NodeState::Joined,
+            "leaving" => NodeState::Leaving,
+            "forced-leaving" => NodeState::ForcedLeaving,
+            _ => return None,
+        })
+    }
 }
 
-/// The kind of a membership transition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TransitionKind {
-    Join,
-    Leave,
-    ForcedLeave,
-}
-
-impl TransitionKind {
-    pub fn as_str(self) -> &'static str {
+impl StateName for TransitionKind {
+    const NAMES: &'static [&'static str] = &["join", "leave", "forced-leave"];
+    fn as_str(self) -> &'static str {
         match self {
             TransitionKind::Join => "join",
             TransitionKind::Leave => "leave",
             TransitionKind::ForcedLeave => "forced-leave",
         }
     }
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "join" => TransitionKind::Join,
+            "leave" => TransitionKind::Leave,
+            "forced-leave" => TransitionKind::ForcedLeave,
+            _ => return None,
+        })
+    }
 }
+
+/// The same names as the core's serde derive (`services.json` writes a
+/// `ServiceState` with that derive: a test holds the two equal).
+impl StateName for ServiceState {
+    const NAMES: &'static [&'static str] = &["Starting", "Registered", "Stopping", "Deregistered", "Recovering"];
+    fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Starting => "Starting",
+            ServiceState::Registered => "Registered",
+            ServiceState::Stopping => "Stopping",
+            ServiceState::Deregistered => "Deregistered",
+            ServiceState::Recovering => "Recovering",
+        }
+    }
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "Starting" => ServiceState::Starting,
+            "Registered" => ServiceState::Registered,
+            "Stopping" => ServiceState::Stopping,
+            "Deregistered" => ServiceState::Deregistered,
+            "Recovering" => ServiceState::Recovering,
+            _ => return None,
+        })
+    }
+}
+
+/// `#[serde(with = "named")]`: a [`StateName`] enum as its name.
+mod named {
+    use super::StateName;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: StateName, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_str())
+    }
+
+    pub fn deserialize<'de, T: StateName, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let name = String::deserialize(d)?;
+        T::from_name(&name).ok_or_else(|| serde::de::Error::unknown_variant(&name, T::NAMES))
+    }
+}
+
+/// `membership.halted`: the text of a halt reason, as the agent has always
+/// written it (`ForcedOut`, `Superseded`, `ClusterLost`, `LostQuorum`,
+/// `LocalFailure { reason: 3 }`: the reason's `Debug` form).
+pub fn halt_text(h: HaltReason) -> String {
+    match h {
+        HaltReason::ForcedOut => "ForcedOut".into(),
+        HaltReason::Superseded => "Superseded".into(),
+        HaltReason::ClusterLost => "ClusterLost".into(),
+        HaltReason::LostQuorum => "LostQuorum".into(),
+        HaltReason::LocalFailure { reason } => format!("LocalFailure {{ reason: {reason} }}"),
+    }
+}
+
+/// The halt reason of a [`halt_text`].
+pub fn parse_halt(text: &str) -> Option<HaltReason> {
+    Some(match text {
+        "ForcedOut" => HaltReason::ForcedOut,
+        "Superseded" => HaltReason::Superseded,
+        "ClusterLost" => HaltReason::ClusterLost,
+        "LostQuorum" => HaltReason::LostQuorum,
+        _ => {
+            let reason = text.strip_prefix("LocalFailure { reason: ")?.strip_suffix(" }")?.parse().ok()?;
+            HaltReason::LocalFailure { reason }
+        }
+    })
+}
+
+/// `#[serde(default, with = "halted")]`: an optional [`HaltReason`] as its [`halt_text`].
+mod halted {
+    use super::{halt_text, parse_halt, HaltReason};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<HaltReason>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(h) => s.serialize_some(&halt_text(*h)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HaltReason>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
+        parse_halt(&text).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown halt reason `{text}`, expected `ForcedOut`, `Superseded`, `ClusterLost`, `LostQuorum` or `LocalFailure {{ reason: N }}`"
+            ))
+        })
+    }
+}
+
+/// `services[].offline_cause`: `operator`, or `failed on node N`.
+pub fn offline_text(c: &OfflineCause) -> String {
+    match c {
+        OfflineCause::Operator => "operator".into(),
+        OfflineCause::Failed { node } => format!("failed on node {node}"),
+    }
+}
+
+/// The off-line cause of an [`offline_text`].
+pub fn parse_offline(text: &str) -> Option<OfflineCause> {
+    if text == "operator" {
+        return Some(OfflineCause::Operator);
+    }
+    let node = text.strip_prefix("failed on node ")?.parse().ok()?;
+    Some(OfflineCause::Failed { node })
+}
+
+/// `#[serde(default, with = "offline_cause")]`: an optional [`OfflineCause`] as its [`offline_text`].
+mod offline_cause {
+    use super::{offline_text, parse_offline, OfflineCause};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<OfflineCause>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(c) => s.serialize_some(&offline_text(c)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OfflineCause>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else { return Ok(None) };
+        parse_offline(&text)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown off-line cause `{text}`, expected `operator` or `failed on node N`")))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cluster.json
+
+/// A node's membership state (S1.1): the core's `NodeState`, written
+/// `inactive`, `joining`, `joined`, `leaving`, `forced-leaving` ([`StateName`]).
+pub use baton_core::membership::NodeState;
+/// The kind of a membership transition: the core's `Kind`, written `join`,
+/// `leave`, `forced-leave` ([`StateName`]).
+pub use baton_core::membership::Kind as TransitionKind;
+/// Why clustering halted on a node: the core's `HaltReason`, written as
+/// [`halt_text`] does.
+pub use baton_core::membership::HaltReason;
 
 /// The order in which a transition visits the levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,10 +306,39 @@ pub enum Direction {
     TopDown,
 }
 
+impl StateName for Direction {
+    const NAMES: &'static [&'static str] = &["bottom-up", "top-down"];
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::BottomUp => "bottom-up",
+            Direction::TopDown => "top-down",
+        }
+    }
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "bottom-up" => Direction::BottomUp,
+            "top-down" => Direction::TopDown,
+            _ => return None,
+        })
+    }
+}
+
+impl From<TransitionKind> for Direction {
+    /// Join and forced leave go bottom-up, a graceful leave top-down (S1.3).
+    fn from(k: TransitionKind) -> Direction {
+        if k.bottom_up() {
+            Direction::BottomUp
+        } else {
+            Direction::TopDown
+        }
+    }
+}
+
 /// `cluster.json` (docs/status-json.md, "Membership").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterSnapshot {
     pub me: u32,
+    #[serde(with = "named")]
     pub my_state: NodeState,
     pub master: Option<u32>,
     pub quorate: Option<bool>,
@@ -157,7 +347,8 @@ pub struct ClusterSnapshot {
     pub transitions: Vec<TransitionLine>,
     pub local_in_flight: Vec<LocalInFlight>,
     pub subsystems: Vec<SubsystemLine>,
-    pub halted: Option<String>,
+    #[serde(default, with = "halted")]
+    pub halted: Option<HaltReason>,
     pub fencing: Option<FencingLine>,
     pub stats: MembershipStats,
 }
@@ -185,6 +376,7 @@ pub struct ViewLine {
 pub struct NodeLine {
     pub id: u32,
     pub name: String,
+    #[serde(with = "named")]
     pub state: NodeState,
     pub incarnation: u64,
 }
@@ -193,6 +385,7 @@ pub struct NodeLine {
 pub struct TransitionLine {
     pub node: u32,
     pub name: String,
+    #[serde(with = "named")]
     pub kind: TransitionKind,
     pub level: u32,
     pub barrier: u32,
@@ -206,6 +399,7 @@ pub struct LocalInFlight {
     pub subsystem: u32,
     pub name: Option<String>,
     pub node: u32,
+    #[serde(with = "named")]
     pub kind: TransitionKind,
     pub level: u32,
     pub barrier: u32,
@@ -248,27 +442,15 @@ pub struct MembershipStats {
 // ---------------------------------------------------------------------------
 // services.json
 
-/// A group's summary state (S1.15).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum ServiceState {
-    Starting,
-    Registered,
-    Stopping,
-    Deregistered,
-    Recovering,
-}
-
-impl ServiceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceState::Starting => "Starting",
-            ServiceState::Registered => "Registered",
-            ServiceState::Stopping => "Stopping",
-            ServiceState::Deregistered => "Deregistered",
-            ServiceState::Recovering => "Recovering",
-        }
-    }
-}
+/// A group's summary state (S1.15): the core's `ServiceState`, written
+/// `Starting`, `Registered`, `Stopping`, `Deregistered`, `Recovering` (its
+/// serde names, [`StateName`] too).
+pub use baton_core::services::ServiceState;
+/// S1.15's flags: the core's `Flags`.
+pub use baton_core::services::Flags as ServiceFlags;
+/// Why a group is off-line (S4.6): the core's `OfflineCause`, written
+/// `operator` or `failed on node N` ([`offline_text`]).
+pub use baton_core::services::OfflineCause;
 
 /// S4.6: the group's mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +458,34 @@ impl ServiceState {
 pub enum Mode {
     Normal,
     Offline,
+}
+
+impl StateName for Mode {
+    const NAMES: &'static [&'static str] = &["normal", "offline"];
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Offline => "offline",
+        }
+    }
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "normal" => Mode::Normal,
+            "offline" => Mode::Offline,
+            _ => return None,
+        })
+    }
+}
+
+impl Mode {
+    /// A group with an off-line cause is in off-line mode (S4.6).
+    pub fn of(offline: Option<&OfflineCause>) -> Mode {
+        if offline.is_some() {
+            Mode::Offline
+        } else {
+            Mode::Normal
+        }
+    }
 }
 
 /// One line of `services.json` (docs/status-json.md, "Services"; `baton
@@ -290,20 +500,14 @@ pub struct ServiceLine {
     pub failed: bool,
     pub complete: bool,
     pub mode: Mode,
-    /// `operator`, or `failed on node N`.
-    pub offline_cause: Option<String>,
+    /// Written `operator`, or `failed on node N`.
+    #[serde(default, with = "offline_cause")]
+    pub offline_cause: Option<OfflineCause>,
     pub offline_on: BTreeSet<u32>,
     pub since_ns: u64,
     /// Only in `baton status`: `since_ns` in seconds before the status was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_s_ago: Option<f64>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceFlags {
-    pub transfer_intent: bool,
-    pub awaiting_maturity: bool,
-    pub has_notify: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -526,10 +730,10 @@ mod tests {
         // Before the first view: nulls.
         let c: ClusterSnapshot = round_trip(json!({
             "me": 3, "my_state": "inactive", "master": null, "quorate": null, "view": null, "nodes": [],
-            "transitions": [], "local_in_flight": [], "subsystems": [], "halted": "NoQuorum", "fencing": null,
+            "transitions": [], "local_in_flight": [], "subsystems": [], "halted": "LostQuorum", "fencing": null,
             "stats": {"messages_sent": 0, "gmp_messages_sent": 0, "changes_committed": 0},
         }));
-        assert_eq!(c.halted.as_deref(), Some("NoQuorum"));
+        assert_eq!(c.halted, Some(HaltReason::LostQuorum));
     }
 
     #[test]
@@ -543,6 +747,7 @@ mod tests {
         let s: Services = round_trip(v);
         assert_eq!(s.0[0].nodes.get(&10), Some(&ServiceState::Deregistered));
         assert_eq!(s.0[0].mode, Mode::Offline);
+        assert_eq!(s.0[0].offline_cause, Some(OfflineCause::Failed { node: 3 }));
         assert!(s.0[0].since_s_ago.is_none());
     }
 
@@ -573,6 +778,104 @@ mod tests {
         let a: AgentStatus = round_trip(later);
         assert_eq!(a.config.in_use().map(|c| c.peers["2"].name.as_str()), Some("node2"));
         assert_eq!(a.takeover.as_ref().map(|t| t.state.as_str()), Some("taken over"));
+    }
+
+    /// Files written by the agent before the state types used the core's
+    /// enums (copied from kernel test runs: `services` offline_keeps_...,
+    /// `membership` an_external_subsystem_...) parse, with the core's
+    /// values, and write back byte for byte.
+    #[test]
+    fn state_files_written_by_the_previous_agent_still_parse_and_write_back_unchanged() {
+        fn same<T: StateFile>(text: &str) -> T {
+            let t: T = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(serde_json::to_string(&t).unwrap(), text.trim_end(), "the JSON changed in a round trip");
+            t
+        }
+        let c: ClusterSnapshot = same(include_str!("../tests/fixtures/cluster-transition.json"));
+        assert_eq!((c.my_state, c.halted), (NodeState::Joined, None));
+        assert_eq!(c.node(3).map(|n| n.state), Some(NodeState::Joining));
+        let t = &c.transitions[0];
+        assert_eq!((t.kind, t.direction, t.level), (TransitionKind::Join, Direction::BottomUp, 25));
+        assert_eq!(c.local_in_flight[0].kind, TransitionKind::Join);
+        let c: ClusterSnapshot = same(include_str!("../tests/fixtures/cluster-halted.json"));
+        assert_eq!(c.halted, Some(HaltReason::LocalFailure { reason: 3 }));
+        let c: ClusterSnapshot = same(include_str!("../tests/fixtures/cluster-offline.json"));
+        assert_eq!(c.nodes_in(NodeState::Joined), BTreeSet::from([1, 2, 3]));
+        let s: Services = same(include_str!("../tests/fixtures/services-offline.json"));
+        let web = &s.0[0];
+        assert_eq!((web.state, web.mode, web.offline_cause.clone()), (ServiceState::Registered, Mode::Offline, Some(OfflineCause::Operator)));
+        assert_eq!(web.nodes.get(&1), Some(&ServiceState::Registered));
+        assert_eq!(web.flags, ServiceFlags::default());
+        let a: AgentStatus = same(include_str!("../tests/fixtures/agent-offline.json"));
+        assert_eq!(a.takeover.map(|t| t.state), Some("normal".to_string()));
+    }
+
+    /// Every value of the core's enums has a name the files read back, and
+    /// `services.json` (which writes `ServiceState` with the core's derive)
+    /// uses the same names as [`StateName`].
+    #[test]
+    fn every_value_of_the_cores_enums_reads_back_from_its_name() {
+        use NodeState as N;
+        for s in [N::Inactive, N::Joining, N::Joined, N::Leaving, N::ForcedLeaving] {
+            assert_eq!(NodeState::from_name(s.as_str()), Some(s));
+            assert!(NodeState::NAMES.contains(&s.as_str()));
+        }
+        use TransitionKind as K;
+        for k in [K::Join, K::Leave, K::ForcedLeave] {
+            assert_eq!(TransitionKind::from_name(k.as_str()), Some(k));
+            assert!(TransitionKind::NAMES.contains(&k.as_str()));
+        }
+        use ServiceState as S;
+        for s in [S::Starting, S::Registered, S::Stopping, S::Deregistered, S::Recovering] {
+            assert_eq!(ServiceState::from_name(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+            assert!(ServiceState::NAMES.contains(&s.as_str()));
+        }
+        use HaltReason as H;
+        for h in [H::ForcedOut, H::Superseded, H::ClusterLost, H::LostQuorum, H::LocalFailure { reason: 3 }, H::LocalFailure { reason: 4_000_000_000 }] {
+            // The previous agent wrote `format!("{h:?}")`.
+            assert_eq!(halt_text(h), format!("{h:?}"));
+            assert_eq!(parse_halt(&halt_text(h)), Some(h));
+        }
+        for c in [OfflineCause::Operator, OfflineCause::Failed { node: 7 }] {
+            assert_eq!(parse_offline(&offline_text(&c)), Some(c));
+        }
+        for d in [Direction::BottomUp, Direction::TopDown] {
+            assert_eq!(Direction::from_name(d.as_str()), Some(d));
+            assert_eq!(serde_json::to_value(d).unwrap(), json!(d.as_str()));
+        }
+        for m in [Mode::Normal, Mode::Offline] {
+            assert_eq!(Mode::from_name(m.as_str()), Some(m));
+            assert_eq!(serde_json::to_value(m).unwrap(), json!(m.as_str()));
+        }
+        assert_eq!((Mode::of(None), Mode::of(Some(&OfflineCause::Operator))), (Mode::Normal, Mode::Offline));
+        assert_eq!((Direction::from(K::Leave), Direction::from(K::ForcedLeave)), (Direction::TopDown, Direction::BottomUp));
+        // The control channel keeps the core's own serde names.
+        assert_eq!(serde_json::to_value(N::ForcedLeaving).unwrap(), json!("ForcedLeaving"));
+        assert_eq!(serde_json::to_value(K::ForcedLeave).unwrap(), json!("ForcedLeave"));
+    }
+
+    #[test]
+    fn a_bad_name_in_a_state_file_is_refused_with_what_was_expected() {
+        let line = |state: &str| json!({"id": 1, "name": "node1", "state": state, "incarnation": 1});
+        let e = serde_json::from_value::<NodeLine>(line("Joined")).unwrap_err().to_string();
+        assert_eq!(e, "unknown variant `Joined`, expected one of `inactive`, `joining`, `joined`, `leaving`, `forced-leaving`");
+        let mut v = json!({
+            "me": 3, "my_state": "inactive", "master": null, "quorate": null, "view": null, "nodes": [],
+            "transitions": [], "local_in_flight": [], "subsystems": [], "halted": "NoQuorum", "fencing": null,
+            "stats": {"messages_sent": 0, "gmp_messages_sent": 0, "changes_committed": 0},
+        });
+        let e = serde_json::from_value::<ClusterSnapshot>(v.clone()).unwrap_err().to_string();
+        assert!(e.starts_with("unknown halt reason `NoQuorum`"), "{e}");
+        // A file without the key (none written so) reads as not halted.
+        v.as_object_mut().unwrap().remove("halted");
+        assert_eq!(serde_json::from_value::<ClusterSnapshot>(v).unwrap().halted, None);
+        for bad in ["failed on node x", "Operator", "failed"] {
+            assert_eq!(parse_offline(bad), None, "{bad}");
+        }
+        for bad in ["NoQuorum", "LocalFailure { reason: }", "LocalFailure { reason: 3 } "] {
+            assert_eq!(parse_halt(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -394,7 +394,7 @@ fn offline_keeps_the_address_so_clients_are_refused_at_once_and_online_restarts_
     for i in 0..3 {
         let s = svc.service(i, "web");
         svc.check(
-            s.as_ref().is_some_and(|s| s.offline_on == std::collections::BTreeSet::from([1]) && s.offline_cause.as_deref() == Some("operator")),
+            s.as_ref().is_some_and(|s| s.offline_on == std::collections::BTreeSet::from([1]) && s.offline_cause == Some(baton_tests::state::OfflineCause::Operator)),
             || format!("{} shows {s:?}", svc.name(i)),
         );
     }

@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::round1;
 use anyhow::{bail, Context, Result};
-use baton_tests::state::{ClusterSnapshot, NodeState, StateFile};
+use baton_tests::state::{ClusterSnapshot, NodeState, StateFile, StateName};
 use baton_tests::{monotonic_ns, Agent, Cluster};
 use serde_json::Value;
 

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use baton_tests::state::StateName;
 use baton_tests::{in_netns, monotonic_ns, Cluster, Prober};
 
 use crate::bench_failover::{check_interrupt, install_sigint, interrupted, remove_leftovers, Reaper};
@@ -673,17 +674,12 @@ fn log_time_s(line: &str) -> Option<f64> {
 /// The view group of a node's cluster.json (`joining`, `joined` and
 /// `leaving` nodes, as `baton_core`'s `ClusterState::group`), or None when
 /// the node is not joined itself.
-fn view_group(m: &serde_json::Value) -> Option<Vec<usize>> {
-    if m["my_state"] != "joined" {
+fn view_group(m: &baton_tests::state::ClusterSnapshot) -> Option<Vec<usize>> {
+    use baton_tests::state::NodeState as S;
+    if m.my_state != S::Joined {
         return None;
     }
-    let g: Vec<usize> = m["nodes"]
-        .as_array()?
-        .iter()
-        .filter(|x| matches!(x["state"].as_str(), Some("joining" | "joined" | "leaving")))
-        .filter_map(|x| x["id"].as_u64().map(|id| id as usize - 1))
-        .collect();
-    Some(g)
+    Some(m.nodes.iter().filter(|x| matches!(x.state, S::Joining | S::Joined | S::Leaving)).map(|x| x.id as usize - 1).collect())
 }
 
 /// Of the nodes not cut off (`cut`: the cut-off side), those whose view
@@ -1336,7 +1332,7 @@ impl<'a> Nemesis<'a> {
             self.disturbed = f.disturbed(n);
             // Each node's view just before the fault (its cluster.json).
             let excused = match f.cut_off(n) {
-                Some(cut) => excused_by_view(&cut, &(0..n).map(|i| view_group(&serde_json::to_value(self.c().membership(i)).unwrap_or_default())).collect::<Vec<_>>(), n),
+                Some(cut) => excused_by_view(&cut, &(0..n).map(|i| self.c().membership(i).and_then(|m| view_group(&m))).collect::<Vec<_>>(), n),
                 None => Vec::new(),
             };
             self.episodes.push(EpisodeRec { kind: f.kind(), start_s: realtime_s(), converged_s: None, disturbed: self.disturbed.clone(), excused });
@@ -1622,9 +1618,23 @@ mod verdict_tests {
         // Two configured nodes: the two-node rule decides, not this one.
         assert!(excused_by_view(&[1], &[Some(vec![0]), None], 2).is_empty());
         // The cut-off side is judged as disturbed, not here.
-        let g = serde_json::json!({"my_state": "joined", "nodes": [
-            {"id": 1, "state": "forced-leaving"}, {"id": 2, "state": "joined"}, {"id": 3, "state": "joining"}, {"id": 4, "state": "inactive"}]});
-        assert_eq!(view_group(&g), Some(vec![1, 2]));
-        assert_eq!(view_group(&serde_json::json!({"my_state": "joining"})), None);
+        use baton_tests::state::{ClusterSnapshot, NodeLine, NodeState as S};
+        let snapshot = |my_state: S, nodes: &[(u32, S)]| ClusterSnapshot {
+            me: 2,
+            my_state,
+            master: Some(2),
+            quorate: Some(true),
+            view: None,
+            nodes: nodes.iter().map(|&(id, state)| NodeLine { id, name: format!("node{id}"), state, incarnation: 1 }).collect(),
+            transitions: Vec::new(),
+            local_in_flight: Vec::new(),
+            subsystems: Vec::new(),
+            halted: None,
+            fencing: None,
+            stats: Default::default(),
+        };
+        let g = snapshot(S::Joined, &[(1, S::ForcedLeaving), (2, S::Joined), (3, S::Joining), (4, S::Inactive), (5, S::Leaving)]);
+        assert_eq!(view_group(&g), Some(vec![1, 2, 4]));
+        assert_eq!(view_group(&snapshot(S::Joining, &[(2, S::Joining)])), None);
     }
 }

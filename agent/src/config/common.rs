@@ -124,3 +124,42 @@ impl Ctx<'_> {
             .map_err(|_| self.invalid(v, key, format!("{:?} is not an IPv4 or IPv6 address", v.get_ref())))
     }
 }
+
+/// A core enum that `baton.toml` gives by name (`placement = "one"`): the
+/// model holds the core's type, the file its own lower-case names (the
+/// core's serde names, `One`, are the control channel's).
+pub(crate) trait ConfigName: Sized + 'static {
+    /// The enum's name (for the deserializer).
+    const TYPE: &'static str;
+    /// Every name the file may give, in the order an error lists them.
+    const NAMES: &'static [&'static str];
+    fn from_config_name(name: &str) -> Option<Self>;
+}
+
+/// A [`ConfigName`] enum read from the file: read as an enum, so a bad value
+/// gets the same error a derived enum would (`unknown variant `x`, expected
+/// `one` or `every``, `wanted string or table`), with its line.
+pub(crate) struct Named<T>(pub T);
+
+impl<'de, T: ConfigName> serde::Deserialize<'de> for Named<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{EnumAccess, Error, VariantAccess};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: ConfigName> serde::de::Visitor<'de> for V<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "one of {}", T::NAMES.join(", "))
+            }
+            fn visit_str<E: Error>(self, name: &str) -> Result<Named<T>, E> {
+                T::from_config_name(name).map(Named).ok_or_else(|| E::unknown_variant(name, T::NAMES))
+            }
+            fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Named<T>, A::Error> {
+                let (name, variant): (String, _) = data.variant()?;
+                let v = T::from_config_name(&name).ok_or_else(|| A::Error::unknown_variant(&name, T::NAMES))?;
+                variant.unit_variant()?;
+                Ok(Named(v))
+            }
+        }
+        d.deserialize_enum(T::TYPE, T::NAMES, V(std::marker::PhantomData))
+    }
+}

@@ -22,7 +22,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::common::{ConfigError, Ctx as Cx, Link};
+use super::common::{ConfigError, ConfigName, Ctx as Cx, Link, Named};
 
 /// Default action timeouts (ms) and monitor settings.
 pub const DEFAULT_START_TIMEOUT_MS: u32 = 20_000;
@@ -49,29 +49,47 @@ impl fmt::Display for GroupAddress {
     }
 }
 
-/// Allowable nodes: every configured node (`"*"`) or a sequenced list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeSet {
-    All,
-    List(Vec<u32>),
+// The choosing parameters are the services core's own types (the model
+// holds what the core is given): `nodes` is an `Allowable` (`"*"`: `Any`,
+// or a sequenced list), `preference`, `placement`, `transfer_cost` and
+// `maturity` as the core has them. The file names their values in lower
+// case ([`ConfigName`]).
+pub use baton_core::services::{Allowable, Maturity, Placement, Preference, TransferCost};
+
+impl ConfigName for Preference {
+    const TYPE: &'static str = "Preference";
+    const NAMES: &'static [&'static str] = &["ordered", "unordered"];
+    fn from_config_name(name: &str) -> Option<Self> {
+        match name {
+            "ordered" => Some(Preference::Ordered),
+            "unordered" => Some(Preference::Unordered),
+            _ => None,
+        }
+    }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preference {
-    /// In the order of `nodes` (the preferred node first).
-    Ordered,
-    /// The least loaded allowable node, by recent load figures.
-    Unordered,
+impl ConfigName for Placement {
+    const TYPE: &'static str = "Placement";
+    const NAMES: &'static [&'static str] = &["one", "every"];
+    fn from_config_name(name: &str) -> Option<Self> {
+        match name {
+            "one" => Some(Placement::One),
+            "every" => Some(Placement::Every),
+            _ => None,
+        }
+    }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Placement {
-    /// Registered on exactly one node.
-    One,
-    /// Registered on every allowable node.
-    Every,
+impl ConfigName for TransferCost {
+    const TYPE: &'static str = "TransferCost";
+    const NAMES: &'static [&'static str] = &["free", "costly"];
+    fn from_config_name(name: &str) -> Option<Self> {
+        match name {
+            "free" => Some(TransferCost::Free),
+            "costly" => Some(TransferCost::Costly),
+            _ => None,
+        }
+    }
 }
 
 /// How a planned move (switchover, failback, transfer) hands the group over.
@@ -100,33 +118,6 @@ pub enum Standby {
     /// (`ip_nonlocal_bind`, set by the agent): a failover only adds the
     /// addresses and announces them (docs/services-config.md).
     Hot,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransferCost {
-    /// The service moves back to its preferred node when that node joins.
-    Free,
-    /// The service stays where it is.
-    Costly,
-}
-
-/// When a group may be registered (S1.10). Any condition that is set and
-/// met makes the group mature; with none set it is mature at once.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Maturity {
-    /// The preferred node is up.
-    pub primary_up: bool,
-    /// At least this many nodes are up.
-    pub nodes_up: Option<u32>,
-    /// This long has passed since the cluster formed.
-    pub after_ms: Option<u32>,
-}
-
-impl Maturity {
-    pub fn is_immediate(&self) -> bool {
-        !self.primary_up && self.nodes_up.is_none() && self.after_ms.is_none()
-    }
 }
 
 /// Action timeouts in milliseconds.
@@ -188,7 +179,7 @@ pub struct Group {
     /// Interface the addresses go on.
     pub interface: String,
     pub preferred: Option<u32>,
-    pub nodes: NodeSet,
+    pub nodes: Allowable,
     pub exclude: Vec<u32>,
     pub preference: Preference,
     pub placement: Placement,
@@ -217,8 +208,8 @@ impl Group {
     /// first), less the excluded ones.
     pub fn allowable(&self, all_nodes: &[u32]) -> Vec<u32> {
         let mut v: Vec<u32> = match &self.nodes {
-            NodeSet::List(l) => l.clone(),
-            NodeSet::All => {
+            Allowable::Nodes(l) => l.clone(),
+            Allowable::Any => {
                 let mut s: Vec<u32> = all_nodes.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
                 if let Some(p) = self.preferred {
                     if let Some(i) = s.iter().position(|&n| n == p) {
@@ -291,12 +282,12 @@ pub(crate) struct RawGroup {
     preferred: Option<Spanned<i64>>,
     nodes: Option<Spanned<RawNodes>>,
     exclude: Option<Spanned<Vec<Spanned<i64>>>>,
-    preference: Option<Spanned<Preference>>,
-    placement: Option<Spanned<Placement>>,
+    preference: Option<Spanned<Named<Preference>>>,
+    placement: Option<Spanned<Named<Placement>>>,
     auto_register: Option<Spanned<bool>>,
     maturity: Option<Spanned<RawMaturity>>,
     parent: Option<Spanned<String>>,
-    transfer_cost: Option<Spanned<TransferCost>>,
+    transfer_cost: Option<Spanned<Named<TransferCost>>>,
     garp_count: Option<Spanned<i64>>,
     garp_interval_ms: Option<Spanned<i64>>,
     handover: Option<Spanned<Handover>>,
@@ -481,9 +472,9 @@ pub(crate) fn validate(
         };
 
         let nodes = match &g.nodes {
-            None => NodeSet::All,
+            None => Allowable::Any,
             Some(v) => match v.get_ref() {
-                RawNodes::All(s) if s == "*" => NodeSet::All,
+                RawNodes::All(s) if s == "*" => Allowable::Any,
                 RawNodes::All(s) => {
                     return Err(cx.invalid(v, &key("nodes"), format!("{s:?}: give \"*\" (every node) or a list of node ids")));
                 }
@@ -503,7 +494,7 @@ pub(crate) fn validate(
                         }
                         ids.push(id);
                     }
-                    NodeSet::List(ids)
+                    Allowable::Nodes(ids)
                 }
             },
         };
@@ -516,7 +507,7 @@ pub(crate) fn validate(
                 if !known(id) {
                     return Err(cx.invalid(n, &k, format!("node {id} is not configured (nodes: {})", node_list())));
                 }
-                if let NodeSet::List(l) = &nodes {
+                if let Allowable::Nodes(l) = &nodes {
                     if l.contains(&id) {
                         return Err(cx.invalid(n, &k, format!("node {id} is both in `nodes` and excluded")));
                     }
@@ -537,7 +528,7 @@ pub(crate) fn validate(
                 if exclude.contains(&id) {
                     return Err(cx.invalid(v, &key("preferred"), format!("node {id} is in `exclude`")));
                 }
-                if let NodeSet::List(l) = &nodes {
+                if let Allowable::Nodes(l) = &nodes {
                     if !l.contains(&id) {
                         return Err(cx.invalid(v, &key("preferred"), format!("node {id} is not in `nodes`")));
                     }
@@ -551,7 +542,7 @@ pub(crate) fn validate(
             let m = m.get_ref();
             if let Some(v) = &m.primary_up {
                 maturity.primary_up = *v.get_ref();
-                if maturity.primary_up && preferred.is_none() && !matches!(nodes, NodeSet::List(_)) {
+                if maturity.primary_up && preferred.is_none() && !matches!(nodes, Allowable::Nodes(_)) {
                     return Err(cx.invalid(v, &key("maturity.primary_up"), "the group has no primary: set `preferred` or a `nodes` list"));
                 }
             }
@@ -594,7 +585,7 @@ pub(crate) fn validate(
             if g.parent.is_some() || has_children {
                 return Err(cx.invalid(v, &key("handover"), "\"overlap\" is for a group without parent or children: a group moves with its parent, and children stop first"));
             }
-            if g.placement.as_ref().is_some_and(|p| *p.get_ref() == Placement::Every) {
+            if g.placement.as_ref().is_some_and(|p| p.get_ref().0 == Placement::Every) {
                 return Err(cx.invalid(v, &key("handover"), "\"overlap\" is for placement = \"one\": an every-node group does not move"));
             }
         }
@@ -608,7 +599,7 @@ pub(crate) fn validate(
             if g.parent.is_some() || has_children {
                 return Err(cx.invalid(v, &key("standby"), "\"hot\" is for a group without parent or children: its one application runs on the standby node"));
             }
-            if g.placement.as_ref().is_some_and(|p| *p.get_ref() == Placement::Every) {
+            if g.placement.as_ref().is_some_and(|p| p.get_ref().0 == Placement::Every) {
                 return Err(cx.invalid(v, &key("standby"), "\"hot\" is for placement = \"one\": an every-node group runs everywhere already"));
             }
             if handover == Handover::Overlap {
@@ -650,12 +641,12 @@ pub(crate) fn validate(
             preferred,
             nodes,
             exclude,
-            preference: g.preference.as_ref().map(|v| *v.get_ref()).unwrap_or(Preference::Ordered),
-            placement: g.placement.as_ref().map(|v| *v.get_ref()).unwrap_or(Placement::One),
+            preference: g.preference.as_ref().map(|v| v.get_ref().0).unwrap_or(Preference::Ordered),
+            placement: g.placement.as_ref().map(|v| v.get_ref().0).unwrap_or(Placement::One),
             auto_register: g.auto_register.as_ref().map(|v| *v.get_ref()).unwrap_or(true),
             maturity,
             parent,
-            transfer_cost: g.transfer_cost.as_ref().map(|v| *v.get_ref()).unwrap_or(TransferCost::Free),
+            transfer_cost: g.transfer_cost.as_ref().map(|v| v.get_ref().0).unwrap_or(TransferCost::Free),
             garp_count,
             garp_interval_ms,
             handover,
@@ -875,8 +866,8 @@ pub fn describe(g: &Group) -> String {
         s += &format!(" addresses {} on {}", a.join(", "), g.interface);
     }
     match &g.nodes {
-        NodeSet::All => s += " nodes *",
-        NodeSet::List(l) => s += &format!(" nodes {l:?}"),
+        Allowable::Any => s += " nodes *",
+        Allowable::Nodes(l) => s += &format!(" nodes {l:?}"),
     }
     if !g.exclude.is_empty() {
         s += &format!(" exclude {:?}", g.exclude);
@@ -1006,7 +997,7 @@ unit = "nginx.service"
         assert_eq!(web.addresses[1].to_string(), "fd00::100/64");
         assert_eq!(web.interface, "eth1");
         assert_eq!(web.preferred, Some(1));
-        assert_eq!(web.nodes, NodeSet::List(vec![1, 2, 3]));
+        assert_eq!(web.nodes, Allowable::Nodes(vec![1, 2, 3]));
         assert_eq!(web.maturity, Maturity { primary_up: true, nodes_up: Some(2), after_ms: Some(5000) });
         assert_eq!(web.parent.as_deref(), Some("db"));
         assert_eq!((web.garp_count, web.garp_interval_ms), (5, 10));
@@ -1021,7 +1012,7 @@ unit = "nginx.service"
         assert_eq!((m.interval_ms, m.timeouts.monitor_ms, m.failures), (Some(500), 2000, 2));
 
         let db = &c.groups[1];
-        assert_eq!(db.nodes, NodeSet::All);
+        assert_eq!(db.nodes, Allowable::Any);
         assert_eq!(db.allowable(&[3, 1, 2]), vec![1, 2]);
         assert_eq!((db.preference, db.transfer_cost, db.garp_count), (Preference::Unordered, TransferCost::Costly, 3));
         let ResourceKind::Ocf { provider, agent, params } = &db.application.as_ref().unwrap().kind else { panic!() };
@@ -1032,7 +1023,7 @@ unit = "nginx.service"
         let unit = &c.groups[2];
         assert_eq!(unit.placement, Placement::Every);
         assert!(unit.auto_register);
-        assert!(unit.maturity.is_immediate());
+        assert!(!unit.maturity.applies());
         assert_eq!(unit.application.as_ref().unwrap().kind, ResourceKind::Systemd { unit: "nginx.service".into() });
 
         // Parents start first.
@@ -1055,6 +1046,25 @@ unit = "nginx.service"
     fn one(extra: &str) -> String {
         // line 25: [[group]], 26: name, 27..: extra
         err(&format!("\n[[group]]\nname = \"g\"\n{extra}\n"))
+    }
+
+    /// The model holds the core's types; the file names their values in
+    /// lower case, and a bad value gets the error a derived enum gave
+    /// (these texts were printed by the parser before the change).
+    #[test]
+    fn the_choosing_parameters_are_the_cores_types_read_by_their_names() {
+        let c = parse(Path::new("t.toml"), &cfg("\n[[group]]\nname = \"g\"\nnodes = [2, 1]\npreference = \"unordered\"\nplacement = \"every\"\ntransfer_cost = \"costly\"\nmaturity = { nodes_up = 2 }\n")).unwrap();
+        let g = &c.groups[0];
+        assert_eq!((g.preference, g.placement, g.transfer_cost), (Preference::Unordered, Placement::Every, TransferCost::Costly));
+        assert_eq!((g.nodes.clone(), g.maturity), (Allowable::Nodes(vec![2, 1]), Maturity { primary_up: false, nodes_up: Some(2), after_ms: None }));
+        assert_eq!(one("preference = \"x\""), "t.toml:27: unknown variant `x`, expected `ordered` or `unordered`");
+        assert_eq!(one("preference = \"Ordered\""), "t.toml:27: unknown variant `Ordered`, expected `ordered` or `unordered`");
+        assert_eq!(one("placement = \"One\""), "t.toml:27: unknown variant `One`, expected `one` or `every`");
+        assert_eq!(one("placement = true"), "t.toml:27: wanted string or table");
+        assert_eq!(one("transfer_cost = \"cheap\""), "t.toml:27: unknown variant `cheap`, expected `free` or `costly`");
+        assert_eq!(one("transfer_cost = [1]"), "t.toml:27: wanted string or table");
+        assert_eq!(one("preference = { ordered = 1 }"), "t.toml:27: expected table, found integer");
+        assert_eq!(one("maturity = { after_ms = 4000000 }"), "t.toml:27: `group[0].maturity.after_ms`: 4000000 is out of range 0..=3600000");
     }
 
     #[test]

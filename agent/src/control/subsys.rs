@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use baton_core::membership::{Barriers, Kind, LevelSpec, NodeState, Step, SubsystemId, TransitionId};
 use baton_core::NodeId;
+use baton_state::StateName;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -351,35 +352,8 @@ async fn accept_loop(
 
 // ---------------------------------------------------------------- wire format
 
-/// The name of a transition kind on the wire and in logs.
-pub fn kind_name(k: Kind) -> &'static str {
-    transition_kind(k).as_str()
-}
-
-/// A transition's kind as the state files write it.
-pub fn transition_kind(k: Kind) -> baton_state::TransitionKind {
-    match k {
-        Kind::Join => baton_state::TransitionKind::Join,
-        Kind::Leave => baton_state::TransitionKind::Leave,
-        Kind::ForcedLeave => baton_state::TransitionKind::ForcedLeave,
-    }
-}
-
-/// The name of a node state on the wire, in logs and in status.
-pub fn state_name(s: NodeState) -> &'static str {
-    node_state(s).as_str()
-}
-
-/// A node state as the state files write it.
-pub fn node_state(s: NodeState) -> baton_state::NodeState {
-    match s {
-        NodeState::Inactive => baton_state::NodeState::Inactive,
-        NodeState::Joining => baton_state::NodeState::Joining,
-        NodeState::Joined => baton_state::NodeState::Joined,
-        NodeState::Leaving => baton_state::NodeState::Leaving,
-        NodeState::ForcedLeaving => baton_state::NodeState::ForcedLeaving,
-    }
-}
+// The names of transition kinds and node states on this socket are those
+// of the state files and the logs: `baton_state::StateName`.
 
 /// S0.1 reason names accepted from clients in `fail`.
 fn reason_from_name(name: &str) -> Option<u32> {
@@ -412,15 +386,14 @@ struct WireKind(#[serde(with = "kind_serde")] Kind);
 mod kind_serde {
     use super::*;
     pub fn serialize<S: serde::Serializer>(k: &Kind, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(kind_name(*k))
+        s.serialize_str(k.as_str())
     }
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
         let s = String::deserialize(d)?;
         match s.as_str() {
-            "join" => Ok(Kind::Join),
-            "leave" => Ok(Kind::Leave),
-            "forced-leave" | "forced_leave" => Ok(Kind::ForcedLeave),
-            other => Err(serde::de::Error::custom(format!("unknown transition kind {other:?} (expected join, leave or forced-leave)"))),
+            "forced_leave" => Ok(Kind::ForcedLeave),
+            other => Kind::from_name(other)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown transition kind {other:?} (expected join, leave or forced-leave)"))),
         }
     }
 }
@@ -505,7 +478,7 @@ fn describe(id: &TransitionId, step: &Step) -> String {
         "transition (node {}, incarnation {}, {}) step (level {}, barrier {})",
         id.node,
         id.incarnation,
-        kind_name(id.kind),
+        id.kind.as_str(),
         step.level,
         step.barrier
     )
@@ -727,7 +700,7 @@ impl Conn {
                 // node supersedes (Table 1: forced leave aborts graceful).
                 r.pending.retain(|(pid, _), _| pid.node != id.node || *pid == id);
                 r.pending.entry((id, step)).or_insert_with(Instant::now);
-                let states = states.into_iter().map(|(n, s)| (n, state_name(s))).collect();
+                let states = states.into_iter().map(|(n, s)| (n, s.as_str())).collect();
                 let flow = self.out(&Out::Notify { transition: id.into(), step: WireStep { level: step.level, barrier: step.barrier }, states });
                 match flow {
                     Flow::Close => self.overrun().await,

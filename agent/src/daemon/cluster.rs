@@ -12,12 +12,13 @@ use std::path::PathBuf;
 use baton_core::membership::{Action, Config as CoreConfig, HaltReason, Input, Kind, LevelSpec, SubsystemId};
 use baton_core::node::{LevelRole, Node, NodeAction, NodeInput};
 use baton_core::{Instant, NodeId};
+use baton_state::StateName;
 use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::control::channel::Channel;
 use crate::datapath::events::monotonic_ns;
-use crate::control::subsys::{kind_name, node_state, transition_kind, SubsysServer};
+use crate::control::subsys::SubsysServer;
 
 
 /// `cluster.json` is rewritten at most this often while transitions are in
@@ -262,7 +263,7 @@ impl ClusterDriver {
                 NodeAction::Membership(a) => a,
                 NodeAction::LevelStep { role, id, step, held: _ } => {
                     changed = true;
-                    info!(part = role.name(), node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "transition step");
+                    info!(part = role.name(), node = %self.name(id.node), transition = id.kind.as_str(), level = step.level, barrier = step.barrier, "transition step");
                     if let (LevelRole::Fencing, Kind::ForcedLeave, Some(f)) = (role, id.kind, self.fencing.as_mut()) {
                         f.started.entry(id).or_insert_with(monotonic_ns);
                     }
@@ -324,7 +325,7 @@ impl ClusterDriver {
                     // Only external subsystems: the node handles the
                     // built-in levels (`NodeAction::LevelStep`).
                     changed = true;
-                    info!(subsystem, node = %self.name(id.node), transition = kind_name(id.kind), level = step.level, barrier = step.barrier, "notifying subsystem");
+                    info!(subsystem, node = %self.name(id.node), transition = id.kind.as_str(), level = step.level, barrier = step.barrier, "notifying subsystem");
                     self.in_flight.insert((subsystem, id.node, id.incarnation), (id.kind, step.level, step.barrier));
                     self.subsys.notify(subsystem, id, step, &states);
                 }
@@ -353,7 +354,7 @@ impl ClusterDriver {
                     tracing::debug!(?view, "view");
                 }
                 Action::TransitionCompleted { id, .. } => {
-                    info!(node = %self.name(id.node), transition = kind_name(id.kind), "transition completed on every node");
+                    info!(node = %self.name(id.node), transition = id.kind.as_str(), "transition completed on every node");
                 }
                 Action::PeerFailed { node, distress } => {
                     warn!(node = %self.name(node), distress, "peer failure processed");
@@ -613,7 +614,7 @@ impl ClusterDriver {
         use baton_state as bs;
         let st = self.node.membership().state();
         let nodes = st
-            .map(|s| s.nodes.iter().map(|(n, e)| bs::NodeLine { id: *n, name: self.name(*n), state: node_state(e.state), incarnation: e.incarnation }).collect())
+            .map(|s| s.nodes.iter().map(|(n, e)| bs::NodeLine { id: *n, name: self.name(*n), state: e.state, incarnation: e.incarnation }).collect())
             .unwrap_or_default();
         let transitions = st
             .map(|s| {
@@ -624,10 +625,10 @@ impl ClusterDriver {
                         bs::TransitionLine {
                             node: t.id.node,
                             name: self.name(t.id.node),
-                            kind: transition_kind(t.id.kind),
+                            kind: t.id.kind,
                             level: step.level,
                             barrier: step.barrier,
-                            direction: if t.id.kind.bottom_up() { bs::Direction::BottomUp } else { bs::Direction::TopDown },
+                            direction: t.id.kind.into(),
                             levels: t.path.iter().map(|l| l.level).collect(),
                             participants: t.participants.clone(),
                         }
@@ -638,7 +639,7 @@ impl ClusterDriver {
         let local_in_flight = self
             .in_flight
             .iter()
-            .map(|((s, n, _), (k, l, b))| bs::LocalInFlight { subsystem: *s, name: self.external.get(s).cloned(), node: *n, kind: transition_kind(*k), level: *l, barrier: *b })
+            .map(|((s, n, _), (k, l, b))| bs::LocalInFlight { subsystem: *s, name: self.external.get(s).cloned(), node: *n, kind: *k, level: *l, barrier: *b })
             .collect();
         let subsystems = LevelRole::ALL
             .iter()
@@ -653,7 +654,7 @@ impl ClusterDriver {
         let stats = self.node.membership().stats();
         bs::ClusterSnapshot {
             me: self.me,
-            my_state: node_state(self.node.membership().my_state()),
+            my_state: self.node.membership().my_state(),
             master: st.map(|s| s.view.master),
             quorate: st.map(|s| s.quorate),
             view: st.map(|s| bs::ViewLine { term: s.view.term, master: s.view.master, version: s.view.version }),
@@ -661,7 +662,7 @@ impl ClusterDriver {
             transitions,
             local_in_flight,
             subsystems,
-            halted: self.halted.map(|h| format!("{h:?}")),
+            halted: self.halted,
             fencing,
             stats: bs::MembershipStats {
                 messages_sent: self.messages_sent,

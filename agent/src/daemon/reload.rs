@@ -323,6 +323,19 @@ mod tests {
         assert_eq!(groups_hash(&a.groups).len(), 16);
     }
 
+    /// Peers compare the hash, so it must not change with a refactoring of
+    /// the model: these values were computed before the model held the
+    /// core's types (`nodes`, `preference`, `placement`, `transfer_cost`,
+    /// `maturity`). A change of what the hash covers changes them on purpose
+    /// (then agents of the two versions report a mismatch: say so in docs/reload.md).
+    #[test]
+    fn the_hash_of_a_configuration_is_what_the_previous_agent_computed() {
+        let rich = "[[group]]\nname = \"db\"\nnodes = \"*\"\npreferred = 2\nexclude = [3]\npreference = \"unordered\"\ntransfer_cost = \"costly\"\n\
+            maturity = { primary_up = true, nodes_up = 2, after_ms = 5000 }\n[[group]]\nname = \"all\"\nplacement = \"every\"\n";
+        assert_eq!(groups_hash(&cfg(WEB).groups), "3f6d250f28fe89f3");
+        assert_eq!(groups_hash(&cfg(&format!("{WEB}{rich}")).groups), "bfaf8b135566afb0");
+    }
+
     #[test]
     fn mismatches_are_reported_once_and_stale_peers_ignored() {
         let mut r = Reloader::new(&cfg(WEB), [0; 16]);

@@ -6,6 +6,7 @@ use baton_common::{
     Counter, PeerLink, LINK_DISTRESSED, LINK_SILENT, LINK_UNKNOWN, LINK_UP, MAP_CONFIG, MAP_COUNTERS,
     MAP_PEERS,
 };
+use baton_state::StateName;
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -223,7 +224,7 @@ pub fn render(v: &Value) -> String {
             or_null(c.master),
             or_null(c.view.map(|w| w.term)),
             or_null(c.view.map(|w| w.version)),
-            c.halted.as_ref().map(|h| format!(", HALTED ({h})")).unwrap_or_default()
+            c.halted.map(|h| format!(", HALTED ({})", baton_state::halt_text(h))).unwrap_or_default()
         );
         s += &format!("{:<12} {:>6} {:<15} {:>20}\n", "NODE", "ID", "STATE", "INCARNATION");
         for n in &c.nodes {
@@ -237,7 +238,7 @@ pub fn render(v: &Value) -> String {
                 "transition: {} of {} ({}), at level {} barrier {} of levels {}\n",
                 t.kind.as_str(),
                 t.name,
-                if t.direction == baton_state::Direction::BottomUp { "bottom-up" } else { "top-down" },
+                t.direction.as_str(),
                 t.level,
                 t.barrier,
                 serde_json::to_string(&t.levels).unwrap_or_default()
@@ -280,14 +281,14 @@ pub fn render(v: &Value) -> String {
             }
             let per: Vec<String> = e.nodes.iter().map(|(n, st)| format!("{n}:{}", st.as_str())).collect();
             if let Some(c) = &e.offline_cause {
-                flags.push(if c == "operator" { "offline_by_operator" } else { "offline_after_failure" });
+                flags.push(if *c == baton_state::OfflineCause::Operator { "offline_by_operator" } else { "offline_after_failure" });
             }
             s += &format!(
                 "{:<16} {:<13} {:>6} {:<8} {:<24} {:>10}  {}\n",
                 e.name,
                 e.state.as_str(),
                 e.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
-                if e.mode == baton_state::Mode::Offline { "offline" } else { "normal" },
+                e.mode.as_str(),
                 if flags.is_empty() { "-".to_string() } else { flags.join(",") },
                 e.since_s_ago.map(|t| format!("{t:.1} s")).unwrap_or_default(),
                 per.join(" ")

@@ -257,13 +257,14 @@ fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
 }
 
 /// ha_cluster_exporter's node status names for membership states.
-fn ha_node_status(state: &str) -> &'static str {
+fn ha_node_status(state: baton_state::NodeState) -> &'static str {
+    use baton_state::NodeState as S;
     match state {
-        "joined" => "online",
-        "joining" => "pending",
-        "leaving" => "shutdown",
-        "forced-leaving" => "unclean",
-        _ => "offline",
+        S::Joined => "online",
+        S::Joining => "pending",
+        S::Leaving => "shutdown",
+        S::ForcedLeaving => "unclean",
+        S::Inactive => "offline",
     }
 }
 
@@ -322,7 +323,7 @@ pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> S
     let total_nodes = cfg.peers.len() as i64 + 1;
     gauge(&mut reg, "baton_nodes_configured", "Configured nodes (this one and its peers)", total_nodes);
     gauge(&mut reg, "ha_cluster_pacemaker_stonith_enabled", "Whether fencing is configured ([[disk]]) (ha_cluster_exporter's name)", (!cfg.disks.is_empty()) as i64);
-    use baton_state::StateFile;
+    use baton_state::{StateFile, StateName};
     match baton_state::ClusterSnapshot::load(&cfg.paths.state_dir) {
         Some(m) => {
             ok.get_or_create(&l(&[("source", "membership")])).set(1);
@@ -338,7 +339,7 @@ pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> S
             for n in &m.nodes {
                 let st = n.state.as_str();
                 state.get_or_create(&l(&[("node", &n.name), ("state", st)])).set(1);
-                ha.get_or_create(&l(&[("name", &n.name), ("status", ha_node_status(st)), ("type", "member")])).set(1);
+                ha.get_or_create(&l(&[("name", &n.name), ("status", ha_node_status(n.state)), ("type", "member")])).set(1);
                 if m.master == Some(n.id) {
                     ha.get_or_create(&l(&[("name", &n.name), ("status", "dc"), ("type", "member")])).set(1);
                 }
@@ -365,7 +366,7 @@ pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> S
                 gauge(&mut reg, "baton_groups_configured", "Configured groups", list.len() as i64);
                 for g in &list {
                     let st = g.state.as_str();
-                    let mode = if g.mode == baton_state::Mode::Offline { "offline" } else { "normal" };
+                    let mode = g.mode.as_str();
                     let on_name = g.node.map(|n| if n == cfg.node_id { cfg.node_name.clone() } else { cfg.peer_name(n) }).unwrap_or_default();
                     state.get_or_create(&l(&[("group", &g.name), ("state", st), ("node", &on_name), ("mode", mode)])).set(1);
                     node.get_or_create(&l(&[("group", &g.name)])).set(g.node.unwrap_or(0) as i64);
@@ -375,7 +376,7 @@ pub fn render(cfg: &Config, sender: &crate::datapath::sender::SenderShared) -> S
                         baton_state::ServiceState::Stopping | baton_state::ServiceState::Recovering => "stopping",
                         baton_state::ServiceState::Deregistered => "stopped",
                     };
-                    let status = if g.failed { "failed" } else if mode == "offline" { "blocked" } else { "active" };
+                    let status = if g.failed { "failed" } else if g.mode == baton_state::Mode::Offline { "blocked" } else { "active" };
                     if g.state != baton_state::ServiceState::Deregistered {
                         ha.get_or_create(&l(&[("id", &g.name), ("node", &on_name), ("managed", "true"), ("role", role), ("status", status)])).set(1);
                     }
@@ -421,6 +422,14 @@ mod tests {
             to_text_format(om),
             "# HELP a_sent_total Sent.\n# TYPE a_sent_total counter\na_sent_total 3\n# HELP b Up.\n# TYPE b gauge\nb{x=\"1\"} 1\n# HELP c_seconds Lat.\n# TYPE c_seconds histogram\nc_seconds_sum 0.1\nc_seconds_count 1\n"
         );
+    }
+
+    /// ha_cluster_exporter's node statuses, from the typed node state.
+    #[test]
+    fn node_states_are_ha_cluster_exporters_statuses() {
+        use baton_state::NodeState as S;
+        let got: Vec<&str> = [S::Inactive, S::Joining, S::Joined, S::Leaving, S::ForcedLeaving].into_iter().map(ha_node_status).collect();
+        assert_eq!(got, ["offline", "pending", "online", "shutdown", "unclean"]);
     }
 
     #[test]

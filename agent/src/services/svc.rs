@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::services::{
-    Action, ActionParams, ActionResult, Allowable, Reason, Config as SvcConfig, Input, Maturity, Placement, Preference, ServiceSpec,
-    ServiceStatus, Services, StandbyPhase, TransferCost,
+    Action, ActionParams, ActionResult, Reason, Config as SvcConfig, Input, ServiceSpec, ServiceStatus, Services, StandbyPhase,
 };
 use baton_core::{Instant, NodeId};
 use tokio::sync::mpsc;
@@ -28,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::control::channel::Channel;
 use crate::datapath::events::monotonic_ns;
-use crate::config::groups::{self, Group, NodeSet};
+use crate::config::groups::{self, Group};
 use crate::services::resource::{self, MonitorEvent, MonitorLoop, Resource};
 use crate::services::addr::release_all;
 
@@ -133,10 +132,7 @@ pub fn allow_nonlocal_bind(me: NodeId, groups: &[Group]) -> Result<Vec<&'static 
     let needed = groups.iter().any(|g| {
         g.standby == groups::Standby::Hot
             && !g.exclude.contains(&me)
-            && match &g.nodes {
-                NodeSet::All => true,
-                NodeSet::List(l) => l.contains(&me),
-            }
+            && g.nodes.allows(me)
     });
     if !needed {
         return Ok(Vec::new());
@@ -242,64 +238,34 @@ fn resources_of(g: &Group, mon_tx: &mpsc::Sender<MonitorEvent>) -> (Option<Arc<R
 /// The core's spec of a configured group.
 pub fn spec_of(g: &Group) -> ServiceSpec {
     let mut s = ServiceSpec::new(&g.name);
-    s.allowable = match &g.nodes {
-        NodeSet::All => Allowable::Any,
-        NodeSet::List(l) => Allowable::Nodes(l.clone()),
-    };
+    s.allowable = g.nodes.clone();
     s.disallowable = g.exclude.iter().copied().collect();
     s.preferred = g.preferred;
-    s.preference = match g.preference {
-        groups::Preference::Ordered => Preference::Ordered,
-        groups::Preference::Unordered => Preference::Unordered,
-    };
+    s.preference = g.preference;
     s.auto_register = g.auto_register;
-    s.placement = match g.placement {
-        groups::Placement::One => Placement::One,
-        groups::Placement::Every => Placement::Every,
-    };
-    s.maturity = Maturity { primary_up: g.maturity.primary_up, nodes_up: g.maturity.nodes_up, after_ms: g.maturity.after_ms.map(u64::from) };
+    s.placement = g.placement;
+    s.maturity = g.maturity;
     s.parent = g.parent.clone();
-    s.transfer_cost = match g.transfer_cost {
-        groups::TransferCost::Free => TransferCost::Free,
-        groups::TransferCost::Costly => TransferCost::Costly,
-    };
+    s.transfer_cost = g.transfer_cost;
     s.has_notify = g.notify.is_some();
     s.has_recovery = g.recovery.is_some();
     s.hot_standby = g.standby == groups::Standby::Hot;
     s
 }
 
-fn state_of(s: baton_core::services::ServiceState) -> baton_state::ServiceState {
-    use baton_core::services::ServiceState::*;
-    match s {
-        Starting => baton_state::ServiceState::Starting,
-        Registered => baton_state::ServiceState::Registered,
-        Stopping => baton_state::ServiceState::Stopping,
-        Deregistered => baton_state::ServiceState::Deregistered,
-        Recovering => baton_state::ServiceState::Recovering,
-    }
-}
-
 /// One service line (`services.json`, `baton status --json`).
 pub fn status_line(s: &ServiceStatus) -> baton_state::ServiceLine {
     baton_state::ServiceLine {
         name: s.name.clone(),
-        state: state_of(s.state),
+        state: s.state,
         node: s.node,
-        nodes: s.nodes.iter().map(|(n, st)| (*n, state_of(*st))).collect(),
-        flags: baton_state::ServiceFlags {
-            transfer_intent: s.flags.transfer_intent,
-            awaiting_maturity: s.flags.awaiting_maturity,
-            has_notify: s.flags.has_notify,
-        },
+        nodes: s.nodes.clone(),
+        flags: s.flags,
         failed: s.failed,
         complete: s.complete,
         // S4.6: normal or offline (with why, and where it is held).
-        mode: if s.offline.is_some() { baton_state::Mode::Offline } else { baton_state::Mode::Normal },
-        offline_cause: s.offline.as_ref().map(|c| match c {
-            baton_core::services::OfflineCause::Operator => "operator".to_string(),
-            baton_core::services::OfflineCause::Failed { node } => format!("failed on node {node}"),
-        }),
+        mode: baton_state::Mode::of(s.offline.as_ref()),
+        offline_cause: s.offline.clone(),
         offline_on: s.offline_on.clone(),
         since_ns: s.since.0,
         since_s_ago: None,
