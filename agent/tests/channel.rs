@@ -85,6 +85,7 @@ fn report(incarnation: u64) -> Msg {
         max_change: 12,
         stop_all: false,
         answers: 0,
+        voted: 0,
     })
 }
 

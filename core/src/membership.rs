@@ -386,6 +386,13 @@ pub struct Report {
     /// (Left out of the encoding when 0.)
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_zero"))]
     pub answers: u64,
+    /// The term of this node's last vote (0: none): the term of the last
+    /// [`Msg::Gather`] it answered, or of its own recovery. A member votes
+    /// once per term; a successor that sees a vote of another node at its
+    /// term or above, not for it, gathers again in a higher term (one vote
+    /// per term, issue 11). (Left out of the encoding when 0.)
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_zero"))]
+    pub voted: u64,
 }
 
 /// The S3 group data: the member records of the sender's subgroup.
@@ -408,11 +415,15 @@ pub enum Msg {
     /// A successor (the master of `view` failed) gathering the survivors'
     /// states: report now (to the successor, with the state we follow),
     /// instead of at the next resend period. `token` names this recovery:
-    /// the reports that answer it echo it ([`Report::answers`]).
+    /// the reports that answer it echo it ([`Report::answers`]). `term` is
+    /// the term the successor takes over in if a majority answers: each
+    /// member answers (votes for) one successor per term.
     Gather {
         view: ViewId,
         #[cfg_attr(feature = "serde", serde(default))]
         token: u64,
+        #[cfg_attr(feature = "serde", serde(default))]
+        term: u64,
     },
 }
 
@@ -596,14 +607,23 @@ pub struct Membership {
     known_inc: BTreeMap<NodeId, u64>,
     /// Successor of a failed master: gathering states since this time.
     recovering: Option<Instant>,
-    /// Successor: the token of the recovery in progress (0: none), how many
-    /// recoveries this life began, and when its `Gather` last went out.
+    /// Successor: the token of the recovery in progress (0: none), the
+    /// term it takes over in, how many recoveries this life began, and
+    /// when its `Gather` last went out.
     gather_token: u64,
+    gather_term: u64,
     gather_seq: u64,
     gather_sent: Instant,
-    /// Follower: the last `Gather` received, (from, token); reports to that
-    /// node answer it.
-    gathered: Option<(NodeId, u64)>,
+    /// Follower: the last `Gather` received, (from, token, term); reports
+    /// to that node answer it if this node has not voted for another in
+    /// that term.
+    gathered: Option<(NodeId, u64, u64)>,
+    /// This life's last vote: (term, successor, token). A member answers
+    /// (gives its state to) at most one successor per term, its own
+    /// recovery included, and only in a term above every earlier vote
+    /// (like Raft's `votedFor`); kept for the life of the process (a new
+    /// life is no member of the old group and does not vote in it).
+    vote: Option<(u64, NodeId, u64)>,
     /// Peers whose distress we processed (until they are up again).
     distressed: BTreeSet<NodeId>,
     locals: BTreeMap<SubsystemId, Local>,
@@ -644,9 +664,11 @@ impl Membership {
             failed: BTreeSet::new(),
             recovering: None,
             gather_token: 0,
+            gather_term: 0,
             gather_seq: 0,
             gather_sent: Instant::ZERO,
             gathered: None,
+            vote: None,
             known_inc: BTreeMap::new(),
             gmp_members: BTreeSet::new(),
             gmp_change: 0,
@@ -937,6 +959,11 @@ impl Membership {
                 let k = self.known_inc.entry(from).or_insert(0);
                 *k = (*k).max(r.incarnation);
                 self.report_at.insert(from, now);
+                if r.answers == 0 || r.answers != self.gather_token {
+                    // A vote (for another successor) in that term: no
+                    // successor of ours may take over in it.
+                    self.max_term = self.max_term.max(r.voted);
+                }
                 // A report sent to a successor carries the sender's state: if
                 // it is more advanced than ours, follow it too, so that every
                 // survivor agrees on who the successor is.
@@ -966,10 +993,10 @@ impl Membership {
                     _ => {}
                 }
             }
-            Msg::Gather { view, token } => {
+            Msg::Gather { view, token, term } => {
                 if self.state.as_ref().is_some_and(|c| c.view.term == view.term && c.view.master == view.master) {
                     self.report_dirty = true;
-                    self.gathered = Some((from, token));
+                    self.gathered = Some((from, token, term));
                 }
             }
             Msg::State(s) => {
@@ -1101,6 +1128,7 @@ impl Membership {
             max_change: self.max_change,
             stop_all: self.stop_all,
             answers: 0,
+            voted: self.vote.map_or(0, |v| v.0),
         }
     }
 
@@ -1350,9 +1378,17 @@ impl Membership {
             if self.successor().is_some() {
                 r.state = self.state.clone();
             }
-            if let Some((g, token)) = self.gathered {
-                if master == Some(g) {
+            if let Some((g, token, term)) = self.gathered {
+                if master == Some(g) && self.may_vote(term, g) {
+                    self.vote = Some((term, g, token));
+                }
+            }
+            // The answer goes to the successor we voted for only, and only
+            // in the term of that vote: one vote per term.
+            if let Some((term, v, token)) = self.vote {
+                if master == Some(v) && v != self.cfg.me {
                     r.answers = token;
+                    r.voted = term;
                 }
             }
             match master {
@@ -1532,6 +1568,18 @@ impl Membership {
             .next()
     }
 
+    /// This node may answer `succ`'s `Gather` for `term`: it voted in no
+    /// later term and for nobody else in this one, and the state it follows
+    /// is of an earlier term (a master of that term or a later one exists).
+    fn may_vote(&self, term: u64, succ: NodeId) -> bool {
+        let state_term = self.state.as_ref().map_or(0, |s| s.view.term);
+        term > state_term
+            && match self.vote {
+                None => true,
+                Some((t, v, _)) => t < term || (t == term && v == succ),
+            }
+    }
+
     /// The successor first gathers the states the survivors follow and
     /// continues from the most advanced one, in a new term: a master never
     /// takes the cluster back to an older state.
@@ -1548,22 +1596,31 @@ impl Membership {
         }
         let group = cur.group();
         let live: Vec<NodeId> = group.iter().copied().filter(|n| *n != self.cfg.me && !self.out_of_sight(&cur, n)).collect();
-        if self.recovering.is_none() {
+        // A member voted for another successor in our term or a later one,
+        // or follows a state of such a term: we cannot take over in it.
+        // Gather again, in a term above all of them (a new token: answers
+        // to the old one do not count).
+        let lost = self.recovering.is_some() && self.max_term >= self.gather_term;
+        if self.recovering.is_none() || lost {
             // Ask the survivors for their states now: a report sent before
             // this moment does not count (below), and the next periodic
-            // one may be a whole resend period away.
+            // one may be a whole resend period away. The term is above
+            // every term heard of and every vote of ours, and we vote for
+            // ourselves in it.
             self.gather_seq += 1;
             self.gather_token = self.cfg.incarnation.wrapping_add(self.gather_seq).max(1);
+            self.gather_term = cur.view.term.max(self.max_term).max(self.vote.map_or(0, |v| v.0)) + 1;
+            self.vote = Some((self.gather_term, self.cfg.me, self.gather_token));
             self.gather_sent = now;
-            let token = self.gather_token;
+            let (token, term) = (self.gather_token, self.gather_term);
             for n in &live {
-                self.send(*n, Msg::Gather { view: cur.view, token });
+                self.send(*n, Msg::Gather { view: cur.view, token, term });
             }
         }
         let began = *self.recovering.get_or_insert(now);
         let deadline = began.plus_ns(2 * self.cfg.resend_ns);
         let since = began.0;
-        let token = self.gather_token;
+        let (token, gather_term) = (self.gather_token, self.gather_term);
         // Only reports that answer this recovery's `Gather` count: an older
         // one may carry a stale state. (Received after the recovery began is
         // not enough: a successor paused with the survivors' reports in its
@@ -1586,7 +1643,7 @@ impl Membership {
             // answer may be lost).
             self.gather_sent = now;
             for n in slow {
-                self.send(n, Msg::Gather { view: cur.view, token });
+                self.send(n, Msg::Gather { view: cur.view, token, term: gather_term });
             }
         }
         if waiting && now < deadline {
@@ -1629,7 +1686,10 @@ impl Membership {
                 }
             }
         }
-        let term = best.view.term.max(cur.view.term).max(self.max_term) + 1;
+        // The term the majority voted for: above every state gathered (a
+        // report of a later term would have started a new round above).
+        let term = gather_term;
+        debug_assert!(term > best.view.term, "gathered a state of term {} for term {term}", best.view.term);
         best.view = ViewId { term, master: self.cfg.me, master_incarnation: self.cfg.incarnation, version: 0 };
         self.state = Some(best);
         self.recovering = None;

@@ -363,6 +363,9 @@ pub struct Sim {
     fd: Detector,
     nodes: BTreeMap<NodeId, NodeSim>,
     views: BTreeMap<ViewId, u64>,
+    /// The node life that was master of each (lineage, term): one vote per
+    /// term (issue 11) allows one master per term of a lineage, ever.
+    term_masters: BTreeMap<(ViewId, u64), (NodeId, u64)>,
     /// (node, transition, step) -> the subsystems that acknowledged it.
     acks: BTreeMap<(NodeId, TransitionId, Step), BTreeSet<SubsystemId>>,
     notified: BTreeMap<(NodeId, u32, TransitionId), Vec<Step>>,
@@ -458,6 +461,7 @@ impl Sim {
             fd,
             nodes,
             views: BTreeMap::new(),
+            term_masters: BTreeMap::new(),
             acks: BTreeMap::new(),
             notified: BTreeMap::new(),
             distress_processed: BTreeMap::new(),
@@ -1189,6 +1193,14 @@ impl Sim {
         }
         let is_master = st.view.master == n && self.nodes[&n].core.as_ref().is_some_and(|c| c.membership().is_master());
         if is_master {
+            let life = (n, st.view.master_incarnation);
+            let first = *self.term_masters.entry((st.origin, st.view.term)).or_insert(life);
+            if first != life {
+                self.violation(format!(
+                    "two masters of term {} of one lineage: n{} (life {}) and n{n} (life {})",
+                    st.view.term, first.0, first.1, life.1
+                ));
+            }
             self.check_takeover(n, st);
             self.check_split_brain(n, st);
             self.check_advances(n, st);

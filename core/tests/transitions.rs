@@ -1804,6 +1804,79 @@ fn a_successor_paused_with_old_reports_in_its_queue_does_not_take_over() {
     h.check_nothing_after_end();
 }
 
+/// One vote per term (issue 11; the gap left by sim seed 9916's fix): a
+/// member answers at most one successor's `Gather` per new term. Node 1
+/// (the master) crashes; node 2, the successor, sends its `Gather` and is
+/// paused (a stopped process) before it reads the answers: 3, 4 and 5 all
+/// answered it, with its current token. Then they see node 2 silent, and
+/// node 3 gathers and takes over; 3, 4 and 5 answered two successors. When
+/// node 2 resumes, those answers count (they echo its token), so it has the
+/// states of a majority and takes over too. Without a vote per term both
+/// took the same term (the highest each knew, plus one): two masters of one
+/// term, and node 2's state (lower master id) superseded node 3's at every
+/// survivor, re-ran the forced leave of node 1 from its first step and put
+/// node 2, being forced out, back in. With the vote, node 3 (which voted
+/// for node 2 in that term) takes the next term, node 2's term is already
+/// behind it, and node 2 halts as forced out when it reads node 3's state.
+#[test]
+fn a_member_answers_one_successor_per_term() {
+    let mut h = Harness::new(5);
+    for n in 1..=5 {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    assert_eq!(h.master(3), 1, "setup: node 1 is the master");
+    h.mark();
+    h.crash(1);
+    // Node 2 sees the master fail first and sends its `Gather` (queued),
+    // then stops before reading anything.
+    h.input(2, Input::PeerSilent { node: 1 });
+    let gathers = h.nodes[&2].actions.iter().filter(|(_, a)| matches!(a, Action::Send { msg: Msg::Gather { .. }, .. })).count();
+    assert_eq!(gathers, 3, "setup: node 2 asked 3, 4 and 5 for their states");
+    h.pause(2);
+    h.silent(1);
+    h.pump();
+    // 3, 4 and 5 answered node 2 (in its queue); now they see it silent.
+    h.silent(2);
+    h.run_ms(300);
+    assert_eq!(h.master(3), 3, "setup: node 3 succeeded: {}", h.nodes[&3].core.debug_line());
+    assert_eq!(h.state_of(3, 2), NodeState::Inactive, "setup: node 2 was forced out");
+    let view3 = h.nodes[&3].core.state().unwrap().view;
+    h.resume(2);
+    h.run_ms(300);
+    // No term has two masters: every view a node produced as master.
+    let mut masters: BTreeMap<u64, BTreeSet<NodeId>> = BTreeMap::new();
+    for (id, n) in &h.nodes {
+        for (_, a) in &n.actions {
+            if let Action::StateChanged { view } = a {
+                if view.master == *id {
+                    masters.entry(view.term).or_default().insert(*id);
+                }
+            }
+        }
+    }
+    for (term, m) in &masters {
+        assert_eq!(m.len(), 1, "term {term} has two masters {m:?}: {:?}", h.nodes[&3].core.state().map(|s| s.view));
+    }
+    // The survivors never followed node 2 and go on with node 3's term.
+    for n in [3, 4, 5] {
+        let followed2 = h.nodes[&n].actions.iter().any(|(_, a)| matches!(a, Action::StateChanged { view } if view.master == 2));
+        assert!(!followed2, "node {n} followed node 2 after it resumed: {}", h.nodes[&n].core.debug_line());
+        let st = h.nodes[&n].core.state().unwrap();
+        assert_eq!((st.view.master, st.view.term), (3, view3.term), "node {n}: {}", h.nodes[&n].core.debug_line());
+        assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "node {n} halted");
+    }
+    assert_eq!(h.count(2, |a| matches!(a, Action::Halt { why: HaltReason::ForcedOut })), 1, "{:?}", h.nodes[&2].actions);
+    for n in [3, 4, 5] {
+        for gone in [1, 2] {
+            let got: Vec<Note> = h.notes(n).into_iter().filter(|x| x.kind == Kind::ForcedLeave && x.node == gone).collect();
+            assert_eq!(got, walk(Kind::ForcedLeave, gone, 1, 30), "node {n}: forced leave of {gone}");
+        }
+    }
+    h.check_nothing_after_end();
+}
+
 /// Sim seed 926: a node forming anew must not admit nodes on reports they
 /// sent long ago. Nodes 3 and 4 reported to node 1 (wanting to join, in no
 /// cluster yet) and then stopped reporting to it (in the sim: they joined
@@ -1833,6 +1906,7 @@ fn a_formation_admits_nobody_on_old_reports() {
             max_change: 0,
             stop_all: false,
             answers: 0,
+            voted: 0,
         };
         h.input(1, Input::Receive { from: n, msg: Msg::Report(r) });
     }
