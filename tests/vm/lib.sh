@@ -51,6 +51,15 @@ vm_say() { echo "[$(vm_uptime)] $*"; }
 vm_die() { echo "FAIL: $*" >&2; exit 1; }
 # The directory of node N.
 vm_dir() { echo "$VM_BASE/node$1"; }
+# The last lines of every node's agent log (for a failure message: a
+# cluster that did not form or a node that did not join says why there).
+vm_logs() {
+    for d in "$VM_BASE"/node*; do
+        [ -f "$d/agent.log" ] || continue
+        echo "--- $(basename "$d") agent.log (last 25 lines)"
+        tail -n 25 "$d/agent.log"
+    done
+}
 # The disk of node N (a block device; $(vm_disk N).sg is its sg node).
 vm_disk() { echo "/dev/baton/node$1"; }
 # Runs a command in node N's network namespace (only: mounts are shared).

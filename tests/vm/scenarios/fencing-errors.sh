@@ -27,7 +27,7 @@ refuse not-scsi /dev/null "not a SCSI device"
 vm_write_config 1
 
 vm_start_all
-vm_wait_joined 120 || vm_die "the cluster did not form"
+vm_wait_joined 120 || vm_die "the cluster did not form"$'\n'"$(vm_logs)"
 h=$(db_node 1) || vm_die "db is registered nowhere"
 vm_wait_for 60 sh -c "grep -q '^ok ' $(vm_dir $h)/writes.log 2>/dev/null" || vm_die "db's writer never wrote on node$h"
 others=$(for i in 1 2 3; do [ $i = $h ] || echo $i; done)

@@ -9,7 +9,7 @@
 
 vm_cluster 2
 vm_start_all
-vm_wait_joined 120 || vm_die "the cluster did not form"
+vm_wait_joined 120 || vm_die "the cluster did not form"$'\n'"$(vm_logs)"
 h=$(db_node 1) || vm_die "db is registered nowhere"
 vm_wait_for 60 sh -c "grep -q '^ok ' $(vm_dir $h)/writes.log 2>/dev/null" || vm_die "db's writer never wrote on node$h"
 echo "CHECK db_before=$h"

@@ -19,7 +19,7 @@
 
 vm_cluster 3
 vm_start_all
-vm_wait_joined 120 || vm_die "the cluster did not form"
+vm_wait_joined 120 || vm_die "the cluster did not form"$'\n'"$(vm_logs)"
 vm_say "joined"
 
 # --- 1. join: three keys, one reservation
@@ -103,13 +103,13 @@ b=$(block $h $last_ok $o1)
 case "$b" in "BATON node=$h seq=$last_ok"*) ;; *) vm_die "node$h's last acknowledged block $last_ok is not on the LU: '$b'";; esac
 
 # --- 3. graceful leave unregisters; a rejoin registers again
-vm_wait_joined 120 || vm_die "the cluster did not settle after node$h's halt"
+vm_wait_joined 120 || vm_die "the cluster did not settle after node$h's halt"$'\n'"$(vm_logs)"
 vm_stop 3 || vm_die "node3's agent exited with an error on SIGTERM"
 k=$(keys $o1)
 echo "CHECK keys_after_leave=$k"
 echo "$k" | grep -q "$(key 3)" && vm_die "node3's key is still registered after its graceful leave: $k"
 vm_start 3
-vm_wait_joined 120 || vm_die "node3 did not rejoin"
+vm_wait_joined 120 || vm_die "node3 did not rejoin"$'\n'"$(vm_logs)"
 vm_wait_for 10 sh -c "sg_persist -n --in --read-keys $(vm_disk 1) | grep -q $(key 3)" || vm_die "node3's key was not registered again: $(keys 1)"
 echo "CHECK keys_after_rejoin=$(keys 1)"
 
