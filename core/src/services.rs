@@ -1148,11 +1148,15 @@ impl Services {
         }
         let members = self.members();
         let Some(d) = self.decider.as_ref() else { return };
-        if d.collected {
+        let epoch = d.epoch;
+        // Members that never reported in this epoch: before the first
+        // collection, or members that joined after it (their first report
+        // may be lost with a dropped connection, and nothing else would
+        // make them report again: composed sim seed 8055).
+        let missing: Vec<NodeId> = members.iter().copied().filter(|n| *n != me && !d.reports.contains_key(n)).collect();
+        if d.collected && missing.is_empty() {
             return;
         }
-        let epoch = d.epoch;
-        let missing: Vec<NodeId> = members.iter().copied().filter(|n| *n != me && !d.reports.contains_key(n)).collect();
         for n in missing {
             self.send(n, Msg::Collect { epoch, incarnation: self.incarnation });
         }
@@ -1346,6 +1350,10 @@ impl Services {
             let epoch = d.epoch;
             let new: Vec<NodeId> =
                 after.difference(&before).copied().filter(|n| *n != self.me && !d.reports.contains_key(n)).collect();
+            if !new.is_empty() && self.retry_at.is_none() {
+                // Asked again until they report (see `retry_handshake`).
+                self.retry_at = Some(self.now.plus_ns(HANDSHAKE_RETRY_NS));
+            }
             for n in new {
                 self.send(n, Msg::Collect { epoch, incarnation: self.incarnation });
             }

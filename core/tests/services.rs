@@ -3004,3 +3004,24 @@ fn an_early_collect_of_an_earlier_life_of_the_master_is_not_taken() {
     assert_eq!(h.decider(), 1);
     assert_eq!(on_3, h.st_on(1, "a"), "node 3 disagrees with the decider");
 }
+
+/// Composed sim seed 8055: a member that joins after the decider collected
+/// its epoch gets one `Collect`; its answer was lost with a dropped
+/// connection, and nothing made it report again: it never got the registry
+/// (every group shown deregistered there) and the decider never counted it.
+/// The decider asks again until every member reported.
+#[test]
+fn a_joiners_lost_first_report_is_asked_for_again() {
+    let mut h = H::new(vec![ServiceSpec::new("a")]);
+    h.boot(1);
+    h.boot(2);
+    assert_eq!(h.st("a"), (Registered, Some(1), ""));
+    h.hold = Some(Box::new(|from, _, msg| from == 3 && matches!(msg, Msg::Report(_))));
+    h.boot(3);
+    let lost = std::mem::take(&mut h.held);
+    assert!(!lost.is_empty(), "setup: node 3 reported");
+    h.hold = None;
+    h.run_ms(1000);
+    let on_3 = h.st_on(3, "a");
+    assert_eq!(on_3, h.st_on(1, "a"), "node 3 never got the registry after its first report was lost");
+}
