@@ -422,6 +422,28 @@ fn all_joined(h: &Harness, nodes: &[NodeId]) -> bool {
     nodes.iter().all(|n| h.nodes[n].core.my_state() == NodeState::Joined) && h.no_transitions(nodes[0])
 }
 
+/// Five configured nodes, all started together and joined.
+fn five_joined() -> Harness {
+    let mut h = Harness::new(5);
+    for n in 1..=5 {
+        h.start(n);
+    }
+    h.run_ms(300);
+    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    h
+}
+
+/// On every survivor, the forced leave of each gone node was notified once
+/// per step, in order (the gone nodes' first lives).
+fn forced_leaves_walked_once(h: &Harness, survivors: &[NodeId], gone: &[NodeId]) {
+    for n in survivors {
+        for g in gone {
+            let got: Vec<Note> = h.notes(*n).into_iter().filter(|x| x.kind == Kind::ForcedLeave && x.node == *g).collect();
+            assert_eq!(got, walk(Kind::ForcedLeave, *g, 1, 30), "node {n}: forced leave of {g}");
+        }
+    }
+}
+
 /// Three configured nodes: 1 and 2 start together, 1 forms the cluster
 /// and both join. Then node 3 is started (and joins) if `with3`.
 fn three(with3: bool) -> Harness {
@@ -1762,12 +1784,7 @@ fn master_that_left_still_forces_out_a_failed_joiner() {
 /// halt as forced out when it reads the real successor's state.
 #[test]
 fn a_successor_paused_with_old_reports_in_its_queue_does_not_take_over() {
-    let mut h = Harness::new(5);
-    for n in 1..=5 {
-        h.start(n);
-    }
-    h.run_ms(300);
-    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    let mut h = five_joined();
     assert_eq!(h.master(3), 1, "setup: node 1 is the master");
     h.mark();
     h.pause(2);
@@ -1795,12 +1812,7 @@ fn a_successor_paused_with_old_reports_in_its_queue_does_not_take_over() {
         assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "node {n} halted");
     }
     // Each forced leave is notified once per step, in order, on every survivor.
-    for n in [3, 4, 5] {
-        for gone in [1, 2] {
-            let got: Vec<Note> = h.notes(n).into_iter().filter(|x| x.kind == Kind::ForcedLeave && x.node == gone).collect();
-            assert_eq!(got, walk(Kind::ForcedLeave, gone, 1, 30), "node {n}: forced leave of {gone}");
-        }
-    }
+    forced_leaves_walked_once(&h, &[3, 4, 5], &[1, 2]);
     h.check_nothing_after_end();
 }
 
@@ -1820,12 +1832,7 @@ fn a_successor_paused_with_old_reports_in_its_queue_does_not_take_over() {
 /// behind it, and node 2 halts as forced out when it reads node 3's state.
 #[test]
 fn a_member_answers_one_successor_per_term() {
-    let mut h = Harness::new(5);
-    for n in 1..=5 {
-        h.start(n);
-    }
-    h.run_ms(300);
-    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    let mut h = five_joined();
     assert_eq!(h.master(3), 1, "setup: node 1 is the master");
     h.mark();
     h.crash(1);
@@ -1868,12 +1875,7 @@ fn a_member_answers_one_successor_per_term() {
         assert_eq!(h.count(n, |a| matches!(a, Action::Halt { .. })), 0, "node {n} halted");
     }
     assert_eq!(h.count(2, |a| matches!(a, Action::Halt { why: HaltReason::ForcedOut })), 1, "{:?}", h.nodes[&2].actions);
-    for n in [3, 4, 5] {
-        for gone in [1, 2] {
-            let got: Vec<Note> = h.notes(n).into_iter().filter(|x| x.kind == Kind::ForcedLeave && x.node == gone).collect();
-            assert_eq!(got, walk(Kind::ForcedLeave, gone, 1, 30), "node {n}: forced leave of {gone}");
-        }
-    }
+    forced_leaves_walked_once(&h, &[3, 4, 5], &[1, 2]);
     h.check_nothing_after_end();
 }
 
@@ -2168,12 +2170,7 @@ fn a_group_shrunk_below_a_configured_majority_halts_before_the_majority_forms_an
 /// a partition could form a second cluster of 3 of 5.)
 #[test]
 fn a_graceful_leave_does_not_lower_the_static_quorum() {
-    let mut h = Harness::new(5);
-    for n in 1..=5 {
-        h.start(n);
-    }
-    h.run_ms(300);
-    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    let mut h = five_joined();
     h.mark();
     for n in [4, 5] {
         h.input(n, Input::Leave);
@@ -2214,12 +2211,7 @@ fn a_graceful_leave_does_not_lower_the_static_quorum() {
 /// the new lives of 1, 2 and 5 could form the primary cluster meanwhile).
 #[test]
 fn a_restarted_members_new_life_is_no_vote_for_its_old_cluster() {
-    let mut h = Harness::new(5);
-    for n in 1..=5 {
-        h.start(n);
-    }
-    h.run_ms(300);
-    assert!(all_joined(&h, &[1, 2, 3, 4, 5]), "setup: all joined");
+    let mut h = five_joined();
     assert_eq!(h.nodes[&3].core.state().unwrap().view.master, 1, "setup: 1 is the master");
     // The change that removes 5 waits for 4's answer (4's messages to and
     // from the master are lost; its datapath still hears it).
