@@ -113,12 +113,18 @@ impl StateFile for Services {
 pub trait StateName: Copy + Sized + 'static {
     /// Every name, in the enum's order (what an error lists as expected).
     const NAMES: &'static [&'static str];
+    /// Every value, in the enum's order.
+    const VALUES: &'static [Self];
     fn as_str(self) -> &'static str;
-    fn from_name(name: &str) -> Option<Self>;
+    /// The value named `name` (the inverse of [`StateName::as_str`]).
+    fn from_name(name: &str) -> Option<Self> {
+        Self::VALUES.iter().copied().find(|v| v.as_str() == name)
+    }
 }
 
 impl StateName for NodeState {
     const NAMES: &'static [&'static str] = &["inactive", "joining", "joined", "leaving", "forced-leaving"];
+    const VALUES: &'static [Self] = &[NodeState::Inactive, NodeState::Joining, NodeState::Joined, NodeState::Leaving, NodeState::ForcedLeaving];
     fn as_str(self) -> &'static str {
         match self {
             NodeState::Inactive => "inactive",
@@ -128,20 +134,11 @@ impl StateName for NodeState {
             NodeState::ForcedLeaving => "forced-leaving",
         }
     }
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "inactive" => NodeState::Inactive,
-            "joining" => NodeState::Joining,
-            "joined" => NodeState::Joined,
-            "leaving" => NodeState::Leaving,
-            "forced-leaving" => NodeState::ForcedLeaving,
-            _ => return None,
-        })
-    }
 }
 
 impl StateName for TransitionKind {
     const NAMES: &'static [&'static str] = &["join", "leave", "forced-leave"];
+    const VALUES: &'static [Self] = &[TransitionKind::Join, TransitionKind::Leave, TransitionKind::ForcedLeave];
     fn as_str(self) -> &'static str {
         match self {
             TransitionKind::Join => "join",
@@ -149,20 +146,13 @@ impl StateName for TransitionKind {
             TransitionKind::ForcedLeave => "forced-leave",
         }
     }
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "join" => TransitionKind::Join,
-            "leave" => TransitionKind::Leave,
-            "forced-leave" => TransitionKind::ForcedLeave,
-            _ => return None,
-        })
-    }
 }
 
 /// The same names as the core's serde derive (`services.json` writes a
 /// `ServiceState` with that derive: a test holds the two equal).
 impl StateName for ServiceState {
     const NAMES: &'static [&'static str] = &["Starting", "Registered", "Stopping", "Deregistered", "Recovering"];
+    const VALUES: &'static [Self] = &[ServiceState::Starting, ServiceState::Registered, ServiceState::Stopping, ServiceState::Deregistered, ServiceState::Recovering];
     fn as_str(self) -> &'static str {
         match self {
             ServiceState::Starting => "Starting",
@@ -171,16 +161,6 @@ impl StateName for ServiceState {
             ServiceState::Deregistered => "Deregistered",
             ServiceState::Recovering => "Recovering",
         }
-    }
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "Starting" => ServiceState::Starting,
-            "Registered" => ServiceState::Registered,
-            "Stopping" => ServiceState::Stopping,
-            "Deregistered" => ServiceState::Deregistered,
-            "Recovering" => ServiceState::Recovering,
-            _ => return None,
-        })
     }
 }
 
@@ -308,18 +288,12 @@ pub enum Direction {
 
 impl StateName for Direction {
     const NAMES: &'static [&'static str] = &["bottom-up", "top-down"];
+    const VALUES: &'static [Self] = &[Direction::BottomUp, Direction::TopDown];
     fn as_str(self) -> &'static str {
         match self {
             Direction::BottomUp => "bottom-up",
             Direction::TopDown => "top-down",
         }
-    }
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "bottom-up" => Direction::BottomUp,
-            "top-down" => Direction::TopDown,
-            _ => return None,
-        })
     }
 }
 
@@ -462,18 +436,12 @@ pub enum Mode {
 
 impl StateName for Mode {
     const NAMES: &'static [&'static str] = &["normal", "offline"];
+    const VALUES: &'static [Self] = &[Mode::Normal, Mode::Offline];
     fn as_str(self) -> &'static str {
         match self {
             Mode::Normal => "normal",
             Mode::Offline => "offline",
         }
-    }
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "normal" => Mode::Normal,
-            "offline" => Mode::Offline,
-            _ => return None,
-        })
     }
 }
 
@@ -831,6 +799,15 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
             assert!(ServiceState::NAMES.contains(&s.as_str()));
         }
+        // `NAMES` lists what `VALUES` are named, in the same order.
+        fn names_of<T: StateName>() -> Vec<&'static str> {
+            T::VALUES.iter().map(|v| v.as_str()).collect()
+        }
+        assert_eq!(names_of::<NodeState>(), NodeState::NAMES);
+        assert_eq!(names_of::<TransitionKind>(), TransitionKind::NAMES);
+        assert_eq!(names_of::<ServiceState>(), ServiceState::NAMES);
+        assert_eq!(names_of::<Direction>(), Direction::NAMES);
+        assert_eq!(names_of::<Mode>(), Mode::NAMES);
         use HaltReason as H;
         for h in [H::ForcedOut, H::Superseded, H::ClusterLost, H::LostQuorum, H::LocalFailure { reason: 3 }, H::LocalFailure { reason: 4_000_000_000 }] {
             // The previous agent wrote `format!("{h:?}")`.
